@@ -1,0 +1,221 @@
+//! Link requests: get by name or index, list, create bridges and veth pairs,
+//! change state (up, master, MTU, promiscuity, bridge-port hairpin), delete.
+
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
+use netlink_packet_route::link::{
+    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo,
+    LinkMessage,
+};
+use netlink_packet_route::RouteNetlinkMessage;
+
+use super::Netlink;
+use crate::Result;
+
+/// What the kernel reports about a link.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    /// Hardware address, as bytes.
+    pub mac: Vec<u8>,
+    pub mtu: u32,
+    /// Administratively up.
+    pub up: bool,
+    pub promisc: bool,
+    /// Index of the bridge (or other controller) it is attached to.
+    pub master: Option<u32>,
+    /// The link kind (`bridge`, `veth`, `vxlan`, ...), when it has one.
+    pub kind: Option<String>,
+}
+
+impl Link {
+    /// The MAC as `aa:bb:cc:dd:ee:ff`.
+    pub fn mac_string(&self) -> String {
+        self.mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    }
+
+    fn from_message(m: LinkMessage) -> Link {
+        let mut l = Link {
+            index: m.header.index,
+            up: m.header.flags.contains(LinkFlags::Up),
+            promisc: m.header.flags.contains(LinkFlags::Promisc),
+            ..Default::default()
+        };
+        for a in m.attributes {
+            match a {
+                LinkAttribute::IfName(n) => l.name = n,
+                LinkAttribute::Address(mac) => l.mac = mac,
+                LinkAttribute::Mtu(mtu) => l.mtu = mtu,
+                LinkAttribute::Controller(i) => l.master = Some(i),
+                LinkAttribute::LinkInfo(infos) => {
+                    for i in infos {
+                        if let LinkInfo::Kind(k) = i {
+                            l.kind = Some(k.to_string());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        l
+    }
+}
+
+/// A veth pair to create: the host end here, the peer optionally straight
+/// into another namespace.
+#[derive(Debug, Clone, Default)]
+pub struct VethRequest {
+    pub name: String,
+    pub peer_name: String,
+    /// Namespace fd the peer is created in (IFLA_NET_NS_FD), if not this one.
+    pub peer_netns_fd: Option<i32>,
+    pub mtu: Option<u32>,
+    /// Bridge index the host end is attached to at creation.
+    pub master: Option<u32>,
+    /// Bring the host end up at creation.
+    pub up: bool,
+    /// Bring the peer up at creation.
+    pub peer_up: bool,
+}
+
+/// Link requests on one connection.
+pub struct LinkHandle<'a> {
+    nl: &'a mut Netlink,
+}
+
+impl<'a> LinkHandle<'a> {
+    pub(super) fn new(nl: &'a mut Netlink) -> Self {
+        LinkHandle { nl }
+    }
+
+    /// The link called `name`, or `None` if there is none.
+    pub fn get_by_name(&mut self, name: &str) -> Result<Option<Link>> {
+        let mut m = LinkMessage::default();
+        m.attributes.push(LinkAttribute::IfName(name.to_string()));
+        self.get(&format!("get link {name}"), m)
+    }
+
+    /// The link with index `index`, or `None` if there is none.
+    pub fn get_by_index(&mut self, index: u32) -> Result<Option<Link>> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        self.get(&format!("get link #{index}"), m)
+    }
+
+    fn get(&mut self, op: &str, m: LinkMessage) -> Result<Option<Link>> {
+        match self.nl.query(op, RouteNetlinkMessage::GetLink(m), false) {
+            Ok(replies) => Ok(replies.into_iter().find_map(|r| match r {
+                RouteNetlinkMessage::NewLink(m) => Some(Link::from_message(m)),
+                _ => None,
+            })),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every link in the namespace.
+    pub fn list(&mut self) -> Result<Vec<Link>> {
+        let replies = self.nl.query("list links", RouteNetlinkMessage::GetLink(LinkMessage::default()), true)?;
+        Ok(replies
+            .into_iter()
+            .filter_map(|r| match r {
+                RouteNetlinkMessage::NewLink(m) => Some(Link::from_message(m)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Creates bridge `name` (up), failing with EEXIST if it exists.
+    pub fn add_bridge(&mut self, name: &str, mtu: Option<u32>) -> Result<()> {
+        let mut m = LinkMessage::default();
+        m.header.flags = LinkFlags::Up;
+        m.header.change_mask = LinkFlags::Up;
+        m.attributes.push(LinkAttribute::IfName(name.to_string()));
+        if let Some(mtu) = mtu {
+            m.attributes.push(LinkAttribute::Mtu(mtu));
+        }
+        m.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Bridge),
+            LinkInfo::Data(InfoData::Bridge(vec![])),
+        ]));
+        self.nl.execute(&format!("create bridge {name}"), RouteNetlinkMessage::NewLink(m), NLM_F_CREATE | NLM_F_EXCL)
+    }
+
+    /// Creates a veth pair in one request.
+    pub fn add_veth(&mut self, req: &VethRequest) -> Result<()> {
+        let mut peer = LinkMessage::default();
+        if req.peer_up {
+            peer.header.flags = LinkFlags::Up;
+            peer.header.change_mask = LinkFlags::Up;
+        }
+        peer.attributes.push(LinkAttribute::IfName(req.peer_name.clone()));
+        if let Some(mtu) = req.mtu {
+            peer.attributes.push(LinkAttribute::Mtu(mtu));
+        }
+        if let Some(fd) = req.peer_netns_fd {
+            peer.attributes.push(LinkAttribute::NetNsFd(fd));
+        }
+        let mut m = LinkMessage::default();
+        if req.up {
+            m.header.flags = LinkFlags::Up;
+            m.header.change_mask = LinkFlags::Up;
+        }
+        m.attributes.push(LinkAttribute::IfName(req.name.clone()));
+        if let Some(mtu) = req.mtu {
+            m.attributes.push(LinkAttribute::Mtu(mtu));
+        }
+        if let Some(master) = req.master {
+            m.attributes.push(LinkAttribute::Controller(master));
+        }
+        m.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Veth),
+            LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
+        ]));
+        let op = format!("create veth {} (peer {})", req.name, req.peer_name);
+        self.nl.execute(&op, RouteNetlinkMessage::NewLink(m), NLM_F_CREATE | NLM_F_EXCL)
+    }
+
+    /// Sets the link up or down.
+    pub fn set_up(&mut self, index: u32, up: bool) -> Result<()> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        m.header.flags = if up { LinkFlags::Up } else { LinkFlags::empty() };
+        m.header.change_mask = LinkFlags::Up;
+        self.nl.execute(&format!("set link #{index} {}", if up { "up" } else { "down" }), RouteNetlinkMessage::SetLink(m), 0)
+    }
+
+    /// Sets or clears promiscuous mode.
+    pub fn set_promisc(&mut self, index: u32, on: bool) -> Result<()> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        m.header.flags = if on { LinkFlags::Promisc } else { LinkFlags::empty() };
+        m.header.change_mask = LinkFlags::Promisc;
+        self.nl.execute(&format!("set link #{index} promisc {on}"), RouteNetlinkMessage::SetLink(m), 0)
+    }
+
+    /// Attaches the link to bridge `master`.
+    pub fn set_master(&mut self, index: u32, master: u32) -> Result<()> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        m.attributes.push(LinkAttribute::Controller(master));
+        self.nl.execute(&format!("attach link #{index} to #{master}"), RouteNetlinkMessage::SetLink(m), 0)
+    }
+
+    /// Sets hairpin mode on a bridge port (the link must already be attached).
+    pub fn set_hairpin(&mut self, index: u32, on: bool) -> Result<()> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        m.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::PortKind(InfoPortKind::Bridge),
+            LinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(on)])),
+        ]));
+        self.nl.execute(&format!("set hairpin {on} on port #{index}"), RouteNetlinkMessage::NewLink(m), 0)
+    }
+
+    /// Deletes the link (for a veth, both ends).
+    pub fn del(&mut self, index: u32) -> Result<()> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        self.nl.execute(&format!("delete link #{index}"), RouteNetlinkMessage::DelLink(m), 0)
+    }
+}

@@ -1,0 +1,256 @@
+//! The harness for kernel tests: network namespaces the test creates (and
+//! always deletes), a way to run code or commands inside them, and a CNI
+//! runner that execs plugin binaries as a runtime would. Nothing here touches
+//! the root namespace's links, routes or rules.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A name unique to this test run: `prefix` + pid + counter.
+pub fn unique(prefix: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}{}{n}", std::process::id() % 100_000)
+}
+
+/// True when the test may run. Without root it skips with a reason, except
+/// under `CI=true`, where a skip is a failure.
+pub fn require_root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test}: needs root, and CI=true forbids skipping");
+    }
+    eprintln!("SKIP {test}: needs root (network namespaces)");
+    false
+}
+
+/// A network namespace pinned at /run/netns/NAME, deleted on drop.
+pub struct TestNs {
+    name: String,
+    path: PathBuf,
+}
+
+impl TestNs {
+    /// Creates a fresh namespace with `lo` up.
+    pub fn new(tag: &str) -> Result<TestNs> {
+        let name = unique(&format!("kn-{tag}-"));
+        run_ok(Command::new("ip").args(["netns", "add", &name]))?;
+        let ns = TestNs { path: PathBuf::from(format!("/run/netns/{name}")), name };
+        ns.sh(&["ip", "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// Its name, as `ip netns` shows it.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its path, as CNI_NETNS takes it.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` on a thread inside the namespace (processes it spawns start there too).
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
+        let file = File::open(&self.path).with_context(|| format!("open {}", self.path.display()))?;
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // SAFETY: setns on this (scoped, fresh) thread with an fd we hold open.
+                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                if rc != 0 {
+                    bail!("setns {}: {}", self.path.display(), std::io::Error::last_os_error());
+                }
+                Ok(f())
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("thread in {} panicked", self.name))?
+        })
+    }
+
+    /// Runs a command inside the namespace and fails unless it succeeds; returns stdout.
+    pub fn sh(&self, argv: &[&str]) -> Result<String> {
+        let out = self.cmd(argv).output().with_context(|| format!("run {argv:?} in {}", self.name))?;
+        if !out.status.success() {
+            bail!("{argv:?} in {}: {}: {}", self.name, out.status, String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// A command that runs inside the namespace (via nsenter, keeping the mount namespace).
+    pub fn cmd(&self, argv: &[&str]) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net={}", self.path.display())).arg("--").args(argv);
+        c.stdin(Stdio::null());
+        c
+    }
+
+    /// True when one ping to `ip` is answered within a second.
+    pub fn ping(&self, ip: &str) -> bool {
+        self.cmd(&["ping", "-c", "1", "-W", "1", "-q", ip])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+}
+
+impl Drop for TestNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "delete", &self.name]).stderr(Stdio::null()).status();
+    }
+}
+
+fn run_ok(c: &mut Command) -> Result<()> {
+    let out = c.output().with_context(|| format!("run {c:?}"))?;
+    if !out.status.success() {
+        bail!("{c:?}: {}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+/// The directory holding the workspace's built binaries (target/<profile>).
+pub fn bin_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("KNODE_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+/// The path of one of our binaries; fails the test with a hint if it was not built.
+pub fn our_bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(p.is_file(), "{} not built: run `cargo build --bins` first (or `make test`)", p.display());
+    p
+}
+
+/// The reference CNI plugins' directory.
+pub const REFERENCE_CNI_DIR: &str = "/usr/lib/cni";
+
+/// One CNI invocation.
+#[derive(Debug, Clone)]
+pub struct CniCall {
+    pub plugin: PathBuf,
+    pub command: &'static str,
+    pub container_id: String,
+    pub netns: Option<PathBuf>,
+    pub ifname: String,
+    pub cni_args: String,
+}
+
+impl CniCall {
+    /// A call of `command` for container `id` at `ifname` in `netns`.
+    pub fn new(plugin: &Path, command: &'static str, id: &str, netns: Option<&Path>, ifname: &str) -> CniCall {
+        CniCall {
+            plugin: plugin.to_path_buf(),
+            command,
+            container_id: id.to_string(),
+            netns: netns.map(Path::to_path_buf),
+            ifname: ifname.to_string(),
+            cni_args: String::new(),
+        }
+    }
+
+    /// Runs the plugin in the calling thread's namespace with `conf` on stdin.
+    pub fn run(&self, conf: &Value) -> Result<CniOutcome> {
+        let cni_path = format!("{}:{REFERENCE_CNI_DIR}", bin_dir().display());
+        let mut child = Command::new(&self.plugin)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("CNI_COMMAND", self.command)
+            .env("CNI_CONTAINERID", &self.container_id)
+            .env("CNI_NETNS", self.netns.as_deref().map(|p| p.display().to_string()).unwrap_or_default())
+            .env("CNI_IFNAME", &self.ifname)
+            .env("CNI_ARGS", &self.cni_args)
+            .env("CNI_PATH", cni_path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("spawn {}", self.plugin.display()))?;
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().context("stdin")?;
+            stdin.write_all(conf.to_string().as_bytes())?;
+        }
+        let out: Output = child.wait_with_output()?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let json = serde_json::from_str(&stdout).unwrap_or(Value::Null);
+        Ok(CniOutcome {
+            ok: out.status.success(),
+            json,
+            stdout,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+}
+
+/// What a plugin printed and how it exited.
+#[derive(Debug, Clone)]
+pub struct CniOutcome {
+    pub ok: bool,
+    pub json: Value,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CniOutcome {
+    /// The result, or an error carrying the plugin's output.
+    pub fn expect_ok(self, what: &str) -> Result<Value> {
+        if !self.ok {
+            bail!("{what} failed: {} {}", self.stdout, self.stderr);
+        }
+        Ok(self.json)
+    }
+
+    /// The error code of a failed call.
+    pub fn code(&self) -> Option<u64> {
+        self.json.get("code").and_then(Value::as_u64)
+    }
+}
+
+/// The first IPv4 address (without prefix) of a result.
+pub fn first_ip(result: &Value) -> Option<String> {
+    result["ips"].as_array()?.iter().find_map(|ip| {
+        let a = ip["address"].as_str()?;
+        let (addr, _) = a.split_once('/')?;
+        addr.contains('.').then(|| addr.to_string())
+    })
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// Creates a fresh directory under the system temp dir.
+    pub fn new(tag: &str) -> Result<TempDir> {
+        let p = std::env::temp_dir().join(unique(&format!("knode-{tag}-")));
+        std::fs::create_dir_all(&p)?;
+        Ok(TempDir(p))
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -39,7 +39,6 @@ pub fn attach(conf: &BridgeConf, netns: &NetNs, ifname: &str, host_veth: &str, r
         mtu: conf.link_mtu(),
         master: Some(bridge.index),
         up: true,
-        peer_up: true,
     };
     if let Err(e) = nl.link().add_veth(&req) {
         if e.is_exists() {
@@ -68,6 +67,7 @@ pub fn attach(conf: &BridgeConf, netns: &NetNs, ifname: &str, host_veth: &str, r
         .get_by_name(ifname)
         .cni(Code::Netlink, || format!("look up {ifname} in container"))?
         .ok_or_else(|| CniError::new(Code::Netlink, format!("{ifname} missing in container after creation")))?;
+    cnl.link().set_up(cont.index, true).cni(Code::Netlink, || format!("set {ifname} up"))?;
     for ip in &result.ips {
         cnl.addr().add(cont.index, ip.address).cni(Code::Netlink, || format!("add {} to {ifname}", ip.address))?;
     }

@@ -72,10 +72,10 @@ pub struct VethRequest {
     pub mtu: Option<u32>,
     /// Bridge index the host end is attached to at creation.
     pub master: Option<u32>,
-    /// Bring the host end up at creation.
+    /// Bring the host end up at creation. (The peer cannot be: a veth end
+    /// refuses to open, ENOTCONN, until its pair is complete, so callers set
+    /// the peer up afterwards in its own namespace.)
     pub up: bool,
-    /// Bring the peer up at creation.
-    pub peer_up: bool,
 }
 
 /// Link requests on one connection.
@@ -144,10 +144,6 @@ impl<'a> LinkHandle<'a> {
     /// Creates a veth pair in one request.
     pub fn add_veth(&mut self, req: &VethRequest) -> Result<()> {
         let mut peer = LinkMessage::default();
-        if req.peer_up {
-            peer.header.flags = LinkFlags::Up;
-            peer.header.change_mask = LinkFlags::Up;
-        }
         peer.attributes.push(LinkAttribute::IfName(req.peer_name.clone()));
         if let Some(mtu) = req.mtu {
             peer.attributes.push(LinkAttribute::Mtu(mtu));

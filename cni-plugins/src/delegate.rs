@@ -16,8 +16,16 @@ pub const IN_PROCESS: &str = "knode-host-local";
 /// Checks that an IPAM type is a plain binary name, so it can never name a
 /// path outside `CNI_PATH`.
 pub fn validate_type(t: &str) -> Result<()> {
-    if t.is_empty() || t == "." || t == ".." || t.contains('/') || t.chars().any(|c| c.is_control() || c == '\0') {
-        return Err(CniError::new(Code::InvalidConfig, format!("ipam.type: {t:?} is not a plugin name")));
+    if t.is_empty()
+        || t == "."
+        || t == ".."
+        || t.contains('/')
+        || t.chars().any(|c| c.is_control() || c == '\0')
+    {
+        return Err(CniError::new(
+            Code::InvalidConfig,
+            format!("ipam.type: {t:?} is not a plugin name"),
+        ));
     }
     Ok(())
 }
@@ -40,10 +48,20 @@ pub fn call(args: &CmdArgs, ipam_type: &str, cmd: Command) -> Result<Option<CniR
 }
 
 fn find(args: &CmdArgs, name: &str) -> Result<PathBuf> {
-    args.path.iter().map(|d| d.join(name)).find(|p| p.is_file()).ok_or_else(|| {
-        let dirs: Vec<String> = args.path.iter().map(|p| p.display().to_string()).collect();
-        CniError::new(Code::InvalidConfig, format!("ipam.type: plugin {name:?} not found in CNI_PATH {}", dirs.join(":")))
-    })
+    args.path
+        .iter()
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            let dirs: Vec<String> = args.path.iter().map(|p| p.display().to_string()).collect();
+            CniError::new(
+                Code::InvalidConfig,
+                format!(
+                    "ipam.type: plugin {name:?} not found in CNI_PATH {}",
+                    dirs.join(":")
+                ),
+            )
+        })
 }
 
 fn exec(args: &CmdArgs, name: &str, cmd: Command) -> Result<Option<CniResult>> {
@@ -53,7 +71,13 @@ fn exec(args: &CmdArgs, name: &str, cmd: Command) -> Result<Option<CniResult>> {
     let mut child = Proc::new(&bin)
         .env("CNI_COMMAND", cmd.as_str())
         .env("CNI_CONTAINERID", &args.container_id)
-        .env("CNI_NETNS", args.netns.as_deref().map(|p| p.display().to_string()).unwrap_or_default())
+        .env(
+            "CNI_NETNS",
+            args.netns
+                .as_deref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+        )
         .env("CNI_IFNAME", &args.ifname)
         .env("CNI_ARGS", cni_args.join(";"))
         .env("CNI_PATH", path.join(":"))
@@ -63,17 +87,22 @@ fn exec(args: &CmdArgs, name: &str, cmd: Command) -> Result<Option<CniResult>> {
         .spawn()
         .cni(Code::Ipam, || format!("run ipam plugin {}", bin.display()))?;
     if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(&args.stdin).cni(Code::Ipam, || format!("write config to ipam plugin {name}"))?;
+        stdin
+            .write_all(&args.stdin)
+            .cni(Code::Ipam, || format!("write config to ipam plugin {name}"))?;
     }
-    let out = child.wait_with_output().cni(Code::Ipam, || format!("wait for ipam plugin {name}"))?;
+    let out = child
+        .wait_with_output()
+        .cni(Code::Ipam, || format!("wait for ipam plugin {name}"))?;
     if !out.status.success() {
         return Err(plugin_error(name, &out.stdout, &out.stderr));
     }
     if cmd != Command::Add {
         return Ok(None);
     }
-    let v: serde_json::Value =
-        serde_json::from_slice(&out.stdout).cni(Code::Ipam, || format!("decode result of ipam plugin {name}"))?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).cni(Code::Ipam, || {
+        format!("decode result of ipam plugin {name}")
+    })?;
     CniResult::from_value(v).map(Some)
 }
 

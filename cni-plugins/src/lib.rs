@@ -5,5 +5,6 @@
 pub mod bridge;
 pub mod delegate;
 pub mod ipam;
+pub mod lockfile;
 pub mod loopback;
 pub mod skel;

@@ -40,9 +40,13 @@ pub fn restore(family: Family, payload: &str, noflush: bool) -> Result<()> {
         .spawn()
         .map_err(|e| Error::io(format!("run {cmd}"), e))?;
     if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(payload.as_bytes()).map_err(|e| Error::io(format!("write rules to {cmd}"), e))?;
+        stdin
+            .write_all(payload.as_bytes())
+            .map_err(|e| Error::io(format!("write rules to {cmd}"), e))?;
     }
-    let out = child.wait_with_output().map_err(|e| Error::io(format!("wait for {cmd}"), e))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| Error::io(format!("wait for {cmd}"), e))?;
     if out.status.success() {
         Ok(())
     } else {
@@ -76,7 +80,10 @@ pub fn save(family: Family, table: &str) -> Result<String> {
 /// The rules of `chain` in a saved table, as they appear after `-A CHAIN `.
 pub fn chain_rules<'a>(saved: &'a str, chain: &str) -> Vec<&'a str> {
     let prefix = format!("-A {chain} ");
-    saved.lines().filter_map(|l| l.strip_prefix(prefix.as_str())).collect()
+    saved
+        .lines()
+        .filter_map(|l| l.strip_prefix(prefix.as_str()))
+        .collect()
 }
 
 /// True when `chain` is declared in a saved table.
@@ -95,6 +102,9 @@ mod tests {
     fn reads_chains_and_rules() {
         assert!(has_chain(SAVED, "KNODE-MASQ-X"));
         assert!(!has_chain(SAVED, "KNODE-MASQ"));
-        assert_eq!(chain_rules(SAVED, "POSTROUTING"), vec!["-s 10.1.0.0/24 -j KNODE-MASQ-X"]);
+        assert_eq!(
+            chain_rules(SAVED, "POSTROUTING"),
+            vec!["-s 10.1.0.0/24 -j KNODE-MASQ-X"]
+        );
     }
 }

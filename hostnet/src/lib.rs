@@ -27,7 +27,11 @@ pub enum Error {
     Io { what: String, source: io::Error },
     /// An external command (iptables-restore, ...) failed.
     #[error("{cmd} exited with {status}: {stderr}")]
-    Command { cmd: String, status: String, stderr: String },
+    Command {
+        cmd: String,
+        status: String,
+        stderr: String,
+    },
 }
 
 impl Error {
@@ -53,7 +57,10 @@ impl Error {
     }
 
     pub(crate) fn io(what: impl Into<String>, source: io::Error) -> Self {
-        Error::Io { what: what.into(), source }
+        Error::Io {
+            what: what.into(),
+            source,
+        }
     }
 }
 

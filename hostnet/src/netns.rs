@@ -21,7 +21,8 @@ impl NetNs {
     /// Opens the namespace at `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<NetNs> {
         let path = path.as_ref().to_path_buf();
-        let file = File::open(&path).map_err(|e| Error::io(format!("open netns {}", path.display()), e))?;
+        let file = File::open(&path)
+            .map_err(|e| Error::io(format!("open netns {}", path.display()), e))?;
         Ok(NetNs { file, path })
     }
 
@@ -87,7 +88,10 @@ pub fn current_cookie() -> Result<u64> {
     // SAFETY: socket() takes no pointers; the result is checked below.
     let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
-        return Err(Error::io("open socket for netns cookie", std::io::Error::last_os_error()));
+        return Err(Error::io(
+            "open socket for netns cookie",
+            std::io::Error::last_os_error(),
+        ));
     }
     // SAFETY: fd was just returned by socket() and is owned by nobody else.
     let sock = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
@@ -104,7 +108,10 @@ pub fn current_cookie() -> Result<u64> {
         )
     };
     if rc != 0 {
-        return Err(Error::io("read netns cookie", std::io::Error::last_os_error()));
+        return Err(Error::io(
+            "read netns cookie",
+            std::io::Error::last_os_error(),
+        ));
     }
     Ok(cookie)
 }

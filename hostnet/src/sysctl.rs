@@ -9,7 +9,9 @@ use crate::{Error, Result};
 /// Reads `key` (e.g. `net/ipv4/ip_forward` or `net.ipv4.ip_forward`).
 pub fn get(key: &str) -> Result<String> {
     let path = path(key);
-    fs::read_to_string(&path).map(|s| s.trim().to_string()).map_err(|e| Error::io(format!("read {path}"), e))
+    fs::read_to_string(&path)
+        .map(|s| s.trim().to_string())
+        .map_err(|e| Error::io(format!("read {path}"), e))
 }
 
 /// Sets `key` to `value` unless it already has that value.

@@ -45,7 +45,10 @@ impl TestNs {
     pub fn new(tag: &str) -> Result<TestNs> {
         let name = unique(&format!("kn-{tag}-"));
         run_ok(Command::new("ip").args(["netns", "add", &name]))?;
-        let ns = TestNs { path: PathBuf::from(format!("/run/netns/{name}")), name };
+        let ns = TestNs {
+            path: PathBuf::from(format!("/run/netns/{name}")),
+            name,
+        };
         ns.sh(&["ip", "link", "set", "lo", "up"])?;
         Ok(ns)
     }
@@ -62,13 +65,18 @@ impl TestNs {
 
     /// Runs `f` on a thread inside the namespace (processes it spawns start there too).
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
-        let file = File::open(&self.path).with_context(|| format!("open {}", self.path.display()))?;
+        let file =
+            File::open(&self.path).with_context(|| format!("open {}", self.path.display()))?;
         std::thread::scope(|s| {
             s.spawn(|| {
                 // SAFETY: setns on this (scoped, fresh) thread with an fd we hold open.
                 let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
                 if rc != 0 {
-                    bail!("setns {}: {}", self.path.display(), std::io::Error::last_os_error());
+                    bail!(
+                        "setns {}: {}",
+                        self.path.display(),
+                        std::io::Error::last_os_error()
+                    );
                 }
                 Ok(f())
             })
@@ -79,9 +87,17 @@ impl TestNs {
 
     /// Runs a command inside the namespace and fails unless it succeeds; returns stdout.
     pub fn sh(&self, argv: &[&str]) -> Result<String> {
-        let out = self.cmd(argv).output().with_context(|| format!("run {argv:?} in {}", self.name))?;
+        let out = self
+            .cmd(argv)
+            .output()
+            .with_context(|| format!("run {argv:?} in {}", self.name))?;
         if !out.status.success() {
-            bail!("{argv:?} in {}: {}: {}", self.name, out.status, String::from_utf8_lossy(&out.stderr).trim());
+            bail!(
+                "{argv:?} in {}: {}: {}",
+                self.name,
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
@@ -89,7 +105,9 @@ impl TestNs {
     /// A command that runs inside the namespace (via nsenter, keeping the mount namespace).
     pub fn cmd(&self, argv: &[&str]) -> Command {
         let mut c = Command::new("nsenter");
-        c.arg(format!("--net={}", self.path.display())).arg("--").args(argv);
+        c.arg(format!("--net={}", self.path.display()))
+            .arg("--")
+            .args(argv);
         c.stdin(Stdio::null());
         c
     }
@@ -106,14 +124,21 @@ impl TestNs {
 
 impl Drop for TestNs {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "delete", &self.name]).stderr(Stdio::null()).status();
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.name])
+            .stderr(Stdio::null())
+            .status();
     }
 }
 
 fn run_ok(c: &mut Command) -> Result<()> {
     let out = c.output().with_context(|| format!("run {c:?}"))?;
     if !out.status.success() {
-        bail!("{c:?}: {}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{c:?}: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
@@ -134,7 +159,11 @@ pub fn bin_dir() -> PathBuf {
 /// The path of one of our binaries; fails the test with a hint if it was not built.
 pub fn our_bin(name: &str) -> PathBuf {
     let p = bin_dir().join(name);
-    assert!(p.is_file(), "{} not built: run `cargo build --bins` first (or `make test`)", p.display());
+    assert!(
+        p.is_file(),
+        "{} not built: run `cargo build --bins` first (or `make test`)",
+        p.display()
+    );
     p
 }
 
@@ -154,7 +183,13 @@ pub struct CniCall {
 
 impl CniCall {
     /// A call of `command` for container `id` at `ifname` in `netns`.
-    pub fn new(plugin: &Path, command: &'static str, id: &str, netns: Option<&Path>, ifname: &str) -> CniCall {
+    pub fn new(
+        plugin: &Path,
+        command: &'static str,
+        id: &str,
+        netns: Option<&Path>,
+        ifname: &str,
+    ) -> CniCall {
         CniCall {
             plugin: plugin.to_path_buf(),
             command,
@@ -173,7 +208,13 @@ impl CniCall {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("CNI_COMMAND", self.command)
             .env("CNI_CONTAINERID", &self.container_id)
-            .env("CNI_NETNS", self.netns.as_deref().map(|p| p.display().to_string()).unwrap_or_default())
+            .env(
+                "CNI_NETNS",
+                self.netns
+                    .as_deref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+            )
             .env("CNI_IFNAME", &self.ifname)
             .env("CNI_ARGS", &self.cni_args)
             .env("CNI_PATH", cni_path)

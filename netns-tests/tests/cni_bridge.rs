@@ -39,13 +39,20 @@ impl Net {
         Ok(Net { host, data, conf })
     }
 
-    fn call(&self, cmd: &'static str, id: &str, netns: Option<&Path>, conf: &Value) -> Result<netns_tests::CniOutcome> {
+    fn call(
+        &self,
+        cmd: &'static str,
+        id: &str,
+        netns: Option<&Path>,
+        conf: &Value,
+    ) -> Result<netns_tests::CniOutcome> {
         let call = CniCall::new(&our_bin("knode-bridge"), cmd, id, netns, "eth0");
         self.host.run(|| call.run(conf))?
     }
 
     fn add(&self, id: &str, pod: &TestNs) -> Result<Value> {
-        self.call("ADD", id, Some(pod.path()), &self.conf)?.expect_ok("ADD")
+        self.call("ADD", id, Some(pod.path()), &self.conf)?
+            .expect_ok("ADD")
     }
 
     fn del(&self, id: &str, netns: Option<&Path>, prev: Option<&Value>) -> Result<()> {
@@ -53,12 +60,17 @@ impl Net {
         if let Some(p) = prev {
             conf["prevResult"] = p.clone();
         }
-        self.call("DEL", id, netns, &conf)?.expect_ok("DEL").map(|_| ())
+        self.call("DEL", id, netns, &conf)?
+            .expect_ok("DEL")
+            .map(|_| ())
     }
 
     /// IP reservation files in the network's data dir.
     fn reservations(&self) -> Vec<String> {
-        let dir = self.data.path().join(self.conf["name"].as_str().unwrap_or_default());
+        let dir = self
+            .data
+            .path()
+            .join(self.conf["name"].as_str().unwrap_or_default());
         let mut v: Vec<String> = std::fs::read_dir(dir)
             .map(|rd| {
                 rd.filter_map(|e| e.ok())
@@ -90,25 +102,42 @@ fn add_gives_ip_default_route_and_reachability() -> Result<()> {
     assert_ne!(ip_a, ip_b);
     assert_eq!(ra["ips"][0]["gateway"], "10.91.0.1");
     assert_eq!(ra["interfaces"][2]["name"], "eth0");
-    assert_eq!(ra["interfaces"][2]["sandbox"], a.path().display().to_string());
+    assert_eq!(
+        ra["interfaces"][2]["sandbox"],
+        a.path().display().to_string()
+    );
 
     let addr = a.sh(&["ip", "-o", "addr", "show", "dev", "eth0"])?;
     assert!(addr.contains(&format!("{ip_a}/24")), "{addr}");
     let routes = a.sh(&["ip", "route"])?;
-    assert!(routes.contains("default via 10.91.0.1 dev eth0"), "{routes}");
+    assert!(
+        routes.contains("default via 10.91.0.1 dev eth0"),
+        "{routes}"
+    );
     assert!(a.ping("10.91.0.1"), "pod a pings the gateway");
     assert!(a.ping(&ip_b), "pod a pings pod b on the same bridge");
     assert!(b.ping(&ip_a), "pod b pings pod a");
 
     // Hairpin is set on the host port; ip_forward is on in the host namespace.
-    let host_veth = ra["interfaces"][1]["name"].as_str().unwrap_or_default().to_string();
+    let host_veth = ra["interfaces"][1]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let details = net.host.sh(&["ip", "-d", "link", "show", &host_veth])?;
     assert!(details.contains("hairpin on"), "{details}");
-    assert_eq!(net.host.sh(&["cat", "/proc/sys/net/ipv4/ip_forward"])?.trim(), "1");
+    assert_eq!(
+        net.host
+            .sh(&["cat", "/proc/sys/net/ipv4/ip_forward"])?
+            .trim(),
+        "1"
+    );
 
     // One masquerade rule set for the network, not one chain per container.
     let nat = net.host.sh(&["iptables-save", "-t", "nat"])?;
-    let jumps = nat.lines().filter(|l| l.starts_with("-A POSTROUTING") && l.contains("KNODE-MASQ-")).count();
+    let jumps = nat
+        .lines()
+        .filter(|l| l.starts_with("-A POSTROUTING") && l.contains("KNODE-MASQ-"))
+        .count();
     assert_eq!(jumps, 1, "{nat}");
     Ok(())
 }
@@ -121,13 +150,19 @@ fn del_removes_veth_frees_ip_and_is_idempotent() -> Result<()> {
     let net = Net::new("10.92.0.0/24", json!({}))?;
     let pod = TestNs::new("pod")?;
     let r = net.add("ctr-del", &pod)?;
-    let host_veth = r["interfaces"][1]["name"].as_str().unwrap_or_default().to_string();
+    let host_veth = r["interfaces"][1]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     assert!(net.host_has_link(&host_veth));
     assert_eq!(net.reservations().len(), 1);
 
     net.del("ctr-del", Some(pod.path()), Some(&r))?;
     assert!(!net.host_has_link(&host_veth), "host veth gone");
-    assert!(pod.sh(&["ip", "link", "show", "eth0"]).is_err(), "eth0 gone");
+    assert!(
+        pod.sh(&["ip", "link", "show", "eth0"]).is_err(),
+        "eth0 gone"
+    );
     assert!(net.reservations().is_empty(), "IP released");
     net.del("ctr-del", Some(pod.path()), Some(&r))?; // second DEL succeeds
     Ok(())
@@ -145,7 +180,10 @@ fn del_after_netns_is_gone_frees_ip() -> Result<()> {
     drop(pod); // the namespace is deleted
     net.del("ctr-gone", Some(&path), None)?; // no prevResult either: the store is scanned
     assert!(net.reservations().is_empty());
-    let host_veth = r["interfaces"][1]["name"].as_str().unwrap_or_default().to_string();
+    let host_veth = r["interfaces"][1]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     assert!(!net.host_has_link(&host_veth));
     net.del("ctr-gone", None, None)?;
     Ok(())
@@ -165,11 +203,17 @@ fn two_hundred_parallel_adds_get_distinct_reachable_ips() -> Result<()> {
             .map(|w| {
                 let (net, pods) = (&net, &pods);
                 s.spawn(move || -> Result<Vec<(usize, Value)>> {
-                    (w..PODS).step_by(WORKERS).map(|i| Ok((i, net.add(&format!("ctr-{i}"), &pods[i])?))).collect()
+                    (w..PODS)
+                        .step_by(WORKERS)
+                        .map(|i| Ok((i, net.add(&format!("ctr-{i}"), &pods[i])?)))
+                        .collect()
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("worker")).collect::<Result<Vec<_>>>()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("worker"))
+            .collect::<Result<Vec<_>>>()
     })?
     .into_iter()
     .flatten()
@@ -185,10 +229,18 @@ fn two_hundred_parallel_adds_get_distinct_reachable_ips() -> Result<()> {
             .chunks(PODS / WORKERS + 1)
             .map(|chunk| {
                 let host = &net.host;
-                s.spawn(move || chunk.iter().filter(|ip| !host.ping(ip)).cloned().collect::<Vec<_>>())
+                s.spawn(move || {
+                    chunk
+                        .iter()
+                        .filter(|ip| !host.ping(ip))
+                        .cloned()
+                        .collect::<Vec<_>>()
+                })
             })
             .collect();
-        hs.into_iter().flat_map(|h| h.join().expect("pinger")).collect()
+        hs.into_iter()
+            .flat_map(|h| h.join().expect("pinger"))
+            .collect()
     });
     assert!(unreachable.is_empty(), "unreachable pods: {unreachable:?}");
 
@@ -197,12 +249,17 @@ fn two_hundred_parallel_adds_get_distinct_reachable_ips() -> Result<()> {
             let (net, pods, results) = (&net, &pods, &results);
             s.spawn(move || {
                 for (i, r) in results.iter().skip(w).step_by(WORKERS) {
-                    net.del(&format!("ctr-{i}"), Some(pods[*i].path()), Some(r)).expect("DEL");
+                    net.del(&format!("ctr-{i}"), Some(pods[*i].path()), Some(r))
+                        .expect("DEL");
                 }
             });
         }
     });
-    assert!(net.reservations().is_empty(), "no reservation left: {:?}", net.reservations());
+    assert!(
+        net.reservations().is_empty(),
+        "no reservation left: {:?}",
+        net.reservations()
+    );
     let veths = net.host.sh(&["ip", "-o", "link", "show", "type", "veth"])?;
     assert!(veths.trim().is_empty(), "no veth left: {veths}");
     Ok(())
@@ -213,17 +270,35 @@ fn exhausted_range_fails_cleanly() -> Result<()> {
     if !require_root("exhausted_range_fails_cleanly") {
         return Ok(());
     }
-    let net = Net::new("10.95.0.0/24", json!({ "rangeStart": "10.95.0.10", "rangeEnd": "10.95.0.12" }))?;
+    let net = Net::new(
+        "10.95.0.0/24",
+        json!({ "rangeStart": "10.95.0.10", "rangeEnd": "10.95.0.12" }),
+    )?;
     let pods: Vec<TestNs> = (0..4).map(|_| TestNs::new("pod")).collect::<Result<_>>()?;
     for (i, p) in pods.iter().take(3).enumerate() {
         net.add(&format!("ctr-{i}"), p)?;
     }
     let out = net.call("ADD", "ctr-3", Some(pods[3].path()), &net.conf)?;
     assert!(!out.ok, "fourth ADD must fail");
-    assert_eq!(out.code(), Some(100), "error JSON with code 100: {}", out.stdout);
-    assert!(out.json["msg"].as_str().unwrap_or_default().contains("no IP addresses available"), "{}", out.stdout);
+    assert_eq!(
+        out.code(),
+        Some(100),
+        "error JSON with code 100: {}",
+        out.stdout
+    );
+    assert!(
+        out.json["msg"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no IP addresses available"),
+        "{}",
+        out.stdout
+    );
     assert_eq!(net.reservations().len(), 3);
-    assert!(pods[3].sh(&["ip", "link", "show", "eth0"]).is_err(), "no eth0 in the failed pod");
+    assert!(
+        pods[3].sh(&["ip", "link", "show", "eth0"]).is_err(),
+        "no eth0 in the failed pod"
+    );
     let veths = net.host.sh(&["ip", "-o", "link", "show", "type", "veth"])?;
     assert_eq!(veths.lines().count(), 3, "no partial veth: {veths}");
     Ok(())
@@ -236,8 +311,11 @@ fn gc_releases_exactly_the_invalid_attachments() -> Result<()> {
     }
     let net = Net::new("10.96.0.0/24", json!({}))?;
     let pods: Vec<TestNs> = (0..3).map(|_| TestNs::new("pod")).collect::<Result<_>>()?;
-    let results: Vec<Value> =
-        pods.iter().enumerate().map(|(i, p)| net.add(&format!("ctr-{i}"), p)).collect::<Result<_>>()?;
+    let results: Vec<Value> = pods
+        .iter()
+        .enumerate()
+        .map(|(i, p)| net.add(&format!("ctr-{i}"), p))
+        .collect::<Result<_>>()?;
     let mut conf = net.conf.clone();
     conf["cni.dev/valid-attachments"] = json!([{ "containerID": "ctr-1", "ifname": "eth0" }]);
     let call = CniCall::new(&our_bin("knode-bridge"), "GC", "", None, "");
@@ -260,24 +338,40 @@ fn check_reports_removed_ip_and_route() -> Result<()> {
         conf["prevResult"] = prev.clone();
         net.call("CHECK", id, Some(pod.path()), &conf)
     };
-    assert!(check("ctr-a", &a, &ra)?.ok, "CHECK passes on an intact attachment");
+    assert!(
+        check("ctr-a", &a, &ra)?.ok,
+        "CHECK passes on an intact attachment"
+    );
 
-    let addr = ra["ips"][0]["address"].as_str().unwrap_or_default().to_string();
+    let addr = ra["ips"][0]["address"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     a.sh(&["ip", "addr", "del", &addr, "dev", "eth0"])?;
     let out = check("ctr-a", &a, &ra)?;
     assert!(!out.ok);
-    assert!(out.stdout.contains(&format!("address {addr} is missing")), "{}", out.stdout);
+    assert!(
+        out.stdout.contains(&format!("address {addr} is missing")),
+        "{}",
+        out.stdout
+    );
 
     b.sh(&["ip", "route", "del", "default"])?;
     let out = check("ctr-b", &b, &rb)?;
     assert!(!out.ok);
-    assert!(out.stdout.contains("route 0.0.0.0/0 via 10.97.0.1 is missing"), "{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains("route 0.0.0.0/0 via 10.97.0.1 is missing"),
+        "{}",
+        out.stdout
+    );
 
     // Flushing the masquerade rules is reported too.
     let mut conf = net.conf.clone();
     conf["prevResult"] = rb.clone();
     b.sh(&["ip", "route", "add", "default", "via", "10.97.0.1"])?;
-    net.host.sh(&["iptables", "-t", "nat", "-F", "POSTROUTING"])?;
+    net.host
+        .sh(&["iptables", "-t", "nat", "-F", "POSTROUTING"])?;
     let out = net.call("CHECK", "ctr-b", Some(b.path()), &conf)?;
     assert!(!out.ok);
     assert!(out.stdout.contains("ipMasq"), "{}", out.stdout);

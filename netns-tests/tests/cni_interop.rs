@@ -7,7 +7,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use netns_tests::{first_ip, our_bin, require_root, unique, CniCall, TempDir, TestNs, REFERENCE_CNI_DIR};
+use netns_tests::{
+    first_ip, our_bin, require_root, unique, CniCall, TempDir, TestNs, REFERENCE_CNI_DIR,
+};
 use serde_json::{json, Value};
 
 fn reference(name: &str) -> std::path::PathBuf {
@@ -24,7 +26,13 @@ fn reference(name: &str) -> std::path::PathBuf {
 
 /// Runs a conflist's plugins in order as a runtime does: each gets the
 /// network name and version, its runtimeConfig, and the previous result.
-fn add_chain(host: &TestNs, list: &Value, id: &str, pod: &TestNs, runtime: &Value) -> Result<Vec<Value>> {
+fn add_chain(
+    host: &TestNs,
+    list: &Value,
+    id: &str,
+    pod: &TestNs,
+    runtime: &Value,
+) -> Result<Vec<Value>> {
     let mut prev: Option<Value> = None;
     let mut confs = Vec::new();
     for p in list["plugins"].as_array().context("plugins")? {
@@ -36,9 +44,16 @@ fn add_chain(host: &TestNs, list: &Value, id: &str, pod: &TestNs, runtime: &Valu
             conf["prevResult"] = r.clone();
         }
         let ty = conf["type"].as_str().context("type")?.to_string();
-        let bin = if ty.starts_with("knode-") { our_bin(&ty) } else { reference(&ty) };
+        let bin = if ty.starts_with("knode-") {
+            our_bin(&ty)
+        } else {
+            reference(&ty)
+        };
         let call = CniCall::new(&bin, "ADD", id, Some(pod.path()), "eth0");
-        prev = Some(host.run(|| call.run(&conf))??.expect_ok(&format!("ADD {ty}"))?);
+        prev = Some(
+            host.run(|| call.run(&conf))??
+                .expect_ok(&format!("ADD {ty}"))?,
+        );
         confs.push(conf);
     }
     let last = prev.context("empty chain")?;
@@ -81,13 +96,19 @@ fn bridge_chains_with_reference_portmap() -> Result<()> {
 
     // A server in the pod; a client in the host namespace through the host port.
     let mut server = pod
-        .cmd(&["socat", "TCP-LISTEN:8080,reuseaddr,fork", "SYSTEM:echo hello-from-pod"])
+        .cmd(&[
+            "socat",
+            "TCP-LISTEN:8080,reuseaddr,fork",
+            "SYSTEM:echo hello-from-pod",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
     let mut answer = String::new();
     for _ in 0..50 {
-        let out = host.cmd(&["socat", "-T", "2", "-", "TCP:10.98.0.1:18080"]).output()?;
+        let out = host
+            .cmd(&["socat", "-T", "2", "-", "TCP:10.98.0.1:18080"])
+            .output()?;
         answer = String::from_utf8_lossy(&out.stdout).into_owned();
         if answer.contains("hello-from-pod") {
             break;
@@ -96,13 +117,21 @@ fn bridge_chains_with_reference_portmap() -> Result<()> {
     }
     let _ = server.kill();
     let _ = server.wait();
-    assert!(answer.contains("hello-from-pod"), "host port 18080 reaches {pod_ip}:8080, got {answer:?}");
+    assert!(
+        answer.contains("hello-from-pod"),
+        "host port 18080 reaches {pod_ip}:8080, got {answer:?}"
+    );
 
     for conf in &dels {
         let ty = conf["type"].as_str().unwrap_or_default();
-        let bin = if ty.starts_with("knode-") { our_bin(ty) } else { reference(ty) };
+        let bin = if ty.starts_with("knode-") {
+            our_bin(ty)
+        } else {
+            reference(ty)
+        };
         let call = CniCall::new(&bin, "DEL", "ctr-pm", Some(pod.path()), "eth0");
-        host.run(|| call.run(conf))??.expect_ok(&format!("DEL {ty}"))?;
+        host.run(|| call.run(conf))??
+            .expect_ok(&format!("DEL {ty}"))?;
     }
     Ok(())
 }
@@ -142,16 +171,29 @@ fn reference_host_local_reservations_are_honoured() -> Result<()> {
     assert_ne!(mine, taken);
     let call = CniCall::new(&ours, "ADD", "our-ctr-2", Some(host.path()), "eth0");
     let out = host.run(|| call.run(&conf))??;
-    assert!(!out.ok && out.code() == Some(100), "range is full: {}", out.stdout);
+    assert!(
+        !out.ok && out.code() == Some(100),
+        "range is full: {}",
+        out.stdout
+    );
 
     // Ours releases the reference's reservation by container ID...
     let call = CniCall::new(&ours, "DEL", "ref-ctr", None, "eth0");
-    host.run(|| call.run(&conf))??.expect_ok("our DEL of the reference's reservation")?;
+    host.run(|| call.run(&conf))??
+        .expect_ok("our DEL of the reference's reservation")?;
     assert!(!data.path().join(&name).join(&taken).exists());
     // ...and the reference honours ours.
     let conf = ipam("host-local");
-    let call = CniCall::new(&reference_bin, "ADD", "ref-ctr-2", Some(host.path()), "eth0");
-    let r = host.run(|| call.run(&conf))??.expect_ok("reference ADD 2")?;
+    let call = CniCall::new(
+        &reference_bin,
+        "ADD",
+        "ref-ctr-2",
+        Some(host.path()),
+        "eth0",
+    );
+    let r = host
+        .run(|| call.run(&conf))??
+        .expect_ok("reference ADD 2")?;
     assert_eq!(first_ip(&r).as_deref(), Some(taken.as_str()));
     Ok(())
 }

@@ -15,7 +15,9 @@ fn loopback_up_and_down() -> Result<()> {
     let conf = json!({ "cniVersion": "1.0.0", "name": "lo", "type": "knode-loopback" });
     let bin = our_bin("knode-loopback");
 
-    let r = CniCall::new(&bin, "ADD", "c1", Some(pod.path()), "lo").run(&conf)?.expect_ok("ADD")?;
+    let r = CniCall::new(&bin, "ADD", "c1", Some(pod.path()), "lo")
+        .run(&conf)?
+        .expect_ok("ADD")?;
     assert_eq!(r["interfaces"][0]["name"], "lo");
     assert!(r["ips"].to_string().contains("127.0.0.1/8"), "{r}");
     assert!(pod.sh(&["ip", "link", "show", "lo"])?.contains("UP"));
@@ -23,13 +25,23 @@ fn loopback_up_and_down() -> Result<()> {
 
     let mut check = conf.clone();
     check["prevResult"] = r.clone();
-    CniCall::new(&bin, "CHECK", "c1", Some(pod.path()), "lo").run(&check)?.expect_ok("CHECK")?;
+    CniCall::new(&bin, "CHECK", "c1", Some(pod.path()), "lo")
+        .run(&check)?
+        .expect_ok("CHECK")?;
 
-    CniCall::new(&bin, "DEL", "c1", Some(pod.path()), "lo").run(&conf)?.expect_ok("DEL")?;
+    CniCall::new(&bin, "DEL", "c1", Some(pod.path()), "lo")
+        .run(&conf)?
+        .expect_ok("DEL")?;
     assert!(!pod.sh(&["ip", "link", "show", "lo"])?.contains(",UP"));
     // DEL of a namespace that no longer exists succeeds.
-    CniCall::new(&bin, "DEL", "c1", Some(std::path::Path::new("/run/netns/knode-none")), "lo")
-        .run(&conf)?
-        .expect_ok("DEL gone")?;
+    CniCall::new(
+        &bin,
+        "DEL",
+        "c1",
+        Some(std::path::Path::new("/run/netns/knode-none")),
+        "lo",
+    )
+    .run(&conf)?
+    .expect_ok("DEL gone")?;
     Ok(())
 }

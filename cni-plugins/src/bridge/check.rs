@@ -21,39 +21,65 @@ pub fn check(args: &CmdArgs, conf: &BridgeConf, netns: &NetNs, prev: &CniResult)
     let idx = prev
         .interfaces
         .iter()
-        .position(|i| i.name == ifname && (i.sandbox.is_empty() || Path::new(&i.sandbox) == netns.path()))
+        .position(|i| {
+            i.name == ifname && (i.sandbox.is_empty() || Path::new(&i.sandbox) == netns.path())
+        })
         .ok_or_else(|| fail(format!("prevResult has no interface {ifname} in {sandbox}")))?;
     let want = &prev.interfaces[idx];
 
-    let mut cnl = Netlink::new_in(netns).cni(Code::Netlink, || format!("open netlink in {sandbox}"))?;
+    let mut cnl =
+        Netlink::new_in(netns).cni(Code::Netlink, || format!("open netlink in {sandbox}"))?;
     let link = cnl
         .link()
         .get_by_name(ifname)
         .cni(Code::Netlink, || format!("look up {ifname}"))?
         .ok_or_else(|| fail(format!("interface {ifname} is missing in {sandbox}")))?;
     if !want.mac.is_empty() && !link.mac_string().eq_ignore_ascii_case(&want.mac) {
-        return Err(fail(format!("interface {ifname} has MAC {}, prevResult says {}", link.mac_string(), want.mac)));
+        return Err(fail(format!(
+            "interface {ifname} has MAC {}, prevResult says {}",
+            link.mac_string(),
+            want.mac
+        )));
     }
     if !link.up {
         return Err(fail(format!("interface {ifname} is down")));
     }
 
-    let addrs = cnl.addr().list(link.index).cni(Code::Netlink, || format!("list addresses of {ifname}"))?;
-    for ip in prev.ips.iter().filter(|i| i.interface.is_none_or(|n| n == idx)) {
+    let addrs = cnl
+        .addr()
+        .list(link.index)
+        .cni(Code::Netlink, || format!("list addresses of {ifname}"))?;
+    for ip in prev
+        .ips
+        .iter()
+        .filter(|i| i.interface.is_none_or(|n| n == idx))
+    {
         if !addrs.contains(&ip.address) {
-            return Err(fail(format!("address {} is missing from {ifname}", ip.address)));
+            return Err(fail(format!(
+                "address {} is missing from {ifname}",
+                ip.address
+            )));
         }
     }
 
     for v4 in [true, false] {
-        let wanted: Vec<_> = prev.routes.iter().filter(|r| r.dst.addr().is_ipv4() == v4).collect();
+        let wanted: Vec<_> = prev
+            .routes
+            .iter()
+            .filter(|r| r.dst.addr().is_ipv4() == v4)
+            .collect();
         if wanted.is_empty() {
             continue;
         }
-        let have = cnl.route().list(v4).cni(Code::Netlink, || "list container routes".into())?;
+        let have = cnl
+            .route()
+            .list(v4)
+            .cni(Code::Netlink, || "list container routes".into())?;
         for r in wanted {
             let gw = r.gw.or_else(|| family_gateway(prev, v4));
-            let found = have.iter().any(|h| h.dst == r.dst.trunc() && (gw.is_none() || h.gateway == gw));
+            let found = have
+                .iter()
+                .any(|h| h.dst == r.dst.trunc() && (gw.is_none() || h.gateway == gw));
             if !found {
                 return Err(fail(match gw {
                     Some(gw) => format!("route {} via {gw} is missing in {sandbox}", r.dst),
@@ -77,7 +103,10 @@ pub fn check(args: &CmdArgs, conf: &BridgeConf, netns: &NetNs, prev: &CniResult)
         .cni(Code::Netlink, || format!("look up {host_name}"))?
         .ok_or_else(|| fail(format!("host interface {host_name} is missing")))?;
     if host.master != Some(br.index) {
-        return Err(fail(format!("host interface {host_name} is not attached to {}", conf.bridge)));
+        return Err(fail(format!(
+            "host interface {host_name} is not attached to {}",
+            conf.bridge
+        )));
     }
 
     if conf.ip_masq {

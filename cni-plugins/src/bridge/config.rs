@@ -5,7 +5,7 @@
 use serde::Deserialize;
 
 use crate::delegate;
-use crate::skel::{validate_ifname, CniError, Code, Result};
+use crate::skel::{validate_ifname, validate_network_name, CniError, Code, Result};
 
 /// `knode-bridge` config (the plugin's own keys; common keys live in `NetConf`).
 #[derive(Debug, Clone, Deserialize)]
@@ -47,17 +47,25 @@ fn default_bridge() -> String {
 impl BridgeConf {
     /// Parses and validates the config on stdin.
     pub fn parse(stdin: &[u8]) -> Result<BridgeConf> {
-        let mut c: BridgeConf = serde_json::from_slice(stdin)
-            .map_err(|e| CniError::new(Code::Decode, "decode bridge network config").with_details(e))?;
-        validate_name(&c.name)?;
-        validate_ifname(&c.bridge)
-            .map_err(|e| CniError::new(Code::InvalidConfig, e.msg.replacen("CNI_IFNAME", "bridge", 1)))?;
+        let mut c: BridgeConf = serde_json::from_slice(stdin).map_err(|e| {
+            CniError::new(Code::Decode, "decode bridge network config").with_details(e)
+        })?;
+        validate_network_name(&c.name)?;
+        validate_ifname(&c.bridge).map_err(|e| {
+            CniError::new(
+                Code::InvalidConfig,
+                e.msg.replacen("CNI_IFNAME", "bridge", 1),
+            )
+        })?;
         if c.is_default_gateway {
             c.is_gateway = true;
         }
         if let Some(mtu) = c.mtu {
             if mtu != 0 && !(68..=65535).contains(&mtu) {
-                return Err(CniError::new(Code::InvalidConfig, format!("mtu: {mtu} is outside 68-65535")));
+                return Err(CniError::new(
+                    Code::InvalidConfig,
+                    format!("mtu: {mtu} is outside 68-65535"),
+                ));
             }
         }
         if let Some(ipam) = &c.ipam {
@@ -70,29 +78,17 @@ impl BridgeConf {
 
     /// The MTU to set on new links, if configured.
     pub fn link_mtu(&self) -> Option<u32> {
-        self.mtu.filter(|m| *m > 0).and_then(|m| u32::try_from(m).ok())
+        self.mtu
+            .filter(|m| *m > 0)
+            .and_then(|m| u32::try_from(m).ok())
     }
 
     /// The IPAM plugin, or `None` for an L2-only network.
     pub fn ipam_type(&self) -> Option<&str> {
-        self.ipam.as_ref().map(|i| i.plugin_type.as_str()).filter(|t| !t.is_empty())
-    }
-}
-
-/// The spec's network name rule: alphanumeric start, then alphanumerics,
-/// `_`, `.` and `-`. Names end up in file paths and iptables comments.
-pub fn validate_name(name: &str) -> Result<()> {
-    let ok = name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-    if ok {
-        Ok(())
-    } else if name.is_empty() {
-        Err(CniError::new(Code::InvalidConfig, "name: required"))
-    } else {
-        Err(CniError::new(
-            Code::InvalidConfig,
-            format!("name: {name:?} must be alphanumeric, '_', '.' or '-', starting alphanumeric"),
-        ))
+        self.ipam
+            .as_ref()
+            .map(|i| i.plugin_type.as_str())
+            .filter(|t| !t.is_empty())
     }
 }
 
@@ -102,7 +98,8 @@ mod tests {
 
     #[test]
     fn defaults_follow_the_reference() {
-        let c = BridgeConf::parse(br#"{"cniVersion":"1.0.0","name":"n","type":"knode-bridge"}"#).unwrap();
+        let c = BridgeConf::parse(br#"{"cniVersion":"1.0.0","name":"n","type":"knode-bridge"}"#)
+            .unwrap();
         assert_eq!(c.bridge, "cni0");
         assert!(!c.is_gateway && !c.ip_masq && !c.hairpin_mode);
         assert_eq!(c.link_mtu(), None);
@@ -115,8 +112,12 @@ mod tests {
     #[test]
     fn errors_name_the_field() {
         let e = BridgeConf::parse(br#"{"name":"n","mtu":20}"#).unwrap_err();
-        assert_eq!((e.code, e.msg.as_str()), (Code::InvalidConfig, "mtu: 20 is outside 68-65535"));
-        let e = BridgeConf::parse(br#"{"name":"n","bridge":"a-very-long-bridge-name"}"#).unwrap_err();
+        assert_eq!(
+            (e.code, e.msg.as_str()),
+            (Code::InvalidConfig, "mtu: 20 is outside 68-65535")
+        );
+        let e =
+            BridgeConf::parse(br#"{"name":"n","bridge":"a-very-long-bridge-name"}"#).unwrap_err();
         assert!(e.msg.starts_with("bridge: "), "{}", e.msg);
         let e = BridgeConf::parse(br#"{"name":"n","ipam":{"type":"../../bin/sh"}}"#).unwrap_err();
         assert!(e.msg.starts_with("ipam.type: "), "{}", e.msg);

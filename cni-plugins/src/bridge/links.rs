@@ -19,14 +19,22 @@ pub struct Attached {
 }
 
 /// Creates the bridge side and the container side for `result`'s IPs and routes.
-pub fn attach(conf: &BridgeConf, netns: &NetNs, ifname: &str, host_veth: &str, result: &CniResult) -> Result<Attached> {
+pub fn attach(
+    conf: &BridgeConf,
+    netns: &NetNs,
+    ifname: &str,
+    host_veth: &str,
+    result: &CniResult,
+) -> Result<Attached> {
     let mut nl = Netlink::new().cni(Code::Netlink, || "open netlink".into())?;
     let bridge = ensure_bridge(&mut nl, conf)?;
     if conf.is_gateway {
         for ip in &result.ips {
             if let Some(gw) = ip.gateway {
                 let want = IpNet::new(gw, ip.address.prefix_len())
-                    .cni(Code::InvalidConfig, || format!("gateway {gw} for {}", ip.address))?;
+                    .cni(Code::InvalidConfig, || {
+                        format!("gateway {gw} for {}", ip.address)
+                    })?;
                 ensure_gateway_addr(&mut nl, conf, &bridge, want)?;
             }
         }
@@ -46,30 +54,55 @@ pub fn attach(conf: &BridgeConf, netns: &NetNs, ifname: &str, host_veth: &str, r
             let msg = if host_taken {
                 format!("host interface {host_veth} already exists: an earlier ADD of this container was not deleted")
             } else {
-                format!("container interface {ifname} already exists in {}", netns.path().display())
+                format!(
+                    "container interface {ifname} already exists in {}",
+                    netns.path().display()
+                )
             };
             return Err(CniError::new(Code::Netlink, msg));
         }
-        return Err(CniError::new(Code::Netlink, format!("create veth {host_veth} <-> {ifname}")).with_details(e));
+        return Err(CniError::new(
+            Code::Netlink,
+            format!("create veth {host_veth} <-> {ifname}"),
+        )
+        .with_details(e));
     }
     let host = nl
         .link()
         .get_by_name(host_veth)
         .cni(Code::Netlink, || format!("look up {host_veth}"))?
-        .ok_or_else(|| CniError::new(Code::Netlink, format!("{host_veth} vanished after creation")))?;
+        .ok_or_else(|| {
+            CniError::new(
+                Code::Netlink,
+                format!("{host_veth} vanished after creation"),
+            )
+        })?;
     if conf.hairpin_mode {
-        nl.link().set_hairpin(host.index, true).cni(Code::Netlink, || format!("set hairpin on {host_veth}"))?;
+        nl.link()
+            .set_hairpin(host.index, true)
+            .cni(Code::Netlink, || format!("set hairpin on {host_veth}"))?;
     }
 
-    let mut cnl = Netlink::new_in(netns).cni(Code::Netlink, || format!("open netlink in {}", netns.path().display()))?;
+    let mut cnl = Netlink::new_in(netns).cni(Code::Netlink, || {
+        format!("open netlink in {}", netns.path().display())
+    })?;
     let cont = cnl
         .link()
         .get_by_name(ifname)
         .cni(Code::Netlink, || format!("look up {ifname} in container"))?
-        .ok_or_else(|| CniError::new(Code::Netlink, format!("{ifname} missing in container after creation")))?;
-    cnl.link().set_up(cont.index, true).cni(Code::Netlink, || format!("set {ifname} up"))?;
+        .ok_or_else(|| {
+            CniError::new(
+                Code::Netlink,
+                format!("{ifname} missing in container after creation"),
+            )
+        })?;
+    cnl.link()
+        .set_up(cont.index, true)
+        .cni(Code::Netlink, || format!("set {ifname} up"))?;
     for ip in &result.ips {
-        cnl.addr().add(cont.index, ip.address).cni(Code::Netlink, || format!("add {} to {ifname}", ip.address))?;
+        cnl.addr()
+            .add(cont.index, ip.address)
+            .cni(Code::Netlink, || format!("add {} to {ifname}", ip.address))?;
     }
     for r in &result.routes {
         let v4 = r.dst.addr().is_ipv4();
@@ -81,48 +114,83 @@ pub fn attach(conf: &BridgeConf, netns: &NetNs, ifname: &str, host_veth: &str, r
             None => format!("add route {} in container", r.dst),
         })?;
     }
-    Ok(Attached { bridge_mac: bridge.mac_string(), host_mac: host.mac_string(), container_mac: cont.mac_string() })
+    Ok(Attached {
+        bridge_mac: bridge.mac_string(),
+        host_mac: host.mac_string(),
+        container_mac: cont.mac_string(),
+    })
 }
 
 /// The gateway of the first IP of the family, for routes that name none.
 pub fn family_gateway(result: &CniResult, v4: bool) -> Option<IpAddr> {
-    result.ips.iter().find(|i| i.address.addr().is_ipv4() == v4).and_then(|i| i.gateway)
+    result
+        .ips
+        .iter()
+        .find(|i| i.address.addr().is_ipv4() == v4)
+        .and_then(|i| i.gateway)
 }
 
 fn ensure_bridge(nl: &mut Netlink, conf: &BridgeConf) -> Result<Link> {
     let name = conf.bridge.as_str();
-    let mut br = nl.link().get_by_name(name).cni(Code::Netlink, || format!("look up bridge {name}"))?;
+    let mut br = nl
+        .link()
+        .get_by_name(name)
+        .cni(Code::Netlink, || format!("look up bridge {name}"))?;
     if br.is_none() {
         match nl.link().add_bridge(name, conf.link_mtu()) {
             Ok(()) => {}
             Err(e) if e.is_exists() => {} // a concurrent ADD made it
-            Err(e) => return Err(CniError::new(Code::Netlink, format!("create bridge {name}")).with_details(e)),
+            Err(e) => {
+                return Err(
+                    CniError::new(Code::Netlink, format!("create bridge {name}")).with_details(e),
+                )
+            }
         }
-        br = nl.link().get_by_name(name).cni(Code::Netlink, || format!("look up bridge {name}"))?;
+        br = nl
+            .link()
+            .get_by_name(name)
+            .cni(Code::Netlink, || format!("look up bridge {name}"))?;
     }
-    let br = br.ok_or_else(|| CniError::new(Code::Netlink, format!("bridge {name} vanished after creation")))?;
+    let br = br.ok_or_else(|| {
+        CniError::new(
+            Code::Netlink,
+            format!("bridge {name} vanished after creation"),
+        )
+    })?;
     if br.kind.as_deref() != Some("bridge") {
         return Err(CniError::new(
             Code::InvalidConfig,
-            format!("bridge: {name} exists and is a {} link, not a bridge", br.kind.as_deref().unwrap_or("plain")),
+            format!(
+                "bridge: {name} exists and is a {} link, not a bridge",
+                br.kind.as_deref().unwrap_or("plain")
+            ),
         ));
     }
     if !br.up {
-        nl.link().set_up(br.index, true).cni(Code::Netlink, || format!("set {name} up"))?;
+        nl.link()
+            .set_up(br.index, true)
+            .cni(Code::Netlink, || format!("set {name} up"))?;
     }
     if conf.promisc_mode && !br.promisc {
-        nl.link().set_promisc(br.index, true).cni(Code::Netlink, || format!("set {name} promiscuous"))?;
+        nl.link()
+            .set_promisc(br.index, true)
+            .cni(Code::Netlink, || format!("set {name} promiscuous"))?;
     }
     Ok(br)
 }
 
 fn ensure_gateway_addr(nl: &mut Netlink, conf: &BridgeConf, br: &Link, want: IpNet) -> Result<()> {
-    let have = nl.addr().list(br.index).cni(Code::Netlink, || format!("list addresses of {}", conf.bridge))?;
+    let have = nl.addr().list(br.index).cni(Code::Netlink, || {
+        format!("list addresses of {}", conf.bridge)
+    })?;
     if have.contains(&want) {
         return Ok(());
     }
     // Another address in the same subnet: only replaced with forceAddress.
-    for other in have.iter().filter(|a| a.trunc() == want.trunc() || a.contains(&want.addr())) {
+    for other in have
+        .iter()
+        .filter(|a| a.trunc() == want.trunc() || a.contains(&want.addr()))
+    {
         if !conf.force_address {
             return Err(CniError::new(
                 Code::InvalidConfig,
@@ -132,12 +200,18 @@ fn ensure_gateway_addr(nl: &mut Netlink, conf: &BridgeConf, br: &Link, want: IpN
                 ),
             ));
         }
-        nl.addr().del(br.index, *other).cni(Code::Netlink, || format!("remove {other} from {}", conf.bridge))?;
+        nl.addr().del(br.index, *other).cni(Code::Netlink, || {
+            format!("remove {other} from {}", conf.bridge)
+        })?;
     }
     match nl.addr().add(br.index, want) {
         Ok(()) => Ok(()),
         Err(e) if e.is_exists() => Ok(()), // a concurrent ADD set it
-        Err(e) => Err(CniError::new(Code::Netlink, format!("add gateway {want} to {}", conf.bridge)).with_details(e)),
+        Err(e) => Err(CniError::new(
+            Code::Netlink,
+            format!("add gateway {want} to {}", conf.bridge),
+        )
+        .with_details(e)),
     }
 }
 
@@ -145,12 +219,22 @@ fn ensure_gateway_addr(nl: &mut Netlink, conf: &BridgeConf, br: &Link, want: IpN
 /// end. Parts already gone are not an error.
 pub fn detach(netns: Option<&NetNs>, ifname: &str, host_veth: &str) -> Result<()> {
     if let Some(ns) = netns {
-        let mut cnl = Netlink::new_in(ns).cni(Code::Netlink, || format!("open netlink in {}", ns.path().display()))?;
-        if let Some(l) = cnl.link().get_by_name(ifname).cni(Code::Netlink, || format!("look up {ifname}"))? {
+        let mut cnl = Netlink::new_in(ns).cni(Code::Netlink, || {
+            format!("open netlink in {}", ns.path().display())
+        })?;
+        if let Some(l) = cnl
+            .link()
+            .get_by_name(ifname)
+            .cni(Code::Netlink, || format!("look up {ifname}"))?
+        {
             match cnl.link().del(l.index) {
                 Ok(()) => {}
                 Err(e) if e.is_not_found() => {}
-                Err(e) => return Err(CniError::new(Code::Netlink, format!("delete {ifname}")).with_details(e)),
+                Err(e) => {
+                    return Err(
+                        CniError::new(Code::Netlink, format!("delete {ifname}")).with_details(e)
+                    )
+                }
             }
         }
     }
@@ -160,11 +244,17 @@ pub fn detach(netns: Option<&NetNs>, ifname: &str, host_veth: &str) -> Result<()
 /// Deletes the host end of a veth pair if it still exists.
 pub fn remove_host_veth(name: &str) -> Result<()> {
     let mut nl = Netlink::new().cni(Code::Netlink, || "open netlink".into())?;
-    if let Some(l) = nl.link().get_by_name(name).cni(Code::Netlink, || format!("look up {name}"))? {
+    if let Some(l) = nl
+        .link()
+        .get_by_name(name)
+        .cni(Code::Netlink, || format!("look up {name}"))?
+    {
         match nl.link().del(l.index) {
             Ok(()) => {}
             Err(e) if e.is_not_found() => {}
-            Err(e) => return Err(CniError::new(Code::Netlink, format!("delete {name}")).with_details(e)),
+            Err(e) => {
+                return Err(CniError::new(Code::Netlink, format!("delete {name}")).with_details(e))
+            }
         }
     }
     Ok(())

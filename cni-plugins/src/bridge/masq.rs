@@ -11,7 +11,6 @@
 use std::fs;
 use std::io::Write;
 use std::net::IpAddr;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -43,13 +42,22 @@ impl MasqRules {
         for family in [Family::V4, Family::V6] {
             let mut subnets: Vec<IpNet> = addrs
                 .iter()
-                .filter(|a| matches!((family, a.addr()), (Family::V4, IpAddr::V4(_)) | (Family::V6, IpAddr::V6(_))))
+                .filter(|a| {
+                    matches!(
+                        (family, a.addr()),
+                        (Family::V4, IpAddr::V4(_)) | (Family::V6, IpAddr::V6(_))
+                    )
+                })
                 .map(|a| a.trunc())
                 .collect();
             subnets.sort();
             subnets.dedup();
             if !subnets.is_empty() {
-                out.push(MasqRules { network: network.to_string(), family, subnets });
+                out.push(MasqRules {
+                    network: network.to_string(),
+                    family,
+                    subnets,
+                });
             }
         }
         out
@@ -81,7 +89,11 @@ impl MasqRules {
 
     /// The chain's own rules (after `-A CHAIN `), as iptables-save prints them.
     fn chain_rules(&self) -> Vec<String> {
-        let mut rules: Vec<String> = self.subnets.iter().map(|s| format!("-d {s} -j ACCEPT")).collect();
+        let mut rules: Vec<String> = self
+            .subnets
+            .iter()
+            .map(|s| format!("-d {s} -j ACCEPT"))
+            .collect();
         rules.push(format!("! -d {} -j MASQUERADE", self.multicast()));
         rules
     }
@@ -142,22 +154,29 @@ impl MasqRules {
 
 /// Ensures each rule set, with stamps under `state_dir`.
 pub fn ensure(rules: &[MasqRules], state_dir: &Path) -> Result<()> {
-    let cookie = hostnet::netns::current_cookie().cni(Code::Iptables, || "identify network namespace".into())?;
+    let cookie = hostnet::netns::current_cookie()
+        .cni(Code::Iptables, || "identify network namespace".into())?;
     let dir = state_dir.join(cookie.to_string());
     for r in rules {
-        let stamp = dir.join(format!("{}.{}", r.chain(), if r.family == Family::V4 { 4 } else { 6 }));
+        let stamp = dir.join(format!(
+            "{}.{}",
+            r.chain(),
+            if r.family == Family::V4 { 4 } else { 6 }
+        ));
         if fresh(&stamp, &r.stamp_text()) {
             continue;
         }
         fs::create_dir_all(&dir).cni(Code::Iptables, || format!("create {}", dir.display()))?;
-        let _lock = lock(&dir.join("lock"))?;
+        let _lock = crate::lockfile::lock_exclusive(&dir.join("lock"), Code::Iptables)?;
         if fresh(&stamp, &r.stamp_text()) {
             continue; // another ADD installed it while we waited
         }
-        let saved = iptables::save(r.family, "nat").cni(Code::Iptables, || "read nat table".into())?;
+        let saved =
+            iptables::save(r.family, "nat").cni(Code::Iptables, || "read nat table".into())?;
         if r.missing(&saved).is_some() {
-            iptables::restore(r.family, &r.payload(&saved), true)
-                .cni(Code::Iptables, || format!("install ipMasq rules for network {}", r.network))?;
+            iptables::restore(r.family, &r.payload(&saved), true).cni(Code::Iptables, || {
+                format!("install ipMasq rules for network {}", r.network)
+            })?;
         }
         write_stamp(&stamp, &r.stamp_text())?;
     }
@@ -167,16 +186,22 @@ pub fn ensure(rules: &[MasqRules], state_dir: &Path) -> Result<()> {
 /// Checks each rule set against iptables itself (CHECK; never the stamp).
 pub fn verify(rules: &[MasqRules]) -> Result<()> {
     for r in rules {
-        let saved = iptables::save(r.family, "nat").cni(Code::Iptables, || "read nat table".into())?;
+        let saved =
+            iptables::save(r.family, "nat").cni(Code::Iptables, || "read nat table".into())?;
         if let Some(why) = r.missing(&saved) {
-            return Err(CniError::new(Code::CheckFailed, format!("ipMasq for network {}: {why}", r.network)));
+            return Err(CniError::new(
+                Code::CheckFailed,
+                format!("ipMasq for network {}: {why}", r.network),
+            ));
         }
     }
     Ok(())
 }
 
 fn fresh(stamp: &Path, text: &str) -> bool {
-    let Ok(meta) = fs::metadata(stamp) else { return false };
+    let Ok(meta) = fs::metadata(stamp) else {
+        return false;
+    };
     let young = meta
         .modified()
         .ok()
@@ -187,29 +212,11 @@ fn fresh(stamp: &Path, text: &str) -> bool {
 
 fn write_stamp(stamp: &Path, text: &str) -> Result<()> {
     let tmp: PathBuf = stamp.with_extension(format!("tmp{}", std::process::id()));
-    let mut f = fs::File::create(&tmp).cni(Code::Iptables, || format!("write {}", tmp.display()))?;
-    f.write_all(text.as_bytes()).cni(Code::Iptables, || format!("write {}", tmp.display()))?;
+    let mut f =
+        fs::File::create(&tmp).cni(Code::Iptables, || format!("write {}", tmp.display()))?;
+    f.write_all(text.as_bytes())
+        .cni(Code::Iptables, || format!("write {}", tmp.display()))?;
     fs::rename(&tmp, stamp).cni(Code::Iptables, || format!("rename {}", stamp.display()))
-}
-
-/// An exclusive flock held until dropped.
-pub struct FileLock(fs::File);
-
-/// Takes an exclusive flock on `path`, creating it.
-pub fn lock(path: &Path) -> Result<FileLock> {
-    let f = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .cni(Code::Iptables, || format!("open lock {}", path.display()))?;
-    // SAFETY: flock takes an fd we own for the duration of the call.
-    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
-    if rc != 0 {
-        return Err(CniError::new(Code::Iptables, format!("lock {}", path.display()))
-            .with_details(std::io::Error::last_os_error()));
-    }
-    Ok(FileLock(f))
 }
 
 #[cfg(test)]
@@ -217,22 +224,38 @@ mod tests {
     use super::*;
 
     fn rules() -> MasqRules {
-        MasqRules::for_addresses("pods", &["10.1.0.7/24".parse().unwrap(), "fd00::7/64".parse().unwrap()])
-            .into_iter()
-            .next()
-            .unwrap()
+        MasqRules::for_addresses(
+            "pods",
+            &[
+                "10.1.0.7/24".parse().unwrap(),
+                "fd00::7/64".parse().unwrap(),
+            ],
+        )
+        .into_iter()
+        .next()
+        .unwrap()
     }
 
     #[test]
     fn one_rule_set_per_family_with_subnets() {
         let all = MasqRules::for_addresses(
             "pods",
-            &["10.1.0.7/24".parse().unwrap(), "10.1.0.9/24".parse().unwrap(), "fd00::7/64".parse().unwrap()],
+            &[
+                "10.1.0.7/24".parse().unwrap(),
+                "10.1.0.9/24".parse().unwrap(),
+                "fd00::7/64".parse().unwrap(),
+            ],
         );
         assert_eq!(all.len(), 2);
-        assert_eq!(all[0].subnets, vec!["10.1.0.0/24".parse::<IpNet>().unwrap()]);
+        assert_eq!(
+            all[0].subnets,
+            vec!["10.1.0.0/24".parse::<IpNet>().unwrap()]
+        );
         assert_eq!(all[1].family, Family::V6);
-        assert!(all[0].chain().len() <= 28, "iptables chain names are at most 28 chars");
+        assert!(
+            all[0].chain().len() <= 28,
+            "iptables chain names are at most 28 chars"
+        );
     }
 
     #[test]
@@ -244,7 +267,9 @@ mod tests {
         assert!(p.contains(&format!(":{chain} - [0:0]\n")));
         assert!(p.contains(&format!("-A {chain} -d 10.1.0.0/24 -j ACCEPT\n")));
         assert!(p.contains(&format!("-A {chain} ! -d 224.0.0.0/4 -j MASQUERADE\n")));
-        assert!(p.contains("-A POSTROUTING -s 10.1.0.0/24 -m comment --comment \"knode-bridge ipMasq pods\""));
+        assert!(p.contains(
+            "-A POSTROUTING -s 10.1.0.0/24 -m comment --comment \"knode-bridge ipMasq pods\""
+        ));
         assert!(r.missing(empty).is_some());
         // Once installed (as iptables-save prints it), nothing is appended again.
         let installed = format!(

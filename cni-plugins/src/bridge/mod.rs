@@ -17,7 +17,9 @@ use ipnet::IpNet;
 pub use config::BridgeConf;
 
 use crate::delegate;
-use crate::skel::{CmdArgs, CniError, CniResult, Code, Command, Context, Interface, Plugin, Result, Route};
+use crate::skel::{
+    CmdArgs, CniError, CniResult, Code, Command, Context, Interface, Plugin, Result, Route,
+};
 
 /// The bridge plugin.
 pub struct Bridge;
@@ -32,7 +34,9 @@ pub fn host_veth_name(network: &str, container_id: &str, ifname: &str) -> String
 }
 
 fn open_netns(path: &Path) -> Result<NetNs> {
-    NetNs::open(path).cni(Code::InvalidEnv, || format!("CNI_NETNS: open {}", path.display()))
+    NetNs::open(path).cni(Code::InvalidEnv, || {
+        format!("CNI_NETNS: open {}", path.display())
+    })
 }
 
 /// The gateway an IP uses: the IPAM's, else the subnet's first address.
@@ -65,7 +69,11 @@ impl Plugin for Bridge {
             Ok(()) => Ok(result),
             Err(e) => {
                 // Roll back: no veth and no IP is left behind.
-                let _ = links::remove_host_veth(&host_veth_name(&conf.name, &args.container_id, &args.ifname));
+                let _ = links::remove_host_veth(&host_veth_name(
+                    &conf.name,
+                    &args.container_id,
+                    &args.ifname,
+                ));
                 if let Some(t) = conf.ipam_type() {
                     let _ = delegate::call(args, t, Command::Del);
                 }
@@ -81,8 +89,16 @@ impl Plugin for Bridge {
             Some(t) => delegate::call(args, t, Command::Del).map(|_| ()),
             None => Ok(()),
         };
-        let ns = args.netns.as_deref().filter(|p| p.exists()).and_then(|p| NetNs::open(p).ok());
-        let links = links::detach(ns.as_ref(), &args.ifname, &host_veth_name(&conf.name, &args.container_id, &args.ifname));
+        let ns = args
+            .netns
+            .as_deref()
+            .filter(|p| p.exists())
+            .and_then(|p| NetNs::open(p).ok());
+        let links = links::detach(
+            ns.as_ref(),
+            &args.ifname,
+            &host_veth_name(&conf.name, &args.container_id, &args.ifname),
+        );
         ipam.and(links)
     }
 
@@ -128,7 +144,11 @@ fn attach(args: &CmdArgs, conf: &BridgeConf, netns: &NetNs, result: &mut CniResu
     }
     if conf.is_default_gateway {
         for v4 in [true, false] {
-            let gw = result.ips.iter().find(|i| i.address.addr().is_ipv4() == v4).and_then(|i| i.gateway);
+            let gw = result
+                .ips
+                .iter()
+                .find(|i| i.address.addr().is_ipv4() == v4)
+                .and_then(|i| i.gateway);
             let dst = default_route(v4);
             if gw.is_some() && !result.routes.iter().any(|r| r.dst == dst) {
                 result.routes.push(Route::new(dst, gw));
@@ -139,8 +159,16 @@ fn attach(args: &CmdArgs, conf: &BridgeConf, netns: &NetNs, result: &mut CniResu
     let host_veth = host_veth_name(&conf.name, &args.container_id, &args.ifname);
     let attached = links::attach(conf, netns, &args.ifname, &host_veth, result)?;
     result.interfaces = vec![
-        Interface { name: conf.bridge.clone(), mac: attached.bridge_mac, ..Default::default() },
-        Interface { name: host_veth, mac: attached.host_mac, ..Default::default() },
+        Interface {
+            name: conf.bridge.clone(),
+            mac: attached.bridge_mac,
+            ..Default::default()
+        },
+        Interface {
+            name: host_veth,
+            mac: attached.host_mac,
+            ..Default::default()
+        },
         Interface {
             name: args.ifname.clone(),
             mac: attached.container_mac,
@@ -153,7 +181,8 @@ fn attach(args: &CmdArgs, conf: &BridgeConf, netns: &NetNs, result: &mut CniResu
     }
 
     if !result.ips.is_empty() {
-        hostnet::sysctl::ensure("net/ipv4/ip_forward", "1").cni(Code::Io, || "enable ip_forward".into())?;
+        hostnet::sysctl::ensure("net/ipv4/ip_forward", "1")
+            .cni(Code::Io, || "enable ip_forward".into())?;
         if result.ips.iter().any(|i| i.address.addr().is_ipv6()) {
             hostnet::sysctl::ensure("net/ipv6/conf/all/forwarding", "1")
                 .cni(Code::Io, || "enable IPv6 forwarding".into())?;
@@ -161,7 +190,10 @@ fn attach(args: &CmdArgs, conf: &BridgeConf, netns: &NetNs, result: &mut CniResu
     }
     if conf.ip_masq {
         let addrs: Vec<IpNet> = result.ips.iter().map(|i| i.address).collect();
-        masq::ensure(&masq::MasqRules::for_addresses(&conf.name, &addrs), Path::new(masq::STATE_DIR))?;
+        masq::ensure(
+            &masq::MasqRules::for_addresses(&conf.name, &addrs),
+            Path::new(masq::STATE_DIR),
+        )?;
     }
     Ok(())
 }

@@ -81,7 +81,11 @@ pub type Result<T> = std::result::Result<T, CniError>;
 impl CniError {
     /// An error with `code` and message `msg`.
     pub fn new(code: Code, msg: impl Into<String>) -> Self {
-        CniError { code, msg: msg.into(), details: String::new() }
+        CniError {
+            code,
+            msg: msg.into(),
+            details: String::new(),
+        }
     }
 
     /// Adds the lower-level cause as details.
@@ -141,7 +145,8 @@ mod tests {
 
     #[test]
     fn error_json_has_code_msg_and_details() {
-        let e = CniError::new(Code::InvalidConfig, "bridge: mtu must be positive").with_details("got -1");
+        let e = CniError::new(Code::InvalidConfig, "bridge: mtu must be positive")
+            .with_details("got -1");
         let v: serde_json::Value = serde_json::from_str(&e.to_json("1.0.0")).unwrap();
         assert_eq!(v["code"], 7);
         assert_eq!(v["cniVersion"], "1.0.0");

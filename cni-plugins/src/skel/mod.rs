@@ -9,7 +9,7 @@ pub mod types;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 
-pub use error::{Code, CniError, Context, Result};
+pub use error::{CniError, Code, Context, Result};
 pub use types::{Attachment, CniResult, Dns, Interface, IpConfig, NetConf, Route};
 
 use types::{version_at_least, REPORTED_VERSIONS};
@@ -75,7 +75,8 @@ impl CmdArgs {
     /// Validates an environment (as `(name, value)` lookups) and stdin.
     /// Pure, so it can be fuzzed and unit-tested without touching the process env.
     pub fn from_env(env: impl Fn(&str) -> Option<String>, stdin: Vec<u8>) -> Result<CmdArgs> {
-        let raw = env("CNI_COMMAND").ok_or_else(|| CniError::new(Code::InvalidEnv, "CNI_COMMAND: required"))?;
+        let raw = env("CNI_COMMAND")
+            .ok_or_else(|| CniError::new(Code::InvalidEnv, "CNI_COMMAND: required"))?;
         let command = Command::parse(&raw).ok_or_else(|| {
             CniError::new(
                 Code::InvalidEnv,
@@ -110,9 +111,17 @@ impl CmdArgs {
             }
             let path = env("CNI_PATH").filter(|s| !s.is_empty());
             let path = path.ok_or_else(|| CniError::new(Code::InvalidEnv, "CNI_PATH: required"))?;
-            a.path = path.split(':').filter(|p| !p.is_empty()).map(PathBuf::from).collect();
+            a.path = path
+                .split(':')
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from)
+                .collect();
         } else if let Some(path) = env("CNI_PATH") {
-            a.path = path.split(':').filter(|p| !p.is_empty()).map(PathBuf::from).collect();
+            a.path = path
+                .split(':')
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from)
+                .collect();
         }
         a.args = parse_cni_args(&env("CNI_ARGS").unwrap_or_default())?;
         a.conf = NetConf::parse(&a.stdin)?;
@@ -125,7 +134,11 @@ impl CmdArgs {
             if !version_at_least(&a.conf.cni_version, min) {
                 return Err(CniError::new(
                     Code::IncompatibleVersion,
-                    format!("cniVersion {} does not allow {} (needs {min} or later)", a.conf.cni_version, command.as_str()),
+                    format!(
+                        "cniVersion {} does not allow {} (needs {min} or later)",
+                        a.conf.cni_version,
+                        command.as_str()
+                    ),
                 ));
             }
         }
@@ -134,7 +147,10 @@ impl CmdArgs {
 
     /// The value of `key` in `CNI_ARGS`.
     pub fn arg(&self, key: &str) -> Option<&str> {
-        self.args.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.args
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -142,7 +158,9 @@ impl CmdArgs {
 /// plus `_`, `.` and `-`, starting with an alphanumeric.
 pub fn validate_container_id(id: &str) -> Result<()> {
     let ok = id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
     if ok {
         Ok(())
     } else if id.is_empty() {
@@ -164,12 +182,41 @@ pub fn validate_ifname(name: &str) -> Result<()> {
         "longer than 15 bytes"
     } else if name == "." || name == ".." {
         "must not be '.' or '..'"
-    } else if name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control()) {
+    } else if name
+        .chars()
+        .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+    {
         "must not contain '/', ':' or whitespace"
     } else {
         return Ok(());
     };
-    Err(CniError::new(Code::InvalidEnv, format!("CNI_IFNAME: {name:?} {why}")))
+    Err(CniError::new(
+        Code::InvalidEnv,
+        format!("CNI_IFNAME: {name:?} {why}"),
+    ))
+}
+
+/// The spec's network name rule: alphanumeric start, then alphanumerics,
+/// `_`, `.` and `-`. Names end up in file paths (the IPAM
+/// data dir) and iptables comments.
+pub fn validate_network_name(name: &str) -> Result<()> {
+    let ok = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if ok {
+        Ok(())
+    } else if name.is_empty() {
+        Err(CniError::new(Code::InvalidConfig, "name: required"))
+    } else {
+        Err(CniError::new(
+            Code::InvalidConfig,
+            format!("name: {name:?} must be alphanumeric, '_', '.' or '-', starting alphanumeric"),
+        ))
+    }
 }
 
 /// Parses `K1=V1;K2=V2`.
@@ -178,7 +225,10 @@ pub fn parse_cni_args(s: &str) -> Result<Vec<(String, String)>> {
         .filter(|p| !p.is_empty())
         .map(|pair| match pair.split_once('=') {
             Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-            _ => Err(CniError::new(Code::InvalidEnv, format!("CNI_ARGS: {pair:?} is not KEY=VALUE"))),
+            _ => Err(CniError::new(
+                Code::InvalidEnv,
+                format!("CNI_ARGS: {pair:?} is not KEY=VALUE"),
+            )),
         })
         .collect()
 }
@@ -202,11 +252,19 @@ pub trait Plugin {
 }
 
 /// Runs one command against `plugin` and returns (stdout text, exit code).
-pub fn run(plugin: &dyn Plugin, env: impl Fn(&str) -> Option<String>, stdin: Vec<u8>) -> (String, i32) {
+pub fn run(
+    plugin: &dyn Plugin,
+    env: impl Fn(&str) -> Option<String>,
+    stdin: Vec<u8>,
+) -> (String, i32) {
     let version_hint = || {
         serde_json::from_slice::<serde_json::Value>(&stdin)
             .ok()
-            .and_then(|v| v.get("cniVersion").and_then(|v| v.as_str()).map(str::to_string))
+            .and_then(|v| {
+                v.get("cniVersion")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_string)
+            })
             .filter(|v| types::SUPPORTED_VERSIONS.contains(&v.as_str()))
             .unwrap_or_else(|| "1.1.0".to_string())
     };
@@ -239,7 +297,12 @@ pub fn plugin_main(plugin: &dyn Plugin) -> ! {
     let read = std::io::stdin().read_to_end(&mut stdin);
     let (out, code) = match read {
         Ok(_) => run(plugin, |k| std::env::var(k).ok(), stdin),
-        Err(e) => (CniError::new(Code::Io, "read network config from stdin").with_details(e).to_json("1.1.0"), 1),
+        Err(e) => (
+            CniError::new(Code::Io, "read network config from stdin")
+                .with_details(e)
+                .to_json("1.1.0"),
+            1,
+        ),
     };
     let mut so = std::io::stdout().lock();
     // Nothing useful can be done if stdout is gone; the exit code still tells.
@@ -254,7 +317,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let m: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         move |k| m.get(k).cloned()
     }
 
@@ -262,10 +328,19 @@ mod tests {
 
     #[test]
     fn add_requires_netns_ifname_and_path() {
-        let e = CmdArgs::from_env(env(&[("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "abc")]), CONF.to_vec()).unwrap_err();
+        let e = CmdArgs::from_env(
+            env(&[("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "abc")]),
+            CONF.to_vec(),
+        )
+        .unwrap_err();
         assert_eq!(e.code, Code::InvalidEnv);
         assert!(e.msg.starts_with("CNI_IFNAME"), "{}", e.msg);
-        let base = [("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "abc"), ("CNI_IFNAME", "eth0"), ("CNI_PATH", "/opt")];
+        let base = [
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "abc"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_PATH", "/opt"),
+        ];
         let e = CmdArgs::from_env(env(&base), CONF.to_vec()).unwrap_err();
         assert_eq!(e.msg, "CNI_NETNS: required");
         let mut ok = base.to_vec();
@@ -279,7 +354,12 @@ mod tests {
     #[test]
     fn del_without_netns_is_fine() {
         let a = CmdArgs::from_env(
-            env(&[("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "abc"), ("CNI_IFNAME", "eth0"), ("CNI_PATH", "/opt")]),
+            env(&[
+                ("CNI_COMMAND", "DEL"),
+                ("CNI_CONTAINERID", "abc"),
+                ("CNI_IFNAME", "eth0"),
+                ("CNI_PATH", "/opt"),
+            ]),
             CONF.to_vec(),
         )
         .unwrap();
@@ -323,10 +403,17 @@ mod tests {
 
     #[test]
     fn version_lists_supported_versions() {
-        let (out, code) = run(&Nop, env(&[("CNI_COMMAND", "VERSION")]), br#"{"cniVersion":"1.0.0"}"#.to_vec());
+        let (out, code) = run(
+            &Nop,
+            env(&[("CNI_COMMAND", "VERSION")]),
+            br#"{"cniVersion":"1.0.0"}"#.to_vec(),
+        );
         assert_eq!(code, 0);
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-        assert_eq!(v["supportedVersions"], serde_json::json!(["0.3.1", "0.4.0", "1.0.0", "1.1.0"]));
+        assert_eq!(
+            v["supportedVersions"],
+            serde_json::json!(["0.3.1", "0.4.0", "1.0.0", "1.1.0"])
+        );
         let (out, code) = run(&Nop, env(&[("CNI_COMMAND", "BOGUS")]), Vec::new());
         assert_eq!(code, 1);
         assert!(out.contains("\"code\":4"), "{out}");

@@ -9,7 +9,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::error::{Code, CniError, Result};
+use super::error::{CniError, Code, Result};
 
 /// Every cniVersion the plugins accept, oldest first.
 pub const SUPPORTED_VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
@@ -63,8 +63,10 @@ pub struct Attachment {
 impl NetConf {
     /// Parses the common fields and checks name and cniVersion.
     pub fn parse(stdin: &[u8]) -> Result<NetConf> {
-        let conf: NetConf = serde_json::from_slice(stdin)
-            .map_err(|e| CniError::new(Code::Decode, "decode network config from stdin").with_details(e))?;
+        let conf: NetConf = serde_json::from_slice(stdin).map_err(|e| {
+            CniError::new(Code::Decode, "decode network config from stdin").with_details(e)
+        })?;
+        super::validate_network_name(&conf.name)?;
         if conf.cni_version.is_empty() {
             return Err(CniError::new(Code::InvalidConfig, "cniVersion: required"));
         }
@@ -136,7 +138,15 @@ pub struct Route {
 impl Route {
     /// A plain route to `dst`, optionally via `gw`.
     pub fn new(dst: IpNet, gw: Option<IpAddr>) -> Route {
-        Route { dst, gw, mtu: None, advmss: None, priority: None, table: None, scope: None }
+        Route {
+            dst,
+            gw,
+            mtu: None,
+            advmss: None,
+            priority: None,
+            table: None,
+            scope: None,
+        }
     }
 }
 
@@ -155,7 +165,10 @@ pub struct Dns {
 
 impl Dns {
     fn is_empty(&self) -> bool {
-        self.nameservers.is_empty() && self.domain.is_empty() && self.search.is_empty() && self.options.is_empty()
+        self.nameservers.is_empty()
+            && self.domain.is_empty()
+            && self.search.is_empty()
+            && self.options.is_empty()
     }
 }
 
@@ -177,7 +190,8 @@ pub struct CniResult {
 impl CniResult {
     /// Parses a result of any supported version (0.3.x/0.4.0 `version` keys are ignored).
     pub fn from_value(v: Value) -> Result<CniResult> {
-        serde_json::from_value(v).map_err(|e| CniError::new(Code::Decode, "decode prevResult").with_details(e))
+        serde_json::from_value(v)
+            .map_err(|e| CniError::new(Code::Decode, "decode prevResult").with_details(e))
     }
 
     /// Renders the result as JSON in cniVersion `version`.
@@ -190,7 +204,11 @@ impl CniResult {
             .map(|ip| {
                 let mut o = serde_json::Map::new();
                 if legacy {
-                    let fam = if ip.address.addr().is_ipv4() { "4" } else { "6" };
+                    let fam = if ip.address.addr().is_ipv4() {
+                        "4"
+                    } else {
+                        "6"
+                    };
                     o.insert("version".into(), fam.into());
                 }
                 o.insert("address".into(), ip.address.to_string().into());
@@ -209,7 +227,8 @@ impl CniResult {
             .map(|r| {
                 let mut r = r.clone();
                 if !v11 {
-                    (r.mtu, r.advmss, r.priority, r.table, r.scope) = (None, None, None, None, None);
+                    (r.mtu, r.advmss, r.priority, r.table, r.scope) =
+                        (None, None, None, None, None);
                 }
                 serde_json::to_value(r).unwrap_or(Value::Null)
             })
@@ -235,7 +254,10 @@ impl CniResult {
             o.insert("routes".into(), routes.into());
         }
         if !self.dns.is_empty() {
-            o.insert("dns".into(), serde_json::to_value(&self.dns).unwrap_or(Value::Null));
+            o.insert(
+                "dns".into(),
+                serde_json::to_value(&self.dns).unwrap_or(Value::Null),
+            );
         }
         Value::Object(o)
     }
@@ -271,7 +293,11 @@ mod tests {
                 gateway: Some("10.1.0.1".parse().unwrap()),
                 interface: Some(1),
             }],
-            interfaces: vec![Interface { name: "eth0".into(), mtu: Some(1450), ..Default::default() }],
+            interfaces: vec![Interface {
+                name: "eth0".into(),
+                mtu: Some(1450),
+                ..Default::default()
+            }],
             ..Default::default()
         };
         let old = r.to_json("0.3.1");

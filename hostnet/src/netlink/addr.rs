@@ -24,10 +24,16 @@ impl<'a> AddrHandle<'a> {
     pub fn list(&mut self, index: u32) -> Result<Vec<IpNet>> {
         let mut m = AddressMessage::default();
         m.header.index = index;
-        let replies = self.nl.query(&format!("list addresses of link #{index}"), RouteNetlinkMessage::GetAddress(m), true)?;
+        let replies = self.nl.query(
+            &format!("list addresses of link #{index}"),
+            RouteNetlinkMessage::GetAddress(m),
+            true,
+        )?;
         let mut out = Vec::new();
         for r in replies {
-            let RouteNetlinkMessage::NewAddress(m) = r else { continue };
+            let RouteNetlinkMessage::NewAddress(m) = r else {
+                continue;
+            };
             if m.header.index != index {
                 continue; // kernels without strict checking dump everything
             }
@@ -63,7 +69,11 @@ impl<'a> AddrHandle<'a> {
     /// Removes `addr` from link `index`.
     pub fn del(&mut self, index: u32, addr: IpNet) -> Result<()> {
         let m = message(index, addr);
-        self.nl.execute(&format!("delete address {addr} from link #{index}"), RouteNetlinkMessage::DelAddress(m), 0)
+        self.nl.execute(
+            &format!("delete address {addr} from link #{index}"),
+            RouteNetlinkMessage::DelAddress(m),
+            0,
+        )
     }
 }
 
@@ -79,14 +89,16 @@ fn message(index: u32, addr: IpNet) -> AddressMessage {
             m.attributes.push(AddressAttribute::Address(ip));
             if addr.prefix_len() < 31 {
                 if let IpNet::V4(n) = addr {
-                    m.attributes.push(AddressAttribute::Broadcast(n.broadcast()));
+                    m.attributes
+                        .push(AddressAttribute::Broadcast(n.broadcast()));
                 }
             }
         }
         IpAddr::V6(_) => {
             m.header.family = AddressFamily::Inet6;
             m.attributes.push(AddressAttribute::Address(ip));
-            m.attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+            m.attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
         }
     }
     m

@@ -3,8 +3,8 @@
 
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::link::{
-    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo,
-    LinkMessage,
+    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute,
+    LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 
@@ -31,7 +31,11 @@ pub struct Link {
 impl Link {
     /// The MAC as `aa:bb:cc:dd:ee:ff`.
     pub fn mac_string(&self) -> String {
-        self.mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+        self.mac
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
     }
 
     fn from_message(m: LinkMessage) -> Link {
@@ -115,7 +119,11 @@ impl<'a> LinkHandle<'a> {
 
     /// Every link in the namespace.
     pub fn list(&mut self) -> Result<Vec<Link>> {
-        let replies = self.nl.query("list links", RouteNetlinkMessage::GetLink(LinkMessage::default()), true)?;
+        let replies = self.nl.query(
+            "list links",
+            RouteNetlinkMessage::GetLink(LinkMessage::default()),
+            true,
+        )?;
         Ok(replies
             .into_iter()
             .filter_map(|r| match r {
@@ -138,13 +146,18 @@ impl<'a> LinkHandle<'a> {
             LinkInfo::Kind(InfoKind::Bridge),
             LinkInfo::Data(InfoData::Bridge(vec![])),
         ]));
-        self.nl.execute(&format!("create bridge {name}"), RouteNetlinkMessage::NewLink(m), NLM_F_CREATE | NLM_F_EXCL)
+        self.nl.execute(
+            &format!("create bridge {name}"),
+            RouteNetlinkMessage::NewLink(m),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
     }
 
     /// Creates a veth pair in one request.
     pub fn add_veth(&mut self, req: &VethRequest) -> Result<()> {
         let mut peer = LinkMessage::default();
-        peer.attributes.push(LinkAttribute::IfName(req.peer_name.clone()));
+        peer.attributes
+            .push(LinkAttribute::IfName(req.peer_name.clone()));
         if let Some(mtu) = req.mtu {
             peer.attributes.push(LinkAttribute::Mtu(mtu));
         }
@@ -168,25 +181,45 @@ impl<'a> LinkHandle<'a> {
             LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
         ]));
         let op = format!("create veth {} (peer {})", req.name, req.peer_name);
-        self.nl.execute(&op, RouteNetlinkMessage::NewLink(m), NLM_F_CREATE | NLM_F_EXCL)
+        self.nl.execute(
+            &op,
+            RouteNetlinkMessage::NewLink(m),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
     }
 
     /// Sets the link up or down.
     pub fn set_up(&mut self, index: u32, up: bool) -> Result<()> {
         let mut m = LinkMessage::default();
         m.header.index = index;
-        m.header.flags = if up { LinkFlags::Up } else { LinkFlags::empty() };
+        m.header.flags = if up {
+            LinkFlags::Up
+        } else {
+            LinkFlags::empty()
+        };
         m.header.change_mask = LinkFlags::Up;
-        self.nl.execute(&format!("set link #{index} {}", if up { "up" } else { "down" }), RouteNetlinkMessage::SetLink(m), 0)
+        self.nl.execute(
+            &format!("set link #{index} {}", if up { "up" } else { "down" }),
+            RouteNetlinkMessage::SetLink(m),
+            0,
+        )
     }
 
     /// Sets or clears promiscuous mode.
     pub fn set_promisc(&mut self, index: u32, on: bool) -> Result<()> {
         let mut m = LinkMessage::default();
         m.header.index = index;
-        m.header.flags = if on { LinkFlags::Promisc } else { LinkFlags::empty() };
+        m.header.flags = if on {
+            LinkFlags::Promisc
+        } else {
+            LinkFlags::empty()
+        };
         m.header.change_mask = LinkFlags::Promisc;
-        self.nl.execute(&format!("set link #{index} promisc {on}"), RouteNetlinkMessage::SetLink(m), 0)
+        self.nl.execute(
+            &format!("set link #{index} promisc {on}"),
+            RouteNetlinkMessage::SetLink(m),
+            0,
+        )
     }
 
     /// Attaches the link to bridge `master`.
@@ -194,7 +227,11 @@ impl<'a> LinkHandle<'a> {
         let mut m = LinkMessage::default();
         m.header.index = index;
         m.attributes.push(LinkAttribute::Controller(master));
-        self.nl.execute(&format!("attach link #{index} to #{master}"), RouteNetlinkMessage::SetLink(m), 0)
+        self.nl.execute(
+            &format!("attach link #{index} to #{master}"),
+            RouteNetlinkMessage::SetLink(m),
+            0,
+        )
     }
 
     /// Sets hairpin mode on a bridge port (the link must already be attached).
@@ -203,15 +240,25 @@ impl<'a> LinkHandle<'a> {
         m.header.index = index;
         m.attributes.push(LinkAttribute::LinkInfo(vec![
             LinkInfo::PortKind(InfoPortKind::Bridge),
-            LinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(on)])),
+            LinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(
+                on,
+            )])),
         ]));
-        self.nl.execute(&format!("set hairpin {on} on port #{index}"), RouteNetlinkMessage::NewLink(m), 0)
+        self.nl.execute(
+            &format!("set hairpin {on} on port #{index}"),
+            RouteNetlinkMessage::NewLink(m),
+            0,
+        )
     }
 
     /// Deletes the link (for a veth, both ends).
     pub fn del(&mut self, index: u32) -> Result<()> {
         let mut m = LinkMessage::default();
         m.header.index = index;
-        self.nl.execute(&format!("delete link #{index}"), RouteNetlinkMessage::DelLink(m), 0)
+        self.nl.execute(
+            &format!("delete link #{index}"),
+            RouteNetlinkMessage::DelLink(m),
+            0,
+        )
     }
 }

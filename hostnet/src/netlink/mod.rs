@@ -8,7 +8,8 @@ mod link;
 mod route;
 
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR,
+    NLM_F_REQUEST,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
@@ -32,13 +33,22 @@ pub struct Netlink {
 impl Netlink {
     /// Opens a connection in the calling thread's namespace.
     pub fn new() -> Result<Netlink> {
-        let mut socket = Socket::new(NETLINK_ROUTE).map_err(|e| Error::io("open netlink socket", e))?;
-        socket.bind_auto().map_err(|e| Error::io("bind netlink socket", e))?;
-        socket.connect(&SocketAddr::new(0, 0)).map_err(|e| Error::io("connect netlink socket", e))?;
+        let mut socket =
+            Socket::new(NETLINK_ROUTE).map_err(|e| Error::io("open netlink socket", e))?;
+        socket
+            .bind_auto()
+            .map_err(|e| Error::io("bind netlink socket", e))?;
+        socket
+            .connect(&SocketAddr::new(0, 0))
+            .map_err(|e| Error::io("connect netlink socket", e))?;
         // Lets the kernel filter dumps (addresses by ifindex, routes by table).
         let _ = socket.set_netlink_get_strict_chk(true);
         let _ = socket.set_ext_ack(true);
-        Ok(Netlink { socket, seq: 0, buf: vec![0; 64 * 1024] })
+        Ok(Netlink {
+            socket,
+            seq: 0,
+            buf: vec![0; 64 * 1024],
+        })
     }
 
     /// Opens a connection in namespace `ns` (the calling thread returns to its own).
@@ -63,17 +73,25 @@ impl Netlink {
 
     /// Sends a request that changes state and waits for its ACK.
     pub(crate) fn execute(&mut self, op: &str, msg: RouteNetlinkMessage, flags: u16) -> Result<()> {
-        self.exchange(op, msg, NLM_F_REQUEST | NLM_F_ACK | flags).map(|_| ())
+        self.exchange(op, msg, NLM_F_REQUEST | NLM_F_ACK | flags)
+            .map(|_| ())
     }
 
     /// Sends a request whose replies are messages (a get or a dump) and
     /// collects them. Interrupted dumps are retried here, in one place.
-    pub(crate) fn query(&mut self, op: &str, msg: RouteNetlinkMessage, dump: bool) -> Result<Vec<RouteNetlinkMessage>> {
+    pub(crate) fn query(
+        &mut self,
+        op: &str,
+        msg: RouteNetlinkMessage,
+        dump: bool,
+    ) -> Result<Vec<RouteNetlinkMessage>> {
         let flags = NLM_F_REQUEST | if dump { NLM_F_DUMP } else { 0 };
         let mut tries = 0;
         loop {
             match self.exchange(op, msg.clone(), flags) {
-                Err(Error::Netlink { source, .. }) if source.raw_os_error() == Some(libc::EINTR) && tries < DUMP_RETRIES => {
+                Err(Error::Netlink { source, .. })
+                    if source.raw_os_error() == Some(libc::EINTR) && tries < DUMP_RETRIES =>
+                {
                     tries += 1;
                 }
                 other => return other,
@@ -81,7 +99,12 @@ impl Netlink {
         }
     }
 
-    fn exchange(&mut self, op: &str, msg: RouteNetlinkMessage, flags: u16) -> Result<Vec<RouteNetlinkMessage>> {
+    fn exchange(
+        &mut self,
+        op: &str,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+    ) -> Result<Vec<RouteNetlinkMessage>> {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
         let mut packet = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::from(msg));
@@ -90,17 +113,25 @@ impl Netlink {
         packet.finalize();
         let mut out = vec![0; packet.buffer_len()];
         packet.serialize(&mut out);
-        self.socket.send(&out, 0).map_err(|e| Error::io(format!("{op}: send"), e))?;
+        self.socket
+            .send(&out, 0)
+            .map_err(|e| Error::io(format!("{op}: send"), e))?;
 
         let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
         let mut replies = Vec::new();
         let mut interrupted = false;
         loop {
-            let n = self.socket.recv(&mut &mut self.buf[..], 0).map_err(|e| Error::io(format!("{op}: recv"), e))?;
+            let n = self
+                .socket
+                .recv(&mut &mut self.buf[..], 0)
+                .map_err(|e| Error::io(format!("{op}: recv"), e))?;
             let mut off = 0;
             while off < n {
-                let reply: NetlinkMessage<RouteNetlinkMessage> = NetlinkMessage::deserialize(&self.buf[off..n])
-                    .map_err(|e| Error::Decode { op: op.to_string(), msg: e.to_string() })?;
+                let reply: NetlinkMessage<RouteNetlinkMessage> =
+                    NetlinkMessage::deserialize(&self.buf[off..n]).map_err(|e| Error::Decode {
+                        op: op.to_string(),
+                        msg: e.to_string(),
+                    })?;
                 let len = reply.header.length as usize;
                 if len == 0 {
                     break;
@@ -115,7 +146,12 @@ impl Netlink {
                 match reply.payload {
                     NetlinkPayload::Error(e) => match e.code {
                         None => return Ok(replies),
-                        Some(_) => return Err(Error::Netlink { op: op.to_string(), source: e.to_io() }),
+                        Some(_) => {
+                            return Err(Error::Netlink {
+                                op: op.to_string(),
+                                source: e.to_io(),
+                            })
+                        }
                     },
                     NetlinkPayload::Done(_) => {
                         if interrupted {

@@ -5,8 +5,8 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteMetric, RouteProtocol, RouteScope,
-    RouteType,
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteMetric,
+    RouteProtocol, RouteScope, RouteType,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
@@ -38,31 +38,51 @@ pub struct RouteRequest {
 impl RouteRequest {
     /// A route to `dst` via `gateway` (or directly connected when `None`) out of `oif`.
     pub fn new(dst: IpNet, gateway: Option<IpAddr>, oif: Option<u32>) -> Self {
-        RouteRequest { dst, gateway, oif, mtu: None, onlink: false, replace: false }
+        RouteRequest {
+            dst,
+            gateway,
+            oif,
+            mtu: None,
+            onlink: false,
+            replace: false,
+        }
     }
 
     fn message(&self) -> RouteMessage {
         let mut m = RouteMessage::default();
-        m.header.address_family = if self.dst.addr().is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+        m.header.address_family = if self.dst.addr().is_ipv4() {
+            AddressFamily::Inet
+        } else {
+            AddressFamily::Inet6
+        };
         m.header.destination_prefix_length = self.dst.prefix_len();
         m.header.table = RouteHeader::RT_TABLE_MAIN;
         m.header.protocol = RouteProtocol::Boot;
         m.header.kind = RouteType::Unicast;
-        m.header.scope = if self.gateway.is_some() { RouteScope::Universe } else { RouteScope::Link };
+        m.header.scope = if self.gateway.is_some() {
+            RouteScope::Universe
+        } else {
+            RouteScope::Link
+        };
         if self.onlink {
             m.header.flags = RouteFlags::Onlink;
         }
         if self.dst.prefix_len() > 0 {
-            m.attributes.push(RouteAttribute::Destination(RouteAddress::from(self.dst.network())));
+            m.attributes
+                .push(RouteAttribute::Destination(RouteAddress::from(
+                    self.dst.network(),
+                )));
         }
         if let Some(gw) = self.gateway {
-            m.attributes.push(RouteAttribute::Gateway(RouteAddress::from(gw)));
+            m.attributes
+                .push(RouteAttribute::Gateway(RouteAddress::from(gw)));
         }
         if let Some(oif) = self.oif {
             m.attributes.push(RouteAttribute::Oif(oif));
         }
         if let Some(mtu) = self.mtu {
-            m.attributes.push(RouteAttribute::Metrics(vec![RouteMetric::Mtu(mtu)]));
+            m.attributes
+                .push(RouteAttribute::Metrics(vec![RouteMetric::Mtu(mtu)]));
         }
         m
     }
@@ -81,12 +101,20 @@ impl<'a> RouteHandle<'a> {
     /// The unicast routes of the main table for the family of `v4`.
     pub fn list(&mut self, v4: bool) -> Result<Vec<RouteEntry>> {
         let mut m = RouteMessage::default();
-        m.header.address_family = if v4 { AddressFamily::Inet } else { AddressFamily::Inet6 };
+        m.header.address_family = if v4 {
+            AddressFamily::Inet
+        } else {
+            AddressFamily::Inet6
+        };
         m.header.table = RouteHeader::RT_TABLE_MAIN;
-        let replies = self.nl.query("list routes", RouteNetlinkMessage::GetRoute(m), true)?;
+        let replies = self
+            .nl
+            .query("list routes", RouteNetlinkMessage::GetRoute(m), true)?;
         let mut out = Vec::new();
         for r in replies {
-            let RouteNetlinkMessage::NewRoute(m) = r else { continue };
+            let RouteNetlinkMessage::NewRoute(m) = r else {
+                continue;
+            };
             if m.header.kind != RouteType::Unicast {
                 continue;
             }
@@ -106,9 +134,18 @@ impl<'a> RouteHandle<'a> {
             if table != u32::from(RouteHeader::RT_TABLE_MAIN) {
                 continue;
             }
-            let dst_ip = dst_ip.unwrap_or(if v4 { IpAddr::from([0u8; 4]) } else { IpAddr::from([0u8; 16]) });
+            let dst_ip = dst_ip.unwrap_or(if v4 {
+                IpAddr::from([0u8; 4])
+            } else {
+                IpAddr::from([0u8; 16])
+            });
             if let Ok(dst) = IpNet::new(dst_ip, m.header.destination_prefix_length) {
-                out.push(RouteEntry { dst, gateway: entry_gw, oif, table });
+                out.push(RouteEntry {
+                    dst,
+                    gateway: entry_gw,
+                    oif,
+                    table,
+                });
             }
         }
         Ok(out)
@@ -116,13 +153,26 @@ impl<'a> RouteHandle<'a> {
 
     /// Adds the route; fails with EEXIST unless `replace` is set.
     pub fn add(&mut self, req: &RouteRequest) -> Result<()> {
-        let flags = NLM_F_CREATE | if req.replace { NLM_F_REPLACE } else { NLM_F_EXCL };
-        self.nl.execute(&describe("add", req), RouteNetlinkMessage::NewRoute(req.message()), flags)
+        let flags = NLM_F_CREATE
+            | if req.replace {
+                NLM_F_REPLACE
+            } else {
+                NLM_F_EXCL
+            };
+        self.nl.execute(
+            &describe("add", req),
+            RouteNetlinkMessage::NewRoute(req.message()),
+            flags,
+        )
     }
 
     /// Deletes the route.
     pub fn del(&mut self, req: &RouteRequest) -> Result<()> {
-        self.nl.execute(&describe("delete", req), RouteNetlinkMessage::DelRoute(req.message()), 0)
+        self.nl.execute(
+            &describe("delete", req),
+            RouteNetlinkMessage::DelRoute(req.message()),
+            0,
+        )
     }
 }
 

@@ -377,3 +377,128 @@ fn check_reports_removed_ip_and_route() -> Result<()> {
     assert!(out.stdout.contains("ipMasq"), "{}", out.stdout);
     Ok(())
 }
+
+/// Connects from `pod` to `vip:80`, DNAT'ed back to the pod itself, as a
+/// pod reaching its own service does. True when the pod's server answers
+/// within `tries` one-second attempts.
+fn reaches_itself(net: &Net, pod: &TestNs, pod_ip: &str, vip: &str, tries: usize) -> Result<bool> {
+    net.host.sh(&[
+        "iptables",
+        "-t",
+        "nat",
+        "-A",
+        "PREROUTING",
+        "-d",
+        vip,
+        "-p",
+        "tcp",
+        "--dport",
+        "80",
+        "-j",
+        "DNAT",
+        "--to-destination",
+        &format!("{pod_ip}:8080"),
+    ])?;
+    // A packet from the pod's own address would be a martian to it: masquerade the hairpin, as kube-proxy does.
+    net.host.sh(&[
+        "iptables",
+        "-t",
+        "nat",
+        "-I",
+        "POSTROUTING",
+        "-s",
+        pod_ip,
+        "-d",
+        pod_ip,
+        "-j",
+        "MASQUERADE",
+    ])?;
+    let mut server = pod
+        .cmd(&[
+            "socat",
+            "TCP-LISTEN:8080,reuseaddr,fork",
+            "SYSTEM:echo hairpin-ok",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let mut ok = false;
+    for _ in 0..20 {
+        let out = pod
+            .cmd(&[
+                "socat",
+                "-T",
+                "1",
+                "-",
+                &format!("TCP:{vip}:80,connect-timeout=1"),
+            ])
+            .output()?;
+        if String::from_utf8_lossy(&out.stdout).contains("hairpin-ok") {
+            ok = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    Ok(ok)
+}
+
+#[test]
+fn hairpin_lets_a_pod_reach_itself_through_a_dnat() -> Result<()> {
+    if !require_root("hairpin_lets_a_pod_reach_itself_through_a_dnat") {
+        return Ok(());
+    }
+    // Hairpin matters when bridged traffic is NATed (br_netfilter), as with
+    // kube-proxy. The sysctl is per namespace; only our test host sets it.
+    let loaded = std::path::Path::new("/proc/sys/net/bridge").exists()
+        || std::process::Command::new("modprobe")
+            .arg("br_netfilter")
+            .status()
+            .is_ok_and(|s| s.success());
+    assert!(
+        loaded || std::env::var("CI").as_deref() != Ok("true"),
+        "br_netfilter is needed for the hairpin test"
+    );
+    if !loaded {
+        eprintln!("SKIP hairpin_lets_a_pod_reach_itself_through_a_dnat: no br_netfilter");
+        return Ok(());
+    }
+    let net = Net::new("10.90.0.0/24", json!({}))?;
+    net.host
+        .sh(&["sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1"])?;
+    let (a, b) = (TestNs::new("pod")?, TestNs::new("pod")?);
+    let ra = net.add("ctr-a", &a)?;
+    let rb = net.add("ctr-b", &b)?;
+    // Both pods must have learned the gateway's MAC path through the bridge first.
+    assert!(a.ping("10.90.0.1") && b.ping("10.90.0.1"));
+
+    let ip_a = first_ip(&ra).expect("ip a");
+    assert!(
+        reaches_itself(&net, &a, &ip_a, "10.90.1.1", 20)?,
+        "hairpinMode: the pod reaches itself"
+    );
+
+    // The same path with hairpin turned off on B's port fails: the flag is what makes it work.
+    let port_b = rb["interfaces"][1]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    net.host.sh(&[
+        "ip",
+        "link",
+        "set",
+        "dev",
+        &port_b,
+        "type",
+        "bridge_slave",
+        "hairpin",
+        "off",
+    ])?;
+    let ip_b = first_ip(&rb).expect("ip b");
+    assert!(
+        !reaches_itself(&net, &b, &ip_b, "10.90.1.2", 3)?,
+        "without hairpin the pod cannot reach itself"
+    );
+    Ok(())
+}

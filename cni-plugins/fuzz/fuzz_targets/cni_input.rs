@@ -17,6 +17,6 @@ fuzz_target!(|data: &[u8]| {
     let env = |k: &str| VARS.iter().position(|v| *v == k).and_then(|i| vals[i].clone());
     let _ = CmdArgs::from_env(env, stdin.clone());
     let _ = cni_plugins::bridge::BridgeConf::parse(&stdin);
-    let _ = cni_plugins::ipam::IpamConfig::parse(&stdin);
+    let _ = cni_plugins::ipam::config::IpamConfig::parse(&stdin);
     let _ = cni_plugins::skel::CniResult::from_value(serde_json::from_slice(&stdin).unwrap_or_default());
 });

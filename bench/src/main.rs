@@ -1,0 +1,165 @@
+//! `bench`: knode's benchmark harness (`make bench`). This file owns the CLI
+//! (std-only argument parsing), the root check and the list of benchmarks;
+//! each benchmark lives in its own module and measures ours and the
+//! reference side by side. Nothing here touches the root network namespace.
+
+mod cni;
+mod report;
+mod stats;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+
+/// Options shared by every benchmark.
+#[derive(Debug, Clone)]
+pub struct Opts {
+    /// Pods per side (CNI).
+    pub pods: usize,
+    /// Untimed ADD/DEL pairs per side before measuring.
+    pub warmup: usize,
+    /// Where `<name>.json` and the chart go.
+    pub out: PathBuf,
+}
+
+/// A benchmark: its subcommand name, a one-line description, its entry point.
+struct Bench {
+    name: &'static str,
+    about: &'static str,
+    run: fn(&Opts) -> Result<()>,
+}
+
+const BENCHES: &[Bench] = &[Bench {
+    name: "cni",
+    about:
+        "ADD/DEL latency of knode-bridge + knode-host-local vs the reference bridge + host-local",
+    run: cni::run,
+}];
+
+fn usage() -> String {
+    let mut u = String::from(
+        "usage: bench [all | BENCH...] [--pods N] [--warmup N] [--out DIR]\n\
+         runs every benchmark when none (or `all`) is named; needs root (network namespaces)\n\
+         \x20 --pods N     pods per side (default 200)\n\
+         \x20 --warmup N   untimed warm-up pairs per side (default 5)\n\
+         \x20 --out DIR    result directory (default bench/results)\nbenchmarks:\n",
+    );
+    for b in BENCHES {
+        u.push_str(&format!("  {:<6} {}\n", b.name, b.about));
+    }
+    u
+}
+
+/// Parses the arguments into options and the benchmarks to run (in order).
+fn parse(args: &[String]) -> Result<(Opts, Vec<&'static Bench>)> {
+    let mut opts = Opts {
+        pods: 200,
+        warmup: 5,
+        out: PathBuf::from("bench/results"),
+    };
+    let mut picked: Vec<&'static Bench> = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = |flag: &str| {
+            it.next()
+                .cloned()
+                .with_context(|| format!("{flag} needs a value"))
+        };
+        match a.as_str() {
+            "--pods" => opts.pods = value("--pods")?.parse().context("--pods: not a number")?,
+            "--warmup" => {
+                opts.warmup = value("--warmup")?
+                    .parse()
+                    .context("--warmup: not a number")?
+            }
+            "--out" => opts.out = PathBuf::from(value("--out")?),
+            "all" => picked.extend(BENCHES.iter()),
+            name => match BENCHES.iter().find(|b| b.name == name) {
+                Some(b) => picked.push(b),
+                None => bail!("unknown argument {name:?}"),
+            },
+        }
+    }
+    if picked.is_empty() {
+        picked.extend(BENCHES.iter());
+    }
+    let mut seen = Vec::new();
+    picked.retain(|b| {
+        let first = !seen.contains(&b.name);
+        seen.push(b.name);
+        first
+    });
+    Ok((opts, picked))
+}
+
+/// The effective uid, from /proc/self/status (std only).
+fn euid() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+    line.split_whitespace().nth(2)?.parse().ok()
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        print!("{}", usage());
+        return ExitCode::SUCCESS;
+    }
+    let (opts, picked) = match parse(&args) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("bench: {e:#}\n{}", usage());
+            return ExitCode::from(2);
+        }
+    };
+    if euid() != Some(0) {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            eprintln!("bench: needs root (network namespaces), and CI=true forbids skipping");
+            return ExitCode::FAILURE;
+        }
+        eprintln!("SKIP bench: needs root (network namespaces)");
+        return ExitCode::SUCCESS;
+    }
+    let mut failed = false;
+    for b in picked {
+        eprintln!("== bench {}: {}", b.name, b.about);
+        if let Err(e) = (b.run)(&opts) {
+            eprintln!("bench {}: FAILED: {e:#}", b.name);
+            failed = true;
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn no_benchmark_named_means_all() -> Result<()> {
+        let (opts, picked) = parse(&args(&["--pods", "10", "--out", "/tmp/x"]))?;
+        assert_eq!(picked.len(), BENCHES.len());
+        assert_eq!((opts.pods, opts.warmup), (10, 5));
+        assert_eq!(opts.out, PathBuf::from("/tmp/x"));
+        Ok(())
+    }
+
+    #[test]
+    fn named_benchmarks_and_bad_arguments() -> Result<()> {
+        let (_, picked) = parse(&args(&["cni", "cni"]))?;
+        assert_eq!(picked.iter().map(|b| b.name).collect::<Vec<_>>(), ["cni"]);
+        assert!(parse(&args(&["nope"])).is_err());
+        assert!(parse(&args(&["--pods"])).is_err());
+        assert!(parse(&args(&["--pods", "x"])).is_err());
+        Ok(())
+    }
+}

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Runs every benchmark (`make bench`): builds the release binaries, then
+# `bench` measures ours and the reference tools side by side in network
+# namespaces it creates, writing bench/results/<name>.json and a chart.
+# Needs root; under CI=true a missing root is a failure, not a skip.
+# Extra arguments go to `bench` (e.g. `scripts/bench.sh cni --pods 50`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+command -v cargo >/dev/null || { echo "bench: cargo not found; install the Rust toolchain (rustup) first" >&2; exit 1; }
+if [ "$(id -u)" -ne 0 ]; then
+  if [ "${CI:-}" = "true" ]; then
+    echo "bench: the benchmarks need root (network namespaces), and CI=true forbids skipping them" >&2
+    exit 1
+  fi
+  echo "SKIP bench: needs root (network namespaces); run it as root (sudo make bench)" >&2
+  exit 0
+fi
+
+echo "== build (release)"
+cargo build --release --bins
+echo "== bench"
+[ "$#" -gt 0 ] || set -- all --pods 200
+
+# `bench` deletes its namespaces and temp dirs itself, even on failure; only
+# a signal can stop it before it does. Then remove what it left: the names
+# carry its pid (netns_tests::unique), so nothing else is touched.
+target/release/bench --out bench/results "$@" &
+pid=$!
+interrupted() {
+  kill -TERM "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  local tag=$((pid % 100000))
+  ip netns list | awk '{print $1}' | grep -E "^kn-b[phw]-${tag}[0-9]+$" | xargs -r -n1 ip netns delete || true
+  rm -rf "${TMPDIR:-/tmp}"/knode-bench-ipam-*-"${tag}"[0-9]*
+  echo "bench: interrupted; removed its namespaces and temp dirs" >&2
+  exit 130
+}
+trap interrupted INT TERM
+wait "$pid"

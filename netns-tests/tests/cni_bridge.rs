@@ -83,6 +83,22 @@ impl Net {
         v
     }
 
+    /// The veth links left in the host namespace once DEL's background
+    /// deletes have had up to 3 s to finish.
+    fn veths_after_reaping(&self) -> Result<String> {
+        let mut left = String::new();
+        for _ in 0..30 {
+            left = self
+                .host
+                .sh(&["ip", "-o", "link", "show", "type", "veth"])?;
+            if left.trim().is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        Ok(left)
+    }
+
     fn host_has_link(&self, name: &str) -> bool {
         self.host.sh(&["ip", "link", "show", name]).is_ok()
     }
@@ -164,7 +180,16 @@ fn del_removes_veth_frees_ip_and_is_idempotent() -> Result<()> {
         "eth0 gone"
     );
     assert!(net.reservations().is_empty(), "IP released");
+    let left = net.veths_after_reaping()?;
+    assert!(left.trim().is_empty(), "the pair is deleted: {left}");
+    assert!(pod
+        .sh(&["ip", "-o", "link", "show", "type", "veth"])?
+        .trim()
+        .is_empty());
     net.del("ctr-del", Some(pod.path()), Some(&r))?; // second DEL succeeds
+                                                     // DEL frees the names at once: the same attachment can be added again right away.
+    let again = net.add("ctr-del", &pod)?;
+    net.del("ctr-del", Some(pod.path()), Some(&again))?;
     Ok(())
 }
 
@@ -260,7 +285,7 @@ fn two_hundred_parallel_adds_get_distinct_reachable_ips() -> Result<()> {
         "no reservation left: {:?}",
         net.reservations()
     );
-    let veths = net.host.sh(&["ip", "-o", "link", "show", "type", "veth"])?;
+    let veths = net.veths_after_reaping()?;
     assert!(veths.trim().is_empty(), "no veth left: {veths}");
     Ok(())
 }
@@ -318,9 +343,25 @@ fn gc_releases_exactly_the_invalid_attachments() -> Result<()> {
         .collect::<Result<_>>()?;
     let mut conf = net.conf.clone();
     conf["cni.dev/valid-attachments"] = json!([{ "containerID": "ctr-1", "ifname": "eth0" }]);
+    // A tombstone whose background delete never ran (say, it was killed).
+    net.host.sh(&[
+        "ip",
+        "link",
+        "add",
+        "kdel00000001",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "kdel00000002",
+    ])?;
     let call = CniCall::new(&our_bin("knode-bridge"), "GC", "", None, "");
     net.host.run(|| call.run(&conf))??.expect_ok("GC")?;
     assert_eq!(net.reservations(), vec![first_ip(&results[1]).expect("ip")]);
+    assert!(
+        !net.host_has_link("kdel00000001"),
+        "GC deletes leftover tombstones"
+    );
     Ok(())
 }
 

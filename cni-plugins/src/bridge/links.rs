@@ -215,9 +215,29 @@ fn ensure_gateway_addr(nl: &mut Netlink, conf: &BridgeConf, br: &Link, want: IpN
     }
 }
 
+/// Prefix of veth ends that DEL has detached and a background process is
+/// deleting. GC deletes any left behind (if that process was killed).
+pub const TOMBSTONE_PREFIX: &str = "kdel";
+
 /// Removes the container interface (if its namespace is given) and the host
-/// end. Parts already gone are not an error.
+/// end; parts already gone are not an error.
+///
+/// Deleting a veth makes the kernel wait for RCU grace periods (15-20 ms on
+/// a small VM, most of a DEL). So DEL frees both names at once (link down,
+/// renamed to a `kdel*` tombstone, < 1 ms each) and leaves the delete itself
+/// to a forked child: when DEL returns, `CNI_IFNAME` and the host name can be
+/// reused at once and the pair is down; the kernel removes it moments later.
 pub fn detach(netns: Option<&NetNs>, ifname: &str, host_veth: &str) -> Result<()> {
+    let mut nl = Netlink::new().cni(Code::Netlink, || "open netlink".into())?;
+    let mut victim: Option<(Netlink, u32)> = None;
+    if let Some(l) = nl
+        .link()
+        .get_by_name(host_veth)
+        .cni(Code::Netlink, || format!("look up {host_veth}"))?
+    {
+        tombstone(&mut nl, &l)?;
+        victim = Some((nl, l.index));
+    }
     if let Some(ns) = netns {
         let mut cnl = Netlink::new_in(ns).cni(Code::Netlink, || {
             format!("open netlink in {}", ns.path().display())
@@ -227,35 +247,113 @@ pub fn detach(netns: Option<&NetNs>, ifname: &str, host_veth: &str) -> Result<()
             .get_by_name(ifname)
             .cni(Code::Netlink, || format!("look up {ifname}"))?
         {
-            match cnl.link().del(l.index) {
-                Ok(()) => {}
-                Err(e) if e.is_not_found() => {}
-                Err(e) => {
-                    return Err(
-                        CniError::new(Code::Netlink, format!("delete {ifname}")).with_details(e)
-                    )
-                }
+            tombstone(&mut cnl, &l)?;
+            if victim.is_none() {
+                victim = Some((cnl, l.index));
             }
         }
     }
-    remove_host_veth(host_veth)
+    match victim {
+        Some((nl, index)) => reap(nl, index),
+        None => Ok(()),
+    }
 }
 
-/// Deletes the host end of a veth pair if it still exists.
+/// Sets the link down and renames it to a unique tombstone name.
+fn tombstone(nl: &mut Netlink, l: &Link) -> Result<()> {
+    if l.up {
+        match nl.link().set_up(l.index, false) {
+            Ok(()) => {}
+            Err(e) if e.is_not_found() => return Ok(()),
+            Err(e) => {
+                return Err(
+                    CniError::new(Code::Netlink, format!("set {} down", l.name)).with_details(e)
+                )
+            }
+        }
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    let tag = (nanos ^ (std::process::id() << 12) ^ l.index.rotate_left(20)) & 0xffff_ffff;
+    let name = format!("{TOMBSTONE_PREFIX}{tag:08x}");
+    match nl.link().rename(l.index, &name) {
+        Ok(()) => Ok(()),
+        Err(e) if e.is_not_found() => Ok(()),
+        // A name clash is vanishingly rare; fall back to the slow, sure path.
+        Err(_) => delete_index(nl, l.index, &l.name),
+    }
+}
+
+/// Deletes link `index` from a forked child, so the caller does not wait for
+/// the kernel. Falls back to deleting it here if fork fails.
+fn reap(mut nl: Netlink, index: u32) -> Result<()> {
+    // SAFETY: the plugin process is single-threaded, so the child starts with
+    // a consistent heap; it only detaches its stdio, sends one netlink
+    // request and _exits, never returning into the parent's code.
+    match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Child) => {
+            detach_stdio();
+            let _ = nix::unistd::setsid();
+            let _ = nl.link().del(index);
+            // SAFETY: _exit ends the child without running the parent's exit handlers.
+            unsafe { libc::_exit(0) }
+        }
+        Ok(nix::unistd::ForkResult::Parent { .. }) => Ok(()),
+        Err(_) => delete_index(&mut nl, index, &format!("#{index}")),
+    }
+}
+
+/// Points the child's stdin/stdout/stderr at /dev/null: the runtime reads
+/// the plugin's stdout until EOF, which must not wait for the child.
+fn detach_stdio() {
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        use std::os::fd::AsRawFd;
+        for fd in 0..3 {
+            // SAFETY: dup2 onto the standard descriptors of this process; `null` stays open for the call.
+            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+        }
+    }
+}
+
+fn delete_index(nl: &mut Netlink, index: u32, name: &str) -> Result<()> {
+    match nl.link().del(index) {
+        Ok(()) => Ok(()),
+        Err(e) if e.is_not_found() => Ok(()),
+        Err(e) => Err(CniError::new(Code::Netlink, format!("delete {name}")).with_details(e)),
+    }
+}
+
+/// Deletes the host end of a veth pair if it still exists (ADD's rollback).
 pub fn remove_host_veth(name: &str) -> Result<()> {
     let mut nl = Netlink::new().cni(Code::Netlink, || "open netlink".into())?;
-    if let Some(l) = nl
+    match nl
         .link()
         .get_by_name(name)
         .cni(Code::Netlink, || format!("look up {name}"))?
     {
-        match nl.link().del(l.index) {
-            Ok(()) => {}
-            Err(e) if e.is_not_found() => {}
-            Err(e) => {
-                return Err(CniError::new(Code::Netlink, format!("delete {name}")).with_details(e))
-            }
-        }
+        Some(l) => delete_index(&mut nl, l.index, name),
+        None => Ok(()),
+    }
+}
+
+/// Deletes tombstones whose background delete never ran (GC).
+pub fn sweep_tombstones() -> Result<()> {
+    let mut nl = Netlink::new().cni(Code::Netlink, || "open netlink".into())?;
+    let links = nl
+        .link()
+        .list()
+        .cni(Code::Netlink, || "list links".into())?;
+    for l in links
+        .iter()
+        .filter(|l| l.name.starts_with(TOMBSTONE_PREFIX))
+    {
+        delete_index(&mut nl, l.index, &l.name)?;
     }
     Ok(())
 }

@@ -125,6 +125,7 @@ impl Plugin for Bridge {
 
     fn gc(&self, args: &CmdArgs) -> Result<()> {
         let conf = BridgeConf::parse(&args.stdin)?;
+        links::sweep_tombstones()?;
         match conf.ipam_type() {
             Some(t) => delegate::call(args, t, Command::Gc).map(|_| ()),
             None => Ok(()),

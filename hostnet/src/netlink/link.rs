@@ -205,6 +205,18 @@ impl<'a> LinkHandle<'a> {
         )
     }
 
+    /// Renames the link (it must be down).
+    pub fn rename(&mut self, index: u32, name: &str) -> Result<()> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        m.attributes.push(LinkAttribute::IfName(name.to_string()));
+        self.nl.execute(
+            &format!("rename link #{index} to {name}"),
+            RouteNetlinkMessage::SetLink(m),
+            0,
+        )
+    }
+
     /// Sets or clears promiscuous mode.
     pub fn set_promisc(&mut self, index: u32, on: bool) -> Result<()> {
         let mut m = LinkMessage::default();

@@ -464,7 +464,7 @@ fn reaches_itself(net: &Net, pod: &TestNs, pod_ip: &str, vip: &str, tries: usize
         .stderr(std::process::Stdio::null())
         .spawn()?;
     let mut ok = false;
-    for _ in 0..20 {
+    for _ in 0..tries {
         let out = pod
             .cmd(&[
                 "socat",

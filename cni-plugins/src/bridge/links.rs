@@ -276,7 +276,7 @@ fn tombstone(nl: &mut Netlink, l: &Link) -> Result<()> {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or_default();
-    let tag = (nanos ^ (std::process::id() << 12) ^ l.index.rotate_left(20)) & 0xffff_ffff;
+    let tag = nanos ^ (std::process::id() << 12) ^ l.index.rotate_left(20);
     let name = format!("{TOMBSTONE_PREFIX}{tag:08x}");
     match nl.link().rename(l.index, &name) {
         Ok(()) => Ok(()),

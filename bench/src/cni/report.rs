@@ -119,7 +119,9 @@ pub fn write(opts: &Opts, rounds: &[Round]) -> Result<()> {
     doc["method"] = json!(format!(
         "wall-clock spawn-to-exit of each plugin exec, run from a thread in a host netns the harness creates; \
          per round {} pods per side, interleaved (ADD ours, ADD ref per pod, then DEL ours, DEL ref with prevResult), \
-         after {} untimed ADD/DEL warm-up pairs per side (first_add_ms is the first warm-up ADD)",
+         after {} untimed ADD/DEL warm-up pairs per side (first_add_ms is the first warm-up ADD); \
+         our DEL returns when the veth pair is down and renamed and a child deletes it, so after each of \
+         our DELs the harness waits, untimed, for that delete to finish before the next call",
         opts.pods, opts.warmup
     ));
     doc["ours"] = json!("knode-bridge + knode-host-local");

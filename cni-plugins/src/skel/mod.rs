@@ -157,18 +157,23 @@ impl CmdArgs {
 /// Checks `CNI_CONTAINERID` as the spec describes it: non-empty, alphanumeric
 /// plus `_`, `.` and `-`, starting with an alphanumeric.
 pub fn validate_container_id(id: &str) -> Result<()> {
-    let ok = id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && id
-            .chars()
+    validate_spec_name(id, "CNI_CONTAINERID", Code::InvalidEnv)
+}
+
+/// The spec's rule for container IDs and network names: an alphanumeric,
+/// then alphanumerics, `_`, `.` and `-`. `what` names the field in errors.
+fn validate_spec_name(s: &str, what: &str, code: Code) -> Result<()> {
+    let ok = s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
     if ok {
         Ok(())
-    } else if id.is_empty() {
-        Err(CniError::new(Code::InvalidEnv, "CNI_CONTAINERID: required"))
+    } else if s.is_empty() {
+        Err(CniError::new(code, format!("{what}: required")))
     } else {
         Err(CniError::new(
-            Code::InvalidEnv,
-            format!("CNI_CONTAINERID: {id:?} must be alphanumeric, '_', '.' or '-', starting alphanumeric"),
+            code,
+            format!("{what}: {s:?} must be alphanumeric, '_', '.' or '-', starting alphanumeric"),
         ))
     }
 }
@@ -196,27 +201,10 @@ pub fn validate_ifname(name: &str) -> Result<()> {
     ))
 }
 
-/// The spec's network name rule: alphanumeric start, then alphanumerics,
-/// `_`, `.` and `-`. Names end up in file paths (the IPAM
-/// data dir) and iptables comments.
+/// The spec's network name rule (as for container IDs). Names end up in
+/// file paths (the IPAM data dir) and iptables comments.
 pub fn validate_network_name(name: &str) -> Result<()> {
-    let ok = name
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-    if ok {
-        Ok(())
-    } else if name.is_empty() {
-        Err(CniError::new(Code::InvalidConfig, "name: required"))
-    } else {
-        Err(CniError::new(
-            Code::InvalidConfig,
-            format!("name: {name:?} must be alphanumeric, '_', '.' or '-', starting alphanumeric"),
-        ))
-    }
+    validate_spec_name(name, "name", Code::InvalidConfig)
 }
 
 /// Parses `K1=V1;K2=V2`.

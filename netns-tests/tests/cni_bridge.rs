@@ -543,3 +543,43 @@ fn hairpin_lets_a_pod_reach_itself_through_a_dnat() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn dual_stack_add_gives_both_families_and_routes() -> Result<()> {
+    if !require_root("dual_stack_add_gives_both_families_and_routes") {
+        return Ok(());
+    }
+    let mut net = Net::new("10.89.0.0/24", json!({}))?;
+    net.conf["ipam"]["ranges"] =
+        json!([[{ "subnet": "10.89.0.0/24" }], [{ "subnet": "fd89::/64" }]]);
+    let (a, b) = (TestNs::new("pod")?, TestNs::new("pod")?);
+    let ra = net.add("ctr-a", &a)?;
+    net.add("ctr-b", &b)?;
+    let ips = ra["ips"].as_array().cloned().unwrap_or_default();
+    assert_eq!(ips.len(), 2, "one address per range set: {ra}");
+    let v6 = ips[1]["address"].as_str().unwrap_or_default().to_string();
+    assert!(v6.starts_with("fd89::") && v6.ends_with("/64"), "{v6}");
+    assert_eq!(ips[1]["gateway"], "fd89::1");
+
+    let addrs = a.sh(&["ip", "-o", "addr", "show", "dev", "eth0"])?;
+    assert!(addrs.contains(&v6), "{addrs}");
+    let routes6 = a.sh(&["ip", "-6", "route"])?;
+    assert!(
+        routes6.contains("default via fd89::1 dev eth0"),
+        "{routes6}"
+    );
+    let ok6 = a
+        .cmd(&["ping", "-6", "-c", "1", "-W", "2", "fd89::1"])
+        .status()?
+        .success();
+    assert!(ok6, "pod pings the IPv6 gateway");
+    assert_eq!(
+        net.host
+            .sh(&["cat", "/proc/sys/net/ipv6/conf/all/forwarding"])?
+            .trim(),
+        "1"
+    );
+    net.del("ctr-a", Some(a.path()), Some(&ra))?;
+    assert_eq!(net.reservations().len(), 2, "only b's two addresses remain");
+    Ok(())
+}

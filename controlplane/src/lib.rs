@@ -3,5 +3,6 @@
 //! this layer (defaulting, validation, IP/port allocation, endpoints), and
 //! later the ControlPlane trait with its backends. No I/O in the pure parts.
 
+pub mod defaults;
 pub mod manifest;
 pub mod objects;

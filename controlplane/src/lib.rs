@@ -6,3 +6,4 @@
 pub mod defaults;
 pub mod manifest;
 pub mod objects;
+pub mod validate;

@@ -141,7 +141,10 @@ impl SubnetLease {
     }
 }
 
-/// One stored object of any kind.
+/// One stored object of any kind. (Variants differ in size, Pod being the
+/// largest; objects are built once and passed by reference, so boxing them
+/// would buy nothing but noise in every match.)
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Object {
     Namespace(Namespace),

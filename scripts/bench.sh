@@ -7,15 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-command -v cargo >/dev/null || { echo "bench: cargo not found; install the Rust toolchain (rustup) first" >&2; exit 1; }
-if [ "$(id -u)" -ne 0 ]; then
-  if [ "${CI:-}" = "true" ]; then
-    echo "bench: the benchmarks need root (network namespaces), and CI=true forbids skipping them" >&2
-    exit 1
-  fi
-  echo "SKIP bench: needs root (network namespaces); run it as root (sudo make bench)" >&2
-  exit 0
-fi
+. scripts/lib.sh
+require_cargo bench
+have_root bench "the benchmarks (network namespaces)" || exit 0
 
 echo "== build (release)"
 cargo build --release --bins

@@ -5,14 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-command -v cargo >/dev/null || { echo "test: cargo not found; install the Rust toolchain (rustup) first" >&2; exit 1; }
-if [ "$(id -u)" -ne 0 ]; then
-  if [ "${CI:-}" = "true" ]; then
-    echo "test: the netns tests need root, and CI=true forbids skipping them" >&2
-    exit 1
-  fi
-  echo "test: not root: netns tests will be skipped (each says why)" >&2
-fi
+. scripts/lib.sh
+require_cargo test
+have_root test "the netns tests" || true
 
 echo "== build"
 cargo build --workspace --bins

@@ -50,11 +50,7 @@ pub fn restore(family: Family, payload: &str, noflush: bool) -> Result<()> {
     if out.status.success() {
         Ok(())
     } else {
-        Err(Error::Command {
-            cmd,
-            status: out.status.to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        })
+        Err(failed(cmd, &out))
     }
 }
 
@@ -69,11 +65,15 @@ pub fn save(family: Family, table: &str) -> Result<String> {
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
-        Err(Error::Command {
-            cmd,
-            status: out.status.to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        })
+        Err(failed(cmd, &out))
+    }
+}
+
+fn failed(cmd: String, out: &std::process::Output) -> Error {
+    Error::Command {
+        cmd,
+        status: out.status.to_string(),
+        stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
     }
 }
 

@@ -251,7 +251,10 @@ fn wait_for_reaper() -> Result<()> {
     let mut nl = hostnet::Netlink::new()?;
     for _ in 0..2000 {
         let links = nl.link().list()?;
-        if !links.iter().any(|l| l.name.starts_with("kdel")) {
+        if !links
+            .iter()
+            .any(|l| l.name.starts_with(cni_plugins::bridge::TOMBSTONE_PREFIX))
+        {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(1));

@@ -15,6 +15,7 @@ use hostnet::NetNs;
 use ipnet::IpNet;
 
 pub use config::BridgeConf;
+pub use links::TOMBSTONE_PREFIX;
 
 use crate::delegate;
 use crate::skel::{

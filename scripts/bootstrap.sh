@@ -8,7 +8,7 @@ set -euo pipefail
 
 PACKAGES=(
   # build
-  build-essential pkg-config protobuf-compiler
+  build-essential pkg-config protobuf-compiler libprotobuf-dev
   # pods
   containerd runc busybox-static skopeo docker-registry
   # networking and the reference CNI plugins we compare against

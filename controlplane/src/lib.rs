@@ -1,11 +1,19 @@
 //! The control plane as the agent, proxy and overlay see it: Kubernetes
 //! object types plus our SubnetLease, the API-server duties that fall to
-//! this layer (defaulting, validation, IP/port allocation, endpoints), and
-//! later the ControlPlane trait with its backends. No I/O in the pure parts.
+//! this layer (defaulting, validation, IP/port allocation, endpoints), the
+//! [`api::ControlPlane`] abstraction, the [`registry::Registry`] that
+//! implements it over raw [`storage`] (embedded redb or etcd), and the
+//! Kubernetes-style REST API the agent serves on its unix socket.
 
 pub mod alloc;
+pub mod api;
 pub mod defaults;
 pub mod endpoints;
 pub mod manifest;
 pub mod objects;
+pub mod registry;
+pub mod storage;
 pub mod validate;
+
+pub use api::{ControlPlane, Error, ObjectList, ObjectRef, Result, Scope, Watch, WatchEvent};
+pub use objects::{Kind, Object};

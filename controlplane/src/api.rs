@@ -1,0 +1,310 @@
+//! The ControlPlane abstraction: what the agent, the proxy, the overlay and
+//! the CLI ask of a control plane, whatever serves it (the embedded store,
+//! etcd, or later a Kubernetes API server).
+//!
+//! Objects carry their revision as `metadata.resourceVersion`. Watches
+//! deliver events after a revision; a watch that cannot be served from that
+//! revision (compacted, or the watcher fell behind) ends with
+//! [`Error::Compacted`], and [`crate::watcher`] turns that into a relist and
+//! a diff so that consumers never keep a stale view.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+
+use crate::objects::{Kind, Object};
+use crate::validate::{FieldError, Invalid};
+
+/// A control-plane error, shaped like the API server's status reasons so
+/// the REST layer maps it to and from HTTP without loss.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Error {
+    #[error("{kind} {name:?} not found")]
+    NotFound { kind: Kind, name: String },
+    #[error("{kind} {name:?} already exists")]
+    AlreadyExists { kind: Kind, name: String },
+    /// The object changed since the caller read it (resourceVersion).
+    #[error("Operation cannot be fulfilled on {kind} {name:?}: {reason}")]
+    Conflict {
+        kind: Kind,
+        name: String,
+        reason: String,
+    },
+    #[error("{0}")]
+    Invalid(Invalid),
+    /// The requested revision is no longer available: relist.
+    #[error("too old resource version: {requested} (oldest available {oldest})")]
+    Compacted { requested: u64, oldest: u64 },
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// The backend cannot be reached or refused to work.
+    #[error("control plane unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// One invalid field of `object`.
+    pub fn invalid(object: impl Into<String>, path: &str, reason: impl Into<String>) -> Error {
+        Error::Invalid(Invalid {
+            object: object.into(),
+            errors: vec![FieldError {
+                path: path.to_string(),
+                reason: reason.into(),
+            }],
+        })
+    }
+
+    /// Whether retrying the same request after a fresh read may succeed.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Error::Conflict { .. })
+    }
+
+    /// Whether the object is absent.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::NotFound { .. })
+    }
+}
+
+impl From<Invalid> for Error {
+    fn from(e: Invalid) -> Self {
+        Error::Invalid(e)
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Which objects a list or watch covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scope {
+    pub kind: Kind,
+    /// `None`: every namespace (and always for cluster-scoped kinds).
+    pub namespace: Option<String>,
+}
+
+impl Scope {
+    /// Every object of `kind`.
+    pub fn all(kind: Kind) -> Scope {
+        Scope {
+            kind,
+            namespace: None,
+        }
+    }
+
+    /// Objects of `kind` in `namespace` (ignored for cluster-scoped kinds).
+    pub fn namespaced(kind: Kind, namespace: &str) -> Scope {
+        Scope {
+            kind,
+            namespace: kind.namespaced().then(|| namespace.to_string()),
+        }
+    }
+}
+
+/// Names one object.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectRef {
+    pub kind: Kind,
+    /// Empty for cluster-scoped kinds.
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectRef {
+    pub fn new(kind: Kind, namespace: &str, name: &str) -> ObjectRef {
+        ObjectRef {
+            kind,
+            namespace: if kind.namespaced() {
+                namespace.to_string()
+            } else {
+                String::new()
+            },
+            name: name.to_string(),
+        }
+    }
+
+    /// The reference to `obj`.
+    pub fn of(obj: &Object) -> ObjectRef {
+        ObjectRef::new(obj.kind(), obj.namespace(), obj.name())
+    }
+}
+
+impl std::fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.namespace.is_empty() {
+            write!(f, "{}/{}", self.kind.plural(), self.name)
+        } else {
+            write!(f, "{}/{}/{}", self.kind.plural(), self.namespace, self.name)
+        }
+    }
+}
+
+/// A list and the revision it was read at: watch from there.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObjectList {
+    pub items: Vec<Object>,
+    pub revision: u64,
+}
+
+/// One change seen by a watch. `Deleted` carries the object's last state.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WatchEvent {
+    Added(Object),
+    Modified(Object),
+    Deleted(Object),
+}
+
+impl WatchEvent {
+    pub fn object(&self) -> &Object {
+        match self {
+            WatchEvent::Added(o) | WatchEvent::Modified(o) | WatchEvent::Deleted(o) => o,
+        }
+    }
+
+    /// The API server's event type name.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            WatchEvent::Added(_) => "ADDED",
+            WatchEvent::Modified(_) => "MODIFIED",
+            WatchEvent::Deleted(_) => "DELETED",
+        }
+    }
+}
+
+/// A stream of watch events. It ends with `Some(Err(..))` (typically
+/// [`Error::Compacted`]) or `None` when the backend closes it.
+pub struct Watch {
+    rx: mpsc::Receiver<Result<WatchEvent>>,
+}
+
+impl Watch {
+    /// A watch and the sender a backend feeds it through. The backend's
+    /// task stops when the receiver is dropped (send fails).
+    pub fn channel(capacity: usize) -> (mpsc::Sender<Result<WatchEvent>>, Watch) {
+        let (tx, rx) = mpsc::channel(capacity);
+        (tx, Watch { rx })
+    }
+
+    /// The next event; `None` once the watch has ended.
+    pub async fn next(&mut self) -> Option<Result<WatchEvent>> {
+        self.rx.recv().await
+    }
+}
+
+/// How long a written object lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Expiry {
+    /// Until deleted.
+    #[default]
+    Never,
+    /// Deleted (and watchers told) if not written again within this time.
+    After(Duration),
+    /// Whatever the stored object had (status writes do not renew).
+    Keep,
+}
+
+/// The control plane as every component sees it.
+#[async_trait]
+pub trait ControlPlane: Send + Sync {
+    /// One object.
+    async fn get(&self, what: &ObjectRef) -> Result<Object>;
+
+    /// Every object in `scope`, sorted by namespace and name, with the
+    /// revision to watch from.
+    async fn list(&self, scope: &Scope) -> Result<ObjectList>;
+
+    /// Creates `obj` after defaulting and validation, assigning uid,
+    /// creationTimestamp, resourceVersion and, for Services, ClusterIP and
+    /// NodePorts. `ttl` makes the object a lease that expires unless
+    /// updated again within it.
+    async fn create(&self, obj: Object, ttl: Option<Duration>) -> Result<Object>;
+
+    /// Replaces `obj`'s spec and metadata. With `metadata.resourceVersion`
+    /// set, succeeds only if the stored object still has that revision
+    /// ([`Error::Conflict`] otherwise). Status is kept as stored. `ttl`
+    /// renews (or sets) the expiry; `None` clears it.
+    async fn update(&self, obj: Object, ttl: Option<Duration>) -> Result<Object>;
+
+    /// Replaces only `obj`'s status, with the same compare-and-set rule.
+    /// Does not renew an expiry.
+    async fn update_status(&self, obj: Object) -> Result<Object>;
+
+    /// Deletes one object, releasing what it holds (ClusterIP, NodePorts).
+    /// With `revision`, only if the stored object still has it. Deleting a
+    /// Namespace deletes the objects in it first.
+    async fn delete(&self, what: &ObjectRef, revision: Option<u64>) -> Result<Object>;
+
+    /// Events in `scope` after `revision` (from [`ControlPlane::list`]).
+    async fn watch(&self, scope: &Scope, revision: u64) -> Result<Watch>;
+}
+
+/// `metadata.resourceVersion` as a number, if set.
+pub fn revision_of(obj: &Object) -> Result<Option<u64>> {
+    match obj.meta().resource_version.as_deref() {
+        None | Some("") => Ok(None),
+        Some(s) => s.parse().map(Some).map_err(|_| {
+            Error::invalid(
+                obj.describe(),
+                "metadata.resourceVersion",
+                format!("must be a revision number, got {s:?}"),
+            )
+        }),
+    }
+}
+
+/// What [`apply`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    Created,
+    Configured,
+    Unchanged,
+}
+
+impl std::fmt::Display for Applied {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Applied::Created => "created",
+            Applied::Configured => "configured",
+            Applied::Unchanged => "unchanged",
+        })
+    }
+}
+
+/// Creates `obj`, or updates the stored one to match it, as
+/// `kubectl apply` does for a user's manifest: what the manifest leaves
+/// out that the control plane assigned (ClusterIP, NodePorts, status) is
+/// kept. Retries on write conflicts.
+pub async fn apply(cp: &dyn ControlPlane, obj: Object) -> Result<(Applied, Object)> {
+    let mut obj = obj;
+    crate::defaults::apply(&mut obj);
+    let what = ObjectRef::of(&obj);
+    for _ in 0..10 {
+        match cp.get(&what).await {
+            Err(e) if e.is_not_found() => match cp.create(obj.clone(), None).await {
+                Ok(o) => return Ok((Applied::Created, o)),
+                Err(Error::AlreadyExists { .. }) => continue,
+                Err(e) => return Err(e),
+            },
+            Err(e) => return Err(e),
+            Ok(current) => {
+                let mut want = obj.clone();
+                crate::registry::carry_assigned(&current, &mut want);
+                if crate::registry::same_spec(&current, &want) {
+                    return Ok((Applied::Unchanged, current));
+                }
+                want.meta_mut().resource_version = current.meta().resource_version.clone();
+                match cp.update(want, None).await {
+                    Ok(o) => return Ok((Applied::Configured, o)),
+                    Err(e) if e.is_conflict() || e.is_not_found() => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+    Err(Error::Conflict {
+        kind: what.kind,
+        name: what.name,
+        reason: "the object kept changing; tried 10 times".into(),
+    })
+}

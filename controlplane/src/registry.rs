@@ -1,0 +1,711 @@
+//! The API server's duties over raw [`Storage`]: defaulting, validation,
+//! uid/creationTimestamp/resourceVersion, ClusterIP and NodePort claims,
+//! status-only writes, namespace checks and cascade, TTLs. Both the
+//! embedded and the etcd backends are a `Registry` over their storage, so
+//! they behave the same by construction.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use k8s_openapi::api::core::v1::{Pod, PodStatus, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use serde_json::Value;
+
+use crate::alloc::{AllocError, IpAllocator, PortAllocator};
+use crate::api::{
+    revision_of, ControlPlane, Error, Expiry, ObjectList, ObjectRef, Result, Scope, Watch,
+    WatchEvent,
+};
+use crate::defaults::{self, DEFAULT_NAMESPACE};
+use crate::objects::{Kind, Object};
+use crate::storage::{Precondition, RawEvent, Storage, Stored, Write, WriteError};
+use crate::validate;
+
+const CLAIM_IP: &str = "claims/clusterip/";
+const CLAIM_PORT: &str = "claims/nodeport/";
+/// How often an automatic pick is retried when another writer took the
+/// same value between our read and our write.
+const ALLOC_TRIES: usize = 16;
+
+/// The storage key of one object.
+pub fn key_of(what: &ObjectRef) -> String {
+    if what.kind.namespaced() {
+        format!("{}/{}/{}", what.kind.plural(), what.namespace, what.name)
+    } else {
+        format!("{}/{}", what.kind.plural(), what.name)
+    }
+}
+
+/// The storage prefix of a scope (ends with `/`).
+pub fn prefix_of(scope: &Scope) -> String {
+    match &scope.namespace {
+        Some(ns) if scope.kind.namespaced() => format!("{}/{}/", scope.kind.plural(), ns),
+        _ => format!("{}/", scope.kind.plural()),
+    }
+}
+
+/// Decodes a stored value, setting `resourceVersion` from its revision.
+pub fn decode(stored: &Stored) -> Result<Object> {
+    decode_at(stored, stored.revision)
+}
+
+fn decode_at(stored: &Stored, revision: u64) -> Result<Object> {
+    let v: Value = serde_json::from_slice(&stored.value)
+        .map_err(|e| Error::Internal(format!("stored {}: not JSON: {e}", stored.key)))?;
+    let mut obj = Object::from_value(v)
+        .map_err(|e| Error::Internal(format!("stored {}: {e}", stored.key)))?;
+    obj.meta_mut().resource_version = Some(revision.to_string());
+    Ok(obj)
+}
+
+/// Encodes an object for storage (without `resourceVersion`, which the
+/// storage's revision supplies on read).
+pub fn encode(obj: &Object) -> Vec<u8> {
+    let mut obj = obj.clone();
+    obj.meta_mut().resource_version = None;
+    serde_json::to_vec(&obj.to_value()).unwrap_or_default()
+}
+
+/// Where Services get their ClusterIPs and NodePorts.
+#[derive(Debug, Clone)]
+pub struct Allocators {
+    pub service_ips: IpAllocator,
+    pub node_ports: PortAllocator,
+}
+
+impl Default for Allocators {
+    fn default() -> Self {
+        Allocators {
+            // 10.96.0.0/12 is a valid, large range: new() cannot fail.
+            service_ips: IpAllocator::new("10.96.0.0/12".parse().expect("literal CIDR"))
+                .expect("default service CIDR"),
+            node_ports: PortAllocator::default(),
+        }
+    }
+}
+
+/// A control plane over raw storage.
+pub struct Registry {
+    storage: Arc<dyn Storage>,
+    alloc: Allocators,
+}
+
+impl Registry {
+    pub fn new(storage: Arc<dyn Storage>, alloc: Allocators) -> Registry {
+        Registry { storage, alloc }
+    }
+
+    /// Creates the `default` namespace if it is missing. Every backend
+    /// calls this once at start; it is idempotent across nodes.
+    pub async fn bootstrap(&self) -> Result<()> {
+        let ns: Object = Object::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": DEFAULT_NAMESPACE}
+        }))
+        .map_err(|e| Error::Internal(e.to_string()))?;
+        match self.create(ns, None).await {
+            Ok(_) | Err(Error::AlreadyExists { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn stored(&self, what: &ObjectRef) -> Result<(Stored, Object)> {
+        let stored = self
+            .storage
+            .get(&key_of(what))
+            .await?
+            .ok_or_else(|| not_found(what))?;
+        let obj = decode(&stored)?;
+        Ok((stored, obj))
+    }
+
+    async fn require_namespace(&self, obj: &Object) -> Result<()> {
+        if !obj.kind().namespaced() {
+            return Ok(());
+        }
+        let ns = ObjectRef::new(Kind::Namespace, "", obj.namespace());
+        match self.storage.get(&key_of(&ns)).await? {
+            Some(_) => Ok(()),
+            None => Err(Error::NotFound {
+                kind: Kind::Namespace,
+                name: obj.namespace().to_string(),
+            }),
+        }
+    }
+
+    /// The claims in use under `prefix`, parsed.
+    async fn used<T: std::str::FromStr + Ord>(&self, prefix: &str) -> Result<BTreeSet<T>> {
+        let (claims, _) = self.storage.list(prefix).await?;
+        Ok(claims
+            .iter()
+            .filter_map(|c| c.key.strip_prefix(prefix)?.parse().ok())
+            .collect())
+    }
+
+    /// Fills a Service's ClusterIP and NodePorts (keeping what `old`, the
+    /// stored version, had) and returns the claims the write must take.
+    async fn assign(&self, svc: &mut Service, old: Option<&Service>) -> Result<Vec<String>> {
+        let name = describe_svc(svc);
+        let Some(spec) = svc.spec.as_mut() else {
+            return Ok(Vec::new());
+        };
+        let old_spec = old.and_then(|o| o.spec.as_ref());
+        let ty = spec.type_.clone().unwrap_or_default();
+        let mut claims = Vec::new();
+
+        if ty != "ExternalName" {
+            let old_ip = old_spec.and_then(|s| s.cluster_ip.clone());
+            let want = spec.cluster_ip.clone().filter(|s| !s.is_empty());
+            match (&want, &old_ip) {
+                (None, Some(old)) => spec.cluster_ip = Some(old.clone()),
+                (Some(w), Some(old)) if w != old => {
+                    return Err(Error::invalid(
+                        name.clone(),
+                        "spec.clusterIP",
+                        format!("Invalid value: {w:?}: field is immutable"),
+                    ));
+                }
+                (Some(_), Some(_)) => {}
+                (_, None) => {
+                    let requested = match want.as_deref() {
+                        Some("None") | None => None,
+                        Some(text) => Some(text.parse::<IpAddr>().map_err(|_| {
+                            Error::invalid(
+                                name.clone(),
+                                "spec.clusterIP",
+                                format!("Invalid value: {text:?}: must be a valid IP address or \"None\""),
+                            )
+                        })?),
+                    };
+                    if want.as_deref() != Some("None") {
+                        let used = self.used::<IpAddr>(CLAIM_IP).await?;
+                        let ip = self
+                            .alloc
+                            .service_ips
+                            .allocate(&used, requested)
+                            .map_err(|e| alloc_invalid(&name, "spec.clusterIP", &e))?;
+                        let Some(spec) = svc.spec.as_mut() else {
+                            return Ok(claims);
+                        };
+                        spec.cluster_ip = Some(ip.to_string());
+                    }
+                }
+            }
+            let Some(spec) = svc.spec.as_mut() else {
+                return Ok(claims);
+            };
+            if let Some(ip) = spec.cluster_ip.clone().filter(|ip| ip != "None") {
+                spec.cluster_ips = Some(vec![ip.clone()]);
+                let family = if ip.contains(':') { "IPv6" } else { "IPv4" };
+                spec.ip_families = Some(vec![family.to_string()]);
+                spec.ip_family_policy
+                    .get_or_insert_with(|| "SingleStack".into());
+                if old_ip.is_none() {
+                    claims.push(format!("{CLAIM_IP}{ip}"));
+                }
+            } else if spec.cluster_ip.as_deref() == Some("None") {
+                spec.cluster_ips = Some(vec!["None".into()]);
+            }
+        }
+
+        let Some(spec) = svc.spec.as_mut() else {
+            return Ok(claims);
+        };
+        let wants_ports = ty == "NodePort" || ty == "LoadBalancer";
+        let old_ports: HashMap<(i32, String), i32> = old_spec
+            .into_iter()
+            .flat_map(|s| s.ports.iter().flatten())
+            .filter_map(|p| Some(((p.port, p.protocol.clone()?), p.node_port?)))
+            .collect();
+        let old_held: BTreeSet<i32> = old_ports.values().copied().collect();
+        let mut used: Option<BTreeSet<u16>> = None;
+        let mut taken_here: BTreeSet<u16> = BTreeSet::new();
+        for (i, port) in spec.ports.iter_mut().flatten().enumerate() {
+            if !wants_ports {
+                port.node_port = None;
+                continue;
+            }
+            if port.node_port.is_none() {
+                let key = (port.port, port.protocol.clone().unwrap_or_default());
+                port.node_port = old_ports.get(&key).copied();
+            }
+            let field = format!("spec.ports[{i}].nodePort");
+            let requested = match port.node_port {
+                None => None,
+                Some(p) => Some(u16::try_from(p).map_err(|_| {
+                    Error::invalid(
+                        name.clone(),
+                        &field,
+                        format!("Invalid value: {p}: must be between 1 and 65535"),
+                    )
+                })?),
+            };
+            if let Some(p) = requested {
+                if old_held.contains(&i32::from(p)) || taken_here.contains(&p) {
+                    continue;
+                }
+            }
+            let in_use = match &mut used {
+                Some(u) => u,
+                None => used.insert(self.used::<u16>(CLAIM_PORT).await?),
+            };
+            let chosen = self
+                .alloc
+                .node_ports
+                .allocate(in_use, requested)
+                .map_err(|e| alloc_invalid(&name, &field, &e))?;
+            in_use.insert(chosen);
+            taken_here.insert(chosen);
+            port.node_port = Some(i32::from(chosen));
+            claims.push(format!("{CLAIM_PORT}{chosen}"));
+        }
+        Ok(claims)
+    }
+
+    /// Creates or updates a Service, retrying automatic picks that lost a
+    /// race; a requested value that is taken fails at once.
+    async fn write_service(
+        &self,
+        svc: Service,
+        old: Option<(&Service, u64)>,
+        expiry: Expiry,
+    ) -> Result<Object> {
+        let mut last = None;
+        for _ in 0..ALLOC_TRIES {
+            let mut candidate = svc.clone();
+            let claims = self.assign(&mut candidate, old.map(|(s, _)| s)).await?;
+            let release = match old {
+                Some((o, _)) => released(o, &candidate),
+                None => Vec::new(),
+            };
+            let obj = Object::Service(candidate);
+            let precondition = match old {
+                Some((_, rev)) => Precondition::Revision(rev),
+                None => Precondition::Absent,
+            };
+            match self.put(&obj, precondition, expiry, claims, release).await {
+                Err(WriteError::ClaimTaken { claim, owner }) => {
+                    last = Some((claim, owner));
+                    continue;
+                }
+                other => return self.finish(obj, other),
+            }
+        }
+        let (claim, owner) = last.unwrap_or_default();
+        Err(Error::Conflict {
+            kind: Kind::Service,
+            name: describe_svc(&svc),
+            reason: format!("{claim} kept being taken (last by {owner})"),
+        })
+    }
+
+    async fn put(
+        &self,
+        obj: &Object,
+        precondition: Precondition,
+        expiry: Expiry,
+        claim: Vec<String>,
+        release: Vec<String>,
+    ) -> Result<u64, WriteError> {
+        self.storage
+            .write(Write {
+                key: key_of(&ObjectRef::of(obj)),
+                value: encode(obj),
+                precondition,
+                expiry,
+                claim,
+                release,
+            })
+            .await
+    }
+
+    /// Maps a write's outcome to the object as stored, or an API error.
+    fn finish(&self, mut obj: Object, r: Result<u64, WriteError>) -> Result<Object> {
+        let what = ObjectRef::of(&obj);
+        match r {
+            Ok(rev) => {
+                obj.meta_mut().resource_version = Some(rev.to_string());
+                Ok(obj)
+            }
+            Err(WriteError::Exists) => Err(Error::AlreadyExists {
+                kind: what.kind,
+                name: what.name,
+            }),
+            Err(WriteError::NotFound) => Err(not_found(&what)),
+            Err(WriteError::RevisionMismatch { .. }) => Err(conflict(&what)),
+            Err(WriteError::ClaimTaken { claim, owner }) => Err(Error::invalid(
+                obj.describe(),
+                "spec",
+                format!("{claim} is already allocated to {owner}"),
+            )),
+            Err(WriteError::Other(e)) => Err(e),
+        }
+    }
+
+    async fn delete_one(&self, what: &ObjectRef, revision: Option<u64>) -> Result<Object> {
+        for _ in 0..ALLOC_TRIES {
+            let (stored, obj) = self.stored(what).await?;
+            if let Some(want) = revision {
+                if want != stored.revision {
+                    return Err(conflict(what));
+                }
+            }
+            let release = match &obj {
+                Object::Service(s) => claims_of(s),
+                _ => Vec::new(),
+            };
+            match self
+                .storage
+                .delete(&stored.key, Some(stored.revision), release)
+                .await
+            {
+                Ok((last, rev)) => return decode_at(&last, rev),
+                // Changed between our read and the delete: read again so
+                // the claims we release are the ones it holds.
+                Err(WriteError::RevisionMismatch { .. }) if revision.is_none() => continue,
+                Err(WriteError::RevisionMismatch { .. }) => return Err(conflict(what)),
+                Err(WriteError::NotFound) => return Err(not_found(what)),
+                Err(WriteError::Other(e)) => return Err(e),
+                Err(e) => return Err(Error::Internal(format!("delete {what}: {e}"))),
+            }
+        }
+        Err(conflict(what))
+    }
+}
+
+#[async_trait]
+impl ControlPlane for Registry {
+    async fn get(&self, what: &ObjectRef) -> Result<Object> {
+        Ok(self.stored(what).await?.1)
+    }
+
+    async fn list(&self, scope: &Scope) -> Result<ObjectList> {
+        let (items, revision) = self.storage.list(&prefix_of(scope)).await?;
+        let items = items.iter().map(decode).collect::<Result<Vec<_>>>()?;
+        Ok(ObjectList { items, revision })
+    }
+
+    async fn create(&self, mut obj: Object, ttl: Option<Duration>) -> Result<Object> {
+        defaults::apply(&mut obj);
+        validate::validate(&obj)?;
+        self.require_namespace(&obj).await?;
+        let meta = obj.meta_mut();
+        meta.uid = Some(new_uid());
+        meta.creation_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+        meta.generation = Some(1);
+        meta.resource_version = None;
+        meta.deletion_timestamp = None;
+        if let Object::Pod(p) = &mut obj {
+            reset_pod_status(p);
+        }
+        let expiry = ttl.map_or(Expiry::Never, Expiry::After);
+        match obj {
+            Object::Service(svc) => self.write_service(svc, None, expiry).await,
+            obj => {
+                let r = self
+                    .put(&obj, Precondition::Absent, expiry, Vec::new(), Vec::new())
+                    .await;
+                self.finish(obj, r)
+            }
+        }
+    }
+
+    async fn update(&self, mut obj: Object, ttl: Option<Duration>) -> Result<Object> {
+        defaults::apply(&mut obj);
+        validate::validate(&obj)?;
+        let what = ObjectRef::of(&obj);
+        let (stored, current) = self.stored(&what).await?;
+        let rev = match revision_of(&obj)? {
+            Some(r) if r != stored.revision => return Err(conflict(&what)),
+            _ => stored.revision,
+        };
+        let spec_changed = !same_spec(&current, &{
+            let mut o = obj.clone();
+            carry_assigned(&current, &mut o);
+            o
+        });
+        keep_server_fields(&current, &mut obj);
+        if spec_changed {
+            let g = current.meta().generation.unwrap_or(1);
+            obj.meta_mut().generation = Some(g + 1);
+        }
+        let expiry = ttl.map_or(Expiry::Never, Expiry::After);
+        match (obj, current) {
+            (Object::Service(svc), Object::Service(old)) => {
+                self.write_service(svc, Some((&old, rev)), expiry).await
+            }
+            (obj, _) => {
+                let r = self
+                    .put(&obj, Precondition::Revision(rev), expiry, Vec::new(), Vec::new())
+                    .await;
+                self.finish(obj, r)
+            }
+        }
+    }
+
+    async fn update_status(&self, obj: Object) -> Result<Object> {
+        let what = ObjectRef::of(&obj);
+        let (stored, mut current) = self.stored(&what).await?;
+        let rev = match revision_of(&obj)? {
+            Some(r) if r != stored.revision => return Err(conflict(&what)),
+            _ => stored.revision,
+        };
+        match (&mut current, obj) {
+            (Object::Pod(c), Object::Pod(o)) => c.status = o.status,
+            (Object::Service(c), Object::Service(o)) => c.status = o.status,
+            (Object::Node(c), Object::Node(o)) => c.status = o.status,
+            (Object::Namespace(c), Object::Namespace(o)) => c.status = o.status,
+            (_, o) => {
+                return Err(Error::BadRequest(format!(
+                    "{} has no status subresource",
+                    o.kind()
+                )))
+            }
+        }
+        let r = self
+            .put(
+                &current,
+                Precondition::Revision(rev),
+                Expiry::Keep,
+                Vec::new(),
+                Vec::new(),
+            )
+            .await;
+        self.finish(current, r)
+    }
+
+    async fn delete(&self, what: &ObjectRef, revision: Option<u64>) -> Result<Object> {
+        if what.kind == Kind::Namespace {
+            if what.name == DEFAULT_NAMESPACE {
+                return Err(Error::BadRequest(format!(
+                    "namespace {DEFAULT_NAMESPACE:?} cannot be deleted"
+                )));
+            }
+            self.stored(what).await?;
+            for kind in Kind::ALL.into_iter().filter(|k| k.namespaced()) {
+                let list = self.list(&Scope::namespaced(kind, &what.name)).await?;
+                for item in list.items {
+                    match self.delete_one(&ObjectRef::of(&item), None).await {
+                        Ok(_) | Err(Error::NotFound { .. }) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+        self.delete_one(what, revision).await
+    }
+
+    async fn watch(&self, scope: &Scope, revision: u64) -> Result<Watch> {
+        let mut raw = self.storage.watch(&prefix_of(scope), revision).await?;
+        let (tx, watch) = Watch::channel(256);
+        tokio::spawn(async move {
+            while let Some(ev) = raw.recv().await {
+                let ev = ev.and_then(|ev| match ev {
+                    RawEvent::Put { stored, created } => {
+                        let o = decode(&stored)?;
+                        Ok(if created {
+                            WatchEvent::Added(o)
+                        } else {
+                            WatchEvent::Modified(o)
+                        })
+                    }
+                    RawEvent::Delete { last, revision } => {
+                        Ok(WatchEvent::Deleted(decode_at(&last, revision)?))
+                    }
+                });
+                let end = ev.is_err();
+                if tx.send(ev).await.is_err() || end {
+                    return;
+                }
+            }
+        });
+        Ok(watch)
+    }
+}
+
+fn not_found(what: &ObjectRef) -> Error {
+    Error::NotFound {
+        kind: what.kind,
+        name: what.name.clone(),
+    }
+}
+
+fn conflict(what: &ObjectRef) -> Error {
+    Error::Conflict {
+        kind: what.kind,
+        name: what.name.clone(),
+        reason: "the object has been modified; please apply your changes to the latest version and try again".into(),
+    }
+}
+
+fn describe_svc(svc: &Service) -> String {
+    let m = &svc.metadata;
+    format!(
+        "Service/{}/{}",
+        m.namespace.as_deref().unwrap_or_default(),
+        m.name.as_deref().unwrap_or_default()
+    )
+}
+
+fn alloc_invalid(object: &str, field: &str, e: &AllocError) -> Error {
+    Error::invalid(object, field, e.to_string())
+}
+
+/// The claim keys a stored Service holds.
+fn claims_of(svc: &Service) -> Vec<String> {
+    let Some(spec) = &svc.spec else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    if let Some(ip) = spec.cluster_ip.as_deref() {
+        if ip.parse::<IpAddr>().is_ok() {
+            out.push(format!("{CLAIM_IP}{ip}"));
+        }
+    }
+    let ports: BTreeSet<i32> = spec
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|p| p.node_port)
+        .collect();
+    out.extend(ports.into_iter().map(|p| format!("{CLAIM_PORT}{p}")));
+    out
+}
+
+/// Claims `old` holds that `new` no longer does.
+fn released(old: &Service, new: &Service) -> Vec<String> {
+    let keep: BTreeSet<String> = claims_of(new).into_iter().collect();
+    claims_of(old)
+        .into_iter()
+        .filter(|c| !keep.contains(c))
+        .collect()
+}
+
+fn reset_pod_status(p: &mut Pod) {
+    p.status = Some(PodStatus {
+        phase: Some("Pending".into()),
+        ..Default::default()
+    });
+}
+
+/// Copies what the server owns (identity, timestamps, status) from the
+/// stored object onto an update.
+fn keep_server_fields(current: &Object, obj: &mut Object) {
+    let cm = current.meta().clone();
+    let m = obj.meta_mut();
+    m.uid = cm.uid;
+    m.creation_timestamp = cm.creation_timestamp;
+    m.generation = cm.generation;
+    m.deletion_timestamp = cm.deletion_timestamp;
+    match (current, obj) {
+        (Object::Pod(c), Object::Pod(o)) => o.status = c.status.clone(),
+        (Object::Service(c), Object::Service(o)) => o.status = c.status.clone(),
+        (Object::Node(c), Object::Node(o)) => o.status = c.status.clone(),
+        (Object::Namespace(c), Object::Namespace(o)) => o.status = c.status.clone(),
+        _ => {}
+    }
+}
+
+/// Copies onto `want` everything the server assigned to `current` that a
+/// manifest leaves out: identity, revision, status, ClusterIP(s), IP
+/// families and NodePorts.
+pub fn carry_assigned(current: &Object, want: &mut Object) {
+    keep_server_fields(current, want);
+    want.meta_mut().resource_version = current.meta().resource_version.clone();
+    if let (Object::Service(c), Object::Service(w)) = (current, want) {
+        let (Some(cs), Some(ws)) = (&c.spec, &mut w.spec) else {
+            return;
+        };
+        if ws.cluster_ip.as_deref().unwrap_or_default().is_empty() {
+            ws.cluster_ip = cs.cluster_ip.clone();
+        }
+        if ws.cluster_ips.is_none() && ws.cluster_ip == cs.cluster_ip {
+            ws.cluster_ips = cs.cluster_ips.clone();
+        }
+        if ws.ip_families.is_none() {
+            ws.ip_families = cs.ip_families.clone();
+        }
+        if ws.ip_family_policy.is_none() {
+            ws.ip_family_policy = cs.ip_family_policy.clone();
+        }
+        if ws.type_ == cs.type_ {
+            for p in ws.ports.iter_mut().flatten() {
+                if p.node_port.is_none() {
+                    p.node_port = cs
+                        .ports
+                        .iter()
+                        .flatten()
+                        .find(|q| q.port == p.port && q.protocol == p.protocol)
+                        .and_then(|q| q.node_port);
+                }
+            }
+        }
+    }
+}
+
+/// Whether two versions of an object differ only in revision.
+pub fn same_spec(a: &Object, b: &Object) -> bool {
+    let strip = |o: &Object| {
+        let mut o = o.clone();
+        o.meta_mut().resource_version = None;
+        o.meta_mut().generation = None;
+        o.to_value()
+    };
+    strip(a) == strip(b)
+}
+
+/// A random (version 4) UUID.
+pub fn new_uid() -> String {
+    let mut b = [0u8; 16];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+        .is_err()
+    {
+        // Unique enough without the random device: time and a counter.
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        b = (t ^ (u128::from(n) << 64)).to_le_bytes();
+    }
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_and_prefixes() {
+        assert_eq!(
+            key_of(&ObjectRef::new(Kind::Pod, "default", "web")),
+            "pods/default/web"
+        );
+        assert_eq!(key_of(&ObjectRef::new(Kind::Node, "x", "n1")), "nodes/n1");
+        assert_eq!(prefix_of(&Scope::all(Kind::Pod)), "pods/");
+        assert_eq!(prefix_of(&Scope::namespaced(Kind::Pod, "a")), "pods/a/");
+        assert_eq!(prefix_of(&Scope::namespaced(Kind::Node, "a")), "nodes/");
+    }
+
+    #[test]
+    fn uids_look_like_uuids() {
+        let a = new_uid();
+        assert_eq!(a.len(), 36);
+        assert_eq!(&a[14..15], "4");
+        assert_ne!(a, new_uid());
+    }
+}

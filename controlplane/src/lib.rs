@@ -12,8 +12,10 @@ pub mod endpoints;
 pub mod manifest;
 pub mod objects;
 pub mod registry;
+pub mod rest;
 pub mod storage;
 pub mod validate;
+pub mod watcher;
 
 pub use api::{ControlPlane, Error, ObjectList, ObjectRef, Result, Scope, Watch, WatchEvent};
 pub use objects::{Kind, Object};

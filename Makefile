@@ -6,10 +6,10 @@ PREFIX       ?= /usr/local
 CNI_BIN_DIR  ?= /opt/cni/bin
 CNI_CONF_DIR ?= /etc/cni/net.d
 
-.PHONY: up test bench bootstrap build install-cni unit netns-test lint fuzz clean
+.PHONY: up test bench bootstrap build install-cni install-knode unit netns-test lint fuzz clean
 
-## up: install packages, build, install the CNI plugins and a default conflist
-up: bootstrap build install-cni
+## up: install packages, build, install knode and the CNI plugins, start the agent
+up: bootstrap build install-cni install-knode
 	@scripts/up.sh
 
 ## test: every test (unit, netns, integration), installing what they need first
@@ -25,6 +25,10 @@ bootstrap:
 
 build:
 	$(CARGO) build --release --bins
+
+install-knode:
+	install -d $(PREFIX)/bin
+	install -m 0755 target/release/knode $(PREFIX)/bin/knode
 
 install-cni:
 	install -d $(CNI_BIN_DIR)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every test layer: unit tests, then the netns tests (root, real kernel)
-# against freshly built plugin binaries. Under CI=true a test that would skip
+# Runs every test layer: unit tests, the end-to-end tests (real etcd, real
+# agents), then the netns tests (root, real kernel) against freshly built
+# binaries. Under CI=true a test that would skip
 # fails instead. Called by `make test` after scripts/bootstrap.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +13,8 @@ have_root test "the netns tests" || true
 echo "== build"
 cargo build --workspace --bins
 echo "== unit tests"
-cargo test --workspace --exclude netns-tests
+cargo test --workspace --exclude netns-tests --exclude knode-tests
+echo "== end-to-end tests (real etcd and knode agents on loopback)"
+cargo test -p knode-tests
 echo "== netns tests (real kernel, namespaces created by the tests)"
 cargo test -p netns-tests -- --test-threads="${NETNS_TEST_THREADS:-2}"

@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # The tail of `make up`: writes the default pod network conflist (never
-# overwriting one that exists) and says how to use the installed plugins.
+# overwriting one that exists), starts the knode agent on the embedded
+# control plane (as knode.service where systemd runs, else in the
+# background), and says how to use it.
 set -euo pipefail
+cd "$(dirname "$0")/.."
+PREFIX="${PREFIX:-/usr/local}"
+KNODE="$PREFIX/bin/knode"
 CNI_BIN_DIR="${CNI_BIN_DIR:-/opt/cni/bin}"
 CNI_CONF_DIR="${CNI_CONF_DIR:-/etc/cni/net.d}"
 conf="$CNI_CONF_DIR/10-knode.conflist"
@@ -33,7 +38,35 @@ JSON
   echo "up: wrote $conf"
 fi
 
+# The agent. Under systemd it is a notify service; elsewhere (containers,
+# CI machines without systemd as PID 1) a background process with a log.
+if "$KNODE" get namespaces >/dev/null 2>&1; then
+  echo "up: a knode agent is already serving /run/knode/knode.sock"
+elif [ "$(cat /proc/1/comm 2>/dev/null)" = "systemd" ]; then
+  install -m 0644 deploy/knode.service /etc/systemd/system/knode.service
+  systemctl daemon-reload
+  systemctl enable --now knode.service
+  echo "up: started knode.service"
+else
+  mkdir -p /var/log
+  setsid "$KNODE" agent >>/var/log/knode.log 2>&1 < /dev/null &
+  echo "up: started knode agent (pid $!, log /var/log/knode.log; no systemd here)"
+fi
+for _ in $(seq 1 100); do
+  "$KNODE" get namespaces >/dev/null 2>&1 && break
+  sleep 0.1
+done
+"$KNODE" get namespaces
+
 cat <<EOF
+
+The knode agent serves the embedded control plane on /run/knode/knode.sock
+(root only; state in /var/lib/knode). Try:
+
+  knode apply -f examples/web.yaml
+  knode get pods -o wide
+  knode get services
+  knode get endpoints
 
 knode CNI plugins are installed in $CNI_BIN_DIR:
   knode-bridge  knode-host-local  knode-loopback

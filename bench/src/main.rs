@@ -4,6 +4,7 @@
 //! reference side by side. Nothing here touches the root network namespace.
 
 mod cni;
+mod controlplane;
 mod report;
 mod stats;
 
@@ -30,12 +31,19 @@ struct Bench {
     run: fn(&Opts) -> Result<()>,
 }
 
-const BENCHES: &[Bench] = &[Bench {
-    name: "cni",
-    about:
-        "ADD/DEL latency of knode-bridge + knode-host-local vs the reference bridge + host-local",
-    run: cni::run,
-}];
+const BENCHES: &[Bench] = &[
+    Bench {
+        name: "cni",
+        about:
+            "ADD/DEL latency of knode-bridge + knode-host-local vs the reference bridge + host-local",
+        run: cni::run,
+    },
+    Bench {
+        name: "controlplane",
+        about: "watch latency, apply throughput and memory: embedded agent and etcd backend vs raw etcd",
+        run: controlplane::run,
+    },
+];
 
 fn usage() -> String {
     let mut u = String::from(
@@ -46,7 +54,7 @@ fn usage() -> String {
          \x20 --out DIR    result directory (default bench/results)\nbenchmarks:\n",
     );
     for b in BENCHES {
-        u.push_str(&format!("  {:<6} {}\n", b.name, b.about));
+        u.push_str(&format!("  {:<13} {}\n", b.name, b.about));
     }
     u
 }
@@ -155,8 +163,11 @@ mod tests {
 
     #[test]
     fn named_benchmarks_and_bad_arguments() -> Result<()> {
-        let (_, picked) = parse(&args(&["cni", "cni"]))?;
-        assert_eq!(picked.iter().map(|b| b.name).collect::<Vec<_>>(), ["cni"]);
+        let (_, picked) = parse(&args(&["cni", "controlplane", "cni"]))?;
+        assert_eq!(
+            picked.iter().map(|b| b.name).collect::<Vec<_>>(),
+            ["cni", "controlplane"]
+        );
         assert!(parse(&args(&["nope"])).is_err());
         assert!(parse(&args(&["--pods"])).is_err());
         assert!(parse(&args(&["--pods", "x"])).is_err());

@@ -7,6 +7,7 @@
 
 pub mod alloc;
 pub mod api;
+pub mod backend;
 pub mod defaults;
 pub mod endpoints;
 pub mod manifest;

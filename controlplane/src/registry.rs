@@ -76,6 +76,23 @@ pub struct Allocators {
     pub node_ports: PortAllocator,
 }
 
+impl Allocators {
+    /// From the `service-cidr` and `service-node-port-range` settings.
+    pub fn parse(service_cidr: &str, node_port_range: &str) -> Result<Allocators> {
+        let cidr = service_cidr
+            .parse()
+            .map_err(|e| Error::BadRequest(format!("service-cidr {service_cidr:?}: {e}")))?;
+        let service_ips =
+            IpAllocator::new(cidr).map_err(|e| Error::BadRequest(format!("service-cidr: {e}")))?;
+        let node_ports = PortAllocator::parse(node_port_range)
+            .map_err(|e| Error::BadRequest(format!("service-node-port-range: {e}")))?;
+        Ok(Allocators {
+            service_ips,
+            node_ports,
+        })
+    }
+}
+
 impl Default for Allocators {
     fn default() -> Self {
         Allocators {
@@ -438,7 +455,13 @@ impl ControlPlane for Registry {
             }
             (obj, _) => {
                 let r = self
-                    .put(&obj, Precondition::Revision(rev), expiry, Vec::new(), Vec::new())
+                    .put(
+                        &obj,
+                        Precondition::Revision(rev),
+                        expiry,
+                        Vec::new(),
+                        Vec::new(),
+                    )
                     .await;
                 self.finish(obj, r)
             }

@@ -13,7 +13,9 @@ use std::time::Duration;
 use crate::api::{ControlPlane, ObjectRef, Scope, Watch, WatchEvent};
 use crate::objects::Object;
 
-/// What a watcher reports.
+/// What a watcher reports. (Events are moved straight to the consumer;
+/// boxing them would only add an allocation per event.)
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Update {
     Event(WatchEvent),

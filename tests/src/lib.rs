@@ -1,6 +1,10 @@
 //! Harness for the end-to-end tests: real components started per test on
 //! loopback, in temp dirs, stopped on drop (also when the test fails).
 
+pub mod etcd;
+
+pub mod agent;
+
 pub use netns_tests::{our_bin, require_root, unique, TempDir};
 
 /// A free TCP port on 127.0.0.1 (bound then released; the caller binds it

@@ -29,7 +29,12 @@ impl Client {
         }
     }
 
-    async fn send(&self, method: Method, uri: &str, body: Option<Value>) -> Result<Response<Incoming>> {
+    async fn send(
+        &self,
+        method: Method,
+        uri: &str,
+        body: Option<Value>,
+    ) -> Result<Response<Incoming>> {
         let stream = tokio::net::UnixStream::connect(&self.socket)
             .await
             .map_err(|e| {
@@ -39,7 +44,10 @@ impl Client {
                     }
                     _ => "is `knode agent` running with this --run-dir?",
                 };
-                Error::Unavailable(format!("connect to {}: {e} ({hint})", self.socket.display()))
+                Error::Unavailable(format!(
+                    "connect to {}: {e} ({hint})",
+                    self.socket.display()
+                ))
             })?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
@@ -159,7 +167,10 @@ impl ControlPlane for Client {
     }
 
     async fn watch(&self, scope: &Scope, revision: u64) -> Result<Watch> {
-        let uri = format!("{}?watch=true&resourceVersion={revision}", collection_path(scope));
+        let uri = format!(
+            "{}?watch=true&resourceVersion={revision}",
+            collection_path(scope)
+        );
         let resp = self.send(Method::GET, &uri, None).await?;
         if !resp.status().is_success() {
             let bytes = resp
@@ -185,7 +196,9 @@ impl ControlPlane for Client {
                     }
                     Some(Ok(f)) => f,
                 };
-                let Ok(data) = frame.into_data() else { continue };
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
                 buf.extend_from_slice(&data);
                 while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
                     let line = buf.split_to(nl + 1);
@@ -214,6 +227,8 @@ fn decode_event(line: &[u8]) -> Result<WatchEvent> {
         "MODIFIED" => Ok(WatchEvent::Modified(obj()?)),
         "DELETED" => Ok(WatchEvent::Deleted(obj()?)),
         "ERROR" => Err(error_of(&v["object"])),
-        other => Err(Error::Internal(format!("unknown watch event type {other:?}"))),
+        other => Err(Error::Internal(format!(
+            "unknown watch event type {other:?}"
+        ))),
     }
 }

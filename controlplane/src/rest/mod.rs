@@ -110,7 +110,9 @@ pub fn parse_path(path: &str) -> Option<Target> {
             let kind = kind_of(plural)?;
             match names(tail)?.as_slice() {
                 [] => Some(Target::Collection(Scope::all(kind))),
-                [name] if !kind.namespaced() => Some(Target::Object(ObjectRef::new(kind, "", name))),
+                [name] if !kind.namespaced() => {
+                    Some(Target::Object(ObjectRef::new(kind, "", name)))
+                }
                 [name, s] if !kind.namespaced() && s == "status" => {
                     Some(Target::Status(ObjectRef::new(kind, "", name)))
                 }
@@ -178,7 +180,11 @@ pub fn error_of(status: &Value) -> Error {
             .and_then(|p| Kind::ALL.into_iter().find(|k| k.plural() == p))
     };
     let name = || d["name"].as_str().unwrap_or_default().to_string();
-    let why = || d["why"].as_str().map_or_else(|| message.clone(), str::to_string);
+    let why = || {
+        d["why"]
+            .as_str()
+            .map_or_else(|| message.clone(), str::to_string)
+    };
     match status["reason"].as_str().unwrap_or_default() {
         "NotFound" => match kind() {
             Some(kind) => Error::NotFound { kind, name: name() },

@@ -177,7 +177,9 @@ async fn route(cp: &dyn ControlPlane, req: Request<Incoming>) -> Result<Response
                 }),
             ))
         }
-        (Method::GET, Target::Object(what)) => Ok(json_response(200, &cp.get(&what).await?.to_value())),
+        (Method::GET, Target::Object(what)) => {
+            Ok(json_response(200, &cp.get(&what).await?.to_value()))
+        }
         (Method::POST, Target::Collection(scope)) => {
             let obj = body_object(req, &scope, None).await?;
             Ok(json_response(201, &cp.create(obj, ttl).await?.to_value()))
@@ -190,9 +192,10 @@ async fn route(cp: &dyn ControlPlane, req: Request<Incoming>) -> Result<Response
             let obj = body_object(req, &scope_of(&what), Some(&what.name)).await?;
             Ok(json_response(200, &cp.update_status(obj).await?.to_value()))
         }
-        (Method::DELETE, Target::Object(what)) => {
-            Ok(json_response(200, &cp.delete(&what, revision).await?.to_value()))
-        }
+        (Method::DELETE, Target::Object(what)) => Ok(json_response(
+            200,
+            &cp.delete(&what, revision).await?.to_value(),
+        )),
         (m, t) => Err(Error::BadRequest(format!(
             "method {m} is not allowed on {}",
             match t {
@@ -248,21 +251,27 @@ async fn body_object(req: Request<Incoming>, scope: &Scope, name: Option<&str>) 
 }
 
 fn event_line(ev: &WatchEvent) -> Bytes {
-    let mut v = serde_json::to_vec(&json!({"type": ev.type_name(), "object": ev.object().to_value()}))
-        .unwrap_or_default();
+    let mut v =
+        serde_json::to_vec(&json!({"type": ev.type_name(), "object": ev.object().to_value()}))
+            .unwrap_or_default();
     v.push(b'\n');
     Bytes::from(v)
 }
 
 fn error_line(e: &Error) -> Bytes {
-    let mut v = serde_json::to_vec(&json!({"type": "ERROR", "object": status_of(e)})).unwrap_or_default();
+    let mut v =
+        serde_json::to_vec(&json!({"type": "ERROR", "object": status_of(e)})).unwrap_or_default();
     v.push(b'\n');
     Bytes::from(v)
 }
 
 /// A watch as newline-delimited JSON events. Without a revision, the
 /// current objects come first as ADDED, as the API server does.
-async fn watch(cp: &dyn ControlPlane, scope: &Scope, revision: Option<u64>) -> Result<Response<Body>> {
+async fn watch(
+    cp: &dyn ControlPlane,
+    scope: &Scope,
+    revision: Option<u64>,
+) -> Result<Response<Body>> {
     let (initial, from) = match revision {
         Some(r) => (Vec::new(), r),
         None => {

@@ -116,8 +116,11 @@ impl Embedded {
             let rev = {
                 // Opening creates the tables, so readers never miss them.
                 txn.open_table(KV).map_err(|e| io("open store", &path, e))?;
-                txn.open_table(EXPIRY).map_err(|e| io("open store", &path, e))?;
-                let meta = txn.open_table(META).map_err(|e| io("open store", &path, e))?;
+                txn.open_table(EXPIRY)
+                    .map_err(|e| io("open store", &path, e))?;
+                let meta = txn
+                    .open_table(META)
+                    .map_err(|e| io("open store", &path, e))?;
                 let rev = meta
                     .get(REVISION)
                     .map_err(|e| io("open store", &path, e))?
@@ -167,10 +170,7 @@ impl Embedded {
     fn events(&self) -> MutexGuard<'_, Events> {
         // A panic while publishing leaves the ring consistent (pushes are
         // single operations), so a poisoned lock is still usable.
-        self.inner
-            .events
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        self.inner.events.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn publish(events: &mut Events, ev: Vec<RawEvent>) {
@@ -187,7 +187,11 @@ impl Embedded {
     }
 
     fn get_blocking(&self, key: &str) -> Result<Option<Stored>> {
-        let txn = self.inner.db.begin_read().map_err(|e| self.err("read", e))?;
+        let txn = self
+            .inner
+            .db
+            .begin_read()
+            .map_err(|e| self.err("read", e))?;
         let t = txn.open_table(KV).map_err(|e| self.err("read", e))?;
         let got = t.get(key).map_err(|e| self.err("read", e))?;
         Ok(got.map(|g| {
@@ -201,7 +205,11 @@ impl Embedded {
     }
 
     fn list_blocking(&self, prefix: &str) -> Result<(Vec<Stored>, u64)> {
-        let txn = self.inner.db.begin_read().map_err(|e| self.err("list", e))?;
+        let txn = self
+            .inner
+            .db
+            .begin_read()
+            .map_err(|e| self.err("list", e))?;
         let t = txn.open_table(KV).map_err(|e| self.err("list", e))?;
         let meta = txn.open_table(META).map_err(|e| self.err("list", e))?;
         let rev = meta
@@ -227,7 +235,11 @@ impl Embedded {
 
     fn write_blocking(&self, w: Write) -> Result<u64, WriteError> {
         let mut events = self.events();
-        let txn = self.inner.db.begin_write().map_err(|e| self.err("write", e))?;
+        let txn = self
+            .inner
+            .db
+            .begin_write()
+            .map_err(|e| self.err("write", e))?;
         let (rev, created) = {
             let mut kv = txn.open_table(KV).map_err(|e| self.err("write", e))?;
             let mut exp = txn.open_table(EXPIRY).map_err(|e| self.err("write", e))?;
@@ -262,7 +274,8 @@ impl Embedded {
                 .map_err(|e| self.err("write", e))?
                 .map_or(0, |g| g.value())
                 + 1;
-            meta.insert(REVISION, rev).map_err(|e| self.err("write", e))?;
+            meta.insert(REVISION, rev)
+                .map_err(|e| self.err("write", e))?;
             kv.insert(w.key.as_str(), join(rev, &w.value).as_slice())
                 .map_err(|e| self.err("write", e))?;
             for c in &w.claim {
@@ -275,7 +288,8 @@ impl Embedded {
             match w.expiry {
                 Expiry::Keep => {}
                 Expiry::Never => {
-                    exp.remove(w.key.as_str()).map_err(|e| self.err("write", e))?;
+                    exp.remove(w.key.as_str())
+                        .map_err(|e| self.err("write", e))?;
                 }
                 Expiry::After(ttl) => {
                     let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
@@ -306,7 +320,11 @@ impl Embedded {
         release: &[String],
     ) -> Result<(Vec<Stored>, u64), WriteError> {
         let mut events = self.events();
-        let txn = self.inner.db.begin_write().map_err(|e| self.err("delete", e))?;
+        let txn = self
+            .inner
+            .db
+            .begin_write()
+            .map_err(|e| self.err("delete", e))?;
         let (gone, rev) = {
             let mut kv = txn.open_table(KV).map_err(|e| self.err("delete", e))?;
             let mut exp = txn.open_table(EXPIRY).map_err(|e| self.err("delete", e))?;
@@ -331,10 +349,13 @@ impl Embedded {
                 .map_err(|e| self.err("delete", e))?
                 .map_or(0, |g| g.value())
                 + 1;
-            meta.insert(REVISION, rev).map_err(|e| self.err("delete", e))?;
+            meta.insert(REVISION, rev)
+                .map_err(|e| self.err("delete", e))?;
             for s in &gone {
-                kv.remove(s.key.as_str()).map_err(|e| self.err("delete", e))?;
-                exp.remove(s.key.as_str()).map_err(|e| self.err("delete", e))?;
+                kv.remove(s.key.as_str())
+                    .map_err(|e| self.err("delete", e))?;
+                exp.remove(s.key.as_str())
+                    .map_err(|e| self.err("delete", e))?;
             }
             for c in release {
                 kv.remove(c.as_str()).map_err(|e| self.err("delete", e))?;
@@ -357,7 +378,11 @@ impl Embedded {
     fn reap_blocking(&self) -> Result<()> {
         let now = now_ms();
         let due: Vec<(String, Option<u64>)> = {
-            let txn = self.inner.db.begin_read().map_err(|e| self.err("reap", e))?;
+            let txn = self
+                .inner
+                .db
+                .begin_read()
+                .map_err(|e| self.err("reap", e))?;
             let t = txn.open_table(EXPIRY).map_err(|e| self.err("reap", e))?;
             let mut due = Vec::new();
             for item in t.iter().map_err(|e| self.err("reap", e))? {
@@ -371,7 +396,11 @@ impl Embedded {
         for key in due {
             // One by one: a key renewed or deleted meanwhile is skipped.
             let still_due = {
-                let txn = self.inner.db.begin_read().map_err(|e| self.err("reap", e))?;
+                let txn = self
+                    .inner
+                    .db
+                    .begin_read()
+                    .map_err(|e| self.err("reap", e))?;
                 let t = txn.open_table(EXPIRY).map_err(|e| self.err("reap", e))?;
                 t.get(key.0.as_str())
                     .map_err(|e| self.err("reap", e))?

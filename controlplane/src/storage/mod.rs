@@ -10,7 +10,7 @@
 //! two writers can never take the same one.
 
 pub mod embedded;
-
+pub mod etcd;
 
 use std::time::Duration;
 

@@ -1,0 +1,145 @@
+//! Configuration: `/etc/knode/config.yaml` with every key also a flag;
+//! flags win. Keys are the flag names (`control-plane`, `data-dir`, ...).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+/// The default config file.
+pub const DEFAULT_CONFIG: &str = "/etc/knode/config.yaml";
+
+/// Everything the agent and the CLI can be told, after merging.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub control_plane: String,
+    pub data_dir: PathBuf,
+    pub run_dir: PathBuf,
+    pub node_name: String,
+    pub service_cidr: String,
+    pub service_node_port_range: String,
+    pub cluster_cidr: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            control_plane: "embedded".into(),
+            data_dir: "/var/lib/knode".into(),
+            run_dir: "/run/knode".into(),
+            node_name: hostname(),
+            service_cidr: "10.96.0.0/12".into(),
+            service_node_port_range: "30000-32767".into(),
+            cluster_cidr: "10.244.0.0/16".into(),
+        }
+    }
+}
+
+/// The file's shape: every key optional, unknown keys refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct File {
+    pub control_plane: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub run_dir: Option<PathBuf>,
+    pub node_name: Option<String>,
+    pub service_cidr: Option<String>,
+    pub service_node_port_range: Option<String>,
+    pub cluster_cidr: Option<String>,
+}
+
+impl File {
+    /// Reads `path`. A missing file is an empty config unless `required`
+    /// (the user named it with `--config`).
+    pub fn load(path: &Path, required: bool) -> Result<File> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+                return Ok(File::default())
+            }
+            Err(e) => return Err(e).with_context(|| format!("read config {}", path.display())),
+        };
+        if text.trim().is_empty() {
+            return Ok(File::default());
+        }
+        serde_yaml::from_str(&text).with_context(|| format!("config {}", path.display()))
+    }
+}
+
+impl Config {
+    /// Defaults, overlaid by the file, overlaid by `flags`.
+    pub fn merge(file: File, flags: File) -> Result<Config> {
+        let d = Config::default();
+        let c = Config {
+            control_plane: flags
+                .control_plane
+                .or(file.control_plane)
+                .unwrap_or(d.control_plane),
+            data_dir: flags.data_dir.or(file.data_dir).unwrap_or(d.data_dir),
+            run_dir: flags.run_dir.or(file.run_dir).unwrap_or(d.run_dir),
+            node_name: flags.node_name.or(file.node_name).unwrap_or(d.node_name),
+            service_cidr: flags
+                .service_cidr
+                .or(file.service_cidr)
+                .unwrap_or(d.service_cidr),
+            service_node_port_range: flags
+                .service_node_port_range
+                .or(file.service_node_port_range)
+                .unwrap_or(d.service_node_port_range),
+            cluster_cidr: flags
+                .cluster_cidr
+                .or(file.cluster_cidr)
+                .unwrap_or(d.cluster_cidr),
+        };
+        if c.node_name.is_empty() {
+            bail!("node-name: required (the hostname is empty)");
+        }
+        Ok(c)
+    }
+
+    /// The API socket.
+    pub fn socket(&self) -> PathBuf {
+        controlplane::rest::server::socket_path(&self.run_dir)
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_the_file_and_the_file_over_defaults() {
+        let file: File =
+            serde_yaml::from_str("control-plane: etcd://127.0.0.1:2379\ndata-dir: /srv/k\n")
+                .unwrap();
+        let flags = File {
+            data_dir: Some("/tmp/x".into()),
+            ..File::default()
+        };
+        let c = Config::merge(file, flags).unwrap();
+        assert_eq!(c.control_plane, "etcd://127.0.0.1:2379");
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(c.run_dir, PathBuf::from("/run/knode"));
+        assert_eq!(c.socket(), PathBuf::from("/run/knode/knode.sock"));
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = serde_yaml::from_str::<File>("control-plain: embedded\n").unwrap_err();
+        assert!(e.to_string().contains("control-plain"), "{e}");
+    }
+
+    #[test]
+    fn a_named_config_must_exist() {
+        let p = Path::new("/nonexistent/knode.yaml");
+        assert!(File::load(p, false).is_ok());
+        let e = File::load(p, true).unwrap_err();
+        assert!(format!("{e:#}").contains("/nonexistent/knode.yaml"));
+    }
+}

@@ -1,0 +1,148 @@
+//! `knode`: the node agent and its CLI in one binary. `main` parses flags,
+//! merges them over the config file, picks the control-plane backend and
+//! hands over to the agent or to one CLI command.
+
+mod agent;
+mod cli;
+mod config;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, File, DEFAULT_CONFIG};
+
+#[derive(Parser)]
+#[command(
+    name = "knode",
+    version,
+    about = "A Kubernetes-style node: agent and CLI"
+)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Flags every subcommand takes; each is also a config-file key.
+#[derive(Args)]
+struct Global {
+    /// Config file (keys are the flag names).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// `embedded`, `etcd://host:2379[,host:2379...]` or `kubeconfig:/path`.
+    #[arg(long, global = true, value_name = "BACKEND")]
+    control_plane: Option<String>,
+    /// Where the agent keeps its state (the embedded store lives here).
+    #[arg(long, global = true, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Where the agent's API socket (knode.sock) lives.
+    #[arg(long, global = true, value_name = "DIR")]
+    run_dir: Option<PathBuf>,
+    /// Service CIDR that ClusterIPs are allocated from.
+    #[arg(long, global = true, value_name = "CIDR")]
+    service_cidr: Option<String>,
+    /// NodePort range, `FIRST-LAST`.
+    #[arg(long, global = true, value_name = "RANGE")]
+    service_node_port_range: Option<String>,
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true)]
+    log_json: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the node agent (serves the embedded control plane on the socket).
+    Agent(agent::AgentArgs),
+    /// Create or update objects from manifests.
+    Apply(cli::apply::ApplyArgs),
+    /// Show objects.
+    Get(cli::get::GetArgs),
+    /// Delete objects by manifest or by kind and name.
+    Delete(cli::delete::DeleteArgs),
+    /// Print the version.
+    Version,
+}
+
+fn init_logging(json: bool, default_level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KNODE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let is_agent = matches!(cli.command, Command::Agent(_));
+    init_logging(cli.global.log_json, if is_agent { "info" } else { "warn" });
+    if let Command::Version = cli.command {
+        println!("knode {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
+    let config = match load_config(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async move {
+        match cli.command {
+            Command::Agent(args) => agent::run(&config, args).await,
+            Command::Apply(args) => cli::apply::run(&config, args).await,
+            Command::Get(args) => cli::get::run(&config, args).await,
+            Command::Delete(args) => cli::delete::run(&config, args).await,
+            Command::Version => Ok(ExitCode::SUCCESS),
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(cli: &Cli) -> anyhow::Result<Config> {
+    let g = &cli.global;
+    let (path, required) = match &g.config {
+        Some(p) => (p.clone(), true),
+        None => (PathBuf::from(DEFAULT_CONFIG), false),
+    };
+    let file = File::load(&path, required)?;
+    let node_name = match &cli.command {
+        Command::Agent(a) => a.node_name.clone(),
+        _ => None,
+    };
+    let flags = File {
+        control_plane: g.control_plane.clone(),
+        data_dir: g.data_dir.clone(),
+        run_dir: g.run_dir.clone(),
+        node_name,
+        service_cidr: g.service_cidr.clone(),
+        service_node_port_range: g.service_node_port_range.clone(),
+        cluster_cidr: None,
+    };
+    Config::merge(file, flags)
+}

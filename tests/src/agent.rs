@@ -1,0 +1,167 @@
+//! A `knode agent` process started by a test, with its own data and run
+//! dirs, and the `knode` CLI pointed at it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{our_bin, TempDir};
+
+/// One agent; killed on drop.
+pub struct Agent {
+    dir: TempDir,
+    child: Option<Child>,
+    extra: Vec<String>,
+}
+
+impl Agent {
+    /// Starts an agent on the embedded control plane.
+    pub fn start() -> Result<Agent> {
+        Agent::start_with(&[])
+    }
+
+    /// Starts an agent with extra global flags (e.g. `--control-plane etcd://...`).
+    pub fn start_with(extra: &[&str]) -> Result<Agent> {
+        let dir = TempDir::new("agent")?;
+        let mut a = Agent {
+            dir,
+            child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        a.spawn()?;
+        Ok(a)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn run_dir(&self) -> PathBuf {
+        self.dir.path().join("run")
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.run_dir().join("knode.sock")
+    }
+
+    /// The global flags that point a `knode` command at this agent.
+    pub fn flags(&self) -> Vec<String> {
+        let mut f = vec![
+            "--config".to_string(),
+            "/dev/null".to_string(),
+            "--data-dir".to_string(),
+            self.data_dir().display().to_string(),
+            "--run-dir".to_string(),
+            self.run_dir().display().to_string(),
+        ];
+        f.extend(self.extra.iter().cloned());
+        f
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("agent.log"))?;
+        let child = Command::new(our_bin("knode"))
+            .args(self.flags())
+            .arg("agent")
+            .arg("--node-name")
+            .arg("test-node")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("start knode agent")?;
+        self.child = Some(child);
+        self.wait_ready()
+    }
+
+    fn wait_ready(&mut self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if std::os::unix::net::UnixStream::connect(self.socket()).is_ok() {
+                return Ok(());
+            }
+            if let Some(c) = self.child.as_mut() {
+                if let Some(status) = c.try_wait()? {
+                    bail!("knode agent exited with {status}:\n{}", self.log());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!(
+            "knode agent did not serve {} in 20s:\n{}",
+            self.socket().display(),
+            self.log()
+        )
+    }
+
+    /// The agent's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    /// SIGKILL, and wait for it to be gone.
+    pub fn kill9(&mut self) -> Result<()> {
+        if let Some(mut c) = self.child.take() {
+            c.kill()?;
+            c.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Starts the agent again on the same dirs.
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill9()?;
+        self.spawn()
+    }
+
+    /// Runs `knode ARGS` against this agent.
+    pub fn knode(&self, args: &[&str]) -> Result<Output> {
+        self.knode_stdin(args, None)
+    }
+
+    /// Runs `knode ARGS` with `stdin` piped in.
+    pub fn knode_stdin(&self, args: &[&str], stdin: Option<&str>) -> Result<Output> {
+        let mut cmd = Command::new(our_bin("knode"));
+        cmd.args(self.flags()).args(args);
+        run_with_stdin(cmd, stdin)
+    }
+
+    /// The temp dir the agent lives in.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The agent process's id while it runs (e.g. to read its memory use).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+/// Runs a command, feeding `stdin`, and collects its output.
+pub fn run_with_stdin(mut cmd: Command, stdin: Option<&str>) -> Result<Output> {
+    use std::io::Write;
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().context("run knode")?;
+    if let Some(mut si) = child.stdin.take() {
+        if let Some(text) = stdin {
+            si.write_all(text.as_bytes())?;
+        }
+    }
+    Ok(child.wait_with_output()?)
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! The embedded control plane, through a real `knode agent` process.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use controlplane::rest::client::Client;
+use controlplane::{ControlPlane, Kind, Object, Scope};
+use knode_tests::agent::Agent;
+use knode_tests::require_root;
+use serde_json::json;
+
+fn configmap(name: &str) -> Object {
+    Object::from_value(json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": "default"}, "data": {"n": name}}))
+    .unwrap()
+}
+
+/// A stream of writes, a SIGKILL in the middle of it, a restart: every
+/// write the agent acknowledged is there afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_loses_no_acknowledged_write() {
+    let mut agent = Agent::start().unwrap();
+    let client = Arc::new(Client::new(&agent.socket()));
+    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let writer = {
+        let (client, acked) = (client.clone(), acked.clone());
+        tokio::spawn(async move {
+            let mut failures = 0;
+            for i in 0.. {
+                let name = format!("cm-{i}");
+                match client.create(configmap(&name), None).await {
+                    Ok(_) => acked.lock().unwrap().push(name),
+                    Err(_) => {
+                        failures += 1;
+                        if failures > 20 {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+        })
+    };
+    // Let a good number of writes land, then kill mid-stream.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while acked.lock().unwrap().len() < 150 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    agent.kill9().unwrap();
+    writer.await.unwrap();
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() >= 150,
+        "only {} writes before the kill",
+        acked.len()
+    );
+
+    agent.restart().unwrap();
+    let listed = client
+        .list(&Scope::namespaced(Kind::ConfigMap, "default"))
+        .await
+        .unwrap();
+    let have: std::collections::BTreeSet<&str> = listed.items.iter().map(Object::name).collect();
+    let lost: Vec<&String> = acked
+        .iter()
+        .filter(|n| !have.contains(n.as_str()))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged writes lost: {:?}",
+        lost.len(),
+        &lost[..lost.len().min(10)]
+    );
+    // Revisions continue after the restart: the next write is newer than all.
+    let max = listed
+        .items
+        .iter()
+        .map(|o| {
+            o.meta()
+                .resource_version
+                .clone()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+        })
+        .max()
+        .unwrap();
+    let next = client
+        .create(configmap("after-restart"), None)
+        .await
+        .unwrap();
+    let next_rev: u64 = next
+        .meta()
+        .resource_version
+        .clone()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(next_rev > max, "revision went back: {next_rev} <= {max}");
+}
+
+/// The socket is root-only: another user can neither connect nor use the CLI.
+#[test]
+fn a_non_root_user_cannot_use_the_socket() {
+    if !require_root("a_non_root_user_cannot_use_the_socket") {
+        return;
+    }
+    let agent = Agent::start().unwrap();
+    let meta = std::fs::metadata(agent.socket()).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+
+    let bin: PathBuf = knode_tests::our_bin("knode");
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(&bin)
+        .args(agent.flags())
+        .args(["get", "pods"]);
+    let out = cmd.output().expect("run setpriv (util-linux)");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "nobody could use the socket: {err}");
+    assert!(
+        err.contains("Permission denied") || err.contains("permission denied"),
+        "{err}"
+    );
+
+    // Root still can.
+    let out = agent.knode(&["get", "pods"]).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

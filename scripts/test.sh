@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test layer: unit tests, the end-to-end tests (real etcd, real
 # agents), then the netns tests (root, real kernel) against freshly built
-# binaries. Under CI=true a test that would skip
-# fails instead. Called by `make test` after scripts/bootstrap.sh.
+# binaries. Under CI=true a test that would skip fails instead. Called by
+# `make test` after scripts/bootstrap.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

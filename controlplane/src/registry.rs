@@ -405,6 +405,7 @@ impl ControlPlane for Registry {
     }
 
     async fn create(&self, mut obj: Object, ttl: Option<Duration>) -> Result<Object> {
+        check_ttl(&obj, ttl)?;
         defaults::apply(&mut obj);
         validate::validate(&obj)?;
         self.require_namespace(&obj).await?;
@@ -430,6 +431,7 @@ impl ControlPlane for Registry {
     }
 
     async fn update(&self, mut obj: Object, ttl: Option<Duration>) -> Result<Object> {
+        check_ttl(&obj, ttl)?;
         defaults::apply(&mut obj);
         validate::validate(&obj)?;
         let what = ObjectRef::of(&obj);
@@ -524,7 +526,14 @@ impl ControlPlane for Registry {
         let mut raw = self.storage.watch(&prefix_of(scope), revision).await?;
         let (tx, watch) = Watch::channel(256);
         tokio::spawn(async move {
-            while let Some(ev) = raw.recv().await {
+            loop {
+                // Stop (and drop the backend's watch) as soon as the
+                // consumer goes away, not at the next event.
+                let ev = tokio::select! {
+                    ev = raw.recv() => ev,
+                    _ = tx.closed() => return,
+                };
+                let Some(ev) = ev else { return };
                 let ev = ev.and_then(|ev| match ev {
                     RawEvent::Put { stored, created } => {
                         let o = decode(&stored)?;
@@ -545,6 +554,25 @@ impl ControlPlane for Registry {
             }
         });
         Ok(watch)
+    }
+}
+
+/// TTLs are for what a node keeps alive by heartbeat (Lease, SubnetLease,
+/// Node): an expiring Service would leave its ClusterIP and NodePort
+/// claims behind, and an expiring Pod its containers.
+fn check_ttl(obj: &Object, ttl: Option<Duration>) -> Result<()> {
+    match ttl {
+        Some(_) if !matches!(obj.kind(), Kind::Lease | Kind::SubnetLease | Kind::Node) => {
+            Err(Error::BadRequest(format!(
+                "{}: a TTL is only allowed on Lease, SubnetLease and Node objects",
+                obj.describe()
+            )))
+        }
+        Some(t) if t.is_zero() => Err(Error::BadRequest(format!(
+            "{}: the TTL must be positive",
+            obj.describe()
+        ))),
+        _ => Ok(()),
     }
 }
 

@@ -240,6 +240,17 @@ async fn leases_expire_unless_renewed() {
     let created = Instant::now();
     cp.create(lease("lapses"), ttl).await.unwrap();
     let mut renewed = cp.create(lease("renewed"), ttl).await.unwrap();
+    // An update without a TTL makes an object permanent ...
+    let pinned = cp.create(lease("pinned"), ttl).await.unwrap();
+    cp.update(pinned, None).await.unwrap();
+    // ... and a status write keeps its expiry as it was.
+    let node = Object::from_value(json!({
+        "apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-1"},
+        "status": {"phase": "Running"}
+    }))
+    .unwrap();
+    let node = cp.create(node, ttl).await.unwrap();
+    cp.update_status(node).await.unwrap();
     let renewer = {
         let cp = cp.clone();
         tokio::spawn(async move {
@@ -267,6 +278,11 @@ async fn leases_expire_unless_renewed() {
             ("DELETED", "renewed".to_string()),
             "the renewed lease expired"
         );
+        assert_ne!(
+            s,
+            ("DELETED", "pinned".to_string()),
+            "the pinned lease expired"
+        );
         if s == ("DELETED", "lapses".to_string()) {
             lapsed_after = Some(created.elapsed());
         }
@@ -293,7 +309,16 @@ async fn leases_expire_unless_renewed() {
     while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(300), watch.next()).await {
         let s = summary(&ev.expect("no watch error"));
         assert_ne!(s, ("DELETED", "renewed".to_string()));
+        assert_ne!(s, ("DELETED", "pinned".to_string()));
     }
+    cp.get(&ObjectRef::new(Kind::Lease, "default", "pinned"))
+        .await
+        .expect("the lease updated without a TTL stays");
+    let node = cp.get(&ObjectRef::new(Kind::Node, "", "node-1")).await;
+    assert!(
+        matches!(&node, Err(e) if e.is_not_found()),
+        "a status write does not renew: {node:?}"
+    );
     let gone = cp
         .get(&ObjectRef::new(Kind::Lease, "default", "lapses"))
         .await;

@@ -489,7 +489,11 @@ impl Storage for Embedded {
                 }
             }
             loop {
-                match rx.recv().await {
+                let next = tokio::select! {
+                    next = rx.recv() => next,
+                    _ = tx.closed() => return,
+                };
+                match next {
                     Ok(e) => {
                         if e.revision() <= seen || !e.key().starts_with(&prefix) {
                             continue;

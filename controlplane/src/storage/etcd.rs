@@ -110,10 +110,11 @@ impl Members {
         self.pick.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The member to send a request to, and its client.
-    fn choose(&self) -> (usize, Client) {
+    /// The member to send a request to, and its client (`None` only
+    /// without endpoints, which [`Etcd::connect`] refuses).
+    fn choose(&self) -> Option<(usize, Client)> {
         let i = self.lock().choose(Instant::now());
-        (i, self.clients[i % self.clients.len()].clone())
+        Some((i, self.clients.get(i)?.clone()))
     }
 
     fn failed(&self, i: usize, e: &etcd_client::Error) {
@@ -394,7 +395,11 @@ impl Etcd {
         let start = Instant::now();
         let mut delay = FIRST_BACKOFF;
         loop {
-            let (member, client) = self.members.choose();
+            let Some((member, client)) = self.members.choose() else {
+                return Err(Error::Internal(format!(
+                    "etcd {what} on {target}: no endpoints"
+                )));
+            };
             let e = match f(client, member).await {
                 Ok(v) => return Ok(v),
                 Err(e) => e,
@@ -423,12 +428,9 @@ impl Etcd {
     async fn grant(&self, ttl: Duration, key: &str) -> Result<i64> {
         let secs = ttl_secs(ttl);
         let resp = self
-            .call(
-                "lease grant for",
-                key,
-                Retry::Idempotent,
-                |c, _| async move { c.lease_client().grant(secs, None).await },
-            )
+            .call("lease grant", key, Retry::Idempotent, |c, _| async move {
+                c.lease_client().grant(secs, None).await
+            })
             .await?;
         Ok(resp.id())
     }
@@ -436,7 +438,9 @@ impl Etcd {
     /// Gives back a lease nobody uses (best effort: it expires anyway).
     async fn revoke(&self, lease: Option<i64>) {
         if let Some(id) = lease {
-            let (_, client) = self.members.choose();
+            let Some((_, client)) = self.members.choose() else {
+                return;
+            };
             if let Err(e) = client.lease_client().revoke(id).await {
                 tracing::debug!(lease = id, error = %e, "revoking an unused etcd lease");
             }

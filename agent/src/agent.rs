@@ -23,7 +23,7 @@ pub struct AgentArgs {
 }
 
 pub async fn run(config: &Config, _args: AgentArgs) -> Result<ExitCode> {
-    let backend: Backend = config.control_plane.parse()?;
+    let backend: Backend = config.backend()?;
     let alloc = Allocators::parse(&config.service_cidr, &config.service_node_port_range)?;
     let cp = backend::open(&backend, &config.data_dir, alloc)
         .await

@@ -19,6 +19,9 @@ pub struct Config {
     pub service_cidr: String,
     pub service_node_port_range: String,
     pub cluster_cidr: String,
+    pub etcd_cafile: Option<PathBuf>,
+    pub etcd_certfile: Option<PathBuf>,
+    pub etcd_keyfile: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -31,6 +34,9 @@ impl Default for Config {
             service_cidr: "10.96.0.0/12".into(),
             service_node_port_range: "30000-32767".into(),
             cluster_cidr: "10.244.0.0/16".into(),
+            etcd_cafile: None,
+            etcd_certfile: None,
+            etcd_keyfile: None,
         }
     }
 }
@@ -46,6 +52,9 @@ pub struct File {
     pub service_cidr: Option<String>,
     pub service_node_port_range: Option<String>,
     pub cluster_cidr: Option<String>,
+    pub etcd_cafile: Option<PathBuf>,
+    pub etcd_certfile: Option<PathBuf>,
+    pub etcd_keyfile: Option<PathBuf>,
 }
 
 impl File {
@@ -90,11 +99,24 @@ impl Config {
                 .cluster_cidr
                 .or(file.cluster_cidr)
                 .unwrap_or(d.cluster_cidr),
+            etcd_cafile: flags.etcd_cafile.or(file.etcd_cafile),
+            etcd_certfile: flags.etcd_certfile.or(file.etcd_certfile),
+            etcd_keyfile: flags.etcd_keyfile.or(file.etcd_keyfile),
         };
         if c.node_name.is_empty() {
             bail!("node-name: required (the hostname is empty)");
         }
         Ok(c)
+    }
+
+    /// The control-plane backend, with its TLS files.
+    pub fn backend(&self) -> Result<controlplane::backend::Backend> {
+        let b: controlplane::backend::Backend = self.control_plane.parse()?;
+        Ok(b.with_tls(controlplane::storage::etcd::TlsFiles {
+            ca: self.etcd_cafile.clone(),
+            cert: self.etcd_certfile.clone(),
+            key: self.etcd_keyfile.clone(),
+        }))
     }
 
     /// The API socket.

@@ -47,6 +47,15 @@ struct Global {
     /// NodePort range, `FIRST-LAST`.
     #[arg(long, global = true, value_name = "RANGE")]
     service_node_port_range: Option<String>,
+    /// CA certificate (PEM) for `etcds://` endpoints.
+    #[arg(long, global = true, value_name = "FILE")]
+    etcd_cafile: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd.
+    #[arg(long, global = true, value_name = "FILE")]
+    etcd_certfile: Option<PathBuf>,
+    /// Client key (PEM) for etcd.
+    #[arg(long, global = true, value_name = "FILE")]
+    etcd_keyfile: Option<PathBuf>,
     /// Log as JSON lines instead of text.
     #[arg(long, global = true)]
     log_json: bool,
@@ -143,6 +152,9 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
         service_cidr: g.service_cidr.clone(),
         service_node_port_range: g.service_node_port_range.clone(),
         cluster_cidr: None,
+        etcd_cafile: g.etcd_cafile.clone(),
+        etcd_certfile: g.etcd_certfile.clone(),
+        etcd_keyfile: g.etcd_keyfile.clone(),
     };
     Config::merge(file, flags)
 }

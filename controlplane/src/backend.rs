@@ -10,17 +10,31 @@ use crate::api::{ControlPlane, Error, Result};
 use crate::registry::{Allocators, Registry};
 use crate::rest::client::Client;
 use crate::storage::embedded::Embedded;
-use crate::storage::etcd::Etcd;
+use crate::storage::etcd::{Etcd, TlsFiles};
 
 /// Which control plane to use.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Backend {
     /// The local redb store, served by the agent on its socket.
     Embedded,
-    /// An etcd cluster; endpoints as URLs (`http://host:2379`).
-    Etcd { endpoints: Vec<String> },
+    /// An etcd cluster; endpoints as URLs (`http://host:2379`), TLS for
+    /// `https://` ones.
+    Etcd {
+        endpoints: Vec<String>,
+        tls: TlsFiles,
+    },
     /// A Kubernetes API server.
     Kubernetes { kubeconfig: PathBuf },
+}
+
+impl Backend {
+    /// Sets the TLS files of an etcd backend (other backends ignore them).
+    pub fn with_tls(mut self, files: TlsFiles) -> Backend {
+        if let Backend::Etcd { tls, .. } = &mut self {
+            *tls = files;
+        }
+        self
+    }
 }
 
 impl FromStr for Backend {
@@ -61,7 +75,10 @@ impl FromStr for Backend {
             }
             endpoints.push(format!("{scheme}://{hp}"));
         }
-        Ok(Backend::Etcd { endpoints })
+        Ok(Backend::Etcd {
+            endpoints,
+            tls: TlsFiles::default(),
+        })
     }
 }
 
@@ -70,7 +87,9 @@ impl FromStr for Backend {
 pub async fn open(backend: &Backend, data_dir: &Path, alloc: Allocators) -> Result<Arc<Registry>> {
     let registry = match backend {
         Backend::Embedded => Registry::new(Arc::new(Embedded::open(data_dir)?), alloc),
-        Backend::Etcd { endpoints } => Registry::new(Arc::new(Etcd::connect(endpoints).await?), alloc),
+        Backend::Etcd { endpoints, tls } => {
+            Registry::new(Arc::new(Etcd::connect_with(endpoints, tls).await?), alloc)
+        }
         Backend::Kubernetes { kubeconfig } => {
             return Err(Error::Unavailable(format!(
                 "control-plane kubeconfig:{}: the Kubernetes API server backend is not built yet; use embedded or etcd://",
@@ -105,13 +124,15 @@ mod tests {
         assert_eq!(
             "etcd://127.0.0.1:2379,h2:2380".parse::<Backend>().unwrap(),
             Backend::Etcd {
-                endpoints: vec!["http://127.0.0.1:2379".into(), "http://h2:2380".into()]
+                endpoints: vec!["http://127.0.0.1:2379".into(), "http://h2:2380".into()],
+                tls: TlsFiles::default(),
             }
         );
         assert_eq!(
             "etcds://h:2379".parse::<Backend>().unwrap(),
             Backend::Etcd {
-                endpoints: vec!["https://h:2379".into()]
+                endpoints: vec!["https://h:2379".into()],
+                tls: TlsFiles::default(),
             }
         );
         assert!(matches!(

@@ -18,7 +18,7 @@ use crate::config::Config;
 
 /// The control plane as this CLI invocation reaches it.
 pub async fn connect(config: &Config) -> Result<Arc<dyn ControlPlane>> {
-    let b: Backend = config.control_plane.parse()?;
+    let b: Backend = config.backend()?;
     let alloc = Allocators::parse(&config.service_cidr, &config.service_node_port_range)?;
     Ok(backend::connect(&b, &config.socket(), alloc).await?)
 }

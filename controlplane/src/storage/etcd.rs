@@ -59,6 +59,48 @@ const CLAIM_ROUNDS: usize = 8;
 /// How long a member that failed a request is passed over.
 const COOLDOWN: Duration = Duration::from_secs(10);
 
+/// TLS for etcd (`etcds://` endpoints): the CA that signed the members'
+/// certificates, and a client certificate and key when the cluster asks
+/// for one (`--client-cert-auth`). All PEM files.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub ca: Option<std::path::PathBuf>,
+    pub cert: Option<std::path::PathBuf>,
+    pub key: Option<std::path::PathBuf>,
+}
+
+impl TlsFiles {
+    /// The client TLS settings, or `None` when nothing is configured.
+    fn options(&self) -> Result<Option<etcd_client::TlsOptions>> {
+        let read = |what: &str, p: &std::path::Path| {
+            std::fs::read(p)
+                .map_err(|e| Error::BadRequest(format!("etcd-{what} {}: {e}", p.display())))
+        };
+        if self == &TlsFiles::default() {
+            return Ok(None);
+        }
+        let mut t = etcd_client::TlsOptions::new();
+        if let Some(ca) = &self.ca {
+            t = t.ca_certificate(etcd_client::Certificate::from_pem(read("cafile", ca)?));
+        }
+        match (&self.cert, &self.key) {
+            (Some(c), Some(k)) => {
+                t = t.identity(etcd_client::Identity::from_pem(
+                    read("certfile", c)?,
+                    read("keyfile", k)?,
+                ));
+            }
+            (None, None) => {}
+            _ => {
+                return Err(Error::BadRequest(
+                    "etcd-certfile and etcd-keyfile: give both or neither".into(),
+                ))
+            }
+        }
+        Ok(Some(t))
+    }
+}
+
 /// The etcd store. Cloning shares the connections.
 #[derive(Clone)]
 pub struct Etcd {
@@ -339,6 +381,11 @@ impl Etcd {
     /// ...). Requests go to the first member, and move to the next when
     /// it fails or does not answer in time. Fails when no member answers.
     pub async fn connect(endpoints: &[String]) -> Result<Etcd> {
+        Etcd::connect_with(endpoints, &TlsFiles::default()).await
+    }
+
+    /// Like [`Etcd::connect`], with TLS settings for `https://` endpoints.
+    pub async fn connect_with(endpoints: &[String], tls: &TlsFiles) -> Result<Etcd> {
         if endpoints.is_empty() {
             return Err(Error::BadRequest(
                 "connect to etcd: no endpoints given".into(),
@@ -351,6 +398,10 @@ impl Etcd {
             .with_keep_alive(KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT)
             .with_keep_alive_while_idle(false)
             .with_require_leader(true);
+        let opts = match tls.options()? {
+            Some(t) => opts.with_tls(t),
+            None => opts,
+        };
         let mut clients = Vec::with_capacity(endpoints.len());
         for ep in endpoints {
             // Connects lazily: this only checks the URL.

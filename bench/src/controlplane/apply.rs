@@ -2,7 +2,9 @@
 //! pod manifests against the embedded agent and against etcd directly
 //! (`--control-plane etcd://`), and the raw floor: the same JSON put
 //! sequentially with etcd-client. Rounds are interleaved, each into a fresh
-//! namespace, and every side is checked by counting what it stored.
+//! namespace, and every side is checked by counting what it stored. The
+//! CPU time the client and the server spent in each round says where the
+//! wall-clock time went.
 
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
@@ -19,6 +21,7 @@ use netns_tests::{our_bin, TempDir};
 use serde_json::json;
 use tokio::runtime::Runtime;
 
+use super::procfs;
 use super::{control_plane_flag, pod_manifest};
 
 /// Where the raw reference puts its pods (outside knode's `/knode/`).
@@ -45,6 +48,22 @@ impl Side {
         }
     }
 
+    /// The process serving this side's writes.
+    pub fn server(self) -> &'static str {
+        match self {
+            Side::Embedded => "knode agent",
+            Side::Etcd | Side::EtcdRaw => "etcd",
+        }
+    }
+
+    /// The process writing, for the report.
+    pub fn client(self) -> &'static str {
+        match self {
+            Side::Embedded | Side::Etcd => "knode apply",
+            Side::EtcdRaw => "bench (etcd-client)",
+        }
+    }
+
     /// What it runs, for the report.
     pub fn about(self) -> &'static str {
         match self {
@@ -64,11 +83,25 @@ pub struct Outcome {
     pub took: Vec<Duration>,
     /// Pods the side held in each round's namespace afterwards.
     pub listed: Vec<usize>,
+    /// CPU time (user + system) of the writing process in each round.
+    pub client_cpu: Vec<Duration>,
+    /// CPU time of the serving process (agent or etcd) in each round.
+    pub server_cpu: Vec<Duration>,
+}
+
+/// One round of one side.
+struct Round {
+    took: Duration,
+    listed: usize,
+    client_cpu: Duration,
+    server_cpu: Duration,
 }
 
 /// What the rounds need to reach each side.
 struct Env<'a> {
     agent: &'a Agent,
+    agent_pid: u32,
+    etcd_pid: u32,
     endpoints: &'a [String],
     dir: String,
     cli: TempDir,
@@ -83,6 +116,7 @@ struct Env<'a> {
 pub fn measure(
     rt: &Runtime,
     agent: &Agent,
+    etcd_pid: u32,
     endpoints: &[String],
     pods: usize,
     rounds: usize,
@@ -106,6 +140,8 @@ pub fn measure(
     })?;
     let env = Env {
         agent,
+        agent_pid: agent.pid().context("the agent is not running")?,
+        etcd_pid,
         endpoints,
         dir: dir.path().display().to_string(),
         // The CLI on etcd talks to etcd itself; this only keeps it off /var and /run.
@@ -122,6 +158,8 @@ pub fn measure(
             pods,
             took: Vec::with_capacity(rounds),
             listed: Vec::with_capacity(rounds),
+            client_cpu: Vec::with_capacity(rounds),
+            server_cpu: Vec::with_capacity(rounds),
         })
         .collect();
     for round in 0..rounds {
@@ -137,31 +175,71 @@ pub fn measure(
         for j in 0..out.len() {
             let k = (round + j) % out.len();
             let side = out[k].side;
-            let (took, listed) = once(rt, &env, side, &ns)
+            let r = once(rt, &env, side, &ns)
                 .with_context(|| format!("{} apply into {ns}", side.name()))?;
+            let listed = r.listed;
             if listed != pods {
                 bail!(
                     "{}: {listed} pods stored in {ns} after the apply, want {pods}",
                     side.name()
                 );
             }
-            out[k].took.push(took);
-            out[k].listed.push(listed);
+            out[k].took.push(r.took);
+            out[k].listed.push(r.listed);
+            out[k].client_cpu.push(r.client_cpu);
+            out[k].server_cpu.push(r.server_cpu);
         }
     }
     Ok(out)
 }
 
-/// One apply on `side` into `ns`: (time, pods stored there afterwards).
-fn once(rt: &Runtime, env: &Env, side: Side, ns: &str) -> Result<(Duration, usize)> {
+/// CPU times at one moment: this process's own, its reaped children's,
+/// and the serving process's.
+fn cpu_now(server: u32) -> Result<(Duration, Duration, Duration)> {
+    let (own, children) = procfs::cpu(None)?;
+    let (server, _) = procfs::cpu(Some(server))?;
+    Ok((own, children, server))
+}
+
+/// One apply on `side` into `ns`: timed, with the CPU it cost, then
+/// (outside both) the pods stored there counted.
+fn once(rt: &Runtime, env: &Env, side: Side, ns: &str) -> Result<Round> {
+    let server = match side {
+        Side::Embedded => env.agent_pid,
+        Side::Etcd | Side::EtcdRaw => env.etcd_pid,
+    };
+    let before = cpu_now(server)?;
+    let took = apply_once(rt, env, side, ns)?;
+    let after = cpu_now(server)?;
+    let client_cpu = match side {
+        // The CLI is a child this process waited for.
+        Side::Embedded | Side::Etcd => after.1.saturating_sub(before.1),
+        Side::EtcdRaw => after.0.saturating_sub(before.0),
+    };
+    let listed = rt.block_on(async {
+        match side {
+            Side::Embedded => count_pods(&env.embedded, ns).await,
+            Side::Etcd => count_pods(&env.etcd, ns).await,
+            Side::EtcdRaw => raw_count(&env.raw, ns).await,
+        }
+    })?;
+    Ok(Round {
+        took,
+        listed,
+        client_cpu,
+        server_cpu: after.2.saturating_sub(before.2),
+    })
+}
+
+/// The apply itself, timed: `knode apply` from spawn to exit (it must
+/// report every pod created), or the raw puts.
+fn apply_once(rt: &Runtime, env: &Env, side: Side, ns: &str) -> Result<Duration> {
     let pods = env.docs.len();
-    match side {
+    let (took, res) = match side {
         Side::Embedded => {
             let t0 = Instant::now();
             let res = env.agent.knode(&["apply", "-n", ns, "-f", &env.dir])?;
-            let took = t0.elapsed();
-            check(&res, pods)?;
-            Ok((took, rt.block_on(count_pods(&env.embedded, ns))?))
+            (t0.elapsed(), res)
         }
         Side::Etcd => {
             let mut cmd = Command::new(our_bin("knode"));
@@ -174,12 +252,12 @@ fn once(rt: &Runtime, env: &Env, side: Side, ns: &str) -> Result<(Duration, usiz
                 .stdin(Stdio::null());
             let t0 = Instant::now();
             let res = cmd.output().context("run knode apply against etcd")?;
-            let took = t0.elapsed();
-            check(&res, pods)?;
-            Ok((took, rt.block_on(count_pods(&env.etcd, ns))?))
+            (t0.elapsed(), res)
         }
-        Side::EtcdRaw => rt.block_on(raw_puts(&env.raw, ns, &env.docs)),
-    }
+        Side::EtcdRaw => return rt.block_on(raw_puts(&env.raw, ns, &env.docs)),
+    };
+    check(&res, pods)?;
+    Ok(took)
 }
 
 fn namespace(name: &str) -> Result<Object> {
@@ -210,13 +288,12 @@ async fn count_pods(cp: &dyn ControlPlane, ns: &str) -> Result<usize> {
         .len())
 }
 
-/// Puts every document under [`RAW_PREFIX`]`<ns>/`, one after another;
-/// (time, keys stored there).
+/// Puts every document under [`RAW_PREFIX`]`<ns>/`, one after another.
 async fn raw_puts(
     client: &etcd_client::Client,
     ns: &str,
     docs: &[(String, String)],
-) -> Result<(Duration, usize)> {
+) -> Result<Duration> {
     let mut kv = client.kv_client();
     let prefix = format!("{RAW_PREFIX}{ns}/");
     let t0 = Instant::now();
@@ -225,13 +302,19 @@ async fn raw_puts(
             .await
             .with_context(|| format!("raw put {prefix}{name}"))?;
     }
-    let took = t0.elapsed();
-    let n = kv
+    Ok(t0.elapsed())
+}
+
+/// Keys the raw reference stored for `ns`.
+async fn raw_count(client: &etcd_client::Client, ns: &str) -> Result<usize> {
+    let prefix = format!("{RAW_PREFIX}{ns}/");
+    let n = client
+        .kv_client()
         .get(
             prefix.as_str(),
             Some(GetOptions::new().with_prefix().with_count_only()),
         )
         .await?
         .count();
-    Ok((took, usize::try_from(n).unwrap_or(0)))
+    Ok(usize::try_from(n).unwrap_or(0))
 }

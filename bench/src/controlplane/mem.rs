@@ -19,41 +19,8 @@ use knode_tests::etcd::EtcdCluster;
 use tokio::runtime::Runtime;
 use tokio::task::JoinSet;
 
+use super::procfs::{self, Mem};
 use super::{configmap, FILL_CHUNKS, FILL_CONCURRENCY, PAYLOAD_BYTES};
-
-/// A process's resident memory, in KiB.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Mem {
-    /// Resident now (VmRSS).
-    pub rss_kib: u64,
-    /// Resident at its peak so far (VmHWM).
-    pub hwm_kib: u64,
-}
-
-/// VmRSS and VmHWM from the text of /proc/PID/status.
-pub fn parse_status(text: &str) -> Option<Mem> {
-    let field = |name: &str| -> Option<u64> {
-        let line = text.lines().find(|l| l.starts_with(name))?;
-        let rest = line[name.len()..].trim_start().strip_prefix(':')?;
-        let mut it = rest.split_whitespace();
-        let n: u64 = it.next()?.parse().ok()?;
-        match it.next() {
-            Some("kB") | None => Some(n),
-            Some(_) => None,
-        }
-    };
-    Some(Mem {
-        rss_kib: field("VmRSS")?,
-        hwm_kib: field("VmHWM")?,
-    })
-}
-
-/// The memory of a running process.
-pub fn of_pid(pid: u32) -> Result<Mem> {
-    let p = format!("/proc/{pid}/status");
-    let text = std::fs::read_to_string(&p).with_context(|| format!("read {p}"))?;
-    parse_status(&text).with_context(|| format!("{p}: no VmRSS/VmHWM"))
-}
 
 /// Which process a reading is of.
 pub const AGENT: &str = "knode agent (embedded)";
@@ -110,7 +77,7 @@ pub fn measure(rt: &Runtime, objects: usize) -> Result<Outcome> {
                     process,
                     when,
                     objects,
-                    mem: of_pid(*pid)?,
+                    mem: procfs::mem(*pid)?,
                 });
             }
             Ok(())
@@ -172,34 +139,4 @@ async fn create_many(cp: Arc<dyn ControlPlane>, range: Range<usize>) -> Result<(
         r.context("a create task panicked")??;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const STATUS: &str = "Name:\tknode\nUmask:\t0022\nState:\tS (sleeping)\n\
-        VmPeak:\t  812344 kB\nVmSize:\t  746808 kB\nVmHWM:\t   41236 kB\n\
-        VmRSS:\t   39900 kB\nRssAnon:\t   20000 kB\nThreads:\t4\n";
-
-    #[test]
-    fn reads_rss_and_high_water_mark() {
-        assert_eq!(
-            parse_status(STATUS),
-            Some(Mem {
-                rss_kib: 39900,
-                hwm_kib: 41236
-            })
-        );
-    }
-
-    #[test]
-    fn missing_or_odd_fields_are_none() {
-        // A kernel thread has no Vm* lines.
-        assert_eq!(parse_status("Name:\tkthreadd\nState:\tS\n"), None);
-        assert_eq!(parse_status("VmRSS:\t12 MB\nVmHWM:\t13 kB\n"), None);
-        assert_eq!(parse_status("VmRSS:\tx kB\nVmHWM:\t13 kB\n"), None);
-        // RssAnon must not be taken for VmRSS.
-        assert_eq!(parse_status("RssAnon:\t5 kB\nVmHWM:\t13 kB\n"), None);
-    }
 }

@@ -6,6 +6,7 @@
 
 mod apply;
 mod mem;
+mod procfs;
 mod report;
 mod watch;
 
@@ -81,7 +82,8 @@ pub fn run(opts: &Opts) -> Result<()> {
     eprintln!(
         "controlplane: apply {APPLY_PODS} pods with one `knode apply -f DIR` per side, {APPLY_ROUNDS} interleaved rounds"
     );
-    let apply = apply::measure(&rt, &agent, &endpoints, APPLY_PODS, APPLY_ROUNDS)
+    let etcd_pid = etcd.pid(0).context("the etcd member is not running")?;
+    let apply = apply::measure(&rt, &agent, etcd_pid, &endpoints, APPLY_PODS, APPLY_ROUNDS)
         .context("apply throughput")?;
     drop(agent);
     drop(etcd);

@@ -32,6 +32,11 @@ fn find_apply(r: &Results, side: ApplySide) -> Option<(&Apply, Summary)> {
     Some((a, Summary::of(&a.took)?))
 }
 
+/// The median of per-round CPU times, in seconds.
+fn median_s(v: &[std::time::Duration]) -> f64 {
+    Summary::of(v).map_or(0.0, |s| s.p50 / 1e3)
+}
+
 /// Pods per second at the median round (`s` in milliseconds).
 fn pods_per_s(a: &Apply, s: &Summary) -> f64 {
     a.pods as f64 / (s.p50 / 1e3)
@@ -106,7 +111,8 @@ pub fn write(opts: &Opts, r: &Results) -> Result<()> {
          manifests per side and round, process start to exit, {} rounds interleaved (the side going \
          first rotates), each round into a fresh namespace, then the pods are listed and counted; the \
          raw reference puts the same JSON files sequentially with etcd-client in process; seconds \
-         and pods/s are at the median round. Memory: a fresh \
+         and pods/s are at the median round; client/server CPU is user+system time from /proc \
+         (the CLI as a reaped child, the bench itself for raw; the agent or etcd) per round, median. Memory: a fresh \
          agent and a fresh etcd, VmRSS/VmHWM from /proc/PID/status idle (after one list), after \
          {} ConfigMaps were created in each ({FILL_CONCURRENCY} in flight, interleaved chunks; the \
          agent through its socket, etcd through our etcd backend) and after one full list",
@@ -148,6 +154,8 @@ pub fn write(opts: &Opts, r: &Results) -> Result<()> {
                     "median_s": round3(s.p50 / 1e3), "min_s": round3(s.min / 1e3),
                     "max_s": round3(s.max / 1e3),
                     "pods_per_s": round3(pods_per_s(a, &s)), "listed": a.listed,
+                    "client": side.client(), "client_cpu_median_s": round3(median_s(&a.client_cpu)),
+                    "server": side.server(), "server_cpu_median_s": round3(median_s(&a.server_cpu)),
                 }))
             })
             .collect(),
@@ -221,21 +229,25 @@ fn table(r: &Results) -> String {
     );
     let _ = writeln!(
         t,
-        "{:<10}{:>6}{:>8}{:>9}{:>9}{:>9}{:>10}",
+        "{:<10}{:>6}{:>8}{:>9}{:>9}{:>9}{:>10}   median CPU s: client, server",
         "side", "pods", "rounds", "median", "min", "max", "pods/s"
     );
     for side in ApplySide::ALL {
         if let Some((a, s)) = find_apply(r, side) {
             let _ = writeln!(
                 t,
-                "{:<10}{:>6}{:>8}{:>9.3}{:>9.3}{:>9.3}{:>10.1}",
+                "{:<10}{:>6}{:>8}{:>9.3}{:>9.3}{:>9.3}{:>10.1}   {} {:.2}, {} {:.2}",
                 side.name(),
                 a.pods,
                 s.n,
                 s.p50 / 1e3,
                 s.min / 1e3,
                 s.max / 1e3,
-                pods_per_s(a, &s)
+                pods_per_s(a, &s),
+                side.client(),
+                median_s(&a.client_cpu),
+                side.server(),
+                median_s(&a.server_cpu)
             );
         }
     }

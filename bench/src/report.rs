@@ -19,7 +19,7 @@ pub fn host_facts() -> Value {
 }
 
 /// The first line a read-only command prints, or "unknown".
-fn first_line(argv: &[&str]) -> String {
+pub fn first_line(argv: &[&str]) -> String {
     Command::new(argv[0])
         .args(&argv[1..])
         .output()

@@ -22,32 +22,12 @@ use serde_json::json;
 use tokio::runtime::Runtime;
 
 use super::procfs;
-use super::{control_plane_flag, pod_manifest};
+use super::{control_plane_flag, pod_manifest, Side};
 
 /// Where the raw reference puts its pods (outside knode's `/knode/`).
 pub const RAW_PREFIX: &str = "/bench-raw/pods/";
 
-/// Which path an apply takes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    Embedded,
-    Etcd,
-    EtcdRaw,
-}
-
 impl Side {
-    /// Every side, in the order the first round runs them.
-    pub const ALL: [Side; 3] = [Side::Embedded, Side::Etcd, Side::EtcdRaw];
-
-    /// Its name in the report.
-    pub fn name(self) -> &'static str {
-        match self {
-            Side::Embedded => "embedded",
-            Side::Etcd => "etcd",
-            Side::EtcdRaw => "etcd-raw",
-        }
-    }
-
     /// The process serving this side's writes.
     pub fn server(self) -> &'static str {
         match self {
@@ -65,7 +45,7 @@ impl Side {
     }
 
     /// What it runs, for the report.
-    pub fn about(self) -> &'static str {
+    pub fn apply_about(self) -> &'static str {
         match self {
             Side::Embedded => "knode apply -n NS -f DIR (CLI -> agent socket -> redb), process start to exit",
             Side::Etcd => "knode --control-plane etcd:// apply -n NS -f DIR (CLI -> etcd), process start to exit",

@@ -11,7 +11,6 @@ mod report;
 mod watch;
 
 use std::path::Path;
-use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use controlplane::Object;
@@ -131,17 +130,30 @@ pub fn control_plane_flag(endpoints: &[String]) -> String {
 
 /// `etcd --version`'s first line, or "unknown".
 fn etcd_version() -> String {
-    Command::new(ETCD)
-        .arg("--version")
-        .output()
-        .ok()
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .next()
-                .map(str::to_string)
-        })
-        .unwrap_or_else(|| "unknown".into())
+    crate::report::first_line(&[ETCD, "--version"])
+}
+
+/// Which path a measurement takes: through a `knode agent` (embedded),
+/// through our etcd backend, or raw etcd-client (the reference floor).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Embedded,
+    Etcd,
+    EtcdRaw,
+}
+
+impl Side {
+    /// Every side, in the order the first round runs them.
+    pub const ALL: [Side; 3] = [Side::Embedded, Side::Etcd, Side::EtcdRaw];
+
+    /// Its name in the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Side::Embedded => "embedded",
+            Side::Etcd => "etcd",
+            Side::EtcdRaw => "etcd-raw",
+        }
+    }
 }
 
 #[cfg(test)]

@@ -7,9 +7,10 @@ use std::fmt::Write as _;
 use anyhow::Result;
 use serde_json::{json, Value};
 
-use super::apply::{Outcome as Apply, Side as ApplySide};
+use super::apply::Outcome as Apply;
 use super::mem::{Reading, AGENT, ETCD};
-use super::watch::{Samples, Side};
+use super::watch::Samples;
+use super::Side;
 use super::{Results, FILL_CONCURRENCY, PAYLOAD_BYTES};
 use crate::report::{grouped_bars, host_facts, write_file, Group, Series};
 use crate::stats::{round3, Summary};
@@ -27,7 +28,7 @@ fn find_watch(r: &Results, side: Side) -> Option<(Summary, Summary)> {
         .and_then(watch_summary)
 }
 
-fn find_apply(r: &Results, side: ApplySide) -> Option<(&Apply, Summary)> {
+fn find_apply(r: &Results, side: Side) -> Option<(&Apply, Summary)> {
     let a = r.apply.iter().find(|a| a.side == side)?;
     Some((a, Summary::of(&a.took)?))
 }
@@ -75,11 +76,11 @@ fn ratios(r: &Results) -> Value {
         }
     }
     let mut apply = Vec::new();
-    if let Some((_, floor)) = find_apply(r, ApplySide::EtcdRaw) {
-        for side in [ApplySide::Embedded, ApplySide::Etcd] {
+    if let Some((_, floor)) = find_apply(r, Side::EtcdRaw) {
+        for side in [Side::Embedded, Side::Etcd] {
             if let Some((_, s)) = find_apply(r, side) {
                 apply.push(json!({
-                    "ours": side.name(), "reference": ApplySide::EtcdRaw.name(),
+                    "ours": side.name(), "reference": Side::EtcdRaw.name(),
                     "median_time": round3(s.p50 / floor.p50),
                 }));
             }
@@ -137,19 +138,19 @@ pub fn write(opts: &Opts, r: &Results) -> Result<()> {
             .filter_map(|s| {
                 let (ev, ack) = watch_summary(s)?;
                 Some(json!({
-                    "side": s.side.name(), "how": s.side.about(),
+                    "side": s.side.name(), "how": s.side.watch_about(),
                     "event": summary_json(&ev), "ack": summary_json(&ack),
                 }))
             })
             .collect(),
     );
     doc["apply"] = Value::Array(
-        ApplySide::ALL
+        Side::ALL
             .iter()
             .filter_map(|&side| {
                 let (a, s) = find_apply(r, side)?;
                 Some(json!({
-                    "side": side.name(), "how": side.about(), "pods": a.pods,
+                    "side": side.name(), "how": side.apply_about(), "pods": a.pods,
                     "rounds_s": a.took.iter().map(|d| round3(d.as_secs_f64())).collect::<Vec<_>>(),
                     "median_s": round3(s.p50 / 1e3), "min_s": round3(s.min / 1e3),
                     "max_s": round3(s.max / 1e3),
@@ -232,7 +233,7 @@ fn table(r: &Results) -> String {
         "{:<10}{:>6}{:>8}{:>9}{:>9}{:>9}{:>10}   median CPU s: client, server",
         "side", "pods", "rounds", "median", "min", "max", "pods/s"
     );
-    for side in ApplySide::ALL {
+    for side in Side::ALL {
         if let Some((a, s)) = find_apply(r, side) {
             let _ = writeln!(
                 t,
@@ -332,7 +333,7 @@ fn chart(r: &Results, doc: &Value) -> String {
     );
 
     let pods = r.apply.first().map_or(0, |a| a.pods);
-    let apply_values: Vec<f64> = ApplySide::ALL
+    let apply_values: Vec<f64> = Side::ALL
         .iter()
         .filter_map(|&side| find_apply(r, side).map(|(a, s)| round3(pods_per_s(a, &s))))
         .collect();

@@ -15,36 +15,16 @@ use controlplane::storage::etcd::Etcd;
 use controlplane::{ControlPlane, Kind, Scope, Watch, WatchEvent};
 use etcd_client::{WatchOptions, WatchStream};
 
-use super::{configmap, PAYLOAD_BYTES};
+use super::{configmap, Side, PAYLOAD_BYTES};
 
 /// Where the raw reference writes and watches (outside knode's `/knode/`).
 pub const RAW_PREFIX: &str = "/bench-raw/watch/";
 /// How long one event may take before the run fails.
 const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Which path a write and its event take.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    Embedded,
-    Etcd,
-    EtcdRaw,
-}
-
 impl Side {
-    /// Every side, in the order the first round runs them.
-    pub const ALL: [Side; 3] = [Side::Embedded, Side::Etcd, Side::EtcdRaw];
-
-    /// Its name in the report.
-    pub fn name(self) -> &'static str {
-        match self {
-            Side::Embedded => "embedded",
-            Side::Etcd => "etcd",
-            Side::EtcdRaw => "etcd-raw",
-        }
-    }
-
     /// What it measures, for the report.
-    pub fn about(self) -> &'static str {
+    pub fn watch_about(self) -> &'static str {
         match self {
             Side::Embedded => "REST client on a `knode agent` socket (embedded redb store)",
             Side::Etcd => "Registry over our Etcd storage, in process, against etcd",

@@ -82,6 +82,18 @@ fn join(rev: u64, value: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The store's revision as `meta` holds it (0 for a new store).
+fn revision(meta: &impl ReadableTable<&'static str, u64>) -> Result<u64, redb::StorageError> {
+    Ok(meta.get(REVISION)?.map_or(0, |g| g.value()))
+}
+
+/// Advances the store's revision inside a write transaction.
+fn next_revision(meta: &mut redb::Table<&str, u64>) -> Result<u64, redb::StorageError> {
+    let rev = revision(meta)? + 1;
+    meta.insert(REVISION, rev)?;
+    Ok(rev)
+}
+
 fn now_ms() -> u64 {
     let d = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -121,11 +133,7 @@ impl Embedded {
                 let meta = txn
                     .open_table(META)
                     .map_err(|e| io("open store", &path, e))?;
-                let rev = meta
-                    .get(REVISION)
-                    .map_err(|e| io("open store", &path, e))?
-                    .map_or(0, |g| g.value());
-                rev
+                revision(&meta).map_err(|e| io("open store", &path, e))?
             };
             txn.commit().map_err(|e| io("open store", &path, e))?;
             rev
@@ -212,10 +220,7 @@ impl Embedded {
             .map_err(|e| self.err("list", e))?;
         let t = txn.open_table(KV).map_err(|e| self.err("list", e))?;
         let meta = txn.open_table(META).map_err(|e| self.err("list", e))?;
-        let rev = meta
-            .get(REVISION)
-            .map_err(|e| self.err("list", e))?
-            .map_or(0, |g| g.value());
+        let rev = revision(&meta).map_err(|e| self.err("list", e))?;
         let end = prefix_end(prefix);
         let mut out = Vec::new();
         for item in t
@@ -269,13 +274,7 @@ impl Embedded {
                     }
                 }
             }
-            let rev = meta
-                .get(REVISION)
-                .map_err(|e| self.err("write", e))?
-                .map_or(0, |g| g.value())
-                + 1;
-            meta.insert(REVISION, rev)
-                .map_err(|e| self.err("write", e))?;
+            let rev = next_revision(&mut meta).map_err(|e| self.err("write", e))?;
             kv.insert(w.key.as_str(), join(rev, &w.value).as_slice())
                 .map_err(|e| self.err("write", e))?;
             for c in &w.claim {
@@ -344,13 +343,7 @@ impl Embedded {
                     revision,
                 });
             }
-            let rev = meta
-                .get(REVISION)
-                .map_err(|e| self.err("delete", e))?
-                .map_or(0, |g| g.value())
-                + 1;
-            meta.insert(REVISION, rev)
-                .map_err(|e| self.err("delete", e))?;
+            let rev = next_revision(&mut meta).map_err(|e| self.err("delete", e))?;
             for s in &gone {
                 kv.remove(s.key.as_str())
                     .map_err(|e| self.err("delete", e))?;

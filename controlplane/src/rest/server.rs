@@ -107,15 +107,39 @@ pub fn socket_path(run_dir: &Path) -> PathBuf {
 }
 
 fn json_response(code: u16, v: &Value) -> Response<Body> {
-    let mut r = Response::new(Body::Full(Some(Bytes::from(
-        serde_json::to_vec(v).unwrap_or_default(),
-    ))));
+    bytes_response(code, serde_json::to_vec(v).unwrap_or_default())
+}
+
+fn bytes_response(code: u16, body: Vec<u8>) -> Response<Body> {
+    let mut r = Response::new(Body::Full(Some(Bytes::from(body))));
     *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     r.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static("application/json"),
     );
     r
+}
+
+/// A list's JSON, written item by item: only one item's JSON value exists
+/// at a time, not a value tree of the whole list beside its text.
+fn list_body(scope: &Scope, list: crate::api::ObjectList) -> Vec<u8> {
+    let head = json!({
+        "kind": list_kind(scope.kind), "apiVersion": scope.kind.api_version(),
+        "metadata": {"resourceVersion": list.revision.to_string()},
+    });
+    let mut out = serde_json::to_vec(&head).unwrap_or_default();
+    // Replace the closing brace with the items array.
+    out.pop();
+    out.extend_from_slice(b",\"items\":[");
+    for (i, item) in list.items.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        // Serializing a Value into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut out, &item.to_value());
+    }
+    out.extend_from_slice(b"]}");
+    out
 }
 
 fn error_response(e: &Error) -> Response<Body> {
@@ -168,14 +192,7 @@ async fn route(cp: &dyn ControlPlane, req: Request<Incoming>) -> Result<Response
         (Method::GET, Target::Collection(scope)) if watching => watch(cp, &scope, revision).await,
         (Method::GET, Target::Collection(scope)) => {
             let list = cp.list(&scope).await?;
-            Ok(json_response(
-                200,
-                &json!({
-                    "kind": list_kind(scope.kind), "apiVersion": scope.kind.api_version(),
-                    "metadata": {"resourceVersion": list.revision.to_string()},
-                    "items": list.items.iter().map(Object::to_value).collect::<Vec<_>>(),
-                }),
-            ))
+            Ok(bytes_response(200, list_body(&scope, list)))
         }
         (Method::GET, Target::Object(what)) => {
             Ok(json_response(200, &cp.get(&what).await?.to_value()))

@@ -20,6 +20,10 @@ pub struct AgentArgs {
     /// This node's name (default: the hostname).
     #[arg(long, value_name = "NAME")]
     pub node_name: Option<String>,
+    /// This node's IP (default: the source address of the default route,
+    /// else the first global IPv4 address).
+    #[arg(long, value_name = "IP")]
+    pub node_ip: Option<String>,
 }
 
 pub async fn run(config: &Config, _args: AgentArgs) -> Result<ExitCode> {

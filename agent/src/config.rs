@@ -22,6 +22,19 @@ pub struct Config {
     pub etcd_cafile: Option<PathBuf>,
     pub etcd_certfile: Option<PathBuf>,
     pub etcd_keyfile: Option<PathBuf>,
+    pub log_dir: PathBuf,
+    pub netns_dir: PathBuf,
+    pub cni_bin_dir: PathBuf,
+    pub cni_conf_dir: PathBuf,
+    pub cni_cache_dir: PathBuf,
+    pub containerd_socket: PathBuf,
+    pub containerd_namespace: String,
+    pub pod_manifest_path: PathBuf,
+    pub registry_config: PathBuf,
+    /// Registries reached over plain HTTP (`host:port`).
+    pub insecure_registries: Vec<String>,
+    /// This node's address (default: the first global IPv4 address).
+    pub node_ip: Option<String>,
 }
 
 impl Default for Config {
@@ -37,6 +50,17 @@ impl Default for Config {
             etcd_cafile: None,
             etcd_certfile: None,
             etcd_keyfile: None,
+            log_dir: "/var/log/pods".into(),
+            netns_dir: "/run/netns".into(),
+            cni_bin_dir: "/opt/cni/bin".into(),
+            cni_conf_dir: "/etc/cni/net.d".into(),
+            cni_cache_dir: "/var/lib/cni".into(),
+            containerd_socket: "/run/containerd/containerd.sock".into(),
+            containerd_namespace: "knode".into(),
+            pod_manifest_path: "/etc/knode/manifests".into(),
+            registry_config: "/etc/knode/registries.json".into(),
+            insecure_registries: Vec::new(),
+            node_ip: None,
         }
     }
 }
@@ -55,6 +79,17 @@ pub struct File {
     pub etcd_cafile: Option<PathBuf>,
     pub etcd_certfile: Option<PathBuf>,
     pub etcd_keyfile: Option<PathBuf>,
+    pub log_dir: Option<PathBuf>,
+    pub netns_dir: Option<PathBuf>,
+    pub cni_bin_dir: Option<PathBuf>,
+    pub cni_conf_dir: Option<PathBuf>,
+    pub cni_cache_dir: Option<PathBuf>,
+    pub containerd_socket: Option<PathBuf>,
+    pub containerd_namespace: Option<String>,
+    pub pod_manifest_path: Option<PathBuf>,
+    pub registry_config: Option<PathBuf>,
+    pub insecure_registries: Option<Vec<String>>,
+    pub node_ip: Option<String>,
 }
 
 impl File {
@@ -102,6 +137,41 @@ impl Config {
             etcd_cafile: flags.etcd_cafile.or(file.etcd_cafile),
             etcd_certfile: flags.etcd_certfile.or(file.etcd_certfile),
             etcd_keyfile: flags.etcd_keyfile.or(file.etcd_keyfile),
+            log_dir: flags.log_dir.or(file.log_dir).unwrap_or(d.log_dir),
+            netns_dir: flags.netns_dir.or(file.netns_dir).unwrap_or(d.netns_dir),
+            cni_bin_dir: flags
+                .cni_bin_dir
+                .or(file.cni_bin_dir)
+                .unwrap_or(d.cni_bin_dir),
+            cni_conf_dir: flags
+                .cni_conf_dir
+                .or(file.cni_conf_dir)
+                .unwrap_or(d.cni_conf_dir),
+            cni_cache_dir: flags
+                .cni_cache_dir
+                .or(file.cni_cache_dir)
+                .unwrap_or(d.cni_cache_dir),
+            containerd_socket: flags
+                .containerd_socket
+                .or(file.containerd_socket)
+                .unwrap_or(d.containerd_socket),
+            containerd_namespace: flags
+                .containerd_namespace
+                .or(file.containerd_namespace)
+                .unwrap_or(d.containerd_namespace),
+            pod_manifest_path: flags
+                .pod_manifest_path
+                .or(file.pod_manifest_path)
+                .unwrap_or(d.pod_manifest_path),
+            registry_config: flags
+                .registry_config
+                .or(file.registry_config)
+                .unwrap_or(d.registry_config),
+            insecure_registries: flags
+                .insecure_registries
+                .or(file.insecure_registries)
+                .unwrap_or(d.insecure_registries),
+            node_ip: flags.node_ip.or(file.node_ip),
         };
         if c.node_name.is_empty() {
             bail!("node-name: required (the hostname is empty)");

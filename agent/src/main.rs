@@ -5,6 +5,7 @@
 mod agent;
 mod cli;
 mod config;
+mod runtime;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -56,6 +57,36 @@ struct Global {
     /// Client key (PEM) for etcd.
     #[arg(long, global = true, value_name = "FILE")]
     etcd_keyfile: Option<PathBuf>,
+    /// Where container logs go (`<ns>_<pod>_<uid>/<container>/<n>.log`).
+    #[arg(long, global = true, value_name = "DIR")]
+    log_dir: Option<PathBuf>,
+    /// Where pod network namespaces are pinned.
+    #[arg(long, global = true, value_name = "DIR")]
+    netns_dir: Option<PathBuf>,
+    /// Where CNI plugin binaries are looked up.
+    #[arg(long, global = true, value_name = "DIR")]
+    cni_bin_dir: Option<PathBuf>,
+    /// Where the CNI network configuration (.conflist) is read.
+    #[arg(long, global = true, value_name = "DIR")]
+    cni_conf_dir: Option<PathBuf>,
+    /// Where CNI results are cached for DEL.
+    #[arg(long, global = true, value_name = "DIR")]
+    cni_cache_dir: Option<PathBuf>,
+    /// containerd's gRPC socket.
+    #[arg(long, global = true, value_name = "PATH")]
+    containerd_socket: Option<PathBuf>,
+    /// containerd namespace the agent's containers and images live in.
+    #[arg(long, global = true, value_name = "NAME")]
+    containerd_namespace: Option<String>,
+    /// Directory of static pod manifests.
+    #[arg(long, global = true, value_name = "DIR")]
+    pod_manifest_path: Option<PathBuf>,
+    /// docker-config-style file with registry credentials (`auths`).
+    #[arg(long, global = true, value_name = "FILE")]
+    registry_config: Option<PathBuf>,
+    /// A registry reached over plain HTTP (`host:port`); repeatable.
+    #[arg(long = "insecure-registry", global = true, value_name = "HOST")]
+    insecure_registries: Vec<String>,
     /// Log as JSON lines instead of text.
     #[arg(long, global = true)]
     log_json: bool,
@@ -140,9 +171,9 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
         None => (PathBuf::from(DEFAULT_CONFIG), false),
     };
     let file = File::load(&path, required)?;
-    let node_name = match &cli.command {
-        Command::Agent(a) => a.node_name.clone(),
-        _ => None,
+    let (node_name, node_ip) = match &cli.command {
+        Command::Agent(a) => (a.node_name.clone(), a.node_ip.clone()),
+        _ => (None, None),
     };
     let flags = File {
         control_plane: g.control_plane.clone(),
@@ -155,6 +186,18 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
         etcd_cafile: g.etcd_cafile.clone(),
         etcd_certfile: g.etcd_certfile.clone(),
         etcd_keyfile: g.etcd_keyfile.clone(),
+        log_dir: g.log_dir.clone(),
+        netns_dir: g.netns_dir.clone(),
+        cni_bin_dir: g.cni_bin_dir.clone(),
+        cni_conf_dir: g.cni_conf_dir.clone(),
+        cni_cache_dir: g.cni_cache_dir.clone(),
+        containerd_socket: g.containerd_socket.clone(),
+        containerd_namespace: g.containerd_namespace.clone(),
+        pod_manifest_path: g.pod_manifest_path.clone(),
+        registry_config: g.registry_config.clone(),
+        insecure_registries: (!g.insecure_registries.is_empty())
+            .then(|| g.insecure_registries.clone()),
+        node_ip,
     };
     Config::merge(file, flags)
 }

@@ -5,6 +5,8 @@ pub mod etcd;
 
 pub mod agent;
 
+pub mod containerd;
+
 pub use netns_tests::{our_bin, require_root, unique, TempDir};
 
 /// A free TCP port on 127.0.0.1 (bound then released; the caller binds it

@@ -104,3 +104,30 @@ pub fn is_not_found(s: &Status) -> bool {
 pub fn is_already_exists(s: &Status) -> bool {
     s.code() == Code::AlreadyExists
 }
+
+/// Labels on every containerd container the agent creates. A restarted
+/// agent finds what it owns by these, and nothing else.
+pub mod labels {
+    /// `sandbox` (the pause container) or `container` (an app container).
+    pub const KIND: &str = "io.knode.kind";
+    pub const POD_UID: &str = "io.knode.pod.uid";
+    pub const POD_NAME: &str = "io.knode.pod.name";
+    pub const POD_NAMESPACE: &str = "io.knode.pod.namespace";
+    pub const CONTAINER_NAME: &str = "io.knode.container.name";
+    /// How many times this container was started before (0 first).
+    pub const ATTEMPT: &str = "io.knode.container.attempt";
+    pub const KIND_SANDBOX: &str = "sandbox";
+    pub const KIND_CONTAINER: &str = "container";
+}
+
+/// The containerd id of a pod's pause container.
+pub fn sandbox_id(pod_uid: &str) -> String {
+    format!("{pod_uid}-pause")
+}
+
+/// The containerd id of one start of an app container: the pod uid, the
+/// container's index in `spec.containers`, and the attempt. Names are not
+/// used because uid + name could exceed containerd's 76-character limit.
+pub fn container_id(pod_uid: &str, index: usize, attempt: u32) -> String {
+    format!("{pod_uid}-c{index}-{attempt}")
+}

@@ -5,6 +5,7 @@
 mod agent;
 mod cli;
 mod config;
+mod node;
 mod runtime;
 
 use std::path::PathBuf;

@@ -665,6 +665,16 @@ fn keep_server_fields(current: &Object, obj: &mut Object) {
 pub fn carry_assigned(current: &Object, want: &mut Object) {
     keep_server_fields(current, want);
     want.meta_mut().resource_version = current.meta().resource_version.clone();
+    // A pod's node is assigned once (by the agent that binds it); a
+    // manifest applied again without `nodeName` keeps it there.
+    if let (Object::Pod(c), Object::Pod(w)) = (current, &mut *want) {
+        if let (Some(cs), Some(ws)) = (&c.spec, &mut w.spec) {
+            if ws.node_name.as_deref().unwrap_or_default().is_empty() {
+                ws.node_name = cs.node_name.clone();
+            }
+        }
+        return;
+    }
     if let (Object::Service(c), Object::Service(w)) = (current, want) {
         let (Some(cs), Some(ws)) = (&c.spec, &mut w.spec) else {
             return;

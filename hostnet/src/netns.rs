@@ -115,3 +115,113 @@ pub fn current_cookie() -> Result<u64> {
     }
     Ok(cookie)
 }
+
+/// Creates a new network namespace and pins it at `path` (a bind mount of
+/// the namespace file), the way `ip netns add` does, so it outlives every
+/// process in it and `ip netns list` shows it when `path` is in
+/// `/run/netns`. The namespace is made on a short-lived thread: unshare
+/// moves only that thread, and the caller's thread never changes namespace.
+/// An already pinned `path` is left as it is (idempotent).
+pub fn pin_new(path: &Path) -> Result<()> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| Error::io("netns path", std::io::ErrorKind::InvalidInput.into()))?;
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+    make_shared_mount(dir)?;
+    if is_pinned(path) {
+        return Ok(());
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| Error::io(format!("create {}", path.display()), e))?;
+    let target = path.to_path_buf();
+    let pinned = std::thread::spawn(move || -> Result<()> {
+        nix::sched::unshare(CloneFlags::CLONE_NEWNET)
+            .map_err(|e| Error::io("unshare the network namespace", e.into()))?;
+        nix::mount::mount(
+            Some("/proc/thread-self/ns/net"),
+            &target,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| Error::io(format!("pin netns at {}", target.display()), e.into()))
+    })
+    .join()
+    .unwrap_or_else(|_| Err(Error::io("pin netns", std::io::ErrorKind::Other.into())));
+    if pinned.is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+    pinned
+}
+
+/// Unpins and removes a namespace made by [`pin_new`]. The namespace itself
+/// goes away once no process and no other mount holds it. A missing path
+/// is not an error.
+pub fn unpin(path: &Path) -> Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    match nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+        Err(e) => return Err(Error::io(format!("unmount {}", path.display()), e.into())),
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(format!("remove {}", path.display()), e)),
+    }
+}
+
+/// True when `path` is a pinned network namespace (an nsfs mount).
+pub fn is_pinned(path: &Path) -> bool {
+    const NSFS_MAGIC: i64 = 0x6e73_6673;
+    nix::sys::statfs::statfs(path)
+        .map(|s| s.filesystem_type().0 as i64 == NSFS_MAGIC)
+        .unwrap_or(false)
+}
+
+/// Makes `dir` a shared mount point (a bind mount of itself if it is not a
+/// mount point yet), as `ip netns` does, so pins made here propagate to
+/// mount namespaces created later (containerd's shims, `ip netns exec`).
+fn make_shared_mount(dir: &Path) -> Result<()> {
+    use nix::mount::{mount, MsFlags};
+    let share = || {
+        mount(
+            None::<&str>,
+            dir,
+            None::<&str>,
+            MsFlags::MS_SHARED | MsFlags::MS_REC,
+            None::<&str>,
+        )
+    };
+    if is_mount_point(dir) {
+        return share().map_err(|e| Error::io(format!("share {}", dir.display()), e.into()));
+    }
+    mount(
+        Some(dir),
+        dir,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(|e| Error::io(format!("bind {}", dir.display()), e.into()))?;
+    share().map_err(|e| Error::io(format!("share {}", dir.display()), e.into()))
+}
+
+/// True when `dir` is itself a mount point in this mount namespace.
+fn is_mount_point(dir: &Path) -> bool {
+    let Ok(canon) = std::fs::canonicalize(dir) else {
+        return false;
+    };
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|info| {
+            info.lines()
+                .filter_map(|l| l.split(' ').nth(4))
+                .any(|p| Path::new(p) == canon)
+        })
+        .unwrap_or(false)
+}

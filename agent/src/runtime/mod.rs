@@ -14,6 +14,8 @@ use containerd_client::services::v1::{
 use containerd_client::tonic::transport::Channel;
 use containerd_client::tonic::{Code, Request, Status};
 
+pub mod task;
+
 /// The snapshotter every image is unpacked into and every rootfs is
 /// prepared from.
 pub const SNAPSHOTTER: &str = "overlayfs";
@@ -130,4 +132,13 @@ pub fn sandbox_id(pod_uid: &str) -> String {
 /// used because uid + name could exceed containerd's 76-character limit.
 pub fn container_id(pod_uid: &str, index: usize, attempt: u32) -> String {
     format!("{pod_uid}-c{index}-{attempt}")
+}
+
+/// Labels the agent adds to a container as it runs, so that a restarted
+/// agent can report a container's times and exit code without having
+/// watched it.
+pub mod run_labels {
+    pub const STARTED_AT: &str = "io.knode.started-at";
+    pub const FINISHED_AT: &str = "io.knode.finished-at";
+    pub const EXIT_CODE: &str = "io.knode.exit-code";
 }

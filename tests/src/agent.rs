@@ -14,6 +14,10 @@ pub struct Agent {
     dir: TempDir,
     child: Option<Child>,
     extra: Vec<String>,
+    /// Flags only `knode agent` takes (`--node-ip`, ...).
+    agent_flags: Vec<String>,
+    /// The network namespace the agent runs in (the node's "host" side).
+    netns: Option<PathBuf>,
 }
 
 impl Agent {
@@ -29,6 +33,28 @@ impl Agent {
             dir,
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            agent_flags: Vec::new(),
+            netns: None,
+        };
+        a.spawn()?;
+        Ok(a)
+    }
+
+    /// Starts an agent that runs pods: inside `netns` (so the bridge, veths
+    /// and routes it makes stay in a namespace the test owns), with extra
+    /// global flags `extra` (containerd socket, paths...) and agent flags.
+    pub fn start_node(
+        dir: TempDir,
+        netns: &Path,
+        extra: Vec<String>,
+        agent_flags: Vec<String>,
+    ) -> Result<Agent> {
+        let mut a = Agent {
+            dir,
+            child: None,
+            extra,
+            agent_flags,
+            netns: Some(netns.to_path_buf()),
         };
         a.spawn()?;
         Ok(a)
@@ -65,11 +91,22 @@ impl Agent {
             .create(true)
             .append(true)
             .open(self.dir.path().join("agent.log"))?;
-        let child = Command::new(our_bin("knode"))
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", ns.display()))
+                    .arg("--")
+                    .arg(our_bin("knode"));
+                c
+            }
+            None => Command::new(our_bin("knode")),
+        };
+        let child = cmd
             .args(self.flags())
             .arg("agent")
             .arg("--node-name")
             .arg("test-node")
+            .args(&self.agent_flags)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

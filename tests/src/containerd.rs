@@ -195,7 +195,7 @@ fn pids_mentioning(needle: &str) -> Vec<i32> {
 }
 
 /// Detaches every mount below `dir` (deepest first).
-fn unmount_below(dir: &Path) {
+pub fn unmount_below(dir: &Path) {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return;
     };

@@ -7,6 +7,8 @@ pub mod agent;
 
 pub mod containerd;
 
+pub mod node;
+
 pub use netns_tests::{our_bin, require_root, unique, TempDir};
 
 /// A free TCP port on 127.0.0.1 (bound then released; the caller binds it

@@ -1,0 +1,229 @@
+//! A whole node for end-to-end tests: a private containerd, a network
+//! namespace standing in for the host (the bridge, veths and pod routes
+//! live there, never in the machine's own namespace), and a `knode agent`
+//! running inside it with every path in a temp dir and its own containerd
+//! namespace. Removed on drop, also when the test fails.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use crate::agent::Agent;
+use crate::containerd::Containerd;
+use crate::{our_bin, unique, TempDir};
+use netns_tests::TestNs;
+
+/// The pod subnet of a test node.
+pub const POD_CIDR: &str = "10.244.0.0/24";
+/// The node IP the agent reports (TEST-NET-1: never routed anywhere).
+pub const NODE_IP: &str = "192.0.2.10";
+
+pub struct Node {
+    // Field order is drop order: the agent stops first, then containerd
+    // kills what runs, then the host namespace goes.
+    pub agent: Agent,
+    pub containerd: Containerd,
+    pub host: TestNs,
+    root: PathBuf,
+    namespace: String,
+}
+
+impl Node {
+    /// Starts containerd, the host namespace and the agent.
+    pub fn start() -> Result<Node> {
+        let containerd = Containerd::start()?;
+        let host = TestNs::new("node")?;
+        let dir = TempDir::new("node")?;
+        let root = dir.path().to_path_buf();
+        let namespace = unique("knode-test-");
+        let bin = root.join("cni-bin");
+        std::fs::create_dir_all(&bin)?;
+        for p in ["knode-bridge", "knode-host-local", "knode-loopback"] {
+            std::os::unix::fs::symlink(our_bin(p), bin.join(p))?;
+        }
+        let conf = root.join("cni-conf");
+        std::fs::create_dir_all(&conf)?;
+        let conflist = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": "knode",
+            "plugins": [{
+                "type": "knode-bridge",
+                "bridge": "cni0",
+                "isGateway": true,
+                "hairpinMode": true,
+                "ipam": {
+                    "type": "knode-host-local",
+                    "ranges": [[{"subnet": POD_CIDR}]],
+                    "routes": [{"dst": "0.0.0.0/0"}],
+                    "dataDir": root.join("ipam").display().to_string(),
+                }
+            }]
+        });
+        std::fs::write(conf.join("10-knode.conflist"), conflist.to_string())?;
+        let p = |n: &str| root.join(n).display().to_string();
+        let extra = vec![
+            "--containerd-socket".to_string(),
+            containerd.socket().display().to_string(),
+            "--containerd-namespace".to_string(),
+            namespace.clone(),
+            "--netns-dir".to_string(),
+            p("netns"),
+            "--log-dir".to_string(),
+            p("logs"),
+            "--cni-bin-dir".to_string(),
+            p("cni-bin"),
+            "--cni-conf-dir".to_string(),
+            p("cni-conf"),
+            "--cni-cache-dir".to_string(),
+            p("cni-cache"),
+            "--pod-manifest-path".to_string(),
+            p("manifests"),
+        ];
+        let agent_flags = vec![
+            "--node-ip".to_string(),
+            NODE_IP.to_string(),
+            "--pod-cidr".to_string(),
+            POD_CIDR.to_string(),
+        ];
+        let agent = Agent::start_node(dir, host.path(), extra, agent_flags)?;
+        Ok(Node {
+            agent,
+            containerd,
+            host,
+            root,
+            namespace,
+        })
+    }
+
+    /// The agent's containerd namespace.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// A path inside the node's temp dir (`netns`, `logs`, `ipam`, ...).
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    /// `knode ARGS` against this node; fails with stderr unless it succeeds.
+    pub fn knode(&self, args: &[&str]) -> Result<String> {
+        let out = self.agent.knode(args)?;
+        if !out.status.success() {
+            bail!(
+                "knode {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Applies a manifest given as text.
+    pub fn apply(&self, yaml: &str) -> Result<()> {
+        let out = self.agent.knode_stdin(&["apply", "-f", "-"], Some(yaml))?;
+        if !out.status.success() {
+            bail!("apply: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(())
+    }
+
+    /// The pod as JSON, or `None` if it does not exist.
+    pub fn pod(&self, name: &str) -> Result<Option<Value>> {
+        let out = self.agent.knode(&["get", "pod", name, "-o", "json"])?;
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            if err.contains("not found") {
+                return Ok(None);
+            }
+            bail!("get pod {name}: {}", err.trim());
+        }
+        Ok(Some(serde_json::from_slice(&out.stdout)?))
+    }
+
+    /// Polls the pod until `done` holds; fails with the last status and the
+    /// agent's log after `timeout`.
+    pub fn wait_pod(
+        &self,
+        name: &str,
+        timeout: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Result<Value> {
+        let deadline = Instant::now() + timeout;
+        let mut last = Value::Null;
+        while Instant::now() < deadline {
+            if let Some(p) = self.pod(name)? {
+                if done(&p) {
+                    return Ok(p);
+                }
+                last = p;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!(
+            "pod {name} not as expected after {timeout:?}; status: {}\nagent log:\n{}",
+            serde_json::to_string_pretty(&last["status"]).unwrap_or_default(),
+            tail(&self.agent.log(), 60)
+        )
+    }
+
+    /// Waits until the pod is Running with every container running and an
+    /// IP; returns the pod.
+    pub fn wait_running(&self, name: &str) -> Result<Value> {
+        self.wait_pod(name, Duration::from_secs(60), |p| {
+            p["status"]["phase"] == "Running"
+                && p["status"]["podIP"].is_string()
+                && p["status"]["containerStatuses"]
+                    .as_array()
+                    .is_some_and(|cs| cs.iter().all(|c| c["state"]["running"].is_object()))
+        })
+    }
+
+    /// Imports an image tar into the agent's containerd namespace.
+    pub fn import(&self, tar: &Path) -> Result<()> {
+        self.knode(&["image", "import", &tar.display().to_string()])
+            .context("knode image import")?;
+        Ok(())
+    }
+
+    /// Runs a command in the host namespace.
+    pub fn host_sh(&self, argv: &[&str]) -> Result<String> {
+        self.host.sh(argv)
+    }
+
+    /// containerd container ids in the agent's namespace.
+    pub fn containers(&self) -> Result<Vec<String>> {
+        self.containerd.ids(&self.namespace, &["containers", "ls", "-q"])
+    }
+
+    /// Snapshot keys in the agent's namespace (image layers excluded: only
+    /// active ones, which belong to containers).
+    pub fn active_snapshots(&self) -> Result<Vec<String>> {
+        let out = self.containerd.ctr_out(
+            &self.namespace,
+            &["snapshots", "--snapshotter", "overlayfs", "ls"],
+        )?;
+        Ok(out
+            .lines()
+            .skip(1)
+            .filter(|l| l.split_whitespace().nth(2) == Some("Active"))
+            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+            .collect())
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.agent.kill9();
+        // Pinned pod namespaces and shm tmpfs mounts live under the temp
+        // dir; containerd's drop kills the containers first.
+        crate::containerd::unmount_below(&self.root);
+    }
+}
+
+/// The last `n` lines of `text`.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}

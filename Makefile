@@ -25,10 +25,12 @@ bootstrap:
 
 build:
 	$(CARGO) build --release --bins
+	CARGO=$(CARGO) scripts/build-pause.sh --release
 
 install-knode:
 	install -d $(PREFIX)/bin
 	install -m 0755 target/release/knode $(PREFIX)/bin/knode
+	install -m 0755 target/release/knode-pause $(PREFIX)/bin/knode-pause
 
 install-cni:
 	install -d $(CNI_BIN_DIR)

@@ -12,6 +12,7 @@ have_root test "the netns tests" || true
 
 echo "== build"
 cargo build --workspace --bins
+scripts/build-pause.sh
 echo "== unit tests"
 cargo test --workspace --exclude netns-tests --exclude knode-tests
 echo "== end-to-end tests (real etcd and knode agents on loopback)"

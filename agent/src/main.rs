@@ -4,8 +4,11 @@
 
 mod agent;
 mod cli;
+mod cni;
 mod config;
+mod logs;
 mod node;
+mod pods;
 mod runtime;
 
 use std::path::PathBuf;
@@ -103,6 +106,19 @@ enum Command {
     Get(cli::get::GetArgs),
     /// Delete objects by manifest or by kind and name.
     Delete(cli::delete::DeleteArgs),
+    /// Print a container's logs.
+    Logs(cli::logs::LogsArgs),
+    /// Run a command in a pod's container.
+    Exec(cli::exec::ExecArgs),
+    /// Write a container's stdout/stderr to its CRI log file (started by
+    /// containerd's shim through the task's binary log URI).
+    #[command(hide = true)]
+    LogWriter {
+        /// The log file.
+        path: PathBuf,
+    },
+    /// Import, pull, list and remove images (containerd, directly).
+    Image(cli::image::ImageArgs),
     /// Print the version.
     Version,
 }
@@ -123,6 +139,11 @@ fn init_logging(json: bool, default_level: &str) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Before logging, config and the async runtime: none of them may fail
+    // a container's log writer.
+    if let Command::LogWriter { path } = &cli.command {
+        return logs::writer::run(path);
+    }
     let is_agent = matches!(cli.command, Command::Agent(_));
     init_logging(cli.global.log_json, if is_agent { "info" } else { "warn" });
     if let Command::Version = cli.command {
@@ -153,7 +174,10 @@ fn main() -> ExitCode {
             Command::Apply(args) => cli::apply::run(&config, args).await,
             Command::Get(args) => cli::get::run(&config, args).await,
             Command::Delete(args) => cli::delete::run(&config, args).await,
-            Command::Version => Ok(ExitCode::SUCCESS),
+            Command::Image(args) => cli::image::run(&config, args).await,
+            Command::Logs(args) => cli::logs::run(&config, args).await,
+            Command::Exec(args) => cli::exec::run(&config, args).await,
+            Command::Version | Command::LogWriter { .. } => Ok(ExitCode::SUCCESS),
         }
     });
     match result {

@@ -7,6 +7,10 @@ pub mod agent;
 
 pub mod containerd;
 
+pub mod image;
+
+pub mod registry;
+
 pub mod node;
 
 pub use netns_tests::{our_bin, require_root, unique, TempDir};

@@ -194,7 +194,8 @@ impl Node {
 
     /// containerd container ids in the agent's namespace.
     pub fn containers(&self) -> Result<Vec<String>> {
-        self.containerd.ids(&self.namespace, &["containers", "ls", "-q"])
+        self.containerd
+            .ids(&self.namespace, &["containers", "ls", "-q"])
     }
 
     /// Snapshot keys in the agent's namespace (image layers excluded: only

@@ -2,7 +2,10 @@
 
 pub mod apply;
 pub mod delete;
+pub mod exec;
 pub mod get;
+pub mod image;
+pub mod logs;
 pub mod print;
 
 use std::io::Read;

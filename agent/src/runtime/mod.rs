@@ -14,6 +14,9 @@ use containerd_client::services::v1::{
 use containerd_client::tonic::transport::Channel;
 use containerd_client::tonic::{Code, Request, Status};
 
+pub mod exec;
+pub mod image;
+pub mod spec;
 pub mod task;
 
 /// The snapshotter every image is unpacked into and every rootfs is
@@ -51,11 +54,6 @@ impl Runtime {
             .await
             .map_err(status_error)?;
         Ok(v.into_inner().version)
-    }
-
-    /// The namespace this runtime works in.
-    pub fn namespace(&self) -> &str {
-        &self.namespace
     }
 
     /// Wraps `msg` in a request that names our namespace.

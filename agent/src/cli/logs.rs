@@ -1,0 +1,461 @@
+//! `knode logs POD [-n NS] [-c CONTAINER] [-f] [-p] [--tail N] [--timestamps]`:
+//! a container's output, read from its CRI log files on this node (the pod
+//! comes from the control plane, for its uid and containers). Also the
+//! pod and container lookup that `knode exec` shares.
+
+use std::collections::VecDeque;
+use std::io::{self, Write};
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Args;
+use controlplane::defaults::DEFAULT_NAMESPACE;
+use controlplane::{ControlPlane, Kind, Object, ObjectRef};
+use k8s_openapi::api::core::v1::Pod;
+
+use super::connect;
+use crate::config::Config;
+use crate::logs::{self, reader};
+
+/// How often a followed file is checked for growth.
+const FOLLOW_POLL: Duration = Duration::from_millis(200);
+/// How often following checks that the pod still exists.
+const POD_CHECK: Duration = Duration::from_secs(1);
+/// The annotation that names the container kubectl picks by default.
+const DEFAULT_CONTAINER: &str = "kubectl.kubernetes.io/default-container";
+
+#[derive(Args)]
+pub struct LogsArgs {
+    /// The pod.
+    pub pod: String,
+    /// Namespace (default: `default`).
+    #[arg(short, long)]
+    pub namespace: Option<String>,
+    /// The container (required when the pod has several).
+    #[arg(short, long)]
+    pub container: Option<String>,
+    /// Keep printing new output (and the next run's) until the pod is
+    /// deleted.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// The previous run of the container instead of the current one.
+    #[arg(short, long)]
+    pub previous: bool,
+    /// Only the last N lines (-1: all).
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true, value_name = "N")]
+    pub tail: i64,
+    /// Each line starts with its RFC 3339 timestamp.
+    #[arg(long)]
+    pub timestamps: bool,
+}
+
+pub async fn run(config: &Config, args: LogsArgs) -> Result<ExitCode> {
+    let ns = args.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
+    let cp = connect(config).await?;
+    let pod = get_pod(cp.as_ref(), ns, &args.pod).await?;
+    let uid = pod_uid(&pod)?;
+    let container = log_container(&pod, &args.pod, args.container.as_deref())?;
+    let dir = logs::container_log_dir(&config.log_dir, ns, &args.pod, &uid, &container);
+    let runs = reader::attempts(&dir).with_context(|| format!("read {}", dir.display()))?;
+    let picked = reader::pick(&runs, args.previous);
+    let mut out = Printer::new(args.timestamps, args.tail);
+    if args.previous {
+        let Some(run) = picked else {
+            bail!(
+                "previous terminated container \"{container}\" in pod \"{}\" not found",
+                args.pod
+            );
+        };
+        // A finished run's file does not grow: nothing to follow.
+        let r = print_file(&dir, run, &mut out);
+        return out.finish(r);
+    }
+    if !args.follow {
+        let Some(run) = picked else {
+            bail!(
+                "container \"{container}\" in pod \"{}\" has not started yet (no log in {})",
+                args.pod,
+                dir.display()
+            );
+        };
+        let r = print_file(&dir, run, &mut out);
+        return out.finish(r);
+    }
+    let r = follow(cp.as_ref(), ns, &args.pod, &uid, &dir, picked, &mut out).await;
+    out.finish(r)
+}
+
+/// Prints one run's whole file.
+fn print_file(dir: &Path, run: u32, out: &mut Printer) -> Result<()> {
+    let path = reader::file(dir, run);
+    let mut f = std::fs::File::open(&path).with_context(|| format!("open {}", path.display()))?;
+    let mut d = reader::Decoder::default();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n =
+            io::Read::read(&mut f, &mut buf).with_context(|| format!("read {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        d.feed(&buf[..n], &mut |m| out.push(m));
+        out.check()?;
+    }
+    d.finish(&mut |m| out.push(m));
+    out.end_of_backlog();
+    warn_malformed(d.malformed, &path);
+    Ok(())
+}
+
+/// Prints what there is, then what comes, until the pod is deleted (or
+/// replaced by one with another uid).
+async fn follow(
+    cp: &dyn ControlPlane,
+    ns: &str,
+    pod: &str,
+    uid: &str,
+    dir: &Path,
+    start: Option<u32>,
+    out: &mut Printer,
+) -> Result<()> {
+    let mut f = reader::Follower::new(dir, start);
+    f.poll(&mut |m| out.push(m))
+        .with_context(|| format!("read {}", dir.display()))?;
+    out.end_of_backlog();
+    out.flush()?;
+    let mut checked = Instant::now();
+    loop {
+        tokio::time::sleep(FOLLOW_POLL).await;
+        let grew = f
+            .poll(&mut |m| out.push(m))
+            .with_context(|| format!("read {}", dir.display()))?;
+        if !grew {
+            // Quiet: a line still waiting for its end is shown as it is.
+            f.flush_partial(&mut |m| out.push(m));
+        }
+        out.flush()?;
+        if checked.elapsed() >= POD_CHECK {
+            checked = Instant::now();
+            if !pod_exists(cp, ns, pod, uid).await? {
+                break;
+            }
+        }
+    }
+    f.finish(&mut |m| out.push(m))
+        .with_context(|| format!("read {}", dir.display()))?;
+    warn_malformed(f.malformed(), dir);
+    Ok(())
+}
+
+/// Whether the pod (this very pod: same uid) still exists. An unreachable
+/// control plane (an agent restarting) is not a deleted pod.
+async fn pod_exists(cp: &dyn ControlPlane, ns: &str, name: &str, uid: &str) -> Result<bool> {
+    match cp.get(&ObjectRef::new(Kind::Pod, ns, name)).await {
+        Ok(o) => Ok(o.meta().uid.as_deref() == Some(uid)),
+        Err(e) if e.is_not_found() => Ok(false),
+        Err(controlplane::Error::Unavailable(_)) => Ok(true),
+        Err(e) => Err(e).with_context(|| format!("get pod {name}")),
+    }
+}
+
+fn warn_malformed(n: u64, path: &Path) {
+    if n > 0 {
+        eprintln!(
+            "warning: skipped {n} line(s) of {} that are not in the CRI log format",
+            path.display()
+        );
+    }
+}
+
+/// Writes messages to stdout; holds the last N of the backlog for `--tail`.
+/// Remembers the first write error (a closed pipe ends the command quietly).
+struct Printer {
+    out: io::BufWriter<io::Stdout>,
+    timestamps: bool,
+    tail: Option<(usize, VecDeque<reader::Message>)>,
+    buf: Vec<u8>,
+    error: Option<io::Error>,
+}
+
+impl Printer {
+    fn new(timestamps: bool, tail: i64) -> Printer {
+        Printer {
+            out: io::BufWriter::new(io::stdout()),
+            timestamps,
+            tail: usize::try_from(tail).ok().map(|n| (n, VecDeque::new())),
+            buf: Vec::new(),
+            error: None,
+        }
+    }
+
+    fn push(&mut self, m: reader::Message) {
+        if let Some((n, held)) = &mut self.tail {
+            if *n > 0 {
+                if held.len() == *n {
+                    held.pop_front();
+                }
+                held.push_back(m);
+            }
+            return;
+        }
+        self.write(&m);
+    }
+
+    /// The backlog is read: what `--tail` held is printed, and from now on
+    /// everything is.
+    fn end_of_backlog(&mut self) {
+        if let Some((_, held)) = self.tail.take() {
+            for m in held {
+                self.write(&m);
+            }
+        }
+    }
+
+    fn write(&mut self, m: &reader::Message) {
+        if self.error.is_some() {
+            return;
+        }
+        self.buf.clear();
+        m.render(self.timestamps, &mut self.buf);
+        if let Err(e) = self.out.write_all(&self.buf) {
+            self.error = Some(e);
+        }
+    }
+
+    fn check(&mut self) -> Result<()> {
+        match self.error.take() {
+            Some(e) => Err(e).context("write to stdout"),
+            None => Ok(()),
+        }
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if self.error.is_none() {
+            if let Err(e) = self.out.flush() {
+                self.error = Some(e);
+            }
+        }
+        self.check()
+    }
+
+    /// The command's result: a reader that went away (`| head`) is not an
+    /// error.
+    fn finish(&mut self, r: Result<()>) -> Result<ExitCode> {
+        let r = r.and_then(|_| self.flush());
+        match r {
+            Ok(()) => Ok(ExitCode::SUCCESS),
+            Err(e)
+                if e.downcast_ref::<io::Error>()
+                    .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe) =>
+            {
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The pod `ns/name`, with a kubectl-like error when it does not exist.
+pub async fn get_pod(cp: &dyn ControlPlane, ns: &str, name: &str) -> Result<Pod> {
+    match cp.get(&ObjectRef::new(Kind::Pod, ns, name)).await {
+        Ok(Object::Pod(p)) => Ok(p),
+        Ok(o) => bail!("{} is not a pod", o.describe()),
+        Err(e) if e.is_not_found() => {
+            bail!("pods \"{name}\" not found in namespace \"{ns}\"")
+        }
+        Err(e) => Err(e).with_context(|| format!("get pod {ns}/{name}")),
+    }
+}
+
+/// The pod's uid (its log dir and its containers' labels carry it).
+pub fn pod_uid(pod: &Pod) -> Result<String> {
+    match pod.metadata.uid.as_deref() {
+        Some(u) if !u.is_empty() => Ok(u.to_string()),
+        _ => Err(anyhow!(
+            "pod {:?} has no metadata.uid",
+            pod.metadata.name.as_deref().unwrap_or_default()
+        )),
+    }
+}
+
+/// The pod's app container names, then its init container names.
+fn names(pod: &Pod) -> (Vec<String>, Vec<String>) {
+    let spec = pod.spec.as_ref();
+    let app = spec
+        .map(|s| s.containers.iter().map(|c| c.name.clone()).collect())
+        .unwrap_or_default();
+    let init = spec
+        .and_then(|s| s.init_containers.as_ref())
+        .map(|cs| cs.iter().map(|c| c.name.clone()).collect())
+        .unwrap_or_default();
+    (app, init)
+}
+
+/// The container `wanted` names, checked to exist in the pod.
+fn named(pod: &Pod, pod_name: &str, wanted: &str) -> Result<String> {
+    let (app, init) = names(pod);
+    if app.iter().chain(&init).any(|n| n == wanted) {
+        return Ok(wanted.to_string());
+    }
+    bail!(
+        "container \"{wanted}\" not found in pod \"{pod_name}\" (choose one of: [{}])",
+        app.iter()
+            .chain(&init)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(" ")
+    )
+}
+
+/// The annotated default container, if it exists in the pod.
+fn annotated_default(pod: &Pod) -> Option<String> {
+    let want = pod.metadata.annotations.as_ref()?.get(DEFAULT_CONTAINER)?;
+    names(pod).0.into_iter().find(|n| n == want)
+}
+
+/// The container `knode logs` reads: `-c`, else the annotated default,
+/// else the only one; with several, the user must choose (as kubectl).
+pub fn log_container(pod: &Pod, pod_name: &str, wanted: Option<&str>) -> Result<String> {
+    if let Some(w) = wanted {
+        return named(pod, pod_name, w);
+    }
+    if let Some(d) = annotated_default(pod) {
+        return Ok(d);
+    }
+    let (app, init) = names(pod);
+    match app.as_slice() {
+        [] => bail!("pod \"{pod_name}\" has no containers"),
+        [only] => Ok(only.clone()),
+        _ => {
+            let mut msg = format!(
+                "a container name must be specified for pod {pod_name}, choose one of: [{}]",
+                app.join(" ")
+            );
+            if !init.is_empty() {
+                msg.push_str(&format!(
+                    " or one of the init containers: [{}]",
+                    init.join(" ")
+                ));
+            }
+            Err(anyhow!(msg))
+        }
+    }
+}
+
+/// The container `knode exec` runs in: `-c`, else the annotated default,
+/// else the first, saying so on stderr when there was a choice (as
+/// kubectl exec).
+pub fn exec_container(pod: &Pod, pod_name: &str, wanted: Option<&str>) -> Result<String> {
+    if let Some(w) = wanted {
+        return named(pod, pod_name, w);
+    }
+    if let Some(d) = annotated_default(pod) {
+        return Ok(d);
+    }
+    let (app, _) = names(pod);
+    match app.as_slice() {
+        [] => bail!("pod \"{pod_name}\" has no containers"),
+        [only] => Ok(only.clone()),
+        [first, ..] => {
+            eprintln!("Defaulted container \"{first}\" out of: {}", app.join(", "));
+            Ok(first.clone())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(app: &[&str], init: &[&str], default: Option<&str>) -> Pod {
+        let mut v = serde_json::json!({
+            "metadata": {"name": "web", "uid": "u1"},
+            "spec": {
+                "containers": app.iter().map(|n| serde_json::json!({"name": n})).collect::<Vec<_>>(),
+            }
+        });
+        if !init.is_empty() {
+            v["spec"]["initContainers"] = init
+                .iter()
+                .map(|n| serde_json::json!({"name": n}))
+                .collect();
+        }
+        if let Some(d) = default {
+            v["metadata"]["annotations"] = serde_json::json!({ DEFAULT_CONTAINER: d });
+        }
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn the_only_container_needs_no_name() {
+        assert_eq!(
+            log_container(&pod(&["a"], &[], None), "web", None).unwrap(),
+            "a"
+        );
+    }
+
+    #[test]
+    fn with_several_the_user_must_choose_like_kubectl() {
+        let e = log_container(&pod(&["a", "b"], &[], None), "web", None).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "a container name must be specified for pod web, choose one of: [a b]"
+        );
+        let e = log_container(&pod(&["a", "b"], &["init"], None), "web", None).unwrap_err();
+        assert!(
+            e.to_string()
+                .ends_with("or one of the init containers: [init]"),
+            "{e}"
+        );
+        // The annotation chooses, as it does for kubectl.
+        assert_eq!(
+            log_container(&pod(&["a", "b"], &[], Some("b")), "web", None).unwrap(),
+            "b"
+        );
+        // exec takes the first.
+        assert_eq!(
+            exec_container(&pod(&["a", "b"], &[], None), "web", None).unwrap(),
+            "a"
+        );
+    }
+
+    #[test]
+    fn a_named_container_must_exist() {
+        let p = pod(&["a", "b"], &["init"], None);
+        assert_eq!(log_container(&p, "web", Some("init")).unwrap(), "init");
+        let e = exec_container(&p, "web", Some("c")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "container \"c\" not found in pod \"web\" (choose one of: [a b init])"
+        );
+    }
+
+    #[test]
+    fn tail_keeps_the_last_lines_of_the_backlog() {
+        let mut p = Printer::new(false, 2);
+        for i in 0..5 {
+            p.push(reader::Message {
+                time: jiff::Timestamp::UNIX_EPOCH,
+                stream: crate::logs::cri::Stream::Stdout,
+                content: format!("{i}\n").into_bytes(),
+            });
+        }
+        let held: Vec<_> = p
+            .tail
+            .as_ref()
+            .unwrap()
+            .1
+            .iter()
+            .map(|m| m.content.clone())
+            .collect();
+        assert_eq!(held, [b"3\n".to_vec(), b"4\n".to_vec()]);
+        let mut none = Printer::new(false, 0);
+        none.push(reader::Message {
+            time: jiff::Timestamp::UNIX_EPOCH,
+            stream: crate::logs::cri::Stream::Stdout,
+            content: b"x\n".to_vec(),
+        });
+        assert!(none.tail.as_ref().unwrap().1.is_empty());
+    }
+}

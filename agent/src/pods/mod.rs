@@ -1,0 +1,10 @@
+pub mod backoff;
+pub mod context;
+pub mod env;
+pub mod files;
+pub mod manager;
+pub mod sandbox;
+pub mod static_pods;
+pub mod status;
+pub mod volumes;
+pub mod worker;

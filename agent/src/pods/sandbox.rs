@@ -1,0 +1,239 @@
+//! The pod sandbox, made as containerd's CRI plugin makes it: a network
+//! namespace pinned at `<netns-dir>/knode-<uid>`, CNI ADD into it (loopback
+//! first, then the node's network), the pod's files (hosts, resolv.conf,
+//! hostname, /dev/shm), then the pause container that holds the IPC and UTS
+//! (and, with shareProcessNamespace, PID) namespaces and joins the pinned
+//! net namespace. Removal goes the other way: app containers, pause, CNI
+//! DEL, netns, files, volumes.
+//!
+//! Every step finds its own earlier work (after a crash or an agent kill),
+//! so `ensure` is also how a half-made sandbox is finished.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use k8s_openapi::api::core::v1::Pod;
+
+use super::context::Context;
+use super::worker::namespace;
+use super::{files, volumes};
+use crate::cni::Attachment;
+use crate::runtime::spec::{self, PodFiles};
+use crate::runtime::task::{self, NewContainer, TaskState};
+use crate::runtime::{labels, sandbox_id};
+
+/// The interface CNI puts in the pod.
+pub const POD_IFNAME: &str = "eth0";
+
+/// A ready sandbox.
+#[derive(Debug, Clone)]
+pub struct Sandbox {
+    pub id: String,
+    pub pid: u32,
+    pub ip: Option<String>,
+    pub files: PodFiles,
+}
+
+fn uid_of(pod: &Pod) -> String {
+    pod.metadata.uid.clone().unwrap_or_default()
+}
+
+fn attachment(ctx: &Context, uid: &str, ns: &str, name: &str) -> Attachment {
+    Attachment {
+        container_id: sandbox_id(uid),
+        netns: ctx.netns_path(uid),
+        ifname: POD_IFNAME.to_string(),
+        pod_namespace: ns.to_string(),
+        pod_name: name.to_string(),
+        pod_uid: uid.to_string(),
+    }
+}
+
+/// Makes (or finishes, or adopts) the pod's sandbox.
+pub async fn ensure(ctx: &Context, pod: &Pod) -> Result<Sandbox> {
+    let uid = uid_of(pod);
+    let ns = namespace(pod);
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let id = sandbox_id(&uid);
+    let netns = ctx.netns_path(&uid);
+
+    // 1. The network namespace. A namespace that had to be made afresh
+    //    cannot hold an earlier attachment: any cached result is stale.
+    let fresh = !hostnet::netns::is_pinned(&netns);
+    if fresh {
+        let p = netns.clone();
+        tokio::task::spawn_blocking(move || hostnet::netns::pin_new(&p))
+            .await
+            .context("pin the netns")??;
+    }
+    let att = attachment(ctx, &uid, &ns, &name);
+
+    // 2. CNI ADD, or the cached result of an earlier ADD into this netns.
+    let cached = ctx.cni.cached(&att.container_id, POD_IFNAME)?;
+    let result = match cached {
+        Some(r) if !fresh => r,
+        Some(_) => {
+            ctx.cni
+                .del(&att)
+                .await
+                .context("CNI DEL of a stale attachment")?;
+            ctx.cni.add(&att).await.context("CNI ADD")?
+        }
+        None => ctx.cni.add(&att).await.context("CNI ADD")?,
+    };
+    let ip = pod_ip(&result);
+
+    // 3. The pod's files, with its IP in /etc/hosts.
+    let files = files::prepare(&ctx.config.run_dir, pod, ip.as_deref()).context("pod files")?;
+
+    // 4. The pause container.
+    let hostname = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.hostname.clone())
+        .unwrap_or_else(|| name.clone());
+    let params = spec::SandboxParams {
+        pod,
+        image: &ctx.pause.config,
+        netns: &netns,
+        hostname: &hostname,
+        files: &files,
+        cgroups_path: spec::cgroups_path(&uid, &id),
+    };
+    let oci = spec::sandbox_spec(&params).context("sandbox spec")?;
+    let mut l = HashMap::new();
+    l.insert(labels::KIND.to_string(), labels::KIND_SANDBOX.to_string());
+    l.insert(labels::POD_UID.to_string(), uid.clone());
+    l.insert(labels::POD_NAME.to_string(), name.clone());
+    l.insert(labels::POD_NAMESPACE.to_string(), ns.clone());
+    // A pause container left from an earlier netns points at a namespace
+    // that is gone: replace it.
+    if fresh {
+        task::remove(&ctx.rt, &id).await?;
+    }
+    task::create(
+        &ctx.rt,
+        &NewContainer {
+            id: &id,
+            image: &ctx.pause.name,
+            parent_snapshot: &ctx.pause.chain_id,
+            spec: &oci,
+            labels: l,
+        },
+    )
+    .await?;
+    let pid = match task::state(&ctx.rt, &id).await? {
+        TaskState::Running { pid } | TaskState::Other { pid } => pid,
+        TaskState::Stopped { .. } => {
+            // A pause that exited cannot be restarted into the same
+            // namespaces' holders; make a new one.
+            task::remove(&ctx.rt, &id).await?;
+            task::create(
+                &ctx.rt,
+                &NewContainer {
+                    id: &id,
+                    image: &ctx.pause.name,
+                    parent_snapshot: &ctx.pause.chain_id,
+                    spec: &oci,
+                    labels: HashMap::from([
+                        (labels::KIND.to_string(), labels::KIND_SANDBOX.to_string()),
+                        (labels::POD_UID.to_string(), uid.clone()),
+                        (labels::POD_NAME.to_string(), name.clone()),
+                        (labels::POD_NAMESPACE.to_string(), ns.clone()),
+                    ]),
+                },
+            )
+            .await?;
+            task::start(&ctx.rt, &id, None).await?
+        }
+        _ => task::start(&ctx.rt, &id, None).await?,
+    };
+    Ok(Sandbox { id, pid, ip, files })
+}
+
+/// The first IPv4 address of a CNI result, else the first address.
+fn pod_ip(r: &crate::cni::AddResult) -> Option<String> {
+    let ips: Vec<std::net::IpAddr> = r.ips.iter().map(|n| n.addr()).collect();
+    ips.iter()
+        .find(|a| a.is_ipv4())
+        .or(ips.first())
+        .map(|a| a.to_string())
+}
+
+/// Removes the sandbox only (pause, CNI, netns), keeping volumes and app
+/// containers' records: used when the pause container died.
+pub async fn teardown(ctx: &Context, pod: &Pod) -> Result<()> {
+    let uid = uid_of(pod);
+    task::remove(&ctx.rt, &sandbox_id(&uid)).await?;
+    let att = attachment(
+        ctx,
+        &uid,
+        &namespace(pod),
+        pod.metadata.name.as_deref().unwrap_or_default(),
+    );
+    ctx.cni.del(&att).await.context("CNI DEL")?;
+    let p = att.netns.clone();
+    tokio::task::spawn_blocking(move || hostnet::netns::unpin(&p))
+        .await
+        .context("unpin the netns")??;
+    Ok(())
+}
+
+/// Removes everything the agent holds for pod `uid`, in CRI order: app
+/// containers, the pause container, CNI DEL, the netns, the pod's files,
+/// volumes, cgroups and logs. `pod` (when still known) names the pod for
+/// CNI and the log dir; an orphan is found by its labels instead. Each part
+/// already gone is skipped, so this is safe to repeat.
+pub async fn remove_pod(ctx: &Context, uid: &str, pod: Option<&Pod>) -> Result<()> {
+    let owned = task::list_owned(&ctx.rt, labels::POD_UID)
+        .await?
+        .into_iter()
+        .filter(|o| o.labels.get(labels::POD_UID).map(String::as_str) == Some(uid))
+        .collect::<Vec<_>>();
+    let (mut ns, mut name) = match pod {
+        Some(p) => (namespace(p), p.metadata.name.clone().unwrap_or_default()),
+        None => (String::new(), String::new()),
+    };
+    if pod.is_none() {
+        if let Some(o) = owned.first() {
+            ns = o
+                .labels
+                .get(labels::POD_NAMESPACE)
+                .cloned()
+                .unwrap_or_default();
+            name = o.labels.get(labels::POD_NAME).cloned().unwrap_or_default();
+        }
+    }
+    let (sandboxes, apps): (Vec<_>, Vec<_>) = owned.into_iter().partition(|o| {
+        o.labels.get(labels::KIND).map(String::as_str) == Some(labels::KIND_SANDBOX)
+    });
+    for o in apps.iter().chain(sandboxes.iter()) {
+        task::remove(&ctx.rt, &o.id).await?;
+    }
+    task::remove(&ctx.rt, &sandbox_id(uid)).await?;
+    let att = attachment(ctx, uid, &ns, &name);
+    ctx.cni.del(&att).await.context("CNI DEL")?;
+    let (netns, run_dir, data_dir) = (
+        att.netns.clone(),
+        ctx.config.run_dir.clone(),
+        ctx.config.data_dir.clone(),
+    );
+    let u = uid.to_string();
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        hostnet::netns::unpin(&netns).context("unpin the netns")?;
+        files::cleanup(&run_dir, &u).context("pod files")?;
+        volumes::cleanup(&data_dir, &u).context("volumes")?;
+        spec::remove_pod_cgroups(&u).context("pod cgroups")?;
+        Ok(())
+    })
+    .await
+    .context("teardown")??;
+    if !ns.is_empty() && !name.is_empty() {
+        crate::logs::remove_pod_logs(&ctx.config.log_dir, &ns, &name, uid).context("pod logs")?;
+    }
+    Ok(())
+}
+
+/// How long an orphan's containers get to stop.
+pub const ORPHAN_GRACE: Duration = Duration::from_secs(2);

@@ -1,0 +1,723 @@
+//! One pod's worker: a task that owns everything the agent does for one
+//! pod uid. It wakes on a new version of the pod, on a container exit, on
+//! a back-off timer or on the periodic resync, and each time converges:
+//! sandbox (netns, CNI, pause), then each container (start, or restart by
+//! policy and back-off), then writes the status back if it changed. On
+//! deletion it tears down in CRI order and ends.
+//!
+//! All state is recoverable from containerd (ownership and run labels), the
+//! CNI cache and the pinned netns, so a worker started after an agent
+//! restart adopts what runs instead of starting it again.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use controlplane::objects::Object;
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{Pod, PodStatus};
+use tokio::sync::mpsc;
+
+use super::backoff::Backoff;
+use super::context::{services_for, Context, Refs};
+use super::sandbox::{self, Sandbox};
+use super::status::{self, ContainerView, PodView, State, Terminated};
+use super::{env, volumes};
+use crate::runtime::image::{self, PullError, PullPolicy};
+use crate::runtime::task::{self, NewContainer, Owned, TaskState};
+use crate::runtime::{container_id, labels, run_labels, spec};
+
+/// How often a worker re-checks its pod even when nothing happened.
+const RESYNC: Duration = Duration::from_secs(10);
+
+/// What wakes a worker.
+#[derive(Debug)]
+pub enum Msg {
+    /// A newer version of the pod.
+    Update(Box<Pod>),
+    /// The pod is gone from the control plane: tear down.
+    Deleted,
+    /// A task of ours exited.
+    Exited(String),
+}
+
+/// Starts a worker for `pod`; `owned` are the containers containerd
+/// already holds for its uid (adoption after a restart).
+pub fn spawn(ctx: Arc<Context>, pod: Pod, owned: Vec<Owned>) -> mpsc::UnboundedSender<Msg> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let w = Worker::new(ctx, pod, owned, tx.clone());
+    tokio::spawn(w.run(rx));
+    tx
+}
+
+/// One app container's slot (by index in `spec.containers`).
+#[derive(Debug, Default)]
+struct Slot {
+    name: String,
+    image: String,
+    /// The latest run, if any: its attempt and containerd id.
+    current: Option<(u32, String)>,
+    running_since: Option<Option<Timestamp>>,
+    /// The latest finished run.
+    last: Option<Terminated>,
+    /// When `last` finished, on the monotonic clock (for the back-off).
+    finished: Option<Instant>,
+    /// Why it is not running, when it is waiting.
+    waiting: Option<(String, Option<String>)>,
+    /// Whether the latest run is still to be accounted as exited.
+    image_id: String,
+}
+
+struct Worker {
+    ctx: Arc<Context>,
+    pod: Pod,
+    uid: String,
+    tx: mpsc::UnboundedSender<Msg>,
+    sandbox: Option<Sandbox>,
+    volumes: Option<HashMap<String, std::path::PathBuf>>,
+    slots: Vec<Slot>,
+    backoff: Backoff,
+    /// Ids with a waiter task, so each exit is reported once.
+    waited: std::collections::HashSet<String>,
+    /// When the next back-off ends.
+    wake_at: Option<Instant>,
+    start_time: Option<Timestamp>,
+    written: Option<PodStatus>,
+}
+
+impl Worker {
+    fn new(
+        ctx: Arc<Context>,
+        pod: Pod,
+        owned: Vec<Owned>,
+        tx: mpsc::UnboundedSender<Msg>,
+    ) -> Worker {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let slots = containers(&pod)
+            .iter()
+            .map(|c| Slot {
+                name: c.name.clone(),
+                image: c.image.clone().unwrap_or_default(),
+                waiting: Some(("ContainerCreating".into(), None)),
+                ..Default::default()
+            })
+            .collect();
+        let start_time = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.start_time.as_ref())
+            .map(|t| t.0);
+        let mut w = Worker {
+            ctx,
+            pod,
+            uid,
+            tx,
+            sandbox: None,
+            volumes: None,
+            slots,
+            backoff: Backoff::default(),
+            waited: Default::default(),
+            wake_at: None,
+            start_time,
+            written: None,
+        };
+        w.adopt(owned);
+        w
+    }
+
+    /// Rebuilds the slots from the containers containerd holds: the
+    /// highest attempt of each container is its current run, the one
+    /// before it its last state.
+    fn adopt(&mut self, owned: Vec<Owned>) {
+        let mut by_name: HashMap<String, Vec<(u32, Owned)>> = HashMap::new();
+        for o in owned {
+            if o.labels.get(labels::KIND).map(String::as_str) != Some(labels::KIND_CONTAINER) {
+                continue;
+            }
+            let (Some(name), Some(attempt)) = (
+                o.labels.get(labels::CONTAINER_NAME).cloned(),
+                o.labels
+                    .get(labels::ATTEMPT)
+                    .and_then(|a| a.parse::<u32>().ok()),
+            ) else {
+                continue;
+            };
+            by_name.entry(name).or_default().push((attempt, o));
+        }
+        for slot in &mut self.slots {
+            let Some(mut runs) = by_name.remove(&slot.name) else {
+                continue;
+            };
+            runs.sort_by_key(|(a, _)| *a);
+            let (attempt, cur) = runs.pop().expect("non-empty");
+            if let Some((_, prev)) = runs.pop() {
+                slot.last = terminated_from_labels(&prev);
+            }
+            slot.running_since = None;
+            if let Some(t) = terminated_from_labels(&cur) {
+                // It finished while we watched (and we labelled it).
+                slot.last = Some(t);
+                slot.finished = Some(Instant::now());
+            }
+            slot.current = Some((attempt, cur.id.clone()));
+            slot.waiting = None;
+        }
+        if !by_name.is_empty() {
+            tracing::info!(pod = %self.key(), stale = ?by_name.keys().collect::<Vec<_>>(), "containers no longer in the spec will be removed");
+        }
+    }
+
+    fn key(&self) -> String {
+        format!(
+            "{}/{}",
+            self.pod.metadata.namespace.as_deref().unwrap_or_default(),
+            self.pod.metadata.name.as_deref().unwrap_or_default()
+        )
+    }
+
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
+        loop {
+            if let Err(e) = self.sync().await {
+                tracing::warn!(pod = %self.key(), error = %format!("{e:#}"), "sync");
+            }
+            let wake = self
+                .wake_at
+                .map(|t| t.min(Instant::now() + RESYNC))
+                .unwrap_or(Instant::now() + RESYNC);
+            let msg = tokio::select! {
+                m = rx.recv() => m,
+                _ = tokio::time::sleep_until(wake.into()) => continue,
+            };
+            match msg {
+                None | Some(Msg::Deleted) => break,
+                Some(Msg::Update(p)) => self.pod = *p,
+                Some(Msg::Exited(id)) => {
+                    self.waited.remove(&id);
+                }
+            }
+            // Coalesce whatever else is queued.
+            loop {
+                match rx.try_recv() {
+                    Ok(Msg::Update(p)) => self.pod = *p,
+                    Ok(Msg::Exited(id)) => {
+                        self.waited.remove(&id);
+                    }
+                    Ok(Msg::Deleted) => {
+                        self.teardown().await;
+                        return;
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        self.teardown().await;
+    }
+
+    /// One convergence pass.
+    async fn sync(&mut self) -> Result<()> {
+        self.wake_at = None;
+        if self.start_time.is_none() {
+            self.start_time = Some(Timestamp::now());
+        }
+        match self.ensure_sandbox().await {
+            Ok(()) => {}
+            Err(e) => {
+                let msg = format!("{e:#}");
+                for s in &mut self.slots {
+                    if s.running_since.is_none() {
+                        s.waiting = Some(("ContainerCreating".into(), Some(msg.clone())));
+                    }
+                }
+                self.write_status().await;
+                return Err(e);
+            }
+        }
+        for i in 0..self.slots.len() {
+            if let Err(e) = self.sync_container(i).await {
+                tracing::warn!(pod = %self.key(), container = %self.slots[i].name, error = %format!("{e:#}"), "container");
+            }
+        }
+        self.write_status().await;
+        Ok(())
+    }
+
+    async fn ensure_sandbox(&mut self) -> Result<()> {
+        if let Some(sb) = &self.sandbox {
+            match task::state(&self.ctx.rt, &sb.id).await? {
+                TaskState::Running { .. } | TaskState::Other { .. } => {}
+                _ => {
+                    // The pause container died: every container loses its
+                    // namespaces. Stop them and make a new sandbox, as
+                    // kubelet does; they restart by their policy.
+                    tracing::warn!(pod = %self.key(), "sandbox exited; recreating it");
+                    self.stop_all(Duration::from_secs(2)).await;
+                    sandbox::teardown(&self.ctx, &self.pod).await?;
+                    self.sandbox = None;
+                }
+            }
+        }
+        if self.sandbox.is_none() {
+            if self.volumes.is_none() {
+                let refs = Refs::fetch(self.ctx.cp.as_ref(), &self.pod).await?;
+                let v = {
+                    let cm = |n: &str| refs.config_maps.get(n).cloned();
+                    let sec = |n: &str| refs.secrets.get(n).cloned();
+                    volumes::prepare(&self.ctx.config.data_dir, &self.pod, &cm, &sec)
+                        .context("volumes")?
+                };
+                self.volumes = Some(v);
+            }
+            let sb = sandbox::ensure(&self.ctx, &self.pod).await?;
+            self.sandbox = Some(sb);
+        }
+        Ok(())
+    }
+
+    async fn sync_container(&mut self, i: usize) -> Result<()> {
+        let rt = self.ctx.rt.clone();
+        if let Some((_, id)) = self.slots[i].current.clone() {
+            match task::state(&rt, &id).await? {
+                TaskState::Running { .. } | TaskState::Other { .. } => {
+                    if self.slots[i].running_since.is_none() {
+                        let started = task::labels(&rt, &id)
+                            .await?
+                            .and_then(|l| l.get(run_labels::STARTED_AT)?.parse().ok());
+                        self.slots[i].running_since = Some(started);
+                    }
+                    self.slots[i].waiting = None;
+                    self.watch_exit(&id);
+                    return Ok(());
+                }
+                TaskState::Stopped {
+                    exit_code,
+                    exited_at,
+                } => {
+                    self.record_exit(i, &id, exit_code, exited_at).await?;
+                }
+                TaskState::Created => {
+                    // Created but never started (an interrupted start).
+                    let attempt = self.slots[i].current.as_ref().map_or(0, |(a, _)| *a);
+                    return self.launch(i, attempt, &id).await;
+                }
+                TaskState::None => {
+                    let recorded = self.slots[i]
+                        .last
+                        .as_ref()
+                        .is_some_and(|t| t.container_id.as_deref() == Some(id.as_str()));
+                    if !recorded {
+                        // No task and no exit on record: the start was
+                        // interrupted before the task existed. Same run.
+                        let attempt = self.slots[i].current.as_ref().map_or(0, |(a, _)| *a);
+                        return self.launch(i, attempt, &id).await;
+                    }
+                }
+            }
+        } else {
+            return self.start(i).await;
+        }
+        // Finished: restart by policy and back-off.
+        let Some(last) = self.slots[i].last.clone() else {
+            return Ok(());
+        };
+        let policy = restart_policy(&self.pod);
+        let restart = policy == "Always" || (policy == "OnFailure" && last.exit_code != 0);
+        if !restart {
+            self.slots[i].waiting = None;
+            return Ok(());
+        }
+        let key = format!("{}/{}", self.uid, self.slots[i].name);
+        let finished = self.slots[i].finished.unwrap_or_else(Instant::now);
+        let now = Instant::now();
+        if let Some(until) = self.backoff.wait_until(&key, finished, now) {
+            let delay = self.backoff.delay(&key).unwrap_or_default();
+            self.slots[i].waiting = Some((
+                "CrashLoopBackOff".into(),
+                Some(format!(
+                    "back-off {}s restarting failed container={} pod={}_{}({})",
+                    delay.as_secs(),
+                    self.slots[i].name,
+                    self.pod.metadata.name.as_deref().unwrap_or_default(),
+                    namespace(&self.pod),
+                    self.uid
+                )),
+            ));
+            self.wake(until);
+            return Ok(());
+        }
+        self.backoff.advance(&key, finished);
+        self.start(i).await
+    }
+
+    /// Accounts an exited run: labels it with its exit (so a restarted
+    /// agent still knows), deletes the task, remembers it as last state.
+    async fn record_exit(
+        &mut self,
+        i: usize,
+        id: &str,
+        exit_code: u32,
+        exited_at: Option<Timestamp>,
+    ) -> Result<()> {
+        let rt = &self.ctx.rt;
+        let finished_at = exited_at.unwrap_or_else(Timestamp::now);
+        let started_at = match self.slots[i].running_since {
+            Some(s) => s,
+            None => task::labels(rt, id)
+                .await?
+                .and_then(|l| l.get(run_labels::STARTED_AT)?.parse().ok()),
+        };
+        let mut l = HashMap::new();
+        l.insert(run_labels::EXIT_CODE.to_string(), exit_code.to_string());
+        l.insert(run_labels::FINISHED_AT.to_string(), finished_at.to_string());
+        task::set_labels(rt, id, l).await?;
+        task::delete_task(rt, id).await?;
+        let slot = &mut self.slots[i];
+        slot.last = Some(Terminated {
+            exit_code: exit_code as i32,
+            started_at,
+            finished_at: Some(finished_at),
+            container_id: Some(id.to_string()),
+        });
+        let ago = Timestamp::now()
+            .duration_since(finished_at)
+            .unsigned_abs()
+            .min(Duration::from_secs(3600));
+        slot.finished = Some(Instant::now().checked_sub(ago).unwrap_or_else(Instant::now));
+        slot.running_since = None;
+        Ok(())
+    }
+
+    /// Starts the next run of container `i`.
+    async fn start(&mut self, i: usize) -> Result<()> {
+        let Some(sb) = self.sandbox.clone() else {
+            return Ok(());
+        };
+        let ctx = self.ctx.clone();
+        let pod = self.pod.clone();
+        let c = containers(&pod)[i].clone();
+        let attempt = self.slots[i].current.as_ref().map_or(0, |(a, _)| a + 1);
+        let ns = namespace(&pod);
+        let pod_name = pod.metadata.name.clone().unwrap_or_default();
+
+        // Image.
+        let image_ref = c.image.clone().unwrap_or_default();
+        let policy = PullPolicy::for_container(&image_ref, c.image_pull_policy.as_deref());
+        let img = match image::ensure(
+            &ctx.rt,
+            &image_ref,
+            policy,
+            &ctx.registries,
+            &image::NoProgress,
+        )
+        .await
+        {
+            Ok(img) => img,
+            Err(e) => {
+                let reason = match &e {
+                    PullError::NeverPull(_) => "ErrImageNeverPull",
+                    _ if matches!(self.slots[i].waiting.as_ref(), Some((r, _)) if r == "ErrImagePull" || r == "ImagePullBackOff") => {
+                        "ImagePullBackOff"
+                    }
+                    _ => "ErrImagePull",
+                };
+                self.slots[i].waiting = Some((reason.into(), Some(e.to_string())));
+                let key = format!("pull/{}/{}", self.uid, c.name);
+                let now = Instant::now();
+                let until = self
+                    .backoff
+                    .wait_until(&key, now, now)
+                    .unwrap_or_else(|| now + self.backoff.advance(&key, now));
+                self.wake(until);
+                return Ok(());
+            }
+        };
+        self.slots[i].image_id = img.digest.clone();
+
+        // Env, mounts, spec: errors here are the user's configuration.
+        let config_error = |e: String| ("CreateContainerConfigError".to_string(), Some(e));
+        let services = services_for(ctx.cp.as_ref(), &ns).await?;
+        let refs = Refs::fetch(ctx.cp.as_ref(), &pod).await?;
+        let enable_links = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.enable_service_links)
+            .unwrap_or(true);
+        let svc_env = env::service_env(&services, &ns, enable_links);
+        let env = {
+            let cm = |n: &str| refs.config_maps.get(n).cloned();
+            let sec = |n: &str| refs.secrets.get(n).cloned();
+            let sources = env::EnvSources {
+                config_maps: &cm,
+                secrets: &sec,
+                pod_ip: sb.ip.as_deref().unwrap_or_default(),
+                host_ip: &ctx.node_ip,
+                node_name: &ctx.node_name,
+            };
+            env::container_env(&pod, &c, &svc_env, &sources)
+        };
+        let env = match env {
+            Ok(e) => e,
+            Err(e) => {
+                self.slots[i].waiting = Some(config_error(e.to_string()));
+                return Ok(());
+            }
+        };
+        let empty = HashMap::new();
+        let mounts = match volumes::mounts_for(&pod, i, self.volumes.as_ref().unwrap_or(&empty)) {
+            Ok(m) => m,
+            Err(e) => {
+                self.slots[i].waiting = Some(config_error(e.to_string()));
+                return Ok(());
+            }
+        };
+        let id = container_id(&self.uid, i, attempt);
+        let params = spec::ContainerParams {
+            pod: &pod,
+            container: &c,
+            image: &img.config,
+            sandbox_pid: sb.pid,
+            env: &env,
+            mounts: &mounts,
+            files: &sb.files,
+            cgroups_path: spec::cgroups_path(&self.uid, &id),
+        };
+        let oci = match spec::container_spec(&params) {
+            Ok(s) => s,
+            Err(e) => {
+                self.slots[i].waiting = Some(config_error(e.to_string()));
+                return Ok(());
+            }
+        };
+
+        let mut l = HashMap::new();
+        l.insert(labels::KIND.to_string(), labels::KIND_CONTAINER.to_string());
+        l.insert(labels::POD_UID.to_string(), self.uid.clone());
+        l.insert(labels::POD_NAME.to_string(), pod_name.clone());
+        l.insert(labels::POD_NAMESPACE.to_string(), ns.clone());
+        l.insert(labels::CONTAINER_NAME.to_string(), c.name.clone());
+        l.insert(labels::ATTEMPT.to_string(), attempt.to_string());
+        task::create(
+            &ctx.rt,
+            &NewContainer {
+                id: &id,
+                image: &img.name,
+                parent_snapshot: &img.chain_id,
+                spec: &oci,
+                labels: l,
+            },
+        )
+        .await?;
+        // The run is on record before it starts: a crash from here on is
+        // found and finished by the next pass (or the next agent).
+        self.slots[i].current = Some((attempt, id.clone()));
+        self.launch(i, attempt, &id).await
+    }
+
+    /// Starts the task of run `attempt` (container `id`, already created).
+    async fn launch(&mut self, i: usize, attempt: u32, id: &str) -> Result<()> {
+        let ctx = self.ctx.clone();
+        let ns = namespace(&self.pod);
+        let pod_name = self.pod.metadata.name.clone().unwrap_or_default();
+        let name = self.slots[i].name.clone();
+        let id = id.to_string();
+        let log = crate::logs::path(
+            &ctx.config.log_dir,
+            &ns,
+            &pod_name,
+            &self.uid,
+            &name,
+            attempt,
+        );
+        let uri = crate::logs::stdio_uri(&ctx.knode_exe, &log);
+        let started = Timestamp::now();
+        if let Err(e) = task::start(&ctx.rt, &id, Some(&uri)).await {
+            self.slots[i].waiting = Some(("RunContainerError".into(), Some(format!("{e:#}"))));
+            // Account it as a failed run so the back-off applies.
+            self.slots[i].last = Some(Terminated {
+                exit_code: 128,
+                started_at: None,
+                finished_at: Some(started),
+                container_id: Some(id.clone()),
+            });
+            self.slots[i].finished = Some(Instant::now());
+            let mut l = HashMap::new();
+            l.insert(run_labels::EXIT_CODE.to_string(), "128".to_string());
+            l.insert(run_labels::FINISHED_AT.to_string(), started.to_string());
+            let _ = task::set_labels(&ctx.rt, &id, l).await;
+            return Err(e);
+        }
+        let mut l = HashMap::new();
+        l.insert(run_labels::STARTED_AT.to_string(), started.to_string());
+        task::set_labels(&ctx.rt, &id, l).await?;
+        self.slots[i].running_since = Some(Some(started));
+        self.slots[i].waiting = None;
+        self.watch_exit(&id);
+        // Keep the previous run (its log and exit for --previous), remove
+        // older ones.
+        if attempt >= 2 {
+            for old in 0..attempt - 1 {
+                task::remove(&ctx.rt, &container_id(&self.uid, i, old)).await?;
+            }
+        }
+        tracing::info!(pod = %self.key(), container = %name, attempt, "container started");
+        Ok(())
+    }
+
+    /// Makes sure an exit of `id` wakes this worker.
+    fn watch_exit(&mut self, id: &str) {
+        if !self.waited.insert(id.to_string()) {
+            return;
+        }
+        let rt = self.ctx.rt.clone();
+        let tx = self.tx.clone();
+        let id = id.to_string();
+        tokio::spawn(async move {
+            // An error (containerd restarting) also wakes the worker, whose
+            // next pass reads the task state and waits again.
+            let _ = task::wait(&rt, &id).await;
+            let _ = tx.send(Msg::Exited(id));
+        });
+    }
+
+    fn wake(&mut self, at: Instant) {
+        self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
+    }
+
+    /// Writes the status if it differs from what was last written.
+    async fn write_status(&mut self) {
+        let view = PodView {
+            sandbox_ready: self.sandbox.is_some(),
+            pod_ip: self.sandbox.as_ref().and_then(|s| s.ip.clone()),
+            host_ip: self.ctx.node_ip.clone(),
+            start_time: self.start_time,
+            restart_policy: restart_policy(&self.pod),
+            containers: self
+                .slots
+                .iter()
+                .map(|s| {
+                    let state = if let Some(started) = s.running_since {
+                        State::Running {
+                            started_at: started,
+                        }
+                    } else if let Some((reason, message)) = &s.waiting {
+                        State::Waiting {
+                            reason: reason.clone(),
+                            message: message.clone(),
+                        }
+                    } else if let Some(t) = &s.last {
+                        State::Terminated(t.clone())
+                    } else {
+                        State::Waiting {
+                            reason: "ContainerCreating".into(),
+                            message: None,
+                        }
+                    };
+                    // The last state is the run before the current one.
+                    let last = match (&state, &s.last) {
+                        (State::Terminated(_), _) => None,
+                        (_, l) => l.clone(),
+                    };
+                    ContainerView {
+                        name: s.name.clone(),
+                        image: s.image.clone(),
+                        image_id: s.image_id.clone(),
+                        container_id: s.current.as_ref().map(|(_, id)| id.clone()),
+                        state,
+                        last,
+                        restart_count: s.current.as_ref().map_or(0, |(a, _)| *a as i32),
+                    }
+                })
+                .collect(),
+        };
+        let prev = self.written.as_ref().or(self.pod.status.as_ref());
+        let st = status::pod_status(prev, &view, Timestamp::now());
+        if self.written.as_ref() == Some(&st) {
+            return;
+        }
+        let mut p = self.pod.clone();
+        p.status = Some(st.clone());
+        p.metadata.resource_version = None;
+        match self.ctx.cp.update_status(Object::Pod(p)).await {
+            Ok(_) => self.written = Some(st),
+            Err(e) if e.is_not_found() => {}
+            Err(e) => tracing::warn!(pod = %self.key(), error = %e, "write status"),
+        }
+    }
+
+    /// Stops every running app container with `grace`, all at once.
+    async fn stop_all(&mut self, grace: Duration) {
+        let mut stops = tokio::task::JoinSet::new();
+        for s in &self.slots {
+            if let Some((_, id)) = &s.current {
+                let (rt, id) = (self.ctx.rt.clone(), id.clone());
+                stops.spawn(async move {
+                    if let Err(e) = task::stop(&rt, &id, grace).await {
+                        tracing::warn!(container = %id, error = %format!("{e:#}"), "stop");
+                    }
+                });
+            }
+        }
+        while stops.join_next().await.is_some() {}
+    }
+
+    /// Deletion: stop containers gracefully, then remove everything in CRI
+    /// order. Retried until it succeeds, so nothing the pod held is lost
+    /// track of; the orphan sweep of a later agent start is the backstop.
+    async fn teardown(mut self) {
+        let grace = Duration::from_secs(
+            self.pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds)
+                .unwrap_or(30)
+                .max(0) as u64,
+        );
+        self.stop_all(grace).await;
+        let mut delay = Duration::from_millis(500);
+        loop {
+            match sandbox::remove_pod(&self.ctx, &self.uid, Some(&self.pod)).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(pod = %self.key(), error = %format!("{e:#}"), "teardown; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+        tracing::info!(pod = %self.key(), uid = %self.uid, "pod removed");
+    }
+}
+
+fn terminated_from_labels(o: &Owned) -> Option<Terminated> {
+    let code = o.labels.get(run_labels::EXIT_CODE)?.parse().ok()?;
+    Some(Terminated {
+        exit_code: code,
+        started_at: o
+            .labels
+            .get(run_labels::STARTED_AT)
+            .and_then(|t| t.parse().ok()),
+        finished_at: o
+            .labels
+            .get(run_labels::FINISHED_AT)
+            .and_then(|t| t.parse().ok()),
+        container_id: Some(o.id.clone()),
+    })
+}
+
+fn containers(pod: &Pod) -> &[k8s_openapi::api::core::v1::Container] {
+    pod.spec.as_ref().map_or(&[], |s| s.containers.as_slice())
+}
+
+fn restart_policy(pod: &Pod) -> String {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.restart_policy.clone())
+        .unwrap_or_else(|| "Always".into())
+}
+
+pub fn namespace(pod: &Pod) -> String {
+    pod.metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into())
+}

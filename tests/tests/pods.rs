@@ -1,0 +1,352 @@
+//! Pods end to end: a real `knode agent` in its own host namespace, a
+//! private containerd, the project's CNI plugins, busybox images built from
+//! the machine's busybox-static. Each test checks one of the issue's
+//! promises the way a user would see it: through `knode get/exec/logs`,
+//! the pod's IP and what is left on the node.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use knode_tests::containerd::require_containerd;
+use knode_tests::node::Node;
+use knode_tests::{require_root, TempDir};
+use serde_json::Value;
+
+const BUSYBOX: &str = knode_tests::image::BUSYBOX;
+
+fn node(test: &str) -> Option<Node> {
+    if !require_root(test) || !require_containerd(test) {
+        return None;
+    }
+    let n = Node::start().expect("start node");
+    let dir = TempDir::new("img").unwrap();
+    let tar = knode_tests::image::busybox_oci_tar(dir.path()).expect("build busybox image");
+    n.import(&tar).expect("import busybox");
+    Some(n)
+}
+
+fn status<'a>(p: &'a Value, container: &str) -> &'a Value {
+    p["status"]["containerStatuses"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == container))
+        .unwrap_or(&Value::Null)
+}
+
+fn exec(n: &Node, pod: &str, c: &str, cmd: &[&str]) -> Result<String> {
+    let mut args = vec!["exec", pod, "-c", c, "--"];
+    args.extend_from_slice(cmd);
+    n.knode(&args)
+}
+
+/// The seeds' web-server example: busybox httpd serving a hostPath
+/// directory; a file written on the host is served at the pod IP.
+#[test]
+fn web_server_serves_a_host_path_at_the_pod_ip() -> Result<()> {
+    let Some(n) = node("web_server_serves_a_host_path_at_the_pod_ip") else {
+        return Ok(());
+    };
+    let www = TempDir::new("www")?;
+    n.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: web}}
+spec:
+  containers:
+  - name: httpd
+    image: {BUSYBOX}
+    command: ["httpd", "-f", "-p", "80", "-h", "/www"]
+    volumeMounts: [{{name: www, mountPath: /www}}]
+  volumes:
+  - name: www
+    hostPath: {{path: {}, type: Directory}}
+"#,
+        www.path().display()
+    ))?;
+    let p = n.wait_running("web")?;
+    let ip = p["status"]["podIP"].as_str().unwrap().to_string();
+    assert!(ip.starts_with("10.244.0."), "{ip}");
+    assert_eq!(p["status"]["hostIP"], knode_tests::node::NODE_IP);
+    std::fs::write(www.path().join("index.html"), "hello from the host\n")?;
+    let got = n.host_sh(&["busybox", "wget", "-q", "-O", "-", &format!("http://{ip}/")])?;
+    assert_eq!(got, "hello from the host\n");
+    // `ip netns` style pin, and the pod is reachable only through cni0.
+    let uid = p["metadata"]["uid"].as_str().unwrap();
+    assert!(n.path("netns").join(format!("knode-{uid}")).exists());
+    Ok(())
+}
+
+/// Two containers share network, IPC, UTS and volumes; with
+/// shareProcessNamespace they see each other's processes.
+#[test]
+fn containers_of_a_pod_share_namespaces_and_volumes() -> Result<()> {
+    let Some(n) = node("containers_of_a_pod_share_namespaces_and_volumes") else {
+        return Ok(());
+    };
+    n.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: pair}}
+spec:
+  shareProcessNamespace: true
+  containers:
+  - name: server
+    image: {BUSYBOX}
+    command: ["sh", "-c", "echo shared > /data/note; httpd -f -p 8080 -h /data"]
+    volumeMounts: [{{name: data, mountPath: /data}}]
+  - name: client
+    image: {BUSYBOX}
+    command: ["sleep", "3600"]
+    volumeMounts: [{{name: data, mountPath: /data}}]
+  volumes:
+  - name: data
+    emptyDir: {{}}
+"#
+    ))?;
+    n.wait_running("pair")?;
+    // Network: localhost reaches the other container.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match exec(
+            &n,
+            "pair",
+            "client",
+            &["wget", "-q", "-O", "-", "http://127.0.0.1:8080/note"],
+        ) {
+            Ok(body) => {
+                assert_eq!(body, "shared\n");
+                break;
+            }
+            Err(e) if Instant::now() > deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+    // Volume: written by one, read by the other.
+    assert_eq!(
+        exec(&n, "pair", "client", &["cat", "/data/note"])?,
+        "shared\n"
+    );
+    // IPC, UTS and net namespaces are the same objects.
+    for ns in ["ipc", "uts", "net"] {
+        let path = format!("/proc/self/ns/{ns}");
+        let a = exec(&n, "pair", "server", &["readlink", &path])?;
+        let b = exec(&n, "pair", "client", &["readlink", &path])?;
+        assert_eq!(a, b, "{ns} namespace differs");
+    }
+    assert_eq!(exec(&n, "pair", "client", &["hostname"])?.trim(), "pair");
+    // Shared PID namespace: the client sees the server's httpd.
+    let ps = exec(&n, "pair", "client", &["ps", "-o", "comm"])?;
+    assert!(ps.contains("httpd"), "{ps}");
+    assert!(ps.contains("pause"), "{ps}");
+    Ok(())
+}
+
+/// A crashing container restarts with kubelet's back-off and the status
+/// says CrashLoopBackOff with the restart count and last exit.
+#[test]
+fn a_crashing_container_backs_off() -> Result<()> {
+    let Some(n) = node("a_crashing_container_backs_off") else {
+        return Ok(());
+    };
+    n.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: crash}}
+spec:
+  containers:
+  - name: c
+    image: {BUSYBOX}
+    command: ["sh", "-c", "echo crashing; exit 3"]
+"#
+    ))?;
+    let p = n.wait_pod("crash", Duration::from_secs(60), |p| {
+        let c = status(p, "c");
+        c["restartCount"].as_i64() >= Some(1)
+            && c["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+    })?;
+    let c = status(&p, "c");
+    assert_eq!(c["lastState"]["terminated"]["exitCode"], 3);
+    assert_eq!(c["lastState"]["terminated"]["reason"], "Error");
+    assert_eq!(p["status"]["phase"], "Running");
+    // The back-off holds the next restart for about 10 s.
+    let seen = Instant::now();
+    std::thread::sleep(Duration::from_secs(5));
+    let p = n.pod("crash")?.unwrap();
+    assert_eq!(
+        status(&p, "c")["restartCount"],
+        1,
+        "restarted inside the back-off"
+    );
+    n.wait_pod("crash", Duration::from_secs(30), |p| {
+        status(p, "c")["restartCount"].as_i64() >= Some(2)
+    })?;
+    assert!(seen.elapsed() >= Duration::from_secs(5));
+    // The next wait is 20 s.
+    let msg = n
+        .wait_pod("crash", Duration::from_secs(10), |p| {
+            status(p, "c")["state"]["waiting"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("back-off 20s"))
+        })
+        .map(|p| status(&p, "c")["state"]["waiting"]["message"].clone())?;
+    assert!(msg.as_str().unwrap().contains("container=c"), "{msg}");
+    let logs = n.knode(&["logs", "crash"])?;
+    assert_eq!(logs, "crashing\n");
+    Ok(())
+}
+
+/// After a delete nothing of the pod is left: netns, veth, IP, container,
+/// snapshot.
+#[test]
+fn a_deleted_pod_leaves_nothing_behind() -> Result<()> {
+    let Some(n) = node("a_deleted_pod_leaves_nothing_behind") else {
+        return Ok(());
+    };
+    n.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: gone}}
+spec:
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: c
+    image: {BUSYBOX}
+    command: ["sleep", "3600"]
+"#
+    ))?;
+    let p = n.wait_running("gone")?;
+    let uid = p["metadata"]["uid"].as_str().unwrap().to_string();
+    assert!(!n.containers()?.is_empty());
+    n.knode(&["delete", "pod", "gone"])?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = leftovers(&n, &uid)?;
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "left after delete: {left:?}\nagent log:\n{}",
+            knode_tests::node::tail(&n.agent.log(), 40)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}
+
+/// Everything a pod can leave on a node, named.
+fn leftovers(n: &Node, uid: &str) -> Result<Vec<String>> {
+    let mut left = Vec::new();
+    for c in n.containers()? {
+        left.push(format!("container {c}"));
+    }
+    for s in n.active_snapshots()? {
+        left.push(format!("snapshot {s}"));
+    }
+    if n.path("netns").join(format!("knode-{uid}")).exists() {
+        left.push("netns".into());
+    }
+    let veths = n.host_sh(&["ip", "-o", "link", "show", "type", "veth"])?;
+    if !veths.trim().is_empty() {
+        left.push(format!("veth {}", veths.trim()));
+    }
+    if let Ok(dir) = std::fs::read_dir(n.path("ipam/knode")) {
+        for e in dir.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.parse::<std::net::IpAddr>().is_ok() {
+                left.push(format!("ip {name}"));
+            }
+        }
+    }
+    Ok(left)
+}
+
+/// Service env vars are there for a Service created before the pod.
+#[test]
+fn service_env_vars_for_services_created_before_the_pod() -> Result<()> {
+    let Some(n) = node("service_env_vars_for_services_created_before_the_pod") else {
+        return Ok(());
+    };
+    n.apply(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: redis-master}
+spec:
+  selector: {app: redis}
+  ports: [{port: 6379, targetPort: 6379}]
+"#,
+    )?;
+    let svc: Value =
+        serde_json::from_str(&n.knode(&["get", "service", "redis-master", "-o", "json"])?)?;
+    let ip = svc["spec"]["clusterIP"].as_str().unwrap().to_string();
+    n.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: envs}}
+spec:
+  containers:
+  - name: c
+    image: {BUSYBOX}
+    command: ["sleep", "3600"]
+    env: [{{name: GREETING, value: "hi $(REDIS_MASTER_SERVICE_HOST)"}}]
+"#
+    ))?;
+    n.wait_running("envs")?;
+    let env = exec(&n, "envs", "c", &["env"])?;
+    for want in [
+        format!("REDIS_MASTER_SERVICE_HOST={ip}"),
+        "REDIS_MASTER_SERVICE_PORT=6379".to_string(),
+        format!("REDIS_MASTER_PORT=tcp://{ip}:6379"),
+        format!("REDIS_MASTER_PORT_6379_TCP=tcp://{ip}:6379"),
+        format!("REDIS_MASTER_PORT_6379_TCP_ADDR={ip}"),
+        format!("GREETING=hi {ip}"),
+    ] {
+        assert!(env.lines().any(|l| l == want), "missing {want} in:\n{env}");
+    }
+    Ok(())
+}
+
+/// A wrong image name is ErrImagePull / ImagePullBackOff, not a crash.
+#[test]
+fn a_wrong_image_is_err_image_pull() -> Result<()> {
+    let Some(n) = node("a_wrong_image_is_err_image_pull") else {
+        return Ok(());
+    };
+    let port = knode_tests::free_port()?;
+    n.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: nope}}
+spec:
+  containers:
+  - name: c
+    image: 127.0.0.1:{port}/no/such:1
+"#
+    ))?;
+    let p = n.wait_pod("nope", Duration::from_secs(30), |p| {
+        let r = &status(p, "c")["state"]["waiting"]["reason"];
+        r == "ErrImagePull" || r == "ImagePullBackOff"
+    })?;
+    assert_eq!(p["status"]["phase"], "Pending");
+    // The agent is fine: another pod still runs.
+    n.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: fine}}
+spec:
+  containers:
+  - name: c
+    image: {BUSYBOX}
+    command: ["sleep", "3600"]
+"#
+    ))?;
+    n.wait_running("fine")?;
+    Ok(())
+}

@@ -1,0 +1,141 @@
+//! The agent killed with SIGKILL, in steady state and in the middle of a
+//! burst of pod creations: after a restart every pod runs, adopted (same
+//! container PIDs and IPs, no restart counted), with no duplicate container
+//! and no leaked IP.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use anyhow::Result;
+use knode_tests::containerd::require_containerd;
+use knode_tests::node::Node;
+use knode_tests::{require_root, TempDir};
+use serde_json::Value;
+
+fn node(test: &str) -> Option<Node> {
+    if !require_root(test) || !require_containerd(test) {
+        return None;
+    }
+    let n = Node::start().expect("start node");
+    let dir = TempDir::new("img").unwrap();
+    let tar = knode_tests::image::busybox_oci_tar(dir.path()).expect("build busybox image");
+    n.import(&tar).expect("import busybox");
+    Some(n)
+}
+
+fn pods_yaml(names: &[String]) -> String {
+    names
+        .iter()
+        .map(|name| {
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  containers:\n  - name: c\n    image: {}\n    command: [\"sleep\", \"3600\"]\n",
+                knode_tests::image::BUSYBOX
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+/// Task pids by container id (`ctr tasks ls`).
+fn task_pids(n: &Node) -> Result<BTreeMap<String, String>> {
+    let out = n.containerd.ctr_out(n.namespace(), &["tasks", "ls"])?;
+    Ok(out
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 3 && f[2] == "RUNNING").then(|| (f[0].to_string(), f[1].to_string()))
+        })
+        .collect())
+}
+
+/// IPs reserved by host-local.
+fn reserved_ips(n: &Node) -> Result<BTreeSet<String>> {
+    let mut ips = BTreeSet::new();
+    if let Ok(dir) = std::fs::read_dir(n.path("ipam/knode")) {
+        for e in dir.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.parse::<std::net::IpAddr>().is_ok() {
+                ips.insert(name);
+            }
+        }
+    }
+    Ok(ips)
+}
+
+/// Every pod Running; returns name → (podIP, restartCount).
+fn all_running(n: &Node, names: &[String]) -> Result<BTreeMap<String, (String, i64)>> {
+    let mut out = BTreeMap::new();
+    for name in names {
+        let p: Value = n.wait_running(name)?;
+        let ip = p["status"]["podIP"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let restarts = p["status"]["containerStatuses"][0]["restartCount"]
+            .as_i64()
+            .unwrap_or(-1);
+        out.insert(name.clone(), (ip, restarts));
+    }
+    Ok(out)
+}
+
+fn check_no_duplicates_or_leaks(n: &Node, pods: &BTreeMap<String, (String, i64)>) -> Result<()> {
+    let containers = n.containers()?;
+    assert_eq!(
+        containers.len(),
+        pods.len() * 2,
+        "one pause and one app container per pod: {containers:?}"
+    );
+    let ips: BTreeSet<String> = pods.values().map(|(ip, _)| ip.clone()).collect();
+    assert_eq!(ips.len(), pods.len(), "pod IPs are unique: {pods:?}");
+    assert_eq!(
+        reserved_ips(n)?,
+        ips,
+        "reservations are exactly the pods' IPs"
+    );
+    Ok(())
+}
+
+#[test]
+fn kill9_in_steady_state_adopts_running_pods() -> Result<()> {
+    let Some(mut n) = node("kill9_in_steady_state_adopts_running_pods") else {
+        return Ok(());
+    };
+    let names: Vec<String> = (0..3).map(|i| format!("steady-{i}")).collect();
+    n.apply(&pods_yaml(&names))?;
+    let before = all_running(&n, &names)?;
+    let pids = task_pids(&n)?;
+    assert_eq!(pids.len(), 6);
+
+    n.agent.restart()?;
+    // Give the new agent time to adopt (and, if it were wrong, to restart
+    // something).
+    std::thread::sleep(Duration::from_secs(3));
+    let after = all_running(&n, &names)?;
+    assert_eq!(before, after, "same IPs, no restarts");
+    assert_eq!(task_pids(&n)?, pids, "same containers, same PIDs");
+    check_no_duplicates_or_leaks(&n, &after)?;
+    Ok(())
+}
+
+#[test]
+fn kill9_during_a_burst_of_creations_finishes_every_pod() -> Result<()> {
+    let Some(mut n) = node("kill9_during_a_burst_of_creations_finishes_every_pod") else {
+        return Ok(());
+    };
+    let names: Vec<String> = (0..20).map(|i| format!("burst-{i}")).collect();
+    n.apply(&pods_yaml(&names))?;
+    // Kill it while pods are half made.
+    std::thread::sleep(Duration::from_millis(1500));
+    n.agent.kill9()?;
+    std::thread::sleep(Duration::from_millis(200));
+    n.agent.restart()?;
+    let pods = all_running(&n, &names)?;
+    // Let the sweep and any stray restart happen before counting.
+    std::thread::sleep(Duration::from_secs(2));
+    let pods_again = all_running(&n, &names)?;
+    assert_eq!(pods, pods_again, "stable after the restart");
+    check_no_duplicates_or_leaks(&n, &pods)?;
+    Ok(())
+}

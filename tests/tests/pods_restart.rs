@@ -126,8 +126,20 @@ fn kill9_during_a_burst_of_creations_finishes_every_pod() -> Result<()> {
     };
     let names: Vec<String> = (0..20).map(|i| format!("burst-{i}")).collect();
     n.apply(&pods_yaml(&names))?;
-    // Kill it while pods are half made.
-    std::thread::sleep(Duration::from_millis(1500));
+    // Kill it while pods are half made: some running, not all.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let list: Value = serde_json::from_str(&n.knode(&["get", "pods", "-o", "json"])?)?;
+        let running = list["items"]
+            .as_array()
+            .map_or(0, |ps| ps.iter().filter(|p| p["status"]["phase"] == "Running").count());
+        if running >= 1 {
+            assert!(running < names.len(), "the burst finished before the kill");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no pod started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     n.agent.kill9()?;
     std::thread::sleep(Duration::from_millis(200));
     n.agent.restart()?;

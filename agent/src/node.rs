@@ -104,7 +104,7 @@ async fn ensure_lease_namespace(cp: &dyn ControlPlane) {
     };
     match cp.create(Object::Namespace(ns), None).await {
         Ok(_) => {}
-        Err(e) if matches!(e, controlplane::Error::AlreadyExists { .. }) => {}
+        Err(controlplane::Error::AlreadyExists { .. }) => {}
         Err(e) => tracing::warn!(error = %e, "create namespace {LEASE_NAMESPACE}"),
     }
 }

@@ -5,6 +5,7 @@
 
 mod cni;
 mod controlplane;
+mod pods;
 mod report;
 mod stats;
 
@@ -42,6 +43,11 @@ const BENCHES: &[Bench] = &[
         name: "controlplane",
         about: "watch latency, apply throughput and memory: embedded agent and etcd backend vs raw etcd",
         run: controlplane::run,
+    },
+    Bench {
+        name: "pods",
+        about: "pod start latency vs `ctr run -d`, churn of 100 pods with leak counts, agent memory",
+        run: pods::run,
     },
 ];
 

@@ -88,13 +88,28 @@ impl Node {
             POD_CIDR.to_string(),
         ];
         let agent = Agent::start_node(dir, host.path(), extra, agent_flags)?;
-        Ok(Node {
+        let n = Node {
             agent,
             containerd,
             host,
             root,
             namespace,
-        })
+        };
+        // The socket serves before the node side is up; the Node object is
+        // registered once containerd, the pause image and CNI are ready.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !n
+            .agent
+            .knode(&["get", "node", "test-node"])?
+            .status
+            .success()
+        {
+            if Instant::now() > deadline {
+                bail!("the node did not register:\n{}", tail(&n.agent.log(), 40));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(n)
     }
 
     /// The agent's containerd namespace.

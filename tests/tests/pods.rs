@@ -350,3 +350,112 @@ spec:
     n.wait_running("fine")?;
     Ok(())
 }
+
+/// The agent registers its Node (capacity, addresses, Ready) and keeps a
+/// heartbeat Lease in kube-node-lease.
+#[test]
+fn the_node_registers_and_keeps_a_lease() -> Result<()> {
+    let Some(n) = node("the_node_registers_and_keeps_a_lease") else {
+        return Ok(());
+    };
+    let node: Value =
+        serde_json::from_str(&n.knode(&["get", "node", "test-node", "-o", "json"])?)?;
+    assert_eq!(node["status"]["capacity"]["pods"], "110");
+    assert_eq!(node["spec"]["podCIDR"], knode_tests::node::POD_CIDR);
+    let addrs = node["status"]["addresses"].as_array().unwrap();
+    assert!(addrs
+        .iter()
+        .any(|a| a["type"] == "InternalIP" && a["address"] == knode_tests::node::NODE_IP));
+    assert_eq!(node["status"]["conditions"][0]["type"], "Ready");
+    assert_eq!(node["status"]["conditions"][0]["status"], "True");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let out = n.agent.knode(&[
+            "get",
+            "lease",
+            "test-node",
+            "-n",
+            "kube-node-lease",
+            "-o",
+            "json",
+        ])?;
+        if out.status.success() {
+            let lease: Value = serde_json::from_slice(&out.stdout)?;
+            assert_eq!(lease["spec"]["holderIdentity"], "test-node");
+            assert_eq!(lease["spec"]["leaseDurationSeconds"], 40);
+            break;
+        }
+        assert!(Instant::now() < deadline, "no node lease");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}
+
+/// Static pods: a manifest dropped in --pod-manifest-path runs as
+/// `<name>-<node>`; removing the file removes the pod.
+#[test]
+fn static_pods_follow_the_manifest_dir() -> Result<()> {
+    let Some(n) = node("static_pods_follow_the_manifest_dir") else {
+        return Ok(());
+    };
+    let dir = n.path("manifests");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(
+        dir.join("static.yaml"),
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: static}}\nspec:\n  containers:\n  - name: c\n    image: {BUSYBOX}\n    command: [\"sleep\", \"3600\"]\n"
+        ),
+    )?;
+    let p = n.wait_pod("static-test-node", Duration::from_secs(60), |p| {
+        p["status"]["phase"] == "Running"
+    })?;
+    assert_eq!(
+        p["metadata"]["annotations"]["kubernetes.io/config.source"],
+        "file"
+    );
+    std::fs::remove_file(dir.join("static.yaml"))?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while n.pod("static-test-node")?.is_some() {
+        assert!(Instant::now() < deadline, "static pod not removed");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    Ok(())
+}
+
+/// A hostNetwork pod has no namespace of its own: its IP is the node's.
+#[test]
+fn a_host_network_pod_uses_the_node_ip() -> Result<()> {
+    let Some(n) = node("a_host_network_pod_uses_the_node_ip") else {
+        return Ok(());
+    };
+    n.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: hostnet}}
+spec:
+  hostNetwork: true
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: {BUSYBOX}
+    command: ["sleep", "3600"]
+"#
+    ))?;
+    let p = n.wait_running("hostnet")?;
+    assert_eq!(p["status"]["podIP"], knode_tests::node::NODE_IP);
+    let uid = p["metadata"]["uid"].as_str().unwrap();
+    assert!(!n.path("netns").join(format!("knode-{uid}")).exists());
+    n.knode(&["delete", "pod", "hostnet"])?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !n.containers()?.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "containers left: {:?}\n{}",
+            n.containers()?,
+            knode_tests::node::tail(&n.agent.log(), 30)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}

@@ -85,7 +85,12 @@ fn check_no_duplicates_or_leaks(n: &Node, pods: &BTreeMap<String, (String, i64)>
     assert_eq!(
         containers.len(),
         pods.len() * 2,
-        "one pause and one app container per pod: {containers:?}"
+        "one pause and one app container per pod: {containers:?}\nagent log:\n{}",
+        n.agent.log()
+    );
+    assert!(
+        pods.values().all(|(_, restarts)| *restarts == 0),
+        "no restart counted: {pods:?}"
     );
     let ips: BTreeSet<String> = pods.values().map(|(ip, _)| ip.clone()).collect();
     assert_eq!(ips.len(), pods.len(), "pod IPs are unique: {pods:?}");
@@ -130,9 +135,11 @@ fn kill9_during_a_burst_of_creations_finishes_every_pod() -> Result<()> {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         let list: Value = serde_json::from_str(&n.knode(&["get", "pods", "-o", "json"])?)?;
-        let running = list["items"]
-            .as_array()
-            .map_or(0, |ps| ps.iter().filter(|p| p["status"]["phase"] == "Running").count());
+        let running = list["items"].as_array().map_or(0, |ps| {
+            ps.iter()
+                .filter(|p| p["status"]["phase"] == "Running")
+                .count()
+        });
         if running >= 1 {
             assert!(running < names.len(), "the burst finished before the kill");
             break;

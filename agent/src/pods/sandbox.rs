@@ -58,6 +58,10 @@ pub async fn ensure(ctx: &Context, pod: &Pod) -> Result<Sandbox> {
     let id = sandbox_id(&uid);
     let netns = ctx.netns_path(&uid);
 
+    if host_network(pod) {
+        return ensure_host_network(ctx, pod, &uid).await;
+    }
+
     // 1. The network namespace. A namespace that had to be made afresh
     //    cannot hold an earlier attachment: any cached result is stale.
     let fresh = !hostnet::netns::is_pinned(&netns);
@@ -87,69 +91,80 @@ pub async fn ensure(ctx: &Context, pod: &Pod) -> Result<Sandbox> {
     // 3. The pod's files, with its IP in /etc/hosts.
     let files = files::prepare(&ctx.config.run_dir, pod, ip.as_deref()).context("pod files")?;
 
-    // 4. The pause container.
-    let hostname = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.hostname.clone())
-        .unwrap_or_else(|| name.clone());
-    let params = spec::SandboxParams {
-        pod,
-        image: &ctx.pause.config,
-        netns: &netns,
-        hostname: &hostname,
-        files: &files,
-        cgroups_path: spec::cgroups_path(&uid, &id),
-    };
-    let oci = spec::sandbox_spec(&params).context("sandbox spec")?;
-    let mut l = HashMap::new();
-    l.insert(labels::KIND.to_string(), labels::KIND_SANDBOX.to_string());
-    l.insert(labels::POD_UID.to_string(), uid.clone());
-    l.insert(labels::POD_NAME.to_string(), name.clone());
-    l.insert(labels::POD_NAMESPACE.to_string(), ns.clone());
-    // A pause container left from an earlier netns points at a namespace
-    // that is gone: replace it.
+    // 4. The pause container. A pause container left from an earlier
+    //    netns points at a namespace that is gone: replace it.
     if fresh {
         task::remove(&ctx.rt, &id).await?;
     }
-    task::create(
-        &ctx.rt,
-        &NewContainer {
-            id: &id,
-            image: &ctx.pause.name,
-            parent_snapshot: &ctx.pause.chain_id,
-            spec: &oci,
-            labels: l,
-        },
-    )
-    .await?;
-    let pid = match task::state(&ctx.rt, &id).await? {
-        TaskState::Running { pid } | TaskState::Other { pid } => pid,
+    let pid = start_pause(ctx, pod, &netns, &files).await?;
+    Ok(Sandbox { id, pid, ip, files })
+}
+
+/// A hostNetwork pod: no namespace of its own and no CNI; its IP is the
+/// node's.
+async fn ensure_host_network(ctx: &Context, pod: &Pod, uid: &str) -> Result<Sandbox> {
+    let ip = Some(ctx.node_ip.clone());
+    let files = files::prepare(&ctx.config.run_dir, pod, ip.as_deref()).context("pod files")?;
+    // The spec ignores the netns path for hostNetwork pods.
+    let pid = start_pause(ctx, pod, std::path::Path::new("/proc/1/ns/net"), &files).await?;
+    Ok(Sandbox {
+        id: sandbox_id(uid),
+        pid,
+        ip,
+        files,
+    })
+}
+
+fn host_network(pod: &Pod) -> bool {
+    pod.spec.as_ref().and_then(|s| s.host_network) == Some(true)
+}
+
+/// Creates (or finds) and starts the pause container; returns its pid.
+async fn start_pause(
+    ctx: &Context,
+    pod: &Pod,
+    netns: &std::path::Path,
+    files: &PodFiles,
+) -> Result<u32> {
+    let uid = uid_of(pod);
+    let id = sandbox_id(&uid);
+    let params = spec::SandboxParams {
+        pod,
+        image: &ctx.pause.config,
+        netns,
+        hostname: &spec::pod_hostname(pod),
+        files,
+        cgroups_path: spec::cgroups_path(&uid, &id),
+    };
+    let oci = spec::sandbox_spec(&params).context("sandbox spec")?;
+    let labels = HashMap::from([
+        (labels::KIND.to_string(), labels::KIND_SANDBOX.to_string()),
+        (labels::POD_UID.to_string(), uid.clone()),
+        (
+            labels::POD_NAME.to_string(),
+            pod.metadata.name.clone().unwrap_or_default(),
+        ),
+        (labels::POD_NAMESPACE.to_string(), namespace(pod)),
+    ]);
+    let new = NewContainer {
+        id: &id,
+        image: &ctx.pause.name,
+        parent_snapshot: &ctx.pause.chain_id,
+        spec: &oci,
+        labels,
+    };
+    task::create(&ctx.rt, &new).await?;
+    match task::state(&ctx.rt, &id).await? {
+        TaskState::Running { pid } | TaskState::Other { pid } => Ok(pid),
         TaskState::Stopped { .. } => {
             // A pause that exited cannot be restarted into the same
             // namespaces' holders; make a new one.
             task::remove(&ctx.rt, &id).await?;
-            task::create(
-                &ctx.rt,
-                &NewContainer {
-                    id: &id,
-                    image: &ctx.pause.name,
-                    parent_snapshot: &ctx.pause.chain_id,
-                    spec: &oci,
-                    labels: HashMap::from([
-                        (labels::KIND.to_string(), labels::KIND_SANDBOX.to_string()),
-                        (labels::POD_UID.to_string(), uid.clone()),
-                        (labels::POD_NAME.to_string(), name.clone()),
-                        (labels::POD_NAMESPACE.to_string(), ns.clone()),
-                    ]),
-                },
-            )
-            .await?;
-            task::start(&ctx.rt, &id, None).await?
+            task::create(&ctx.rt, &new).await?;
+            task::start(&ctx.rt, &id, None).await
         }
-        _ => task::start(&ctx.rt, &id, None).await?,
-    };
-    Ok(Sandbox { id, pid, ip, files })
+        _ => task::start(&ctx.rt, &id, None).await,
+    }
 }
 
 /// The first IPv4 address of a CNI result, else the first address.
@@ -166,6 +181,9 @@ fn pod_ip(r: &crate::cni::AddResult) -> Option<String> {
 pub async fn teardown(ctx: &Context, pod: &Pod) -> Result<()> {
     let uid = uid_of(pod);
     task::remove(&ctx.rt, &sandbox_id(&uid)).await?;
+    if host_network(pod) {
+        return Ok(());
+    }
     let att = attachment(
         ctx,
         &uid,
@@ -213,7 +231,9 @@ pub async fn remove_pod(ctx: &Context, uid: &str, pod: Option<&Pod>) -> Result<(
     }
     task::remove(&ctx.rt, &sandbox_id(uid)).await?;
     let att = attachment(ctx, uid, &ns, &name);
-    ctx.cni.del(&att).await.context("CNI DEL")?;
+    if !pod.is_some_and(host_network) {
+        ctx.cni.del(&att).await.context("CNI DEL")?;
+    }
     let (netns, run_dir, data_dir) = (
         att.netns.clone(),
         ctx.config.run_dir.clone(),

@@ -298,7 +298,7 @@ impl Worker {
                 TaskState::Created => {
                     // Created but never started (an interrupted start).
                     let attempt = self.slots[i].current.as_ref().map_or(0, |(a, _)| *a);
-                    return self.launch(i, attempt, &id).await;
+                    return self.start(i, Some(attempt)).await;
                 }
                 TaskState::None => {
                     let recorded = self.slots[i]
@@ -307,14 +307,16 @@ impl Worker {
                         .is_some_and(|t| t.container_id.as_deref() == Some(id.as_str()));
                     if !recorded {
                         // No task and no exit on record: the start was
-                        // interrupted before the task existed. Same run.
+                        // interrupted before the task existed. Same run,
+                        // finished from the top (the record or its rootfs
+                        // may be missing too).
                         let attempt = self.slots[i].current.as_ref().map_or(0, |(a, _)| *a);
-                        return self.launch(i, attempt, &id).await;
+                        return self.start(i, Some(attempt)).await;
                     }
                 }
             }
         } else {
-            return self.start(i).await;
+            return self.start(i, None).await;
         }
         // Finished: restart by policy and back-off.
         let Some(last) = self.slots[i].last.clone() else {
@@ -346,7 +348,7 @@ impl Worker {
             return Ok(());
         }
         self.backoff.advance(&key, finished);
-        self.start(i).await
+        self.start(i, None).await
     }
 
     /// Accounts an exited run: labels it with its exit (so a restarted
@@ -387,15 +389,16 @@ impl Worker {
         Ok(())
     }
 
-    /// Starts the next run of container `i`.
-    async fn start(&mut self, i: usize) -> Result<()> {
+    /// Starts run `attempt` of container `i` (the next one when `None`).
+    async fn start(&mut self, i: usize, attempt: Option<u32>) -> Result<()> {
         let Some(sb) = self.sandbox.clone() else {
             return Ok(());
         };
         let ctx = self.ctx.clone();
         let pod = self.pod.clone();
         let c = containers(&pod)[i].clone();
-        let attempt = self.slots[i].current.as_ref().map_or(0, |(a, _)| a + 1);
+        let attempt =
+            attempt.unwrap_or_else(|| self.slots[i].current.as_ref().map_or(0, |(a, _)| a + 1));
         let ns = namespace(&pod);
         let pod_name = pod.metadata.name.clone().unwrap_or_default();
 

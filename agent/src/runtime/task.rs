@@ -62,20 +62,13 @@ pub enum TaskState {
     },
 }
 
-/// Creates the container record and its rootfs snapshot. Both may already
-/// exist from an interrupted earlier attempt; they are reused.
+/// Creates the container record and its rootfs snapshot. Either may
+/// already exist from an interrupted earlier attempt; they are reused.
 pub async fn create(rt: &Runtime, c: &NewContainer<'_>) -> Result<()> {
-    let prep = PrepareSnapshotRequest {
-        snapshotter: SNAPSHOTTER.into(),
-        key: c.id.into(),
-        parent: c.parent_snapshot.into(),
-        labels: HashMap::new(),
-    };
-    match rt.snapshots().prepare(rt.req(prep)).await {
-        Ok(_) => {}
-        Err(s) if is_already_exists(&s) => {}
-        Err(s) => return Err(status_error(s)).context(format!("prepare rootfs of {}", c.id)),
-    }
+    // The container record first: it references the snapshot key, so
+    // containerd's garbage collector keeps the snapshot from the moment it
+    // exists. (A snapshot prepared first is unreferenced until the record
+    // exists, and a crash in between lets GC take it.)
     let spec = serde_json::to_vec(c.spec).context("encode the OCI spec")?;
     let container = Container {
         id: c.id.into(),
@@ -97,9 +90,20 @@ pub async fn create(rt: &Runtime, c: &NewContainer<'_>) -> Result<()> {
         container: Some(container),
     };
     match rt.containers().create(rt.req(req)).await {
+        Ok(_) => {}
+        Err(s) if is_already_exists(&s) => {}
+        Err(s) => return Err(status_error(s)).context(format!("create container {}", c.id)),
+    }
+    let prep = PrepareSnapshotRequest {
+        snapshotter: SNAPSHOTTER.into(),
+        key: c.id.into(),
+        parent: c.parent_snapshot.into(),
+        labels: HashMap::new(),
+    };
+    match rt.snapshots().prepare(rt.req(prep)).await {
         Ok(_) => Ok(()),
         Err(s) if is_already_exists(&s) => Ok(()),
-        Err(s) => Err(status_error(s)).context(format!("create container {}", c.id)),
+        Err(s) => Err(status_error(s)).context(format!("prepare rootfs of {}", c.id)),
     }
 }
 

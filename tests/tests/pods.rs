@@ -459,3 +459,32 @@ spec:
     }
     Ok(())
 }
+
+/// The README's example as `make up` sets it up: the busybox image from
+/// scripts/busybox-image.sh, imported with `knode image import`, and
+/// examples/web.yaml (its hostPath moved to a temp dir).
+#[test]
+fn the_readme_example_runs_on_the_image_make_up_imports() -> Result<()> {
+    if !require_root("the_readme_example") || !require_containerd("the_readme_example") {
+        return Ok(());
+    }
+    let n = Node::start()?;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dir = TempDir::new("readme")?;
+    let tar = dir.path().join("busybox.tar");
+    let out = std::process::Command::new(root.join("scripts/busybox-image.sh"))
+        .arg(&tar)
+        .output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    n.import(&tar)?;
+    let www = dir.path().join("www");
+    let manifest = std::fs::read_to_string(root.join("examples/web.yaml"))?
+        .replace("/srv/www", &www.display().to_string());
+    n.apply(&manifest)?;
+    let p = n.wait_running("web")?;
+    std::fs::write(www.join("index.html"), "hello\n")?;
+    let ip = p["status"]["podIP"].as_str().unwrap();
+    let got = n.host_sh(&["busybox", "wget", "-q", "-O", "-", &format!("http://{ip}/")])?;
+    assert_eq!(got, "hello\n");
+    Ok(())
+}

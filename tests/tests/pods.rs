@@ -475,7 +475,11 @@ fn the_readme_example_runs_on_the_image_make_up_imports() -> Result<()> {
     let out = std::process::Command::new(root.join("scripts/busybox-image.sh"))
         .arg(&tar)
         .output()?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     n.import(&tar)?;
     let www = dir.path().join("www");
     let manifest = std::fs::read_to_string(root.join("examples/web.yaml"))?
@@ -486,5 +490,55 @@ fn the_readme_example_runs_on_the_image_make_up_imports() -> Result<()> {
     let ip = p["status"]["podIP"].as_str().unwrap();
     let got = n.host_sh(&["busybox", "wget", "-q", "-O", "-", &format!("http://{ip}/")])?;
     assert_eq!(got, "hello\n");
+    Ok(())
+}
+
+/// A pod that finished (restartPolicy Never, exit 0) is Succeeded, and its
+/// sandbox is gone (netns, IP) while its log stays readable.
+#[test]
+fn a_finished_pod_releases_its_sandbox_and_keeps_its_log() -> Result<()> {
+    let Some(n) = node("a_finished_pod_releases_its_sandbox_and_keeps_its_log") else {
+        return Ok(());
+    };
+    n.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: once}}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: c
+    image: {BUSYBOX}
+    command: ["sh", "-c", "echo done"]
+"#
+    ))?;
+    let p = n.wait_pod("once", Duration::from_secs(60), |p| {
+        p["status"]["phase"] == "Succeeded"
+    })?;
+    let c = status(&p, "c");
+    assert_eq!(c["state"]["terminated"]["exitCode"], 0);
+    assert_eq!(c["state"]["terminated"]["reason"], "Completed");
+    assert_eq!(c["restartCount"], 0);
+    let uid = p["metadata"]["uid"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while n.path("netns").join(format!("knode-{uid}")).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "sandbox kept after the pod finished"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(n.knode(&["logs", "once"])?, "done\n");
+    n.knode(&["delete", "pod", "once"])?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = leftovers(&n, &uid)?;
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "left: {left:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     Ok(())
 }

@@ -84,6 +84,10 @@ struct Worker {
     wake_at: Option<Instant>,
     start_time: Option<Timestamp>,
     written: Option<PodStatus>,
+    /// The pod reached a terminal phase and its sandbox was removed.
+    finished: bool,
+    /// The IP it had, still reported after the sandbox is gone.
+    last_ip: Option<String>,
 }
 
 impl Worker {
@@ -108,6 +112,11 @@ impl Worker {
             .as_ref()
             .and_then(|s| s.start_time.as_ref())
             .map(|t| t.0);
+        let finished = matches!(
+            pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Succeeded" | "Failed")
+        );
+        let last_ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone());
         let mut w = Worker {
             ctx,
             pod,
@@ -121,6 +130,10 @@ impl Worker {
             wake_at: None,
             start_time,
             written: None,
+            // A pod the control plane already shows as finished (an agent
+            // restart) never runs again, as with kubelet.
+            finished,
+            last_ip,
         };
         w.adopt(owned);
         w
@@ -238,11 +251,24 @@ impl Worker {
                 tracing::warn!(pod = %self.key(), container = %self.slots[i].name, error = %format!("{e:#}"), "container");
             }
         }
+        // A pod that reached Succeeded or Failed runs nothing more: as
+        // kubelet does, its sandbox goes and its IP is released; the
+        // exited containers stay for their logs until the pod is deleted.
+        if self.sandbox.is_some() && matches!(status::phase(&self.view()), "Succeeded" | "Failed") {
+            self.last_ip = self.sandbox.as_ref().and_then(|s| s.ip.clone());
+            sandbox::teardown(&self.ctx, &self.pod).await?;
+            self.sandbox = None;
+            self.finished = true;
+            tracing::info!(pod = %self.key(), "pod finished; sandbox removed");
+        }
         self.write_status().await;
         Ok(())
     }
 
     async fn ensure_sandbox(&mut self) -> Result<()> {
+        if self.finished {
+            return Ok(());
+        }
         if let Some(sb) = &self.sandbox {
             match task::state(&self.ctx.rt, &sb.id).await? {
                 TaskState::Running { .. } | TaskState::Other { .. } => {}
@@ -588,9 +614,31 @@ impl Worker {
 
     /// Writes the status if it differs from what was last written.
     async fn write_status(&mut self) {
-        let view = PodView {
+        let view = self.view();
+        let prev = self.written.as_ref().or(self.pod.status.as_ref());
+        let st = status::pod_status(prev, &view, Timestamp::now());
+        if self.written.as_ref() == Some(&st) {
+            return;
+        }
+        let mut p = self.pod.clone();
+        p.status = Some(st.clone());
+        p.metadata.resource_version = None;
+        match self.ctx.cp.update_status(Object::Pod(p)).await {
+            Ok(_) => self.written = Some(st),
+            Err(e) if e.is_not_found() => {}
+            Err(e) => tracing::warn!(pod = %self.key(), error = %e, "write status"),
+        }
+    }
+
+    /// What the agent observes of the pod now.
+    fn view(&self) -> PodView {
+        PodView {
             sandbox_ready: self.sandbox.is_some(),
-            pod_ip: self.sandbox.as_ref().and_then(|s| s.ip.clone()),
+            pod_ip: self
+                .sandbox
+                .as_ref()
+                .and_then(|s| s.ip.clone())
+                .or(self.last_ip.clone()),
             host_ip: self.ctx.node_ip.clone(),
             start_time: self.start_time,
             restart_policy: restart_policy(&self.pod),
@@ -631,19 +679,6 @@ impl Worker {
                     }
                 })
                 .collect(),
-        };
-        let prev = self.written.as_ref().or(self.pod.status.as_ref());
-        let st = status::pod_status(prev, &view, Timestamp::now());
-        if self.written.as_ref() == Some(&st) {
-            return;
-        }
-        let mut p = self.pod.clone();
-        p.status = Some(st.clone());
-        p.metadata.resource_version = None;
-        match self.ctx.cp.update_status(Object::Pod(p)).await {
-            Ok(_) => self.written = Some(st),
-            Err(e) if e.is_not_found() => {}
-            Err(e) => tracing::warn!(pod = %self.key(), error = %e, "write status"),
         }
     }
 

@@ -542,3 +542,61 @@ spec:
     }
     Ok(())
 }
+
+/// Deletion is graceful: SIGTERM first (a container that traps it gets to
+/// finish), SIGKILL after terminationGracePeriodSeconds for one that does
+/// not exit.
+#[test]
+fn deletion_sends_sigterm_then_sigkill_after_the_grace_period() -> Result<()> {
+    let Some(n) = node("deletion_sends_sigterm_then_sigkill_after_the_grace_period") else {
+        return Ok(());
+    };
+    let out = TempDir::new("grace")?;
+    n.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: polite}}
+spec:
+  terminationGracePeriodSeconds: 3
+  containers:
+  - name: trapper
+    image: {BUSYBOX}
+    command: ["sh", "-c", "trap 'echo got-term > /out/trapper; exit 0' TERM; while true; do sleep 0.1; done"]
+    volumeMounts: [{{name: out, mountPath: /out}}]
+  - name: stubborn
+    image: {BUSYBOX}
+    command: ["sh", "-c", "trap 'echo ignoring > /out/stubborn' TERM; while true; do sleep 0.1; done"]
+    volumeMounts: [{{name: out, mountPath: /out}}]
+  volumes:
+  - name: out
+    hostPath: {{path: {}}}
+"#,
+        out.path().display()
+    ))?;
+    n.wait_running("polite")?;
+    let started = Instant::now();
+    n.knode(&["delete", "pod", "polite"])?;
+    while !n.containers()?.is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(30), "not stopped");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let took = started.elapsed();
+    assert_eq!(
+        std::fs::read_to_string(out.path().join("trapper"))?,
+        "got-term\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.path().join("stubborn"))?,
+        "ignoring\n"
+    );
+    assert!(
+        took >= Duration::from_secs(3),
+        "killed before the grace period: {took:?}"
+    );
+    assert!(
+        took < Duration::from_secs(15),
+        "grace period not enforced: {took:?}"
+    );
+    Ok(())
+}

@@ -158,3 +158,39 @@ fn kill9_during_a_burst_of_creations_finishes_every_pod() -> Result<()> {
     check_no_duplicates_or_leaks(&n, &pods)?;
     Ok(())
 }
+
+/// What no pod owns is removed at startup: the agent is killed, its store
+/// is lost, and the new agent (knowing no pods) removes the containers,
+/// netns pins, veths and IP reservations the old one made.
+#[test]
+fn a_restarted_agent_removes_what_no_pod_owns() -> Result<()> {
+    let Some(mut n) = node("a_restarted_agent_removes_what_no_pod_owns") else {
+        return Ok(());
+    };
+    let names: Vec<String> = (0..3).map(|i| format!("orphan-{i}")).collect();
+    n.apply(&pods_yaml(&names))?;
+    all_running(&n, &names)?;
+    assert_eq!(n.containers()?.len(), 6);
+    n.agent.kill9()?;
+    std::fs::remove_file(n.agent.data_dir().join("store.redb"))?;
+    n.agent.restart()?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let containers = n.containers()?;
+        let pins = std::fs::read_dir(n.path("netns"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        let veths = n.host_sh(&["ip", "-o", "link", "show", "type", "veth"])?;
+        let ips = reserved_ips(&n)?;
+        if containers.is_empty() && pins == 0 && veths.trim().is_empty() && ips.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "left: containers {containers:?}, {pins} netns pins, veths {veths:?}, ips {ips:?}\n{}",
+            knode_tests::node::tail(&n.agent.log(), 30)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}

@@ -112,6 +112,19 @@ impl Node {
         Ok(n)
     }
 
+    /// For a test: a node with the busybox test image imported, or `None`
+    /// (skip) without root or containerd — a failure under `CI=true`.
+    pub fn for_test(test: &str) -> Option<Node> {
+        if !crate::require_root(test) || !crate::containerd::require_containerd(test) {
+            return None;
+        }
+        let n = Node::start().expect("start node");
+        let dir = TempDir::new("img").expect("temp dir");
+        let tar = crate::image::busybox_oci_tar(dir.path()).expect("build busybox image");
+        n.import(&tar).expect("import busybox");
+        Some(n)
+    }
+
     /// The agent's containerd namespace.
     pub fn namespace(&self) -> &str {
         &self.namespace

@@ -15,14 +15,7 @@ use serde_json::Value;
 const BUSYBOX: &str = knode_tests::image::BUSYBOX;
 
 fn node(test: &str) -> Option<Node> {
-    if !require_root(test) || !require_containerd(test) {
-        return None;
-    }
-    let n = Node::start().expect("start node");
-    let dir = TempDir::new("img").unwrap();
-    let tar = knode_tests::image::busybox_oci_tar(dir.path()).expect("build busybox image");
-    n.import(&tar).expect("import busybox");
-    Some(n)
+    Node::for_test(test)
 }
 
 fn status<'a>(p: &'a Value, container: &str) -> &'a Value {

@@ -7,20 +7,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use anyhow::Result;
-use knode_tests::containerd::require_containerd;
 use knode_tests::node::Node;
-use knode_tests::{require_root, TempDir};
 use serde_json::Value;
 
 fn node(test: &str) -> Option<Node> {
-    if !require_root(test) || !require_containerd(test) {
-        return None;
-    }
-    let n = Node::start().expect("start node");
-    let dir = TempDir::new("img").unwrap();
-    let tar = knode_tests::image::busybox_oci_tar(dir.path()).expect("build busybox image");
-    n.import(&tar).expect("import busybox");
-    Some(n)
+    Node::for_test(test)
 }
 
 fn pods_yaml(names: &[String]) -> String {

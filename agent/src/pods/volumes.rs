@@ -6,7 +6,6 @@
 //! the bind mounts a container asks for. Nothing here runs a shell.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fmt;
 use std::fs;
 use std::io::{self, Write as _};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -29,49 +28,16 @@ pub const DEFAULT_MODE: u32 = 0o644;
 const DATA_LINK: &str = "..data";
 const DATA_LINK_TMP: &str = "..data_tmp";
 
-/// Why a volume could not be set up or mounted.
-#[derive(Debug)]
-pub enum VolumeError {
-    /// The pod's spec (or a referenced object) does not allow it: the field
-    /// path and why, as a user should read it.
-    Config { field: String, message: String },
-    /// A file system operation failed.
-    Io { what: String, source: io::Error },
-}
-
-impl fmt::Display for VolumeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            VolumeError::Config { field, message } => write!(f, "{field}: {message}"),
-            VolumeError::Io { what, source } => write!(f, "{what}: {source}"),
-        }
-    }
-}
-
-impl std::error::Error for VolumeError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            VolumeError::Io { source, .. } => Some(source),
-            VolumeError::Config { .. } => None,
-        }
-    }
-}
-
-impl From<super::files::FilesError> for VolumeError {
-    fn from(e: super::files::FilesError) -> Self {
-        match e {
-            super::files::FilesError::Invalid { field, message } => {
-                VolumeError::Config { field, message }
-            }
-            super::files::FilesError::Io { what, source } => VolumeError::Io { what, source },
-        }
-    }
-}
+/// Why a volume could not be set up or mounted: the pod's spec (or a
+/// referenced object) does not allow it (`Invalid`, with the field path),
+/// or a file system operation failed (`Io`). The same shape as the pod
+/// files' errors.
+pub use super::files::FilesError as VolumeError;
 
 pub type Result<T, E = VolumeError> = std::result::Result<T, E>;
 
 fn config(field: impl Into<String>, message: impl Into<String>) -> VolumeError {
-    VolumeError::Config {
+    VolumeError::Invalid {
         field: field.into(),
         message: message.into(),
     }
@@ -893,7 +859,7 @@ mod tests {
         })
     }
 
-    fn err(r: Result<impl fmt::Debug>) -> String {
+    fn err(r: Result<impl std::fmt::Debug>) -> String {
         r.unwrap_err().to_string()
     }
 

@@ -15,7 +15,7 @@ use super::media::{self, Descriptor, Kind, Manifest};
 use super::reference::normalize;
 use super::registry::MAX_MANIFEST;
 use super::store::{self, Session};
-use super::{finish, parse_config, Image, Progress, MAX_CONFIG, MAX_INDEX_DEPTH};
+use super::{finish, layer_diff_ids, parse_config, Image, Progress, MAX_CONFIG, MAX_INDEX_DEPTH};
 use crate::runtime::Runtime;
 
 /// Imports every image in the archive at `path`.
@@ -281,17 +281,7 @@ async fn oci_image(
         .read(&blob_path(&manifest.config.digest), MAX_CONFIG)
         .await
         .context("the image config")?;
-    let (_, diff_ids) = parse_config(&config)?;
-    if manifest.layers.len() != diff_ids.len() {
-        bail!(
-            "the manifest has {} layers but the config's rootfs.diff_ids has {}",
-            manifest.layers.len(),
-            diff_ids.len()
-        );
-    }
-    for l in &manifest.layers {
-        progress.layer(&l.digest, 0, l.size);
-    }
+    let diff_ids = layer_diff_ids(&manifest, &config, progress)?;
     for (l, d) in manifest.layers.iter().zip(&diff_ids) {
         a.put(
             s,

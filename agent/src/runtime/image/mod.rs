@@ -455,6 +455,27 @@ fn parse_config(bytes: &[u8]) -> Result<(ImageConfiguration, Vec<String>)> {
     Ok((config, diff_ids))
 }
 
+/// The layers' diff ids from the config, checked against the manifest (one
+/// per layer); reports every layer to `progress` as not started.
+fn layer_diff_ids(
+    manifest: &media::Manifest,
+    config: &[u8],
+    progress: &dyn Progress,
+) -> Result<Vec<String>> {
+    let (_, diff_ids) = parse_config(config)?;
+    if manifest.layers.len() != diff_ids.len() {
+        anyhow::bail!(
+            "the manifest has {} layers but the config's rootfs.diff_ids has {}",
+            manifest.layers.len(),
+            diff_ids.len()
+        );
+    }
+    for l in &manifest.layers {
+        progress.layer(&l.digest, 0, l.size);
+    }
+    Ok(diff_ids)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,7 +13,7 @@ use super::media::{self, Descriptor, Kind, Manifest};
 use super::reference::Reference;
 use super::registry::Client;
 use super::store::{self, Session};
-use super::{finish, parse_config, Image, Progress, Registries, MAX_CONFIG, MAX_INDEX_DEPTH};
+use super::{finish, layer_diff_ids, Image, Progress, Registries, MAX_CONFIG, MAX_INDEX_DEPTH};
 use crate::runtime::Runtime;
 
 /// Layers downloaded at once (containerd's default too).
@@ -136,17 +136,7 @@ async fn store_all(
             body
         }
     };
-    let (_, diff_ids) = parse_config(&config)?;
-    if manifest.layers.len() != diff_ids.len() {
-        bail!(
-            "the manifest has {} layers but the config's rootfs.diff_ids has {}",
-            manifest.layers.len(),
-            diff_ids.len()
-        );
-    }
-    for l in &manifest.layers {
-        progress.layer(&l.digest, 0, l.size);
-    }
+    let diff_ids = layer_diff_ids(manifest, &config, progress)?;
     // Boxed and collected first: a lazily mapped stream of borrowing
     // futures would make this future !Send for the compiler.
     let fetches: Vec<LayerFetch<'_>> = manifest

@@ -73,30 +73,39 @@ pub async fn ensure(ctx: &Context, pod: &Pod) -> Result<Sandbox> {
     }
     let att = attachment(ctx, &uid, &ns, &name);
 
-    // 2. CNI ADD, or the cached result of an earlier ADD into this netns.
-    let cached = ctx.cni.cached(&att.container_id, POD_IFNAME)?;
-    let result = match cached {
-        Some(r) if !fresh => r,
-        Some(_) => {
-            ctx.cni
-                .del(&att)
-                .await
-                .context("CNI DEL of a stale attachment")?;
-            ctx.cni.add(&att).await.context("CNI ADD")?
-        }
-        None => ctx.cni.add(&att).await.context("CNI ADD")?,
+    // 2. CNI ADD (or the cached result of an earlier ADD into this netns)
+    //    and the pause container, side by side: the pause container needs
+    //    only the netns path, and its /etc/hosts is rewritten in place once
+    //    the IP is known. A pause container left from an earlier netns
+    //    points at a namespace that is gone: it is replaced first.
+    let network = async {
+        let cached = ctx.cni.cached(&att.container_id, POD_IFNAME)?;
+        let result = match cached {
+            Some(r) if !fresh => r,
+            Some(_) => {
+                ctx.cni
+                    .del(&att)
+                    .await
+                    .context("CNI DEL of a stale attachment")?;
+                ctx.cni.add(&att).await.context("CNI ADD")?
+            }
+            None => ctx.cni.add(&att).await.context("CNI ADD")?,
+        };
+        anyhow::Ok(pod_ip(&result))
     };
-    let ip = pod_ip(&result);
+    let pause = async {
+        let files = files::prepare(&ctx.config.run_dir, pod, None).context("pod files")?;
+        if fresh {
+            task::remove(&ctx.rt, &id).await?;
+        }
+        let pid = start_pause(ctx, pod, &netns, &files).await?;
+        anyhow::Ok(pid)
+    };
+    let (ip, pid) = tokio::join!(network, pause);
+    let (ip, pid) = (ip?, pid?);
 
-    // 3. The pod's files, with its IP in /etc/hosts.
+    // 3. The pod's files, now with its IP in /etc/hosts.
     let files = files::prepare(&ctx.config.run_dir, pod, ip.as_deref()).context("pod files")?;
-
-    // 4. The pause container. A pause container left from an earlier
-    //    netns points at a namespace that is gone: replace it.
-    if fresh {
-        task::remove(&ctx.rt, &id).await?;
-    }
-    let pid = start_pause(ctx, pod, &netns, &files).await?;
     Ok(Sandbox { id, pid, ip, files })
 }
 

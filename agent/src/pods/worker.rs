@@ -24,7 +24,7 @@ use super::context::{services_for, Context, Refs};
 use super::sandbox::{self, Sandbox};
 use super::status::{self, ContainerView, PodView, State, Terminated};
 use super::{env, volumes};
-use crate::runtime::image::{self, PullError, PullPolicy};
+use crate::runtime::image::{self, Image, PullError, PullPolicy};
 use crate::runtime::task::{self, NewContainer, Owned, TaskState};
 use crate::runtime::{container_id, labels, run_labels, spec};
 
@@ -88,6 +88,8 @@ struct Worker {
     finished: bool,
     /// The IP it had, still reported after the sandbox is gone.
     last_ip: Option<String>,
+    /// Images found or pulled during this pass, by reference.
+    prefetched: HashMap<String, Image>,
 }
 
 impl Worker {
@@ -134,6 +136,7 @@ impl Worker {
             // restart) never runs again, as with kubelet.
             finished,
             last_ip,
+            prefetched: HashMap::new(),
         };
         w.adopt(owned);
         w
@@ -233,7 +236,25 @@ impl Worker {
         if self.start_time.is_none() {
             self.start_time = Some(Timestamp::now());
         }
-        match self.ensure_sandbox().await {
+        // Images are looked up (or pulled) while the sandbox is made.
+        let wanted: Vec<(String, PullPolicy)> = if self.sandbox.is_none() && !self.finished {
+            containers(&self.pod)
+                .iter()
+                .zip(&self.slots)
+                .filter(|(_, s)| s.running_since.is_none())
+                .map(|(c, _)| {
+                    let r = c.image.clone().unwrap_or_default();
+                    let p = PullPolicy::for_container(&r, c.image_pull_policy.as_deref());
+                    (r, p)
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let fetching = prefetch(self.ctx.clone(), wanted);
+        let (sandbox, images) = tokio::join!(self.ensure_sandbox(), fetching);
+        self.prefetched = images;
+        match sandbox {
             Ok(()) => {}
             Err(e) => {
                 let msg = format!("{e:#}");
@@ -261,6 +282,7 @@ impl Worker {
             self.finished = true;
             tracing::info!(pod = %self.key(), "pod finished; sandbox removed");
         }
+        self.prefetched.clear();
         self.write_status().await;
         Ok(())
     }
@@ -431,15 +453,20 @@ impl Worker {
         // Image.
         let image_ref = c.image.clone().unwrap_or_default();
         let policy = PullPolicy::for_container(&image_ref, c.image_pull_policy.as_deref());
-        let img = match image::ensure(
-            &ctx.rt,
-            &image_ref,
-            policy,
-            &ctx.registries,
-            &image::NoProgress,
-        )
-        .await
-        {
+        let found = match self.prefetched.get(&image_ref) {
+            Some(img) => Ok(img.clone()),
+            None => {
+                image::ensure(
+                    &ctx.rt,
+                    &image_ref,
+                    policy,
+                    &ctx.registries,
+                    &image::NoProgress,
+                )
+                .await
+            }
+        };
+        let img = match found {
             Ok(img) => img,
             Err(e) => {
                 let reason = match &e {
@@ -724,6 +751,23 @@ impl Worker {
         }
         tracing::info!(pod = %self.key(), uid = %self.uid, "pod removed");
     }
+}
+
+/// Looks up (pulling by policy) each image; the ones found are kept for
+/// the containers' starts, errors are left for the start to report.
+async fn prefetch(ctx: Arc<Context>, wanted: Vec<(String, PullPolicy)>) -> HashMap<String, Image> {
+    let mut out = HashMap::new();
+    for (r, policy) in wanted {
+        if out.contains_key(&r) {
+            continue;
+        }
+        if let Ok(img) =
+            image::ensure(&ctx.rt, &r, policy, &ctx.registries, &image::NoProgress).await
+        {
+            out.insert(r, img);
+        }
+    }
+    out
 }
 
 fn terminated_from_labels(o: &Owned) -> Option<Terminated> {

@@ -64,6 +64,7 @@ pub async fn ensure(ctx: &Context, pod: &Pod) -> Result<Sandbox> {
 
     // 1. The network namespace. A namespace that had to be made afresh
     //    cannot hold an earlier attachment: any cached result is stale.
+    let t0 = std::time::Instant::now();
     let fresh = !hostnet::netns::is_pinned(&netns);
     if fresh {
         let p = netns.clone();
@@ -91,14 +92,16 @@ pub async fn ensure(ctx: &Context, pod: &Pod) -> Result<Sandbox> {
             }
             None => ctx.cni.add(&att).await.context("CNI ADD")?,
         };
+        tracing::debug!(pod = %name, ms = t0.elapsed().as_millis() as u64, "sandbox: CNI done");
         anyhow::Ok(pod_ip(&result))
     };
     let pause = async {
         let files = files::prepare(&ctx.config.run_dir, pod, None).context("pod files")?;
-        if fresh {
+        if fresh && task::labels(&ctx.rt, &id).await?.is_some() {
             task::remove(&ctx.rt, &id).await?;
         }
         let pid = start_pause(ctx, pod, &netns, &files).await?;
+        tracing::debug!(pod = %name, ms = t0.elapsed().as_millis() as u64, "sandbox: pause started");
         anyhow::Ok(pid)
     };
     let (ip, pid) = tokio::join!(network, pause);

@@ -251,9 +251,11 @@ impl Worker {
         } else {
             Vec::new()
         };
+        let t0 = Instant::now();
         let fetching = prefetch(self.ctx.clone(), wanted);
         let (sandbox, images) = tokio::join!(self.ensure_sandbox(), fetching);
         self.prefetched = images;
+        tracing::debug!(pod = %self.key(), ms = t0.elapsed().as_millis() as u64, "sandbox ready");
         match sandbox {
             Ok(()) => {}
             Err(e) => {
@@ -283,7 +285,9 @@ impl Worker {
             tracing::info!(pod = %self.key(), "pod finished; sandbox removed");
         }
         self.prefetched.clear();
+        tracing::debug!(pod = %self.key(), ms = t0.elapsed().as_millis() as u64, "containers done");
         self.write_status().await;
+        tracing::debug!(pod = %self.key(), ms = t0.elapsed().as_millis() as u64, "status written");
         Ok(())
     }
 
@@ -439,6 +443,7 @@ impl Worker {
 
     /// Starts run `attempt` of container `i` (the next one when `None`).
     async fn start(&mut self, i: usize, attempt: Option<u32>) -> Result<()> {
+        let t0 = Instant::now();
         let Some(sb) = self.sandbox.clone() else {
             return Ok(());
         };
@@ -563,6 +568,7 @@ impl Worker {
             },
         )
         .await?;
+        tracing::debug!(pod = %self.key(), ms = t0.elapsed().as_millis() as u64, "container: created");
         // The run is on record before it starts: a crash from here on is
         // found and finished by the next pass (or the next agent).
         self.slots[i].current = Some((attempt, id.clone()));
@@ -602,9 +608,15 @@ impl Worker {
             let _ = task::set_labels(&ctx.rt, &id, l).await;
             return Err(e);
         }
-        let mut l = HashMap::new();
-        l.insert(run_labels::STARTED_AT.to_string(), started.to_string());
-        task::set_labels(&ctx.rt, &id, l).await?;
+        tracing::debug!(pod = %self.key(), "container: task started");
+        // Recorded for a restarted agent; off the start's critical path.
+        let l = HashMap::from([(run_labels::STARTED_AT.to_string(), started.to_string())]);
+        let (rt, cid) = (ctx.rt.clone(), id.clone());
+        tokio::spawn(async move {
+            if let Err(e) = task::set_labels(&rt, &cid, l).await {
+                tracing::warn!(container = %cid, error = %format!("{e:#}"), "record the start time");
+            }
+        });
         self.slots[i].running_since = Some(Some(started));
         self.slots[i].waiting = None;
         self.watch_exit(&id);

@@ -110,14 +110,17 @@ pub async fn create(rt: &Runtime, c: &NewContainer<'_>) -> Result<()> {
 /// Creates and starts the container's task; returns its pid. `log_uri`
 /// receives stdout and stderr (none for the pause container).
 pub async fn start(rt: &Runtime, id: &str, log_uri: Option<&str>) -> Result<u32> {
-    match state(rt, id).await? {
-        TaskState::Running { pid } | TaskState::Other { pid } => return Ok(pid),
-        TaskState::Created => {}
-        TaskState::Stopped { .. } => {
-            delete_task(rt, id).await?;
-            create_task(rt, id, log_uri).await?;
+    // The common case is a new container: create its task straight away
+    // and look at the state only when one already exists.
+    if !create_task(rt, id, log_uri).await? {
+        match state(rt, id).await? {
+            TaskState::Running { pid } | TaskState::Other { pid } => return Ok(pid),
+            TaskState::Created => {}
+            TaskState::Stopped { .. } | TaskState::None => {
+                delete_task(rt, id).await?;
+                create_task(rt, id, log_uri).await?;
+            }
         }
-        TaskState::None => create_task(rt, id, log_uri).await?,
     }
     let r = rt
         .tasks()
@@ -131,7 +134,8 @@ pub async fn start(rt: &Runtime, id: &str, log_uri: Option<&str>) -> Result<u32>
     Ok(r.into_inner().pid)
 }
 
-async fn create_task(rt: &Runtime, id: &str, log_uri: Option<&str>) -> Result<()> {
+/// Creates the task; false when one already exists.
+async fn create_task(rt: &Runtime, id: &str, log_uri: Option<&str>) -> Result<bool> {
     let mounts = rootfs_mounts(rt, id).await?;
     let uri = log_uri.unwrap_or_default().to_string();
     let req = CreateTaskRequest {
@@ -142,8 +146,8 @@ async fn create_task(rt: &Runtime, id: &str, log_uri: Option<&str>) -> Result<()
         ..Default::default()
     };
     match rt.tasks().create(rt.req(req)).await {
-        Ok(_) => Ok(()),
-        Err(s) if is_already_exists(&s) => Ok(()),
+        Ok(_) => Ok(true),
+        Err(s) if is_already_exists(&s) => Ok(false),
         Err(s) => Err(status_error(s)).context(format!("create task {id}")),
     }
 }

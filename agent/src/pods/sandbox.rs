@@ -26,6 +26,9 @@ use crate::runtime::{labels, sandbox_id};
 /// The interface CNI puts in the pod.
 pub const POD_IFNAME: &str = "eth0";
 
+/// The start of a pause container still in flight (see [`ensure`]).
+pub type Starting = tokio::task::JoinHandle<Result<u32>>;
+
 /// A ready sandbox.
 #[derive(Debug, Clone)]
 pub struct Sandbox {
@@ -50,8 +53,10 @@ fn attachment(ctx: &Context, uid: &str, ns: &str, name: &str) -> Attachment {
     }
 }
 
-/// Makes (or finishes, or adopts) the pod's sandbox.
-pub async fn ensure(ctx: &Context, pod: &Pod) -> Result<Sandbox> {
+/// Makes (or finishes, or adopts) the pod's sandbox. A new pause
+/// container may still be starting: the caller awaits `Starting` (after
+/// starting the app containers, which only need its namespaces).
+pub async fn ensure(ctx: &Context, pod: &Pod) -> Result<(Sandbox, Option<Starting>)> {
     let uid = uid_of(pod);
     let ns = namespace(pod);
     let name = pod.metadata.name.clone().unwrap_or_default();
@@ -100,31 +105,39 @@ pub async fn ensure(ctx: &Context, pod: &Pod) -> Result<Sandbox> {
         if fresh && task::labels(&ctx.rt, &id).await?.is_some() {
             task::remove(&ctx.rt, &id).await?;
         }
-        let pid = start_pause(ctx, pod, &netns, &files).await?;
-        tracing::debug!(pod = %name, ms = t0.elapsed().as_millis() as u64, "sandbox: pause started");
-        anyhow::Ok(pid)
+        let started = start_pause(ctx, pod, &netns, &files).await?;
+        tracing::debug!(pod = %name, ms = t0.elapsed().as_millis() as u64, "sandbox: pause created");
+        anyhow::Ok(started)
     };
-    let (ip, pid) = tokio::join!(network, pause);
-    let (ip, pid) = (ip?, pid?);
+    let (ip, pause) = tokio::join!(network, pause);
+    let (ip, (pid, starting)) = (ip?, pause?);
 
     // 3. The pod's files, now with its IP in /etc/hosts.
     let files = files::prepare(&ctx.config.run_dir, pod, ip.as_deref()).context("pod files")?;
-    Ok(Sandbox { id, pid, ip, files })
+    Ok((Sandbox { id, pid, ip, files }, starting))
 }
 
 /// A hostNetwork pod: no namespace of its own and no CNI; its IP is the
 /// node's.
-async fn ensure_host_network(ctx: &Context, pod: &Pod, uid: &str) -> Result<Sandbox> {
+async fn ensure_host_network(
+    ctx: &Context,
+    pod: &Pod,
+    uid: &str,
+) -> Result<(Sandbox, Option<Starting>)> {
     let ip = Some(ctx.node_ip.clone());
     let files = files::prepare(&ctx.config.run_dir, pod, ip.as_deref()).context("pod files")?;
     // The spec ignores the netns path for hostNetwork pods.
-    let pid = start_pause(ctx, pod, std::path::Path::new("/proc/1/ns/net"), &files).await?;
-    Ok(Sandbox {
-        id: sandbox_id(uid),
-        pid,
-        ip,
-        files,
-    })
+    let (pid, starting) =
+        start_pause(ctx, pod, std::path::Path::new("/proc/1/ns/net"), &files).await?;
+    Ok((
+        Sandbox {
+            id: sandbox_id(uid),
+            pid,
+            ip,
+            files,
+        },
+        starting,
+    ))
 }
 
 fn host_network(pod: &Pod) -> bool {
@@ -137,7 +150,7 @@ async fn start_pause(
     pod: &Pod,
     netns: &std::path::Path,
     files: &PodFiles,
-) -> Result<u32> {
+) -> Result<(u32, Option<Starting>)> {
     let uid = uid_of(pod);
     let id = sandbox_id(&uid);
     let params = spec::SandboxParams {
@@ -166,17 +179,26 @@ async fn start_pause(
         labels,
     };
     task::create(&ctx.rt, &new).await?;
-    match task::state(&ctx.rt, &id).await? {
-        TaskState::Running { pid } | TaskState::Other { pid } => Ok(pid),
+    // A new pause task: its namespaces exist once it is created, so the app
+    // containers can join them while it is being started; the caller
+    // awaits the start before the pass ends.
+    if let Some(pid) = task::create_task(&ctx.rt, &id, None).await? {
+        let (rt, id) = (ctx.rt.clone(), id.clone());
+        let starting = tokio::spawn(async move { task::start_created(&rt, &id).await });
+        return Ok((pid, Some(starting)));
+    }
+    let pid = match task::state(&ctx.rt, &id).await? {
+        TaskState::Running { pid } | TaskState::Other { pid } => pid,
         TaskState::Stopped { .. } => {
             // A pause that exited cannot be restarted into the same
             // namespaces' holders; make a new one.
             task::remove(&ctx.rt, &id).await?;
             task::create(&ctx.rt, &new).await?;
-            task::start(&ctx.rt, &id, None).await
+            task::start(&ctx.rt, &id, None).await?
         }
-        _ => task::start(&ctx.rt, &id, None).await,
-    }
+        _ => task::start(&ctx.rt, &id, None).await?,
+    };
+    Ok((pid, None))
 }
 
 /// The first IPv4 address of a CNI result, else the first address.

@@ -90,6 +90,8 @@ struct Worker {
     last_ip: Option<String>,
     /// Images found or pulled during this pass, by reference.
     prefetched: HashMap<String, Image>,
+    /// A new pause container's start, awaited at the end of the pass.
+    pause_starting: Option<sandbox::Starting>,
 }
 
 impl Worker {
@@ -137,6 +139,7 @@ impl Worker {
             finished,
             last_ip,
             prefetched: HashMap::new(),
+            pause_starting: None,
         };
         w.adopt(owned);
         w
@@ -285,6 +288,14 @@ impl Worker {
             tracing::info!(pod = %self.key(), "pod finished; sandbox removed");
         }
         self.prefetched.clear();
+        if let Some(starting) = self.pause_starting.take() {
+            let started = starting.await.map_err(anyhow::Error::from).and_then(|r| r);
+            if let Err(e) = started {
+                // The next pass finds the pause container not running and
+                // makes the sandbox again.
+                tracing::warn!(pod = %self.key(), error = %format!("{e:#}"), "start the pause container");
+            }
+        }
         tracing::debug!(pod = %self.key(), ms = t0.elapsed().as_millis() as u64, "containers done");
         self.write_status().await;
         tracing::debug!(pod = %self.key(), ms = t0.elapsed().as_millis() as u64, "status written");
@@ -320,8 +331,9 @@ impl Worker {
                 };
                 self.volumes = Some(v);
             }
-            let sb = sandbox::ensure(&self.ctx, &self.pod).await?;
+            let (sb, starting) = sandbox::ensure(&self.ctx, &self.pod).await?;
             self.sandbox = Some(sb);
+            self.pause_starting = starting;
         }
         Ok(())
     }

@@ -112,7 +112,7 @@ pub async fn create(rt: &Runtime, c: &NewContainer<'_>) -> Result<()> {
 pub async fn start(rt: &Runtime, id: &str, log_uri: Option<&str>) -> Result<u32> {
     // The common case is a new container: create its task straight away
     // and look at the state only when one already exists.
-    if !create_task(rt, id, log_uri).await? {
+    if create_task(rt, id, log_uri).await?.is_none() {
         match state(rt, id).await? {
             TaskState::Running { pid } | TaskState::Other { pid } => return Ok(pid),
             TaskState::Created => {}
@@ -122,20 +122,12 @@ pub async fn start(rt: &Runtime, id: &str, log_uri: Option<&str>) -> Result<u32>
             }
         }
     }
-    let r = rt
-        .tasks()
-        .start(rt.req(StartRequest {
-            container_id: id.into(),
-            exec_id: String::new(),
-        }))
-        .await
-        .map_err(status_error)
-        .with_context(|| format!("start task {id}"))?;
-    Ok(r.into_inner().pid)
+    start_created(rt, id).await
 }
 
-/// Creates the task; false when one already exists.
-async fn create_task(rt: &Runtime, id: &str, log_uri: Option<&str>) -> Result<bool> {
+/// Creates the task (its init process exists, with its namespaces, but
+/// has not run yet); returns its pid, or `None` when a task already exists.
+pub async fn create_task(rt: &Runtime, id: &str, log_uri: Option<&str>) -> Result<Option<u32>> {
     let mounts = rootfs_mounts(rt, id).await?;
     let uri = log_uri.unwrap_or_default().to_string();
     let req = CreateTaskRequest {
@@ -146,10 +138,24 @@ async fn create_task(rt: &Runtime, id: &str, log_uri: Option<&str>) -> Result<bo
         ..Default::default()
     };
     match rt.tasks().create(rt.req(req)).await {
-        Ok(_) => Ok(true),
-        Err(s) if is_already_exists(&s) => Ok(false),
+        Ok(r) => Ok(Some(r.into_inner().pid)),
+        Err(s) if is_already_exists(&s) => Ok(None),
         Err(s) => Err(status_error(s)).context(format!("create task {id}")),
     }
+}
+
+/// Starts a task made by [`create_task`].
+pub async fn start_created(rt: &Runtime, id: &str) -> Result<u32> {
+    let r = rt
+        .tasks()
+        .start(rt.req(StartRequest {
+            container_id: id.into(),
+            exec_id: String::new(),
+        }))
+        .await
+        .map_err(status_error)
+        .with_context(|| format!("start task {id}"))?;
+    Ok(r.into_inner().pid)
 }
 
 async fn rootfs_mounts(rt: &Runtime, id: &str) -> Result<Vec<Mount>> {

@@ -56,13 +56,36 @@ fn start_ratio(r: &Results) -> Option<(f64, f64)> {
     Some((o.p50 / raw.p50, o.p99 / raw.p99))
 }
 
-/// The memory readings: (label, pods running, reading).
-fn memory(r: &Results) -> [(&'static str, usize, Mem); 3] {
+/// The memory readings: (when, chart label, pods running, reading).
+fn memory(r: &Results) -> [(&'static str, String, usize, Mem); 3] {
     [
-        ("idle, before any pod", 0, r.mem_idle),
-        ("pods running (churn)", r.churn.pods, r.churn.mem_running),
-        ("idle, after the churn", 0, r.mem_after),
+        (
+            "idle, before any pod",
+            "0 pods, before".into(),
+            0,
+            r.mem_idle,
+        ),
+        (
+            "pods running (churn)",
+            format!("{} pods running", r.churn.pods),
+            r.churn.pods,
+            r.churn.mem_running,
+        ),
+        (
+            "idle, after the churn",
+            "0 pods, after the churn".into(),
+            0,
+            r.mem_after,
+        ),
     ]
+}
+
+/// `containerd 1.6.20~ds1` from `containerd --version`'s line.
+fn containerd_short(line: &str) -> String {
+    match line.split_whitespace().nth(2) {
+        Some(v) => format!("containerd {v}"),
+        None => line.to_string(),
+    }
 }
 
 /// A JSON key from a leftover's name (`IP reservations` -> `ip_reservations`).
@@ -183,7 +206,7 @@ pub fn document(r: &Results) -> Value {
     doc["memory"] = Value::Array(
         memory(r)
             .iter()
-            .map(|(when, pods, m)| {
+            .map(|(when, _, pods, m)| {
                 json!({
                     "process": "knode agent", "when": when, "pods": pods,
                     "vmrss_kib": m.rss_kib, "vmhwm_kib": m.hwm_kib,
@@ -285,7 +308,7 @@ fn table(r: &Results, doc: &Value) -> String {
         "  {:<28}{:>6}{:>9}{:>9}",
         "when", "pods", "VmRSS", "VmHWM"
     );
-    for (when, pods, m) in memory(r) {
+    for (when, _, pods, m) in memory(r) {
         let _ = writeln!(
             t,
             "  {when:<28}{pods:>6}{:>9.1}{:>9.1}",
@@ -319,7 +342,7 @@ fn chart(r: &Results, doc: &Value) -> String {
         "{}; kernel {}; {}",
         doc["date"].as_str().unwrap_or_default(),
         doc["kernel"].as_str().unwrap_or_default(),
-        r.containerd_version
+        containerd_short(&r.containerd_version)
     );
     let verdict = |i: usize| {
         if doc["targets"][i]["met"] == true {
@@ -352,11 +375,12 @@ fn chart(r: &Results, doc: &Value) -> String {
     let start = grouped_bars(
         "Pod start: apply until Running with a podIP vs `ctr run -d`",
         &[
-            format!("{n} per side, interleaved, warm-up excluded; {sub}"),
             format!(
-                "ours/reference p50 {ratio} (target <= {MAX_START_RATIO}, {})",
+                "{n} per side, interleaved, warm-up excluded; ours/reference p50 {ratio} \
+                 (target <= {MAX_START_RATIO}, {})",
                 verdict(0)
             ),
+            sub.clone(),
         ],
         "milliseconds (lower is better)",
         &[
@@ -396,11 +420,11 @@ fn chart(r: &Results, doc: &Value) -> String {
         ),
         &[
             format!(
-                "leftovers after the delete: {} ({}); {sub}",
+                "seconds from the command's spawn; leftovers after the delete: {} ({})",
                 c.leaks.total(),
                 c.leaks.describe_nonzero()
             ),
-            "seconds from the command's spawn".into(),
+            sub.clone(),
         ],
         "seconds (lower is better)",
         &[Series {
@@ -411,9 +435,9 @@ fn chart(r: &Results, doc: &Value) -> String {
     );
 
     let mem_groups: Vec<Group> = memory(r)
-        .iter()
-        .map(|(when, pods, m)| Group {
-            label: format!("{pods} pods ({})", when.split(',').next().unwrap_or(when)),
+        .into_iter()
+        .map(|(_, label, _, m)| Group {
+            label,
             values: vec![round3(mib(m.rss_kib)), round3(mib(m.hwm_kib))],
         })
         .collect();
@@ -421,12 +445,12 @@ fn chart(r: &Results, doc: &Value) -> String {
         "knode agent memory",
         &[
             format!(
-                "VmRSS with {} pods {:.1} MiB (target <= {MAX_RSS_MIB}, {}); {sub}",
+                "VmRSS with {} pods {:.1} MiB (target <= {MAX_RSS_MIB}, {}); VmHWM: peak since start",
                 c.pods,
                 mib(c.mem_running.rss_kib),
                 verdict(1)
             ),
-            "VmHWM is the peak since the agent started".into(),
+            sub,
         ],
         "MiB (lower is better)",
         &[
@@ -529,6 +553,15 @@ mod tests {
         assert_eq!(doc["churn"]["node_clean_s"], Value::Null);
         assert_eq!(doc["churn"]["leaks"]["containerd_containers"], 2);
         assert_eq!(doc["met"], false);
+    }
+
+    #[test]
+    fn containerd_version_is_shortened() {
+        assert_eq!(
+            containerd_short("containerd github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1"),
+            "containerd 1.6.20~ds1"
+        );
+        assert_eq!(containerd_short("unknown"), "unknown");
     }
 
     #[test]

@@ -236,6 +236,25 @@ impl Worker {
     /// One convergence pass.
     async fn sync(&mut self) -> Result<()> {
         self.wake_at = None;
+        // Init containers are not run yet: starting the app containers
+        // without them would break what they set up, so the pod waits
+        // with the reason in its status.
+        let has_init = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.init_containers.as_ref())
+            .is_some_and(|c| !c.is_empty());
+        if has_init {
+            for s in &mut self.slots {
+                s.waiting = Some((
+                    "CreateContainerConfigError".into(),
+                    Some("spec.initContainers: not supported by this node".into()),
+                ));
+            }
+            self.write_status().await;
+            return Ok(());
+        }
         if self.start_time.is_none() {
             self.start_time = Some(Timestamp::now());
         }

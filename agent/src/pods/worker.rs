@@ -183,7 +183,7 @@ impl Worker {
             slot.waiting = None;
         }
         if !by_name.is_empty() {
-            tracing::info!(pod = %self.key(), stale = ?by_name.keys().collect::<Vec<_>>(), "containers no longer in the spec will be removed");
+            tracing::info!(pod = %self.key(), stale = ?by_name.keys().collect::<Vec<_>>(), "containers not in the spec are left alone until the pod is deleted");
         }
     }
 

@@ -6,7 +6,7 @@
 
 mod apply;
 mod mem;
-mod procfs;
+pub(crate) mod procfs;
 mod report;
 mod watch;
 

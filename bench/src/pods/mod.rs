@@ -8,13 +8,9 @@
 
 mod churn;
 mod leaks;
-// The control-plane benchmark's /proc parser, compiled here a second time
-// because that module keeps it private; once it is `pub(crate)`, this
-// becomes `use crate::controlplane::procfs;`.
-#[path = "../controlplane/procfs.rs"]
-#[allow(dead_code, clippy::duplicate_mod)]
-mod procfs;
 mod report;
+
+use crate::controlplane::procfs;
 mod start;
 mod watch;
 

@@ -1,10 +1,13 @@
-//! Link requests: get by name or index, list, create bridges and veth pairs,
-//! change state (up, master, MTU, promiscuity, bridge-port hairpin), delete.
+//! Link requests: get by name or index, list, create bridges, veth pairs and
+//! VXLAN devices, read a VXLAN device's settings back, change state (up,
+//! master, MTU, promiscuity, bridge-port hairpin), delete.
+
+use std::net::IpAddr;
 
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::link::{
-    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute,
-    LinkFlags, LinkInfo, LinkMessage,
+    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, InfoVxlan,
+    LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 
@@ -31,11 +34,7 @@ pub struct Link {
 impl Link {
     /// The MAC as `aa:bb:cc:dd:ee:ff`.
     pub fn mac_string(&self) -> String {
-        self.mac
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":")
+        mac_string(&self.mac)
     }
 
     fn from_message(m: LinkMessage) -> Link {
@@ -65,6 +64,14 @@ impl Link {
     }
 }
 
+/// `mac` as `aa:bb:cc:dd:ee:ff`.
+pub(crate) fn mac_string(mac: &[u8]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
 /// A veth pair to create: the host end here, the peer optionally straight
 /// into another namespace.
 #[derive(Debug, Clone, Default)]
@@ -80,6 +87,101 @@ pub struct VethRequest {
     /// refuses to open, ENOTCONN, until its pair is complete, so callers set
     /// the peer up afterwards in its own namespace.)
     pub up: bool,
+}
+
+/// A VXLAN device to create (like `ip link add NAME type vxlan id VNI dstport
+/// PORT local IP dev UNDERLAY nolearning`). It is created down.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct VxlanRequest {
+    pub name: String,
+    /// The VXLAN network identifier (24 bits).
+    pub vni: u32,
+    /// UDP destination port, e.g. 8472 (Linux/flannel) or 4789 (IANA).
+    pub port: u16,
+    /// Source address of the encapsulated packets (IFLA_VXLAN_LOCAL/LOCAL6).
+    pub local: Option<IpAddr>,
+    /// Index of the underlay device the packets leave by (IFLA_VXLAN_LINK).
+    pub underlay: Option<u32>,
+    /// Learn remote MACs from received packets; off when the FDB is programmed.
+    pub learning: bool,
+    pub mtu: Option<u32>,
+    /// A fixed MAC (IFLA_ADDRESS), so peers' neighbour entries stay valid
+    /// across restarts; the kernel picks a random one when `None`.
+    pub mac: Option<Vec<u8>>,
+}
+
+impl VxlanRequest {
+    fn message(&self) -> LinkMessage {
+        let mut data = vec![
+            InfoVxlan::Id(self.vni),
+            InfoVxlan::Port(self.port),
+            InfoVxlan::Learning(self.learning),
+        ];
+        match self.local {
+            Some(IpAddr::V4(ip)) => data.push(InfoVxlan::Local(ip)),
+            Some(IpAddr::V6(ip)) => data.push(InfoVxlan::Local6(ip)),
+            None => {}
+        }
+        if let Some(underlay) = self.underlay {
+            data.push(InfoVxlan::Link(underlay));
+        }
+        let mut m = LinkMessage::default();
+        m.attributes.push(LinkAttribute::IfName(self.name.clone()));
+        if let Some(mtu) = self.mtu {
+            m.attributes.push(LinkAttribute::Mtu(mtu));
+        }
+        if let Some(mac) = &self.mac {
+            m.attributes.push(LinkAttribute::Address(mac.clone()));
+        }
+        m.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Vxlan),
+            LinkInfo::Data(InfoData::Vxlan(data)),
+        ]));
+        m
+    }
+}
+
+/// What the kernel reports about a vxlan link (from IFLA_INFO_DATA).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanInfo {
+    pub vni: u32,
+    pub port: u16,
+    pub local: Option<IpAddr>,
+    /// The underlay device's index; `None` when the kernel reports none (or 0).
+    pub underlay: Option<u32>,
+    pub learning: bool,
+}
+
+impl VxlanInfo {
+    /// The VXLAN settings in a link message, or `None` if it is not a vxlan link.
+    fn from_message(m: &LinkMessage) -> Option<VxlanInfo> {
+        let data = m.attributes.iter().find_map(|a| match a {
+            LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
+                LinkInfo::Data(InfoData::Vxlan(data)) => Some(data),
+                _ => None,
+            }),
+            _ => None,
+        })?;
+        let mut info = VxlanInfo {
+            vni: 0,
+            port: 0,
+            local: None,
+            underlay: None,
+            learning: false,
+        };
+        for d in data {
+            match d {
+                InfoVxlan::Id(vni) => info.vni = *vni,
+                InfoVxlan::Port(port) => info.port = *port,
+                InfoVxlan::Local(ip) => info.local = Some(IpAddr::V4(*ip)),
+                InfoVxlan::Local6(ip) => info.local = Some(IpAddr::V6(*ip)),
+                InfoVxlan::Link(i) if *i != 0 => info.underlay = Some(*i),
+                InfoVxlan::Learning(on) => info.learning = *on,
+                _ => {}
+            }
+        }
+        Some(info)
+    }
 }
 
 /// Link requests on one connection.
@@ -107,14 +209,30 @@ impl<'a> LinkHandle<'a> {
     }
 
     fn get(&mut self, op: &str, m: LinkMessage) -> Result<Option<Link>> {
+        Ok(self.get_message(op, m)?.map(Link::from_message))
+    }
+
+    fn get_message(&mut self, op: &str, m: LinkMessage) -> Result<Option<LinkMessage>> {
         match self.nl.query(op, RouteNetlinkMessage::GetLink(m), false) {
             Ok(replies) => Ok(replies.into_iter().find_map(|r| match r {
-                RouteNetlinkMessage::NewLink(m) => Some(Link::from_message(m)),
+                RouteNetlinkMessage::NewLink(m) => Some(m),
                 _ => None,
             })),
             Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// The link called `name` with its VXLAN settings: `None` if there is no
+    /// such link, `Some((link, None))` if it exists but is not a vxlan link.
+    pub fn vxlan_info(&mut self, name: &str) -> Result<Option<(Link, Option<VxlanInfo>)>> {
+        let mut m = LinkMessage::default();
+        m.attributes.push(LinkAttribute::IfName(name.to_string()));
+        let Some(m) = self.get_message(&format!("get vxlan link {name}"), m)? else {
+            return Ok(None);
+        };
+        let info = VxlanInfo::from_message(&m);
+        Ok(Some((Link::from_message(m), info)))
     }
 
     /// Every link in the namespace.
@@ -185,6 +303,43 @@ impl<'a> LinkHandle<'a> {
             &op,
             RouteNetlinkMessage::NewLink(m),
             NLM_F_CREATE | NLM_F_EXCL,
+        )
+    }
+
+    /// Creates VXLAN device `req.name` (down), failing with EEXIST if it exists.
+    pub fn add_vxlan(&mut self, req: &VxlanRequest) -> Result<()> {
+        let op = format!(
+            "create vxlan {} (vni {}, port {})",
+            req.name, req.vni, req.port
+        );
+        self.nl.execute(
+            &op,
+            RouteNetlinkMessage::NewLink(req.message()),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+    }
+
+    /// Sets the link's MTU.
+    pub fn set_mtu(&mut self, index: u32, mtu: u32) -> Result<()> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        m.attributes.push(LinkAttribute::Mtu(mtu));
+        self.nl.execute(
+            &format!("set mtu {mtu} on link #{index}"),
+            RouteNetlinkMessage::SetLink(m),
+            0,
+        )
+    }
+
+    /// Sets the link's hardware address (IFLA_ADDRESS).
+    pub fn set_mac(&mut self, index: u32, mac: &[u8]) -> Result<()> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        m.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        self.nl.execute(
+            &format!("set mac {} on link #{index}", mac_string(mac)),
+            RouteNetlinkMessage::SetLink(m),
+            0,
         )
     }
 

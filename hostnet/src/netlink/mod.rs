@@ -1,10 +1,14 @@
 //! A synchronous rtnetlink client in rtnetlink's builder style: one
 //! [`Netlink`] per namespace (a socket stays bound to the namespace it was
 //! opened in), with sub-handles per object kind. It sends one request and
-//! reads until the ACK or the end of the dump; it keeps no cache.
+//! reads until the ACK or the end of the dump; it keeps no cache. A
+//! [`Monitor`] is a separate socket that listens for others' changes.
 
 mod addr;
+mod fdb;
 mod link;
+mod monitor;
+mod neigh;
 mod route;
 
 use netlink_packet_core::{
@@ -15,7 +19,10 @@ use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
 pub use addr::AddrHandle;
-pub use link::{Link, LinkHandle, VethRequest};
+pub use fdb::{FdbEntry, FdbHandle};
+pub use link::{Link, LinkHandle, VethRequest, VxlanInfo, VxlanRequest};
+pub use monitor::{Change, Monitor};
+pub use neigh::{NeighEntry, NeighHandle};
 pub use route::{RouteEntry, RouteHandle, RouteRequest};
 
 use crate::{Error, NetNs, Result};
@@ -69,6 +76,16 @@ impl Netlink {
     /// Routes: list, add, delete.
     pub fn route(&mut self) -> RouteHandle<'_> {
         RouteHandle::new(self)
+    }
+
+    /// Neighbours (ARP/NDP): list, replace, delete.
+    pub fn neigh(&mut self) -> NeighHandle<'_> {
+        NeighHandle::new(self)
+    }
+
+    /// A device's own forwarding entries (VXLAN FDB): list, replace, delete.
+    pub fn fdb(&mut self) -> FdbHandle<'_> {
+        FdbHandle::new(self)
     }
 
     /// Sends a request that changes state and waits for its ACK.

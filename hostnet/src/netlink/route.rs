@@ -20,6 +20,46 @@ pub struct RouteEntry {
     pub gateway: Option<IpAddr>,
     pub oif: Option<u32>,
     pub table: u32,
+    /// The gateway is used even though no address on `oif` covers it
+    /// (RTNH_F_ONLINK), as overlay routes to a remote VTEP are.
+    pub onlink: bool,
+}
+
+impl RouteEntry {
+    /// The entry a unicast route message describes, or `None` for other
+    /// route types (local, broadcast, ...) and undecodable destinations.
+    pub(super) fn from_message(m: &RouteMessage) -> Option<RouteEntry> {
+        if m.header.kind != RouteType::Unicast {
+            return None;
+        }
+        let mut table = u32::from(m.header.table);
+        let mut dst_ip: Option<IpAddr> = None;
+        let mut gateway = None;
+        let mut oif = None;
+        for a in &m.attributes {
+            match a {
+                RouteAttribute::Destination(a) => dst_ip = addr(a),
+                RouteAttribute::Gateway(a) => gateway = addr(a),
+                RouteAttribute::Oif(i) => oif = Some(*i),
+                RouteAttribute::Table(t) => table = *t,
+                _ => {}
+            }
+        }
+        let dst_ip = match (dst_ip, m.header.address_family) {
+            (Some(ip), _) => ip,
+            (None, AddressFamily::Inet) => IpAddr::from([0u8; 4]),
+            (None, AddressFamily::Inet6) => IpAddr::from([0u8; 16]),
+            (None, _) => return None,
+        };
+        let dst = IpNet::new(dst_ip, m.header.destination_prefix_length).ok()?;
+        Some(RouteEntry {
+            dst,
+            gateway,
+            oif,
+            table,
+            onlink: m.header.flags.contains(RouteFlags::Onlink),
+        })
+    }
 }
 
 /// A route to add or delete in the main table.
@@ -29,7 +69,8 @@ pub struct RouteRequest {
     pub gateway: Option<IpAddr>,
     pub oif: Option<u32>,
     pub mtu: Option<u32>,
-    /// Use the gateway even when no address on `oif` covers it.
+    /// Use the gateway even when no address on `oif` covers it (RTNH_F_ONLINK;
+    /// needs `gateway` and `oif`).
     pub onlink: bool,
     /// Replace a route to the same destination instead of failing.
     pub replace: bool,
@@ -110,45 +151,14 @@ impl<'a> RouteHandle<'a> {
         let replies = self
             .nl
             .query("list routes", RouteNetlinkMessage::GetRoute(m), true)?;
-        let mut out = Vec::new();
-        for r in replies {
-            let RouteNetlinkMessage::NewRoute(m) = r else {
-                continue;
-            };
-            if m.header.kind != RouteType::Unicast {
-                continue;
-            }
-            let mut table = u32::from(m.header.table);
-            let mut dst_ip: Option<IpAddr> = None;
-            let mut entry_gw = None;
-            let mut oif = None;
-            for a in &m.attributes {
-                match a {
-                    RouteAttribute::Destination(a) => dst_ip = addr(a),
-                    RouteAttribute::Gateway(a) => entry_gw = addr(a),
-                    RouteAttribute::Oif(i) => oif = Some(*i),
-                    RouteAttribute::Table(t) => table = *t,
-                    _ => {}
-                }
-            }
-            if table != u32::from(RouteHeader::RT_TABLE_MAIN) {
-                continue;
-            }
-            let dst_ip = dst_ip.unwrap_or(if v4 {
-                IpAddr::from([0u8; 4])
-            } else {
-                IpAddr::from([0u8; 16])
-            });
-            if let Ok(dst) = IpNet::new(dst_ip, m.header.destination_prefix_length) {
-                out.push(RouteEntry {
-                    dst,
-                    gateway: entry_gw,
-                    oif,
-                    table,
-                });
-            }
-        }
-        Ok(out)
+        Ok(replies
+            .iter()
+            .filter_map(|r| match r {
+                RouteNetlinkMessage::NewRoute(m) => RouteEntry::from_message(m),
+                _ => None,
+            })
+            .filter(|e| e.table == u32::from(RouteHeader::RT_TABLE_MAIN))
+            .collect())
     }
 
     /// Adds the route; fails with EEXIST unless `replace` is set.
@@ -177,10 +187,17 @@ impl<'a> RouteHandle<'a> {
 }
 
 fn describe(verb: &str, req: &RouteRequest) -> String {
-    match req.gateway {
-        Some(gw) => format!("{verb} route {} via {gw}", req.dst),
-        None => format!("{verb} route {}", req.dst),
+    let mut s = format!("{verb} route {}", req.dst);
+    if let Some(gw) = req.gateway {
+        s.push_str(&format!(" via {gw}"));
     }
+    if let Some(oif) = req.oif {
+        s.push_str(&format!(" dev #{oif}"));
+    }
+    if req.onlink {
+        s.push_str(" onlink");
+    }
+    s
 }
 
 fn addr(a: &RouteAddress) -> Option<IpAddr> {

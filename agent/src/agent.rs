@@ -18,6 +18,8 @@ use crate::node;
 use crate::pods::context::Context as PodContext;
 use crate::pods::{manager, static_pods};
 use crate::runtime::{image, Runtime};
+use overlay::Overlay;
+use std::net::IpAddr;
 
 /// Flags only the agent takes.
 #[derive(Args)]
@@ -29,9 +31,41 @@ pub struct AgentArgs {
     /// else the first global IPv4 address).
     #[arg(long, value_name = "IP")]
     pub node_ip: Option<String>,
-    /// This node's pod subnet (default: the first /24 of the cluster CIDR).
+    /// This node's pod subnet when the overlay is disabled (default: the
+    /// first /24 of the cluster CIDR); with the overlay, the lease decides.
     #[arg(long, value_name = "CIDR")]
     pub pod_cidr: Option<String>,
+    /// The cluster's pod network, proposed to the control plane by the
+    /// first node (default 10.244.0.0/16).
+    #[arg(long, value_name = "CIDR")]
+    pub cluster_cidr: Option<String>,
+    /// Overlay backend proposed with it: `vxlan` (default) or `host-gw`.
+    #[arg(long, value_name = "TYPE")]
+    pub backend: Option<String>,
+    /// Underlay interface, by name or address (default: the default route's).
+    #[arg(long, value_name = "NAME|IP")]
+    pub iface: Option<String>,
+    /// This node's public IP on the underlay (must be on the interface).
+    #[arg(long, value_name = "IP")]
+    pub public_ip: Option<String>,
+    /// flannel's subnet file (default /run/flannel/subnet.env).
+    #[arg(long, value_name = "FILE")]
+    pub subnet_file: Option<std::path::PathBuf>,
+    /// Subnet lease lifetime without renewal (default 24h).
+    #[arg(long, value_name = "DURATION")]
+    pub subnet_lease_ttl: Option<String>,
+    /// Renew the subnet lease this long before it expires (default 1h).
+    #[arg(long, value_name = "DURATION")]
+    pub subnet_lease_renew_margin: Option<String>,
+    /// How often overlay routes, entries and rules are checked (default 5s).
+    #[arg(long, value_name = "DURATION")]
+    pub overlay_resync_period: Option<String>,
+    /// Masquerade pod traffic leaving the cluster network (default true).
+    #[arg(long, value_name = "BOOL")]
+    pub ip_masq: Option<bool>,
+    /// Parts of the agent to turn off, comma-separated: pods, overlay.
+    #[arg(long, value_name = "PARTS", value_delimiter = ',')]
+    pub disable: Vec<String>,
 }
 
 pub async fn run(config: &Config, args: AgentArgs) -> Result<ExitCode> {
@@ -50,18 +84,38 @@ pub async fn run(config: &Config, args: AgentArgs) -> Result<ExitCode> {
         "knode agent serving"
     );
     let serving = tokio::spawn(server::serve(listener, cp.clone() as Arc<dyn ControlPlane>));
-    let pods = start_node(config, &args, cp.clone() as Arc<dyn ControlPlane>).await?;
+    let node = start_node(config, &args, cp.clone() as Arc<dyn ControlPlane>).await?;
     notify_ready();
-    wait_for_signal().await;
+    let failed = tokio::select! {
+        _ = wait_for_signal() => None,
+        Some(e) = overlay_failure(node.overlay) => Some(e),
+    };
     tracing::info!("stopping");
     serving.abort();
-    // Pods keep running: a restarted agent adopts them.
-    for t in pods {
+    // Pods and the data plane keep running: a restarted agent adopts them.
+    for t in node.tasks {
         t.abort();
     }
     // Only our own socket: a new agent may already have replaced it.
     let _ = std::fs::remove_file(&socket);
-    Ok(ExitCode::SUCCESS)
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// Resolves when the overlay stops for good (it cannot hold a lease).
+async fn overlay_failure(
+    overlay: Option<tokio::task::JoinHandle<overlay::Result<()>>>,
+) -> Option<anyhow::Error> {
+    let Some(task) = overlay else {
+        return std::future::pending().await;
+    };
+    Some(match task.await {
+        Ok(Ok(())) => anyhow::anyhow!("the overlay stopped"),
+        Ok(Err(e)) => anyhow::Error::new(e).context("overlay"),
+        Err(e) => anyhow::anyhow!("the overlay task failed: {e}"),
+    })
 }
 
 async fn wait_for_signal() {
@@ -105,19 +159,63 @@ fn notify_ready() {
     }
 }
 
-/// Brings up the node side: containerd, the pause image, the pod network
-/// config, the Node object and its heartbeat, the pod manager and static
-/// pods. Returns the tasks to stop at shutdown.
-async fn start_node(
-    config: &Config,
-    args: &AgentArgs,
-    cp: Arc<dyn ControlPlane>,
-) -> Result<Vec<tokio::task::JoinHandle<()>>> {
-    let node_ip = node::detect_ip(config.node_ip.as_deref())?;
-    let pod_cidr = match &args.pod_cidr {
-        Some(c) => c.clone(),
-        None => first_subnet(&config.cluster_cidr)?,
+/// What [`start_node`] started.
+struct Started {
+    /// Stopped at shutdown.
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Ends only when the overlay gives up.
+    overlay: Option<tokio::task::JoinHandle<overlay::Result<()>>>,
+}
+
+/// Brings up the node side: the overlay (lease, device, rules), the pod
+/// network config, the Node object and its heartbeat, then containerd, the
+/// pause image, the pod manager and static pods, each unless disabled.
+async fn start_node(config: &Config, args: &AgentArgs, cp: Arc<dyn ControlPlane>) -> Result<Started> {
+    let overlay = if config.enabled("overlay") {
+        Some(
+            Overlay::start(cp.clone(), overlay_settings(config)?)
+                .await
+                .context("start the overlay")?,
+        )
+    } else {
+        None
     };
+    let node_ip = match (&config.node_ip, &overlay) {
+        (None, Some(o)) => IpAddr::V4(o.public_ip()),
+        _ => node::detect_ip(config.node_ip.as_deref())?,
+    };
+    let pod_cidr = match (&overlay, &args.pod_cidr) {
+        (Some(o), _) => o.subnet().to_string(),
+        (None, Some(c)) => c.clone(),
+        (None, None) => first_subnet(&config.cluster_cidr)?,
+    };
+    let mtu = overlay.as_ref().map(Overlay::mtu);
+    write_pod_network(config, &pod_cidr, mtu)?;
+    let id = node::Identity {
+        name: config.node_name.clone(),
+        ip: node_ip,
+        pod_cidr: Some(pod_cidr.clone()),
+    };
+    let mut tasks = vec![];
+    let overlay = match overlay {
+        Some(o) => {
+            tasks.push(tokio::spawn(follow_subnet(
+                config.clone(),
+                cp.clone(),
+                pod_cidr.clone(),
+                o.subscribe(),
+                mtu,
+            )));
+            Some(tokio::spawn(o.run()))
+        }
+        None => None,
+    };
+    if !config.enabled("pods") {
+        node::register(cp.as_ref(), &id, "").await?;
+        tasks.push(tokio::spawn(node::heartbeat(cp, config.node_name.clone())));
+        tracing::info!(node = %config.node_name, ip = %node_ip, "node ready (pods disabled)");
+        return Ok(Started { tasks, overlay });
+    }
     let rt = connect_containerd(config).await;
     let version = rt.version().await.unwrap_or_default();
     let knode_exe = std::env::current_exe().context("locate the knode binary")?;
@@ -125,14 +223,6 @@ async fn start_node(
     let pause = image::ensure_pause(&rt, &pause_bin)
         .await
         .with_context(|| format!("pause image from {}", pause_bin.display()))?;
-    if let Some(written) = cni::ensure_default_conflist(&config.cni_conf_dir, &pod_cidr)? {
-        tracing::info!(file = %written.display(), subnet = %pod_cidr, "wrote the default pod network");
-    }
-    let id = node::Identity {
-        name: config.node_name.clone(),
-        ip: node_ip,
-        pod_cidr: Some(pod_cidr),
-    };
     node::register(cp.as_ref(), &id, &version).await?;
     let ctx = Arc::new(PodContext {
         cp: cp.clone(),
@@ -149,7 +239,7 @@ async fn start_node(
         pause,
         registries: image::Registries::load(config)?,
     });
-    let mut tasks = vec![tokio::spawn(node::heartbeat(cp, config.node_name.clone()))];
+    tasks.push(tokio::spawn(node::heartbeat(cp, config.node_name.clone())));
     let c = ctx.clone();
     tasks.push(tokio::spawn(async move {
         if let Err(e) = manager::run(c).await {
@@ -158,7 +248,69 @@ async fn start_node(
     }));
     tasks.push(tokio::spawn(static_pods::run(ctx)));
     tracing::info!(node = %config.node_name, ip = %node_ip, containerd = %version, "node ready");
-    Ok(tasks)
+    Ok(Started { tasks, overlay })
+}
+
+/// The overlay's settings from the agent's config.
+fn overlay_settings(config: &Config) -> Result<overlay::Settings> {
+    let public_ip = match &config.public_ip {
+        Some(ip) => Some(
+            ip.parse()
+                .map_err(|_| anyhow::anyhow!("public-ip: {ip:?} is not an IPv4 address"))?,
+        ),
+        None => None,
+    };
+    Ok(overlay::Settings {
+        node: config.node_name.clone(),
+        cluster_cidr: config.cluster_cidr.clone(),
+        backend: config.backend.clone(),
+        iface: config.iface.clone(),
+        public_ip,
+        subnet_file: config.subnet_file.clone(),
+        lease_ttl: config.subnet_lease_ttl,
+        renew_margin: config.subnet_lease_renew_margin,
+        resync: config.overlay_resync_period,
+        ip_masq: config.ip_masq,
+    })
+}
+
+/// The default conflist for `subnet`: with the overlay, its MTU and no
+/// masquerading in the bridge (the overlay masquerades only what leaves
+/// the cluster network).
+fn write_pod_network(config: &Config, subnet: &str, mtu: Option<u32>) -> Result<()> {
+    let net = cni::PodNetwork {
+        subnet,
+        mtu,
+        ip_masq: mtu.is_none(),
+    };
+    if let Some(written) = cni::ensure_default_conflist(&config.cni_conf_dir, &net)? {
+        tracing::info!(file = %written.display(), subnet = %subnet, "wrote the default pod network");
+    }
+    Ok(())
+}
+
+/// Follows the overlay's subnet: when a lost lease is replaced by another
+/// subnet, the conflist and the Node's podCIDR follow.
+async fn follow_subnet(
+    config: Config,
+    cp: Arc<dyn ControlPlane>,
+    mut current: String,
+    mut subnets: tokio::sync::watch::Receiver<ipnet::Ipv4Net>,
+    mtu: Option<u32>,
+) {
+    while subnets.changed().await.is_ok() {
+        let subnet = subnets.borrow_and_update().to_string();
+        if current == subnet {
+            continue;
+        }
+        if let Err(e) = write_pod_network(&config, &subnet, mtu) {
+            tracing::error!(error = %format!("{e:#}"), "rewrite the pod network for the new subnet");
+        }
+        current = subnet;
+        if let Err(e) = node::set_pod_cidr(cp.as_ref(), &config.node_name, &current).await {
+            tracing::error!(error = %format!("{e:#}"), "update the Node's podCIDR");
+        }
+    }
 }
 
 /// Waits for containerd: the agent is useless without it, and systemd may

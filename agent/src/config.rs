@@ -2,6 +2,7 @@
 //! flags win. Keys are the flag names (`control-plane`, `data-dir`, ...).
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
@@ -33,9 +34,28 @@ pub struct Config {
     pub registry_config: PathBuf,
     /// Registries reached over plain HTTP (`host:port`).
     pub insecure_registries: Vec<String>,
-    /// This node's address (default: the first global IPv4 address).
+    /// This node's address (default: the overlay's public IP, else the
+    /// first global IPv4 address).
     pub node_ip: Option<String>,
+    /// Overlay backend proposed for a new cluster: `vxlan` or `host-gw`.
+    pub backend: String,
+    /// The underlay interface (name or address).
+    pub iface: Option<String>,
+    /// The node's public IP on the underlay.
+    pub public_ip: Option<String>,
+    /// flannel's subnet file.
+    pub subnet_file: PathBuf,
+    pub subnet_lease_ttl: Duration,
+    pub subnet_lease_renew_margin: Duration,
+    pub overlay_resync_period: Duration,
+    /// Masquerade pod traffic that leaves the cluster network.
+    pub ip_masq: bool,
+    /// Parts of the agent turned off ([`PARTS`]).
+    pub disable: Vec<String>,
 }
+
+/// The parts of the agent `--disable` can turn off.
+pub const PARTS: [&str; 2] = ["pods", "overlay"];
 
 impl Default for Config {
     fn default() -> Self {
@@ -61,6 +81,15 @@ impl Default for Config {
             registry_config: "/etc/knode/registries.json".into(),
             insecure_registries: Vec::new(),
             node_ip: None,
+            backend: "vxlan".into(),
+            iface: None,
+            public_ip: None,
+            subnet_file: "/run/flannel/subnet.env".into(),
+            subnet_lease_ttl: Duration::from_secs(24 * 3600),
+            subnet_lease_renew_margin: Duration::from_secs(3600),
+            overlay_resync_period: Duration::from_secs(5),
+            ip_masq: true,
+            disable: Vec::new(),
         }
     }
 }
@@ -90,6 +119,16 @@ pub struct File {
     pub registry_config: Option<PathBuf>,
     pub insecure_registries: Option<Vec<String>>,
     pub node_ip: Option<String>,
+    pub backend: Option<String>,
+    pub iface: Option<String>,
+    pub public_ip: Option<String>,
+    pub subnet_file: Option<PathBuf>,
+    /// A duration such as `24h`, `90s` or `1h30m`.
+    pub subnet_lease_ttl: Option<String>,
+    pub subnet_lease_renew_margin: Option<String>,
+    pub overlay_resync_period: Option<String>,
+    pub ip_masq: Option<bool>,
+    pub disable: Option<Vec<String>>,
 }
 
 impl File {
@@ -172,9 +211,51 @@ impl Config {
                 .or(file.insecure_registries)
                 .unwrap_or(d.insecure_registries),
             node_ip: flags.node_ip.or(file.node_ip),
+            backend: flags.backend.or(file.backend).unwrap_or(d.backend),
+            iface: flags.iface.or(file.iface),
+            public_ip: flags.public_ip.or(file.public_ip),
+            subnet_file: flags
+                .subnet_file
+                .or(file.subnet_file)
+                .unwrap_or(d.subnet_file),
+            subnet_lease_ttl: duration(
+                "subnet-lease-ttl",
+                flags.subnet_lease_ttl.or(file.subnet_lease_ttl),
+                d.subnet_lease_ttl,
+            )?,
+            subnet_lease_renew_margin: duration(
+                "subnet-lease-renew-margin",
+                flags
+                    .subnet_lease_renew_margin
+                    .or(file.subnet_lease_renew_margin),
+                d.subnet_lease_renew_margin,
+            )?,
+            overlay_resync_period: duration(
+                "overlay-resync-period",
+                flags.overlay_resync_period.or(file.overlay_resync_period),
+                d.overlay_resync_period,
+            )?,
+            ip_masq: flags.ip_masq.or(file.ip_masq).unwrap_or(d.ip_masq),
+            disable: flags.disable.or(file.disable).unwrap_or(d.disable),
         };
         if c.node_name.is_empty() {
             bail!("node-name: required (the hostname is empty)");
+        }
+        for part in &c.disable {
+            if !PARTS.contains(&part.as_str()) {
+                bail!(
+                    "disable: {part:?} is not a part of the agent (parts: {})",
+                    PARTS.join(", ")
+                );
+            }
+        }
+        if !["vxlan", "host-gw"].contains(&c.backend.as_str()) {
+            bail!("backend: {:?} is not a backend (vxlan or host-gw)", c.backend);
+        }
+        if let Some(ip) = &c.public_ip {
+            if ip.parse::<std::net::Ipv4Addr>().is_err() {
+                bail!("public-ip: {ip:?} is not an IPv4 address");
+            }
         }
         Ok(c)
     }
@@ -189,10 +270,52 @@ impl Config {
         }))
     }
 
+    /// Whether `part` ([`PARTS`]) runs.
+    pub fn enabled(&self, part: &str) -> bool {
+        !self.disable.iter().any(|p| p == part)
+    }
+
     /// The API socket.
     pub fn socket(&self) -> PathBuf {
         controlplane::rest::server::socket_path(&self.run_dir)
     }
+}
+
+/// A configured duration, or the default; the error names the key.
+fn duration(key: &str, v: Option<String>, default: Duration) -> Result<Duration> {
+    match v {
+        None => Ok(default),
+        Some(s) => parse_duration(&s).with_context(|| format!("{key}: {s:?}")),
+    }
+}
+
+/// `500ms`, `90s`, `5m`, `24h`, or a sum such as `1h30m`.
+pub fn parse_duration(s: &str) -> Result<Duration> {
+    let mut total = Duration::ZERO;
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        bail!("empty duration (e.g. 30s, 5m, 24h)");
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        if digits == 0 {
+            bail!("expected a number (e.g. 30s, 5m, 24h)");
+        }
+        let n: u64 = rest[..digits].parse().context("number too large")?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n * 60),
+            "h" => Duration::from_secs(n * 3600),
+            "" => bail!("a unit is required (ms, s, m or h)"),
+            u => bail!("unknown unit {u:?} (ms, s, m or h)"),
+        };
+        total += unit;
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
 }
 
 fn hostname() -> String {
@@ -219,6 +342,41 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
         assert_eq!(c.run_dir, PathBuf::from("/run/knode"));
         assert_eq!(c.socket(), PathBuf::from("/run/knode/knode.sock"));
+    }
+
+    #[test]
+    fn overlay_keys_parse_and_bad_values_name_the_key() {
+        let file: File = serde_yaml::from_str(
+            "subnet-lease-ttl: 1h30m\nip-masq: false\ndisable: [pods]\nbackend: host-gw\n",
+        )
+        .unwrap();
+        let c = Config::merge(file, File::default()).unwrap();
+        assert_eq!(c.subnet_lease_ttl, Duration::from_secs(5400));
+        assert_eq!(c.subnet_lease_renew_margin, Duration::from_secs(3600));
+        assert!(!c.ip_masq && !c.enabled("pods") && c.enabled("overlay"));
+        let bad = |f: File| format!("{:#}", Config::merge(f, File::default()).unwrap_err());
+        let e = bad(File {
+            subnet_lease_ttl: Some("10 parsecs".into()),
+            ..File::default()
+        });
+        assert!(e.starts_with("subnet-lease-ttl: \"10 parsecs\""), "{e}");
+        assert!(bad(File {
+            disable: Some(vec!["kubelet".into()]),
+            ..File::default()
+        })
+        .contains("disable: \"kubelet\" is not a part"));
+        assert!(bad(File {
+            backend: Some("udp".into()),
+            ..File::default()
+        })
+        .contains("backend: \"udp\""));
+        assert!(bad(File {
+            public_ip: Some("eth0".into()),
+            ..File::default()
+        })
+        .contains("public-ip"));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("5").is_err() && parse_duration("h").is_err());
     }
 
     #[test]

@@ -196,18 +196,19 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
         None => (PathBuf::from(DEFAULT_CONFIG), false),
     };
     let file = File::load(&path, required)?;
-    let (node_name, node_ip) = match &cli.command {
-        Command::Agent(a) => (a.node_name.clone(), a.node_ip.clone()),
-        _ => (None, None),
+    let agent = match &cli.command {
+        Command::Agent(a) => Some(a),
+        _ => None,
     };
+    let flag = |f: fn(&agent::AgentArgs) -> Option<String>| agent.and_then(f);
     let flags = File {
         control_plane: g.control_plane.clone(),
         data_dir: g.data_dir.clone(),
         run_dir: g.run_dir.clone(),
-        node_name,
+        node_name: flag(|a| a.node_name.clone()),
         service_cidr: g.service_cidr.clone(),
         service_node_port_range: g.service_node_port_range.clone(),
-        cluster_cidr: None,
+        cluster_cidr: flag(|a| a.cluster_cidr.clone()),
         etcd_cafile: g.etcd_cafile.clone(),
         etcd_certfile: g.etcd_certfile.clone(),
         etcd_keyfile: g.etcd_keyfile.clone(),
@@ -222,7 +223,16 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
         registry_config: g.registry_config.clone(),
         insecure_registries: (!g.insecure_registries.is_empty())
             .then(|| g.insecure_registries.clone()),
-        node_ip,
+        node_ip: flag(|a| a.node_ip.clone()),
+        backend: flag(|a| a.backend.clone()),
+        iface: flag(|a| a.iface.clone()),
+        public_ip: flag(|a| a.public_ip.clone()),
+        subnet_file: agent.and_then(|a| a.subnet_file.clone()),
+        subnet_lease_ttl: flag(|a| a.subnet_lease_ttl.clone()),
+        subnet_lease_renew_margin: flag(|a| a.subnet_lease_renew_margin.clone()),
+        overlay_resync_period: flag(|a| a.overlay_resync_period.clone()),
+        ip_masq: agent.and_then(|a| a.ip_masq),
+        disable: agent.and_then(|a| (!a.disable.is_empty()).then(|| a.disable.clone())),
     };
     Config::merge(file, flags)
 }

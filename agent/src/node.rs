@@ -79,6 +79,26 @@ pub async fn register(cp: &dyn ControlPlane, id: &Identity, runtime_version: &st
     Ok(())
 }
 
+/// Points the Node's podCIDR at `cidr` (after the overlay's lease changed),
+/// leaving everything else as registered.
+pub async fn set_pod_cidr(cp: &dyn ControlPlane, name: &str, cidr: &str) -> Result<()> {
+    let what = ObjectRef::new(Kind::Node, "", name);
+    for _ in 0..5 {
+        let Object::Node(mut n) = cp.get(&what).await.context("read the Node")? else {
+            return Err(anyhow!("node {name} is not a Node"));
+        };
+        let spec = n.spec.get_or_insert_with(Default::default);
+        spec.pod_cidr = Some(cidr.to_string());
+        spec.pod_cidrs = Some(vec![cidr.to_string()]);
+        match cp.update(Object::Node(n), None).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.is_conflict() => continue,
+            Err(e) => return Err(e).context("update the Node's podCIDR"),
+        }
+    }
+    Err(anyhow!("update the Node's podCIDR: it kept changing underneath"))
+}
+
 /// Renews the node lease every [`RENEW_EVERY`] until the task is dropped.
 /// Failures are logged and retried at the next tick: a missed renewal is
 /// what lets others see the node as gone.

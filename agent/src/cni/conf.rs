@@ -238,10 +238,25 @@ fn cni_version(obj: &Map<String, Value>, source: &str) -> Result<String> {
     Ok(v.to_string())
 }
 
-/// Writes the default pod network, `10-knode.conflist`, unless `conf_dir`
-/// already holds a network config (an operator's choice always wins).
-/// Returns the path written, or `None` when one existed.
-pub fn ensure_default_conflist(conf_dir: &Path, subnet: &str) -> Result<Option<PathBuf>> {
+/// The agent's default pod network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PodNetwork<'a> {
+    /// This node's pod subnet (the overlay's lease, or a fixed one).
+    pub subnet: &'a str,
+    /// The pods' MTU (the overlay's), or the bridge plugin's default.
+    pub mtu: Option<u32>,
+    /// Masquerade in the bridge plugin (off when the overlay masquerades
+    /// only what leaves the cluster network).
+    pub ip_masq: bool,
+}
+
+/// Writes the default pod network, `10-knode.conflist`, when `conf_dir`
+/// holds no network config, or rewrites it when it is the agent's own
+/// (network `knode` over `knode-bridge`) and the subnet or MTU changed.
+/// Any other config is an operator's choice and always wins. Returns the
+/// path written, or `None` when nothing was written.
+pub fn ensure_default_conflist(conf_dir: &Path, net: &PodNetwork) -> Result<Option<PathBuf>> {
+    let subnet = net.subnet;
     let default_route = match subnet.split_once('/') {
         Some((ip, len)) => match (ip.parse::<std::net::IpAddr>(), len.parse::<u8>()) {
             (Ok(std::net::IpAddr::V4(_)), Ok(0..=32)) => "0.0.0.0/0",
@@ -250,34 +265,57 @@ pub fn ensure_default_conflist(conf_dir: &Path, subnet: &str) -> Result<Option<P
         },
         None => bail!("subnet: {subnet:?} is not a CIDR like 10.244.0.0/24"),
     };
-    if !conf_files(conf_dir)?.is_empty() {
+    let path = conf_dir.join(DEFAULT_CONFLIST);
+    let existing = conf_files(conf_dir)?;
+    let ours = existing.len() == 1 && existing[0] == path && is_generated(&path);
+    if !existing.is_empty() && !ours {
         return Ok(None);
+    }
+    let mut bridge = json!({
+        "type": "knode-bridge",
+        "bridge": "cni0",
+        "isGateway": true,
+        "ipMasq": net.ip_masq,
+        "hairpinMode": true,
+        "ipam": {
+            "type": "knode-host-local",
+            "ranges": [[{ "subnet": subnet }]],
+            "routes": [{ "dst": default_route }],
+        },
+    });
+    if let Some(mtu) = net.mtu {
+        bridge["mtu"] = json!(mtu);
     }
     // 1.0.0, not 1.1.0: containerd 1.6's CRI plugin and the reference
     // plugins of most distributions read it too.
     let list = json!({
         "cniVersion": "1.0.0",
         "name": "knode",
-        "plugins": [{
-            "type": "knode-bridge",
-            "bridge": "cni0",
-            "isGateway": true,
-            "ipMasq": true,
-            "hairpinMode": true,
-            "ipam": {
-                "type": "knode-host-local",
-                "ranges": [[{ "subnet": subnet }]],
-                "routes": [{ "dst": default_route }],
-            },
-        }],
+        "plugins": [bridge],
     });
     let mut text = serde_json::to_string_pretty(&list).expect("a JSON value serializes");
     text.push('\n');
+    if ours && std::fs::read_to_string(&path).is_ok_and(|t| t == text) {
+        return Ok(None);
+    }
     std::fs::create_dir_all(conf_dir).with_context(|| format!("create {}", conf_dir.display()))?;
-    let path = conf_dir.join(DEFAULT_CONFLIST);
     // Written aside and renamed: a runtime reading the dir never sees half a file.
     let tmp = conf_dir.join(format!(".{DEFAULT_CONFLIST}.tmp"));
     std::fs::write(&tmp, text).with_context(|| format!("write {}", tmp.display()))?;
     std::fs::rename(&tmp, &path).with_context(|| format!("write {}", path.display()))?;
     Ok(Some(path))
+}
+
+/// Whether `path` is a conflist the agent wrote (network `knode`, one
+/// `knode-bridge` plugin).
+fn is_generated(path: &Path) -> bool {
+    let Ok(bytes) = std::fs::read(path) else {
+        return false;
+    };
+    let Ok(v) = serde_json::from_slice::<Value>(&bytes) else {
+        return false;
+    };
+    v["name"] == "knode"
+        && v["plugins"].as_array().is_some_and(|p| p.len() == 1)
+        && v["plugins"][0]["type"] == "knode-bridge"
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-pub use conf::ensure_default_conflist;
+pub use conf::{ensure_default_conflist, PodNetwork};
 use conf::{NetworkList, LOOPBACK_NETWORK};
 
 /// How long one plugin call may take before it is killed.

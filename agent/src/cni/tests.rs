@@ -522,7 +522,12 @@ fn ips_are_those_of_the_pod_interface() {
 fn default_conflist_is_written_once_and_never_over_an_existing_config() {
     let f = Fixture::new();
     let conf = f.dir("conf").join("sub");
-    let written = ensure_default_conflist(&conf, "10.244.3.0/24").unwrap();
+    let net = |subnet| PodNetwork {
+        subnet,
+        mtu: None,
+        ip_masq: true,
+    };
+    let written = ensure_default_conflist(&conf, &net("10.244.3.0/24")).unwrap();
     assert_eq!(written, Some(conf.join("10-knode.conflist")));
     let list = NetworkList::load(&conf).unwrap();
     assert_eq!(
@@ -548,21 +553,32 @@ fn default_conflist_is_written_once_and_never_over_an_existing_config() {
     );
     assert_eq!(p["ipam"]["routes"], json!([{ "dst": "0.0.0.0/0" }]));
     assert_eq!(
-        ensure_default_conflist(&conf, "10.244.3.0/24").unwrap(),
+        ensure_default_conflist(&conf, &net("10.244.3.0/24")).unwrap(),
         None
     );
+    // Its own file follows a new lease and the overlay's MTU.
+    let overlay = PodNetwork {
+        subnet: "10.244.9.0/24",
+        mtu: Some(1450),
+        ip_masq: false,
+    };
+    assert!(ensure_default_conflist(&conf, &overlay).unwrap().is_some());
+    let v: Value = serde_json::from_slice(&NetworkList::load(&conf).unwrap().bytes).unwrap();
+    let p = &v["plugins"][0];
+    assert_eq!(p["ipam"]["ranges"], json!([[{ "subnet": "10.244.9.0/24" }]]));
+    assert_eq!((p["mtu"].clone(), p["ipMasq"].clone()), (json!(1450), json!(false)));
 
     let other = f.dir("conf").join("other");
     std::fs::create_dir_all(&other).unwrap();
     std::fs::write(other.join("99-mine.conf"), "{}").unwrap();
     assert_eq!(
-        ensure_default_conflist(&other, "10.244.3.0/24").unwrap(),
+        ensure_default_conflist(&other, &net("10.244.3.0/24")).unwrap(),
         None
     );
     assert!(!other.join("10-knode.conflist").exists());
 
     let v6 = f.dir("conf").join("v6");
-    ensure_default_conflist(&v6, "fd00:10::/64").unwrap();
+    ensure_default_conflist(&v6, &net("fd00:10::/64")).unwrap();
     let v: Value = serde_json::from_slice(&NetworkList::load(&v6).unwrap().bytes).unwrap();
     assert_eq!(
         v["plugins"][0]["ipam"]["routes"],
@@ -570,7 +586,7 @@ fn default_conflist_is_written_once_and_never_over_an_existing_config() {
     );
 
     for bad in ["10.244.0.0", "banana/24", "10.244.0.0/33", ""] {
-        let e = ensure_default_conflist(&f.dir("conf").join("bad"), bad).unwrap_err();
+        let e = ensure_default_conflist(&f.dir("conf").join("bad"), &net(bad)).unwrap_err();
         assert!(e.to_string().starts_with("subnet:"), "{bad}: {e}");
     }
 }

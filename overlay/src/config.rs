@@ -1,0 +1,350 @@
+//! The cluster's network config in flannel's shape (`net-conf.json`:
+//! Network, SubnetLen, SubnetMin, SubnetMax, Backend). It lives in the
+//! control plane as a ConfigMap so every node reads the same one; this
+//! module parses, defaults and validates it, and does no I/O.
+
+use std::net::Ipv4Addr;
+
+use ipnet::{IpNet, Ipv4Net};
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// Where the config lives: ConfigMap `kube-system/knode-network`, key
+/// `net-conf.json` (flannel keeps it in `kube-flannel-cfg` under the same key).
+pub const CONFIGMAP_NAMESPACE: &str = "kube-system";
+/// The ConfigMap's name.
+pub const CONFIGMAP_NAME: &str = "knode-network";
+/// The key holding the JSON.
+pub const CONFIGMAP_KEY: &str = "net-conf.json";
+
+/// flannel's default VXLAN port (the Linux kernel's historical default).
+pub const DEFAULT_VXLAN_PORT: u16 = 8472;
+/// The VXLAN header and outer IPv4/UDP/Ethernet headers.
+pub const VXLAN_OVERHEAD: u32 = 50;
+
+/// The backend part of the config, as written.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendSpec {
+    #[serde(rename = "Type", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(rename = "VNI", default, skip_serializing_if = "Option::is_none")]
+    pub vni: Option<u32>,
+    #[serde(rename = "Port", default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(rename = "DirectRouting", default, skip_serializing_if = "Option::is_none")]
+    pub direct_routing: Option<bool>,
+}
+
+/// `net-conf.json` as written: every field but Network optional.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNetConf {
+    #[serde(rename = "Network", default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    #[serde(rename = "SubnetLen", default, skip_serializing_if = "Option::is_none")]
+    pub subnet_len: Option<u8>,
+    #[serde(rename = "SubnetMin", default, skip_serializing_if = "Option::is_none")]
+    pub subnet_min: Option<String>,
+    #[serde(rename = "SubnetMax", default, skip_serializing_if = "Option::is_none")]
+    pub subnet_max: Option<String>,
+    #[serde(rename = "Backend", default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<BackendSpec>,
+}
+
+/// Which backend carries cross-node traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Kernel VXLAN; `direct_routing` uses plain routes to peers on the same L2.
+    Vxlan {
+        vni: u32,
+        port: u16,
+        direct_routing: bool,
+    },
+    /// Plain routes via each peer's public IP (all peers on one L2 segment).
+    HostGw,
+}
+
+impl Backend {
+    /// The `BackendType` written into leases.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Backend::Vxlan { .. } => "vxlan",
+            Backend::HostGw => "host-gw",
+        }
+    }
+
+    /// The pod MTU for an underlay of `underlay_mtu`.
+    pub fn pod_mtu(&self, underlay_mtu: u32) -> u32 {
+        match self {
+            Backend::Vxlan { .. } => underlay_mtu.saturating_sub(VXLAN_OVERHEAD),
+            Backend::HostGw => underlay_mtu,
+        }
+    }
+}
+
+/// The validated config with flannel's defaults filled in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetConf {
+    pub network: Ipv4Net,
+    pub subnet_len: u8,
+    pub subnet_min: Ipv4Addr,
+    pub subnet_max: Ipv4Addr,
+    pub backend: Backend,
+}
+
+impl NetConf {
+    /// Parses and validates `net-conf.json`.
+    pub fn parse(json: &str) -> Result<NetConf> {
+        let raw: RawNetConf = serde_json::from_str(json)
+            .map_err(|e| Error::Config(format!("{CONFIGMAP_KEY}: {e}")))?;
+        NetConf::from_raw(&raw)
+    }
+
+    /// The config a node proposes from its flags when none is stored yet.
+    pub fn raw_from_flags(network: &str, backend: &str) -> RawNetConf {
+        RawNetConf {
+            network: Some(network.to_string()),
+            backend: Some(BackendSpec {
+                kind: Some(backend.to_string()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// Defaults and validation, as flannel does them: SubnetLen 24 (two
+    /// bits past the network when the network is smaller than a /22),
+    /// SubnetMin the second subnet, SubnetMax the last one.
+    pub fn from_raw(raw: &RawNetConf) -> Result<NetConf> {
+        let bad = |field: &str, msg: String| Error::Config(format!("{field}: {msg}"));
+        let network_s = raw
+            .network
+            .as_deref()
+            .ok_or_else(|| bad("Network", "required (e.g. \"10.244.0.0/16\")".into()))?;
+        let network: IpNet = network_s
+            .parse()
+            .map_err(|_| bad("Network", format!("{network_s:?} is not a CIDR")))?;
+        let IpNet::V4(network) = network else {
+            return Err(bad("Network", format!("{network_s}: only IPv4 is supported")));
+        };
+        if network.trunc() != network {
+            return Err(bad(
+                "Network",
+                format!("{network} has host bits set (did you mean {}?)", network.trunc()),
+            ));
+        }
+        let subnet_len = match raw.subnet_len {
+            Some(l) => l,
+            None if network.prefix_len() < 22 => 24,
+            None => network.prefix_len() + 2,
+        };
+        if subnet_len > 30 {
+            return Err(bad(
+                "SubnetLen",
+                format!("/{subnet_len} leaves no room for pods; it must be /30 or larger"),
+            ));
+        }
+        if subnet_len <= network.prefix_len() {
+            return Err(bad(
+                "SubnetLen",
+                format!(
+                    "/{subnet_len} must be longer than the Network's /{} so it holds more than one subnet",
+                    network.prefix_len()
+                ),
+            ));
+        }
+        let size = 1u32 << (32 - subnet_len);
+        let first = u32::from(network.network());
+        let last_subnet = u32::from(network.broadcast()) - size + 1;
+        let parse_bound = |field: &str, v: &Option<String>, default: u32| -> Result<Ipv4Addr> {
+            let Some(s) = v else {
+                return Ok(Ipv4Addr::from(default));
+            };
+            let ip: Ipv4Addr = s
+                .split('/')
+                .next()
+                .unwrap_or_default()
+                .parse()
+                .map_err(|_| bad(field, format!("{s:?} is not an IPv4 address")))?;
+            if !network.contains(&ip) {
+                return Err(bad(field, format!("{ip} is outside Network {network}")));
+            }
+            if u32::from(ip) % size != 0 {
+                return Err(bad(
+                    field,
+                    format!("{ip} is not the start of a /{subnet_len} subnet"),
+                ));
+            }
+            Ok(ip)
+        };
+        let subnet_min = parse_bound("SubnetMin", &raw.subnet_min, first + size)?;
+        let subnet_max = parse_bound("SubnetMax", &raw.subnet_max, last_subnet)?;
+        if subnet_min > subnet_max {
+            return Err(bad(
+                "SubnetMin",
+                format!("{subnet_min} is above SubnetMax {subnet_max}"),
+            ));
+        }
+        let backend = backend_from(raw.backend.as_ref().cloned().unwrap_or_default())?;
+        Ok(NetConf {
+            network,
+            subnet_len,
+            subnet_min,
+            subnet_max,
+            backend,
+        })
+    }
+
+    /// How many subnets can be leased.
+    pub fn capacity(&self) -> u32 {
+        let size = 1u32 << (32 - self.subnet_len);
+        (u32::from(self.subnet_max) - u32::from(self.subnet_min)) / size + 1
+    }
+
+    /// The `i`th leasable subnet (`i < capacity()`).
+    pub fn subnet_at(&self, i: u32) -> Ipv4Net {
+        let size = 1u32 << (32 - self.subnet_len);
+        let start = u32::from(self.subnet_min) + i * size;
+        Ipv4Net::new(Ipv4Addr::from(start), self.subnet_len).expect("prefix length checked")
+    }
+
+    /// Whether `subnet` is one this config can lease.
+    pub fn is_leasable(&self, subnet: &IpNet) -> bool {
+        let IpNet::V4(s) = subnet else { return false };
+        s.prefix_len() == self.subnet_len
+            && s.trunc() == *s
+            && s.network() >= self.subnet_min
+            && s.network() <= self.subnet_max
+    }
+}
+
+fn backend_from(b: BackendSpec) -> Result<Backend> {
+    let bad = |field: &str, msg: String| Error::Config(format!("Backend.{field}: {msg}"));
+    let kind = b.kind.as_deref().unwrap_or("vxlan");
+    match kind {
+        "vxlan" => {
+            let vni = b.vni.unwrap_or(1);
+            if vni == 0 || vni >= 1 << 24 {
+                return Err(bad("VNI", format!("{vni} is outside 1..16777215")));
+            }
+            let port = match b.port {
+                None | Some(0) => DEFAULT_VXLAN_PORT,
+                Some(p) => p,
+            };
+            Ok(Backend::Vxlan {
+                vni,
+                port,
+                direct_routing: b.direct_routing.unwrap_or(false),
+            })
+        }
+        "host-gw" => {
+            for (field, set) in [
+                ("VNI", b.vni.is_some()),
+                ("Port", b.port.is_some()),
+                ("DirectRouting", b.direct_routing.is_some()),
+            ] {
+                if set {
+                    return Err(bad(field, "only applies to Type vxlan".into()));
+                }
+            }
+            Ok(Backend::HostGw)
+        }
+        "udp" => Err(bad(
+            "Type",
+            "udp is not supported by this build; use vxlan or host-gw".into(),
+        )),
+        other => Err(bad(
+            "Type",
+            format!("{other:?} is not a backend (vxlan or host-gw)"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(json: &str) -> String {
+        NetConf::parse(json).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn flannel_defaults() {
+        let c = NetConf::parse(r#"{"Network": "10.244.0.0/16"}"#).unwrap();
+        assert_eq!(c.subnet_len, 24);
+        assert_eq!(c.subnet_min, Ipv4Addr::new(10, 244, 1, 0));
+        assert_eq!(c.subnet_max, Ipv4Addr::new(10, 244, 255, 0));
+        assert_eq!(
+            c.backend,
+            Backend::Vxlan {
+                vni: 1,
+                port: 8472,
+                direct_routing: false
+            }
+        );
+        assert_eq!(c.capacity(), 255);
+        assert_eq!(c.subnet_at(0).to_string(), "10.244.1.0/24");
+        assert_eq!(c.subnet_at(254).to_string(), "10.244.255.0/24");
+        assert_eq!(c.backend.pod_mtu(1500), 1450);
+    }
+
+    #[test]
+    fn small_networks_get_two_more_bits() {
+        let c = NetConf::parse(r#"{"Network": "10.9.0.0/23"}"#).unwrap();
+        assert_eq!(c.subnet_len, 25);
+        assert_eq!(c.capacity(), 3);
+    }
+
+    #[test]
+    fn explicit_fields_are_kept() {
+        let c = NetConf::parse(
+            r#"{"Network": "10.1.0.0/16", "SubnetLen": 26, "SubnetMin": "10.1.4.0",
+                "SubnetMax": "10.1.4.192", "Backend": {"Type": "vxlan", "VNI": 42, "Port": 4789, "DirectRouting": true}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.capacity(), 4);
+        assert_eq!(
+            c.backend,
+            Backend::Vxlan {
+                vni: 42,
+                port: 4789,
+                direct_routing: true
+            }
+        );
+        assert!(c.is_leasable(&"10.1.4.64/26".parse().unwrap()));
+        assert!(!c.is_leasable(&"10.1.5.0/26".parse().unwrap()));
+        assert!(!c.is_leasable(&"10.1.4.0/24".parse().unwrap()));
+    }
+
+    #[test]
+    fn invalid_combinations_name_the_field() {
+        assert!(err("{}").contains("Network: required"));
+        assert!(err(r#"{"Network": "10.244.0.1/16"}"#).contains("host bits"));
+        assert!(err(r#"{"Network": "fd00::/64"}"#).contains("only IPv4"));
+        assert!(err(r#"{"Network": "10.0.0.0/16", "SubnetLen": 16}"#).contains("SubnetLen"));
+        assert!(err(r#"{"Network": "10.0.0.0/16", "SubnetLen": 31}"#).contains("SubnetLen"));
+        assert!(
+            err(r#"{"Network": "10.0.0.0/16", "SubnetMin": "10.1.0.0"}"#).contains("SubnetMin")
+        );
+        assert!(
+            err(r#"{"Network": "10.0.0.0/16", "SubnetMax": "10.0.3.7"}"#).contains("SubnetMax")
+        );
+        assert!(err(
+            r#"{"Network": "10.0.0.0/16", "SubnetMin": "10.0.9.0", "SubnetMax": "10.0.3.0"}"#
+        )
+        .contains("above SubnetMax"));
+        assert!(err(r#"{"Network": "10.0.0.0/16", "Backend": {"Type": "vxlan", "VNI": 0}}"#)
+            .contains("Backend.VNI"));
+        assert!(
+            err(r#"{"Network": "10.0.0.0/16", "Backend": {"Type": "host-gw", "VNI": 2}}"#)
+                .contains("only applies to Type vxlan")
+        );
+        assert!(err(r#"{"Network": "10.0.0.0/16", "Backend": {"Type": "ipip"}}"#)
+            .contains("\"ipip\" is not a backend"));
+        assert!(err(r#"{"Network": "10.0.0.0/16", "Backend": {"Type": "udp"}}"#)
+            .contains("not supported"));
+        assert!(err(r#"{"Network": "10.0.0.0/16", "Subnetlen": 24}"#).contains("Subnetlen"));
+    }
+}

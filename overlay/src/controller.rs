@@ -1,0 +1,521 @@
+//! The overlay controller inside `knode agent`: read the network config,
+//! choose the underlay, take a lease, set up the device, then keep it all
+//! true: renew the lease, follow peers' leases from a watch (one peer's
+//! entries at a time), and repair what someone else removed, on a link
+//! monitor's word or at the periodic resync.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use controlplane::objects::{Kind, Object, SubnetLease};
+use controlplane::watcher::{Update, Watcher};
+use controlplane::{ControlPlane, ObjectRef, Scope, WatchEvent};
+use ipnet::{IpNet, Ipv4Net};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::backend::{self, Local, Peer, PeerState};
+use crate::config::{Backend, NetConf, CONFIGMAP_KEY, CONFIGMAP_NAME, CONFIGMAP_NAMESPACE};
+use crate::dataplane::{self, Dataplane, Kernel, Observed, VxlanDevice};
+use crate::iface::{self, Underlay};
+use crate::lease::{LeaseAttrs, Leases, Renewal};
+use crate::masq;
+use crate::subnet_env::{self, SubnetEnv};
+use crate::{Error, Result};
+
+/// What the agent tells the overlay (flags and config keys).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub node: String,
+    /// Network proposed when the control plane holds no config yet.
+    pub cluster_cidr: String,
+    /// Backend proposed with it (`vxlan` or `host-gw`).
+    pub backend: String,
+    pub iface: Option<String>,
+    pub public_ip: Option<Ipv4Addr>,
+    pub subnet_file: PathBuf,
+    pub lease_ttl: Duration,
+    /// Renew this long before the lease would expire.
+    pub renew_margin: Duration,
+    /// How often the kernel state and the masquerade rules are checked.
+    pub resync: Duration,
+    pub ip_masq: bool,
+}
+
+impl Settings {
+    /// Checks the timing settings against each other.
+    pub fn validate(&self) -> Result<()> {
+        if self.lease_ttl.is_zero() {
+            return Err(Error::Config("subnet-lease-ttl: must be above zero".into()));
+        }
+        if self.renew_margin >= self.lease_ttl {
+            return Err(Error::Config(format!(
+                "subnet-lease-renew-margin: {:?} must be shorter than subnet-lease-ttl {:?}",
+                self.renew_margin, self.lease_ttl
+            )));
+        }
+        if self.resync.is_zero() {
+            return Err(Error::Config("overlay-resync-period: must be above zero".into()));
+        }
+        Ok(())
+    }
+}
+
+/// The running overlay of one node.
+pub struct Overlay {
+    cp: Arc<dyn ControlPlane>,
+    settings: Settings,
+    conf: NetConf,
+    underlay: Underlay,
+    leases: Leases,
+    attrs: LeaseAttrs,
+    lease: SubnetLease,
+    local: Local,
+    device: Option<VxlanDevice>,
+    kernel: Box<dyn Dataplane>,
+    /// What is programmed for each peer, by subnet.
+    peers: BTreeMap<Ipv4Net, PeerState>,
+    subnet_tx: watch::Sender<Ipv4Net>,
+}
+
+impl Overlay {
+    /// Everything up to a working data plane for the peers known now: the
+    /// config, the underlay, the lease, the device, masquerading and the
+    /// subnet file.
+    pub async fn start(cp: Arc<dyn ControlPlane>, settings: Settings) -> Result<Overlay> {
+        settings.validate()?;
+        let conf = load_config(cp.as_ref(), &settings).await?;
+        let underlay = iface::detect(settings.iface.as_deref(), settings.public_ip)?;
+        let (backend_data, device) = match conf.backend {
+            Backend::Vxlan { vni, port, .. } => {
+                let mac = backend::vtep_mac(&settings.node, vni);
+                let dev = VxlanDevice {
+                    name: format!("knode.{vni}"),
+                    vni,
+                    port,
+                    local: underlay.ip,
+                    underlay: underlay.index,
+                    mtu: conf.backend.pod_mtu(underlay.mtu),
+                    mac,
+                    // Set once the lease is known.
+                    addr: Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 32).expect("valid"),
+                };
+                (backend::vxlan_backend_data(vni, &mac), Some(dev))
+            }
+            Backend::HostGw => (serde_json::Value::Null, None),
+        };
+        let attrs = LeaseAttrs {
+            node: settings.node.clone(),
+            public_ip: IpAddr::V4(underlay.ip),
+            backend_type: conf.backend.type_name().to_string(),
+            backend_data,
+        };
+        let leases = Leases::new(cp.clone(), settings.lease_ttl);
+        let local = Local {
+            backend: conf.backend,
+            underlay_net: underlay.net,
+        };
+        let (existing, _) = leases.list().await?;
+        if conf.backend == Backend::HostGw {
+            refuse_off_segment_peers(&local, &existing, underlay.ip)?;
+        }
+        let previous = subnet_env::previous_subnet(&settings.subnet_file);
+        let lease = leases.acquire(&conf, &attrs, previous).await?;
+        let subnet = lease_subnet(&lease)?;
+        let kernel = Kernel::new(dataplane::Scope {
+            network: conf.network,
+            own_subnet: subnet,
+            underlay: underlay.index,
+            device: device.as_ref().map(|d| d.name.clone()),
+        })?;
+        let (subnet_tx, _) = watch::channel(subnet);
+        let mut o = Overlay {
+            cp,
+            settings,
+            conf,
+            underlay,
+            leases,
+            attrs,
+            lease,
+            local,
+            device,
+            kernel: Box::new(kernel),
+            peers: BTreeMap::new(),
+            subnet_tx,
+        };
+        o.set_own_subnet(subnet)?;
+        for l in &existing {
+            o.upsert_peer(l);
+        }
+        o.full_sync()?;
+        tracing::info!(
+            subnet = %subnet,
+            network = %o.conf.network,
+            backend = o.conf.backend.type_name(),
+            iface = %o.underlay.name,
+            public_ip = %o.underlay.ip,
+            mtu = o.mtu(),
+            peers = o.peers.len(),
+            "overlay ready"
+        );
+        Ok(o)
+    }
+
+    /// This node's leased subnet.
+    pub fn subnet(&self) -> Ipv4Net {
+        *self.subnet_tx.borrow()
+    }
+
+    /// The cluster network.
+    pub fn network(&self) -> Ipv4Net {
+        self.conf.network
+    }
+
+    /// The MTU pods get.
+    pub fn mtu(&self) -> u32 {
+        self.conf.backend.pod_mtu(self.underlay.mtu)
+    }
+
+    /// The node's public IP (the underlay address).
+    pub fn public_ip(&self) -> Ipv4Addr {
+        self.underlay.ip
+    }
+
+    /// Told each time the node's subnet changes (a lost lease replaced).
+    pub fn subscribe(&self) -> watch::Receiver<Ipv4Net> {
+        self.subnet_tx.subscribe()
+    }
+
+    /// Keeps the overlay true until the task is dropped. Returns only when
+    /// the node cannot hold a lease any more.
+    pub async fn run(mut self) -> Result<()> {
+        let mut watcher = Watcher::new(self.cp.clone(), Scope::all(Kind::SubnetLease));
+        let renew_every = self.settings.lease_ttl - self.settings.renew_margin;
+        let mut renew_at = Instant::now() + renew_every;
+        let mut resync = tokio::time::interval(self.settings.resync);
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let (kick_tx, mut kick_rx) = mpsc::channel(1);
+        spawn_monitor(self.conf.network, self.device.as_ref().map(|d| d.name.clone()), kick_tx);
+        loop {
+            tokio::select! {
+                u = watcher.next() => match u {
+                    Update::Event(WatchEvent::Added(Object::SubnetLease(l)))
+                    | Update::Event(WatchEvent::Modified(Object::SubnetLease(l))) => {
+                        if self.is_own_subnet(&l) {
+                            if l.spec.public_ip != self.attrs.public_ip {
+                                self.reacquire(format!("lease {} is now held by {}", l.spec.subnet, l.spec.public_ip)).await?;
+                                renew_at = Instant::now() + renew_every;
+                            }
+                        } else {
+                            self.upsert_peer(&l);
+                        }
+                    }
+                    Update::Event(WatchEvent::Deleted(Object::SubnetLease(l))) => {
+                        if self.is_own_subnet(&l) {
+                            self.reacquire(format!("lease {} was deleted", l.spec.subnet)).await?;
+                            renew_at = Instant::now() + renew_every;
+                        } else {
+                            self.remove_peer(&l);
+                        }
+                    }
+                    Update::Event(_) => {}
+                    Update::Synced => self.log_sync("relist"),
+                },
+                _ = tokio::time::sleep_until(renew_at) => {
+                    renew_at = Instant::now() + match self.renew().await {
+                        Ok(()) => renew_every,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "renew the subnet lease; retrying");
+                            (self.settings.renew_margin / 4).clamp(Duration::from_millis(200), Duration::from_secs(30))
+                        }
+                    };
+                }
+                _ = resync.tick() => self.log_sync("periodic resync"),
+                Some(()) = kick_rx.recv() => self.log_sync("kernel change"),
+            }
+        }
+    }
+
+    fn is_own_subnet(&self, l: &SubnetLease) -> bool {
+        l.spec.subnet == IpNet::V4(self.subnet())
+    }
+
+    async fn renew(&mut self) -> Result<()> {
+        match self.leases.renew(&self.lease, &self.attrs).await? {
+            Renewal::Renewed(l) => {
+                self.lease = l;
+                Ok(())
+            }
+            Renewal::Lost(why) => self.reacquire(why).await,
+        }
+    }
+
+    /// Takes a new lease after losing ours; the same subnet if still free.
+    async fn reacquire(&mut self, why: String) -> Result<()> {
+        let old = self.subnet();
+        tracing::warn!(subnet = %old, reason = %why, "subnet lease lost; acquiring one again");
+        let lease = self
+            .leases
+            .acquire(&self.conf, &self.attrs, Some(old))
+            .await
+            .map_err(|e| Error::Lease(format!("the subnet lease {old} was lost ({why}) and none could be acquired again: {e}")))?;
+        let subnet = lease_subnet(&lease)?;
+        self.lease = lease;
+        if subnet != old {
+            tracing::warn!(old = %old, new = %subnet, "this node's subnet changed: pods started before keep addresses in the old one");
+            self.peers.remove(&subnet);
+            self.set_own_subnet(subnet)?;
+            self.subnet_tx.send_replace(subnet);
+            self.full_sync()?;
+        }
+        Ok(())
+    }
+
+    /// Points everything local at `subnet`: device address, kernel view,
+    /// masquerade rules, the subnet file.
+    fn set_own_subnet(&mut self, subnet: Ipv4Net) -> Result<()> {
+        if let Some(dev) = self.device.as_mut() {
+            dev.addr = Ipv4Net::new(subnet.network(), 32).expect("valid");
+        }
+        self.subnet_tx.send_replace(subnet);
+        SubnetEnv {
+            network: self.conf.network,
+            subnet,
+            mtu: self.mtu(),
+            ipmasq: self.settings.ip_masq,
+        }
+        .write(&self.settings.subnet_file)?;
+        Ok(())
+    }
+
+    fn upsert_peer(&mut self, l: &SubnetLease) {
+        if self.is_own_subnet(l) {
+            return;
+        }
+        let state = Peer::from_lease(l).and_then(|p| backend::peer_state(&self.local, &p));
+        let Ok(subnet) = lease_subnet(l) else { return };
+        let old = self.peers.get(&subnet).copied();
+        match state {
+            Ok(new) if old == Some(new) => {}
+            Ok(new) => {
+                let ops = dataplane::plan(&[new], &Observed::of(old.as_slice()));
+                match self.apply_all(&ops) {
+                    Ok(()) => tracing::info!(peer = %subnet, public_ip = %l.spec.public_ip, "peer programmed"),
+                    Err(e) => tracing::warn!(peer = %subnet, error = %e, "program peer; the resync retries"),
+                }
+                self.peers.insert(subnet, new);
+            }
+            Err(why) => {
+                tracing::warn!(peer = %subnet, "{why}");
+                if let Some(old) = old {
+                    self.drop_peer(old);
+                }
+            }
+        }
+    }
+
+    fn remove_peer(&mut self, l: &SubnetLease) {
+        let Ok(subnet) = lease_subnet(l) else { return };
+        if let Some(old) = self.peers.get(&subnet).copied() {
+            self.drop_peer(old);
+            tracing::info!(peer = %subnet, "peer removed");
+        }
+    }
+
+    fn drop_peer(&mut self, old: PeerState) {
+        self.peers.remove(&old.subnet);
+        let ops = dataplane::plan(&[], &Observed::of(&[old]));
+        if let Err(e) = self.apply_all(&ops) {
+            tracing::warn!(peer = %old.subnet, error = %e, "remove peer; the resync retries");
+        }
+    }
+
+    fn apply_all(&mut self, ops: &[dataplane::Op]) -> Result<()> {
+        for op in ops {
+            self.kernel.apply(op)?;
+        }
+        Ok(())
+    }
+
+    fn log_sync(&mut self, why: &str) {
+        if let Err(e) = self.full_sync() {
+            tracing::warn!(error = %e, trigger = why, "overlay resync failed; retrying at the next one");
+        }
+    }
+
+    /// Makes the kernel match: device, every peer's entries, no stale
+    /// entries, masquerade rules.
+    fn full_sync(&mut self) -> Result<()> {
+        if let Some(dev) = &self.device {
+            if self.kernel.ensure_device(dev)? {
+                tracing::info!(device = %dev.name, "vxlan device created");
+            }
+        }
+        let want: Vec<PeerState> = self.peers.values().copied().collect();
+        let observed = self.kernel.observe()?;
+        let ops = dataplane::plan(&want, &observed);
+        if !ops.is_empty() {
+            tracing::info!(changes = ops.len(), peers = want.len(), "overlay entries repaired");
+        }
+        self.apply_all(&ops)?;
+        if masq::ensure(self.conf.network, self.subnet(), self.settings.ip_masq)? {
+            tracing::info!("masquerade and forward rules (re)installed");
+        }
+        Ok(())
+    }
+}
+
+/// host-gw cannot reach a peer off this node's segment: refuse to start.
+fn refuse_off_segment_peers(local: &Local, leases: &[SubnetLease], me: Ipv4Addr) -> Result<()> {
+    for l in leases {
+        if l.spec.public_ip == IpAddr::V4(me) {
+            continue;
+        }
+        if let Ok(p) = Peer::from_lease(l) {
+            if p.backend_type == "host-gw" {
+                backend::peer_state(local, &p).map_err(Error::Backend)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn lease_subnet(l: &SubnetLease) -> Result<Ipv4Net> {
+    match l.spec.subnet {
+        IpNet::V4(n) => Ok(n),
+        IpNet::V6(n) => Err(Error::Lease(format!("lease {n}: only IPv4 is supported"))),
+    }
+}
+
+/// Reads the network config from the control plane, proposing one from
+/// the flags when none is stored (the first node's flags win; later nodes
+/// whose flags differ are told so).
+async fn load_config(cp: &dyn ControlPlane, s: &Settings) -> Result<NetConf> {
+    let what = ObjectRef::new(Kind::ConfigMap, CONFIGMAP_NAMESPACE, CONFIGMAP_NAME);
+    let cm = match cp.get(&what).await {
+        Ok(Object::ConfigMap(cm)) => cm,
+        Ok(_) => return Err(Error::Config(format!("{what} is not a ConfigMap"))),
+        Err(e) if e.is_not_found() => {
+            let proposed = NetConf::raw_from_flags(&s.cluster_cidr, &s.backend);
+            // Validate before storing: a bad flag must not poison the cluster.
+            NetConf::from_raw(&proposed).map_err(|e| {
+                Error::Config(format!("from --cluster-cidr/--backend: {}", e.to_string().trim_start_matches("network config: ")))
+            })?;
+            create_config(cp, &serde_json::to_string(&proposed).expect("serializes")).await?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let json = cm
+        .data
+        .as_ref()
+        .and_then(|d| d.get(CONFIGMAP_KEY))
+        .ok_or_else(|| Error::Config(format!("{what}: has no key {CONFIGMAP_KEY}")))?;
+    let conf = NetConf::parse(json)
+        .map_err(|e| Error::Config(format!("{what}: {}", e.to_string().trim_start_matches("network config: "))))?;
+    if conf.network.to_string() != s.cluster_cidr || conf.backend.type_name() != s.backend {
+        tracing::warn!(
+            stored_network = %conf.network,
+            stored_backend = conf.backend.type_name(),
+            flag_network = %s.cluster_cidr,
+            flag_backend = %s.backend,
+            "the cluster's network config differs from this node's flags; the stored config wins"
+        );
+    }
+    Ok(conf)
+}
+
+async fn create_config(cp: &dyn ControlPlane, json: &str) -> Result<ConfigMap> {
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some(CONFIGMAP_NAMESPACE.into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    match cp.create(Object::Namespace(ns), None).await {
+        Ok(_) | Err(controlplane::Error::AlreadyExists { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let cm = ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(CONFIGMAP_NAME.into()),
+            namespace: Some(CONFIGMAP_NAMESPACE.into()),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(CONFIGMAP_KEY.to_string(), json.to_string())])),
+        ..Default::default()
+    };
+    match cp.create(Object::ConfigMap(cm), None).await {
+        Ok(Object::ConfigMap(cm)) => Ok(cm),
+        Ok(_) => Err(Error::Config("the control plane returned a non-ConfigMap".into())),
+        // Another node stored one first: use theirs.
+        Err(controlplane::Error::AlreadyExists { .. }) => {
+            let what = ObjectRef::new(Kind::ConfigMap, CONFIGMAP_NAMESPACE, CONFIGMAP_NAME);
+            match cp.get(&what).await? {
+                Object::ConfigMap(cm) => Ok(cm),
+                _ => Err(Error::Config(format!("{what} is not a ConfigMap"))),
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Watches links, routes and neighbours on a thread of its own and kicks
+/// a resync when something of ours is removed.
+fn spawn_monitor(network: Ipv4Net, device: Option<String>, kick: mpsc::Sender<()>) {
+    let spawned = std::thread::Builder::new()
+        .name("overlay-monitor".into())
+        .spawn(move || {
+            let mut mon = match hostnet::netlink::Monitor::new() {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "netlink monitor unavailable; relying on the periodic resync");
+                    return;
+                }
+            };
+            let mut device_index = None;
+            loop {
+                if kick.is_closed() {
+                    return;
+                }
+                let changes = match mon.recv_timeout(Duration::from_secs(1)) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "netlink monitor failed; relying on the periodic resync");
+                        return;
+                    }
+                };
+                use hostnet::netlink::Change;
+                let ours = changes.iter().any(|c| match c {
+                    Change::LinkRemoved { name, .. } => Some(name) == device.as_ref(),
+                    Change::LinkChanged { index, name, up } => {
+                        if Some(name) == device.as_ref() {
+                            device_index = Some(*index);
+                            !*up
+                        } else {
+                            false
+                        }
+                    }
+                    Change::RouteRemoved(r) => match r.dst {
+                        IpNet::V4(d) => network.contains(&d),
+                        IpNet::V6(_) => false,
+                    },
+                    Change::NeighRemoved { ifindex, .. } => Some(*ifindex) == device_index,
+                    // An overrun or something unrelated: the periodic resync covers it.
+                    Change::Other => false,
+                });
+                if ours {
+                    // A full channel means a resync is already due.
+                    let _ = kick.try_send(());
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "start the netlink monitor; relying on the periodic resync");
+    }
+}

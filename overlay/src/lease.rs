@@ -1,0 +1,293 @@
+//! Subnet leases: acquiring one (this node's own lease by public IP, else
+//! the subnet from the last run's subnet file, else a random free one),
+//! renewing it, and noticing when it was lost. Two nodes never hold one
+//! subnet because a lease is created only if its name (the subnet) is
+//! free, and changed only at the revision it was read at.
+
+use std::collections::BTreeSet;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use controlplane::objects::{Kind, Object, SubnetLease, SubnetLeaseSpec};
+use controlplane::{ControlPlane, ObjectRef, Scope};
+use ipnet::{IpNet, Ipv4Net};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde_json::Value;
+
+use crate::config::NetConf;
+use crate::{Error, Result};
+
+/// The label naming the node that holds a lease.
+pub const NODE_LABEL: &str = "knode.io/node";
+/// How many times a lost race (a subnet taken meanwhile) is retried.
+const ACQUIRE_TRIES: usize = 50;
+
+/// What a node writes into its lease.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeaseAttrs {
+    pub node: String,
+    pub public_ip: IpAddr,
+    pub backend_type: String,
+    pub backend_data: Value,
+}
+
+/// The outcome of a renewal.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Renewal {
+    Renewed(SubnetLease),
+    /// The lease is gone or held by someone else now.
+    Lost(String),
+}
+
+/// Leases in one control plane, with one TTL.
+#[derive(Clone)]
+pub struct Leases {
+    cp: Arc<dyn ControlPlane>,
+    ttl: Duration,
+}
+
+impl Leases {
+    pub fn new(cp: Arc<dyn ControlPlane>, ttl: Duration) -> Leases {
+        Leases { cp, ttl }
+    }
+
+    /// Every lease, with the revision to watch from.
+    pub async fn list(&self) -> Result<(Vec<SubnetLease>, u64)> {
+        let list = self.cp.list(&Scope::all(Kind::SubnetLease)).await?;
+        let leases = list
+            .items
+            .into_iter()
+            .filter_map(|o| match o {
+                Object::SubnetLease(l) => Some(l),
+                _ => None,
+            })
+            .collect();
+        Ok((leases, list.revision))
+    }
+
+    /// Acquires a lease for `me`: its own (same public IP), else
+    /// `previous` if still free, else a random free subnet.
+    pub async fn acquire(
+        &self,
+        conf: &NetConf,
+        me: &LeaseAttrs,
+        previous: Option<Ipv4Net>,
+    ) -> Result<SubnetLease> {
+        for _ in 0..ACQUIRE_TRIES {
+            let (leases, _) = self.list().await?;
+            if let Some(own) = leases.iter().find(|l| l.spec.public_ip == me.public_ip) {
+                if conf.is_leasable(&own.spec.subnet) {
+                    match self.write(own, me).await {
+                        Ok(l) => return Ok(l),
+                        Err(Error::ControlPlane(e)) if e.is_conflict() || e.is_not_found() => {
+                            continue
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                // Left over from another network config: give it back.
+                tracing::info!(subnet = %own.spec.subnet, "releasing a lease outside the network config");
+                match self.release(own).await {
+                    Ok(()) => {}
+                    Err(Error::ControlPlane(e)) if e.is_conflict() || e.is_not_found() => {}
+                    Err(e) => return Err(e),
+                }
+                continue;
+            }
+            let taken: BTreeSet<Ipv4Net> = leases.iter().filter_map(|l| v4(&l.spec.subnet)).collect();
+            let wanted = previous
+                .filter(|p| conf.is_leasable(&IpNet::V4(*p)) && !taken.contains(p))
+                .or_else(|| choose_free(conf, &taken, random_u64()));
+            let Some(subnet) = wanted else {
+                return Err(Error::Lease(format!(
+                    "acquire a subnet of {}: all {} /{} subnets are leased",
+                    conf.network,
+                    conf.capacity(),
+                    conf.subnet_len
+                )));
+            };
+            match self.create(subnet, me).await {
+                Ok(l) => return Ok(l),
+                Err(Error::ControlPlane(controlplane::Error::AlreadyExists { .. })) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::Lease(format!(
+            "acquire a subnet of {}: lost the race {ACQUIRE_TRIES} times to other nodes",
+            conf.network
+        )))
+    }
+
+    /// Renews `lease` (TTL restarted), unless it was lost.
+    pub async fn renew(&self, lease: &SubnetLease, me: &LeaseAttrs) -> Result<Renewal> {
+        let what = ObjectRef::new(Kind::SubnetLease, "", &SubnetLease::name_for(&lease.spec.subnet));
+        for _ in 0..3 {
+            let current = match self.cp.get(&what).await {
+                Ok(Object::SubnetLease(l)) => l,
+                Ok(_) => return Err(Error::Lease(format!("{what} is not a SubnetLease"))),
+                Err(e) if e.is_not_found() => {
+                    return Ok(Renewal::Lost(format!(
+                        "lease {} expired or was deleted",
+                        lease.spec.subnet
+                    )))
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if current.spec.public_ip != me.public_ip {
+                return Ok(Renewal::Lost(format!(
+                    "lease {} is now held by {}",
+                    lease.spec.subnet, current.spec.public_ip
+                )));
+            }
+            match self.write(&current, me).await {
+                Ok(l) => return Ok(Renewal::Renewed(l)),
+                Err(Error::ControlPlane(e)) if e.is_conflict() => continue,
+                Err(Error::ControlPlane(e)) if e.is_not_found() => {
+                    return Ok(Renewal::Lost(format!(
+                        "lease {} expired while being renewed",
+                        lease.spec.subnet
+                    )))
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::Lease(format!(
+            "renew lease {}: it kept changing underneath",
+            lease.spec.subnet
+        )))
+    }
+
+    async fn create(&self, subnet: Ipv4Net, me: &LeaseAttrs) -> Result<SubnetLease> {
+        let subnet = IpNet::V4(subnet);
+        let lease = SubnetLease {
+            metadata: ObjectMeta {
+                name: Some(SubnetLease::name_for(&subnet)),
+                labels: Some(BTreeMap::from([(NODE_LABEL.to_string(), me.node.clone())])),
+                ..Default::default()
+            },
+            spec: spec(subnet, me),
+        };
+        let created = self
+            .cp
+            .create(Object::SubnetLease(lease), Some(self.ttl))
+            .await?;
+        into_lease(created)
+    }
+
+    /// Rewrites `current` with `me`'s attributes at its revision (TTL renewed).
+    async fn write(&self, current: &SubnetLease, me: &LeaseAttrs) -> Result<SubnetLease> {
+        let mut next = current.clone();
+        next.spec = spec(current.spec.subnet, me);
+        next.metadata
+            .labels
+            .get_or_insert_with(Default::default)
+            .insert(NODE_LABEL.to_string(), me.node.clone());
+        let updated = self
+            .cp
+            .update(Object::SubnetLease(next), Some(self.ttl))
+            .await?;
+        into_lease(updated)
+    }
+
+    async fn release(&self, lease: &SubnetLease) -> Result<()> {
+        let rev = lease
+            .metadata
+            .resource_version
+            .as_deref()
+            .and_then(|r| r.parse().ok());
+        let what = ObjectRef::new(Kind::SubnetLease, "", &SubnetLease::name_for(&lease.spec.subnet));
+        self.cp.delete(&what, rev).await?;
+        Ok(())
+    }
+}
+
+fn spec(subnet: IpNet, me: &LeaseAttrs) -> SubnetLeaseSpec {
+    SubnetLeaseSpec {
+        subnet,
+        public_ip: me.public_ip,
+        backend_type: me.backend_type.clone(),
+        backend_data: me.backend_data.clone(),
+    }
+}
+
+fn into_lease(o: Object) -> Result<SubnetLease> {
+    match o {
+        Object::SubnetLease(l) => Ok(l),
+        other => Err(Error::Lease(format!(
+            "the control plane returned a {} for a SubnetLease",
+            other.kind()
+        ))),
+    }
+}
+
+fn v4(n: &IpNet) -> Option<Ipv4Net> {
+    match n {
+        IpNet::V4(n) => Some(*n),
+        IpNet::V6(_) => None,
+    }
+}
+
+/// A free subnet, starting the search at a position drawn from `seed` so
+/// that nodes starting together rarely try the same one.
+pub fn choose_free(conf: &NetConf, taken: &BTreeSet<Ipv4Net>, seed: u64) -> Option<Ipv4Net> {
+    let n = conf.capacity();
+    if taken.len() as u64 >= u64::from(n) && taken.iter().all(|t| conf.is_leasable(&IpNet::V4(*t))) {
+        return None;
+    }
+    let start = (seed % u64::from(n)) as u32;
+    (0..n)
+        .map(|i| conf.subnet_at((start + i) % n))
+        .find(|s| !taken.contains(s))
+}
+
+/// 64 random bits from the process's hasher seed and the clock (enough to
+/// spread subnet picks; nothing here is secret).
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conf(json: &str) -> NetConf {
+        NetConf::parse(json).unwrap()
+    }
+
+    #[test]
+    fn picks_a_free_subnet_from_anywhere() {
+        let c = conf(r#"{"Network": "10.1.0.0/22", "SubnetLen": 24}"#);
+        let taken: BTreeSet<Ipv4Net> = ["10.1.1.0/24", "10.1.2.0/24"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        for seed in 0..10 {
+            assert_eq!(
+                choose_free(&c, &taken, seed),
+                Some("10.1.3.0/24".parse().unwrap())
+            );
+        }
+        let all: BTreeSet<Ipv4Net> = (0..c.capacity()).map(|i| c.subnet_at(i)).collect();
+        assert_eq!(choose_free(&c, &all, 7), None);
+    }
+
+    #[test]
+    fn different_seeds_spread() {
+        let c = conf(r#"{"Network": "10.244.0.0/16"}"#);
+        let picks: BTreeSet<Ipv4Net> = (0..50u64)
+            .filter_map(|s| choose_free(&c, &BTreeSet::new(), s.wrapping_mul(0x9e37_79b9_7f4a_7c15)))
+            .collect();
+        assert!(picks.len() > 40, "{picks:?}");
+    }
+}

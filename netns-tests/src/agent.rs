@@ -1,5 +1,7 @@
 //! A `knode agent` process started by a test, with its own data and run
-//! dirs, and the `knode` CLI pointed at it.
+//! dirs, optionally inside a network namespace the test made, and the
+//! `knode` CLI pointed at it. Killed on drop; it never touches an agent it
+//! did not start.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -7,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::{our_bin, TempDir};
+use crate::{ns_command, our_bin, TempDir};
 
 /// One agent; killed on drop.
 pub struct Agent {
@@ -43,6 +45,7 @@ impl Agent {
     /// Starts an agent that runs pods: inside `netns` (so the bridge, veths
     /// and routes it makes stay in a namespace the test owns), with extra
     /// global flags `extra` (containerd socket, paths...) and agent flags.
+    /// The node is `test-node` unless `agent_flags` has a `--node-name`.
     pub fn start_node(
         dir: TempDir,
         netns: &Path,
@@ -60,14 +63,17 @@ impl Agent {
         Ok(a)
     }
 
+    /// The agent's `--data-dir`.
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
 
+    /// The agent's `--run-dir`.
     pub fn run_dir(&self) -> PathBuf {
         self.dir.path().join("run")
     }
 
+    /// The agent's API socket.
     pub fn socket(&self) -> PathBuf {
         self.run_dir().join("knode.sock")
     }
@@ -91,21 +97,16 @@ impl Agent {
             .create(true)
             .append(true)
             .open(self.dir.path().join("agent.log"))?;
-        let mut cmd = match &self.netns {
-            Some(ns) => {
-                let mut c = Command::new("nsenter");
-                c.arg(format!("--net={}", ns.display()))
-                    .arg("--")
-                    .arg(our_bin("knode"));
-                c
-            }
-            None => Command::new(our_bin("knode")),
-        };
+        let mut cmd = ns_command(self.netns.as_deref(), our_bin("knode"));
+        cmd.args(self.flags()).arg("agent");
+        if !self
+            .agent_flags
+            .iter()
+            .any(|f| f == "--node-name" || f.starts_with("--node-name="))
+        {
+            cmd.args(["--node-name", "test-node"]);
+        }
         let child = cmd
-            .args(self.flags())
-            .arg("agent")
-            .arg("--node-name")
-            .arg("test-node")
             .args(&self.agent_flags)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -171,6 +172,11 @@ impl Agent {
     /// The temp dir the agent lives in.
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The network namespace the agent runs in (`None`: the caller's).
+    pub fn netns(&self) -> Option<&Path> {
+        self.netns.as_deref()
     }
 
     /// The agent process's id while it runs (e.g. to read its memory use).

@@ -1,18 +1,18 @@
 //! A real etcd cluster per test: Debian's `etcd` (3.4) members listening on
-//! 127.0.0.1 ports only, each in its own temp dir with its log, killed and
-//! removed on drop (also when the test fails). It never touches an etcd it
-//! did not start.
+//! 127.0.0.1 ports, or on an address inside a network namespace the test
+//! made, each in its own temp dir with its log, killed and removed on drop
+//! (also when the test fails). It never touches an etcd it did not start.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 
-use crate::{free_port, unique, TempDir};
+use crate::{free_ports, ns_command, run_in, unique, TempDir};
 
 /// The etcd server binary (Debian package `etcd-server`).
 pub const ETCD: &str = "/usr/bin/etcd";
@@ -29,14 +29,12 @@ const LOG_TAIL: usize = 40;
 /// True when the test may run. Without etcd it skips with a reason, except
 /// under `CI=true`, where a skip is a failure.
 pub fn require_etcd(test: &str) -> bool {
-    if Path::new(ETCD).is_file() && Path::new(ETCDCTL).is_file() {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test}: needs {ETCD} and {ETCDCTL} (Debian etcd-server, etcd-client), and CI=true forbids skipping");
-    }
-    eprintln!("SKIP {test}: needs {ETCD} and {ETCDCTL} (apt-get install etcd-server etcd-client)");
-    false
+    crate::require(
+        test,
+        Path::new(ETCD).is_file() && Path::new(ETCDCTL).is_file(),
+        &format!("{ETCD} and {ETCDCTL}"),
+        "apt-get install etcd-server etcd-client",
+    )
 }
 
 struct Member {
@@ -73,22 +71,37 @@ fn log_tail(path: &Path) -> String {
     }
 }
 
-/// An etcd cluster of one or more members on loopback.
+/// An etcd cluster of one or more members, on loopback or inside a
+/// network namespace.
 pub struct EtcdCluster {
     members: Vec<Member>,
+    /// The namespace the members (and etcdctl) run in; `None`: the caller's.
+    netns: Option<PathBuf>,
 }
 
 impl EtcdCluster {
-    /// Starts `members` members (fresh data, a token unique to this run)
-    /// and waits until every one reports healthy.
+    /// Starts `members` members on 127.0.0.1 (fresh data, a token unique
+    /// to this run) and waits until every one reports healthy.
     pub fn start(members: usize) -> Result<EtcdCluster> {
+        Self::start_on(None, "127.0.0.1", members)
+    }
+
+    /// Starts `members` members inside the network namespace pinned at
+    /// `netns` (`/run/netns/NAME`), each listening for clients and peers on
+    /// `http://<host>:<port>` (`host`: an IPv4 address of that namespace),
+    /// and waits until every one reports healthy from inside it.
+    pub fn start_in(netns: &Path, host: &str, members: usize) -> Result<EtcdCluster> {
+        Self::start_on(Some(netns), host, members)
+    }
+
+    fn start_on(netns: Option<&Path>, host: &str, members: usize) -> Result<EtcdCluster> {
         if members == 0 {
             bail!("start etcd: a cluster needs at least one member");
         }
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match Self::try_start(members) {
+            match Self::try_start(netns, host, members) {
                 Ok(c) => return Ok(c),
                 // Ports are picked free then bound by etcd later; another
                 // process may take one in between.
@@ -103,15 +116,26 @@ impl EtcdCluster {
         }
     }
 
-    fn try_start(n: usize) -> Result<EtcdCluster> {
+    fn try_start(netns: Option<&Path>, host: &str, n: usize) -> Result<EtcdCluster> {
         let token = unique("knode-etcd-");
-        let mut planned = Vec::with_capacity(n);
-        for i in 0..n {
-            let name = format!("m{i}");
-            let client_url = format!("http://127.0.0.1:{}", free_port()?);
-            let peer_url = format!("http://127.0.0.1:{}", free_port()?);
-            planned.push((name, client_url, peer_url));
+        // Ports are checked where etcd will bind them: a thread inside the
+        // namespace when there is one.
+        let ports = match netns {
+            Some(ns) => run_in(ns, || free_ports(host, 2 * n))?,
+            None => free_ports(host, 2 * n),
         }
+        .with_context(|| format!("pick etcd ports on {host}"))?;
+        let planned: Vec<(String, String, String)> = ports
+            .chunks(2)
+            .enumerate()
+            .map(|(i, p)| {
+                (
+                    format!("m{i}"),
+                    format!("http://{host}:{}", p[0]),
+                    format!("http://{host}:{}", p[1]),
+                )
+            })
+            .collect();
         let initial: Vec<String> = planned
             .iter()
             .map(|(name, _, peer)| format!("{name}={peer}"))
@@ -119,13 +143,14 @@ impl EtcdCluster {
         let initial = initial.join(",");
         let mut cluster = EtcdCluster {
             members: Vec::with_capacity(n),
+            netns: netns.map(Path::to_path_buf),
         };
         for (name, client_url, peer_url) in planned {
             let dir = TempDir::new(&format!("etcd-{name}"))?;
             let log = dir.path().join("etcd.log");
             let out = File::create(&log).with_context(|| format!("create {}", log.display()))?;
             let err = out.try_clone()?;
-            let mut cmd = Command::new(ETCD);
+            let mut cmd = ns_command(netns, ETCD);
             cmd.args(["--name", &name])
                 .arg("--data-dir")
                 .arg(dir.path().join("data"))
@@ -296,10 +321,16 @@ impl EtcdCluster {
         Ok(())
     }
 
-    /// Runs etcdctl (API v3) against the running members; its stdout.
+    /// The namespace the members run in (`None`: the caller's).
+    pub fn netns(&self) -> Option<&Path> {
+        self.netns.as_deref()
+    }
+
+    /// Runs etcdctl (API v3) against the running members, inside the
+    /// cluster's namespace; its stdout.
     pub fn etcdctl(&self, args: &[&str]) -> Result<String> {
         let endpoints = self.live_endpoints().join(",");
-        let out = Command::new(ETCDCTL)
+        let out = ns_command(self.netns(), ETCDCTL)
             .env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={endpoints}"))
             .arg("--command-timeout=2s")

@@ -3,6 +3,9 @@
 //! runner that execs plugin binaries as a runtime would. Nothing here touches
 //! the root namespace's links, routes or rules.
 
+pub mod agent;
+pub mod etcd;
+
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -24,13 +27,21 @@ pub fn unique(prefix: &str) -> String {
 /// under `CI=true`, where a skip is a failure.
 pub fn require_root(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
+    let root = unsafe { libc::geteuid() } == 0;
+    require(test, root, "root", "network namespaces")
+}
+
+/// The skip rule every `require_*` shares: true when `met`; else, under
+/// `CI=true`, a panic (a skip is a failure there), otherwise a `SKIP` line
+/// naming what the test `needs` and `how` to get it, and false.
+pub fn require(test: &str, met: bool, needs: &str, how: &str) -> bool {
+    if met {
         return true;
     }
     if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test}: needs root, and CI=true forbids skipping");
+        panic!("{test}: needs {needs} ({how}), and CI=true forbids skipping");
     }
-    eprintln!("SKIP {test}: needs root (network namespaces)");
+    eprintln!("SKIP {test}: needs {needs} ({how})");
     false
 }
 
@@ -65,24 +76,7 @@ impl TestNs {
 
     /// Runs `f` on a thread inside the namespace (processes it spawns start there too).
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
-        let file =
-            File::open(&self.path).with_context(|| format!("open {}", self.path.display()))?;
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                // SAFETY: setns on this (scoped, fresh) thread with an fd we hold open.
-                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                if rc != 0 {
-                    bail!(
-                        "setns {}: {}",
-                        self.path.display(),
-                        std::io::Error::last_os_error()
-                    );
-                }
-                Ok(f())
-            })
-            .join()
-            .map_err(|_| anyhow::anyhow!("thread in {} panicked", self.name))?
-        })
+        run_in(&self.path, f)
     }
 
     /// Runs a command inside the namespace and fails unless it succeeds; returns stdout.
@@ -104,10 +98,11 @@ impl TestNs {
 
     /// A command that runs inside the namespace (via nsenter, keeping the mount namespace).
     pub fn cmd(&self, argv: &[&str]) -> Command {
-        let mut c = Command::new("nsenter");
-        c.arg(format!("--net={}", self.path.display()))
-            .arg("--")
-            .args(argv);
+        let (program, args) = argv
+            .split_first()
+            .map_or(("true", &[][..]), |(p, a)| (*p, a));
+        let mut c = ns_command(Some(&self.path), program);
+        c.args(args);
         c.stdin(Stdio::null());
         c
     }
@@ -129,6 +124,64 @@ impl Drop for TestNs {
             .stderr(Stdio::null())
             .status();
     }
+}
+
+/// Runs `f` on a fresh thread inside the network namespace pinned at
+/// `netns` (e.g. `/run/netns/NAME`); the caller's thread is never moved.
+pub fn run_in<T: Send>(netns: &Path, f: impl FnOnce() -> T + Send) -> Result<T> {
+    let file = File::open(netns).with_context(|| format!("open {}", netns.display()))?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: setns on this (scoped, fresh) thread with an fd we hold open.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            if rc != 0 {
+                bail!(
+                    "setns {}: {}",
+                    netns.display(),
+                    std::io::Error::last_os_error()
+                );
+            }
+            Ok(f())
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("thread in {} panicked", netns.display()))?
+    })
+}
+
+/// A command for `program`, run inside `netns` when given (through
+/// `nsenter --net`, which keeps the mount namespace, so cgroups stay
+/// visible to runc), else in the caller's namespace. nsenter execs the
+/// program, so the child's pid is the program's own.
+pub fn ns_command(netns: Option<&Path>, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net={}", ns.display()))
+                .arg("--")
+                .arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
+/// `n` distinct TCP ports free on `host` in the caller's namespace (all
+/// bound at once, then released; the caller binds them again soon after,
+/// as every port picker does).
+pub fn free_ports(host: &str, n: usize) -> Result<Vec<u16>> {
+    let listeners = (0..n)
+        .map(|_| std::net::TcpListener::bind((host, 0)).with_context(|| format!("bind {host}:0")))
+        .collect::<Result<Vec<_>>>()?;
+    listeners
+        .iter()
+        .map(|l| Ok(l.local_addr()?.port()))
+        .collect()
+}
+
+/// A free TCP port on 127.0.0.1 of the caller's namespace (bound then
+/// released; the caller binds it again soon after).
+pub fn free_port() -> Result<u16> {
+    Ok(free_ports("127.0.0.1", 1)?[0])
 }
 
 fn run_ok(c: &mut Command) -> Result<()> {
@@ -179,6 +232,8 @@ pub struct CniCall {
     pub netns: Option<PathBuf>,
     pub ifname: String,
     pub cni_args: String,
+    /// `CNI_PATH`; `None`: our bin dir, then the reference plugins'.
+    pub cni_path: Option<String>,
 }
 
 impl CniCall {
@@ -197,12 +252,16 @@ impl CniCall {
             netns: netns.map(Path::to_path_buf),
             ifname: ifname.to_string(),
             cni_args: String::new(),
+            cni_path: None,
         }
     }
 
     /// Runs the plugin in the calling thread's namespace with `conf` on stdin.
     pub fn run(&self, conf: &Value) -> Result<CniOutcome> {
-        let cni_path = format!("{}:{REFERENCE_CNI_DIR}", bin_dir().display());
+        let cni_path = self
+            .cni_path
+            .clone()
+            .unwrap_or_else(|| format!("{}:{REFERENCE_CNI_DIR}", bin_dir().display()));
         let mut child = Command::new(&self.plugin)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())

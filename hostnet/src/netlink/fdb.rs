@@ -124,3 +124,44 @@ fn message(ifindex: u32, mac: &[u8], dst: Option<IpAddr>) -> NeighbourMessage {
     }
     m
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netlink::wire_roundtrip;
+
+    #[test]
+    fn fdb_replace_is_a_self_permanent_bridge_neighbour_with_a_dst() {
+        let mac = [0x0e, 0, 0, 0, 0, 2];
+        let mut m = message(9, &mac, Some("192.0.2.8".parse().unwrap()));
+        m.header.state = NeighbourState::Permanent;
+        let (bytes, back) = wire_roundtrip(RouteNetlinkMessage::NewNeighbour(m));
+        // ndmsg after the 16-byte nlmsghdr: family, pad[3], ifindex, state, flags, type.
+        assert_eq!(bytes[16], libc::AF_BRIDGE as u8);
+        assert_eq!(&bytes[20..24], &9u32.to_ne_bytes());
+        assert_eq!(&bytes[24..26], &0x80u16.to_ne_bytes(), "NUD_PERMANENT");
+        assert_eq!(bytes[26], 0x02, "NTF_SELF");
+        let RouteNetlinkMessage::NewNeighbour(m) = back else {
+            panic!("not a neighbour message");
+        };
+        // AF_BRIDGE messages carry NDA_DST as raw bytes; it still reads as an IP.
+        assert_eq!(
+            FdbEntry::from_message(&m),
+            Some(FdbEntry {
+                ifindex: 9,
+                mac: mac.to_vec(),
+                dst: Some("192.0.2.8".parse().unwrap()),
+                permanent: true,
+            })
+        );
+    }
+
+    #[test]
+    fn fdb_delete_without_dst_names_only_the_mac() {
+        let m = message(9, &[1, 2, 3, 4, 5, 6], None);
+        assert!(!m
+            .attributes
+            .iter()
+            .any(|a| matches!(a, NeighbourAttribute::Destination(_))));
+    }
+}

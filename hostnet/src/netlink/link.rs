@@ -429,3 +429,101 @@ impl<'a> LinkHandle<'a> {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::netlink::wire_roundtrip;
+
+    fn request() -> VxlanRequest {
+        VxlanRequest {
+            name: "knode.1".into(),
+            vni: 1,
+            port: 8472,
+            local: Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7))),
+            underlay: Some(3),
+            learning: false,
+            mtu: Some(1450),
+            mac: Some(vec![0x0e, 0, 0, 0, 0, 1]),
+        }
+    }
+
+    /// Finds a (type, value) attribute anywhere in `bytes`, by its 4-byte header.
+    fn has_nla(bytes: &[u8], kind: u16, value: &[u8]) -> bool {
+        let len = (4 + value.len()) as u16;
+        let mut want = len.to_ne_bytes().to_vec();
+        want.extend_from_slice(&kind.to_ne_bytes());
+        want.extend_from_slice(value);
+        bytes.windows(want.len()).any(|w| w == want)
+    }
+
+    #[test]
+    fn vxlan_request_encodes_what_iproute2_sends() {
+        let (bytes, _) = wire_roundtrip(RouteNetlinkMessage::NewLink(request().message()));
+        // IFLA_VXLAN_PORT is big-endian on the wire: 8472 = 0x2118.
+        assert!(
+            has_nla(&bytes, 15, &[0x21, 0x18]),
+            "dstport 8472 in network order"
+        );
+        assert!(has_nla(&bytes, 1, &1u32.to_ne_bytes()), "IFLA_VXLAN_ID 1");
+        assert!(has_nla(&bytes, 7, &[0]), "IFLA_VXLAN_LEARNING off");
+        assert!(has_nla(&bytes, 4, &[192, 0, 2, 7]), "IFLA_VXLAN_LOCAL");
+        assert!(has_nla(&bytes, 3, &3u32.to_ne_bytes()), "IFLA_VXLAN_LINK");
+        // IFLA_ADDRESS (1) and IFLA_MTU (4) at the top level.
+        assert!(has_nla(&bytes, 1, &[0x0e, 0, 0, 0, 0, 1]), "IFLA_ADDRESS");
+        assert!(has_nla(&bytes, 4, &1450u32.to_ne_bytes()), "IFLA_MTU");
+    }
+
+    #[test]
+    fn vxlan_info_reads_back_what_was_requested() {
+        let (_, back) = wire_roundtrip(RouteNetlinkMessage::NewLink(request().message()));
+        let RouteNetlinkMessage::NewLink(m) = back else {
+            panic!("not a link message");
+        };
+        let info = VxlanInfo::from_message(&m).expect("vxlan data");
+        assert_eq!(
+            info,
+            VxlanInfo {
+                vni: 1,
+                port: 8472,
+                local: Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7))),
+                underlay: Some(3),
+                learning: false,
+            }
+        );
+        let link = Link::from_message(m);
+        assert_eq!(link.kind.as_deref(), Some("vxlan"));
+        assert_eq!(link.mac_string(), "0e:00:00:00:00:01");
+        assert_eq!(link.mtu, 1450);
+    }
+
+    #[test]
+    fn an_ipv6_local_and_no_underlay_decode_as_such() {
+        let req = VxlanRequest {
+            local: Some("fd00::7".parse().unwrap()),
+            underlay: None,
+            learning: true,
+            ..request()
+        };
+        let (_, back) = wire_roundtrip(RouteNetlinkMessage::NewLink(req.message()));
+        let RouteNetlinkMessage::NewLink(m) = back else {
+            panic!("not a link message");
+        };
+        let info = VxlanInfo::from_message(&m).expect("vxlan data");
+        assert_eq!(info.local, Some("fd00::7".parse().unwrap()));
+        assert_eq!(info.underlay, None);
+        assert!(info.learning);
+    }
+
+    #[test]
+    fn a_link_that_is_not_vxlan_has_no_vxlan_info() {
+        let mut m = LinkMessage::default();
+        m.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Bridge),
+            LinkInfo::Data(InfoData::Bridge(vec![])),
+        ]));
+        assert_eq!(VxlanInfo::from_message(&m), None);
+    }
+}

@@ -191,3 +191,18 @@ impl Netlink {
         }
     }
 }
+
+/// Serializes `msg` as the kernel would receive it, and parses those bytes
+/// back: unit tests check both the wire bytes and what a reader decodes.
+#[cfg(test)]
+pub(crate) fn wire_roundtrip(msg: RouteNetlinkMessage) -> (Vec<u8>, RouteNetlinkMessage) {
+    let mut packet = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::from(msg));
+    packet.finalize();
+    let mut out = vec![0; packet.buffer_len()];
+    packet.serialize(&mut out);
+    let back = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&out).expect("parse own bytes");
+    let NetlinkPayload::InnerMessage(m) = back.payload else {
+        panic!("not an inner message: {:?}", back.payload);
+    };
+    (out, m)
+}

@@ -76,12 +76,24 @@ impl Monitor {
         ns.run(Monitor::new)?
     }
 
+    /// Asks for a kernel receive buffer of `bytes` (SO_RCVBUF; the kernel
+    /// doubles it and caps it at net.core.rmem_max). The default is 1 MiB.
+    pub fn set_recv_buffer(&mut self, bytes: usize) -> Result<()> {
+        self.socket
+            .set_rx_buf_sz(bytes)
+            .map_err(|e| Error::io(format!("set netlink monitor receive buffer to {bytes}"), e))
+    }
+
     /// Waits for the next datagram and returns the changes in it.
     pub fn recv(&mut self) -> Result<Vec<Change>> {
         loop {
             match self.read(0) {
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                other => return self.finish(other),
+                // A datagram with nothing in it (only NLMSG_DONE/NOOP): keep waiting.
+                other => match changes(other, &self.buf)? {
+                    c if c.is_empty() => continue,
+                    c => return Ok(c),
+                },
             }
         }
     }
@@ -112,12 +124,16 @@ impl Monitor {
                 return Ok(Vec::new());
             }
             match self.read(libc::MSG_DONTWAIT) {
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EAGAIN)) => {
-                    if left.is_zero() {
-                        return Ok(Vec::new());
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EAGAIN)) => {}
+                other => {
+                    let c = changes(other, &self.buf)?;
+                    if !c.is_empty() {
+                        return Ok(c);
                     }
                 }
-                other => return self.finish(other),
+            }
+            if left.is_zero() {
+                return Ok(Vec::new());
             }
         }
     }
@@ -125,14 +141,15 @@ impl Monitor {
     fn read(&mut self, flags: libc::c_int) -> std::io::Result<usize> {
         self.socket.recv(&mut &mut self.buf[..], flags)
     }
+}
 
-    fn finish(&self, read: std::io::Result<usize>) -> Result<Vec<Change>> {
-        match read {
-            Ok(n) => Ok(decode(&self.buf[..n.min(self.buf.len())])),
-            // The kernel dropped messages for us: the caller must resync.
-            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => Ok(vec![Change::Other]),
-            Err(e) => Err(Error::io("receive netlink changes", e)),
-        }
+/// What one read of the socket means: the changes in the datagram, or, for
+/// an overrun (ENOBUFS: the kernel dropped messages for us), a request to resync.
+fn changes(read: std::io::Result<usize>, buf: &[u8]) -> Result<Vec<Change>> {
+    match read {
+        Ok(n) => Ok(decode(&buf[..n.min(buf.len())])),
+        Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => Ok(vec![Change::Other]),
+        Err(e) => Err(Error::io("receive netlink changes", e)),
     }
 }
 
@@ -197,4 +214,110 @@ fn link_name(attrs: &[LinkAttribute]) -> String {
             _ => None,
         })
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use netlink_packet_core::NetlinkHeader;
+    use netlink_packet_route::link::LinkMessage;
+    use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourMessage};
+
+    use super::*;
+    use crate::netlink::RouteRequest;
+
+    fn datagram(msgs: Vec<RouteNetlinkMessage>) -> Vec<u8> {
+        let mut out = Vec::new();
+        for msg in msgs {
+            let mut p = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::from(msg));
+            p.finalize();
+            let mut b = vec![0; p.buffer_len()];
+            p.serialize(&mut b);
+            b.resize((b.len() + 3) & !3, 0);
+            out.extend(b);
+        }
+        out
+    }
+
+    #[test]
+    fn a_datagram_of_notifications_decodes_to_changes() {
+        let mut gone = LinkMessage::default();
+        gone.header.index = 5;
+        gone.attributes
+            .push(LinkAttribute::IfName("knode.1".into()));
+        let mut up = gone.clone();
+        up.header.flags = LinkFlags::Up;
+        let mut route = RouteRequest::new(
+            "10.244.2.0/24".parse().unwrap(),
+            Some("10.244.2.0".parse().unwrap()),
+            Some(5),
+        );
+        route.onlink = true;
+        let mut neigh = NeighbourMessage::default();
+        neigh.header.family = AddressFamily::Inet;
+        neigh.header.ifindex = 5;
+        neigh
+            .attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::from(
+                "10.244.2.0".parse::<IpAddr>().unwrap(),
+            )));
+        let mut fdb = neigh.clone();
+        fdb.header.family = AddressFamily::Bridge;
+        let bytes = datagram(vec![
+            RouteNetlinkMessage::NewLink(up),
+            RouteNetlinkMessage::DelLink(gone),
+            RouteNetlinkMessage::DelRoute(route.message()),
+            RouteNetlinkMessage::NewRoute(route.message()),
+            RouteNetlinkMessage::DelNeighbour(neigh),
+            RouteNetlinkMessage::DelNeighbour(fdb),
+        ]);
+        assert_eq!(
+            decode(&bytes),
+            vec![
+                Change::LinkChanged {
+                    index: 5,
+                    name: "knode.1".into(),
+                    up: true
+                },
+                Change::LinkRemoved {
+                    index: 5,
+                    name: "knode.1".into()
+                },
+                Change::RouteRemoved(RouteEntry {
+                    dst: "10.244.2.0/24".parse().unwrap(),
+                    gateway: Some("10.244.2.0".parse().unwrap()),
+                    oif: Some(5),
+                    table: 254,
+                    onlink: true,
+                }),
+                Change::Other,
+                Change::NeighRemoved {
+                    ifindex: 5,
+                    ip: Some("10.244.2.0".parse().unwrap())
+                },
+                Change::NeighRemoved {
+                    ifindex: 5,
+                    ip: None
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn an_overrun_is_a_resync_and_other_errors_are_errors() {
+        let enobufs = std::io::Error::from_raw_os_error(libc::ENOBUFS);
+        assert_eq!(changes(Err(enobufs), &[]).unwrap(), vec![Change::Other]);
+        let ebadf = std::io::Error::from_raw_os_error(libc::EBADF);
+        let err = changes(Err(ebadf), &[]).unwrap_err();
+        assert!(
+            err.to_string().starts_with("receive netlink changes: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_truncated_datagram_asks_for_a_resync_instead_of_failing() {
+        let mut bytes = datagram(vec![RouteNetlinkMessage::DelLink(LinkMessage::default())]);
+        bytes[0] = 200; // claims more bytes than there are
+        assert_eq!(decode(&bytes), vec![Change::Other]);
+    }
 }

@@ -135,3 +135,43 @@ pub(super) fn neighbour_ip(a: &NeighbourAddress) -> Option<IpAddr> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netlink::wire_roundtrip;
+
+    #[test]
+    fn a_permanent_ipv4_entry_round_trips() {
+        let mut m = message(4, "10.244.1.0".parse().unwrap());
+        m.header.state = NeighbourState::Permanent;
+        m.attributes.push(NeighbourAttribute::LinkLayerAddress(vec![
+            0x0e, 0, 0, 0, 0, 1,
+        ]));
+        let (bytes, back) = wire_roundtrip(RouteNetlinkMessage::NewNeighbour(m));
+        assert_eq!(bytes[16], libc::AF_INET as u8);
+        let RouteNetlinkMessage::NewNeighbour(m) = back else {
+            panic!("not a neighbour message");
+        };
+        assert_eq!(
+            NeighEntry::from_message(&m),
+            Some(NeighEntry {
+                ifindex: 4,
+                ip: "10.244.1.0".parse().unwrap(),
+                mac: vec![0x0e, 0, 0, 0, 0, 1],
+                permanent: true,
+            })
+        );
+    }
+
+    #[test]
+    fn raw_destination_bytes_read_as_ips() {
+        let v6: IpAddr = "fd00::1".parse().unwrap();
+        let IpAddr::V6(v6b) = v6 else { unreachable!() };
+        assert_eq!(
+            neighbour_ip(&NeighbourAddress::Other(v6b.octets().to_vec())),
+            Some(v6)
+        );
+        assert_eq!(neighbour_ip(&NeighbourAddress::Other(vec![1, 2, 3])), None);
+    }
+}

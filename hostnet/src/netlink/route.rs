@@ -89,7 +89,7 @@ impl RouteRequest {
         }
     }
 
-    fn message(&self) -> RouteMessage {
+    pub(super) fn message(&self) -> RouteMessage {
         let mut m = RouteMessage::default();
         m.header.address_family = if self.dst.addr().is_ipv4() {
             AddressFamily::Inet
@@ -205,5 +205,44 @@ fn addr(a: &RouteAddress) -> Option<IpAddr> {
         RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
         RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netlink::wire_roundtrip;
+
+    #[test]
+    fn an_onlink_route_reads_back_as_onlink() {
+        let mut req = RouteRequest::new(
+            "10.244.2.0/24".parse().unwrap(),
+            Some("10.244.2.0".parse().unwrap()),
+            Some(7),
+        );
+        req.onlink = true;
+        let (bytes, back) = wire_roundtrip(RouteNetlinkMessage::NewRoute(req.message()));
+        // rtm_flags (u32 at offset 16 + 8 of the rtmsg) carries RTNH_F_ONLINK (4).
+        assert_eq!(&bytes[24..28], &4u32.to_ne_bytes());
+        let RouteNetlinkMessage::NewRoute(m) = back else {
+            panic!("not a route message");
+        };
+        assert_eq!(
+            RouteEntry::from_message(&m),
+            Some(RouteEntry {
+                dst: req.dst,
+                gateway: req.gateway,
+                oif: Some(7),
+                table: 254,
+                onlink: true,
+            })
+        );
+    }
+
+    #[test]
+    fn non_unicast_routes_are_not_entries() {
+        let mut m = RouteRequest::new("10.0.0.1/32".parse().unwrap(), None, Some(1)).message();
+        m.header.kind = RouteType::Local;
+        assert_eq!(RouteEntry::from_message(&m), None);
     }
 }

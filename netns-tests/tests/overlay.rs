@@ -106,7 +106,10 @@ impl Overlay {
     fn wait_subnet(&self, i: usize) -> Result<String> {
         let path = self.subnet_file(i);
         if !wait_until(Duration::from_secs(15), || path.exists()) {
-            bail!("node {i}: no subnet file after 15 s; agent log:\n{}", self.agent(i).log());
+            bail!(
+                "node {i}: no subnet file after 15 s; agent log:\n{}",
+                self.agent(i).log()
+            );
         }
         subnet_of(&std::fs::read_to_string(&path)?)
     }
@@ -131,7 +134,9 @@ fn subnet_of(env: &str) -> Result<String> {
         .lines()
         .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))
         .context("no FLANNEL_SUBNET")?;
-    let (ip, len) = v.split_once('/').context("FLANNEL_SUBNET without a length")?;
+    let (ip, len) = v
+        .split_once('/')
+        .context("FLANNEL_SUBNET without a length")?;
     let mut octets: Vec<&str> = ip.split('.').collect();
     octets[3] = "0";
     Ok(format!("{}/{len}", octets.join(".")))
@@ -145,9 +150,7 @@ fn prereqs(test: &str) -> bool {
 fn all_ping(pods: &[&Pod]) -> Result<()> {
     for a in pods {
         for b in pods {
-            if a.ip() != b.ip()
-                && !wait_until(Duration::from_secs(5), || a.ns().ping(b.ip()))
-            {
+            if a.ip() != b.ip() && !wait_until(Duration::from_secs(5), || a.ns().ping(b.ip())) {
                 bail!("pod {} cannot ping pod {}", a.ip(), b.ip());
             }
         }
@@ -179,21 +182,35 @@ fn vxlan_pods_reach_each_other_and_the_outside_world() -> Result<()> {
 
     // The device as flannel makes it.
     let dev = o.node(0).sh(&["ip", "-d", "link", "show", "knode.1"])?;
-    for want in ["mtu 1450", "vxlan id 1 ", "dstport 8472", "nolearning", "local 198.18.0.11"] {
+    for want in [
+        "mtu 1450",
+        "vxlan id 1 ",
+        "dstport 8472",
+        "nolearning",
+        "local 198.18.0.11",
+    ] {
         assert!(dev.contains(want), "{want:?} not in {dev}");
     }
     let vtep = format!("{}/32", subnets[0].split('/').next().unwrap());
-    assert!(o.node(0).sh(&["ip", "addr", "show", "knode.1"])?.contains(&vtep));
+    assert!(o
+        .node(0)
+        .sh(&["ip", "addr", "show", "knode.1"])?
+        .contains(&vtep));
     let env = std::fs::read_to_string(o.subnet_file(0))?;
     assert!(env.contains("FLANNEL_NETWORK=10.244.0.0/16\n"), "{env}");
-    assert!(env.contains("FLANNEL_MTU=1450\n") && env.contains("FLANNEL_IPMASQ=true\n"), "{env}");
+    assert!(
+        env.contains("FLANNEL_MTU=1450\n") && env.contains("FLANNEL_IPMASQ=true\n"),
+        "{env}"
+    );
     // One permanent neighbour and FDB entry and an onlink route per peer.
     let e = entries_for(&o, 0, &subnets[1])?;
     assert!(e.contains("dev knode.1 onlink"), "{e}");
     assert!(e.contains("PERMANENT"), "{e}");
     assert!(e.contains("dst 198.18.0.12"), "{e}");
 
-    let pods: Vec<Pod> = (0..3).map(|i| o.pod(i, &format!("p{i}"))).collect::<Result<_>>()?;
+    let pods: Vec<Pod> = (0..3)
+        .map(|i| o.pod(i, &format!("p{i}")))
+        .collect::<Result<_>>()?;
     for (p, s) in pods.iter().zip(&subnets) {
         let prefix = s.rsplitn(2, '.').nth(1).unwrap();
         assert!(p.ip().starts_with(prefix), "pod {} not in {s}", p.ip());
@@ -203,10 +220,16 @@ fn vxlan_pods_reach_each_other_and_the_outside_world() -> Result<()> {
     tcp_echo(pods[0].ns(), pods[0].ip(), pods[1].ns(), 7001)?;
     tcp_echo(pods[1].ns(), pods[1].ip(), pods[0].ns(), 7002)?;
     // Inside the cluster the source is kept: the server sees the pod's IP.
-    assert_eq!(peer_seen(pods[1].ns(), pods[1].ip(), pods[0].ns(), 7003)?, pods[0].ip());
+    assert_eq!(
+        peer_seen(pods[1].ns(), pods[1].ip(), pods[0].ns(), 7003)?,
+        pods[0].ip()
+    );
 
     // Egress: the outside world sees the node's address, not the pod's.
-    assert_eq!(peer_seen(o.net.internet(), OUTSIDE_IP, pods[2].ns(), 7004)?, o.net.node_ip(2));
+    assert_eq!(
+        peer_seen(o.net.internet(), OUTSIDE_IP, pods[2].ns(), 7004)?,
+        o.net.node_ip(2)
+    );
     Ok(())
 }
 
@@ -263,7 +286,11 @@ fn nodes_join_and_leave_without_restarts() -> Result<()> {
                 .unwrap_or(false)
         })
     });
-    assert!(gone, "node 2's entries remain:\n{}", entries_for(&o, 0, &s2)?);
+    assert!(
+        gone,
+        "node 2's entries remain:\n{}",
+        entries_for(&o, 0, &s2)?
+    );
     Ok(())
 }
 
@@ -290,11 +317,17 @@ fn agent_restart_keeps_lease_mac_and_flows() -> Result<()> {
     let out = ping.wait_with_output()?;
     let text = String::from_utf8_lossy(&out.stdout);
     let received = received(&text);
-    assert!(received >= 30, "{received}/40 pings answered across the restart:\n{text}");
+    assert!(
+        received >= 30,
+        "{received}/40 pings answered across the restart:\n{text}"
+    );
     // The data plane did not depend on the agent: at most a second lost.
     assert!(40 - received <= 10, "{text}");
     assert_eq!(o.wait_subnet(0)?, before);
-    assert_eq!(o.node(0).sh(&["cat", "/sys/class/net/knode.1/address"])?, mac);
+    assert_eq!(
+        o.node(0).sh(&["cat", "/sys/class/net/knode.1/address"])?,
+        mac
+    );
     all_ping(&[&p0, &p1])?;
     Ok(())
 }
@@ -338,7 +371,11 @@ fn deleted_device_and_routes_are_restored() -> Result<()> {
     let back = wait_until(Duration::from_secs(5), || {
         entries_for(&o, 0, &s1).is_ok_and(|e| e.contains("onlink") && e.contains("PERMANENT"))
     });
-    assert!(back, "the device and entries did not come back: {}", o.agent(0).log());
+    assert!(
+        back,
+        "the device and entries did not come back: {}",
+        o.agent(0).log()
+    );
     eprintln!("device restored in {:?}", t.elapsed());
     all_ping(&[&p0, &p1])?;
 
@@ -353,7 +390,8 @@ fn deleted_device_and_routes_are_restored() -> Result<()> {
     eprintln!("route restored in {:?}", t.elapsed());
 
     // Masquerade rules flushed by someone else come back too.
-    o.node(0).sh(&["iptables", "-t", "nat", "-F", "POSTROUTING"])?;
+    o.node(0)
+        .sh(&["iptables", "-t", "nat", "-F", "POSTROUTING"])?;
     let back = wait_until(Duration::from_secs(5), || {
         o.node(0)
             .sh(&["iptables", "-t", "nat", "-S", "POSTROUTING"])
@@ -372,10 +410,15 @@ fn host_gw_pods_reach_each_other() -> Result<()> {
     let s1 = o.wait_subnet(1)?;
     let route = o.node(0).sh(&["ip", "route", "show", &s1])?;
     assert!(route.contains("via 198.18.0.12 dev eth0"), "{route}");
-    assert!(o.node(0).sh(&["ip", "link", "show", "knode.1"]).is_err(), "no vxlan device for host-gw");
+    assert!(
+        o.node(0).sh(&["ip", "link", "show", "knode.1"]).is_err(),
+        "no vxlan device for host-gw"
+    );
     let env = std::fs::read_to_string(o.subnet_file(0))?;
     assert!(env.contains("FLANNEL_MTU=1500\n"), "{env}");
-    let pods: Vec<Pod> = (0..3).map(|i| o.pod(i, &format!("p{i}"))).collect::<Result<_>>()?;
+    let pods: Vec<Pod> = (0..3)
+        .map(|i| o.pod(i, &format!("p{i}")))
+        .collect::<Result<_>>()?;
     all_ping(&pods.iter().collect::<Vec<_>>())?;
     tcp_echo(pods[0].ns(), pods[0].ip(), pods[2].ns(), 7011)?;
     tcp_echo(pods[2].ns(), pods[2].ip(), pods[0].ns(), 7012)?;
@@ -392,7 +435,12 @@ fn host_gw_refuses_a_peer_off_the_segment() -> Result<()> {
     let lease = r#"{"apiVersion": "knode.io/v1", "kind": "SubnetLease",
         "metadata": {"name": "10.244.200.0-24"},
         "spec": {"subnet": "10.244.200.0/24", "PublicIP": "203.0.113.50", "BackendType": "host-gw"}}"#;
-    run_cli_in(o.node(0), &o.control_plane(), &["apply", "-f", "-"], Some(lease))?;
+    run_cli_in(
+        o.node(0),
+        &o.control_plane(),
+        &["apply", "-f", "-"],
+        Some(lease),
+    )?;
     let mut o = o;
     let i = o.net.add_node()?;
     let e = match o.spawn_agent(i) {
@@ -408,7 +456,9 @@ fn host_gw_refuses_a_peer_off_the_segment() -> Result<()> {
         Err(e) => format!("{e:#}"),
     };
     assert!(
-        e.contains("10.244.200.0/24 at 203.0.113.50 is not on this node's L2 segment 198.18.0.0/24"),
+        e.contains(
+            "10.244.200.0/24 at 203.0.113.50 is not on this node's L2 segment 198.18.0.0/24"
+        ),
         "{e}"
     );
     Ok(())
@@ -440,7 +490,9 @@ fn concurrent_starts_never_share_a_subnet() -> Result<()> {
         let agents: Vec<Result<Agent>> = std::thread::scope(|s| {
             let o = &o;
             let hs: Vec<_> = (0..2).map(|i| s.spawn(move || o.spawn_agent(i))).collect();
-            hs.into_iter().map(|h| h.join().expect("spawn thread")).collect()
+            hs.into_iter()
+                .map(|h| h.join().expect("spawn thread"))
+                .collect()
         });
         let agents: Vec<Agent> = agents.into_iter().collect::<Result<_>>()?;
         let mut subnets = Vec::new();
@@ -451,7 +503,11 @@ fn concurrent_starts_never_share_a_subnet() -> Result<()> {
             }
             subnets.push(subnet_of(&std::fs::read_to_string(&path)?)?);
         }
-        assert_ne!(subnets[0], subnets[1], "round {round}: both nodes got {}", subnets[0]);
+        assert_ne!(
+            subnets[0], subnets[1],
+            "round {round}: both nodes got {}",
+            subnets[0]
+        );
         drop(agents);
         // Forget the leases so the next round races again.
         for s in &subnets {
@@ -462,7 +518,12 @@ fn concurrent_starts_never_share_a_subnet() -> Result<()> {
 }
 
 /// Runs the `knode` CLI inside `ns` against `control_plane`; its stdout.
-fn run_cli_in(ns: &TestNs, control_plane: &str, args: &[&str], stdin: Option<&str>) -> Result<String> {
+fn run_cli_in(
+    ns: &TestNs,
+    control_plane: &str,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Result<String> {
     let knode = netns_tests::our_bin("knode");
     let mut cmd = netns_tests::ns_command(Some(ns.path()), &knode);
     cmd.args(["--config", "/dev/null", "--control-plane", control_plane])
@@ -475,4 +536,43 @@ fn run_cli_in(ns: &TestNs, control_plane: &str, args: &[&str], stdin: Option<&st
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn a_revoked_lease_is_taken_again() -> Result<()> {
+    if !prereqs("a_revoked_lease_is_taken_again") {
+        return Ok(());
+    }
+    let o = Overlay::start(2, "vxlan")?;
+    let s0 = o.wait_subnet(0)?;
+    let p0 = o.pod(0, "p0")?;
+    let p1 = o.pod(1, "p1")?;
+    all_ping(&[&p0, &p1])?;
+    // Someone deletes node 0's lease: it takes the same subnet again, and
+    // node 1 keeps (or regains) its route to it.
+    let name = s0.replace('/', "-");
+    run_cli_in(
+        o.node(1),
+        &o.control_plane(),
+        &["delete", "subnetlease", &name],
+        None,
+    )?;
+    let back = wait_until(Duration::from_secs(10), || {
+        run_cli_in(
+            o.node(1),
+            &o.control_plane(),
+            &["get", "subnetlease", &name],
+            None,
+        )
+        .is_ok_and(|out| out.contains("198.18.0.11"))
+    });
+    assert!(back, "the lease was not taken again:\n{}", o.agent(0).log());
+    assert!(
+        o.agent(0).log().contains("subnet lease lost"),
+        "{}",
+        o.agent(0).log()
+    );
+    assert_eq!(o.wait_subnet(0)?, s0);
+    all_ping(&[&p0, &p1])?;
+    Ok(())
 }

@@ -33,7 +33,11 @@ pub struct BackendSpec {
     pub vni: Option<u32>,
     #[serde(rename = "Port", default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
-    #[serde(rename = "DirectRouting", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "DirectRouting",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub direct_routing: Option<bool>,
 }
 
@@ -127,12 +131,18 @@ impl NetConf {
             .parse()
             .map_err(|_| bad("Network", format!("{network_s:?} is not a CIDR")))?;
         let IpNet::V4(network) = network else {
-            return Err(bad("Network", format!("{network_s}: only IPv4 is supported")));
+            return Err(bad(
+                "Network",
+                format!("{network_s}: only IPv4 is supported"),
+            ));
         };
         if network.trunc() != network {
             return Err(bad(
                 "Network",
-                format!("{network} has host bits set (did you mean {}?)", network.trunc()),
+                format!(
+                    "{network} has host bits set (did you mean {}?)",
+                    network.trunc()
+                ),
             ));
         }
         let subnet_len = match raw.subnet_len {
@@ -335,16 +345,22 @@ mod tests {
             r#"{"Network": "10.0.0.0/16", "SubnetMin": "10.0.9.0", "SubnetMax": "10.0.3.0"}"#
         )
         .contains("above SubnetMax"));
-        assert!(err(r#"{"Network": "10.0.0.0/16", "Backend": {"Type": "vxlan", "VNI": 0}}"#)
-            .contains("Backend.VNI"));
+        assert!(
+            err(r#"{"Network": "10.0.0.0/16", "Backend": {"Type": "vxlan", "VNI": 0}}"#)
+                .contains("Backend.VNI")
+        );
         assert!(
             err(r#"{"Network": "10.0.0.0/16", "Backend": {"Type": "host-gw", "VNI": 2}}"#)
                 .contains("only applies to Type vxlan")
         );
-        assert!(err(r#"{"Network": "10.0.0.0/16", "Backend": {"Type": "ipip"}}"#)
-            .contains("\"ipip\" is not a backend"));
-        assert!(err(r#"{"Network": "10.0.0.0/16", "Backend": {"Type": "udp"}}"#)
-            .contains("not supported"));
+        assert!(
+            err(r#"{"Network": "10.0.0.0/16", "Backend": {"Type": "ipip"}}"#)
+                .contains("\"ipip\" is not a backend")
+        );
+        assert!(
+            err(r#"{"Network": "10.0.0.0/16", "Backend": {"Type": "udp"}}"#)
+                .contains("not supported")
+        );
         assert!(err(r#"{"Network": "10.0.0.0/16", "Subnetlen": 24}"#).contains("Subnetlen"));
     }
 }

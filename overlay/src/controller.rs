@@ -60,7 +60,9 @@ impl Settings {
             )));
         }
         if self.resync.is_zero() {
-            return Err(Error::Config("overlay-resync-period: must be above zero".into()));
+            return Err(Error::Config(
+                "overlay-resync-period: must be above zero".into(),
+            ));
         }
         Ok(())
     }
@@ -200,7 +202,11 @@ impl Overlay {
         let mut resync = tokio::time::interval(self.settings.resync);
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let (kick_tx, mut kick_rx) = mpsc::channel(1);
-        spawn_monitor(self.conf.network, self.device.as_ref().map(|d| d.name.clone()), kick_tx);
+        spawn_monitor(
+            self.conf.network,
+            self.device.as_ref().map(|d| d.name.clone()),
+            kick_tx,
+        );
         loop {
             tokio::select! {
                 u = watcher.next() => match u {
@@ -263,7 +269,11 @@ impl Overlay {
             .leases
             .acquire(&self.conf, &self.attrs, Some(old))
             .await
-            .map_err(|e| Error::Lease(format!("the subnet lease {old} was lost ({why}) and none could be acquired again: {e}")))?;
+            .map_err(|e| {
+                Error::Lease(format!(
+                    "the subnet lease {old} was lost ({why}) and none could be acquired again: {e}"
+                ))
+            })?;
         let subnet = lease_subnet(&lease)?;
         self.lease = lease;
         if subnet != old {
@@ -305,8 +315,12 @@ impl Overlay {
             Ok(new) => {
                 let ops = dataplane::plan(&[new], &Observed::of(old.as_slice()));
                 match self.apply_all(&ops) {
-                    Ok(()) => tracing::info!(peer = %subnet, public_ip = %l.spec.public_ip, "peer programmed"),
-                    Err(e) => tracing::warn!(peer = %subnet, error = %e, "program peer; the resync retries"),
+                    Ok(()) => {
+                        tracing::info!(peer = %subnet, public_ip = %l.spec.public_ip, "peer programmed")
+                    }
+                    Err(e) => {
+                        tracing::warn!(peer = %subnet, error = %e, "program peer; the resync retries")
+                    }
                 }
                 self.peers.insert(subnet, new);
             }
@@ -360,7 +374,11 @@ impl Overlay {
         let observed = self.kernel.observe()?;
         let ops = dataplane::plan(&want, &observed);
         if !ops.is_empty() {
-            tracing::info!(changes = ops.len(), peers = want.len(), "overlay entries repaired");
+            tracing::info!(
+                changes = ops.len(),
+                peers = want.len(),
+                "overlay entries repaired"
+            );
         }
         self.apply_all(&ops)?;
         if masq::ensure(self.conf.network, self.subnet(), self.settings.ip_masq)? {
@@ -404,7 +422,10 @@ async fn load_config(cp: &dyn ControlPlane, s: &Settings) -> Result<NetConf> {
             let proposed = NetConf::raw_from_flags(&s.cluster_cidr, &s.backend);
             // Validate before storing: a bad flag must not poison the cluster.
             NetConf::from_raw(&proposed).map_err(|e| {
-                Error::Config(format!("from --cluster-cidr/--backend: {}", e.to_string().trim_start_matches("network config: ")))
+                Error::Config(format!(
+                    "from --cluster-cidr/--backend: {}",
+                    e.to_string().trim_start_matches("network config: ")
+                ))
             })?;
             create_config(cp, &serde_json::to_string(&proposed).expect("serializes")).await?
         }
@@ -415,8 +436,12 @@ async fn load_config(cp: &dyn ControlPlane, s: &Settings) -> Result<NetConf> {
         .as_ref()
         .and_then(|d| d.get(CONFIGMAP_KEY))
         .ok_or_else(|| Error::Config(format!("{what}: has no key {CONFIGMAP_KEY}")))?;
-    let conf = NetConf::parse(json)
-        .map_err(|e| Error::Config(format!("{what}: {}", e.to_string().trim_start_matches("network config: "))))?;
+    let conf = NetConf::parse(json).map_err(|e| {
+        Error::Config(format!(
+            "{what}: {}",
+            e.to_string().trim_start_matches("network config: ")
+        ))
+    })?;
     if conf.network.to_string() != s.cluster_cidr || conf.backend.type_name() != s.backend {
         tracing::warn!(
             stored_network = %conf.network,
@@ -447,12 +472,17 @@ async fn create_config(cp: &dyn ControlPlane, json: &str) -> Result<ConfigMap> {
             namespace: Some(CONFIGMAP_NAMESPACE.into()),
             ..Default::default()
         },
-        data: Some(BTreeMap::from([(CONFIGMAP_KEY.to_string(), json.to_string())])),
+        data: Some(BTreeMap::from([(
+            CONFIGMAP_KEY.to_string(),
+            json.to_string(),
+        )])),
         ..Default::default()
     };
     match cp.create(Object::ConfigMap(cm), None).await {
         Ok(Object::ConfigMap(cm)) => Ok(cm),
-        Ok(_) => Err(Error::Config("the control plane returned a non-ConfigMap".into())),
+        Ok(_) => Err(Error::Config(
+            "the control plane returned a non-ConfigMap".into(),
+        )),
         // Another node stored one first: use theirs.
         Err(controlplane::Error::AlreadyExists { .. }) => {
             let what = ObjectRef::new(Kind::ConfigMap, CONFIGMAP_NAMESPACE, CONFIGMAP_NAME);

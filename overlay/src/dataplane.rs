@@ -237,7 +237,9 @@ impl Dataplane for Kernel {
                 self.nl
                     .link()
                     .get_by_name(&dev.name)?
-                    .ok_or_else(|| crate::Error::Backend(format!("{} vanished after creation", dev.name)))?
+                    .ok_or_else(|| {
+                        crate::Error::Backend(format!("{} vanished after creation", dev.name))
+                    })?
                     .index
             }
         };
@@ -397,10 +399,16 @@ mod tests {
 
     #[test]
     fn a_fresh_node_gets_three_entries_per_peer_entries_before_routes() {
-        let want = [vx("10.244.2.0/24", 2, "198.18.0.12"), vx("10.244.3.0/24", 3, "198.18.0.13")];
+        let want = [
+            vx("10.244.2.0/24", 2, "198.18.0.12"),
+            vx("10.244.3.0/24", 3, "198.18.0.13"),
+        ];
         let ops = plan(&want, &Observed::default());
         assert_eq!(ops.len(), 6);
-        let first_route = ops.iter().position(|o| matches!(o, Op::SetRoute(..))).unwrap();
+        let first_route = ops
+            .iter()
+            .position(|o| matches!(o, Op::SetRoute(..)))
+            .unwrap();
         assert!(ops[..first_route]
             .iter()
             .all(|o| matches!(o, Op::SetNeigh(..) | Op::SetFdb(..))));
@@ -408,7 +416,10 @@ mod tests {
 
     #[test]
     fn converged_means_no_ops_and_stale_entries_go() {
-        let want = [vx("10.244.2.0/24", 2, "198.18.0.12"), vx("10.244.3.0/24", 3, "198.18.0.13")];
+        let want = [
+            vx("10.244.2.0/24", 2, "198.18.0.12"),
+            vx("10.244.3.0/24", 3, "198.18.0.13"),
+        ];
         let mut k = Recorder::default();
         for op in plan(&want, &k.observe().unwrap()) {
             k.apply(&op).unwrap();
@@ -422,8 +433,14 @@ mod tests {
             Via::Vxlan("10.244.3.0".parse().unwrap())
         )));
         assert!(ops.contains(&Op::DelNeigh("10.244.3.0".parse().unwrap())));
-        assert!(ops.contains(&Op::DelFdb([2, 0, 0, 0, 0, 2], "198.18.0.12".parse().unwrap())));
-        assert!(ops.contains(&Op::SetFdb([2, 0, 0, 0, 0, 2], "198.18.0.22".parse().unwrap())));
+        assert!(ops.contains(&Op::DelFdb(
+            [2, 0, 0, 0, 0, 2],
+            "198.18.0.12".parse().unwrap()
+        )));
+        assert!(ops.contains(&Op::SetFdb(
+            [2, 0, 0, 0, 0, 2],
+            "198.18.0.22".parse().unwrap()
+        )));
         assert!(!ops.iter().any(|o| matches!(o, Op::SetRoute(..))));
         for op in ops {
             k.apply(&op).unwrap();

@@ -81,7 +81,9 @@ pub fn choose(
         let by_name = cands.iter().find(|c| c.link.name == want);
         let by_addr = || {
             let ip: IpAddr = want.parse().ok()?;
-            cands.iter().find(|c| c.addrs.iter().any(|a| a.addr() == ip))
+            cands
+                .iter()
+                .find(|c| c.addrs.iter().any(|a| a.addr() == ip))
         };
         let Some(c) = by_name.or_else(by_addr) else {
             let names: Vec<&str> = cands.iter().map(|c| c.link.name.as_str()).collect();
@@ -103,7 +105,10 @@ pub fn choose(
                 }
             },
             None => match want.parse::<Ipv4Addr>() {
-                Ok(ip) => *v4.iter().find(|a| a.addr() == ip).expect("found by this address"),
+                Ok(ip) => *v4
+                    .iter()
+                    .find(|a| a.addr() == ip)
+                    .expect("found by this address"),
                 Err(_) => match v4.first() {
                     Some(a) => *a,
                     None => return err(format!("iface {}: has no IPv4 address", c.link.name)),
@@ -150,7 +155,10 @@ fn list(v: &[Ipv4Net]) -> String {
     if v.is_empty() {
         return "no IPv4 address".into();
     }
-    v.iter().map(|a| a.addr().to_string()).collect::<Vec<_>>().join(", ")
+    v.iter()
+        .map(|a| a.addr().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]
@@ -186,15 +194,36 @@ mod tests {
     #[test]
     fn default_route_wins_when_nothing_is_said() {
         let u = choose(&hosts(), Some(3), None, None).unwrap();
-        assert_eq!((u.name.as_str(), u.ip.to_string()), ("eth1", "192.0.2.5".into()));
+        assert_eq!(
+            (u.name.as_str(), u.ip.to_string()),
+            ("eth1", "192.0.2.5".into())
+        );
         assert_eq!(u.net.to_string(), "192.0.2.0/24");
     }
 
     #[test]
     fn iface_by_name_or_address_and_public_ip() {
-        assert_eq!(choose(&hosts(), None, Some("eth0"), None).unwrap().ip.to_string(), "198.18.0.11");
-        assert_eq!(choose(&hosts(), None, Some("192.0.2.6"), None).unwrap().ip.to_string(), "192.0.2.6");
-        let u = choose(&hosts(), None, Some("eth1"), Some("192.0.2.6".parse().unwrap())).unwrap();
+        assert_eq!(
+            choose(&hosts(), None, Some("eth0"), None)
+                .unwrap()
+                .ip
+                .to_string(),
+            "198.18.0.11"
+        );
+        assert_eq!(
+            choose(&hosts(), None, Some("192.0.2.6"), None)
+                .unwrap()
+                .ip
+                .to_string(),
+            "192.0.2.6"
+        );
+        let u = choose(
+            &hosts(),
+            None,
+            Some("eth1"),
+            Some("192.0.2.6".parse().unwrap()),
+        )
+        .unwrap();
         assert_eq!(u.ip.to_string(), "192.0.2.6");
         let u = choose(&hosts(), None, None, Some("198.18.0.11".parse().unwrap())).unwrap();
         assert_eq!(u.name, "eth0");
@@ -202,15 +231,33 @@ mod tests {
 
     #[test]
     fn wrong_or_ambiguous_choices_are_refused() {
-        assert!(e(choose(&hosts(), None, Some("eth9"), None)).contains("iface \"eth9\": no interface"));
+        assert!(
+            e(choose(&hosts(), None, Some("eth9"), None)).contains("iface \"eth9\": no interface")
+        );
         assert!(e(choose(&hosts(), None, Some("dummy0"), None)).contains("has no IPv4 address"));
-        assert!(e(choose(&hosts(), None, Some("eth0"), Some("192.0.2.5".parse().unwrap())))
-            .contains("public-ip 192.0.2.5 is not an address of iface eth0"));
-        assert!(e(choose(&hosts(), None, None, Some("203.0.113.1".parse().unwrap())))
-            .contains("no interface on this node has this address"));
+        assert!(e(choose(
+            &hosts(),
+            None,
+            Some("eth0"),
+            Some("192.0.2.5".parse().unwrap())
+        ))
+        .contains("public-ip 192.0.2.5 is not an address of iface eth0"));
+        assert!(e(choose(
+            &hosts(),
+            None,
+            None,
+            Some("203.0.113.1".parse().unwrap())
+        ))
+        .contains("no interface on this node has this address"));
         let m = e(choose(&hosts(), None, None, None));
-        assert!(m.contains("2 interfaces") && m.contains("eth0, eth1"), "{m}");
+        assert!(
+            m.contains("2 interfaces") && m.contains("eth0, eth1"),
+            "{m}"
+        );
         assert!(e(choose(&hosts()[..1], None, None, None)).contains("pass --iface"));
-        assert_eq!(choose(&hosts()[..2], None, None, None).unwrap().name, "eth0");
+        assert_eq!(
+            choose(&hosts()[..2], None, None, None).unwrap().name,
+            "eth0"
+        );
     }
 }

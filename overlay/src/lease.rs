@@ -4,8 +4,8 @@
 //! subnet because a lease is created only if its name (the subnet) is
 //! free, and changed only at the revision it was read at.
 
-use std::collections::BTreeSet;
 use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -96,7 +96,8 @@ impl Leases {
                 }
                 continue;
             }
-            let taken: BTreeSet<Ipv4Net> = leases.iter().filter_map(|l| v4(&l.spec.subnet)).collect();
+            let taken: BTreeSet<Ipv4Net> =
+                leases.iter().filter_map(|l| v4(&l.spec.subnet)).collect();
             let wanted = previous
                 .filter(|p| conf.is_leasable(&IpNet::V4(*p)) && !taken.contains(p))
                 .or_else(|| choose_free(conf, &taken, random_u64()));
@@ -122,7 +123,11 @@ impl Leases {
 
     /// Renews `lease` (TTL restarted), unless it was lost.
     pub async fn renew(&self, lease: &SubnetLease, me: &LeaseAttrs) -> Result<Renewal> {
-        let what = ObjectRef::new(Kind::SubnetLease, "", &SubnetLease::name_for(&lease.spec.subnet));
+        let what = ObjectRef::new(
+            Kind::SubnetLease,
+            "",
+            &SubnetLease::name_for(&lease.spec.subnet),
+        );
         for _ in 0..3 {
             let current = match self.cp.get(&what).await {
                 Ok(Object::SubnetLease(l)) => l,
@@ -197,7 +202,11 @@ impl Leases {
             .resource_version
             .as_deref()
             .and_then(|r| r.parse().ok());
-        let what = ObjectRef::new(Kind::SubnetLease, "", &SubnetLease::name_for(&lease.spec.subnet));
+        let what = ObjectRef::new(
+            Kind::SubnetLease,
+            "",
+            &SubnetLease::name_for(&lease.spec.subnet),
+        );
         self.cp.delete(&what, rev).await?;
         Ok(())
     }
@@ -233,7 +242,8 @@ fn v4(n: &IpNet) -> Option<Ipv4Net> {
 /// that nodes starting together rarely try the same one.
 pub fn choose_free(conf: &NetConf, taken: &BTreeSet<Ipv4Net>, seed: u64) -> Option<Ipv4Net> {
     let n = conf.capacity();
-    if taken.len() as u64 >= u64::from(n) && taken.iter().all(|t| conf.is_leasable(&IpNet::V4(*t))) {
+    if taken.len() as u64 >= u64::from(n) && taken.iter().all(|t| conf.is_leasable(&IpNet::V4(*t)))
+    {
         return None;
     }
     let start = (seed % u64::from(n)) as u32;
@@ -282,11 +292,131 @@ mod tests {
         assert_eq!(choose_free(&c, &all, 7), None);
     }
 
+    /// An embedded control plane in a fresh temp dir (removed on drop).
+    struct Cp(Arc<dyn ControlPlane>, std::path::PathBuf);
+
+    impl Drop for Cp {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.1);
+        }
+    }
+
+    async fn embedded(tag: &str) -> Cp {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "knode-lease-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let alloc =
+            controlplane::registry::Allocators::parse("10.96.0.0/12", "30000-32767").unwrap();
+        let cp =
+            controlplane::backend::open(&controlplane::backend::Backend::Embedded, &dir, alloc)
+                .await
+                .unwrap();
+        Cp(cp, dir)
+    }
+
+    fn me(n: u8) -> LeaseAttrs {
+        LeaseAttrs {
+            node: format!("node-{n}"),
+            public_ip: IpAddr::from([198, 18, 0, n]),
+            backend_type: "vxlan".into(),
+            backend_data: serde_json::json!({"VNI": 1, "VtepMAC": "02:00:00:00:00:01"}),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_acquires_never_share_and_a_full_network_says_so() {
+        let cp = embedded("race").await;
+        let conf = conf(r#"{"Network": "10.9.0.0/19", "SubnetLen": 24, "SubnetMin": "10.9.0.0"}"#);
+        assert_eq!(conf.capacity(), 32);
+        let leases = Leases::new(cp.0.clone(), Duration::from_secs(60));
+        let tasks: Vec<_> = (1..=32u8)
+            .map(|n| {
+                let l = leases.clone();
+                tokio::spawn(async move { l.acquire(&conf, &me(n), None).await })
+            })
+            .collect();
+        let mut got = BTreeSet::new();
+        for t in tasks {
+            let l = t.await.unwrap().unwrap();
+            assert!(
+                got.insert(l.spec.subnet),
+                "{} handed out twice",
+                l.spec.subnet
+            );
+        }
+        let e = leases.acquire(&conf, &me(33), None).await.unwrap_err();
+        assert!(
+            e.to_string().contains("all 32 /24 subnets are leased"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn own_lease_then_previous_subnet_then_any() {
+        let cp = embedded("order").await;
+        let conf = conf(r#"{"Network": "10.244.0.0/16"}"#);
+        let leases = Leases::new(cp.0.clone(), Duration::from_secs(60));
+        let wanted: Ipv4Net = "10.244.77.0/24".parse().unwrap();
+        let a = leases.acquire(&conf, &me(1), Some(wanted)).await.unwrap();
+        assert_eq!(a.spec.subnet, IpNet::V4(wanted));
+        // The same node (same public IP) gets its own lease back, whatever
+        // its subnet file says; the VTEP MAC it reports is updated.
+        let mut again = me(1);
+        again.backend_data = serde_json::json!({"VNI": 1, "VtepMAC": "02:00:00:00:00:09"});
+        let b = leases
+            .acquire(&conf, &again, Some("10.244.5.0/24".parse().unwrap()))
+            .await
+            .unwrap();
+        assert_eq!(b.spec.subnet, a.spec.subnet);
+        assert_eq!(b.spec.backend_data["VtepMAC"], "02:00:00:00:00:09");
+        // Another node asking for a taken subnet gets another one.
+        let c = leases.acquire(&conf, &me(2), Some(wanted)).await.unwrap();
+        assert_ne!(c.spec.subnet, a.spec.subnet);
+        assert!(conf.is_leasable(&c.spec.subnet));
+    }
+
+    #[tokio::test]
+    async fn renewal_notices_a_deleted_or_stolen_lease() {
+        let cp = embedded("renew").await;
+        let conf = conf(r#"{"Network": "10.244.0.0/16"}"#);
+        let leases = Leases::new(cp.0.clone(), Duration::from_secs(60));
+        let a = leases.acquire(&conf, &me(1), None).await.unwrap();
+        assert!(matches!(
+            leases.renew(&a, &me(1)).await.unwrap(),
+            Renewal::Renewed(_)
+        ));
+        let what = ObjectRef::new(Kind::SubnetLease, "", a.metadata.name.as_deref().unwrap());
+        cp.0.delete(&what, None).await.unwrap();
+        let Renewal::Lost(why) = leases.renew(&a, &me(1)).await.unwrap() else {
+            panic!("a deleted lease was renewed")
+        };
+        assert!(why.contains("expired or was deleted"), "{why}");
+        // Someone else takes the subnet meanwhile.
+        let prev = match a.spec.subnet {
+            IpNet::V4(n) => n,
+            IpNet::V6(_) => unreachable!(),
+        };
+        leases.acquire(&conf, &me(2), Some(prev)).await.unwrap();
+        let Renewal::Lost(why) = leases.renew(&a, &me(1)).await.unwrap() else {
+            panic!("a stolen lease was renewed")
+        };
+        assert!(why.contains("now held by 198.18.0.2"), "{why}");
+        // Reacquiring prefers the old subnet but cannot have it.
+        let b = leases.acquire(&conf, &me(1), Some(prev)).await.unwrap();
+        assert_ne!(b.spec.subnet, a.spec.subnet);
+    }
+
     #[test]
     fn different_seeds_spread() {
         let c = conf(r#"{"Network": "10.244.0.0/16"}"#);
         let picks: BTreeSet<Ipv4Net> = (0..50u64)
-            .filter_map(|s| choose_free(&c, &BTreeSet::new(), s.wrapping_mul(0x9e37_79b9_7f4a_7c15)))
+            .filter_map(|s| {
+                choose_free(&c, &BTreeSet::new(), s.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+            })
             .collect();
         assert!(picks.len() > 40, "{picks:?}");
     }

@@ -33,9 +33,13 @@ pub fn nat_rules(network: Ipv4Net, subnet: Ipv4Net, ipmasq: bool) -> Vec<String>
         // Traffic from outside the cluster to our pods: keep the source.
         format!("! -s {network} -d {subnet} -m comment --comment {c} -j RETURN"),
         // Pods to the outside world (not multicast): the node's address.
-        format!("-s {network} ! -d 224.0.0.0/4 -m comment --comment {c} -j MASQUERADE --random-fully"),
+        format!(
+            "-s {network} ! -d 224.0.0.0/4 -m comment --comment {c} -j MASQUERADE --random-fully"
+        ),
         // The host to remote pods: a source the overlay can route back.
-        format!("! -s {network} -d {network} -m comment --comment {c} -j MASQUERADE --random-fully"),
+        format!(
+            "! -s {network} -d {network} -m comment --comment {c} -j MASQUERADE --random-fully"
+        ),
     ]
 }
 
@@ -67,8 +71,22 @@ pub fn payload(
     }
     let mut p = String::new();
     for (table, parent, chain, rules, comment, saved) in [
-        ("nat", "POSTROUTING", NAT_CHAIN, &nat, MASQ_COMMENT, saved_nat),
-        ("filter", "FORWARD", FWD_CHAIN, &fwd, FWD_COMMENT, saved_filter),
+        (
+            "nat",
+            "POSTROUTING",
+            NAT_CHAIN,
+            &nat,
+            MASQ_COMMENT,
+            saved_nat,
+        ),
+        (
+            "filter",
+            "FORWARD",
+            FWD_CHAIN,
+            &fwd,
+            FWD_COMMENT,
+            saved_filter,
+        ),
     ] {
         p.push_str(&format!("*{table}\n:{chain} - [0:0]\n"));
         for r in rules {
@@ -94,7 +112,8 @@ fn jumps_to(saved: &str, parent: &str, chain: &str) -> bool {
 fn in_place(saved: &str, parent: &str, chain: &str, want: &[String]) -> bool {
     iptables::has_chain(saved, chain)
         && jumps_to(saved, parent, chain)
-        && iptables::chain_rules(saved, chain) == want.iter().map(String::as_str).collect::<Vec<_>>()
+        && iptables::chain_rules(saved, chain)
+            == want.iter().map(String::as_str).collect::<Vec<_>>()
 }
 
 /// Reads the host's tables and applies what is missing; true when it
@@ -113,7 +132,10 @@ pub fn ensure(network: Ipv4Net, subnet: Ipv4Net, ipmasq: bool) -> Result<bool> {
 
 /// Removes our chains and the jumps to them (for `--cleanup`).
 pub fn remove() -> Result<()> {
-    for (table, parent, chain) in [("nat", "POSTROUTING", NAT_CHAIN), ("filter", "FORWARD", FWD_CHAIN)] {
+    for (table, parent, chain) in [
+        ("nat", "POSTROUTING", NAT_CHAIN),
+        ("filter", "FORWARD", FWD_CHAIN),
+    ] {
         let saved = iptables::save(Family::V4, table)?;
         if !iptables::has_chain(&saved, chain) {
             continue;
@@ -136,13 +158,24 @@ mod tests {
     use super::*;
 
     fn net() -> (Ipv4Net, Ipv4Net) {
-        ("10.244.0.0/16".parse().unwrap(), "10.244.3.0/24".parse().unwrap())
+        (
+            "10.244.0.0/16".parse().unwrap(),
+            "10.244.3.0/24".parse().unwrap(),
+        )
     }
 
     /// What iptables-save prints after `payload` was applied to empty tables.
-    fn saved_after(table: &str, chain: &str, parent: &str, comment: &str, rules: &[String]) -> String {
+    fn saved_after(
+        table: &str,
+        chain: &str,
+        parent: &str,
+        comment: &str,
+        rules: &[String],
+    ) -> String {
         let mut s = format!("*{table}\n:{parent} ACCEPT [0:0]\n:{chain} - [0:0]\n");
-        s.push_str(&format!("-A {parent} -m comment --comment {comment} -j {chain}\n"));
+        s.push_str(&format!(
+            "-A {parent} -m comment --comment {comment} -j {chain}\n"
+        ));
         for r in rules {
             s.push_str(&format!("-A {chain} {r}\n"));
         }
@@ -153,10 +186,18 @@ mod tests {
     fn masquerades_only_what_leaves_the_cluster() {
         let (n, s) = net();
         let r = nat_rules(n, s, true);
-        assert!(r.iter().any(|l| l.starts_with("-s 10.244.3.0/24 -d 10.244.0.0/16") && l.ends_with("-j RETURN")));
-        assert!(r.iter().any(|l| l.starts_with("-s 10.244.0.0/16 ! -d 224.0.0.0/4") && l.ends_with("-j MASQUERADE --random-fully")));
+        assert!(r.iter().any(
+            |l| l.starts_with("-s 10.244.3.0/24 -d 10.244.0.0/16") && l.ends_with("-j RETURN")
+        ));
+        assert!(r
+            .iter()
+            .any(|l| l.starts_with("-s 10.244.0.0/16 ! -d 224.0.0.0/4")
+                && l.ends_with("-j MASQUERADE --random-fully")));
         assert!(nat_rules(n, s, false).is_empty());
-        assert_eq!(fwd_rules(n)[0], "-s 10.244.0.0/16 -m comment --comment \"knode forward\" -j ACCEPT");
+        assert_eq!(
+            fwd_rules(n)[0],
+            "-s 10.244.0.0/16 -m comment --comment \"knode forward\" -j ACCEPT"
+        );
     }
 
     #[test]
@@ -164,16 +205,30 @@ mod tests {
         let (n, s) = net();
         let p = payload(n, s, true, "*nat\nCOMMIT\n", "*filter\nCOMMIT\n").unwrap();
         assert!(p.contains(":KNODE-POSTRTG - [0:0]\n"));
-        assert!(p.contains("-I POSTROUTING 1 -m comment --comment \"knode masq\" -j KNODE-POSTRTG\n"));
+        assert!(
+            p.contains("-I POSTROUTING 1 -m comment --comment \"knode masq\" -j KNODE-POSTRTG\n")
+        );
         assert!(p.contains("-I FORWARD 1 -m comment --comment \"knode forward\" -j KNODE-FWD\n"));
-        let nat = saved_after("nat", NAT_CHAIN, "POSTROUTING", MASQ_COMMENT, &nat_rules(n, s, true));
+        let nat = saved_after(
+            "nat",
+            NAT_CHAIN,
+            "POSTROUTING",
+            MASQ_COMMENT,
+            &nat_rules(n, s, true),
+        );
         let filter = saved_after("filter", FWD_CHAIN, "FORWARD", FWD_COMMENT, &fwd_rules(n));
         assert_eq!(payload(n, s, true, &nat, &filter), None);
         // Someone flushed POSTROUTING: the jump comes back, the chain is rewritten.
-        let flushed = nat.replace("-A POSTROUTING -m comment --comment \"knode masq\" -j KNODE-POSTRTG\n", "");
+        let flushed = nat.replace(
+            "-A POSTROUTING -m comment --comment \"knode masq\" -j KNODE-POSTRTG\n",
+            "",
+        );
         let p = payload(n, s, true, &flushed, &filter).unwrap();
         assert!(p.contains("-I POSTROUTING 1"));
-        assert!(!p.contains("-I FORWARD 1"), "the FORWARD jump is still there");
+        assert!(
+            !p.contains("-I FORWARD 1"),
+            "the FORWARD jump is still there"
+        );
         // A new lease changes the rules.
         assert!(payload(n, "10.244.4.0/24".parse().unwrap(), true, &nat, &filter).is_some());
     }

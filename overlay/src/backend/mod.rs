@@ -26,19 +26,24 @@ impl Peer {
     /// Reads a lease; says what is wrong with a malformed one.
     pub fn from_lease(l: &SubnetLease) -> Result<Peer, String> {
         let IpNet::V4(subnet) = l.spec.subnet else {
-            return Err(format!("lease {}: only IPv4 subnets are supported", l.spec.subnet));
+            return Err(format!(
+                "lease {}: only IPv4 subnets are supported",
+                l.spec.subnet
+            ));
         };
         let IpAddr::V4(public_ip) = l.spec.public_ip else {
-            return Err(format!("lease {}: PublicIP {} is not IPv4", subnet, l.spec.public_ip));
+            return Err(format!(
+                "lease {}: PublicIP {} is not IPv4",
+                subnet, l.spec.public_ip
+            ));
         };
-        let vtep_mac = match l.spec.backend_data.get("VtepMAC") {
-            None | Some(Value::Null) => None,
-            Some(v) => Some(
-                v.as_str()
-                    .and_then(parse_mac)
-                    .ok_or_else(|| format!("lease {subnet}: BackendData.VtepMAC {v} is not a MAC"))?,
-            ),
-        };
+        let vtep_mac =
+            match l.spec.backend_data.get("VtepMAC") {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(v.as_str().and_then(parse_mac).ok_or_else(|| {
+                    format!("lease {subnet}: BackendData.VtepMAC {v} is not a MAC")
+                })?),
+            };
         Ok(Peer {
             subnet,
             public_ip,
@@ -94,7 +99,10 @@ pub fn peer_state(local: &Local, peer: &Peer) -> Result<PeerState, String> {
                 return Ok(underlay_route(peer));
             }
             let mac = peer.vtep_mac.ok_or_else(|| {
-                format!("peer {} ({}): its lease has no VtepMAC", peer.subnet, peer.public_ip)
+                format!(
+                    "peer {} ({}): its lease has no VtepMAC",
+                    peer.subnet, peer.public_ip
+                )
             })?;
             let vtep = peer.subnet.network();
             Ok(PeerState {
@@ -221,7 +229,10 @@ mod tests {
         let ok = peer_state(&local(Backend::HostGw), &peer("198.18.0.13", "host-gw")).unwrap();
         assert_eq!(ok.via, Via::Underlay("198.18.0.13".parse().unwrap()));
         let e = peer_state(&local(Backend::HostGw), &peer("203.0.113.9", "host-gw")).unwrap_err();
-        assert!(e.contains("not on this node's L2 segment 198.18.0.0/24"), "{e}");
+        assert!(
+            e.contains("not on this node's L2 segment 198.18.0.0/24"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -230,7 +241,9 @@ mod tests {
         assert!(e.contains("uses backend \"host-gw\""), "{e}");
         let mut p = peer("198.18.0.12", "vxlan");
         p.vtep_mac = None;
-        assert!(peer_state(&local(VXLAN), &p).unwrap_err().contains("no VtepMAC"));
+        assert!(peer_state(&local(VXLAN), &p)
+            .unwrap_err()
+            .contains("no VtepMAC"));
     }
 
     #[test]

@@ -170,7 +170,11 @@ struct Started {
 /// Brings up the node side: the overlay (lease, device, rules), the pod
 /// network config, the Node object and its heartbeat, then containerd, the
 /// pause image, the pod manager and static pods, each unless disabled.
-async fn start_node(config: &Config, args: &AgentArgs, cp: Arc<dyn ControlPlane>) -> Result<Started> {
+async fn start_node(
+    config: &Config,
+    args: &AgentArgs,
+    cp: Arc<dyn ControlPlane>,
+) -> Result<Started> {
     let overlay = if config.enabled("overlay") {
         Some(
             Overlay::start(cp.clone(), overlay_settings(config)?)

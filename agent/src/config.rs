@@ -250,7 +250,10 @@ impl Config {
             }
         }
         if !["vxlan", "host-gw"].contains(&c.backend.as_str()) {
-            bail!("backend: {:?} is not a backend (vxlan or host-gw)", c.backend);
+            bail!(
+                "backend: {:?} is not a backend (vxlan or host-gw)",
+                c.backend
+            );
         }
         if let Some(ip) = &c.public_ip {
             if ip.parse::<std::net::Ipv4Addr>().is_err() {
@@ -297,13 +300,17 @@ pub fn parse_duration(s: &str) -> Result<Duration> {
         bail!("empty duration (e.g. 30s, 5m, 24h)");
     }
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
             bail!("expected a number (e.g. 30s, 5m, 24h)");
         }
         let n: u64 = rest[..digits].parse().context("number too large")?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let unit = match &rest[..unit_len] {
             "ms" => Duration::from_millis(n),
             "s" => Duration::from_secs(n),

@@ -96,7 +96,9 @@ pub async fn set_pod_cidr(cp: &dyn ControlPlane, name: &str, cidr: &str) -> Resu
             Err(e) => return Err(e).context("update the Node's podCIDR"),
         }
     }
-    Err(anyhow!("update the Node's podCIDR: it kept changing underneath"))
+    Err(anyhow!(
+        "update the Node's podCIDR: it kept changing underneath"
+    ))
 }
 
 /// Renews the node lease every [`RENEW_EVERY`] until the task is dropped.

@@ -254,7 +254,7 @@ impl Overlay {
     async fn renew(&mut self) -> Result<()> {
         match self.leases.renew(&self.lease, &self.attrs).await? {
             Renewal::Renewed(l) => {
-                self.lease = l;
+                self.lease = *l;
                 Ok(())
             }
             Renewal::Lost(why) => self.reacquire(why).await,

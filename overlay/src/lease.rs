@@ -36,7 +36,7 @@ pub struct LeaseAttrs {
 /// The outcome of a renewal.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Renewal {
-    Renewed(SubnetLease),
+    Renewed(Box<SubnetLease>),
     /// The lease is gone or held by someone else now.
     Lost(String),
 }
@@ -147,7 +147,7 @@ impl Leases {
                 )));
             }
             match self.write(&current, me).await {
-                Ok(l) => return Ok(Renewal::Renewed(l)),
+                Ok(l) => return Ok(Renewal::Renewed(Box::new(l))),
                 Err(Error::ControlPlane(e)) if e.is_conflict() => continue,
                 Err(Error::ControlPlane(e)) if e.is_not_found() => {
                     return Ok(Renewal::Lost(format!(

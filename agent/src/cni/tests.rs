@@ -565,8 +565,14 @@ fn default_conflist_is_written_once_and_never_over_an_existing_config() {
     assert!(ensure_default_conflist(&conf, &overlay).unwrap().is_some());
     let v: Value = serde_json::from_slice(&NetworkList::load(&conf).unwrap().bytes).unwrap();
     let p = &v["plugins"][0];
-    assert_eq!(p["ipam"]["ranges"], json!([[{ "subnet": "10.244.9.0/24" }]]));
-    assert_eq!((p["mtu"].clone(), p["ipMasq"].clone()), (json!(1450), json!(false)));
+    assert_eq!(
+        p["ipam"]["ranges"],
+        json!([[{ "subnet": "10.244.9.0/24" }]])
+    );
+    assert_eq!(
+        (p["mtu"].clone(), p["ipMasq"].clone()),
+        (json!(1450), json!(false))
+    );
 
     let other = f.dir("conf").join("other");
     std::fs::create_dir_all(&other).unwrap();

@@ -1,7 +1,8 @@
 //! A `knode agent` process started by a test, with its own data and run
 //! dirs, optionally inside a network namespace the test made, and the
-//! `knode` CLI pointed at it. Killed on drop; it never touches an agent it
-//! did not start.
+//! `knode` CLI pointed at it. Every path it writes is in its temp dir, and
+//! outside a test namespace its overlay is off: it never programs the
+//! machine's own network. Killed on drop.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -10,6 +11,26 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::{ns_command, our_bin, TempDir};
+
+/// Node-side path flags (global) every agent gets inside its temp dir
+/// unless the caller names them, so nothing lands in the machine's /etc,
+/// /run or /var, and no agent reaches the machine's own containerd.
+const PATH_DEFAULTS: [(&str, &str); 7] = [
+    ("--containerd-socket", "no-containerd.sock"),
+    ("--log-dir", "logs"),
+    ("--netns-dir", "netns"),
+    ("--cni-conf-dir", "cni-conf"),
+    ("--cni-bin-dir", "cni-bin"),
+    ("--cni-cache-dir", "cni-cache"),
+    ("--pod-manifest-path", "manifests"),
+];
+
+/// True when `flags` set `name` (`--name value` or `--name=value`).
+fn has_flag(flags: &[String], name: &str) -> bool {
+    flags
+        .iter()
+        .any(|f| f == name || f.strip_prefix(name).is_some_and(|r| r.starts_with('=')))
+}
 
 /// One agent; killed on drop.
 pub struct Agent {
@@ -29,6 +50,7 @@ impl Agent {
     }
 
     /// Starts an agent with extra global flags (e.g. `--control-plane etcd://...`).
+    /// It runs in the caller's namespace, so its overlay is disabled.
     pub fn start_with(extra: &[&str]) -> Result<Agent> {
         let dir = TempDir::new("agent")?;
         let mut a = Agent {
@@ -45,7 +67,8 @@ impl Agent {
     /// Starts an agent that runs pods: inside `netns` (so the bridge, veths
     /// and routes it makes stay in a namespace the test owns), with extra
     /// global flags `extra` (containerd socket, paths...) and agent flags.
-    /// The node is `test-node` unless `agent_flags` has a `--node-name`.
+    /// The node is `test-node` unless `agent_flags` has a `--node-name`;
+    /// the subnet file is in the temp dir unless it has a `--subnet-file`.
     pub fn start_node(
         dir: TempDir,
         netns: &Path,
@@ -98,13 +121,25 @@ impl Agent {
             .append(true)
             .open(self.dir.path().join("agent.log"))?;
         let mut cmd = ns_command(self.netns.as_deref(), our_bin("knode"));
-        cmd.args(self.flags()).arg("agent");
-        if !self
-            .agent_flags
-            .iter()
-            .any(|f| f == "--node-name" || f.starts_with("--node-name="))
-        {
+        cmd.args(self.flags());
+        for (flag, rel) in PATH_DEFAULTS {
+            if !has_flag(&self.extra, flag) {
+                cmd.arg(flag).arg(self.dir.path().join(rel));
+            }
+        }
+        cmd.arg("agent");
+        let flags = &self.agent_flags;
+        if !has_flag(flags, "--node-name") {
             cmd.args(["--node-name", "test-node"]);
+        }
+        if !has_flag(flags, "--subnet-file") {
+            cmd.arg("--subnet-file")
+                .arg(self.dir.path().join("subnet.env"));
+        }
+        // The overlay programs links, routes and rules: only ever inside a
+        // namespace the test made.
+        if self.netns.is_none() && !has_flag(flags, "--disable") {
+            cmd.args(["--disable", "overlay"]);
         }
         let child = cmd
             .args(&self.agent_flags)

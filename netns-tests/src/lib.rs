@@ -4,6 +4,7 @@
 //! the root namespace's links, routes or rules.
 
 pub mod agent;
+pub mod cluster;
 pub mod etcd;
 
 use std::fs::File;

@@ -1,0 +1,217 @@
+//! The iptables boundary: restore (one exec per sync), save, and listing
+//! one chain, behind [`Iptables`] with an exec implementation pinned to one
+//! backend (nft or legacy, chosen to match the host) and a recording fake.
+//! Payloads come from the caller; nothing here builds rules.
+
+mod fake;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+pub use fake::{Call, FakeIptables};
+
+use crate::rules::Table;
+use crate::{Error, Result};
+
+/// What the proxy asks of iptables, in the calling thread's network namespace.
+pub trait Iptables: Send + Sync {
+    /// Applies `payload` (both tables) with one `iptables-restore --noflush`.
+    fn restore(&self, payload: &str) -> Result<()>;
+    /// `iptables-save -t TABLE`.
+    fn save(&self, table: Table) -> Result<String>;
+    /// `iptables -t TABLE -S CHAIN`, or `None` when the chain does not exist.
+    fn list_chain(&self, table: Table, chain: &str) -> Result<Option<String>>;
+}
+
+/// Which kernel API the iptables tools drive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// nf_tables (`iptables-nft`).
+    Nft,
+    /// The legacy xtables API (`iptables-legacy`).
+    Legacy,
+}
+
+impl Backend {
+    fn tool(self, suffix: &str) -> String {
+        match self {
+            Backend::Nft => format!("iptables-nft{suffix}"),
+            Backend::Legacy => format!("iptables-legacy{suffix}"),
+        }
+    }
+
+    /// The backend to program, decided the way kube-proxy's image decides
+    /// (kubernetes-sigs/iptables-wrappers): rules must go where the host's
+    /// other rules are, or they are never consulted in the right order.
+    /// The kubelet's hint chains (KUBE-IPTABLES-HINT, KUBE-KUBELET-CANARY in
+    /// mangle) decide first, nft before legacy; otherwise the backend with
+    /// more rules; on a tie (a fresh host or namespace) `default`, the
+    /// backend the host's `iptables` command uses.
+    pub fn choose(nft_save: &str, legacy_save: &str, default: Backend) -> Backend {
+        let hinted = |saved: &str| {
+            saved.lines().any(|l| {
+                l.starts_with(":KUBE-IPTABLES-HINT ") || l.starts_with(":KUBE-KUBELET-CANARY ")
+            })
+        };
+        if hinted(nft_save) {
+            return Backend::Nft;
+        }
+        if hinted(legacy_save) {
+            return Backend::Legacy;
+        }
+        let rules = |saved: &str| saved.lines().filter(|l| l.starts_with('-')).count();
+        match rules(legacy_save).cmp(&rules(nft_save)) {
+            std::cmp::Ordering::Greater => Backend::Legacy,
+            std::cmp::Ordering::Less => Backend::Nft,
+            std::cmp::Ordering::Equal => default,
+        }
+    }
+
+    /// [`Backend::choose`] over what both backends' `iptables-save` print in
+    /// the calling thread's namespace. A backend whose tools are missing
+    /// counts as empty.
+    pub fn detect() -> Backend {
+        let save = |b: Backend| {
+            output(Command::new(b.tool("-save")))
+                .map(|o| o.stdout)
+                .unwrap_or_default()
+        };
+        let mut version = Command::new("iptables");
+        version.arg("--version");
+        let default = output(version)
+            .map(|o| {
+                if o.stdout.contains("legacy") {
+                    Backend::Legacy
+                } else {
+                    Backend::Nft
+                }
+            })
+            .unwrap_or(Backend::Nft);
+        Backend::choose(&save(Backend::Nft), &save(Backend::Legacy), default)
+    }
+}
+
+/// iptables through its own tools, pinned to one backend.
+///
+/// (hostnet::iptables runs whichever `iptables-restore` is on PATH; the
+/// proxy must follow the host's backend instead, so it names the tool.)
+#[derive(Debug, Clone)]
+pub struct ExecIptables {
+    backend: Backend,
+}
+
+impl ExecIptables {
+    /// Tools of `backend`.
+    pub fn new(backend: Backend) -> ExecIptables {
+        ExecIptables { backend }
+    }
+
+    /// The backend it drives.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+}
+
+impl Iptables for ExecIptables {
+    fn restore(&self, payload: &str) -> Result<()> {
+        let mut c = Command::new(self.backend.tool("-restore"));
+        c.args(["-w", "5", "--noflush"]);
+        let out = run(c, Some(payload))?;
+        if out.ok {
+            Ok(())
+        } else {
+            Err(out.failure(&format!("{} --noflush", self.backend.tool("-restore"))))
+        }
+    }
+
+    fn save(&self, table: Table) -> Result<String> {
+        let mut c = Command::new(self.backend.tool("-save"));
+        c.args(["-t", table.name()]);
+        let out = run(c, None)?;
+        if out.ok {
+            Ok(out.stdout)
+        } else {
+            Err(out.failure(&format!(
+                "{} -t {}",
+                self.backend.tool("-save"),
+                table.name()
+            )))
+        }
+    }
+
+    fn list_chain(&self, table: Table, chain: &str) -> Result<Option<String>> {
+        let mut c = Command::new(self.backend.tool(""));
+        c.args(["-w", "5", "-t", table.name(), "-S", chain]);
+        let out = run(c, None)?;
+        // Exit status 1 with "No chain/target/match by that name": absent.
+        Ok(out.ok.then_some(out.stdout))
+    }
+}
+
+/// What a finished tool printed.
+struct Output {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+    status: String,
+}
+
+impl Output {
+    fn failure(&self, what: &str) -> Error {
+        Error::Iptables {
+            what: what.to_string(),
+            detail: format!("{}: {}", self.status, self.stderr.trim()),
+        }
+    }
+}
+
+fn output(c: Command) -> Result<Output> {
+    run(c, None)
+}
+
+/// Runs `c`, feeding `stdin` when given.
+fn run(mut c: Command, stdin: Option<&str>) -> Result<Output> {
+    let name = c.get_program().to_string_lossy().into_owned();
+    let spawn_err = |e: std::io::Error| Error::Iptables {
+        what: format!("run {name}"),
+        detail: e.to_string(),
+    };
+    let mut child = c
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(spawn_err)?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(text.as_bytes()).map_err(spawn_err)?;
+    }
+    let out = child.wait_with_output().map_err(spawn_err)?;
+    Ok(Output {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        status: out.status.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_follows_hints_then_rule_counts_then_the_default() {
+        let hint = "*mangle\n:KUBE-IPTABLES-HINT - [0:0]\nCOMMIT\n";
+        let busy = "*filter\n-A INPUT -j ACCEPT\n-A FORWARD -j ACCEPT\nCOMMIT\n";
+        let one = "*filter\n-A INPUT -j ACCEPT\nCOMMIT\n";
+        assert_eq!(Backend::choose(hint, busy, Backend::Legacy), Backend::Nft);
+        assert_eq!(Backend::choose(busy, hint, Backend::Nft), Backend::Legacy);
+        assert_eq!(Backend::choose(one, busy, Backend::Nft), Backend::Legacy);
+        assert_eq!(Backend::choose(busy, one, Backend::Legacy), Backend::Nft);
+        assert_eq!(Backend::choose("", "", Backend::Legacy), Backend::Legacy);
+        assert_eq!(Backend::choose(one, one, Backend::Nft), Backend::Nft);
+    }
+}

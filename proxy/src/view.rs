@@ -1,0 +1,277 @@
+//! The service view: plain data per Service port (VIP, NodePort, policies,
+//! affinity, the endpoints it balances over), built from the control
+//! plane's Services and Pods with `controlplane::endpoints`. It decides
+//! nothing about iptables and does no I/O.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use controlplane::endpoints::{endpoints_for, targets};
+use k8s_openapi::api::core::v1::{Pod, Service};
+
+pub use crate::rules::names::{Protocol, ServicePortName};
+
+/// kube-proxy's default ClientIP affinity timeout (3 hours).
+pub const DEFAULT_AFFINITY_SECONDS: u32 = 10_800;
+
+/// One backend of a Service port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Endpoint {
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    /// Whether the pod runs on this node (traffic policy `Local`).
+    pub local: bool,
+}
+
+impl Endpoint {
+    /// `ip:port`, as kube-proxy prints (and hashes) an endpoint.
+    pub fn addr(&self) -> String {
+        format!("{}:{}", self.ip, self.port)
+    }
+}
+
+/// One port of one Service, with everything the ruleset needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServicePort {
+    pub name: ServicePortName,
+    pub protocol: Protocol,
+    pub cluster_ip: Ipv4Addr,
+    pub port: u16,
+    /// Set for `NodePort` and `LoadBalancer` Services.
+    pub node_port: Option<u16>,
+    /// `sessionAffinity: ClientIP` and its timeout in seconds.
+    pub affinity_seconds: Option<u32>,
+    /// `externalTrafficPolicy: Local`.
+    pub external_local: bool,
+    /// `internalTrafficPolicy: Local`.
+    pub internal_local: bool,
+    /// Ready endpoints, sorted by IP then port.
+    pub endpoints: Vec<Endpoint>,
+}
+
+impl ServicePort {
+    /// Reachable from outside the cluster (here: it has a NodePort).
+    pub fn externally_accessible(&self) -> bool {
+        self.node_port.is_some()
+    }
+
+    /// Whether a chain balancing over every endpoint is needed (kube-proxy's
+    /// `UsesClusterEndpoints`).
+    pub fn uses_cluster_endpoints(&self) -> bool {
+        !self.internal_local || (self.externally_accessible() && !self.external_local)
+    }
+
+    /// Whether a chain balancing over this node's endpoints is needed
+    /// (kube-proxy's `UsesLocalEndpoints`).
+    pub fn uses_local_endpoints(&self) -> bool {
+        self.internal_local || (self.externally_accessible() && self.external_local)
+    }
+
+    /// `externalTrafficPolicy: Local` on a Service that has external traffic.
+    pub fn external_policy_local(&self) -> bool {
+        self.externally_accessible() && self.external_local
+    }
+}
+
+/// The Service ports of `services` that this node proxies, with their
+/// endpoints among `pods` (a pod is local when `spec.nodeName` is
+/// `node_name`). Skipped: headless Services and those without a ClusterIP,
+/// ExternalName Services, non-IPv4 addresses (this proxy programs IPv4
+/// only) and ports with an unknown protocol. Sorted by port name.
+pub fn service_ports(services: &[Service], pods: &[Pod], node_name: &str) -> Vec<ServicePort> {
+    let mut out: Vec<ServicePort> = services
+        .iter()
+        .flat_map(|s| ports_of(s, pods, node_name))
+        .collect();
+    out.sort_by(|a, b| (&a.name, a.protocol).cmp(&(&b.name, b.protocol)));
+    out
+}
+
+/// The proxied ports of one Service (see [`service_ports`]).
+pub fn ports_of(service: &Service, pods: &[Pod], node_name: &str) -> Vec<ServicePort> {
+    let Some(spec) = service.spec.as_ref() else {
+        return Vec::new();
+    };
+    let ty = spec.type_.as_deref().unwrap_or("ClusterIP");
+    if ty == "ExternalName" {
+        return Vec::new();
+    }
+    let Some(cluster_ip) = spec
+        .cluster_ip
+        .as_deref()
+        .and_then(|ip| ip.parse::<Ipv4Addr>().ok())
+    else {
+        return Vec::new();
+    };
+    let with_node_ports = ty == "NodePort" || ty == "LoadBalancer";
+    let affinity_seconds = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+        spec.session_affinity_config
+            .as_ref()
+            .and_then(|c| c.client_ip.as_ref())
+            .and_then(|c| c.timeout_seconds)
+            .and_then(|t| u32::try_from(t).ok())
+            .unwrap_or(DEFAULT_AFFINITY_SECONDS)
+    });
+    let subsets = endpoints_for(service, pods).unwrap_or_default();
+    let namespace = service
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| controlplane::defaults::DEFAULT_NAMESPACE.into());
+    let name = service.metadata.name.clone().unwrap_or_default();
+
+    spec.ports
+        .iter()
+        .flatten()
+        .filter_map(|p| {
+            let protocol = Protocol::parse(p.protocol.as_deref().unwrap_or("TCP"))?;
+            let port = u16::try_from(p.port).ok()?;
+            let mut endpoints: Vec<Endpoint> = targets(&subsets, p.name.as_deref())
+                .into_iter()
+                .filter_map(|(e, target)| {
+                    let IpAddr::V4(ip) = e.ip else { return None };
+                    Some(Endpoint {
+                        ip,
+                        port: u16::try_from(target).ok()?,
+                        local: e.node.as_deref() == Some(node_name),
+                    })
+                })
+                .collect();
+            endpoints.sort();
+            endpoints.dedup();
+            Some(ServicePort {
+                name: ServicePortName {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                    port: p.name.clone().unwrap_or_default(),
+                },
+                protocol,
+                cluster_ip,
+                port,
+                node_port: p
+                    .node_port
+                    .filter(|_| with_node_ports)
+                    .and_then(|n| u16::try_from(n).ok())
+                    .filter(|n| *n != 0),
+                affinity_seconds,
+                external_local: with_node_ports
+                    && spec.external_traffic_policy.as_deref() == Some("Local"),
+                internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
+                endpoints,
+            })
+        })
+        .collect()
+}
+
+/// A TCP port 80 Service port with target port 80 endpoints `(ip, local)`,
+/// for tests.
+#[cfg(test)]
+pub(crate) fn test_port(
+    ns: &str,
+    name: &str,
+    port: &str,
+    vip: &str,
+    eps: &[(&str, bool)],
+) -> ServicePort {
+    ServicePort {
+        name: ServicePortName {
+            namespace: ns.into(),
+            name: name.into(),
+            port: port.into(),
+        },
+        protocol: Protocol::Tcp,
+        cluster_ip: vip.parse().expect("vip"),
+        port: 80,
+        node_port: None,
+        affinity_seconds: None,
+        external_local: false,
+        internal_local: false,
+        endpoints: eps
+            .iter()
+            .map(|(ip, local)| Endpoint {
+                ip: ip.parse().expect("ip"),
+                port: 80,
+                local: *local,
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{json, Value};
+
+    use super::*;
+
+    fn svc(spec: Value) -> Service {
+        serde_json::from_value(
+            json!({"metadata": {"name": "web", "namespace": "prod"}, "spec": spec}),
+        )
+        .expect("service")
+    }
+
+    fn pod(name: &str, ip: &str, node: &str) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "prod", "labels": {"app": "web"}},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "ports": [{"name": "http", "containerPort": 8080}]}]},
+            "status": {"phase": "Running", "podIP": ip, "conditions": [{"type": "Ready", "status": "True"}]}
+        }))
+        .expect("pod")
+    }
+
+    #[test]
+    fn a_nodeport_service_becomes_ports_with_local_flags() {
+        let s = svc(json!({
+            "type": "NodePort", "clusterIP": "10.96.0.10", "selector": {"app": "web"},
+            "externalTrafficPolicy": "Local", "sessionAffinity": "ClientIP",
+            "ports": [
+                {"name": "http", "port": 80, "targetPort": "http", "nodePort": 30080, "protocol": "TCP"},
+                {"name": "dns", "port": 53, "targetPort": 5353, "nodePort": 30053, "protocol": "UDP"}
+            ]
+        }));
+        let pods = [pod("b", "10.244.2.5", "n2"), pod("a", "10.244.1.5", "n1")];
+        let ports = service_ports(&[s], &pods, "n1");
+        assert_eq!(ports.len(), 2);
+        let http = &ports[1];
+        assert_eq!(http.name.to_string(), "prod/web:http");
+        assert_eq!(http.node_port, Some(30080));
+        assert_eq!(http.affinity_seconds, Some(DEFAULT_AFFINITY_SECONDS));
+        assert!(http.external_local && !http.internal_local);
+        assert_eq!(
+            http.endpoints,
+            vec![
+                Endpoint {
+                    ip: "10.244.1.5".parse().expect("ip"),
+                    port: 8080,
+                    local: true
+                },
+                Endpoint {
+                    ip: "10.244.2.5".parse().expect("ip"),
+                    port: 8080,
+                    local: false
+                },
+            ]
+        );
+        assert_eq!(ports[0].protocol, Protocol::Udp);
+        assert_eq!(ports[0].endpoints[0].port, 5353);
+    }
+
+    #[test]
+    fn headless_and_external_name_services_are_skipped() {
+        for spec in [
+            json!({"clusterIP": "None", "selector": {"app": "web"}, "ports": [{"port": 80}]}),
+            json!({"type": "ExternalName", "externalName": "example.com"}),
+            json!({"clusterIP": "fd00::10", "ports": [{"port": 80}]}),
+        ] {
+            assert!(service_ports(&[svc(spec)], &[], "n1").is_empty());
+        }
+    }
+
+    #[test]
+    fn a_cluster_ip_service_ignores_a_stray_node_port_and_keeps_no_endpoints() {
+        let s = svc(json!({"clusterIP": "10.96.0.11", "ports": [{"port": 80, "nodePort": 30001}]}));
+        let ports = service_ports(&[s], &[], "n1");
+        assert_eq!(ports[0].node_port, None);
+        assert!(ports[0].endpoints.is_empty());
+        assert_eq!(ports[0].name.to_string(), "prod/web");
+    }
+}

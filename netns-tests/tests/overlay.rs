@@ -114,13 +114,16 @@ impl Overlay {
         subnet_of(&std::fs::read_to_string(&path)?)
     }
 
+    /// A pod on node `i` from the conflist its agent wrote, with the IPAM
+    /// store moved into the agent's temp dir (the default store is shared
+    /// by everything on the machine).
     fn pod(&self, i: usize, name: &str) -> Result<Pod> {
-        Pod::add(
-            self.net.node(i),
-            &self.agent(i).dir().join("cni-conf"),
-            &bin_dir(),
-            name,
-        )
+        let path = self.agent(i).dir().join("cni-conf/10-knode.conflist");
+        let mut list: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?,
+        )?;
+        list["plugins"][0]["ipam"]["dataDir"] = serde_json::json!(self.agent(i).dir().join("ipam"));
+        Pod::add_list(self.net.node(i), &list, &bin_dir(), name)
     }
 
     fn node(&self, i: usize) -> &TestNs {
@@ -144,6 +147,17 @@ fn subnet_of(env: &str) -> Result<String> {
 
 fn prereqs(test: &str) -> bool {
     require_root(test) && require_etcd(test)
+}
+
+/// The MAC of a node's vxlan device (sysfs shows the root namespace's
+/// links, so ask netlink).
+fn vtep_mac(node: &TestNs) -> Result<String> {
+    let out = node.sh(&["ip", "-o", "link", "show", "knode.1"])?;
+    out.split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .map(str::to_string)
+        .with_context(|| format!("no MAC in {out}"))
 }
 
 /// Every pod pings every other pod.
@@ -212,7 +226,7 @@ fn vxlan_pods_reach_each_other_and_the_outside_world() -> Result<()> {
         .map(|i| o.pod(i, &format!("p{i}")))
         .collect::<Result<_>>()?;
     for (p, s) in pods.iter().zip(&subnets) {
-        let prefix = s.rsplitn(2, '.').nth(1).unwrap();
+        let prefix = s.rsplit_once('.').unwrap().0;
         assert!(p.ip().starts_with(prefix), "pod {} not in {s}", p.ip());
     }
     all_ping(&pods.iter().collect::<Vec<_>>())?;
@@ -276,7 +290,7 @@ fn nodes_join_and_leave_without_restarts() -> Result<()> {
 
     // It leaves: its agent stops, its lease expires, and every other node
     // forgets its route, neighbour and FDB entries.
-    let mac = o.node(i).sh(&["cat", "/sys/class/net/knode.1/address"])?;
+    let mac = vtep_mac(o.node(i))?;
     drop(p2);
     o.agents[i] = None;
     let gone = wait_until(Duration::from_secs(12), || {
@@ -301,7 +315,7 @@ fn agent_restart_keeps_lease_mac_and_flows() -> Result<()> {
     }
     let mut o = Overlay::start(2, "vxlan")?;
     let before = o.wait_subnet(0)?;
-    let mac = o.node(0).sh(&["cat", "/sys/class/net/knode.1/address"])?;
+    let mac = vtep_mac(o.node(0))?;
     let p0 = o.pod(0, "p0")?;
     let p1 = o.pod(1, "p1")?;
     all_ping(&[&p0, &p1])?;
@@ -324,10 +338,7 @@ fn agent_restart_keeps_lease_mac_and_flows() -> Result<()> {
     // The data plane did not depend on the agent: at most a second lost.
     assert!(40 - received <= 10, "{text}");
     assert_eq!(o.wait_subnet(0)?, before);
-    assert_eq!(
-        o.node(0).sh(&["cat", "/sys/class/net/knode.1/address"])?,
-        mac
-    );
+    assert_eq!(vtep_mac(o.node(0))?, mac);
     all_ping(&[&p0, &p1])?;
     Ok(())
 }

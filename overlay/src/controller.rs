@@ -151,8 +151,18 @@ impl Overlay {
             subnet_tx,
         };
         o.set_own_subnet(subnet)?;
+        // Known peers go in with one diff against the kernel (after a
+        // restart, most entries are there already).
         for l in &existing {
-            o.upsert_peer(l);
+            if o.is_own_subnet(l) {
+                continue;
+            }
+            match o.peer_state_of(l) {
+                Ok(s) => {
+                    o.peers.insert(s.subnet, s);
+                }
+                Err(why) => tracing::warn!(peer = %l.spec.subnet, "{why}"),
+            }
         }
         o.full_sync()?;
         tracing::info!(
@@ -303,14 +313,18 @@ impl Overlay {
         Ok(())
     }
 
+    /// What a peer's lease wants programmed, or why it cannot be used.
+    fn peer_state_of(&self, l: &SubnetLease) -> Result<PeerState, String> {
+        Peer::from_lease(l).and_then(|p| backend::peer_state(&self.local, &p))
+    }
+
     fn upsert_peer(&mut self, l: &SubnetLease) {
         if self.is_own_subnet(l) {
             return;
         }
-        let state = Peer::from_lease(l).and_then(|p| backend::peer_state(&self.local, &p));
         let Ok(subnet) = lease_subnet(l) else { return };
         let old = self.peers.get(&subnet).copied();
-        match state {
+        match self.peer_state_of(l) {
             Ok(new) if old == Some(new) => {}
             Ok(new) => {
                 let ops = dataplane::plan(&[new], &Observed::of(old.as_slice()));

@@ -86,6 +86,9 @@ impl Node {
             NODE_IP.to_string(),
             "--pod-cidr".to_string(),
             POD_CIDR.to_string(),
+            // One node with a fixed pod subnet: no overlay.
+            "--disable".to_string(),
+            "overlay".to_string(),
         ];
         let agent = Agent::start_node(dir, host.path(), extra, agent_flags)?;
         let n = Node {

@@ -324,7 +324,15 @@ fn our_plugins_add_check_del() -> Result<()> {
     let dir = TempDir::new("cni-rt")?;
     // The conflist the agent writes, with the IPAM store in the temp dir.
     let conf = dir.path().join("default");
-    let written = cni::ensure_default_conflist(&conf, "10.77.0.0/24")?.context("written")?;
+    let written = cni::ensure_default_conflist(
+        &conf,
+        &cni::PodNetwork {
+            subnet: "10.77.0.0/24",
+            mtu: None,
+            ip_masq: true,
+        },
+    )?
+    .context("written")?;
     let mut conflist: Value = serde_json::from_slice(&std::fs::read(written)?)?;
     let data = dir.path().join("ipam");
     conflist["plugins"][0]["ipam"]["dataDir"] = json!(data);

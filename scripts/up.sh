@@ -51,6 +51,13 @@ for _ in $(seq 1 100); do
 done
 "$KNODE" get namespaces
 
+# The overlay has leased this node's pod subnet by now (or soon).
+for _ in $(seq 1 50); do
+  [ -f /run/flannel/subnet.env ] && break
+  sleep 0.1
+done
+subnet="$(sed -n 's/^FLANNEL_SUBNET=//p' /run/flannel/subnet.env 2>/dev/null || true)"
+
 # The examples' image, built from the host's busybox-static, so they run on
 # a host without registry access.
 img="$(mktemp --suffix=.tar)"
@@ -75,7 +82,9 @@ The knode agent serves the embedded control plane on /run/knode/knode.sock
 
 knode CNI plugins are installed in $CNI_BIN_DIR:
   knode-bridge  knode-host-local  knode-loopback
-and the pod network config is $conf (bridge cni0, pods in 10.244.0.0/24).
+and the pod network config is $conf (bridge cni0, pods in ${subnet:-the
+node's leased subnet}; \`knode get subnetleases\` and /run/flannel/subnet.env
+show the overlay's lease, docs/networking.md explains it).
 
 Any CNI runtime uses them as they are: containerd's CRI plugin reads
 $CNI_CONF_DIR and $CNI_BIN_DIR by default. To attach a namespace by hand:

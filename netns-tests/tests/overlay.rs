@@ -30,6 +30,12 @@ struct Overlay {
 
 impl Overlay {
     fn start(nodes: usize, backend: &'static str) -> Result<Overlay> {
+        Overlay::start_with(nodes, backend, None)
+    }
+
+    /// As [`Overlay::start`], with `net_conf` (net-conf.json) stored in the
+    /// control plane before any agent starts.
+    fn start_with(nodes: usize, backend: &'static str, net_conf: Option<&str>) -> Result<Overlay> {
         let net = ClusterNet::new(nodes)?;
         let etcd = EtcdCluster::start_in(net.underlay().path(), UNDERLAY_IP, 1)?;
         let mut o = Overlay {
@@ -38,6 +44,9 @@ impl Overlay {
             net,
             backend,
         };
+        if let Some(c) = net_conf {
+            o.store_net_conf(c)?;
+        }
         for i in 0..nodes {
             let a = o.spawn_agent(i)?;
             o.agents.push(Some(a));
@@ -46,6 +55,29 @@ impl Overlay {
             o.wait_subnet(i)?;
         }
         Ok(o)
+    }
+
+    /// Stores the cluster's network config (ConfigMap kube-system/knode-network).
+    fn store_net_conf(&self, json: &str) -> Result<()> {
+        let manifest = serde_json::json!([
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kube-system"}},
+            {"apiVersion": "v1", "kind": "ConfigMap",
+             "metadata": {"name": "knode-network", "namespace": "kube-system"},
+             "data": {"net-conf.json": json}},
+        ]);
+        let docs: Vec<String> = manifest
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.to_string())
+            .collect();
+        run_cli_in(
+            self.net.node(0),
+            &self.control_plane(),
+            &["apply", "-f", "-"],
+            Some(&docs.join("\n---\n")),
+        )?;
+        Ok(())
     }
 
     fn control_plane(&self) -> String {
@@ -119,6 +151,8 @@ impl Overlay {
     /// by everything on the machine).
     fn pod(&self, i: usize, name: &str) -> Result<Pod> {
         let path = self.agent(i).dir().join("cni-conf/10-knode.conflist");
+        // Written right after the lease (and the subnet file).
+        wait_until(Duration::from_secs(10), || path.exists());
         let mut list: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?,
         )?;
@@ -490,13 +524,9 @@ fn concurrent_starts_never_share_a_subnet() -> Result<()> {
         net,
         backend: "vxlan",
     };
-    let conf = r#"{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kube-system"}}
----
-{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "knode-network", "namespace": "kube-system"},
- "data": {"net-conf.json": "{\"Network\": \"10.9.0.0/22\", \"SubnetLen\": 24}"}}"#;
+    o.store_net_conf(r#"{"Network": "10.9.0.0/22", "SubnetLen": 24}"#)?;
     let ep = o.control_plane();
     let cli = |args: &[&str], stdin: Option<&str>| run_cli_in(o.net.node(0), &ep, args, stdin);
-    cli(&["apply", "-f", "-"], Some(conf))?;
     for round in 0..20 {
         let agents: Vec<Result<Agent>> = std::thread::scope(|s| {
             let o = &o;
@@ -585,5 +615,66 @@ fn a_revoked_lease_is_taken_again() -> Result<()> {
     );
     assert_eq!(o.wait_subnet(0)?, s0);
     all_ping(&[&p0, &p1])?;
+    Ok(())
+}
+
+#[test]
+fn direct_routing_uses_plain_routes_on_one_segment() -> Result<()> {
+    if !prereqs("direct_routing_uses_plain_routes_on_one_segment") {
+        return Ok(());
+    }
+    let conf =
+        r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "DirectRouting": true}}"#;
+    let o = Overlay::start_with(2, "vxlan", Some(conf))?;
+    let s1 = o.wait_subnet(1)?;
+    let route = o.node(0).sh(&["ip", "route", "show", &s1])?;
+    assert!(route.contains("via 198.18.0.12 dev eth0"), "{route}");
+    let fdb = o.node(0).sh(&["bridge", "fdb", "show", "dev", "knode.1"])?;
+    assert!(!fdb.contains("dst 198.18.0.12"), "{fdb}");
+    let p0 = o.pod(0, "p0")?;
+    let p1 = o.pod(1, "p1")?;
+    all_ping(&[&p0, &p1])?;
+    tcp_echo(p1.ns(), p1.ip(), p0.ns(), 7021)?;
+    Ok(())
+}
+
+#[test]
+fn a_wrong_interface_stops_the_agent_with_the_reason() -> Result<()> {
+    if !prereqs("a_wrong_interface_stops_the_agent_with_the_reason") {
+        return Ok(());
+    }
+    let o = Overlay::start(1, "vxlan")?;
+    let dir = TempDir::new("overlay-bad")?;
+    let out = netns_tests::ns_command(Some(o.node(0).path()), netns_tests::our_bin("knode"))
+        .args([
+            "--config",
+            "/dev/null",
+            "--control-plane",
+            &o.control_plane(),
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--run-dir")
+        .arg(dir.path().join("run"))
+        .args([
+            "agent",
+            "--node-name",
+            "bad",
+            "--disable",
+            "pods",
+            "--iface",
+            "eth9",
+        ])
+        .arg("--subnet-file")
+        .arg(dir.path().join("subnet.env"))
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(
+            "iface \"eth9\": no interface has this name or address (interfaces: lo, eth0"
+        ),
+        "{err}"
+    );
     Ok(())
 }

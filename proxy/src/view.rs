@@ -49,6 +49,27 @@ pub struct ServicePort {
 }
 
 impl ServicePort {
+    /// A ClusterIP Service port without endpoints, affinity or Local
+    /// policies; set the other fields as needed.
+    pub fn new(
+        name: ServicePortName,
+        protocol: Protocol,
+        cluster_ip: Ipv4Addr,
+        port: u16,
+    ) -> ServicePort {
+        ServicePort {
+            name,
+            protocol,
+            cluster_ip,
+            port,
+            node_port: None,
+            affinity_seconds: None,
+            external_local: false,
+            internal_local: false,
+            endpoints: Vec::new(),
+        }
+    }
+
     /// Reachable from outside the cluster (here: it has a NodePort).
     pub fn externally_accessible(&self) -> bool {
         self.node_port.is_some()
@@ -172,28 +193,21 @@ pub(crate) fn test_port(
     vip: &str,
     eps: &[(&str, bool)],
 ) -> ServicePort {
-    ServicePort {
-        name: ServicePortName {
-            namespace: ns.into(),
-            name: name.into(),
-            port: port.into(),
-        },
-        protocol: Protocol::Tcp,
-        cluster_ip: vip.parse().expect("vip"),
-        port: 80,
-        node_port: None,
-        affinity_seconds: None,
-        external_local: false,
-        internal_local: false,
-        endpoints: eps
-            .iter()
-            .map(|(ip, local)| Endpoint {
-                ip: ip.parse().expect("ip"),
-                port: 80,
-                local: *local,
-            })
-            .collect(),
-    }
+    let name = ServicePortName {
+        namespace: ns.into(),
+        name: name.into(),
+        port: port.into(),
+    };
+    let mut sp = ServicePort::new(name, Protocol::Tcp, vip.parse().expect("vip"), 80);
+    sp.endpoints = eps
+        .iter()
+        .map(|(ip, local)| Endpoint {
+            ip: ip.parse().expect("ip"),
+            port: 80,
+            local: *local,
+        })
+        .collect();
+    sp
 }
 
 #[cfg(test)]

@@ -1,0 +1,441 @@
+//! The service proxy against the real kernel, in namespaces the tests
+//! create: a "node" namespace with a pod bridge (br_netfilter is on in new
+//! namespaces), "pods" as namespaces on veth ports of that bridge, and an
+//! outside namespace on the node's address. The proxy's Syncer programs
+//! iptables in the node namespace only; clients and servers are real
+//! sockets (std and socat).
+
+use std::io::Read;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::process::{Child, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context, Result};
+use netns_tests::cluster::wait_until;
+use netns_tests::{require_root, TestNs};
+use proxy::conntrack::netlink::NetlinkConntrack;
+use proxy::conntrack::Conntrack;
+use proxy::rules::names::{Protocol, ServicePortName};
+use proxy::{Backend, Endpoint, ExecIptables, NodeConfig, ServicePort, Syncer, Table};
+
+const NODE_IP: &str = "192.0.2.1";
+const OUTSIDE_IP: &str = "192.0.2.2";
+
+/// A node namespace, an outside namespace, and pods on the node's bridge.
+struct Lab {
+    node: TestNs,
+    outside: TestNs,
+    pods: Vec<TestNs>,
+    servers: Vec<Child>,
+}
+
+impl Lab {
+    /// The node (br0 10.244.1.1/24, ext0 192.0.2.1/24, forwarding on), the
+    /// outside namespace, and `pods` pods at 10.244.1.2, .3, ...
+    fn new(pods: usize) -> Result<Lab> {
+        let node = TestNs::new("pxn")?;
+        let outside = TestNs::new("pxo")?;
+        node.sh(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+        node.sh(&["ip", "link", "add", "br0", "type", "bridge"])?;
+        node.sh(&["ip", "addr", "add", "10.244.1.1/24", "dev", "br0"])?;
+        node.sh(&["ip", "link", "set", "br0", "up"])?;
+        plug(&node, "ext0", &outside, &format!("{OUTSIDE_IP}/24"))?;
+        node.sh(&["ip", "addr", "add", &format!("{NODE_IP}/24"), "dev", "ext0"])?;
+        // As a real node's default route would, the service range leads
+        // somewhere (the outside namespace, which forwards nothing), so a
+        // VIP without rules is a routing success and only REJECT refuses.
+        node.sh(&["ip", "route", "add", "10.96.0.0/12", "via", OUTSIDE_IP])?;
+        let mut lab = Lab {
+            node,
+            outside,
+            pods: Vec::new(),
+            servers: Vec::new(),
+        };
+        for i in 0..pods {
+            let pod = TestNs::new("pxp")?;
+            let host = format!("vp{i}");
+            plug(&lab.node, &host, &pod, &format!("{}/24", pod_ip(i)))?;
+            lab.node
+                .sh(&["ip", "link", "set", &host, "master", "br0"])?;
+            pod.sh(&["ip", "route", "add", "default", "via", "10.244.1.1"])?;
+            lab.pods.push(pod);
+        }
+        Ok(lab)
+    }
+
+    /// A server in pod `i` answering every TCP connection (or UDP datagram)
+    /// on `port` with `name`.
+    fn serve(&mut self, i: usize, proto: Protocol, port: u16, name: &str) -> Result<()> {
+        let listen = match proto {
+            Protocol::Udp => format!("UDP4-RECVFROM:{port},fork"),
+            _ => format!("TCP4-LISTEN:{port},fork,reuseaddr"),
+        };
+        let child = self.pods[i]
+            .cmd(&["socat", &listen, &format!("SYSTEM:echo {name}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start socat")?;
+        self.servers.push(child);
+        Ok(())
+    }
+
+    /// A Syncer that programs the node namespace (built inside it).
+    fn syncer(&self) -> Result<Syncer> {
+        self.node.run(|| {
+            let ipt = Arc::new(ExecIptables::new(Backend::detect()));
+            let ct = NetlinkConntrack::open().expect("open ctnetlink in the node namespace");
+            Syncer::new(ipt, node_config()).with_conntrack(Arc::new(ct))
+        })
+    }
+
+    /// Runs one sync in the node namespace.
+    fn sync(&self, s: &mut Syncer, desired: &[ServicePort]) -> Result<proxy::SyncOutcome> {
+        self.node
+            .run(|| s.sync(desired))?
+            .map_err(|e| anyhow!("sync: {e}"))
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for c in &mut self.servers {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A veth from `node` (named `host`, up) to `peer` (eth0 with `cidr`, up).
+fn plug(node: &TestNs, host: &str, peer: &TestNs, cidr: &str) -> Result<()> {
+    let add = [
+        "ip",
+        "link",
+        "add",
+        host,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        peer.name(),
+    ];
+    node.sh(&add)?;
+    node.sh(&["ip", "link", "set", host, "up"])?;
+    peer.sh(&["ip", "addr", "add", cidr, "dev", "eth0"])?;
+    peer.sh(&["ip", "link", "set", "eth0", "up"])?;
+    Ok(())
+}
+
+/// The lab of `test` with `pods` pods and a Syncer for its node; `None`
+/// (a skip) without root.
+fn start(test: &str, pods: usize) -> Result<Option<(Lab, Syncer)>> {
+    if !require_root(test) {
+        return Ok(None);
+    }
+    let lab = Lab::new(pods)?;
+    let syncer = lab.syncer()?;
+    Ok(Some((lab, syncer)))
+}
+
+fn pod_ip(i: usize) -> String {
+    format!("10.244.1.{}", i + 2)
+}
+
+fn node_config() -> NodeConfig {
+    NodeConfig {
+        node_name: "n1".into(),
+        node_ips: vec![NODE_IP.parse().expect("ip")],
+        cluster_cidr: Some("10.244.0.0/16".parse().expect("cidr")),
+        masquerade_all: false,
+        localhost_nodeports: false,
+    }
+}
+
+/// A Service port `default/name:p` on `vip:port` over pods `eps` (by index) at `target`.
+fn service(
+    name: &str,
+    proto: Protocol,
+    vip: &str,
+    port: u16,
+    eps: &[usize],
+    target: u16,
+) -> ServicePort {
+    let name = ServicePortName {
+        namespace: "default".into(),
+        name: name.into(),
+        port: "p".into(),
+    };
+    let mut sp = ServicePort::new(name, proto, vip.parse().expect("vip"), port);
+    sp.endpoints = eps
+        .iter()
+        .map(|i| Endpoint {
+            ip: pod_ip(*i).parse().expect("ip"),
+            port: target,
+            local: true,
+        })
+        .collect();
+    sp
+}
+
+/// One TCP request from `client` to `addr`: what the server said.
+fn ask(client: &TestNs, addr: &str) -> Result<std::io::Result<String>> {
+    let addr: SocketAddr = addr.parse()?;
+    client.run(|| {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out.trim().to_string())
+    })
+}
+
+/// Asks until a non-empty answer comes (servers start asynchronously).
+fn ask_until_answered(client: &TestNs, addr: &str) -> Result<String> {
+    let mut last = String::new();
+    let ok = wait_until(Duration::from_secs(5), || match ask(client, addr) {
+        Ok(Ok(s)) if !s.is_empty() => {
+            last = s;
+            true
+        }
+        other => {
+            last = format!("{other:?}");
+            false
+        }
+    });
+    if ok {
+        Ok(last)
+    } else {
+        Err(anyhow!(
+            "{addr} never answered from {}: {last}",
+            client.name()
+        ))
+    }
+}
+
+/// One UDP datagram from `client`'s port `sport` to `addr`; the reply, if any within 1 s.
+fn udp_ask(client: &TestNs, sport: u16, addr: &str) -> Result<Option<String>> {
+    let addr: SocketAddr = addr.parse()?;
+    client.run(|| {
+        let s = UdpSocket::bind(("0.0.0.0", sport)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+        s.send_to(b"hello\n", addr).ok()?;
+        let mut buf = [0u8; 256];
+        let (n, _) = s.recv_from(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).trim().to_string())
+    })
+}
+
+#[test]
+fn cluster_ip_spreads_over_two_backends_and_affinity_pins() -> Result<()> {
+    let Some((mut lab, mut s)) =
+        start("cluster_ip_spreads_over_two_backends_and_affinity_pins", 3)?
+    else {
+        return Ok(());
+    };
+    lab.serve(1, Protocol::Tcp, 8080, "b1")?;
+    lab.serve(2, Protocol::Tcp, 8080, "b2")?;
+    let mut web = service("web", Protocol::Tcp, "10.96.0.10", 80, &[1, 2], 8080);
+    let o = lab.sync(&mut s, std::slice::from_ref(&web))?;
+    assert!(o.full && o.restored);
+    let client = &lab.pods[0];
+    ask_until_answered(client, "10.244.1.3:8080")?;
+    ask_until_answered(client, "10.244.1.4:8080")?;
+
+    let (mut b1, mut b2) = (0, 0);
+    for _ in 0..100 {
+        match ask(client, "10.96.0.10:80")?
+            .context("ask the ClusterIP")?
+            .as_str()
+        {
+            "b1" => b1 += 1,
+            "b2" => b2 += 1,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    // Binomial(100, 0.5): fewer than 25 on one side has probability < 1e-6.
+    assert!(b1 >= 25 && b2 >= 25, "spread b1={b1} b2={b2}");
+
+    web.affinity_seconds = Some(10_800);
+    let o = lab.sync(&mut s, std::slice::from_ref(&web))?;
+    assert!(!o.full, "an affinity change is a partial sync");
+    let first = ask(client, "10.96.0.10:80")?.context("ask")?;
+    for _ in 0..20 {
+        assert_eq!(
+            ask(client, "10.96.0.10:80")?.context("ask")?,
+            first,
+            "affinity pins one backend"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn a_service_without_endpoints_refuses_at_once() -> Result<()> {
+    let Some((lab, mut s)) = start("a_service_without_endpoints_refuses_at_once", 1)? else {
+        return Ok(());
+    };
+    lab.sync(
+        &mut s,
+        &[service("empty", Protocol::Tcp, "10.96.0.20", 80, &[], 8080)],
+    )?;
+    let t = Instant::now();
+    let err = ask(&lab.pods[0], "10.96.0.20:80")?.expect_err("no endpoints: must fail");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "refused after {:?}",
+        t.elapsed()
+    );
+    Ok(())
+}
+
+#[test]
+fn a_node_port_answers_from_outside_the_node() -> Result<()> {
+    let Some((mut lab, mut s)) = start("a_node_port_answers_from_outside_the_node", 2)? else {
+        return Ok(());
+    };
+    lab.serve(1, Protocol::Tcp, 8080, "b1")?;
+    let web = ServicePort {
+        node_port: Some(30080),
+        ..service("web", Protocol::Tcp, "10.96.0.30", 80, &[1], 8080)
+    };
+    lab.sync(&mut s, &[web])?;
+    assert_eq!(
+        ask_until_answered(&lab.outside, &format!("{NODE_IP}:30080"))?,
+        "b1"
+    );
+    // An unknown port on the node address is not captured.
+    assert!(ask(&lab.outside, &format!("{NODE_IP}:30081"))?.is_err());
+    Ok(())
+}
+
+#[test]
+fn rules_flushed_by_someone_else_come_back_after_the_canary_fires() -> Result<()> {
+    let Some((mut lab, mut s)) = start(
+        "rules_flushed_by_someone_else_come_back_after_the_canary_fires",
+        2,
+    )?
+    else {
+        return Ok(());
+    };
+    lab.serve(1, Protocol::Tcp, 8080, "b1")?;
+    let desired = [service("web", Protocol::Tcp, "10.96.0.40", 80, &[1], 8080)];
+    lab.sync(&mut s, &desired)?;
+    assert_eq!(ask_until_answered(&lab.pods[0], "10.96.0.40:80")?, "b1");
+    assert!(lab.node.run(|| s.check_canary())?);
+
+    lab.node.sh(&["iptables", "-t", "nat", "-F"])?;
+    assert!(
+        ask(&lab.pods[0], "10.96.0.40:80")?.is_err(),
+        "flushed: the VIP leads nowhere"
+    );
+    // A partial sync alone would see nothing to do; the canary notices.
+    assert!(!lab.node.run(|| s.check_canary())?);
+    let o = lab.sync(&mut s, &desired)?;
+    assert!(o.full);
+    assert_eq!(
+        ask(&lab.pods[0], "10.96.0.40:80")?.context("ask after resync")?,
+        "b1"
+    );
+    let prerouting = lab
+        .node
+        .sh(&["iptables", "-t", "nat", "-S", "PREROUTING"])?;
+    assert_eq!(
+        prerouting.matches("-j KUBE-SERVICES").count(),
+        1,
+        "{prerouting}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_replaced_udp_endpoint_loses_its_stale_conntrack_entry() -> Result<()> {
+    let Some((mut lab, mut s)) =
+        start("a_replaced_udp_endpoint_loses_its_stale_conntrack_entry", 3)?
+    else {
+        return Ok(());
+    };
+    lab.serve(1, Protocol::Udp, 5353, "b1")?;
+    lab.serve(2, Protocol::Udp, 5353, "b2")?;
+    let dns = service("dns", Protocol::Udp, "10.96.0.53", 53, &[1], 5353);
+    lab.sync(&mut s, &[dns])?;
+    let client = &lab.pods[0];
+    let vip = "10.96.0.53:53";
+    let mut first = None;
+    assert!(wait_until(Duration::from_secs(5), || {
+        first = udp_ask(client, 40000, vip).ok().flatten();
+        first.is_some()
+    }));
+    assert_eq!(first.as_deref(), Some("b1"));
+    let to_b1 = |ct: &NetlinkConntrack| {
+        ct.flows(17).map(|f| {
+            f.iter()
+                .filter(|f| {
+                    f.orig_sport == 40000
+                        && f.reply_src == "10.244.1.3".parse::<Ipv4Addr>().expect("ip")
+                })
+                .count()
+        })
+    };
+    let before = lab
+        .node
+        .run(|| NetlinkConntrack::open().and_then(|ct| to_b1(&ct)))?;
+    assert_eq!(
+        before.map_err(|e| anyhow!("{e}"))?,
+        1,
+        "the flow to b1 is tracked"
+    );
+
+    // b1 still runs: only a stale entry could still lead there.
+    let o = lab.sync(
+        &mut s,
+        &[service("dns", Protocol::Udp, "10.96.0.53", 53, &[2], 5353)],
+    )?;
+    assert_eq!(o.conntrack_deleted, 1);
+    let after = lab
+        .node
+        .run(|| NetlinkConntrack::open().and_then(|ct| to_b1(&ct)))?;
+    assert_eq!(after.map_err(|e| anyhow!("{e}"))?, 0);
+    assert_eq!(
+        udp_ask(client, 40000, vip)?.as_deref(),
+        Some("b2"),
+        "same 5-tuple, new endpoint"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_hostile_service_name_stays_a_comment_in_the_kernel() -> Result<()> {
+    let Some((lab, mut s)) = start("a_hostile_service_name_stays_a_comment_in_the_kernel", 2)?
+    else {
+        return Ok(());
+    };
+    let mut evil = service("web", Protocol::Tcp, "10.96.0.60", 80, &[1], 8080);
+    evil.name.namespace = "evil\" -j ACCEPT\n-A INPUT -j ACCEPT #".into();
+    evil.name.port = "p\\\" -j DROP".into();
+    let o = lab.sync(&mut s, std::slice::from_ref(&evil))?;
+    let want = proxy::ruleset(&[evil], &node_config());
+    assert_eq!(o.nat_rules, want.count(Table::Nat));
+    let nat = lab.node.sh(&["iptables-save", "-t", "nat"])?;
+    let filter = lab.node.sh(&["iptables-save", "-t", "filter"])?;
+    let jumps = proxy::rules::builtin_jumps(&node_config());
+    let count = |saved: &str, t: Table| {
+        saved.lines().filter(|l| l.starts_with("-A ")).count()
+            - jumps.iter().filter(|j| j.table == t).count()
+    };
+    assert_eq!(count(&nat, Table::Nat), want.count(Table::Nat), "{nat}");
+    assert_eq!(
+        count(&filter, Table::Filter),
+        want.count(Table::Filter),
+        "{filter}"
+    );
+    assert!(
+        !filter.lines().any(|l| l == "-A INPUT -j ACCEPT"),
+        "{filter}"
+    );
+    assert!(nat.contains("evil"), "{nat}");
+    Ok(())
+}

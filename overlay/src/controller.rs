@@ -302,6 +302,7 @@ impl Overlay {
         if let Some(dev) = self.device.as_mut() {
             dev.addr = Ipv4Net::new(subnet.network(), 32).expect("valid");
         }
+        self.kernel.set_own_subnet(subnet);
         self.subnet_tx.send_replace(subnet);
         SubnetEnv {
             network: self.conf.network,
@@ -315,6 +316,12 @@ impl Overlay {
 
     /// What a peer's lease wants programmed, or why it cannot be used.
     fn peer_state_of(&self, l: &SubnetLease) -> Result<PeerState, String> {
+        if l.spec.public_ip == self.attrs.public_ip {
+            return Err(format!(
+                "lease {} has this node's public IP {} but is not its lease; ignoring it",
+                l.spec.subnet, l.spec.public_ip
+            ));
+        }
         Peer::from_lease(l).and_then(|p| backend::peer_state(&self.local, &p))
     }
 

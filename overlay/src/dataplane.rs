@@ -123,6 +123,8 @@ pub trait Dataplane: Send {
     fn observe(&mut self) -> Result<Observed>;
     /// Applies one op. Removing what is already gone is not an error.
     fn apply(&mut self, op: &Op) -> Result<()>;
+    /// This node's subnet changed (its bridge route is never the overlay's).
+    fn set_own_subnet(&mut self, _subnet: Ipv4Net) {}
 }
 
 /// What the kernel impl looks at: which routes are the overlay's.
@@ -152,11 +154,6 @@ impl Kernel {
             scope,
             device_index: None,
         })
-    }
-
-    /// Points the kernel view at a new own subnet (after a lease change).
-    pub fn set_own_subnet(&mut self, subnet: Ipv4Net) {
-        self.scope.own_subnet = subnet;
     }
 
     fn device(&mut self) -> Result<Option<u32>> {
@@ -331,6 +328,10 @@ impl Dataplane for Kernel {
             }
         }
         Ok(())
+    }
+
+    fn set_own_subnet(&mut self, subnet: Ipv4Net) {
+        self.scope.own_subnet = subnet;
     }
 }
 

@@ -12,12 +12,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
+use controlplane::api::{ControlPlane, ObjectRef};
+use controlplane::registry::{Allocators, Registry};
+use controlplane::storage::embedded::Embedded;
+use controlplane::{Kind, Object};
 use netns_tests::cluster::wait_until;
-use netns_tests::{require_root, TestNs};
+use netns_tests::{require_root, TempDir, TestNs};
 use proxy::conntrack::netlink::NetlinkConntrack;
 use proxy::conntrack::Conntrack;
 use proxy::rules::names::{Protocol, ServicePortName};
-use proxy::{Backend, Endpoint, ExecIptables, NodeConfig, ServicePort, Syncer, Table};
+use proxy::{
+    Backend, Endpoint, ExecIptables, Metrics, NodeConfig, ProxyConfig, ServicePort, Syncer, Table,
+};
+use serde_json::json;
 
 const NODE_IP: &str = "192.0.2.1";
 const OUTSIDE_IP: &str = "192.0.2.2";
@@ -437,5 +444,136 @@ fn a_hostile_service_name_stays_a_comment_in_the_kernel() -> Result<()> {
         "{filter}"
     );
     assert!(nat.contains("evil"), "{nat}");
+    Ok(())
+}
+
+/// Creates `v` (a JSON object) in the control plane, and its status when it has one.
+async fn create(cp: &dyn ControlPlane, v: serde_json::Value) -> Result<Object> {
+    let status = v.get("status").is_some();
+    let obj = Object::from_value(v)?;
+    let mut made = cp.create(obj.clone(), None).await?;
+    if status {
+        if let (Object::Pod(m), Object::Pod(o)) = (&mut made, obj) {
+            m.status = o.status;
+        }
+        made = cp.update_status(made).await?;
+    }
+    Ok(made)
+}
+
+fn pod_json(name: &str, ip: &str) -> serde_json::Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default", "labels": {"app": "web"}},
+        "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "busybox"}]},
+        "status": {"phase": "Running", "podIP": ip,
+                   "conditions": [{"type": "Ready", "status": "True"}]}})
+}
+
+#[test]
+fn run_follows_the_control_plane_and_repairs_a_flush() -> Result<()> {
+    let Some((mut lab, _)) = start("run_follows_the_control_plane_and_repairs_a_flush", 3)? else {
+        return Ok(());
+    };
+    lab.serve(1, Protocol::Tcp, 8080, "b1")?;
+    lab.serve(2, Protocol::Tcp, 8080, "b2")?;
+    let dir = TempDir::new("pxcp")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    // The embedded store starts a background task: open it inside the runtime.
+    let store = rt.block_on(async { Embedded::open(dir.path()) })?;
+    let cp: Arc<dyn ControlPlane> = Arc::new(Registry::new(Arc::new(store), Allocators::default()));
+    let svc = rt.block_on(async {
+        let _ = create(&*cp, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}})).await;
+        create(&*cp, pod_json("web-1", "10.244.1.3")).await?;
+        create(&*cp, pod_json("web-2", "10.244.1.4")).await?;
+        create(&*cp, json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"selector": {"app": "web"}, "ports": [{"name": "p", "port": 80, "targetPort": 8080}]}}))
+        .await
+    })?;
+    let Object::Service(svc) = svc else {
+        return Err(anyhow!("created a Service, got {}", svc.describe()));
+    };
+    let vip = format!(
+        "{}:80",
+        svc.spec
+            .and_then(|s| s.cluster_ip)
+            .context("ClusterIP assigned")?
+    );
+
+    let mut cfg = ProxyConfig::new(node_config());
+    cfg.min_sync_period = Duration::ZERO;
+    cfg.canary_period = Duration::from_millis(200);
+    cfg.netns = Some(lab.node.path().to_path_buf());
+    let metrics = Arc::new(Metrics::new(cfg.sync_period));
+    let task = rt.spawn(proxy::run(Arc::clone(&cp), cfg, Arc::clone(&metrics)));
+
+    let client = &lab.pods[0];
+    ask_until_answered(client, &vip)?;
+    // A removed endpoint stops getting new connections within 1 s.
+    rt.block_on(cp.delete(&ObjectRef::new(Kind::Pod, "default", "web-1"), None))?;
+    let t = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(1), || (0..10)
+            .all(|_| matches!(ask(client, &vip), Ok(Ok(s)) if s == "b2"))),
+        "web-1 still answered 1 s after its deletion"
+    );
+    let moved = t.elapsed();
+
+    // Someone flushes nat: the canary brings the rules back.
+    lab.node.sh(&["iptables", "-t", "nat", "-F"])?;
+    assert!(
+        wait_until(
+            Duration::from_secs(3),
+            || matches!(ask(client, &vip), Ok(Ok(s)) if s == "b2")
+        ),
+        "rules not restored after a flush"
+    );
+    let text = metrics.render();
+    assert!(
+        text.contains("kubeproxy_sync_proxy_rules_iptables_restore_failures_total 0"),
+        "{text}"
+    );
+    let full_syncs: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("kubeproxy_sync_full_proxy_rules_duration_seconds_count "))
+        .and_then(|n| n.parse().ok())
+        .context("full sync count")?;
+    assert!(
+        full_syncs >= 2,
+        "the flush forced a second full sync: {text}"
+    );
+    assert_eq!(metrics.health(Instant::now()), proxy::Health::Healthy);
+    eprintln!("endpoint removal took effect within {moved:?}");
+    task.abort();
+    Ok(())
+}
+
+#[test]
+fn the_ruleset_works_on_the_legacy_backend_too() -> Result<()> {
+    let Some((mut lab, _)) = start("the_ruleset_works_on_the_legacy_backend_too", 2)? else {
+        return Ok(());
+    };
+    lab.serve(1, Protocol::Tcp, 8080, "b1")?;
+    let mut s = lab
+        .node
+        .run(|| Syncer::new(Arc::new(ExecIptables::new(Backend::Legacy)), node_config()))?;
+    let mut web = service("web", Protocol::Tcp, "10.96.0.70", 80, &[1], 8080);
+    web.affinity_seconds = Some(60);
+    lab.sync(&mut s, &[web])?;
+    assert_eq!(ask_until_answered(&lab.pods[0], "10.96.0.70:80")?, "b1");
+    assert!(lab
+        .node
+        .sh(&["iptables-legacy-save", "-t", "nat"])?
+        .contains(":KUBE-SERVICES"));
+    assert!(!lab
+        .node
+        .sh(&["iptables-nft-save", "-t", "nat"])?
+        .contains("KUBE-SERVICES"));
+    // Now the namespace's rules live in legacy: detection follows them.
+    let detected = lab.node.run(Backend::detect)?;
+    assert_eq!(detected, Backend::Legacy);
     Ok(())
 }

@@ -6,6 +6,7 @@
 mod cni;
 mod controlplane;
 mod pods;
+mod proxy;
 mod report;
 mod stats;
 
@@ -48,6 +49,11 @@ const BENCHES: &[Bench] = &[
         name: "pods",
         about: "pod start latency vs `ctr run -d`, churn of 100 pods with leak counts, agent memory",
         run: pods::run,
+    },
+    Bench {
+        name: "proxy",
+        about: "full sync at 1k/5k/10k Services and a partial sync at 10k vs iptables-restore of the same payload",
+        run: proxy::run,
     },
 ];
 

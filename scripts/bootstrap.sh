@@ -49,7 +49,7 @@ if [ ! -e "$policy" ]; then
   $SUDO chmod 755 "$policy"
   ours=1
 fi
-cleanup() { [ "$ours" = 1 ] && $SUDO rm -f "$policy"; }
+cleanup() { if [ "$ours" = 1 ]; then $SUDO rm -f "$policy"; fi; }
 trap cleanup EXIT
 
 export DEBIAN_FRONTEND=noninteractive

@@ -251,11 +251,33 @@ pub struct PodNetwork<'a> {
 }
 
 /// Writes the default pod network, `10-knode.conflist`, when `conf_dir`
-/// holds no network config, or rewrites it when it is the agent's own
-/// (network `knode` over `knode-bridge`) and the subnet or MTU changed.
-/// Any other config is an operator's choice and always wins. Returns the
-/// path written, or `None` when nothing was written.
+/// holds no network config, or rewrites it when it is the agent's own and
+/// the subnet or MTU changed. The agent's own file is one that is exactly
+/// what the agent renders for its subnet, MTU and masquerade setting: any
+/// edit (a `dataDir`, another plugin, a changed bridge name) makes it the
+/// operator's, and an operator's config always wins. Returns the path
+/// written, or `None` when nothing was written.
 pub fn ensure_default_conflist(conf_dir: &Path, net: &PodNetwork) -> Result<Option<PathBuf>> {
+    let text = render_default(net)?;
+    let path = conf_dir.join(DEFAULT_CONFLIST);
+    let existing = conf_files(conf_dir)?;
+    let ours = existing.len() == 1 && existing[0] == path && is_generated(&path);
+    if !existing.is_empty() && !ours {
+        return Ok(None);
+    }
+    if ours && std::fs::read_to_string(&path).is_ok_and(|t| t == text) {
+        return Ok(None);
+    }
+    std::fs::create_dir_all(conf_dir).with_context(|| format!("create {}", conf_dir.display()))?;
+    // Written aside and renamed: a runtime reading the dir never sees half a file.
+    let tmp = conf_dir.join(format!(".{DEFAULT_CONFLIST}.tmp"));
+    std::fs::write(&tmp, text).with_context(|| format!("write {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("write {}", path.display()))?;
+    Ok(Some(path))
+}
+
+/// The text of the default conflist for `net`.
+fn render_default(net: &PodNetwork) -> Result<String> {
     let subnet = net.subnet;
     let default_route = match subnet.split_once('/') {
         Some((ip, len)) => match (ip.parse::<std::net::IpAddr>(), len.parse::<u8>()) {
@@ -265,12 +287,6 @@ pub fn ensure_default_conflist(conf_dir: &Path, net: &PodNetwork) -> Result<Opti
         },
         None => bail!("subnet: {subnet:?} is not a CIDR like 10.244.0.0/24"),
     };
-    let path = conf_dir.join(DEFAULT_CONFLIST);
-    let existing = conf_files(conf_dir)?;
-    let ours = existing.len() == 1 && existing[0] == path && is_generated(&path);
-    if !existing.is_empty() && !ours {
-        return Ok(None);
-    }
     let mut bridge = json!({
         "type": "knode-bridge",
         "bridge": "cni0",
@@ -295,27 +311,30 @@ pub fn ensure_default_conflist(conf_dir: &Path, net: &PodNetwork) -> Result<Opti
     });
     let mut text = serde_json::to_string_pretty(&list).expect("a JSON value serializes");
     text.push('\n');
-    if ours && std::fs::read_to_string(&path).is_ok_and(|t| t == text) {
-        return Ok(None);
-    }
-    std::fs::create_dir_all(conf_dir).with_context(|| format!("create {}", conf_dir.display()))?;
-    // Written aside and renamed: a runtime reading the dir never sees half a file.
-    let tmp = conf_dir.join(format!(".{DEFAULT_CONFLIST}.tmp"));
-    std::fs::write(&tmp, text).with_context(|| format!("write {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("write {}", path.display()))?;
-    Ok(Some(path))
+    Ok(text)
 }
 
-/// Whether `path` is a conflist the agent wrote (network `knode`, one
-/// `knode-bridge` plugin).
+/// Whether `path` is a conflist the agent wrote: its text is exactly the
+/// rendering of its own subnet, MTU and masquerade setting.
 fn is_generated(path: &Path) -> bool {
-    let Ok(bytes) = std::fs::read(path) else {
+    let Ok(text) = std::fs::read_to_string(path) else {
         return false;
     };
-    let Ok(v) = serde_json::from_slice::<Value>(&bytes) else {
+    let Ok(v) = serde_json::from_str::<Value>(&text) else {
         return false;
     };
-    v["name"] == "knode"
-        && v["plugins"].as_array().is_some_and(|p| p.len() == 1)
-        && v["plugins"][0]["type"] == "knode-bridge"
+    let p = &v["plugins"][0];
+    let (Some(subnet), Some(ip_masq)) = (
+        p["ipam"]["ranges"][0][0]["subnet"].as_str(),
+        p["ipMasq"].as_bool(),
+    ) else {
+        return false;
+    };
+    let mtu = p["mtu"].as_u64().and_then(|m| u32::try_from(m).ok());
+    let net = PodNetwork {
+        subnet,
+        mtu,
+        ip_masq,
+    };
+    render_default(&net).is_ok_and(|r| r == text)
 }

@@ -574,6 +574,20 @@ fn default_conflist_is_written_once_and_never_over_an_existing_config() {
         (json!(1450), json!(false))
     );
 
+    // An operator's edit of that file makes it theirs: it is never rewritten.
+    let edited = f.dir("conf").join("edited");
+    ensure_default_conflist(&edited, &net("10.244.3.0/24")).unwrap();
+    let file = edited.join("10-knode.conflist");
+    let mut v: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    v["plugins"][0]["ipam"]["dataDir"] = json!("/srv/ipam");
+    std::fs::write(&file, v.to_string()).unwrap();
+    assert_eq!(
+        ensure_default_conflist(&edited, &net("10.244.7.0/24")).unwrap(),
+        None
+    );
+    let kept: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(kept, v);
+
     let other = f.dir("conf").join("other");
     std::fs::create_dir_all(&other).unwrap();
     std::fs::write(other.join("99-mine.conf"), "{}").unwrap();

@@ -1,6 +1,7 @@
 //! `knode agent`: opens the control plane and serves it on the API socket,
-//! registers the node and runs its pods through containerd. The proxy and
-//! the overlay join it as they are built.
+//! registers the node, leases its subnet (the overlay), programs Services
+//! (the proxy) and runs its pods through containerd; each part can be
+//! turned off with `--disable`.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -63,9 +64,29 @@ pub struct AgentArgs {
     /// Masquerade pod traffic leaving the cluster network (default true).
     #[arg(long, value_name = "BOOL")]
     pub ip_masq: Option<bool>,
-    /// Parts of the agent to turn off, comma-separated: pods, overlay.
+    /// Parts of the agent to turn off, comma-separated: pods, overlay, proxy.
     #[arg(long, value_name = "PARTS", value_delimiter = ',')]
     pub disable: Vec<String>,
+    /// At most one proxy sync per this period (default 1s; 0 for tests).
+    #[arg(long, value_name = "DURATION")]
+    pub proxy_min_sync_period: Option<String>,
+    /// A full proxy sync at least this often (default 30s).
+    #[arg(long, value_name = "DURATION")]
+    pub proxy_sync_period: Option<String>,
+    /// Where the proxy serves /metrics and /healthz (default
+    /// 127.0.0.1:10249; empty turns it off).
+    #[arg(long, value_name = "IP:PORT")]
+    pub metrics_bind_address: Option<String>,
+    /// Addresses NodePorts answer on, comma-separated (default: every
+    /// local address).
+    #[arg(long, value_name = "IPS", value_delimiter = ',')]
+    pub nodeport_addresses: Vec<String>,
+    /// Masquerade all traffic to ClusterIPs (default false).
+    #[arg(long, value_name = "BOOL")]
+    pub masquerade_all: Option<bool>,
+    /// Answer NodePorts on 127.0.0.1 too (default false).
+    #[arg(long, value_name = "BOOL")]
+    pub localhost_nodeports: Option<bool>,
 }
 
 pub async fn run(config: &Config, args: AgentArgs) -> Result<ExitCode> {
@@ -168,7 +189,7 @@ struct Started {
 }
 
 /// Brings up the node side: the overlay (lease, device, rules), the pod
-/// network config, the Node object and its heartbeat, then containerd, the
+/// network config, the proxy, the Node object and its heartbeat, then containerd, the
 /// pause image, the pod manager and static pods, each unless disabled.
 async fn start_node(
     config: &Config,
@@ -201,6 +222,13 @@ async fn start_node(
         pod_cidr: Some(pod_cidr.clone()),
     };
     let mut tasks = vec![];
+    if config.enabled("proxy") {
+        tasks.extend(
+            crate::proxy::start(config, cp.clone())
+                .await
+                .context("start the proxy")?,
+        );
+    }
     let overlay = match overlay {
         Some(o) => {
             tasks.push(tokio::spawn(follow_subnet(

@@ -52,10 +52,22 @@ pub struct Config {
     pub ip_masq: bool,
     /// Parts of the agent turned off ([`PARTS`]).
     pub disable: Vec<String>,
+    /// At most one proxy sync per this period (0 for tests).
+    pub proxy_min_sync_period: Duration,
+    /// A full proxy sync at least this often.
+    pub proxy_sync_period: Duration,
+    /// Where the proxy serves `/metrics` and `/healthz`; empty: nowhere.
+    pub metrics_bind_address: String,
+    /// Addresses NodePorts answer on; empty: every local address.
+    pub nodeport_addresses: Vec<String>,
+    /// Masquerade all traffic to ClusterIPs.
+    pub masquerade_all: bool,
+    /// Answer NodePorts on 127.0.0.1 too (sets route_localnet).
+    pub localhost_nodeports: bool,
 }
 
 /// The parts of the agent `--disable` can turn off.
-pub const PARTS: [&str; 2] = ["pods", "overlay"];
+pub const PARTS: [&str; 3] = ["pods", "overlay", "proxy"];
 
 impl Default for Config {
     fn default() -> Self {
@@ -90,6 +102,12 @@ impl Default for Config {
             overlay_resync_period: Duration::from_secs(5),
             ip_masq: true,
             disable: Vec::new(),
+            proxy_min_sync_period: Duration::from_secs(1),
+            proxy_sync_period: Duration::from_secs(30),
+            metrics_bind_address: "127.0.0.1:10249".into(),
+            nodeport_addresses: Vec::new(),
+            masquerade_all: false,
+            localhost_nodeports: false,
         }
     }
 }
@@ -129,6 +147,12 @@ pub struct File {
     pub overlay_resync_period: Option<String>,
     pub ip_masq: Option<bool>,
     pub disable: Option<Vec<String>>,
+    pub proxy_min_sync_period: Option<String>,
+    pub proxy_sync_period: Option<String>,
+    pub metrics_bind_address: Option<String>,
+    pub nodeport_addresses: Option<Vec<String>>,
+    pub masquerade_all: Option<bool>,
+    pub localhost_nodeports: Option<bool>,
 }
 
 impl File {
@@ -237,7 +261,36 @@ impl Config {
             )?,
             ip_masq: flags.ip_masq.or(file.ip_masq).unwrap_or(d.ip_masq),
             disable: flags.disable.or(file.disable).unwrap_or(d.disable),
+            proxy_min_sync_period: duration(
+                "proxy-min-sync-period",
+                flags.proxy_min_sync_period.or(file.proxy_min_sync_period),
+                d.proxy_min_sync_period,
+            )?,
+            proxy_sync_period: duration(
+                "proxy-sync-period",
+                flags.proxy_sync_period.or(file.proxy_sync_period),
+                d.proxy_sync_period,
+            )?,
+            metrics_bind_address: flags
+                .metrics_bind_address
+                .or(file.metrics_bind_address)
+                .unwrap_or(d.metrics_bind_address),
+            nodeport_addresses: flags
+                .nodeport_addresses
+                .or(file.nodeport_addresses)
+                .unwrap_or(d.nodeport_addresses),
+            masquerade_all: flags
+                .masquerade_all
+                .or(file.masquerade_all)
+                .unwrap_or(d.masquerade_all),
+            localhost_nodeports: flags
+                .localhost_nodeports
+                .or(file.localhost_nodeports)
+                .unwrap_or(d.localhost_nodeports),
         };
+        if c.proxy_sync_period.is_zero() {
+            bail!("proxy-sync-period: must be more than 0 (a full sync at least this often)");
+        }
         if c.node_name.is_empty() {
             bail!("node-name: required (the hostname is empty)");
         }

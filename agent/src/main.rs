@@ -9,6 +9,7 @@ mod config;
 mod logs;
 mod node;
 mod pods;
+mod proxy;
 mod runtime;
 
 use std::path::PathBuf;
@@ -99,7 +100,7 @@ struct Global {
 #[derive(Subcommand)]
 enum Command {
     /// Run the node agent (serves the embedded control plane on the socket).
-    Agent(agent::AgentArgs),
+    Agent(Box<agent::AgentArgs>),
     /// Create or update objects from manifests.
     Apply(cli::apply::ApplyArgs),
     /// Show objects.
@@ -170,7 +171,7 @@ fn main() -> ExitCode {
     };
     let result = rt.block_on(async move {
         match cli.command {
-            Command::Agent(args) => agent::run(&config, args).await,
+            Command::Agent(args) => agent::run(&config, *args).await,
             Command::Apply(args) => cli::apply::run(&config, args).await,
             Command::Get(args) => cli::get::run(&config, args).await,
             Command::Delete(args) => cli::delete::run(&config, args).await,
@@ -197,7 +198,7 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     };
     let file = File::load(&path, required)?;
     let agent = match &cli.command {
-        Command::Agent(a) => Some(a),
+        Command::Agent(a) => Some(a.as_ref()),
         _ => None,
     };
     let flag = |f: fn(&agent::AgentArgs) -> Option<String>| agent.and_then(f);
@@ -233,6 +234,13 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
         overlay_resync_period: flag(|a| a.overlay_resync_period.clone()),
         ip_masq: agent.and_then(|a| a.ip_masq),
         disable: agent.and_then(|a| (!a.disable.is_empty()).then(|| a.disable.clone())),
+        proxy_min_sync_period: flag(|a| a.proxy_min_sync_period.clone()),
+        proxy_sync_period: flag(|a| a.proxy_sync_period.clone()),
+        metrics_bind_address: flag(|a| a.metrics_bind_address.clone()),
+        nodeport_addresses: agent
+            .and_then(|a| (!a.nodeport_addresses.is_empty()).then(|| a.nodeport_addresses.clone())),
+        masquerade_all: agent.and_then(|a| a.masquerade_all),
+        localhost_nodeports: agent.and_then(|a| a.localhost_nodeports),
     };
     Config::merge(file, flags)
 }

@@ -1,8 +1,8 @@
 //! A `knode agent` process started by a test, with its own data and run
 //! dirs, optionally inside a network namespace the test made, and the
 //! `knode` CLI pointed at it. Every path it writes is in its temp dir, and
-//! outside a test namespace its overlay is off: it never programs the
-//! machine's own network. Killed on drop.
+//! outside a test namespace its overlay and proxy are off: it never
+//! programs the machine's own network. Killed on drop.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -136,10 +136,12 @@ impl Agent {
             cmd.arg("--subnet-file")
                 .arg(self.dir.path().join("subnet.env"));
         }
-        // The overlay programs links, routes and rules: only ever inside a
-        // namespace the test made.
-        if self.netns.is_none() && !has_flag(flags, "--disable") {
-            cmd.args(["--disable", "overlay"]);
+        // The overlay and the proxy program links, routes and iptables, and
+        // the proxy listens on 127.0.0.1:10249: only ever inside a
+        // namespace the test made. `--disable` adds up, so a caller's own
+        // `--disable pods` keeps these off too.
+        if self.netns.is_none() {
+            cmd.args(["--disable", "overlay,proxy", "--metrics-bind-address", ""]);
         }
         let child = cmd
             .args(&self.agent_flags)

@@ -5,6 +5,7 @@
 
 mod cni;
 mod controlplane;
+mod overlay;
 mod pods;
 mod proxy;
 mod report;
@@ -14,6 +15,31 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
+
+/// Our release-built binary `name`, or an error that says how to build it.
+pub fn built(name: &str) -> Result<PathBuf> {
+    let p = netns_tests::bin_dir().join(name);
+    if !p.is_file() {
+        bail!(
+            "{} not built: run `cargo build --release --bins` (scripts/bench.sh does)",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+/// Every binary a benchmark that runs agents and pods needs.
+pub fn require_node_bins() -> Result<()> {
+    for bin in [
+        "knode",
+        "knode-bridge",
+        "knode-host-local",
+        "knode-loopback",
+    ] {
+        built(bin)?;
+    }
+    Ok(())
+}
 
 /// Options shared by every benchmark.
 #[derive(Debug, Clone)]
@@ -54,6 +80,11 @@ const BENCHES: &[Bench] = &[
         name: "proxy",
         about: "full sync at 1k/5k/10k Services and a partial sync at 10k vs iptables-restore of the same payload",
         run: proxy::run,
+    },
+    Bench {
+        name: "overlay",
+        about: "iperf3 pod-to-pod vs raw underlay and raw vxlan, join convergence and 1,000 leases vs ip -batch",
+        run: overlay::run,
     },
 ];
 

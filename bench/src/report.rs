@@ -43,6 +43,24 @@ pub fn write_file(dir: &Path, name: &str, text: &str) -> Result<()> {
     Ok(())
 }
 
+/// `doc` with its `targets` and `met` (every target met).
+pub fn with_targets(mut doc: Value, targets: Vec<Value>) -> Value {
+    doc["met"] = Value::Bool(targets.iter().all(|t| t["met"] == true));
+    doc["targets"] = Value::Array(targets);
+    doc
+}
+
+/// Prints `table`, then writes `<name>.json` (pretty) and `<name>.svg` to `dir`.
+pub fn emit(dir: &Path, name: &str, table: &str, doc: &Value, svg: &str) -> Result<()> {
+    print!("{table}");
+    write_file(
+        dir,
+        &format!("{name}.json"),
+        &format!("{}\n", serde_json::to_string_pretty(doc)?),
+    )?;
+    write_file(dir, &format!("{name}.svg"), svg)
+}
+
 /// One series of a bar chart: its legend label and colour.
 pub struct Series<'a> {
     pub label: &'a str,

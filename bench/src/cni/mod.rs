@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use netns_tests::{bin_dir, first_ip, unique, CniCall, TempDir, TestNs, REFERENCE_CNI_DIR};
+use netns_tests::{first_ip, unique, CniCall, TempDir, TestNs, REFERENCE_CNI_DIR};
 use serde_json::{json, Value};
 
 use crate::Opts;
@@ -70,7 +70,7 @@ impl Side {
         let data = TempDir::new(&format!("bench-ipam-{}", imp.name()))?;
         let (plugin, ipam, net, bridge, subnet) = match imp {
             Impl::Ours => (
-                ours("knode-bridge")?,
+                crate::built("knode-bridge")?,
                 "knode-host-local",
                 "bench-ours",
                 "kbo",
@@ -85,7 +85,7 @@ impl Side {
             ),
         };
         match imp {
-            Impl::Ours => ours(ipam)?,
+            Impl::Ours => crate::built(ipam)?,
             Impl::Reference => reference(ipam)?,
         };
         let conf = json!({
@@ -138,17 +138,6 @@ impl Side {
         conf["prevResult"] = prev.clone();
         Ok(self.exec("DEL", id, pod, &conf)?.0)
     }
-}
-
-fn ours(name: &str) -> Result<PathBuf> {
-    let p = bin_dir().join(name);
-    if !p.is_file() {
-        bail!(
-            "{} not built: run `cargo build --release --bins` (scripts/bench.sh does)",
-            p.display()
-        );
-    }
-    Ok(p)
 }
 
 fn reference(name: &str) -> Result<PathBuf> {

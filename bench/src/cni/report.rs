@@ -9,7 +9,7 @@ use anyhow::Result;
 use serde_json::{json, Value};
 
 use super::{on_off, Impl, Round};
-use crate::report::{grouped_bars, host_facts, write_file, Group, Series};
+use crate::report::{emit, grouped_bars, host_facts, Group, Series};
 use crate::stats::{round3, Summary};
 use crate::Opts;
 
@@ -137,14 +137,13 @@ pub fn write(opts: &Opts, rounds: &[Round]) -> Result<()> {
     doc["targets"] = Value::Array(targets);
     doc["met"] = json!(all_met);
 
-    print!("{}", table(opts, rounds, &rows, &doc));
-    write_file(
+    emit(
         &opts.out,
-        "cni.json",
-        &format!("{}\n", serde_json::to_string_pretty(&doc)?),
-    )?;
-    write_file(&opts.out, "cni.svg", &chart(opts, &rows, &doc))?;
-    Ok(())
+        "cni",
+        &table(opts, rounds, &rows, &doc),
+        &doc,
+        &chart(opts, &rows, &doc),
+    )
 }
 
 fn table(opts: &Opts, rounds: &[Round], rows: &[Row], doc: &Value) -> String {

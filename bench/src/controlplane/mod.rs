@@ -16,7 +16,6 @@ use anyhow::{bail, Context, Result};
 use controlplane::Object;
 use knode_tests::agent::Agent;
 use knode_tests::etcd::{EtcdCluster, ETCD};
-use netns_tests::bin_dir;
 use serde_json::json;
 
 use crate::Opts;
@@ -49,13 +48,7 @@ pub fn run(opts: &Opts) -> Result<()> {
     if !Path::new(ETCD).is_file() {
         bail!("{ETCD} missing: install etcd-server (make bootstrap does)");
     }
-    let knode = bin_dir().join("knode");
-    if !knode.is_file() {
-        bail!(
-            "{} not built: run `cargo build --release --bins` (scripts/bench.sh does)",
-            knode.display()
-        );
-    }
+    crate::built("knode")?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -12,7 +12,7 @@ use super::mem::{Reading, AGENT, ETCD};
 use super::watch::Samples;
 use super::Side;
 use super::{Results, FILL_CONCURRENCY, PAYLOAD_BYTES};
-use crate::report::{grouped_bars, host_facts, write_file, Group, Series};
+use crate::report::{emit, grouped_bars, host_facts, Group, Series};
 use crate::stats::{round3, Summary};
 use crate::Opts;
 
@@ -188,14 +188,7 @@ pub fn write(opts: &Opts, r: &Results) -> Result<()> {
     );
     doc["ratios"] = ratios(r);
 
-    print!("{}", table(r));
-    write_file(
-        &opts.out,
-        "controlplane.json",
-        &format!("{}\n", serde_json::to_string_pretty(&doc)?),
-    )?;
-    write_file(&opts.out, "controlplane.svg", &chart(r, &doc))?;
-    Ok(())
+    emit(&opts.out, "controlplane", &table(r), &doc, &chart(r, &doc))
 }
 
 fn table(r: &Results) -> String {

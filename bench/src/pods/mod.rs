@@ -70,20 +70,7 @@ pub fn run(opts: &Opts) -> Result<()> {
             bail!("{tool} missing: install containerd (make bootstrap does)");
         }
     }
-    for bin in [
-        "knode",
-        "knode-bridge",
-        "knode-host-local",
-        "knode-loopback",
-    ] {
-        let p = bin_dir().join(bin);
-        if !p.is_file() {
-            bail!(
-                "{} not built: run `cargo build --release --bins` (scripts/bench.sh does)",
-                p.display()
-            );
-        }
-    }
+    crate::require_node_bins()?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

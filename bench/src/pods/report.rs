@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value};
 use super::procfs::Mem;
 use super::start::Side;
 use super::{Results, START_SAMPLES};
-use crate::report::{grouped_bars, host_facts, write_file, Group, Series};
+use crate::report::{emit, with_targets, grouped_bars, host_facts, Group, Series};
 use crate::stats::{round3, Summary};
 use crate::Opts;
 
@@ -215,23 +215,13 @@ pub fn document(r: &Results) -> Value {
             })
             .collect(),
     );
-    let targets = targets(r);
-    doc["met"] = json!(targets.iter().all(|t| t["met"] == true));
-    doc["targets"] = Value::Array(targets);
-    doc
+    with_targets(doc, targets(r))
 }
 
 /// Prints the table, writes `pods.json` and `pods.svg`.
 pub fn write(opts: &Opts, r: &Results) -> Result<()> {
     let doc = document(r);
-    print!("{}", table(r, &doc));
-    write_file(
-        &opts.out,
-        "pods.json",
-        &format!("{}\n", serde_json::to_string_pretty(&doc)?),
-    )?;
-    write_file(&opts.out, "pods.svg", &chart(r, &doc))?;
-    Ok(())
+    emit(&opts.out, "pods", &table(r, &doc), &doc, &chart(r, &doc))
 }
 
 fn table(r: &Results, doc: &Value) -> String {

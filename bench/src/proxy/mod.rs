@@ -141,7 +141,9 @@ fn setup(backend: Backend) -> Result<(TestNs, Arc<Capture>, Syncer)> {
         inner: ExecIptables::new(backend),
         last: Mutex::new(String::new()),
     });
-    let syncer = Syncer::new(cap.clone(), node());
+    // No periodic full sync inside a measurement: a partial sample stays partial.
+    let syncer =
+        Syncer::new(cap.clone(), node()).with_full_sync_period(Duration::from_secs(24 * 3600));
     Ok((ns, cap, syncer))
 }
 

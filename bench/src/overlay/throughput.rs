@@ -1,0 +1,270 @@
+//! Throughput: iperf3 TCP from node 0 to node 1 over three paths, the
+//! rounds interleaved: pod to pod over knode's overlay (veth, bridge,
+//! vxlan), node to node over the raw underlay (veth and the underlay
+//! bridge), and VTEP to VTEP over the kernel VXLAN device alone. Servers
+//! are killed on return; clients end on their own.
+
+use std::net::Ipv4Addr;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use netns_tests::cluster::{wait_until, Pod};
+use netns_tests::TestNs;
+use serde_json::Value;
+
+use super::{Cluster, IPERF3};
+
+/// Timed runs per path.
+pub const ROUNDS: usize = 5;
+/// Seconds each timed run measures.
+pub const SECONDS: u32 = 3;
+/// Seconds of each run left out first (TCP slow start).
+pub const OMIT: u32 = 1;
+/// The first server port; each path has its own.
+const PORT: u16 = 5301;
+
+/// A path between node 0 and node 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    Pod,
+    Vxlan,
+    Underlay,
+}
+
+impl Path {
+    /// Every path, in the first round's order.
+    pub const ALL: [Path; 3] = [Path::Pod, Path::Vxlan, Path::Underlay];
+
+    /// Its name in the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Path::Pod => "pod",
+            Path::Vxlan => "vxlan",
+            Path::Underlay => "underlay",
+        }
+    }
+
+    /// What it measures, for the report.
+    pub fn about(self) -> &'static str {
+        match self {
+            Path::Pod => "ours: pod on node 0 -> pod on node 1 (veth, bridge, knode.1 vxlan, underlay)",
+            Path::Vxlan => "reference: node 0's VTEP address -> node 1's, over knode.1 alone (no bridge or veth hop)",
+            Path::Underlay => "reference: node 0 eth0 -> node 1 eth0 over the underlay veth and bridge",
+        }
+    }
+}
+
+/// One timed iperf3 run.
+#[derive(Debug, Clone, Copy)]
+pub struct Run {
+    pub path: Path,
+    pub round: usize,
+    /// Received, in Gbit/s.
+    pub gbps: f64,
+    pub retransmits: u64,
+}
+
+/// Every timed run.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub runs: Vec<Run>,
+    pub rounds: usize,
+    pub seconds: u32,
+    pub omit: u32,
+}
+
+impl Outcome {
+    /// The Gbit/s of every run of `path`.
+    pub fn gbps(&self, path: Path) -> Vec<f64> {
+        self.runs
+            .iter()
+            .filter(|r| r.path == path)
+            .map(|r| r.gbps)
+            .collect()
+    }
+}
+
+/// Who serves and who sends on a path.
+struct Ends<'a> {
+    path: Path,
+    server: &'a TestNs,
+    server_ip: String,
+    client: &'a TestNs,
+    /// The client's source address, when it must be chosen.
+    bind: Option<String>,
+    port: u16,
+}
+
+/// An `iperf3 -s` in a namespace; killed on drop.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Ends<'_> {
+    fn serve(&self) -> Result<Server> {
+        let port = self.port.to_string();
+        let child = self
+            .server
+            .cmd(&[IPERF3, "-s", "-B", &self.server_ip, "-p", &port])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("start iperf3 -s in {}", self.server.name()))?;
+        let server = Server(child);
+        let filter = format!("sport = :{port}");
+        let listening = wait_until(Duration::from_secs(5), || {
+            self.server
+                .sh(&["ss", "-Hltn", &filter])
+                .is_ok_and(|o| !o.trim().is_empty())
+        });
+        if !listening {
+            bail!(
+                "iperf3 -s on {}:{port} in {} does not listen",
+                self.server_ip,
+                self.server.name()
+            );
+        }
+        Ok(server)
+    }
+
+    /// One client run of `seconds` (after `omit` left out); (Gbit/s, retransmits).
+    fn send(&self, seconds: u32, omit: u32) -> Result<(f64, u64)> {
+        let (port, t, o) = (self.port.to_string(), seconds.to_string(), omit.to_string());
+        let mut argv = vec![
+            IPERF3,
+            "-c",
+            &self.server_ip,
+            "-p",
+            &port,
+            "-t",
+            &t,
+            "-O",
+            &o,
+            "-J",
+            "--connect-timeout",
+            "3000",
+        ];
+        if let Some(b) = &self.bind {
+            argv.extend(["-B", b.as_str()]);
+        }
+        // The server takes a moment between tests: "busy" is retried.
+        let mut last = String::new();
+        for _ in 0..3 {
+            let out = self
+                .client
+                .cmd(&argv)
+                .output()
+                .with_context(|| format!("run iperf3 -c in {}", self.client.name()))?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            match parse(&text) {
+                Ok(r) if out.status.success() => return Ok(r),
+                Ok(_) => last = format!("{}: {text}", out.status),
+                Err(e) => last = format!("{e:#}"),
+            }
+            if !last.contains("busy") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        bail!(
+            "iperf3 {} -> {}:{}: {last}",
+            self.path.name(),
+            self.server_ip,
+            self.port
+        )
+    }
+}
+
+/// (Gbit/s received, retransmits) from `iperf3 -J` output.
+fn parse(json: &str) -> Result<(f64, u64)> {
+    let v: Value = serde_json::from_str(json).context("iperf3 -J printed no JSON")?;
+    if let Some(e) = v["error"].as_str() {
+        bail!("iperf3: {e}");
+    }
+    let bps = v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .context("no end.sum_received.bits_per_second")?;
+    let retr = v["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0);
+    Ok((bps / 1e9, retr))
+}
+
+/// Measures the three paths between node 0 and node 1: `pods` are one pod
+/// per node, `subnets` the nodes' subnets (their VTEP addresses).
+pub fn measure(c: &Cluster, pods: &[Pod; 2], subnets: &[Ipv4Addr; 2]) -> Result<Outcome> {
+    let (n0, n1) = (c.net.node(0), c.net.node(1));
+    let ends: Vec<Ends> = Path::ALL
+        .iter()
+        .enumerate()
+        .map(|(k, &path)| {
+            let (server, server_ip, client, bind) = match path {
+                Path::Pod => (pods[1].ns(), pods[1].ip().to_string(), pods[0].ns(), None),
+                Path::Vxlan => (n1, subnets[1].to_string(), n0, Some(subnets[0].to_string())),
+                Path::Underlay => (n1, c.net.node_ip(1), n0, Some(c.net.node_ip(0))),
+            };
+            Ends {
+                path,
+                server,
+                server_ip,
+                client,
+                bind,
+                port: PORT + k as u16,
+            }
+        })
+        .collect();
+    let _servers = ends
+        .iter()
+        .map(Ends::serve)
+        .collect::<Result<Vec<Server>>>()?;
+    eprintln!(
+        "overlay: throughput, {ROUNDS} interleaved rounds of {SECONDS} s (+{OMIT} s left out) per path, after a 1 s warm-up each"
+    );
+    for e in &ends {
+        e.send(1, 0)
+            .with_context(|| format!("warm-up on the {} path", e.path.name()))?;
+    }
+    let mut runs = Vec::new();
+    for round in 0..ROUNDS {
+        for k in 0..ends.len() {
+            let e = &ends[(round + k) % ends.len()];
+            let (gbps, retransmits) = e.send(SECONDS, OMIT)?;
+            eprintln!(
+                "overlay: round {round} {:<8} {gbps:.2} Gbit/s ({retransmits} retransmits)",
+                e.path.name()
+            );
+            runs.push(Run {
+                path: e.path,
+                round,
+                gbps,
+                retransmits,
+            });
+        }
+    }
+    Ok(Outcome {
+        runs,
+        rounds: ROUNDS,
+        seconds: SECONDS,
+        omit: OMIT,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_iperf3_json() -> Result<()> {
+        let ok = r#"{"start": {}, "end": {"sum_sent": {"bits_per_second": 2.1e10, "retransmits": 7},
+            "sum_received": {"bits_per_second": 2.0e10}}}"#;
+        assert_eq!(parse(ok)?, (20.0, 7));
+        let err = r#"{"start": {}, "end": {}, "error": "the server is busy running a test. try again later"}"#;
+        assert!(format!("{:#}", parse(err).unwrap_err()).contains("busy"));
+        assert!(parse("iperf3: error").is_err());
+        Ok(())
+    }
+}

@@ -25,12 +25,13 @@ interrupted() {
   kill -TERM "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
   local tag=$((pid % 100000))
-  # The pods benchmark's node: its agent, containerd and shims carry their
-  # temp dirs in their command lines; then its mounts, namespace and dirs.
-  pkill -KILL -f "knode-(node|containerd|img)-${tag}[0-9]" 2>/dev/null || true
-  awk '{print $5}' /proc/self/mountinfo | grep -E "/knode-(node|containerd)-${tag}[0-9]" | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
-  ip netns list | awk '{print $1}' | grep -E "^kn-(b[phw]|node)-${tag}[0-9]+$" | xargs -r -n1 ip netns delete || true
-  rm -rf "${TMPDIR:-/tmp}"/knode-bench-ipam-*-"${tag}"[0-9]* "${TMPDIR:-/tmp}"/knode-{node,containerd,img,agent}-"${tag}"[0-9]*
+  # Agents, containerd, etcd and shims carry their temp dirs in their
+  # command lines; then the mounts, namespaces and dirs. Every name made by
+  # `bench` ends in its pid tag (netns_tests::unique).
+  pkill -KILL -f "/knode-[a-z0-9-]+-${tag}[0-9]" 2>/dev/null || true
+  awk '{print $5}' /proc/self/mountinfo | grep -E "/knode-[a-z0-9-]+-${tag}[0-9]" | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
+  ip netns list | awk '{print $1}' | grep -E "^kn-[a-z0-9]+-${tag}[0-9]+$" | xargs -r -n1 ip netns delete || true
+  rm -rf "${TMPDIR:-/tmp}"/knode-*-"${tag}"[0-9]*
   echo "bench: interrupted; removed its namespaces and temp dirs" >&2
   exit 130
 }

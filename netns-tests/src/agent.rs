@@ -199,9 +199,10 @@ impl Agent {
         self.knode_stdin(args, None)
     }
 
-    /// Runs `knode ARGS` with `stdin` piped in.
+    /// Runs `knode ARGS` with `stdin` piped in, in the agent's namespace
+    /// (where a node's CLI runs: it reaches the same etcd as the agent).
     pub fn knode_stdin(&self, args: &[&str], stdin: Option<&str>) -> Result<Output> {
-        let mut cmd = Command::new(our_bin("knode"));
+        let mut cmd = ns_command(self.netns.as_deref(), our_bin("knode"));
         cmd.args(self.flags()).args(args);
         run_with_stdin(cmd, stdin)
     }

@@ -231,6 +231,16 @@ impl EtcdCluster {
         self.members.iter().map(|m| m.client_url.clone()).collect()
     }
 
+    /// `etcd://host:port,...`: the agent's `--control-plane` for this cluster.
+    pub fn control_plane(&self) -> String {
+        let hosts: Vec<&str> = self
+            .members
+            .iter()
+            .map(|m| m.client_url.trim_start_matches("http://"))
+            .collect();
+        format!("etcd://{}", hosts.join(","))
+    }
+
     /// The client URLs of the members still running.
     pub fn live_endpoints(&self) -> Vec<String> {
         self.members

@@ -81,13 +81,7 @@ impl Overlay {
     }
 
     fn control_plane(&self) -> String {
-        let eps: Vec<String> = self
-            .etcd
-            .endpoints()
-            .iter()
-            .map(|e| e.trim_start_matches("http://").to_string())
-            .collect();
-        format!("etcd://{}", eps.join(","))
+        self.etcd.control_plane()
     }
 
     fn spawn_agent(&self, i: usize) -> Result<Agent> {
@@ -671,9 +665,7 @@ fn a_wrong_interface_stops_the_agent_with_the_reason() -> Result<()> {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(
-        err.contains(
-            "iface \"eth9\": no interface has this name or address (interfaces: lo, eth0"
-        ),
+        err.contains("iface \"eth9\": no interface has this name or address (interfaces: lo, eth0"),
         "{err}"
     );
     Ok(())

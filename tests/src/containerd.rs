@@ -130,6 +130,19 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         c
     }
 
+    /// Running task PIDs by container id in namespace `ns` (`ctr tasks ls`).
+    pub fn task_pids(&self, ns: &str) -> Result<std::collections::BTreeMap<String, String>> {
+        let out = self.ctr_out(ns, &["tasks", "ls"])?;
+        Ok(out
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() >= 3 && f[2] == "RUNNING").then(|| (f[0].to_string(), f[1].to_string()))
+            })
+            .collect())
+    }
+
     /// Runs `ctr -n NS ARGS` and returns its stdout; fails with stderr.
     pub fn ctr_out(&self, ns: &str, args: &[&str]) -> Result<String> {
         let out = self.ctr(ns).args(args).output().context("run ctr")?;

@@ -13,4 +13,6 @@ pub mod registry;
 
 pub mod node;
 
+pub mod cluster;
+
 pub use netns_tests::{free_port, our_bin, require_root, unique, TempDir};

@@ -38,11 +38,7 @@ impl Node {
         let dir = TempDir::new("node")?;
         let root = dir.path().to_path_buf();
         let namespace = unique("knode-test-");
-        let bin = root.join("cni-bin");
-        std::fs::create_dir_all(&bin)?;
-        for p in ["knode-bridge", "knode-host-local", "knode-loopback"] {
-            std::os::unix::fs::symlink(our_bin(p), bin.join(p))?;
-        }
+        let extra = node_flags(&root, &containerd, &namespace)?;
         let conf = root.join("cni-conf");
         std::fs::create_dir_all(&conf)?;
         let conflist = serde_json::json!({
@@ -62,25 +58,6 @@ impl Node {
             }]
         });
         std::fs::write(conf.join("10-knode.conflist"), conflist.to_string())?;
-        let p = |n: &str| root.join(n).display().to_string();
-        let extra = vec![
-            "--containerd-socket".to_string(),
-            containerd.socket().display().to_string(),
-            "--containerd-namespace".to_string(),
-            namespace.clone(),
-            "--netns-dir".to_string(),
-            p("netns"),
-            "--log-dir".to_string(),
-            p("logs"),
-            "--cni-bin-dir".to_string(),
-            p("cni-bin"),
-            "--cni-conf-dir".to_string(),
-            p("cni-conf"),
-            "--cni-cache-dir".to_string(),
-            p("cni-cache"),
-            "--pod-manifest-path".to_string(),
-            p("manifests"),
-        ];
         let agent_flags = vec![
             "--node-ip".to_string(),
             NODE_IP.to_string(),
@@ -252,6 +229,35 @@ impl Drop for Node {
         // dir; containerd's drop kills the containers first.
         crate::containerd::unmount_below(&self.root);
     }
+}
+
+/// The global flags of an agent that runs pods with every path under
+/// `root` (our CNI plugins linked into `root/cni-bin`), on `containerd` in
+/// containerd namespace `namespace`.
+pub fn node_flags(root: &Path, containerd: &Containerd, namespace: &str) -> Result<Vec<String>> {
+    let bin = root.join("cni-bin");
+    std::fs::create_dir_all(&bin)?;
+    for p in ["knode-bridge", "knode-host-local", "knode-loopback"] {
+        std::os::unix::fs::symlink(our_bin(p), bin.join(p))?;
+    }
+    let mut flags = vec![
+        "--containerd-socket".to_string(),
+        containerd.socket().display().to_string(),
+        "--containerd-namespace".to_string(),
+        namespace.to_string(),
+    ];
+    for (flag, dir) in [
+        ("--netns-dir", "netns"),
+        ("--log-dir", "logs"),
+        ("--cni-bin-dir", "cni-bin"),
+        ("--cni-conf-dir", "cni-conf"),
+        ("--cni-cache-dir", "cni-cache"),
+        ("--pod-manifest-path", "manifests"),
+    ] {
+        flags.push(flag.to_string());
+        flags.push(root.join(dir).display().to_string());
+    }
+    Ok(flags)
 }
 
 /// The last `n` lines of `text`.

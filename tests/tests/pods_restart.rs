@@ -29,15 +29,7 @@ fn pods_yaml(names: &[String]) -> String {
 
 /// Task pids by container id (`ctr tasks ls`).
 fn task_pids(n: &Node) -> Result<BTreeMap<String, String>> {
-    let out = n.containerd.ctr_out(n.namespace(), &["tasks", "ls"])?;
-    Ok(out
-        .lines()
-        .skip(1)
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() >= 3 && f[2] == "RUNNING").then(|| (f[0].to_string(), f[1].to_string()))
-        })
-        .collect())
+    n.containerd.task_pids(n.namespace())
 }
 
 /// IPs reserved by host-local.

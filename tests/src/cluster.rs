@@ -1,0 +1,277 @@
+//! A whole cluster for end-to-end tests: N nodes as network namespaces on
+//! an underlay (`netns_tests::cluster::ClusterNet`), etcd inside the
+//! underlay namespace, one private containerd shared by every node (each
+//! agent in a containerd namespace of its own), and on each node a
+//! `knode agent` on etcd running every part: pods, the overlay (vxlan)
+//! and the proxy. Every path is in a temp dir; everything goes on drop.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use crate::agent::Agent;
+use crate::containerd::Containerd;
+use crate::etcd::EtcdCluster;
+use crate::node::{node_flags, tail};
+use crate::{unique, TempDir};
+use netns_tests::cluster::{wait_until, ClusterNet, UNDERLAY_IP};
+use netns_tests::TestNs;
+
+/// The cluster's pod network.
+pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
+
+/// One node: its agent and where its files are.
+pub struct ClusterNode {
+    pub agent: Agent,
+    pub name: String,
+    root: PathBuf,
+    namespace: String,
+}
+
+impl Drop for ClusterNode {
+    fn drop(&mut self) {
+        let _ = self.agent.kill9();
+        crate::containerd::unmount_below(&self.root);
+    }
+}
+
+impl ClusterNode {
+    /// The agent's containerd namespace.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// `knode ARGS` on this node (in its namespace, on etcd); fails with stderr.
+    pub fn knode(&self, args: &[&str]) -> Result<String> {
+        self.knode_stdin(args, None)
+    }
+
+    /// `knode ARGS` with `stdin`; fails with stderr.
+    pub fn knode_stdin(&self, args: &[&str], stdin: Option<&str>) -> Result<String> {
+        let out = self.agent.knode_stdin(args, stdin)?;
+        if !out.status.success() {
+            bail!(
+                "knode {} on {}: {}",
+                args.join(" "),
+                self.name,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+pub struct Cluster {
+    // Field order is drop order: agents (and their mounts), then
+    // containerd kills what runs, then etcd, then the namespaces.
+    pub nodes: Vec<ClusterNode>,
+    pub containerd: Containerd,
+    pub etcd: EtcdCluster,
+    pub net: ClusterNet,
+}
+
+impl Cluster {
+    /// For a test: `n` nodes with the busybox test image imported on each,
+    /// or `None` (skip) without root, containerd or etcd — a failure under
+    /// `CI=true`.
+    pub fn for_test(test: &str, n: usize) -> Option<Cluster> {
+        if !crate::require_root(test)
+            || !crate::containerd::require_containerd(test)
+            || !crate::etcd::require_etcd(test)
+        {
+            return None;
+        }
+        Some(Cluster::start(n).expect("start the cluster"))
+    }
+
+    /// Starts the underlay, etcd, containerd and `n` agents; waits until
+    /// every node registered and holds its subnet.
+    pub fn start(n: usize) -> Result<Cluster> {
+        let net = ClusterNet::new(n)?;
+        let etcd = EtcdCluster::start_in(net.underlay().path(), UNDERLAY_IP, 1)?;
+        let containerd = Containerd::start()?;
+        let mut c = Cluster {
+            nodes: Vec::new(),
+            containerd,
+            etcd,
+            net,
+        };
+        for i in 0..n {
+            let node = c.spawn(i)?;
+            c.nodes.push(node);
+        }
+        let img = TempDir::new("img")?;
+        let tar = crate::image::busybox_oci_tar(img.path())?;
+        for i in 0..n {
+            c.wait_joined(i)?;
+            c.nodes[i]
+                .knode(&["image", "import", &tar.display().to_string()])
+                .context("import busybox")?;
+        }
+        Ok(c)
+    }
+
+    /// `etcd://` for the agents and the CLI.
+    pub fn control_plane(&self) -> String {
+        self.etcd.control_plane()
+    }
+
+    fn spawn(&self, i: usize) -> Result<ClusterNode> {
+        let dir = TempDir::new(&format!("e2e-n{i}"))?;
+        let root = dir.path().to_path_buf();
+        let name = format!("node-{i}");
+        let namespace = unique(&format!("knode-e2e-n{i}-"));
+        let mut global = vec!["--control-plane".to_string(), self.control_plane()];
+        global.extend(node_flags(&root, &self.containerd, &namespace)?);
+        let agent = [
+            "--node-name",
+            &name,
+            "--iface",
+            "eth0",
+            "--cluster-cidr",
+            CLUSTER_CIDR,
+            "--proxy-min-sync-period",
+            "0s",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let agent = Agent::start_node(dir, self.net.node(i).path(), global, agent)?;
+        Ok(ClusterNode {
+            agent,
+            name,
+            root,
+            namespace,
+        })
+    }
+
+    /// Waits for node `i`'s default conflist (its lease) and its Node
+    /// object. The conflist then gets a `dataDir` in the test's dir, so
+    /// host-local keeps its reservations there and not in the machine's
+    /// /var/lib/cni; an edited conflist is the operator's, and the agent
+    /// leaves it alone.
+    fn wait_joined(&self, i: usize) -> Result<()> {
+        let node = &self.nodes[i];
+        let conf = node.root.join("cni-conf").join("10-knode.conflist");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !conf.exists() {
+            if Instant::now() > deadline {
+                bail!(
+                    "{}: no conflist (no lease?):\n{}",
+                    node.name,
+                    tail(&node.agent.log(), 40)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mut list: Value = serde_json::from_slice(&std::fs::read(&conf)?)?;
+        list["plugins"][0]["ipam"]["dataDir"] =
+            Value::String(node.root.join("ipam").display().to_string());
+        std::fs::write(&conf, list.to_string())?;
+        let registered = wait_until(Duration::from_secs(30), || {
+            node.knode(&["get", "node", &node.name]).is_ok()
+        });
+        if !registered {
+            bail!(
+                "{} did not register:\n{}",
+                node.name,
+                tail(&node.agent.log(), 40)
+            );
+        }
+        Ok(())
+    }
+
+    /// Node `i`'s namespace.
+    pub fn ns(&self, i: usize) -> &TestNs {
+        self.net.node(i)
+    }
+
+    /// Node `i`'s underlay address.
+    pub fn node_ip(&self, i: usize) -> String {
+        self.net.node_ip(i)
+    }
+
+    /// Applies a manifest (from node 0).
+    pub fn apply(&self, yaml: &str) -> Result<()> {
+        self.nodes[0].knode_stdin(&["apply", "-f", "-"], Some(yaml))?;
+        Ok(())
+    }
+
+    /// The object as JSON, or `None` when it does not exist.
+    pub fn get(&self, kind: &str, name: &str) -> Result<Option<Value>> {
+        let out = self.nodes[0]
+            .agent
+            .knode(&["get", kind, name, "-o", "json"])?;
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            if err.contains("not found") {
+                return Ok(None);
+            }
+            bail!("get {kind} {name}: {}", err.trim());
+        }
+        Ok(Some(serde_json::from_slice(&out.stdout)?))
+    }
+
+    /// Waits until pod `name` runs with every container running; returns it.
+    pub fn wait_running(&self, name: &str) -> Result<Value> {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let mut last = Value::Null;
+        while Instant::now() < deadline {
+            if let Some(p) = self.get("pod", name)? {
+                let running = p["status"]["phase"] == "Running"
+                    && p["status"]["podIP"].is_string()
+                    && p["status"]["containerStatuses"]
+                        .as_array()
+                        .is_some_and(|cs| cs.iter().all(|c| c["state"]["running"].is_object()));
+                if running {
+                    return Ok(p);
+                }
+                last = p;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let logs: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("--- {}:\n{}", n.name, tail(&n.agent.log(), 30)))
+            .collect();
+        bail!(
+            "pod {name} not running after 90s; status: {}\n{}",
+            serde_json::to_string_pretty(&last["status"]).unwrap_or_default(),
+            logs.join("\n")
+        )
+    }
+
+    /// The agents' logs, for failure messages.
+    pub fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("--- {}:\n{}", n.name, tail(&n.agent.log(), 40)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// A path in node `i`'s temp dir.
+    pub fn path(&self, i: usize, rel: &str) -> PathBuf {
+        self.nodes[i].root.join(rel)
+    }
+}
+
+/// `GET url` with curl from `ns` (a node, the internet namespace): the
+/// body, or an error with curl's message. (busybox's static wget
+/// crashes on a refused connection, which hides the reason.)
+pub fn http_get(ns: &Path, url: &str) -> Result<String> {
+    let out = netns_tests::ns_command(Some(ns), "curl")
+        .args(["-sS", "--max-time", "3", url])
+        .output()
+        .context("run curl")?;
+    if !out.status.success() {
+        bail!(
+            "curl {url}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}

@@ -1,0 +1,261 @@
+//! Three nodes, each a namespace with its own `knode agent` on etcd (pods,
+//! overlay and proxy all on), one shared containerd: busybox httpd pods on
+//! every node behind a Service, reached through the ClusterIP from a pod
+//! and through the NodePort from outside the cluster, across an agent
+//! kill -9.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use knode_tests::cluster::{http_get, Cluster};
+use netns_tests::cluster::INTERNET_GW;
+use serde_json::{json, Value};
+
+const NODES: usize = 3;
+
+/// A web pod pinned to `node`: `/` answers its name, `/cgi-bin/ip` its
+/// name and the client address it saw.
+fn web_pod(name: &str, node: &str, app: &str) -> Value {
+    let script = "mkdir -p /www/cgi-bin && hostname > /www/index.html && \
+        printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho $(hostname) $REMOTE_ADDR\\n' > /www/cgi-bin/ip && \
+        chmod +x /www/cgi-bin/ip && exec httpd -f -p 8080 -h /www";
+    json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": app}},
+        "spec": {"nodeName": node, "containers": [{"name": "web",
+            "image": knode_tests::image::BUSYBOX,
+            "command": ["sh", "-c", script]}]}})
+}
+
+fn service(name: &str, app: &str, external_local: bool) -> Value {
+    json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name},
+        "spec": {"type": "NodePort", "selector": {"app": app},
+            "externalTrafficPolicy": if external_local { "Local" } else { "Cluster" },
+            "ports": [{"port": 80, "targetPort": 8080}]}})
+}
+
+fn apply(c: &Cluster, objs: &[Value]) -> Result<()> {
+    let docs: Vec<String> = objs.iter().map(Value::to_string).collect();
+    c.apply(&docs.join("\n---\n"))
+}
+
+/// (ClusterIP, NodePort) of service `name`.
+fn addresses(c: &Cluster, name: &str) -> Result<(String, u64)> {
+    let s = c.get("service", name)?.context("the service exists")?;
+    let ip = s["spec"]["clusterIP"]
+        .as_str()
+        .context("a ClusterIP")?
+        .to_string();
+    let port = s["spec"]["ports"][0]["nodePort"]
+        .as_u64()
+        .context("a nodePort")?;
+    Ok((ip, port))
+}
+
+/// `GET /` from inside pod `pod` on node 0 to `addr` (`ip:port`), with
+/// busybox nc (its static wget crashes inside a container without NSS
+/// files): the response body, or an error with nc's message.
+fn from_pod(c: &Cluster, pod: &str, addr: &str) -> Result<String> {
+    let (ip, port) = addr.rsplit_once(':').context("ip:port")?;
+    let cmd = format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {ip} {port}");
+    let reply = c.nodes[0].knode(&["exec", pod, "--", "sh", "-c", &cmd])?;
+    match reply.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.") => Ok(body.to_string()),
+        _ => bail!("GET http://{addr}/ from {pod}: {reply:?}"),
+    }
+}
+
+/// Asks `ask` until every name in `want` answered; fails after 40 tries
+/// with what did answer.
+fn until_all_answer(
+    want: &BTreeSet<String>,
+    mut ask: impl FnMut() -> Result<String>,
+) -> Result<()> {
+    let mut seen = BTreeMap::<String, usize>::new();
+    let mut errors = Vec::new();
+    for _ in 0..40 {
+        match ask() {
+            Ok(body) => *seen.entry(body.trim().to_string()).or_default() += 1,
+            Err(e) => errors.push(format!("{e:#}")),
+        }
+        if want.iter().all(|w| seen.contains_key(w)) {
+            return Ok(());
+        }
+    }
+    bail!("wanted answers from {want:?}; got {seen:?}; errors: {errors:?}")
+}
+
+#[test]
+fn a_service_over_three_nodes_answers_by_cluster_ip_and_node_port_across_an_agent_kill(
+) -> Result<()> {
+    let Some(mut c) = Cluster::for_test(
+        "a_service_over_three_nodes_answers_by_cluster_ip_and_node_port_across_an_agent_kill",
+        NODES,
+    ) else {
+        return Ok(());
+    };
+    let names: Vec<String> = (0..NODES).map(|i| format!("web-{i}")).collect();
+    let mut objs: Vec<Value> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| web_pod(n, &format!("node-{i}"), "web"))
+        .collect();
+    objs.push(json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "client"},
+        "spec": {"nodeName": "node-0", "containers": [{"name": "c",
+            "image": knode_tests::image::BUSYBOX, "command": ["sleep", "3600"]}]}}));
+    objs.push(service("web", "web", false));
+    apply(&c, &objs)?;
+    let mut ips = BTreeMap::new();
+    for n in names.iter().chain(std::iter::once(&"client".to_string())) {
+        let p = c.wait_running(n)?;
+        ips.insert(
+            n.clone(),
+            p["status"]["podIP"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
+    }
+    let (vip, node_port) = addresses(&c, "web")?;
+    let want: BTreeSet<String> = names.iter().cloned().collect();
+
+    // ClusterIP from a pod on node 0: all three backends, two of them
+    // across the overlay.
+    if let Err(e) = until_all_answer(&want, || from_pod(&c, "client", &format!("{vip}:80"))) {
+        let mut d = vec![];
+        for (n, ip) in &ips {
+            d.push(format!(
+                "{n}: {:?}",
+                from_pod(&c, "client", &format!("{ip}:8080"))
+            ));
+        }
+        d.push(c.ns(0).sh(&["iptables-save"]).unwrap_or_default());
+        d.push(
+            c.ns(0)
+                .sh(&[
+                    "sysctl",
+                    "net.bridge.bridge-nf-call-iptables",
+                    "net.ipv4.ip_forward",
+                ])
+                .unwrap_or_default(),
+        );
+        return Err(e.context(format!(
+            "ClusterIP {vip} from the client pod; pods {ips:?}\n{}\n{}",
+            d.join("\n"),
+            c.logs()
+        )));
+    }
+
+    // NodePort from outside the cluster, on every node's address.
+    let outside = c.net.internet().path().to_path_buf();
+    let mut by_node = Vec::new();
+    for i in 0..NODES {
+        let url = format!("http://{}:{node_port}/", c.node_ip(i));
+        until_all_answer(&want, || http_get(&outside, &url))
+            .with_context(|| format!("NodePort {url} from outside\n{}", c.logs()))?;
+        by_node.push(url);
+    }
+
+    // Hairpin: a backend reaches itself through its own Service.
+    let hairpin = BTreeSet::from(["web-0".to_string()]);
+    until_all_answer(&hairpin, || from_pod(&c, "web-0", &format!("{vip}:80")))
+        .context("web-0 through its own service")?;
+
+    // kill -9 the agent of node 1 and start it again: its pod keeps
+    // running (same task PIDs, no restart), and the service keeps
+    // answering through node 1's NodePort the whole time.
+    let pids = c.containerd.task_pids(c.nodes[1].namespace())?;
+    c.nodes[1].agent.kill9()?;
+    let down = Instant::now();
+    let mut failures = Vec::new();
+    let url = &by_node[1];
+    while down.elapsed() < Duration::from_secs(2) {
+        if let Err(e) = http_get(&outside, url) {
+            failures.push(format!("{e:#}"));
+        }
+    }
+    c.nodes[1].agent.restart()?;
+    let up = Instant::now();
+    while up.elapsed() < Duration::from_secs(5) {
+        if let Err(e) = http_get(&outside, url) {
+            failures.push(format!("{e:#}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "NodePort on node 1 failed across the agent restart: {failures:?}"
+    );
+    let p = c.wait_running("web-1")?;
+    assert_eq!(
+        p["status"]["containerStatuses"][0]["restartCount"], 0,
+        "{p}"
+    );
+    assert_eq!(
+        c.containerd.task_pids(c.nodes[1].namespace())?,
+        pids,
+        "same containers, same PIDs after the restart"
+    );
+    until_all_answer(&want, || from_pod(&c, "client", &format!("{vip}:80")))
+        .context("ClusterIP after the agent restart")?;
+    Ok(())
+}
+
+#[test]
+fn external_traffic_policy_local_keeps_the_client_ip_and_uses_only_local_endpoints() -> Result<()> {
+    let Some(c) = Cluster::for_test(
+        "external_traffic_policy_local_keeps_the_client_ip_and_uses_only_local_endpoints",
+        2,
+    ) else {
+        return Ok(());
+    };
+    apply(
+        &c,
+        &[
+            web_pod("local-0", "node-0", "local"),
+            web_pod("local-1", "node-1", "local"),
+            service("local", "local", true),
+        ],
+    )?;
+    c.wait_running("local-0")?;
+    c.wait_running("local-1")?;
+    let (_, node_port) = addresses(&c, "local")?;
+    let outside = c.net.internet().path().to_path_buf();
+    for i in 0..2 {
+        let url = format!("http://{}:{node_port}/cgi-bin/ip", c.node_ip(i));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let answer = loop {
+            match http_get(&outside, &url) {
+                Ok(a) => break a,
+                Err(e) if Instant::now() > deadline => {
+                    let nat = c
+                        .ns(i)
+                        .sh(&["iptables-save", "-t", "nat"])
+                        .unwrap_or_default();
+                    return Err(e.context(format!("NodePort {url}\n{nat}\n{}", c.logs())));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        };
+        // Every answer comes from the node's own pod, which sees the
+        // outside client's own address (the internet namespace's
+        // underlay address), not the node's.
+        for _ in 0..10 {
+            let a = http_get(&outside, &url)?;
+            let words: Vec<&str> = a.split_whitespace().collect();
+            assert_eq!(
+                words.first(),
+                Some(&format!("local-{i}").as_str()),
+                "{url}: {a}"
+            );
+            // busybox httpd listens on IPv6 and shows v4 clients mapped.
+            let client = words
+                .get(1)
+                .map(|w| w.trim_start_matches("[::ffff:").trim_end_matches(']'));
+            assert_eq!(client, Some(INTERNET_GW), "{url}: the backend saw {a}");
+        }
+        eprintln!("{url}: {}", answer.trim());
+    }
+    Ok(())
+}

@@ -87,6 +87,11 @@ pub struct AgentArgs {
     /// Answer NodePorts on 127.0.0.1 too (default false).
     #[arg(long, value_name = "BOOL")]
     pub localhost_nodeports: Option<bool>,
+    /// The node's heartbeat Lease lifetime (default 40s, renewed every
+    /// quarter of it); a node whose Lease expired is lost and its pods
+    /// leave every Service.
+    #[arg(long, value_name = "DURATION")]
+    pub node_lease_duration: Option<String>,
 }
 
 pub async fn run(config: &Config, args: AgentArgs) -> Result<ExitCode> {
@@ -244,7 +249,11 @@ async fn start_node(
     };
     if !config.enabled("pods") {
         node::register(cp.as_ref(), &id, "").await?;
-        tasks.push(tokio::spawn(node::heartbeat(cp, config.node_name.clone())));
+        tasks.push(tokio::spawn(node::heartbeat(
+            cp,
+            config.node_name.clone(),
+            config.node_lease_duration,
+        )));
         tracing::info!(node = %config.node_name, ip = %node_ip, "node ready (pods disabled)");
         return Ok(Started { tasks, overlay });
     }
@@ -271,7 +280,11 @@ async fn start_node(
         pause,
         registries: image::Registries::load(config)?,
     });
-    tasks.push(tokio::spawn(node::heartbeat(cp, config.node_name.clone())));
+    tasks.push(tokio::spawn(node::heartbeat(
+        cp,
+        config.node_name.clone(),
+        config.node_lease_duration,
+    )));
     let c = ctx.clone();
     tasks.push(tokio::spawn(async move {
         if let Err(e) = manager::run(c).await {

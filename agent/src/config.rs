@@ -62,6 +62,8 @@ pub struct Config {
     pub nodeport_addresses: Vec<String>,
     /// Masquerade all traffic to ClusterIPs.
     pub masquerade_all: bool,
+    /// The heartbeat Lease's lifetime; renewed every quarter of it.
+    pub node_lease_duration: Duration,
     /// Answer NodePorts on 127.0.0.1 too (sets route_localnet).
     pub localhost_nodeports: bool,
 }
@@ -108,6 +110,8 @@ impl Default for Config {
             nodeport_addresses: Vec::new(),
             masquerade_all: false,
             localhost_nodeports: false,
+            // kubelet's nodeLeaseDurationSeconds.
+            node_lease_duration: Duration::from_secs(40),
         }
     }
 }
@@ -153,6 +157,7 @@ pub struct File {
     pub nodeport_addresses: Option<Vec<String>>,
     pub masquerade_all: Option<bool>,
     pub localhost_nodeports: Option<bool>,
+    pub node_lease_duration: Option<String>,
 }
 
 impl File {
@@ -287,7 +292,15 @@ impl Config {
                 .localhost_nodeports
                 .or(file.localhost_nodeports)
                 .unwrap_or(d.localhost_nodeports),
+            node_lease_duration: duration(
+                "node-lease-duration",
+                flags.node_lease_duration.or(file.node_lease_duration),
+                d.node_lease_duration,
+            )?,
         };
+        if c.node_lease_duration < Duration::from_secs(4) {
+            bail!("node-lease-duration: at least 4s (it is renewed every quarter of it)");
+        }
         if c.proxy_sync_period.is_zero() {
             bail!("proxy-sync-period: must be more than 0 (a full sync at least this often)");
         }

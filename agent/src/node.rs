@@ -22,10 +22,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time
 
 /// Where node leases live.
 pub const LEASE_NAMESPACE: &str = "kube-node-lease";
-/// How long a lease lives without renewal.
-pub const LEASE_DURATION: Duration = Duration::from_secs(40);
-/// How often it is renewed.
-pub const RENEW_EVERY: Duration = Duration::from_secs(10);
 /// kubelet's default `maxPods`.
 pub const MAX_PODS: u32 = 110;
 
@@ -101,16 +97,17 @@ pub async fn set_pod_cidr(cp: &dyn ControlPlane, name: &str, cidr: &str) -> Resu
     ))
 }
 
-/// Renews the node lease every [`RENEW_EVERY`] until the task is dropped.
-/// Failures are logged and retried at the next tick: a missed renewal is
-/// what lets others see the node as gone.
-pub async fn heartbeat(cp: Arc<dyn ControlPlane>, node: String) {
+/// Renews the node lease (lifetime `duration`) every quarter of
+/// `duration` until the task is dropped. Failures are logged and retried
+/// at the next tick: a missed renewal is what lets others see the node as
+/// gone (the proxy drops a lost node's endpoints).
+pub async fn heartbeat(cp: Arc<dyn ControlPlane>, node: String, duration: Duration) {
     ensure_lease_namespace(cp.as_ref()).await;
-    let mut tick = tokio::time::interval(RENEW_EVERY);
+    let mut tick = tokio::time::interval(duration / 4);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if let Err(e) = renew(cp.as_ref(), &node).await {
+        if let Err(e) = renew(cp.as_ref(), &node, duration).await {
             tracing::warn!(error = %format!("{e:#}"), "renew the node lease");
         }
     }
@@ -132,7 +129,7 @@ async fn ensure_lease_namespace(cp: &dyn ControlPlane) {
 }
 
 /// One renewal: update the lease (TTL renewed) or create it.
-pub async fn renew(cp: &dyn ControlPlane, node: &str) -> Result<()> {
+pub async fn renew(cp: &dyn ControlPlane, node: &str, duration: Duration) -> Result<()> {
     let what = ObjectRef::new(Kind::Lease, LEASE_NAMESPACE, node);
     let now = MicroTime(Timestamp::now());
     let lease = match cp.get(&what).await {
@@ -140,7 +137,7 @@ pub async fn renew(cp: &dyn ControlPlane, node: &str) -> Result<()> {
             let spec = l.spec.get_or_insert_with(Default::default);
             spec.renew_time = Some(now);
             spec.holder_identity = Some(node.to_string());
-            spec.lease_duration_seconds = Some(LEASE_DURATION.as_secs() as i32);
+            spec.lease_duration_seconds = Some(duration_seconds(duration));
             l
         }
         Ok(_) => return Err(anyhow!("{what} is not a Lease")),
@@ -153,23 +150,28 @@ pub async fn renew(cp: &dyn ControlPlane, node: &str) -> Result<()> {
                 },
                 spec: Some(LeaseSpec {
                     holder_identity: Some(node.to_string()),
-                    lease_duration_seconds: Some(LEASE_DURATION.as_secs() as i32),
+                    lease_duration_seconds: Some(duration_seconds(duration)),
                     acquire_time: Some(now.clone()),
                     renew_time: Some(now),
                     ..Default::default()
                 }),
             };
-            cp.create(Object::Lease(l), Some(LEASE_DURATION))
+            cp.create(Object::Lease(l), Some(duration))
                 .await
                 .context("create the node lease")?;
             return Ok(());
         }
         Err(e) => return Err(e).context("read the node lease"),
     };
-    cp.update(Object::Lease(lease), Some(LEASE_DURATION))
+    cp.update(Object::Lease(lease), Some(duration))
         .await
         .context("renew the node lease")?;
     Ok(())
+}
+
+/// Whole seconds, at least 1, for `leaseDurationSeconds`.
+fn duration_seconds(d: Duration) -> i32 {
+    i32::try_from(d.as_secs().max(1)).unwrap_or(i32::MAX)
 }
 
 /// The Node object for `id`.

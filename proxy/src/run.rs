@@ -2,6 +2,10 @@
 //! keep the service view current (recomputing only the Services a change
 //! touches), and hand each new view to a dedicated sync thread that
 //! debounces (min sync period), checks the canary and runs full resyncs.
+//! It also watches Nodes and their heartbeat Leases: the pods of a
+//! registered node whose Lease expired are not endpoints, so a lost
+//! node's endpoints leave every Service within the lease duration (40 s),
+//! as the node lifecycle controller's NotReady marking does in Kubernetes.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -54,6 +58,9 @@ impl ProxyConfig {
     }
 }
 
+/// Where agents keep their heartbeat Leases (one per node, named after it).
+pub const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
+
 /// A new desired view and when its newest change arrived.
 struct Desired {
     services: Vec<ServicePort>,
@@ -82,8 +89,11 @@ pub async fn run(cp: Arc<dyn ControlPlane>, cfg: ProxyConfig, metrics: Arc<Metri
 
     let mut state = View::new(cfg.node.node_name.clone());
     let mut services = Watcher::new(Arc::clone(&cp), Scope::all(Kind::Service));
-    let mut pods = Watcher::new(cp, Scope::all(Kind::Pod));
+    let mut pods = Watcher::new(Arc::clone(&cp), Scope::all(Kind::Pod));
+    let mut nodes = Watcher::new(Arc::clone(&cp), Scope::all(Kind::Node));
+    let mut leases = Watcher::new(cp, Scope::namespaced(Kind::Lease, NODE_LEASE_NAMESPACE));
     let (mut services_synced, mut pods_synced) = (false, false);
+    let (mut nodes_synced, mut leases_synced) = (false, false);
     let mut pending: Option<Instant> = None;
     loop {
         let flush_at = pending.map(|p| p + Duration::from_millis(10));
@@ -102,7 +112,19 @@ pub async fn run(cp: Arc<dyn ControlPlane>, cfg: ProxyConfig, metrics: Arc<Metri
                     pending.get_or_insert_with(Instant::now);
                 }
             },
-            _ = tokio::time::sleep_until(flush_at.unwrap_or_else(Instant::now).into()), if flush_at.is_some() && services_synced && pods_synced => {
+            u = nodes.next() => {
+                nodes_synced |= matches!(u, Update::Synced);
+                if state.nodes_changed(nodes.store(), leases.store(), services.store()) {
+                    pending.get_or_insert_with(Instant::now);
+                }
+            },
+            u = leases.next() => {
+                leases_synced |= matches!(u, Update::Synced);
+                if state.nodes_changed(nodes.store(), leases.store(), services.store()) {
+                    pending.get_or_insert_with(Instant::now);
+                }
+            },
+            _ = tokio::time::sleep_until(flush_at.unwrap_or_else(Instant::now).into()), if flush_at.is_some() && services_synced && pods_synced && nodes_synced && leases_synced => {
                 let at = pending.take().unwrap_or_else(Instant::now);
                 state.recompute(services.store(), pods.store());
                 metrics.queued(at);
@@ -125,6 +147,9 @@ struct View {
     dirty: BTreeSet<(String, String)>,
     /// Each pod's labels as last seen, to find the Services it left.
     pod_labels: HashMap<ObjectRef, BTreeMap<String, String>>,
+    /// Nodes that are registered but hold no heartbeat Lease (it expired:
+    /// the agent stopped renewing it). Their pods are not endpoints.
+    lost: BTreeSet<String>,
 }
 
 impl View {
@@ -134,7 +159,47 @@ impl View {
             ports: BTreeMap::new(),
             dirty: BTreeSet::new(),
             pod_labels: HashMap::new(),
+            lost: BTreeSet::new(),
         }
+    }
+
+    /// Recomputes the lost nodes; when the set changed, every Service is
+    /// recomputed (nodes come and go rarely). Returns whether it changed.
+    fn nodes_changed(
+        &mut self,
+        nodes: &BTreeMap<ObjectRef, Object>,
+        leases: &BTreeMap<ObjectRef, Object>,
+        services: &BTreeMap<ObjectRef, Object>,
+    ) -> bool {
+        let alive: BTreeSet<&str> = leases.keys().map(|k| k.name.as_str()).collect();
+        let lost: BTreeSet<String> = nodes
+            .keys()
+            .map(|k| k.name.as_str())
+            .filter(|n| !alive.contains(n))
+            .map(str::to_string)
+            .collect();
+        if lost == self.lost {
+            return false;
+        }
+        for (n, change) in lost.symmetric_difference(&self.lost).map(|n| {
+            (
+                n,
+                if lost.contains(n) {
+                    "lost (no heartbeat lease)"
+                } else {
+                    "back"
+                },
+            )
+        }) {
+            tracing::info!(node = %n, "proxy: node {change}");
+        }
+        self.lost = lost;
+        self.dirty.extend(
+            services
+                .keys()
+                .map(|k| (k.namespace.clone(), k.name.clone())),
+        );
+        true
     }
 
     fn service_event(&mut self, ev: &WatchEvent) {
@@ -192,6 +257,7 @@ impl View {
                             Object::Pod(p) => Some(p.clone()),
                             _ => None,
                         })
+                        .filter(|p| !self.on_lost_node(p))
                         .collect();
                     self.ports
                         .insert((ns, name), ports_of(s, &ns_pods, &self.node_name));
@@ -201,6 +267,13 @@ impl View {
                 }
             }
         }
+    }
+
+    fn on_lost_node(&self, pod: &Pod) -> bool {
+        pod.spec
+            .as_ref()
+            .and_then(|s| s.node_name.as_deref())
+            .is_some_and(|n| self.lost.contains(n))
     }
 
     fn flatten(&self) -> Vec<ServicePort> {

@@ -77,18 +77,24 @@ impl Cluster {
     /// or `None` (skip) without root, containerd or etcd — a failure under
     /// `CI=true`.
     pub fn for_test(test: &str, n: usize) -> Option<Cluster> {
+        Cluster::for_test_with(test, n, &[])
+    }
+
+    /// [`Cluster::for_test`] with more agent flags for every node.
+    pub fn for_test_with(test: &str, n: usize, agent_flags: &[&str]) -> Option<Cluster> {
         if !crate::require_root(test)
             || !crate::containerd::require_containerd(test)
             || !crate::etcd::require_etcd(test)
         {
             return None;
         }
-        Some(Cluster::start(n).expect("start the cluster"))
+        Some(Cluster::start(n, agent_flags).expect("start the cluster"))
     }
 
-    /// Starts the underlay, etcd, containerd and `n` agents; waits until
-    /// every node registered and holds its subnet.
-    pub fn start(n: usize) -> Result<Cluster> {
+    /// Starts the underlay, etcd, containerd and `n` agents (with
+    /// `agent_flags` besides the harness's); waits until every node
+    /// registered and holds its subnet.
+    pub fn start(n: usize, agent_flags: &[&str]) -> Result<Cluster> {
         let net = ClusterNet::new(n)?;
         let etcd = EtcdCluster::start_in(net.underlay().path(), UNDERLAY_IP, 1)?;
         let containerd = Containerd::start()?;
@@ -99,7 +105,7 @@ impl Cluster {
             net,
         };
         for i in 0..n {
-            let node = c.spawn(i)?;
+            let node = c.spawn(i, agent_flags)?;
             c.nodes.push(node);
         }
         let img = TempDir::new("img")?;
@@ -118,7 +124,7 @@ impl Cluster {
         self.etcd.control_plane()
     }
 
-    fn spawn(&self, i: usize) -> Result<ClusterNode> {
+    fn spawn(&self, i: usize, more: &[&str]) -> Result<ClusterNode> {
         let dir = TempDir::new(&format!("e2e-n{i}"))?;
         let root = dir.path().to_path_buf();
         let name = format!("node-{i}");
@@ -136,6 +142,7 @@ impl Cluster {
             "0s",
         ]
         .iter()
+        .chain(more)
         .map(|s| s.to_string())
         .collect();
         let agent = Agent::start_node(dir, self.net.node(i).path(), global, agent)?;

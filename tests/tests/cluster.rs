@@ -259,3 +259,56 @@ fn external_traffic_policy_local_keeps_the_client_ip_and_uses_only_local_endpoin
     }
     Ok(())
 }
+
+#[test]
+fn a_lost_node_leaves_the_service_within_its_lease() -> Result<()> {
+    const LEASE: Duration = Duration::from_secs(4);
+    let Some(mut c) = Cluster::for_test_with(
+        "a_lost_node_leaves_the_service_within_its_lease",
+        2,
+        &["--node-lease-duration", "4s"],
+    ) else {
+        return Ok(());
+    };
+    apply(
+        &c,
+        &[
+            web_pod("lost-0", "node-0", "lost"),
+            web_pod("lost-1", "node-1", "lost"),
+            service("lost", "lost", false),
+        ],
+    )?;
+    c.wait_running("lost-0")?;
+    c.wait_running("lost-1")?;
+    let (_, node_port) = addresses(&c, "lost")?;
+    let outside = c.net.internet().path().to_path_buf();
+    let url = format!("http://{}:{node_port}/", c.node_ip(0));
+    let both = BTreeSet::from(["lost-0".to_string(), "lost-1".to_string()]);
+    until_all_answer(&both, || http_get(&outside, &url))
+        .with_context(|| format!("NodePort {url} before the loss\n{}", c.logs()))?;
+
+    // Node 1 goes away: its agent dies and it drops off the underlay.
+    c.nodes[1].agent.kill9()?;
+    c.net.remove_node(1)?;
+    let lost = Instant::now();
+    // Within the lease (plus a sync), node 0 answers from its own pod only.
+    let deadline = lost + LEASE + Duration::from_secs(5);
+    let mut streak = 0;
+    while streak < 20 {
+        assert!(
+            Instant::now() < deadline,
+            "node-1's endpoint still used {:?} after the loss\n{}",
+            lost.elapsed(),
+            c.logs()
+        );
+        match http_get(&outside, &url) {
+            Ok(body) if body.trim() == "lost-0" => streak += 1,
+            _ => streak = 0,
+        }
+    }
+    eprintln!(
+        "node-1's endpoint left the service within {:?}",
+        lost.elapsed()
+    );
+    Ok(())
+}

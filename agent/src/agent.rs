@@ -92,9 +92,17 @@ pub struct AgentArgs {
     /// leave every Service.
     #[arg(long, value_name = "DURATION")]
     pub node_lease_duration: Option<String>,
+    /// Remove what knode made on this node (pods, cni0, the vxlan device,
+    /// routes, iptables rules, the subnet file) and exit; parts turned off
+    /// with --disable are left alone. The agent must be stopped.
+    #[arg(long)]
+    pub cleanup: bool,
 }
 
 pub async fn run(config: &Config, args: AgentArgs) -> Result<ExitCode> {
+    if args.cleanup {
+        return crate::cleanup::run(config).await;
+    }
     let backend: Backend = config.backend()?;
     let alloc = Allocators::parse(&config.service_cidr, &config.service_node_port_range)?;
     let cp = backend::open(&backend, &config.data_dir, alloc)

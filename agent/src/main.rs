@@ -3,6 +3,7 @@
 //! hands over to the agent or to one CLI command.
 
 mod agent;
+mod cleanup;
 mod cli;
 mod cni;
 mod config;

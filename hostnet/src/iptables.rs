@@ -92,9 +92,62 @@ pub fn has_chain(saved: &str, chain: &str) -> bool {
     saved.lines().any(|l| l.starts_with(decl.as_str()))
 }
 
+/// The restore input (for `--noflush`) that removes, from one saved
+/// `table`, every chain whose name `ours` accepts and every rule of another
+/// chain that jumps to one: rules first, then flushes, then deletions, so
+/// chains that jump to each other go too. `None` when there is nothing.
+pub fn removal_payload(table: &str, saved: &str, ours: impl Fn(&str) -> bool) -> Option<String> {
+    let chains: Vec<&str> = saved
+        .lines()
+        .filter_map(|l| l.strip_prefix(':')?.split(' ').next())
+        .filter(|c| ours(c))
+        .collect();
+    let mut out = format!("*{table}\n");
+    let mut any = false;
+    for line in saved.lines() {
+        let Some(rule) = line.strip_prefix("-A ") else {
+            continue;
+        };
+        let Some((chain, _)) = rule.split_once(' ') else {
+            continue;
+        };
+        let target = rule
+            .rsplit_once("-j ")
+            .map(|(_, t)| t.split(' ').next().unwrap_or(""));
+        if !ours(chain) && target.is_some_and(&ours) {
+            out.push_str(&format!("-D {rule}\n"));
+            any = true;
+        }
+    }
+    for c in &chains {
+        out.push_str(&format!("-F {c}\n"));
+    }
+    for c in &chains {
+        out.push_str(&format!("-X {c}\n"));
+    }
+    out.push_str("COMMIT\n");
+    (any || !chains.is_empty()).then_some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn removal_payload_takes_our_chains_and_the_jumps_to_them() {
+        let saved = "*nat\n:POSTROUTING ACCEPT [0:0]\n:KNODE-MASQ-X - [0:0]\n:OTHER - [0:0]\n\
+            -A POSTROUTING -s 10.1.0.0/24 -j KNODE-MASQ-X\n-A POSTROUTING -j OTHER\n\
+            -A KNODE-MASQ-X -d 10.1.0.0/24 -j ACCEPT\n-A OTHER -j RETURN\nCOMMIT\n";
+        let p = removal_payload("nat", saved, |c| c.starts_with("KNODE-")).unwrap();
+        assert_eq!(
+            p,
+            "*nat\n-D POSTROUTING -s 10.1.0.0/24 -j KNODE-MASQ-X\n-F KNODE-MASQ-X\n-X KNODE-MASQ-X\nCOMMIT\n"
+        );
+        assert_eq!(
+            removal_payload("nat", saved, |c| c.starts_with("KUBE-")),
+            None
+        );
+    }
 
     const SAVED: &str = "*nat\n:POSTROUTING ACCEPT [0:0]\n:KNODE-MASQ-X - [0:0]\n-A POSTROUTING -s 10.1.0.0/24 -j KNODE-MASQ-X\n-A KNODE-MASQ-X -d 10.1.0.0/24 -j ACCEPT\nCOMMIT\n";
 

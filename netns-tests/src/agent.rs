@@ -120,6 +120,26 @@ impl Agent {
             .create(true)
             .append(true)
             .open(self.dir.path().join("agent.log"))?;
+        let child = self
+            .command()
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("start knode agent")?;
+        self.child = Some(child);
+        self.wait_ready()
+    }
+
+    /// Stops the agent (SIGKILL) and runs `knode agent --cleanup` with its
+    /// flags, in its namespace.
+    pub fn cleanup(&mut self) -> Result<Output> {
+        self.kill9()?;
+        Ok(self.command().arg("--cleanup").output()?)
+    }
+
+    /// `knode [global flags] agent [agent flags]` in the agent's namespace.
+    fn command(&self) -> Command {
         let mut cmd = ns_command(self.netns.as_deref(), our_bin("knode"));
         cmd.args(self.flags());
         for (flag, rel) in PATH_DEFAULTS {
@@ -143,15 +163,8 @@ impl Agent {
         if self.netns.is_none() {
             cmd.args(["--disable", "overlay,proxy", "--metrics-bind-address", ""]);
         }
-        let child = cmd
-            .args(&self.agent_flags)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("start knode agent")?;
-        self.child = Some(child);
-        self.wait_ready()
+        cmd.args(&self.agent_flags);
+        cmd
     }
 
     fn wait_ready(&mut self) -> Result<()> {

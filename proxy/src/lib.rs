@@ -16,7 +16,7 @@ pub use iptables::{Backend, ExecIptables, Iptables};
 pub use metrics::{Health, Metrics};
 pub use rules::{ruleset, NodeConfig, Ruleset, Table};
 pub use run::{run, ProxyConfig};
-pub use sync::{SyncOutcome, Syncer};
+pub use sync::{cleanup, SyncOutcome, Syncer};
 pub use view::{service_ports, Endpoint, ServicePort};
 
 /// Errors of the proxy.

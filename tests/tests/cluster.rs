@@ -312,3 +312,77 @@ fn a_lost_node_leaves_the_service_within_its_lease() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn agent_cleanup_removes_what_knode_made_on_the_node() -> Result<()> {
+    let Some(mut c) = Cluster::for_test("agent_cleanup_removes_what_knode_made_on_the_node", 1)
+    else {
+        return Ok(());
+    };
+    apply(
+        &c,
+        &[
+            web_pod("clean-0", "node-0", "clean"),
+            service("clean", "clean", false),
+        ],
+    )?;
+    c.wait_running("clean-0")?;
+    let ns = c.net.node(0);
+    let saved = || ns.sh(&["iptables-save"]).unwrap_or_default();
+    assert!(
+        wait_for(|| saved().contains("KUBE-SVC-")),
+        "the proxy programmed the service: {}",
+        saved()
+    );
+    assert!(ns.sh(&["ip", "link", "show", "knode.1"]).is_ok());
+
+    for round in 0..2 {
+        let out = c.nodes[0].agent.cleanup()?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "cleanup round {round}: {text}");
+        eprintln!("cleanup round {round}:\n{text}");
+    }
+    let links = ns.sh(&["ip", "-o", "link", "show"])?;
+    assert!(
+        !links.contains("knode.1") && !links.contains("cni0") && !links.contains("veth"),
+        "{links}"
+    );
+    let rules = saved();
+    assert!(
+        !rules.contains("KUBE-") && !rules.contains("KNODE-"),
+        "{rules}"
+    );
+    assert_eq!(
+        c.containerd
+            .ids(c.nodes[0].namespace(), &["containers", "ls", "-q"])?,
+        Vec::<String>::new()
+    );
+    let left = |rel: &str| -> Vec<String> {
+        std::fs::read_dir(c.path(0, rel))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.parse::<std::net::IpAddr>().is_ok() || n.starts_with("knode-"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(left("netns"), Vec::<String>::new(), "pinned netns left");
+    assert_eq!(
+        left("ipam/knode"),
+        Vec::<String>::new(),
+        "IPs still reserved"
+    );
+    assert!(!c.nodes[0].agent.dir().join("subnet.env").exists());
+    // The harness's conflist carries a dataDir: an operator's, kept.
+    assert!(c.path(0, "cni-conf/10-knode.conflist").exists());
+    Ok(())
+}
+
+fn wait_for(mut f: impl FnMut() -> bool) -> bool {
+    netns_tests::cluster::wait_until(Duration::from_secs(20), &mut f)
+}

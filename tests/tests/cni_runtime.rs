@@ -5,7 +5,7 @@
 
 // The agent is a binary crate; its CNI module depends only on crates this
 // one has too, so the test builds the very same source.
-#[allow(dead_code)]
+#[allow(dead_code, unused_imports)]
 #[path = "../../agent/src/cni/mod.rs"]
 mod cni;
 

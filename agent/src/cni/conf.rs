@@ -13,6 +13,10 @@ const EXTENSIONS: &[&str] = &["conflist", "conf", "json"];
 
 /// The file `ensure_default_conflist` writes.
 pub const DEFAULT_CONFLIST: &str = "10-knode.conflist";
+/// The default conflist's network name.
+pub const DEFAULT_NETWORK: &str = "knode";
+/// Where host-local keeps reservations when a config names no `dataDir`.
+pub const DEFAULT_IPAM_DIR: &str = "/var/lib/cni/networks";
 
 /// One network: a plugin list with the name and version every plugin gets.
 #[derive(Debug, Clone)]
@@ -276,6 +280,17 @@ pub fn ensure_default_conflist(conf_dir: &Path, net: &PodNetwork) -> Result<Opti
     Ok(Some(path))
 }
 
+/// Removes the default conflist when it is the agent's own (never an
+/// operator's). Returns whether it removed it.
+pub fn remove_default_conflist(conf_dir: &Path) -> Result<bool> {
+    let path = conf_dir.join(DEFAULT_CONFLIST);
+    if !is_generated(&path) {
+        return Ok(false);
+    }
+    std::fs::remove_file(&path).with_context(|| format!("remove {}", path.display()))?;
+    Ok(true)
+}
+
 /// The text of the default conflist for `net`.
 fn render_default(net: &PodNetwork) -> Result<String> {
     let subnet = net.subnet;
@@ -306,7 +321,7 @@ fn render_default(net: &PodNetwork) -> Result<String> {
     // plugins of most distributions read it too.
     let list = json!({
         "cniVersion": "1.0.0",
-        "name": "knode",
+        "name": DEFAULT_NETWORK,
         "plugins": [bridge],
     });
     let mut text = serde_json::to_string_pretty(&list).expect("a JSON value serializes");

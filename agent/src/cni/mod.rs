@@ -15,7 +15,9 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-pub use conf::{ensure_default_conflist, PodNetwork};
+pub use conf::{
+    ensure_default_conflist, remove_default_conflist, PodNetwork, DEFAULT_IPAM_DIR, DEFAULT_NETWORK,
+};
 use conf::{NetworkList, LOOPBACK_NETWORK};
 
 /// How long one plugin call may take before it is killed.

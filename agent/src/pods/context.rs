@@ -34,6 +34,30 @@ pub struct Context {
 impl Context {
     /// Where a pod's netns is pinned.
     pub fn netns_path(&self, uid: &str) -> PathBuf {
+        self.host().netns_path(uid)
+    }
+
+    /// What tearing a pod down needs.
+    pub fn host(&self) -> Host<'_> {
+        Host {
+            rt: &self.rt,
+            cni: &self.cni,
+            config: &self.config,
+        }
+    }
+}
+
+/// The node-side handles that remove a pod (no control plane needed:
+/// `knode agent --cleanup` uses them too).
+pub struct Host<'a> {
+    pub rt: &'a Runtime,
+    pub cni: &'a Cni,
+    pub config: &'a Config,
+}
+
+impl Host<'_> {
+    /// Where a pod's netns is pinned.
+    pub fn netns_path(&self, uid: &str) -> PathBuf {
         self.config.netns_dir.join(format!("knode-{uid}"))
     }
 }

@@ -19,7 +19,7 @@ use controlplane::{ObjectRef, Scope, WatchEvent};
 use k8s_openapi::api::core::v1::Pod;
 use tokio::sync::mpsc;
 
-use super::context::Context;
+use super::context::{Context, Host};
 use super::sandbox;
 use super::volumes;
 use super::worker::{self, Msg};
@@ -124,32 +124,7 @@ impl Manager {
     async fn sweep(&mut self) {
         let live: HashSet<String> = self.workers.keys().cloned().collect();
         let mut orphans: HashSet<String> = self.adopt.drain().map(|(uid, _)| uid).collect();
-        // Pinned namespaces in our netns dir.
-        if let Ok(dir) = std::fs::read_dir(&self.ctx.config.netns_dir) {
-            for e in dir.flatten() {
-                if let Some(uid) = e
-                    .file_name()
-                    .to_str()
-                    .and_then(|n| n.strip_prefix("knode-"))
-                {
-                    orphans.insert(uid.to_string());
-                }
-            }
-        }
-        // CNI attachments of our sandboxes.
-        match self.ctx.cni.cached_ids() {
-            Ok(ids) => orphans.extend(
-                ids.iter()
-                    .filter_map(|id| id.strip_suffix("-pause"))
-                    .map(str::to_string),
-            ),
-            Err(e) => tracing::warn!(error = %format!("{e:#}"), "list CNI cache"),
-        }
-        // Volume dirs.
-        match volumes::orphans(&self.ctx.config.data_dir) {
-            Ok(uids) => orphans.extend(uids),
-            Err(e) => tracing::warn!(error = %format!("{e:#}"), "list pod volume dirs"),
-        }
+        orphans.extend(uids_on_node(&self.ctx.host()));
         orphans.retain(|u| !live.contains(u) && !u.is_empty());
         for uid in orphans {
             tracing::info!(uid = %uid, "removing what no pod owns");
@@ -158,12 +133,44 @@ impl Manager {
                 for id in owned_by(&ctx, &uid).await {
                     let _ = task::stop(&ctx.rt, &id, sandbox::ORPHAN_GRACE).await;
                 }
-                if let Err(e) = sandbox::remove_pod(&ctx, &uid, None).await {
+                if let Err(e) = sandbox::remove_pod(&ctx.host(), &uid, None).await {
                     tracing::warn!(uid = %uid, error = %format!("{e:#}"), "remove orphan");
                 }
             });
         }
     }
+}
+
+/// The uids of pods that left something on this node besides containers:
+/// pinned namespaces in our netns dir, CNI attachments of our sandboxes,
+/// volume dirs. Unreadable sources are logged and skipped.
+pub fn uids_on_node(host: &Host<'_>) -> HashSet<String> {
+    let mut uids = HashSet::new();
+    if let Ok(dir) = std::fs::read_dir(&host.config.netns_dir) {
+        for e in dir.flatten() {
+            if let Some(uid) = e
+                .file_name()
+                .to_str()
+                .and_then(|n| n.strip_prefix("knode-"))
+            {
+                uids.insert(uid.to_string());
+            }
+        }
+    }
+    match host.cni.cached_ids() {
+        Ok(ids) => uids.extend(
+            ids.iter()
+                .filter_map(|id| id.strip_suffix("-pause"))
+                .map(str::to_string),
+        ),
+        Err(e) => tracing::warn!(error = %format!("{e:#}"), "list CNI cache"),
+    }
+    match volumes::orphans(&host.config.data_dir) {
+        Ok(found) => uids.extend(found),
+        Err(e) => tracing::warn!(error = %format!("{e:#}"), "list pod volume dirs"),
+    }
+    uids.retain(|u| !u.is_empty());
+    uids
 }
 
 /// The containers of pod `uid` (for a graceful stop of orphans).

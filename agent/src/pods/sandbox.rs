@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use k8s_openapi::api::core::v1::Pod;
 
-use super::context::Context;
+use super::context::{Context, Host};
 use super::worker::namespace;
 use super::{files, volumes};
 use crate::cni::Attachment;
@@ -42,10 +42,10 @@ fn uid_of(pod: &Pod) -> String {
     pod.metadata.uid.clone().unwrap_or_default()
 }
 
-fn attachment(ctx: &Context, uid: &str, ns: &str, name: &str) -> Attachment {
+fn attachment(host: &Host<'_>, uid: &str, ns: &str, name: &str) -> Attachment {
     Attachment {
         container_id: sandbox_id(uid),
-        netns: ctx.netns_path(uid),
+        netns: host.netns_path(uid),
         ifname: POD_IFNAME.to_string(),
         pod_namespace: ns.to_string(),
         pod_name: name.to_string(),
@@ -77,7 +77,7 @@ pub async fn ensure(ctx: &Context, pod: &Pod) -> Result<(Sandbox, Option<Startin
             .await
             .context("pin the netns")??;
     }
-    let att = attachment(ctx, &uid, &ns, &name);
+    let att = attachment(&ctx.host(), &uid, &ns, &name);
 
     // 2. CNI ADD (or the cached result of an earlier ADD into this netns)
     //    and the pause container, side by side: the pause container needs
@@ -219,7 +219,7 @@ pub async fn teardown(ctx: &Context, pod: &Pod) -> Result<()> {
         return Ok(());
     }
     let att = attachment(
-        ctx,
+        &ctx.host(),
         &uid,
         &namespace(pod),
         pod.metadata.name.as_deref().unwrap_or_default(),
@@ -237,8 +237,8 @@ pub async fn teardown(ctx: &Context, pod: &Pod) -> Result<()> {
 /// volumes, cgroups and logs. `pod` (when still known) names the pod for
 /// CNI and the log dir; an orphan is found by its labels instead. Each part
 /// already gone is skipped, so this is safe to repeat.
-pub async fn remove_pod(ctx: &Context, uid: &str, pod: Option<&Pod>) -> Result<()> {
-    let owned = task::list_owned(&ctx.rt, labels::POD_UID)
+pub async fn remove_pod(host: &Host<'_>, uid: &str, pod: Option<&Pod>) -> Result<()> {
+    let owned = task::list_owned(host.rt, labels::POD_UID)
         .await?
         .into_iter()
         .filter(|o| o.labels.get(labels::POD_UID).map(String::as_str) == Some(uid))
@@ -261,17 +261,17 @@ pub async fn remove_pod(ctx: &Context, uid: &str, pod: Option<&Pod>) -> Result<(
         o.labels.get(labels::KIND).map(String::as_str) == Some(labels::KIND_SANDBOX)
     });
     for o in apps.iter().chain(sandboxes.iter()) {
-        task::remove(&ctx.rt, &o.id).await?;
+        task::remove(host.rt, &o.id).await?;
     }
-    task::remove(&ctx.rt, &sandbox_id(uid)).await?;
-    let att = attachment(ctx, uid, &ns, &name);
+    task::remove(host.rt, &sandbox_id(uid)).await?;
+    let att = attachment(host, uid, &ns, &name);
     if !pod.is_some_and(host_network) {
-        ctx.cni.del(&att).await.context("CNI DEL")?;
+        host.cni.del(&att).await.context("CNI DEL")?;
     }
     let (netns, run_dir, data_dir) = (
         att.netns.clone(),
-        ctx.config.run_dir.clone(),
-        ctx.config.data_dir.clone(),
+        host.config.run_dir.clone(),
+        host.config.data_dir.clone(),
     );
     let u = uid.to_string();
     tokio::task::spawn_blocking(move || -> Result<()> {
@@ -284,7 +284,7 @@ pub async fn remove_pod(ctx: &Context, uid: &str, pod: Option<&Pod>) -> Result<(
     .await
     .context("teardown")??;
     if !ns.is_empty() && !name.is_empty() {
-        crate::logs::remove_pod_logs(&ctx.config.log_dir, &ns, &name, uid).context("pod logs")?;
+        crate::logs::remove_pod_logs(&host.config.log_dir, &ns, &name, uid).context("pod logs")?;
     }
     Ok(())
 }

@@ -783,7 +783,7 @@ impl Worker {
         self.stop_all(grace).await;
         let mut delay = Duration::from_millis(500);
         loop {
-            match sandbox::remove_pod(&self.ctx, &self.uid, Some(&self.pod)).await {
+            match sandbox::remove_pod(&self.ctx.host(), &self.uid, Some(&self.pod)).await {
                 Ok(()) => break,
                 Err(e) => {
                     tracing::warn!(pod = %self.key(), error = %format!("{e:#}"), "teardown; retrying");

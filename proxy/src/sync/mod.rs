@@ -294,6 +294,23 @@ impl Syncer {
     }
 }
 
+/// Removes every chain the proxy made (`KUBE-*`, in nat and filter) and
+/// the jumps to them from the built-in chains, as `kube-proxy --cleanup`
+/// does. Returns whether anything was there.
+pub fn cleanup(ipt: &dyn Iptables) -> Result<bool> {
+    let mut any = false;
+    for table in Table::ALL {
+        let saved = ipt.save(table)?;
+        if let Some(p) =
+            hostnet::iptables::removal_payload(table.name(), &saved, |c| c.starts_with("KUBE-"))
+        {
+            ipt.restore(&p)?;
+            any = true;
+        }
+    }
+    Ok(any)
+}
+
 /// Where `now` is reached (taken from `was`, which names its VIP and
 /// NodePort) and the endpoints it leads to now.
 fn udp_targets(now: &ServicePort, was: &ServicePort) -> Vec<UdpTarget> {

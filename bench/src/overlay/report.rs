@@ -14,7 +14,7 @@ use super::join::{self, Side};
 use super::scale;
 use super::throughput::{self, Path};
 use super::Results;
-use crate::report::{emit, with_targets, grouped_bars, host_facts, Group, Series};
+use crate::report::{emit, grouped_bars, host_facts, with_targets, Group, Series};
 use crate::stats::{percentile, round3, Summary};
 use crate::Opts;
 

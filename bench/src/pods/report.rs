@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value};
 use super::procfs::Mem;
 use super::start::Side;
 use super::{Results, START_SAMPLES};
-use crate::report::{emit, with_targets, grouped_bars, host_facts, Group, Series};
+use crate::report::{emit, grouped_bars, host_facts, with_targets, Group, Series};
 use crate::stats::{round3, Summary};
 use crate::Opts;
 

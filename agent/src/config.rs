@@ -401,6 +401,64 @@ fn hostname() -> String {
 mod tests {
     use super::*;
 
+    /// Every key the file takes, from serde's own list of known fields.
+    fn known_keys() -> Vec<String> {
+        let e = serde_yaml::from_str::<File>("no-such-key: 1")
+            .unwrap_err()
+            .to_string();
+        let list = e
+            .split("expected one of ")
+            .nth(1)
+            .expect("serde lists the fields");
+        list.split(", ")
+            .map(|k| {
+                k.trim_matches(|c: char| c == '`' || c.is_whitespace())
+                    .to_string()
+            })
+            .map(|k| k.split('`').next().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn the_shipped_config_and_the_reference_name_every_key_with_valid_defaults() {
+        let shipped = include_str!("../../deploy/config.yaml");
+        let reference = include_str!("../../docs/configuration.md");
+        let mut in_file = Vec::new();
+        for line in shipped.lines() {
+            let Some((key, value)) = line
+                .strip_prefix("# ")
+                .and_then(|l| l.split_once(": "))
+                .filter(|(k, _)| {
+                    !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '-')
+                })
+            else {
+                continue;
+            };
+            in_file.push(key.to_string());
+            let value = value.split("  #").next().unwrap_or_default().trim();
+            if value.starts_with('<') {
+                continue;
+            }
+            // Each shown value is one the agent accepts.
+            let one: File = serde_yaml::from_str(&format!("{key}: {value}"))
+                .unwrap_or_else(|e| panic!("deploy/config.yaml {key}: {e}"));
+            Config::merge(one, File::default())
+                .unwrap_or_else(|e| panic!("deploy/config.yaml {key}: {e:#}"));
+        }
+        let keys = known_keys();
+        assert!(
+            keys.len() >= 37 && keys.contains(&"node-lease-duration".to_string()),
+            "{keys:?}"
+        );
+        for key in keys {
+            assert!(in_file.contains(&key), "deploy/config.yaml lacks {key}");
+            assert!(
+                reference.contains(&format!("`{key}`")),
+                "docs/configuration.md lacks `{key}`"
+            );
+        }
+    }
+
     #[test]
     fn flags_win_over_the_file_and_the_file_over_defaults() {
         let file: File =

@@ -6,10 +6,10 @@ PREFIX       ?= /usr/local
 CNI_BIN_DIR  ?= /opt/cni/bin
 CNI_CONF_DIR ?= /etc/cni/net.d
 
-.PHONY: up test bench bootstrap build install-cni install-knode unit netns-test lint fuzz clean
+.PHONY: up test bench bootstrap build install unit netns-test lint fuzz clean
 
-## up: install packages, build, install knode and the CNI plugins, start the agent
-up: bootstrap build install-cni install-knode
+## up: install packages, build, install, start containerd and the agent, apply examples/
+up: bootstrap build install
 	@scripts/up.sh
 
 ## test: every test (unit, netns, integration), installing what they need first
@@ -27,14 +27,10 @@ build:
 	$(CARGO) build --release --bins
 	CARGO=$(CARGO) scripts/build-pause.sh --release
 
-install-knode:
-	install -d $(PREFIX)/bin
-	install -m 0755 target/release/knode $(PREFIX)/bin/knode
-	install -m 0755 target/release/knode-pause $(PREFIX)/bin/knode-pause
-
-install-cni:
-	install -d $(CNI_BIN_DIR)
-	install -m 0755 target/release/knode-bridge target/release/knode-host-local target/release/knode-loopback $(CNI_BIN_DIR)/
+## install: knode + knode-pause in $(PREFIX)/bin, the CNI plugins in $(CNI_BIN_DIR),
+## knode.service, and /etc/knode/config.yaml unless one exists
+install:
+	PREFIX=$(PREFIX) CNI_BIN_DIR=$(CNI_BIN_DIR) scripts/install.sh
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The tail of `make up`: starts containerd if it is not running, starts the
-# knode agent on the embedded control plane (as knode.service where systemd
-# runs, else in the background; the agent writes the default pod network
-# config if none exists), imports the examples' busybox image, and says how
-# to use it.
+# The tail of `make up` (after bootstrap, build and install): starts
+# containerd if it is not running, starts the knode agent on the embedded
+# control plane (as knode.service where systemd runs, else in the
+# background; the agent writes the default pod network config if none
+# exists), imports the examples' busybox image, applies examples/ (three
+# web servers and a Service) and says how to reach the Service.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PREFIX="${PREFIX:-/usr/local}"
@@ -36,8 +37,7 @@ done
 if "$KNODE" get namespaces >/dev/null 2>&1; then
   echo "up: a knode agent is already serving /run/knode/knode.sock"
 elif is_systemd; then
-  install -m 0644 deploy/knode.service /etc/systemd/system/knode.service
-  systemctl daemon-reload
+  systemctl daemon-reload   # knode.service comes from `make install`
   systemctl enable --now knode.service
   echo "up: started knode.service"
 else
@@ -65,35 +65,47 @@ scripts/busybox-image.sh "$img" >/dev/null
 "$KNODE" image import "$img"
 rm -f "$img"
 
+# The examples: three web servers sharing the node's /srv/www, and a
+# Service over them (ClusterIP, and NodePort 30080 on every node address).
+mkdir -p /srv/www
+[ -e /srv/www/index.html ] || echo "hello from knode on $(hostname)" > /srv/www/index.html
+"$KNODE" apply -f examples/
+for _ in $(seq 1 120); do
+  running="$("$KNODE" get pods -o json | jq '[.items[] | select(.status.phase == "Running")] | length')"
+  [ "$running" -ge 3 ] && break
+  sleep 0.5
+done
+"$KNODE" get pods -o wide
+vip="$("$KNODE" get svc web -o json | jq -r .spec.clusterIP)"
+node_ip="$("$KNODE" get nodes -o json |
+  jq -r '.items[0].status.addresses[]? | select(.type == "InternalIP") | .address' | head -1)"
+for _ in $(seq 1 40); do
+  curl -fsS --max-time 2 "http://$vip/" >/dev/null 2>&1 && break
+  sleep 0.25
+done
+
 cat <<EOF
 
-The knode agent serves the embedded control plane on /run/knode/knode.sock
-(root only; state in /var/lib/knode) and runs pods through containerd
-(namespace "knode"; logs in /var/log/pods). Try:
+knode is up: the agent serves the embedded control plane on
+/run/knode/knode.sock (root only; state in /var/lib/knode), runs pods
+through containerd (namespace "knode"; logs in /var/log/pods), leases this
+node's pod subnet (${subnet:-see /run/flannel/subnet.env}) and programs Services in iptables.
 
-  knode apply -f examples/web.yaml
+The web example answers through its Service:
+
+  curl http://$vip/                    # the ClusterIP, from this node or any pod
+  curl http://${node_ip:-NODE-IP}:30080/   # the NodePort, from anywhere that reaches this node
+
+Every pod serves /srv/www from this node: edit /srv/www/index.html and
+curl again. Then:
+
   knode get pods -o wide
-  echo hello > /srv/www/index.html
-  wget -qO- http://\$(knode get pod web -o json | jq -r .status.podIP)/
-  knode logs web
-  knode exec web -- ls /www
-  knode get services
-  knode get endpoints
+  knode get svc web
+  knode get endpoints web
+  knode logs web-0
+  knode exec web-0 -- ls /www
+  knode delete -f examples/
 
-knode CNI plugins are installed in $CNI_BIN_DIR:
-  knode-bridge  knode-host-local  knode-loopback
-and the pod network config is $conf (bridge cni0, pods in ${subnet:-the
-node's leased subnet}; \`knode get subnetleases\` and /run/flannel/subnet.env
-show the overlay's lease, docs/networking.md explains it).
-
-Any CNI runtime uses them as they are: containerd's CRI plugin reads
-$CNI_CONF_DIR and $CNI_BIN_DIR by default. To attach a namespace by hand:
-
-  ip netns add demo
-  jq '.plugins[0] + {cniVersion, name}' $conf | \\
-    CNI_COMMAND=ADD CNI_CONTAINERID=demo CNI_NETNS=/run/netns/demo \\
-    CNI_IFNAME=eth0 CNI_PATH=$CNI_BIN_DIR $CNI_BIN_DIR/knode-bridge
-  ip netns exec demo ip addr show eth0
-
-and to detach it (the IP is released), the same with CNI_COMMAND=DEL.
+The CNI plugins are in $CNI_BIN_DIR and the pod network is $conf;
+docs/ explains networking, services, configuration and troubleshooting.
 EOF

@@ -256,7 +256,7 @@ async fn start_node(
         None => None,
     };
     if !config.enabled("pods") {
-        node::register(cp.as_ref(), &id, "").await?;
+        node::register(cp.as_ref(), &id, "", config.node_lease_duration).await?;
         tasks.push(tokio::spawn(node::heartbeat(
             cp,
             config.node_name.clone(),
@@ -272,7 +272,7 @@ async fn start_node(
     let pause = image::ensure_pause(&rt, &pause_bin)
         .await
         .with_context(|| format!("pause image from {}", pause_bin.display()))?;
-    node::register(cp.as_ref(), &id, &version).await?;
+    node::register(cp.as_ref(), &id, &version, config.node_lease_duration).await?;
     let ctx = Arc::new(PodContext {
         cp: cp.clone(),
         rt,

@@ -34,7 +34,16 @@ pub struct Identity {
 }
 
 /// Creates or updates the Node object.
-pub async fn register(cp: &dyn ControlPlane, id: &Identity, runtime_version: &str) -> Result<()> {
+/// The heartbeat Lease (lifetime `lease`) is renewed first, so a Node
+/// never stands without one (the proxy would take it for lost).
+pub async fn register(
+    cp: &dyn ControlPlane,
+    id: &Identity,
+    runtime_version: &str,
+    lease: Duration,
+) -> Result<()> {
+    ensure_lease_namespace(cp).await;
+    renew(cp, &id.name, lease).await?;
     let want = node_object(id, runtime_version, Timestamp::now());
     let what = ObjectRef::new(Kind::Node, "", &id.name);
     match cp.get(&what).await {

@@ -17,7 +17,7 @@ use netns_tests::TestNs;
 
 /// The pod subnet of a test node.
 pub const POD_CIDR: &str = "10.244.0.0/24";
-/// The node IP the agent reports (TEST-NET-1: never routed anywhere).
+/// The node IP (TEST-NET-1), on an empty bridge in the node's namespace.
 pub const NODE_IP: &str = "192.0.2.10";
 
 pub struct Node {
@@ -35,6 +35,21 @@ impl Node {
     pub fn start() -> Result<Node> {
         let containerd = Containerd::start()?;
         let host = TestNs::new("node")?;
+        // Like a host: the node IP on an interface and a default route (an
+        // empty bridge: nothing leaves the namespace, and no veth to be
+        // mistaken for a pod's), so ClusterIPs and NodePorts answer from
+        // the node itself.
+        host.sh(&["ip", "link", "add", "uplink0", "type", "bridge"])?;
+        host.sh(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{NODE_IP}/24"),
+            "dev",
+            "uplink0",
+        ])?;
+        host.sh(&["ip", "link", "set", "uplink0", "up"])?;
+        host.sh(&["ip", "route", "add", "default", "dev", "uplink0"])?;
         let dir = TempDir::new("node")?;
         let root = dir.path().to_path_buf();
         let namespace = unique("knode-test-");

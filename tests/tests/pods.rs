@@ -455,7 +455,9 @@ spec:
 
 /// The README's example as `make up` sets it up: the busybox image from
 /// scripts/busybox-image.sh, imported with `knode image import`, and
-/// examples/web.yaml (its hostPath moved to a temp dir).
+/// examples/web.yaml (its hostPath moved to a temp dir): three pods serve a
+/// file written on the node, at their IPs and through the Service's
+/// ClusterIP from the node itself.
 #[test]
 fn the_readme_example_runs_on_the_image_make_up_imports() -> Result<()> {
     if !require_root("the_readme_example") || !require_containerd("the_readme_example") {
@@ -478,11 +480,45 @@ fn the_readme_example_runs_on_the_image_make_up_imports() -> Result<()> {
     let manifest = std::fs::read_to_string(root.join("examples/web.yaml"))?
         .replace("/srv/www", &www.display().to_string());
     n.apply(&manifest)?;
-    let p = n.wait_running("web")?;
+    let mut ips = Vec::new();
+    for name in ["web-0", "web-1", "web-2"] {
+        let p = n.wait_running(name)?;
+        ips.push(
+            p["status"]["podIP"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
+    }
     std::fs::write(www.join("index.html"), "hello\n")?;
-    let ip = p["status"]["podIP"].as_str().unwrap();
-    let got = n.host_sh(&["busybox", "wget", "-q", "-O", "-", &format!("http://{ip}/")])?;
-    assert_eq!(got, "hello\n");
+    let get = |url: &str| n.host_sh(&["curl", "-sS", "--max-time", "3", url]);
+    for ip in &ips {
+        assert_eq!(get(&format!("http://{ip}/"))?, "hello\n");
+    }
+    let svc: Value = serde_json::from_str(&n.knode(&["get", "svc", "web", "-o", "json"])?)?;
+    assert_eq!(svc["spec"]["ports"][0]["nodePort"], 30080);
+    let vip = svc["spec"]["clusterIP"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for url in [
+        format!("http://{vip}/"),
+        format!("http://{}:30080/", knode_tests::node::NODE_IP),
+    ] {
+        loop {
+            match get(&url) {
+                Ok(body) => {
+                    assert_eq!(body, "hello\n");
+                    break;
+                }
+                Err(e) if Instant::now() > deadline => {
+                    return Err(e.context(format!("{url}\n{}", n.agent.log())))
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    }
     Ok(())
 }
 

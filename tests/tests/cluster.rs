@@ -106,9 +106,23 @@ fn a_service_over_three_nodes_answers_by_cluster_ip_and_node_port_across_an_agen
         "spec": {"nodeName": "node-0", "containers": [{"name": "c",
             "image": knode_tests::image::BUSYBOX, "command": ["sleep", "3600"]}]}}));
     objs.push(service("web", "web", false));
+    // A persistent TCP echo server on node 1, for a connection that must
+    // outlive that node's agent.
+    objs.push(json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "echo", "labels": {"app": "echo"}},
+        "spec": {"nodeName": "node-1", "containers": [{"name": "c",
+            "image": knode_tests::image::BUSYBOX,
+            "command": ["nc", "-ll", "-p", "9000", "-e", "cat"]}]}}));
+    objs.push(json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "echo"},
+        "spec": {"type": "NodePort", "selector": {"app": "echo"},
+            "ports": [{"port": 9000, "targetPort": 9000}]}}));
     apply(&c, &objs)?;
     let mut ips = BTreeMap::new();
-    for n in names.iter().chain(std::iter::once(&"client".to_string())) {
+    for n in names
+        .iter()
+        .chain([&"client".to_string(), &"echo".to_string()])
+    {
         let p = c.wait_running(n)?;
         ips.insert(
             n.clone(),
@@ -158,6 +172,25 @@ fn a_service_over_three_nodes_answers_by_cluster_ip_and_node_port_across_an_agen
         by_node.push(url);
     }
 
+    // 300 new connections to the ClusterIP from node 0 spread over the
+    // three backends: Binomial(300, 1/3) has mean 100 and sd 8.2; fewer
+    // than 60 for one backend (4.9 sd) has probability below 1e-6.
+    let url = format!("http://{vip}/");
+    let mut argv = vec!["curl", "-sS", "--max-time", "3", "-H", "Connection: close"];
+    argv.extend(std::iter::repeat_n(url.as_str(), 300));
+    let bodies = c.ns(0).sh(&argv)?;
+    let mut spread = BTreeMap::<&str, usize>::new();
+    for line in bodies.lines() {
+        *spread.entry(line.trim()).or_default() += 1;
+    }
+    assert_eq!(spread.values().sum::<usize>(), 300, "{spread:?}");
+    assert!(
+        want.iter()
+            .all(|w| spread.get(w.as_str()).is_some_and(|n| *n >= 60)),
+        "300 requests spread {spread:?}"
+    );
+    eprintln!("300 requests through the ClusterIP: {spread:?}");
+
     // Hairpin: a backend reaches itself through its own Service.
     let hairpin = BTreeSet::from(["web-0".to_string()]);
     until_all_answer(&hairpin, || from_pod(&c, "web-0", &format!("{vip}:80")))
@@ -167,6 +200,21 @@ fn a_service_over_three_nodes_answers_by_cluster_ip_and_node_port_across_an_agen
     // running (same task PIDs, no restart), and the service keeps
     // answering through node 1's NodePort the whole time.
     let pids = c.containerd.task_pids(c.nodes[1].namespace())?;
+    let (_, echo_port) = addresses(&c, "echo")?;
+    let echo_addr: std::net::SocketAddr = format!("{}:{echo_port}", c.node_ip(1)).parse()?;
+    let mut conn = c
+        .net
+        .internet()
+        .run(|| std::net::TcpStream::connect_timeout(&echo_addr, Duration::from_secs(3)))??;
+    conn.set_read_timeout(Some(Duration::from_secs(3)))?;
+    let mut echo = |word: &str| -> Result<String> {
+        use std::io::{BufRead, Write};
+        conn.write_all(format!("{word}\n").as_bytes())?;
+        let mut line = String::new();
+        std::io::BufReader::new(&conn).read_line(&mut line)?;
+        Ok(line.trim().to_string())
+    };
+    assert_eq!(echo("before")?, "before");
     c.nodes[1].agent.kill9()?;
     let down = Instant::now();
     let mut failures = Vec::new();
@@ -186,6 +234,11 @@ fn a_service_over_three_nodes_answers_by_cluster_ip_and_node_port_across_an_agen
     assert!(
         failures.is_empty(),
         "NodePort on node 1 failed across the agent restart: {failures:?}"
+    );
+    assert_eq!(
+        echo("after")?,
+        "after",
+        "a connection established before the agent's kill"
     );
     let p = c.wait_running("web-1")?;
     assert_eq!(

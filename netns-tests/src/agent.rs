@@ -201,6 +201,30 @@ impl Agent {
         Ok(())
     }
 
+    /// SIGTERM, and wait (up to `timeout`) for it to exit; its exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let Some(mut c) = self.child.take() else {
+            bail!("the agent is not running");
+        };
+        let pid = libc::pid_t::try_from(c.id()).context("pid")?;
+        // SAFETY: kill(2) on our own child's pid.
+        if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+            bail!("kill -TERM {pid}: {}", std::io::Error::last_os_error());
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = c.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                bail!("the agent did not exit within {timeout:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Starts the agent again on the same dirs.
     pub fn restart(&mut self) -> Result<()> {
         self.kill9()?;

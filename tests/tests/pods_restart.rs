@@ -177,3 +177,52 @@ fn a_restarted_agent_removes_what_no_pod_owns() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn sigterm_stops_the_agent_and_leaves_pods_and_the_data_plane() -> Result<()> {
+    let Some(mut n) = node("sigterm_stops_the_agent_and_leaves_pods_and_the_data_plane") else {
+        return Ok(());
+    };
+    let yaml = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: term-0, labels: {{app: term}}}}\nspec:\n  containers:\n  - name: c\n    image: {}\n    command: [\"sleep\", \"3600\"]\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: term}}\nspec:\n  selector: {{app: term}}\n  ports: [{{port: 80}}]\n",
+        knode_tests::image::BUSYBOX
+    );
+    n.apply(&yaml)?;
+    let before = all_running(&n, &["term-0".to_string()])?;
+    let pids = task_pids(&n)?;
+    let nat = |n: &Node| {
+        n.host_sh(&["iptables-save", "-t", "nat"])
+            .unwrap_or_default()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !nat(&n).contains("KUBE-SEP-") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no rules: {}",
+            nat(&n)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let rules_before = nat(&n);
+
+    let status = n.agent.terminate(Duration::from_secs(10))?;
+    assert!(
+        status.success(),
+        "exit after SIGTERM: {status}\n{}",
+        n.agent.log()
+    );
+    assert!(!n.agent.socket().exists(), "the socket is removed");
+    assert_eq!(task_pids(&n)?, pids, "pods keep running");
+    assert_eq!(nat(&n), rules_before, "Service rules stay");
+    assert!(
+        n.host_sh(&["ip", "link", "show", "cni0"]).is_ok(),
+        "cni0 stays"
+    );
+
+    n.agent.restart()?;
+    std::thread::sleep(Duration::from_secs(2));
+    let after = all_running(&n, &["term-0".to_string()])?;
+    assert_eq!(before, after, "same IP, no restart");
+    assert_eq!(task_pids(&n)?, pids, "adopted, not restarted");
+    Ok(())
+}

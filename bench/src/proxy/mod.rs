@@ -1,10 +1,12 @@
-//! The proxy benchmark: a full sync of 1k/5k/10k Services x 5 endpoints
-//! and a partial sync after one endpoint changes at 10k, each measured
-//! interleaved with `iptables-restore --noflush` of the very same payload
-//! run directly (the floor any iptables proxy pays). Everything happens in
-//! namespaces this harness creates and drops.
+//! The proxy benchmark: full syncs of 1k/5k/10k Services x 5 endpoints and
+//! a partial sync at 10k, each interleaved with `iptables-restore --noflush`
+//! of the same payload run directly (the floor any iptables proxy pays);
+//! first-packet connect latency (`connect`) and memory (`rss`) at scale.
+//! Everything happens in namespaces this harness creates and drops.
 
+mod connect;
 mod report;
+mod rss;
 
 use std::io::Write;
 use std::net::Ipv4Addr;
@@ -95,9 +97,7 @@ fn services(n: usize) -> Vec<ServicePort> {
             let mut sp = ServicePort::new(name, Protocol::Tcp, vip, 80);
             sp.endpoints = (0..ENDPOINTS)
                 .map(|e| Endpoint {
-                    ip: Ipv4Addr::from(
-                        u32::from(Ipv4Addr::new(10, 244, 0, 0)) + (i * ENDPOINTS + e) as u32,
-                    ),
+                    ip: endpoint_ip(i, e),
                     port: 8080,
                     local: e == 0,
                 })
@@ -105,6 +105,17 @@ fn services(n: usize) -> Vec<ServicePort> {
             sp
         })
         .collect()
+}
+
+/// The pod IP of endpoint `e` of Service `i` (in 10.244.0.0/16).
+fn endpoint_ip(i: usize, e: usize) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 244, 0, 0)) + (i * ENDPOINTS + e) as u32)
+}
+
+/// A Syncer for the bench's node writing through `ipt`. No periodic full
+/// sync inside a measurement: a partial sample stays partial.
+fn syncer(ipt: Arc<dyn Iptables>) -> Syncer {
+    Syncer::new(ipt, node()).with_full_sync_period(Duration::from_secs(24 * 3600))
 }
 
 /// `iptables-restore --noflush` of `payload` in `ns`, timed.
@@ -141,9 +152,7 @@ fn setup(backend: Backend) -> Result<(TestNs, Arc<Capture>, Syncer)> {
         inner: ExecIptables::new(backend),
         last: Mutex::new(String::new()),
     });
-    // No periodic full sync inside a measurement: a partial sample stays partial.
-    let syncer =
-        Syncer::new(cap.clone(), node()).with_full_sync_period(Duration::from_secs(24 * 3600));
+    let syncer = syncer(cap.clone());
     Ok((ns, cap, syncer))
 }
 
@@ -208,6 +217,9 @@ fn measure(backend: Backend, sizes: &[usize], with_partial: bool) -> Result<Resu
 
 /// Runs the benchmark and writes `proxy.json` and `proxy.svg`.
 pub fn run(opts: &Opts) -> Result<()> {
+    if let Ok(n) = std::env::var(rss::CHILD_ENV) {
+        return rss::child(n.parse().context("the Service count")?);
+    }
     for tool in ["iptables-nft-restore", "iptables-legacy-restore"] {
         let found = Command::new(tool).arg("--version").output().is_ok();
         if !found {
@@ -219,5 +231,24 @@ pub fn run(opts: &Opts) -> Result<()> {
     // scale series runs on legacy, nft is measured at 1k only.
     let legacy = measure(Backend::Legacy, &SIZES, true)?;
     let nft = measure(Backend::Nft, &SIZES[..1], false)?;
-    report::write(opts, &[legacy, nft])
+    let connect = connect::measure().context("connect latency")?;
+    eprintln!(
+        "proxy: rss: a child process holding a Syncer after a full sync of {} Services",
+        rss::SERVICES
+    );
+    let syncer_rss = rss::syncer().context("Syncer memory")?;
+    // The agent needs more machinery (its control plane, a fill of 60k
+    // objects): a failure there is reported, not fatal to the rest.
+    let agent = |proxy: bool| {
+        rss::agent(proxy).map_err(|e| {
+            eprintln!("proxy: rss: the agent measurement (proxy {proxy}) failed: {e:#}");
+            format!("{e:#}")
+        })
+    };
+    let memory = report::Memory {
+        syncer: syncer_rss,
+        agent: agent(true),
+        agent_without_proxy: agent(false),
+    };
+    report::write(opts, &[legacy, nft], &connect, &memory)
 }

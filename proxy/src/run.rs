@@ -9,8 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
-use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use controlplane::api::{ControlPlane, ObjectRef, Scope, WatchEvent};
@@ -61,10 +60,68 @@ impl ProxyConfig {
 /// Where agents keep their heartbeat Leases (one per node, named after it).
 pub const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
 
-/// A new desired view and when its newest change arrived.
+/// A new desired view and when its oldest change not yet handed over
+/// arrived.
 struct Desired {
     services: Vec<ServicePort>,
     at: Instant,
+}
+
+/// Hands the newest view from the controller to the sync thread. It holds
+/// at most one view, and the controller only builds a new one once the
+/// sync thread took the last: however long an `iptables-restore` takes and
+/// however fast objects change, memory holds a bounded number of copies
+/// of the service view (a queue of them grew to a gigabyte at 10k
+/// Services while a restore ran).
+#[derive(Default)]
+struct Mailbox {
+    /// The view not yet taken, and whether the controller is gone.
+    slot: Mutex<(Option<Desired>, bool)>,
+    ready: Condvar,
+}
+
+impl Mailbox {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (Option<Desired>, bool)> {
+        self.slot.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the last view was taken (a new one may be built).
+    fn is_empty(&self) -> bool {
+        self.lock().0.is_none()
+    }
+
+    fn put(&self, d: Desired) {
+        self.lock().0 = Some(d);
+        self.ready.notify_one();
+    }
+
+    fn close(&self) {
+        self.lock().1 = true;
+        self.ready.notify_one();
+    }
+
+    /// The view, if one arrives within `timeout`; `Err(())` once closed.
+    fn take(&self, timeout: Duration) -> std::result::Result<Option<Desired>, ()> {
+        let guard = self.lock();
+        let (mut guard, _) = self
+            .ready
+            .wait_timeout_while(guard, timeout, |(d, closed)| d.is_none() && !*closed)
+            .unwrap_or_else(|p| p.into_inner());
+        match guard.0.take() {
+            Some(d) => Ok(Some(d)),
+            None if guard.1 => Err(()),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Closes the mailbox when the controller stops (its future dropped).
+struct CloseOnDrop(Arc<Mailbox>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }
 
 /// Runs the proxy until the control-plane watch or the sync thread fails
@@ -72,14 +129,16 @@ struct Desired {
 /// stops the sync thread). `metrics` is what the agent serves on
 /// `/metrics` and `/healthz`; build it with `Metrics::new(cfg.sync_period)`.
 pub async fn run(cp: Arc<dyn ControlPlane>, cfg: ProxyConfig, metrics: Arc<Metrics>) -> Result<()> {
-    let (tx, rx) = mpsc::channel::<Desired>();
+    let mailbox = Arc::new(Mailbox::default());
+    let _close = CloseOnDrop(Arc::clone(&mailbox));
+    let rx = Arc::clone(&mailbox);
     let thread_cfg = cfg.clone();
     let thread_metrics = Arc::clone(&metrics);
     let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("proxy-sync".into())
         .spawn(move || {
-            let r = sync_thread(rx, &thread_cfg, &thread_metrics);
+            let r = sync_thread(&rx, &thread_cfg, &thread_metrics);
             let _ = done_tx.send(r);
         })
         .map_err(|e| Error::Iptables {
@@ -95,8 +154,10 @@ pub async fn run(cp: Arc<dyn ControlPlane>, cfg: ProxyConfig, metrics: Arc<Metri
     let (mut services_synced, mut pods_synced) = (false, false);
     let (mut nodes_synced, mut leases_synced) = (false, false);
     let mut pending: Option<Instant> = None;
+    // While the sync thread has not taken the last view, look again then.
+    let mut retry_at: Option<Instant> = None;
     loop {
-        let flush_at = pending.map(|p| p + Duration::from_millis(10));
+        let flush_at = pending.map(|p| (p + Duration::from_millis(10)).max(retry_at.unwrap_or(p)));
         tokio::select! {
             u = services.next() => match u {
                 Update::Synced => services_synced = true,
@@ -125,17 +186,19 @@ pub async fn run(cp: Arc<dyn ControlPlane>, cfg: ProxyConfig, metrics: Arc<Metri
                 }
             },
             _ = tokio::time::sleep_until(flush_at.unwrap_or_else(Instant::now).into()), if flush_at.is_some() && services_synced && pods_synced && nodes_synced && leases_synced => {
+                if !mailbox.is_empty() {
+                    retry_at = Some(Instant::now() + Duration::from_millis(10));
+                    continue;
+                }
+                retry_at = None;
                 let at = pending.take().unwrap_or_else(Instant::now);
                 state.recompute(services.store(), pods.store());
                 metrics.queued(at);
-                if tx.send(Desired { services: state.flatten(), at }).is_err() {
-                    break;
-                }
+                mailbox.put(Desired { services: state.flatten(), at });
             }
             r = &mut done_rx => return r.unwrap_or(Ok(())),
         }
     }
-    done_rx.await.unwrap_or(Ok(()))
 }
 
 /// The service view kept by the controller.
@@ -296,7 +359,7 @@ fn in_namespace<'a>(
 /// The sync thread: enters the namespace, picks the backend, then syncs
 /// whenever the view changed (no sooner than the min sync period after the
 /// last sync), a full sync is due, or the canary is gone.
-fn sync_thread(rx: mpsc::Receiver<Desired>, cfg: &ProxyConfig, metrics: &Metrics) -> Result<()> {
+fn sync_thread(rx: &Mailbox, cfg: &ProxyConfig, metrics: &Metrics) -> Result<()> {
     let ns = cfg.netns.as_ref().map(hostnet::NetNs::open).transpose()?;
     let _guard = ns.as_ref().map(hostnet::NetNs::enter).transpose()?;
     if cfg.node.localhost_nodeports {
@@ -325,17 +388,13 @@ fn sync_thread(rx: mpsc::Receiver<Desired>, cfg: &ProxyConfig, metrics: &Metrics
         } else {
             (last_canary + cfg.canary_period).min(now + Duration::from_secs(1))
         };
-        match rx.recv_timeout(wake.saturating_duration_since(now)) {
-            Ok(d) => {
-                let mut d = d;
-                while let Ok(next) = rx.try_recv() {
-                    d = next;
-                }
+        match rx.take(wake.saturating_duration_since(now)) {
+            Ok(Some(d)) => {
                 queued = Some(queued.map_or(d.at, |q| q.max(d.at)));
                 desired = Some(d.services);
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
+            Ok(None) => {}
+            Err(()) => return Ok(()),
         }
         let now = Instant::now();
         if now >= last_canary + cfg.canary_period && last_sync.is_some() {
@@ -360,5 +419,38 @@ fn sync_thread(rx: mpsc::Receiver<Desired>, cfg: &ProxyConfig, metrics: &Metrics
                 tracing::warn!(error = %e, "proxy: sync failed; retrying with a full sync");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(n: usize) -> Desired {
+        Desired {
+            services: Vec::with_capacity(n),
+            at: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn the_mailbox_holds_only_the_newest_view_and_reports_its_close() {
+        let m = Mailbox::default();
+        assert!(m.is_empty());
+        assert!(matches!(m.take(Duration::ZERO), Ok(None)));
+        m.put(view(1));
+        m.put(view(2));
+        assert!(!m.is_empty());
+        let got = m.take(Duration::ZERO).unwrap().unwrap();
+        assert_eq!(got.services.capacity(), 2, "the newer view replaced the older");
+        assert!(m.is_empty());
+        // A waiting sync thread wakes when the controller goes.
+        let m = Arc::new(m);
+        let waiter = {
+            let m = Arc::clone(&m);
+            std::thread::spawn(move || m.take(Duration::from_secs(10)).is_err())
+        };
+        drop(CloseOnDrop(Arc::clone(&m)));
+        assert!(waiter.join().unwrap(), "closed");
     }
 }

@@ -298,6 +298,27 @@ impl Config {
                 d.node_lease_duration,
             )?,
         };
+        if !c.metrics_bind_address.is_empty()
+            && c.metrics_bind_address
+                .parse::<std::net::SocketAddr>()
+                .is_err()
+        {
+            bail!(
+                "metrics-bind-address: {:?} is not an address like 127.0.0.1:10249 (empty turns it off)",
+                c.metrics_bind_address
+            );
+        }
+        for a in &c.nodeport_addresses {
+            if a.parse::<std::net::Ipv4Addr>().is_err() {
+                bail!("nodeport-addresses: {a:?} is not an IPv4 address");
+            }
+        }
+        if c.cluster_cidr.parse::<ipnet::Ipv4Net>().is_err() {
+            bail!(
+                "cluster-cidr: {:?} is not an IPv4 CIDR like 10.244.0.0/16",
+                c.cluster_cidr
+            );
+        }
         if c.node_lease_duration < Duration::from_secs(4) {
             bail!("node-lease-duration: at least 4s (it is renewed every quarter of it)");
         }
@@ -417,6 +438,39 @@ mod tests {
             })
             .map(|k| k.split('`').next().unwrap_or_default().to_string())
             .collect()
+    }
+
+    #[test]
+    fn proxy_and_network_keys_are_checked_before_anything_starts() {
+        for (yaml, want) in [
+            (
+                "metrics-bind-address: localhost",
+                "metrics-bind-address: \"localhost\"",
+            ),
+            (
+                "nodeport-addresses: [10.0.0.1, nope]",
+                "nodeport-addresses: \"nope\"",
+            ),
+            ("cluster-cidr: 10.244.0.0", "cluster-cidr: \"10.244.0.0\""),
+            (
+                "node-lease-duration: 1s",
+                "node-lease-duration: at least 4s",
+            ),
+            (
+                "proxy-sync-period: 0s",
+                "proxy-sync-period: must be more than 0",
+            ),
+        ] {
+            let file: File = serde_yaml::from_str(yaml).unwrap();
+            let e = Config::merge(file, File::default())
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(want), "{yaml}: {e}");
+        }
+        let ok: File =
+            serde_yaml::from_str("metrics-bind-address: \"\"\nnodeport-addresses: [192.0.2.1]")
+                .unwrap();
+        assert!(Config::merge(ok, File::default()).is_ok());
     }
 
     #[test]

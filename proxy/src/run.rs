@@ -442,7 +442,11 @@ mod tests {
         m.put(view(2));
         assert!(!m.is_empty());
         let got = m.take(Duration::ZERO).unwrap().unwrap();
-        assert_eq!(got.services.capacity(), 2, "the newer view replaced the older");
+        assert_eq!(
+            got.services.capacity(),
+            2,
+            "the newer view replaced the older"
+        );
         assert!(m.is_empty());
         // A waiting sync thread wakes when the controller goes.
         let m = Arc::new(m);

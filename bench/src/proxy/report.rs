@@ -303,7 +303,7 @@ fn readings_json(o: &Outcome) -> Value {
             )
         })
         .collect();
-    json!({"readings": readings, "phases": phases, "after_malloc_trim": o.trimmed.as_ref().map(mem_json)})
+    json!({"readings": readings, "phases": phases, "after_malloc_trim": o.trimmed.as_ref().map(mem_json), "watch_relists": o.relists})
 }
 
 /// The memory readings: JSON, table lines and chart groups (first and last reading of each).

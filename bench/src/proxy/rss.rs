@@ -48,6 +48,9 @@ pub struct Outcome {
     /// free heap page back (the child only).
     pub trimmed: Option<Mem>,
     pub phases: Vec<(&'static str, Duration)>,
+    /// How often the agent's watches had to relist (a watcher that falls
+    /// behind the store's event buffer is told to; the agent logs each).
+    pub relists: Option<usize>,
 }
 
 extern "C" {
@@ -86,6 +89,7 @@ pub fn syncer() -> Result<Outcome> {
         readings,
         trimmed,
         phases: vec![("child run", t.elapsed())],
+        relists: None,
     })
 }
 
@@ -194,11 +198,13 @@ pub fn agent(proxy: bool) -> Result<Outcome> {
         read("proxy synced", SERVICES)?;
         phases.push(("sync after fill", synced));
     }
-    eprintln!("proxy: rss: {phases:?}");
+    let relists = agent.log().matches("relisting").count();
+    eprintln!("proxy: rss: {phases:?}; watch relists in the agent: {relists}");
     Ok(Outcome {
         readings,
         trimmed: None,
         phases,
+        relists: Some(relists),
     })
 }
 

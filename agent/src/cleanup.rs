@@ -124,7 +124,9 @@ fn pod_network(ours: bool) -> Result<String> {
         nl.link().del(link.index)?;
         done.push(format!("{BRIDGE} deleted"));
     }
-    if remove_iptables("nat", |c| c.starts_with("KNODE-MASQ-"))? {
+    if hostnet::iptables::remove_chains(hostnet::iptables::Family::V4, "nat", |c| {
+        c.starts_with("KNODE-MASQ-")
+    })? {
         done.push("KNODE-MASQ-* removed".into());
     }
     if ours {
@@ -174,19 +176,6 @@ fn overlay(config: &Config) -> Result<String> {
         done.push(format!("{} removed", config.subnet_file.display()));
     }
     Ok(format!("overlay: {}", summary(done)))
-}
-
-/// Removes the chains of `table` that `ours` names, with the jumps to them.
-fn remove_iptables(table: &str, ours: impl Fn(&str) -> bool) -> Result<bool> {
-    let fam = hostnet::iptables::Family::V4;
-    let saved = hostnet::iptables::save(fam, table)?;
-    match hostnet::iptables::removal_payload(table, &saved, ours) {
-        Some(p) => {
-            hostnet::iptables::restore(fam, &p, true)?;
-            Ok(true)
-        }
-        None => Ok(false),
-    }
 }
 
 fn summary(done: Vec<String>) -> String {

@@ -27,7 +27,7 @@ pub async fn start(
     cp: Arc<dyn ControlPlane>,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>> {
     let cfg = proxy_config(config)?;
-    kernel_settings(&cfg.node);
+    kernel_settings();
     let metrics = Arc::new(Metrics::new(cfg.sync_period));
     let mut tasks = Vec::new();
     if let Some(addr) = metrics_addr(&config.metrics_bind_address)? {
@@ -82,11 +82,12 @@ fn metrics_addr(v: &str) -> Result<Option<SocketAddr>> {
 }
 
 /// What the proxy needs from the kernel, as kube-proxy expects it: routed
-/// forwarding, bridged pod traffic through iptables (so a reply from a
-/// backend on the same bridge is un-NATed), and 127.0.0.0/8 routable when
-/// NodePorts answer on localhost. Failures are logged, not fatal: the
-/// operator may have set these another way.
-fn kernel_settings(node: &NodeConfig) {
+/// forwarding and bridged pod traffic through iptables (so a reply from a
+/// backend on the same bridge is un-NATed). (`route_localnet` for
+/// localhost NodePorts is the sync thread's, in the namespace it
+/// programs.) Failures are logged, not fatal: the operator may have set
+/// these another way.
+fn kernel_settings() {
     let ensure = |key: &str| {
         if let Err(e) = hostnet::sysctl::ensure(key, "1") {
             tracing::warn!(key, error = %e, "proxy: sysctl");
@@ -104,9 +105,6 @@ fn kernel_settings(node: &NodeConfig) {
         }
     }
     ensure("net/bridge/bridge-nf-call-iptables");
-    if node.localhost_nodeports {
-        ensure("net/ipv4/conf/all/route_localnet");
-    }
 }
 
 /// Runs the proxy, restarting it after a failure with a backoff (1 s,

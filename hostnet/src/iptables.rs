@@ -92,6 +92,19 @@ pub fn has_chain(saved: &str, chain: &str) -> bool {
     saved.lines().any(|l| l.starts_with(decl.as_str()))
 }
 
+/// Removes from `table` every chain `ours` names and the jumps to them
+/// (one save, at most one restore). Returns whether anything was there.
+pub fn remove_chains(family: Family, table: &str, ours: impl Fn(&str) -> bool) -> Result<bool> {
+    let saved = save(family, table)?;
+    match removal_payload(table, &saved, ours) {
+        Some(p) => {
+            restore(family, &p, true)?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
 /// The restore input (for `--noflush`) that removes, from one saved
 /// `table`, every chain whose name `ours` accepts and every rule of another
 /// chain that jumps to one: rules first, then flushes, then deletions, so

@@ -132,24 +132,8 @@ pub fn ensure(network: Ipv4Net, subnet: Ipv4Net, ipmasq: bool) -> Result<bool> {
 
 /// Removes our chains and the jumps to them (for `--cleanup`).
 pub fn remove() -> Result<()> {
-    for (table, parent, chain) in [
-        ("nat", "POSTROUTING", NAT_CHAIN),
-        ("filter", "FORWARD", FWD_CHAIN),
-    ] {
-        let saved = iptables::save(Family::V4, table)?;
-        if !iptables::has_chain(&saved, chain) {
-            continue;
-        }
-        let target = format!("-j {chain}");
-        let mut p = format!("*{table}\n");
-        for r in iptables::chain_rules(&saved, parent) {
-            if r.ends_with(&target) {
-                p.push_str(&format!("-D {parent} {r}\n"));
-            }
-        }
-        p.push_str(&format!("-F {chain}\n-X {chain}\nCOMMIT\n"));
-        iptables::restore(Family::V4, &p, true)?;
-    }
+    iptables::remove_chains(Family::V4, "nat", |c| c == NAT_CHAIN)?;
+    iptables::remove_chains(Family::V4, "filter", |c| c == FWD_CHAIN)?;
     Ok(())
 }
 

@@ -14,7 +14,7 @@ use serde_json::Value;
 use crate::agent::Agent;
 use crate::containerd::Containerd;
 use crate::etcd::EtcdCluster;
-use crate::node::{node_flags, tail};
+use crate::node::{is_running, node_flags, tail};
 use crate::{unique, TempDir};
 use netns_tests::cluster::{wait_until, ClusterNet, UNDERLAY_IP};
 use netns_tests::TestNs;
@@ -227,27 +227,17 @@ impl Cluster {
         let mut last = Value::Null;
         while Instant::now() < deadline {
             if let Some(p) = self.get("pod", name)? {
-                let running = p["status"]["phase"] == "Running"
-                    && p["status"]["podIP"].is_string()
-                    && p["status"]["containerStatuses"]
-                        .as_array()
-                        .is_some_and(|cs| cs.iter().all(|c| c["state"]["running"].is_object()));
-                if running {
+                if is_running(&p) {
                     return Ok(p);
                 }
                 last = p;
             }
             std::thread::sleep(Duration::from_millis(200));
         }
-        let logs: Vec<String> = self
-            .nodes
-            .iter()
-            .map(|n| format!("--- {}:\n{}", n.name, tail(&n.agent.log(), 30)))
-            .collect();
         bail!(
             "pod {name} not running after 90s; status: {}\n{}",
             serde_json::to_string_pretty(&last["status"]).unwrap_or_default(),
-            logs.join("\n")
+            self.logs()
         )
     }
 

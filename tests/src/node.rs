@@ -194,13 +194,7 @@ impl Node {
     /// Waits until the pod is Running with every container running and an
     /// IP; returns the pod.
     pub fn wait_running(&self, name: &str) -> Result<Value> {
-        self.wait_pod(name, Duration::from_secs(60), |p| {
-            p["status"]["phase"] == "Running"
-                && p["status"]["podIP"].is_string()
-                && p["status"]["containerStatuses"]
-                    .as_array()
-                    .is_some_and(|cs| cs.iter().all(|c| c["state"]["running"].is_object()))
-        })
+        self.wait_pod(name, Duration::from_secs(60), is_running)
     }
 
     /// Imports an image tar into the agent's containerd namespace.
@@ -244,6 +238,15 @@ impl Drop for Node {
         // dir; containerd's drop kills the containers first.
         crate::containerd::unmount_below(&self.root);
     }
+}
+
+/// A pod (as JSON) is Running with an IP and every container running.
+pub fn is_running(p: &Value) -> bool {
+    p["status"]["phase"] == "Running"
+        && p["status"]["podIP"].is_string()
+        && p["status"]["containerStatuses"]
+            .as_array()
+            .is_some_and(|cs| cs.iter().all(|c| c["state"]["running"].is_object()))
 }
 
 /// The global flags of an agent that runs pods with every path under

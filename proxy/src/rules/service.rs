@@ -37,11 +37,16 @@ struct Writer<'a> {
     svc: String,
     svl: String,
     ext: String,
+    /// Comments on the per-endpoint rules (off in large-cluster mode).
+    endpoint_comments: bool,
     out: ServiceRules,
 }
 
-/// The rules of `sp` on `node` (see the module doc).
-pub fn service_rules(sp: &ServicePort, node: &NodeConfig) -> ServiceRules {
+/// The rules of `sp` on `node` (see the module doc). In `large_cluster`
+/// mode (see [`super::large_cluster`]) the per-endpoint rules, in KUBE-SEP
+/// chains and the KUBE-SVC/SVL jumps to them, carry no comment, as
+/// kube-proxy's large-cluster mode does.
+pub fn service_rules(sp: &ServicePort, node: &NodeConfig, large_cluster: bool) -> ServiceRules {
     let name = sp.name.to_string();
     let hash = port_proto_hash(&name, sp.protocol);
     let mut w = Writer {
@@ -51,6 +56,7 @@ pub fn service_rules(sp: &ServicePort, node: &NodeConfig) -> ServiceRules {
         svc: format!("KUBE-SVC-{hash}"),
         svl: format!("KUBE-SVL-{hash}"),
         ext: format!("KUBE-EXT-{hash}"),
+        endpoint_comments: !large_cluster,
         name,
         out: ServiceRules::default(),
     };
@@ -245,12 +251,13 @@ impl Writer<'_> {
     fn balance(&self, chain: &str, eps: &[&Endpoint]) -> Vec<String> {
         let mut rules = Vec::new();
         let target = |ep: &Endpoint| endpoint_chain(&self.name, self.sp.protocol, &ep.addr());
-        let comment = |ep: &Endpoint| comment_arg(&format!("{} -> {}", self.name, ep.addr()));
+        let comment =
+            |ep: &Endpoint| self.endpoint_comment(&format!("{} -> {}", self.name, ep.addr()));
         if let Some(secs) = self.sp.affinity_seconds {
             for ep in eps {
                 let sep = target(ep);
                 rules.push(format!(
-                    "-A {chain} -m comment --comment {} -m recent --name {sep} --rcheck --seconds {secs} --reap -j {sep}",
+                    "-A {chain}{} -m recent --name {sep} --rcheck --seconds {secs} --reap -j {sep}",
                     comment(ep)
                 ));
             }
@@ -265,19 +272,25 @@ impl Writer<'_> {
             } else {
                 String::new()
             };
-            rules.push(format!(
-                "-A {chain} -m comment --comment {}{stat} -j {}",
-                comment(ep),
-                target(ep)
-            ));
+            rules.push(format!("-A {chain}{}{stat} -j {}", comment(ep), target(ep)));
         }
         rules
+    }
+
+    /// ` -m comment --comment TEXT` for a per-endpoint rule, or nothing in
+    /// large-cluster mode.
+    fn endpoint_comment(&self, text: &str) -> String {
+        if self.endpoint_comments {
+            format!(" -m comment --comment {}", comment_arg(text))
+        } else {
+            String::new()
+        }
     }
 
     /// KUBE-SEP: hairpin masquerade, affinity record, DNAT.
     fn endpoint_chain(&mut self, ep: &Endpoint) {
         let sep = endpoint_chain(&self.name, self.sp.protocol, &ep.addr());
-        let c = comment_arg(&self.name);
+        let c = self.endpoint_comment(&self.name);
         let p = self.proto;
         let recent = if self.sp.affinity_seconds.is_some() {
             format!(" -m recent --name {sep} --set")
@@ -285,12 +298,9 @@ impl Writer<'_> {
             String::new()
         };
         let rules = vec![
+            format!("-A {sep}{c} -s {} -j {KUBE_MARK_MASQ}", ep.ip),
             format!(
-                "-A {sep} -m comment --comment {c} -s {} -j {KUBE_MARK_MASQ}",
-                ep.ip
-            ),
-            format!(
-                "-A {sep} -m comment --comment {c}{recent} -m {p} -p {p} -j DNAT --to-destination {}",
+                "-A {sep}{c}{recent} -m {p} -p {p} -j DNAT --to-destination {}",
                 ep.addr()
             ),
         ];

@@ -370,3 +370,74 @@ fn hostile_names_stay_inside_one_comment_argument() {
         .bytes()
         .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit()));
 }
+
+#[test]
+fn large_cluster_mode_drops_only_the_per_endpoint_comments() {
+    let ep = |i: usize| {
+        let ip =
+            std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(10, 1, 0, 0)) + i as u32);
+        (ip.to_string(), false)
+    };
+    let per_service = 5;
+    let make = |n: usize| -> Vec<ServicePort> {
+        (0..n)
+            .map(|s| {
+                let eps: Vec<(String, bool)> =
+                    (0..per_service).map(|e| ep(s * per_service + e)).collect();
+                let eps: Vec<(&str, bool)> = eps.iter().map(|(ip, l)| (ip.as_str(), *l)).collect();
+                let vip = format!("172.30.{}.{}", s / 250, s % 250 + 1);
+                sp("ns", &format!("svc{s}"), &vip, &eps)
+            })
+            .collect()
+    };
+    // 1,000 endpoints is the last count with comments, as in kube-proxy.
+    assert!(!large_cluster(&make(LARGE_CLUSTER_ENDPOINTS / per_service)));
+    let services = make(LARGE_CLUSTER_ENDPOINTS / per_service + 1);
+    assert!(large_cluster(&services));
+
+    let svc = &services[0];
+    let small = ruleset(std::slice::from_ref(svc), &node());
+    let large = ruleset(&services, &node());
+    let svc_chain = format!(
+        "KUBE-SVC-{}",
+        names::port_proto_hash("ns/svc0:p80", Protocol::Tcp)
+    );
+    let sep_chain = names::endpoint_chain("ns/svc0:p80", Protocol::Tcp, "10.1.0.0:80");
+    // The same rules, less the comments on the endpoint rules.
+    let uncommented = |lines: &[String]| -> Vec<String> {
+        lines
+            .iter()
+            .map(|l| {
+                l.replace(r#" -m comment --comment "ns/svc0:p80 -> 10.1.0.0:80""#, "")
+                    .replace(" -m comment --comment ns/svc0:p80", "")
+            })
+            .collect()
+    };
+    let small_svc = lines(&small, Table::Nat, &svc_chain);
+    let large_svc = lines(&large, Table::Nat, &svc_chain);
+    assert!(
+        small_svc.iter().any(|l| l.contains("-> 10.1.0.0:80")),
+        "{small_svc:?}"
+    );
+    assert!(
+        large_svc[0].contains("cluster IP"),
+        "service-level comment kept: {large_svc:?}"
+    );
+    assert!(
+        large_svc[1..].iter().all(|l| !l.contains("--comment")),
+        "{large_svc:?}"
+    );
+    let small_sep = lines(&small, Table::Nat, &sep_chain);
+    let large_sep = lines(&large, Table::Nat, &sep_chain);
+    assert_eq!(large_sep, uncommented(&small_sep));
+    assert!(
+        large_sep.iter().all(|l| !l.contains("--comment")),
+        "{large_sep:?}"
+    );
+    // Shared chains keep theirs.
+    let dispatch = lines(&large, Table::Nat, names::KUBE_SERVICES);
+    assert!(
+        dispatch[0].contains("ns/svc0:p80 cluster IP"),
+        "{dispatch:?}"
+    );
+}

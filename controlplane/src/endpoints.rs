@@ -114,7 +114,10 @@ pub fn selector_matches(
 /// addresses within a subset by IP then pod. `Some(vec![])` means the
 /// Service selects pods but none is currently an endpoint. Headless Services
 /// (`clusterIP: None`) with a selector get endpoints too (DNS uses them).
-pub fn endpoints_for(service: &Service, pods: &[Pod]) -> Option<Vec<Endpoints>> {
+pub fn endpoints_for<'a>(
+    service: &Service,
+    pods: impl IntoIterator<Item = &'a Pod>,
+) -> Option<Vec<Endpoints>> {
     let spec = service.spec.as_ref()?;
     let selector = spec.selector.as_ref().filter(|s| !s.is_empty())?;
     let namespace = service

@@ -315,15 +315,17 @@ impl View {
                 });
             match svc {
                 Some(s) => {
-                    let ns_pods: Vec<Pod> = in_namespace(pods, Kind::Pod, &ns)
+                    // The store's pods themselves, not copies: a Service is
+                    // recomputed against every pod of its namespace.
+                    let lost = &self.lost;
+                    let ns_pods = in_namespace(pods, Kind::Pod, &ns)
                         .filter_map(|o| match o {
-                            Object::Pod(p) => Some(p.clone()),
+                            Object::Pod(p) => Some(p),
                             _ => None,
                         })
-                        .filter(|p| !self.on_lost_node(p))
-                        .collect();
-                    self.ports
-                        .insert((ns, name), ports_of(s, &ns_pods, &self.node_name));
+                        .filter(|p| !on_lost_node(lost, p));
+                    let ports = ports_of(s, ns_pods, &self.node_name);
+                    self.ports.insert((ns, name), ports);
                 }
                 None => {
                     self.ports.remove(&(ns, name));
@@ -332,16 +334,17 @@ impl View {
         }
     }
 
-    fn on_lost_node(&self, pod: &Pod) -> bool {
-        pod.spec
-            .as_ref()
-            .and_then(|s| s.node_name.as_deref())
-            .is_some_and(|n| self.lost.contains(n))
-    }
-
     fn flatten(&self) -> Vec<ServicePort> {
         self.ports.values().flatten().cloned().collect()
     }
+}
+
+/// Whether `pod` runs on one of the `lost` nodes.
+fn on_lost_node(lost: &BTreeSet<String>, pod: &Pod) -> bool {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .is_some_and(|n| lost.contains(n))
 }
 
 /// The objects of `kind` in `namespace`, from a watcher's store.

@@ -108,7 +108,11 @@ pub fn service_ports(services: &[Service], pods: &[Pod], node_name: &str) -> Vec
 }
 
 /// The proxied ports of one Service (see [`service_ports`]).
-pub fn ports_of(service: &Service, pods: &[Pod], node_name: &str) -> Vec<ServicePort> {
+pub fn ports_of<'a>(
+    service: &Service,
+    pods: impl IntoIterator<Item = &'a Pod>,
+    node_name: &str,
+) -> Vec<ServicePort> {
     let Some(spec) = service.spec.as_ref() else {
         return Vec::new();
     };

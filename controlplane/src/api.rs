@@ -162,6 +162,13 @@ impl WatchEvent {
         }
     }
 
+    /// The object, to change in place.
+    pub fn object_mut(&mut self) -> &mut Object {
+        match self {
+            WatchEvent::Added(o) | WatchEvent::Modified(o) | WatchEvent::Deleted(o) => o,
+        }
+    }
+
     /// The API server's event type name.
     pub fn type_name(&self) -> &'static str {
         match self {

@@ -33,6 +33,8 @@ pub struct Watcher {
     pending: VecDeque<Update>,
     backoff: Duration,
     relists: u64,
+    /// Applied to every object before it is stored or delivered.
+    transform: Option<fn(&mut Object)>,
 }
 
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -48,7 +50,18 @@ impl Watcher {
             pending: VecDeque::new(),
             backoff: Duration::from_millis(100),
             relists: 0,
+            transform: None,
         }
+    }
+
+    /// Passes every object through `f` before it is stored or delivered
+    /// (client-go's informer transform): a consumer that reads a few
+    /// fields of many objects keeps only those. `f` must keep
+    /// `metadata.resourceVersion`, name and namespace, and must be a pure
+    /// function of the object, so that a relist compares like with like.
+    pub fn with_transform(mut self, f: fn(&mut Object)) -> Watcher {
+        self.transform = Some(f);
+        self
     }
 
     /// The objects known now, keyed by reference.
@@ -73,7 +86,10 @@ impl Watcher {
                 continue;
             };
             match watch.next().await {
-                Some(Ok(ev)) => {
+                Some(Ok(mut ev)) => {
+                    if let Some(f) = self.transform {
+                        f(ev.object_mut());
+                    }
                     if let Some(ev) = self.apply(ev) {
                         return Update::Event(ev);
                     }
@@ -125,7 +141,10 @@ impl Watcher {
                 Ok::<_, crate::api::Error>((list, watch))
             };
             match attempt.await {
-                Ok((list, watch)) => {
+                Ok((mut list, watch)) => {
+                    if let Some(f) = self.transform {
+                        list.items.iter_mut().for_each(f);
+                    }
                     self.relists += 1;
                     self.backoff = Duration::from_millis(100);
                     let events = diff(&self.known, &list.items);

@@ -396,6 +396,20 @@ fn a_replaced_udp_endpoint_loses_its_stale_conntrack_entry() -> Result<()> {
         "the flow to b1 is tracked"
     );
 
+    // The replacement pod answers before it becomes the endpoint (asked
+    // directly, from another port): the first answer of a fresh server
+    // can take over a second on a loaded machine, longer than one ask.
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            udp_ask(client, 40001, "10.244.1.4:5353")
+                .ok()
+                .flatten()
+                .as_deref()
+                == Some("b2")
+        }),
+        "b2 answers directly"
+    );
+
     // b1 still runs: only a stale entry could still lead there.
     let o = lab.sync(
         &mut s,

@@ -13,7 +13,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use controlplane::api::{ControlPlane, ObjectRef, Scope, WatchEvent};
-use controlplane::endpoints::selector_matches;
+use controlplane::endpoints::{selector_matches, strip_for_endpoints};
 use controlplane::watcher::{Update, Watcher};
 use controlplane::{Kind, Object};
 use k8s_openapi::api::core::v1::Pod;
@@ -148,7 +148,8 @@ pub async fn run(cp: Arc<dyn ControlPlane>, cfg: ProxyConfig, metrics: Arc<Metri
 
     let mut state = View::new(cfg.node.node_name.clone());
     let mut services = Watcher::new(Arc::clone(&cp), Scope::all(Kind::Service));
-    let mut pods = Watcher::new(Arc::clone(&cp), Scope::all(Kind::Pod));
+    // Only what endpoints are made of is kept of each pod.
+    let mut pods = Watcher::new(Arc::clone(&cp), Scope::all(Kind::Pod)).with_transform(strip_pod);
     let mut nodes = Watcher::new(Arc::clone(&cp), Scope::all(Kind::Node));
     let mut leases = Watcher::new(cp, Scope::namespaced(Kind::Lease, NODE_LEASE_NAMESPACE));
     let (mut services_synced, mut pods_synced) = (false, false);
@@ -336,6 +337,13 @@ impl View {
 
     fn flatten(&self) -> Vec<ServicePort> {
         self.ports.values().flatten().cloned().collect()
+    }
+}
+
+/// The proxy's Pod watch transform (see [`strip_for_endpoints`]).
+fn strip_pod(o: &mut Object) {
+    if let Object::Pod(p) = o {
+        strip_for_endpoints(p);
     }
 }
 

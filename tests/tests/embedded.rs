@@ -208,3 +208,46 @@ async fn next(w: &mut controlplane::watcher::Watcher) -> controlplane::watcher::
         .await
         .expect("an update within 20 s")
 }
+
+fn drop_data(o: &mut Object) {
+    if let Object::ConfigMap(cm) = o {
+        cm.data = None;
+    }
+}
+
+/// A watcher's transform applies to the first list, to watch events and
+/// to what it stores (the proxy keeps only the endpoint fields of pods).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_transform_applies_to_lists_events_and_its_store() {
+    use controlplane::watcher::{Update, Watcher};
+    use controlplane::{ObjectRef, WatchEvent};
+
+    let agent = Agent::start().unwrap();
+    let client: Arc<dyn ControlPlane> = Arc::new(Client::new(&agent.socket()));
+    client.create(configmap("listed"), None).await.unwrap();
+    let mut w = Watcher::new(
+        client.clone(),
+        Scope::namespaced(Kind::ConfigMap, "default"),
+    )
+    .with_transform(drop_data);
+    let has_data = |o: &Object| matches!(o, Object::ConfigMap(cm) if cm.data.is_some());
+    match next(&mut w).await {
+        Update::Event(WatchEvent::Added(o)) => assert!(!has_data(&o), "listed: {o:?}"),
+        other => panic!("expected the listed object, got {other:?}"),
+    }
+    assert_eq!(next(&mut w).await, Update::Synced);
+    client.create(configmap("watched"), None).await.unwrap();
+    match next(&mut w).await {
+        Update::Event(WatchEvent::Added(o)) => {
+            assert_eq!(o.name(), "watched");
+            assert!(!has_data(&o), "watched: {o:?}");
+        }
+        other => panic!("expected the new object, got {other:?}"),
+    }
+    let stored = w
+        .store()
+        .get(&ObjectRef::new(Kind::ConfigMap, "default", "watched"))
+        .expect("stored");
+    assert!(!has_data(stored));
+    assert!(stored.meta().resource_version.is_some());
+}

@@ -50,9 +50,8 @@ pub fn write(opts: &Opts, all: &[Results], nodes: &[connect::Node], mem: &Memory
         for (n, p) in &r.full {
             rows.extend(entry(&format!("full/{b}"), *n, p));
         }
-        let n = r.full.last().map_or(0, |(n, _)| *n);
-        if let Some(p) = &r.partial {
-            rows.extend(entry(&format!("partial/{b}"), n, p));
+        if let Some((n, p)) = &r.partial {
+            rows.extend(entry(&format!("partial/{b}"), *n, p));
         }
     }
 
@@ -85,6 +84,7 @@ pub fn write(opts: &Opts, all: &[Results], nodes: &[connect::Node], mem: &Memory
     doc["targets"] = json!({
         "full_10k": target("full/legacy", FULL_10K_MS),
         "partial_10k": target("partial/legacy", PARTIAL_10K_MS),
+        "partial_10k_nft": target("partial/nft", PARTIAL_10K_MS),
     });
     doc["connect"] = connect_doc;
     doc["memory"] = memory_doc;

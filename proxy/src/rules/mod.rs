@@ -94,9 +94,9 @@ impl Ruleset {
 
 /// Above this many endpoints in all, the per-endpoint rules carry no
 /// comments (kube-proxy's `largeClusterEndpointsThreshold`): at 10k
-/// Services x 5 endpoints this cuts the restore payload by 29% and the
-/// kernel's copy of the nat table by 40%, since every `-m comment` match
-/// costs 256 bytes per rule in the kernel.
+/// Services x 5 endpoints the restore payload shrinks from 25.0 to 17.7 MB
+/// and iptables-legacy-restore's memory from 216 to 129 MB (every
+/// `-m comment` match is 256 bytes per rule in the table it builds).
 pub const LARGE_CLUSTER_ENDPOINTS: usize = 1_000;
 
 /// Whether `services` put the node in large-cluster mode.

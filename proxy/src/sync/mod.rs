@@ -153,10 +153,14 @@ impl Syncer {
             self.need_full = true;
         }
         let full = self.next_is_full();
-        if full {
-            self.services.clear();
+        // A full sync rebuilds the record; the old one only tells which
+        // UDP Service ports are gone (their flows must still be cleaned).
+        let previous = if full {
             self.chains.clear();
-        }
+            std::mem::take(&mut self.services)
+        } else {
+            HashMap::new()
+        };
         let mut payload = Payload::default();
         let mut udp = Vec::new();
         let mut shared_dirty = full;
@@ -164,8 +168,10 @@ impl Syncer {
 
         for sp in desired {
             let key = (sp.name.clone(), sp.protocol);
-            let prev = self.services.get(&key).cloned();
-            if prev.as_ref().is_some_and(|p| p.view == *sp) {
+            let prev = if full { &previous } else { &self.services }
+                .get(&key)
+                .cloned();
+            if !full && prev.as_ref().is_some_and(|p| p.view == *sp) {
                 present.insert(key);
                 continue;
             }
@@ -205,15 +211,20 @@ impl Syncer {
         }
         // Service ports gone from the view: their chains go, and their UDP
         // flows lead nowhere now.
-        if present.len() < self.services.len() {
-            let gone: Vec<Key> = self
-                .services
+        let record = if full { &previous } else { &self.services };
+        if present.len() < record.len() {
+            let gone: Vec<Key> = record
                 .keys()
                 .filter(|k| !present.contains(*k))
                 .cloned()
                 .collect();
             for key in gone {
-                let Some(prev) = self.services.remove(&key) else {
+                let prev = if full {
+                    previous.get(&key).cloned()
+                } else {
+                    self.services.remove(&key)
+                };
+                let Some(prev) = prev else {
                     continue;
                 };
                 shared_dirty = true;

@@ -199,24 +199,33 @@ fn replacing_a_udp_endpoint_deletes_flows_to_the_old_one() {
         id: None,
         zone: None,
     };
-    let ct = Arc::new(FakeConntrack::with(vec![
-        flow("10.244.1.2"),
-        flow("10.244.1.3"),
-    ]));
-    let fake = Arc::new(FakeIptables::new());
-    let mut s = Syncer::new(fake, node()).with_conntrack(ct.clone());
-    let mut desired = vec![port(
-        "dns",
-        "10.96.0.10",
-        Protocol::Udp,
-        &["10.244.1.2", "10.244.1.3"],
-    )];
-    assert_eq!(s.sync(&desired).expect("sync").conntrack_deleted, 0);
-    desired[0].endpoints.remove(0);
-    assert_eq!(s.sync(&desired).expect("sync").conntrack_deleted, 1);
-    assert_eq!(ct.deleted(), vec![flow("10.244.1.2")]);
-    // The Service deleted: the rest of its flows go too.
-    assert_eq!(s.sync(&[]).expect("sync").conntrack_deleted, 1);
+    // Partial syncs, then every sync full (a periodic full sync must not
+    // forget the flows of what it removes).
+    for full_period in [DEFAULT_FULL_SYNC_PERIOD, Duration::ZERO] {
+        let ct = Arc::new(FakeConntrack::with(vec![
+            flow("10.244.1.2"),
+            flow("10.244.1.3"),
+        ]));
+        let fake = Arc::new(FakeIptables::new());
+        let mut s = Syncer::new(fake, node())
+            .with_conntrack(ct.clone())
+            .with_full_sync_period(full_period);
+        let mut desired = vec![port(
+            "dns",
+            "10.96.0.10",
+            Protocol::Udp,
+            &["10.244.1.2", "10.244.1.3"],
+        )];
+        assert_eq!(s.sync(&desired).expect("sync").conntrack_deleted, 0);
+        desired[0].endpoints.remove(0);
+        let o = s.sync(&desired).expect("sync");
+        assert_eq!(o.full, full_period.is_zero());
+        assert_eq!(o.conntrack_deleted, 1);
+        assert_eq!(ct.deleted(), vec![flow("10.244.1.2")]);
+        // The Service deleted: the rest of its flows go too.
+        let o = s.sync(&[]).expect("sync");
+        assert_eq!(o.conntrack_deleted, 1, "full period {full_period:?}");
+    }
 }
 
 #[test]

@@ -14,7 +14,7 @@ pub mod view;
 
 pub use iptables::{Backend, ExecIptables, Iptables};
 pub use metrics::{Health, Metrics};
-pub use rules::{large_cluster, ruleset, NodeConfig, Ruleset, Table, LARGE_CLUSTER_ENDPOINTS};
+pub use rules::{ruleset, NodeConfig, Ruleset, Table};
 pub use run::{run, ProxyConfig};
 pub use sync::{cleanup, SyncOutcome, Syncer};
 pub use view::{service_ports, Endpoint, ServicePort};

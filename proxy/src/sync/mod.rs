@@ -211,35 +211,38 @@ impl Syncer {
         }
         // Service ports gone from the view: their chains go, and their UDP
         // flows lead nowhere now.
-        let record = if full { &previous } else { &self.services };
-        if present.len() < record.len() {
-            let gone: Vec<Key> = record
+        let gone: Vec<Arc<Applied>> = if full {
+            previous
+                .into_iter()
+                .filter(|(k, _)| !present.contains(k))
+                .map(|(_, a)| a)
+                .collect()
+        } else if present.len() < self.services.len() {
+            let keys: Vec<Key> = self
+                .services
                 .keys()
                 .filter(|k| !present.contains(*k))
                 .cloned()
                 .collect();
-            for key in gone {
-                let prev = if full {
-                    previous.get(&key).cloned()
-                } else {
-                    self.services.remove(&key)
-                };
-                let Some(prev) = prev else {
-                    continue;
-                };
-                shared_dirty = true;
-                for c in &prev.own {
-                    if self.chains.remove(c).is_some() {
-                        payload.delete(c.0, c.1.clone());
-                    }
+            keys.iter()
+                .filter_map(|k| self.services.remove(k))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        for prev in gone {
+            shared_dirty = true;
+            for c in &prev.own {
+                if self.chains.remove(c).is_some() {
+                    payload.delete(c.0, c.1.clone());
                 }
-                if key.1 == Protocol::Udp {
-                    let gone = ServicePort {
-                        endpoints: Vec::new(),
-                        ..prev.view.clone()
-                    };
-                    udp.extend(udp_targets(&gone, &prev.view));
-                }
+            }
+            if prev.view.protocol == Protocol::Udp {
+                let gone = ServicePort {
+                    endpoints: Vec::new(),
+                    ..prev.view.clone()
+                };
+                udp.extend(udp_targets(&gone, &prev.view));
             }
         }
 

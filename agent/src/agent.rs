@@ -70,9 +70,13 @@ pub struct AgentArgs {
     /// At most one proxy sync per this period (default 1s; 0 for tests).
     #[arg(long, value_name = "DURATION")]
     pub proxy_min_sync_period: Option<String>,
-    /// A full proxy sync at least this often (default 30s).
+    /// /healthz fails when a proxy change waited twice this (default 30s).
     #[arg(long, value_name = "DURATION")]
     pub proxy_sync_period: Option<String>,
+    /// A full proxy sync (every chain rewritten, stale ones removed) at
+    /// least this often (default 1h).
+    #[arg(long, value_name = "DURATION")]
+    pub proxy_full_sync_period: Option<String>,
     /// Where the proxy serves /metrics and /healthz (default
     /// 127.0.0.1:10249; empty turns it off).
     #[arg(long, value_name = "IP:PORT")]

@@ -54,8 +54,10 @@ pub struct Config {
     pub disable: Vec<String>,
     /// At most one proxy sync per this period (0 for tests).
     pub proxy_min_sync_period: Duration,
-    /// A full proxy sync at least this often.
+    /// /healthz fails when a proxy change waited twice this.
     pub proxy_sync_period: Duration,
+    /// A full proxy sync at least this often.
+    pub proxy_full_sync_period: Duration,
     /// Where the proxy serves `/metrics` and `/healthz`; empty: nowhere.
     pub metrics_bind_address: String,
     /// Addresses NodePorts answer on; empty: every local address.
@@ -106,6 +108,8 @@ impl Default for Config {
             disable: Vec::new(),
             proxy_min_sync_period: Duration::from_secs(1),
             proxy_sync_period: Duration::from_secs(30),
+            // kube-proxy's FullSyncPeriod.
+            proxy_full_sync_period: Duration::from_secs(3600),
             metrics_bind_address: "127.0.0.1:10249".into(),
             nodeport_addresses: Vec::new(),
             masquerade_all: false,
@@ -153,6 +157,7 @@ pub struct File {
     pub disable: Option<Vec<String>>,
     pub proxy_min_sync_period: Option<String>,
     pub proxy_sync_period: Option<String>,
+    pub proxy_full_sync_period: Option<String>,
     pub metrics_bind_address: Option<String>,
     pub nodeport_addresses: Option<Vec<String>>,
     pub masquerade_all: Option<bool>,
@@ -276,6 +281,11 @@ impl Config {
                 flags.proxy_sync_period.or(file.proxy_sync_period),
                 d.proxy_sync_period,
             )?,
+            proxy_full_sync_period: duration(
+                "proxy-full-sync-period",
+                flags.proxy_full_sync_period.or(file.proxy_full_sync_period),
+                d.proxy_full_sync_period,
+            )?,
             metrics_bind_address: flags
                 .metrics_bind_address
                 .or(file.metrics_bind_address)
@@ -323,7 +333,7 @@ impl Config {
             bail!("node-lease-duration: at least 4s (it is renewed every quarter of it)");
         }
         if c.proxy_sync_period.is_zero() {
-            bail!("proxy-sync-period: must be more than 0 (a full sync at least this often)");
+            bail!("proxy-sync-period: must be more than 0 (health allows a change to wait twice this)");
         }
         if c.node_name.is_empty() {
             bail!("node-name: required (the hostname is empty)");

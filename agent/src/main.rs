@@ -237,6 +237,7 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
         disable: agent.and_then(|a| (!a.disable.is_empty()).then(|| a.disable.clone())),
         proxy_min_sync_period: flag(|a| a.proxy_min_sync_period.clone()),
         proxy_sync_period: flag(|a| a.proxy_sync_period.clone()),
+        proxy_full_sync_period: flag(|a| a.proxy_full_sync_period.clone()),
         metrics_bind_address: flag(|a| a.metrics_bind_address.clone()),
         nodeport_addresses: agent
             .and_then(|a| (!a.nodeport_addresses.is_empty()).then(|| a.nodeport_addresses.clone())),

@@ -66,6 +66,7 @@ pub fn proxy_config(config: &Config) -> Result<ProxyConfig> {
     });
     cfg.min_sync_period = config.proxy_min_sync_period;
     cfg.sync_period = config.proxy_sync_period;
+    cfg.full_sync_period = config.proxy_full_sync_period;
     Ok(cfg)
 }
 

@@ -7,6 +7,7 @@
 pub mod conntrack;
 pub mod iptables;
 pub mod metrics;
+mod nfnetlink;
 pub mod rules;
 mod run;
 pub mod sync;
@@ -25,14 +26,14 @@ pub enum Error {
     /// An iptables tool failed or could not be run.
     #[error("{what}: {detail}")]
     Iptables { what: String, detail: String },
-    /// A conntrack netlink request failed.
-    #[error("conntrack: {what}: {source}")]
-    Conntrack {
+    /// A netfilter netlink request (conntrack, nf_tables) failed.
+    #[error("{what}: {source}")]
+    Netlink {
         what: String,
         source: std::io::Error,
     },
-    /// A conntrack netlink reply could not be decoded.
-    #[error("conntrack: decode {what}: {detail}")]
+    /// A netlink reply could not be decoded.
+    #[error("{what}: decode the reply: {detail}")]
     Decode { what: String, detail: String },
     /// A host setting (sysctl, namespace) could not be applied.
     #[error("{0}")]

@@ -33,8 +33,10 @@ pub struct ProxyConfig {
     pub node: NodeConfig,
     /// At most one sync per this period (kube-proxy `--iptables-min-sync-period`, 1 s; 0 for tests).
     pub min_sync_period: Duration,
-    /// A full sync at least this often; health allows twice this (kube-proxy `--iptables-sync-period`, 30 s).
+    /// Health allows a change to wait twice this (kube-proxy `--iptables-sync-period`, 30 s).
     pub sync_period: Duration,
+    /// A full sync at least this often (kube-proxy's FullSyncPeriod, 1 h).
+    pub full_sync_period: Duration,
     /// How often the canary chains are checked.
     pub canary_period: Duration,
     /// The iptables backend; `None` detects it ([`Backend::detect`]).
@@ -49,7 +51,8 @@ impl ProxyConfig {
         ProxyConfig {
             node,
             min_sync_period: Duration::from_secs(1),
-            sync_period: DEFAULT_FULL_SYNC_PERIOD,
+            sync_period: Duration::from_secs(30),
+            full_sync_period: DEFAULT_FULL_SYNC_PERIOD,
             canary_period: Duration::from_secs(5),
             backend: None,
             netns: None,
@@ -379,7 +382,7 @@ fn sync_thread(rx: &Mailbox, cfg: &ProxyConfig, metrics: &Metrics) -> Result<()>
     let backend = cfg.backend.unwrap_or_else(Backend::detect);
     tracing::info!(?backend, "proxy: iptables backend");
     let mut syncer = Syncer::new(Arc::new(ExecIptables::new(backend)), cfg.node.clone())
-        .with_full_sync_period(cfg.sync_period);
+        .with_full_sync_period(cfg.full_sync_period);
     match NetlinkConntrack::open() {
         Ok(ct) => syncer = syncer.with_conntrack(Arc::new(ct)),
         Err(e) => tracing::warn!(error = %e, "proxy: no UDP conntrack cleanup"),

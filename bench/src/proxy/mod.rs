@@ -66,6 +66,9 @@ impl Iptables for Capture {
     fn list_chain(&self, table: Table, chain: &str) -> proxy::Result<Option<String>> {
         self.inner.list_chain(table, chain)
     }
+    fn survey(&self, table: Table, listed: &[&str]) -> proxy::Result<proxy::iptables::Survey> {
+        self.inner.survey(table, listed)
+    }
 }
 
 impl Capture {

@@ -4,23 +4,14 @@
 //! the socket belongs to the namespace of the thread that opened it.
 
 use std::net::Ipv4Addr;
-use std::sync::Mutex;
-
-use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
 
 use super::{Conntrack, Flow};
+use crate::nfnetlink::{attrs, put, NfSocket, Request, NLA_F_NESTED, NLM_F_ACK, NLM_F_DUMP};
 use crate::{Error, Result};
 
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
 const IPCTNL_MSG_CT_GET: u16 = 1;
 const IPCTNL_MSG_CT_DELETE: u16 = 2;
-const NLM_F_REQUEST: u16 = 1;
-const NLM_F_ACK: u16 = 4;
-const NLM_F_DUMP: u16 = 0x300;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLA_F_NESTED: u16 = 1 << 15;
-const NLA_TYPE_MASK: u16 = 0x3fff;
 const AF_INET: u8 = 2;
 
 const CTA_TUPLE_ORIG: u16 = 1;
@@ -37,80 +28,24 @@ const CTA_PROTO_DST_PORT: u16 = 3;
 
 /// The conntrack table of the namespace the handle was opened in.
 pub struct NetlinkConntrack {
-    sock: Mutex<(Socket, u32)>,
+    sock: NfSocket,
 }
 
 impl NetlinkConntrack {
     /// Opens a ctnetlink socket in the calling thread's network namespace.
     pub fn open() -> Result<NetlinkConntrack> {
-        let err = |what: &str| {
-            let what = what.to_string();
-            move |source| Error::Conntrack { what, source }
-        };
-        let mut sock = Socket::new(NETLINK_NETFILTER).map_err(err("open socket"))?;
-        sock.bind_auto().map_err(err("bind socket"))?;
-        sock.connect(&SocketAddr::new(0, 0))
-            .map_err(err("connect socket"))?;
         Ok(NetlinkConntrack {
-            sock: Mutex::new((sock, 0)),
+            sock: NfSocket::open()?,
         })
     }
 
-    /// Sends `msg_type` with `attrs` and hands every reply message (type,
-    /// payload after nfgenmsg) to `each`, until the ACK or end of dump.
-    fn exchange(
-        &self,
-        what: &str,
-        msg_type: u16,
-        flags: u16,
-        attrs: &[u8],
-        mut each: impl FnMut(&[u8]) -> Result<()>,
-    ) -> Result<()> {
-        let mut guard = self.sock.lock().unwrap_or_else(|p| p.into_inner());
-        let (sock, seq) = &mut *guard;
-        *seq = seq.wrapping_add(1);
-        let mut msg = Vec::with_capacity(20 + attrs.len());
-        let len = (16 + 4 + attrs.len()) as u32;
-        msg.extend_from_slice(&len.to_ne_bytes());
-        msg.extend_from_slice(&((NFNL_SUBSYS_CTNETLINK << 8) | msg_type).to_ne_bytes());
-        msg.extend_from_slice(&(NLM_F_REQUEST | flags).to_ne_bytes());
-        msg.extend_from_slice(&seq.to_ne_bytes());
-        msg.extend_from_slice(&0u32.to_ne_bytes());
-        msg.extend_from_slice(&[AF_INET, 0, 0, 0]);
-        msg.extend_from_slice(attrs);
-        let io = |source| Error::Conntrack {
-            what: what.to_string(),
-            source,
-        };
-        sock.send(&msg, 0).map_err(io)?;
-        loop {
-            let (buf, _) = sock.recv_from_full().map_err(io)?;
-            let mut off = 0;
-            while off + 16 <= buf.len() {
-                let len = u32_at(&buf, off) as usize;
-                let ty = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
-                if len < 16 || off + len > buf.len() {
-                    return Err(decode(what, "truncated message"));
-                }
-                let body = &buf[off + 16..off + len];
-                match ty {
-                    NLMSG_DONE => return Ok(()),
-                    NLMSG_ERROR => {
-                        let code = body
-                            .get(..4)
-                            .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-                            .ok_or_else(|| decode(what, "short error message"))?;
-                        return if code == 0 {
-                            Ok(())
-                        } else {
-                            Err(io(std::io::Error::from_raw_os_error(-code)))
-                        };
-                    }
-                    _ if body.len() >= 4 => each(&body[4..])?,
-                    _ => {}
-                }
-                off += align(len);
-            }
+    fn request(what: &str, msg_type: u16, flags: u16) -> Request<'_> {
+        Request {
+            what,
+            subsys: NFNL_SUBSYS_CTNETLINK,
+            msg_type,
+            family: AF_INET,
+            flags,
         }
     }
 }
@@ -118,7 +53,8 @@ impl NetlinkConntrack {
 impl Conntrack for NetlinkConntrack {
     fn flows(&self, proto: u8) -> Result<Vec<Flow>> {
         let mut out = Vec::new();
-        self.exchange("dump flows", IPCTNL_MSG_CT_GET, NLM_F_DUMP, &[], |attrs| {
+        let req = Self::request("dump conntrack flows", IPCTNL_MSG_CT_GET, NLM_F_DUMP);
+        self.sock.exchange(req, &[], |attrs| {
             if let Some(f) = parse_flow(attrs) {
                 if f.proto == proto {
                     out.push(f);
@@ -131,7 +67,7 @@ impl Conntrack for NetlinkConntrack {
 
     fn delete(&self, flow: &Flow) -> Result<bool> {
         let what = format!(
-            "delete flow {}:{} -> {}:{}",
+            "delete conntrack flow {}:{} -> {}:{}",
             flow.orig_src, flow.orig_sport, flow.orig_dst, flow.orig_dport
         );
         let mut attrs = Vec::new();
@@ -152,54 +88,15 @@ impl Conntrack for NetlinkConntrack {
         if let Some(zone) = flow.zone {
             put(&mut attrs, CTA_ZONE, &zone.to_be_bytes());
         }
-        match self.exchange(&what, IPCTNL_MSG_CT_DELETE, NLM_F_ACK, &attrs, |_| Ok(())) {
+        let req = Self::request(&what, IPCTNL_MSG_CT_DELETE, NLM_F_ACK);
+        match self.sock.exchange(req, &attrs, |_| Ok(())) {
             Ok(()) => Ok(true),
-            Err(Error::Conntrack { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => {
+            Err(Error::Netlink { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => {
                 Ok(false)
             }
             Err(e) => Err(e),
         }
     }
-}
-
-fn decode(what: &str, detail: &str) -> Error {
-    Error::Decode {
-        what: what.to_string(),
-        detail: detail.to_string(),
-    }
-}
-
-fn align(n: usize) -> usize {
-    (n + 3) & !3
-}
-
-fn u32_at(b: &[u8], off: usize) -> u32 {
-    u32::from_ne_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
-}
-
-/// Appends one attribute (header, payload, padding).
-fn put(buf: &mut Vec<u8>, ty: u16, payload: &[u8]) {
-    buf.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
-    buf.extend_from_slice(&ty.to_ne_bytes());
-    buf.extend_from_slice(payload);
-    buf.resize(align(buf.len()), 0);
-}
-
-/// The attributes in `buf` as (type without flags, payload).
-fn attrs(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    std::iter::from_fn(move || {
-        if buf.len() < 4 {
-            return None;
-        }
-        let len = u16::from_ne_bytes([buf[0], buf[1]]) as usize;
-        let ty = u16::from_ne_bytes([buf[2], buf[3]]) & NLA_TYPE_MASK;
-        if len < 4 || len > buf.len() {
-            return None;
-        }
-        let payload = &buf[4..len];
-        buf = &buf[align(len).min(buf.len())..];
-        Some((ty, payload))
-    })
 }
 
 fn be16(b: &[u8]) -> Option<u16> {

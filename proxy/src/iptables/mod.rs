@@ -4,7 +4,9 @@
 //! Payloads come from the caller; nothing here builds rules.
 
 mod fake;
+pub mod nft;
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
@@ -21,6 +23,46 @@ pub trait Iptables: Send + Sync {
     fn save(&self, table: Table) -> Result<String>;
     /// `iptables -t TABLE -S CHAIN`, or `None` when the chain does not exist.
     fn list_chain(&self, table: Table, chain: &str) -> Result<Option<String>>;
+
+    /// What a full sync reads of `table`: every chain's name and the rules
+    /// of the chains named in `listed` that exist. One `iptables-save`
+    /// unless an implementation knows a cheaper way.
+    fn survey(&self, table: Table, listed: &[&str]) -> Result<Survey> {
+        Ok(Survey::from_save(&self.save(table)?, listed))
+    }
+}
+
+/// Chain names of one table and the rules of some of its chains.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Survey {
+    pub chains: Vec<String>,
+    /// Chain -> its `-A CHAIN ...` lines, for the chains asked for.
+    pub rules: HashMap<String, Vec<String>>,
+}
+
+impl Survey {
+    /// From what `iptables-save -t TABLE` printed.
+    pub fn from_save(saved: &str, listed: &[&str]) -> Survey {
+        let chains: Vec<String> = saved
+            .lines()
+            .filter_map(|l| l.strip_prefix(':')?.split(' ').next())
+            .map(str::to_string)
+            .collect();
+        let mut rules: HashMap<String, Vec<String>> = listed
+            .iter()
+            .filter(|c| chains.iter().any(|n| n == *c))
+            .map(|c| (c.to_string(), Vec::new()))
+            .collect();
+        for line in saved.lines() {
+            let Some(chain) = line.strip_prefix("-A ").and_then(|r| r.split(' ').next()) else {
+                continue;
+            };
+            if let Some(r) = rules.get_mut(chain) {
+                r.push(line.to_string());
+            }
+        }
+        Survey { chains, rules }
+    }
 }
 
 /// Which kernel API the iptables tools drive.
@@ -146,6 +188,26 @@ impl Iptables for ExecIptables {
         // Exit status 1 with "No chain/target/match by that name": absent.
         Ok(out.ok.then_some(out.stdout))
     }
+
+    /// On nft, the chain names come from one netlink dump and each listed
+    /// chain from `iptables -S CHAIN` (which reads only that chain):
+    /// `iptables-nft-save` decodes every rule of the table, 33 s at 10k
+    /// Services. On legacy any read copies the whole table out of the
+    /// kernel, so one `iptables-save` (0.5 s at 10k) is the cheapest.
+    fn survey(&self, table: Table, listed: &[&str]) -> Result<Survey> {
+        if self.backend == Backend::Legacy {
+            return Ok(Survey::from_save(&self.save(table)?, listed));
+        }
+        let chains = nft::chains()?.remove(table.name()).unwrap_or_default();
+        let mut rules = HashMap::new();
+        for c in listed.iter().filter(|c| chains.iter().any(|n| n == *c)) {
+            if let Some(text) = self.list_chain(table, c)? {
+                let lines = text.lines().filter(|l| l.starts_with("-A "));
+                rules.insert(c.to_string(), lines.map(str::to_string).collect());
+            }
+        }
+        Ok(Survey { chains, rules })
+    }
 }
 
 /// What a finished tool printed.
@@ -201,6 +263,18 @@ fn run(mut c: Command, stdin: Option<&str>) -> Result<Output> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_survey_from_save_names_every_chain_and_lists_those_asked_for() {
+        let saved = "*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n\
+                     :KUBE-SVC-A - [0:0]\n-A PREROUTING -j KUBE-SERVICES\n\
+                     -A KUBE-SVC-A -j KUBE-SEP-B\nCOMMIT\n";
+        let s = Survey::from_save(saved, &["PREROUTING", "OUTPUT", "POSTROUTING"]);
+        assert_eq!(s.chains, ["PREROUTING", "OUTPUT", "KUBE-SVC-A"]);
+        assert_eq!(s.rules["PREROUTING"], ["-A PREROUTING -j KUBE-SERVICES"]);
+        assert!(s.rules["OUTPUT"].is_empty(), "present and empty");
+        assert!(!s.rules.contains_key("POSTROUTING"), "absent");
+    }
 
     #[test]
     fn backend_follows_hints_then_rule_counts_then_the_default() {

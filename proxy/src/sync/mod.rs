@@ -14,8 +14,6 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hostnet::iptables::{chain_rules, has_chain};
-
 pub use payload::Payload;
 
 use crate::conntrack::{self, Conntrack, Dest, UdpTarget};
@@ -27,8 +25,11 @@ use crate::rules::{
 use crate::view::ServicePort;
 use crate::Result;
 
-/// kube-proxy's default `--iptables-sync-period`: a full sync at least this often.
-pub const DEFAULT_FULL_SYNC_PERIOD: Duration = Duration::from_secs(30);
+/// A full sync at least this often: kube-proxy's FullSyncPeriod (1 h).
+/// Partial syncs apply every change; a full one only repairs drift the
+/// canary does not see (a rule deleted from a chain by hand) and costs the
+/// whole table: 2 s at 10k Services on legacy, 48 s on iptables-nft 1.8.9.
+pub const DEFAULT_FULL_SYNC_PERIOD: Duration = Duration::from_secs(3600);
 
 /// What a successful sync did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -311,21 +312,26 @@ impl Syncer {
         let desired = &self.chains;
         let jumps = builtin_jumps(&self.node);
         for table in Table::ALL {
-            let saved = self.ipt.save(table)?;
-            for line in saved.lines() {
-                let Some(name) = line.strip_prefix(':').and_then(|d| d.split(' ').next()) else {
-                    continue;
-                };
+            let mut builtins: Vec<&str> = jumps
+                .iter()
+                .filter(|j| j.table == table)
+                .map(|j| j.builtin)
+                .collect();
+            builtins.sort_unstable();
+            builtins.dedup();
+            let found = self.ipt.survey(table, &builtins)?;
+            for name in &found.chains {
                 let ours = SERVICE_CHAIN_PREFIXES.iter().any(|p| name.starts_with(p));
-                if ours && !desired.contains_key(&(table, name.to_string())) {
-                    payload.delete(table, name.to_string());
+                if ours && !desired.contains_key(&(table, name.clone())) {
+                    payload.delete(table, name.clone());
                 }
             }
             for j in jumps.iter().filter(|j| j.table == table) {
-                let present = has_chain(&saved, j.builtin)
-                    && chain_rules(&saved, j.builtin)
-                        .iter()
-                        .any(|r| r.ends_with(&format!("-j {}", j.target)));
+                let suffix = format!("-j {}", j.target);
+                let present = found
+                    .rules
+                    .get(j.builtin)
+                    .is_some_and(|rules| rules.iter().any(|r| r.ends_with(&suffix)));
                 if !present {
                     payload.insert(j.clone());
                 }

@@ -171,8 +171,8 @@ pub fn ensure(rules: &[MasqRules], state_dir: &Path) -> Result<()> {
         if fresh(&stamp, &r.stamp_text()) {
             continue; // another ADD installed it while we waited
         }
-        let saved =
-            iptables::save(r.family, "nat").cni(Code::Iptables, || "read nat table".into())?;
+        let saved = iptables::read_chains(r.family, "nat", &["POSTROUTING", &r.chain()])
+            .cni(Code::Iptables, || "read nat table".into())?;
         if r.missing(&saved).is_some() {
             iptables::restore(r.family, &r.payload(&saved), true).cni(Code::Iptables, || {
                 format!("install ipMasq rules for network {}", r.network)
@@ -186,8 +186,8 @@ pub fn ensure(rules: &[MasqRules], state_dir: &Path) -> Result<()> {
 /// Checks each rule set against iptables itself (CHECK; never the stamp).
 pub fn verify(rules: &[MasqRules]) -> Result<()> {
     for r in rules {
-        let saved =
-            iptables::save(r.family, "nat").cni(Code::Iptables, || "read nat table".into())?;
+        let saved = iptables::read_chains(r.family, "nat", &["POSTROUTING", &r.chain()])
+            .cni(Code::Iptables, || "read nat table".into())?;
         if let Some(why) = r.missing(&saved) {
             return Err(CniError::new(
                 Code::CheckFailed,

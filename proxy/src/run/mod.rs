@@ -7,24 +7,24 @@
 //! node's endpoints leave every Service within the lease duration (40 s),
 //! as the node lifecycle controller's NotReady marking does in Kubernetes.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+mod state;
+
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use controlplane::api::{ControlPlane, ObjectRef, Scope, WatchEvent};
-use controlplane::endpoints::{selector_matches, strip_for_endpoints};
+use controlplane::api::{ControlPlane, Scope};
 use controlplane::watcher::{Update, Watcher};
-use controlplane::{Kind, Object};
-use k8s_openapi::api::core::v1::Pod;
+use controlplane::Kind;
 
 use crate::conntrack::netlink::NetlinkConntrack;
 use crate::iptables::{Backend, ExecIptables};
 use crate::metrics::Metrics;
 use crate::rules::NodeConfig;
 use crate::sync::{Syncer, DEFAULT_FULL_SYNC_PERIOD};
-use crate::view::{ports_of, ServicePort};
+use crate::view::ServicePort;
 use crate::{Error, Result};
+use state::{strip_pod, View};
 
 /// How the proxy runs.
 #[derive(Debug, Clone)]
@@ -203,171 +203,6 @@ pub async fn run(cp: Arc<dyn ControlPlane>, cfg: ProxyConfig, metrics: Arc<Metri
             r = &mut done_rx => return r.unwrap_or(Ok(())),
         }
     }
-}
-
-/// The service view kept by the controller.
-struct View {
-    node_name: String,
-    /// Per Service (namespace, name): its ports.
-    ports: BTreeMap<(String, String), Vec<ServicePort>>,
-    /// Services to recompute at the next flush.
-    dirty: BTreeSet<(String, String)>,
-    /// Each pod's labels as last seen, to find the Services it left.
-    pod_labels: HashMap<ObjectRef, BTreeMap<String, String>>,
-    /// Nodes that are registered but hold no heartbeat Lease (it expired:
-    /// the agent stopped renewing it). Their pods are not endpoints.
-    lost: BTreeSet<String>,
-}
-
-impl View {
-    fn new(node_name: String) -> View {
-        View {
-            node_name,
-            ports: BTreeMap::new(),
-            dirty: BTreeSet::new(),
-            pod_labels: HashMap::new(),
-            lost: BTreeSet::new(),
-        }
-    }
-
-    /// Recomputes the lost nodes; when the set changed, every Service is
-    /// recomputed (nodes come and go rarely). Returns whether it changed.
-    fn nodes_changed(
-        &mut self,
-        nodes: &BTreeMap<ObjectRef, Object>,
-        leases: &BTreeMap<ObjectRef, Object>,
-        services: &BTreeMap<ObjectRef, Object>,
-    ) -> bool {
-        let alive: BTreeSet<&str> = leases.keys().map(|k| k.name.as_str()).collect();
-        let lost: BTreeSet<String> = nodes
-            .keys()
-            .map(|k| k.name.as_str())
-            .filter(|n| !alive.contains(n))
-            .map(str::to_string)
-            .collect();
-        if lost == self.lost {
-            return false;
-        }
-        for (n, change) in lost.symmetric_difference(&self.lost).map(|n| {
-            (
-                n,
-                if lost.contains(n) {
-                    "lost (no heartbeat lease)"
-                } else {
-                    "back"
-                },
-            )
-        }) {
-            tracing::info!(node = %n, "proxy: node {change}");
-        }
-        self.lost = lost;
-        self.dirty.extend(
-            services
-                .keys()
-                .map(|k| (k.namespace.clone(), k.name.clone())),
-        );
-        true
-    }
-
-    fn service_event(&mut self, ev: &WatchEvent) {
-        let o = ev.object();
-        self.dirty
-            .insert((o.namespace().to_string(), o.name().to_string()));
-    }
-
-    /// Marks the Services of the pod's namespace whose selector matches
-    /// its labels now or before.
-    fn pod_event(&mut self, ev: &WatchEvent, services: &BTreeMap<ObjectRef, Object>) {
-        let Object::Pod(pod) = ev.object() else {
-            return;
-        };
-        let key = ObjectRef::of(ev.object());
-        let now = match ev {
-            WatchEvent::Deleted(_) => None,
-            _ => Some(pod.metadata.labels.clone().unwrap_or_default()),
-        };
-        let before = match &now {
-            Some(l) => self.pod_labels.insert(key.clone(), l.clone()),
-            None => self.pod_labels.remove(&key),
-        };
-        for svc in in_namespace(services, Kind::Service, &key.namespace) {
-            let Object::Service(s) = svc else { continue };
-            let Some(sel) = s.spec.as_ref().and_then(|s| s.selector.as_ref()) else {
-                continue;
-            };
-            if [&now, &before]
-                .into_iter()
-                .any(|l| l.as_ref().is_some_and(|l| selector_matches(sel, Some(l))))
-            {
-                self.dirty
-                    .insert((key.namespace.clone(), svc.name().to_string()));
-            }
-        }
-    }
-
-    fn recompute(
-        &mut self,
-        services: &BTreeMap<ObjectRef, Object>,
-        pods: &BTreeMap<ObjectRef, Object>,
-    ) {
-        for (ns, name) in std::mem::take(&mut self.dirty) {
-            let svc = services
-                .get(&ObjectRef::new(Kind::Service, &ns, &name))
-                .and_then(|o| match o {
-                    Object::Service(s) => Some(s),
-                    _ => None,
-                });
-            match svc {
-                Some(s) => {
-                    // The store's pods themselves, not copies: a Service is
-                    // recomputed against every pod of its namespace.
-                    let lost = &self.lost;
-                    let ns_pods = in_namespace(pods, Kind::Pod, &ns)
-                        .filter_map(|o| match o {
-                            Object::Pod(p) => Some(p),
-                            _ => None,
-                        })
-                        .filter(|p| !on_lost_node(lost, p));
-                    let ports = ports_of(s, ns_pods, &self.node_name);
-                    self.ports.insert((ns, name), ports);
-                }
-                None => {
-                    self.ports.remove(&(ns, name));
-                }
-            }
-        }
-    }
-
-    fn flatten(&self) -> Vec<ServicePort> {
-        self.ports.values().flatten().cloned().collect()
-    }
-}
-
-/// The proxy's Pod watch transform (see [`strip_for_endpoints`]).
-fn strip_pod(o: &mut Object) {
-    if let Object::Pod(p) = o {
-        strip_for_endpoints(p);
-    }
-}
-
-/// Whether `pod` runs on one of the `lost` nodes.
-fn on_lost_node(lost: &BTreeSet<String>, pod: &Pod) -> bool {
-    pod.spec
-        .as_ref()
-        .and_then(|s| s.node_name.as_deref())
-        .is_some_and(|n| lost.contains(n))
-}
-
-/// The objects of `kind` in `namespace`, from a watcher's store.
-fn in_namespace<'a>(
-    store: &'a BTreeMap<ObjectRef, Object>,
-    kind: Kind,
-    namespace: &'a str,
-) -> impl Iterator<Item = &'a Object> + 'a {
-    store
-        .range(ObjectRef::new(kind, namespace, "")..)
-        .take_while(move |(k, _)| k.kind == kind && k.namespace == namespace)
-        .map(|(_, o)| o)
 }
 
 /// The sync thread: enters the namespace, picks the backend, then syncs

@@ -1,5 +1,6 @@
-//! The proxy benchmark: full syncs of 1k/5k/10k Services x 5 endpoints and
-//! a partial sync at 10k, each interleaved with `iptables-restore --noflush`
+//! The proxy benchmark: full syncs of 1k/5k/10k Services x 5 endpoints,
+//! a partial sync and a periodic full resync (into the populated table, so
+//! it includes finding stale chains) at 10k, each interleaved with `iptables-restore --noflush`
 //! of the same payload run directly (the floor any iptables proxy pays);
 //! first-packet connect latency (`connect`) and memory (`rss`) at scale.
 //! Everything happens in namespaces this harness creates and drops.
@@ -27,6 +28,7 @@ const SIZES: [usize; 3] = [1_000, 5_000, 10_000];
 const ENDPOINTS: usize = 5;
 const FULL_REPS: usize = 3;
 const PARTIAL_REPS: usize = 15;
+const RESYNC_REPS: usize = 3;
 
 /// Samples of one measurement, ours and the direct restore.
 #[derive(Debug, Clone, Default)]
@@ -44,6 +46,8 @@ pub struct Results {
     pub full: Vec<(usize, Pair)>,
     /// (services in the table, samples); `None` when not measured.
     pub partial: Option<(usize, Pair)>,
+    /// Full resyncs into that populated table; `None` when not measured.
+    pub resync: Option<(usize, Pair)>,
     pub backend: Backend,
 }
 
@@ -193,6 +197,7 @@ fn measure(backend: Backend, sizes: &[usize], partial_at: Option<usize>) -> Resu
         return Ok(Results {
             full,
             partial: None,
+            resync: None,
             backend,
         });
     };
@@ -212,9 +217,26 @@ fn measure(backend: Backend, sizes: &[usize], partial_at: Option<usize>) -> Resu
             .reference
             .push(restore_direct(&reference, backend, &payload)?);
     }
+    // The periodic full sync: every chain rewritten in place, stale ones
+    // looked for (the reference restores the same payload, nothing more).
+    let mut resync = Pair::default();
+    for rep in 0..RESYNC_REPS {
+        s.request_full();
+        resync.ours.push(sync(&ns, &mut s, &desired)?);
+        let payload = cap.last();
+        resync.lines = payload.lines().count();
+        resync
+            .reference
+            .push(restore_direct(&reference, backend, &payload)?);
+        eprintln!(
+            "proxy: resync {n} rep {rep}: ours {:?}, iptables-restore {:?}",
+            resync.ours[rep], resync.reference[rep]
+        );
+    }
     Ok(Results {
         full,
         partial: Some((n, partial)),
+        resync: Some((n, resync)),
         backend,
     })
 }
@@ -246,16 +268,17 @@ pub fn run(opts: &Opts) -> Result<()> {
     let syncer_rss = rss::syncer().context("Syncer memory")?;
     // The agent needs more machinery (its control plane, a fill of 60k
     // objects): a failure there is reported, not fatal to the rest.
-    let agent = |proxy: bool| {
-        rss::agent(proxy).map_err(|e| {
-            eprintln!("proxy: rss: the agent measurement (proxy {proxy}) failed: {e:#}");
+    let agent = |proxy: bool, per_namespace: usize| {
+        rss::agent(proxy, per_namespace).map_err(|e| {
+            eprintln!("proxy: rss: the agent measurement (proxy {proxy}, {per_namespace} Services per namespace) failed: {e:#}");
             format!("{e:#}")
         })
     };
     let memory = report::Memory {
         syncer: syncer_rss,
-        agent: agent(true),
-        agent_without_proxy: agent(false),
+        agent: agent(true, rss::PER_NAMESPACE),
+        agent_without_proxy: agent(false, rss::PER_NAMESPACE),
+        agent_one_namespace: agent(true, rss::SERVICES),
     };
     report::write(opts, &[legacy, nft], &connect, &memory)
 }

@@ -23,6 +23,8 @@ pub struct Memory {
     pub agent: std::result::Result<Outcome, String>,
     /// The same agent with its proxy disabled (the reference).
     pub agent_without_proxy: std::result::Result<Outcome, String>,
+    /// The agent with its proxy, every Service and Pod in one namespace.
+    pub agent_one_namespace: std::result::Result<Outcome, String>,
 }
 
 /// Full sync at 10k Services: 2 s; partial sync at 10k: 100 ms.
@@ -52,6 +54,9 @@ pub fn write(opts: &Opts, all: &[Results], nodes: &[connect::Node], mem: &Memory
         }
         if let Some((n, p)) = &r.partial {
             rows.extend(entry(&format!("partial/{b}"), *n, p));
+        }
+        if let Some((n, p)) = &r.resync {
+            rows.extend(entry(&format!("resync/{b}"), *n, p));
         }
     }
 
@@ -355,25 +360,29 @@ fn memory_section(mem: &Memory) -> (Value, String, Vec<Group>) {
         ),
         &Ok(mem.syncer.clone()),
     );
-    let agent_what = |proxy: &str| {
+    let agent_what = |proxy: &str, per_namespace: usize| {
         format!(
             "a real `knode agent` (embedded control plane, --disable {proxy}) in a node \
-             namespace, VmRSS/VmHWM idle and after {n} Services ({} per namespace) and {} Pods (created, \
+             namespace, VmRSS/VmHWM idle and after {n} Services ({per_namespace} per namespace) and {} Pods (created, \
              then marked ready and given a pod IP) were created through its socket",
-            rss::PER_NAMESPACE,
             n * eps
         )
     };
+    let synced_what = ", and once its proxy (legacy iptables) had written a KUBE-SVC chain per Service and a KUBE-SEP chain per Pod: \
+               the whole process (control plane store and watches, the proxy's watch caches, view and Syncer)";
     let agent = add(
         "knode agent (embedded)",
-        agent_what("pods,overlay")
-            + ", and once its proxy (legacy iptables) had written a KUBE-SVC chain per Service and a KUBE-SEP chain per Pod: \
-               the whole process (control plane store and watches, the proxy's watch caches, view and Syncer)",
+        agent_what("pods,overlay", rss::PER_NAMESPACE) + synced_what,
         &mem.agent,
+    );
+    let one_namespace = add(
+        "knode agent, one namespace",
+        agent_what("pods,overlay", n) + synced_what,
+        &mem.agent_one_namespace,
     );
     let reference = add(
         "knode agent, proxy disabled (ref)",
-        agent_what("pods,overlay,proxy")
+        agent_what("pods,overlay,proxy", rss::PER_NAMESPACE)
             + ": the same agent and objects without the proxy (the reference)",
         &mem.agent_without_proxy,
     );
@@ -394,8 +403,28 @@ fn memory_section(mem: &Memory) -> (Value, String, Vec<Group>) {
         }
         _ => Value::Null,
     };
+    for (who, o) in [
+        ("spread out", &mem.agent),
+        ("one namespace", &mem.agent_one_namespace),
+    ] {
+        let phase = |name: &str| {
+            o.as_ref()
+                .ok()
+                .and_then(|o| o.phases.iter().find(|(k, _)| *k == name))
+                .map_or("-".to_string(), |(_, d)| {
+                    format!("{:.1} s", d.as_secs_f64())
+                })
+        };
+        let _ = writeln!(
+            table,
+            "agent with proxy, {who:<14} fill {}, rules in place {} after it",
+            phase("fill"),
+            phase("sync after fill")
+        );
+    }
     let doc = json!({
         "syncer": syncer, "agent": agent, "agent_without_proxy": reference,
+        "agent_one_namespace": one_namespace,
         "proxy_share_of_agent_vmrss_kib": share,
     });
     (doc, table, groups)

@@ -24,7 +24,7 @@ use crate::controlplane::procfs::{self, Mem};
 pub const SERVICES: usize = 10_000;
 /// Set (to the Service count) in the child that measures the Syncer.
 pub const CHILD_ENV: &str = "KNODE_BENCH_PROXY_RSS_CHILD";
-/// Services per namespace in the agent (its proxy looks Services up per namespace).
+/// Services per namespace in the agent, spread out.
 pub const PER_NAMESPACE: usize = 10;
 /// Create calls in flight while filling the agent.
 const FILL_CONCURRENCY: usize = 8;
@@ -137,7 +137,8 @@ pub fn child(n: usize) -> Result<()> {
 
 /// The agent measurement: with its proxy, read idle, filled and once the
 /// proxy programmed every chain; without (`proxy` false), idle and filled.
-pub fn agent(proxy: bool) -> Result<Outcome> {
+/// `per_namespace` Services (and their Pods) share a namespace.
+pub fn agent(proxy: bool, per_namespace: usize) -> Result<Outcome> {
     crate::built("knode")?;
     let node = TestNs::new("bpa")?;
     // kubelet's hint chain: the agent's proxy picks the legacy backend
@@ -183,11 +184,11 @@ pub fn agent(proxy: bool) -> Result<Outcome> {
     };
     read("idle", 0)?;
     eprintln!(
-        "proxy: rss: filling the agent (--disable {disable}) with {SERVICES} Services and {} ready Pods",
+        "proxy: rss: filling the agent (--disable {disable}) with {SERVICES} Services and {} ready Pods, {per_namespace} Services per namespace",
         SERVICES * ENDPOINTS
     );
     let t = Instant::now();
-    rt.block_on(fill(cp, SERVICES))
+    rt.block_on(fill(cp, SERVICES, per_namespace))
         .with_context(|| format!("fill the agent; its log:\n{}", tail(&agent.log())))?;
     let filled = t.elapsed();
     read("filled", SERVICES)?;
@@ -214,16 +215,27 @@ fn tail(log: &str) -> String {
     lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
-/// Creates `n` Services, PER_NAMESPACE per namespace, and ENDPOINTS ready
-/// Pods each (create, then status), FILL_CONCURRENCY namespaces at a time.
-async fn fill(cp: Arc<dyn ControlPlane>, n: usize) -> Result<()> {
-    let namespaces = n.div_ceil(PER_NAMESPACE);
+/// Creates `n` Services, `per_namespace` per namespace, and ENDPOINTS
+/// ready Pods each (create, then status), FILL_CONCURRENCY Services at a
+/// time once the namespaces exist.
+async fn fill(cp: Arc<dyn ControlPlane>, n: usize, per_namespace: usize) -> Result<()> {
+    for ns in 0..n.div_ceil(per_namespace) {
+        let namespace = namespace_name(ns);
+        cp.create(
+            object(
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}),
+            )?,
+            None,
+        )
+        .await
+        .with_context(|| format!("create namespace {namespace}"))?;
+    }
     let mut set = JoinSet::new();
     for k in 0..FILL_CONCURRENCY {
         let cp = Arc::clone(&cp);
         set.spawn(async move {
-            for ns in (k..namespaces).step_by(FILL_CONCURRENCY) {
-                fill_namespace(cp.as_ref(), ns, n).await?;
+            for i in (k..n).step_by(FILL_CONCURRENCY) {
+                fill_service(cp.as_ref(), &namespace_name(i / per_namespace), i).await?;
             }
             Ok::<_, anyhow::Error>(())
         });
@@ -238,47 +250,42 @@ fn object(v: Value) -> Result<Object> {
     Object::from_value(v).context("build an object")
 }
 
-/// Namespace `bench-<ns>` and its Services with their Pods.
-async fn fill_namespace(cp: &dyn ControlPlane, ns: usize, n: usize) -> Result<()> {
-    let namespace = format!("bench-{ns:04}");
+fn namespace_name(ns: usize) -> String {
+    format!("bench-{ns:04}")
+}
+
+/// Service `i` in `namespace` and its Pods.
+async fn fill_service(cp: &dyn ControlPlane, namespace: &str, i: usize) -> Result<()> {
+    let app = format!("svc-{i}");
     cp.create(
-        object(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}))?,
+        object(json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": app, "namespace": namespace},
+            "spec": {"selector": {"app": app},
+                     "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]},
+        }))?,
         None,
     )
     .await
-    .with_context(|| format!("create namespace {namespace}"))?;
-    for i in ns * PER_NAMESPACE..((ns + 1) * PER_NAMESPACE).min(n) {
-        let app = format!("svc-{i}");
-        cp.create(
-            object(json!({
-                "apiVersion": "v1", "kind": "Service",
-                "metadata": {"name": app, "namespace": namespace},
-                "spec": {"selector": {"app": app},
-                         "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]},
-            }))?,
-            None,
-        )
-        .await
-        .with_context(|| format!("create Service {namespace}/{app}"))?;
-        for e in 0..ENDPOINTS {
-            let mut pod = json!({
-                "apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": format!("{app}-{e}"), "namespace": namespace, "labels": {"app": app}},
-                "spec": {"nodeName": NODE_NAME,
-                         "containers": [{"name": "c", "image": "pause", "ports": [{"containerPort": 8080}]}]},
-            });
-            cp.create(object(pod.clone())?, None)
-                .await
-                .with_context(|| format!("create Pod {namespace}/{app}-{e}"))?;
-            let ip = super::endpoint_ip(i, e).to_string();
-            pod["status"] = json!({
-                "phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
-                "conditions": [{"type": "Ready", "status": "True"}],
-            });
-            cp.update_status(object(pod)?)
-                .await
-                .with_context(|| format!("mark Pod {namespace}/{app}-{e} ready"))?;
-        }
+    .with_context(|| format!("create Service {namespace}/{app}"))?;
+    for e in 0..ENDPOINTS {
+        let mut pod = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": format!("{app}-{e}"), "namespace": namespace, "labels": {"app": app}},
+            "spec": {"nodeName": NODE_NAME,
+                     "containers": [{"name": "c", "image": "pause", "ports": [{"containerPort": 8080}]}]},
+        });
+        cp.create(object(pod.clone())?, None)
+            .await
+            .with_context(|| format!("create Pod {namespace}/{app}-{e}"))?;
+        let ip = super::endpoint_ip(i, e).to_string();
+        pod["status"] = json!({
+            "phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+            "conditions": [{"type": "Ready", "status": "True"}],
+        });
+        cp.update_status(object(pod)?)
+            .await
+            .with_context(|| format!("mark Pod {namespace}/{app}-{e} ready"))?;
     }
     Ok(())
 }

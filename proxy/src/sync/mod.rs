@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 pub use payload::Payload;
 
 use crate::conntrack::{self, Conntrack, Dest, UdpTarget};
-use crate::iptables::Iptables;
+use crate::iptables::{Iptables, Survey};
 use crate::rules::names::{Protocol, ServicePortName, KUBE_PROXY_CANARY, SERVICE_CHAIN_PREFIXES};
 use crate::rules::{
     builtin_jumps, large_cluster, service_rules, shared_chains, NodeConfig, SharedRule, Table,
@@ -154,6 +154,27 @@ impl Syncer {
             self.need_full = true;
         }
         let full = self.next_is_full();
+        // A full sync reads the tables (stale chains, missing jumps) while
+        // it generates the rules: on legacy at 10k Services the read is an
+        // iptables-save of 0.5 s and the generation 0.25 s. The thread
+        // starts in this thread's network namespace.
+        let survey = full.then(|| {
+            let ipt = Arc::clone(&self.ipt);
+            let builtins = builtin_chains(&self.node);
+            std::thread::spawn(move || {
+                Table::ALL
+                    .into_iter()
+                    .map(|t| {
+                        let listed: Vec<&str> = builtins
+                            .iter()
+                            .filter(|(table, _)| *table == t)
+                            .map(|(_, c)| *c)
+                            .collect();
+                        Ok((t, ipt.survey(t, &listed)?))
+                    })
+                    .collect::<Result<Vec<(Table, Survey)>>>()
+            })
+        });
         // A full sync rebuilds the record; the old one only tells which
         // UDP Service ports are gone (their flows must still be cleaned).
         let previous = if full {
@@ -264,8 +285,14 @@ impl Syncer {
             }
         }
 
-        if full {
-            if let Err(e) = self.full_extras(&mut payload) {
+        if let Some(handle) = survey {
+            let found = handle.join().unwrap_or_else(|_| {
+                Err(crate::Error::Iptables {
+                    what: "survey the tables".into(),
+                    detail: "the survey thread panicked".into(),
+                })
+            });
+            if let Err(e) = found.map(|f| self.full_extras(&f, &mut payload)) {
                 self.need_full = true;
                 return Err(e);
             }
@@ -308,18 +335,11 @@ impl Syncer {
     /// What only a full sync does: reads both tables, deletes every service
     /// chain the ruleset does not name, and re-inserts missing jumps from
     /// the built-in chains.
-    fn full_extras(&self, payload: &mut Payload) -> Result<()> {
+    fn full_extras(&self, found: &[(Table, Survey)], payload: &mut Payload) {
         let desired = &self.chains;
         let jumps = builtin_jumps(&self.node);
-        for table in Table::ALL {
-            let mut builtins: Vec<&str> = jumps
-                .iter()
-                .filter(|j| j.table == table)
-                .map(|j| j.builtin)
-                .collect();
-            builtins.sort_unstable();
-            builtins.dedup();
-            let found = self.ipt.survey(table, &builtins)?;
+        for (table, found) in found {
+            let table = *table;
             for name in &found.chains {
                 let ours = SERVICE_CHAIN_PREFIXES.iter().any(|p| name.starts_with(p));
                 if ours && !desired.contains_key(&(table, name.clone())) {
@@ -337,7 +357,6 @@ impl Syncer {
                 }
             }
         }
-        Ok(())
     }
 
     /// Deletes stale UDP flows for `targets`; failures are logged, not
@@ -353,6 +372,17 @@ impl Syncer {
             }
         }
     }
+}
+
+/// The built-in chains the proxy jumps from, per table, once each.
+fn builtin_chains(node: &NodeConfig) -> Vec<(Table, &'static str)> {
+    let mut v: Vec<(Table, &'static str)> = builtin_jumps(node)
+        .iter()
+        .map(|j| (j.table, j.builtin))
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
 }
 
 /// Removes every chain the proxy made (`KUBE-*`, in nat and filter) and

@@ -1,7 +1,8 @@
-//! The iptables boundary: restore (one exec per sync), save, and listing
-//! one chain, behind [`Iptables`] with an exec implementation pinned to one
-//! backend (nft or legacy, chosen to match the host) and a recording fake.
-//! Payloads come from the caller; nothing here builds rules.
+//! The iptables boundary: restore (one exec per sync), save, listing one
+//! chain, and the survey a full sync reads (chain names over netlink on
+//! nft, [`nft`]), behind [`Iptables`] with an exec implementation pinned to
+//! one backend (nft or legacy, chosen to match the host) and a recording
+//! fake. Payloads come from the caller; nothing here builds rules.
 
 mod fake;
 pub mod nft;

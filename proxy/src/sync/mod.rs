@@ -28,7 +28,7 @@ use crate::Result;
 /// A full sync at least this often: kube-proxy's FullSyncPeriod (1 h).
 /// Partial syncs apply every change; a full one only repairs drift the
 /// canary does not see (a rule deleted from a chain by hand) and costs the
-/// whole table: 2 s at 10k Services on legacy, 48 s on iptables-nft 1.8.9.
+/// whole table: 2-3 s at 10k Services on legacy, 36-48 s on iptables-nft 1.8.9.
 pub const DEFAULT_FULL_SYNC_PERIOD: Duration = Duration::from_secs(3600);
 
 /// What a successful sync did.
@@ -142,7 +142,7 @@ impl Syncer {
     /// The engine's record is updated as the payload is built; when the
     /// restore fails the next sync is full, and a full sync depends on
     /// nothing recorded (it regenerates every chain and finds stale ones
-    /// with iptables-save), so a failed sync cannot leave a wrong record
+    /// with [`Iptables::survey`]), so a failed sync cannot leave a wrong record
     /// behind. A partial sync costs one hash lookup and one comparison per
     /// unchanged Service port; the shared chains (KUBE-SERVICES, ...) are
     /// rebuilt only when some Service port's lines in them changed.
@@ -332,9 +332,9 @@ impl Syncer {
         })
     }
 
-    /// What only a full sync does: reads both tables, deletes every service
-    /// chain the ruleset does not name, and re-inserts missing jumps from
-    /// the built-in chains.
+    /// What only a full sync adds, from the survey of both tables: the
+    /// deletion of every service chain the ruleset does not name, and the
+    /// missing jumps from the built-in chains.
     fn full_extras(&self, found: &[(Table, Survey)], payload: &mut Payload) {
         let desired = &self.chains;
         let jumps = builtin_jumps(&self.node);

@@ -590,6 +590,18 @@ fn the_ruleset_works_on_the_legacy_backend_too() -> Result<()> {
     // Now the namespace's rules live in legacy: detection follows them.
     let detected = lab.node.run(Backend::detect)?;
     assert_eq!(detected, Backend::Legacy);
+
+    // The table's stamp stands still until someone changes the table, so
+    // the canary check reads the table only then, and still sees a flush.
+    let ipt = ExecIptables::new(Backend::Legacy);
+    let stamp = || lab.node.run(|| ipt.table_stamp(Table::Nat));
+    let before = stamp()?.context("a stamp for the legacy nat table")?;
+    assert!(lab.node.run(|| s.check_canary())?);
+    assert!(lab.node.run(|| s.check_canary())?);
+    assert_eq!(stamp()?, Some(before), "reading changes nothing");
+    lab.node.sh(&["iptables-legacy", "-t", "nat", "-F"])?;
+    assert_ne!(stamp()?, Some(before), "a flush changes the stamp");
+    assert!(!lab.node.run(|| s.check_canary())?);
     Ok(())
 }
 

@@ -25,6 +25,8 @@ struct State {
     calls: Vec<Call>,
     tables: Tables,
     fail_restores: usize,
+    /// Bumped by every change to the tables.
+    generation: u64,
 }
 
 /// The fake. Built-in chains come into being when first used.
@@ -81,7 +83,9 @@ impl FakeIptables {
 
     /// What `iptables -t TABLE -F` does: every chain emptied, none deleted.
     pub fn flush_table(&self, table: Table) {
-        if let Some(t) = self.lock().tables.get_mut(&table) {
+        let mut s = self.lock();
+        s.generation += 1;
+        if let Some(t) = s.tables.get_mut(&table) {
             t.values_mut().for_each(Vec::clear);
         }
     }
@@ -155,6 +159,7 @@ impl Iptables for FakeIptables {
         let mut next = s.tables.clone();
         apply(&mut next, payload).map_err(fail)?;
         s.tables = next;
+        s.generation += 1;
         Ok(())
     }
 
@@ -172,6 +177,11 @@ impl Iptables for FakeIptables {
         }
         out.push_str("COMMIT\n");
         Ok(out)
+    }
+
+    /// Like legacy's: changes with every change (to any table, here).
+    fn table_stamp(&self, _table: Table) -> Option<u64> {
+        Some(self.lock().generation)
     }
 
     fn list_chain(&self, table: Table, chain: &str) -> Result<Option<String>> {

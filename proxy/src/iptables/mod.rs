@@ -5,6 +5,7 @@
 //! fake. Payloads come from the caller; nothing here builds rules.
 
 mod fake;
+mod legacy;
 pub mod nft;
 
 use std::collections::HashMap;
@@ -31,6 +32,13 @@ pub trait Iptables: Send + Sync {
     /// unless an implementation knows a cheaper way.
     fn survey(&self, table: Table, listed: &[&str]) -> Result<Survey> {
         Ok(Survey::from_save(&self.save(table)?, listed))
+    }
+
+    /// A value that changes whenever `table` does, when the backend has a
+    /// cheap one; the canary check skips a table whose stamp is the one it
+    /// last found intact.
+    fn table_stamp(&self, _table: Table) -> Option<u64> {
+        None
     }
 }
 
@@ -225,6 +233,16 @@ impl Iptables for ExecIptables {
     /// `iptables-nft-save` decodes every rule of the table, 33 s at 10k
     /// Services. On legacy any read copies the whole table out of the
     /// kernel, so one `iptables-save` (0.5 s at 10k) is the cheapest.
+    /// Legacy only: reading one chain there copies the whole table (0.4 s
+    /// at 10k Services), while its stamp is 84 bytes. On nft a chain is
+    /// listed alone (2 ms) and needs none.
+    fn table_stamp(&self, table: Table) -> Option<u64> {
+        match self.backend {
+            Backend::Legacy => legacy::stamp(table.name()),
+            Backend::Nft => None,
+        }
+    }
+
     fn survey(&self, table: Table, listed: &[&str]) -> Result<Survey> {
         if self.backend == Backend::Legacy {
             return Ok(Survey::from_save(&self.save(table)?, listed));

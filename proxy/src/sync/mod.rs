@@ -79,6 +79,8 @@ pub struct Syncer {
     last_full: Option<Instant>,
     /// Whether the last sync wrote large-cluster mode rules.
     large: bool,
+    /// Per table, its stamp when the canary was last found intact.
+    canary_stamps: HashMap<Table, u64>,
 }
 
 impl Syncer {
@@ -94,6 +96,7 @@ impl Syncer {
             need_full: true,
             last_full: None,
             large: false,
+            canary_stamps: HashMap::new(),
         }
     }
 
@@ -124,11 +127,21 @@ impl Syncer {
 
     /// Checks the canary chains; when one is gone or empty (someone deleted
     /// or flushed the table) the next sync is full. Returns whether they
-    /// are intact.
+    /// are intact. A table whose stamp ([`Iptables::table_stamp`]) has not
+    /// changed since its canary was last found intact is not read again.
     pub fn check_canary(&mut self) -> bool {
         let intact = Table::ALL.into_iter().all(|t| {
-            matches!(self.ipt.list_chain(t, KUBE_PROXY_CANARY),
-                Ok(Some(rules)) if rules.lines().any(|l| l.starts_with("-A ")))
+            let stamp = self.ipt.table_stamp(t);
+            if stamp.is_some() && self.canary_stamps.get(&t) == stamp.as_ref() {
+                return true;
+            }
+            let ok = matches!(self.ipt.list_chain(t, KUBE_PROXY_CANARY),
+                Ok(Some(rules)) if rules.lines().any(|l| l.starts_with("-A ")));
+            match stamp.filter(|_| ok) {
+                Some(s) => self.canary_stamps.insert(t, s),
+                None => self.canary_stamps.remove(&t),
+            };
+            ok
         });
         if !intact {
             tracing::warn!("canary chain gone or flushed: next sync is full");

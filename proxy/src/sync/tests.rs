@@ -128,6 +128,10 @@ fn a_flushed_table_is_noticed_by_the_canary_and_fully_restored() {
     s.sync(&desired).expect("sync");
     assert!(s.check_canary());
     assert!(!s.next_is_full());
+    // Nothing changed since: the stamps say so, no chain is listed.
+    fake.take_calls();
+    assert!(s.check_canary());
+    assert_eq!(fake.take_calls(), []);
 
     fake.flush_table(Table::Nat); // iptables -t nat -F
     assert!(!s.check_canary());

@@ -193,6 +193,15 @@ impl ExecIptables {
     }
 }
 
+impl ExecIptables {
+    /// `iptables -w 5 -t TABLE -S CHAIN`, however it ended.
+    fn list(&self, table: Table, chain: &str) -> Result<Output> {
+        let mut c = Command::new(self.backend.tool(""));
+        c.args(["-w", "5", "-t", table.name(), "-S", chain]);
+        run(c, None)
+    }
+}
+
 impl Iptables for ExecIptables {
     fn restore(&self, payload: &str) -> Result<()> {
         let mut c = Command::new(self.backend.tool("-restore"));
@@ -221,9 +230,7 @@ impl Iptables for ExecIptables {
     }
 
     fn list_chain(&self, table: Table, chain: &str) -> Result<Option<String>> {
-        let mut c = Command::new(self.backend.tool(""));
-        c.args(["-w", "5", "-t", table.name(), "-S", chain]);
-        let out = run(c, None)?;
+        let out = self.list(table, chain)?;
         // Exit status 1 with "No chain/target/match by that name": absent.
         Ok(out.ok.then_some(out.stdout))
     }
@@ -250,10 +257,19 @@ impl Iptables for ExecIptables {
         let chains = nft::chains()?.remove(table.name()).unwrap_or_default();
         let mut rules = HashMap::new();
         for c in listed.iter().filter(|c| chains.iter().any(|n| n == *c)) {
-            if let Some(text) = self.list_chain(table, c)? {
-                let lines = text.lines().filter(|l| l.starts_with("-A "));
-                rules.insert(c.to_string(), lines.map(str::to_string).collect());
+            // The chain exists: a failed listing (the xtables lock held for
+            // 5 s, say) is an error, not an empty chain that would get its
+            // jumps inserted twice.
+            let out = self.list(table, c)?;
+            if !out.ok {
+                return Err(out.failure(&format!(
+                    "{} -t {} -S {c}",
+                    self.backend.tool(""),
+                    table.name()
+                )));
             }
+            let lines = out.stdout.lines().filter(|l| l.starts_with("-A "));
+            rules.insert(c.to_string(), lines.map(str::to_string).collect());
         }
         Ok(Survey { chains, rules })
     }

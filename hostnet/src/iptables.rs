@@ -91,13 +91,7 @@ pub fn read_chains(family: Family, table: &str, chains: &[&str]) -> Result<Strin
             .output()
             .map_err(|e| Error::io(format!("run {cmd}"), e))?;
         if !o.status.success() {
-            // Absent: legacy says "No chain/target/match by that name";
-            // iptables-nft 1.8.9 calls a missing chain "incompatible".
-            let err = String::from_utf8_lossy(&o.stderr);
-            if ["No chain/target/match", "does not exist", "incompatible"]
-                .iter()
-                .any(|m| err.contains(m))
-            {
+            if chain_absent(&String::from_utf8_lossy(&o.stderr)) {
                 continue;
             }
             return Err(failed(format!("{cmd} -t {table} -S {chain}"), &o));
@@ -106,6 +100,16 @@ pub fn read_chains(family: Family, table: &str, chains: &[&str]) -> Result<Strin
     }
     out.push_str("COMMIT\n");
     Ok(out)
+}
+
+/// Whether a failed `iptables -S CHAIN` said the chain does not exist
+/// (rather than failing for another reason, such as the xtables lock).
+/// Legacy says "No chain/target/match by that name"; iptables-nft 1.8.9
+/// calls a missing chain "incompatible".
+pub fn chain_absent(stderr: &str) -> bool {
+    ["No chain/target/match", "does not exist", "incompatible"]
+        .iter()
+        .any(|m| stderr.contains(m))
 }
 
 /// `iptables -S CHAIN` output in `iptables-save`'s form: `-P CHAIN POLICY`
@@ -270,6 +274,16 @@ mod tests {
             chain_rules(&text, "KNODE-MASQ-X"),
             chain_rules(SAVED, "KNODE-MASQ-X")
         );
+        // A missing chain as either backend reports it; a held lock is not one.
+        assert!(chain_absent(
+            "iptables: No chain/target/match by that name."
+        ));
+        assert!(chain_absent(
+            "iptables v1.8.9 (nf_tables): chain `NOPE' in table `nat' is incompatible, use 'nft' tool."
+        ));
+        assert!(!chain_absent(
+            "Another app is currently holding the xtables lock. Stopped waiting after 5s."
+        ));
         // The legacy path keeps only the chains asked for.
         let only = only_chains(SAVED, &["KNODE-MASQ-X"]);
         assert_eq!(

@@ -1,7 +1,7 @@
 //! ctnetlink over a NETLINK_NETFILTER socket: dump the IPv4 flows of one
-//! protocol and delete one flow by its original tuple and id. The few
-//! messages are encoded here by hand (nlmsghdr + nfgenmsg + attributes);
-//! the socket belongs to the namespace of the thread that opened it.
+//! protocol and delete one flow by its original tuple and id, through
+//! [`NfSocket`]; the socket belongs to the namespace of the thread that
+//! opened it.
 
 use std::net::Ipv4Addr;
 

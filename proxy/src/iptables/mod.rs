@@ -24,7 +24,8 @@ pub trait Iptables: Send + Sync {
     fn restore(&self, payload: &str) -> Result<()>;
     /// `iptables-save -t TABLE`.
     fn save(&self, table: Table) -> Result<String>;
-    /// `iptables -t TABLE -S CHAIN`, or `None` when the chain does not exist.
+    /// `iptables -t TABLE -S CHAIN`, or `None` when the chain does not
+    /// exist; any other failure is an error.
     fn list_chain(&self, table: Table, chain: &str) -> Result<Option<String>>;
 
     /// What a full sync reads of `table`: every chain's name and the rules
@@ -193,15 +194,6 @@ impl ExecIptables {
     }
 }
 
-impl ExecIptables {
-    /// `iptables -w 5 -t TABLE -S CHAIN`, however it ended.
-    fn list(&self, table: Table, chain: &str) -> Result<Output> {
-        let mut c = Command::new(self.backend.tool(""));
-        c.args(["-w", "5", "-t", table.name(), "-S", chain]);
-        run(c, None)
-    }
-}
-
 impl Iptables for ExecIptables {
     fn restore(&self, payload: &str) -> Result<()> {
         let mut c = Command::new(self.backend.tool("-restore"));
@@ -230,16 +222,22 @@ impl Iptables for ExecIptables {
     }
 
     fn list_chain(&self, table: Table, chain: &str) -> Result<Option<String>> {
-        let out = self.list(table, chain)?;
-        // Exit status 1 with "No chain/target/match by that name": absent.
-        Ok(out.ok.then_some(out.stdout))
+        let mut c = Command::new(self.backend.tool(""));
+        c.args(["-w", "5", "-t", table.name(), "-S", chain]);
+        let out = run(c, None)?;
+        if out.ok {
+            Ok(Some(out.stdout))
+        } else if hostnet::iptables::chain_absent(&out.stderr) {
+            Ok(None)
+        } else {
+            Err(out.failure(&format!(
+                "{} -t {} -S {chain}",
+                self.backend.tool(""),
+                table.name()
+            )))
+        }
     }
 
-    /// On nft, the chain names come from one netlink dump and each listed
-    /// chain from `iptables -S CHAIN` (which reads only that chain):
-    /// `iptables-nft-save` decodes every rule of the table, 33 s at 10k
-    /// Services. On legacy any read copies the whole table out of the
-    /// kernel, so one `iptables-save` (0.5 s at 10k) is the cheapest.
     /// Legacy only: reading one chain there copies the whole table (0.4 s
     /// at 10k Services), while its stamp is 84 bytes. On nft a chain is
     /// listed alone (2 ms) and needs none.
@@ -250,6 +248,11 @@ impl Iptables for ExecIptables {
         }
     }
 
+    /// On nft, the chain names come from one netlink dump and each listed
+    /// chain from `iptables -S CHAIN` (which reads only that chain):
+    /// `iptables-nft-save` decodes every rule of the table, 33 s at 10k
+    /// Services. On legacy any read copies the whole table out of the
+    /// kernel, so one `iptables-save` (0.5 s at 10k) is the cheapest.
     fn survey(&self, table: Table, listed: &[&str]) -> Result<Survey> {
         if self.backend == Backend::Legacy {
             return Ok(Survey::from_save(&self.save(table)?, listed));
@@ -257,19 +260,12 @@ impl Iptables for ExecIptables {
         let chains = nft::chains()?.remove(table.name()).unwrap_or_default();
         let mut rules = HashMap::new();
         for c in listed.iter().filter(|c| chains.iter().any(|n| n == *c)) {
-            // The chain exists: a failed listing (the xtables lock held for
-            // 5 s, say) is an error, not an empty chain that would get its
-            // jumps inserted twice.
-            let out = self.list(table, c)?;
-            if !out.ok {
-                return Err(out.failure(&format!(
-                    "{} -t {} -S {c}",
-                    self.backend.tool(""),
-                    table.name()
-                )));
+            // A failed listing (the xtables lock held for 5 s, say) is an
+            // error, not an empty chain that would get its jumps twice.
+            if let Some(text) = self.list_chain(table, c)? {
+                let lines = text.lines().filter(|l| l.starts_with("-A "));
+                rules.insert(c.to_string(), lines.map(str::to_string).collect());
             }
-            let lines = out.stdout.lines().filter(|l| l.starts_with("-A "));
-            rules.insert(c.to_string(), lines.map(str::to_string).collect());
         }
         Ok(Survey { chains, rules })
     }

@@ -13,13 +13,13 @@ use controlplane::registry::Allocators;
 use controlplane::rest::server;
 use controlplane::ControlPlane;
 
-use crate::cni;
 use crate::config::Config;
-use crate::node;
-use crate::pods::context::Context as PodContext;
-use crate::pods::{manager, static_pods};
-use crate::runtime::{image, Runtime};
+use kubelet::cni;
+use kubelet::node;
+use kubelet::pods::context::Context as PodContext;
+use kubelet::pods::{manager, static_pods};
 use overlay::Overlay;
+use runtime::{image, Runtime};
 use std::net::IpAddr;
 
 /// Flags only the agent takes.
@@ -285,12 +285,12 @@ async fn start_node(
             config.cni_conf_dir.clone(),
             config.cni_cache_dir.clone(),
         ),
-        config: config.clone(),
+        config: config.kubelet(),
         node_name: config.node_name.clone(),
         node_ip: node_ip.to_string(),
         knode_exe,
         pause,
-        registries: image::Registries::load(config)?,
+        registries: image::Registries::load(&config.registry_config, &config.insecure_registries)?,
     });
     tasks.push(tokio::spawn(node::heartbeat(
         cp,

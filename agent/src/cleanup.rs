@@ -23,11 +23,11 @@ use anyhow::{bail, Context as _, Result};
 use hostnet::Netlink;
 use ipnet::{IpNet, Ipv4Net};
 
-use crate::cni;
 use crate::config::Config;
-use crate::pods::context::Host;
-use crate::pods::{manager, sandbox};
-use crate::runtime::{labels, task, Runtime};
+use kubelet::cni;
+use kubelet::pods::context::Host;
+use kubelet::pods::{manager, sandbox};
+use runtime::{labels, task, Runtime};
 
 /// The pod bridge the default conflist names.
 const BRIDGE: &str = "cni0";
@@ -91,10 +91,11 @@ async fn pods(config: &Config) -> Result<String> {
         config.cni_conf_dir.clone(),
         config.cni_cache_dir.clone(),
     );
+    let kubelet = config.kubelet();
     let host = Host {
         rt: &rt,
         cni: &cni,
-        config,
+        config: &kubelet,
     };
     let mut uids = manager::uids_on_node(&host);
     for o in task::list_owned(&rt, labels::POD_UID).await? {

@@ -70,6 +70,19 @@ pub struct Config {
     pub localhost_nodeports: bool,
 }
 
+impl Config {
+    /// The kubelet's share of the config: where pods keep their state.
+    pub fn kubelet(&self) -> kubelet::Config {
+        kubelet::Config {
+            data_dir: self.data_dir.clone(),
+            run_dir: self.run_dir.clone(),
+            log_dir: self.log_dir.clone(),
+            netns_dir: self.netns_dir.clone(),
+            pod_manifest_path: self.pod_manifest_path.clone(),
+        }
+    }
+}
+
 /// The parts of the agent `--disable` can turn off.
 pub const PARTS: [&str; 3] = ["pods", "overlay", "proxy"];
 

@@ -5,13 +5,8 @@
 mod agent;
 mod cleanup;
 mod cli;
-mod cni;
 mod config;
-mod logs;
-mod node;
-mod pods;
 mod proxy;
-mod runtime;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -144,7 +139,7 @@ fn main() -> ExitCode {
     // Before logging, config and the async runtime: none of them may fail
     // a container's log writer.
     if let Command::LogWriter { path } = &cli.command {
-        return logs::writer::run(path);
+        return kubelet::logs::writer::run(path);
     }
     let is_agent = matches!(cli.command, Command::Agent(_));
     init_logging(cli.global.log_json, if is_agent { "info" } else { "warn" });

@@ -1,13 +1,7 @@
-//! The agent's CNI caller (`agent/src/cni`, compiled in here as it is) with
+//! The kubelet's CNI caller (`kubelet::cni`) with
 //! real plugins on the real kernel: ours and the reference ones, a "host"
 //! and a pod namespace created by the test, never the machine's own. And
 //! `knode-pause` as the process a pod's sandbox runs.
-
-// The agent is a binary crate; its CNI module depends only on crates this
-// one has too, so the test builds the very same source.
-#[allow(dead_code, unused_imports)]
-#[path = "../../agent/src/cni/mod.rs"]
-mod cni;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -18,7 +12,7 @@ use knode_tests::{our_bin, require_root, unique, TempDir};
 use netns_tests::{TestNs, REFERENCE_CNI_DIR};
 use serde_json::{json, Value};
 
-use cni::{Attachment, Cni};
+use kubelet::cni::{Attachment, Cni};
 
 // ---- knode-pause ----
 
@@ -236,7 +230,7 @@ fn exercise(p: &Plugins, dir: &Path) -> Result<()> {
     let in_host = |what: &'static str| {
         let cni = cni.clone();
         let att = att.clone();
-        host.run(move || -> Result<Option<cni::AddResult>> {
+        host.run(move || -> Result<Option<kubelet::cni::AddResult>> {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
@@ -324,9 +318,9 @@ fn our_plugins_add_check_del() -> Result<()> {
     let dir = TempDir::new("cni-rt")?;
     // The conflist the agent writes, with the IPAM store in the temp dir.
     let conf = dir.path().join("default");
-    let written = cni::ensure_default_conflist(
+    let written = kubelet::cni::ensure_default_conflist(
         &conf,
-        &cni::PodNetwork {
+        &kubelet::cni::PodNetwork {
             subnet: "10.77.0.0/24",
             mtu: None,
             ip_masq: true,

@@ -15,8 +15,8 @@ use tokio::sync::mpsc;
 use super::connect;
 use super::logs::{exec_container, get_pod, pod_uid};
 use crate::config::Config;
-use crate::runtime::exec::{self, ExecIo};
-use crate::runtime::Runtime;
+use runtime::exec::{self, ExecIo};
+use runtime::Runtime;
 
 #[derive(Args)]
 pub struct ExecArgs {

@@ -14,8 +14,8 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 
 use crate::config::Config;
-use crate::runtime::image::{self, Progress, Registries};
-use crate::runtime::Runtime;
+use runtime::image::{self, Progress, Registries};
+use runtime::Runtime;
 
 #[derive(Args)]
 pub struct ImageArgs {
@@ -62,7 +62,7 @@ pub async fn run(config: &Config, args: ImageArgs) -> Result<ExitCode> {
             }
         }
         ImageCommand::Pull { reference } => {
-            let regs = Registries::load(config)?;
+            let regs = Registries::load(&config.registry_config, &config.insecure_registries)?;
             let bar = Bar::new(format!("pull {reference}"));
             let result = image::pull(&rt, &reference, &regs, &bar).await;
             bar.finish();

@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::Pod;
 
 use super::connect;
 use crate::config::Config;
-use crate::logs::{self, reader};
+use kubelet::logs::{self, reader};
 
 /// How often a followed file is checked for growth.
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
@@ -437,7 +437,7 @@ mod tests {
         for i in 0..5 {
             p.push(reader::Message {
                 time: jiff::Timestamp::UNIX_EPOCH,
-                stream: crate::logs::cri::Stream::Stdout,
+                stream: kubelet::logs::cri::Stream::Stdout,
                 content: format!("{i}\n").into_bytes(),
             });
         }
@@ -453,7 +453,7 @@ mod tests {
         let mut none = Printer::new(false, 0);
         none.push(reader::Message {
             time: jiff::Timestamp::UNIX_EPOCH,
-            stream: crate::logs::cri::Stream::Stdout,
+            stream: kubelet::logs::cri::Stream::Stdout,
             content: b"x\n".to_vec(),
         });
         assert!(none.tail.as_ref().unwrap().1.is_empty());

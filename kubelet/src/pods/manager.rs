@@ -23,8 +23,8 @@ use super::context::{Context, Host};
 use super::sandbox;
 use super::volumes;
 use super::worker::{self, Msg};
-use crate::runtime::labels;
-use crate::runtime::task::{self, Owned};
+use runtime::labels;
+use runtime::task::{self, Owned};
 
 /// Runs until the task is dropped.
 pub async fn run(ctx: Arc<Context>) -> Result<()> {

@@ -23,7 +23,7 @@ use containerd_client::tonic::{Code, Request, Status};
 use tokio::sync::mpsc;
 
 use super::media::{self, gc, Descriptor, Index, Manifest};
-use crate::runtime::{is_already_exists, is_not_found, status_error, Runtime, SNAPSHOTTER};
+use crate::{is_already_exists, is_not_found, status_error, Runtime, SNAPSHOTTER};
 
 /// Bytes per Write message (containerd accepts up to 16 MiB).
 const CHUNK: usize = 1 << 20;

@@ -24,9 +24,9 @@ use super::context::{services_for, Context, Refs};
 use super::sandbox::{self, Sandbox};
 use super::status::{self, ContainerView, PodView, State, Terminated};
 use super::{env, volumes};
-use crate::runtime::image::{self, Image, PullError, PullPolicy};
-use crate::runtime::task::{self, NewContainer, Owned, TaskState};
-use crate::runtime::{container_id, labels, run_labels, spec};
+use runtime::image::{self, Image, PullError, PullPolicy};
+use runtime::task::{self, NewContainer, Owned, TaskState};
+use runtime::{container_id, labels, run_labels, spec};
 
 /// How often a worker re-checks its pod even when nothing happened.
 const RESYNC: Duration = Duration::from_secs(10);

@@ -282,7 +282,7 @@ mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
-    use crate::runtime::image::auth::Credential;
+    use crate::image::auth::Credential;
 
     /// A request as the server saw it: path and headers (lower-case names).
     #[derive(Debug, Clone)]

@@ -60,20 +60,19 @@ impl fmt::Debug for Registries {
 }
 
 impl Registries {
-    /// Reads `config.registry_config` (a missing file means no
-    /// credentials) and takes `config.insecure_registries`.
-    pub fn load(config: &crate::config::Config) -> Result<Registries> {
-        let auths = match std::fs::read_to_string(&config.registry_config) {
+    /// Reads the docker-style credentials file `registry_config` (a missing
+    /// file means no credentials) and takes the `insecure` registries.
+    pub fn load(registry_config: &Path, insecure: &[String]) -> Result<Registries> {
+        let auths = match std::fs::read_to_string(registry_config) {
             Ok(text) => parse_docker_config(&text)
-                .with_context(|| format!("registry config {}", config.registry_config.display()))?,
+                .with_context(|| format!("registry config {}", registry_config.display()))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
             Err(e) => {
-                return Err(e).with_context(|| {
-                    format!("read registry config {}", config.registry_config.display())
-                })
+                return Err(e)
+                    .with_context(|| format!("read registry config {}", registry_config.display()))
             }
         };
-        Registries::new(auths, &config.insecure_registries)
+        Registries::new(auths, insecure)
     }
 
     /// Registries from parts (the CLI and tests).

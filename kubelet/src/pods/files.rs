@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::api::core::v1::Pod;
 use nix::mount::{MntFlags, MsFlags};
 
-use crate::runtime::spec::{mountinfo, pod_hostname, valid_uid, PodFiles};
+use runtime::spec::{mountinfo, pod_hostname, valid_uid, PodFiles};
 
 /// Size of the pod's /dev/shm (the CRI plugin's defaultShmSize).
 pub const SHM_SIZE: u64 = 64 << 20;

@@ -15,8 +15,8 @@ use k8s_openapi::api::core::v1::{ConfigMap, KeyToPath, Pod, Secret, Volume};
 use nix::mount::MsFlags;
 
 use super::files::{is_mount_point, unmount_all_under};
-use crate::runtime::spec::quantity::non_negative;
-use crate::runtime::spec::{valid_uid, Mount};
+use runtime::spec::quantity::non_negative;
+use runtime::spec::{valid_uid, Mount};
 
 /// Plugin directory names, as kubelet names them (`volumes/<plugin>/<name>`).
 pub const EMPTY_DIR: &str = "kubernetes.io~empty-dir";
@@ -1221,14 +1221,9 @@ mod tests {
         assert_eq!(fs::metadata(&v["mem"]).unwrap().gid(), 4321);
         // Again: no second mount on top.
         prepare(&t.0, &p, &no_cm, &secrets).unwrap();
-        assert_eq!(
-            crate::runtime::spec::mountinfo::under(&t.0).unwrap().len(),
-            2
-        );
+        assert_eq!(runtime::spec::mountinfo::under(&t.0).unwrap().len(), 2);
         cleanup(&t.0, "u-1").unwrap();
-        assert!(crate::runtime::spec::mountinfo::under(&t.0)
-            .unwrap()
-            .is_empty());
+        assert!(runtime::spec::mountinfo::under(&t.0).unwrap().is_empty());
         assert!(!t.0.join("pods/u-1").exists());
         cleanup(&t.0, "u-1").unwrap();
     }

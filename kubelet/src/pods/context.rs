@@ -13,9 +13,9 @@ use controlplane::{ControlPlane, ObjectRef, Scope};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 
 use crate::cni::Cni;
-use crate::config::Config;
-use crate::runtime::image::{Image, Registries};
-use crate::runtime::Runtime;
+use crate::Config;
+use runtime::image::{Image, Registries};
+use runtime::Runtime;
 
 /// Shared by the manager and every pod worker.
 pub struct Context {

@@ -19,9 +19,9 @@ use super::context::{Context, Host};
 use super::worker::namespace;
 use super::{files, volumes};
 use crate::cni::Attachment;
-use crate::runtime::spec::{self, PodFiles};
-use crate::runtime::task::{self, NewContainer, TaskState};
-use crate::runtime::{labels, sandbox_id};
+use runtime::spec::{self, PodFiles};
+use runtime::task::{self, NewContainer, TaskState};
+use runtime::{labels, sandbox_id};
 
 /// The interface CNI puts in the pod.
 pub const POD_IFNAME: &str = "eth0";

@@ -14,7 +14,7 @@ use super::reference::Reference;
 use super::registry::Client;
 use super::store::{self, Session};
 use super::{finish, layer_diff_ids, Image, Progress, Registries, MAX_CONFIG, MAX_INDEX_DEPTH};
-use crate::runtime::Runtime;
+use crate::Runtime;
 
 /// Layers downloaded at once (containerd's default too).
 const PARALLEL_LAYERS: usize = 3;

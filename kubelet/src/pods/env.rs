@@ -10,7 +10,8 @@ use k8s_openapi::api::core::v1::{
     ConfigMap, Container, ObjectFieldSelector, Pod, ResourceFieldSelector, Secret, Service,
 };
 
-use crate::runtime::spec::quantity::Quantity;
+use runtime::spec::expand;
+use runtime::spec::quantity::Quantity;
 
 /// Where `valueFrom`/`envFrom` references are resolved (all in the pod's
 /// namespace) and the node facts the downward API exposes.
@@ -121,46 +122,6 @@ fn service_vars(svc: &Service) -> Vec<(String, String)> {
         out.push((format!("{pp}_ADDR"), ip.clone()));
     }
     out
-}
-
-/// kubelet's `$(VAR)` expansion: a reference `lookup` cannot resolve stays
-/// as written, `$$` is a literal `$`, anything else is copied.
-pub fn expand(input: &str, lookup: &dyn Fn(&str) -> Option<String>) -> String {
-    let b = input.as_bytes();
-    let mut out: Vec<u8> = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] != b'$' || i + 1 == b.len() {
-            out.push(b[i]);
-            i += 1;
-            continue;
-        }
-        match b[i + 1] {
-            b'$' => {
-                out.push(b'$');
-                i += 2;
-            }
-            b'(' => match b[i + 2..].iter().position(|&c| c == b')') {
-                Some(len) => {
-                    let name = &input[i + 2..i + 2 + len];
-                    match lookup(name) {
-                        Some(v) => out.extend_from_slice(v.as_bytes()),
-                        None => out.extend_from_slice(format!("$({name})").as_bytes()),
-                    }
-                    i += len + 3;
-                }
-                None => {
-                    out.extend_from_slice(b"$(");
-                    i += 2;
-                }
-            },
-            _ => {
-                out.push(b'$');
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// kubelet's IsEnvVarName: `[-._a-zA-Z][-._a-zA-Z0-9]*`.
@@ -521,7 +482,7 @@ fn node_milli_cpu() -> i64 {
 fn node_memory() -> i64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|m| crate::runtime::spec::mem_total(&m))
+        .and_then(|m| runtime::spec::mem_total(&m))
         .unwrap_or(i64::MAX)
 }
 

@@ -17,7 +17,9 @@ use oci_spec::runtime::{
 };
 
 mod cgroups;
-pub(crate) mod mountinfo;
+pub mod expand;
+pub mod mountinfo;
+pub use expand::expand;
 pub mod quantity;
 pub mod resources;
 mod seccomp;
@@ -172,7 +174,7 @@ impl Host {
 }
 
 /// `MemTotal` of /proc/meminfo, in bytes.
-pub(crate) fn mem_total(meminfo: &str) -> Option<i64> {
+pub fn mem_total(meminfo: &str) -> Option<i64> {
     let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
     let kib: i64 = line.split_whitespace().nth(1)?.parse().ok()?;
     kib.checked_mul(1024)
@@ -542,7 +544,7 @@ fn process_args(
     let expand = |list: Option<&Vec<String>>| -> Vec<String> {
         list.into_iter()
             .flatten()
-            .map(|s| crate::pods::env::expand(s, &lookup))
+            .map(|s| expand(s, &lookup))
             .collect()
     };
     let mut command = expand(c.command.as_ref());
@@ -688,7 +690,7 @@ fn pod_annotations(pod: &PodFacts) -> HashMap<String, String> {
     HashMap::from([
         (
             annotations::SANDBOX_ID.to_string(),
-            crate::runtime::sandbox_id(pod.uid),
+            crate::sandbox_id(pod.uid),
         ),
         (annotations::SANDBOX_NAME.to_string(), pod.name.to_string()),
         (

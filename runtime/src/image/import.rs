@@ -16,7 +16,7 @@ use super::reference::normalize;
 use super::registry::MAX_MANIFEST;
 use super::store::{self, Session};
 use super::{finish, layer_diff_ids, parse_config, Image, Progress, MAX_CONFIG, MAX_INDEX_DEPTH};
-use crate::runtime::Runtime;
+use crate::Runtime;
 
 /// Imports every image in the archive at `path`.
 pub async fn import(rt: &Runtime, path: &Path, progress: &dyn Progress) -> Result<Vec<Image>> {
@@ -440,7 +440,7 @@ async fn docker_layer(a: &Archive, file: &str, diff_id: &str) -> Result<Descript
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::image::build;
+    use crate::image::build;
 
     #[test]
     fn paths_are_cleaned() {

@@ -1,0 +1,29 @@
+//! The node's kubelet: the pod manager and one worker per pod (sandbox,
+//! volumes, containers, restart back-off, status), the CNI caller, the
+//! container log writer and reader, and the Node object with its heartbeat.
+//! It drives containerd through `runtime` and the cluster through
+//! `controlplane`; it reads no config file and parses no flags.
+
+pub mod cni;
+pub mod logs;
+pub mod node;
+pub mod pods;
+
+use std::path::PathBuf;
+
+/// The kubelet's node-local settings: where it keeps pod state, files,
+/// logs and network namespaces. The `knode` binary fills it from its
+/// config file and flags.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Pod volumes (emptyDir, ConfigMap, Secret) live under here.
+    pub data_dir: PathBuf,
+    /// Per-pod files (hosts, resolv.conf, hostname) live under here.
+    pub run_dir: PathBuf,
+    /// Container logs (`<ns>_<pod>_<uid>/<container>/<n>.log`).
+    pub log_dir: PathBuf,
+    /// Where pod network namespaces are pinned (`knode-<uid>`).
+    pub netns_dir: PathBuf,
+    /// Static pod manifests.
+    pub pod_manifest_path: PathBuf,
+}

@@ -421,11 +421,16 @@ fn a_replaced_udp_endpoint_loses_its_stale_conntrack_entry() -> Result<()> {
         .node
         .run(|| NetlinkConntrack::open().and_then(|ct| to_b1(&ct)))?;
     assert_eq!(after.map_err(|e| anyhow!("{e}"))?, 0);
-    assert_eq!(
-        udp_ask(client, 40000, vip)?.as_deref(),
-        Some("b2"),
-        "same 5-tuple, new endpoint"
-    );
+    // Same 5-tuple, new endpoint. One datagram can go unanswered on a
+    // loaded machine, so ask until an answer comes; none may be b1's.
+    let mut answers = Vec::new();
+    let answered = wait_until(Duration::from_secs(5), || {
+        let a = udp_ask(client, 40000, vip).ok().flatten();
+        answers.extend(a.clone());
+        a.is_some()
+    });
+    assert!(answered, "no answer on the same 5-tuple");
+    assert_eq!(answers, ["b2"], "same 5-tuple, new endpoint");
     Ok(())
 }
 

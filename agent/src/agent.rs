@@ -17,6 +17,7 @@ use crate::config::Config;
 use kubelet::cni;
 use kubelet::node;
 use kubelet::pods::context::Context as PodContext;
+use kubelet::pods::probe::Prober;
 use kubelet::pods::{manager, static_pods};
 use overlay::Overlay;
 use runtime::{image, Runtime};
@@ -291,6 +292,7 @@ async fn start_node(
         knode_exe,
         pause,
         registries: image::Registries::load(&config.registry_config, &config.insecure_registries)?,
+        prober: Prober::start(),
     });
     tasks.push(tokio::spawn(node::heartbeat(
         cp,

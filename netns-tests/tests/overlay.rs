@@ -450,10 +450,17 @@ fn host_gw_pods_reach_each_other() -> Result<()> {
     // Node 1 holding its lease does not mean node 0 has seen it yet.
     let mut route = String::new();
     let programmed = wait_until(Duration::from_secs(10), || {
-        route = o.node(0).sh(&["ip", "route", "show", &s1]).unwrap_or_default();
+        route = o
+            .node(0)
+            .sh(&["ip", "route", "show", &s1])
+            .unwrap_or_default();
         !route.is_empty()
     });
-    assert!(programmed, "no route to {s1} on node 0:\n{}", o.agent(0).log());
+    assert!(
+        programmed,
+        "no route to {s1} on node 0:\n{}",
+        o.agent(0).log()
+    );
     assert!(route.contains("via 198.18.0.12 dev eth0"), "{route}");
     assert!(
         o.node(0).sh(&["ip", "link", "show", "knode.1"]).is_err(),
@@ -630,10 +637,17 @@ fn direct_routing_uses_plain_routes_on_one_segment() -> Result<()> {
     // Node 1 holding its lease does not mean node 0 has seen it yet.
     let mut route = String::new();
     let programmed = wait_until(Duration::from_secs(10), || {
-        route = o.node(0).sh(&["ip", "route", "show", &s1]).unwrap_or_default();
+        route = o
+            .node(0)
+            .sh(&["ip", "route", "show", &s1])
+            .unwrap_or_default();
         !route.is_empty()
     });
-    assert!(programmed, "no route to {s1} on node 0:\n{}", o.agent(0).log());
+    assert!(
+        programmed,
+        "no route to {s1} on node 0:\n{}",
+        o.agent(0).log()
+    );
     assert!(route.contains("via 198.18.0.12 dev eth0"), "{route}");
     let fdb = o.node(0).sh(&["bridge", "fdb", "show", "dev", "knode.1"])?;
     assert!(!fdb.contains("dst 198.18.0.12"), "{fdb}");

@@ -12,6 +12,7 @@ use controlplane::objects::{Kind, Object};
 use controlplane::{ControlPlane, ObjectRef, Scope};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 
+use super::probe::Prober;
 use crate::cni::Cni;
 use crate::Config;
 use runtime::image::{Image, Registries};
@@ -29,6 +30,8 @@ pub struct Context {
     pub knode_exe: PathBuf,
     pub pause: Image,
     pub registries: Registries,
+    /// The node's one probe scheduler.
+    pub prober: Prober,
 }
 
 impl Context {

@@ -3,6 +3,7 @@ pub mod context;
 pub mod env;
 pub mod files;
 pub mod manager;
+pub mod probe;
 pub mod sandbox;
 pub mod static_pods;
 pub mod status;

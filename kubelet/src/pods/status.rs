@@ -55,6 +55,10 @@ pub struct ContainerView {
     pub state: State,
     pub last: Option<Terminated>,
     pub restart_count: i32,
+    /// Running, started, and its readiness probe (if any) passing.
+    pub ready: bool,
+    /// Running and its startup probe (if any) passed.
+    pub started: bool,
 }
 
 /// The whole pod, observed.
@@ -66,6 +70,8 @@ pub struct PodView {
     pub start_time: Option<Timestamp>,
     pub restart_policy: String,
     pub containers: Vec<ContainerView>,
+    /// `spec.readinessGates`: condition types that must be True too.
+    pub readiness_gates: Vec<String>,
 }
 
 /// The phase by kubelet's rules (no init containers).
@@ -117,7 +123,7 @@ pub fn pod_status(prev: Option<&PodStatus>, view: &PodView, now: Timestamp) -> P
     let unready: Vec<&str> = view
         .containers
         .iter()
-        .filter(|c| !matches!(c.state, State::Running { .. }))
+        .filter(|c| !c.ready)
         .map(|c| c.name.as_str())
         .collect();
     let phase = phase(view);
@@ -132,13 +138,26 @@ pub fn pod_status(prev: Option<&PodStatus>, view: &PodView, now: Timestamp) -> P
     let cond = |type_: &str, ok: bool, why: Option<(String, String)>| {
         condition(prev_conditions, type_, ok, why, now)
     };
-    let conditions = vec![
+    let gates_not_ready = unready_gates(prev_conditions, &view.readiness_gates);
+    let ready_why = not_ready.clone().or(gates_not_ready.clone());
+    let mut conditions = vec![
         cond("PodReadyToStartContainers", view.sandbox_ready, None),
         cond("Initialized", true, None),
-        cond("Ready", containers_ready, not_ready.clone()),
+        cond(
+            "Ready",
+            containers_ready && gates_not_ready.is_none(),
+            ready_why,
+        ),
         cond("ContainersReady", containers_ready, not_ready),
         cond("PodScheduled", true, None),
     ];
+    // Readiness gates are conditions others write: kept as they are.
+    conditions.extend(
+        prev_conditions
+            .iter()
+            .filter(|c| view.readiness_gates.contains(&c.type_))
+            .cloned(),
+    );
     PodStatus {
         phase: Some(phase.to_string()),
         conditions: Some(conditions),
@@ -156,6 +175,24 @@ pub fn pod_status(prev: Option<&PodStatus>, view: &PodView, now: Timestamp) -> P
         qos_class: prev.and_then(|p| p.qos_class.clone()),
         ..Default::default()
     }
+}
+
+/// kubelet's reason and message when a readiness gate is not True.
+fn unready_gates(prev: &[PodCondition], gates: &[String]) -> Option<(String, String)> {
+    let msgs: Vec<String> = gates
+        .iter()
+        .filter_map(|g| match prev.iter().find(|c| &c.type_ == g) {
+            None => Some(format!(
+                "corresponding condition of pod readiness gate \"{g}\" does not exist."
+            )),
+            Some(c) if c.status != "True" => Some(format!(
+                "the status of pod readiness gate \"{g}\" is not \"True\", but {}",
+                c.status
+            )),
+            Some(_) => None,
+        })
+        .collect();
+    (!msgs.is_empty()).then(|| ("ReadinessGatesNotReady".to_string(), msgs.join(", ")))
 }
 
 fn condition(
@@ -183,7 +220,6 @@ fn condition(
 }
 
 fn container_status(c: &ContainerView) -> ContainerStatus {
-    let running = matches!(c.state, State::Running { .. });
     ContainerStatus {
         name: c.name.clone(),
         image: c.image.clone(),
@@ -192,8 +228,8 @@ fn container_status(c: &ContainerView) -> ContainerStatus {
             .container_id
             .as_ref()
             .map(|id| format!("containerd://{id}")),
-        ready: running,
-        started: Some(running),
+        ready: c.ready,
+        started: Some(c.started),
         restart_count: c.restart_count,
         state: Some(state(&c.state)),
         last_state: Some(
@@ -257,12 +293,71 @@ mod tests {
                     image: "busybox".into(),
                     image_id: String::new(),
                     container_id: None,
+                    ready: matches!(state, State::Running { .. }),
+                    started: matches!(state, State::Running { .. }),
                     state,
                     last: last.map(exited),
                     restart_count: 0,
                 })
                 .collect(),
+            readiness_gates: Vec::new(),
         }
+    }
+
+    fn condition_of<'a>(s: &'a PodStatus, t: &str) -> &'a PodCondition {
+        s.conditions
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|c| c.type_ == t)
+            .unwrap()
+    }
+
+    #[test]
+    fn a_running_container_failing_readiness_keeps_the_pod_unready() {
+        let now: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let mut v = view("Always", vec![(RUNNING, None), (RUNNING, None)]);
+        v.containers[1].ready = false;
+        let s = pod_status(None, &v, now);
+        assert_eq!(s.phase.as_deref(), Some("Running"));
+        let ready = condition_of(&s, "Ready");
+        assert_eq!(ready.status, "False");
+        assert_eq!(ready.reason.as_deref(), Some("ContainersNotReady"));
+        assert_eq!(
+            ready.message.as_deref(),
+            Some("containers with unready status: [c1]")
+        );
+        let cs = s.container_statuses.unwrap();
+        assert!(cs[0].ready && !cs[1].ready);
+        assert_eq!(cs[1].started, Some(true));
+    }
+
+    #[test]
+    fn readiness_gates_hold_ready_until_their_condition_is_true() {
+        let now: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let mut v = view("Always", vec![(RUNNING, None)]);
+        v.readiness_gates = vec!["example.com/lb".into()];
+        let s = pod_status(None, &v, now);
+        assert_eq!(condition_of(&s, "ContainersReady").status, "True");
+        let ready = condition_of(&s, "Ready");
+        assert_eq!(ready.status, "False");
+        assert_eq!(ready.reason.as_deref(), Some("ReadinessGatesNotReady"));
+        assert_eq!(
+            ready.message.as_deref(),
+            Some(
+                "corresponding condition of pod readiness gate \"example.com/lb\" does not exist."
+            )
+        );
+        // Someone else sets the gate's condition: it is kept, and Ready follows.
+        let mut prev = s.clone();
+        prev.conditions.as_mut().unwrap().push(PodCondition {
+            type_: "example.com/lb".into(),
+            status: "True".into(),
+            ..Default::default()
+        });
+        let s = pod_status(Some(&prev), &v, now);
+        assert_eq!(condition_of(&s, "Ready").status, "True");
+        assert_eq!(condition_of(&s, "example.com/lb").status, "True");
     }
 
     fn exited(code: i32) -> Terminated {

@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 
 use super::backoff::Backoff;
 use super::context::{services_for, Context, Refs};
+use super::probe::{self, handlers::Target, Registration};
 use super::sandbox::{self, Sandbox};
 use super::status::{self, ContainerView, PodView, State, Terminated};
 use super::{env, volumes};
@@ -40,6 +41,8 @@ pub enum Msg {
     Deleted,
     /// A task of ours exited.
     Exited(String),
+    /// A probe's result changed.
+    Probe(probe::scheduler::Change),
 }
 
 /// Starts a worker for `pod`; `owned` are the containers containerd
@@ -67,6 +70,14 @@ struct Slot {
     waiting: Option<(String, Option<String>)>,
     /// Whether the latest run is still to be accounted as exited.
     image_id: String,
+    /// The run whose probes are registered with the prober.
+    probed: Option<String>,
+    /// The readiness probe's result for the current run.
+    ready: bool,
+    /// The startup probe's result for the current run.
+    started: bool,
+    /// A run being killed for a failed probe: not probed again.
+    killed: Option<String>,
 }
 
 struct Worker {
@@ -214,6 +225,7 @@ impl Worker {
                 Some(Msg::Exited(id)) => {
                     self.waited.remove(&id);
                 }
+                Some(Msg::Probe(c)) => self.on_probe(c),
             }
             // Coalesce whatever else is queued.
             loop {
@@ -222,6 +234,7 @@ impl Worker {
                     Ok(Msg::Exited(id)) => {
                         self.waited.remove(&id);
                     }
+                    Ok(Msg::Probe(c)) => self.on_probe(c),
                     Ok(Msg::Deleted) => {
                         self.teardown().await;
                         return;
@@ -370,6 +383,7 @@ impl Worker {
                     }
                     self.slots[i].waiting = None;
                     self.watch_exit(&id);
+                    self.probe(i, &id);
                     return Ok(());
                 }
                 TaskState::Stopped {
@@ -456,6 +470,7 @@ impl Worker {
         l.insert(run_labels::FINISHED_AT.to_string(), finished_at.to_string());
         task::set_labels(rt, id, l).await?;
         task::delete_task(rt, id).await?;
+        self.unprobe(i);
         let slot = &mut self.slots[i];
         slot.last = Some(Terminated {
             exit_code: exit_code as i32,
@@ -554,6 +569,10 @@ impl Worker {
                 return Ok(());
             }
         };
+        if let Err(e) = probe::specs(&c) {
+            self.slots[i].waiting = Some(config_error(e));
+            return Ok(());
+        }
         let empty = HashMap::new();
         let mounts = match volumes::mounts_for(&pod, i, self.volumes.as_ref().unwrap_or(&empty)) {
             Ok(m) => m,
@@ -651,6 +670,7 @@ impl Worker {
         self.slots[i].running_since = Some(Some(started));
         self.slots[i].waiting = None;
         self.watch_exit(&id);
+        self.probe(i, &id);
         // Keep the previous run (its log and exit for --previous), remove
         // older ones.
         if attempt >= 2 {
@@ -680,6 +700,106 @@ impl Worker {
 
     fn wake(&mut self, at: Instant) {
         self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
+    }
+
+    /// Registers the probes of container `i`'s running run `id`, once.
+    fn probe(&mut self, i: usize, id: &str) {
+        if self.slots[i].probed.as_deref() == Some(id)
+            || self.slots[i].killed.as_deref() == Some(id)
+        {
+            return;
+        }
+        self.unprobe(i);
+        self.slots[i].probed = Some(id.to_string());
+        let c = &containers(&self.pod)[i];
+        let specs = match probe::specs(c) {
+            Ok(s) => s,
+            Err(e) => {
+                // Checked before the start; only a run adopted from an
+                // older agent can get here.
+                tracing::warn!(pod = %self.key(), container = %c.name, error = %e, "probes not run");
+                Vec::new()
+            }
+        };
+        if specs.is_empty() {
+            return;
+        }
+        let ago = self.slots[i]
+            .running_since
+            .flatten()
+            .map(|t| Timestamp::now().duration_since(t).unsigned_abs())
+            .unwrap_or_default();
+        let tx = self.tx.clone();
+        self.ctx.prober.add(Registration {
+            container_id: id.to_string(),
+            pod: self.key(),
+            container: c.name.clone(),
+            specs,
+            target: Target {
+                pod_ip: self.sandbox.as_ref().and_then(|s| s.ip.clone()),
+                container_id: id.to_string(),
+                rt: self.ctx.rt.clone(),
+                fifo_parent: self.ctx.config.run_dir.join("exec"),
+            },
+            started: Instant::now().checked_sub(ago).unwrap_or_else(Instant::now),
+            notify: std::sync::Arc::new(move |c| {
+                let _ = tx.send(Msg::Probe(c));
+            }),
+        });
+    }
+
+    /// Stops probing container `i`'s run and forgets its results.
+    fn unprobe(&mut self, i: usize) {
+        if let Some(id) = self.slots[i].probed.take() {
+            self.ctx.prober.remove(&id);
+        }
+        self.slots[i].ready = false;
+        self.slots[i].started = false;
+    }
+
+    /// A probe's result changed: readiness and startup are recorded; a
+    /// failed liveness or startup probe kills the run, which then restarts
+    /// by the pod's policy and back-off, as kubelet does.
+    fn on_probe(&mut self, c: probe::scheduler::Change) {
+        let Some(i) = self
+            .slots
+            .iter()
+            .position(|s| s.probed.as_deref() == Some(c.container_id.as_str()))
+        else {
+            return;
+        };
+        match (c.kind, c.result) {
+            (probe::Kind::Readiness, ok) => self.slots[i].ready = ok,
+            (probe::Kind::Startup, true) => self.slots[i].started = true,
+            (probe::Kind::Liveness | probe::Kind::Startup, false) => {
+                let name = self.slots[i].name.clone();
+                tracing::info!(pod = %self.key(), container = %name, probe = %c.kind, reason = c.message.as_deref().unwrap_or(""), "container failed its probe, will be restarted");
+                let grace = containers(&self.pod)[i]
+                    .liveness_probe
+                    .as_ref()
+                    .filter(|_| c.kind == probe::Kind::Liveness)
+                    .or(containers(&self.pod)[i].startup_probe.as_ref())
+                    .and_then(|p| p.termination_grace_period_seconds)
+                    .or_else(|| {
+                        self.pod
+                            .spec
+                            .as_ref()
+                            .and_then(|s| s.termination_grace_period_seconds)
+                    })
+                    .unwrap_or(30)
+                    .max(0) as u64;
+                // No more probing of a run that is being killed.
+                self.unprobe(i);
+                self.slots[i].killed = Some(c.container_id.clone());
+                let (rt, id) = (self.ctx.rt.clone(), c.container_id);
+                tokio::spawn(async move {
+                    if let Err(e) = task::stop(&rt, &id, Duration::from_secs(grace)).await {
+                        tracing::warn!(container = %id, error = %format!("{e:#}"), "stop after a failed probe");
+                    }
+                });
+            }
+            (probe::Kind::Liveness, true) => {}
+        }
     }
 
     /// Writes the status if it differs from what was last written.
@@ -712,6 +832,13 @@ impl Worker {
             host_ip: self.ctx.node_ip.clone(),
             start_time: self.start_time,
             restart_policy: restart_policy(&self.pod),
+            readiness_gates: self
+                .pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.readiness_gates.as_ref())
+                .map(|g| g.iter().map(|g| g.condition_type.clone()).collect())
+                .unwrap_or_default(),
             containers: self
                 .slots
                 .iter()
@@ -738,7 +865,15 @@ impl Worker {
                         (State::Terminated(_), _) => None,
                         (_, l) => l.clone(),
                     };
+                    let running = matches!(state, State::Running { .. });
+                    let c = containers(&self.pod).iter().find(|c| c.name == s.name);
+                    let started =
+                        running && (c.is_none_or(|c| c.startup_probe.is_none()) || s.started);
+                    let ready =
+                        started && (c.is_none_or(|c| c.readiness_probe.is_none()) || s.ready);
                     ContainerView {
+                        ready,
+                        started,
                         name: s.name.clone(),
                         image: s.image.clone(),
                         image_id: s.image_id.clone(),
@@ -780,6 +915,9 @@ impl Worker {
                 .unwrap_or(30)
                 .max(0) as u64,
         );
+        for i in 0..self.slots.len() {
+            self.unprobe(i);
+        }
         self.stop_all(grace).await;
         let mut delay = Duration::from_millis(500);
         loop {

@@ -1,0 +1,218 @@
+//! Probes end to end: a real `knode agent`, a private containerd, busybox
+//! pods whose probes pass or fail on a schedule the test sets. Checked the
+//! way a user sees it: the pod's conditions and container statuses, and
+//! the Service's endpoints.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use knode_tests::node::Node;
+use serde_json::Value;
+
+const BUSYBOX: &str = knode_tests::image::BUSYBOX;
+
+fn container(p: &Value) -> &Value {
+    &p["status"]["containerStatuses"][0]
+}
+
+fn condition(p: &Value, t: &str) -> String {
+    p["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == t))
+        .and_then(|c| c["status"].as_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn transition(p: &Value, t: &str) -> Value {
+    p["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == t))
+        .map(|c| c["lastTransitionTime"].clone())
+        .unwrap_or_default()
+}
+
+/// Seconds since the epoch of an RFC 3339 UTC time (`2026-01-02T03:04:05Z`).
+fn unix_seconds(v: &Value) -> i64 {
+    let s = v.as_str().unwrap_or_else(|| panic!("not a time: {v}"));
+    let n = |r: std::ops::Range<usize>| -> i64 { s[r].parse().expect("digits") };
+    let (y, m, d) = (n(0..4), n(5..7), n(8..10));
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146097 + doe - 719468;
+    days * 86400 + n(11..13) * 3600 + n(14..16) * 60 + n(17..19)
+}
+
+fn running(p: &Value) -> bool {
+    container(p)["state"]["running"].is_object()
+}
+
+/// The addresses `knode get endpoints <svc>` lists.
+fn endpoint_ips(n: &Node, svc: &str) -> Result<Vec<String>> {
+    let out = n.knode(&["get", "endpoints", svc, "-o", "json"])?;
+    let v: Value = serde_json::from_str(&out)?;
+    Ok(v["subsets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|s| s["addresses"].as_array().into_iter().flatten())
+        .filter_map(|a| a["ip"].as_str().map(str::to_string))
+        .collect())
+}
+
+/// A readiness probe that passes only once the server is up (5 s after
+/// the start): the pod runs but is not Ready, and not an endpoint, until
+/// then; then both follow within a few probe periods.
+#[test]
+fn readiness_holds_the_pod_out_of_its_service_until_the_probe_passes() -> Result<()> {
+    let Some(n) =
+        Node::for_test("readiness_holds_the_pod_out_of_its_service_until_the_probe_passes")
+    else {
+        return Ok(());
+    };
+    n.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: slow, labels: {{app: slow}}}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: web
+    image: {BUSYBOX}
+    command: ["sh", "-c", "sleep 5; mkdir -p /www; echo ok > /www/index.html; exec httpd -f -p 80 -h /www"]
+    readinessProbe:
+      httpGet: {{path: /, port: 80}}
+      periodSeconds: 1
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: slow}}
+spec:
+  selector: {{app: slow}}
+  ports: [{{port: 80}}]
+"#
+    ))?;
+    let p = n.wait_pod("slow", Duration::from_secs(60), running)?;
+    // Running, not ready (the server sleeps for 5 s first).
+    if container(&p)["ready"] == false {
+        assert_eq!(condition(&p, "Ready"), "False", "{p:#}");
+        assert_eq!(condition(&p, "ContainersReady"), "False");
+        assert!(endpoint_ips(&n, "slow")?.is_empty());
+    }
+    let p = n.wait_pod("slow", Duration::from_secs(60), |p| {
+        condition(p, "Ready") == "True"
+    })?;
+    assert_eq!(container(&p)["ready"], true);
+    // Ready no sooner than the server could answer (the clock's seconds
+    // are whole: 5 s of sleep can read as 4).
+    let started = unix_seconds(&container(&p)["state"]["running"]["startedAt"]);
+    let ready = unix_seconds(&transition(&p, "Ready"));
+    assert!(
+        ready - started >= 4,
+        "ready {}s after the start:\n{p:#}",
+        ready - started
+    );
+    let ip = p["status"]["podIP"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while endpoint_ips(&n, "slow")? != [ip.clone()] {
+        assert!(Instant::now() < deadline, "{ip} never became an endpoint");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// An exec liveness probe that starts failing after 3 s: the container is
+/// killed and restarted, and the restart count says so. A tcpSocket
+/// readiness probe on the same pod passes while the server listens.
+#[test]
+fn a_failing_liveness_probe_restarts_the_container() -> Result<()> {
+    let Some(n) = Node::for_test("a_failing_liveness_probe_restarts_the_container") else {
+        return Ok(());
+    };
+    n.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: sick}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: app
+    image: {BUSYBOX}
+    command: ["sh", "-c", "touch /tmp/healthy; httpd -p 8080 -h /tmp; sleep 3; rm /tmp/healthy; exec sleep 600"]
+    livenessProbe:
+      exec: {{command: ["cat", "/tmp/healthy"]}}
+      periodSeconds: 1
+      failureThreshold: 1
+      terminationGracePeriodSeconds: 1
+    readinessProbe:
+      tcpSocket: {{port: 8080}}
+      periodSeconds: 1
+"#
+    ))?;
+    n.wait_pod("sick", Duration::from_secs(60), |p| {
+        container(p)["ready"] == true && condition(p, "Ready") == "True"
+    })?;
+    let p = n.wait_pod("sick", Duration::from_secs(60), |p| {
+        container(p)["restartCount"].as_i64() >= Some(1)
+    })?;
+    // The killed run is the last state.
+    assert!(
+        container(&p)["lastState"]["terminated"].is_object(),
+        "{:#}",
+        container(&p)
+    );
+    Ok(())
+}
+
+/// A startup probe that passes after 4 s holds off a liveness probe that
+/// would fail until then: no restart, and `started` turns true.
+#[test]
+fn a_startup_probe_holds_liveness_off_until_it_passes() -> Result<()> {
+    let Some(n) = Node::for_test("a_startup_probe_holds_liveness_off_until_it_passes") else {
+        return Ok(());
+    };
+    n.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: late}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: app
+    image: {BUSYBOX}
+    command: ["sh", "-c", "sleep 4; touch /tmp/started; exec sleep 600"]
+    startupProbe:
+      exec: {{command: ["cat", "/tmp/started"]}}
+      periodSeconds: 1
+      failureThreshold: 60
+    livenessProbe:
+      exec: {{command: ["cat", "/tmp/started"]}}
+      periodSeconds: 1
+      failureThreshold: 1
+"#
+    ))?;
+    let p = n.wait_pod("late", Duration::from_secs(60), running)?;
+    if container(&p)["started"] == false {
+        assert_eq!(container(&p)["ready"], false);
+    }
+    let p = n.wait_pod("late", Duration::from_secs(60), |p| {
+        container(p)["started"] == true
+    })?;
+    assert_eq!(container(&p)["restartCount"], 0, "{:#}", container(&p));
+    // Liveness now runs and passes: still no restart a few periods later.
+    std::thread::sleep(Duration::from_secs(3));
+    let p = n.pod("late")?.expect("pod");
+    assert_eq!(container(&p)["restartCount"], 0, "{:#}", container(&p));
+    assert_eq!(condition(&p, "Ready"), "True");
+    Ok(())
+}

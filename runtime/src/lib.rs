@@ -108,7 +108,8 @@ pub fn is_already_exists(s: &Status) -> bool {
 /// Labels on every containerd container the agent creates. A restarted
 /// agent finds what it owns by these, and nothing else.
 pub mod labels {
-    /// `sandbox` (the pause container) or `container` (an app container).
+    /// `sandbox` (the pause container), `container` (an app container) or
+    /// `init-container`.
     pub const KIND: &str = "io.knode.kind";
     pub const POD_UID: &str = "io.knode.pod.uid";
     pub const POD_NAME: &str = "io.knode.pod.name";
@@ -118,6 +119,7 @@ pub mod labels {
     pub const ATTEMPT: &str = "io.knode.container.attempt";
     pub const KIND_SANDBOX: &str = "sandbox";
     pub const KIND_CONTAINER: &str = "container";
+    pub const KIND_INIT_CONTAINER: &str = "init-container";
 }
 
 /// The containerd id of a pod's pause container.
@@ -130,6 +132,12 @@ pub fn sandbox_id(pod_uid: &str) -> String {
 /// used because uid + name could exceed containerd's 76-character limit.
 pub fn container_id(pod_uid: &str, index: usize, attempt: u32) -> String {
     format!("{pod_uid}-c{index}-{attempt}")
+}
+
+/// The containerd id of one start of an init container (its index in
+/// `spec.initContainers`), in the shape of [`container_id`].
+pub fn init_container_id(pod_uid: &str, index: usize, attempt: u32) -> String {
+    format!("{pod_uid}-i{index}-{attempt}")
 }
 
 /// Labels the agent adds to a container as it runs, so that a restarted

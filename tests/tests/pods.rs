@@ -629,37 +629,3 @@ spec:
     );
     Ok(())
 }
-
-/// A pod with init containers is not half-run: it waits with the reason.
-#[test]
-fn init_containers_are_refused_with_a_reason() -> Result<()> {
-    let Some(n) = node("init_containers_are_refused_with_a_reason") else {
-        return Ok(());
-    };
-    n.apply(&format!(
-        r#"
-apiVersion: v1
-kind: Pod
-metadata: {{name: withinit}}
-spec:
-  initContainers:
-  - name: setup
-    image: {BUSYBOX}
-    command: ["true"]
-  containers:
-  - name: c
-    image: {BUSYBOX}
-    command: ["sleep", "3600"]
-"#
-    ))?;
-    let p = n.wait_pod("withinit", Duration::from_secs(30), |p| {
-        status(p, "c")["state"]["waiting"]["reason"] == "CreateContainerConfigError"
-    })?;
-    let msg = status(&p, "c")["state"]["waiting"]["message"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    assert!(msg.contains("spec.initContainers"), "{msg}");
-    assert!(n.containers()?.is_empty(), "nothing runs");
-    Ok(())
-}

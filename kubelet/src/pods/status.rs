@@ -69,13 +69,29 @@ pub struct PodView {
     pub host_ip: String,
     pub start_time: Option<Timestamp>,
     pub restart_policy: String,
+    /// Every init container completed (sidecars: started).
+    pub initialized: bool,
+    pub init_containers: Vec<ContainerView>,
     pub containers: Vec<ContainerView>,
     /// `spec.readinessGates`: condition types that must be True too.
     pub readiness_gates: Vec<String>,
 }
 
-/// The phase by kubelet's rules (no init containers).
+/// The phase by kubelet's rules: Pending while init containers run
+/// (Failed when one failed and the pod never restarts), then by the app
+/// containers.
 pub fn phase(view: &PodView) -> &'static str {
+    if !view.initialized {
+        let failed = view
+            .init_containers
+            .iter()
+            .any(|c| matches!(&c.state, State::Terminated(t) if t.exit_code != 0));
+        return if failed && view.restart_policy == "Never" {
+            "Failed"
+        } else {
+            "Pending"
+        };
+    }
     let (mut waiting, mut running, mut stopped, mut succeeded) = (0, 0, 0, 0);
     for c in &view.containers {
         match &c.state {
@@ -140,9 +156,24 @@ pub fn pod_status(prev: Option<&PodStatus>, view: &PodView, now: Timestamp) -> P
     };
     let gates_not_ready = unready_gates(prev_conditions, &view.readiness_gates);
     let ready_why = not_ready.clone().or(gates_not_ready.clone());
+    let incomplete: Vec<&str> = view
+        .init_containers
+        .iter()
+        .filter(|c| !c.ready && !view.initialized)
+        .map(|c| c.name.as_str())
+        .collect();
+    let not_initialized = (!view.initialized).then(|| {
+        (
+            "ContainersNotInitialized".to_string(),
+            format!(
+                "containers with incomplete status: [{}]",
+                incomplete.join(" ")
+            ),
+        )
+    });
     let mut conditions = vec![
         cond("PodReadyToStartContainers", view.sandbox_ready, None),
-        cond("Initialized", true, None),
+        cond("Initialized", view.initialized, not_initialized),
         cond(
             "Ready",
             containers_ready && gates_not_ready.is_none(),
@@ -172,6 +203,8 @@ pub fn pod_status(prev: Option<&PodStatus>, view: &PodView, now: Timestamp) -> P
             .map(|ip| vec![PodIP { ip: ip.clone() }]),
         start_time: view.start_time.map(Time),
         container_statuses: Some(view.containers.iter().map(container_status).collect()),
+        init_container_statuses: (!view.init_containers.is_empty())
+            .then(|| view.init_containers.iter().map(container_status).collect()),
         qos_class: prev.and_then(|p| p.qos_class.clone()),
         ..Default::default()
     }
@@ -285,6 +318,8 @@ mod tests {
             host_ip: "192.0.2.1".into(),
             start_time: None,
             restart_policy: policy.into(),
+            initialized: true,
+            init_containers: Vec::new(),
             containers: states
                 .into_iter()
                 .enumerate()
@@ -311,6 +346,47 @@ mod tests {
             .iter()
             .find(|c| c.type_ == t)
             .unwrap()
+    }
+
+    #[test]
+    fn init_containers_hold_the_pod_pending_and_uninitialized() {
+        let now: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let mut v = view("Always", vec![(waiting("PodInitializing"), None)]);
+        let init = view(
+            "Always",
+            vec![(State::Terminated(exited(0)), None), (RUNNING, None)],
+        );
+        v.init_containers = init.containers;
+        v.init_containers[0].ready = true;
+        v.init_containers[1].ready = false;
+        v.init_containers[1].name = "second".into();
+        v.initialized = false;
+        let s = pod_status(None, &v, now);
+        assert_eq!(s.phase.as_deref(), Some("Pending"));
+        let c = condition_of(&s, "Initialized");
+        assert_eq!(c.status, "False");
+        assert_eq!(c.reason.as_deref(), Some("ContainersNotInitialized"));
+        assert_eq!(
+            c.message.as_deref(),
+            Some("containers with incomplete status: [second]")
+        );
+        let init = s.init_container_statuses.unwrap();
+        assert_eq!(init.len(), 2);
+        assert!(init[0].ready && init[0].state.as_ref().unwrap().terminated.is_some());
+        // A failed init container under Never fails the pod; under
+        // OnFailure/Always it is retried and the pod stays Pending.
+        v.init_containers[1].state = State::Terminated(exited(1));
+        v.restart_policy = "Never".into();
+        assert_eq!(phase(&v), "Failed");
+        v.restart_policy = "OnFailure".into();
+        assert_eq!(phase(&v), "Pending");
+        v.initialized = true;
+        v.containers[0].state = RUNNING;
+        assert_eq!(phase(&v), "Running");
+        assert_eq!(
+            condition_of(&pod_status(None, &v, now), "Initialized").status,
+            "True"
+        );
     }
 
     #[test]

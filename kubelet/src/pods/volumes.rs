@@ -11,7 +11,7 @@ use std::io::{self, Write as _};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
-use k8s_openapi::api::core::v1::{ConfigMap, KeyToPath, Pod, Secret, Volume};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, KeyToPath, Pod, Secret, Volume};
 use nix::mount::MsFlags;
 
 use super::files::{is_mount_point, unmount_all_under};
@@ -640,6 +640,18 @@ pub fn mounts_for(
         .containers
         .get(container_index)
         .ok_or_else(|| config(&cf, "no such container"))?;
+    mounts_of(pod, &cf, c, volumes)
+}
+
+/// [`mounts_for`] of any container of `pod` (an init container too),
+/// `cf` being its field path for errors.
+pub fn mounts_of(
+    pod: &Pod,
+    cf: &str,
+    c: &Container,
+    volumes: &HashMap<String, PathBuf>,
+) -> Result<Vec<Mount>> {
+    let spec = pod.spec.as_ref().ok_or_else(|| config("spec", "missing"))?;
     let read_only_source: HashSet<&str> = spec
         .volumes
         .iter()

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result};
 use controlplane::objects::Object;
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{Pod, PodStatus};
+use k8s_openapi::api::core::v1::{Container, Pod, PodStatus};
 use tokio::sync::mpsc;
 
 use super::backoff::Backoff;
@@ -54,16 +54,27 @@ pub fn spawn(ctx: Arc<Context>, pod: Pod, owned: Vec<Owned>) -> mpsc::UnboundedS
     tx
 }
 
-/// One app container's slot (by index in `spec.containers`).
+/// One container's slot: the init containers' first, in order, then the
+/// app containers'.
 #[derive(Debug, Default)]
 struct Slot {
     name: String,
+    /// An init container (its index is in `spec.initContainers`).
+    init: bool,
+    /// An init container with `restartPolicy: Always`: a sidecar that
+    /// keeps running beside the app containers.
+    sidecar: bool,
+    /// Index in `spec.initContainers` or `spec.containers`.
+    index: usize,
     image: String,
     /// The latest run, if any: its attempt and containerd id.
     current: Option<(u32, String)>,
     running_since: Option<Option<Timestamp>>,
     /// The latest finished run.
     last: Option<Terminated>,
+    /// The run finished before `last` (the last state shown while `last`
+    /// is the current state).
+    previous: Option<Terminated>,
     /// When `last` finished, on the monotonic clock (for the back-off).
     finished: Option<Instant>,
     /// Why it is not running, when it is waiting.
@@ -97,6 +108,8 @@ struct Worker {
     written: Option<PodStatus>,
     /// The pod reached a terminal phase and its sandbox was removed.
     finished: bool,
+    /// Every init container has completed (sidecars: started) once.
+    initialized: bool,
     /// The IP it had, still reported after the sandbox is gone.
     last_ip: Option<String>,
     /// Images found or pulled during this pass, by reference.
@@ -113,14 +126,25 @@ impl Worker {
         tx: mpsc::UnboundedSender<Msg>,
     ) -> Worker {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
-        let slots = containers(&pod)
+        let slot = |c: &Container, init: bool, index: usize| Slot {
+            name: c.name.clone(),
+            init,
+            sidecar: init && c.restart_policy.as_deref() == Some("Always"),
+            index,
+            image: c.image.clone().unwrap_or_default(),
+            waiting: Some(("ContainerCreating".into(), None)),
+            ..Default::default()
+        };
+        let slots = init_containers(&pod)
             .iter()
-            .map(|c| Slot {
-                name: c.name.clone(),
-                image: c.image.clone().unwrap_or_default(),
-                waiting: Some(("ContainerCreating".into(), None)),
-                ..Default::default()
-            })
+            .enumerate()
+            .map(|(i, c)| slot(c, true, i))
+            .chain(
+                containers(&pod)
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| slot(c, false, i)),
+            )
             .collect();
         let start_time = pod
             .status
@@ -132,6 +156,7 @@ impl Worker {
             Some("Succeeded" | "Failed")
         );
         let last_ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone());
+        let initialized = init_containers(&pod).is_empty();
         let mut w = Worker {
             ctx,
             pod,
@@ -148,6 +173,7 @@ impl Worker {
             // A pod the control plane already shows as finished (an agent
             // restart) never runs again, as with kubelet.
             finished,
+            initialized,
             last_ip,
             prefetched: HashMap::new(),
             pause_starting: None,
@@ -162,7 +188,8 @@ impl Worker {
     fn adopt(&mut self, owned: Vec<Owned>) {
         let mut by_name: HashMap<String, Vec<(u32, Owned)>> = HashMap::new();
         for o in owned {
-            if o.labels.get(labels::KIND).map(String::as_str) != Some(labels::KIND_CONTAINER) {
+            let kind = o.labels.get(labels::KIND).map(String::as_str);
+            if kind != Some(labels::KIND_CONTAINER) && kind != Some(labels::KIND_INIT_CONTAINER) {
                 continue;
             }
             let (Some(name), Some(attempt)) = (
@@ -187,6 +214,7 @@ impl Worker {
             slot.running_since = None;
             if let Some(t) = terminated_from_labels(&cur) {
                 // It finished while we watched (and we labelled it).
+                slot.previous = slot.last.take();
                 slot.last = Some(t);
                 slot.finished = Some(Instant::now());
             }
@@ -249,35 +277,15 @@ impl Worker {
     /// One convergence pass.
     async fn sync(&mut self) -> Result<()> {
         self.wake_at = None;
-        // Init containers are not run yet: starting the app containers
-        // without them would break what they set up, so the pod waits
-        // with the reason in its status.
-        let has_init = self
-            .pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.init_containers.as_ref())
-            .is_some_and(|c| !c.is_empty());
-        if has_init {
-            for s in &mut self.slots {
-                s.waiting = Some((
-                    "CreateContainerConfigError".into(),
-                    Some("spec.initContainers: not supported by this node".into()),
-                ));
-            }
-            self.write_status().await;
-            return Ok(());
-        }
         if self.start_time.is_none() {
             self.start_time = Some(Timestamp::now());
         }
         // Images are looked up (or pulled) while the sandbox is made.
         let wanted: Vec<(String, PullPolicy)> = if self.sandbox.is_none() && !self.finished {
-            containers(&self.pod)
-                .iter()
-                .zip(&self.slots)
-                .filter(|(_, s)| s.running_since.is_none())
-                .map(|(c, _)| {
+            (0..self.slots.len())
+                .filter(|i| self.slots[*i].running_since.is_none())
+                .map(|i| self.container(i))
+                .map(|c| {
                     let r = c.image.clone().unwrap_or_default();
                     let p = PullPolicy::for_container(&r, c.image_pull_policy.as_deref());
                     (r, p)
@@ -304,9 +312,15 @@ impl Worker {
                 return Err(e);
             }
         }
-        for i in 0..self.slots.len() {
-            if let Err(e) = self.sync_container(i).await {
-                tracing::warn!(pod = %self.key(), container = %self.slots[i].name, error = %format!("{e:#}"), "container");
+        if self.sync_init().await {
+            for i in 0..self.slots.len() {
+                if !self.slots[i].init {
+                    self.sync_one(i).await;
+                }
+            }
+        } else {
+            for s in self.slots.iter_mut().filter(|s| !s.init) {
+                s.waiting = Some(("PodInitializing".into(), None));
             }
         }
         // A pod that reached Succeeded or Failed runs nothing more: as
@@ -419,7 +433,7 @@ impl Worker {
         let Some(last) = self.slots[i].last.clone() else {
             return Ok(());
         };
-        let policy = restart_policy(&self.pod);
+        let policy = self.restart_policy(i);
         let restart = policy == "Always" || (policy == "OnFailure" && last.exit_code != 0);
         if !restart {
             self.slots[i].waiting = None;
@@ -472,6 +486,7 @@ impl Worker {
         task::delete_task(rt, id).await?;
         self.unprobe(i);
         let slot = &mut self.slots[i];
+        slot.previous = slot.last.take();
         slot.last = Some(Terminated {
             exit_code: exit_code as i32,
             started_at,
@@ -495,7 +510,7 @@ impl Worker {
         };
         let ctx = self.ctx.clone();
         let pod = self.pod.clone();
-        let c = containers(&pod)[i].clone();
+        let c = self.container(i).clone();
         let attempt =
             attempt.unwrap_or_else(|| self.slots[i].current.as_ref().map_or(0, |(a, _)| a + 1));
         let ns = namespace(&pod);
@@ -574,14 +589,19 @@ impl Worker {
             return Ok(());
         }
         let empty = HashMap::new();
-        let mounts = match volumes::mounts_for(&pod, i, self.volumes.as_ref().unwrap_or(&empty)) {
-            Ok(m) => m,
-            Err(e) => {
-                self.slots[i].waiting = Some(config_error(e.to_string()));
-                return Ok(());
-            }
+        let field = match self.slots[i].init {
+            true => format!("spec.initContainers[{}]", self.slots[i].index),
+            false => format!("spec.containers[{}]", self.slots[i].index),
         };
-        let id = container_id(&self.uid, i, attempt);
+        let mounts =
+            match volumes::mounts_of(&pod, &field, &c, self.volumes.as_ref().unwrap_or(&empty)) {
+                Ok(m) => m,
+                Err(e) => {
+                    self.slots[i].waiting = Some(config_error(e.to_string()));
+                    return Ok(());
+                }
+            };
+        let id = self.cid(i, attempt);
         let params = spec::ContainerParams {
             pod: &pod,
             container: &c,
@@ -601,7 +621,11 @@ impl Worker {
         };
 
         let mut l = HashMap::new();
-        l.insert(labels::KIND.to_string(), labels::KIND_CONTAINER.to_string());
+        let kind = match self.slots[i].init {
+            true => labels::KIND_INIT_CONTAINER,
+            false => labels::KIND_CONTAINER,
+        };
+        l.insert(labels::KIND.to_string(), kind.to_string());
         l.insert(labels::POD_UID.to_string(), self.uid.clone());
         l.insert(labels::POD_NAME.to_string(), pod_name.clone());
         l.insert(labels::POD_NAMESPACE.to_string(), ns.clone());
@@ -645,6 +669,7 @@ impl Worker {
         if let Err(e) = task::start(&ctx.rt, &id, Some(&uri)).await {
             self.slots[i].waiting = Some(("RunContainerError".into(), Some(format!("{e:#}"))));
             // Account it as a failed run so the back-off applies.
+            self.slots[i].previous = self.slots[i].last.take();
             self.slots[i].last = Some(Terminated {
                 exit_code: 128,
                 started_at: None,
@@ -675,7 +700,7 @@ impl Worker {
         // older ones.
         if attempt >= 2 {
             for old in 0..attempt - 1 {
-                task::remove(&ctx.rt, &container_id(&self.uid, i, old)).await?;
+                task::remove(&ctx.rt, &self.cid(i, old)).await?;
             }
         }
         tracing::info!(pod = %self.key(), container = %name, attempt, "container started");
@@ -702,6 +727,82 @@ impl Worker {
         self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
     }
 
+    /// The spec of container `i`.
+    fn container(&self, i: usize) -> &Container {
+        let s = &self.slots[i];
+        match s.init {
+            true => &init_containers(&self.pod)[s.index],
+            false => &containers(&self.pod)[s.index],
+        }
+    }
+
+    /// The containerd id of run `attempt` of container `i`.
+    fn cid(&self, i: usize, attempt: u32) -> String {
+        let s = &self.slots[i];
+        match s.init {
+            true => runtime::init_container_id(&self.uid, s.index, attempt),
+            false => container_id(&self.uid, s.index, attempt),
+        }
+    }
+
+    /// When container `i` is restarted: a sidecar always; another init
+    /// container on failure unless the pod says Never; an app container by
+    /// the pod's policy.
+    fn restart_policy(&self, i: usize) -> String {
+        let pod = restart_policy(&self.pod);
+        match (self.slots[i].init, self.slots[i].sidecar) {
+            (true, true) => "Always".into(),
+            (true, false) if pod == "Never" => pod,
+            (true, false) => "OnFailure".into(),
+            (false, _) => pod,
+        }
+    }
+
+    async fn sync_one(&mut self, i: usize) {
+        if let Err(e) = self.sync_container(i).await {
+            tracing::warn!(pod = %self.key(), container = %self.slots[i].name, error = %format!("{e:#}"), "container");
+        }
+    }
+
+    /// Runs the init containers one after another, each to completion (a
+    /// sidecar until it is running and started), restarting a failed one
+    /// by policy and back-off. True once all are done, when the app
+    /// containers may run; sidecars are kept running from then on.
+    async fn sync_init(&mut self) -> bool {
+        for i in 0..self.slots.len() {
+            if !self.slots[i].init {
+                continue;
+            }
+            let completed = |s: &Slot| {
+                !s.sidecar
+                    && s.running_since.is_none()
+                    && s.current.is_some()
+                    && s.last.as_ref().is_some_and(|t| {
+                        t.exit_code == 0
+                            && t.container_id.as_deref() == s.current.as_ref().map(|c| c.1.as_str())
+                    })
+            };
+            if completed(&self.slots[i]) {
+                continue;
+            }
+            if self.finished {
+                return false;
+            }
+            self.sync_one(i).await;
+            let s = &self.slots[i];
+            let up = s.sidecar
+                && s.running_since.is_some()
+                && (self.container(i).startup_probe.is_none() || s.started);
+            if up || completed(&self.slots[i]) {
+                continue;
+            }
+            self.initialized = false;
+            return false;
+        }
+        self.initialized = true;
+        true
+    }
+
     /// Registers the probes of container `i`'s running run `id`, once.
     fn probe(&mut self, i: usize, id: &str) {
         if self.slots[i].probed.as_deref() == Some(id)
@@ -711,8 +812,8 @@ impl Worker {
         }
         self.unprobe(i);
         self.slots[i].probed = Some(id.to_string());
-        let c = &containers(&self.pod)[i];
-        let specs = match probe::specs(c) {
+        let c = self.container(i).clone();
+        let specs = match probe::specs(&c) {
             Ok(s) => s,
             Err(e) => {
                 // Checked before the start; only a run adopted from an
@@ -774,11 +875,12 @@ impl Worker {
             (probe::Kind::Liveness | probe::Kind::Startup, false) => {
                 let name = self.slots[i].name.clone();
                 tracing::info!(pod = %self.key(), container = %name, probe = %c.kind, reason = c.message.as_deref().unwrap_or(""), "container failed its probe, will be restarted");
-                let grace = containers(&self.pod)[i]
+                let spec = self.container(i);
+                let grace = spec
                     .liveness_probe
                     .as_ref()
                     .filter(|_| c.kind == probe::Kind::Liveness)
-                    .or(containers(&self.pod)[i].startup_probe.as_ref())
+                    .or(spec.startup_probe.as_ref())
                     .and_then(|p| p.termination_grace_period_seconds)
                     .or_else(|| {
                         self.pod
@@ -839,58 +941,74 @@ impl Worker {
                 .and_then(|s| s.readiness_gates.as_ref())
                 .map(|g| g.iter().map(|g| g.condition_type.clone()).collect())
                 .unwrap_or_default(),
-            containers: self
-                .slots
-                .iter()
-                .map(|s| {
-                    let state = if let Some(started) = s.running_since {
-                        State::Running {
-                            started_at: started,
-                        }
-                    } else if let Some((reason, message)) = &s.waiting {
-                        State::Waiting {
-                            reason: reason.clone(),
-                            message: message.clone(),
-                        }
-                    } else if let Some(t) = &s.last {
-                        State::Terminated(t.clone())
-                    } else {
-                        State::Waiting {
-                            reason: "ContainerCreating".into(),
-                            message: None,
-                        }
-                    };
-                    // The last state is the run before the current one.
-                    let last = match (&state, &s.last) {
-                        (State::Terminated(_), _) => None,
-                        (_, l) => l.clone(),
-                    };
-                    let running = matches!(state, State::Running { .. });
-                    let c = containers(&self.pod).iter().find(|c| c.name == s.name);
-                    let started =
-                        running && (c.is_none_or(|c| c.startup_probe.is_none()) || s.started);
-                    let ready =
-                        started && (c.is_none_or(|c| c.readiness_probe.is_none()) || s.ready);
-                    ContainerView {
-                        ready,
-                        started,
-                        name: s.name.clone(),
-                        image: s.image.clone(),
-                        image_id: s.image_id.clone(),
-                        container_id: s.current.as_ref().map(|(_, id)| id.clone()),
-                        state,
-                        last,
-                        restart_count: s.current.as_ref().map_or(0, |(a, _)| *a as i32),
-                    }
-                })
+            initialized: self.initialized,
+            init_containers: (0..self.slots.len())
+                .filter(|i| self.slots[*i].init)
+                .map(|i| self.container_view(i))
+                .collect(),
+            containers: (0..self.slots.len())
+                .filter(|i| !self.slots[*i].init)
+                .map(|i| self.container_view(i))
                 .collect(),
         }
     }
 
-    /// Stops every running app container with `grace`, all at once.
+    /// Container `i` as its status shows it.
+    fn container_view(&self, i: usize) -> ContainerView {
+        let s = &self.slots[i];
+        let state = if let Some(started) = s.running_since {
+            State::Running {
+                started_at: started,
+            }
+        } else if let Some((reason, message)) = &s.waiting {
+            State::Waiting {
+                reason: reason.clone(),
+                message: message.clone(),
+            }
+        } else if let Some(t) = &s.last {
+            State::Terminated(t.clone())
+        } else {
+            State::Waiting {
+                reason: "ContainerCreating".into(),
+                message: None,
+            }
+        };
+        // The last state is the run before the current one.
+        let last = match &state {
+            State::Terminated(_) => s.previous.clone(),
+            _ => s.last.clone(),
+        };
+        let running = matches!(state, State::Running { .. });
+        let c = self.container(i);
+        let started = running && (c.startup_probe.is_none() || s.started);
+        let ready = match &state {
+            // A completed init container counts as ready, as kubelet shows it.
+            State::Terminated(t) if s.init && !s.sidecar => t.exit_code == 0,
+            _ => started && (c.readiness_probe.is_none() || s.ready),
+        };
+        ContainerView {
+            ready,
+            started,
+            name: s.name.clone(),
+            image: s.image.clone(),
+            image_id: s.image_id.clone(),
+            container_id: s.current.as_ref().map(|(_, id)| id.clone()),
+            state,
+            last,
+            restart_count: s.current.as_ref().map_or(0, |(a, _)| *a as i32),
+        }
+    }
+
+    /// Stops every container with `grace`: the app containers all at once,
+    /// then the init containers (sidecars stop after what they serve).
     async fn stop_all(&mut self, grace: Duration) {
+        self.stop_some(grace, false).await;
+        self.stop_some(grace, true).await;
+    }
+
+    async fn stop_some(&mut self, grace: Duration, init: bool) {
         let mut stops = tokio::task::JoinSet::new();
-        for s in &self.slots {
+        for s in self.slots.iter().filter(|s| s.init == init) {
             if let Some((_, id)) = &s.current {
                 let (rt, id) = (self.ctx.rt.clone(), id.clone());
                 stops.spawn(async move {
@@ -967,8 +1085,15 @@ fn terminated_from_labels(o: &Owned) -> Option<Terminated> {
     })
 }
 
-fn containers(pod: &Pod) -> &[k8s_openapi::api::core::v1::Container] {
+fn containers(pod: &Pod) -> &[Container] {
     pod.spec.as_ref().map_or(&[], |s| s.containers.as_slice())
+}
+
+fn init_containers(pod: &Pod) -> &[Container] {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.init_containers.as_deref())
+        .unwrap_or(&[])
 }
 
 fn restart_policy(pod: &Pod) -> String {

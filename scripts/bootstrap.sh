@@ -13,7 +13,7 @@ PACKAGES=(
   containerd runc busybox-static skopeo docker-registry
   # networking and the reference CNI plugins we compare against
   iproute2 iptables conntrack containernetworking-plugins
-  iputils-ping socat iperf3 util-linux procps kmod
+  iputils-ping socat iperf3 util-linux procps kmod nftables
   # control plane
   etcd-server etcd-client
   # misc tools used by scripts

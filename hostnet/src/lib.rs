@@ -1,6 +1,7 @@
 //! The host's network stack behind small synchronous handles: network
 //! namespaces, rtnetlink (links, addresses, routes), nf_tables over netlink,
-//! iptables-restore/save and sysctl. It knows nothing of CNI or Kubernetes; callers decide what to build.
+//! iptables-restore/save and sysctl. It knows nothing of CNI or Kubernetes;
+//! callers decide what to build.
 //! Every call says what it did and to what when it fails.
 
 pub mod iptables;

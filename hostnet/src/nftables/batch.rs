@@ -200,7 +200,7 @@ impl Batch {
         let mut next = seq;
         wire::message(&mut out, wire::BATCH_BEGIN, 0, next, 0, wire::SUBSYS, &[]);
         for (i, op) in self.ops.iter().enumerate() {
-            for (ty, flags, family, attrs) in encode_op(op)? {
+            for (ty, flags, family, attrs) in encode_op(op, i as u32 + 1)? {
                 next = next.wrapping_add(1);
                 let flags = flags | wire::NLM_F_ACK;
                 wire::message(&mut out, wire::nft_type(ty), flags, next, family, 0, &attrs);
@@ -230,7 +230,9 @@ type Message = (u16, u16, u8, Vec<u8>);
 /// under the 64 KiB an attribute length can say.
 const ELEMENTS_PER_MESSAGE_BYTES: usize = 60 * 1024;
 
-fn encode_op(op: &Op) -> Result<Vec<Message>> {
+/// `id` names the object within the transaction (the kernel requires an
+/// `NFTA_SET_ID` on every new set, as a handle before it has one).
+fn encode_op(op: &Op, id: u32) -> Result<Vec<Message>> {
     use wire::{NLM_F_APPEND, NLM_F_CREATE, NLM_F_EXCL};
     let finish = |a: Attrs| {
         a.finish().ok_or_else(|| Error::Invalid {
@@ -265,7 +267,7 @@ fn encode_op(op: &Op) -> Result<Vec<Message>> {
             one(wire::DELRULE, 0, table, a)
         }
         Op::AddSet { table, set } => {
-            encode_set(&mut a, table, set);
+            encode_set(&mut a, table, set, id);
             one(wire::NEWSET, NLM_F_CREATE, table, a)
         }
         Op::AddElements {
@@ -305,7 +307,7 @@ const SET_CONCAT: u32 = 0x80;
 /// `NFT_DATA_VERDICT`: the data type of a verdict map.
 const DATA_VERDICT: u32 = 0xffff_ff00;
 
-fn encode_set(a: &mut Attrs, table: &Table, set: &Set) {
+fn encode_set(a: &mut Attrs, table: &Table, set: &Set, id: u32) {
     let concat = set.key.0.len() > 1;
     let mut flags = 0;
     if set.flags.constant {
@@ -337,10 +339,13 @@ fn encode_set(a: &mut Attrs, table: &Table, set: &Set) {
         }
         None => {}
     }
+    a.be32(10, id);
     if let Some(t) = set.timeout {
         a.be64(11, t.as_millis() as u64);
     }
-    if concat {
+    if concat && set.flags.interval {
+        // The kernel takes field lengths only with NFT_SET_CONCAT, which
+        // it wants exactly for interval concatenations (pipapo).
         // NFTA_SET_DESC { NFTA_SET_DESC_CONCAT { elem { FIELD_LEN } ... } }
         a.nest(9, |d| {
             d.nest(2, |c| {

@@ -74,13 +74,12 @@ fn a_concatenated_set_and_its_element_match_nft() {
     );
     let m = messages(&b.encode(0).unwrap().bytes);
     // nft --debug=mnl 'add set inet t s { type ipv4_addr . inet_service; }':
-    // TABLE "t", NAME "s", FLAGS 0, KEY_TYPE 0x1cd, KEY_LEN 8 (then nft's
-    // ID and userdata, which the kernel keeps for nft only; we send the
-    // field lengths instead, as nft does for interval concatenations).
+    // TABLE "t", NAME "s", FLAGS 0, KEY_TYPE 0x1cd, KEY_LEN 8, ID (then
+    // nft's userdata, which the kernel keeps for nft only).
     let want_set = hex("06 00 01 00 74 00 00 00  06 00 02 00 73 00 00 00
          08 00 03 00 00 00 00 00  08 00 04 00 00 00 01 cd
          08 00 05 00 00 00 00 08");
-    assert_eq!(&m[1].4[..want_set.len()], &want_set[..]);
+    assert_eq!(m[1].4, want_set);
     // 'add element inet t s { 10.0.0.1 . 80 }': TABLE, SET, then
     // ELEMENTS { elem { KEY { VALUE 0a000001 00500000 } } }.
     let want_elem = hex("06 00 01 00 74 00 00 00  06 00 02 00 73 00 00 00

@@ -78,7 +78,7 @@ fn a_concatenated_set_and_its_element_match_nft() {
     // nft's userdata, which the kernel keeps for nft only).
     let want_set = hex("06 00 01 00 74 00 00 00  06 00 02 00 73 00 00 00
          08 00 03 00 00 00 00 00  08 00 04 00 00 00 01 cd
-         08 00 05 00 00 00 00 08");
+         08 00 05 00 00 00 00 08  08 00 0a 00 00 00 00 01");
     assert_eq!(m[1].4, want_set);
     // 'add element inet t s { 10.0.0.1 . 80 }': TABLE, SET, then
     // ELEMENTS { elem { KEY { VALUE 0a000001 00500000 } } }.

@@ -478,3 +478,89 @@ fn dnat_through_a_numgen_map_reaches_both_endpoints() -> Result<()> {
     assert_eq!(remaining.len(), 1);
     Ok(())
 }
+
+/// Median and worst of `runs` timings of `apply(i)`, in milliseconds.
+fn timed(runs: u32, mut apply: impl FnMut(u32) -> Result<()>) -> Result<(f64, f64)> {
+    let mut ms = Vec::new();
+    for i in 0..runs {
+        let start = Instant::now();
+        apply(i)?;
+        ms.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    ms.sort_by(f64::total_cmp);
+    Ok((ms[ms.len() / 2], ms[ms.len() - 1]))
+}
+
+/// A dispatch rule: `ip daddr <n> th dport 80 counter jump target`.
+fn dispatch_rule(n: u32) -> Vec<Expr> {
+    let mut e = Expr::nfproto(Family::Ip).to_vec();
+    e.extend([
+        Expr::ip_daddr(Reg::R1),
+        Expr::cmp_eq(Reg::R1, &Ipv4Addr::from(0x0a60_0000 + n).octets()),
+        Expr::th_dport(Reg::R1),
+        Expr::cmp_eq(Reg::R1, &80u16.to_be_bytes()),
+        Expr::Counter,
+        Expr::Verdict(Verdict::Jump("target".into())),
+    ]);
+    e
+}
+
+/// The figures behind docs/services.md "nftables writer": one element
+/// added to a map of 50,000 versus one rule added to a table of 10,000
+/// rules (and both at a small size). A measurement, not a check: run with
+/// `cargo test -p netns-tests --test nftables -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement; run it by name with --ignored --nocapture"]
+fn measure_one_element_vs_one_rule() -> Result<()> {
+    if !require_root("measure_one_element_vs_one_rule") {
+        return Ok(());
+    }
+    for (elements, rules) in [(100, 10), (50_000, 10_000)] {
+        let ns = TestNs::new("nftm")?;
+        let nft = ns.run(NfTablesSocket::open)??;
+        let t = table();
+        let mut b = ruleset(Hook::Prerouting, 1);
+        b.add_chain(
+            &t,
+            Chain::base("dispatch", ChainType::Nat, Hook::Output, -100),
+        )
+        .add_chain(&t, Chain::regular("target"))
+        .add_rule(&t, "target", vec![Expr::Counter], None);
+        let fill = (0..elements)
+            .map(|i| {
+                let a = Ipv4Addr::from(0x0a60_0000 + i);
+                Elem::map(
+                    Value::of(&[Field::Ipv4(a), Field::Port(80), Field::Mark(0)]),
+                    Value::of(&[Field::Ipv4(a), Field::Port(8080)]),
+                )
+            })
+            .collect();
+        b.add_elements(&t, &endpoints(), fill);
+        for n in 0..rules {
+            b.add_rule(&t, "dispatch", dispatch_rule(n), None);
+        }
+        let start = Instant::now();
+        nft.apply(&b)?;
+        let fill_ms = start.elapsed().as_secs_f64() * 1e3;
+
+        let (elem_p50, elem_max) = timed(50, |i| {
+            let a = Ipv4Addr::from(0x0b00_0000 + i);
+            let e = Elem::map(
+                Value::of(&[Field::Ipv4(a), Field::Port(80), Field::Mark(0)]),
+                Value::of(&[Field::Ipv4(a), Field::Port(8080)]),
+            );
+            Ok(nft.apply(Batch::new().add_elements(&t, &endpoints(), vec![e]))?)
+        })?;
+        let (rule_p50, rule_max) = timed(50, |i| {
+            let rule = dispatch_rule(rules + i);
+            Ok(nft.apply(Batch::new().add_rule(&t, "dispatch", rule, None))?)
+        })?;
+        assert_eq!(nft.elements(&t, "endpoints")?.len(), elements as usize + 50);
+        println!(
+            "map of {elements} elements, table of {rules} rules (built in {fill_ms:.0} ms): \
+             add 1 element p50 {elem_p50:.2} ms (max {elem_max:.2}); \
+             add 1 rule p50 {rule_p50:.2} ms (max {rule_max:.2})"
+        );
+    }
+    Ok(())
+}

@@ -3,10 +3,12 @@
 //! one transaction; and the few reads a resync needs. Owns the wire format;
 //! decides nothing about what a ruleset should hold (proxy and netpol do).
 //!
-//! Cost on the kernel (measured in `netns-tests/tests/nftables.rs`, see
-//! docs/services.md "nftables writer"): a transaction that only changes map
-//! elements costs the same at any map size, while one that adds a rule makes
-//! the kernel validate the whole table, so its cost grows with the ruleset.
+//! Cost on the kernel (measured by `measure_one_element_vs_one_rule` in
+//! `netns-tests/tests/nftables.rs`; docs/services.md "nftables writer"):
+//! adding one element to a map of 50,000 takes 0.02 ms p50, as in a map of
+//! 100; adding one rule to a chain of 10,000 rules takes 3.6–4.6 ms p50
+//! (0.06 ms at 10 rules), because a new rule makes the kernel re-validate
+//! the table. So the proxy keeps rules static and changes elements.
 
 mod batch;
 mod expr;

@@ -25,7 +25,7 @@ fn table() -> Table {
 }
 
 fn services() -> Set {
-    Set::set(
+    Set::new(
         "services",
         &[
             DataType::Ipv4Addr,

@@ -329,13 +329,13 @@ fn encode_set(a: &mut Attrs, table: &Table, set: &Set, id: u32) {
         .str(2, &set.name)
         .be32(3, flags)
         .be32(4, set.key.id())
-        .be32(5, set.key.len() as u32);
+        .be32(5, set.key.byte_len() as u32);
     match &set.data {
         Some(MapData::Verdict) => {
             a.be32(6, DATA_VERDICT).be32(7, 0);
         }
         Some(MapData::Value(t)) => {
-            a.be32(6, t.id()).be32(7, t.len() as u32);
+            a.be32(6, t.id()).be32(7, t.byte_len() as u32);
         }
         None => {}
     }
@@ -351,7 +351,7 @@ fn encode_set(a: &mut Attrs, table: &Table, set: &Set, id: u32) {
             d.nest(2, |c| {
                 for f in &set.key.0 {
                     c.nest(1, |e| {
-                        e.be32(1, f.len() as u32);
+                        e.be32(1, f.byte_len() as u32);
                     });
                 }
             });

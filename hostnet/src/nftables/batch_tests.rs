@@ -62,7 +62,7 @@ fn a_batch_is_framed_by_begin_and_end_with_acks_asked_in_between() {
 
 #[test]
 fn a_concatenated_set_and_its_element_match_nft() {
-    let set = Set::set("s", &[DataType::Ipv4Addr, DataType::InetService]);
+    let set = Set::new("s", &[DataType::Ipv4Addr, DataType::InetService]);
     let mut b = Batch::new();
     b.add_set(&kube(), set.clone()).add_elements(
         &kube(),
@@ -149,7 +149,7 @@ fn element_lists_are_cut_to_fit_an_attribute() {
 
 #[test]
 fn a_one_field_range_is_sent_as_start_and_end_elements() {
-    let set = Set::set("cidrs", &[DataType::Ipv4Addr]).with_flags(SetFlags {
+    let set = Set::new("cidrs", &[DataType::Ipv4Addr]).with_flags(SetFlags {
         interval: true,
         ..SetFlags::default()
     });

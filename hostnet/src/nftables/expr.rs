@@ -29,7 +29,7 @@ impl Reg {
     /// `NFT_REG_1..4` for a slot on a 16-byte boundary, else `NFT_REG32_*`.
     fn wire(self) -> u32 {
         let s = self.0 as u32;
-        if s % 4 == 0 {
+        if s.is_multiple_of(4) {
             1 + s / 4
         } else {
             8 + s

@@ -158,7 +158,7 @@ impl DataType {
     }
 
     /// Bytes of one value.
-    pub fn len(self) -> usize {
+    pub fn byte_len(self) -> usize {
         match self {
             DataType::Ipv4Addr | DataType::Mark => 4,
             DataType::Ipv6Addr | DataType::IfName => 16,
@@ -180,10 +180,10 @@ impl KeyType {
 
     /// Bytes of a value: one field as it is, a concatenation with every
     /// field padded to a 4-byte register.
-    pub fn len(&self) -> usize {
+    pub fn byte_len(&self) -> usize {
         match self.0.as_slice() {
-            [one] => one.len(),
-            fields => fields.iter().map(|f| register_len(f.len())).sum(),
+            [one] => one.byte_len(),
+            fields => fields.iter().map(|f| register_len(f.byte_len())).sum(),
         }
     }
 
@@ -195,7 +195,7 @@ impl KeyType {
             .iter()
             .map(|f| {
                 let r = super::Reg::new(slot);
-                slot += (register_len(f.len()) / 4) as u8;
+                slot += (register_len(f.byte_len()) / 4) as u8;
                 r
             })
             .collect()
@@ -239,7 +239,7 @@ pub struct Set {
 
 impl Set {
     /// A set of `key` values.
-    pub fn set(name: impl Into<String>, key: &[DataType]) -> Set {
+    pub fn new(name: impl Into<String>, key: &[DataType]) -> Set {
         Set {
             name: name.into(),
             key: KeyType(key.to_vec()),
@@ -253,7 +253,7 @@ impl Set {
     pub fn map(name: impl Into<String>, key: &[DataType], data: MapData) -> Set {
         Set {
             data: Some(data),
-            ..Set::set(name, key)
+            ..Set::new(name, key)
         }
     }
 
@@ -422,13 +422,13 @@ mod tests {
             DataType::InetProto,
             DataType::InetService,
         ]);
-        assert_eq!(k.len(), 12);
+        assert_eq!(k.byte_len(), 12);
         // nft --debug=mnl: `type ipv4_addr . inet_service` sends 0x1cd.
         assert_eq!(
             KeyType(vec![DataType::Ipv4Addr, DataType::InetService]).id(),
             0x1cd
         );
-        assert_eq!(KeyType(vec![DataType::InetService]).len(), 2);
+        assert_eq!(KeyType(vec![DataType::InetService]).byte_len(), 2);
         let v = Value::of(&[Field::Ipv4(Ipv4Addr::new(10, 0, 0, 1)), Field::Port(80)]);
         assert_eq!(v.0, [10, 0, 0, 1, 0, 80, 0, 0]);
         assert_eq!(Value::of(&[Field::Port(80)]).0, [0, 80]);

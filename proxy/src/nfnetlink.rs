@@ -18,7 +18,6 @@ const NLM_F_REQUEST: u16 = 1;
 const NLM_F_DUMP_INTR: u16 = 0x10;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
-const NLA_TYPE_MASK: u16 = 0x3fff;
 /// Bytes read at once; more than the largest batch the kernel sends.
 const RECV_BUFFER: usize = 64 * 1024;
 
@@ -152,23 +151,9 @@ pub fn put(buf: &mut Vec<u8>, ty: u16, payload: &[u8]) {
     buf.resize(align(buf.len()), 0);
 }
 
-/// The attributes in `buf` as (type without flags, payload). A truncated
-/// attribute ends the walk instead of reading past it.
-pub fn attrs(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    std::iter::from_fn(move || {
-        if buf.len() < 4 {
-            return None;
-        }
-        let len = u16::from_ne_bytes([buf[0], buf[1]]) as usize;
-        let ty = u16::from_ne_bytes([buf[2], buf[3]]) & NLA_TYPE_MASK;
-        if len < 4 || len > buf.len() {
-            return None;
-        }
-        let payload = &buf[4..len];
-        buf = &buf[align(len).min(buf.len())..];
-        Some((ty, payload))
-    })
-}
+/// The attributes in a buffer as (type without flags, payload): the
+/// walker hostnet's nf_tables reads use.
+pub use hostnet::nftables::attrs;
 
 /// A NUL-terminated string attribute's text.
 pub fn string(p: &[u8]) -> Option<&str> {

@@ -29,6 +29,8 @@ pub use model::{
 };
 pub use read::{ChainInfo, TableInfo};
 pub use socket::NfTablesSocket;
+/// Walks netlink attributes; shared with the proxy's other netfilter reads.
+pub use wire::attrs;
 
 /// Errors of nf_tables requests.
 #[derive(Debug, thiserror::Error)]

@@ -140,7 +140,7 @@ pub(super) fn nft_type(msg: u16) -> u16 {
 
 /// The attributes in `buf` as (type without flags, payload). A truncated
 /// attribute ends the walk instead of reading past it.
-pub(super) fn attrs(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+pub fn attrs(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     std::iter::from_fn(move || {
         if buf.len() < 4 {
             return None;

@@ -564,3 +564,168 @@ fn measure_one_element_vs_one_rule() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn every_expression_kind_is_accepted_and_listed() -> Result<()> {
+    if !require_root("every_expression_kind_is_accepted_and_listed") || !nft_present() {
+        return Ok(());
+    }
+    use hostnet::nftables::{CmpOp, CtKey, Reject, SetFlags};
+    let ns = TestNs::new("nftx")?;
+    let nft = ns.run(NfTablesSocket::open)??;
+    let t = Table::new(Family::Inet, "knode-exprs");
+    let allowed = Set::new("allowed", &[DataType::Ipv4Addr]).with_flags(SetFlags {
+        interval: true,
+        ..SetFlags::default()
+    });
+    let recent =
+        Set::new("recent", &[DataType::Ipv4Addr, DataType::InetService]).with_flags(SetFlags {
+            timeout: true,
+            ..SetFlags::default()
+        });
+    let v4 = |s: &str| Value::of(&[Field::Ipv4(ip(s))]);
+    let mut b = Batch::new();
+    b.add_table(&t)
+        .add_chain(&t, Chain::base("input", ChainType::Filter, Hook::Input, 0))
+        .add_chain(
+            &t,
+            Chain::base("raw", ChainType::Filter, Hook::Prerouting, -300),
+        )
+        .add_chain(
+            &t,
+            Chain::base("post", ChainType::Nat, Hook::Postrouting, 100),
+        )
+        .add_chain(&t, Chain::regular("policy"))
+        .add_set(&t, allowed.clone())
+        .add_set(&t, recent.clone())
+        .add_elements(
+            &t,
+            &allowed,
+            vec![Elem::range(v4("10.244.0.0"), v4("10.244.255.255"))],
+        )
+        .add_elements(
+            &t,
+            &recent,
+            vec![
+                Elem::key(Value::of(&[Field::Ipv4(ip("10.0.0.9")), Field::Port(53)]))
+                    .with_timeout(Duration::from_secs(600)),
+            ],
+        );
+    let lo = Value::of(&[Field::IfName("lo")]);
+    let rules: Vec<(&str, Vec<Expr>)> = vec![
+        (
+            "input",
+            vec![
+                Expr::meta(MetaKey::IifName, Reg::R1),
+                Expr::cmp_eq(Reg::R1, &lo.0),
+                Expr::Verdict(Verdict::Accept),
+            ],
+        ),
+        ("input", vec![Expr::Verdict(Verdict::Goto("policy".into()))]),
+        ("policy", {
+            let mut e = Expr::nfproto(Family::Ip).to_vec();
+            e.extend([
+                Expr::ip_saddr(Reg::R1),
+                Expr::Lookup {
+                    set: "allowed".into(),
+                    sreg: Reg::R1,
+                    dreg: None,
+                    invert: true,
+                },
+                Expr::meta(MetaKey::L4Proto, Reg::R1),
+                Expr::cmp_eq(Reg::R1, &[6]),
+                Expr::Reject(Reject::TcpReset),
+            ]);
+            e
+        }),
+        ("policy", vec![Expr::Reject(Reject::PortUnreachable)]),
+        (
+            "raw",
+            [
+                Expr::nfproto(Family::Ip).to_vec(),
+                vec![
+                    Expr::ip_daddr(Reg::R1),
+                    Expr::Cmp {
+                        sreg: Reg::R1,
+                        op: CmpOp::Eq,
+                        data: ip("169.254.20.10").octets().to_vec(),
+                    },
+                    Expr::Notrack,
+                    Expr::Verdict(Verdict::Continue),
+                ],
+            ]
+            .concat(),
+        ),
+        (
+            "post",
+            vec![
+                Expr::Ct {
+                    key: CtKey::Mark,
+                    dreg: Reg::R1,
+                },
+                Expr::cmp_eq(Reg::R1, &0x4000u32.to_ne_bytes()),
+                Expr::Masquerade { fully_random: true },
+            ],
+        ),
+        (
+            "post",
+            vec![
+                Expr::Immediate {
+                    dreg: Reg::R1,
+                    data: Value::of(&[Field::Mark(1)]),
+                },
+                Expr::CtSet {
+                    key: CtKey::Mark,
+                    sreg: Reg::R1,
+                },
+                Expr::Immediate {
+                    dreg: Reg::R1,
+                    data: v4("10.99.0.1"),
+                },
+                Expr::Nat {
+                    kind: NatKind::Snat,
+                    family: Family::Ip,
+                    addr: Some(Reg::R1),
+                    port: None,
+                    fully_random: false,
+                },
+            ],
+        ),
+    ];
+    for (chain, exprs) in rules {
+        b.add_rule(&t, chain, exprs, None);
+    }
+    nft.apply(&b)?;
+
+    let list = nft_json(&ns)?;
+    let rules = objects(&list, "rule")
+        .iter()
+        .map(|r| r["expr"].to_string())
+        .collect::<Vec<_>>()
+        .join("\n");
+    // serde_json prints object keys sorted.
+    for want in [
+        r#"{"match":{"left":{"meta":{"key":"iifname"}},"op":"==","right":"lo"}}"#,
+        r#"{"goto":{"target":"policy"}}"#,
+        r#"{"match":{"left":{"payload":{"field":"saddr","protocol":"ip"}},"op":"!=","right":"@allowed"}}"#,
+        r#"{"reject":{"type":"tcp reset"}}"#,
+        r#"{"reject":{"expr":"port-unreachable","type":"icmpx"}}"#,
+        r#"{"match":{"left":{"payload":{"field":"daddr","protocol":"ip"}},"op":"==","right":"169.254.20.10"}}"#,
+        r#"{"notrack":null}"#,
+        r#"{"continue":null}"#,
+        r#"{"match":{"left":{"ct":{"key":"mark"}},"op":"==","right":16384}}"#,
+        r#"{"masquerade":{"flags":"fully-random"}}"#,
+        r#"{"mangle":{"key":{"ct":{"key":"mark"}},"value":1}}"#,
+        r#"{"snat":{"addr":"10.99.0.1","family":"ip"}}"#,
+    ] {
+        assert!(rules.contains(want), "{want} not in\n{rules}");
+    }
+    let allowed = named(&list, "set", "allowed")?;
+    assert_eq!(
+        allowed["elem"],
+        serde_json::json!([{"prefix": {"addr": "10.244.0.0", "len": 16}}])
+    );
+    let recent = named(&list, "set", "recent")?;
+    assert_eq!(recent["elem"][0]["elem"]["timeout"], 600, "{recent}");
+    Ok(())
+}

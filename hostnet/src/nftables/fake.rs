@@ -205,3 +205,50 @@ impl NfTables for RecordingNfTables {
         Ok(elems.values().cloned().collect())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nftables::{Chain, DataType, Elem, Family, Field, Set, Value};
+
+    fn elem(port: u16) -> Elem {
+        Elem::key(Value::of(&[Field::Port(port)]))
+    }
+
+    #[test]
+    fn records_batches_and_applies_them_all_or_nothing() {
+        let fake = RecordingNfTables::new();
+        let t = Table::new(Family::Inet, "kube-proxy");
+        let ports = Set::new("ports", &[DataType::InetService]);
+        let mut full = Batch::new();
+        full.add_table(&t)
+            .add_chain(&t, Chain::regular("services"))
+            .add_set(&t, ports.clone())
+            .add_elements(&t, &ports, vec![elem(80)]);
+        fake.apply(&full).unwrap();
+
+        let mut partial = Batch::new();
+        partial
+            .create_elements(&t, &ports, vec![elem(443)])
+            .create_elements(&t, &ports, vec![elem(80)]);
+        let err = fake.apply(&partial).unwrap_err();
+        assert_eq!(err.errno(), Some(libc::EEXIST));
+        assert_eq!(
+            fake.elements(&t, "ports").unwrap(),
+            vec![elem(80)],
+            "443 rolled back"
+        );
+
+        let batches = fake.batches();
+        assert_eq!(batches.len(), 2);
+        assert!(!batches[0].only_elements());
+        assert!(
+            batches[1].only_elements(),
+            "a partial sync holds only elements"
+        );
+        assert_eq!(fake.chains(&t).unwrap()[0].name, "services");
+
+        fake.remove_table(&t);
+        assert_eq!(fake.table(&t).unwrap(), None);
+    }
+}

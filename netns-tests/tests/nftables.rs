@@ -638,6 +638,18 @@ fn every_expression_kind_is_accepted_and_listed() -> Result<()> {
             ]);
             e
         }),
+        (
+            "policy",
+            [
+                Expr::nfproto(Family::Ip6).to_vec(),
+                vec![
+                    Expr::ip6_daddr(Reg::R1),
+                    Expr::cmp_eq(Reg::R1, &"fd00::a".parse::<std::net::Ipv6Addr>()?.octets()),
+                    Expr::Verdict(Verdict::Drop),
+                ],
+            ]
+            .concat(),
+        ),
         ("policy", vec![Expr::Reject(Reject::PortUnreachable)]),
         (
             "raw",
@@ -709,6 +721,7 @@ fn every_expression_kind_is_accepted_and_listed() -> Result<()> {
         r#"{"goto":{"target":"policy"}}"#,
         r#"{"match":{"left":{"payload":{"field":"saddr","protocol":"ip"}},"op":"!=","right":"@allowed"}}"#,
         r#"{"reject":{"type":"tcp reset"}}"#,
+        r#"{"match":{"left":{"payload":{"field":"daddr","protocol":"ip6"}},"op":"==","right":"fd00::a"}},{"drop":null}"#,
         r#"{"reject":{"expr":"port-unreachable","type":"icmpx"}}"#,
         r#"{"match":{"left":{"payload":{"field":"daddr","protocol":"ip"}},"op":"==","right":"169.254.20.10"}}"#,
         r#"{"notrack":null}"#,

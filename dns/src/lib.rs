@@ -4,6 +4,7 @@
 //! files of the host and of pods (`resolvconf`). It binds nothing by
 //! itself: the agent decides addresses and feeds the zone from its watches.
 
+pub mod wire;
 pub mod zone;
 
 pub use zone::{Answer, Zone, ZoneConfig, DEFAULT_TTL};

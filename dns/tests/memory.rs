@@ -50,7 +50,7 @@ fn zone_for_10k_services_and_50k_pods_fits_in_20_mib() {
     for s in 0..SERVICES {
         let ns = format!("team-{}", s % 100);
         let name = format!("service-{s}");
-        let headless = s % 10 == 0;
+        let headless = s.is_multiple_of(10);
         let ip = if headless {
             "None".to_string()
         } else {

@@ -440,4 +440,4 @@ fn pod_entry(pod: &Pod) -> PodEntry {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

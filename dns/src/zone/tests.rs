@@ -396,3 +396,22 @@ fn custom_domain_and_ttl_and_bad_domain() {
         })
     ));
 }
+
+/// A zone with a headless Service `big.default` of `n` ready endpoints.
+pub(crate) fn many_endpoints(n: usize) -> Zone {
+    let mut z = Zone::new(&ZoneConfig::default()).unwrap();
+    z.upsert_service(&service("default", "big", "None", &[("http", "TCP", 80)]));
+    let ips: Vec<(String, String)> = (0..n)
+        .map(|i| (format!("10.1.{}.{}", i / 250, i % 250 + 1), format!("p{i}")))
+        .collect();
+    let addrs: Vec<(&str, &str, bool)> = ips
+        .iter()
+        .map(|(ip, p)| (ip.as_str(), p.as_str(), true))
+        .collect();
+    z.set_endpoints(
+        "default",
+        "big",
+        &[endpoints("default", "big", &addrs, &[("http", 80)])],
+    );
+    z
+}

@@ -1,0 +1,199 @@
+//! DNS messages on the wire: parsing a client's query (FORMERR, NOTIMP,
+//! BADVERS for what we cannot answer), building the response from a zone
+//! answer or an upstream's, EDNS0 and UDP truncation. Pure: no sockets, no
+//! forwarding; the server decides what to do with a [`Decision`].
+
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::{DNSClass, RecordType};
+
+use crate::zone::{Answer, Zone};
+
+/// UDP payload size assumed without EDNS (RFC 1035).
+pub const MIN_UDP_SIZE: usize = 512;
+/// Largest UDP payload we send whatever a client advertises.
+pub const MAX_UDP_SIZE: usize = 4096;
+/// UDP payload size we advertise in our OPT record (DNS flag day 2020).
+const ADVERTISED_UDP_SIZE: u16 = 1232;
+
+/// What to do with one received packet.
+#[derive(Debug)]
+pub enum Decision {
+    /// Send these bytes back (for UDP still subject to [`encode`]'s limit,
+    /// already applied).
+    Reply(Message),
+    /// Ask the forwarder `query`, then complete `response` with its answer
+    /// (see [`merge_upstream`]).
+    Forward {
+        /// The response prepared so far (header, question, EDNS and, for a
+        /// chased CNAME, the zone's answer records).
+        response: Message,
+        /// The question to ask upstream.
+        query: Query,
+    },
+    /// Say nothing (a response, or garbage without a usable header).
+    Drop,
+}
+
+/// Decides how to answer `packet` from `zone`; `forwarding` says whether
+/// names outside the zone can be forwarded (else they get REFUSED).
+pub fn decide(zone: &Zone, packet: &[u8], forwarding: bool) -> Decision {
+    let request = match Message::from_vec(packet) {
+        Ok(m) => m,
+        Err(_) => return formerr_from_header(packet),
+    };
+    if request.metadata.message_type != MessageType::Query {
+        return Decision::Drop;
+    }
+    let mut response = response_to(&request);
+    if request.metadata.op_code != OpCode::Query {
+        return Decision::Reply(with_rcode(response, ResponseCode::NotImp));
+    }
+    if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
+        return Decision::Reply(with_rcode(response, ResponseCode::BADVERS));
+    }
+    let [query] = request.queries.as_slice() else {
+        return Decision::Reply(with_rcode(response, ResponseCode::FormErr));
+    };
+    let qtype = query.query_type();
+    if !matches!(query.query_class(), DNSClass::IN | DNSClass::ANY)
+        || matches!(qtype, RecordType::AXFR | RecordType::IXFR)
+    {
+        return Decision::Reply(with_rcode(response, ResponseCode::Refused));
+    }
+    match zone.lookup(query.name(), qtype) {
+        Some(answer) => {
+            let chase = cname_to_chase(zone, &answer, qtype);
+            fill(&mut response, answer);
+            match chase {
+                Some(target) if forwarding => {
+                    let mut q = query.clone();
+                    q.set_name(target);
+                    Decision::Forward { response, query: q }
+                }
+                _ => Decision::Reply(response),
+            }
+        }
+        None if forwarding => {
+            response.metadata.authoritative = false;
+            Decision::Forward {
+                response,
+                query: query.clone(),
+            }
+        }
+        None => Decision::Reply(with_rcode(response, ResponseCode::Refused)),
+    }
+}
+
+/// Completes `response` with an upstream's `upstream` answer: its rcode
+/// and records are appended after what the zone put there (a CNAME).
+pub fn merge_upstream(mut response: Message, upstream: &Message) -> Message {
+    let chased = !response.answers.is_empty();
+    if !chased || upstream.metadata.response_code == ResponseCode::NoError {
+        response.metadata.response_code = upstream.metadata.response_code;
+    }
+    response.answers.extend(upstream.answers.iter().cloned());
+    if !chased {
+        response.authorities = upstream.authorities.clone();
+        response.additionals = upstream
+            .additionals
+            .iter()
+            .filter(|r| r.record_type() != RecordType::OPT)
+            .cloned()
+            .collect();
+        response.metadata.authentic_data = upstream.metadata.authentic_data;
+    }
+    response
+}
+
+/// The response to give when forwarding failed: SERVFAIL.
+pub fn servfail(mut response: Message) -> Message {
+    response.answers.clear();
+    response.authorities.clear();
+    response.additionals.clear();
+    with_rcode(response, ResponseCode::ServFail)
+}
+
+/// The largest UDP response `request` accepts (EDNS0 payload size, at
+/// least 512, at most [`MAX_UDP_SIZE`]).
+pub fn udp_limit(request: &Message) -> usize {
+    request.edns.as_ref().map_or(MIN_UDP_SIZE, |e| {
+        usize::from(e.max_payload()).clamp(MIN_UDP_SIZE, MAX_UDP_SIZE)
+    })
+}
+
+/// Encodes `response`; with a `limit` (UDP), a response larger than it is
+/// replaced by its truncated form (TC set, question and OPT only) so the
+/// client retries over TCP. `None` if it cannot be encoded at all.
+pub fn encode(response: &Message, limit: Option<usize>) -> Option<Vec<u8>> {
+    let bytes = response.to_vec().ok()?;
+    match limit {
+        Some(limit) if bytes.len() > limit => response.truncate().to_vec().ok(),
+        _ => Some(bytes),
+    }
+}
+
+/// A response skeleton for `request`: same id, opcode, RD and question,
+/// RA set, and an OPT record when the request had one.
+fn response_to(request: &Message) -> Message {
+    let mut response = Message::response(request.metadata.id, request.metadata.op_code);
+    response.metadata.recursion_desired = request.metadata.recursion_desired;
+    response.metadata.recursion_available = true;
+    response.metadata.checking_disabled = request.metadata.checking_disabled;
+    response.queries = request.queries.clone();
+    if let Some(req_edns) = &request.edns {
+        let mut edns = Edns::new();
+        edns.set_max_payload(ADVERTISED_UDP_SIZE);
+        edns.set_dnssec_ok(req_edns.flags().dnssec_ok);
+        response.set_edns(edns);
+    }
+    response
+}
+
+fn with_rcode(mut response: Message, rcode: ResponseCode) -> Message {
+    response.metadata.response_code = rcode;
+    response
+}
+
+fn fill(response: &mut Message, answer: Answer) {
+    response.metadata.authoritative = true;
+    response.metadata.response_code = answer.rcode;
+    response.answers = answer.answers;
+    response.authorities = answer.authority;
+    response.additionals = answer.additionals;
+}
+
+/// The target of an answer that is only a CNAME out of the zone, when the
+/// question was for another type: resolvers expect us to follow it.
+fn cname_to_chase(
+    zone: &Zone,
+    answer: &Answer,
+    qtype: RecordType,
+) -> Option<hickory_proto::rr::Name> {
+    if matches!(qtype, RecordType::CNAME | RecordType::ANY) {
+        return None;
+    }
+    let [record] = answer.answers.as_slice() else {
+        return None;
+    };
+    let hickory_proto::rr::RData::CNAME(target) = &record.data else {
+        return None;
+    };
+    (!zone.origin().zone_of(&target.0)).then(|| target.0.clone())
+}
+
+/// FORMERR for a packet we could not parse but whose header is a query;
+/// nothing for anything shorter than a header or marked as a response.
+fn formerr_from_header(packet: &[u8]) -> Decision {
+    let [id0, id1, flags, ..] = *packet else {
+        return Decision::Drop;
+    };
+    if packet.len() < 12 || flags & 0x80 != 0 {
+        return Decision::Drop;
+    }
+    let id = u16::from_be_bytes([id0, id1]);
+    let op_code = OpCode::from_u8((flags >> 3) & 0x0f);
+    Decision::Reply(Message::error_msg(id, op_code, ResponseCode::FormErr))
+}
+
+#[cfg(test)]
+mod tests;

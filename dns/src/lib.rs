@@ -4,6 +4,9 @@
 //! files of the host and of pods (`resolvconf`). It binds nothing by
 //! itself: the agent decides addresses and feeds the zone from its watches.
 
+pub mod cache;
+pub mod forward;
+pub mod resolvconf;
 pub mod wire;
 pub mod zone;
 
@@ -19,6 +22,30 @@ pub enum Error {
         field: &'static str,
         /// What is wrong with it.
         problem: String,
+    },
+    /// A file could not be read.
+    #[error("read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// An upstream server gave no usable answer.
+    #[error("forward to {upstream}: {problem}")]
+    Upstream {
+        /// The upstream's address.
+        upstream: String,
+        /// What went wrong.
+        problem: String,
+    },
+    /// A listening socket could not be set up.
+    #[error("bind {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
     },
 }
 

@@ -7,9 +7,12 @@
 pub mod cache;
 pub mod forward;
 pub mod resolvconf;
+pub mod server;
 pub mod wire;
 pub mod zone;
 
+pub use forward::{ForwardConfig, Forwarder};
+pub use server::{Running, Server, ServerConfig, SharedZone, Sockets};
 pub use zone::{Answer, Zone, ZoneConfig, DEFAULT_TTL};
 
 /// Errors of the DNS library.

@@ -37,14 +37,26 @@ pub enum Decision {
 /// Decides how to answer `packet` from `zone`; `forwarding` says whether
 /// names outside the zone can be forwarded (else they get REFUSED).
 pub fn decide(zone: &Zone, packet: &[u8], forwarding: bool) -> Decision {
-    let request = match Message::from_vec(packet) {
-        Ok(m) => m,
-        Err(_) => return formerr_from_header(packet),
-    };
+    decide_with_limit(zone, packet, forwarding).0
+}
+
+/// [`decide`], also returning the client's UDP size ([`udp_limit`]; 512
+/// for packets that do not parse).
+pub fn decide_with_limit(zone: &Zone, packet: &[u8], forwarding: bool) -> (Decision, usize) {
+    match Message::from_vec(packet) {
+        Ok(request) => (
+            decide_parsed(zone, &request, forwarding),
+            udp_limit(&request),
+        ),
+        Err(_) => (formerr_from_header(packet), MIN_UDP_SIZE),
+    }
+}
+
+fn decide_parsed(zone: &Zone, request: &Message, forwarding: bool) -> Decision {
     if request.metadata.message_type != MessageType::Query {
         return Decision::Drop;
     }
-    let mut response = response_to(&request);
+    let mut response = response_to(request);
     if request.metadata.op_code != OpCode::Query {
         return Decision::Reply(with_rcode(response, ResponseCode::NotImp));
     }

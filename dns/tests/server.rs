@@ -1,0 +1,368 @@
+//! The server over real loopback sockets: cluster names over UDP and TCP,
+//! truncation then TCP, malformed packets, and forwarding to a fake
+//! upstream started here (cache hits, TCP fallback, stub domains, an
+//! ExternalName chased upstream). Traffic stays on 127.0.0.1.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use controlplane::endpoints::{Endpoint, EndpointPort, Endpoints};
+use dns::{ForwardConfig, Forwarder, Server, ServerConfig, Sockets, Zone, ZoneConfig};
+use hickory_proto::op::{Edns, Message, Query, ResponseCode};
+use hickory_proto::rr::rdata::{A, SOA};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+
+fn service(ns: &str, name: &str, ip: &str, port: Option<(&str, i32)>) -> Service {
+    Service {
+        metadata: ObjectMeta {
+            namespace: Some(ns.into()),
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        spec: Some(ServiceSpec {
+            cluster_ip: Some(ip.into()),
+            selector: Some(BTreeMap::from([("app".into(), name.into())])),
+            ports: port.map(|(n, p)| {
+                vec![ServicePort {
+                    name: Some(n.into()),
+                    port: p,
+                    ..Default::default()
+                }]
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn zone() -> Zone {
+    let mut z = Zone::new(&ZoneConfig::default()).unwrap();
+    z.upsert_service(&service(
+        "default",
+        "redis-master",
+        "10.96.0.20",
+        Some(("redis", 6379)),
+    ));
+    z.upsert_service(&service("default", "big", "None", Some(("http", 80))));
+    let addresses = (0..100)
+        .map(|i| Endpoint {
+            ip: format!("10.1.0.{}", i + 1).parse().unwrap(),
+            node: None,
+            pod: format!("default/p{i}"),
+            ready: true,
+        })
+        .collect();
+    let ports = vec![EndpointPort {
+        name: Some("http".into()),
+        port: 8080,
+        protocol: "TCP".into(),
+    }];
+    z.set_endpoints(
+        "default",
+        "big",
+        &[Endpoints {
+            namespace: "default".into(),
+            service: "big".into(),
+            addresses,
+            ports,
+        }],
+    );
+    let mut ext = service("default", "search", "", None);
+    let spec = ext.spec.as_mut().unwrap();
+    spec.type_ = Some("ExternalName".into());
+    spec.external_name = Some("www.example.com".into());
+    z.upsert_service(&ext);
+    z
+}
+
+fn query(name: &str, t: RecordType, edns: bool) -> Vec<u8> {
+    let mut m = Message::query();
+    m.metadata.recursion_desired = true;
+    m.add_query(Query::query(Name::from_ascii(name).unwrap(), t));
+    if edns {
+        let mut e = Edns::new();
+        e.set_max_payload(4096);
+        m.set_edns(e);
+    }
+    m.to_vec().unwrap()
+}
+
+async fn udp_ask(server: SocketAddr, packet: &[u8]) -> Message {
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    sock.send_to(packet, server).await.unwrap();
+    let mut buf = vec![0u8; 65535];
+    let n = tokio::time::timeout(Duration::from_secs(5), sock.recv(&mut buf))
+        .await
+        .expect("answer within 5 s")
+        .unwrap();
+    Message::from_vec(&buf[..n]).unwrap()
+}
+
+async fn tcp_ask(server: SocketAddr, packet: &[u8]) -> Message {
+    let mut s = TcpStream::connect(server).await.unwrap();
+    let mut framed = (packet.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(packet);
+    s.write_all(&framed).await.unwrap();
+    let len = s.read_u16().await.unwrap();
+    let mut buf = vec![0u8; usize::from(len)];
+    s.read_exact(&mut buf).await.unwrap();
+    Message::from_vec(&buf).unwrap()
+}
+
+async fn start(forwarder: Option<Arc<Forwarder>>) -> (dns::Running, SocketAddr, SocketAddr) {
+    let sockets = Sockets::bind(&["127.0.0.1:0".parse().unwrap()])
+        .await
+        .unwrap();
+    let server = Server::new(
+        Arc::new(RwLock::new(zone())),
+        forwarder,
+        ServerConfig::default(),
+    );
+    let running = server.spawn(sockets);
+    let (udp, tcp) = (running.udp_addrs[0], running.tcp_addrs[0]);
+    assert_eq!(udp.port(), tcp.port());
+    (running, udp, tcp)
+}
+
+#[tokio::test]
+async fn cluster_names_over_udp_and_tcp() {
+    let (_running, udp, tcp) = start(None).await;
+    let m = udp_ask(
+        udp,
+        &query(
+            "redis-master.default.svc.cluster.local.",
+            RecordType::A,
+            false,
+        ),
+    )
+    .await;
+    assert_eq!(m.answers[0].data, RData::A(A::new(10, 96, 0, 20)));
+    assert!(m.metadata.authoritative);
+
+    let m = tcp_ask(
+        tcp,
+        &query(
+            "_redis._tcp.redis-master.default.svc.cluster.local.",
+            RecordType::SRV,
+            false,
+        ),
+    )
+    .await;
+    assert_eq!(
+        m.answers[0].data.to_string(),
+        "0 100 6379 redis-master.default.svc.cluster.local."
+    );
+
+    let m = udp_ask(
+        udp,
+        &query("20.0.96.10.in-addr.arpa.", RecordType::PTR, false),
+    )
+    .await;
+    assert_eq!(
+        m.answers[0].data.to_string(),
+        "redis-master.default.svc.cluster.local."
+    );
+
+    let m = udp_ask(
+        udp,
+        &query("nope.default.svc.cluster.local.", RecordType::A, true),
+    )
+    .await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+    assert!(matches!(m.authorities[0].data, RData::SOA(_)));
+    assert!(m.edns.is_some());
+
+    // no forwarder: outside names are refused, not timed out
+    let m = udp_ask(udp, &query("example.com.", RecordType::A, false)).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::Refused);
+}
+
+#[tokio::test]
+async fn oversized_udp_answer_is_truncated_and_tcp_gets_it_all() {
+    let (_running, udp, tcp) = start(None).await;
+    let q = query("big.default.svc.cluster.local.", RecordType::A, false);
+    let m = udp_ask(udp, &q).await;
+    assert!(m.metadata.truncation);
+    assert!(m.answers.is_empty());
+    let m = tcp_ask(tcp, &q).await;
+    assert!(!m.metadata.truncation);
+    assert_eq!(m.answers.len(), 100);
+    // with EDNS 4096 the same answer fits in UDP
+    let m = udp_ask(
+        udp,
+        &query("big.default.svc.cluster.local.", RecordType::A, true),
+    )
+    .await;
+    assert_eq!((m.metadata.truncation, m.answers.len()), (false, 100));
+}
+
+#[tokio::test]
+async fn garbage_does_not_stop_the_server() {
+    let (_running, udp, tcp) = start(None).await;
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for len in [0usize, 1, 11, 12, 13, 300, 4000] {
+        let junk: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
+        sock.send_to(&junk, udp).await.unwrap();
+    }
+    let mut bad_tcp = TcpStream::connect(tcp).await.unwrap();
+    bad_tcp.write_all(&[0, 5, 1, 2, 3, 4, 5]).await.unwrap();
+    let m = udp_ask(
+        udp,
+        &query(
+            "redis-master.default.svc.cluster.local.",
+            RecordType::A,
+            false,
+        ),
+    )
+    .await;
+    assert_eq!(m.answers.len(), 1);
+}
+
+/// A fake upstream on loopback (UDP and TCP on one port) that counts the
+/// queries it sees. `big.example.` is truncated over UDP; `missing.example.`
+/// is NXDOMAIN with an SOA; anything else gets one A record, TTL 60.
+async fn fake_upstream(address: [u8; 4]) -> (SocketAddr, Arc<AtomicUsize>) {
+    let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = udp.local_addr().unwrap();
+    let tcp = TcpListener::bind(addr).await.unwrap();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let count = seen.clone();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let Ok((n, peer)) = udp.recv_from(&mut buf).await else {
+                return;
+            };
+            count.fetch_add(1, Ordering::SeqCst);
+            let reply = upstream_reply(&buf[..n], address, true);
+            let _ = udp.send_to(&reply, peer).await;
+        }
+    });
+    let count = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = tcp.accept().await else {
+                return;
+            };
+            count.fetch_add(1, Ordering::SeqCst);
+            let len = s.read_u16().await.unwrap();
+            let mut buf = vec![0u8; usize::from(len)];
+            s.read_exact(&mut buf).await.unwrap();
+            let reply = upstream_reply(&buf, address, false);
+            let mut framed = (reply.len() as u16).to_be_bytes().to_vec();
+            framed.extend_from_slice(&reply);
+            s.write_all(&framed).await.unwrap();
+        }
+    });
+    (addr, seen)
+}
+
+fn upstream_reply(packet: &[u8], address: [u8; 4], udp: bool) -> Vec<u8> {
+    let q = Message::from_vec(packet).unwrap();
+    let mut m = Message::response(q.metadata.id, q.metadata.op_code);
+    m.queries = q.queries.clone();
+    let name = q.queries[0].name().clone();
+    match name.to_ascii().as_str() {
+        "big.example." if udp => m.metadata.truncation = true,
+        "big.example." => {
+            for i in 0..60 {
+                m.answers.push(Record::from_rdata(
+                    name.clone(),
+                    60,
+                    RData::A(A::new(192, 0, 2, i)),
+                ));
+            }
+        }
+        "missing.example." => {
+            m.metadata.response_code = ResponseCode::NXDomain;
+            let root = Name::from_ascii("example.").unwrap();
+            let soa = SOA::new(root.clone(), root.clone(), 1, 1, 1, 1, 30);
+            m.authorities
+                .push(Record::from_rdata(root, 300, RData::SOA(soa)));
+        }
+        _ => {
+            let [a, b, c, d] = address;
+            m.answers
+                .push(Record::from_rdata(name, 60, RData::A(A::new(a, b, c, d))));
+        }
+    }
+    m.to_vec().unwrap()
+}
+
+#[tokio::test]
+async fn forwarding_caches_answers_and_falls_back_to_tcp() {
+    let (upstream, seen) = fake_upstream([192, 0, 2, 1]).await;
+    let (stub, stub_seen) = fake_upstream([198, 51, 100, 7]).await;
+    let mut cfg = ForwardConfig::new(vec![upstream]);
+    cfg.stub_domains = vec![(Name::from_ascii("corp.internal.").unwrap(), vec![stub])];
+    let (_running, udp, tcp) = start(Some(Arc::new(Forwarder::new(cfg)))).await;
+
+    // two identical queries: the upstream sees one
+    let q = query("www.example.org.", RecordType::A, false);
+    let first = udp_ask(udp, &q).await;
+    let second = udp_ask(udp, &q).await;
+    assert_eq!(first.answers[0].data, RData::A(A::new(192, 0, 2, 1)));
+    assert_eq!(second.answers, first.answers);
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        1,
+        "second query is a cache hit"
+    );
+    assert!(!second.metadata.authoritative);
+
+    // negative answers are cached too
+    let q = query("missing.example.", RecordType::A, false);
+    assert_eq!(
+        udp_ask(udp, &q).await.metadata.response_code,
+        ResponseCode::NXDomain
+    );
+    assert_eq!(
+        tcp_ask(tcp, &q).await.metadata.response_code,
+        ResponseCode::NXDomain
+    );
+    assert_eq!(seen.load(Ordering::SeqCst), 2);
+
+    // truncated upstream answer: retried over TCP, then truncated again
+    // towards our UDP client, who retries over TCP
+    let q = query("big.example.", RecordType::A, false);
+    assert!(udp_ask(udp, &q).await.metadata.truncation);
+    assert_eq!(tcp_ask(tcp, &q).await.answers.len(), 60);
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        4,
+        "one UDP and one TCP upstream query"
+    );
+
+    // stub domain goes to its own upstream
+    let m = udp_ask(udp, &query("db.corp.internal.", RecordType::A, false)).await;
+    assert_eq!(m.answers[0].data, RData::A(A::new(198, 51, 100, 7)));
+    assert_eq!(stub_seen.load(Ordering::SeqCst), 1);
+
+    // ExternalName: the CNAME from the zone, then the target's address
+    let m = udp_ask(
+        udp,
+        &query("search.default.svc.cluster.local.", RecordType::A, false),
+    )
+    .await;
+    assert_eq!(m.answers.len(), 2);
+    assert_eq!(m.answers[0].record_type(), RecordType::CNAME);
+    assert_eq!(m.answers[1].data, RData::A(A::new(192, 0, 2, 1)));
+}
+
+#[tokio::test]
+async fn dead_upstream_gives_servfail_not_silence() {
+    // a bound socket that never answers
+    let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut cfg = ForwardConfig::new(vec![silent.local_addr().unwrap()]);
+    cfg.timeout = Duration::from_millis(200);
+    let (_running, udp, _) = start(Some(Arc::new(Forwarder::new(cfg)))).await;
+    let m = udp_ask(udp, &query("www.example.org.", RecordType::A, false)).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+}

@@ -96,22 +96,22 @@ fn decide_parsed(zone: &Zone, request: &Message, forwarding: bool) -> Decision {
     }
 }
 
-/// Completes `response` with an upstream's `upstream` answer: its rcode
-/// and records are appended after what the zone put there (a CNAME).
+/// Completes `response` with an upstream's `upstream` answer: its records
+/// are appended after what the zone put there (a CNAME being chased) and
+/// its rcode is the response's, as for the last name of a CNAME chain
+/// (RFC 6604).
 pub fn merge_upstream(mut response: Message, upstream: &Message) -> Message {
     let chased = !response.answers.is_empty();
-    if !chased || upstream.metadata.response_code == ResponseCode::NoError {
-        response.metadata.response_code = upstream.metadata.response_code;
-    }
+    response.metadata.response_code = upstream.metadata.response_code;
     response.answers.extend(upstream.answers.iter().cloned());
+    response.authorities = upstream.authorities.clone();
+    response.additionals = upstream
+        .additionals
+        .iter()
+        .filter(|r| r.record_type() != RecordType::OPT)
+        .cloned()
+        .collect();
     if !chased {
-        response.authorities = upstream.authorities.clone();
-        response.additionals = upstream
-            .additionals
-            .iter()
-            .filter(|r| r.record_type() != RecordType::OPT)
-            .cloned()
-            .collect();
         response.metadata.authentic_data = upstream.metadata.authentic_data;
     }
     response

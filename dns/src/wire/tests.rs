@@ -191,3 +191,18 @@ fn fuzz_query_path_never_panics() {
         }
     }
 }
+
+#[test]
+fn chased_cname_takes_the_upstream_rcode() {
+    let z = sample();
+    let bytes = query_bytes("search.default.svc.cluster.local.", RecordType::A, None);
+    let Decision::Forward { response, .. } = decide(&z, &bytes, true) else {
+        panic!("forward")
+    };
+    let mut upstream = Message::response(1, hickory_proto::op::OpCode::Query);
+    upstream.metadata.response_code = ResponseCode::NXDomain;
+    let merged = merge_upstream(response.clone(), &upstream);
+    assert_eq!(merged.metadata.response_code, ResponseCode::NXDomain);
+    assert_eq!(merged.answers.len(), 1, "the CNAME stays");
+    assert!(servfail(response).answers.is_empty());
+}

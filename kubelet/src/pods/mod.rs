@@ -2,6 +2,7 @@ pub mod backoff;
 pub mod context;
 pub mod env;
 pub mod files;
+pub mod hooks;
 pub mod manager;
 pub mod probe;
 pub mod sandbox;

@@ -24,13 +24,16 @@ use super::context::{services_for, Context, Refs};
 use super::probe::{self, handlers::Target, Registration};
 use super::sandbox::{self, Sandbox};
 use super::status::{self, ContainerView, PodView, State, Terminated};
-use super::{env, volumes};
+use super::{env, hooks, volumes};
 use runtime::image::{self, Image, PullError, PullPolicy};
 use runtime::task::{self, NewContainer, Owned, TaskState};
 use runtime::{container_id, labels, run_labels, spec};
 
 /// How often a worker re-checks its pod even when nothing happened.
 const RESYNC: Duration = Duration::from_secs(10);
+
+/// The longest a postStart hook may run before it counts as failed.
+const POST_START_LIMIT: Duration = Duration::from_secs(300);
 
 /// What wakes a worker.
 #[derive(Debug)]
@@ -584,7 +587,7 @@ impl Worker {
                 return Ok(());
             }
         };
-        if let Err(e) = probe::specs(&c) {
+        if let Err(e) = probe::specs(&c).and_then(|_| hooks::check(&c)) {
             self.slots[i].waiting = Some(config_error(e));
             return Ok(());
         }
@@ -696,6 +699,7 @@ impl Worker {
         self.slots[i].waiting = None;
         self.watch_exit(&id);
         self.probe(i, &id);
+        self.post_start(i, &id);
         // Keep the previous run (its log and exit for --previous), remove
         // older ones.
         if attempt >= 2 {
@@ -803,6 +807,32 @@ impl Worker {
         true
     }
 
+    /// Runs container `i`'s postStart hook for the run `id` that just
+    /// started, beside it; if the hook fails, the run is stopped (preStop
+    /// and grace as usual) and restarts by its policy and back-off.
+    fn post_start(&self, i: usize, id: &str) {
+        let Ok(Some(hook)) = hooks::of(self.container(i), hooks::Point::PostStart) else {
+            return;
+        };
+        let grace = Duration::from_secs(
+            self.pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds)
+                .unwrap_or(30)
+                .max(0) as u64,
+        );
+        let (target, key, name) = (self.target(id), self.key(), self.slots[i].name.clone());
+        let stop = self.stopper(i, id, grace);
+        tokio::spawn(async move {
+            // Bounded, so a hung hook cannot pin the run forever.
+            if let Err(e) = hooks::run(&hook, &target, POST_START_LIMIT).await {
+                tracing::warn!(pod = %key, container = %name, error = %e, "postStart hook failed; stopping the container");
+                stop.await;
+            }
+        });
+    }
+
     /// Registers the probes of container `i`'s running run `id`, once.
     fn probe(&mut self, i: usize, id: &str) {
         if self.slots[i].probed.as_deref() == Some(id)
@@ -836,12 +866,7 @@ impl Worker {
             pod: self.key(),
             container: c.name.clone(),
             specs,
-            target: Target {
-                pod_ip: self.sandbox.as_ref().and_then(|s| s.ip.clone()),
-                container_id: id.to_string(),
-                rt: self.ctx.rt.clone(),
-                fifo_parent: self.ctx.config.run_dir.join("exec"),
-            },
+            target: self.target(id),
             started: Instant::now().checked_sub(ago).unwrap_or_else(Instant::now),
             notify: std::sync::Arc::new(move |c| {
                 let _ = tx.send(Msg::Probe(c));
@@ -893,12 +918,8 @@ impl Worker {
                 // No more probing of a run that is being killed.
                 self.unprobe(i);
                 self.slots[i].killed = Some(c.container_id.clone());
-                let (rt, id) = (self.ctx.rt.clone(), c.container_id);
-                tokio::spawn(async move {
-                    if let Err(e) = task::stop(&rt, &id, Duration::from_secs(grace)).await {
-                        tracing::warn!(container = %id, error = %format!("{e:#}"), "stop after a failed probe");
-                    }
-                });
+                let stop = self.stopper(i, &c.container_id, Duration::from_secs(grace));
+                tokio::spawn(stop);
             }
             (probe::Kind::Liveness, true) => {}
         }
@@ -1008,17 +1029,58 @@ impl Worker {
 
     async fn stop_some(&mut self, grace: Duration, init: bool) {
         let mut stops = tokio::task::JoinSet::new();
-        for s in self.slots.iter().filter(|s| s.init == init) {
-            if let Some((_, id)) = &s.current {
-                let (rt, id) = (self.ctx.rt.clone(), id.clone());
-                stops.spawn(async move {
-                    if let Err(e) = task::stop(&rt, &id, grace).await {
-                        tracing::warn!(container = %id, error = %format!("{e:#}"), "stop");
-                    }
-                });
+        for i in 0..self.slots.len() {
+            if self.slots[i].init != init {
+                continue;
+            }
+            if let Some((_, id)) = self.slots[i].current.clone() {
+                stops.spawn(self.stopper(i, &id, grace));
             }
         }
         while stops.join_next().await.is_some() {}
+    }
+
+    /// Where probes and hooks of run `id` are aimed.
+    fn target(&self, id: &str) -> Target {
+        Target {
+            pod_ip: self.sandbox.as_ref().and_then(|s| s.ip.clone()),
+            container_id: id.to_string(),
+            rt: self.ctx.rt.clone(),
+            fifo_parent: self.ctx.config.run_dir.join("exec"),
+        }
+    }
+
+    /// Stops run `id` of container `i` as kubelet does: its preStop hook
+    /// first (if it runs), inside `grace`; then SIGTERM with what is left
+    /// of it (at least 2 s), then SIGKILL.
+    fn stopper(
+        &self,
+        i: usize,
+        id: &str,
+        grace: Duration,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let hook = hooks::of(self.container(i), hooks::Point::PreStop)
+            .ok()
+            .flatten();
+        let (target, key, name) = (self.target(id), self.key(), self.slots[i].name.clone());
+        async move {
+            let t0 = Instant::now();
+            let running = matches!(
+                task::state(&target.rt, &target.container_id).await,
+                Ok(TaskState::Running { .. })
+            );
+            if let (Some(hook), true) = (hook, running) {
+                if let Err(e) = hooks::run(&hook, &target, grace).await {
+                    tracing::warn!(pod = %key, container = %name, error = %e, "preStop hook failed");
+                }
+            }
+            let left = grace
+                .saturating_sub(t0.elapsed())
+                .max(Duration::from_secs(2));
+            if let Err(e) = task::stop(&target.rt, &target.container_id, left).await {
+                tracing::warn!(pod = %key, container = %name, error = %format!("{e:#}"), "stop");
+            }
+        }
     }
 
     /// Deletion: stop containers gracefully, then remove everything in CRI

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Container, Probe};
+use k8s_openapi::api::core::v1::{Container, ExecAction, HTTPGetAction, Probe, TCPSocketAction};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 pub use scheduler::{Prober, Registration};
@@ -75,52 +75,20 @@ impl Spec {
             Kind::Readiness => "readinessProbe",
             Kind::Startup => "startupProbe",
         };
-        let handler = if let Some(e) = &probe.exec {
-            let command = e.command.clone().unwrap_or_default();
-            if command.is_empty() {
-                return Err(format!("{field}.exec.command: Required value"));
-            }
-            Handler::Exec { command }
-        } else if let Some(h) = &probe.http_get {
-            let scheme = h.scheme.as_deref().unwrap_or("HTTP");
-            if !scheme.eq_ignore_ascii_case("HTTP") {
+        let handler = match parse_handler(
+            field,
+            probe.exec.as_ref(),
+            probe.http_get.as_ref(),
+            probe.tcp_socket.as_ref(),
+            container,
+        )? {
+            Some(h) => h,
+            None if probe.grpc.is_some() => {
                 return Err(format!(
-                    "{field}.httpGet.scheme: Unsupported value: {scheme:?}: this node probes HTTP only"
-                ));
+                    "{field}.grpc: Unsupported value: this node does not run gRPC probes yet"
+                ))
             }
-            let path = match h.path.as_deref() {
-                None | Some("") => "/".to_string(),
-                Some(p) if p.starts_with('/') => p.to_string(),
-                Some(p) => format!("/{p}"),
-            };
-            if path.chars().any(|c| c.is_ascii_control() || c == ' ') {
-                return Err(format!("{field}.httpGet.path: Invalid value: {path:?}"));
-            }
-            let mut headers = Vec::new();
-            for (i, hd) in h.http_headers.iter().flatten().enumerate() {
-                let bad = |s: &str| s.chars().any(|c| c == '\r' || c == '\n');
-                if hd.name.is_empty() || bad(&hd.name) || hd.name.contains(':') || bad(&hd.value) {
-                    return Err(format!("{field}.httpGet.httpHeaders[{i}]: Invalid value"));
-                }
-                headers.push((hd.name.clone(), hd.value.clone()));
-            }
-            Handler::Http {
-                host: h.host.clone().filter(|s| !s.is_empty()),
-                port: port(&h.port, container, &format!("{field}.httpGet.port"))?,
-                path,
-                headers,
-            }
-        } else if let Some(t) = &probe.tcp_socket {
-            Handler::Tcp {
-                host: t.host.clone().filter(|s| !s.is_empty()),
-                port: port(&t.port, container, &format!("{field}.tcpSocket.port"))?,
-            }
-        } else if probe.grpc.is_some() {
-            return Err(format!(
-                "{field}.grpc: Unsupported value: this node does not run gRPC probes yet"
-            ));
-        } else {
-            return Err(format!("{field}: must specify a handler type"));
+            None => return Err(format!("{field}: must specify a handler type")),
         };
         let secs =
             |v: Option<i32>, default: i32| Duration::from_secs(v.unwrap_or(default).max(0) as u64);
@@ -168,6 +136,61 @@ pub fn specs(container: &Container) -> Result<Vec<Spec>, String> {
         }
     }
     Ok(out)
+}
+
+/// The exec, httpGet or tcpSocket handler of a probe or lifecycle hook
+/// (`field` names it in errors); `None` when none is set.
+pub fn parse_handler(
+    field: &str,
+    exec: Option<&ExecAction>,
+    http_get: Option<&HTTPGetAction>,
+    tcp_socket: Option<&TCPSocketAction>,
+    container: &Container,
+) -> Result<Option<Handler>, String> {
+    let handler = if let Some(e) = exec {
+        let command = e.command.clone().unwrap_or_default();
+        if command.is_empty() {
+            return Err(format!("{field}.exec.command: Required value"));
+        }
+        Handler::Exec { command }
+    } else if let Some(h) = http_get {
+        let scheme = h.scheme.as_deref().unwrap_or("HTTP");
+        if !scheme.eq_ignore_ascii_case("HTTP") {
+            return Err(format!(
+                "{field}.httpGet.scheme: Unsupported value: {scheme:?}: this node probes HTTP only"
+            ));
+        }
+        let path = match h.path.as_deref() {
+            None | Some("") => "/".to_string(),
+            Some(p) if p.starts_with('/') => p.to_string(),
+            Some(p) => format!("/{p}"),
+        };
+        if path.chars().any(|c| c.is_ascii_control() || c == ' ') {
+            return Err(format!("{field}.httpGet.path: Invalid value: {path:?}"));
+        }
+        let mut headers = Vec::new();
+        for (i, hd) in h.http_headers.iter().flatten().enumerate() {
+            let bad = |s: &str| s.chars().any(|c| c == '\r' || c == '\n');
+            if hd.name.is_empty() || bad(&hd.name) || hd.name.contains(':') || bad(&hd.value) {
+                return Err(format!("{field}.httpGet.httpHeaders[{i}]: Invalid value"));
+            }
+            headers.push((hd.name.clone(), hd.value.clone()));
+        }
+        Handler::Http {
+            host: h.host.clone().filter(|s| !s.is_empty()),
+            port: port(&h.port, container, &format!("{field}.httpGet.port"))?,
+            path,
+            headers,
+        }
+    } else if let Some(t) = tcp_socket {
+        Handler::Tcp {
+            host: t.host.clone().filter(|s| !s.is_empty()),
+            port: port(&t.port, container, &format!("{field}.tcpSocket.port"))?,
+        }
+    } else {
+        return Ok(None);
+    };
+    Ok(Some(handler))
 }
 
 fn port(p: &IntOrString, c: &Container, field: &str) -> Result<u16, String> {

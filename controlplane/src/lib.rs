@@ -10,6 +10,7 @@ pub mod api;
 pub mod backend;
 pub mod defaults;
 pub mod endpoints;
+pub mod kinds;
 pub mod manifest;
 pub mod objects;
 pub mod registry;

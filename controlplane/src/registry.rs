@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use k8s_openapi::api::core::v1::{Pod, PodStatus, Service};
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde_json::Value;
 
@@ -415,8 +415,8 @@ impl ControlPlane for Registry {
         meta.generation = Some(1);
         meta.resource_version = None;
         meta.deletion_timestamp = None;
-        if let Object::Pod(p) = &mut obj {
-            reset_pod_status(p);
+        if let Some(prepare) = obj.kind().info().strategy.prepare_create {
+            prepare(&mut obj);
         }
         let expiry = ttl.map_or(Expiry::Never, Expiry::After);
         match obj {
@@ -440,6 +440,7 @@ impl ControlPlane for Registry {
             Some(r) if r != stored.revision => return Err(conflict(&what)),
             _ => stored.revision,
         };
+        validate::validate_update(&current, &obj)?;
         let spec_changed = !same_spec(&current, &{
             let mut o = obj.clone();
             carry_assigned(&current, &mut o);
@@ -477,18 +478,13 @@ impl ControlPlane for Registry {
             Some(r) if r != stored.revision => return Err(conflict(&what)),
             _ => stored.revision,
         };
-        match (&mut current, obj) {
-            (Object::Pod(c), Object::Pod(o)) => c.status = o.status,
-            (Object::Service(c), Object::Service(o)) => c.status = o.status,
-            (Object::Node(c), Object::Node(o)) => c.status = o.status,
-            (Object::Namespace(c), Object::Namespace(o)) => c.status = o.status,
-            (_, o) => {
-                return Err(Error::BadRequest(format!(
-                    "{} has no status subresource",
-                    o.kind()
-                )))
-            }
-        }
+        let Some(copy_status) = what.kind.info().strategy.status else {
+            return Err(Error::BadRequest(format!(
+                "{} has no status subresource",
+                what.kind
+            )));
+        };
+        copy_status(&obj, &mut current);
         let r = self
             .put(
                 &current,
@@ -562,10 +558,16 @@ impl ControlPlane for Registry {
 /// claims behind, and an expiring Pod its containers.
 fn check_ttl(obj: &Object, ttl: Option<Duration>) -> Result<()> {
     match ttl {
-        Some(_) if !matches!(obj.kind(), Kind::Lease | Kind::SubnetLease | Kind::Node) => {
+        Some(_) if !obj.kind().info().ttl => {
+            let allowed: Vec<&str> = Kind::ALL
+                .into_iter()
+                .filter(|k| k.info().ttl)
+                .map(Kind::name)
+                .collect();
             Err(Error::BadRequest(format!(
-                "{}: a TTL is only allowed on Lease, SubnetLease and Node objects",
-                obj.describe()
+                "{}: a TTL is only allowed on {} objects",
+                obj.describe(),
+                allowed.join(", ")
             )))
         }
         Some(t) if t.is_zero() => Err(Error::BadRequest(format!(
@@ -634,13 +636,6 @@ fn released(old: &Service, new: &Service) -> Vec<String> {
         .collect()
 }
 
-fn reset_pod_status(p: &mut Pod) {
-    p.status = Some(PodStatus {
-        phase: Some("Pending".into()),
-        ..Default::default()
-    });
-}
-
 /// Copies what the server owns (identity, timestamps, status) from the
 /// stored object onto an update.
 fn keep_server_fields(current: &Object, obj: &mut Object) {
@@ -650,12 +645,8 @@ fn keep_server_fields(current: &Object, obj: &mut Object) {
     m.creation_timestamp = cm.creation_timestamp;
     m.generation = cm.generation;
     m.deletion_timestamp = cm.deletion_timestamp;
-    match (current, obj) {
-        (Object::Pod(c), Object::Pod(o)) => o.status = c.status.clone(),
-        (Object::Service(c), Object::Service(o)) => o.status = c.status.clone(),
-        (Object::Node(c), Object::Node(o)) => o.status = c.status.clone(),
-        (Object::Namespace(c), Object::Namespace(o)) => o.status = c.status.clone(),
-        _ => {}
+    if let Some(copy_status) = current.kind().info().strategy.status {
+        copy_status(current, obj);
     }
 }
 

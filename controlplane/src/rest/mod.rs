@@ -9,6 +9,7 @@ pub mod server;
 use serde_json::{json, Value};
 
 use crate::api::{Error, ObjectRef, Scope};
+use crate::kinds::Subresource;
 use crate::objects::Kind;
 use crate::validate::{FieldError, Invalid};
 
@@ -89,11 +90,8 @@ pub fn parse_path(path: &str) -> Option<Target> {
         ["apis", g, v, rest @ ..] => (format!("{g}/{v}"), rest),
         _ => return None,
     };
-    let kind_of = |plural: &str| {
-        Kind::ALL
-            .into_iter()
-            .find(|k| k.plural() == plural && k.api_version() == gv)
-    };
+    let kind_of = |plural: &str| Kind::from_plural(&gv, plural);
+    let has_status = |k: Kind| k.info().has(Subresource::Status);
     let names = |xs: &[&str]| xs.iter().map(|x| unescape(x)).collect::<Option<Vec<_>>>();
     match rest {
         ["namespaces", ns, plural, tail @ ..] if kind_of(plural).is_some_and(Kind::namespaced) => {
@@ -102,7 +100,9 @@ pub fn parse_path(path: &str) -> Option<Target> {
             match names(tail)?.as_slice() {
                 [] => Some(Target::Collection(Scope::namespaced(kind, &ns))),
                 [name] => Some(Target::Object(ObjectRef::new(kind, &ns, name))),
-                [name, s] if s == "status" => Some(Target::Status(ObjectRef::new(kind, &ns, name))),
+                [name, s] if s == "status" && has_status(kind) => {
+                    Some(Target::Status(ObjectRef::new(kind, &ns, name)))
+                }
                 _ => None,
             }
         }
@@ -113,7 +113,7 @@ pub fn parse_path(path: &str) -> Option<Target> {
                 [name] if !kind.namespaced() => {
                     Some(Target::Object(ObjectRef::new(kind, "", name)))
                 }
-                [name, s] if !kind.namespaced() && s == "status" => {
+                [name, s] if !kind.namespaced() && s == "status" && has_status(kind) => {
                     Some(Target::Status(ObjectRef::new(kind, "", name)))
                 }
                 _ => None,

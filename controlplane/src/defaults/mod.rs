@@ -1,9 +1,9 @@
 //! Defaulting, as the API server does it before validation: namespace
-//! `default`, Pod and container defaults, Service defaults. Only fills
-//! what is unset; never overrides what the user wrote.
+//! `default` here, then each kind's own defaults (a file per API group,
+//! reached through its descriptor in [`crate::kinds`]). Only fills what
+//! is unset; never overrides what the user wrote.
 
-use k8s_openapi::api::core::v1::{Pod, Service};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+pub(crate) mod core;
 
 use crate::objects::Object;
 
@@ -22,13 +22,8 @@ pub fn apply(obj: &mut Object) {
     {
         obj.meta_mut().namespace = Some(DEFAULT_NAMESPACE.to_string());
     }
-    match obj {
-        Object::Pod(p) => pod(p),
-        Object::Service(s) => service(s),
-        Object::Secret(s) => {
-            s.type_.get_or_insert_with(|| "Opaque".to_string());
-        }
-        _ => {}
+    if let Some(hook) = obj.kind().info().strategy.default {
+        hook(obj);
     }
 }
 
@@ -42,51 +37,6 @@ pub fn image_pull_policy(image: &str) -> &'static str {
     match last.split_once(':') {
         Some((_, "latest")) | None => "Always",
         Some(_) => "IfNotPresent",
-    }
-}
-
-fn pod(p: &mut Pod) {
-    let Some(spec) = p.spec.as_mut() else { return };
-    spec.restart_policy.get_or_insert_with(|| "Always".into());
-    spec.dns_policy.get_or_insert_with(|| "ClusterFirst".into());
-    spec.termination_grace_period_seconds.get_or_insert(30);
-    spec.enable_service_links.get_or_insert(true);
-    spec.scheduler_name
-        .get_or_insert_with(|| "default-scheduler".into());
-    for c in spec
-        .containers
-        .iter_mut()
-        .chain(spec.init_containers.iter_mut().flatten())
-    {
-        if c.image_pull_policy.is_none() {
-            c.image_pull_policy =
-                Some(image_pull_policy(c.image.as_deref().unwrap_or_default()).into());
-        }
-        c.termination_message_path
-            .get_or_insert_with(|| "/dev/termination-log".into());
-        c.termination_message_policy
-            .get_or_insert_with(|| "File".into());
-        for port in c.ports.iter_mut().flatten() {
-            port.protocol.get_or_insert_with(|| "TCP".into());
-        }
-    }
-}
-
-fn service(s: &mut Service) {
-    let Some(spec) = s.spec.as_mut() else { return };
-    let ty = spec.type_.get_or_insert_with(|| "ClusterIP".into()).clone();
-    spec.session_affinity.get_or_insert_with(|| "None".into());
-    spec.internal_traffic_policy
-        .get_or_insert_with(|| "Cluster".into());
-    if ty == "NodePort" || ty == "LoadBalancer" {
-        spec.external_traffic_policy
-            .get_or_insert_with(|| "Cluster".into());
-    }
-    for port in spec.ports.iter_mut().flatten() {
-        port.protocol.get_or_insert_with(|| "TCP".into());
-        if port.target_port.is_none() {
-            port.target_port = Some(IntOrString::Int(port.port));
-        }
     }
 }
 

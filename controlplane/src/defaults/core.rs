@@ -1,0 +1,66 @@
+//! Defaulting of the core `v1` kinds: Pod, Service, Secret.
+
+use k8s_openapi::api::core::v1::{Pod, PodStatus, Secret, Service};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::image_pull_policy;
+
+/// A Secret's type is `Opaque` unless given.
+pub(crate) fn secret(s: &mut Secret) {
+    s.type_.get_or_insert_with(|| "Opaque".to_string());
+}
+
+/// A new pod starts `Pending`, whatever status the request carried.
+pub(crate) fn pod_status_pending(p: &mut Pod) {
+    p.status = Some(PodStatus {
+        phase: Some("Pending".into()),
+        ..Default::default()
+    });
+}
+
+/// Pod and container defaults.
+pub(crate) fn pod(p: &mut Pod) {
+    let Some(spec) = p.spec.as_mut() else { return };
+    spec.restart_policy.get_or_insert_with(|| "Always".into());
+    spec.dns_policy.get_or_insert_with(|| "ClusterFirst".into());
+    spec.termination_grace_period_seconds.get_or_insert(30);
+    spec.enable_service_links.get_or_insert(true);
+    spec.scheduler_name
+        .get_or_insert_with(|| "default-scheduler".into());
+    for c in spec
+        .containers
+        .iter_mut()
+        .chain(spec.init_containers.iter_mut().flatten())
+    {
+        if c.image_pull_policy.is_none() {
+            c.image_pull_policy =
+                Some(image_pull_policy(c.image.as_deref().unwrap_or_default()).into());
+        }
+        c.termination_message_path
+            .get_or_insert_with(|| "/dev/termination-log".into());
+        c.termination_message_policy
+            .get_or_insert_with(|| "File".into());
+        for port in c.ports.iter_mut().flatten() {
+            port.protocol.get_or_insert_with(|| "TCP".into());
+        }
+    }
+}
+
+/// Service defaults (type, affinity, traffic policies, ports).
+pub(crate) fn service(s: &mut Service) {
+    let Some(spec) = s.spec.as_mut() else { return };
+    let ty = spec.type_.get_or_insert_with(|| "ClusterIP".into()).clone();
+    spec.session_affinity.get_or_insert_with(|| "None".into());
+    spec.internal_traffic_policy
+        .get_or_insert_with(|| "Cluster".into());
+    if ty == "NodePort" || ty == "LoadBalancer" {
+        spec.external_traffic_policy
+            .get_or_insert_with(|| "Cluster".into());
+    }
+    for port in spec.ports.iter_mut().flatten() {
+        port.protocol.get_or_insert_with(|| "TCP".into());
+        if port.target_port.is_none() {
+            port.target_port = Some(IntOrString::Int(port.port));
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! Validation of the core `v1` kinds (Pod, Service, ConfigMap, Secret)
+//! and knode's SubnetLease.
+
+use std::collections::HashSet;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::{config_key, dns_label, labels_ok, protocol, Errs};
+use crate::objects::SubnetLease;
+
+/// ConfigMap keys (`data` and `binaryData`).
+pub(crate) fn config_map(c: &ConfigMap, e: &mut Errs) {
+    data_keys(e, c.data.iter().flat_map(|d| d.keys()));
+    data_keys(e, c.binary_data.iter().flat_map(|d| d.keys()));
+}
+
+/// Secret keys (`data` and `stringData`).
+pub(crate) fn secret(s: &Secret, e: &mut Errs) {
+    data_keys(e, s.data.iter().flat_map(|d| d.keys()));
+    data_keys(e, s.string_data.iter().flat_map(|d| d.keys()));
+}
+
+fn data_keys<'a>(e: &mut Errs, keys: impl Iterator<Item = &'a String>) {
+    for k in keys {
+        config_key(e, "data", k);
+    }
+}
+
+/// A SubnetLease is named after its subnet, which has no host bits.
+pub(crate) fn subnet_lease(l: &SubnetLease, e: &mut Errs) {
+    let want = SubnetLease::name_for(&l.spec.subnet);
+    if l.metadata.name.as_deref() != Some(want.as_str()) {
+        e.add("metadata.name", format!("must be {want}"));
+    }
+    if l.spec.subnet.trunc() != l.spec.subnet {
+        e.add(
+            "spec.subnet",
+            format!("{} has host bits set", l.spec.subnet),
+        );
+    }
+}
+
+/// A Pod.
+pub(crate) fn pod(p: &Pod, e: &mut Errs) {
+    let Some(spec) = &p.spec else {
+        e.add("spec", "required");
+        return;
+    };
+    if spec.containers.is_empty() {
+        e.add("spec.containers", "at least one container is required");
+    }
+    if let Some(rp) = &spec.restart_policy {
+        if !["Always", "OnFailure", "Never"].contains(&rp.as_str()) {
+            e.add(
+                "spec.restartPolicy",
+                format!("{rp:?}: must be Always, OnFailure or Never"),
+            );
+        }
+    }
+    if spec.termination_grace_period_seconds.is_some_and(|s| s < 0) {
+        e.add("spec.terminationGracePeriodSeconds", "must be >= 0");
+    }
+    let volumes: HashSet<&str> = spec
+        .volumes
+        .iter()
+        .flatten()
+        .map(|v| v.name.as_str())
+        .collect();
+    let mut seen_vol = HashSet::new();
+    for (i, v) in spec.volumes.iter().flatten().enumerate() {
+        let path = format!("spec.volumes[{i}]");
+        if let Some(why) = dns_label(&v.name) {
+            e.add(format!("{path}.name"), format!("{:?}: {why}", v.name));
+        }
+        if !seen_vol.insert(v.name.as_str()) {
+            e.add(
+                format!("{path}.name"),
+                format!("{:?}: duplicate volume name", v.name),
+            );
+        }
+        let sources = [
+            v.empty_dir.is_some(),
+            v.host_path.is_some(),
+            v.config_map.is_some(),
+            v.secret.is_some(),
+        ];
+        if sources.iter().filter(|s| **s).count() != 1 {
+            e.add(
+                path,
+                "exactly one of emptyDir, hostPath, configMap or secret is required",
+            );
+        }
+    }
+    let mut names = HashSet::new();
+    for (i, c) in spec.containers.iter().enumerate() {
+        let path = format!("spec.containers[{i}]");
+        if let Some(why) = dns_label(&c.name) {
+            e.add(format!("{path}.name"), format!("{:?}: {why}", c.name));
+        } else if !names.insert(c.name.as_str()) {
+            e.add(
+                format!("{path}.name"),
+                format!("{:?}: duplicate container name", c.name),
+            );
+        }
+        if c.image.as_deref().unwrap_or_default().trim().is_empty() {
+            e.add(format!("{path}.image"), "required");
+        }
+        if let Some(pp) = &c.image_pull_policy {
+            if !["Always", "IfNotPresent", "Never"].contains(&pp.as_str()) {
+                e.add(
+                    format!("{path}.imagePullPolicy"),
+                    format!("{pp:?}: must be Always, IfNotPresent or Never"),
+                );
+            }
+        }
+        for (j, port) in c.ports.iter().flatten().enumerate() {
+            let pp = format!("{path}.ports[{j}]");
+            if !(1..=65535).contains(&port.container_port) {
+                e.add(
+                    format!("{pp}.containerPort"),
+                    format!("{}: must be 1-65535", port.container_port),
+                );
+            }
+            protocol(e, &format!("{pp}.protocol"), port.protocol.as_deref());
+        }
+        for (j, m) in c.volume_mounts.iter().flatten().enumerate() {
+            if !volumes.contains(m.name.as_str()) {
+                e.add(
+                    format!("{path}.volumeMounts[{j}].name"),
+                    format!("{:?}: no such volume", m.name),
+                );
+            }
+            if !m.mount_path.starts_with('/') {
+                e.add(
+                    format!("{path}.volumeMounts[{j}].mountPath"),
+                    "must be an absolute path",
+                );
+            }
+        }
+        for (j, env) in c.env.iter().flatten().enumerate() {
+            if env.name.is_empty() || env.name.contains('=') {
+                e.add(
+                    format!("{path}.env[{j}].name"),
+                    format!("{:?}: must be non-empty without '='", env.name),
+                );
+            }
+        }
+    }
+}
+
+/// A Service.
+pub(crate) fn service(s: &Service, e: &mut Errs) {
+    let Some(spec) = &s.spec else {
+        e.add("spec", "required");
+        return;
+    };
+    let ty = spec.type_.as_deref().unwrap_or("ClusterIP");
+    if !["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"].contains(&ty) {
+        e.add(
+            "spec.type",
+            format!("{ty:?}: must be ClusterIP, NodePort, LoadBalancer or ExternalName"),
+        );
+    }
+    let ports = spec.ports.as_deref().unwrap_or_default();
+    if ports.is_empty() && ty != "ExternalName" {
+        e.add("spec.ports", "at least one port is required");
+    }
+    if let Some(sel) = &spec.selector {
+        labels_ok(e, "spec.selector", sel);
+    }
+    if let Some(aff) = &spec.session_affinity {
+        if aff != "None" && aff != "ClientIP" {
+            e.add(
+                "spec.sessionAffinity",
+                format!("{aff:?}: must be None or ClientIP"),
+            );
+        }
+    }
+    for (field, v) in [
+        ("spec.externalTrafficPolicy", &spec.external_traffic_policy),
+        ("spec.internalTrafficPolicy", &spec.internal_traffic_policy),
+    ] {
+        if let Some(v) = v {
+            if v != "Cluster" && v != "Local" {
+                e.add(field, format!("{v:?}: must be Cluster or Local"));
+            }
+        }
+    }
+    let mut names = HashSet::new();
+    let mut pairs = HashSet::new();
+    for (i, p) in ports.iter().enumerate() {
+        let path = format!("spec.ports[{i}]");
+        match p.name.as_deref() {
+            None | Some("") if ports.len() > 1 => e.add(
+                format!("{path}.name"),
+                "required when there are several ports",
+            ),
+            Some(n) if !n.is_empty() => {
+                if let Some(why) = dns_label(n) {
+                    e.add(format!("{path}.name"), format!("{n:?}: {why}"));
+                } else if !names.insert(n) {
+                    e.add(
+                        format!("{path}.name"),
+                        format!("{n:?}: duplicate port name"),
+                    );
+                }
+            }
+            _ => {}
+        }
+        if !(1..=65535).contains(&p.port) {
+            e.add(
+                format!("{path}.port"),
+                format!("{}: must be 1-65535", p.port),
+            );
+        }
+        protocol(e, &format!("{path}.protocol"), p.protocol.as_deref());
+        if !pairs.insert((p.port, p.protocol.clone().unwrap_or_default())) {
+            e.add(
+                format!("{path}.port"),
+                format!("{}: duplicate port and protocol", p.port),
+            );
+        }
+        match &p.target_port {
+            Some(IntOrString::Int(t)) if !(1..=65535).contains(t) => {
+                e.add(
+                    format!("{path}.targetPort"),
+                    format!("{t}: must be 1-65535"),
+                );
+            }
+            Some(IntOrString::String(n)) if dns_label(n).is_some() || n.len() > 15 => {
+                e.add(
+                    format!("{path}.targetPort"),
+                    format!("{n:?}: must be a port number or a port name"),
+                );
+            }
+            _ => {}
+        }
+        if let Some(np) = p.node_port {
+            if ty != "NodePort" && ty != "LoadBalancer" {
+                e.add(
+                    format!("{path}.nodePort"),
+                    "may only be set when type is NodePort or LoadBalancer",
+                );
+            } else if !(1..=65535).contains(&np) {
+                e.add(format!("{path}.nodePort"), format!("{np}: must be 1-65535"));
+            }
+        }
+    }
+    if let Some(ip) = spec.cluster_ip.as_deref() {
+        if !ip.is_empty() && ip != "None" && ip.parse::<std::net::IpAddr>().is_err() {
+            e.add(
+                "spec.clusterIP",
+                format!("{ip:?}: must be an IP address, \"None\" or empty"),
+            );
+        }
+    }
+}

@@ -11,6 +11,7 @@ pub mod backend;
 pub mod defaults;
 pub mod endpoints;
 pub mod kinds;
+pub mod labels;
 pub mod manifest;
 pub mod objects;
 pub mod registry;

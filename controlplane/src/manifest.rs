@@ -161,10 +161,10 @@ spec:
 
     #[test]
     fn unknown_kind_names_the_document() {
-        let text = "---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n";
+        let text = "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: d}\n";
         let e = parse("d.yaml", text).unwrap_err();
         assert_eq!((e.document, e.line), (1, Some(2)));
-        assert!(e.msg.contains("Deployment"), "{e}");
+        assert!(e.msg.contains("Ingress"), "{e}");
     }
 
     #[test]

@@ -132,7 +132,8 @@ mod tests {
         assert_eq!(Kind::from_cli("Services"), Some(Kind::Service));
         assert_eq!(Kind::from_cli("svc"), Some(Kind::Service));
         assert_eq!(Kind::from_cli("subnetleases"), Some(Kind::SubnetLease));
-        assert_eq!(Kind::from_cli("deployments"), None);
+        assert_eq!(Kind::from_cli("ingresses"), None);
+        assert_eq!(Kind::from_cli("deploy"), Some(Kind::Deployment));
         assert!(!Kind::Node.namespaced() && Kind::Pod.namespaced());
     }
 
@@ -165,7 +166,8 @@ mod tests {
     #[test]
     fn unknown_kinds_and_versions_are_refused() {
         let e =
-            Object::from_value(json!({"apiVersion": "apps/v1", "kind": "Deployment"})).unwrap_err();
+            Object::from_value(json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress"}))
+                .unwrap_err();
         assert!(matches!(e, DecodeError::UnknownKind { .. }));
         let e = Object::from_value(json!({"apiVersion": "v2", "kind": "Pod"})).unwrap_err();
         assert!(e.to_string().contains("apiVersion \"v2\""), "{e}");

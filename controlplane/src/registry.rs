@@ -407,17 +407,19 @@ impl ControlPlane for Registry {
     async fn create(&self, mut obj: Object, ttl: Option<Duration>) -> Result<Object> {
         check_ttl(&obj, ttl)?;
         defaults::apply(&mut obj);
-        validate::validate(&obj)?;
-        self.require_namespace(&obj).await?;
         let meta = obj.meta_mut();
         meta.uid = Some(new_uid());
         meta.creation_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
         meta.generation = Some(1);
         meta.resource_version = None;
         meta.deletion_timestamp = None;
+        // As kube-apiserver: prepare (reset status, generate a Job's
+        // selector from its uid), then validate.
         if let Some(prepare) = obj.kind().info().strategy.prepare_create {
             prepare(&mut obj);
         }
+        validate::validate(&obj)?;
+        self.require_namespace(&obj).await?;
         let expiry = ttl.map_or(Expiry::Never, Expiry::After);
         match obj {
             Object::Service(svc) => self.write_service(svc, None, expiry).await,
@@ -651,49 +653,14 @@ fn keep_server_fields(current: &Object, obj: &mut Object) {
 }
 
 /// Copies onto `want` everything the server assigned to `current` that a
-/// manifest leaves out: identity, revision, status, ClusterIP(s), IP
-/// families and NodePorts.
+/// manifest leaves out: identity, revision, status, and what the kind's
+/// `carry` hook keeps (a Service's ClusterIP and NodePorts, a Pod's node,
+/// a Job's generated selector).
 pub fn carry_assigned(current: &Object, want: &mut Object) {
     keep_server_fields(current, want);
     want.meta_mut().resource_version = current.meta().resource_version.clone();
-    // A pod's node is assigned once (by the agent that binds it); a
-    // manifest applied again without `nodeName` keeps it there.
-    if let (Object::Pod(c), Object::Pod(w)) = (current, &mut *want) {
-        if let (Some(cs), Some(ws)) = (&c.spec, &mut w.spec) {
-            if ws.node_name.as_deref().unwrap_or_default().is_empty() {
-                ws.node_name = cs.node_name.clone();
-            }
-        }
-        return;
-    }
-    if let (Object::Service(c), Object::Service(w)) = (current, want) {
-        let (Some(cs), Some(ws)) = (&c.spec, &mut w.spec) else {
-            return;
-        };
-        if ws.cluster_ip.as_deref().unwrap_or_default().is_empty() {
-            ws.cluster_ip = cs.cluster_ip.clone();
-        }
-        if ws.cluster_ips.is_none() && ws.cluster_ip == cs.cluster_ip {
-            ws.cluster_ips = cs.cluster_ips.clone();
-        }
-        if ws.ip_families.is_none() {
-            ws.ip_families = cs.ip_families.clone();
-        }
-        if ws.ip_family_policy.is_none() {
-            ws.ip_family_policy = cs.ip_family_policy.clone();
-        }
-        if ws.type_ == cs.type_ {
-            for p in ws.ports.iter_mut().flatten() {
-                if p.node_port.is_none() {
-                    p.node_port = cs
-                        .ports
-                        .iter()
-                        .flatten()
-                        .find(|q| q.port == p.port && q.protocol == p.protocol)
-                        .and_then(|q| q.node_port);
-                }
-            }
-        }
+    if let Some(carry) = current.kind().info().strategy.carry {
+        carry(current, want);
     }
 }
 

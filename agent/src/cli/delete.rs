@@ -44,7 +44,7 @@ pub async fn run(config: &Config, args: DeleteArgs) -> Result<ExitCode> {
             bail!("give -f FILE or KIND NAME");
         };
         let Some(kind) = Kind::from_cli(kind) else {
-            bail!("unknown kind {kind:?}");
+            bail!("unknown kind {kind:?} (known: {})", super::known_kinds());
         };
         if names.is_empty() {
             bail!("delete {}: give at least one name", kind.plural());
@@ -56,11 +56,7 @@ pub async fn run(config: &Config, args: DeleteArgs) -> Result<ExitCode> {
     let mut failed = 0;
     for r in refs {
         match cp.delete(&r, None).await {
-            Ok(_) => println!(
-                "{} \"{}\" deleted",
-                r.kind.name().to_ascii_lowercase(),
-                r.name
-            ),
+            Ok(_) => println!("{} \"{}\" deleted", super::resource(r.kind), r.name),
             Err(e) if e.is_not_found() && args.ignore_not_found => {}
             Err(e) => {
                 failed += 1;

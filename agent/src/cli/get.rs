@@ -13,7 +13,8 @@ use crate::config::Config;
 
 #[derive(Args)]
 pub struct GetArgs {
-    /// pods, services, nodes, endpoints, namespaces, configmaps, secrets, leases, subnetleases.
+    /// A kind by plural, singular or short name (`pods`, `deploy`, `netpol`,
+    /// `endpoints`, ...).
     pub kind: String,
     /// One object's name.
     pub name: Option<String>,
@@ -49,8 +50,9 @@ pub async fn run(config: &Config, args: GetArgs) -> Result<ExitCode> {
         match Kind::from_cli(&args.kind) {
             Some(k) => k,
             None => bail!(
-                "unknown kind {:?} (known: pods, services, nodes, endpoints, namespaces, configmaps, secrets, leases, subnetleases)",
-                args.kind
+                "unknown kind {:?} (known: {})",
+                args.kind,
+                super::known_kinds()
             ),
         }
     };

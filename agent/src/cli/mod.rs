@@ -15,7 +15,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use controlplane::backend::{self, Backend};
 use controlplane::registry::Allocators;
-use controlplane::{manifest, ControlPlane, Object};
+use controlplane::{manifest, ControlPlane, Kind, Object};
 
 use crate::config::Config;
 
@@ -92,5 +92,23 @@ pub fn set_namespace(objects: &mut [Object], ns: Option<&str>) -> Result<()> {
 
 /// `pod/web`-style reference as kubectl prints it.
 pub fn short_ref(o: &Object) -> String {
-    format!("{}/{}", o.kind().name().to_ascii_lowercase(), o.name())
+    format!("{}/{}", resource(o.kind()), o.name())
+}
+
+/// A kind as kubectl names it in messages: singular, qualified by its
+/// group (`pod`, `deployment.apps`, `lease.coordination.k8s.io`).
+pub fn resource(kind: Kind) -> String {
+    let i = kind.info();
+    match i.group() {
+        "" => i.singular.to_string(),
+        g => format!("{}.{g}", i.singular),
+    }
+}
+
+/// The kinds `get` and `delete` know, by plural, for messages.
+pub fn known_kinds() -> String {
+    let mut names: Vec<&str> = Kind::ALL.iter().map(|k| k.plural()).collect();
+    names.push("endpoints");
+    names.sort_unstable();
+    names.join(", ")
 }

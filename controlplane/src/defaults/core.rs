@@ -1,6 +1,6 @@
 //! Defaulting of the core `v1` kinds: Pod, Service, Secret.
 
-use k8s_openapi::api::core::v1::{Pod, PodStatus, Secret, Service};
+use k8s_openapi::api::core::v1::{Pod, PodSpec, PodStatus, Secret, Service};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::image_pull_policy;
@@ -20,7 +20,13 @@ pub(crate) fn pod_status_pending(p: &mut Pod) {
 
 /// Pod and container defaults.
 pub(crate) fn pod(p: &mut Pod) {
-    let Some(spec) = p.spec.as_mut() else { return };
+    if let Some(spec) = p.spec.as_mut() {
+        pod_spec(spec);
+    }
+}
+
+/// The defaults of a pod's spec, or of a workload's pod template.
+pub(crate) fn pod_spec(spec: &mut PodSpec) {
     spec.restart_policy.get_or_insert_with(|| "Always".into());
     spec.dns_policy.get_or_insert_with(|| "ClusterFirst".into());
     spec.termination_grace_period_seconds.get_or_insert(30);
@@ -61,6 +67,48 @@ pub(crate) fn service(s: &mut Service) {
         port.protocol.get_or_insert_with(|| "TCP".into());
         if port.target_port.is_none() {
             port.target_port = Some(IntOrString::Int(port.port));
+        }
+    }
+}
+
+/// A pod's node is assigned once (by the agent that binds it); a manifest
+/// applied again without `nodeName` keeps it there.
+pub(crate) fn carry_pod(current: &Pod, want: &mut Pod) {
+    if let (Some(cs), Some(ws)) = (&current.spec, &mut want.spec) {
+        if ws.node_name.as_deref().unwrap_or_default().is_empty() {
+            ws.node_name = cs.node_name.clone();
+        }
+    }
+}
+
+/// What the allocator gave a Service (ClusterIP(s), IP families,
+/// NodePorts) stays when a manifest applied again leaves it out.
+pub(crate) fn carry_service(current: &Service, want: &mut Service) {
+    let (Some(cs), Some(ws)) = (&current.spec, &mut want.spec) else {
+        return;
+    };
+    if ws.cluster_ip.as_deref().unwrap_or_default().is_empty() {
+        ws.cluster_ip = cs.cluster_ip.clone();
+    }
+    if ws.cluster_ips.is_none() && ws.cluster_ip == cs.cluster_ip {
+        ws.cluster_ips = cs.cluster_ips.clone();
+    }
+    if ws.ip_families.is_none() {
+        ws.ip_families = cs.ip_families.clone();
+    }
+    if ws.ip_family_policy.is_none() {
+        ws.ip_family_policy = cs.ip_family_policy.clone();
+    }
+    if ws.type_ == cs.type_ {
+        for p in ws.ports.iter_mut().flatten() {
+            if p.node_port.is_none() {
+                p.node_port = cs
+                    .ports
+                    .iter()
+                    .flatten()
+                    .find(|q| q.port == p.port && q.protocol == p.protocol)
+                    .and_then(|q| q.node_port);
+            }
         }
     }
 }

@@ -3,7 +3,10 @@
 //! reached through its descriptor in [`crate::kinds`]). Only fills what
 //! is unset; never overrides what the user wrote.
 
+pub(crate) mod apps;
+pub mod batch;
 pub(crate) mod core;
+pub(crate) mod network;
 
 use crate::objects::Object;
 

@@ -5,10 +5,20 @@
 //! grow a `match` per kind. Adding a kind is one line here, its descriptor
 //! in the group's file, and its own validation and defaulting.
 
+mod apps;
 mod base;
+mod batch;
+mod network;
 
+use k8s_openapi::api::apps::v1::{
+    ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
+};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Namespace, Node, Pod, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::Value;
 
@@ -24,6 +34,9 @@ pub type ValidateUpdateFn = fn(old: &Object, new: &Object, &mut Errs);
 pub type DefaultFn = fn(&mut Object);
 /// Resets what a create may not set (e.g. status).
 pub type PrepareFn = fn(&mut Object);
+/// Copies onto `want` what the server assigned to `current` that a
+/// manifest applied again leaves out.
+pub type CarryFn = fn(current: &Object, want: &mut Object);
 /// Copies the status of `from` onto `to` (both of the same kind).
 pub type CopyStatusFn = fn(from: &Object, to: &mut Object);
 
@@ -84,6 +97,8 @@ pub struct Strategy {
     /// Present when the kind has a status that only `/status` writes:
     /// copies it from one object to another.
     pub status: Option<CopyStatusFn>,
+    /// Keeps server-assigned fields across an apply.
+    pub carry: Option<CarryFn>,
 }
 
 impl Strategy {
@@ -94,6 +109,7 @@ impl Strategy {
         validate_update: None,
         prepare_create: None,
         status: None,
+        carry: None,
     };
 }
 
@@ -127,6 +143,44 @@ pub struct KindInfo {
 }
 
 impl KindInfo {
+    /// A namespaced kind with the common settings: no short names or
+    /// categories, DNS-subdomain names, no subresources, the standard
+    /// verbs, no TTL, no hooks. Descriptors override what differs.
+    pub const fn namespaced(
+        kind: &'static str,
+        api_version: &'static str,
+        plural: &'static str,
+        singular: &'static str,
+    ) -> KindInfo {
+        KindInfo {
+            kind,
+            api_version,
+            plural,
+            singular,
+            short_names: &[],
+            categories: &[],
+            namespaced: true,
+            name_rule: NameRule::Subdomain,
+            subresources: &[],
+            verbs: STANDARD_VERBS,
+            ttl: false,
+            strategy: Strategy::PLAIN,
+        }
+    }
+
+    /// A cluster-scoped kind, otherwise as [`KindInfo::namespaced`].
+    pub const fn cluster(
+        kind: &'static str,
+        api_version: &'static str,
+        plural: &'static str,
+        singular: &'static str,
+    ) -> KindInfo {
+        KindInfo {
+            namespaced: false,
+            ..KindInfo::namespaced(kind, api_version, plural, singular)
+        }
+    }
+
     /// The API group, "" for the core group.
     pub fn group(&self) -> &'static str {
         self.api_version.rsplit_once('/').map_or("", |(g, _)| g)
@@ -145,6 +199,29 @@ impl KindInfo {
     }
 }
 
+/// Wraps a typed hook `fn(&current T, &mut want T)` as a [`CarryFn`].
+macro_rules! carry_hook {
+    ($v:ident, $f:path) => {
+        |current: &$crate::kinds::Object, want: &mut $crate::kinds::Object| {
+            if let ($crate::kinds::Object::$v(c), $crate::kinds::Object::$v(w)) = (current, want) {
+                $f(c, w)
+            }
+        }
+    };
+}
+
+/// A [`PrepareFn`] that clears the status of a variant (a create may not
+/// set it).
+macro_rules! reset_status {
+    ($v:ident) => {
+        |o: &mut $crate::kinds::Object| {
+            if let $crate::kinds::Object::$v(x) = o {
+                x.status = None;
+            }
+        }
+    };
+}
+
 /// Wraps a typed hook `fn(&T, &mut Errs)` as a [`ValidateFn`] for the
 /// variant `$v`.
 macro_rules! validate_hook {
@@ -158,7 +235,6 @@ macro_rules! validate_hook {
 }
 
 /// Wraps a typed hook `fn(&old T, &new T, &mut Errs)` as a [`ValidateUpdateFn`].
-#[allow(unused_macros)]
 macro_rules! validate_update_hook {
     ($v:ident, $f:path) => {
         |old: &$crate::kinds::Object,
@@ -193,9 +269,9 @@ macro_rules! copy_status {
     };
 }
 
-#[allow(unused_imports)]
-pub(crate) use validate_update_hook;
-pub(crate) use {copy_status, mut_hook, validate_hook};
+pub(crate) use {
+    carry_hook, copy_status, mut_hook, reset_status, validate_hook, validate_update_hook,
+};
 
 /// Generates [`Kind`] and [`Object`] from the table: one variant each per
 /// kind, and the conversions between them.
@@ -281,8 +357,20 @@ kinds! {
     Namespace(Namespace) = base::NAMESPACE,
     ConfigMap(ConfigMap) = base::CONFIG_MAP,
     Secret(Secret) = base::SECRET,
+    /// Before pods: a pod is isolated before it starts.
+    NetworkPolicy(NetworkPolicy) = network::NETWORK_POLICY,
     Service(Service) = base::SERVICE,
     Pod(Pod) = base::POD,
+    ControllerRevision(ControllerRevision) = apps::CONTROLLER_REVISION,
+    ReplicaSet(ReplicaSet) = apps::REPLICA_SET,
+    Deployment(Deployment) = apps::DEPLOYMENT,
+    DaemonSet(DaemonSet) = apps::DAEMON_SET,
+    StatefulSet(StatefulSet) = apps::STATEFUL_SET,
+    Job(Job) = batch::JOB,
+    CronJob(CronJob) = batch::CRON_JOB,
+    PodDisruptionBudget(PodDisruptionBudget) = network::POD_DISRUPTION_BUDGET,
+    EndpointSlice(EndpointSlice) = network::ENDPOINT_SLICE,
+    Event(Event) = base::EVENT,
     Node(Node) = base::NODE,
     Lease(Lease) = base::LEASE,
     /// knode's flannel-shaped subnet lease.
@@ -356,5 +444,7 @@ impl std::fmt::Display for Kind {
     }
 }
 
+#[cfg(test)]
+mod round_trip;
 #[cfg(test)]
 mod tests;

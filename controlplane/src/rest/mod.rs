@@ -281,7 +281,9 @@ mod tests {
     #[test]
     fn unknown_paths_are_refused() {
         assert_eq!(parse_path("/api/v1/deployments"), None);
-        assert_eq!(parse_path("/apis/apps/v1/namespaces/x/deployments"), None);
+        assert_eq!(parse_path("/apis/apps/v1/namespaces/x/ingresses"), None);
+        assert_eq!(parse_path("/apis/apps/v2/namespaces/x/deployments"), None);
+
         assert_eq!(parse_path("/api/v1/leases"), None);
         assert_eq!(parse_path("/api/v1/namespaces/x/nodes"), None);
         assert_eq!(parse_path("/"), None);

@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod, PodSpec, Secret, Service};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{config_key, dns_label, labels_ok, protocol, Errs};
@@ -47,19 +47,30 @@ pub(crate) fn pod(p: &Pod, e: &mut Errs) {
         e.add("spec", "required");
         return;
     };
+    pod_spec(spec, "spec", e);
+}
+
+/// A pod's spec, or a template's, at `at` (`spec`, `spec.template.spec`).
+pub(crate) fn pod_spec(spec: &PodSpec, at: &str, e: &mut Errs) {
     if spec.containers.is_empty() {
-        e.add("spec.containers", "at least one container is required");
+        e.add(
+            format!("{at}.containers"),
+            "at least one container is required",
+        );
     }
     if let Some(rp) = &spec.restart_policy {
         if !["Always", "OnFailure", "Never"].contains(&rp.as_str()) {
             e.add(
-                "spec.restartPolicy",
+                format!("{at}.restartPolicy"),
                 format!("{rp:?}: must be Always, OnFailure or Never"),
             );
         }
     }
     if spec.termination_grace_period_seconds.is_some_and(|s| s < 0) {
-        e.add("spec.terminationGracePeriodSeconds", "must be >= 0");
+        e.add(
+            format!("{at}.terminationGracePeriodSeconds"),
+            "must be >= 0",
+        );
     }
     let volumes: HashSet<&str> = spec
         .volumes
@@ -69,7 +80,7 @@ pub(crate) fn pod(p: &Pod, e: &mut Errs) {
         .collect();
     let mut seen_vol = HashSet::new();
     for (i, v) in spec.volumes.iter().flatten().enumerate() {
-        let path = format!("spec.volumes[{i}]");
+        let path = format!("{at}.volumes[{i}]");
         if let Some(why) = dns_label(&v.name) {
             e.add(format!("{path}.name"), format!("{:?}: {why}", v.name));
         }
@@ -94,7 +105,7 @@ pub(crate) fn pod(p: &Pod, e: &mut Errs) {
     }
     let mut names = HashSet::new();
     for (i, c) in spec.containers.iter().enumerate() {
-        let path = format!("spec.containers[{i}]");
+        let path = format!("{at}.containers[{i}]");
         if let Some(why) = dns_label(&c.name) {
             e.add(format!("{path}.name"), format!("{:?}: {why}", c.name));
         } else if !names.insert(c.name.as_str()) {
@@ -253,6 +264,24 @@ pub(crate) fn service(s: &Service, e: &mut Errs) {
                 "spec.clusterIP",
                 format!("{ip:?}: must be an IP address, \"None\" or empty"),
             );
+        }
+    }
+}
+
+/// A core Event: a namespaced event is about an object of its namespace.
+pub(crate) fn event(ev: &Event, e: &mut Errs) {
+    let ns = ev.metadata.namespace.as_deref().unwrap_or_default();
+    let about = ev.involved_object.namespace.as_deref().unwrap_or_default();
+    if !about.is_empty() && about != ns {
+        e.invalid(
+            "involvedObject.namespace",
+            format!("{about:?}"),
+            "does not match event.namespace",
+        );
+    }
+    if let Some(t) = ev.type_.as_deref() {
+        if !t.is_empty() && t != "Normal" && t != "Warning" {
+            e.not_supported("type", t, &["Normal", "Warning"]);
         }
     }
 }

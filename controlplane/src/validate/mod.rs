@@ -4,7 +4,12 @@
 //! (metadata) live here; each kind's own rules live in a file per API
 //! group and are reached through its descriptor in [`crate::kinds`].
 
+pub(crate) mod apps;
+pub(crate) mod batch;
 pub(crate) mod core;
+pub(crate) mod network;
+pub(crate) mod policy;
+pub(crate) mod selector;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -53,6 +58,50 @@ impl Errs {
             path: path.into(),
             reason: reason.into(),
         });
+    }
+
+    /// kube-apiserver's `Invalid value: <value>: <msg>`; `value` is
+    /// printed as given (quote strings with `{:?}`).
+    pub fn invalid(&mut self, path: impl Into<String>, value: impl fmt::Display, msg: &str) {
+        self.add(path, format!("Invalid value: {value}: {msg}"));
+    }
+
+    /// `Required value` (with a detail when `msg` is not empty).
+    pub fn required(&mut self, path: impl Into<String>, msg: &str) {
+        if msg.is_empty() {
+            self.add(path, "Required value");
+        } else {
+            self.add(path, format!("Required value: {msg}"));
+        }
+    }
+
+    /// `Unsupported value: "x": supported values: "A", "B"`.
+    pub fn not_supported(&mut self, path: impl Into<String>, value: &str, supported: &[&str]) {
+        let list: Vec<String> = supported.iter().map(|s| format!("{s:?}")).collect();
+        self.add(
+            path,
+            format!(
+                "Unsupported value: {value:?}: supported values: {}",
+                list.join(", ")
+            ),
+        );
+    }
+
+    /// `Forbidden: <msg>`.
+    pub fn forbidden(&mut self, path: impl Into<String>, msg: &str) {
+        self.add(path, format!("Forbidden: {msg}"));
+    }
+
+    /// `value`, if set, must not be negative.
+    pub fn nonnegative(&mut self, path: impl Into<String>, value: Option<impl Into<i64>>) {
+        if let Some(v) = value.map(Into::into).filter(|v| *v < 0) {
+            self.invalid(path, v, "must be greater than or equal to 0");
+        }
+    }
+
+    /// Whether nothing was found so far.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 
     /// `Ok` when nothing was found, else every error of `obj`.
@@ -188,6 +237,25 @@ pub fn validate_update(old: &Object, new: &Object) -> Result<(), Invalid> {
     let mut e = Errs::default();
     hook(old, new, &mut e);
     e.into_result(new)
+}
+
+/// What the registry would say of a manifest at create: its defaults, a
+/// uid and the kind's create preparation, then validation; each error as
+/// `path: reason`.
+#[cfg(test)]
+pub(crate) fn create_errors(yaml: &str) -> Vec<String> {
+    let mut o = crate::manifest::parse("t", yaml)
+        .expect("manifest parses")
+        .remove(0);
+    crate::defaults::apply(&mut o);
+    o.meta_mut().uid = Some("u-1".into());
+    if let Some(prepare) = o.kind().info().strategy.prepare_create {
+        prepare(&mut o);
+    }
+    match validate(&o) {
+        Ok(()) => Vec::new(),
+        Err(e) => e.errors.iter().map(|e| e.to_string()).collect(),
+    }
 }
 
 #[cfg(test)]

@@ -21,7 +21,9 @@ use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 mod pod;
+mod workloads;
 use pod::pod_cells;
+use workloads::*;
 
 /// What kubectl prints for an absent value.
 const NONE: &str = "<none>";
@@ -102,7 +104,7 @@ pub fn objects(kind: Kind, items: &[Object], single: bool, opts: &PrintOptions) 
         }
         Output::Name => items
             .iter()
-            .map(|o| format!("{}/{}\n", resource_name(o.kind()), o.name()))
+            .map(|o| format!("{}/{}\n", crate::cli::resource(o.kind()), o.name()))
             .collect(),
         Output::Json | Output::Yaml => document(
             items.iter().map(Object::to_value).collect(),
@@ -304,6 +306,61 @@ fn headers(kind: Kind, wide: bool) -> Vec<&'static str> {
         Kind::Secret => (&["NAME", "TYPE", "DATA", "AGE"], &[]),
         Kind::Lease => (&["NAME", "HOLDER", "AGE"], &[]),
         Kind::SubnetLease => (&["NAME", "SUBNET", "PUBLIC-IP", "BACKEND", "AGE"], &[]),
+        Kind::Deployment => (
+            &["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"],
+            CONTAINERS_IMAGES_SELECTOR,
+        ),
+        Kind::ReplicaSet => (
+            &["NAME", "DESIRED", "CURRENT", "READY", "AGE"],
+            CONTAINERS_IMAGES_SELECTOR,
+        ),
+        Kind::DaemonSet => (
+            &[
+                "NAME",
+                "DESIRED",
+                "CURRENT",
+                "READY",
+                "UP-TO-DATE",
+                "AVAILABLE",
+                "NODE SELECTOR",
+                "AGE",
+            ],
+            CONTAINERS_IMAGES_SELECTOR,
+        ),
+        Kind::StatefulSet => (&["NAME", "READY", "AGE"], &["CONTAINERS", "IMAGES"]),
+        Kind::ControllerRevision => (&["NAME", "CONTROLLER", "REVISION", "AGE"], &[]),
+        Kind::Job => (
+            &["NAME", "STATUS", "COMPLETIONS", "DURATION", "AGE"],
+            CONTAINERS_IMAGES_SELECTOR,
+        ),
+        Kind::CronJob => (
+            &[
+                "NAME",
+                "SCHEDULE",
+                "TIMEZONE",
+                "SUSPEND",
+                "ACTIVE",
+                "LAST SCHEDULE",
+                "AGE",
+            ],
+            CONTAINERS_IMAGES_SELECTOR,
+        ),
+        Kind::EndpointSlice => (&["NAME", "ADDRESSTYPE", "PORTS", "ENDPOINTS", "AGE"], &[]),
+        Kind::NetworkPolicy => (&["NAME", "POD-SELECTOR", "AGE"], &[]),
+        Kind::PodDisruptionBudget => (
+            &[
+                "NAME",
+                "MIN AVAILABLE",
+                "MAX UNAVAILABLE",
+                "ALLOWED DISRUPTIONS",
+                "AGE",
+            ],
+            &[],
+        ),
+        Kind::Event => (
+            &["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
+            &["SUBOBJECT", "SOURCE", "FIRST SEEN", "COUNT", "NAME"],
+        ),
     };
     let mut h = base.to_vec();
     if wide {
@@ -323,6 +380,17 @@ fn cells(obj: &Object, wide: bool, now: Timestamp) -> Vec<String> {
         Object::Secret(s) => secret_cells(s, now),
         Object::Lease(l) => lease_cells(l, now),
         Object::SubnetLease(l) => subnet_lease_cells(l, now),
+        Object::Deployment(d) => deployment_cells(d, wide, now),
+        Object::ReplicaSet(r) => replica_set_cells(r, wide, now),
+        Object::DaemonSet(d) => daemon_set_cells(d, wide, now),
+        Object::StatefulSet(s) => stateful_set_cells(s, wide, now),
+        Object::ControllerRevision(r) => controller_revision_cells(r, now),
+        Object::Job(j) => job_cells(j, wide, now),
+        Object::CronJob(c) => cron_job_cells(c, wide, now),
+        Object::EndpointSlice(s) => endpoint_slice_cells(s, now),
+        Object::NetworkPolicy(np) => network_policy_cells(np, now),
+        Object::PodDisruptionBudget(p) => pdb_cells(p, now),
+        Object::Event(ev) => event_cells(ev, wide, now),
     }
 }
 
@@ -540,16 +608,6 @@ fn subnet_lease_cells(lease: &SubnetLease, now: Timestamp) -> Vec<String> {
         or_none(lease.spec.backend_type.clone()),
         age(&lease.metadata, now),
     ]
-}
-
-/// The resource as `-o name` spells it: lower-case kind, then the API
-/// group for non-core kinds (`pod`, `lease.coordination.k8s.io`).
-fn resource_name(kind: Kind) -> String {
-    let lower = kind.name().to_ascii_lowercase();
-    match kind.api_version().rsplit_once('/') {
-        Some((group, _)) => format!("{lower}.{group}"),
-        None => lower,
-    }
 }
 
 /// `values` as kubectl prints them for `-o json`/`-o yaml`: the one value

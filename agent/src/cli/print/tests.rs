@@ -683,7 +683,7 @@ fn name_output_uses_lower_case_kind_and_group() {
         Kind::Namespace,
     ]
     .into_iter()
-    .map(resource_name)
+    .map(crate::cli::resource)
     .collect();
     assert_eq!(
         names,
@@ -849,5 +849,136 @@ fn endpoints_json_has_the_v1_endpoints_shape() {
         list["items"][1],
         json!({"apiVersion": "v1", "kind": "Endpoints",
                "metadata": {"name": "ext", "namespace": "default"}})
+    );
+}
+
+fn table_of(kind: Kind, v: Value, output: Output) -> String {
+    objects(kind, &[obj(v)], false, &opts(output))
+}
+
+#[test]
+fn workload_tables_have_kubectls_columns() {
+    let template = json!({"metadata": {"labels": {"app": "web"}},
+                          "spec": {"containers": [{"name": "httpd", "image": "busybox:1"}]}});
+    let meta = json!({"name": "web", "namespace": "default", "creationTimestamp": ago(300)});
+    let deploy = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta,
+        "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "web"}}, "template": template},
+        "status": {"readyReplicas": 2, "updatedReplicas": 3, "availableReplicas": 2}});
+    assert_eq!(
+        table_of(Kind::Deployment, deploy.clone(), Output::Table),
+        "NAME   READY   UP-TO-DATE   AVAILABLE   AGE\nweb    2/3     3            2           5m\n"
+    );
+    assert_eq!(
+        table_of(Kind::Deployment, deploy, Output::Wide),
+        "NAME   READY   UP-TO-DATE   AVAILABLE   AGE   CONTAINERS   IMAGES      SELECTOR\n\
+         web    2/3     3            2           5m    httpd        busybox:1   app=web\n"
+    );
+    let rs = json!({"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": meta,
+        "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "web"}}, "template": template},
+        "status": {"replicas": 3, "readyReplicas": 1}});
+    assert_eq!(
+        table_of(Kind::ReplicaSet, rs, Output::Table),
+        "NAME   DESIRED   CURRENT   READY   AGE\nweb    3         3         1       5m\n"
+    );
+    let ds = json!({"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": meta,
+        "spec": {"selector": {"matchLabels": {"app": "web"}}, "template": template},
+        "status": {"desiredNumberScheduled": 2, "currentNumberScheduled": 2, "numberReady": 1,
+                   "numberMisscheduled": 0, "updatedNumberScheduled": 2, "numberAvailable": 1}});
+    assert_eq!(
+        table_of(Kind::DaemonSet, ds, Output::Table),
+        "NAME   DESIRED   CURRENT   READY   UP-TO-DATE   AVAILABLE   NODE SELECTOR   AGE\n\
+         web    2         2         1       2            1           <none>          5m\n"
+    );
+    let sts = json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": meta,
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}}, "template": template},
+        "status": {"replicas": 2, "readyReplicas": 2}});
+    assert_eq!(
+        table_of(Kind::StatefulSet, sts, Output::Table),
+        "NAME   READY   AGE\nweb    2/2     5m\n"
+    );
+}
+
+#[test]
+fn job_and_cron_job_tables() {
+    let meta = json!({"name": "pi", "namespace": "default", "creationTimestamp": ago(300)});
+    let pod = json!({"spec": {"restartPolicy": "Never", "containers": [{"name": "pi", "image": "busybox"}]}});
+    let job = |spec: Value, status: Value| {
+        let mut s = spec;
+        s["template"] = pod.clone();
+        table_of(
+            Kind::Job,
+            json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": s, "status": status}),
+            Output::Table,
+        )
+    };
+    assert_eq!(
+        job(
+            json!({"completions": 5, "parallelism": 2}),
+            json!({"succeeded": 5, "startTime": ago(200), "completionTime": ago(110),
+                   "conditions": [{"type": "Complete", "status": "True"}]})
+        ),
+        "NAME   STATUS     COMPLETIONS   DURATION   AGE\npi     Complete   5/5           90s        5m\n"
+    );
+    assert_eq!(
+        job(json!({"parallelism": 3}), json!({"startTime": ago(30)})),
+        "NAME   STATUS    COMPLETIONS   DURATION   AGE\npi     Running   0/1 of 3      30s        5m\n"
+    );
+    let cron = json!({"apiVersion": "batch/v1", "kind": "CronJob", "metadata": meta,
+        "spec": {"schedule": "*/5 * * * *", "suspend": false, "jobTemplate": {"spec": {"template": pod}}},
+        "status": {"lastScheduleTime": ago(60)}});
+    assert_eq!(
+        table_of(Kind::CronJob, cron, Output::Table),
+        "NAME   SCHEDULE      TIMEZONE   SUSPEND   ACTIVE   LAST SCHEDULE   AGE\n\
+         pi     */5 * * * *   <none>     False     0        60s             5m\n"
+    );
+}
+
+#[test]
+fn network_tables() {
+    let meta = json!({"name": "web-abc", "namespace": "default", "creationTimestamp": ago(300)});
+    let slice = json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "metadata": meta,
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["10.244.1.5"]}, {"addresses": ["10.244.1.6"]},
+                      {"addresses": ["10.244.2.7"]}, {"addresses": ["10.244.2.8"]}],
+        "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]});
+    assert_eq!(
+        table_of(Kind::EndpointSlice, slice, Output::Table),
+        "NAME      ADDRESSTYPE   PORTS   ENDPOINTS                                      AGE\n\
+         web-abc   IPv4          80      10.244.1.5,10.244.1.6,10.244.2.7 + 1 more...   5m\n"
+    );
+    let np = json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": meta,
+        "spec": {"podSelector": {"matchLabels": {"app": "db"}}}});
+    assert_eq!(
+        table_of(Kind::NetworkPolicy, np, Output::Table),
+        "NAME      POD-SELECTOR   AGE\nweb-abc   app=db         5m\n"
+    );
+    let deny_all = json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": meta,
+        "spec": {"podSelector": {}}});
+    assert!(table_of(Kind::NetworkPolicy, deny_all, Output::Table).contains("<none>"));
+    let pdb = json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": meta,
+        "spec": {"minAvailable": 2}, "status": {"currentHealthy": 3, "desiredHealthy": 2,
+        "disruptionsAllowed": 1, "expectedPods": 3}});
+    assert_eq!(
+        table_of(Kind::PodDisruptionBudget, pdb, Output::Table),
+        "NAME      MIN AVAILABLE   MAX UNAVAILABLE   ALLOWED DISRUPTIONS   AGE\n\
+         web-abc   2               N/A               1                     5m\n"
+    );
+    let ev = json!({"apiVersion": "v1", "kind": "Event", "metadata": meta,
+        "involvedObject": {"kind": "Pod", "name": "web-0", "namespace": "default"},
+        "type": "Normal", "reason": "Started", "message": "Started container httpd",
+        "lastTimestamp": ago(42)});
+    assert_eq!(
+        table_of(Kind::Event, ev, Output::Table),
+        "LAST SEEN   TYPE     REASON    OBJECT      MESSAGE\n\
+         42s         Normal   Started   pod/web-0   Started container httpd\n"
+    );
+}
+
+#[test]
+fn names_of_grouped_kinds() {
+    let d = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}});
+    assert_eq!(
+        table_of(Kind::Deployment, d, Output::Name),
+        "deployment.apps/web\n"
     );
 }

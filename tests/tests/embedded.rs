@@ -251,3 +251,88 @@ async fn a_watcher_transform_applies_to_lists_events_and_its_store() {
     assert!(!has_data(stored));
     assert!(stored.meta().resource_version.is_some());
 }
+
+/// The workload and network kinds through the CLI as a user types it:
+/// `apply -f` (created, then unchanged), `get` in kubectl's columns and
+/// by short name, `get -o yaml` of one object, `delete -f`.
+#[test]
+fn the_cli_applies_gets_and_deletes_every_kind() {
+    let agent = Agent::start().unwrap();
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/kinds.yaml");
+    let run = |args: &[&str]| {
+        let out = agent.knode(args).unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "knode {args:?}: {}\n{text}\nagent log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            agent.log()
+        );
+        text
+    };
+    let applied = run(&["apply", "-f", example]);
+    for line in [
+        "networkpolicy.networking.k8s.io/db-from-web created",
+        "deployment.apps/web created",
+        "statefulset.apps/db created",
+        "job.batch/pi created",
+        "cronjob.batch/tick created",
+        "poddisruptionbudget.policy/web created",
+        "endpointslice.discovery.k8s.io/web-abc12 created",
+        "event/web.17b2c3d4 created",
+    ] {
+        assert!(applied.contains(line), "{line:?} not in:\n{applied}");
+    }
+    let again = run(&["apply", "-f", example]);
+    assert!(
+        again.lines().all(|l| l.ends_with(" unchanged")),
+        "applied twice:\n{again}"
+    );
+    let deploy = run(&["get", "deploy"]);
+    assert!(
+        deploy.starts_with(
+            "NAME   READY   UP-TO-DATE   AVAILABLE   AGE\nweb    0/3     0            0"
+        ),
+        "{deploy}"
+    );
+    assert!(run(&["get", "sts"]).starts_with("NAME   READY   AGE\ndb     0/2"));
+    let jobs = run(&["get", "jobs"]);
+    assert!(
+        jobs.starts_with("NAME   STATUS    COMPLETIONS   DURATION   AGE\npi     Running   0/5"),
+        "{jobs}"
+    );
+    let slices = run(&["get", "endpointslices"]);
+    assert!(
+        slices.contains("web-abc12   IPv4          80      10.244.1.5"),
+        "{slices}"
+    );
+    let netpol = run(&["get", "netpol"]);
+    assert!(netpol.contains("db-from-web   app=db"), "{netpol}");
+    let yaml = run(&["get", "deployment.apps", "web", "-o", "yaml"]);
+    for want in [
+        "kind: Deployment",
+        "progressDeadlineSeconds: 600",
+        "maxSurge: 25%",
+    ] {
+        assert!(yaml.contains(want), "{want:?} not in:\n{yaml}");
+    }
+    // Bad input is refused naming the field, as kube-apiserver does.
+    let bad = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: bad}\nspec:\n  podSelector: {}\n  ingress: [{ports: [{port: 80, endPort: 79}]}]\n";
+    let out = agent.knode_stdin(&["apply", "-f", "-"], Some(bad)).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("spec.ingress[0].ports[0].endPort: Invalid value: 79: must be greater than or equal to `port`"),
+        "{err}"
+    );
+    let deleted = run(&["delete", "-f", example]);
+    assert!(
+        deleted.contains("deployment.apps \"web\" deleted"),
+        "{deleted}"
+    );
+    let left = agent.knode(&["get", "deploy"]).unwrap();
+    assert!(
+        String::from_utf8_lossy(&left.stderr).contains("No resources found"),
+        "{left:?}"
+    );
+}

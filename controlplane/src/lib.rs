@@ -16,6 +16,7 @@ pub mod manifest;
 pub mod objects;
 pub mod registry;
 pub mod rest;
+pub mod scale;
 pub mod storage;
 pub mod validate;
 pub mod watcher;

@@ -112,7 +112,37 @@ async fn every_kind_round_trips_through_the_unix_socket() {
     let socket = server::socket_path(&dir.0);
     let listener = server::bind(&socket).await.expect("bind");
     let serving = tokio::spawn(server::serve(listener, Arc::new(registry)));
-    exercise(&Client::new(&socket)).await;
+    let client = Client::new(&socket);
+    exercise(&client).await;
+
+    // The scale subresource of a Deployment: read, write, and refused
+    // where a kind has none or the value is invalid.
+    let objects = manifest::parse("kinds.yaml", EXAMPLES).expect("examples parse");
+    let deploy = objects
+        .iter()
+        .find(|o| o.kind() == Kind::Deployment)
+        .expect("a Deployment")
+        .clone();
+    let (_, created) = apply(&client, deploy).await.expect("create");
+    let r = ObjectRef::of(&created);
+    let scale = client.scale(&r).await.expect("get scale");
+    assert_eq!(scale["kind"], "Scale");
+    assert_eq!(scale["spec"]["replicas"], 3);
+    assert_eq!(scale["status"]["selector"], "app=web");
+    let scaled = client.set_scale(&r, 5).await.expect("set scale");
+    assert_eq!(scaled["spec"]["replicas"], 5);
+    let got = client.get(&r).await.expect("get");
+    assert_eq!(got.to_value()["spec"]["replicas"], 5);
+    assert_eq!(got.meta().generation, Some(2), "a scale changes the spec");
+    let e = client.set_scale(&r, -1).await.expect_err("negative");
+    assert!(
+        e.to_string()
+            .contains("spec.replicas: Invalid value: -1: must be greater than or equal to 0"),
+        "{e}"
+    );
+    let job = ObjectRef::new(Kind::Job, "default", "pi");
+    let e = client.scale(&job).await.expect_err("jobs have no scale");
+    assert!(e.to_string().contains("no such resource path"), "{e}");
     serving.abort();
 }
 

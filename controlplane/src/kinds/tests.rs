@@ -91,9 +91,16 @@ fn rest_paths_have_kube_apiservers_shape_for_every_kind() {
         );
         let status = parse_path(&format!("{one}/status"));
         if i.has(Subresource::Status) {
-            assert_eq!(status, Some(Target::Status(what)));
+            assert_eq!(status, Some(Target::Status(what.clone())));
         } else {
             assert_eq!(status, None, "{k} has no status subresource");
         }
+        let scale = parse_path(&format!("{one}/scale"));
+        if i.has(Subresource::Scale) {
+            assert_eq!(scale, Some(Target::Scale(what)));
+        } else {
+            assert_eq!(scale, None, "{k} has no scale subresource");
+        }
+        assert_eq!(parse_path(&format!("{one}/exec")), None);
     }
 }

@@ -95,6 +95,23 @@ impl Client {
         }
     }
 
+    /// The `autoscaling/v1` Scale of `what` (its `/scale` subresource).
+    pub async fn scale(&self, what: &ObjectRef) -> Result<Value> {
+        let uri = format!("{}/scale", object_path(what));
+        self.call(Method::GET, &uri, None).await
+    }
+
+    /// Sets `what`'s desired replicas through `/scale`; returns the new Scale.
+    pub async fn set_scale(&self, what: &ObjectRef, replicas: i64) -> Result<Value> {
+        let uri = format!("{}/scale", object_path(what));
+        let body = serde_json::json!({
+            "kind": "Scale", "apiVersion": "autoscaling/v1",
+            "metadata": {"name": what.name, "namespace": what.namespace},
+            "spec": {"replicas": replicas},
+        });
+        self.call(Method::PUT, &uri, Some(body)).await
+    }
+
     async fn object(&self, method: Method, uri: &str, body: Option<Value>) -> Result<Object> {
         let v = self.call(method, uri, body).await?;
         Object::from_value(v).map_err(|e| self.broken(uri, e))

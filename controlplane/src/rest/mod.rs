@@ -22,6 +22,8 @@ pub enum Target {
     Object(ObjectRef),
     /// One object's status subresource.
     Status(ObjectRef),
+    /// One object's scale subresource (`autoscaling/v1` Scale).
+    Scale(ObjectRef),
 }
 
 /// `/api/v1` or `/apis/<group>/<version>` for a kind.
@@ -91,7 +93,11 @@ pub fn parse_path(path: &str) -> Option<Target> {
         _ => return None,
     };
     let kind_of = |plural: &str| Kind::from_plural(&gv, plural);
-    let has_status = |k: Kind| k.info().has(Subresource::Status);
+    let sub = |k: Kind, s: &str, what: ObjectRef| match s {
+        "status" if k.info().has(Subresource::Status) => Some(Target::Status(what)),
+        "scale" if k.info().has(Subresource::Scale) => Some(Target::Scale(what)),
+        _ => None,
+    };
     let names = |xs: &[&str]| xs.iter().map(|x| unescape(x)).collect::<Option<Vec<_>>>();
     match rest {
         ["namespaces", ns, plural, tail @ ..] if kind_of(plural).is_some_and(Kind::namespaced) => {
@@ -100,9 +106,7 @@ pub fn parse_path(path: &str) -> Option<Target> {
             match names(tail)?.as_slice() {
                 [] => Some(Target::Collection(Scope::namespaced(kind, &ns))),
                 [name] => Some(Target::Object(ObjectRef::new(kind, &ns, name))),
-                [name, s] if s == "status" && has_status(kind) => {
-                    Some(Target::Status(ObjectRef::new(kind, &ns, name)))
-                }
+                [name, s] => sub(kind, s, ObjectRef::new(kind, &ns, name)),
                 _ => None,
             }
         }
@@ -113,9 +117,7 @@ pub fn parse_path(path: &str) -> Option<Target> {
                 [name] if !kind.namespaced() => {
                     Some(Target::Object(ObjectRef::new(kind, "", name)))
                 }
-                [name, s] if !kind.namespaced() && s == "status" && has_status(kind) => {
-                    Some(Target::Status(ObjectRef::new(kind, "", name)))
-                }
+                [name, s] if !kind.namespaced() => sub(kind, s, ObjectRef::new(kind, "", name)),
                 _ => None,
             }
         }
@@ -247,7 +249,7 @@ mod tests {
         for t in cases {
             let path = match &t {
                 Target::Collection(s) => collection_path(s),
-                Target::Object(o) | Target::Status(o) => object_path(o),
+                Target::Object(o) | Target::Status(o) | Target::Scale(o) => object_path(o),
             };
             assert_eq!(parse_path(&path), Some(t.clone()), "{path}");
         }

@@ -209,6 +209,18 @@ async fn route(cp: &dyn ControlPlane, req: Request<Incoming>) -> Result<Response
             let obj = body_object(req, &scope_of(&what), Some(&what.name)).await?;
             Ok(json_response(200, &cp.update_status(obj).await?.to_value()))
         }
+        (Method::GET, Target::Scale(what)) => Ok(json_response(
+            200,
+            &crate::scale::scale_of(&cp.get(&what).await?),
+        )),
+        (Method::PUT, Target::Scale(what)) => {
+            let body = body_json(req).await?;
+            let (replicas, revision) = crate::scale::parse_scale(&body)?;
+            Ok(json_response(
+                200,
+                &crate::scale::set_replicas(cp, &what, replicas, revision).await?,
+            ))
+        }
         (Method::DELETE, Target::Object(what)) => Ok(json_response(
             200,
             &cp.delete(&what, revision).await?.to_value(),
@@ -217,7 +229,9 @@ async fn route(cp: &dyn ControlPlane, req: Request<Incoming>) -> Result<Response
             "method {m} is not allowed on {}",
             match t {
                 Target::Collection(s) => collection_path(&s),
-                Target::Object(o) | Target::Status(o) => super::object_path(&o),
+                Target::Object(o) | Target::Status(o) | Target::Scale(o) => {
+                    super::object_path(&o)
+                }
             }
         ))),
     }
@@ -230,13 +244,7 @@ fn scope_of(what: &ObjectRef) -> Scope {
 /// Reads the request body as an object of the path's kind, in the path's
 /// namespace (filled in when the body names none), named `name` if given.
 async fn body_object(req: Request<Incoming>, scope: &Scope, name: Option<&str>) -> Result<Object> {
-    let bytes = Limited::new(req.into_body(), MAX_BODY)
-        .collect()
-        .await
-        .map_err(|e| Error::BadRequest(format!("reading the request body: {e}")))?
-        .to_bytes();
-    let v: Value = serde_json::from_slice(&bytes)
-        .map_err(|e| Error::BadRequest(format!("request body is not JSON: {e}")))?;
+    let v = body_json(req).await?;
     let mut obj = Object::from_value(v).map_err(|e| Error::BadRequest(e.to_string()))?;
     if obj.kind() != scope.kind {
         return Err(Error::BadRequest(format!(
@@ -265,6 +273,17 @@ async fn body_object(req: Request<Incoming>, scope: &Scope, name: Option<&str>) 
         }
     }
     Ok(obj)
+}
+
+/// The request body as JSON (at most [`MAX_BODY`] bytes).
+async fn body_json(req: Request<Incoming>) -> Result<Value> {
+    let bytes = Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| Error::BadRequest(format!("reading the request body: {e}")))?
+        .to_bytes();
+    serde_json::from_slice(&bytes)
+        .map_err(|e| Error::BadRequest(format!("request body is not JSON: {e}")))
 }
 
 fn event_line(ev: &WatchEvent) -> Bytes {

@@ -69,8 +69,8 @@ pub(crate) fn deployment(d: &Deployment, e: &mut Errs) {
     e.nonnegative("spec.minReadySeconds", s.min_ready_seconds);
     e.nonnegative("spec.revisionHistoryLimit", s.revision_history_limit);
     e.nonnegative("spec.progressDeadlineSeconds", s.progress_deadline_seconds);
-    if let (Some(p), Some(m)) = (s.progress_deadline_seconds, s.min_ready_seconds) {
-        if p <= m {
+    if let Some(p) = s.progress_deadline_seconds {
+        if p <= s.min_ready_seconds.unwrap_or(0) {
             e.invalid(
                 "spec.progressDeadlineSeconds",
                 p,
@@ -338,6 +338,14 @@ mod tests {
                 "spec.progressDeadlineSeconds: Invalid value: 20: must be greater than minReadySeconds",
                 "spec.strategy.rollingUpdate.maxUnavailable: Invalid value: 0: may not be 0 when `maxSurge` is 0",
             ]
+        );
+        let e = apps(
+            "Deployment",
+            &format!("  progressDeadlineSeconds: 0\n  selector: {{matchLabels: {{app: web}}}}\n{TEMPLATE}"),
+        );
+        assert_eq!(
+            e,
+            ["spec.progressDeadlineSeconds: Invalid value: 0: must be greater than minReadySeconds"]
         );
         let e = apps(
             "Deployment",

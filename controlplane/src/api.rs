@@ -211,6 +211,19 @@ pub enum Expiry {
     Keep,
 }
 
+/// How a delete is carried out: the parts of kube's DeleteOptions knode
+/// honours.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeleteOptions {
+    /// Only if the stored object still has this revision.
+    pub revision: Option<u64>,
+    /// Only if the stored object still has this uid.
+    pub uid: Option<String>,
+    /// Seconds a Pod's containers get to stop; `None`: the pod's
+    /// `terminationGracePeriodSeconds`; 0: remove at once.
+    pub grace_period_seconds: Option<i64>,
+}
+
 /// The control plane as every component sees it.
 #[async_trait]
 pub trait ControlPlane: Send + Sync {
@@ -241,6 +254,16 @@ pub trait ControlPlane: Send + Sync {
     /// With `revision`, only if the stored object still has it. Deleting a
     /// Namespace deletes the objects in it first.
     async fn delete(&self, what: &ObjectRef, revision: Option<u64>) -> Result<Object>;
+
+    /// Deletes with `opts`. A Pod bound to a node and not finished is
+    /// not removed but marked, as kube-apiserver does: `deletionTimestamp`
+    /// (now + grace) and `deletionGracePeriodSeconds` are set and the
+    /// kubelet removes the object (grace 0) once its containers are gone;
+    /// a second delete may only shorten the grace. Everything else, and a
+    /// grace of 0 (`--force`), is removed at once.
+    async fn delete_with(&self, what: &ObjectRef, opts: &DeleteOptions) -> Result<Object> {
+        self.delete(what, opts.revision).await
+    }
 
     /// Events in `scope` after `revision` (from [`ControlPlane::list`]).
     async fn watch(&self, scope: &Scope, revision: u64) -> Result<Watch>;

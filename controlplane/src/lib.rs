@@ -21,5 +21,7 @@ pub mod storage;
 pub mod validate;
 pub mod watcher;
 
-pub use api::{ControlPlane, Error, ObjectList, ObjectRef, Result, Scope, Watch, WatchEvent};
+pub use api::{
+    ControlPlane, DeleteOptions, Error, ObjectList, ObjectRef, Result, Scope, Watch, WatchEvent,
+};
 pub use objects::{Kind, Object};

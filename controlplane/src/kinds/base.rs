@@ -4,7 +4,8 @@
 //! `defaults`.
 
 use super::{
-    carry_hook, copy_status, mut_hook, validate_hook, KindInfo, NameRule, Strategy, Subresource,
+    carry_hook, copy_status, mut_hook, validate_hook, validate_update_hook, KindInfo, NameRule,
+    Strategy, Subresource,
 };
 use crate::{defaults, validate};
 
@@ -59,10 +60,10 @@ pub(super) static POD: KindInfo = KindInfo {
     strategy: Strategy {
         default: Some(mut_hook!(Pod, defaults::core::pod)),
         validate: Some(validate_hook!(Pod, validate::core::pod)),
+        validate_update: Some(validate_update_hook!(Pod, validate::core::pod_update)),
         prepare_create: Some(mut_hook!(Pod, defaults::core::pod_status_pending)),
         status: Some(copy_status!(Pod)),
         carry: Some(carry_hook!(Pod, defaults::core::carry_pod)),
-        ..Strategy::PLAIN
     },
     ..KindInfo::namespaced("Pod", "v1", "pods", "pod")
 };

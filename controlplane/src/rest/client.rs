@@ -13,7 +13,9 @@ use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
 use super::{collection_path, error_of, object_path};
-use crate::api::{ControlPlane, Error, ObjectList, ObjectRef, Result, Scope, Watch, WatchEvent};
+use crate::api::{
+    ControlPlane, DeleteOptions, Error, ObjectList, ObjectRef, Result, Scope, Watch, WatchEvent,
+};
 use crate::objects::Object;
 
 /// The client of one agent socket.
@@ -176,9 +178,24 @@ impl ControlPlane for Client {
     }
 
     async fn delete(&self, what: &ObjectRef, revision: Option<u64>) -> Result<Object> {
+        let opts = DeleteOptions {
+            revision,
+            ..Default::default()
+        };
+        self.delete_with(what, &opts).await
+    }
+
+    async fn delete_with(&self, what: &ObjectRef, opts: &DeleteOptions) -> Result<Object> {
         let uri = with_query(
             object_path(what),
-            &[("resourceVersion", revision.map(|r| r.to_string()))],
+            &[
+                ("resourceVersion", opts.revision.map(|r| r.to_string())),
+                ("uid", opts.uid.clone()),
+                (
+                    "gracePeriodSeconds",
+                    opts.grace_period_seconds.map(|g| g.to_string()),
+                ),
+            ],
         );
         self.object(Method::DELETE, &uri, None).await
     }

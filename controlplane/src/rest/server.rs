@@ -21,7 +21,7 @@ use tokio::net::UnixListener;
 use tokio::sync::mpsc;
 
 use super::{collection_path, list_kind, parse_path, status_code, status_of, Target};
-use crate::api::{ControlPlane, Error, ObjectRef, Result, Scope, WatchEvent};
+use crate::api::{ControlPlane, DeleteOptions, Error, ObjectRef, Result, Scope, WatchEvent};
 use crate::objects::Object;
 
 /// Largest request body accepted, as the API server's default.
@@ -221,10 +221,25 @@ async fn route(cp: &dyn ControlPlane, req: Request<Incoming>) -> Result<Response
                 &crate::scale::set_replicas(cp, &what, replicas, revision).await?,
             ))
         }
-        (Method::DELETE, Target::Object(what)) => Ok(json_response(
-            200,
-            &cp.delete(&what, revision).await?.to_value(),
-        )),
+        (Method::DELETE, Target::Object(what)) => {
+            let grace = match query(&req, "gracePeriodSeconds") {
+                None => None,
+                Some(v) => Some(v.parse::<i64>().map_err(|_| {
+                    Error::BadRequest(format!(
+                        "query parameter gracePeriodSeconds: not a number: {v:?}"
+                    ))
+                })?),
+            };
+            let opts = DeleteOptions {
+                revision,
+                uid: query(&req, "uid").map(str::to_string),
+                grace_period_seconds: grace,
+            };
+            Ok(json_response(
+                200,
+                &cp.delete_with(&what, &opts).await?.to_value(),
+            ))
+        }
         (m, t) => Err(Error::BadRequest(format!(
             "method {m} is not allowed on {}",
             match t {

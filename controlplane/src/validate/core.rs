@@ -50,6 +50,50 @@ pub(crate) fn pod(p: &Pod, e: &mut Errs) {
     pod_spec(spec, "spec", e);
 }
 
+/// What a Pod's update may change, as kube-apiserver allows: container and
+/// init container images, `activeDeadlineSeconds`, additions to
+/// `tolerations`, and the binding (an unbound pod getting its node).
+pub(crate) fn pod_update(old: &Pod, new: &Pod, e: &mut Errs) {
+    let (Some(o), Some(n)) = (&old.spec, &new.spec) else {
+        return;
+    };
+    let mut masked = n.clone();
+    for (m, c) in masked.containers.iter_mut().zip(&o.containers) {
+        m.image = c.image.clone();
+    }
+    if let (Some(ms), Some(cs)) = (masked.init_containers.as_mut(), o.init_containers.as_ref()) {
+        for (m, c) in ms.iter_mut().zip(cs) {
+            m.image = c.image.clone();
+        }
+    }
+    masked.active_deadline_seconds = o.active_deadline_seconds;
+    let old_tolerations = o.tolerations.as_deref().unwrap_or(&[]);
+    let kept = old_tolerations
+        .iter()
+        .all(|t| n.tolerations.iter().flatten().any(|u| u == t));
+    if kept {
+        masked.tolerations = o.tolerations.clone();
+    }
+    if o.node_name.as_deref().unwrap_or_default().is_empty() {
+        masked.node_name = o.node_name.clone();
+    }
+    if masked != *o {
+        e.forbidden(
+            "spec",
+            "pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)",
+        );
+    }
+    if let (Some(was), Some(now)) = (o.active_deadline_seconds, n.active_deadline_seconds) {
+        if now > was {
+            e.invalid(
+                "spec.activeDeadlineSeconds",
+                now,
+                "must be less than or equal to previous value",
+            );
+        }
+    }
+}
+
 /// A pod's spec, or a template's, at `at` (`spec`, `spec.template.spec`).
 pub(crate) fn pod_spec(spec: &PodSpec, at: &str, e: &mut Errs) {
     if spec.containers.is_empty() {

@@ -277,6 +277,48 @@ mod tests {
             .collect()
     }
 
+    fn update(old: &str, new: &str) -> Result<(), Invalid> {
+        let mut a = manifest::parse("t", old).unwrap().remove(0);
+        let mut b = manifest::parse("t", new).unwrap().remove(0);
+        defaults::apply(&mut a);
+        defaults::apply(&mut b);
+        validate_update(&a, &b)
+    }
+
+    #[test]
+    fn a_pod_update_may_change_images_deadline_and_binding_only() {
+        let pod = |extra: &str, image: &str| {
+            format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: web}}\nspec:\n{extra}  containers: [{{name: c, image: {image}}}]\n")
+        };
+        update(&pod("", "busybox:1"), &pod("", "busybox:2")).unwrap();
+        update(&pod("", "busybox"), &pod("  nodeName: n1\n", "busybox")).unwrap();
+        update(
+            &pod("  activeDeadlineSeconds: 60\n", "busybox"),
+            &pod("  activeDeadlineSeconds: 30\n", "busybox"),
+        )
+        .unwrap();
+        let p = paths(update(
+            &pod("  activeDeadlineSeconds: 30\n", "busybox"),
+            &pod("  activeDeadlineSeconds: 60\n", "busybox"),
+        ));
+        assert_eq!(
+            p,
+            vec!["spec.activeDeadlineSeconds: Invalid value: 60: must be less than or equal to previous value"]
+        );
+        let p = paths(update(
+            &pod("", "busybox"),
+            &pod("  hostNetwork: true\n", "busybox"),
+        ));
+        assert_eq!(p.len(), 1);
+        assert!(p[0].starts_with("spec: Forbidden: pod updates may not change fields other than `spec.containers[*].image`"), "{p:?}");
+        // Moving a bound pod to another node is not a binding.
+        assert!(update(
+            &pod("  nodeName: n1\n", "busybox"),
+            &pod("  nodeName: n2\n", "busybox")
+        )
+        .is_err());
+    }
+
     #[test]
     fn missing_image_names_the_field() {
         let p = paths(check(

@@ -16,8 +16,8 @@ use serde_json::Value;
 
 use crate::alloc::{AllocError, IpAllocator, PortAllocator};
 use crate::api::{
-    revision_of, ControlPlane, Error, Expiry, ObjectList, ObjectRef, Result, Scope, Watch,
-    WatchEvent,
+    revision_of, ControlPlane, DeleteOptions, Error, Expiry, ObjectList, ObjectRef, Result, Scope,
+    Watch, WatchEvent,
 };
 use crate::defaults::{self, DEFAULT_NAMESPACE};
 use crate::objects::{Kind, Object};
@@ -361,7 +361,11 @@ impl Registry {
         }
     }
 
-    async fn delete_one(&self, what: &ObjectRef, revision: Option<u64>) -> Result<Object> {
+    pub(crate) async fn delete_one(
+        &self,
+        what: &ObjectRef,
+        revision: Option<u64>,
+    ) -> Result<Object> {
         for _ in 0..ALLOC_TRIES {
             let (stored, obj) = self.stored(what).await?;
             if let Some(want) = revision {
@@ -500,6 +504,25 @@ impl ControlPlane for Registry {
     }
 
     async fn delete(&self, what: &ObjectRef, revision: Option<u64>) -> Result<Object> {
+        let opts = DeleteOptions {
+            revision,
+            ..Default::default()
+        };
+        self.delete_with(what, &opts).await
+    }
+
+    async fn delete_with(&self, what: &ObjectRef, opts: &DeleteOptions) -> Result<Object> {
+        if let Some(g) = opts.grace_period_seconds.filter(|g| *g < 0) {
+            return Err(Error::invalid(
+                what.to_string(),
+                "gracePeriodSeconds",
+                format!("Invalid value: {g}: must be greater than or equal to 0"),
+            ));
+        }
+        if what.kind == Kind::Pod {
+            return self.delete_pod(what, opts).await;
+        }
+        let revision = opts.revision;
         if what.kind == Kind::Namespace {
             if what.name == DEFAULT_NAMESPACE {
                 return Err(Error::BadRequest(format!(
@@ -647,6 +670,7 @@ fn keep_server_fields(current: &Object, obj: &mut Object) {
     m.creation_timestamp = cm.creation_timestamp;
     m.generation = cm.generation;
     m.deletion_timestamp = cm.deletion_timestamp;
+    m.deletion_grace_period_seconds = cm.deletion_grace_period_seconds;
     if let Some(copy_status) = current.kind().info().strategy.status {
         copy_status(current, obj);
     }
@@ -703,6 +727,8 @@ pub fn new_uid() -> String {
         &h[20..32]
     )
 }
+
+mod graceful;
 
 #[cfg(test)]
 mod tests {

@@ -191,6 +191,21 @@ impl Node {
         )
     }
 
+    /// Waits until the pod is gone from the API.
+    pub fn wait_pod_gone(&self, name: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.pod(name)?.is_none() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!(
+            "pod {name} still there after {timeout:?}\nagent log:\n{}",
+            tail(&self.agent.log(), 60)
+        )
+    }
+
     /// Waits until the pod is Running with every container running and an
     /// IP; returns the pod.
     pub fn wait_running(&self, name: &str) -> Result<Value> {

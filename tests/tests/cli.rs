@@ -170,6 +170,6 @@ fn an_invalid_object_names_the_field() {
     assert!(se.contains("spec.clusterIP"), "{se}");
     assert!(se.contains("not in the valid range"), "{se}");
 
-    let out = agent.knode(&["get", "deployments"]).unwrap();
+    let out = agent.knode(&["get", "widgets"]).unwrap();
     assert!(text(&out).1.contains("unknown kind"));
 }

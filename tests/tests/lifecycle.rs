@@ -57,7 +57,11 @@ spec:
     ))?;
     n.wait_running("graceful")?;
     n.knode(&["delete", "pod", "graceful"])?;
-    wait_file(&host.path().join("log"), "prestop\nterm\n", Duration::from_secs(30))?;
+    wait_file(
+        &host.path().join("log"),
+        "prestop\nterm\n",
+        Duration::from_secs(30),
+    )?;
     Ok(())
 }
 
@@ -65,8 +69,7 @@ spec:
 /// stops the container, which restarts by its policy.
 #[test]
 fn post_start_runs_and_a_failing_one_restarts_the_container() -> Result<()> {
-    let Some(n) = Node::for_test("post_start_runs_and_a_failing_one_restarts_the_container")
-    else {
+    let Some(n) = Node::for_test("post_start_runs_and_a_failing_one_restarts_the_container") else {
         return Ok(());
     };
     let host = TempDir::new("poststart")?;
@@ -97,7 +100,11 @@ spec:
 "#,
         host.path().display()
     ))?;
-    wait_file(&host.path().join("poststart"), "started\n", Duration::from_secs(60))?;
+    wait_file(
+        &host.path().join("poststart"),
+        "started\n",
+        Duration::from_secs(60),
+    )?;
     let p = n.wait_pod("hooked", Duration::from_secs(60), |p| {
         p["status"]["containerStatuses"]
             .as_array()
@@ -110,5 +117,98 @@ spec:
         .cloned()
         .unwrap_or_default();
     assert_eq!(app["restartCount"], 0, "{app:#}");
+    Ok(())
+}
+
+/// A new image for one container of a running pod (the update Kubernetes
+/// allows) restarts only that container, with the new image; any other
+/// spec change is refused naming the rule.
+#[test]
+fn an_image_change_restarts_only_that_container() -> Result<()> {
+    let Some(n) = Node::for_test("an_image_change_restarts_only_that_container") else {
+        return Ok(());
+    };
+    let dir = TempDir::new("image2")?;
+    let tar = dir.path().join("busybox2.tar");
+    knode_tests::image::TestImage::busybox("knode.test/busybox:2")?.write_oci(&tar)?;
+    n.import(&tar)?;
+    let pod = |image: &str, extra: &str| {
+        format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: twins}}
+spec:
+  terminationGracePeriodSeconds: 1{extra}
+  containers:
+  - name: a
+    image: {image}
+    command: ["sleep", "600"]
+  - name: b
+    image: {BUSYBOX}
+    command: ["sleep", "600"]
+"#
+        )
+    };
+    n.apply(&pod(BUSYBOX, ""))?;
+    let before = n.wait_running("twins")?;
+    let status = |p: &serde_json::Value, c: &str| {
+        p["status"]["containerStatuses"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|s| s["name"] == c))
+            .cloned()
+            .unwrap_or_default()
+    };
+    n.apply(&pod("knode.test/busybox:2", ""))?;
+    let after = n.wait_pod("twins", Duration::from_secs(60), |p| {
+        let a = status(p, "a");
+        a["image"] == "knode.test/busybox:2"
+            && a["restartCount"] == 1
+            && a["state"]["running"].is_object()
+    })?;
+    assert_eq!(status(&after, "b")["restartCount"], 0);
+    assert_eq!(
+        status(&after, "b")["containerID"],
+        status(&before, "b")["containerID"]
+    );
+    // Anything else about a running pod's spec is not for updating.
+    let path = dir.path().join("host-network.yaml");
+    std::fs::write(&path, pod("knode.test/busybox:2", "\n  hostNetwork: true"))?;
+    let refused = n.knode(&["apply", "-f", &path.display().to_string()]);
+    let msg = format!("{:#}", refused.expect_err("a spec change is refused"));
+    assert!(msg.contains("pod updates may not change fields"), "{msg}");
+    Ok(())
+}
+
+/// activeDeadlineSeconds: the pod fails with DeadlineExceeded and its
+/// containers stop.
+#[test]
+fn a_pod_past_its_active_deadline_fails() -> Result<()> {
+    let Some(n) = Node::for_test("a_pod_past_its_active_deadline_fails") else {
+        return Ok(());
+    };
+    n.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: bounded}}
+spec:
+  activeDeadlineSeconds: 3
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: {BUSYBOX}
+    command: ["sleep", "600"]
+"#
+    ))?;
+    let p = n.wait_pod("bounded", Duration::from_secs(60), |p| {
+        p["status"]["phase"] == "Failed"
+    })?;
+    assert_eq!(
+        p["status"]["reason"], "DeadlineExceeded",
+        "{:#}",
+        p["status"]
+    );
+    assert!(p["status"]["containerStatuses"][0]["state"]["terminated"].is_object());
     Ok(())
 }

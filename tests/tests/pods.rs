@@ -192,9 +192,12 @@ spec:
 
 /// After a delete nothing of the pod is left: netns, veth, IP, container,
 /// snapshot.
+/// Deletion is graceful, as in Kubernetes: the pod stays listed as
+/// Terminating with a deletionTimestamp while its containers stop, and
+/// when it is gone from the API nothing of it is left on the node.
 #[test]
-fn a_deleted_pod_leaves_nothing_behind() -> Result<()> {
-    let Some(n) = node("a_deleted_pod_leaves_nothing_behind") else {
+fn a_deleted_pod_is_terminating_until_nothing_of_it_is_left() -> Result<()> {
+    let Some(n) = node("a_deleted_pod_is_terminating_until_nothing_of_it_is_left") else {
         return Ok(());
     };
     n.apply(&format!(
@@ -203,30 +206,49 @@ apiVersion: v1
 kind: Pod
 metadata: {{name: gone}}
 spec:
-  terminationGracePeriodSeconds: 2
+  terminationGracePeriodSeconds: 4
+  containers:
+  - name: c
+    image: {BUSYBOX}
+    command: ["sh", "-c", "trap '' TERM; while true; do sleep 0.1; done"]
+"#
+    ))?;
+    let p = n.wait_running("gone")?;
+    let uid = p["metadata"]["uid"].as_str().unwrap().to_string();
+    assert!(!n.containers()?.is_empty());
+    n.knode(&["delete", "pod", "gone", "--wait=false"])?;
+    // It ignores SIGTERM, so it runs on for the 4 s of grace: Terminating.
+    let p = n
+        .pod("gone")?
+        .expect("still listed while its containers stop");
+    assert!(p["metadata"]["deletionTimestamp"].is_string(), "{p:#}");
+    assert_eq!(p["metadata"]["deletionGracePeriodSeconds"], 4);
+    let table = n.knode(&["get", "pod", "gone"])?;
+    assert!(table.contains("Terminating"), "{table}");
+    let gone = n.wait_pod_gone("gone", Duration::from_secs(60));
+    assert!(gone.is_ok(), "{gone:?}");
+    let left = leftovers(&n, &uid)?;
+    assert!(
+        left.is_empty(),
+        "left when the pod left the API: {left:?}\nagent log:\n{}",
+        knode_tests::node::tail(&n.agent.log(), 40)
+    );
+    // A force delete removes at once.
+    n.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: forced}}
+spec:
   containers:
   - name: c
     image: {BUSYBOX}
     command: ["sleep", "3600"]
 "#
     ))?;
-    let p = n.wait_running("gone")?;
-    let uid = p["metadata"]["uid"].as_str().unwrap().to_string();
-    assert!(!n.containers()?.is_empty());
-    n.knode(&["delete", "pod", "gone"])?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let left = leftovers(&n, &uid)?;
-        if left.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "left after delete: {left:?}\nagent log:\n{}",
-            knode_tests::node::tail(&n.agent.log(), 40)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    n.wait_running("forced")?;
+    n.knode(&["delete", "pod", "forced", "--force", "--wait=false"])?;
+    assert!(n.pod("forced")?.is_none());
     Ok(())
 }
 
@@ -396,7 +418,7 @@ fn static_pods_follow_the_manifest_dir() -> Result<()> {
     std::fs::write(
         dir.join("static.yaml"),
         format!(
-            "apiVersion: v1\nkind: Pod\nmetadata: {{name: static}}\nspec:\n  containers:\n  - name: c\n    image: {BUSYBOX}\n    command: [\"sleep\", \"3600\"]\n"
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: static}}\nspec:\n  terminationGracePeriodSeconds: 2\n  containers:\n  - name: c\n    image: {BUSYBOX}\n    command: [\"sleep\", \"3600\"]\n"
         ),
     )?;
     let p = n.wait_pod("static-test-node", Duration::from_secs(60), |p| {

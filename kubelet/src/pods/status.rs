@@ -71,6 +71,9 @@ pub struct PodView {
     pub restart_policy: String,
     /// Every init container completed (sidecars: started).
     pub initialized: bool,
+    /// The pod failed for a reason of its own (reason, message), e.g.
+    /// `DeadlineExceeded`, whatever its containers do.
+    pub failed: Option<(String, String)>,
     pub init_containers: Vec<ContainerView>,
     pub containers: Vec<ContainerView>,
     /// `spec.readinessGates`: condition types that must be True too.
@@ -81,6 +84,9 @@ pub struct PodView {
 /// (Failed when one failed and the pod never restarts), then by the app
 /// containers.
 pub fn phase(view: &PodView) -> &'static str {
+    if view.failed.is_some() {
+        return "Failed";
+    }
     if !view.initialized {
         let failed = view
             .init_containers
@@ -206,6 +212,8 @@ pub fn pod_status(prev: Option<&PodStatus>, view: &PodView, now: Timestamp) -> P
         init_container_statuses: (!view.init_containers.is_empty())
             .then(|| view.init_containers.iter().map(container_status).collect()),
         qos_class: prev.and_then(|p| p.qos_class.clone()),
+        reason: view.failed.as_ref().map(|(r, _)| r.clone()),
+        message: view.failed.as_ref().map(|(_, m)| m.clone()),
         ..Default::default()
     }
 }
@@ -319,6 +327,7 @@ mod tests {
             start_time: None,
             restart_policy: policy.into(),
             initialized: true,
+            failed: None,
             init_containers: Vec::new(),
             containers: states
                 .into_iter()

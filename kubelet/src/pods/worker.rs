@@ -92,6 +92,9 @@ struct Slot {
     started: bool,
     /// A run being killed for a failed probe: not probed again.
     killed: Option<String>,
+    /// The current run is being replaced (its image changed): restart it
+    /// when it exits, whatever the policy, without back-off.
+    replace: bool,
 }
 
 struct Worker {
@@ -113,6 +116,8 @@ struct Worker {
     finished: bool,
     /// Every init container has completed (sidecars: started) once.
     initialized: bool,
+    /// `activeDeadlineSeconds` passed: nothing runs or restarts any more.
+    deadline_exceeded: bool,
     /// The IP it had, still reported after the sandbox is gone.
     last_ip: Option<String>,
     /// Images found or pulled during this pass, by reference.
@@ -177,6 +182,7 @@ impl Worker {
             // restart) never runs again, as with kubelet.
             finished,
             initialized,
+            deadline_exceeded: false,
             last_ip,
             prefetched: HashMap::new(),
             pause_starting: None,
@@ -239,6 +245,13 @@ impl Worker {
 
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
         loop {
+            if self.pod.metadata.deletion_timestamp.is_some() {
+                // Graceful deletion: stop, tear down, then remove the object.
+                let (ctx, pod) = (self.ctx.clone(), self.pod.clone());
+                self.teardown().await;
+                remove_object(&ctx, &pod).await;
+                return;
+            }
             if let Err(e) = self.sync().await {
                 tracing::warn!(pod = %self.key(), error = %format!("{e:#}"), "sync");
             }
@@ -283,6 +296,7 @@ impl Worker {
         if self.start_time.is_none() {
             self.start_time = Some(Timestamp::now());
         }
+        self.check_deadline().await;
         // Images are looked up (or pulled) while the sandbox is made.
         let wanted: Vec<(String, PullPolicy)> = if self.sandbox.is_none() && !self.finished {
             (0..self.slots.len())
@@ -401,6 +415,7 @@ impl Worker {
                     self.slots[i].waiting = None;
                     self.watch_exit(&id);
                     self.probe(i, &id);
+                    self.replace_if_changed(i, &id);
                     return Ok(());
                 }
                 TaskState::Stopped {
@@ -436,9 +451,14 @@ impl Worker {
         let Some(last) = self.slots[i].last.clone() else {
             return Ok(());
         };
+        if self.slots[i].replace && !self.deadline_exceeded {
+            // A changed container restarts at once, as kubelet does.
+            self.slots[i].replace = false;
+            return self.start(i, None).await;
+        }
         let policy = self.restart_policy(i);
         let restart = policy == "Always" || (policy == "OnFailure" && last.exit_code != 0);
-        if !restart {
+        if !restart || self.deadline_exceeded {
             self.slots[i].waiting = None;
             return Ok(());
         }
@@ -507,6 +527,9 @@ impl Worker {
 
     /// Starts run `attempt` of container `i` (the next one when `None`).
     async fn start(&mut self, i: usize, attempt: Option<u32>) -> Result<()> {
+        if self.deadline_exceeded {
+            return Ok(());
+        }
         let t0 = Instant::now();
         let Some(sb) = self.sandbox.clone() else {
             return Ok(());
@@ -557,6 +580,7 @@ impl Worker {
             }
         };
         self.slots[i].image_id = img.digest.clone();
+        self.slots[i].image = image_ref.clone();
 
         // Env, mounts, spec: errors here are the user's configuration.
         let config_error = |e: String| ("CreateContainerConfigError".to_string(), Some(e));
@@ -807,6 +831,59 @@ impl Worker {
         true
     }
 
+    /// The pod's spec now names another image for container `i` (the one
+    /// change Kubernetes allows to a running pod's containers): its run
+    /// `id` is stopped, preStop and grace as usual, and restarted with it.
+    fn replace_if_changed(&mut self, i: usize, id: &str) {
+        let want = self.container(i).image.clone().unwrap_or_default();
+        if self.slots[i].replace || self.slots[i].image == want {
+            return;
+        }
+        tracing::info!(pod = %self.key(), container = %self.slots[i].name, from = %self.slots[i].image, to = %want, "container definition changed, will be restarted");
+        self.slots[i].replace = true;
+        tokio::spawn(self.stopper(i, id, self.grace()));
+    }
+
+    /// The pod's termination grace period.
+    fn grace(&self) -> Duration {
+        Duration::from_secs(
+            self.pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds)
+                .unwrap_or(30)
+                .max(0) as u64,
+        )
+    }
+
+    /// `activeDeadlineSeconds`: once the pod has been active that long it
+    /// fails (DeadlineExceeded) and every container is stopped, as kubelet
+    /// does; before that, the worker wakes at the deadline.
+    async fn check_deadline(&mut self) {
+        let deadline = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.active_deadline_seconds)
+            .filter(|d| *d >= 0);
+        let (Some(deadline), Some(start)) = (deadline, self.start_time) else {
+            return;
+        };
+        if self.deadline_exceeded || self.finished {
+            return;
+        }
+        let active = Timestamp::now().duration_since(start).as_secs();
+        if active < deadline {
+            let left = Duration::from_secs((deadline - active) as u64);
+            self.wake(Instant::now() + left);
+            return;
+        }
+        tracing::info!(pod = %self.key(), deadline, "pod was active on the node longer than the specified deadline");
+        self.deadline_exceeded = true;
+        let grace = self.grace();
+        self.stop_all(grace).await;
+    }
+
     /// Runs container `i`'s postStart hook for the run `id` that just
     /// started, beside it; if the hook fails, the run is stopped (preStop
     /// and grace as usual) and restarts by its policy and back-off.
@@ -814,16 +891,8 @@ impl Worker {
         let Ok(Some(hook)) = hooks::of(self.container(i), hooks::Point::PostStart) else {
             return;
         };
-        let grace = Duration::from_secs(
-            self.pod
-                .spec
-                .as_ref()
-                .and_then(|s| s.termination_grace_period_seconds)
-                .unwrap_or(30)
-                .max(0) as u64,
-        );
         let (target, key, name) = (self.target(id), self.key(), self.slots[i].name.clone());
-        let stop = self.stopper(i, id, grace);
+        let stop = self.stopper(i, id, self.grace());
         tokio::spawn(async move {
             // Bounded, so a hung hook cannot pin the run forever.
             if let Err(e) = hooks::run(&hook, &target, POST_START_LIMIT).await {
@@ -963,6 +1032,12 @@ impl Worker {
                 .map(|g| g.iter().map(|g| g.condition_type.clone()).collect())
                 .unwrap_or_default(),
             initialized: self.initialized,
+            failed: self.deadline_exceeded.then(|| {
+                (
+                    "DeadlineExceeded".to_string(),
+                    "Pod was active on the node longer than the specified deadline".to_string(),
+                )
+            }),
             init_containers: (0..self.slots.len())
                 .filter(|i| self.slots[*i].init)
                 .map(|i| self.container_view(i))
@@ -1087,11 +1162,17 @@ impl Worker {
     /// order. Retried until it succeeds, so nothing the pod held is lost
     /// track of; the orphan sweep of a later agent start is the backstop.
     async fn teardown(mut self) {
+        // The delete's grace when it set one, else the pod's.
         let grace = Duration::from_secs(
             self.pod
-                .spec
-                .as_ref()
-                .and_then(|s| s.termination_grace_period_seconds)
+                .metadata
+                .deletion_grace_period_seconds
+                .or_else(|| {
+                    self.pod
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.termination_grace_period_seconds)
+                })
                 .unwrap_or(30)
                 .max(0) as u64,
         );
@@ -1111,6 +1192,31 @@ impl Worker {
             }
         }
         tracing::info!(pod = %self.key(), uid = %self.uid, "pod removed");
+    }
+}
+
+/// The end of a graceful deletion: the pod's containers, sandbox and IP
+/// are gone, so its object goes too (grace 0, only this uid). Retried
+/// until the control plane answers; gone already is fine.
+async fn remove_object(ctx: &Context, pod: &Pod) {
+    let what = controlplane::ObjectRef::of(&Object::Pod(pod.clone()));
+    let opts = controlplane::DeleteOptions {
+        uid: pod.metadata.uid.clone(),
+        grace_period_seconds: Some(0),
+        ..Default::default()
+    };
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match ctx.cp.delete_with(&what, &opts).await {
+            Ok(_) => return,
+            // Gone, or a new pod of that name: nothing of ours is left.
+            Err(e) if e.is_not_found() || e.is_conflict() => return,
+            Err(e) => {
+                tracing::warn!(pod = %what, error = %e, "remove the deleted pod; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
     }
 }
 

@@ -30,6 +30,33 @@ const CLAIM_PORT: &str = "claims/nodeport/";
 /// same value between our read and our write.
 const ALLOC_TRIES: usize = 16;
 
+/// Where cluster add-ons live.
+pub const SYSTEM_NAMESPACE: &str = "kube-system";
+/// The cluster DNS Service's name, in [`SYSTEM_NAMESPACE`].
+pub const KUBE_DNS: &str = "kube-dns";
+
+fn namespace_json(name: &str) -> Value {
+    serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+}
+
+/// `kube-system/kube-dns` as kubeadm's CoreDNS add-on names it.
+fn kube_dns_json(ip: IpAddr) -> Value {
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {
+            "name": KUBE_DNS, "namespace": SYSTEM_NAMESPACE,
+            "labels": {"k8s-app": "kube-dns", "kubernetes.io/name": "KNodeDNS"}
+        },
+        "spec": {
+            "clusterIP": ip.to_string(),
+            "ports": [
+                {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+                {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53}
+            ]
+        }
+    })
+}
+
 /// The storage key of one object.
 pub fn key_of(what: &ObjectRef) -> String {
     if what.kind.namespaced() {
@@ -74,6 +101,10 @@ pub fn encode(obj: &Object) -> Vec<u8> {
 pub struct Allocators {
     pub service_ips: IpAllocator,
     pub node_ports: PortAllocator,
+    /// The cluster DNS address (`cluster-dns`), when it lies in the
+    /// service CIDR: the ClusterIP of `kube-system/kube-dns`, which
+    /// [`Registry::bootstrap`] keeps, and never an automatic pick.
+    pub dns_service_ip: Option<IpAddr>,
 }
 
 impl Allocators {
@@ -89,7 +120,21 @@ impl Allocators {
         Ok(Allocators {
             service_ips,
             node_ports,
+            dns_service_ip: None,
         })
+    }
+
+    /// The same allocators keeping `ip` for `kube-system/kube-dns`. An
+    /// address outside the service CIDR is refused (the caller says so).
+    pub fn with_dns_service_ip(mut self, ip: IpAddr) -> Result<Allocators> {
+        if !self.service_ips.contains(ip) {
+            return Err(Error::BadRequest(format!(
+                "cluster-dns {ip} is outside the service CIDR {}",
+                self.service_ips.cidr()
+            )));
+        }
+        self.dns_service_ip = Some(ip);
+        Ok(self)
     }
 }
 
@@ -100,6 +145,7 @@ impl Default for Allocators {
             service_ips: IpAllocator::new("10.96.0.0/12".parse().expect("literal CIDR"))
                 .expect("default service CIDR"),
             node_ports: PortAllocator::default(),
+            dns_service_ip: None,
         }
     }
 }
@@ -115,17 +161,39 @@ impl Registry {
         Registry { storage, alloc }
     }
 
-    /// Creates the `default` namespace if it is missing. Every backend
-    /// calls this once at start; it is idempotent across nodes.
+    /// Creates the `default` and `kube-system` namespaces and, with a
+    /// [`Allocators::dns_service_ip`], the `kube-system/kube-dns` Service
+    /// (that ClusterIP, ports 53/UDP `dns` and 53/TCP `dns-tcp`, no
+    /// selector: every node's agent answers on it) if they are missing.
+    /// Every backend calls this once at start; it is idempotent across
+    /// nodes and leaves an existing object as its owner edited it.
     pub async fn bootstrap(&self) -> Result<()> {
-        let ns: Object = Object::from_value(serde_json::json!({
-            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": DEFAULT_NAMESPACE}
-        }))
-        .map_err(|e| Error::Internal(e.to_string()))?;
-        match self.create(ns, None).await {
-            Ok(_) | Err(Error::AlreadyExists { .. }) => Ok(()),
-            Err(e) => Err(e),
+        let mut objects = vec![
+            namespace_json(DEFAULT_NAMESPACE),
+            namespace_json(SYSTEM_NAMESPACE),
+        ];
+        if let Some(ip) = self.alloc.dns_service_ip {
+            objects.push(kube_dns_json(ip));
         }
+        for value in objects {
+            let obj = Object::from_value(value).map_err(|e| Error::Internal(e.to_string()))?;
+            let what = ObjectRef::of(&obj);
+            if self.get(&what).await.is_ok() {
+                continue;
+            }
+            if let Err(e) = self.create(obj, None).await {
+                // Another node may have made it between the read and the write.
+                if self.get(&what).await.is_ok() {
+                    continue;
+                }
+                if what.kind != Kind::Service {
+                    return Err(e);
+                }
+                // Its address taken by a user's Service: report, not fatal.
+                tracing::warn!(error = %e, "cannot keep kube-system/kube-dns");
+            }
+        }
+        Ok(())
     }
 
     async fn stored(&self, what: &ObjectRef) -> Result<(Stored, Object)> {
@@ -197,7 +265,11 @@ impl Registry {
                         })?),
                     };
                     if want.as_deref() != Some("None") {
-                        let used = self.used::<IpAddr>(CLAIM_IP).await?;
+                        let mut used = self.used::<IpAddr>(CLAIM_IP).await?;
+                        if requested.is_none() {
+                            // Kept for kube-dns even while it does not exist.
+                            used.extend(self.alloc.dns_service_ip);
+                        }
                         let ip = self
                             .alloc
                             .service_ips
@@ -752,5 +824,97 @@ mod tests {
         assert_eq!(a.len(), 36);
         assert_eq!(&a[14..15], "4");
         assert_ne!(a, new_uid());
+    }
+
+    fn temp_registry(alloc: Allocators) -> (Registry, std::path::PathBuf) {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("knode-reg-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = crate::storage::embedded::Embedded::open(&dir).unwrap();
+        (Registry::new(Arc::new(store), alloc), dir)
+    }
+
+    fn service(name: &str, cluster_ip: Option<&str>) -> Object {
+        let mut spec = serde_json::json!({"ports": [{"port": 80}]});
+        if let Some(ip) = cluster_ip {
+            spec["clusterIP"] = ip.into();
+        }
+        Object::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": "default"}, "spec": spec
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn bootstrap_keeps_kube_dns_and_no_automatic_pick_takes_its_ip() {
+        let dns: IpAddr = "10.96.0.10".parse().unwrap();
+        // A /28: 13 allocatable addresses, one of them kept for DNS.
+        let alloc = Allocators::parse("10.96.0.0/28", "30000-32767")
+            .unwrap()
+            .with_dns_service_ip(dns)
+            .unwrap();
+        let (reg, dir) = temp_registry(alloc);
+        reg.bootstrap().await.unwrap();
+        reg.bootstrap().await.unwrap();
+        let got = reg
+            .get(&ObjectRef::new(Kind::Service, SYSTEM_NAMESPACE, KUBE_DNS))
+            .await
+            .unwrap();
+        let Object::Service(svc) = got else {
+            panic!("not a Service")
+        };
+        let spec = svc.spec.unwrap();
+        assert_eq!(spec.cluster_ip.as_deref(), Some("10.96.0.10"));
+        let ports: Vec<_> = spec
+            .ports
+            .unwrap()
+            .into_iter()
+            .map(|p| (p.name.unwrap(), p.port, p.protocol.unwrap()))
+            .collect();
+        assert_eq!(
+            ports,
+            [
+                ("dns".into(), 53, "UDP".into()),
+                ("dns-tcp".into(), 53, "TCP".into())
+            ]
+        );
+        // Even with kube-dns deleted, automatic picks skip its address.
+        reg.delete(
+            &ObjectRef::new(Kind::Service, SYSTEM_NAMESPACE, KUBE_DNS),
+            None,
+        )
+        .await
+        .unwrap();
+        for i in 0..12 {
+            let created = reg
+                .create(service(&format!("s{i}"), None), None)
+                .await
+                .unwrap();
+            let Object::Service(s) = created else {
+                panic!()
+            };
+            assert_ne!(s.spec.unwrap().cluster_ip.as_deref(), Some("10.96.0.10"));
+        }
+        // Asked for by name, it is given (kube-dns recreated by a user).
+        reg.create(service("dns", Some("10.96.0.10")), None)
+            .await
+            .unwrap();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_dns_ip_outside_the_service_cidr_is_refused_by_name() {
+        let e = Allocators::parse("10.96.0.0/12", "30000-32767")
+            .unwrap()
+            .with_dns_service_ip("10.0.0.10".parse().unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cluster-dns 10.0.0.10 is outside the service CIDR 10.96.0.0/12"),
+            "{e}"
+        );
     }
 }

@@ -9,6 +9,7 @@ pub mod logs;
 pub mod node;
 pub mod pods;
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 /// The kubelet's node-local settings: where it keeps pod state, files,
@@ -26,4 +27,19 @@ pub struct Config {
     pub netns_dir: PathBuf,
     /// Static pod manifests.
     pub pod_manifest_path: PathBuf,
+    /// Cluster DNS for pods' resolv.conf by `dnsPolicy`; `None` (the
+    /// agent's DNS turned off) gives every pod the host's resolvers.
+    pub dns: Option<ClusterDns>,
+}
+
+/// What pods need to know of the cluster DNS (kubelet's `clusterDNS`,
+/// `clusterDomain`, `resolvConf`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterDns {
+    /// The nameservers of ClusterFirst pods.
+    pub servers: Vec<IpAddr>,
+    /// The cluster domain, e.g. `cluster.local`.
+    pub domain: String,
+    /// The host's resolver file pods' files are built from; empty for none.
+    pub resolv_conf: PathBuf,
 }

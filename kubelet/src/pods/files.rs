@@ -88,7 +88,8 @@ fn checked_uid(pod: &Pod) -> Result<&str> {
 /// Makes (or refreshes) the pod's files. Idempotent: a second call
 /// rewrites /etc/hosts with the pod IP once it is known and leaves the
 /// /dev/shm mount alone.
-pub fn prepare(run_dir: &Path, pod: &Pod, pod_ip: Option<&str>) -> Result<PodFiles> {
+pub fn prepare(config: &crate::Config, pod: &Pod, pod_ip: Option<&str>) -> Result<PodFiles> {
+    let run_dir = &config.run_dir;
     let uid = checked_uid(pod)?;
     let spec = pod.spec.as_ref();
     let host_network = spec.and_then(|s| s.host_network) == Some(true);
@@ -119,7 +120,13 @@ pub fn prepare(run_dir: &Path, pod: &Pod, pod_ip: Option<&str>) -> Result<PodFil
         },
     };
     let hosts = hosts_content(pod, pod_ip, &hostname, node_hosts.as_deref())?;
-    let resolv = resolv_content(&host_resolv_conf()?, pod)?;
+    let resolv = match &config.dns {
+        None => resolv_content(&host_resolv_conf(Path::new(HOST_RESOLV_CONF))?, pod)?,
+        Some(dns) if dns.resolv_conf.as_os_str().is_empty() => {
+            cluster_resolv_content(None, pod, dns)?
+        }
+        Some(dns) => cluster_resolv_content(Some(&host_resolv_conf(&dns.resolv_conf)?), pod, dns)?,
+    };
     write_in_place(&files.hostname, format!("{hostname}\n").as_bytes())?;
     write_in_place(&files.hosts, hosts.as_bytes())?;
     write_in_place(&files.resolv_conf, resolv.as_bytes())?;
@@ -174,12 +181,12 @@ fn read_host_file(path: &str) -> Result<String> {
     fs::read_to_string(path).map_err(io_err(format!("read {path}")))
 }
 
-/// The host's resolver configuration (empty if the host has none).
-fn host_resolv_conf() -> Result<String> {
-    let main = match fs::read_to_string(HOST_RESOLV_CONF) {
+/// The host's resolver configuration at `path` (empty if there is none).
+fn host_resolv_conf(path: &Path) -> Result<String> {
+    let main = match fs::read_to_string(path) {
         Ok(s) => s,
         Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(io_err(format!("read {HOST_RESOLV_CONF}"))(e)),
+        Err(e) => return Err(io_err(format!("read {}", path.display()))(e)),
     };
     let servers = parse_resolv(&main).servers;
     let all_loopback = !servers.is_empty()
@@ -350,6 +357,28 @@ fn push_unique(list: &mut Vec<String>, v: String) {
 /// `--cluster-dns`; `None` starts empty. `dnsConfig` is merged on top:
 /// nameservers and searches appended without duplicates, options replaced
 /// by name.
+/// A pod's resolv.conf with cluster DNS on: `dns::resolvconf` by
+/// `dnsPolicy` (ClusterFirst: the cluster nameservers, search
+/// `<ns>.svc.<zone> svc.<zone> <zone>` + the host's, `ndots:5`) from the
+/// host's file `host` (`None`: no `resolv-conf`). `dnsPolicy` and
+/// `dnsConfig` are checked as [`resolv_content`] checks them.
+pub fn cluster_resolv_content(
+    host: Option<&str>,
+    pod: &Pod,
+    dns: &crate::ClusterDns,
+) -> Result<String> {
+    resolv_content(host.unwrap_or_default(), pod)?;
+    let parsed = host.map(dns::resolvconf::ResolvConf::parse);
+    let node = dns::resolvconf::NodeDns {
+        host: parsed.as_ref(),
+        cluster_dns: &dns.servers,
+        cluster_domain: &dns.domain,
+    };
+    Ok(dns::resolvconf::pod_resolv_conf_for(pod, &node).render())
+}
+
+/// A pod's resolv.conf without cluster DNS: the host's file for every
+/// policy but None, with `dnsConfig` merged in.
 pub fn resolv_content(host: &str, pod: &Pod) -> Result<String> {
     let spec = pod.spec.as_ref();
     let policy = spec
@@ -513,6 +542,54 @@ mod tests {
     const HOST: &str = "# generated\nnameserver 192.0.2.1\nnameserver 192.0.2.2\nsearch a.example b.example\noptions ndots:2 edns0\n";
 
     #[test]
+    fn with_cluster_dns_the_policy_decides_the_file() {
+        let dns = crate::ClusterDns {
+            servers: vec!["10.96.0.10".parse().unwrap()],
+            domain: "cluster.local".into(),
+            resolv_conf: "/etc/resolv.conf".into(),
+        };
+        let mut p = pod(PodSpec::default());
+        p.metadata.namespace = Some("prod".into());
+        assert_eq!(
+            cluster_resolv_content(Some(HOST), &p, &dns).unwrap(),
+            "search prod.svc.cluster.local svc.cluster.local cluster.local a.example b.example\n\
+             nameserver 10.96.0.10\noptions ndots:5\n"
+        );
+        let mut d = p.clone();
+        d.spec.as_mut().unwrap().dns_policy = Some("Default".into());
+        let got = cluster_resolv_content(Some(HOST), &d, &dns).unwrap();
+        assert!(
+            got.contains("nameserver 192.0.2.1\n") && !got.contains("10.96.0.10"),
+            "{got}"
+        );
+        let mut host_net = p.clone();
+        host_net.spec.as_mut().unwrap().host_network = Some(true);
+        let got = cluster_resolv_content(Some(HOST), &host_net, &dns).unwrap();
+        assert!(!got.contains("10.96.0.10"), "{got}");
+        host_net.spec.as_mut().unwrap().dns_policy = Some("ClusterFirstWithHostNet".into());
+        let got = cluster_resolv_content(Some(HOST), &host_net, &dns).unwrap();
+        assert!(got.contains("nameserver 10.96.0.10\n"), "{got}");
+        let mut none = p.clone();
+        let spec = none.spec.as_mut().unwrap();
+        spec.dns_policy = Some("None".into());
+        spec.dns_config = Some(PodDNSConfig {
+            nameservers: Some(vec!["1.1.1.1".into()]),
+            searches: Some(vec!["x.example".into()]),
+            options: None,
+        });
+        assert_eq!(
+            cluster_resolv_content(Some(HOST), &none, &dns).unwrap(),
+            "search x.example\nnameserver 1.1.1.1\n"
+        );
+        // Bad input is still refused by name.
+        none.spec.as_mut().unwrap().dns_policy = Some("Sometimes".into());
+        assert!(cluster_resolv_content(Some(HOST), &none, &dns)
+            .unwrap_err()
+            .to_string()
+            .starts_with("spec.dnsPolicy"));
+    }
+
+    #[test]
     fn resolv_default_copies_the_host() {
         assert_eq!(
             resolv_content(HOST, &pod(PodSpec::default())).unwrap(),
@@ -610,7 +687,15 @@ mod tests {
         }
         let run = std::env::temp_dir().join(format!("knode-files-test-{}", std::process::id()));
         let p = pod(PodSpec::default());
-        let f = prepare(&run, &p, None).unwrap();
+        let config = crate::Config {
+            data_dir: run.join("data"),
+            run_dir: run.clone(),
+            log_dir: run.join("logs"),
+            netns_dir: run.join("netns"),
+            pod_manifest_path: run.join("manifests"),
+            dns: None,
+        };
+        let f = prepare(&config, &p, None).unwrap();
         assert_eq!(f.hosts, run.join("pods/uid-1/hosts"));
         assert_eq!(fs::read_to_string(&f.hostname).unwrap(), "web\n");
         assert!(is_mount_point(&f.shm).unwrap(), "shm is a tmpfs");
@@ -623,7 +708,7 @@ mod tests {
             .unwrap();
 
         // Again, now with the IP: same inode, new content, one shm mount.
-        let f2 = prepare(&run, &p, Some("10.244.0.9")).unwrap();
+        let f2 = prepare(&config, &p, Some("10.244.0.9")).unwrap();
         assert_eq!(f, f2);
         let hosts = fs::read_to_string(&f.hosts).unwrap();
         assert!(hosts.contains("10.244.0.9\tweb\n"));

@@ -101,7 +101,7 @@ pub async fn ensure(ctx: &Context, pod: &Pod) -> Result<(Sandbox, Option<Startin
         anyhow::Ok(pod_ip(&result))
     };
     let pause = async {
-        let files = files::prepare(&ctx.config.run_dir, pod, None).context("pod files")?;
+        let files = files::prepare(&ctx.config, pod, None).context("pod files")?;
         if fresh && task::labels(&ctx.rt, &id).await?.is_some() {
             task::remove(&ctx.rt, &id).await?;
         }
@@ -113,7 +113,7 @@ pub async fn ensure(ctx: &Context, pod: &Pod) -> Result<(Sandbox, Option<Startin
     let (ip, (pid, starting)) = (ip?, pause?);
 
     // 3. The pod's files, now with its IP in /etc/hosts.
-    let files = files::prepare(&ctx.config.run_dir, pod, ip.as_deref()).context("pod files")?;
+    let files = files::prepare(&ctx.config, pod, ip.as_deref()).context("pod files")?;
     Ok((Sandbox { id, pid, ip, files }, starting))
 }
 
@@ -125,7 +125,7 @@ async fn ensure_host_network(
     uid: &str,
 ) -> Result<(Sandbox, Option<Starting>)> {
     let ip = Some(ctx.node_ip.clone());
-    let files = files::prepare(&ctx.config.run_dir, pod, ip.as_deref()).context("pod files")?;
+    let files = files::prepare(&ctx.config, pod, ip.as_deref()).context("pod files")?;
     // The spec ignores the netns path for hostNetwork pods.
     let (pid, starting) =
         start_pause(ctx, pod, std::path::Path::new("/proc/1/ns/net"), &files).await?;

@@ -14,6 +14,8 @@ PACKAGES=(
   # networking and the reference CNI plugins we compare against
   iproute2 iptables conntrack containernetworking-plugins
   iputils-ping socat iperf3 util-linux procps kmod nftables
+  # cluster DNS tests: an upstream server and dig
+  dnsmasq dnsutils
   # control plane
   etcd-server etcd-client
   # misc tools used by scripts

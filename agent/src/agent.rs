@@ -9,7 +9,6 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::Args;
 use controlplane::backend::{self, Backend};
-use controlplane::registry::Allocators;
 use controlplane::rest::server;
 use controlplane::ControlPlane;
 
@@ -65,7 +64,8 @@ pub struct AgentArgs {
     /// Masquerade pod traffic leaving the cluster network (default true).
     #[arg(long, value_name = "BOOL")]
     pub ip_masq: Option<bool>,
-    /// Parts of the agent to turn off, comma-separated: pods, overlay, proxy.
+    /// Parts of the agent to turn off, comma-separated: pods, overlay,
+    /// proxy, dns.
     #[arg(long, value_name = "PARTS", value_delimiter = ',')]
     pub disable: Vec<String>,
     /// At most one proxy sync per this period (default 1s; 0 for tests).
@@ -97,6 +97,21 @@ pub struct AgentArgs {
     /// leave every Service.
     #[arg(long, value_name = "DURATION")]
     pub node_lease_duration: Option<String>,
+    /// The cluster DNS address, kube-system/kube-dns's ClusterIP, served
+    /// on every node (default 10.96.0.10).
+    #[arg(long, value_name = "IP")]
+    pub cluster_dns: Option<String>,
+    /// The cluster domain (default cluster.local).
+    #[arg(long, value_name = "DOMAIN")]
+    pub cluster_domain: Option<String>,
+    /// The host's resolver file: DNS upstreams, and the file host-DNS pods
+    /// get (default /etc/resolv.conf; empty for none).
+    #[arg(long, value_name = "FILE")]
+    pub resolv_conf: Option<std::path::PathBuf>,
+    /// The node-local DNS address, also served on every node (default
+    /// 169.254.20.10).
+    #[arg(long, value_name = "IP")]
+    pub node_local_dns: Option<String>,
     /// Remove what knode made on this node (pods, cni0, the vxlan device,
     /// routes, iptables rules, the subnet file) and exit; parts turned off
     /// with --disable are left alone. The agent must be stopped.
@@ -109,7 +124,7 @@ pub async fn run(config: &Config, args: AgentArgs) -> Result<ExitCode> {
         return crate::cleanup::run(config).await;
     }
     let backend: Backend = config.backend()?;
-    let alloc = Allocators::parse(&config.service_cidr, &config.service_node_port_range)?;
+    let alloc = config.allocators()?;
     let cp = backend::open(&backend, &config.data_dir, alloc)
         .await
         .with_context(|| format!("open the control plane ({})", config.control_plane))?;
@@ -245,6 +260,13 @@ async fn start_node(
             crate::proxy::start(config, cp.clone())
                 .await
                 .context("start the proxy")?,
+        );
+    }
+    if config.enabled("dns") {
+        tasks.extend(
+            crate::dns::start(config, cp.clone())
+                .await
+                .context("start the cluster DNS")?,
         );
     }
     let overlay = match overlay {

@@ -11,7 +11,8 @@
 //! - the overlay: the `knode.<VNI>` vxlan device (its routes, neighbour
 //!   and FDB entries go with it), host-gw routes into the cluster network,
 //!   `KNODE-POSTRTG`/`KNODE-FWD`, and the subnet file;
-//! - the proxy: every `KUBE-*` chain and the jumps to them.
+//! - the proxy: every `KUBE-*` chain and the jumps to them;
+//! - dns: the `ip knode-dns` table and the DNS addresses on `lo`.
 //!
 //! It keeps the control-plane data (`data-dir`: on the embedded control
 //! plane that is the cluster's state), the config and the images in
@@ -59,6 +60,9 @@ pub async fn run(config: &Config) -> Result<ExitCode> {
                 "no rules"
             }
         ));
+    }
+    if config.enabled("dns") {
+        report.push(dns(config)?);
     }
     let _ = std::fs::remove_file(config.socket());
     for line in report {
@@ -177,6 +181,21 @@ fn overlay(config: &Config) -> Result<String> {
         done.push(format!("{} removed", config.subnet_file.display()));
     }
     Ok(format!("overlay: {}", summary(done)))
+}
+
+/// The NOTRACK table and the addresses on `lo`.
+fn dns(config: &Config) -> Result<String> {
+    let mut done = Vec::new();
+    let nft = hostnet::nftables::NfTablesSocket::open().context("open nf_tables")?;
+    if crate::dns::remove_rules(&nft).context("remove the DNS table")? {
+        done.push(format!("table ip {} deleted", crate::dns::TABLE));
+    }
+    for a in crate::dns::remove_addresses(&crate::dns::addresses(config))
+        .context("remove the DNS addresses from lo")?
+    {
+        done.push(format!("{a}/32 removed from lo"));
+    }
+    Ok(format!("dns: {}", summary(done)))
 }
 
 fn summary(done: Vec<String>) -> String {

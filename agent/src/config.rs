@@ -1,6 +1,7 @@
 //! Configuration: `/etc/knode/config.yaml` with every key also a flag;
 //! flags win. Keys are the flag names (`control-plane`, `data-dir`, ...).
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -68,6 +69,15 @@ pub struct Config {
     pub node_lease_duration: Duration,
     /// Answer NodePorts on 127.0.0.1 too (sets route_localnet).
     pub localhost_nodeports: bool,
+    /// The cluster DNS address: kube-dns's ClusterIP, served on every node.
+    pub cluster_dns: Ipv4Addr,
+    /// The cluster domain, e.g. `cluster.local`.
+    pub cluster_domain: String,
+    /// The host's resolver file: DNS upstreams and host-DNS pods' file
+    /// (empty: none).
+    pub resolv_conf: PathBuf,
+    /// The node-local DNS address (NodeLocal DNSCache's 169.254.20.10).
+    pub node_local_dns: Ipv4Addr,
 }
 
 impl Config {
@@ -79,12 +89,17 @@ impl Config {
             log_dir: self.log_dir.clone(),
             netns_dir: self.netns_dir.clone(),
             pod_manifest_path: self.pod_manifest_path.clone(),
+            dns: self.enabled("dns").then(|| kubelet::ClusterDns {
+                servers: vec![IpAddr::V4(self.cluster_dns)],
+                domain: self.cluster_domain.clone(),
+                resolv_conf: self.resolv_conf.clone(),
+            }),
         }
     }
 }
 
 /// The parts of the agent `--disable` can turn off.
-pub const PARTS: [&str; 3] = ["pods", "overlay", "proxy"];
+pub const PARTS: [&str; 4] = ["pods", "overlay", "proxy", "dns"];
 
 impl Default for Config {
     fn default() -> Self {
@@ -129,6 +144,10 @@ impl Default for Config {
             localhost_nodeports: false,
             // kubelet's nodeLeaseDurationSeconds.
             node_lease_duration: Duration::from_secs(40),
+            cluster_dns: Ipv4Addr::new(10, 96, 0, 10),
+            cluster_domain: "cluster.local".into(),
+            resolv_conf: "/etc/resolv.conf".into(),
+            node_local_dns: Ipv4Addr::new(169, 254, 20, 10),
         }
     }
 }
@@ -176,6 +195,10 @@ pub struct File {
     pub masquerade_all: Option<bool>,
     pub localhost_nodeports: Option<bool>,
     pub node_lease_duration: Option<String>,
+    pub cluster_dns: Option<String>,
+    pub cluster_domain: Option<String>,
+    pub resolv_conf: Option<PathBuf>,
+    pub node_local_dns: Option<String>,
 }
 
 impl File {
@@ -320,7 +343,46 @@ impl Config {
                 flags.node_lease_duration.or(file.node_lease_duration),
                 d.node_lease_duration,
             )?,
+            cluster_dns: ipv4(
+                "cluster-dns",
+                flags.cluster_dns.or(file.cluster_dns),
+                d.cluster_dns,
+            )?,
+            cluster_domain: flags
+                .cluster_domain
+                .or(file.cluster_domain)
+                .map(|d| d.trim_end_matches('.').to_ascii_lowercase())
+                .unwrap_or(d.cluster_domain),
+            resolv_conf: flags
+                .resolv_conf
+                .or(file.resolv_conf)
+                .unwrap_or(d.resolv_conf),
+            node_local_dns: ipv4(
+                "node-local-dns",
+                flags.node_local_dns.or(file.node_local_dns),
+                d.node_local_dns,
+            )?,
         };
+        if !is_domain(&c.cluster_domain) {
+            bail!(
+                "cluster-domain: {:?} is not a DNS domain like cluster.local",
+                c.cluster_domain
+            );
+        }
+        if c.node_local_dns == c.cluster_dns {
+            bail!(
+                "node-local-dns: must differ from cluster-dns ({})",
+                c.cluster_dns
+            );
+        }
+        for (key, ip) in [
+            ("cluster-dns", c.cluster_dns),
+            ("node-local-dns", c.node_local_dns),
+        ] {
+            if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || ip.is_broadcast() {
+                bail!("{key}: {ip} cannot be a node's DNS address (unspecified, loopback, multicast or broadcast)");
+            }
+        }
         if !c.metrics_bind_address.is_empty()
             && c.metrics_bind_address
                 .parse::<std::net::SocketAddr>()
@@ -383,6 +445,30 @@ impl Config {
         }))
     }
 
+    /// The control plane's allocators: `service-cidr`, the NodePort
+    /// range and, with DNS on, `cluster-dns` kept for `kube-system/kube-dns`
+    /// (when it lies outside the service CIDR that Service cannot exist:
+    /// said at start, and DNS still answers on the address).
+    pub fn allocators(&self) -> Result<controlplane::registry::Allocators> {
+        let alloc = controlplane::registry::Allocators::parse(
+            &self.service_cidr,
+            &self.service_node_port_range,
+        )?;
+        if !self.enabled("dns") {
+            return Ok(alloc);
+        }
+        match alloc
+            .clone()
+            .with_dns_service_ip(IpAddr::V4(self.cluster_dns))
+        {
+            Ok(a) => Ok(a),
+            Err(e) => {
+                tracing::warn!("{e}: no kube-system/kube-dns Service will be kept");
+                Ok(alloc)
+            }
+        }
+    }
+
     /// Whether `part` ([`PARTS`]) runs.
     pub fn enabled(&self, part: &str) -> bool {
         !self.disable.iter().any(|p| p == part)
@@ -392,6 +478,31 @@ impl Config {
     pub fn socket(&self) -> PathBuf {
         controlplane::rest::server::socket_path(&self.run_dir)
     }
+}
+
+/// A configured IPv4 address, or the default; the error names the key.
+fn ipv4(key: &str, v: Option<String>, default: Ipv4Addr) -> Result<Ipv4Addr> {
+    match v {
+        None => Ok(default),
+        Some(s) => s
+            .trim()
+            .parse()
+            .map_err(|_| anyhow::anyhow!("{key}: {s:?} is not an IPv4 address")),
+    }
+}
+
+/// A DNS domain: dot-separated labels of letters, digits and `-`, each 1
+/// to 63 characters, 253 in all.
+fn is_domain(d: &str) -> bool {
+    !d.is_empty()
+        && d.len() <= 253
+        && d.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
 }
 
 /// A configured duration, or the default; the error names the key.
@@ -585,6 +696,39 @@ mod tests {
         .contains("public-ip"));
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert!(parse_duration("5").is_err() && parse_duration("h").is_err());
+    }
+
+    #[test]
+    fn dns_keys_default_like_kubelet_and_bad_values_name_the_key() {
+        let c = Config::merge(File::default(), File::default()).unwrap();
+        assert_eq!(c.cluster_dns, Ipv4Addr::new(10, 96, 0, 10));
+        assert_eq!(c.cluster_domain, "cluster.local");
+        assert_eq!(c.resolv_conf, PathBuf::from("/etc/resolv.conf"));
+        assert_eq!(c.node_local_dns, Ipv4Addr::new(169, 254, 20, 10));
+        let k = c.kubelet().dns.expect("dns on by default");
+        assert_eq!(k.servers, vec![IpAddr::from([10, 96, 0, 10])]);
+        let off: File =
+            serde_yaml::from_str("disable: [dns]\ncluster-domain: Corp.Example.\n").unwrap();
+        let c = Config::merge(off, File::default()).unwrap();
+        assert!(c.kubelet().dns.is_none() && !c.enabled("dns"));
+        assert_eq!(c.cluster_domain, "corp.example");
+        for (yaml, want) in [
+            (
+                "cluster-dns: 10.96.0",
+                "cluster-dns: \"10.96.0\" is not an IPv4 address",
+            ),
+            ("cluster-dns: 127.0.0.1", "cluster-dns: 127.0.0.1 cannot be"),
+            (
+                "cluster-domain: bad_domain",
+                "cluster-domain: \"bad_domain\"",
+            ),
+            ("node-local-dns: nope", "node-local-dns: \"nope\""),
+            ("node-local-dns: 10.96.0.10", "node-local-dns: must differ"),
+        ] {
+            let file: File = serde_yaml::from_str(yaml).unwrap();
+            let e = format!("{:#}", Config::merge(file, File::default()).unwrap_err());
+            assert!(e.starts_with(want), "{yaml}: {e}");
+        }
     }
 
     #[test]

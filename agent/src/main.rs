@@ -6,6 +6,7 @@ mod agent;
 mod cleanup;
 mod cli;
 mod config;
+mod dns;
 mod proxy;
 
 use std::path::PathBuf;
@@ -239,6 +240,10 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
         masquerade_all: agent.and_then(|a| a.masquerade_all),
         localhost_nodeports: agent.and_then(|a| a.localhost_nodeports),
         node_lease_duration: flag(|a| a.node_lease_duration.clone()),
+        cluster_dns: flag(|a| a.cluster_dns.clone()),
+        cluster_domain: flag(|a| a.cluster_domain.clone()),
+        resolv_conf: agent.and_then(|a| a.resolv_conf.clone()),
+        node_local_dns: flag(|a| a.node_local_dns.clone()),
     };
     Config::merge(file, flags)
 }

@@ -14,7 +14,7 @@ use serde_json::Value;
 use crate::agent::Agent;
 use crate::containerd::Containerd;
 use crate::etcd::EtcdCluster;
-use crate::node::{is_running, node_flags, tail};
+use crate::node::{dns_flags, is_running, node_flags, tail};
 use crate::{unique, TempDir};
 use netns_tests::cluster::{wait_until, ClusterNet, UNDERLAY_IP};
 use netns_tests::TestNs;
@@ -131,7 +131,7 @@ impl Cluster {
         let namespace = unique(&format!("knode-e2e-n{i}-"));
         let mut global = vec!["--control-plane".to_string(), self.control_plane()];
         global.extend(node_flags(&root, &self.containerd, &namespace)?);
-        let agent = [
+        let mut agent: Vec<String> = [
             "--node-name",
             &name,
             "--iface",
@@ -145,6 +145,7 @@ impl Cluster {
         .chain(more)
         .map(|s| s.to_string())
         .collect();
+        agent.extend(dns_flags(&root)?);
         let agent = Agent::start_node(dir, self.net.node(i).path(), global, agent)?;
         Ok(ClusterNode {
             agent,

@@ -17,6 +17,9 @@ use netns_tests::TestNs;
 
 /// The pod subnet of a test node.
 pub const POD_CIDR: &str = "10.244.0.0/24";
+/// The upstream DNS server test nodes name in their `resolv-conf`, on the
+/// node namespace's loopback (see [`node_flags`]).
+pub const TEST_UPSTREAM: &str = "127.0.0.2";
 /// The node IP (TEST-NET-1), on an empty bridge in the node's namespace.
 pub const NODE_IP: &str = "192.0.2.10";
 
@@ -73,7 +76,7 @@ impl Node {
             }]
         });
         std::fs::write(conf.join("10-knode.conflist"), conflist.to_string())?;
-        let agent_flags = vec![
+        let mut agent_flags = vec![
             "--node-ip".to_string(),
             NODE_IP.to_string(),
             "--pod-cidr".to_string(),
@@ -82,6 +85,7 @@ impl Node {
             "--disable".to_string(),
             "overlay".to_string(),
         ];
+        agent_flags.extend(dns_flags(&root)?);
         let agent = Agent::start_node(dir, host.path(), extra, agent_flags)?;
         let n = Node {
             agent,
@@ -291,6 +295,19 @@ pub fn node_flags(root: &Path, containerd: &Containerd, namespace: &str) -> Resu
         flags.push(root.join(dir).display().to_string());
     }
     Ok(flags)
+}
+
+/// Agent flags for a test node's DNS: its `resolv-conf` (written under
+/// `root`) names [`TEST_UPSTREAM`] on the node namespace's loopback, so
+/// forwarding fails fast unless a test starts a server there, and never
+/// reaches the machine's own resolvers.
+pub fn dns_flags(root: &Path) -> Result<Vec<String>> {
+    let resolv = root.join("resolv.conf");
+    std::fs::write(&resolv, format!("nameserver {TEST_UPSTREAM}\n"))?;
+    Ok(vec![
+        "--resolv-conf".to_string(),
+        resolv.display().to_string(),
+    ])
 }
 
 /// The last `n` lines of `text`.

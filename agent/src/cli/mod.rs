@@ -14,7 +14,6 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use controlplane::backend::{self, Backend};
-use controlplane::registry::Allocators;
 use controlplane::{manifest, ControlPlane, Kind, Object};
 
 use crate::config::Config;
@@ -22,7 +21,7 @@ use crate::config::Config;
 /// The control plane as this CLI invocation reaches it.
 pub async fn connect(config: &Config) -> Result<Arc<dyn ControlPlane>> {
     let b: Backend = config.backend()?;
-    let alloc = Allocators::parse(&config.service_cidr, &config.service_node_port_range)?;
+    let alloc = config.allocators()?;
     Ok(backend::connect(&b, &config.socket(), alloc).await?)
 }
 

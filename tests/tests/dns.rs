@@ -163,22 +163,47 @@ spec:
     );
 
     let redis = cluster_ip(&n, "default", "redis-master")?;
-    for name in [
-        "redis-master",
-        "redis-master.default",
-        "redis-master.default.svc.cluster.local",
-    ] {
-        until_answers(&n, "client", name, &[&redis], &[], Duration::from_secs(10))?;
-    }
-    let api = cluster_ip(&n, "other", "api")?;
+    // busybox's nslookup applies the search list itself to dotless names only.
     until_answers(
         &n,
         "client",
-        "api.other",
-        &[&api],
+        "redis-master",
+        &[&redis],
         &[],
         Duration::from_secs(10),
     )?;
+    until_answers(
+        &n,
+        "client",
+        "redis-master.default.svc.cluster.local",
+        &[&redis],
+        &[],
+        Duration::from_secs(10),
+    )?;
+    // Dotted names as glibc resolves them with ndots:5: each search
+    // domain of the pod's file in turn, the first answer wins.
+    let search: Vec<&str> = conf
+        .lines()
+        .find_map(|l| l.strip_prefix("search "))
+        .context("a search line")?
+        .split_whitespace()
+        .collect();
+    let api = cluster_ip(&n, "other", "api")?;
+    for (name, want) in [("redis-master.default", &redis), ("api.other", &api)] {
+        let mut found = None;
+        for d in &search {
+            let out = lookup(&n, "client", &format!("{name}.{d}"))?;
+            if answered(&out, want) {
+                found = Some(d.to_string());
+                break;
+            }
+        }
+        assert_eq!(
+            found.as_deref(),
+            Some("svc.cluster.local"),
+            "{name} through search {search:?}"
+        );
+    }
     // The headless Service: its two ready pods, not the unready one.
     until_answers(
         &n,
@@ -196,8 +221,37 @@ spec:
     assert!(out.contains("NXDOMAIN"), "{out}");
     assert!(took < Duration::from_secs(3), "NXDOMAIN took {took:?}");
 
-    // No conntrack entry for pod -> cluster DNS, in either protocol.
-    let table = n.host_sh(&["conntrack", "-L"])?;
+    // No conntrack entry for pod -> cluster DNS, in either protocol. A
+    // control: a TCP connection on that same path to another port (a
+    // listener in the node's namespace) is tracked.
+    let mut listener = n
+        .host
+        .cmd(&["busybox", "nc", "-l", "-p", "5454"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .context("start a listener")?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut table = String::new();
+    let mut control = String::new();
+    let is_control =
+        |l: &str| l.contains(&format!("dst={CLUSTER_DNS} ")) && l.contains("dport=5454 ");
+    while !table.lines().any(is_control) && Instant::now() < deadline {
+        control = n.knode(&[
+            "exec",
+            "client",
+            "--",
+            "sh",
+            "-c",
+            &format!("echo hi | nc -w 1 {CLUSTER_DNS} 5454 2>&1; true"),
+        ])?;
+        table = n.host_sh(&["conntrack", "-L"])?;
+    }
+    let _ = listener.kill();
+    let _ = listener.wait();
+    assert!(
+        table.lines().any(is_control),
+        "conntrack does not see the control connection ({control}):\n{table}"
+    );
     let dns_entries: Vec<&str> = table
         .lines()
         .filter(|l| l.contains(&format!("dst={CLUSTER_DNS} ")) && l.contains("dport=53 "))
@@ -320,9 +374,10 @@ fn other_names_are_forwarded_to_the_upstream_and_cached() -> Result<()> {
             "--no-hosts",
             "--bind-interfaces",
             &format!("--listen-address={TEST_UPSTREAM}"),
-            "--interface=lo",
             "--address=/outside.example/192.0.2.99",
             "--log-queries",
+            // Its own answers are TTL 0 by default: never cacheable.
+            "--local-ttl=300",
             &format!("--log-facility={}", log.display()),
             "--pid-file=",
             "--user=root",

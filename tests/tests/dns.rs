@@ -410,3 +410,90 @@ fn other_names_are_forwarded_to_the_upstream_and_cached() -> Result<()> {
     let _ = dnsmasq.wait();
     result
 }
+
+/// Three nodes on etcd: a Service created through node 0 is answered by
+/// every node's own DNS (measured: created -> resolvable on each other
+/// node), and a pod on node 1 gets a headless Service's pods on nodes 0
+/// and 2.
+#[test]
+fn every_node_answers_new_services_and_headless_pods_across_nodes() -> Result<()> {
+    use knode_tests::cluster::Cluster;
+    let Some(c) = Cluster::for_test(
+        "every_node_answers_new_services_and_headless_pods_across_nodes",
+        3,
+    ) else {
+        return Ok(());
+    };
+    let lookup_on = |i: usize, name: &str| -> Result<String> {
+        let out = c
+            .ns(i)
+            .cmd(&["nslookup", name, CLUSTER_DNS])
+            .output()
+            .context("nslookup on a node")?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let mut latencies = Vec::new();
+    for k in 0..3 {
+        c.apply(&format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: fresh{k}}}\nspec:\n  ports: [{{port: 80}}]\n"
+        ))?;
+        let created = Instant::now();
+        let svc = c.get("service", &format!("fresh{k}"))?.context("created")?;
+        let ip = svc["spec"]["clusterIP"]
+            .as_str()
+            .context("a ClusterIP")?
+            .to_string();
+        let name = format!("fresh{k}.default.svc.cluster.local");
+        for i in 1..3 {
+            while !answered(&lookup_on(i, &name)?, &ip) {
+                assert!(
+                    created.elapsed() < Duration::from_secs(10),
+                    "node {i} never answered {name}"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            latencies.push(created.elapsed());
+        }
+    }
+    latencies.sort();
+    eprintln!("service created on node 0 -> resolvable on nodes 1, 2 (incl. one `knode get`): {latencies:?}");
+    assert!(
+        latencies[latencies.len() / 2] < Duration::from_secs(1),
+        "{latencies:?}"
+    );
+
+    let pod = |name: &str, node: &str, app: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, labels: {{app: {app}}}}}\nspec:\n  nodeName: {node}\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {{name: c, image: {BUSYBOX}, command: [sleep, '600']}}\n"
+        )
+    };
+    c.apply(
+        &[
+            pod("peer-a", "node-0", "peer"),
+            pod("peer-b", "node-2", "peer"),
+            pod("asker", "node-1", "asker"),
+            "apiVersion: v1\nkind: Service\nmetadata: {name: peers}\nspec:\n  clusterIP: None\n  selector: {app: peer}\n  ports: [{port: 80}]\n".to_string(),
+        ]
+        .join("---\n"),
+    )?;
+    let a = pod_ip(&c.wait_running("peer-a")?);
+    let b = pod_ip(&c.wait_running("peer-b")?);
+    c.wait_running("asker")?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = c.nodes[1].knode(&[
+            "exec",
+            "asker",
+            "--",
+            "sh",
+            "-c",
+            "nslookup peers 2>&1; true",
+        ])?;
+        if answered(&out, &a) && answered(&out, &b) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "peers from node 1:\n{out}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}

@@ -113,7 +113,8 @@ pub struct AgentArgs {
     #[arg(long, value_name = "IP")]
     pub node_local_dns: Option<String>,
     /// Remove what knode made on this node (pods, cni0, the vxlan device,
-    /// routes, iptables rules, the subnet file) and exit; parts turned off
+    /// routes, iptables rules, the subnet file, the DNS table and addresses
+    /// on lo) and exit; parts turned off
     /// with --disable are left alone. The agent must be stopped.
     #[arg(long)]
     pub cleanup: bool,

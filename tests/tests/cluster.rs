@@ -388,6 +388,7 @@ fn agent_cleanup_removes_what_knode_made_on_the_node() -> Result<()> {
         saved()
     );
     assert!(ns.sh(&["ip", "link", "show", "knode.1"]).is_ok());
+    assert!(ns.sh(&["nft", "list", "table", "ip", "knode-dns"]).is_ok());
 
     for round in 0..2 {
         let out = c.nodes[0].agent.cleanup()?;
@@ -399,6 +400,14 @@ fn agent_cleanup_removes_what_knode_made_on_the_node() -> Result<()> {
         assert!(out.status.success(), "cleanup round {round}: {text}");
         eprintln!("cleanup round {round}:\n{text}");
     }
+    // Cluster DNS: its table and its addresses on lo are gone.
+    let tables = ns.sh(&["nft", "list", "tables"])?;
+    assert!(!tables.contains("knode-dns"), "{tables}");
+    let lo = ns.sh(&["ip", "-4", "addr", "show", "dev", "lo"])?;
+    assert!(
+        !lo.contains("10.96.0.10/32") && !lo.contains("169.254.20.10/32"),
+        "{lo}"
+    );
     let links = ns.sh(&["ip", "-o", "link", "show"])?;
     assert!(
         !links.contains("knode.1") && !links.contains("cni0") && !links.contains("veth"),

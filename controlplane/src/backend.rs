@@ -83,7 +83,8 @@ impl FromStr for Backend {
 }
 
 /// The control plane the agent runs and serves: the registry over the
-/// backend's storage, with the `default` namespace in place.
+/// backend's storage, with the `default` and `kube-system` namespaces (and
+/// `kube-system/kube-dns` when the allocators keep a DNS address) in place.
 pub async fn open(backend: &Backend, data_dir: &Path, alloc: Allocators) -> Result<Arc<Registry>> {
     let registry = match backend {
         Backend::Embedded => Registry::new(Arc::new(Embedded::open(data_dir)?), alloc),

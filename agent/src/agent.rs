@@ -92,6 +92,10 @@ pub struct AgentArgs {
     /// Answer NodePorts on 127.0.0.1 too (default false).
     #[arg(long, value_name = "BOOL")]
     pub localhost_nodeports: Option<bool>,
+    /// `nftables` or `iptables` (default: nftables where the kernel has
+    /// nf_tables).
+    #[arg(long, value_name = "MODE")]
+    pub proxy_mode: Option<String>,
     /// The node's heartbeat Lease lifetime (default 40s, renewed every
     /// quarter of it); a node whose Lease expired is lost and its pods
     /// leave every Service.

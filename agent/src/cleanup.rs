@@ -11,7 +11,8 @@
 //! - the overlay: the `knode.<VNI>` vxlan device (its routes, neighbour
 //!   and FDB entries go with it), host-gw routes into the cluster network,
 //!   `KNODE-POSTRTG`/`KNODE-FWD`, and the subnet file;
-//! - the proxy: every `KUBE-*` chain and the jumps to them;
+//! - the proxy: every `KUBE-*` chain and the jumps to them, and nft table
+//!   `ip kube-proxy` (both modes, whichever ran);
 //! - dns: the `ip knode-dns` table and the DNS addresses on `lo`.
 //!
 //! It keeps the control-plane data (`data-dir`: on the embedded control
@@ -52,12 +53,17 @@ pub async fn run(config: &Config) -> Result<ExitCode> {
     if config.enabled("proxy") {
         let ipt = proxy::ExecIptables::new(proxy::Backend::detect());
         let removed = proxy::cleanup(&ipt).context("remove the proxy's rules")?;
+        let table = match hostnet::nftables::NfTablesSocket::open() {
+            Ok(nft) => proxy::nft::cleanup(&nft).context("remove table ip kube-proxy")?,
+            Err(_) => false,
+        };
         report.push(format!(
             "proxy: {}",
-            if removed {
-                "KUBE-* chains removed"
-            } else {
-                "no rules"
+            match (removed, table) {
+                (false, false) => "no rules",
+                (true, false) => "KUBE-* chains removed",
+                (false, true) => "nft table ip kube-proxy removed",
+                (true, true) => "KUBE-* chains and nft table ip kube-proxy removed",
             }
         ));
     }

@@ -78,6 +78,8 @@ pub struct Config {
     pub resolv_conf: PathBuf,
     /// The node-local DNS address (NodeLocal DNSCache's 169.254.20.10).
     pub node_local_dns: Ipv4Addr,
+    /// `nftables` or `iptables`; `None`: nftables where the kernel has it.
+    pub proxy_mode: Option<proxy::ProxyMode>,
 }
 
 impl Config {
@@ -142,6 +144,7 @@ impl Default for Config {
             nodeport_addresses: Vec::new(),
             masquerade_all: false,
             localhost_nodeports: false,
+            proxy_mode: None,
             // kubelet's nodeLeaseDurationSeconds.
             node_lease_duration: Duration::from_secs(40),
             cluster_dns: Ipv4Addr::new(10, 96, 0, 10),
@@ -199,6 +202,7 @@ pub struct File {
     pub cluster_domain: Option<String>,
     pub resolv_conf: Option<PathBuf>,
     pub node_local_dns: Option<String>,
+    pub proxy_mode: Option<String>,
 }
 
 impl File {
@@ -338,6 +342,12 @@ impl Config {
                 .localhost_nodeports
                 .or(file.localhost_nodeports)
                 .unwrap_or(d.localhost_nodeports),
+            proxy_mode: match flags.proxy_mode.or(file.proxy_mode) {
+                None => d.proxy_mode,
+                Some(m) => Some(proxy::ProxyMode::parse(&m).ok_or_else(|| {
+                    anyhow::anyhow!("proxy-mode: {m:?} is not nftables or iptables")
+                })?),
+            },
             node_lease_duration: duration(
                 "node-lease-duration",
                 flags.node_lease_duration.or(file.node_lease_duration),

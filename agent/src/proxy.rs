@@ -67,6 +67,7 @@ pub fn proxy_config(config: &Config) -> Result<ProxyConfig> {
     cfg.min_sync_period = config.proxy_min_sync_period;
     cfg.sync_period = config.proxy_sync_period;
     cfg.full_sync_period = config.proxy_full_sync_period;
+    cfg.mode = config.proxy_mode.unwrap_or_else(proxy::ProxyMode::detect);
     Ok(cfg)
 }
 

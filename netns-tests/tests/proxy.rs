@@ -1,9 +1,9 @@
 //! The service proxy against the real kernel, in namespaces the tests
 //! create: a "node" namespace with a pod bridge (br_netfilter is on in new
 //! namespaces), "pods" as namespaces on veth ports of that bridge, and an
-//! outside namespace on the node's address. The proxy's Syncer programs
-//! iptables in the node namespace only; clients and servers are real
-//! sockets (std and socat).
+//! outside namespace on the node's address. The proxy programs iptables or
+//! nftables in the node namespace only (tests made by `in_both_modes!` run
+//! once per mode); clients and servers are real sockets (std and socat).
 
 use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
@@ -22,8 +22,8 @@ use proxy::conntrack::netlink::NetlinkConntrack;
 use proxy::conntrack::Conntrack;
 use proxy::rules::names::{Protocol, ServicePortName};
 use proxy::{
-    Backend, Endpoint, ExecIptables, Iptables, Metrics, NodeConfig, ProxyConfig, ServicePort,
-    Syncer, Table,
+    Backend, Endpoint, ExecIptables, Iptables, Metrics, NftSyncer, NodeConfig, Proxier,
+    ProxyConfig, ProxyMode, ServicePort, Syncer, Table,
 };
 use serde_json::json;
 
@@ -98,8 +98,25 @@ impl Lab {
         })
     }
 
+    /// The engine of `mode`, programming the node namespace.
+    fn proxier(&self, mode: ProxyMode) -> Result<Box<dyn Proxier>> {
+        match mode {
+            ProxyMode::Iptables => Ok(Box::new(self.syncer()?)),
+            ProxyMode::Nftables => self.node.run(|| {
+                let nft = hostnet::nftables::NfTablesSocket::open()?;
+                let ct = NetlinkConntrack::open()?;
+                let s = NftSyncer::new(Arc::new(nft), node_config()).with_conntrack(Arc::new(ct));
+                Ok(Box::new(s) as Box<dyn Proxier>)
+            })?,
+        }
+    }
+
     /// Runs one sync in the node namespace.
-    fn sync(&self, s: &mut Syncer, desired: &[ServicePort]) -> Result<proxy::SyncOutcome> {
+    fn sync<P: Proxier + ?Sized>(
+        &self,
+        s: &mut P,
+        desired: &[ServicePort],
+    ) -> Result<proxy::SyncOutcome> {
         self.node
             .run(|| s.sync(desired))?
             .map_err(|e| anyhow!("sync: {e}"))
@@ -148,6 +165,41 @@ fn start(test: &str, pods: usize) -> Result<Option<(Lab, Syncer)>> {
     Ok(Some((lab, syncer)))
 }
 
+/// The lab of `test` in `mode`; `None` (a skip) without root.
+fn start_in(test: &str, pods: usize, mode: ProxyMode) -> Result<Option<(Lab, Box<dyn Proxier>)>> {
+    if !require_root(&format!("{test} ({})", mode.name())) {
+        return Ok(None);
+    }
+    let lab = Lab::new(pods)?;
+    let proxier = lab.proxier(mode)?;
+    Ok(Some((lab, proxier)))
+}
+
+/// `#[test]`s `name::iptables` and `name::nftables` calling `name(mode)`.
+macro_rules! in_both_modes {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn iptables() -> anyhow::Result<()> {
+                super::$name(proxy::ProxyMode::Iptables)
+            }
+            #[test]
+            fn nftables() -> anyhow::Result<()> {
+                super::$name(proxy::ProxyMode::Nftables)
+            }
+        }
+    )*};
+}
+
+in_both_modes!(
+    cluster_ip_spreads_over_two_backends_and_affinity_pins,
+    a_service_without_endpoints_refuses_at_once,
+    a_node_port_answers_from_outside_the_node,
+    rules_flushed_by_someone_else_come_back_after_the_canary_fires,
+    a_replaced_udp_endpoint_loses_its_stale_conntrack_entry,
+    run_follows_the_control_plane_and_repairs_a_flush,
+);
+
 fn pod_ip(i: usize) -> String {
     format!("10.244.1.{}", i + 2)
 }
@@ -186,6 +238,16 @@ fn service(
         })
         .collect();
     sp
+}
+
+/// What someone else does to the proxy's rules: `iptables -t nat -F`, or
+/// `nft flush ruleset` (which deletes every table).
+fn flush(lab: &Lab, mode: ProxyMode) -> Result<()> {
+    match mode {
+        ProxyMode::Iptables => lab.node.sh(&["iptables", "-t", "nat", "-F"])?,
+        ProxyMode::Nftables => lab.node.sh(&["nft", "flush", "ruleset"])?,
+    };
+    Ok(())
 }
 
 /// One TCP request from `client` to `addr`: what the server said.
@@ -236,17 +298,20 @@ fn udp_ask(client: &TestNs, sport: u16, addr: &str) -> Result<Option<String>> {
     })
 }
 
-#[test]
-fn cluster_ip_spreads_over_two_backends_and_affinity_pins() -> Result<()> {
-    let Some((mut lab, mut s)) =
-        start("cluster_ip_spreads_over_two_backends_and_affinity_pins", 3)?
+/// Affinity: iptables mode only (the nftables mode does not have it yet).
+fn cluster_ip_spreads_over_two_backends_and_affinity_pins(mode: ProxyMode) -> Result<()> {
+    let Some((mut lab, mut s)) = start_in(
+        "cluster_ip_spreads_over_two_backends_and_affinity_pins",
+        3,
+        mode,
+    )?
     else {
         return Ok(());
     };
     lab.serve(1, Protocol::Tcp, 8080, "b1")?;
     lab.serve(2, Protocol::Tcp, 8080, "b2")?;
     let mut web = service("web", Protocol::Tcp, "10.96.0.10", 80, &[1, 2], 8080);
-    let o = lab.sync(&mut s, std::slice::from_ref(&web))?;
+    let o = lab.sync(&mut *s, std::slice::from_ref(&web))?;
     assert!(o.full && o.restored);
     let client = &lab.pods[0];
     ask_until_answered(client, "10.244.1.3:8080")?;
@@ -265,9 +330,12 @@ fn cluster_ip_spreads_over_two_backends_and_affinity_pins() -> Result<()> {
     }
     // Binomial(100, 0.5): fewer than 25 on one side has probability < 1e-6.
     assert!(b1 >= 25 && b2 >= 25, "spread b1={b1} b2={b2}");
+    if mode == ProxyMode::Nftables {
+        return Ok(());
+    }
 
     web.affinity_seconds = Some(10_800);
-    let o = lab.sync(&mut s, std::slice::from_ref(&web))?;
+    let o = lab.sync(&mut *s, std::slice::from_ref(&web))?;
     assert!(!o.full, "an affinity change is a partial sync");
     let first = ask(client, "10.96.0.10:80")?.context("ask")?;
     for _ in 0..20 {
@@ -280,13 +348,13 @@ fn cluster_ip_spreads_over_two_backends_and_affinity_pins() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn a_service_without_endpoints_refuses_at_once() -> Result<()> {
-    let Some((lab, mut s)) = start("a_service_without_endpoints_refuses_at_once", 1)? else {
+fn a_service_without_endpoints_refuses_at_once(mode: ProxyMode) -> Result<()> {
+    let Some((lab, mut s)) = start_in("a_service_without_endpoints_refuses_at_once", 1, mode)?
+    else {
         return Ok(());
     };
     lab.sync(
-        &mut s,
+        &mut *s,
         &[service("empty", Protocol::Tcp, "10.96.0.20", 80, &[], 8080)],
     )?;
     let t = Instant::now();
@@ -300,9 +368,9 @@ fn a_service_without_endpoints_refuses_at_once() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn a_node_port_answers_from_outside_the_node() -> Result<()> {
-    let Some((mut lab, mut s)) = start("a_node_port_answers_from_outside_the_node", 2)? else {
+fn a_node_port_answers_from_outside_the_node(mode: ProxyMode) -> Result<()> {
+    let Some((mut lab, mut s)) = start_in("a_node_port_answers_from_outside_the_node", 2, mode)?
+    else {
         return Ok(());
     };
     lab.serve(1, Protocol::Tcp, 8080, "b1")?;
@@ -310,7 +378,7 @@ fn a_node_port_answers_from_outside_the_node() -> Result<()> {
         node_port: Some(30080),
         ..service("web", Protocol::Tcp, "10.96.0.30", 80, &[1], 8080)
     };
-    lab.sync(&mut s, &[web])?;
+    lab.sync(&mut *s, &[web])?;
     assert_eq!(
         ask_until_answered(&lab.outside, &format!("{NODE_IP}:30080"))?,
         "b1"
@@ -320,34 +388,40 @@ fn a_node_port_answers_from_outside_the_node() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn rules_flushed_by_someone_else_come_back_after_the_canary_fires() -> Result<()> {
-    let Some((mut lab, mut s)) = start(
+/// iptables: `iptables -t nat -F`; nftables: `nft flush ruleset`.
+fn rules_flushed_by_someone_else_come_back_after_the_canary_fires(mode: ProxyMode) -> Result<()> {
+    let Some((mut lab, mut s)) = start_in(
         "rules_flushed_by_someone_else_come_back_after_the_canary_fires",
         2,
+        mode,
     )?
     else {
         return Ok(());
     };
     lab.serve(1, Protocol::Tcp, 8080, "b1")?;
     let desired = [service("web", Protocol::Tcp, "10.96.0.40", 80, &[1], 8080)];
-    lab.sync(&mut s, &desired)?;
+    lab.sync(&mut *s, &desired)?;
     assert_eq!(ask_until_answered(&lab.pods[0], "10.96.0.40:80")?, "b1");
     assert!(lab.node.run(|| s.check_canary())?);
 
-    lab.node.sh(&["iptables", "-t", "nat", "-F"])?;
+    flush(&lab, mode)?;
     assert!(
         ask(&lab.pods[0], "10.96.0.40:80")?.is_err(),
         "flushed: the VIP leads nowhere"
     );
     // A partial sync alone would see nothing to do; the canary notices.
     assert!(!lab.node.run(|| s.check_canary())?);
-    let o = lab.sync(&mut s, &desired)?;
+    let o = lab.sync(&mut *s, &desired)?;
     assert!(o.full);
     assert_eq!(
         ask(&lab.pods[0], "10.96.0.40:80")?.context("ask after resync")?,
         "b1"
     );
+    if mode == ProxyMode::Nftables {
+        let tables = lab.node.sh(&["nft", "list", "tables"])?;
+        assert_eq!(tables.trim(), "table ip kube-proxy");
+        return Ok(());
+    }
     let prerouting = lab
         .node
         .sh(&["iptables", "-t", "nat", "-S", "PREROUTING"])?;
@@ -359,17 +433,19 @@ fn rules_flushed_by_someone_else_come_back_after_the_canary_fires() -> Result<()
     Ok(())
 }
 
-#[test]
-fn a_replaced_udp_endpoint_loses_its_stale_conntrack_entry() -> Result<()> {
-    let Some((mut lab, mut s)) =
-        start("a_replaced_udp_endpoint_loses_its_stale_conntrack_entry", 3)?
+fn a_replaced_udp_endpoint_loses_its_stale_conntrack_entry(mode: ProxyMode) -> Result<()> {
+    let Some((mut lab, mut s)) = start_in(
+        "a_replaced_udp_endpoint_loses_its_stale_conntrack_entry",
+        3,
+        mode,
+    )?
     else {
         return Ok(());
     };
     lab.serve(1, Protocol::Udp, 5353, "b1")?;
     lab.serve(2, Protocol::Udp, 5353, "b2")?;
     let dns = service("dns", Protocol::Udp, "10.96.0.53", 53, &[1], 5353);
-    lab.sync(&mut s, &[dns])?;
+    lab.sync(&mut *s, &[dns])?;
     let client = &lab.pods[0];
     let vip = "10.96.0.53:53";
     let mut first = None;
@@ -413,7 +489,7 @@ fn a_replaced_udp_endpoint_loses_its_stale_conntrack_entry() -> Result<()> {
 
     // b1 still runs: only a stale entry could still lead there.
     let o = lab.sync(
-        &mut s,
+        &mut *s,
         &[service("dns", Protocol::Udp, "10.96.0.53", 53, &[2], 5353)],
     )?;
     assert_eq!(o.conntrack_deleted, 1);
@@ -489,9 +565,10 @@ fn pod_json(name: &str, ip: &str) -> serde_json::Value {
                    "conditions": [{"type": "Ready", "status": "True"}]}})
 }
 
-#[test]
-fn run_follows_the_control_plane_and_repairs_a_flush() -> Result<()> {
-    let Some((mut lab, _)) = start("run_follows_the_control_plane_and_repairs_a_flush", 3)? else {
+fn run_follows_the_control_plane_and_repairs_a_flush(mode: ProxyMode) -> Result<()> {
+    let Some((mut lab, _)) =
+        start_in("run_follows_the_control_plane_and_repairs_a_flush", 3, mode)?
+    else {
         return Ok(());
     };
     lab.serve(1, Protocol::Tcp, 8080, "b1")?;
@@ -527,6 +604,7 @@ fn run_follows_the_control_plane_and_repairs_a_flush() -> Result<()> {
     cfg.min_sync_period = Duration::ZERO;
     cfg.canary_period = Duration::from_millis(200);
     cfg.netns = Some(lab.node.path().to_path_buf());
+    cfg.mode = mode;
     let metrics = Arc::new(Metrics::new(cfg.sync_period));
     let task = rt.spawn(proxy::run(Arc::clone(&cp), cfg, Arc::clone(&metrics)));
 
@@ -542,8 +620,8 @@ fn run_follows_the_control_plane_and_repairs_a_flush() -> Result<()> {
     );
     let moved = t.elapsed();
 
-    // Someone flushes nat: the canary brings the rules back.
-    lab.node.sh(&["iptables", "-t", "nat", "-F"])?;
+    // Someone flushes the rules: the canary brings them back.
+    flush(&lab, mode)?;
     assert!(
         wait_until(
             Duration::from_secs(3),

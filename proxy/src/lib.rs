@@ -1,13 +1,16 @@
 //! knode's service proxy (the kube-proxy part of the agent): the service
-//! view from the control plane -> the desired ruleset in kube-proxy's
-//! iptables structure (a pure function) -> one `iptables-restore --noflush`
-//! per sync that rewrites only changed chains, with full resyncs, a canary,
-//! UDP conntrack cleanup, metrics and health. The agent calls [`run`].
+//! view from the control plane -> in nftables mode ([`nft`]) one static
+//! table whose maps change by element, one netlink transaction per sync;
+//! in iptables mode kube-proxy's chain structure (a pure function) -> one
+//! `iptables-restore --noflush` per sync that rewrites only changed chains.
+//! Both with full resyncs, a canary, UDP conntrack cleanup, metrics and
+//! health. The agent calls [`run`] with the mode it chose.
 
 pub mod conntrack;
 pub mod iptables;
 pub mod metrics;
 mod nfnetlink;
+pub mod nft;
 pub mod rules;
 mod run;
 pub mod sync;
@@ -15,9 +18,10 @@ pub mod view;
 
 pub use iptables::{Backend, ExecIptables, Iptables};
 pub use metrics::{Health, Metrics};
+pub use nft::NftSyncer;
 pub use rules::{ruleset, NodeConfig, Ruleset, Table};
-pub use run::{run, ProxyConfig};
-pub use sync::{cleanup, SyncOutcome, Syncer};
+pub use run::{run, ProxyConfig, ProxyMode};
+pub use sync::{cleanup, Proxier, SyncOutcome, Syncer};
 pub use view::{service_ports, Endpoint, ServicePort};
 
 /// Errors of the proxy.
@@ -35,6 +39,9 @@ pub enum Error {
     /// A netlink reply could not be decoded.
     #[error("{what}: decode the reply: {detail}")]
     Decode { what: String, detail: String },
+    /// An nf_tables transaction or read failed (nftables mode).
+    #[error("{0}")]
+    Nft(#[from] hostnet::nftables::Error),
     /// A host setting (sysctl, namespace) could not be applied.
     #[error("{0}")]
     Host(#[from] hostnet::Error),

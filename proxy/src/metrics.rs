@@ -230,6 +230,7 @@ mod tests {
             chains_deleted: 0,
             filter_rules: 4,
             nat_rules: 12,
+            elements_changed: 0,
             conntrack_deleted: 0,
             restored: true,
             duration: Duration::from_millis(ms),

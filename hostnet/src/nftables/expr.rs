@@ -97,7 +97,13 @@ pub enum Reject {
     PortUnreachable,
     /// ICMP(v6) administratively prohibited (`inet` tables).
     AdminProhibited,
+    /// ICMP port unreachable (`ip` tables: the ICMPX codes are `inet`'s).
+    Icmp4PortUnreachable,
 }
+
+/// `fib` route type of a local address (`RTN_LOCAL`), as `fib daddr type`
+/// loads it (four bytes, host order).
+pub const RTN_LOCAL: u32 = 2;
 
 /// One expression of a rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,6 +166,9 @@ pub enum Expr {
     Reject(Reject),
     /// Exempts the packet from connection tracking.
     Notrack,
+    /// `fib daddr type` into `dreg`: the route type of the destination
+    /// address (compare with [`RTN_LOCAL`] for "an address of this host").
+    FibDaddrType { dreg: Reg },
 }
 
 /// Where a map lookup puts what it found.
@@ -282,6 +291,7 @@ impl Expr {
             Expr::Masquerade { .. } => "masq",
             Expr::Reject(_) => "reject",
             Expr::Notrack => "notrack",
+            Expr::FibDaddrType { .. } => "fib",
         }
     }
 
@@ -416,10 +426,15 @@ impl Expr {
                     Reject::TcpReset => (1, 0),
                     Reject::PortUnreachable => (2, 1),
                     Reject::AdminProhibited => (2, 3),
+                    Reject::Icmp4PortUnreachable => (0, 3),
                 };
                 d.be32(1, ty).put(2, &[code]);
             }
             Expr::Notrack => {}
+            Expr::FibDaddrType { dreg } => {
+                // NFTA_FIB_DREG, NFTA_FIB_RESULT (ADDRTYPE), NFTA_FIB_FLAGS (DADDR).
+                d.be32(1, dreg.wire()).be32(2, 3).be32(3, 2);
+            }
         }
     }
 }

@@ -21,7 +21,9 @@ mod wire;
 use std::io;
 
 pub use batch::{Batch, Op};
-pub use expr::{ct_state, Base, CmpOp, CtKey, Expr, LookupDest, MetaKey, NatKind, Reg, Reject};
+pub use expr::{
+    ct_state, Base, CmpOp, CtKey, Expr, LookupDest, MetaKey, NatKind, Reg, Reject, RTN_LOCAL,
+};
 pub use fake::{Applied, RecordingNfTables};
 pub use model::{
     BaseChain, Chain, ChainType, DataType, Elem, ElemData, Family, Field, Hook, KeyType, MapData,

@@ -20,8 +20,9 @@ use controlplane::Kind;
 use crate::conntrack::netlink::NetlinkConntrack;
 use crate::iptables::{Backend, ExecIptables};
 use crate::metrics::Metrics;
+use crate::nft::NftSyncer;
 use crate::rules::NodeConfig;
-use crate::sync::{Syncer, DEFAULT_FULL_SYNC_PERIOD};
+use crate::sync::{Proxier, Syncer, DEFAULT_FULL_SYNC_PERIOD};
 use crate::view::ServicePort;
 use crate::{Error, Result};
 use state::{strip_pod, View};
@@ -39,6 +40,8 @@ pub struct ProxyConfig {
     pub full_sync_period: Duration,
     /// How often the canary chains are checked.
     pub canary_period: Duration,
+    /// nftables or iptables; the agent picks it ([`ProxyMode::detect`]).
+    pub mode: ProxyMode,
     /// The iptables backend; `None` detects it ([`Backend::detect`]).
     pub backend: Option<Backend>,
     /// Program this network namespace instead of the agent's own (tests).
@@ -54,8 +57,98 @@ impl ProxyConfig {
             sync_period: Duration::from_secs(30),
             full_sync_period: DEFAULT_FULL_SYNC_PERIOD,
             canary_period: Duration::from_secs(5),
+            mode: ProxyMode::Nftables,
             backend: None,
             netns: None,
+        }
+    }
+}
+
+/// kube-proxy's `--proxy-mode`: how Services are programmed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyMode {
+    /// Table `ip kube-proxy`, changed by set/map elements ([`crate::nft`]).
+    Nftables,
+    /// kube-proxy's iptables chains through `iptables-restore`.
+    Iptables,
+}
+
+impl ProxyMode {
+    /// `nftables` or `iptables`.
+    pub fn parse(s: &str) -> Option<ProxyMode> {
+        match s {
+            "nftables" => Some(ProxyMode::Nftables),
+            "iptables" => Some(ProxyMode::Iptables),
+            _ => None,
+        }
+    }
+
+    /// The name `proxy-mode` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            ProxyMode::Nftables => "nftables",
+            ProxyMode::Iptables => "iptables",
+        }
+    }
+
+    /// nftables when the calling thread's kernel answers nf_tables requests
+    /// (one generation read), else iptables.
+    pub fn detect() -> ProxyMode {
+        let nft = hostnet::nftables::NfTablesSocket::open()
+            .and_then(|s| hostnet::nftables::NfTables::generation(&s));
+        match nft {
+            Ok(_) => ProxyMode::Nftables,
+            Err(e) => {
+                tracing::info!(error = %e, "proxy: no nf_tables; using iptables mode");
+                ProxyMode::Iptables
+            }
+        }
+    }
+}
+
+/// The engine of `cfg.mode`, after removing the other mode's rules (a node
+/// restarted with the other mode must not keep both). Runs on the sync
+/// thread, in the namespace the proxy programs.
+fn proxier(cfg: &ProxyConfig) -> Result<Box<dyn Proxier>> {
+    let ct = match NetlinkConntrack::open() {
+        Ok(ct) => Some(Arc::new(ct)),
+        Err(e) => {
+            tracing::warn!(error = %e, "proxy: no UDP conntrack cleanup");
+            None
+        }
+    };
+    let backend = || cfg.backend.unwrap_or_else(Backend::detect);
+    match cfg.mode {
+        ProxyMode::Nftables => {
+            let nft = Arc::new(hostnet::nftables::NfTablesSocket::open()?);
+            match crate::sync::cleanup(&ExecIptables::new(backend())) {
+                Ok(true) => tracing::info!("proxy: removed the iptables mode's rules"),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "proxy: remove the iptables mode's rules"),
+            }
+            let mut s =
+                NftSyncer::new(nft, cfg.node.clone()).with_full_sync_period(cfg.full_sync_period);
+            if let Some(ct) = ct {
+                s = s.with_conntrack(ct);
+            }
+            Ok(Box::new(s))
+        }
+        ProxyMode::Iptables => {
+            if let Ok(nft) = hostnet::nftables::NfTablesSocket::open() {
+                match crate::nft::cleanup(&nft) {
+                    Ok(true) => tracing::info!("proxy: removed the nftables mode's table"),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(error = %e, "proxy: remove table ip kube-proxy"),
+                }
+            }
+            let backend = backend();
+            tracing::info!(?backend, "proxy: iptables backend");
+            let mut s = Syncer::new(Arc::new(ExecIptables::new(backend)), cfg.node.clone())
+                .with_full_sync_period(cfg.full_sync_period);
+            if let Some(ct) = ct {
+                s = s.with_conntrack(ct);
+            }
+            Ok(Box::new(s))
         }
     }
 }
@@ -205,7 +298,7 @@ pub async fn run(cp: Arc<dyn ControlPlane>, cfg: ProxyConfig, metrics: Arc<Metri
     }
 }
 
-/// The sync thread: enters the namespace, picks the backend, then syncs
+/// The sync thread: enters the namespace, builds the mode's engine, then syncs
 /// whenever the view changed (no sooner than the min sync period after the
 /// last sync), a full sync is due, or the canary is gone.
 fn sync_thread(rx: &Mailbox, cfg: &ProxyConfig, metrics: &Metrics) -> Result<()> {
@@ -214,14 +307,8 @@ fn sync_thread(rx: &Mailbox, cfg: &ProxyConfig, metrics: &Metrics) -> Result<()>
     if cfg.node.localhost_nodeports {
         hostnet::sysctl::ensure("net/ipv4/conf/all/route_localnet", "1")?;
     }
-    let backend = cfg.backend.unwrap_or_else(Backend::detect);
-    tracing::info!(?backend, "proxy: iptables backend");
-    let mut syncer = Syncer::new(Arc::new(ExecIptables::new(backend)), cfg.node.clone())
-        .with_full_sync_period(cfg.full_sync_period);
-    match NetlinkConntrack::open() {
-        Ok(ct) => syncer = syncer.with_conntrack(Arc::new(ct)),
-        Err(e) => tracing::warn!(error = %e, "proxy: no UDP conntrack cleanup"),
-    }
+    tracing::info!(mode = cfg.mode.name(), "proxy: mode");
+    let mut syncer = proxier(cfg)?;
 
     let mut desired: Option<Vec<ServicePort>> = None;
     let mut queued: Option<Instant> = None;

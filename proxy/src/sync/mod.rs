@@ -31,6 +31,34 @@ use crate::Result;
 /// whole table: 2-3 s at 10k Services on legacy, 36-48 s on iptables-nft 1.8.9.
 pub const DEFAULT_FULL_SYNC_PERIOD: Duration = Duration::from_secs(3600);
 
+/// A proxy mode's sync engine, as kube-proxy's `Proxier`: the sync thread
+/// drives whichever one `main` chose ([`Syncer`] for iptables,
+/// [`crate::nft::NftSyncer`] for nftables) through these three calls.
+pub trait Proxier: Send {
+    /// Brings the kernel to the ruleset of `desired`.
+    fn sync(&mut self, desired: &[ServicePort]) -> Result<SyncOutcome>;
+    /// Checks that nobody removed the proxy's rules (iptables: the canary
+    /// chains; nftables: the table's handle). When they did, the next sync
+    /// is full and this returns false.
+    fn check_canary(&mut self) -> bool;
+    /// Whether the next sync will be full.
+    fn next_is_full(&self) -> bool;
+}
+
+impl Proxier for Syncer {
+    fn sync(&mut self, desired: &[ServicePort]) -> Result<SyncOutcome> {
+        Syncer::sync(self, desired)
+    }
+
+    fn check_canary(&mut self) -> bool {
+        Syncer::check_canary(self)
+    }
+
+    fn next_is_full(&self) -> bool {
+        Syncer::next_is_full(self)
+    }
+}
+
 /// What a successful sync did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncOutcome {
@@ -44,6 +72,8 @@ pub struct SyncOutcome {
     pub filter_rules: usize,
     /// Rules now in the proxy's nat chains.
     pub nat_rules: usize,
+    /// Set/map elements added or deleted (nftables mode; 0 in iptables mode).
+    pub elements_changed: usize,
     /// Stale UDP conntrack entries deleted.
     pub conntrack_deleted: usize,
     /// Whether iptables-restore ran at all (nothing changed otherwise).
@@ -339,6 +369,7 @@ impl Syncer {
             chains_deleted: deleted,
             filter_rules: count(Table::Filter),
             nat_rules: count(Table::Nat),
+            elements_changed: 0,
             conntrack_deleted,
             restored,
             duration: start.elapsed(),
@@ -417,7 +448,7 @@ pub fn cleanup(ipt: &dyn Iptables) -> Result<bool> {
 
 /// Where `now` is reached (taken from `was`, which names its VIP and
 /// NodePort) and the endpoints it leads to now.
-fn udp_targets(now: &ServicePort, was: &ServicePort) -> Vec<UdpTarget> {
+pub(crate) fn udp_targets(now: &ServicePort, was: &ServicePort) -> Vec<UdpTarget> {
     let endpoints: BTreeSet<(Ipv4Addr, u16)> =
         now.endpoints.iter().map(|e| (e.ip, e.port)).collect();
     let mut v = vec![UdpTarget {

@@ -1,0 +1,336 @@
+//! The nftables mode's sync engine: table `ip kube-proxy` built once per
+//! full sync (delete + recreate in one transaction) from the static
+//! skeleton of [`ruleset`], then kept current by partial syncs that send
+//! only set/map element changes, one transaction each. A deleted or
+//! recreated table (someone's `nft flush ruleset`) is noticed by its handle.
+
+pub mod ruleset;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hostnet::nftables::{Batch, Elem, NfTables, Value};
+use ruleset::{hairpin_elem, names, service_elements, set_named, skeleton, table, Element};
+
+use crate::conntrack::{self, Conntrack, UdpTarget};
+use crate::rules::names::{Protocol, ServicePortName};
+use crate::rules::NodeConfig;
+use crate::sync::{udp_targets, Proxier, SyncOutcome, DEFAULT_FULL_SYNC_PERIOD};
+use crate::view::ServicePort;
+use crate::Result;
+
+type Key = (ServicePortName, Protocol);
+
+/// One Service port as last applied.
+struct Applied {
+    view: ServicePort,
+    elems: Vec<Element>,
+}
+
+/// The nftables engine. Keeps what the last successful sync wrote, per
+/// Service port, so a partial sync diffs only the ports that changed.
+pub struct NftSyncer {
+    nft: Arc<dyn NfTables>,
+    conntrack: Option<Arc<dyn Conntrack>>,
+    node: NodeConfig,
+    full_period: Duration,
+    services: HashMap<Key, Applied>,
+    /// Endpoint IP → how many Service ports use it (its hairpin element).
+    hairpin: HashMap<Ipv4Addr, usize>,
+    /// The table's handle after the last full sync.
+    handle: Option<u64>,
+    need_full: bool,
+    last_full: Option<Instant>,
+}
+
+impl NftSyncer {
+    /// An engine writing through `nft` for `node`; the first sync is full.
+    pub fn new(nft: Arc<dyn NfTables>, node: NodeConfig) -> NftSyncer {
+        NftSyncer {
+            nft,
+            conntrack: None,
+            node,
+            full_period: DEFAULT_FULL_SYNC_PERIOD,
+            services: HashMap::new(),
+            hairpin: HashMap::new(),
+            handle: None,
+            need_full: true,
+            last_full: None,
+        }
+    }
+
+    /// Cleans stale UDP flows through `ct` after each sync.
+    pub fn with_conntrack(mut self, ct: Arc<dyn Conntrack>) -> NftSyncer {
+        self.conntrack = Some(ct);
+        self
+    }
+
+    /// A full sync at least every `period`.
+    pub fn with_full_sync_period(mut self, period: Duration) -> NftSyncer {
+        self.full_period = period;
+        self
+    }
+
+    /// Moves one Service port's endpoint IPs from `old` to `new` in the
+    /// hairpin counts, noting elements that appear or disappear.
+    fn count_hairpin(
+        &mut self,
+        old: Option<&ServicePort>,
+        new: Option<&ServicePort>,
+        diff: &mut Diff,
+    ) {
+        let ips = |v: Option<&ServicePort>| -> BTreeSet<Ipv4Addr> {
+            v.iter()
+                .flat_map(|v| v.endpoints.iter().map(|e| e.ip))
+                .collect()
+        };
+        let (before, after) = (ips(old), ips(new));
+        let changes = before
+            .difference(&after)
+            .map(|ip| (*ip, false))
+            .chain(after.difference(&before).map(|ip| (*ip, true)));
+        for (ip, add) in changes.collect::<Vec<_>>() {
+            let n = self.hairpin.entry(ip).or_default();
+            if add {
+                *n += 1;
+                if *n == 1 {
+                    diff.add((names::HAIRPIN.into(), hairpin_elem(ip), None));
+                }
+            } else {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.hairpin.remove(&ip);
+                    diff.delete((names::HAIRPIN.into(), hairpin_elem(ip), None));
+                }
+            }
+        }
+    }
+
+    fn sync_inner(&mut self, desired: &[ServicePort]) -> Result<SyncOutcome> {
+        let start = Instant::now();
+        let full = self.next_is_full();
+        let mut diff = Diff::default();
+        let mut udp: Vec<UdpTarget> = Vec::new();
+        let previous = if full {
+            self.hairpin.clear();
+            std::mem::take(&mut self.services)
+        } else {
+            HashMap::new()
+        };
+        let mut present: BTreeSet<Key> = BTreeSet::new();
+        for sp in desired {
+            let key = (sp.name.clone(), sp.protocol);
+            present.insert(key.clone());
+            let prev = if full {
+                previous.get(&key)
+            } else {
+                self.services.get(&key)
+            };
+            if !full && prev.is_some_and(|p| p.view == *sp) {
+                continue;
+            }
+            if sp.protocol == Protocol::Udp
+                && (full || prev.is_none_or(|p| p.view.endpoints != sp.endpoints))
+            {
+                udp.extend(udp_targets(sp, sp));
+            }
+            let elems = service_elements(sp);
+            let old = if full {
+                None
+            } else {
+                self.services.remove(&key)
+            };
+            if let Some(old) = &old {
+                diff.replace(&old.elems, &elems);
+            } else {
+                elems.iter().cloned().for_each(|e| diff.add(e));
+            }
+            self.count_hairpin(old.as_ref().map(|o| &o.view), Some(sp), &mut diff);
+            let applied = Applied {
+                view: sp.clone(),
+                elems,
+            };
+            self.services.insert(key, applied);
+        }
+        let gone: Vec<Key> = if full {
+            previous
+                .keys()
+                .filter(|k| !present.contains(*k))
+                .cloned()
+                .collect()
+        } else {
+            self.services
+                .keys()
+                .filter(|k| !present.contains(*k))
+                .cloned()
+                .collect()
+        };
+        for key in gone {
+            let old = if full {
+                previous.get(&key).map(|a| (a.view.clone(), Vec::new()))
+            } else {
+                self.services.remove(&key).map(|a| (a.view, a.elems))
+            };
+            let Some((view, elems)) = old else { continue };
+            if !full {
+                self.count_hairpin(Some(&view), None, &mut diff);
+                elems.into_iter().for_each(|e| diff.delete(e));
+            }
+            if view.protocol == Protocol::Udp {
+                let none = ServicePort {
+                    endpoints: Vec::new(),
+                    ..view.clone()
+                };
+                udp.extend(udp_targets(&none, &view));
+            }
+        }
+
+        let mut batch = if full {
+            skeleton(&self.node)
+        } else {
+            Batch::new()
+        };
+        let changed = diff.render(&mut batch);
+        let applied = !batch.is_empty();
+        if applied {
+            if let Err(e) = self.nft.apply(&batch) {
+                self.need_full = true;
+                return Err(e.into());
+            }
+        }
+        if full {
+            self.handle = self.nft.table(&table())?.map(|t| t.handle);
+            self.need_full = false;
+            self.last_full = Some(Instant::now());
+        }
+        let conntrack_deleted = self.clean_conntrack(&udp);
+        Ok(SyncOutcome {
+            full,
+            chains_written: 0,
+            chains_deleted: 0,
+            filter_rules: 0,
+            nat_rules: 0,
+            elements_changed: changed,
+            conntrack_deleted,
+            restored: applied,
+            duration: start.elapsed(),
+        })
+    }
+
+    fn clean_conntrack(&self, targets: &[UdpTarget]) -> usize {
+        let Some(ct) = &self.conntrack else { return 0 };
+        match conntrack::clean(ct.as_ref(), targets, &self.node.node_ips) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "clean stale UDP conntrack entries");
+                0
+            }
+        }
+    }
+}
+
+impl Proxier for NftSyncer {
+    fn sync(&mut self, desired: &[ServicePort]) -> Result<SyncOutcome> {
+        let r = self.sync_inner(desired);
+        if r.is_err() {
+            self.need_full = true;
+        }
+        r
+    }
+
+    /// Whether table `ip kube-proxy` is the one the last full sync built
+    /// (same handle); if not (deleted, flushed with the ruleset, or
+    /// recreated by someone) the next sync is full.
+    fn check_canary(&mut self) -> bool {
+        let now = self.nft.table(&table()).ok().flatten().map(|t| t.handle);
+        let intact = now.is_some() && now == self.handle;
+        if !intact && !self.need_full {
+            tracing::warn!("nft table ip kube-proxy gone or recreated: next sync is full");
+            self.need_full = true;
+        }
+        intact
+    }
+
+    fn next_is_full(&self) -> bool {
+        self.need_full
+            || self
+                .last_full
+                .is_none_or(|t| t.elapsed() >= self.full_period)
+    }
+}
+
+/// Element changes of one sync, by set: deletions go first in the batch,
+/// so a key whose value changed is deleted and re-added in one transaction.
+#[derive(Default)]
+struct Diff {
+    delete: BTreeMap<String, Vec<Elem>>,
+    add: BTreeMap<String, Vec<Elem>>,
+}
+
+impl Diff {
+    fn add(&mut self, (set, key, value): Element) {
+        self.add.entry(set).or_default().push(elem(key, value));
+    }
+
+    fn delete(&mut self, (set, key, _): Element) {
+        self.delete.entry(set).or_default().push(Elem::key(key));
+    }
+
+    /// From `old` to `new` elements of one Service port.
+    fn replace(&mut self, old: &[Element], new: &[Element]) {
+        let keyed = |v: &[Element]| -> HashMap<(String, Value), Option<Value>> {
+            v.iter()
+                .map(|(s, k, d)| ((s.clone(), k.clone()), d.clone()))
+                .collect()
+        };
+        let (before, after) = (keyed(old), keyed(new));
+        for (key, d) in &before {
+            if after.get(key) != Some(d) {
+                self.delete((key.0.clone(), key.1.clone(), None));
+            }
+        }
+        for (key, d) in &after {
+            if before.get(key) != Some(d) {
+                self.add((key.0.clone(), key.1.clone(), d.clone()));
+            }
+        }
+    }
+
+    /// Appends the changes to `batch`; returns how many elements.
+    fn render(self, batch: &mut Batch) -> usize {
+        let t = table();
+        let mut n = 0;
+        for (set, elems) in self.delete {
+            n += elems.len();
+            batch.delete_elements(&t, &set_named(&set), elems);
+        }
+        for (set, elems) in self.add {
+            n += elems.len();
+            batch.add_elements(&t, &set_named(&set), elems);
+        }
+        n
+    }
+}
+
+fn elem(key: Value, value: Option<Value>) -> Elem {
+    match value {
+        Some(v) => Elem::map(key, v),
+        None => Elem::key(key),
+    }
+}
+
+/// Deletes table `ip kube-proxy` (switching to iptables mode, or
+/// `knode agent --cleanup`). Returns whether it was there.
+pub fn cleanup(nft: &dyn NfTables) -> Result<bool> {
+    if nft.table(&table())?.is_none() {
+        return Ok(false);
+    }
+    let mut b = Batch::new();
+    b.delete_table(&table());
+    nft.apply(&b)?;
+    Ok(true)
+}

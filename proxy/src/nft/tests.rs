@@ -1,0 +1,272 @@
+//! The nftables ruleset with plain data, and the engine against the
+//! recording fake.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use hostnet::nftables::{Field, NfTables, Op, RecordingNfTables, Value};
+
+use super::ruleset::{self, fill, names, service_elements, slots, EXACT_TIERS};
+use super::*;
+use crate::view::{test_port, Endpoint};
+
+fn node() -> NodeConfig {
+    NodeConfig {
+        node_name: "n1".into(),
+        node_ips: Vec::new(),
+        cluster_cidr: Some("10.244.0.0/16".parse().expect("cidr")),
+        masquerade_all: false,
+        localhost_nodeports: false,
+    }
+}
+
+fn eps(n: usize) -> Vec<Endpoint> {
+    (0..n)
+        .map(|i| Endpoint {
+            ip: Ipv4Addr::from(0x0af4_0000 + i as u32),
+            port: 8080,
+            local: i % 2 == 0,
+        })
+        .collect()
+}
+
+fn by_set(elems: &[Element]) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for (s, _, _) in elems {
+        *m.entry(s.clone()).or_default() += 1;
+    }
+    m
+}
+
+fn counts(pairs: &[(&str, usize)]) -> BTreeMap<String, usize> {
+    pairs.iter().map(|(s, n)| (s.to_string(), *n)).collect()
+}
+
+#[test]
+fn a_cluster_ip_is_two_set_elements_and_one_map_element_per_endpoint() {
+    let sp = test_port(
+        "ns",
+        "web",
+        "http",
+        "10.96.0.10",
+        &[("10.244.1.2", true), ("10.244.2.2", false)],
+    );
+    let elems = service_elements(&sp);
+    assert_eq!(
+        by_set(&elems),
+        counts(&[
+            (names::SERVICE_IPS, 1),
+            ("service-ips-2", 1),
+            (names::SERVICE_ENDPOINTS, 2)
+        ])
+    );
+    let vip = "10.96.0.10".parse().unwrap();
+    // Slot 1 leads to the second endpoint.
+    let slot1 = Value::of(&[
+        Field::Ipv4(vip),
+        Field::Proto(6),
+        Field::Port(80),
+        Field::Mark(1),
+    ]);
+    let to = Value::of(&[Field::Ipv4("10.244.2.2".parse().unwrap()), Field::Port(80)]);
+    assert!(elems
+        .iter()
+        .any(|(_, k, v)| *k == slot1 && v.as_ref() == Some(&to)));
+}
+
+#[test]
+fn no_endpoints_means_reject_sets_only() {
+    let mut sp = test_port("ns", "web", "", "10.96.0.11", &[]);
+    sp.node_port = Some(30080);
+    assert_eq!(
+        by_set(&service_elements(&sp)),
+        counts(&[
+            (names::NO_ENDPOINT_SERVICES, 1),
+            (names::NO_ENDPOINT_NODEPORTS, 1)
+        ])
+    );
+}
+
+#[test]
+fn external_policy_local_balances_the_node_port_over_local_endpoints_unmasqueraded() {
+    let mut sp = test_port(
+        "ns",
+        "web",
+        "",
+        "10.96.0.12",
+        &[("10.244.1.2", true), ("10.244.2.2", false)],
+    );
+    sp.node_port = Some(30081);
+    sp.external_local = true;
+    let m = by_set(&service_elements(&sp));
+    assert_eq!(m[names::NODEPORTS_LOCAL], 1);
+    assert_eq!(m["service-nodeports-1"], 1);
+    assert_eq!(m[names::NODEPORT_ENDPOINTS], 1);
+    assert_eq!(m[names::SERVICE_ENDPOINTS], 2);
+}
+
+#[test]
+fn slots_are_exact_up_to_32_and_within_one_slot_beyond() {
+    for n in 1..=EXACT_TIERS as usize {
+        assert_eq!(fill(&eps(n)).len(), n, "one slot per endpoint at n={n}");
+    }
+    for (n, k) in [
+        (33, 1024),
+        (128, 1024),
+        (129, 8192),
+        (1000, 8192),
+        (8192, 65536),
+    ] {
+        let e = eps(n);
+        let f = fill(&e);
+        assert_eq!(f.len(), k, "n={n}");
+        let mut count: BTreeMap<Ipv4Addr, usize> = BTreeMap::new();
+        f.iter().for_each(|e| *count.entry(e.ip).or_default() += 1);
+        let (lo, hi) = (count.values().min().unwrap(), count.values().max().unwrap());
+        assert_eq!(count.len(), n);
+        assert!(hi - lo <= 1, "n={n}: {lo}..{hi} slots");
+        // At least 8 slots each: at most 1/8 over an even share.
+        assert!(*lo >= 8, "n={n}: {lo} slots");
+    }
+    assert_eq!(fill(&eps(9000)).len(), 65536, "the first 8192 are used");
+    assert_eq!(slots(0), 0);
+}
+
+#[test]
+fn the_skeleton_holds_every_rule_and_no_service() {
+    let b = ruleset::skeleton(&node());
+    assert!(matches!(b.ops()[0], Op::AddTable(_)));
+    assert!(matches!(b.ops()[1], Op::DeleteTable(_)));
+    let rules = b
+        .ops()
+        .iter()
+        .filter(|o| matches!(o, Op::AddRule { .. }))
+        .count();
+    let tiers = ruleset::tiers().len();
+    // 5 jumps; services: masquerade, a rule per tier, the NodePort jump;
+    // nodeports: masquerade and a rule per tier; 2 checks; 2 postrouting.
+    assert_eq!(rules, 5 + (2 + tiers) + (1 + tiers) + 2 + 2);
+    assert!(!b.ops().iter().any(|o| matches!(o, Op::AddElements { .. })));
+}
+
+fn services(n: usize, eps_each: usize) -> Vec<ServicePort> {
+    (0..n)
+        .map(|i| {
+            let vip = Ipv4Addr::from(0x0a60_0000 + i as u32).to_string();
+            let mut sp = test_port("ns", &format!("s{i}"), "", &vip, &[]);
+            sp.endpoints = (0..eps_each)
+                .map(|j| Endpoint {
+                    ip: Ipv4Addr::from(0x0af4_0000 + (i * eps_each + j) as u32),
+                    port: 8080,
+                    local: false,
+                })
+                .collect();
+            sp
+        })
+        .collect()
+}
+
+fn fake_syncer() -> (Arc<RecordingNfTables>, NftSyncer) {
+    let fake = Arc::new(RecordingNfTables::new());
+    let s = NftSyncer::new(fake.clone(), node());
+    (fake, s)
+}
+
+#[test]
+fn at_10000_services_one_endpoint_change_is_only_element_changes() {
+    let (fake, mut s) = fake_syncer();
+    let mut desired = services(10_000, 5);
+    let o = s.sync(&desired).expect("full sync");
+    assert!(o.full);
+    let first = fake.batches();
+    assert_eq!(first.len(), 1, "a full sync is one transaction");
+    assert!(!first[0].only_elements());
+
+    desired[4321].endpoints[2].ip = "10.250.0.1".parse().unwrap();
+    let start = Instant::now();
+    let o = s.sync(&desired).expect("partial sync");
+    let took = start.elapsed();
+    assert!(!o.full);
+    let batches = fake.batches();
+    assert_eq!(batches.len(), 2);
+    let b = &batches[1];
+    assert!(b.only_elements(), "{:?}", b.ops());
+    // The slot's value changed (delete + add) and the hairpin set swapped
+    // one address for another: four elements in four messages.
+    assert_eq!(o.elements_changed, 4, "{:?}", b.ops());
+    assert_eq!(b.ops().len(), 4, "{:?}", b.ops());
+    eprintln!("partial sync at 10k Services against the fake: {took:?}");
+
+    // Nothing changed: nothing sent.
+    let o = s.sync(&desired).expect("idle sync");
+    assert!(!o.restored);
+    assert_eq!(fake.batches().len(), 2);
+}
+
+#[test]
+fn services_coming_and_going_are_elements_and_share_hairpin_entries() {
+    let (fake, mut s) = fake_syncer();
+    let a = test_port("ns", "a", "", "10.96.0.1", &[("10.244.1.2", true)]);
+    let b = test_port("ns", "b", "", "10.96.0.2", &[("10.244.1.2", true)]);
+    s.sync(std::slice::from_ref(&a)).unwrap();
+    let o = s.sync(&[a.clone(), b.clone()]).unwrap();
+    // b: in service-ips and its tier, one endpoint; the hairpin entry exists.
+    assert_eq!(o.elements_changed, 3);
+    let o = s.sync(std::slice::from_ref(&b)).unwrap();
+    assert_eq!(o.elements_changed, 3, "a's go, the hairpin stays");
+    let o = s.sync(&[]).unwrap();
+    assert_eq!(o.elements_changed, 4);
+    assert!(fake.batches()[1..].iter().all(|b| b.only_elements()));
+    let left = fake.elements(&table(), names::HAIRPIN).unwrap();
+    assert!(left.is_empty());
+    assert!(fake
+        .elements(&table(), names::SERVICE_IPS)
+        .unwrap()
+        .is_empty());
+}
+
+#[test]
+fn a_deleted_table_is_noticed_and_rebuilt_by_the_next_sync() {
+    let (fake, mut s) = fake_syncer();
+    let desired = services(3, 2);
+    s.sync(&desired).unwrap();
+    assert!(s.check_canary());
+    fake.remove_table(&table());
+    assert!(!s.check_canary());
+    assert!(s.next_is_full());
+    let o = s.sync(&desired).unwrap();
+    assert!(o.full);
+    assert!(s.check_canary());
+    assert_eq!(
+        fake.elements(&table(), names::SERVICE_IPS).unwrap().len(),
+        3
+    );
+}
+
+#[test]
+fn a_failed_transaction_makes_the_next_sync_full() {
+    let (fake, mut s) = fake_syncer();
+    let mut desired = services(2, 1);
+    s.sync(&desired).unwrap();
+    desired[0].endpoints.clear();
+    fake.state.lock().unwrap().fail_next = Some(libc::ENOMEM);
+    assert!(s.sync(&desired).is_err());
+    assert!(s.next_is_full());
+    assert!(s.sync(&desired).unwrap().full);
+    assert_eq!(
+        fake.elements(&table(), names::NO_ENDPOINT_SERVICES)
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn cleanup_deletes_the_table_once() {
+    let (fake, mut s) = fake_syncer();
+    s.sync(&services(1, 1)).unwrap();
+    assert!(cleanup(fake.as_ref()).unwrap());
+    assert!(!cleanup(fake.as_ref()).unwrap());
+    assert!(fake.table(&table()).unwrap().is_none());
+}

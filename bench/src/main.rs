@@ -82,6 +82,11 @@ const BENCHES: &[Bench] = &[
         run: proxy::run,
     },
     Bench {
+        name: "proxy-nft",
+        about: "nftables mode: full sync at 1k/10k/50k, partial sync at 10k/50k beside the iptables mode's",
+        run: proxy::nftmode::run,
+    },
+    Bench {
         name: "overlay",
         about: "iperf3 pod-to-pod vs raw underlay and raw vxlan, join convergence and 1,000 leases vs ip -batch",
         run: overlay::run,

@@ -198,6 +198,7 @@ in_both_modes!(
     rules_flushed_by_someone_else_come_back_after_the_canary_fires,
     a_replaced_udp_endpoint_loses_its_stale_conntrack_entry,
     run_follows_the_control_plane_and_repairs_a_flush,
+    a_pod_reaches_itself_through_its_service,
 );
 
 fn pod_ip(i: usize) -> String {
@@ -430,6 +431,32 @@ fn rules_flushed_by_someone_else_come_back_after_the_canary_fires(mode: ProxyMod
         1,
         "{prerouting}"
     );
+    Ok(())
+}
+
+/// Hairpin: the only endpoint asks its own Service; without masquerade
+/// its reply would bypass the node's un-DNAT and never match.
+fn a_pod_reaches_itself_through_its_service(mode: ProxyMode) -> Result<()> {
+    let Some((mut lab, mut s)) = start_in("a_pod_reaches_itself_through_its_service", 2, mode)?
+    else {
+        return Ok(());
+    };
+    // As knode-bridge's hairpinMode does: br_netfilter DNATs the frame
+    // back towards the port it came from.
+    lab.node.sh(&[
+        "ip",
+        "link",
+        "set",
+        "vp1",
+        "type",
+        "bridge_slave",
+        "hairpin",
+        "on",
+    ])?;
+    lab.serve(1, Protocol::Tcp, 8080, "b1")?;
+    let web = service("web", Protocol::Tcp, "10.96.0.60", 80, &[1], 8080);
+    lab.sync(&mut *s, &[web])?;
+    assert_eq!(ask_until_answered(&lab.pods[1], "10.96.0.60:80")?, "b1");
     Ok(())
 }
 

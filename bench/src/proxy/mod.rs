@@ -6,6 +6,7 @@
 //! Everything happens in namespaces this harness creates and drops.
 
 mod connect;
+pub mod nftmode;
 mod report;
 mod rss;
 

@@ -29,6 +29,8 @@ type Key = (ServicePortName, Protocol);
 struct Applied {
     view: ServicePort,
     elems: Vec<Element>,
+    /// The last sync that found it in the desired view.
+    epoch: u64,
 }
 
 /// The nftables engine. Keeps what the last successful sync wrote, per
@@ -43,6 +45,8 @@ pub struct NftSyncer {
     hairpin: HashMap<Ipv4Addr, usize>,
     /// The table's handle after the last full sync.
     handle: Option<u64>,
+    /// Counts syncs (see `Applied::epoch`).
+    epoch: u64,
     need_full: bool,
     last_full: Option<Instant>,
 }
@@ -58,6 +62,7 @@ impl NftSyncer {
             services: HashMap::new(),
             hairpin: HashMap::new(),
             handle: None,
+            epoch: 0,
             need_full: true,
             last_full: None,
         }
@@ -121,18 +126,27 @@ impl NftSyncer {
         } else {
             HashMap::new()
         };
-        let mut present: BTreeSet<Key> = BTreeSet::new();
+        // Service ports of `desired` found in the record are stamped with
+        // this sync's epoch; the others in the record are gone. No set of
+        // keys is built: at 10k Services one was most of a partial sync.
+        self.epoch += 1;
+        let epoch = self.epoch;
+        let mut kept = 0;
         for sp in desired {
             let key = (sp.name.clone(), sp.protocol);
-            present.insert(key.clone());
             let prev = if full {
                 previous.get(&key)
             } else {
+                let found = self.services.get_mut(&key);
+                if let Some(p) = found {
+                    p.epoch = epoch;
+                    if p.view == *sp {
+                        kept += 1;
+                        continue;
+                    }
+                }
                 self.services.get(&key)
             };
-            if !full && prev.is_some_and(|p| p.view == *sp) {
-                continue;
-            }
             if sp.protocol == Protocol::Udp
                 && (full || prev.is_none_or(|p| p.view.endpoints != sp.endpoints))
             {
@@ -153,21 +167,25 @@ impl NftSyncer {
             let applied = Applied {
                 view: sp.clone(),
                 elems,
+                epoch,
             };
             self.services.insert(key, applied);
+            kept += 1;
         }
         let gone: Vec<Key> = if full {
             previous
                 .keys()
-                .filter(|k| !present.contains(*k))
+                .filter(|k| !self.services.contains_key(*k))
                 .cloned()
+                .collect()
+        } else if self.services.len() > kept {
+            self.services
+                .iter()
+                .filter(|(_, a)| a.epoch != epoch)
+                .map(|(k, _)| k.clone())
                 .collect()
         } else {
-            self.services
-                .keys()
-                .filter(|k| !present.contains(*k))
-                .cloned()
-                .collect()
+            Vec::new()
         };
         for key in gone {
             let old = if full {

@@ -257,6 +257,27 @@ fn pick(key: Vec<Expr>, key_regs: u8, slots: u32, map: &str) -> Vec<Expr> {
     v
 }
 
+/// One rule per tier in `chain`: when `key()` is in the tier's set
+/// (`tier_set(k)`), DNAT to `key . numgen random mod k` looked up in `map`.
+/// Each expression of `key` loads one field into one register.
+fn balance(
+    b: &mut Batch,
+    chain: &str,
+    key: fn() -> Vec<Expr>,
+    tier_set: fn(u32) -> String,
+    map: &str,
+) {
+    let regs = key().len() as u8;
+    for k in tiers() {
+        let rule = cat(vec![
+            key(),
+            vec![Expr::lookup(tier_set(k), r(0))],
+            pick(key(), regs, k, map),
+        ]);
+        b.add_rule(&table(), chain, rule, None);
+    }
+}
+
 fn cat(parts: Vec<Vec<Expr>>) -> Vec<Expr> {
     parts.into_iter().flatten().collect()
 }
@@ -311,14 +332,13 @@ pub fn skeleton(node: &NodeConfig) -> Batch {
         ]);
         b.add_rule(&t, "services", rule, Some("cluster IP from off-cluster"));
     }
-    for k in tiers() {
-        let rule = cat(vec![
-            vip_key(),
-            vec![Expr::lookup(vip_tier(k), r(0))],
-            pick(vip_key(), 3, k, names::SERVICE_ENDPOINTS),
-        ]);
-        b.add_rule(&t, "services", rule, None);
-    }
+    balance(
+        &mut b,
+        "services",
+        vip_key,
+        vip_tier,
+        names::SERVICE_ENDPOINTS,
+    );
     let to_nodeports = cat(vec![nodeport_addr(node), jump("nodeports")]);
     b.add_rule(&t, "services", to_nodeports, None);
 
@@ -337,14 +357,13 @@ pub fn skeleton(node: &NodeConfig) -> Batch {
         mark_masq(),
     ]);
     b.add_rule(&t, "nodeports", np_masq, Some("policy Cluster"));
-    for k in tiers() {
-        let rule = cat(vec![
-            port_key(),
-            vec![Expr::lookup(nodeport_tier(k), r(0))],
-            pick(port_key(), 2, k, names::NODEPORT_ENDPOINTS),
-        ]);
-        b.add_rule(&t, "nodeports", rule, None);
-    }
+    balance(
+        &mut b,
+        "nodeports",
+        port_key,
+        nodeport_tier,
+        names::NODEPORT_ENDPOINTS,
+    );
 
     // Refuse Services without endpoints at once.
     let reject = vec![Expr::Reject(Reject::Icmp4PortUnreachable)];

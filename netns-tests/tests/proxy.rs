@@ -592,6 +592,7 @@ fn pod_json(name: &str, ip: &str) -> serde_json::Value {
                    "conditions": [{"type": "Ready", "status": "True"}]}})
 }
 
+/// Also: the node ran the other mode before; starting removes its rules.
 fn run_follows_the_control_plane_and_repairs_a_flush(mode: ProxyMode) -> Result<()> {
     let Some((mut lab, _)) =
         start_in("run_follows_the_control_plane_and_repairs_a_flush", 3, mode)?
@@ -600,6 +601,19 @@ fn run_follows_the_control_plane_and_repairs_a_flush(mode: ProxyMode) -> Result<
     };
     lab.serve(1, Protocol::Tcp, 8080, "b1")?;
     lab.serve(2, Protocol::Tcp, 8080, "b2")?;
+    let (other, other_mark) = match mode {
+        ProxyMode::Nftables => (ProxyMode::Iptables, "KUBE-SERVICES"),
+        ProxyMode::Iptables => (ProxyMode::Nftables, "kube-proxy"),
+    };
+    let mut before = lab.proxier(other)?;
+    let old = service("old", Protocol::Tcp, "10.96.0.70", 80, &[1], 8080);
+    lab.sync(&mut *before, &[old])?;
+    drop(before);
+    let other_rules = |lab: &Lab| match mode {
+        ProxyMode::Nftables => lab.node.sh(&["iptables", "-t", "nat", "-S"]),
+        ProxyMode::Iptables => lab.node.sh(&["nft", "list", "tables"]),
+    };
+    assert!(other_rules(&lab)?.contains(other_mark));
     let dir = TempDir::new("pxcp")?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -637,6 +651,8 @@ fn run_follows_the_control_plane_and_repairs_a_flush(mode: ProxyMode) -> Result<
 
     let client = &lab.pods[0];
     ask_until_answered(client, &vip)?;
+    let left = other_rules(&lab)?;
+    assert!(!left.contains(other_mark), "{}: {left}", other.name());
     // A removed endpoint stops getting new connections within 1 s.
     rt.block_on(cp.delete(&ObjectRef::new(Kind::Pod, "default", "web-1"), None))?;
     let t = Instant::now();

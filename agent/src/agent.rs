@@ -122,6 +122,18 @@ pub struct AgentArgs {
     /// with --disable are left alone. The agent must be stopped.
     #[arg(long)]
     pub cleanup: bool,
+    /// Where the Kubernetes API listens (default 127.0.0.1).
+    #[arg(long, value_name = "IP")]
+    pub api_bind_address: Option<String>,
+    /// The Kubernetes API's HTTPS port (default 6443; 0 turns it off).
+    #[arg(long, value_name = "PORT")]
+    pub api_port: Option<u16>,
+    /// Where the admin kubeconfig is written (default /etc/knode/knode.yaml).
+    #[arg(long, value_name = "FILE")]
+    pub write_kubeconfig: Option<std::path::PathBuf>,
+    /// Static bearer tokens, kube-apiserver's CSV (token,user,uid,"groups").
+    #[arg(long, value_name = "FILE")]
+    pub token_auth_file: Option<std::path::PathBuf>,
 }
 
 pub async fn run(config: &Config, args: AgentArgs) -> Result<ExitCode> {
@@ -143,6 +155,7 @@ pub async fn run(config: &Config, args: AgentArgs) -> Result<ExitCode> {
         "knode agent serving"
     );
     let serving = tokio::spawn(server::serve(listener, cp.clone() as Arc<dyn ControlPlane>));
+    let api = crate::api::start(config, cp.clone() as Arc<dyn ControlPlane>).await?;
     let node = start_node(config, &args, cp.clone() as Arc<dyn ControlPlane>).await?;
     notify_ready();
     let failed = tokio::select! {
@@ -151,6 +164,9 @@ pub async fn run(config: &Config, args: AgentArgs) -> Result<ExitCode> {
     };
     tracing::info!("stopping");
     serving.abort();
+    if let Some(api) = api {
+        api.abort();
+    }
     // Pods and the data plane keep running: a restarted agent adopts them.
     for t in node.tasks {
         t.abort();

@@ -67,6 +67,14 @@ pub struct Config {
     pub masquerade_all: bool,
     /// The heartbeat Lease's lifetime; renewed every quarter of it.
     pub node_lease_duration: Duration,
+    /// Where the Kubernetes API listens over HTTPS (`api-bind-address`,
+    /// `api-port`; port 0 turns it off).
+    pub api_bind_address: String,
+    pub api_port: u16,
+    /// Where the admin kubeconfig is written (mode 0600).
+    pub write_kubeconfig: PathBuf,
+    /// kube-apiserver's static token CSV (`token,user,uid,"groups"`).
+    pub token_auth_file: Option<PathBuf>,
     /// Answer NodePorts on 127.0.0.1 too (sets route_localnet).
     pub localhost_nodeports: bool,
     /// The cluster DNS address: kube-dns's ClusterIP, served on every node.
@@ -151,6 +159,10 @@ impl Default for Config {
             cluster_domain: "cluster.local".into(),
             resolv_conf: "/etc/resolv.conf".into(),
             node_local_dns: Ipv4Addr::new(169, 254, 20, 10),
+            api_bind_address: "127.0.0.1".into(),
+            api_port: 6443,
+            write_kubeconfig: "/etc/knode/knode.yaml".into(),
+            token_auth_file: None,
         }
     }
 }
@@ -203,6 +215,10 @@ pub struct File {
     pub resolv_conf: Option<PathBuf>,
     pub node_local_dns: Option<String>,
     pub proxy_mode: Option<String>,
+    pub api_bind_address: Option<String>,
+    pub api_port: Option<u16>,
+    pub write_kubeconfig: Option<PathBuf>,
+    pub token_auth_file: Option<PathBuf>,
 }
 
 impl File {
@@ -392,6 +408,23 @@ impl Config {
             if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || ip.is_broadcast() {
                 bail!("{key}: {ip} cannot be a node's DNS address (unspecified, loopback, multicast or broadcast)");
             }
+        }
+            api_bind_address: flags
+                .api_bind_address
+                .or(file.api_bind_address)
+                .unwrap_or(d.api_bind_address),
+            api_port: flags.api_port.or(file.api_port).unwrap_or(d.api_port),
+            write_kubeconfig: flags
+                .write_kubeconfig
+                .or(file.write_kubeconfig)
+                .unwrap_or(d.write_kubeconfig),
+            token_auth_file: flags.token_auth_file.or(file.token_auth_file),
+        };
+        if c.api_bind_address.parse::<std::net::IpAddr>().is_err() {
+            bail!(
+                "api-bind-address: {:?} is not an IP address",
+                c.api_bind_address
+            );
         }
         if !c.metrics_bind_address.is_empty()
             && c.metrics_bind_address

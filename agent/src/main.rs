@@ -3,6 +3,7 @@
 //! hands over to the agent or to one CLI command.
 
 mod agent;
+mod api;
 mod cleanup;
 mod cli;
 mod config;
@@ -117,6 +118,8 @@ enum Command {
     },
     /// Import, pull, list and remove images (containerd, directly).
     Image(cli::image::ImageArgs),
+    /// Print the admin kubeconfig of the local agent's Kubernetes API.
+    Kubeconfig,
     /// Print the version.
     Version,
 }
@@ -175,6 +178,7 @@ fn main() -> ExitCode {
             Command::Image(args) => cli::image::run(&config, args).await,
             Command::Logs(args) => cli::logs::run(&config, args).await,
             Command::Exec(args) => cli::exec::run(&config, args).await,
+            Command::Kubeconfig => api::print_kubeconfig(&config),
             Command::Version | Command::LogWriter { .. } => Ok(ExitCode::SUCCESS),
         }
     });
@@ -245,6 +249,10 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
         cluster_domain: flag(|a| a.cluster_domain.clone()),
         resolv_conf: agent.and_then(|a| a.resolv_conf.clone()),
         node_local_dns: flag(|a| a.node_local_dns.clone()),
+        api_bind_address: flag(|a| a.api_bind_address.clone()),
+        api_port: agent.and_then(|a| a.api_port),
+        write_kubeconfig: agent.and_then(|a| a.write_kubeconfig.clone()),
+        token_auth_file: agent.and_then(|a| a.token_auth_file.clone()),
     };
     Config::merge(file, flags)
 }

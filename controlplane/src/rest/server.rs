@@ -25,7 +25,7 @@ use crate::api::{ControlPlane, DeleteOptions, Error, ObjectRef, Result, Scope, W
 use crate::objects::Object;
 
 /// Largest request body accepted, as the API server's default.
-const MAX_BODY: usize = 3 << 20;
+pub const MAX_BODY: usize = 3 << 20;
 
 /// A response body: all at once, or streamed (watches).
 pub enum Body {
@@ -122,7 +122,7 @@ fn bytes_response(code: u16, body: Vec<u8>) -> Response<Body> {
 
 /// A list's JSON, written item by item: only one item's JSON value exists
 /// at a time, not a value tree of the whole list beside its text.
-fn list_body(scope: &Scope, list: crate::api::ObjectList) -> Vec<u8> {
+pub fn list_body(scope: &Scope, list: crate::api::ObjectList) -> Vec<u8> {
     let head = json!({
         "kind": list_kind(scope.kind), "apiVersion": scope.kind.api_version(),
         "metadata": {"resourceVersion": list.revision.to_string()},
@@ -259,7 +259,12 @@ fn scope_of(what: &ObjectRef) -> Scope {
 /// Reads the request body as an object of the path's kind, in the path's
 /// namespace (filled in when the body names none), named `name` if given.
 async fn body_object(req: Request<Incoming>, scope: &Scope, name: Option<&str>) -> Result<Object> {
-    let v = body_json(req).await?;
+    object_in(body_json(req).await?, scope, name)
+}
+
+/// Decodes `v` as an object of the path's kind, in the path's namespace
+/// (filled in when the body names none), named `name` if given.
+pub fn object_in(v: Value, scope: &Scope, name: Option<&str>) -> Result<Object> {
     let mut obj = Object::from_value(v).map_err(|e| Error::BadRequest(e.to_string()))?;
     if obj.kind() != scope.kind {
         return Err(Error::BadRequest(format!(
@@ -301,7 +306,8 @@ async fn body_json(req: Request<Incoming>) -> Result<Value> {
         .map_err(|e| Error::BadRequest(format!("request body is not JSON: {e}")))
 }
 
-fn event_line(ev: &WatchEvent) -> Bytes {
+/// One watch event as a JSON line.
+pub fn event_line(ev: &WatchEvent) -> Bytes {
     let mut v =
         serde_json::to_vec(&json!({"type": ev.type_name(), "object": ev.object().to_value()}))
             .unwrap_or_default();
@@ -309,7 +315,8 @@ fn event_line(ev: &WatchEvent) -> Bytes {
     Bytes::from(v)
 }
 
-fn error_line(e: &Error) -> Bytes {
+/// A watch-ending error as an ERROR event line.
+pub fn error_line(e: &Error) -> Bytes {
     let mut v =
         serde_json::to_vec(&json!({"type": "ERROR", "object": status_of(e)})).unwrap_or_default();
     v.push(b'\n');

@@ -280,7 +280,7 @@ fn table(headers: Vec<&str>, ns_column: bool, rows: Vec<Vec<String>>) -> String 
 }
 
 /// The column headers of `kind` (without NAMESPACE).
-fn headers(kind: Kind, wide: bool) -> Vec<&'static str> {
+pub(crate) fn headers(kind: Kind, wide: bool) -> Vec<&'static str> {
     let (base, extra): (&[&'static str], &[&'static str]) = match kind {
         Kind::Pod => (
             &["NAME", "READY", "STATUS", "RESTARTS", "AGE"],
@@ -370,7 +370,7 @@ fn headers(kind: Kind, wide: bool) -> Vec<&'static str> {
 }
 
 /// The cells of one object's row (without NAMESPACE).
-fn cells(obj: &Object, wide: bool, now: Timestamp) -> Vec<String> {
+pub(crate) fn cells(obj: &Object, wide: bool, now: Timestamp) -> Vec<String> {
     match obj {
         Object::Pod(p) => pod_cells(p, wide, now),
         Object::Service(s) => service_cells(s, wide, now),

@@ -1,0 +1,129 @@
+//! Wires the Kubernetes API (the `apiserver` crate) into the agent: the
+//! node's certificates, the admin kubeconfig at `write-kubeconfig`, the
+//! HTTPS listener on `api-bind-address:api-port`, and `knode kubeconfig`.
+//! Tables use the CLI's printers, so kubectl and `knode get` agree.
+
+use std::net::IpAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use apiserver::auth::{MastersOnly, TokenFile};
+use apiserver::pki::{self, ServingNames};
+use apiserver::table::Columns;
+use controlplane::{ControlPlane, Kind, Object};
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+
+/// The CLI's kubectl-shaped columns, for server-side tables.
+struct CliColumns;
+
+impl Columns for CliColumns {
+    fn headers(&self, kind: Kind, wide: bool) -> Vec<&'static str> {
+        crate::cli::print::headers(kind, wide)
+    }
+
+    fn cells(&self, obj: &Object) -> Vec<String> {
+        crate::cli::print::cells(obj, true, jiff::Timestamp::now())
+    }
+}
+
+/// `https://host:port` as a client on this machine reaches the API.
+fn server_url(config: &Config) -> String {
+    let host: IpAddr = match config.api_bind_address.parse() {
+        Ok(ip) if !IpAddr::is_unspecified(&ip) => ip,
+        _ => IpAddr::from([127, 0, 0, 1]),
+    };
+    match host {
+        IpAddr::V6(v6) => format!("https://[{v6}]:{}", config.api_port),
+        IpAddr::V4(v4) => format!("https://{v4}:{}", config.api_port),
+    }
+}
+
+/// The names the serving certificate carries.
+fn serving_names(config: &Config) -> ServingNames {
+    let mut ips: Vec<IpAddr> = vec![IpAddr::from([127, 0, 0, 1])];
+    // The `kubernetes` Service's ClusterIP: the first address of the range.
+    if let Some(ip) = config
+        .service_cidr
+        .split(',')
+        .filter_map(|c| c.trim().parse::<ipnet::IpNet>().ok())
+        .filter_map(|n| n.hosts().next())
+        .next()
+    {
+        ips.push(ip);
+    }
+    for ip in [&config.node_ip, &config.public_ip].into_iter().flatten() {
+        ips.extend(ip.parse::<IpAddr>().ok());
+    }
+    ips.extend(
+        config
+            .api_bind_address
+            .parse::<IpAddr>()
+            .ok()
+            .filter(|i| !i.is_unspecified()),
+    );
+    ips.dedup();
+    let dns = [
+        config.node_name.as_str(),
+        "localhost",
+        "kubernetes",
+        "kubernetes.default",
+        "kubernetes.default.svc",
+        "kubernetes.default.svc.cluster.local",
+    ]
+    .map(String::from)
+    .to_vec();
+    ServingNames { dns, ips }
+}
+
+/// Creates or loads the certificates, writes the admin kubeconfig and
+/// starts serving; `None` when `api-port` is 0.
+pub async fn start(config: &Config, cp: Arc<dyn ControlPlane>) -> Result<Option<JoinHandle<()>>> {
+    if config.api_port == 0 {
+        return Ok(None);
+    }
+    let pki = pki::ensure(&config.data_dir, &serving_names(config))?;
+    let server = server_url(config);
+    let kubeconfig = pki::admin_kubeconfig(&pki, &server);
+    // Also kept beside the certificates (as k3s keeps cred/admin.kubeconfig)
+    // for `knode kubeconfig`, which knows the data dir but not the agent's flags.
+    pki::write_private(&own_copy(config), &kubeconfig, 0o600)?;
+    pki::write_private(&config.write_kubeconfig, &kubeconfig, 0o600)
+        .context("write the admin kubeconfig")?;
+    let tokens = match &config.token_auth_file {
+        Some(p) => TokenFile::load(p)?,
+        None => TokenFile::default(),
+    };
+    let addr = format!("{}:{}", config.api_bind_address, config.api_port);
+    let listener = apiserver::server::bind(&addr).await?;
+    tracing::info!(address = %addr, kubeconfig = %config.write_kubeconfig.display(), "Kubernetes API serving");
+    let settings = apiserver::Settings {
+        cp,
+        tls: apiserver::tls::server_config(&pki)?,
+        authorizer: Arc::new(MastersOnly),
+        tokens,
+        columns: Arc::new(CliColumns),
+        address: server.trim_start_matches("https://").to_string(),
+    };
+    Ok(Some(tokio::spawn(apiserver::serve(listener, settings))))
+}
+
+/// The agent's own copy of the admin kubeconfig.
+fn own_copy(config: &Config) -> std::path::PathBuf {
+    pki::dir(&config.data_dir).join("admin.kubeconfig")
+}
+
+/// `knode kubeconfig`: the admin kubeconfig the agent wrote.
+pub fn print_kubeconfig(config: &Config) -> Result<ExitCode> {
+    let path = own_copy(config);
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "read {} (has the agent run with its Kubernetes API on?)",
+            path.display()
+        )
+    })?;
+    print!("{text}");
+    Ok(ExitCode::SUCCESS)
+}

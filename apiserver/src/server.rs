@@ -1,0 +1,539 @@
+//! The HTTPS listener and the request router: authenticate, authorize,
+//! then answer discovery or a resource verb through the control plane.
+//! Errors are `Status` objects with kube-apiserver's reasons and codes.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use controlplane::api::revision_of;
+use controlplane::rest::server::{error_line, list_body, object_in, Body, MAX_BODY};
+use controlplane::rest::{parse_path, status_code, status_of, Target};
+use controlplane::{ControlPlane, Error, Object, ObjectRef, Scope, WatchEvent};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use crate::auth::{Attributes, Authorizer, TokenFile, User};
+use crate::select::Selector;
+use crate::table::{self, Columns};
+
+/// What the API serves with.
+pub struct Settings {
+    pub cp: Arc<dyn ControlPlane>,
+    pub tls: Arc<rustls::ServerConfig>,
+    pub authorizer: Arc<dyn Authorizer>,
+    pub tokens: TokenFile,
+    pub columns: Arc<dyn Columns>,
+    /// `host:port` clients reach the API at (discovery reports it).
+    pub address: String,
+}
+
+type Resp = Response<Body>;
+
+/// Binds `addr` (`127.0.0.1:6443`).
+pub async fn bind(addr: &str) -> crate::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| crate::Error::Listen {
+            addr: addr.to_string(),
+            source,
+        })
+}
+
+/// Serves the API on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, settings: Settings) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(settings.tls.clone());
+    let settings = Arc::new(settings);
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept on the API port");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let (acceptor, settings) = (acceptor.clone(), settings.clone());
+        tokio::spawn(async move {
+            let stream =
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake refused");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+            let cert_user = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| crate::x509::subject(c))
+                .map(User::from_cert);
+            let svc = hyper::service::service_fn(move |req| {
+                let (settings, cert_user) = (settings.clone(), cert_user.clone());
+                async move { Ok::<_, Infallible>(handle(&settings, cert_user, req).await) }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "API connection");
+            }
+        });
+    }
+}
+
+fn json_response(code: u16, v: &Value) -> Resp {
+    bytes_response(code, serde_json::to_vec(v).unwrap_or_default())
+}
+
+fn bytes_response(code: u16, body: Vec<u8>) -> Resp {
+    let mut r = Response::new(Body::Full(Some(Bytes::from(body))));
+    *r.status_mut() =
+        hyper::StatusCode::from_u16(code).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn error_response(e: &Error) -> Resp {
+    json_response(status_code(e).0, &status_of(e))
+}
+
+fn status(code: u16, reason: &str, message: &str) -> Resp {
+    json_response(
+        code,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+        "status": "Failure", "message": message, "reason": reason, "code": code}),
+    )
+}
+
+/// Percent-decoding of a query value (`+` is a space).
+fn decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' => match s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
+                Some(x) => {
+                    out.push(x);
+                    i += 2;
+                }
+                None => out.push(b'%'),
+            },
+            x => out.push(x),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The request's query parameters.
+struct Query(Vec<(String, String)>);
+
+impl Query {
+    fn of(req: &Request<Incoming>) -> Query {
+        let q = req.uri().query().unwrap_or_default();
+        Query(
+            q.split('&')
+                .filter(|kv| !kv.is_empty())
+                .map(|kv| {
+                    let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                    (decode(k), decode(v))
+                })
+                .collect(),
+        )
+    }
+
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn number(&self, key: &str) -> Result<Option<u64>, Error> {
+        match self.get(key) {
+            None | Some("") => Ok(None),
+            Some(v) => v.parse().map(Some).map_err(|_| {
+                Error::BadRequest(format!("query parameter {key}: not a number: {v:?}"))
+            }),
+        }
+    }
+}
+
+/// The user of a request: its client certificate, else its bearer token.
+fn authenticate(s: &Settings, cert_user: Option<User>, req: &Request<Incoming>) -> Option<User> {
+    cert_user.or_else(|| {
+        let h = req
+            .headers()
+            .get(hyper::header::AUTHORIZATION)?
+            .to_str()
+            .ok()?;
+        let token = h.strip_prefix("Bearer ")?.trim();
+        s.tokens.user(token).cloned()
+    })
+}
+
+/// The authorizer's view of a request.
+fn attributes(req: &Request<Incoming>, target: Option<&Target>, watching: bool) -> Attributes {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    let Some(t) = target else {
+        return Attributes {
+            verb: method.as_str().to_ascii_lowercase(),
+            group: String::new(),
+            resource: String::new(),
+            subresource: String::new(),
+            namespace: String::new(),
+            name: String::new(),
+            path,
+        };
+    };
+    let (kind, namespace, name, sub) = match t {
+        Target::Collection(s) => (
+            s.kind,
+            s.namespace.clone().unwrap_or_default(),
+            String::new(),
+            "",
+        ),
+        Target::Object(o) => (o.kind, o.namespace.clone(), o.name.clone(), ""),
+        Target::Status(o) => (o.kind, o.namespace.clone(), o.name.clone(), "status"),
+        Target::Scale(o) => (o.kind, o.namespace.clone(), o.name.clone(), "scale"),
+    };
+    let collection = matches!(t, Target::Collection(_));
+    let verb = match method {
+        Method::GET if watching => "watch",
+        Method::GET if collection => "list",
+        Method::GET => "get",
+        Method::POST => "create",
+        Method::PUT => "update",
+        Method::PATCH => "patch",
+        Method::DELETE if collection => "deletecollection",
+        Method::DELETE => "delete",
+        _ => "unknown",
+    };
+    Attributes {
+        verb: verb.into(),
+        group: kind.info().group().into(),
+        resource: kind.plural().into(),
+        subresource: sub.into(),
+        namespace,
+        name,
+        path,
+    }
+}
+
+async fn handle(s: &Settings, cert_user: Option<User>, req: Request<Incoming>) -> Resp {
+    let Some(user) = authenticate(s, cert_user, &req) else {
+        return json_response(401, &crate::auth::unauthorized());
+    };
+    let path = req.uri().path().to_string();
+    let q = Query::of(&req);
+    let watching = matches!(q.get("watch"), Some("true" | "1"));
+    let target = parse_path(&path);
+    let attrs = attributes(&req, target.as_ref(), watching);
+    if let Err(why) = s.authorizer.authorize(&user, &attrs) {
+        tracing::debug!(user = %user.name, verb = %attrs.verb, %path, "forbidden");
+        return json_response(403, &crate::auth::forbidden(&user, &attrs, &why));
+    }
+    let method = req.method().clone();
+    let result = match target {
+        Some(t) => resource(s, req, t, &q, watching).await,
+        None if method == Method::GET => Ok(non_resource(s, &path)),
+        None => Ok(None),
+    };
+    match result {
+        Ok(Some(r)) => r,
+        Ok(None) => status(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        ),
+        Err(e) => {
+            tracing::debug!(%method, %path, error = %e, "API request failed");
+            error_response(&e)
+        }
+    }
+}
+
+/// Discovery, version and health.
+fn non_resource(s: &Settings, path: &str) -> Option<Resp> {
+    let p = path.trim_end_matches('/');
+    Some(match p {
+        "/healthz" | "/livez" | "/readyz" => {
+            let mut r = Response::new(Body::Full(Some(Bytes::from_static(b"ok"))));
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            r
+        }
+        "/version" => json_response(200, &crate::discovery::version()),
+        "/api" => json_response(200, &crate::discovery::core_versions(&s.address)),
+        "/apis" => json_response(200, &crate::discovery::groups()),
+        "/api/v1" => json_response(200, &crate::discovery::resources("v1")?),
+        _ => {
+            let gv = p.strip_prefix("/apis/")?;
+            json_response(200, &crate::discovery::resources(gv)?)
+        }
+    })
+}
+
+/// Whether the client asked for a server-side Table.
+fn wants_table(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get(hyper::header::ACCEPT)
+        .and_then(|a| a.to_str().ok())
+        .is_some_and(|a| a.contains("as=Table"))
+}
+
+async fn resource(
+    s: &Settings,
+    req: Request<Incoming>,
+    target: Target,
+    q: &Query,
+    watching: bool,
+) -> Result<Option<Resp>, Error> {
+    let cp = s.cp.as_ref();
+    let table = wants_table(&req).then_some(q.get("includeObject") == Some("Object"));
+    let one = |o: Object| match table {
+        Some(full) => json_response(
+            200,
+            &table::table(s.columns.as_ref(), o.kind(), &[o], None, full),
+        ),
+        None => json_response(200, &o.to_value()),
+    };
+    let method = req.method().clone();
+    Ok(Some(match (method, target) {
+        (Method::GET, Target::Collection(scope)) => {
+            let sel = Selector::parse(q.get("labelSelector"), q.get("fieldSelector"))
+                .map_err(Error::BadRequest)?;
+            if watching {
+                let timeout = q.number("timeoutSeconds")?.map(Duration::from_secs);
+                let rv = q.number("resourceVersion")?.filter(|r| *r != 0);
+                return watch(s, &scope, rv, sel, table, timeout).await.map(Some);
+            }
+            let mut list = cp.list(&scope).await?;
+            list.items.retain(|o| sel.matches(o));
+            match table {
+                Some(full) => json_response(
+                    200,
+                    &table::table(
+                        s.columns.as_ref(),
+                        scope.kind,
+                        &list.items,
+                        Some(list.revision),
+                        full,
+                    ),
+                ),
+                None => bytes_response(200, list_body(&scope, list)),
+            }
+        }
+        (Method::GET, Target::Object(what)) => one(cp.get(&what).await?),
+        (Method::POST, Target::Collection(scope)) => {
+            let obj = object_in(body_json(req).await?, &scope, None)?;
+            json_response(201, &cp.create(obj, None).await?.to_value())
+        }
+        (Method::PUT, Target::Object(what)) => {
+            let obj = object_in(body_json(req).await?, &scope_of(&what), Some(&what.name))?;
+            json_response(200, &cp.update(obj, None).await?.to_value())
+        }
+        (Method::PUT, Target::Status(what)) => {
+            let obj = object_in(body_json(req).await?, &scope_of(&what), Some(&what.name))?;
+            json_response(200, &cp.update_status(obj).await?.to_value())
+        }
+        (Method::GET, Target::Status(what)) => one(cp.get(&what).await?),
+        (Method::PATCH, Target::Object(what)) => patch(s, req, &what, false).await?,
+        (Method::PATCH, Target::Status(what)) => patch(s, req, &what, true).await?,
+        (Method::GET, Target::Scale(what)) => {
+            json_response(200, &controlplane::scale::scale_of(&cp.get(&what).await?))
+        }
+        (Method::PUT, Target::Scale(what)) => {
+            let (replicas, revision) = controlplane::scale::parse_scale(&body_json(req).await?)?;
+            json_response(
+                200,
+                &controlplane::scale::set_replicas(cp, &what, replicas, revision).await?,
+            )
+        }
+        (Method::DELETE, Target::Object(what)) => {
+            json_response(200, &cp.delete(&what, None).await?.to_value())
+        }
+        (m, _) => status(
+            405,
+            "MethodNotAllowed",
+            &format!("the server does not allow this method on the requested resource ({m})"),
+        ),
+    }))
+}
+
+fn scope_of(what: &ObjectRef) -> Scope {
+    Scope::namespaced(what.kind, &what.namespace)
+}
+
+/// The request body (at most [`MAX_BODY`] bytes).
+async fn body_bytes(req: Request<Incoming>) -> Result<Bytes, Error> {
+    Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .map_err(|e| {
+            Error::BadRequest(format!(
+                "reading the request body (at most {MAX_BODY} bytes): {e}"
+            ))
+        })
+}
+
+async fn body_json(req: Request<Incoming>) -> Result<Value, Error> {
+    let b = body_bytes(req).await?;
+    serde_json::from_slice(&b)
+        .map_err(|e| Error::BadRequest(format!("the request body is not valid JSON: {e}")))
+}
+
+/// PATCH of an object or its status: read, patch, write with the read's
+/// resourceVersion; a concurrent write makes it start over.
+async fn patch(
+    s: &Settings,
+    req: Request<Incoming>,
+    what: &ObjectRef,
+    status_only: bool,
+) -> Result<Resp, Error> {
+    let ctype = req
+        .headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|c| c.to_str().ok())
+        .unwrap_or_default()
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let body = body_json(req).await?;
+    for _ in 0..5 {
+        let current = s.cp.get(what).await?;
+        let mut v = current.to_value();
+        match ctype.as_str() {
+            "application/merge-patch+json" => crate::patch::merge(&mut v, &body),
+            "application/strategic-merge-patch+json" => crate::patch::strategic(&mut v, &body)
+                .map_err(|e| Error::BadRequest(e.to_string()))?,
+            "application/json-patch+json" => {
+                v = crate::patch::json_patch(&v, &body).map_err(|e| Error::BadRequest(e.to_string()))?
+            }
+            other => {
+                return Ok(status(
+                    415,
+                    "UnsupportedMediaType",
+                    &format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {other:?})"),
+                ))
+            }
+        }
+        let mut obj = object_in(v, &scope_of(what), Some(&what.name))?;
+        // A patch that names a resourceVersion is a precondition; one that
+        // does not is applied to what was read.
+        if revision_of(&obj)?.is_none() {
+            obj.meta_mut().resource_version = current.meta().resource_version.clone();
+        }
+        let pinned = body.pointer("/metadata/resourceVersion").is_some();
+        let written = if status_only {
+            s.cp.update_status(obj).await
+        } else {
+            s.cp.update(obj, None).await
+        };
+        match written {
+            Ok(o) => return Ok(json_response(200, &o.to_value())),
+            Err(e) if e.is_conflict() && !pinned => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(Error::Conflict {
+        kind: what.kind,
+        name: what.name.clone(),
+        reason: "the object kept changing; tried 5 times".into(),
+    })
+}
+
+/// A watch as chunked JSON events, filtered by `sel`; each object a
+/// one-row Table when the client asked for tables.
+async fn watch(
+    s: &Settings,
+    scope: &Scope,
+    revision: Option<u64>,
+    sel: Selector,
+    table: Option<bool>,
+    timeout: Option<Duration>,
+) -> Result<Resp, Error> {
+    let (initial, from) = match revision {
+        Some(r) => (Vec::new(), r),
+        None => {
+            let list = s.cp.list(scope).await?;
+            (list.items, list.revision)
+        }
+    };
+    let mut events = s.cp.watch(scope, from).await?;
+    let (tx, rx) = mpsc::channel(64);
+    let columns = s.columns.clone();
+    let kind = scope.kind;
+    let line = move |ev: &WatchEvent| -> Bytes {
+        let object = match table {
+            Some(full) => table::table(
+                columns.as_ref(),
+                kind,
+                std::slice::from_ref(ev.object()),
+                None,
+                full,
+            ),
+            None => ev.object().to_value(),
+        };
+        let mut v = serde_json::to_vec(&json!({"type": ev.type_name(), "object": object}))
+            .unwrap_or_default();
+        v.push(b'\n');
+        Bytes::from(v)
+    };
+    tokio::spawn(async move {
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        for o in initial.into_iter().filter(|o| sel.matches(o)) {
+            if tx.send(line(&WatchEvent::Added(o))).await.is_err() {
+                return;
+            }
+        }
+        loop {
+            let next = match deadline {
+                Some(d) => match tokio::time::timeout_at(d, events.next()).await {
+                    Ok(n) => n,
+                    Err(_) => return,
+                },
+                None => events.next().await,
+            };
+            let Some(ev) = next else { return };
+            let bytes = match &ev {
+                Ok(ev) if !sel.matches(ev.object()) => continue,
+                Ok(ev) => line(ev),
+                Err(e) => error_line(e),
+            };
+            if tx.send(bytes).await.is_err() || ev.is_err() {
+                return;
+            }
+        }
+    });
+    let mut r = Response::new(Body::Stream(rx));
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    Ok(r)
+}

@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod discovery;
+pub mod openapi;
 pub mod patch;
 pub mod pki;
 pub mod select;

@@ -288,6 +288,11 @@ fn non_resource(s: &Settings, path: &str) -> Option<Resp> {
         "/api" => json_response(200, &crate::discovery::core_versions(&s.address)),
         "/apis" => json_response(200, &crate::discovery::groups()),
         "/api/v1" => json_response(200, &crate::discovery::resources("v1")?),
+        "/openapi/v3" => json_response(200, &crate::openapi::index()),
+        _ if p.starts_with("/openapi/v3/") => json_response(
+            200,
+            &crate::openapi::group_version(&p["/openapi/v3/".len()..])?,
+        ),
         _ => {
             let gv = p.strip_prefix("/apis/")?;
             json_response(200, &crate::discovery::resources(gv)?)

@@ -64,6 +64,21 @@ impl Agent {
         Ok(a)
     }
 
+    /// Starts an agent in the caller's namespace with extra agent flags
+    /// (e.g. `--api-port`), its overlay and proxy disabled.
+    pub fn start_with_agent_flags(agent_flags: &[&str]) -> Result<Agent> {
+        let dir = TempDir::new("agent")?;
+        let mut a = Agent {
+            dir,
+            child: None,
+            extra: Vec::new(),
+            agent_flags: agent_flags.iter().map(|s| s.to_string()).collect(),
+            netns: None,
+        };
+        a.spawn()?;
+        Ok(a)
+    }
+
     /// Starts an agent that runs pods: inside `netns` (so the bridge, veths
     /// and routes it makes stay in a namespace the test owns), with extra
     /// global flags `extra` (containerd socket, paths...) and agent flags.
@@ -151,6 +166,15 @@ impl Agent {
         let flags = &self.agent_flags;
         if !has_flag(flags, "--node-name") {
             cmd.args(["--node-name", "test-node"]);
+        }
+        // The Kubernetes API only when a test asks for it (port 6443 is
+        // the machine's), and its kubeconfig never in /etc.
+        if !has_flag(flags, "--api-port") {
+            cmd.args(["--api-port", "0"]);
+        }
+        if !has_flag(flags, "--write-kubeconfig") {
+            cmd.arg("--write-kubeconfig")
+                .arg(self.dir.path().join("kubeconfig.yaml"));
         }
         if !has_flag(flags, "--subnet-file") {
             cmd.arg("--subnet-file")

@@ -1,0 +1,246 @@
+//! The real `kubectl` against the agent's Kubernetes API over HTTPS, with
+//! the admin kubeconfig the agent wrote: discovery, get, apply twice,
+//! delete, watch, patch, and the refusals (no certificate: 401; a
+//! certificate from another CA: refused at the handshake).
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Output};
+
+use knode_tests::agent::Agent;
+
+fn kubectl_present() -> bool {
+    let ok = Command::new("kubectl")
+        .arg("version")
+        .arg("--client")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            std::env::var("CI").is_err(),
+            "kubectl is missing (scripts/bootstrap.sh installs it)"
+        );
+        eprintln!("skipped: no kubectl on this machine");
+    }
+    ok
+}
+
+struct Api {
+    agent: Agent,
+    port: u16,
+}
+
+impl Api {
+    fn start() -> Api {
+        let port = knode_tests::free_port().unwrap();
+        let agent =
+            Agent::start_with_agent_flags(&["--disable", "pods", "--api-port", &port.to_string()])
+                .unwrap();
+        // The socket answers before the API has written its kubeconfig.
+        let api = Api { agent, port };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !api.kubeconfig().exists()
+            || std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no API in 20s:\n{}",
+                api.agent.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        api
+    }
+
+    fn kubeconfig(&self) -> std::path::PathBuf {
+        self.agent.dir().join("kubeconfig.yaml")
+    }
+
+    fn kubectl(&self, args: &[&str]) -> Output {
+        Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// stdout of a kubectl that must succeed.
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.kubectl(args);
+        assert!(
+            o.status.success(),
+            "kubectl {args:?}: {}\n{}",
+            String::from_utf8_lossy(&o.stderr),
+            self.agent.log()
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+}
+
+const MANIFEST: &str = "apiVersion: v1
+kind: ConfigMap
+metadata: {name: settings, labels: {app: web}}
+data: {a: '1'}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, labels: {app: web}}
+spec:
+  containers: [{name: c, image: busybox, ports: [{containerPort: 80}]}]
+";
+
+#[test]
+fn kubectl_discovers_gets_applies_watches_and_deletes() {
+    if !kubectl_present() {
+        return;
+    }
+    let api = Api::start();
+    let mode = std::fs::metadata(api.kubeconfig())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+
+    assert!(api.ok(&["version"]).contains("Server Version: v1."));
+    let res = api.ok(&["api-resources"]);
+    for row in ["pods ", "deployments ", "services "] {
+        assert!(res.lines().any(|l| l.starts_with(row)), "{res}");
+    }
+    assert!(
+        res.lines()
+            .any(|l| l.starts_with("pods") && l.contains(" po ")),
+        "{res}"
+    );
+    let ns = api.ok(&["get", "ns"]);
+    assert!(
+        ns.lines().next().unwrap().starts_with("NAME") && ns.contains("default"),
+        "{ns}"
+    );
+    api.ok(&["get", "svc", "-A"]);
+
+    let file = api.agent.dir().join("web.yaml");
+    std::fs::write(&file, MANIFEST).unwrap();
+    let f = file.to_str().unwrap();
+    let out = api.ok(&["apply", "-f", f]);
+    assert!(
+        out.contains("configmap/settings created") && out.contains("pod/web created"),
+        "{out}"
+    );
+    let out = api.ok(&["apply", "-f", f]);
+    assert!(out.contains("configmap/settings unchanged"), "{out}");
+    std::fs::write(&file, MANIFEST.replace("a: '1'", "a: '2'")).unwrap();
+    let out = api.ok(&["apply", "-f", f]);
+    assert!(out.contains("configmap/settings configured"), "{out}");
+    assert_eq!(
+        api.ok(&["get", "cm", "settings", "-o", "jsonpath={.data.a}"]),
+        "2"
+    );
+
+    // Server-side tables with kubectl's pod columns.
+    let pods = api.ok(&["get", "pods"]);
+    let header: Vec<&str> = pods.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["NAME", "READY", "STATUS", "RESTARTS", "AGE"],
+        "{pods}"
+    );
+    assert!(api
+        .ok(&["get", "pods", "-o", "wide"])
+        .lines()
+        .next()
+        .unwrap()
+        .contains("NODE"));
+    assert!(api.ok(&["get", "po", "-l", "app=web"]).contains("web"));
+    assert!(!api.ok(&["get", "po", "-l", "app=db"]).contains("web"));
+    assert!(api
+        .ok(&["get", "po", "--field-selector", "metadata.name=web"])
+        .contains("web"));
+
+    api.ok(&[
+        "patch",
+        "pod",
+        "web",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"metadata":{"labels":{"x":"1"}}}"#,
+    ]);
+    api.ok(&[
+        "patch",
+        "pod",
+        "web",
+        "--type",
+        "json",
+        "-p",
+        r#"[{"op":"add","path":"/metadata/labels/y","value":"2"}]"#,
+    ]);
+    api.ok(&["label", "pod", "web", "z=3"]);
+    let labels = api.ok(&["get", "pod", "web", "-o", "jsonpath={.metadata.labels}"]);
+    for l in [r#""x":"1""#, r#""y":"2""#, r#""z":"3""#, r#""app":"web""#] {
+        assert!(labels.contains(l), "{labels}");
+    }
+
+    // A watch sees the delete; delete returns once the object is gone.
+    let watch = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(api.kubeconfig())
+        .args([
+            "get",
+            "cm",
+            "-w",
+            "--output-watch-events",
+            "--request-timeout",
+            "8s",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert!(api.ok(&["delete", "cm", "settings"]).contains("deleted"));
+    let gone = api.kubectl(&["get", "cm", "settings"]);
+    assert!(
+        String::from_utf8_lossy(&gone.stderr).contains("NotFound"),
+        "{gone:?}"
+    );
+    let seen = String::from_utf8_lossy(&watch.wait_with_output().unwrap().stdout).into_owned();
+    assert!(seen.contains("ADDED") && seen.contains("DELETED"), "{seen}");
+
+    // Errors are kube-apiserver's Status objects.
+    let e = api.kubectl(&["get", "pod", "nope"]);
+    assert!(
+        String::from_utf8_lossy(&e.stderr).contains("NotFound"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn strangers_are_refused() {
+    if !kubectl_present() {
+        return;
+    }
+    let api = Api::start();
+    let url = format!("https://127.0.0.1:{}/api/v1/pods", api.port);
+    // No client certificate: 401 with an Unauthorized Status.
+    let o = Command::new("curl").args(["-sk", &url]).output().unwrap();
+    let body = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        body.contains("\"code\":401") && body.contains("Unauthorized"),
+        "{body}"
+    );
+    // A certificate from another CA fails the handshake.
+    let dir = api.agent.dir();
+    let sh = format!(
+        "cd {d} && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout other.key -out other.crt -days 1 -subj '/O=system:masters/CN=mallory' 2>/dev/null && curl -sk --cert other.crt --key other.key {url}; echo rc=$?",
+        d = dir.display()
+    );
+    let o = Command::new("sh").args(["-c", &sh]).output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(!out.contains("rc=0") && !out.contains("\"kind\""), "{out}");
+    // `knode kubeconfig` prints what the agent wrote.
+    let printed = api.agent.knode(&["kubeconfig"]).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&printed.stdout),
+        std::fs::read_to_string(api.kubeconfig()).unwrap()
+    );
+}

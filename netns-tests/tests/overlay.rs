@@ -684,6 +684,9 @@ fn a_wrong_interface_stops_the_agent_with_the_reason() -> Result<()> {
             "pods",
             "--iface",
             "eth9",
+            // No Kubernetes API: it would write /etc/knode/knode.yaml.
+            "--api-port",
+            "0",
         ])
         .arg("--subnet-file")
         .arg(dir.path().join("subnet.env"))

@@ -22,6 +22,12 @@ PACKAGES=(
   curl ca-certificates jq
 )
 
+# The API tests drive the real kubectl: keep the host's own (any recent
+# one); only where none exists, take Debian's kubernetes-client.
+if ! command -v kubectl >/dev/null 2>&1; then
+  PACKAGES+=(kubernetes-client)
+fi
+
 missing=()
 for p in "${PACKAGES[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then

@@ -388,6 +388,16 @@ impl Config {
                 flags.node_local_dns.or(file.node_local_dns),
                 d.node_local_dns,
             )?,
+            api_bind_address: flags
+                .api_bind_address
+                .or(file.api_bind_address)
+                .unwrap_or(d.api_bind_address),
+            api_port: flags.api_port.or(file.api_port).unwrap_or(d.api_port),
+            write_kubeconfig: flags
+                .write_kubeconfig
+                .or(file.write_kubeconfig)
+                .unwrap_or(d.write_kubeconfig),
+            token_auth_file: flags.token_auth_file.or(file.token_auth_file),
         };
         if !is_domain(&c.cluster_domain) {
             bail!(
@@ -409,17 +419,6 @@ impl Config {
                 bail!("{key}: {ip} cannot be a node's DNS address (unspecified, loopback, multicast or broadcast)");
             }
         }
-            api_bind_address: flags
-                .api_bind_address
-                .or(file.api_bind_address)
-                .unwrap_or(d.api_bind_address),
-            api_port: flags.api_port.or(file.api_port).unwrap_or(d.api_port),
-            write_kubeconfig: flags
-                .write_kubeconfig
-                .or(file.write_kubeconfig)
-                .unwrap_or(d.write_kubeconfig),
-            token_auth_file: flags.token_auth_file.or(file.token_auth_file),
-        };
         if c.api_bind_address.parse::<std::net::IpAddr>().is_err() {
             bail!(
                 "api-bind-address: {:?} is not an IP address",

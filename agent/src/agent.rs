@@ -65,7 +65,7 @@ pub struct AgentArgs {
     #[arg(long, value_name = "BOOL")]
     pub ip_masq: Option<bool>,
     /// Parts of the agent to turn off, comma-separated: pods, overlay,
-    /// proxy, dns.
+    /// proxy, dns, controllers.
     #[arg(long, value_name = "PARTS", value_delimiter = ',')]
     pub disable: Vec<String>,
     /// At most one proxy sync per this period (default 1s; 0 for tests).
@@ -156,7 +156,13 @@ pub async fn run(config: &Config, args: AgentArgs) -> Result<ExitCode> {
     );
     let serving = tokio::spawn(server::serve(listener, cp.clone() as Arc<dyn ControlPlane>));
     let api = crate::api::start(config, cp.clone() as Arc<dyn ControlPlane>).await?;
-    let node = start_node(config, &args, cp.clone() as Arc<dyn ControlPlane>).await?;
+    let mut node = start_node(config, &args, cp.clone() as Arc<dyn ControlPlane>).await?;
+    if config.enabled("controllers") {
+        // Leader-elected: on a shared etcd only one agent's run at a time.
+        let cp = cp.clone() as Arc<dyn ControlPlane>;
+        node.tasks
+            .push(tokio::spawn(controllers::run(cp, config.node_name.clone())));
+    }
     notify_ready();
     let failed = tokio::select! {
         _ = wait_for_signal() => None,

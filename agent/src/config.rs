@@ -109,7 +109,7 @@ impl Config {
 }
 
 /// The parts of the agent `--disable` can turn off.
-pub const PARTS: [&str; 4] = ["pods", "overlay", "proxy", "dns"];
+pub const PARTS: [&str; 5] = ["pods", "overlay", "proxy", "dns", "controllers"];
 
 impl Default for Config {
     fn default() -> Self {

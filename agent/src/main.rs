@@ -105,6 +105,10 @@ enum Command {
     Get(cli::get::GetArgs),
     /// Delete objects by manifest or by kind and name.
     Delete(cli::delete::DeleteArgs),
+    /// Set the replicas of a Deployment, ReplicaSet or StatefulSet.
+    Scale(cli::scale::ScaleArgs),
+    /// Manage a Deployment's rollout: status, undo, restart, history, pause, resume.
+    Rollout(cli::rollout::RolloutArgs),
     /// Print a container's logs.
     Logs(cli::logs::LogsArgs),
     /// Run a command in a pod's container.
@@ -175,6 +179,8 @@ fn main() -> ExitCode {
             Command::Apply(args) => cli::apply::run(&config, args).await,
             Command::Get(args) => cli::get::run(&config, args).await,
             Command::Delete(args) => cli::delete::run(&config, args).await,
+            Command::Scale(args) => cli::scale::run(&config, args).await,
+            Command::Rollout(args) => cli::rollout::run(&config, args).await,
             Command::Image(args) => cli::image::run(&config, args).await,
             Command::Logs(args) => cli::logs::run(&config, args).await,
             Command::Exec(args) => cli::exec::run(&config, args).await,

@@ -35,6 +35,10 @@ pub struct DeleteArgs {
     /// Wait until each object is gone before returning (as kubectl).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub wait: bool,
+    /// What happens to dependents: `background` (the garbage collector
+    /// deletes them) or `orphan` (they lose their owner reference and stay).
+    #[arg(long, default_value = "background", value_parser = ["background", "orphan"])]
+    pub cascade: String,
 }
 
 /// kubectl's grace period rules: -1 leaves it to the object; `--force`
@@ -103,6 +107,23 @@ pub async fn run(config: &Config, args: DeleteArgs) -> Result<ExitCode> {
     let mut failed = 0;
     let mut deleted = Vec::new();
     for r in refs {
+        if args.cascade == "orphan" {
+            match cp.get(&r).await {
+                Ok(owner) => {
+                    if let Err(e) = controllers::gc::orphan_dependents(cp.as_ref(), &owner).await {
+                        failed += 1;
+                        eprintln!("error: {e}");
+                        continue;
+                    }
+                }
+                Err(e) if e.is_not_found() => {}
+                Err(e) => {
+                    failed += 1;
+                    eprintln!("error: {e}");
+                    continue;
+                }
+            }
+        }
         match cp.delete_with(&r, &opts).await {
             Ok(o) => {
                 let what = if args.force {

@@ -1,4 +1,5 @@
-//! The CLI subcommands: apply, get, delete — over any control plane.
+//! The CLI subcommands: apply, get, delete, scale, rollout — over any
+//! control plane.
 
 pub mod apply;
 pub mod delete;
@@ -7,6 +8,8 @@ pub mod get;
 pub mod image;
 pub mod logs;
 pub mod print;
+pub mod rollout;
+pub mod scale;
 
 use std::io::Read;
 use std::path::Path;

@@ -1,0 +1,124 @@
+//! Informer caches: a [`Watcher`] per kind keeps a shared map of the
+//! objects current, and tells the controllers' handlers of every change
+//! (with the object's previous state) so they can queue keys. Controllers
+//! read the caches; they never write to them.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use controlplane::watcher::{Update, Watcher};
+use controlplane::{ControlPlane, Kind, Object, ObjectRef, Scope, WatchEvent};
+use tokio::sync::watch;
+
+/// Called with (old, new): `old` is `None` on add, `new` is `None` on delete.
+pub type Handler = Box<dyn Fn(Option<&Object>, Option<&Object>) + Send + Sync>;
+
+/// The objects of one kind, as last seen.
+#[derive(Clone)]
+pub struct Cache {
+    objects: Arc<RwLock<BTreeMap<ObjectRef, Object>>>,
+    synced: watch::Receiver<bool>,
+}
+
+impl Cache {
+    /// A cache holding `objects`, already synced (for tests).
+    pub fn from_objects(objects: impl IntoIterator<Item = Object>) -> Cache {
+        let map = objects
+            .into_iter()
+            .map(|o| (ObjectRef::of(&o), o))
+            .collect();
+        Cache {
+            objects: Arc::new(RwLock::new(map)),
+            synced: watch::channel(true).1,
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<ObjectRef, Object>> {
+        self.objects.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// One object.
+    pub fn get(&self, key: &ObjectRef) -> Option<Object> {
+        self.read().get(key).cloned()
+    }
+
+    /// The objects in `namespace`.
+    pub fn in_namespace(&self, namespace: &str) -> Vec<Object> {
+        self.read()
+            .values()
+            .filter(|o| o.namespace() == namespace)
+            .cloned()
+            .collect()
+    }
+
+    /// Every object.
+    pub fn all(&self) -> Vec<Object> {
+        self.read().values().cloned().collect()
+    }
+
+    /// Waits for the first full list.
+    pub async fn wait_synced(&self) {
+        let mut s = self.synced.clone();
+        let _ = s.wait_for(|v| *v).await;
+    }
+}
+
+/// Feeds a [`Cache`] from a watch and calls the handlers on every change.
+pub struct Informer {
+    watcher: Watcher,
+    objects: Arc<RwLock<BTreeMap<ObjectRef, Object>>>,
+    synced: watch::Sender<bool>,
+    handlers: Vec<Handler>,
+}
+
+impl Informer {
+    /// An informer over every object of `kind`, and its cache.
+    pub fn new(cp: Arc<dyn ControlPlane>, kind: Kind) -> (Informer, Cache) {
+        let objects = Arc::new(RwLock::new(BTreeMap::new()));
+        let (tx, rx) = watch::channel(false);
+        let informer = Informer {
+            watcher: Watcher::new(cp, Scope::all(kind)),
+            objects: objects.clone(),
+            synced: tx,
+            handlers: Vec::new(),
+        };
+        (
+            informer,
+            Cache {
+                objects,
+                synced: rx,
+            },
+        )
+    }
+
+    /// Adds a handler of changes.
+    pub fn on_change(&mut self, h: Handler) {
+        self.handlers.push(h);
+    }
+
+    /// Runs until the task is aborted.
+    pub async fn run(mut self) {
+        loop {
+            match self.watcher.next().await {
+                Update::Synced => {
+                    self.synced.send_replace(true);
+                }
+                Update::Event(ev) => {
+                    let key = ObjectRef::of(ev.object());
+                    let (old, new) = {
+                        let mut m = self.objects.write().unwrap_or_else(|e| e.into_inner());
+                        match ev {
+                            WatchEvent::Added(o) | WatchEvent::Modified(o) => {
+                                (m.insert(key, o.clone()), Some(o))
+                            }
+                            WatchEvent::Deleted(o) => (m.remove(&key).or(Some(o)), None),
+                        }
+                    };
+                    for h in &self.handlers {
+                        h(old.as_ref(), new.as_ref());
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! The controller manager: waits to lead, then starts the informers
+//! (Pods, ReplicaSets, Deployments), connects their changes to the work
+//! queues, and runs one worker per controller; stops them all when
+//! leadership is lost, and tries again.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use controlplane::{ControlPlane, Kind, Object, ObjectRef};
+use tokio::task::JoinHandle;
+
+use crate::deployment::DeploymentController;
+use crate::expectations::Expectations;
+use crate::gc::GarbageCollector;
+use crate::informer::{Cache, Informer};
+use crate::leader::{Config, Elector};
+use crate::queue::Queue;
+use crate::replicaset::ReplicaSetController;
+use crate::Result;
+
+/// Every key is synced again this often, repairing what a missed event left.
+const RESYNC: Duration = Duration::from_secs(60);
+
+/// Runs the controller manager for `identity` (the node name) until the
+/// task is aborted.
+pub async fn run(cp: Arc<dyn ControlPlane>, identity: String) {
+    let mut elector = Elector::new(cp.clone(), Config::new(&identity));
+    loop {
+        elector.acquire().await;
+        let tasks = start(cp.clone());
+        elector.hold().await;
+        for t in tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Starts informers and controllers; returns their tasks.
+pub fn start(cp: Arc<dyn ControlPlane>) -> Vec<JoinHandle<()>> {
+    let (mut pod_inf, pods) = Informer::new(cp.clone(), Kind::Pod);
+    let (mut rs_inf, rss) = Informer::new(cp.clone(), Kind::ReplicaSet);
+    let (mut d_inf, deps) = Informer::new(cp.clone(), Kind::Deployment);
+    let (rs_q, d_q, gc_q) = (Queue::new(), Queue::new(), Queue::new());
+    let dependents = vec![(Kind::Pod, pods.clone()), (Kind::ReplicaSet, rss.clone())];
+    let gc_caches = vec![
+        (Kind::Pod, pods.clone()),
+        (Kind::ReplicaSet, rss.clone()),
+        (Kind::Deployment, deps.clone()),
+    ];
+
+    // Pods: their ReplicaSets, and the collector.
+    {
+        let (rss, rs_q, gc_q) = (rss.clone(), rs_q.clone(), gc_q.clone());
+        pod_inf.on_change(Box::new(move |old, new| {
+            for o in old.iter().chain(new.iter()) {
+                ReplicaSetController::keys_for_pod(&rss, o)
+                    .into_iter()
+                    .for_each(|k| rs_q.add(k));
+            }
+            if let Some(n) = new.filter(|n| {
+                n.meta()
+                    .owner_references
+                    .as_ref()
+                    .is_some_and(|r| !r.is_empty())
+            }) {
+                gc_q.add(ObjectRef::of(n));
+            }
+        }));
+    }
+    // ReplicaSets: themselves, their Deployment, the collector; a deleted
+    // one's pods are checked by the collector.
+    {
+        let (deps, rs_q, d_q, gc_q, dependents) = (
+            deps.clone(),
+            rs_q.clone(),
+            d_q.clone(),
+            gc_q.clone(),
+            dependents.clone(),
+        );
+        rs_inf.on_change(Box::new(move |old, new| {
+            if let Some(o) = new.or(old) {
+                rs_q.add(ObjectRef::of(o));
+            }
+            for o in old.iter().chain(new.iter()) {
+                DeploymentController::keys_for_rs(&deps, o)
+                    .into_iter()
+                    .for_each(|k| d_q.add(k));
+            }
+            owner_changed(&dependents, &gc_q, old, new);
+        }));
+    }
+    {
+        let (d_q, gc_q, dependents) = (d_q.clone(), gc_q.clone(), dependents.clone());
+        d_inf.on_change(Box::new(move |old, new| {
+            if let Some(o) = new.or(old) {
+                d_q.add(ObjectRef::of(o));
+            }
+            owner_changed(&dependents, &gc_q, old, new);
+        }));
+    }
+
+    let rs_c = Arc::new(ReplicaSetController {
+        cp: cp.clone(),
+        replica_sets: rss.clone(),
+        pods: pods.clone(),
+        expectations: Expectations::default(),
+    });
+    let d_c = Arc::new(DeploymentController {
+        cp: cp.clone(),
+        deployments: deps.clone(),
+        replica_sets: rss.clone(),
+        pods: pods.clone(),
+    });
+    let gc = Arc::new(GarbageCollector {
+        cp,
+        caches: gc_caches,
+    });
+    let all = vec![pods.clone(), rss.clone(), deps.clone()];
+    vec![
+        tokio::spawn(pod_inf.run()),
+        tokio::spawn(rs_inf.run()),
+        tokio::spawn(d_inf.run()),
+        tokio::spawn(worker("replicaset", rs_q.clone(), all.clone(), move |k| {
+            let c = rs_c.clone();
+            async move { c.sync(&k).await }
+        })),
+        tokio::spawn(worker("deployment", d_q.clone(), all.clone(), move |k| {
+            let c = d_c.clone();
+            async move { c.sync(&k).await }
+        })),
+        tokio::spawn(worker("garbagecollector", gc_q, all, move |k| {
+            let c = gc.clone();
+            async move { c.sync(&k).await }
+        })),
+        tokio::spawn(resync(vec![(rss, rs_q), (deps, d_q)])),
+    ]
+}
+
+/// An owner was deleted (or replaced): its dependents are checked.
+fn owner_changed(
+    dependents: &[(Kind, Cache)],
+    gc_q: &Queue,
+    old: Option<&Object>,
+    new: Option<&Object>,
+) {
+    let Some(old) = old else { return };
+    let replaced = new.is_some_and(|n| n.meta().uid != old.meta().uid);
+    if new.is_none() || replaced {
+        let uid = old.meta().uid.clone().unwrap_or_default();
+        for k in GarbageCollector::dependents_of(dependents, old.namespace(), &uid) {
+            gc_q.add(k);
+        }
+    }
+}
+
+/// Queues every object of each cache periodically.
+async fn resync(sets: Vec<(Cache, Queue)>) {
+    loop {
+        tokio::time::sleep(RESYNC).await;
+        for (cache, q) in &sets {
+            for o in cache.all() {
+                q.add(ObjectRef::of(&o));
+            }
+        }
+    }
+}
+
+/// Processes keys of `queue` with `sync` once the caches are synced:
+/// success forgets the key's failures (and may ask for a later sync), an
+/// error requeues it with back-off.
+async fn worker<F, Fut>(name: &'static str, queue: Queue, caches: Vec<Cache>, sync: F)
+where
+    F: Fn(ObjectRef) -> Fut,
+    Fut: Future<Output = Result<Option<Duration>>>,
+{
+    for c in &caches {
+        c.wait_synced().await;
+    }
+    tracing::debug!(controller = name, "caches synced");
+    loop {
+        let key = queue.get().await;
+        match sync(key.clone()).await {
+            Ok(again) => {
+                queue.forget(&key);
+                if let Some(d) = again {
+                    queue.add_after(key.clone(), d);
+                }
+            }
+            Err(e) => {
+                let conflict = matches!(&e, crate::Error::Write { source, .. } | crate::Error::ControlPlane(source) if source.is_conflict() || matches!(source, controlplane::Error::AlreadyExists { .. }));
+                if conflict {
+                    tracing::debug!(controller = name, object = %key, error = %e, "sync conflicted; retrying");
+                } else {
+                    tracing::warn!(controller = name, object = %key, error = %e, "sync failed; retrying");
+                }
+                queue.add_rate_limited(key.clone());
+            }
+        }
+        queue.done(&key);
+    }
+}

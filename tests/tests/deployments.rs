@@ -1,0 +1,178 @@
+//! Deployments end to end on one embedded node: a real `knode agent` runs
+//! the controller manager and the pods (private containerd, busybox).
+//! Checked as a user sees it: pods Running, `knode scale`, `knode rollout
+//! status|history|undo`, ReplicaSets scaled, and a delete that takes the
+//! ReplicaSets and pods with it.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use knode_tests::node::{is_running, tail, Node};
+use serde_json::Value;
+
+const BUSYBOX: &str = knode_tests::image::BUSYBOX;
+const WAIT: Duration = Duration::from_secs(180);
+
+fn manifest(replicas: u32, version: &str) -> String {
+    format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: app
+        image: {BUSYBOX}
+        command: ["sleep", "3600"]
+        env: [{{name: VERSION, value: "{version}"}}]
+"#
+    )
+}
+
+fn items(n: &Node, kind: &str) -> Result<Vec<Value>> {
+    let v: Value = serde_json::from_str(&n.knode(&["get", kind, "-o", "json"])?)?;
+    Ok(v["items"].as_array().cloned().unwrap_or_default())
+}
+
+/// The pods of the Deployment (label app=web).
+fn web_pods(n: &Node) -> Result<Vec<Value>> {
+    Ok(items(n, "pods")?
+        .into_iter()
+        .filter(|p| p["metadata"]["labels"]["app"] == "web")
+        .collect())
+}
+
+fn version(p: &Value) -> &str {
+    p["spec"]["containers"][0]["env"][0]["value"]
+        .as_str()
+        .unwrap_or_default()
+}
+
+/// Waits until `done` holds for the pods; fails with them and the log.
+fn wait_pods(n: &Node, what: &str, done: impl Fn(&[Value]) -> bool) -> Result<Vec<Value>> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let pods = web_pods(n)?;
+        if done(&pods) {
+            return Ok(pods);
+        }
+        if Instant::now() > deadline {
+            let brief: Vec<String> = pods
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{} {} {}",
+                        p["metadata"]["name"],
+                        p["status"]["phase"],
+                        version(p)
+                    )
+                })
+                .collect();
+            bail!(
+                "{what}: not after {WAIT:?}; pods: {brief:#?}\nagent log:\n{}",
+                tail(&n.agent.log(), 80)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Exactly `count` pods, all Running with template `version`.
+fn settled(count: usize, v: &'static str) -> impl Fn(&[Value]) -> bool {
+    move |pods| pods.len() == count && pods.iter().all(|p| is_running(p) && version(p) == v)
+}
+
+fn rollout_status(n: &Node) -> Result<String> {
+    n.knode(&["rollout", "status", "deployment/web", "--timeout=180s"])
+}
+
+#[test]
+fn a_deployment_scales_rolls_out_rolls_back_and_is_deleted_with_its_pods() -> Result<()> {
+    let Some(n) =
+        Node::for_test("a_deployment_scales_rolls_out_rolls_back_and_is_deleted_with_its_pods")
+    else {
+        return Ok(());
+    };
+    n.apply(&manifest(3, "v1"))?;
+    wait_pods(&n, "3 running pods", settled(3, "v1"))?;
+    let out = rollout_status(&n)?;
+    assert!(
+        out.ends_with("deployment \"web\" successfully rolled out\n"),
+        "{out}"
+    );
+
+    let out = n.knode(&["scale", "deployment/web", "--replicas=5"])?;
+    assert_eq!(out, "deployment.apps/web scaled\n");
+    wait_pods(&n, "scaled to 5", settled(5, "v1"))?;
+    n.knode(&["scale", "deployment", "web", "--replicas=2"])?;
+    wait_pods(&n, "scaled to 2", settled(2, "v1"))?;
+
+    // A template change rolls out: new pods, the old ReplicaSet at 0.
+    n.apply(&manifest(2, "v2"))?;
+    let out = rollout_status(&n)?;
+    assert!(out.contains("successfully rolled out"), "{out}");
+    wait_pods(&n, "rolled out to v2", settled(2, "v2"))?;
+    let rss = items(&n, "replicasets")?;
+    assert_eq!(rss.len(), 2, "{rss:#?}");
+    let by_rev = |r: &str| {
+        rss.iter()
+            .find(|rs| rs["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == r)
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert_eq!(by_rev("1")["spec"]["replicas"], 0, "{rss:#?}");
+    assert_eq!(by_rev("2")["spec"]["replicas"], 2, "{rss:#?}");
+    let hash = by_rev("2")["metadata"]["labels"]["pod-template-hash"].clone();
+    assert_eq!(
+        by_rev("2")["metadata"]["name"],
+        format!("web-{}", hash.as_str().unwrap_or("?"))
+    );
+    let history = n.knode(&["rollout", "history", "deployment/web"])?;
+    assert!(
+        history.contains("REVISION  CHANGE-CAUSE\n1         <none>\n2         <none>\n"),
+        "{history}"
+    );
+
+    // Undo: back to v1's template, which becomes revision 3.
+    let out = n.knode(&["rollout", "undo", "deployment/web"])?;
+    assert_eq!(out, "deployment.apps/web rolled back\n");
+    rollout_status(&n)?;
+    wait_pods(&n, "rolled back to v1", settled(2, "v1"))?;
+    let d: Value = serde_json::from_str(&n.knode(&["get", "deployment", "web", "-o", "json"])?)?;
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"],
+        "v1"
+    );
+    let conds = d["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        conds
+            .iter()
+            .any(|c| c["type"] == "Progressing" && c["reason"] == "NewReplicaSetAvailable"),
+        "{conds:#?}"
+    );
+    assert!(
+        conds
+            .iter()
+            .any(|c| c["type"] == "Available" && c["status"] == "True"),
+        "{conds:#?}"
+    );
+
+    // Deleting the Deployment takes its ReplicaSets and pods.
+    n.knode(&["delete", "deployment", "web"])?;
+    wait_pods(&n, "pods gone", |p| p.is_empty())?;
+    let deadline = Instant::now() + WAIT;
+    while !items(&n, "replicasets")?.is_empty() {
+        assert!(Instant::now() < deadline, "ReplicaSets left behind");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}

@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use controlplane::watcher::{Update, Watcher};
-use controlplane::{ControlPlane, Kind, Object, ObjectRef, Scope, WatchEvent};
+use controlplane::{labels, ControlPlane, Kind, Object, ObjectRef, Scope, WatchEvent};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use tokio::sync::watch;
 
 /// Called with (old, new): `old` is `None` on add, `new` is `None` on delete.
@@ -48,6 +49,55 @@ impl Cache {
             .values()
             .filter(|o| o.namespace() == namespace)
             .cloned()
+            .collect()
+    }
+
+    /// The pods in `namespace` (of a Pod cache).
+    pub fn pods(&self, namespace: &str) -> Vec<k8s_openapi::api::core::v1::Pod> {
+        let objs = self.in_namespace(namespace).into_iter();
+        objs.filter_map(|o| match o {
+            Object::Pod(p) => Some(p),
+            _ => None,
+        })
+        .collect()
+    }
+
+    /// The ReplicaSets in `namespace` (of a ReplicaSet cache).
+    pub fn replica_sets(&self, namespace: &str) -> Vec<k8s_openapi::api::apps::v1::ReplicaSet> {
+        let objs = self.in_namespace(namespace).into_iter();
+        objs.filter_map(|o| match o {
+            Object::ReplicaSet(rs) => Some(rs),
+            _ => None,
+        })
+        .collect()
+    }
+
+    /// The controllers an object's change concerns: its controller of
+    /// `kind` (by its controller reference), or for an orphan every object
+    /// of this cache in its namespace whose selector (`selector_of`)
+    /// matches its labels.
+    pub fn owners_of(
+        &self,
+        obj: &Object,
+        kind: Kind,
+        selector_of: fn(&Object) -> Option<&LabelSelector>,
+    ) -> Vec<ObjectRef> {
+        let meta = obj.meta();
+        if let Some(r) = crate::pods::controller_of(meta) {
+            return if r.kind == kind.name() {
+                vec![ObjectRef::new(kind, obj.namespace(), &r.name)]
+            } else {
+                vec![]
+            };
+        }
+        let empty = Default::default();
+        let l = meta.labels.as_ref().unwrap_or(&empty);
+        self.in_namespace(obj.namespace())
+            .iter()
+            .filter(|o| {
+                selector_of(o).is_some_and(|s| !labels::is_empty(s) && labels::matches(s, l))
+            })
+            .map(ObjectRef::of)
             .collect()
     }
 

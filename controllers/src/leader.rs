@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use controlplane::{ControlPlane, Kind, Object, ObjectRef};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 
@@ -172,9 +173,40 @@ impl Elector {
                     .map(|r| (r, Instant::now()));
                 true
             }
-            Err(e) => {
-                tracing::debug!(error = %e, "controller-manager Lease write lost");
+            Err(controlplane::Error::NotFound {
+                kind: Kind::Namespace,
+                ..
+            }) => {
+                self.ensure_namespace().await;
                 false
+            }
+            Err(e) if e.is_conflict() || matches!(e, controlplane::Error::AlreadyExists { .. }) => {
+                tracing::debug!(error = %e, "controller-manager Lease write lost to another");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "write the controller-manager Lease");
+                false
+            }
+        }
+    }
+
+    /// Creates the Lease's namespace (`kube-system`) when it is missing.
+    async fn ensure_namespace(&self) {
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(self.cfg.namespace.clone()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        match self.cp.create(Object::Namespace(ns), None).await {
+            Ok(_) => {
+                tracing::info!(namespace = %self.cfg.namespace, "created the namespace of the controller-manager Lease")
+            }
+            Err(controlplane::Error::AlreadyExists { .. }) => {}
+            Err(e) => {
+                tracing::warn!(namespace = %self.cfg.namespace, error = %e, "create the namespace of the controller-manager Lease")
             }
         }
     }

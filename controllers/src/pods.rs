@@ -98,14 +98,10 @@ pub fn is_available(p: &Pod, min_ready_seconds: i32, now: Timestamp) -> bool {
 
 /// Five random characters of kube's alphabet (`web-7d4f8-x2kqz`).
 pub fn random_suffix() -> String {
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default(),
-    );
-    let mut n = h.finish();
+    // The std hasher's random seed: enough to spread names, none secret.
+    let mut n = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
     (0..5)
         .map(|_| {
             let c = ALPHANUMS[(n % ALPHANUMS.len() as u64) as usize];

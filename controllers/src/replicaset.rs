@@ -199,15 +199,6 @@ pub struct ReplicaSetController {
     pub expectations: Expectations,
 }
 
-fn pods_of(objs: Vec<Object>) -> Vec<Pod> {
-    objs.into_iter()
-        .filter_map(|o| match o {
-            Object::Pod(p) => Some(p),
-            _ => None,
-        })
-        .collect()
-}
-
 impl ReplicaSetController {
     /// One sync of the ReplicaSet `key`; `Ok(Some(d))` asks to sync again after `d`.
     pub async fn sync(&self, key: &ObjectRef) -> Result<Option<Duration>> {
@@ -215,7 +206,7 @@ impl ReplicaSetController {
             self.expectations.forget(key);
             return Ok(None);
         };
-        let pods = pods_of(self.pods.in_namespace(&key.namespace));
+        let pods = self.pods.pods(&key.namespace);
         let manage = self.expectations.satisfied(key, &pods);
         let plan = plan(&rs, &pods, Timestamp::now(), manage);
         let uid = rs.metadata.uid.clone().unwrap_or_default();
@@ -289,30 +280,13 @@ impl ReplicaSetController {
         Ok(plan.requeue_after)
     }
 
-    /// The ReplicaSets a pod change concerns: its controller (before and
-    /// after), or for an orphan every ReplicaSet whose selector matches.
+    /// The ReplicaSets a pod change concerns: its controller, or for an
+    /// orphan every ReplicaSet whose selector matches.
     pub fn keys_for_pod(replica_sets: &Cache, pod: &Object) -> Vec<ObjectRef> {
-        let meta = pod.meta();
-        if let Some(r) = controller_of(meta) {
-            return if r.kind == "ReplicaSet" {
-                vec![ObjectRef::new(Kind::ReplicaSet, pod.namespace(), &r.name)]
-            } else {
-                vec![]
-            };
-        }
-        let empty = Default::default();
-        let l = meta.labels.as_ref().unwrap_or(&empty);
-        replica_sets
-            .in_namespace(pod.namespace())
-            .iter()
-            .filter(|o| match o {
-                Object::ReplicaSet(rs) => rs.spec.as_ref().is_some_and(|s| {
-                    !labels::is_empty(&s.selector) && labels::matches(&s.selector, l)
-                }),
-                _ => false,
-            })
-            .map(ObjectRef::of)
-            .collect()
+        replica_sets.owners_of(pod, Kind::ReplicaSet, |o| match o {
+            Object::ReplicaSet(rs) => rs.spec.as_ref().map(|s| &s.selector),
+            _ => None,
+        })
     }
 }
 

@@ -36,7 +36,12 @@ spec:
 }
 
 fn items(n: &Node, kind: &str) -> Result<Vec<Value>> {
-    let v: Value = serde_json::from_str(&n.knode(&["get", kind, "-o", "json"])?)?;
+    let out = n.knode(&["get", kind, "-o", "json"])?;
+    // Nothing at all: kubectl's "No resources found" goes to stderr.
+    if out.trim().is_empty() {
+        return Ok(vec![]);
+    }
+    let v: Value = serde_json::from_str(&out)?;
     Ok(v["items"].as_array().cloned().unwrap_or_default())
 }
 

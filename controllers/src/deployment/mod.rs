@@ -311,24 +311,8 @@ impl DeploymentController {
         let Some(Object::Deployment(d)) = self.deployments.get(key) else {
             return Ok(None);
         };
-        let rss: Vec<ReplicaSet> = self
-            .replica_sets
-            .in_namespace(&key.namespace)
-            .into_iter()
-            .filter_map(|o| match o {
-                Object::ReplicaSet(rs) => Some(rs),
-                _ => None,
-            })
-            .collect();
-        let pods: Vec<Pod> = self
-            .pods
-            .in_namespace(&key.namespace)
-            .into_iter()
-            .filter_map(|o| match o {
-                Object::Pod(p) => Some(p),
-                _ => None,
-            })
-            .collect();
+        let rss = self.replica_sets.replica_sets(&key.namespace);
+        let pods = self.pods.pods(&key.namespace);
         let plan = plan(&d, &rss, &pods, Timestamp::now());
         if let Some(rs) = plan.create {
             let name = rs.metadata.name.clone().unwrap_or_default();
@@ -412,26 +396,10 @@ impl DeploymentController {
     /// The Deployment a ReplicaSet belongs to, or for an orphan every
     /// Deployment whose selector matches.
     pub fn keys_for_rs(deployments: &Cache, rs: &Object) -> Vec<ObjectRef> {
-        if let Some(r) = controller_of(rs.meta()) {
-            return if r.kind == "Deployment" {
-                vec![ObjectRef::new(Kind::Deployment, rs.namespace(), &r.name)]
-            } else {
-                vec![]
-            };
-        }
-        let empty = BTreeMap::new();
-        let l = rs.meta().labels.as_ref().unwrap_or(&empty);
-        deployments
-            .in_namespace(rs.namespace())
-            .iter()
-            .filter(|o| match o {
-                Object::Deployment(d) => d.spec.as_ref().is_some_and(|s| {
-                    !labels::is_empty(&s.selector) && labels::matches(&s.selector, l)
-                }),
-                _ => false,
-            })
-            .map(ObjectRef::of)
-            .collect()
+        deployments.owners_of(rs, Kind::Deployment, |o| match o {
+            Object::Deployment(d) => d.spec.as_ref().map(|s| &s.selector),
+            _ => None,
+        })
     }
 }
 

@@ -12,11 +12,9 @@ use controlplane::{ControlPlane, Kind, Object, ObjectRef, Scope};
 use serde_json::json;
 
 async fn open() -> (Arc<dyn ControlPlane>, std::path::PathBuf) {
-    let dir = std::env::temp_dir().join(format!(
-        "controllers-test-{}-{}",
-        std::process::id(),
-        Instant::now().elapsed().as_nanos()
-    ));
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("controllers-test-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let alloc = Allocators::parse("10.96.0.0/12", "30000-32767").unwrap();
     let cp = backend::open(&Backend::Embedded, &dir, alloc)
@@ -94,5 +92,54 @@ async fn a_deployment_gets_its_replica_set_and_pods_and_takes_them_when_deleted(
     })
     .await;
     manager.abort();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Two candidates on one store: the first holds the Lease while it
+/// renews; the second takes it once the first stops, after the lease
+/// duration (short values here: 1 s lease, 100 ms retry).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_one_candidate_leads_and_another_takes_over_when_it_stops() {
+    use controllers::leader::{Config, Elector};
+    let (cp, dir) = open().await;
+    let short = |id: &str| Config {
+        lease_duration: Duration::from_secs(1),
+        renew_deadline: Duration::from_millis(700),
+        retry_period: Duration::from_millis(100),
+        ..Config::new(id)
+    };
+    let mut a = Elector::new(cp.clone(), short("a"));
+    let mut b = Elector::new(cp.clone(), short("b"));
+    a.acquire().await;
+    let started = Instant::now();
+    // While a renews, b never gets it.
+    let mut b_saw_renewal = Instant::now();
+    for _ in 0..5 {
+        assert!(a.try_acquire_or_renew().await);
+        assert!(!b.try_acquire_or_renew().await);
+        b_saw_renewal = Instant::now();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // a stops renewing: b waits a lease duration from when it last saw
+    // the Lease change (a renewal may leave it as it was, so that sight
+    // can be a little older than b's last look).
+    b.acquire().await;
+    let waited = b_saw_renewal.elapsed();
+    assert!(
+        waited >= Duration::from_millis(500),
+        "took over after {waited:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let lease = cp
+        .get(&ObjectRef::new(
+            Kind::Lease,
+            "kube-system",
+            "knode-controller-manager",
+        ))
+        .await
+        .unwrap()
+        .to_value();
+    assert_eq!(lease["spec"]["holderIdentity"], "b");
+    assert_eq!(lease["spec"]["leaseTransitions"], 1);
     let _ = std::fs::remove_dir_all(dir);
 }

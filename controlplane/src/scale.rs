@@ -50,14 +50,23 @@ pub async fn set_replicas(
             what.kind
         )));
     }
-    let current = cp.get(what).await?;
-    let mut v = current.to_value();
-    v["spec"]["replicas"] = json!(replicas);
-    if let Some(rv) = revision.filter(|r| !r.is_empty()) {
-        v["metadata"]["resourceVersion"] = json!(rv);
+    let revision = revision.filter(|r| !r.is_empty());
+    // Without a revision the write is unconditional, as kube-apiserver's:
+    // a status write (a controller's) in between only means reading again.
+    let mut tries = 0;
+    loop {
+        let current = cp.get(what).await?;
+        let mut v = current.to_value();
+        v["spec"]["replicas"] = json!(replicas);
+        if let Some(rv) = &revision {
+            v["metadata"]["resourceVersion"] = json!(rv);
+        }
+        let obj = Object::from_value(v).map_err(|e| Error::Internal(e.to_string()))?;
+        match cp.update(obj, None).await {
+            Err(e) if e.is_conflict() && revision.is_none() && tries < 10 => tries += 1,
+            r => return Ok(scale_of(&r?)),
+        }
     }
-    let obj = Object::from_value(v).map_err(|e| Error::Internal(e.to_string()))?;
-    Ok(scale_of(&cp.update(obj, None).await?))
 }
 
 /// Reads `spec.replicas` and `metadata.resourceVersion` of a Scale body.

@@ -154,6 +154,11 @@ fn a_deployment_scales_rolls_out_rolls_back_and_is_deleted_with_its_pods() -> Re
         d["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"],
         "v1"
     );
+    let history = n.knode(&["rollout", "history", "deployment/web"])?;
+    assert!(
+        history.contains("\n2         <none>\n3         <none>\n"),
+        "{history}"
+    );
     let conds = d["status"]["conditions"]
         .as_array()
         .cloned()
@@ -179,5 +184,75 @@ fn a_deployment_scales_rolls_out_rolls_back_and_is_deleted_with_its_pods() -> Re
         assert!(Instant::now() < deadline, "ReplicaSets left behind");
         std::thread::sleep(Duration::from_millis(200));
     }
+    Ok(())
+}
+
+fn names(pods: &[Value]) -> Vec<String> {
+    let mut v: Vec<String> = pods
+        .iter()
+        .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
+        .collect();
+    v.sort();
+    v
+}
+
+/// `rollout restart` replaces every pod through a new revision; a delete
+/// with `--cascade=orphan` leaves the ReplicaSet and its pods running,
+/// without an owner.
+#[test]
+fn a_restart_replaces_the_pods_and_an_orphaning_delete_keeps_them() -> Result<()> {
+    let Some(n) = Node::for_test("a_restart_replaces_the_pods_and_an_orphaning_delete_keeps_them")
+    else {
+        return Ok(());
+    };
+    n.apply(&manifest(2, "v1"))?;
+    let before = names(&wait_pods(&n, "2 running pods", settled(2, "v1"))?);
+    assert_eq!(
+        n.knode(&["rollout", "restart", "deployment/web"])?,
+        "deployment.apps/web restarted\n"
+    );
+    rollout_status(&n)?;
+    let after = wait_pods(&n, "2 new pods", |p| {
+        settled(2, "v1")(p) && names(p).iter().all(|name| !before.contains(name))
+    })?;
+    assert!(after
+        .iter()
+        .all(|p| p["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"].is_string()));
+
+    n.knode(&["delete", "deployment", "web", "--cascade=orphan"])?;
+    let kept = names(&after);
+    // The ReplicaSets lose their owner and stay; so do the running pods.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let rss = items(&n, "replicasets")?;
+        if !rss.is_empty()
+            && rss.iter().all(|rs| {
+                rs["metadata"]["ownerReferences"]
+                    .as_array()
+                    .is_none_or(|r| r.is_empty())
+            })
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ReplicaSets not orphaned: {rss:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Give the collector every chance to act wrongly: the pods' ReplicaSet
+    // is synced again by a scale, and the pods are still the same.
+    let rs_name = items(&n, "replicasets")?
+        .iter()
+        .find(|rs| rs["spec"]["replicas"] == 2)
+        .and_then(|rs| rs["metadata"]["name"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    n.knode(&["scale", &format!("replicaset/{rs_name}"), "--replicas=3"])?;
+    let now = wait_pods(&n, "3 pods of the orphaned ReplicaSet", settled(3, "v1"))?;
+    assert!(
+        kept.iter().all(|k| names(&now).contains(k)),
+        "{kept:?} vs {:?}",
+        names(&now)
+    );
     Ok(())
 }

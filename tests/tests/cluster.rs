@@ -382,10 +382,20 @@ fn agent_cleanup_removes_what_knode_made_on_the_node() -> Result<()> {
     c.wait_running("clean-0")?;
     let ns = c.net.node(0);
     let saved = || ns.sh(&["iptables-save"]).unwrap_or_default();
+    // nftables mode (the default): the ClusterIP is an element of the
+    // proxy's table.
+    let vip = c
+        .get("service", "clean")?
+        .and_then(|s| s["spec"]["clusterIP"].as_str().map(str::to_string))
+        .context("the service has a ClusterIP")?;
+    let proxy_table = || {
+        ns.sh(&["nft", "list", "table", "ip", "kube-proxy"])
+            .unwrap_or_default()
+    };
     assert!(
-        wait_for(|| saved().contains("KUBE-SVC-")),
+        wait_for(|| proxy_table().contains(&vip)),
         "the proxy programmed the service: {}",
-        saved()
+        proxy_table()
     );
     assert!(ns.sh(&["ip", "link", "show", "knode.1"]).is_ok());
     assert!(ns.sh(&["nft", "list", "table", "ip", "knode-dns"]).is_ok());
@@ -403,6 +413,7 @@ fn agent_cleanup_removes_what_knode_made_on_the_node() -> Result<()> {
     // Cluster DNS: its table and its addresses on lo are gone.
     let tables = ns.sh(&["nft", "list", "tables"])?;
     assert!(!tables.contains("knode-dns"), "{tables}");
+    assert!(!tables.contains("kube-proxy"), "{tables}");
     let lo = ns.sh(&["ip", "-4", "addr", "show", "dev", "lo"])?;
     assert!(
         !lo.contains("10.96.0.10/32") && !lo.contains("169.254.20.10/32"),

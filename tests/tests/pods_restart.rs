@@ -190,12 +190,20 @@ fn sigterm_stops_the_agent_and_leaves_pods_and_the_data_plane() -> Result<()> {
     n.apply(&yaml)?;
     let before = all_running(&n, &["term-0".to_string()])?;
     let pids = task_pids(&n)?;
+    // The proxy's rules (nftables mode, the default): the Service's
+    // ClusterIP is an element of table ip kube-proxy.
+    let svc: serde_json::Value =
+        serde_json::from_str(&n.knode(&["get", "svc", "term", "-o", "json"])?)?;
+    let vip = svc["spec"]["clusterIP"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let nat = |n: &Node| {
-        n.host_sh(&["iptables-save", "-t", "nat"])
+        n.host_sh(&["nft", "list", "table", "ip", "kube-proxy"])
             .unwrap_or_default()
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !nat(&n).contains("KUBE-SEP-") {
+    while vip.is_empty() || !nat(&n).contains(&vip) {
         assert!(
             std::time::Instant::now() < deadline,
             "no rules: {}",

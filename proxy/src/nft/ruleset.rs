@@ -365,6 +365,14 @@ pub fn skeleton(node: &NodeConfig) -> Batch {
         names::NODEPORT_ENDPOINTS,
     );
 
+    // Traffic exempted from connection tracking (NOTRACK: the node-local
+    // DNS addresses, which are also kube-dns's ClusterIP) is not proxied,
+    // so it is not refused either.
+    let untracked = cat(vec![
+        Expr::ct_state_in(hostnet::nftables::ct_state::UNTRACKED).to_vec(),
+        vec![Expr::Verdict(Verdict::Return)],
+    ]);
+    b.add_rule(&t, "service-endpoints-check", untracked, Some("untracked"));
     // Refuse Services without endpoints at once.
     let reject = vec![Expr::Reject(Reject::Icmp4PortUnreachable)];
     let no_vip = cat(vec![

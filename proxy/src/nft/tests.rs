@@ -145,8 +145,9 @@ fn the_skeleton_holds_every_rule_and_no_service() {
         .count();
     let tiers = ruleset::tiers().len();
     // 5 jumps; services: masquerade, a rule per tier, the NodePort jump;
-    // nodeports: masquerade and a rule per tier; 2 checks; 2 postrouting.
-    assert_eq!(rules, 5 + (2 + tiers) + (1 + tiers) + 2 + 2);
+    // nodeports: masquerade and a rule per tier; the untracked return and
+    // 2 checks; 2 postrouting.
+    assert_eq!(rules, 5 + (2 + tiers) + (1 + tiers) + 3 + 2);
     assert!(!b.ops().iter().any(|o| matches!(o, Op::AddElements { .. })));
 }
 

@@ -2,7 +2,9 @@
 //! group/version, a PATCH operation per kind tagged with its
 //! group/version/kind and the `fieldValidation` query parameter, so
 //! kubectl leaves validation to the server instead of downloading full
-//! schemas. Schemas themselves (`kubectl explain`) are not served yet.
+//! schemas (controlplane::fields does it: Strict refuses unknown fields,
+//! Warn answers with Warning headers). Schemas themselves (`kubectl
+//! explain`) are not served yet.
 
 use controlplane::Kind;
 use serde_json::{json, Map, Value};

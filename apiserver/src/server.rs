@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use controlplane::api::revision_of;
+use controlplane::fields::FieldValidation;
 use controlplane::rest::server::{error_line, list_body, object_in, Body, MAX_BODY};
 use controlplane::rest::{parse_path, status_code, status_of, Target};
 use controlplane::{ControlPlane, Error, Object, ObjectRef, Scope, WatchEvent};
@@ -325,6 +326,7 @@ async fn resource(
         None => json_response(200, &o.to_value()),
     };
     let method = req.method().clone();
+    let fv = FieldValidation::parse(q.get("fieldValidation"))?;
     Ok(Some(match (method, target) {
         (Method::GET, Target::Collection(scope)) => {
             let sel = Selector::parse(q.get("labelSelector"), q.get("fieldSelector"))
@@ -352,20 +354,17 @@ async fn resource(
         }
         (Method::GET, Target::Object(what)) => one(cp.get(&what).await?),
         (Method::POST, Target::Collection(scope)) => {
-            let obj = object_in(body_json(req).await?, &scope, None)?;
-            json_response(201, &cp.create(obj, None).await?.to_value())
+            let (obj, warnings) = checked(body_json(req).await?, &scope, None, fv)?;
+            warn(
+                json_response(201, &cp.create(obj, None).await?.to_value()),
+                &warnings,
+            )
         }
-        (Method::PUT, Target::Object(what)) => {
-            let obj = object_in(body_json(req).await?, &scope_of(&what), Some(&what.name))?;
-            json_response(200, &cp.update(obj, None).await?.to_value())
-        }
-        (Method::PUT, Target::Status(what)) => {
-            let obj = object_in(body_json(req).await?, &scope_of(&what), Some(&what.name))?;
-            json_response(200, &cp.update_status(obj).await?.to_value())
-        }
+        (Method::PUT, Target::Object(what)) => put(cp, req, &what, false, fv).await?,
+        (Method::PUT, Target::Status(what)) => put(cp, req, &what, true, fv).await?,
         (Method::GET, Target::Status(what)) => one(cp.get(&what).await?),
-        (Method::PATCH, Target::Object(what)) => patch(s, req, &what, false).await?,
-        (Method::PATCH, Target::Status(what)) => patch(s, req, &what, true).await?,
+        (Method::PATCH, Target::Object(what)) => patch(s, req, &what, false, fv).await?,
+        (Method::PATCH, Target::Status(what)) => patch(s, req, &what, true, fv).await?,
         (Method::GET, Target::Scale(what)) => {
             json_response(200, &controlplane::scale::scale_of(&cp.get(&what).await?))
         }
@@ -385,6 +384,48 @@ async fn resource(
             &format!("the server does not allow this method on the requested resource ({m})"),
         ),
     }))
+}
+
+/// PUT of an object or its status.
+async fn put(
+    cp: &dyn ControlPlane,
+    req: Request<Incoming>,
+    what: &ObjectRef,
+    status_only: bool,
+    fv: FieldValidation,
+) -> Result<Resp, Error> {
+    let (obj, warnings) = checked(body_json(req).await?, &scope_of(what), Some(&what.name), fv)?;
+    let written = if status_only {
+        cp.update_status(obj).await?
+    } else {
+        cp.update(obj, None).await?
+    };
+    Ok(warn(json_response(200, &written.to_value()), &warnings))
+}
+
+/// Decodes a request body for `scope` and checks its fields as `fv` asks:
+/// the object and the warnings to send back.
+fn checked(
+    v: Value,
+    scope: &Scope,
+    name: Option<&str>,
+    fv: FieldValidation,
+) -> Result<(Object, Vec<String>), Error> {
+    let obj = object_in(v.clone(), scope, name)?;
+    let warnings = fv.check(&v, &obj)?;
+    Ok((obj, warnings))
+}
+
+/// `r` with one `Warning` header per warning (RFC 7234's shape, code 299,
+/// as kube-apiserver sends them; kubectl prints each as `Warning: ...`).
+fn warn(mut r: Resp, warnings: &[String]) -> Resp {
+    for w in warnings {
+        let text = w.replace('\\', "\\\\").replace('"', "\\\"");
+        if let Ok(h) = hyper::header::HeaderValue::from_str(&format!("299 - \"{text}\"")) {
+            r.headers_mut().append(hyper::header::WARNING, h);
+        }
+    }
+    r
 }
 
 fn scope_of(what: &ObjectRef) -> Scope {
@@ -417,6 +458,7 @@ async fn patch(
     req: Request<Incoming>,
     what: &ObjectRef,
     status_only: bool,
+    fv: FieldValidation,
 ) -> Result<Resp, Error> {
     let ctype = req
         .headers()
@@ -447,7 +489,7 @@ async fn patch(
                 ))
             }
         }
-        let mut obj = object_in(v, &scope_of(what), Some(&what.name))?;
+        let (mut obj, warnings) = checked(v, &scope_of(what), Some(&what.name), fv)?;
         // A patch that names a resourceVersion is a precondition; one that
         // does not is applied to what was read.
         if revision_of(&obj)?.is_none() {
@@ -460,7 +502,7 @@ async fn patch(
             s.cp.update(obj, None).await
         };
         match written {
-            Ok(o) => return Ok(json_response(200, &o.to_value())),
+            Ok(o) => return Ok(warn(json_response(200, &o.to_value()), &warnings)),
             Err(e) if e.is_conflict() && !pinned => continue,
             Err(e) => return Err(e),
         }

@@ -10,6 +10,7 @@ pub mod api;
 pub mod backend;
 pub mod defaults;
 pub mod endpoints;
+pub mod fields;
 pub mod kinds;
 pub mod labels;
 pub mod manifest;

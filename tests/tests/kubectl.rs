@@ -182,7 +182,7 @@ fn kubectl_discovers_gets_applies_watches_and_deletes() {
     }
 
     // A watch sees the delete; delete returns once the object is gone.
-    let watch = Command::new("kubectl")
+    let mut watch = Command::new("kubectl")
         .arg("--kubeconfig")
         .arg(api.kubeconfig())
         .args([
@@ -191,20 +191,52 @@ fn kubectl_discovers_gets_applies_watches_and_deletes() {
             "-w",
             "--output-watch-events",
             "--request-timeout",
-            "8s",
+            "60s",
         ])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_secs(2));
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(watch.stdout.take().unwrap()));
+    let mut next_with = |what: &str| loop {
+        match lines.next() {
+            Some(Ok(l)) if l.contains(what) => return l,
+            Some(Ok(_)) => continue,
+            other => panic!("watch ended before {what}: {other:?}"),
+        }
+    };
+    assert!(next_with("ADDED").contains("settings"));
     assert!(api.ok(&["delete", "cm", "settings"]).contains("deleted"));
     let gone = api.kubectl(&["get", "cm", "settings"]);
     assert!(
         String::from_utf8_lossy(&gone.stderr).contains("NotFound"),
         "{gone:?}"
     );
-    let seen = String::from_utf8_lossy(&watch.wait_with_output().unwrap().stdout).into_owned();
-    assert!(seen.contains("ADDED") && seen.contains("DELETED"), "{seen}");
+    assert!(next_with("DELETED").contains("settings"));
+    let _ = watch.kill();
+    let _ = watch.wait();
+
+    // Unknown fields: kubectl asks for Strict validation and gets the
+    // field named; --validate=warn applies and prints the warning.
+    let bad = api.agent.dir().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: strict}\ndata: {a: '1'}\nbogus: 1\n",
+    )
+    .unwrap();
+    let b = bad.to_str().unwrap();
+    let e = api.kubectl(&["apply", "-f", b]);
+    let err = String::from_utf8_lossy(&e.stderr);
+    assert!(
+        !e.status.success() && err.contains(r#"unknown field "bogus""#),
+        "{e:?}"
+    );
+    assert!(api.kubectl(&["get", "cm", "strict"]).stdout.is_empty());
+    let w = api.kubectl(&["apply", "--validate=warn", "-f", b]);
+    assert!(w.status.success(), "{w:?}");
+    assert!(
+        String::from_utf8_lossy(&w.stderr).contains(r#"Warning: unknown field "bogus""#),
+        "{w:?}"
+    );
 
     // Errors are kube-apiserver's Status objects.
     let e = api.kubectl(&["get", "pod", "nope"]);

@@ -83,6 +83,14 @@ fn unescape(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// A namespace or name from a path segment, unescaped; `None` for what
+/// kube-apiserver refuses as a path segment name (`.`, `..`, or one
+/// holding `/` or `%`), so no name from a URL can walk a file path.
+fn segment(s: &str) -> Option<String> {
+    let s = unescape(s)?;
+    (s != "." && s != ".." && !s.contains(['/', '%'])).then_some(s)
+}
+
 /// Parses a request path (without the query).
 pub fn parse_path(path: &str) -> Option<Target> {
     let parts: Vec<&str> = path.trim_end_matches('/').split('/').collect();
@@ -98,11 +106,11 @@ pub fn parse_path(path: &str) -> Option<Target> {
         "scale" if k.info().has(Subresource::Scale) => Some(Target::Scale(what)),
         _ => None,
     };
-    let names = |xs: &[&str]| xs.iter().map(|x| unescape(x)).collect::<Option<Vec<_>>>();
+    let names = |xs: &[&str]| xs.iter().map(|x| segment(x)).collect::<Option<Vec<_>>>();
     match rest {
         ["namespaces", ns, plural, tail @ ..] if kind_of(plural).is_some_and(Kind::namespaced) => {
             let kind = kind_of(plural)?;
-            let ns = unescape(ns)?;
+            let ns = segment(ns)?;
             match names(tail)?.as_slice() {
                 [] => Some(Target::Collection(Scope::namespaced(kind, &ns))),
                 [name] => Some(Target::Object(ObjectRef::new(kind, &ns, name))),
@@ -274,10 +282,17 @@ mod tests {
 
     #[test]
     fn odd_names_stay_in_one_segment() {
-        let o = ObjectRef::new(Kind::Pod, "default", "a/b c");
+        let o = ObjectRef::new(Kind::Pod, "default", "a b");
         let p = object_path(&o);
-        assert_eq!(p, "/api/v1/namespaces/default/pods/a%2Fb%20c");
+        assert_eq!(p, "/api/v1/namespaces/default/pods/a%20b");
         assert_eq!(parse_path(&p), Some(Target::Object(o)));
+        // No name or namespace from a URL can be a path walk.
+        let walk = object_path(&ObjectRef::new(Kind::Pod, "default", "a/b"));
+        assert_eq!(walk, "/api/v1/namespaces/default/pods/a%2Fb");
+        assert_eq!(parse_path(&walk), None);
+        assert_eq!(parse_path("/api/v1/namespaces/%2E%2E/pods"), None);
+        assert_eq!(parse_path("/api/v1/namespaces/default/pods/.."), None);
+        assert_eq!(parse_path("/api/v1/nodes/%252E"), None);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod, PodSpec, Secret, Service};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::{config_key, dns_label, labels_ok, protocol, Errs};
+use super::{config_key, dns_label, dns_subdomain, labels_ok, protocol, Errs};
 use crate::objects::SubnetLease;
 
 /// ConfigMap keys (`data` and `binaryData`).
@@ -108,6 +108,23 @@ pub(crate) fn pod_spec(spec: &PodSpec, at: &str, e: &mut Errs) {
                 format!("{at}.restartPolicy"),
                 format!("{rp:?}: must be Always, OnFailure or Never"),
             );
+        }
+    }
+    // kube-apiserver's ValidateNodeName: a node's name is a DNS subdomain
+    // (so it can never be a path like "../../etc").
+    if let Some(n) = spec.node_name.as_deref().filter(|n| !n.is_empty()) {
+        if let Some(why) = dns_subdomain(n) {
+            e.add(format!("{at}.nodeName"), format!("{n:?}: {why}"));
+        }
+    }
+    if let Some(h) = spec.hostname.as_deref().filter(|h| !h.is_empty()) {
+        if let Some(why) = dns_label(h) {
+            e.add(format!("{at}.hostname"), format!("{h:?}: {why}"));
+        }
+    }
+    if let Some(d) = spec.subdomain.as_deref().filter(|d| !d.is_empty()) {
+        if let Some(why) = dns_label(d) {
+            e.add(format!("{at}.subdomain"), format!("{d:?}: {why}"));
         }
     }
     if spec.termination_grace_period_seconds.is_some_and(|s| s < 0) {

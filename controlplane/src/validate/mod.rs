@@ -286,6 +286,17 @@ mod tests {
     }
 
     #[test]
+    fn a_pods_node_hostname_and_subdomain_are_dns_names() {
+        let e = create_errors(
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: web}\nspec:\n  nodeName: ../../etc\n  hostname: A_B\n  subdomain: x.y\n  containers: [{name: c, image: busybox}]\n",
+        );
+        assert_eq!(e.len(), 3, "{e:?}");
+        assert!(e[0].starts_with("spec.nodeName: \"../../etc\""), "{e:?}");
+        assert!(e[1].starts_with("spec.hostname: \"A_B\""), "{e:?}");
+        assert!(e[2].starts_with("spec.subdomain: \"x.y\""), "{e:?}");
+    }
+
+    #[test]
     fn a_pod_update_may_change_images_deadline_and_binding_only() {
         let pod = |extra: &str, image: &str| {
             format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: web}}\nspec:\n{extra}  containers: [{{name: c, image: {image}}}]\n")

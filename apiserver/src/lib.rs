@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod discovery;
 pub mod openapi;
+pub mod pager;
 pub mod patch;
 pub mod pki;
 pub mod select;

@@ -9,9 +9,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use controlplane::api::revision_of;
 use controlplane::fields::FieldValidation;
-use controlplane::rest::server::{error_line, list_body, object_in, Body, MAX_BODY};
+use controlplane::rest::server::{error_line, list_page_body, object_in, Body, MAX_BODY};
 use controlplane::rest::{parse_path, status_code, status_of, Target};
-use controlplane::{ControlPlane, Error, Object, ObjectRef, Scope, WatchEvent};
+use controlplane::{ControlPlane, Error, Object, ObjectList, ObjectRef, Scope, WatchEvent};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response};
@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use crate::auth::{Attributes, Authorizer, TokenFile, User};
+use crate::pager::{Pager, Refused};
 use crate::select::Selector;
 use crate::table::{self, Columns};
 
@@ -37,6 +38,9 @@ pub struct Settings {
 
 type Resp = Response<Body>;
 
+/// kube-apiserver's message for a continue token past compaction.
+const EXPIRED: &str = "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.";
+
 /// Binds `addr` (`127.0.0.1:6443`).
 pub async fn bind(addr: &str) -> crate::Result<TcpListener> {
     TcpListener::bind(addr)
@@ -51,6 +55,7 @@ pub async fn bind(addr: &str) -> crate::Result<TcpListener> {
 pub async fn serve(listener: TcpListener, settings: Settings) {
     let acceptor = tokio_rustls::TlsAcceptor::from(settings.tls.clone());
     let settings = Arc::new(settings);
+    let pager = Arc::new(Pager::default());
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -60,7 +65,7 @@ pub async fn serve(listener: TcpListener, settings: Settings) {
                 continue;
             }
         };
-        let (acceptor, settings) = (acceptor.clone(), settings.clone());
+        let (acceptor, settings, pager) = (acceptor.clone(), settings.clone(), pager.clone());
         tokio::spawn(async move {
             let stream =
                 match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
@@ -79,8 +84,9 @@ pub async fn serve(listener: TcpListener, settings: Settings) {
                 .and_then(|c| crate::x509::subject(c))
                 .map(User::from_cert);
             let svc = hyper::service::service_fn(move |req| {
-                let (settings, cert_user) = (settings.clone(), cert_user.clone());
-                async move { Ok::<_, Infallible>(handle(&settings, cert_user, req).await) }
+                let (settings, pager, cert_user) =
+                    (settings.clone(), pager.clone(), cert_user.clone());
+                async move { Ok::<_, Infallible>(handle(&settings, &pager, cert_user, req).await) }
             });
             if let Err(e) = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
@@ -240,7 +246,12 @@ fn attributes(req: &Request<Incoming>, target: Option<&Target>, watching: bool) 
     }
 }
 
-async fn handle(s: &Settings, cert_user: Option<User>, req: Request<Incoming>) -> Resp {
+async fn handle(
+    s: &Settings,
+    pager: &Pager,
+    cert_user: Option<User>,
+    req: Request<Incoming>,
+) -> Resp {
     let Some(user) = authenticate(s, cert_user, &req) else {
         return json_response(401, &crate::auth::unauthorized());
     };
@@ -255,7 +266,7 @@ async fn handle(s: &Settings, cert_user: Option<User>, req: Request<Incoming>) -
     }
     let method = req.method().clone();
     let result = match target {
-        Some(t) => resource(s, req, t, &q, watching).await,
+        Some(t) => resource(s, pager, req, t, &q, watching).await,
         None if method == Method::GET => Ok(non_resource(s, &path)),
         None => Ok(None),
     };
@@ -311,6 +322,7 @@ fn wants_table(req: &Request<Incoming>) -> bool {
 
 async fn resource(
     s: &Settings,
+    pager: &Pager,
     req: Request<Incoming>,
     target: Target,
     q: &Query,
@@ -336,20 +348,55 @@ async fn resource(
                 let rv = q.number("resourceVersion")?.filter(|r| *r != 0);
                 return watch(s, &scope, rv, sel, table, timeout).await.map(Some);
             }
-            let mut list = cp.list(&scope).await?;
-            list.items.retain(|o| sel.matches(o));
+            let limit = q.number("limit")?.map(|l| l as usize);
+            // The list a continue token belongs to.
+            let request = format!(
+                "{}?{}&{}",
+                req.uri().path(),
+                q.get("labelSelector").unwrap_or_default(),
+                q.get("fieldSelector").unwrap_or_default()
+            );
+            let page = match q.get("continue").filter(|c| !c.is_empty()) {
+                Some(token) => match pager.next(&request, token, limit) {
+                    Ok(page) => page,
+                    Err(Refused::Invalid) => {
+                        return Err(Error::BadRequest(format!(
+                            "continue: {token:?} is not a continue token of this list"
+                        )))
+                    }
+                    Err(Refused::Expired) => return Ok(Some(status(410, "Expired", EXPIRED))),
+                },
+                None => {
+                    let mut list = cp.list(&scope).await?;
+                    list.items.retain(|o| sel.matches(o));
+                    pager.first(&request, list.items, list.revision, limit)
+                }
+            };
             match table {
-                Some(full) => json_response(
-                    200,
-                    &table::table(
+                Some(full) => {
+                    let mut t = table::table(
                         s.columns.as_ref(),
                         scope.kind,
-                        &list.items,
-                        Some(list.revision),
+                        &page.items,
+                        Some(page.revision),
                         full,
-                    ),
-                ),
-                None => bytes_response(200, list_body(&scope, list)),
+                    );
+                    if let Some(next) = &page.next {
+                        t["metadata"]["continue"] = next.as_str().into();
+                        t["metadata"]["remainingItemCount"] = page.remaining.into();
+                    }
+                    json_response(200, &t)
+                }
+                None => {
+                    let list = ObjectList {
+                        items: page.items,
+                        revision: page.revision,
+                    };
+                    bytes_response(
+                        200,
+                        list_page_body(&scope, list, page.next.as_deref(), page.remaining),
+                    )
+                }
             }
         }
         (Method::GET, Target::Object(what)) => one(cp.get(&what).await?),
@@ -445,10 +492,35 @@ async fn body_bytes(req: Request<Incoming>) -> Result<Bytes, Error> {
         })
 }
 
+/// The media type of the request body (`application/json`), without
+/// parameters.
+fn media_type(req: &Request<Incoming>) -> String {
+    req.headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|c| c.to_str().ok())
+        .unwrap_or_default()
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase()
+}
+
+/// The body of a create or update, in JSON or YAML. Protobuf (which
+/// client-go asks for first for built-in kinds) is refused with 415, and
+/// client-go then sends JSON.
 async fn body_json(req: Request<Incoming>) -> Result<Value, Error> {
+    let media = media_type(&req);
     let b = body_bytes(req).await?;
-    serde_json::from_slice(&b)
-        .map_err(|e| Error::BadRequest(format!("the request body is not valid JSON: {e}")))
+    match media.as_str() {
+        "" | "application/json" => serde_json::from_slice(&b)
+            .map_err(|e| Error::BadRequest(format!("the request body is not valid JSON: {e}"))),
+        "application/yaml" => serde_yaml::from_slice(&b)
+            .map_err(|e| Error::BadRequest(format!("the request body is not valid YAML: {e}"))),
+        _ => Err(Error::UnsupportedMediaType(
+            "application/json, application/yaml".into(),
+        )),
+    }
 }
 
 /// PATCH of an object or its status: read, patch, write with the read's
@@ -460,17 +532,9 @@ async fn patch(
     status_only: bool,
     fv: FieldValidation,
 ) -> Result<Resp, Error> {
-    let ctype = req
-        .headers()
-        .get(hyper::header::CONTENT_TYPE)
-        .and_then(|c| c.to_str().ok())
-        .unwrap_or_default()
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_string();
-    let body = body_json(req).await?;
+    let ctype = media_type(&req);
+    let body = serde_json::from_slice(&body_bytes(req).await?)
+        .map_err(|e| Error::BadRequest(format!("the patch is not valid JSON: {e}")))?;
     for _ in 0..5 {
         let current = s.cp.get(what).await?;
         let mut v = current.to_value();

@@ -38,6 +38,11 @@ pub enum Error {
     Compacted { requested: u64, oldest: u64 },
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// A request body in a media type the server does not read.
+    #[error(
+        "the body of the request was in an unknown format - accepted media types include: {0}"
+    )]
+    UnsupportedMediaType(String),
     /// The backend cannot be reached or refused to work.
     #[error("control plane unavailable: {0}")]
     Unavailable(String),

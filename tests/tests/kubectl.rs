@@ -215,6 +215,49 @@ fn kubectl_discovers_gets_applies_watches_and_deletes() {
     let _ = watch.kill();
     let _ = watch.wait();
 
+    // Chunked lists: every page from one snapshot, then all of it.
+    let pages: String = (0..5)
+        .map(|i| format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: page-{i}}}\n---\n"))
+        .collect();
+    let pages_file = api.agent.dir().join("pages.yaml");
+    std::fs::write(&pages_file, pages).unwrap();
+    api.ok(&["create", "-f", pages_file.to_str().unwrap()]);
+    let first: serde_json::Value = serde_json::from_str(&api.ok(&[
+        "get",
+        "--raw",
+        "/api/v1/namespaces/default/configmaps?limit=2",
+    ]))
+    .unwrap();
+    assert_eq!(first["items"].as_array().unwrap().len(), 2, "{first}");
+    let token = first["metadata"]["continue"].as_str().unwrap();
+    let first_count = 2 + first["metadata"]["remainingItemCount"].as_u64().unwrap() as usize;
+    assert!(first_count >= 5, "{first}");
+    api.ok(&["label", "cm", "page-4", "after=first-page"]);
+    let rest: serde_json::Value = serde_json::from_str(&api.ok(&[
+        "get",
+        "--raw",
+        &format!("/api/v1/namespaces/default/configmaps?limit=500&continue={token}"),
+    ]))
+    .unwrap();
+    assert_eq!(
+        rest["metadata"]["resourceVersion"],
+        first["metadata"]["resourceVersion"]
+    );
+    let names: Vec<&str> = rest["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["metadata"]["name"].as_str().unwrap())
+        .collect();
+    // The label came after the first page: the snapshot does not have it.
+    assert!(!rest.to_string().contains("first-page"), "{rest}");
+    assert_eq!(names.len() + 2, first_count, "{names:?}");
+    assert!(rest["metadata"].get("continue").is_none(), "{rest}");
+    let all = api.ok(&["get", "cm", "--chunk-size=2", "-o", "name"]);
+    for i in 0..5 {
+        assert!(all.contains(&format!("configmap/page-{i}\n")), "{all}");
+    }
+
     // Unknown fields: kubectl asks for Strict validation and gets the
     // field named; --validate=warn applies and prints the warning.
     let bad = api.agent.dir().join("bad.yaml");

@@ -142,6 +142,7 @@ pub fn status_code(e: &Error) -> (u16, &'static str) {
         Error::Invalid(_) => (422, "Invalid"),
         Error::Compacted { .. } => (410, "Expired"),
         Error::BadRequest(_) => (400, "BadRequest"),
+        Error::UnsupportedMediaType(_) => (415, "UnsupportedMediaType"),
         Error::Unavailable(_) => (503, "ServiceUnavailable"),
         Error::Internal(_) => (500, "InternalError"),
     }
@@ -169,7 +170,10 @@ pub fn status_of(e: &Error) -> Value {
         Error::Compacted { requested, oldest } => {
             json!({"requested": requested, "oldest": oldest})
         }
-        Error::BadRequest(why) | Error::Unavailable(why) | Error::Internal(why) => {
+        Error::BadRequest(why)
+        | Error::UnsupportedMediaType(why)
+        | Error::Unavailable(why)
+        | Error::Internal(why) => {
             json!({"why": why})
         }
     };
@@ -229,6 +233,7 @@ pub fn error_of(status: &Value) -> Error {
             oldest: d["oldest"].as_u64().unwrap_or_default(),
         },
         "ServiceUnavailable" => Error::Unavailable(why()),
+        "UnsupportedMediaType" => Error::UnsupportedMediaType(why()),
         "InternalError" => Error::Internal(why()),
         _ => Error::BadRequest(why()),
     }

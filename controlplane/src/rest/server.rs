@@ -123,9 +123,26 @@ fn bytes_response(code: u16, body: Vec<u8>) -> Response<Body> {
 /// A list's JSON, written item by item: only one item's JSON value exists
 /// at a time, not a value tree of the whole list beside its text.
 pub fn list_body(scope: &Scope, list: crate::api::ObjectList) -> Vec<u8> {
+    list_page_body(scope, list, None, 0)
+}
+
+/// [`list_body`] for one page of a chunked list: `next` is the token of
+/// the next page (`metadata.continue`) and `remaining` how many objects
+/// follow (`metadata.remainingItemCount`).
+pub fn list_page_body(
+    scope: &Scope,
+    list: crate::api::ObjectList,
+    next: Option<&str>,
+    remaining: usize,
+) -> Vec<u8> {
+    let mut meta = json!({"resourceVersion": list.revision.to_string()});
+    if let Some(next) = next {
+        meta["continue"] = next.into();
+        meta["remainingItemCount"] = remaining.into();
+    }
     let head = json!({
         "kind": list_kind(scope.kind), "apiVersion": scope.kind.api_version(),
-        "metadata": {"resourceVersion": list.revision.to_string()},
+        "metadata": meta,
     });
     let mut out = serde_json::to_vec(&head).unwrap_or_default();
     // Replace the closing brace with the items array.

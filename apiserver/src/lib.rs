@@ -12,6 +12,7 @@ pub mod openapi;
 pub mod pager;
 pub mod patch;
 pub mod pki;
+pub mod protobuf;
 pub mod select;
 pub mod server;
 pub mod table;

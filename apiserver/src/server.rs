@@ -11,7 +11,9 @@ use controlplane::api::revision_of;
 use controlplane::fields::FieldValidation;
 use controlplane::rest::server::{error_line, list_page_body, object_in, Body, MAX_BODY};
 use controlplane::rest::{parse_path, status_code, status_of, Target};
-use controlplane::{ControlPlane, Error, Object, ObjectList, ObjectRef, Scope, WatchEvent};
+use controlplane::{
+    ControlPlane, DeleteOptions, Error, Object, ObjectList, ObjectRef, Scope, WatchEvent,
+};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response};
@@ -174,7 +176,7 @@ impl Query {
             .map(|(_, v)| v.as_str())
     }
 
-    fn number(&self, key: &str) -> Result<Option<u64>, Error> {
+    fn number<T: std::str::FromStr>(&self, key: &str) -> Result<Option<T>, Error> {
         match self.get(key) {
             None | Some("") => Ok(None),
             Some(v) => v.parse().map(Some).map_err(|_| {
@@ -339,6 +341,13 @@ async fn resource(
     };
     let method = req.method().clone();
     let fv = FieldValidation::parse(q.get("fieldValidation"))?;
+    // A dry run must not write; until dry runs are served, refuse them
+    // (kubectl diff and --dry-run=server would otherwise change objects).
+    if method != Method::GET && q.get("dryRun").is_some_and(|d| !d.is_empty()) {
+        return Err(Error::BadRequest(
+            "dryRun: server-side dry runs are not supported by this server".into(),
+        ));
+    }
     Ok(Some(match (method, target) {
         (Method::GET, Target::Collection(scope)) => {
             let sel = Selector::parse(q.get("labelSelector"), q.get("fieldSelector"))
@@ -348,7 +357,7 @@ async fn resource(
                 let rv = q.number("resourceVersion")?.filter(|r| *r != 0);
                 return watch(s, &scope, rv, sel, table, timeout).await.map(Some);
             }
-            let limit = q.number("limit")?.map(|l| l as usize);
+            let limit = q.number::<usize>("limit")?;
             // The list a continue token belongs to.
             let request = format!(
                 "{}?{}&{}",
@@ -422,15 +431,109 @@ async fn resource(
                 &controlplane::scale::set_replicas(cp, &what, replicas, revision).await?,
             )
         }
-        (Method::DELETE, Target::Object(what)) => {
-            json_response(200, &cp.delete(&what, None).await?.to_value())
-        }
+        (Method::DELETE, Target::Object(what)) => delete(cp, req, &what, q).await?,
         (m, _) => status(
             405,
             "MethodNotAllowed",
             &format!("the server does not allow this method on the requested resource ({m})"),
         ),
     }))
+}
+
+/// DELETE of one object, with kube's DeleteOptions from the body or the
+/// query: gracePeriodSeconds, preconditions (uid, resourceVersion) and
+/// propagationPolicy. Orphan (or orphanDependents) releases the object's
+/// dependents first; Foreground is served as Background (with a warning):
+/// the collector removes dependents after the owner, not before.
+async fn delete(
+    cp: &dyn ControlPlane,
+    req: Request<Incoming>,
+    what: &ObjectRef,
+    q: &Query,
+) -> Result<Resp, Error> {
+    let has_body = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .is_some_and(|l| l != "0")
+        || req.headers().contains_key(hyper::header::TRANSFER_ENCODING);
+    let body = if has_body {
+        body_json(req).await?
+    } else {
+        Value::Null
+    };
+    let field = |key: &str| body.get(key).filter(|v| !v.is_null()).cloned();
+    let grace =
+        match (
+            field("gracePeriodSeconds"),
+            q.number::<i64>("gracePeriodSeconds")?,
+        ) {
+            (_, Some(g)) => Some(g),
+            (Some(v), None) => Some(v.as_i64().ok_or_else(|| {
+                Error::BadRequest(format!("gracePeriodSeconds: not a number: {v}"))
+            })?),
+            (None, None) => None,
+        };
+    let policy = q
+        .get("propagationPolicy")
+        .map(str::to_string)
+        .or_else(|| field("propagationPolicy").and_then(|v| v.as_str().map(str::to_string)));
+    let orphan = match policy.as_deref() {
+        None | Some("") => {
+            field("orphanDependents").and_then(|v| v.as_bool()) == Some(true)
+                || q.get("orphanDependents") == Some("true")
+        }
+        Some("Orphan") => true,
+        Some("Background" | "Foreground") => false,
+        Some(p) => {
+            return Err(Error::BadRequest(format!(
+                "propagationPolicy: unsupported value {p:?}: want Orphan, Background or Foreground"
+            )))
+        }
+    };
+    let pre = field("preconditions").unwrap_or_default();
+    let revision = match pre.get("resourceVersion").and_then(Value::as_str) {
+        None | Some("") => None,
+        Some(r) => Some(r.parse().map_err(|_| {
+            Error::BadRequest(format!(
+                "preconditions.resourceVersion: not a version: {r:?}"
+            ))
+        })?),
+    };
+    let opts = DeleteOptions {
+        revision,
+        uid: pre
+            .get("uid")
+            .and_then(Value::as_str)
+            .filter(|u| !u.is_empty())
+            .map(str::to_string),
+        grace_period_seconds: grace,
+    };
+    if orphan {
+        let owner = cp.get(what).await?;
+        if opts
+            .uid
+            .as_ref()
+            .is_some_and(|u| owner.meta().uid.as_ref() != Some(u))
+        {
+            return Err(Error::Conflict {
+                kind: what.kind,
+                name: what.name.clone(),
+                reason: "the UID in the precondition does not match the object's".into(),
+            });
+        }
+        controllers::gc::orphan_dependents(cp, &owner)
+            .await
+            .map_err(|e| Error::Internal(format!("orphaning the dependents: {e}")))?;
+    }
+    let deleted = cp.delete_with(what, &opts).await?;
+    let warnings = match policy.as_deref() {
+        Some("Foreground") => vec![
+            "foreground deletion is served as background: dependents are removed after the owner"
+                .to_string(),
+        ],
+        _ => Vec::new(),
+    };
+    Ok(warn(json_response(200, &deleted.to_value()), &warnings))
 }
 
 /// PUT of an object or its status.
@@ -506,9 +609,8 @@ fn media_type(req: &Request<Incoming>) -> String {
         .to_ascii_lowercase()
 }
 
-/// The body of a create or update, in JSON or YAML. Protobuf (which
-/// client-go asks for first for built-in kinds) is refused with 415, and
-/// client-go then sends JSON.
+/// The body of a create, update or delete, in JSON, YAML or Kubernetes
+/// protobuf (client-go's typed clients send built-in kinds that way).
 async fn body_json(req: Request<Incoming>) -> Result<Value, Error> {
     let media = media_type(&req);
     let b = body_bytes(req).await?;
@@ -517,8 +619,10 @@ async fn body_json(req: Request<Incoming>) -> Result<Value, Error> {
             .map_err(|e| Error::BadRequest(format!("the request body is not valid JSON: {e}"))),
         "application/yaml" => serde_yaml::from_slice(&b)
             .map_err(|e| Error::BadRequest(format!("the request body is not valid YAML: {e}"))),
+        "application/vnd.kubernetes.protobuf" => crate::protobuf::decode(&b)
+            .map_err(|e| Error::BadRequest(format!("the request body: {e}"))),
         _ => Err(Error::UnsupportedMediaType(
-            "application/json, application/yaml".into(),
+            "application/json, application/yaml, application/vnd.kubernetes.protobuf".into(),
         )),
     }
 }

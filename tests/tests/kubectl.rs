@@ -77,6 +77,21 @@ impl Api {
     }
 }
 
+/// Polls `f` until it answers (20 s at most).
+fn wait_for<T>(mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if let Some(t) = f() {
+            return t;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "condition not met in 20 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 const MANIFEST: &str = "apiVersion: v1
 kind: ConfigMap
 metadata: {name: settings, labels: {app: web}}
@@ -280,6 +295,44 @@ fn kubectl_discovers_gets_applies_watches_and_deletes() {
         String::from_utf8_lossy(&w.stderr).contains(r#"Warning: unknown field "bogus""#),
         "{w:?}"
     );
+
+    // client-go's typed clients send protobuf: kubectl create's generators.
+    api.ok(&["create", "configmap", "literal", "--from-literal=a=1"]);
+    assert_eq!(
+        api.ok(&["get", "cm", "literal", "-o", "jsonpath={.data.a}"]),
+        "1"
+    );
+    api.ok(&["create", "secret", "generic", "token", "--from-literal=k=v"]);
+    assert_eq!(
+        api.ok(&["get", "secret", "token", "-o", "jsonpath={.data.k}"]),
+        "dg=="
+    );
+    api.ok(&["create", "namespace", "team"]);
+    api.ok(&[
+        "create",
+        "deployment",
+        "app",
+        "--image=busybox",
+        "--replicas=0",
+    ]);
+    assert_eq!(
+        api.ok(&["get", "deploy", "app", "-o", "jsonpath={.spec.replicas}"]),
+        "0"
+    );
+    // Orphan propagation: the ReplicaSet stays, without its owner.
+    let rs = wait_for(|| {
+        let o = api.ok(&["get", "rs", "-l", "app=app", "-o", "name"]);
+        (!o.trim().is_empty()).then(|| o.trim().to_string())
+    });
+    api.ok(&["delete", "deploy", "app", "--cascade=orphan"]);
+    let owners = api.ok(&["get", &rs, "-o", "jsonpath={.metadata.ownerReferences}"]);
+    assert!(!owners.contains("Deployment"), "{owners}");
+    // A server-side dry run is refused, not applied.
+    let dry = api.kubectl(&["label", "cm", "literal", "dry=run", "--dry-run=server"]);
+    assert!(!dry.status.success(), "{dry:?}");
+    assert!(!api
+        .ok(&["get", "cm", "literal", "--show-labels"])
+        .contains("dry=run"));
 
     // Errors are kube-apiserver's Status objects.
     let e = api.kubectl(&["get", "pod", "nope"]);

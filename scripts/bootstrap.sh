@@ -20,6 +20,8 @@ PACKAGES=(
   etcd-server etcd-client
   # misc tools used by scripts
   curl ca-certificates jq
+  # the API tests' Python client lives in a virtualenv (scripts/python-client.sh)
+  python3-venv
 )
 
 # The API tests drive the real kubectl: keep the host's own (any recent

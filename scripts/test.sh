@@ -16,6 +16,7 @@ scripts/build-pause.sh
 echo "== unit tests"
 cargo test --workspace --no-fail-fast --exclude netns-tests --exclude knode-tests
 echo "== end-to-end tests (real etcd and knode agents on loopback)"
+scripts/python-client.sh
 cargo test -p knode-tests --no-fail-fast
 echo "== netns tests (real kernel, namespaces created by the tests)"
 cargo test -p netns-tests --no-fail-fast -- --test-threads="${NETNS_TEST_THREADS:-2}"

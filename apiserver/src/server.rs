@@ -561,6 +561,14 @@ fn checked(
     name: Option<&str>,
     fv: FieldValidation,
 ) -> Result<(Object, Vec<String>), Error> {
+    // As kube-apiserver does, a body without apiVersion or kind is of the
+    // kind its path names (the Python client sends them so).
+    let mut v = v;
+    if let Value::Object(m) = &mut v {
+        m.entry("apiVersion")
+            .or_insert_with(|| scope.kind.api_version().into());
+        m.entry("kind").or_insert_with(|| scope.kind.name().into());
+    }
     let obj = object_in(v.clone(), scope, name)?;
     let warnings = fv.check(&v, &obj)?;
     Ok((obj, warnings))

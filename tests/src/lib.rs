@@ -5,6 +5,8 @@
 
 pub use netns_tests::{agent, etcd};
 
+pub mod api;
+
 pub mod containerd;
 
 pub mod image;

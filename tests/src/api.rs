@@ -1,0 +1,93 @@
+//! An agent serving the Kubernetes API over HTTPS on a free loopback
+//! port, and the real clients that talk to it (kubectl; the Python client
+//! in `target/python`, made by scripts/python-client.sh).
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use crate::agent::Agent;
+
+pub fn kubectl_present() -> bool {
+    let ok = Command::new("kubectl")
+        .arg("version")
+        .arg("--client")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            std::env::var("CI").is_err(),
+            "kubectl is missing (scripts/bootstrap.sh installs it)"
+        );
+        eprintln!("skipped: no kubectl on this machine");
+    }
+    ok
+}
+
+pub struct Api {
+    pub agent: Agent,
+    pub port: u16,
+}
+
+/// An agent with pods disabled and the API on a free port.
+impl Api {
+    pub fn start() -> Api {
+        let port = crate::free_port().unwrap();
+        let agent =
+            Agent::start_with_agent_flags(&["--disable", "pods", "--api-port", &port.to_string()])
+                .unwrap();
+        // The socket answers before the API has written its kubeconfig.
+        let api = Api { agent, port };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !api.kubeconfig().exists()
+            || std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no API in 20s:\n{}",
+                api.agent.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        api
+    }
+
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.agent.dir().join("kubeconfig.yaml")
+    }
+
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// stdout of a kubectl that must succeed.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.kubectl(args);
+        assert!(
+            o.status.success(),
+            "kubectl {args:?}: {}\n{}",
+            String::from_utf8_lossy(&o.stderr),
+            self.agent.log()
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+}
+
+/// Polls `f` until it answers (20 s at most).
+pub fn wait_for<T>(mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if let Some(t) = f() {
+            return t;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "condition not met in 20 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,46 @@
+//! The official Python `kubernetes` client (tests/python/client.py)
+//! against the agent's API: list, create, get, both patch types, chunked
+//! list, watch and delete, as an application would use them.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use knode_tests::api::Api;
+
+/// The virtualenv scripts/python-client.sh made, if it is there.
+fn python() -> Option<PathBuf> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/python/bin/python");
+    let ok = p.exists()
+        && Command::new(&p)
+            .args(["-c", "import kubernetes"])
+            .status()
+            .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var("CI").is_err(),
+            "no Python client in target/python (scripts/python-client.sh makes it)"
+        );
+        eprintln!("skipped: no Python client (run scripts/python-client.sh)");
+    }
+    ok.then_some(p)
+}
+
+#[test]
+fn the_python_client_lists_creates_patches_watches_and_deletes() {
+    let Some(python) = python() else { return };
+    let api = Api::start();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/client.py");
+    let out = Command::new(python)
+        .arg(script)
+        .arg(api.kubeconfig())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.ends_with("ok\n"),
+        "{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        api.agent.log()
+    );
+    eprint!("{stdout}");
+}

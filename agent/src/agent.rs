@@ -342,6 +342,7 @@ async fn start_node(
         pause,
         registries: image::Registries::load(&config.registry_config, &config.insecure_registries)?,
         prober: Prober::start(),
+        events: kubelet::events::Recorder::new(cp.clone(), &config.node_name),
     });
     tasks.push(tokio::spawn(node::heartbeat(
         cp,

@@ -66,12 +66,24 @@ fn parse_term(t: &str) -> Option<Req> {
     (!t.contains(' ')).then(|| Req::Exists(t.into()))
 }
 
-/// The fields a field selector may name.
+/// The fields a field selector may name (for Events, the ones
+/// `kubectl describe` and `kubectl get events --field-selector` use).
 const FIELDS: &[&str] = &[
     "metadata.name",
     "metadata.namespace",
     "spec.nodeName",
     "status.phase",
+    "involvedObject.kind",
+    "involvedObject.namespace",
+    "involvedObject.name",
+    "involvedObject.uid",
+    "involvedObject.apiVersion",
+    "involvedObject.resourceVersion",
+    "involvedObject.fieldPath",
+    "reason",
+    "reportingComponent",
+    "source",
+    "type",
 ];
 
 impl Selector {
@@ -162,5 +174,20 @@ mod tests {
         assert!(s(None, Some("metadata.namespace==default,spec.nodeName=n2")).matches(&b));
         assert!(Selector::parse(None, Some("spec.foo=x")).is_err());
         assert!(Selector::parse(Some("a in x"), None).is_err());
+    }
+
+    #[test]
+    fn events_are_selected_as_kubectl_describe_asks() {
+        let ev = Object::from_value(json!({"apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": "web.1", "namespace": "default"},
+            "involvedObject": {"kind": "Pod", "name": "web", "namespace": "default", "uid": "u-1"},
+            "reason": "Started", "type": "Normal"}))
+        .unwrap();
+        let s = |f: &str| Selector::parse(None, Some(f)).unwrap().matches(&ev);
+        assert!(s(
+            "involvedObject.name=web,involvedObject.namespace=default,involvedObject.uid=u-1"
+        ));
+        assert!(!s("involvedObject.uid=u-2"));
+        assert!(s("type=Normal,reason=Started"));
     }
 }

@@ -5,6 +5,7 @@
 //! `controlplane`; it reads no config file and parses no flags.
 
 pub mod cni;
+pub mod events;
 pub mod logs;
 pub mod node;
 pub mod pods;

@@ -170,6 +170,35 @@ spec:
         "{:#}",
         container(&p)
     );
+    // And the kubelet told the story in Events (what kubectl describe shows).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let list: Value = serde_json::from_str(&n.knode(&["get", "events", "-o", "json"])?)?;
+        let seen: Vec<(String, String)> = list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["involvedObject"]["name"] == "sick")
+            .map(|e| {
+                let reason = e["reason"].as_str().unwrap_or_default().to_string();
+                (
+                    reason,
+                    e["message"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        let has = |r: &str, m: &str| seen.iter().any(|(a, b)| a == r && b.contains(m));
+        if has("Pulled", BUSYBOX)
+            && has("Created", "Created container: app")
+            && has("Started", "Started container app")
+            && has("Unhealthy", "Liveness probe failed")
+            && has("Killing", "Stopping container app")
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "events: {seen:#?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     Ok(())
 }
 

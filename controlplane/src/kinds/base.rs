@@ -93,8 +93,11 @@ pub(super) static SUBNET_LEASE: KindInfo = KindInfo {
     ..KindInfo::cluster("SubnetLease", "knode.io/v1", "subnetleases", "subnetlease")
 };
 
+/// Events expire as kube-apiserver's `--event-ttl` makes them (the
+/// kubelet writes them with a TTL of an hour).
 pub(super) static EVENT: KindInfo = KindInfo {
     short_names: &["ev"],
+    ttl: true,
     strategy: Strategy {
         validate: Some(validate_hook!(Event, validate::core::event)),
         ..Strategy::PLAIN

@@ -651,7 +651,7 @@ impl ControlPlane for Registry {
 }
 
 /// TTLs are for what a node keeps alive by heartbeat (Lease, SubnetLease,
-/// Node): an expiring Service would leave its ClusterIP and NodePort
+/// Node) and for Events (kube's event TTL): an expiring Service would leave its ClusterIP and NodePort
 /// claims behind, and an expiring Pod its containers.
 fn check_ttl(obj: &Object, ttl: Option<Duration>) -> Result<()> {
     match ttl {

@@ -32,6 +32,8 @@ pub struct Context {
     pub registries: Registries,
     /// The node's one probe scheduler.
     pub prober: Prober,
+    /// Events about this node's pods.
+    pub events: crate::events::Recorder,
 }
 
 impl Context {

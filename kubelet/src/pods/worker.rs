@@ -25,6 +25,7 @@ use super::probe::{self, handlers::Target, Registration};
 use super::sandbox::{self, Sandbox};
 use super::status::{self, ContainerView, PodView, State, Terminated};
 use super::{env, hooks, volumes};
+use crate::events::Type as EventType;
 use runtime::image::{self, Image, PullError, PullPolicy};
 use runtime::task::{self, NewContainer, Owned, TaskState};
 use runtime::{container_id, labels, run_labels, spec};
@@ -467,6 +468,20 @@ impl Worker {
         let now = Instant::now();
         if let Some(until) = self.backoff.wait_until(&key, finished, now) {
             let delay = self.backoff.delay(&key).unwrap_or_default();
+            if self.slots[i]
+                .waiting
+                .as_ref()
+                .is_none_or(|(r, _)| r != "CrashLoopBackOff")
+            {
+                let msg = format!(
+                    "Back-off restarting failed container {} in pod {}_{}({})",
+                    self.slots[i].name,
+                    self.pod.metadata.name.as_deref().unwrap_or_default(),
+                    namespace(&self.pod),
+                    self.uid
+                );
+                self.event(Some(i), EventType::Warning, "BackOff", msg);
+            }
             self.slots[i].waiting = Some((
                 "CrashLoopBackOff".into(),
                 Some(format!(
@@ -569,6 +584,21 @@ impl Worker {
                     _ => "ErrImagePull",
                 };
                 self.slots[i].waiting = Some((reason.into(), Some(e.to_string())));
+                if reason == "ImagePullBackOff" {
+                    self.event(
+                        Some(i),
+                        EventType::Normal,
+                        "BackOff",
+                        format!("Back-off pulling image {image_ref:?}"),
+                    );
+                } else {
+                    self.event(
+                        Some(i),
+                        EventType::Warning,
+                        "Failed",
+                        format!("Failed to pull image {image_ref:?}: {e}"),
+                    );
+                }
                 let key = format!("pull/{}/{}", self.uid, c.name);
                 let now = Instant::now();
                 let until = self
@@ -581,9 +611,18 @@ impl Worker {
         };
         self.slots[i].image_id = img.digest.clone();
         self.slots[i].image = image_ref.clone();
+        self.event(
+            Some(i),
+            EventType::Normal,
+            "Pulled",
+            format!("Container image {image_ref:?} is present on the node"),
+        );
 
         // Env, mounts, spec: errors here are the user's configuration.
         let config_error = |e: String| ("CreateContainerConfigError".to_string(), Some(e));
+        let config_event = |w: &Worker, e: &str| {
+            w.event(Some(i), EventType::Warning, "Failed", format!("Error: {e}"));
+        };
         let services = services_for(ctx.cp.as_ref(), &ns).await?;
         let refs = Refs::fetch(ctx.cp.as_ref(), &pod).await?;
         let enable_links = pod
@@ -607,11 +646,13 @@ impl Worker {
         let env = match env {
             Ok(e) => e,
             Err(e) => {
+                config_event(self, &e.to_string());
                 self.slots[i].waiting = Some(config_error(e.to_string()));
                 return Ok(());
             }
         };
         if let Err(e) = probe::specs(&c).and_then(|_| hooks::check(&c)) {
+            config_event(self, &e);
             self.slots[i].waiting = Some(config_error(e));
             return Ok(());
         }
@@ -624,6 +665,7 @@ impl Worker {
             match volumes::mounts_of(&pod, &field, &c, self.volumes.as_ref().unwrap_or(&empty)) {
                 Ok(m) => m,
                 Err(e) => {
+                    config_event(self, &e.to_string());
                     self.slots[i].waiting = Some(config_error(e.to_string()));
                     return Ok(());
                 }
@@ -642,6 +684,7 @@ impl Worker {
         let oci = match spec::container_spec(&params) {
             Ok(s) => s,
             Err(e) => {
+                config_event(self, &e.to_string());
                 self.slots[i].waiting = Some(config_error(e.to_string()));
                 return Ok(());
             }
@@ -670,6 +713,12 @@ impl Worker {
         )
         .await?;
         tracing::debug!(pod = %self.key(), ms = t0.elapsed().as_millis() as u64, "container: created");
+        self.event(
+            Some(i),
+            EventType::Normal,
+            "Created",
+            format!("Created container: {}", c.name),
+        );
         // The run is on record before it starts: a crash from here on is
         // found and finished by the next pass (or the next agent).
         self.slots[i].current = Some((attempt, id.clone()));
@@ -694,6 +743,12 @@ impl Worker {
         let uri = crate::logs::stdio_uri(&ctx.knode_exe, &log);
         let started = Timestamp::now();
         if let Err(e) = task::start(&ctx.rt, &id, Some(&uri)).await {
+            self.event(
+                Some(i),
+                EventType::Warning,
+                "Failed",
+                format!("Error: {e:#}"),
+            );
             self.slots[i].waiting = Some(("RunContainerError".into(), Some(format!("{e:#}"))));
             // Account it as a failed run so the back-off applies.
             self.slots[i].previous = self.slots[i].last.take();
@@ -732,7 +787,22 @@ impl Worker {
             }
         }
         tracing::info!(pod = %self.key(), container = %name, attempt, "container started");
+        self.event(
+            Some(i),
+            EventType::Normal,
+            "Started",
+            format!("Started container {name}"),
+        );
         Ok(())
+    }
+
+    /// Records an Event about this pod (about container `i` when given).
+    fn event(&self, i: Option<usize>, ty: EventType, reason: &str, message: String) {
+        let field = i.map(|i| match self.slots[i].init {
+            true => format!("spec.initContainers{{{}}}", self.slots[i].name),
+            false => format!("spec.containers{{{}}}", self.slots[i].name),
+        });
+        self.ctx.events.pod(&self.pod, field, ty, reason, message);
     }
 
     /// Makes sure an exit of `id` wakes this worker.
@@ -879,6 +949,12 @@ impl Worker {
             return;
         }
         tracing::info!(pod = %self.key(), deadline, "pod was active on the node longer than the specified deadline");
+        self.event(
+            None,
+            EventType::Normal,
+            "DeadlineExceeded",
+            "Pod was active on the node longer than the specified deadline".into(),
+        );
         self.deadline_exceeded = true;
         let grace = self.grace();
         self.stop_all(grace).await;
@@ -963,6 +1039,18 @@ impl Worker {
         else {
             return;
         };
+        if !c.result {
+            let what = match c.kind {
+                probe::Kind::Readiness => "Readiness",
+                probe::Kind::Liveness => "Liveness",
+                probe::Kind::Startup => "Startup",
+            };
+            let msg = format!(
+                "{what} probe failed: {}",
+                c.message.as_deref().unwrap_or("")
+            );
+            self.event(Some(i), EventType::Warning, "Unhealthy", msg);
+        }
         match (c.kind, c.result) {
             (probe::Kind::Readiness, ok) => self.slots[i].ready = ok,
             (probe::Kind::Startup, true) => self.slots[i].started = true,
@@ -1138,6 +1226,12 @@ impl Worker {
             .ok()
             .flatten();
         let (target, key, name) = (self.target(id), self.key(), self.slots[i].name.clone());
+        self.event(
+            Some(i),
+            EventType::Normal,
+            "Killing",
+            format!("Stopping container {name}"),
+        );
         async move {
             let t0 = Instant::now();
             let running = matches!(

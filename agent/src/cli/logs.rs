@@ -3,7 +3,6 @@
 //! comes from the control plane, for its uid and containers). Also the
 //! pod and container lookup that `knode exec` shares.
 
-use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::path::Path;
 use std::process::ExitCode;
@@ -17,14 +16,12 @@ use k8s_openapi::api::core::v1::Pod;
 
 use super::connect;
 use crate::config::Config;
-use kubelet::logs::{self, reader};
+use kubelet::logs::{self, reader, view};
 
 /// How often a followed file is checked for growth.
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
 /// How often following checks that the pod still exists.
 const POD_CHECK: Duration = Duration::from_secs(1);
-/// The annotation that names the container kubectl picks by default.
-const DEFAULT_CONTAINER: &str = "kubectl.kubernetes.io/default-container";
 
 #[derive(Args)]
 pub struct LogsArgs {
@@ -90,21 +87,10 @@ pub async fn run(config: &Config, args: LogsArgs) -> Result<ExitCode> {
 /// Prints one run's whole file.
 fn print_file(dir: &Path, run: u32, out: &mut Printer) -> Result<()> {
     let path = reader::file(dir, run);
-    let mut f = std::fs::File::open(&path).with_context(|| format!("open {}", path.display()))?;
-    let mut d = reader::Decoder::default();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n =
-            io::Read::read(&mut f, &mut buf).with_context(|| format!("read {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        d.feed(&buf[..n], &mut |m| out.push(m));
-        out.check()?;
-    }
-    d.finish(&mut |m| out.push(m));
-    out.end_of_backlog();
-    warn_malformed(d.malformed, &path);
+    let Printer { shaper, out: w, .. } = out;
+    let malformed = view::read_run(dir, run, shaper, &mut |b| w.write_all(b))
+        .with_context(|| format!("read {}", path.display()))?;
+    warn_malformed(malformed, &path);
     Ok(())
 }
 
@@ -168,12 +154,11 @@ fn warn_malformed(n: u64, path: &Path) {
     }
 }
 
-/// Writes messages to stdout; holds the last N of the backlog for `--tail`.
+/// Writes messages to stdout, shaped by `--tail` and `--timestamps`.
 /// Remembers the first write error (a closed pipe ends the command quietly).
 struct Printer {
     out: io::BufWriter<io::Stdout>,
-    timestamps: bool,
-    tail: Option<(usize, VecDeque<reader::Message>)>,
+    shaper: view::Shaper,
     buf: Vec<u8>,
     error: Option<io::Error>,
 }
@@ -182,45 +167,35 @@ impl Printer {
     fn new(timestamps: bool, tail: i64) -> Printer {
         Printer {
             out: io::BufWriter::new(io::stdout()),
-            timestamps,
-            tail: usize::try_from(tail).ok().map(|n| (n, VecDeque::new())),
+            shaper: view::Shaper::new(view::Options {
+                tail: usize::try_from(tail).ok(),
+                timestamps,
+                ..Default::default()
+            }),
             buf: Vec::new(),
             error: None,
         }
     }
 
     fn push(&mut self, m: reader::Message) {
-        if let Some((n, held)) = &mut self.tail {
-            if *n > 0 {
-                if held.len() == *n {
-                    held.pop_front();
-                }
-                held.push_back(m);
-            }
-            return;
-        }
-        self.write(&m);
+        self.shaper.push(m, &mut self.buf);
+        self.write();
     }
 
     /// The backlog is read: what `--tail` held is printed, and from now on
     /// everything is.
     fn end_of_backlog(&mut self) {
-        if let Some((_, held)) = self.tail.take() {
-            for m in held {
-                self.write(&m);
-            }
-        }
+        self.shaper.end_of_backlog(&mut self.buf);
+        self.write();
     }
 
-    fn write(&mut self, m: &reader::Message) {
-        if self.error.is_some() {
-            return;
+    fn write(&mut self) {
+        if self.error.is_none() && !self.buf.is_empty() {
+            if let Err(e) = self.out.write_all(&self.buf) {
+                self.error = Some(e);
+            }
         }
         self.buf.clear();
-        m.render(self.timestamps, &mut self.buf);
-        if let Err(e) = self.out.write_all(&self.buf) {
-            self.error = Some(e);
-        }
     }
 
     fn check(&mut self) -> Result<()> {
@@ -279,68 +254,9 @@ pub fn pod_uid(pod: &Pod) -> Result<String> {
     }
 }
 
-/// The pod's app container names, then its init container names.
-fn names(pod: &Pod) -> (Vec<String>, Vec<String>) {
-    let spec = pod.spec.as_ref();
-    let app = spec
-        .map(|s| s.containers.iter().map(|c| c.name.clone()).collect())
-        .unwrap_or_default();
-    let init = spec
-        .and_then(|s| s.init_containers.as_ref())
-        .map(|cs| cs.iter().map(|c| c.name.clone()).collect())
-        .unwrap_or_default();
-    (app, init)
-}
-
-/// The container `wanted` names, checked to exist in the pod.
-fn named(pod: &Pod, pod_name: &str, wanted: &str) -> Result<String> {
-    let (app, init) = names(pod);
-    if app.iter().chain(&init).any(|n| n == wanted) {
-        return Ok(wanted.to_string());
-    }
-    bail!(
-        "container \"{wanted}\" not found in pod \"{pod_name}\" (choose one of: [{}])",
-        app.iter()
-            .chain(&init)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join(" ")
-    )
-}
-
-/// The annotated default container, if it exists in the pod.
-fn annotated_default(pod: &Pod) -> Option<String> {
-    let want = pod.metadata.annotations.as_ref()?.get(DEFAULT_CONTAINER)?;
-    names(pod).0.into_iter().find(|n| n == want)
-}
-
-/// The container `knode logs` reads: `-c`, else the annotated default,
-/// else the only one; with several, the user must choose (as kubectl).
+/// The container `knode logs` reads (kubectl's rules: [`view::log_container`]).
 pub fn log_container(pod: &Pod, pod_name: &str, wanted: Option<&str>) -> Result<String> {
-    if let Some(w) = wanted {
-        return named(pod, pod_name, w);
-    }
-    if let Some(d) = annotated_default(pod) {
-        return Ok(d);
-    }
-    let (app, init) = names(pod);
-    match app.as_slice() {
-        [] => bail!("pod \"{pod_name}\" has no containers"),
-        [only] => Ok(only.clone()),
-        _ => {
-            let mut msg = format!(
-                "a container name must be specified for pod {pod_name}, choose one of: [{}]",
-                app.join(" ")
-            );
-            if !init.is_empty() {
-                msg.push_str(&format!(
-                    " or one of the init containers: [{}]",
-                    init.join(" ")
-                ));
-            }
-            Err(anyhow!(msg))
-        }
-    }
+    view::log_container(pod, pod_name, wanted).map_err(|e| anyhow!(e))
 }
 
 /// The container `knode exec` runs in: `-c`, else the annotated default,
@@ -348,12 +264,12 @@ pub fn log_container(pod: &Pod, pod_name: &str, wanted: Option<&str>) -> Result<
 /// kubectl exec).
 pub fn exec_container(pod: &Pod, pod_name: &str, wanted: Option<&str>) -> Result<String> {
     if let Some(w) = wanted {
-        return named(pod, pod_name, w);
+        return view::named(pod, pod_name, w).map_err(|e| anyhow!(e));
     }
-    if let Some(d) = annotated_default(pod) {
+    if let Some(d) = view::annotated_default(pod) {
         return Ok(d);
     }
-    let (app, _) = names(pod);
+    let (app, _) = view::names(pod);
     match app.as_slice() {
         [] => bail!("pod \"{pod_name}\" has no containers"),
         [only] => Ok(only.clone()),
@@ -382,7 +298,7 @@ mod tests {
                 .collect();
         }
         if let Some(d) = default {
-            v["metadata"]["annotations"] = serde_json::json!({ DEFAULT_CONTAINER: d });
+            v["metadata"]["annotations"] = serde_json::json!({ view::DEFAULT_CONTAINER: d });
         }
         serde_json::from_value(v).unwrap()
     }
@@ -429,33 +345,5 @@ mod tests {
             e.to_string(),
             "container \"c\" not found in pod \"web\" (choose one of: [a b init])"
         );
-    }
-
-    #[test]
-    fn tail_keeps_the_last_lines_of_the_backlog() {
-        let mut p = Printer::new(false, 2);
-        for i in 0..5 {
-            p.push(reader::Message {
-                time: jiff::Timestamp::UNIX_EPOCH,
-                stream: kubelet::logs::cri::Stream::Stdout,
-                content: format!("{i}\n").into_bytes(),
-            });
-        }
-        let held: Vec<_> = p
-            .tail
-            .as_ref()
-            .unwrap()
-            .1
-            .iter()
-            .map(|m| m.content.clone())
-            .collect();
-        assert_eq!(held, [b"3\n".to_vec(), b"4\n".to_vec()]);
-        let mut none = Printer::new(false, 0);
-        none.push(reader::Message {
-            time: jiff::Timestamp::UNIX_EPOCH,
-            stream: kubelet::logs::cri::Stream::Stdout,
-            content: b"x\n".to_vec(),
-        });
-        assert!(none.tail.as_ref().unwrap().1.is_empty());
     }
 }

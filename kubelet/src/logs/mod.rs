@@ -7,6 +7,7 @@
 
 pub mod cri;
 pub mod reader;
+pub mod view;
 pub mod writer;
 
 use std::path::{Path, PathBuf};

@@ -6,7 +6,6 @@
 use std::io::{self, Write};
 use std::path::Path;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
@@ -17,11 +16,6 @@ use k8s_openapi::api::core::v1::Pod;
 use super::connect;
 use crate::config::Config;
 use kubelet::logs::{self, reader, view};
-
-/// How often a followed file is checked for growth.
-const FOLLOW_POLL: Duration = Duration::from_millis(200);
-/// How often following checks that the pod still exists.
-const POD_CHECK: Duration = Duration::from_secs(1);
 
 #[derive(Args)]
 pub struct LogsArgs {
@@ -87,7 +81,7 @@ pub async fn run(config: &Config, args: LogsArgs) -> Result<ExitCode> {
 /// Prints one run's whole file.
 fn print_file(dir: &Path, run: u32, out: &mut Printer) -> Result<()> {
     let path = reader::file(dir, run);
-    let Printer { shaper, out: w, .. } = out;
+    let Printer { shaper, out: w } = out;
     let malformed = view::read_run(dir, run, shaper, &mut |b| w.write_all(b))
         .with_context(|| format!("read {}", path.display()))?;
     warn_malformed(malformed, &path);
@@ -105,32 +99,16 @@ async fn follow(
     start: Option<u32>,
     out: &mut Printer,
 ) -> Result<()> {
-    let mut f = reader::Follower::new(dir, start);
-    f.poll(&mut |m| out.push(m))
+    let Printer { shaper, out: w } = out;
+    let sink = async |b: &[u8]| {
+        w.write_all(b)?;
+        w.flush()
+    };
+    let alive = async || pod_exists(cp, ns, pod, uid).await.map_err(io::Error::other);
+    let malformed = view::follow(dir, start, shaper, sink, alive)
+        .await
         .with_context(|| format!("read {}", dir.display()))?;
-    out.end_of_backlog();
-    out.flush()?;
-    let mut checked = Instant::now();
-    loop {
-        tokio::time::sleep(FOLLOW_POLL).await;
-        let grew = f
-            .poll(&mut |m| out.push(m))
-            .with_context(|| format!("read {}", dir.display()))?;
-        if !grew {
-            // Quiet: a line still waiting for its end is shown as it is.
-            f.flush_partial(&mut |m| out.push(m));
-        }
-        out.flush()?;
-        if checked.elapsed() >= POD_CHECK {
-            checked = Instant::now();
-            if !pod_exists(cp, ns, pod, uid).await? {
-                break;
-            }
-        }
-    }
-    f.finish(&mut |m| out.push(m))
-        .with_context(|| format!("read {}", dir.display()))?;
-    warn_malformed(f.malformed(), dir);
+    warn_malformed(malformed, dir);
     Ok(())
 }
 
@@ -154,13 +132,10 @@ fn warn_malformed(n: u64, path: &Path) {
     }
 }
 
-/// Writes messages to stdout, shaped by `--tail` and `--timestamps`.
-/// Remembers the first write error (a closed pipe ends the command quietly).
+/// Writes to stdout, shaped by `--tail` and `--timestamps`.
 struct Printer {
     out: io::BufWriter<io::Stdout>,
     shaper: view::Shaper,
-    buf: Vec<u8>,
-    error: Option<io::Error>,
 }
 
 impl Printer {
@@ -172,46 +147,11 @@ impl Printer {
                 timestamps,
                 ..Default::default()
             }),
-            buf: Vec::new(),
-            error: None,
-        }
-    }
-
-    fn push(&mut self, m: reader::Message) {
-        self.shaper.push(m, &mut self.buf);
-        self.write();
-    }
-
-    /// The backlog is read: what `--tail` held is printed, and from now on
-    /// everything is.
-    fn end_of_backlog(&mut self) {
-        self.shaper.end_of_backlog(&mut self.buf);
-        self.write();
-    }
-
-    fn write(&mut self) {
-        if self.error.is_none() && !self.buf.is_empty() {
-            if let Err(e) = self.out.write_all(&self.buf) {
-                self.error = Some(e);
-            }
-        }
-        self.buf.clear();
-    }
-
-    fn check(&mut self) -> Result<()> {
-        match self.error.take() {
-            Some(e) => Err(e).context("write to stdout"),
-            None => Ok(()),
         }
     }
 
     fn flush(&mut self) -> Result<()> {
-        if self.error.is_none() {
-            if let Err(e) = self.out.flush() {
-                self.error = Some(e);
-            }
-        }
-        self.check()
+        self.out.flush().context("write to stdout")
     }
 
     /// The command's result: a reader that went away (`| head`) is not an

@@ -126,6 +126,51 @@ pub fn read_run(
     Ok(d.malformed)
 }
 
+/// How often a followed file is checked for growth.
+pub const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+/// How often following asks whether the pod still exists.
+const ALIVE_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Follows a container's logs from run `start` (or the first that
+/// appears): what is there, then what comes, into `sink`, until `alive`
+/// says the pod is gone, `sink` fails (the reader went away) or
+/// `limit_bytes` is reached. Returns the lines skipped as malformed.
+pub async fn follow(
+    dir: &Path,
+    start: Option<u32>,
+    shaper: &mut Shaper,
+    mut sink: impl AsyncFnMut(&[u8]) -> io::Result<()>,
+    mut alive: impl AsyncFnMut() -> io::Result<bool>,
+) -> io::Result<u64> {
+    let mut f = reader::Follower::new(dir, start);
+    let mut out = Vec::new();
+    f.poll(&mut |m| shaper.push(m, &mut out))?;
+    shaper.end_of_backlog(&mut out);
+    sink(&out).await?;
+    let mut checked = std::time::Instant::now();
+    while !shaper.full() {
+        out.clear();
+        tokio::time::sleep(FOLLOW_POLL).await;
+        if !f.poll(&mut |m| shaper.push(m, &mut out))? {
+            // Quiet: a line still waiting for its end is shown as it is.
+            f.flush_partial(&mut |m| shaper.push(m, &mut out));
+        }
+        if !out.is_empty() {
+            sink(&out).await?;
+        }
+        if checked.elapsed() >= ALIVE_CHECK {
+            checked = std::time::Instant::now();
+            if !alive().await? {
+                break;
+            }
+        }
+    }
+    out.clear();
+    f.finish(&mut |m| shaper.push(m, &mut out))?;
+    sink(&out).await?;
+    Ok(f.malformed())
+}
+
 /// The pod's app container names, then its init container names.
 pub fn names(pod: &Pod) -> (Vec<String>, Vec<String>) {
     let spec = pod.spec.as_ref();

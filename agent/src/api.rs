@@ -100,11 +100,16 @@ pub async fn start(config: &Config, cp: Arc<dyn ControlPlane>) -> Result<Option<
     let listener = apiserver::server::bind(&addr).await?;
     tracing::info!(address = %addr, kubeconfig = %config.write_kubeconfig.display(), "Kubernetes API serving");
     let settings = apiserver::Settings {
-        cp,
+        cp: cp.clone(),
         tls: apiserver::tls::server_config(&pki)?,
         authorizer: Arc::new(MastersOnly),
         tokens,
         columns: Arc::new(CliColumns),
+        logs: Arc::new(crate::pod_logs::NodeLogs {
+            cp: cp.clone(),
+            node_name: config.node_name.clone(),
+            log_dir: config.log_dir.clone(),
+        }),
         address: server.trim_start_matches("https://").to_string(),
     };
     Ok(Some(tokio::spawn(apiserver::serve(listener, settings))))

@@ -8,6 +8,7 @@ mod cleanup;
 mod cli;
 mod config;
 mod dns;
+mod pod_logs;
 mod proxy;
 
 use std::path::PathBuf;

@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod discovery;
+pub mod logs;
 pub mod openapi;
 pub mod pager;
 pub mod patch;

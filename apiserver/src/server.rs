@@ -34,6 +34,8 @@ pub struct Settings {
     pub authorizer: Arc<dyn Authorizer>,
     pub tokens: TokenFile,
     pub columns: Arc<dyn Columns>,
+    /// Where pods' logs are read (`pods/<name>/log`).
+    pub logs: Arc<dyn crate::logs::PodLogs>,
     /// `host:port` clients reach the API at (discovery reports it).
     pub address: String,
 }
@@ -259,6 +261,11 @@ async fn handle(
     };
     let path = req.uri().path().to_string();
     let q = Query::of(&req);
+    if let Some((ns, name)) = crate::logs::log_path(&path) {
+        return pod_log(s, &user, &req, &q, &ns, &name)
+            .await
+            .unwrap_or_else(|e| error_response(&e));
+    }
     let watching = matches!(q.get("watch"), Some("true" | "1"));
     let target = parse_path(&path);
     let attrs = attributes(&req, target.as_ref(), watching);
@@ -284,6 +291,52 @@ async fn handle(
             error_response(&e)
         }
     }
+}
+
+/// `pods/<name>/log`: authorized as `get` of that subresource, then
+/// streamed as text from where the pod's logs are kept.
+async fn pod_log(
+    s: &Settings,
+    user: &User,
+    req: &Request<Incoming>,
+    q: &Query,
+    ns: &str,
+    name: &str,
+) -> Result<Resp, Error> {
+    let attrs = Attributes {
+        verb: "get".into(),
+        group: String::new(),
+        resource: "pods".into(),
+        subresource: "log".into(),
+        namespace: ns.into(),
+        name: name.into(),
+        path: req.uri().path().into(),
+    };
+    if let Err(why) = s.authorizer.authorize(user, &attrs) {
+        return Ok(json_response(
+            403,
+            &crate::auth::forbidden(user, &attrs, &why),
+        ));
+    }
+    if req.method() != Method::GET {
+        return Ok(status(405, "MethodNotAllowed", "pods/log answers GET only"));
+    }
+    let query = crate::logs::parse_query(|k| q.get(k).map(str::to_string))?;
+    let pod = match s
+        .cp
+        .get(&ObjectRef::new(controlplane::Kind::Pod, ns, name))
+        .await?
+    {
+        Object::Pod(p) => p,
+        o => return Err(Error::Internal(format!("{} is not a pod", o.describe()))),
+    };
+    let rx = s.logs.logs(&pod, &query).await?;
+    let mut r = Response::new(Body::Stream(rx));
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain"),
+    );
+    Ok(r)
 }
 
 /// Discovery, version and health.

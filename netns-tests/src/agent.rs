@@ -52,26 +52,23 @@ impl Agent {
     /// Starts an agent with extra global flags (e.g. `--control-plane etcd://...`).
     /// It runs in the caller's namespace, so its overlay is disabled.
     pub fn start_with(extra: &[&str]) -> Result<Agent> {
-        let dir = TempDir::new("agent")?;
-        let mut a = Agent {
-            dir,
-            child: None,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-            agent_flags: Vec::new(),
-            netns: None,
-        };
-        a.spawn()?;
-        Ok(a)
+        Agent::start_with_flags(extra, &[])
     }
 
     /// Starts an agent in the caller's namespace with extra agent flags
     /// (e.g. `--api-port`), its overlay and proxy disabled.
     pub fn start_with_agent_flags(agent_flags: &[&str]) -> Result<Agent> {
+        Agent::start_with_flags(&[], agent_flags)
+    }
+
+    /// Starts an agent in the caller's namespace with extra global flags
+    /// and extra agent flags.
+    pub fn start_with_flags(extra: &[&str], agent_flags: &[&str]) -> Result<Agent> {
         let dir = TempDir::new("agent")?;
         let mut a = Agent {
             dir,
             child: None,
-            extra: Vec::new(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
             agent_flags: agent_flags.iter().map(|s| s.to_string()).collect(),
             netns: None,
         };

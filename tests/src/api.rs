@@ -31,10 +31,17 @@ pub struct Api {
 /// An agent with pods disabled and the API on a free port.
 impl Api {
     pub fn start() -> Api {
+        Api::start_with(&[])
+    }
+
+    /// [`Api::start`] with extra global flags (`--log-dir`, ...).
+    pub fn start_with(extra: &[&str]) -> Api {
         let port = crate::free_port().unwrap();
-        let agent =
-            Agent::start_with_agent_flags(&["--disable", "pods", "--api-port", &port.to_string()])
-                .unwrap();
+        let agent = Agent::start_with_flags(
+            extra,
+            &["--disable", "pods", "--api-port", &port.to_string()],
+        )
+        .unwrap();
         // The socket answers before the API has written its kubeconfig.
         let api = Api { agent, port };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);

@@ -288,3 +288,91 @@ fn strangers_are_refused() {
         std::fs::read_to_string(api.kubeconfig()).unwrap()
     );
 }
+
+/// `kubectl logs` through the API: the pod's CRI log files on this node
+/// (written here as the log writer would), with -c, --previous, --tail,
+/// --timestamps, --limit-bytes and -f; a pod on another node is refused
+/// with the reason.
+#[test]
+fn kubectl_logs_reads_this_nodes_pods() {
+    if !kubectl_present() {
+        return;
+    }
+    let logs_dir = knode_tests::TempDir::new("api-logs").unwrap();
+    let api = Api::start_with(&["--log-dir", logs_dir.path().to_str().unwrap()]);
+    let pod = |name: &str, node: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  nodeName: {node}\n  containers:\n  - {{name: app, image: busybox}}\n  - {{name: side, image: busybox}}\n"
+        )
+    };
+    let file = api.agent.dir().join("pods.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "{}---\n{}",
+            pod("web", "test-node"),
+            pod("far", "other-node")
+        ),
+    )
+    .unwrap();
+    api.ok(&["apply", "-f", file.to_str().unwrap()]);
+    let uid = api.ok(&["get", "pod", "web", "-o", "jsonpath={.metadata.uid}"]);
+    let dir = logs_dir.path().join(format!("default_web_{uid}/app"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("0.log"),
+        "2024-05-01T10:00:00Z stdout F first run\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("1.log"),
+        "2024-05-01T10:01:00Z stdout F hello\n2024-05-01T10:01:01Z stderr F last\n",
+    )
+    .unwrap();
+
+    assert_eq!(api.ok(&["logs", "web", "-c", "app"]), "hello\nlast\n");
+    assert_eq!(api.ok(&["logs", "web", "-c", "app", "-p"]), "first run\n");
+    assert_eq!(api.ok(&["logs", "web", "-c", "app", "--tail=1"]), "last\n");
+    assert_eq!(
+        api.ok(&["logs", "web", "-c", "app", "--timestamps", "--tail=1"]),
+        "2024-05-01T10:01:01Z last\n"
+    );
+    assert_eq!(
+        api.ok(&["logs", "web", "-c", "app", "--limit-bytes=3"]),
+        "hel"
+    );
+    // kubectl picks the first container itself; the server, asked for
+    // none, says a name is needed.
+    assert_eq!(api.ok(&["logs", "web"]), "hello\nlast\n");
+    let e = api.kubectl(&["get", "--raw", "/api/v1/namespaces/default/pods/web/log"]);
+    assert!(
+        String::from_utf8_lossy(&e.stderr).contains("a container name must be specified"),
+        "{e:?}"
+    );
+    let e = api.kubectl(&["logs", "far", "-c", "app"]);
+    assert!(
+        String::from_utf8_lossy(&e.stderr).contains("runs on node other-node"),
+        "{e:?}"
+    );
+
+    // Follow: the backlog, then growth, until the pod is deleted.
+    let mut child = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(api.kubeconfig())
+        .args(["logs", "-f", "web", "-c", "app", "--tail=1"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    assert_eq!(lines.next().unwrap().unwrap(), "last");
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(dir.join("1.log"))
+        .unwrap();
+    std::io::Write::write_all(&mut f, b"2024-05-01T10:02:00Z stdout F more\n").unwrap();
+    assert_eq!(lines.next().unwrap().unwrap(), "more");
+    api.ok(&["delete", "pod", "web", "--grace-period=0", "--force"]);
+    // The stream ends once the pod is gone.
+    assert!(lines.next().is_none());
+    assert!(child.wait().unwrap().success());
+}

@@ -100,16 +100,42 @@ async fn follow(
     out: &mut Printer,
 ) -> Result<()> {
     let Printer { shaper, out: w } = out;
-    let sink = async |b: &[u8]| {
-        w.write_all(b)?;
-        w.flush()
+    let mut to = Stdout {
+        w,
+        cp,
+        ns,
+        pod,
+        uid,
     };
-    let alive = async || pod_exists(cp, ns, pod, uid).await.map_err(io::Error::other);
-    let malformed = view::follow(dir, start, shaper, sink, alive)
+    let malformed = view::follow(dir, start, shaper, &mut to)
         .await
         .with_context(|| format!("read {}", dir.display()))?;
     warn_malformed(malformed, dir);
     Ok(())
+}
+
+/// Following to stdout.
+struct Stdout<'a> {
+    w: &'a mut io::BufWriter<io::Stdout>,
+    cp: &'a dyn ControlPlane,
+    ns: &'a str,
+    pod: &'a str,
+    uid: &'a str,
+}
+
+impl view::Follower for Stdout<'_> {
+    fn write<'a>(&'a mut self, bytes: &'a [u8]) -> view::IoFuture<'a, ()> {
+        let r = self.w.write_all(bytes).and_then(|_| self.w.flush());
+        Box::pin(async move { r })
+    }
+
+    fn alive(&mut self) -> view::IoFuture<'_, bool> {
+        Box::pin(async move {
+            pod_exists(self.cp, self.ns, self.pod, self.uid)
+                .await
+                .map_err(io::Error::other)
+        })
+    }
 }
 
 /// Whether the pod (this very pod: same uid) still exists. An unreachable

@@ -5,8 +5,10 @@
 //! `pods/<name>/log`, which differ only in where the bytes go.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io;
 use std::path::Path;
+use std::pin::Pin;
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
@@ -131,22 +133,33 @@ pub const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(20
 /// How often following asks whether the pod still exists.
 const ALIVE_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// A boxed I/O future, for [`Follower`]'s methods.
+pub type IoFuture<'a, T> = Pin<Box<dyn Future<Output = io::Result<T>> + Send + 'a>>;
+
+/// Whoever follows a log: where the output goes, and whether the pod is
+/// still there.
+pub trait Follower: Send {
+    /// Takes a piece of output; an error (the reader went away) ends it.
+    fn write<'a>(&'a mut self, bytes: &'a [u8]) -> IoFuture<'a, ()>;
+    /// Whether the pod still exists (checked about once a second).
+    fn alive(&mut self) -> IoFuture<'_, bool>;
+}
+
 /// Follows a container's logs from run `start` (or the first that
-/// appears): what is there, then what comes, into `sink`, until `alive`
-/// says the pod is gone, `sink` fails (the reader went away) or
-/// `limit_bytes` is reached. Returns the lines skipped as malformed.
+/// appears): what is there, then what comes, into `to`, until the pod is
+/// gone, `to` fails (the reader went away) or `limit_bytes` is reached.
+/// Returns the lines skipped as malformed.
 pub async fn follow(
     dir: &Path,
     start: Option<u32>,
     shaper: &mut Shaper,
-    mut sink: impl AsyncFnMut(&[u8]) -> io::Result<()>,
-    mut alive: impl AsyncFnMut() -> io::Result<bool>,
+    to: &mut dyn Follower,
 ) -> io::Result<u64> {
     let mut f = reader::Follower::new(dir, start);
     let mut out = Vec::new();
     f.poll(&mut |m| shaper.push(m, &mut out))?;
     shaper.end_of_backlog(&mut out);
-    sink(&out).await?;
+    to.write(&out).await?;
     let mut checked = std::time::Instant::now();
     while !shaper.full() {
         out.clear();
@@ -156,18 +169,18 @@ pub async fn follow(
             f.flush_partial(&mut |m| shaper.push(m, &mut out));
         }
         if !out.is_empty() {
-            sink(&out).await?;
+            to.write(&out).await?;
         }
         if checked.elapsed() >= ALIVE_CHECK {
             checked = std::time::Instant::now();
-            if !alive().await? {
+            if !to.alive().await? {
                 break;
             }
         }
     }
     out.clear();
     f.finish(&mut |m| shaper.push(m, &mut out))?;
-    sink(&out).await?;
+    to.write(&out).await?;
     Ok(f.malformed())
 }
 

@@ -8,16 +8,11 @@ use controlplane::kinds::Subresource;
 use controlplane::Kind;
 use serde_json::{json, Value};
 
-/// The Kubernetes version knode speaks (the kinds' schema, k8s-openapi's
-/// feature), as `/version` reports it.
-const MAJOR: &str = "1";
-const MINOR: &str = "33";
-
 /// `/version`.
 pub fn version() -> Value {
     json!({
-        "major": MAJOR, "minor": MINOR,
-        "gitVersion": format!("v{MAJOR}.{MINOR}.0-knode.{}", env!("CARGO_PKG_VERSION")),
+        "major": controlplane::kinds::KUBE_MAJOR, "minor": controlplane::kinds::KUBE_MINOR,
+        "gitVersion": controlplane::kinds::kube_version(),
         "gitCommit": "", "gitTreeState": "clean", "buildDate": "",
         "goVersion": "", "compiler": "rustc", "platform": format!("linux/{}", std::env::consts::ARCH),
     })

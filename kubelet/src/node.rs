@@ -238,7 +238,7 @@ pub fn node_object(id: &Identity, runtime_version: &str, now: Timestamp) -> Node
                 architecture: std::env::consts::ARCH.into(),
                 container_runtime_version: format!("containerd://{runtime_version}"),
                 kernel_version: kernel_release(),
-                kubelet_version: format!("knode-{}", env!("CARGO_PKG_VERSION")),
+                kubelet_version: controlplane::kinds::kube_version(),
                 kube_proxy_version: String::new(),
                 operating_system: "linux".into(),
                 os_image: os_image(),

@@ -72,6 +72,21 @@ impl Subresource {
 }
 
 /// The verbs every kind serves (discovery lists them).
+/// The Kubernetes version knode speaks (the kinds' schema, k8s-openapi's
+/// feature): major and minor.
+pub const KUBE_MAJOR: &str = "1";
+pub const KUBE_MINOR: &str = "33";
+
+/// The version string the API's `/version` and each Node's kubeletVersion
+/// report: `v1.33.0-knode.<version>`, so tools that parse it as semver see
+/// the Kubernetes version they are talking to.
+pub fn kube_version() -> String {
+    format!(
+        "v{KUBE_MAJOR}.{KUBE_MINOR}.0-knode.{}",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
 pub const STANDARD_VERBS: &[&str] = &[
     "create",
     "delete",

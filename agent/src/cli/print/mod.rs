@@ -298,8 +298,14 @@ pub(crate) fn headers(kind: Kind, wide: bool) -> Vec<&'static str> {
             &["SELECTOR"],
         ),
         Kind::Node => (
-            &["NAME", "STATUS", "AGE", "INTERNAL-IP", "POD-CIDR"],
-            &["OS-IMAGE", "KERNEL-VERSION", "CONTAINER-RUNTIME"],
+            &["NAME", "STATUS", "ROLES", "AGE", "VERSION"],
+            &[
+                "INTERNAL-IP",
+                "EXTERNAL-IP",
+                "OS-IMAGE",
+                "KERNEL-VERSION",
+                "CONTAINER-RUNTIME",
+            ],
         ),
         Kind::Namespace => (&["NAME", "STATUS", "AGE"], &[]),
         Kind::ConfigMap => (&["NAME", "DATA", "AGE"], &[]),
@@ -521,36 +527,53 @@ fn node_cells(node: &Node, wide: bool, now: Timestamp) -> Vec<String> {
     if spec.unschedulable == Some(true) {
         state.push_str(",SchedulingDisabled");
     }
-    let internal_ip = status
-        .addresses
-        .as_deref()
-        .unwrap_or(&[])
-        .iter()
-        .find(|a| a.type_ == "InternalIP")
-        .map(|a| a.address.clone())
-        .unwrap_or_default();
-    let pod_cidr = spec
-        .pod_cidr
-        .clone()
-        .or_else(|| spec.pod_cidrs.as_ref()?.first().cloned())
-        .unwrap_or_default();
+    let address = |t: &str| {
+        status
+            .addresses
+            .as_deref()
+            .unwrap_or(&[])
+            .iter()
+            .find(|a| a.type_ == t)
+            .map(|a| a.address.clone())
+            .unwrap_or_default()
+    };
+    let info = status.node_info.clone().unwrap_or_default();
     let mut row = vec![
         name(&node.metadata),
         state,
+        roles(&node.metadata),
         age(&node.metadata, now),
-        or_none(internal_ip),
-        or_none(pod_cidr),
+        info.kubelet_version.clone(),
     ];
     if wide {
-        let info = status.node_info.unwrap_or_default();
         let unknown = |s: String| if s.is_empty() { UNKNOWN.to_string() } else { s };
         row.extend([
+            or_none(address("InternalIP")),
+            or_none(address("ExternalIP")),
             unknown(info.os_image),
             unknown(info.kernel_version),
             unknown(info.container_runtime_version),
         ]);
     }
     row
+}
+
+/// kubectl's ROLES: each `node-role.kubernetes.io/<role>` label (and
+/// `kubernetes.io/role`), sorted and comma-joined, or `<none>`.
+fn roles(meta: &ObjectMeta) -> String {
+    let mut roles: Vec<&str> = meta
+        .labels
+        .iter()
+        .flatten()
+        .filter_map(|(k, v)| match k.strip_prefix("node-role.kubernetes.io/") {
+            Some(r) if !r.is_empty() => Some(r),
+            _ if k == "kubernetes.io/role" && !v.is_empty() => Some(v.as_str()),
+            _ => None,
+        })
+        .collect();
+    roles.sort_unstable();
+    roles.dedup();
+    or_none(roles.join(","))
 }
 
 fn namespace_cells(ns: &Namespace, now: Timestamp) -> Vec<String> {

@@ -507,13 +507,15 @@ fn node_json(name: &str, ready: Option<&str>, unschedulable: bool) -> Value {
         .into_iter()
         .collect();
     json!({"apiVersion": "v1", "kind": "Node",
-           "metadata": {"name": name, "creationTimestamp": ago(3 * 86400 + 4 * 3600)},
+           "metadata": {"name": name, "creationTimestamp": ago(3 * 86400 + 4 * 3600),
+                        "labels": {"node-role.kubernetes.io/worker": "", "node-role.kubernetes.io/control-plane": "true"}},
            "spec": {"podCIDR": "10.244.1.0/24", "unschedulable": unschedulable},
            "status": {"conditions": conditions,
                       "addresses": [{"type": "Hostname", "address": name},
                                     {"type": "InternalIP", "address": "192.168.1.10"}],
                       "nodeInfo": {"osImage": "Debian GNU/Linux 12 (bookworm)",
                                    "kernelVersion": "6.1.0-18-amd64",
+                                   "kubeletVersion": "v1.33.0-knode.0.1.0",
                                    "containerRuntimeVersion": "containerd://1.7.13"}}})
 }
 
@@ -528,29 +530,29 @@ fn nodes_table_and_wide() {
     assert_eq!(
         objects(Kind::Node, &items, false, &opts(Output::Table)),
         concat!(
-            "NAME   STATUS                        AGE         INTERNAL-IP    POD-CIDR\n",
-            "n1     Ready                         3d4h        192.168.1.10   10.244.1.0/24\n",
-            "n2     NotReady,SchedulingDisabled   3d4h        192.168.1.10   10.244.1.0/24\n",
-            "n3     Unknown                       <unknown>   <none>         <none>\n",
+            "NAME   STATUS                        ROLES                  AGE         VERSION\n",
+            "n1     Ready                         control-plane,worker   3d4h        v1.33.0-knode.0.1.0\n",
+            "n2     NotReady,SchedulingDisabled   control-plane,worker   3d4h        v1.33.0-knode.0.1.0\n",
+            "n3     Unknown                       <none>                 <unknown>\n",
         )
     );
     let wide = objects(Kind::Node, &items, false, &opts(Output::Wide));
     let lines: Vec<&str> = wide.lines().collect();
     assert!(
         lines[0].ends_with(
-            "POD-CIDR        OS-IMAGE                         KERNEL-VERSION   CONTAINER-RUNTIME"
+            "INTERNAL-IP    EXTERNAL-IP   OS-IMAGE                         KERNEL-VERSION   CONTAINER-RUNTIME"
         ),
         "{wide}"
     );
     assert!(
         lines[1].ends_with(
-            "10.244.1.0/24   Debian GNU/Linux 12 (bookworm)   6.1.0-18-amd64   containerd://1.7.13"
+            "192.168.1.10   <none>        Debian GNU/Linux 12 (bookworm)   6.1.0-18-amd64   containerd://1.7.13"
         ),
         "{wide}"
     );
     assert!(
         lines[3].ends_with(
-            "<none>          <unknown>                        <unknown>        <unknown>"
+            "<none>         <none>        <unknown>                        <unknown>        <unknown>"
         ),
         "{wide}"
     );

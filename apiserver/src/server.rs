@@ -484,6 +484,7 @@ async fn resource(
                 &controlplane::scale::set_replicas(cp, &what, replicas, revision).await?,
             )
         }
+        (Method::PATCH, Target::Scale(what)) => patch_scale(cp, req, &what).await?,
         (Method::DELETE, Target::Object(what)) => delete(cp, req, &what, q).await?,
         (m, _) => status(
             405,
@@ -688,6 +689,46 @@ async fn body_json(req: Request<Incoming>) -> Result<Value, Error> {
     }
 }
 
+/// Applies a patch of media type `ctype` to `v`.
+fn apply_patch(ctype: &str, v: &mut Value, body: &Value) -> Result<(), Error> {
+    match ctype {
+        "application/merge-patch+json" => crate::patch::merge(v, body),
+        "application/strategic-merge-patch+json" => {
+            crate::patch::strategic(v, body).map_err(|e| Error::BadRequest(e.to_string()))?
+        }
+        "application/json-patch+json" => {
+            *v = crate::patch::json_patch(v, body).map_err(|e| Error::BadRequest(e.to_string()))?
+        }
+        _ => {
+            return Err(Error::UnsupportedMediaType(
+                "application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json".into(),
+            ))
+        }
+    }
+    Ok(())
+}
+
+/// PATCH of a scale subresource (kubectl scale): the Scale patched, then
+/// its replicas written to the object.
+async fn patch_scale(
+    cp: &dyn ControlPlane,
+    req: Request<Incoming>,
+    what: &ObjectRef,
+) -> Result<Resp, Error> {
+    let ctype = media_type(&req);
+    let body = serde_json::from_slice(&body_bytes(req).await?)
+        .map_err(|e| Error::BadRequest(format!("the patch is not valid JSON: {e}")))?;
+    let mut scale = controlplane::scale::scale_of(&cp.get(what).await?);
+    apply_patch(&ctype, &mut scale, &body)?;
+    let (replicas, revision) = controlplane::scale::parse_scale(&scale)?;
+    let pinned = body.pointer("/metadata/resourceVersion").is_some();
+    let revision = revision.filter(|_| pinned);
+    Ok(json_response(
+        200,
+        &controlplane::scale::set_replicas(cp, what, replicas, revision).await?,
+    ))
+}
+
 /// PATCH of an object or its status: read, patch, write with the read's
 /// resourceVersion; a concurrent write makes it start over.
 async fn patch(
@@ -703,21 +744,7 @@ async fn patch(
     for _ in 0..5 {
         let current = s.cp.get(what).await?;
         let mut v = current.to_value();
-        match ctype.as_str() {
-            "application/merge-patch+json" => crate::patch::merge(&mut v, &body),
-            "application/strategic-merge-patch+json" => crate::patch::strategic(&mut v, &body)
-                .map_err(|e| Error::BadRequest(e.to_string()))?,
-            "application/json-patch+json" => {
-                v = crate::patch::json_patch(&v, &body).map_err(|e| Error::BadRequest(e.to_string()))?
-            }
-            other => {
-                return Ok(status(
-                    415,
-                    "UnsupportedMediaType",
-                    &format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {other:?})"),
-                ))
-            }
-        }
+        apply_patch(&ctype, &mut v, &body)?;
         let (mut obj, warnings) = checked(v, &scope_of(what), Some(&what.name), fv)?;
         // A patch that names a resourceVersion is a precondition; one that
         // does not is applied to what was read.

@@ -235,6 +235,20 @@ fn kubectl_discovers_gets_applies_watches_and_deletes() {
         api.ok(&["get", "deploy", "app", "-o", "jsonpath={.spec.replicas}"]),
         "0"
     );
+    // kubectl scale patches the scale subresource.
+    api.ok(&["scale", "deploy", "app", "--replicas=2"]);
+    assert_eq!(
+        api.ok(&["get", "deploy", "app", "-o", "jsonpath={.spec.replicas}"]),
+        "2"
+    );
+    let e = api.kubectl(&[
+        "scale",
+        "deploy",
+        "app",
+        "--replicas=3",
+        "--current-replicas=5",
+    ]);
+    assert!(!e.status.success(), "{e:?}");
     // Orphan propagation: the ReplicaSet stays, without its owner.
     let rs = wait_for(|| {
         let o = api.ok(&["get", "rs", "-l", "app=app", "-o", "name"]);

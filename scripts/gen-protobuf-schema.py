@@ -33,6 +33,7 @@ PACKAGES = [
     ("api", "networking/v1", "k8s.io.api.networking.v1"),
     ("api", "policy/v1", "k8s.io.api.policy.v1"),
     ("api", "autoscaling/v1", "k8s.io.api.autoscaling.v1"),
+    ("api", "authorization/v1", "k8s.io.api.authorization.v1"),
     ("machinery", "pkg/apis/meta/v1", "k8s.io.apimachinery.pkg.apis.meta.v1"),
     ("machinery", "pkg/api/resource", "k8s.io.apimachinery.pkg.api.resource"),
     ("machinery", "pkg/util/intstr", "k8s.io.apimachinery.pkg.util.intstr"),
@@ -55,6 +56,7 @@ ROOTS = [
     "k8s.io.api.policy.v1.PodDisruptionBudget",
     "k8s.io.api.policy.v1.Eviction",
     "k8s.io.api.autoscaling.v1.Scale",
+    "k8s.io.api.authorization.v1.SelfSubjectAccessReview",
     "k8s.io.apimachinery.pkg.apis.meta.v1.DeleteOptions",
     "k8s.io.apimachinery.pkg.runtime.Unknown",
 ]

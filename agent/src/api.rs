@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use apiserver::auth::{MastersOnly, TokenFile};
+use apiserver::auth::TokenFile;
 use apiserver::pki::{self, ServingNames};
 use apiserver::table::Columns;
 use controlplane::{ControlPlane, Kind, Object};
@@ -84,7 +84,7 @@ pub async fn start(config: &Config, cp: Arc<dyn ControlPlane>) -> Result<Option<
     if config.api_port == 0 {
         return Ok(None);
     }
-    let pki = pki::ensure(&config.data_dir, &serving_names(config))?;
+    let pki = pki::ensure(&config.data_dir, &serving_names(config), &config.node_name)?;
     let server = server_url(config);
     let kubeconfig = pki::admin_kubeconfig(&pki, &server);
     // Also kept beside the certificates (as k3s keeps cred/admin.kubeconfig)
@@ -92,6 +92,13 @@ pub async fn start(config: &Config, cp: Arc<dyn ControlPlane>) -> Result<Option<
     pki::write_private(&own_copy(config), &kubeconfig, 0o600)?;
     pki::write_private(&config.write_kubeconfig, &kubeconfig, 0o600)
         .context("write the admin kubeconfig")?;
+    // The node's own identity (system:node:<name>), for what a kubelet may
+    // do and no more.
+    pki::write_private(
+        &pki::dir(&config.data_dir).join("node.kubeconfig"),
+        &pki::node_kubeconfig(&pki, &server),
+        0o600,
+    )?;
     let tokens = match &config.token_auth_file {
         Some(p) => TokenFile::load(p)?,
         None => TokenFile::default(),
@@ -102,7 +109,7 @@ pub async fn start(config: &Config, cp: Arc<dyn ControlPlane>) -> Result<Option<
     let settings = apiserver::Settings {
         cp: cp.clone(),
         tls: apiserver::tls::server_config(&pki)?,
-        authorizer: Arc::new(MastersOnly),
+        authorizer: Arc::new(apiserver::authz::Cluster::new(cp.clone())),
         tokens,
         columns: Arc::new(CliColumns),
         logs: Arc::new(crate::pod_logs::NodeLogs {

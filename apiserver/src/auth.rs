@@ -1,9 +1,9 @@
 //! Who is asking and what they may do. Authentication: a client
 //! certificate verified by the TLS layer against the cluster CA (CN is the
 //! user, each O a group), or a bearer token from kube-apiserver's static
-//! token file. Authorization is a trait so that RBAC and the Node
-//! authorizer slot in later; today [`MastersOnly`] lets `system:masters`
-//! do everything and refuses everyone else.
+//! token file. Authorization is a trait so that RBAC slots in later; the
+//! agent serves with [`crate::authz::Cluster`] (masters, discovery, the
+//! Node authorizer's rules).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -129,17 +129,20 @@ pub struct Attributes {
     pub path: String,
 }
 
-/// Decides whether a user may do something.
+/// Decides whether a user may do something (it may read the cluster to
+/// decide: the Node authorizer looks at pods).
+#[async_trait::async_trait]
 pub trait Authorizer: Send + Sync {
     /// `Ok(())` to allow; `Err(reason)` to refuse (the reason may be empty).
-    fn authorize(&self, user: &User, attrs: &Attributes) -> std::result::Result<(), String>;
+    async fn authorize(&self, user: &User, attrs: &Attributes) -> std::result::Result<(), String>;
 }
 
-/// `system:masters` may do everything; everyone else nothing (until RBAC).
+/// `system:masters` may do everything; everyone else nothing.
 pub struct MastersOnly;
 
+#[async_trait::async_trait]
 impl Authorizer for MastersOnly {
-    fn authorize(&self, user: &User, _: &Attributes) -> std::result::Result<(), String> {
+    async fn authorize(&self, user: &User, _: &Attributes) -> std::result::Result<(), String> {
         if user.groups.iter().any(|g| g == "system:masters") {
             Ok(())
         } else {
@@ -213,8 +216,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn only_masters_are_allowed_and_refusals_name_user_verb_and_resource() {
+    #[tokio::test]
+    async fn only_masters_are_allowed_and_refusals_name_user_verb_and_resource() {
         let bob = User {
             name: "bob".into(),
             uid: String::new(),
@@ -229,12 +232,12 @@ mod tests {
             name: String::new(),
             path: "/api/v1/namespaces/default/pods".into(),
         };
-        assert!(MastersOnly.authorize(&bob, &a).is_err());
+        assert!(MastersOnly.authorize(&bob, &a).await.is_err());
         let admin = User {
             groups: vec!["system:masters".into()],
             ..bob.clone()
         };
-        assert!(MastersOnly.authorize(&admin, &a).is_ok());
+        assert!(MastersOnly.authorize(&admin, &a).await.is_ok());
         assert_eq!(
             forbidden(&bob, &a, "")["message"],
             "pods is forbidden: User \"bob\" cannot list resource \"pods\" in API group \"\" in the namespace \"default\""

@@ -7,6 +7,7 @@
 //! speaks the protocol.
 
 pub mod auth;
+pub mod authz;
 pub mod discovery;
 pub mod logs;
 pub mod openapi;

@@ -33,6 +33,10 @@ pub struct Pki {
     /// The admin client certificate (`system:admin` in `system:masters`).
     pub admin_cert: String,
     pub admin_key: String,
+    /// This node's client certificate (`system:node:<name>` in
+    /// `system:nodes`): what the Node authorizer lets a kubelet do.
+    pub node_cert: String,
+    pub node_key: String,
 }
 
 /// What the serving certificate must name.
@@ -135,9 +139,10 @@ fn issue(params: CertificateParams, ca: &Issuer<'_, KeyPair>) -> Result<(String,
 }
 
 /// Loads the node's identity from `<data-dir>/tls`, creating what is
-/// missing: the CA and admin certificate once, the serving certificate on
-/// every start (so a new node IP is in it).
-pub fn ensure(data_dir: &Path, names: &ServingNames) -> Result<Pki> {
+/// missing: the CA and admin certificate once, the node's client
+/// certificate once per node name, the serving certificate on every start
+/// (so a new node IP is in it).
+pub fn ensure(data_dir: &Path, names: &ServingNames, node: &str) -> Result<Pki> {
     let d = dir(data_dir);
     fs::create_dir_all(&d).map_err(|e| io_err("create", &d, e))?;
     fs::set_permissions(&d, fs::Permissions::from_mode(0o700))
@@ -175,54 +180,68 @@ pub fn ensure(data_dir: &Path, names: &ServingNames) -> Result<Pki> {
     write_private(&d.join("serving.crt"), &serving_cert, 0o644)?;
     write_private(&d.join("serving.key"), &serving_key, 0o600)?;
 
-    let (admin_crt, admin_key) = (d.join("admin.crt"), d.join("admin.key"));
-    let (admin_cert, admin_key_pem) = match (read(&admin_crt)?, read(&admin_key)?) {
-        (Some(c), Some(k)) => (c, k),
-        _ => {
-            let params = leaf_params(
-                "system:admin",
-                &["system:masters"],
-                ExtendedKeyUsagePurpose::ClientAuth,
-            );
-            let (c, k) = issue(params, &ca)?;
-            write_private(&admin_key, &k, 0o600)?;
-            write_private(&admin_crt, &c, 0o644)?;
-            (c, k)
-        }
-    };
+    let (admin_cert, admin_key) = client(&d, "admin", "system:admin", "system:masters", &ca)?;
+    let (node_cert, node_key) = client(
+        &d,
+        "node",
+        &format!("system:node:{node}"),
+        "system:nodes",
+        &ca,
+    )?;
     Ok(Pki {
         ca_cert,
         serving_cert,
         serving_key,
         admin_cert,
-        admin_key: admin_key_pem,
+        admin_key,
+        node_cert,
+        node_key,
     })
+}
+
+/// The client certificate `<file>.crt`/`.key` for `cn` in `org`: the
+/// stored one when it names `cn`, else a new one.
+fn client(
+    d: &Path,
+    file: &str,
+    cn: &str,
+    org: &str,
+    ca: &Issuer<'_, KeyPair>,
+) -> Result<(String, String)> {
+    let (crt, key) = (d.join(format!("{file}.crt")), d.join(format!("{file}.key")));
+    if let (Some(c), Some(k)) = (read(&crt)?, read(&key)?) {
+        let names_cn = crate::tls::pem_certs(&c)
+            .ok()
+            .and_then(|der| crate::x509::subject(der.first()?))
+            .is_some_and(|s| s.common_name == cn);
+        if names_cn {
+            return Ok((c, k));
+        }
+    }
+    let params = leaf_params(cn, &[org], ExtendedKeyUsagePurpose::ClientAuth);
+    let (c, k) = issue(params, ca)?;
+    write_private(&key, &k, 0o600)?;
+    write_private(&crt, &c, 0o644)?;
+    Ok((c, k))
 }
 
 /// Base64 (standard alphabet, padded), for kubeconfig's `*-data` fields.
 fn base64(data: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(A[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(data)
 }
 
 /// The admin kubeconfig for a server at `server` (`https://127.0.0.1:6443`).
 pub fn admin_kubeconfig(pki: &Pki, server: &str) -> String {
+    kubeconfig(pki, server, "admin", &pki.admin_cert, &pki.admin_key)
+}
+
+/// This node's kubeconfig (its `system:node:<name>` identity).
+pub fn node_kubeconfig(pki: &Pki, server: &str) -> String {
+    kubeconfig(pki, server, "node", &pki.node_cert, &pki.node_key)
+}
+
+fn kubeconfig(pki: &Pki, server: &str, user: &str, cert: &str, key: &str) -> String {
     let v = serde_json::json!({
         "apiVersion": "v1",
         "kind": "Config",
@@ -230,11 +249,11 @@ pub fn admin_kubeconfig(pki: &Pki, server: &str) -> String {
             "server": server,
             "certificate-authority-data": base64(pki.ca_cert.as_bytes()),
         }}],
-        "users": [{"name": "admin", "user": {
-            "client-certificate-data": base64(pki.admin_cert.as_bytes()),
-            "client-key-data": base64(pki.admin_key.as_bytes()),
+        "users": [{"name": user, "user": {
+            "client-certificate-data": base64(cert.as_bytes()),
+            "client-key-data": base64(key.as_bytes()),
         }}],
-        "contexts": [{"name": "knode", "context": {"cluster": "knode", "user": "admin"}}],
+        "contexts": [{"name": "knode", "context": {"cluster": "knode", "user": user}}],
         "current-context": "knode",
         "preferences": {},
     });
@@ -246,32 +265,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn base64_matches_rfc4648_vectors() {
-        let cases = [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg=="),
-            ("fooba", "Zm9vYmE="),
-            ("foobar", "Zm9vYmFy"),
-        ];
-        for (i, o) in cases {
-            assert_eq!(base64(i.as_bytes()), o);
-        }
-    }
-
-    #[test]
     fn identity_is_created_once_and_reused() {
         let dir = std::env::temp_dir().join(format!("knode-pki-{}", std::process::id()));
         let names = ServingNames {
             dns: vec!["localhost".into(), "node-1".into()],
             ips: vec!["127.0.0.1".parse().unwrap(), "10.96.0.1".parse().unwrap()],
         };
-        let a = ensure(&dir, &names).unwrap();
-        let b = ensure(&dir, &names).unwrap();
+        let a = ensure(&dir, &names, "node-1").unwrap();
+        let b = ensure(&dir, &names, "node-1").unwrap();
         assert_eq!(a.ca_cert, b.ca_cert);
         assert_eq!(a.admin_cert, b.admin_cert);
+        assert_eq!(a.node_cert, b.node_cert);
+        let node = crate::x509::subject(&crate::tls::pem_certs(&a.node_cert).unwrap()[0]).unwrap();
+        assert_eq!(node.common_name, "system:node:node-1");
+        assert_eq!(node.organizations, ["system:nodes"]);
+        // A renamed node gets a certificate of its new name.
+        let c = ensure(&dir, &names, "node-2").unwrap();
+        assert_ne!(a.node_cert, c.node_cert);
         let mode = |f: &str| {
             fs::metadata(dir.join("tls").join(f))
                 .unwrap()

@@ -201,6 +201,64 @@ fn authenticate(s: &Settings, cert_user: Option<User>, req: &Request<Incoming>) 
     })
 }
 
+/// The user a request acts as: with `Impersonate-User` (and
+/// `Impersonate-Group`) headers, that user, if the caller may
+/// `impersonate` it and each group (kubectl's `--as`, `--as-group`);
+/// otherwise the caller. Other impersonation headers are refused rather
+/// than ignored.
+async fn impersonate(s: &Settings, user: User, req: &Request<Incoming>) -> Result<User, Box<Resp>> {
+    let h = req.headers();
+    let values = |name: &str| -> Vec<String> {
+        h.get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::to_string)
+            .collect()
+    };
+    let as_user = values("impersonate-user");
+    let as_groups = values("impersonate-group");
+    let extra = h.keys().any(|k| {
+        k.as_str().starts_with("impersonate-")
+            && !matches!(k.as_str(), "impersonate-user" | "impersonate-group")
+    });
+    if as_user.is_empty() && as_groups.is_empty() && !extra {
+        return Ok(user);
+    }
+    let bad = |m: &str| Err(Box::new(status(400, "BadRequest", m)));
+    if extra {
+        return bad("impersonating a uid or user extras is not supported");
+    }
+    let [name] = as_user.as_slice() else {
+        return bad("impersonation needs exactly one Impersonate-User");
+    };
+    let check = |resource: &str, name: &str| Attributes {
+        verb: "impersonate".into(),
+        group: String::new(),
+        resource: resource.into(),
+        subresource: String::new(),
+        namespace: String::new(),
+        name: name.into(),
+        path: req.uri().path().into(),
+    };
+    let mut wanted = vec![check("users", name)];
+    wanted.extend(as_groups.iter().map(|g| check("groups", g)));
+    for a in &wanted {
+        if let Err(why) = s.authorizer.authorize(&user, a).await {
+            return Err(Box::new(json_response(
+                403,
+                &crate::auth::forbidden(&user, a, &why),
+            )));
+        }
+    }
+    let mut groups = as_groups;
+    groups.push("system:authenticated".into());
+    Ok(User {
+        name: name.clone(),
+        uid: String::new(),
+        groups,
+    })
+}
+
 /// The authorizer's view of a request.
 fn attributes(req: &Request<Incoming>, target: Option<&Target>, watching: bool) -> Attributes {
     let path = req.uri().path().to_string();
@@ -259,6 +317,10 @@ async fn handle(
     let Some(user) = authenticate(s, cert_user, &req) else {
         return json_response(401, &crate::auth::unauthorized());
     };
+    let user = match impersonate(s, user, &req).await {
+        Ok(u) => u,
+        Err(r) => return *r,
+    };
     let path = req.uri().path().to_string();
     let q = Query::of(&req);
     if let Some((ns, name)) = crate::logs::log_path(&path) {
@@ -266,10 +328,15 @@ async fn handle(
             .await
             .unwrap_or_else(|e| error_response(&e));
     }
+    if path.trim_end_matches('/') == SSAR_PATH {
+        return self_review(s, &user, req)
+            .await
+            .unwrap_or_else(|e| error_response(&e));
+    }
     let watching = matches!(q.get("watch"), Some("true" | "1"));
     let target = parse_path(&path);
     let attrs = attributes(&req, target.as_ref(), watching);
-    if let Err(why) = s.authorizer.authorize(&user, &attrs) {
+    if let Err(why) = s.authorizer.authorize(&user, &attrs).await {
         tracing::debug!(user = %user.name, verb = %attrs.verb, %path, "forbidden");
         return json_response(403, &crate::auth::forbidden(&user, &attrs, &why));
     }
@@ -312,7 +379,7 @@ async fn pod_log(
         name: name.into(),
         path: req.uri().path().into(),
     };
-    if let Err(why) = s.authorizer.authorize(user, &attrs) {
+    if let Err(why) = s.authorizer.authorize(user, &attrs).await {
         return Ok(json_response(
             403,
             &crate::auth::forbidden(user, &attrs, &why),
@@ -337,6 +404,88 @@ async fn pod_log(
         hyper::header::HeaderValue::from_static("text/plain"),
     );
     Ok(r)
+}
+
+/// Where `kubectl auth can-i` asks.
+const SSAR_PATH: &str = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews";
+
+/// `kubectl auth can-i`: a SelfSubjectAccessReview, answered by the
+/// authorizer that answers the user's requests.
+async fn self_review(s: &Settings, user: &User, req: Request<Incoming>) -> Result<Resp, Error> {
+    if req.method() != Method::POST {
+        return Ok(status(
+            405,
+            "MethodNotAllowed",
+            "selfsubjectaccessreviews answer POST only",
+        ));
+    }
+    let path = req.uri().path().to_string();
+    let attrs = Attributes {
+        verb: "create".into(),
+        group: "authorization.k8s.io".into(),
+        resource: "selfsubjectaccessreviews".into(),
+        subresource: String::new(),
+        namespace: String::new(),
+        name: String::new(),
+        path,
+    };
+    if let Err(why) = s.authorizer.authorize(user, &attrs).await {
+        return Ok(json_response(
+            403,
+            &crate::auth::forbidden(user, &attrs, &why),
+        ));
+    }
+    let body = body_json(req).await?;
+    let spec = body.get("spec").cloned().unwrap_or_default();
+    let text = |v: &Value, k: &str| {
+        v.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let asked = match (
+        spec.get("resourceAttributes"),
+        spec.get("nonResourceAttributes"),
+    ) {
+        (Some(r), _) => Attributes {
+            verb: text(r, "verb"),
+            group: text(r, "group"),
+            resource: text(r, "resource"),
+            subresource: text(r, "subresource"),
+            namespace: text(r, "namespace"),
+            name: text(r, "name"),
+            path: String::new(),
+        },
+        (None, Some(n)) => Attributes {
+            verb: text(n, "verb"),
+            group: String::new(),
+            resource: String::new(),
+            subresource: String::new(),
+            namespace: String::new(),
+            name: String::new(),
+            path: text(n, "path"),
+        },
+        (None, None) => {
+            return Err(Error::BadRequest(
+                "spec: one of resourceAttributes or nonResourceAttributes is required".into(),
+            ))
+        }
+    };
+    if asked.verb.is_empty() {
+        return Err(Error::BadRequest("spec: the verb is required".into()));
+    }
+    let decision = s.authorizer.authorize(user, &asked).await;
+    let mut status_v = json!({"allowed": decision.is_ok()});
+    if let Err(why) = decision.as_ref().map_err(|w| w.as_str()) {
+        if !why.is_empty() {
+            status_v["reason"] = why.into();
+        }
+    }
+    Ok(json_response(
+        201,
+        &json!({"kind": "SelfSubjectAccessReview", "apiVersion": "authorization.k8s.io/v1",
+                "metadata": {"creationTimestamp": null}, "spec": spec, "status": status_v}),
+    ))
 }
 
 /// Discovery, version and health.

@@ -301,6 +301,43 @@ fn strangers_are_refused() {
         String::from_utf8_lossy(&printed.stdout),
         std::fs::read_to_string(api.kubeconfig()).unwrap()
     );
+
+    // The node's own identity may do what a kubelet needs and no more.
+    let node_cfg = api.agent.data_dir().join("tls/node.kubeconfig");
+    let as_node = |args: &[&str]| {
+        Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&node_cfg)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let manifest = "apiVersion: v1\nkind: Secret\nmetadata: {name: mine}\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: theirs}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: here}\nspec:\n  nodeName: test-node\n  volumes: [{name: s, secret: {secretName: mine}}]\n  containers: [{name: c, image: busybox}]\n";
+    let file = dir.join("node-objects.yaml");
+    std::fs::write(&file, manifest).unwrap();
+    api.ok(&["apply", "-f", file.to_str().unwrap()]);
+    assert!(as_node(&["get", "pods"]).status.success());
+    assert!(as_node(&["get", "secret", "mine"]).status.success());
+    let e = as_node(&["get", "secret", "theirs"]);
+    let err = String::from_utf8_lossy(&e.stderr);
+    assert!(!e.status.success() && err.contains("Forbidden"), "{e:?}");
+    let e = as_node(&["delete", "node", "test-node"]);
+    assert!(
+        String::from_utf8_lossy(&e.stderr).contains("Forbidden"),
+        "{e:?}"
+    );
+    let can = String::from_utf8_lossy(&as_node(&["auth", "can-i", "delete", "nodes"]).stdout)
+        .into_owned();
+    assert!(can.starts_with("no"), "{can}");
+    let can = String::from_utf8_lossy(&as_node(&["auth", "can-i", "patch", "pods/status"]).stdout)
+        .into_owned();
+    assert!(can.starts_with("no"), "{can}");
+    assert_eq!(api.ok(&["auth", "can-i", "delete", "nodes"]).trim(), "yes");
+    // Impersonation is checked, not ignored.
+    let can = api.kubectl(&["auth", "can-i", "list", "secrets", "--as", "bob"]);
+    assert_eq!(String::from_utf8_lossy(&can.stdout).trim(), "no", "{can:?}");
+    let mode = std::fs::metadata(&node_cfg).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
 }
 
 /// `kubectl logs` through the API: the pod's CRI log files on this node

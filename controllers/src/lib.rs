@@ -6,6 +6,8 @@
 
 pub mod deployment;
 pub mod expectations;
+#[cfg(test)]
+mod fixtures;
 pub mod gc;
 pub mod informer;
 pub mod leader;
@@ -13,6 +15,7 @@ pub mod manager;
 pub mod pods;
 pub mod queue;
 pub mod replicaset;
+pub mod statefulset;
 
 pub use manager::run;
 
@@ -41,3 +44,16 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Writes `obj`'s status (an object deleted meanwhile needs none).
+pub async fn write_status(
+    cp: &dyn controlplane::ControlPlane,
+    obj: controlplane::Object,
+    key: &controlplane::ObjectRef,
+) -> Result<()> {
+    match cp.update_status(obj).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.is_not_found() => Ok(()),
+        Err(e) => Err(Error::write(format!("update status of {key}"), e)),
+    }
+}

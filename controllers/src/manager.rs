@@ -1,5 +1,6 @@
 //! The controller manager: waits to lead, then starts the informers
-//! (Pods, ReplicaSets, Deployments), connects their changes to the work
+//! (Pods, ReplicaSets, Deployments, StatefulSets, ControllerRevisions),
+//! connects their changes to the work
 //! queues, and runs one worker per controller; stops them all when
 //! leadership is lost, and tries again.
 
@@ -17,6 +18,7 @@ use crate::informer::{Cache, Informer};
 use crate::leader::{Config, Elector};
 use crate::queue::Queue;
 use crate::replicaset::ReplicaSetController;
+use crate::statefulset::StatefulSetController;
 use crate::Result;
 
 /// Every key is synced again this often, repairing what a missed event left.
@@ -41,31 +43,36 @@ pub fn start(cp: Arc<dyn ControlPlane>) -> Vec<JoinHandle<()>> {
     let (mut pod_inf, pods) = Informer::new(cp.clone(), Kind::Pod);
     let (mut rs_inf, rss) = Informer::new(cp.clone(), Kind::ReplicaSet);
     let (mut d_inf, deps) = Informer::new(cp.clone(), Kind::Deployment);
-    let (rs_q, d_q, gc_q) = (Queue::new(), Queue::new(), Queue::new());
-    let dependents = vec![(Kind::Pod, pods.clone()), (Kind::ReplicaSet, rss.clone())];
+    let (mut sts_inf, sets) = Informer::new(cp.clone(), Kind::StatefulSet);
+    let (mut rev_inf, revs) = Informer::new(cp.clone(), Kind::ControllerRevision);
+    let (rs_q, d_q, gc_q, sts_q) = (Queue::new(), Queue::new(), Queue::new(), Queue::new());
+    let dependents = vec![
+        (Kind::Pod, pods.clone()),
+        (Kind::ReplicaSet, rss.clone()),
+        (Kind::ControllerRevision, revs.clone()),
+    ];
     let gc_caches = vec![
         (Kind::Pod, pods.clone()),
         (Kind::ReplicaSet, rss.clone()),
         (Kind::Deployment, deps.clone()),
+        (Kind::StatefulSet, sets.clone()),
+        (Kind::ControllerRevision, revs.clone()),
     ];
 
-    // Pods: their ReplicaSets, and the collector.
+    // Pods: their ReplicaSets and StatefulSets, and the collector.
     {
         let (rss, rs_q, gc_q) = (rss.clone(), rs_q.clone(), gc_q.clone());
+        let (sets, sts_q) = (sets.clone(), sts_q.clone());
         pod_inf.on_change(Box::new(move |old, new| {
             for o in old.iter().chain(new.iter()) {
                 ReplicaSetController::keys_for_pod(&rss, o)
                     .into_iter()
                     .for_each(|k| rs_q.add(k));
+                StatefulSetController::keys_for_pod(&sets, o)
+                    .into_iter()
+                    .for_each(|k| sts_q.add(k));
             }
-            if let Some(n) = new.filter(|n| {
-                n.meta()
-                    .owner_references
-                    .as_ref()
-                    .is_some_and(|r| !r.is_empty())
-            }) {
-                gc_q.add(ObjectRef::of(n));
-            }
+            collect_if_owned(&gc_q, new);
         }));
     }
     // ReplicaSets: themselves, their Deployment, the collector; a deleted
@@ -100,6 +107,24 @@ pub fn start(cp: Arc<dyn ControlPlane>) -> Vec<JoinHandle<()>> {
         }));
     }
 
+    // StatefulSets: themselves and the collector; their revisions only
+    // matter to the collector.
+    {
+        let (sts_q, gc_q, dependents) = (sts_q.clone(), gc_q.clone(), dependents.clone());
+        sts_inf.on_change(Box::new(move |old, new| {
+            if let Some(o) = new.or(old) {
+                sts_q.add(ObjectRef::of(o));
+            }
+            owner_changed(&dependents, &gc_q, old, new);
+        }));
+    }
+    {
+        let gc_q = gc_q.clone();
+        rev_inf.on_change(Box::new(move |_, new| {
+            collect_if_owned(&gc_q, new);
+        }));
+    }
+
     let rs_c = Arc::new(ReplicaSetController {
         cp: cp.clone(),
         replica_sets: rss.clone(),
@@ -112,15 +137,29 @@ pub fn start(cp: Arc<dyn ControlPlane>) -> Vec<JoinHandle<()>> {
         replica_sets: rss.clone(),
         pods: pods.clone(),
     });
+    let sts_c = Arc::new(StatefulSetController {
+        cp: cp.clone(),
+        sets: sets.clone(),
+        pods: pods.clone(),
+        revisions: revs.clone(),
+    });
     let gc = Arc::new(GarbageCollector {
         cp,
         caches: gc_caches,
     });
-    let all = vec![pods.clone(), rss.clone(), deps.clone()];
+    let all = vec![
+        pods.clone(),
+        rss.clone(),
+        deps.clone(),
+        sets.clone(),
+        revs.clone(),
+    ];
     vec![
         tokio::spawn(pod_inf.run()),
         tokio::spawn(rs_inf.run()),
         tokio::spawn(d_inf.run()),
+        tokio::spawn(sts_inf.run()),
+        tokio::spawn(rev_inf.run()),
         tokio::spawn(worker("replicaset", rs_q.clone(), all.clone(), move |k| {
             let c = rs_c.clone();
             async move { c.sync(&k).await }
@@ -129,12 +168,33 @@ pub fn start(cp: Arc<dyn ControlPlane>) -> Vec<JoinHandle<()>> {
             let c = d_c.clone();
             async move { c.sync(&k).await }
         })),
+        tokio::spawn(worker(
+            "statefulset",
+            sts_q.clone(),
+            all.clone(),
+            move |k| {
+                let c = sts_c.clone();
+                async move { c.sync(&k).await }
+            },
+        )),
         tokio::spawn(worker("garbagecollector", gc_q, all, move |k| {
             let c = gc.clone();
             async move { c.sync(&k).await }
         })),
-        tokio::spawn(resync(vec![(rss, rs_q), (deps, d_q)])),
+        tokio::spawn(resync(vec![(rss, rs_q), (deps, d_q), (sets, sts_q)])),
     ]
+}
+
+/// A dependent with owners is checked by the collector.
+fn collect_if_owned(gc_q: &Queue, new: Option<&Object>) {
+    if let Some(n) = new.filter(|n| {
+        n.meta()
+            .owner_references
+            .as_ref()
+            .is_some_and(|r| !r.is_empty())
+    }) {
+        gc_q.add(ObjectRef::of(n));
+    }
 }
 
 /// An owner was deleted (or replaced): its dependents are checked.

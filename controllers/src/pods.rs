@@ -179,6 +179,34 @@ pub fn time(now: Timestamp) -> Time {
     Time(now)
 }
 
+/// Adopts the pods named `names` (of `pods`) for the controller `kind`
+/// (apps/v1) whose metadata is `owner`: each gets a controller reference,
+/// written with the read's resourceVersion as precondition.
+pub async fn adopt(
+    cp: &dyn controlplane::ControlPlane,
+    pods: &[Pod],
+    names: &[String],
+    kind: &str,
+    owner: &ObjectMeta,
+) -> crate::Result<()> {
+    for name in names {
+        let Some(mut pod) = pods
+            .iter()
+            .find(|p| p.metadata.name.as_ref() == Some(name))
+            .cloned()
+        else {
+            continue;
+        };
+        pod.metadata
+            .owner_references
+            .get_or_insert_with(Vec::new)
+            .push(controller_ref("apps/v1", kind, owner));
+        cp.update(controlplane::Object::Pod(pod), None).await?;
+        tracing::info!(owner = ?owner.name, pod = %name, "adopted");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

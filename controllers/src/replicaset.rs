@@ -215,20 +215,14 @@ impl ReplicaSetController {
                 .find(|p| p.metadata.name.as_deref() == Some(n))
                 .cloned()
         };
-        for name in &plan.adopt {
-            if let Some(mut pod) = by_name(name) {
-                pod.metadata
-                    .owner_references
-                    .get_or_insert_with(Vec::new)
-                    .push(podutil::controller_ref(
-                        "apps/v1",
-                        "ReplicaSet",
-                        &rs.metadata,
-                    ));
-                self.cp.update(Object::Pod(pod), None).await?;
-                tracing::info!(rs = %key, pod = %name, "adopted");
-            }
-        }
+        podutil::adopt(
+            self.cp.as_ref(),
+            &pods,
+            &plan.adopt,
+            "ReplicaSet",
+            &rs.metadata,
+        )
+        .await?;
         for name in &plan.release {
             if let Some(mut pod) = by_name(name) {
                 if let Some(refs) = pod.metadata.owner_references.as_mut() {
@@ -271,11 +265,7 @@ impl ReplicaSetController {
         if rs.status.as_ref() != Some(&plan.status) {
             let mut rs = rs;
             rs.status = Some(plan.status);
-            match self.cp.update_status(Object::ReplicaSet(rs)).await {
-                Ok(_) => {}
-                Err(e) if e.is_not_found() => {}
-                Err(e) => return Err(Error::write(format!("update status of {key}"), e)),
-            }
+            crate::write_status(self.cp.as_ref(), Object::ReplicaSet(rs), key).await?;
         }
         Ok(plan.requeue_after)
     }

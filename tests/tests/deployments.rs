@@ -15,13 +15,16 @@ const WAIT: Duration = Duration::from_secs(180);
 
 fn manifest(replicas: u32, version: &str) -> String {
     format!(
-        r#"
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: web}}
-spec:
-  replicas: {replicas}
-  selector: {{matchLabels: {{app: web}}}}
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: web}}\nspec:\n  replicas: {replicas}\n{}",
+        pod_template(version)
+    )
+}
+
+/// The selector and template every workload here uses: app=web, busybox
+/// sleeping, the version in an env var.
+fn pod_template(version: &str) -> String {
+    format!(
+        r#"  selector: {{matchLabels: {{app: web}}}}
   template:
     metadata: {{labels: {{app: web}}}}
     spec:
@@ -254,5 +257,96 @@ fn a_restart_replaces_the_pods_and_an_orphaning_delete_keeps_them() -> Result<()
         "{kept:?} vs {:?}",
         names(&now)
     );
+    Ok(())
+}
+
+fn stateful_manifest(replicas: u32, version: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  clusterIP: None\n  selector: {{app: web}}\n  ports: [{{port: 80}}]\n---\napiVersion: apps/v1\nkind: StatefulSet\nmetadata: {{name: web}}\nspec:\n  serviceName: web\n  replicas: {replicas}\n{}",
+        pod_template(version)
+    )
+}
+
+fn created_at(p: &Value) -> String {
+    p["metadata"]["creationTimestamp"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn ready_at(p: &Value) -> String {
+    p["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Ready" && c["status"] == "True")
+        .and_then(|c| c["lastTransitionTime"].as_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn by_name<'a>(pods: &'a [Value], name: &str) -> &'a Value {
+    pods.iter()
+        .find(|p| p["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no pod {name} in {pods:#?}"))
+}
+
+#[test]
+fn a_statefulset_starts_pods_in_order_with_stable_names_rolls_from_the_top_and_scales_down(
+) -> Result<()> {
+    let Some(n) = Node::for_test("a_statefulset_starts_pods_in_order") else {
+        return Ok(());
+    };
+    n.apply(&stateful_manifest(2, "v1"))?;
+    let pods = wait_pods(&n, "2 running pods", settled(2, "v1"))?;
+    let mut got = names(&pods);
+    got.sort();
+    assert_eq!(got, ["web-0", "web-1"]);
+    // OrderedReady: web-1 was made only once web-0 was ready.
+    let (p0, p1) = (by_name(&pods, "web-0"), by_name(&pods, "web-1"));
+    assert!(
+        created_at(p1) >= ready_at(p0) && !ready_at(p0).is_empty(),
+        "web-1 created {} before web-0 was ready {}",
+        created_at(p1),
+        ready_at(p0)
+    );
+    let host = n.knode(&["exec", "web-1", "--", "hostname"])?;
+    assert_eq!(host, "web-1\n");
+    assert_eq!(p1["spec"]["subdomain"], "web");
+
+    // A new template rolls from the highest ordinal down.
+    n.apply(&stateful_manifest(2, "v2"))?;
+    let pods = wait_pods(&n, "2 pods at v2", settled(2, "v2"))?;
+    let (p0, p1) = (by_name(&pods, "web-0"), by_name(&pods, "web-1"));
+    assert!(
+        created_at(p1) <= created_at(p0),
+        "web-1 ({}) should be replaced before web-0 ({})",
+        created_at(p1),
+        created_at(p0)
+    );
+    let set: Value =
+        serde_json::from_str(&n.knode(&["get", "statefulset", "web", "-o", "json"])?)?;
+    let deadline = Instant::now() + WAIT;
+    let mut set = set;
+    while set["status"]["currentRevision"] != set["status"]["updateRevision"]
+        || set["status"]["readyReplicas"] != 2
+    {
+        assert!(
+            Instant::now() < deadline,
+            "status never settled: {:#}",
+            set["status"]
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        set = serde_json::from_str(&n.knode(&["get", "statefulset", "web", "-o", "json"])?)?;
+    }
+    assert_eq!(set["status"]["updatedReplicas"], 2);
+
+    // Scale down removes the highest ordinal.
+    n.knode(&["scale", "statefulset/web", "--replicas=1"])?;
+    let pods = wait_pods(&n, "scaled to 1", settled(1, "v2"))?;
+    assert_eq!(names(&pods), ["web-0"]);
+    // Deleting the set takes its pods.
+    n.knode(&["delete", "statefulset", "web"])?;
+    wait_pods(&n, "pods collected", |p| p.is_empty())?;
     Ok(())
 }

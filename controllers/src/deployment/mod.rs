@@ -348,11 +348,7 @@ impl DeploymentController {
         if d.status.as_ref() != Some(&plan.status) {
             let mut d = d;
             d.status = Some(plan.status);
-            match self.cp.update_status(Object::Deployment(d)).await {
-                Ok(_) => {}
-                Err(e) if e.is_not_found() => {}
-                Err(e) => return Err(Error::write(format!("update status of {key}"), e)),
-            }
+            crate::write_status(self.cp.as_ref(), Object::Deployment(d), key).await?;
         }
         Ok(plan.requeue_after)
     }

@@ -1,10 +1,10 @@
 //! The Deployment controller's decisions, from plain data.
 
 use super::*;
+use crate::fixtures::{app, owner_meta, template};
 use k8s_openapi::api::apps::v1::{
     DeploymentSpec, DeploymentStrategy, ReplicaSetStatus, RollingUpdateDeployment,
 };
-use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
@@ -12,36 +12,9 @@ fn t(s: i64) -> Timestamp {
     Timestamp::from_second(s).unwrap()
 }
 
-fn app() -> BTreeMap<String, String> {
-    [("app".to_string(), "web".to_string())].into()
-}
-
-fn template(image: &str) -> PodTemplateSpec {
-    PodTemplateSpec {
-        metadata: Some(ObjectMeta {
-            labels: Some(app()),
-            ..Default::default()
-        }),
-        spec: Some(PodSpec {
-            containers: vec![Container {
-                name: "c".into(),
-                image: Some(image.into()),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }),
-    }
-}
-
 fn deploy(replicas: i32, image: &str) -> Deployment {
     Deployment {
-        metadata: ObjectMeta {
-            name: Some("web".into()),
-            namespace: Some("default".into()),
-            uid: Some("d-uid".into()),
-            generation: Some(1),
-            ..Default::default()
-        },
+        metadata: owner_meta("d-uid"),
         spec: Some(DeploymentSpec {
             replicas: Some(replicas),
             selector: LabelSelector {

@@ -95,6 +95,9 @@ impl Underlay {
         target
             .sh(&["ip", "link", "set", "eth0", "up"])
             .with_context(what)?;
+        // Both ends keep a flow on one CPU, as a NIC's receive queue does.
+        steer_flows(&self.ns, &link).with_context(what)?;
+        steer_flows(target, "eth0").with_context(what)?;
         Ok(ip)
     }
 
@@ -122,6 +125,55 @@ impl Underlay {
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(u8, String)>> {
         self.links.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// Turns on receive packet steering over every CPU for veth `dev` in `ns`,
+/// so each flow is handed to one CPU by its hash. Without it a veth hands
+/// a packet to the backlog of whichever CPU sent it; TCP sends from the
+/// application's CPU and from the CPU that processed the last ACK, so on
+/// two or more CPUs one flow's segments overtake each other, and the
+/// receiver's duplicate SACKs turn into spurious retransmits (the reason
+/// the overlay bench's underlay reference retransmitted thousands of
+/// segments per run). A real NIC delivers a flow in order from one NAPI
+/// queue; this makes the veth underlay behave like one. sysfs shows a
+/// namespace's devices only when mounted from inside it, hence `ip netns
+/// exec` (which mounts it in a private mount namespace).
+pub fn steer_flows(ns: &TestNs, dev: &str) -> Result<()> {
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let path = format!("/sys/class/net/{dev}/queues/rx-0/rps_cpus");
+    let script = format!("echo {} > {path}", cpu_mask(cpus));
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", ns.name(), "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("run ip netns exec {}", ns.name()))?;
+    if !out.status.success() {
+        bail!(
+            "write {path} in {}: {}",
+            ns.name(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// The kernel's cpumask text for CPUs `0..n`: hex, 32-bit groups joined by commas.
+fn cpu_mask(n: usize) -> String {
+    let n = n.max(1);
+    let groups = n.div_ceil(32);
+    (0..groups)
+        .rev()
+        .map(|g| {
+            let bits = (n - g * 32).min(32);
+            let v: u32 = if bits == 32 {
+                u32::MAX
+            } else {
+                (1 << bits) - 1
+            };
+            format!("{v:08x}")
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// An underlay, N node namespaces on it (node `i` at `198.18.0.<11+i>`,
@@ -473,4 +525,17 @@ pub fn tcp_echo(server: &TestNs, server_ip: &str, client: &TestNs, port: u16) ->
         last.is_ok()
     });
     last
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_masks_in_the_kernels_format() {
+        assert_eq!(cpu_mask(1), "00000001");
+        assert_eq!(cpu_mask(2), "00000003");
+        assert_eq!(cpu_mask(32), "ffffffff");
+        assert_eq!(cpu_mask(36), "0000000f,ffffffff");
+    }
 }

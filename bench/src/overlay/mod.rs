@@ -22,7 +22,7 @@ use controlplane::{ControlPlane, Kind, Object, ObjectRef};
 use hostnet::{NetNs, Netlink};
 use knode_tests::node::tail;
 use netns_tests::agent::Agent;
-use netns_tests::cluster::{wait_until, ClusterNet, UNDERLAY_IP};
+use netns_tests::cluster::{wait_until, ClusterNet, Pod, UNDERLAY_IP};
 use netns_tests::etcd::{EtcdCluster, ETCD};
 use netns_tests::{bin_dir, TempDir, TestNs};
 use serde_json::json;
@@ -51,27 +51,14 @@ pub struct Results {
 
 /// Runs the benchmark and writes `overlay.json` and `overlay.svg` to `opts.out`.
 pub fn run(opts: &Opts) -> Result<()> {
-    for tool in [ETCD, IPERF3] {
-        if !Path::new(tool).is_file() {
-            bail!("{tool} missing: install etcd-server and iperf3 (make bootstrap does)");
-        }
-    }
-    crate::require_node_bins()?;
+    require_tools()?;
 
     eprintln!("overlay: 3 nodes on an underlay with etcd inside it; agents on nodes 0 and 1, node 2 joins by hand");
     let cluster = Cluster::start(3)?;
     // The bench's own control-plane client and probes run on a thread in
     // node 2 (the joiner): a node's place on the underlay, not the root's.
     let (throughput, join) = cluster.net.node(2).run(|| -> Result<_> {
-        let agents = [
-            cluster.agent(0, "10.244.0.0/16")?,
-            cluster.agent(1, "10.244.0.0/16")?,
-        ];
-        let subnets = [wait_subnet(&agents[0])?, wait_subnet(&agents[1])?];
-        let pods = [
-            cluster.pod(0, &agents[0], "p0")?,
-            cluster.pod(1, &agents[1], "p1")?,
-        ];
+        let (agents, subnets, pods) = cluster.two_nodes()?;
         eprintln!(
             "overlay: subnets {} and {}, pods {} and {}",
             subnets[0],
@@ -108,6 +95,40 @@ pub fn run(opts: &Opts) -> Result<()> {
         cpus: std::thread::available_parallelism().map_or(0, usize::from),
     };
     report::write(opts, &results)
+}
+
+/// Only the throughput part (`bench overlay-throughput`): the same
+/// cluster and paths, the table printed and `overlay-throughput.json`
+/// written; quicker when working on the data path.
+pub fn run_throughput(opts: &Opts) -> Result<()> {
+    require_tools()?;
+    let cluster = Cluster::start(3)?;
+    let tp = cluster.net.node(2).run(|| -> Result<_> {
+        let (agents, subnets, pods) = cluster.two_nodes()?;
+        throughput::measure(&cluster, &pods, &subnets)
+            .context("throughput")
+            .with_context(|| agent_logs(&agents))
+    })??;
+    drop(cluster);
+    let mut doc = crate::report::host_facts();
+    doc["benchmark"] = json!("overlay-throughput");
+    doc["throughput"] = report::throughput_json(&tp);
+    print!("{}", report::throughput_table(&tp, &doc["throughput"]));
+    crate::report::write_file(
+        &opts.out,
+        "overlay-throughput.json",
+        &format!("{}\n", serde_json::to_string_pretty(&doc)?),
+    )
+}
+
+/// etcd, iperf3 and our binaries, or an error that says how to get them.
+fn require_tools() -> Result<()> {
+    for tool in [ETCD, IPERF3] {
+        if !Path::new(tool).is_file() {
+            bail!("{tool} missing: install etcd-server and iperf3 (make bootstrap does)");
+        }
+    }
+    crate::require_node_bins()
 }
 
 /// Nodes on an underlay, etcd inside it. Agents are the caller's, and
@@ -160,9 +181,23 @@ impl Cluster {
             .with_context(|| format!("start the agent on node {i}"))
     }
 
+    /// Agents on nodes 0 and 1, their subnets once held, and a pod on each.
+    pub fn two_nodes(&self) -> Result<([Agent; 2], [Ipv4Addr; 2], [Pod; 2])> {
+        let agents = [
+            self.agent(0, "10.244.0.0/16")?,
+            self.agent(1, "10.244.0.0/16")?,
+        ];
+        let subnets = [wait_subnet(&agents[0])?, wait_subnet(&agents[1])?];
+        let pods = [
+            self.pod(0, &agents[0], "p0")?,
+            self.pod(1, &agents[1], "p1")?,
+        ];
+        Ok((agents, subnets, pods))
+    }
+
     /// A pod on node `i`, networked by our plugins from its agent's conflist.
-    pub fn pod(&self, i: usize, agent: &Agent, name: &str) -> Result<netns_tests::cluster::Pod> {
-        netns_tests::cluster::Pod::add(
+    pub fn pod(&self, i: usize, agent: &Agent, name: &str) -> Result<Pod> {
+        Pod::add(
             self.net.node(i),
             &agent.dir().join("cni-conf"),
             &bin_dir(),

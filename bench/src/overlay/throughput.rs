@@ -1,15 +1,17 @@
-//! Throughput: iperf3 TCP from node 0 to node 1 over three paths, the
+//! Throughput: iperf3 TCP from node 0 to node 1 over four paths, the
 //! rounds interleaved: pod to pod over knode's overlay (veth, bridge,
 //! vxlan), node to node over the raw underlay (veth and the underlay
-//! bridge), and VTEP to VTEP over the kernel VXLAN device alone. Servers
-//! are killed on return; clients end on their own.
+//! bridge), VTEP to VTEP over the kernel VXLAN device alone, and a second
+//! check of the underlay: two namespaces on one veth pair, no bridge.
+//! Retransmits are kept per run: a reference that retransmits is not clean.
+//! Servers are killed on return; clients end on their own.
 
 use std::net::Ipv4Addr;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use netns_tests::cluster::{wait_until, Pod};
+use netns_tests::cluster::{steer_flows, wait_until, Pod};
 use netns_tests::TestNs;
 use serde_json::Value;
 
@@ -30,11 +32,12 @@ pub enum Path {
     Pod,
     Vxlan,
     Underlay,
+    Veth,
 }
 
 impl Path {
     /// Every path, in the first round's order.
-    pub const ALL: [Path; 3] = [Path::Pod, Path::Vxlan, Path::Underlay];
+    pub const ALL: [Path; 4] = [Path::Pod, Path::Vxlan, Path::Underlay, Path::Veth];
 
     /// Its name in the report.
     pub fn name(self) -> &'static str {
@@ -42,6 +45,7 @@ impl Path {
             Path::Pod => "pod",
             Path::Vxlan => "vxlan",
             Path::Underlay => "underlay",
+            Path::Veth => "veth",
         }
     }
 
@@ -51,6 +55,7 @@ impl Path {
             Path::Pod => "ours: pod on node 0 -> pod on node 1 (veth, bridge, knode.1 vxlan, underlay)",
             Path::Vxlan => "reference: node 0's VTEP address -> node 1's, over knode.1 alone (no bridge or veth hop)",
             Path::Underlay => "reference: node 0 eth0 -> node 1 eth0 over the underlay veth and bridge",
+            Path::Veth => "check of the reference: two namespaces on one veth pair, no bridge",
         }
     }
 }
@@ -72,6 +77,8 @@ pub struct Outcome {
     pub rounds: usize,
     pub seconds: u32,
     pub omit: u32,
+    /// /proc/loadavg before the first and after the last run.
+    pub load: [String; 2],
 }
 
 impl Outcome {
@@ -83,6 +90,49 @@ impl Outcome {
             .map(|r| r.gbps)
             .collect()
     }
+
+    /// The retransmits of every run of `path`.
+    pub fn retransmits(&self, path: Path) -> Vec<u64> {
+        self.runs
+            .iter()
+            .filter(|r| r.path == path)
+            .map(|r| r.retransmits)
+            .collect()
+    }
+}
+
+/// Two namespaces joined by one veth pair, steered like the underlay
+/// (198.19.0.1 and .2, RFC 2544 space): the underlay without its bridge.
+struct VethPair {
+    a: TestNs,
+    b: TestNs,
+}
+
+impl VethPair {
+    const A: &'static str = "198.19.0.1";
+    const B: &'static str = "198.19.0.2";
+
+    fn new() -> Result<VethPair> {
+        let (a, b) = (TestNs::new("vpa")?, TestNs::new("vpb")?);
+        let add = format!(
+            "ip link add eth0 type veth peer name eth0 netns {}",
+            b.name()
+        );
+        a.sh(&add.split(' ').collect::<Vec<_>>())?;
+        for (ns, ip) in [(&a, Self::A), (&b, Self::B)] {
+            ns.sh(&["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+            ns.sh(&["ip", "link", "set", "eth0", "up"])?;
+            steer_flows(ns, "eth0")?;
+        }
+        Ok(VethPair { a, b })
+    }
+}
+
+/// The 1-, 5- and 15-minute load averages.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 /// Who serves and who sends on a path.
@@ -194,10 +244,11 @@ fn parse(json: &str) -> Result<(f64, u64)> {
     Ok((bps / 1e9, retr))
 }
 
-/// Measures the three paths between node 0 and node 1: `pods` are one pod
+/// Measures the paths between node 0 and node 1: `pods` are one pod
 /// per node, `subnets` the nodes' subnets (their VTEP addresses).
 pub fn measure(c: &Cluster, pods: &[Pod; 2], subnets: &[Ipv4Addr; 2]) -> Result<Outcome> {
     let (n0, n1) = (c.net.node(0), c.net.node(1));
+    let pair = VethPair::new().context("the veth pair")?;
     let ends: Vec<Ends> = Path::ALL
         .iter()
         .enumerate()
@@ -206,6 +257,7 @@ pub fn measure(c: &Cluster, pods: &[Pod; 2], subnets: &[Ipv4Addr; 2]) -> Result<
                 Path::Pod => (pods[1].ns(), pods[1].ip().to_string(), pods[0].ns(), None),
                 Path::Vxlan => (n1, subnets[1].to_string(), n0, Some(subnets[0].to_string())),
                 Path::Underlay => (n1, c.net.node_ip(1), n0, Some(c.net.node_ip(0))),
+                Path::Veth => (&pair.b, VethPair::B.to_string(), &pair.a, None),
             };
             Ends {
                 path,
@@ -221,8 +273,9 @@ pub fn measure(c: &Cluster, pods: &[Pod; 2], subnets: &[Ipv4Addr; 2]) -> Result<
         .iter()
         .map(Ends::serve)
         .collect::<Result<Vec<Server>>>()?;
+    let before = loadavg();
     eprintln!(
-        "overlay: throughput, {ROUNDS} interleaved rounds of {SECONDS} s (+{OMIT} s left out) per path, after a 1 s warm-up each"
+        "overlay: throughput, load {before}, {ROUNDS} interleaved rounds of {SECONDS} s (+{OMIT} s left out) per path, after a 1 s warm-up each"
     );
     for e in &ends {
         e.send(1, 0)
@@ -245,11 +298,14 @@ pub fn measure(c: &Cluster, pods: &[Pod; 2], subnets: &[Ipv4Addr; 2]) -> Result<
             });
         }
     }
+    let after = loadavg();
+    eprintln!("overlay: throughput done, load {after}");
     Ok(Outcome {
         runs,
         rounds: ROUNDS,
         seconds: SECONDS,
         omit: OMIT,
+        load: [before, after],
     })
 }
 

@@ -40,7 +40,7 @@ pub struct AgentArgs {
     /// first node (default 10.244.0.0/16).
     #[arg(long, value_name = "CIDR")]
     pub cluster_cidr: Option<String>,
-    /// Overlay backend proposed with it: `vxlan` (default) or `host-gw`.
+    /// Overlay backend proposed with it: `vxlan` (default), `host-gw` or `udp`.
     #[arg(long, value_name = "TYPE")]
     pub backend: Option<String>,
     /// Underlay interface, by name or address (default: the default route's).

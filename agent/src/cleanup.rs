@@ -8,7 +8,7 @@
 //! - the pod network: `cni0`, the bridge plugin's `KNODE-MASQ-*` rules,
 //!   and the default conflist with its IPAM store when it is the agent's
 //!   own (an operator's conflist stays);
-//! - the overlay: the `knode.<VNI>` vxlan device (its routes, neighbour
+//! - the overlay: the `knode.<VNI>` vxlan device or the `knode0` TUN (its routes, neighbour
 //!   and FDB entries go with it), host-gw routes into the cluster network,
 //!   `KNODE-POSTRTG`/`KNODE-FWD`, and the subnet file;
 //! - the proxy: every `KUBE-*` chain and the jumps to them, and nft table
@@ -153,7 +153,7 @@ fn pod_network(ours: bool) -> Result<String> {
     Ok(format!("pod network: {}", summary(done)))
 }
 
-/// The vxlan device, routes into the cluster network via a gateway
+/// The vxlan device or the udp backend's TUN, routes into the cluster network via a gateway
 /// (host-gw's), the masquerade and forward rules, the subnet file.
 fn overlay(config: &Config) -> Result<String> {
     let network: Ipv4Net = config.cluster_cidr.parse().map_err(|_| {
@@ -165,7 +165,10 @@ fn overlay(config: &Config) -> Result<String> {
     let mut done = Vec::new();
     let mut nl = Netlink::new()?;
     for link in nl.link().list()? {
-        if link.name.starts_with("knode.") && link.kind.as_deref() == Some("vxlan") {
+        let vxlan = link.name.starts_with("knode.") && link.kind.as_deref() == Some("vxlan");
+        // The udp backend's TUN device is persistent: it outlives the agent.
+        let tun = link.name == overlay::udp::DEVICE && link.kind.as_deref() == Some("tun");
+        if vxlan || tun {
             nl.link().del(link.index)?;
             done.push(format!("{} deleted", link.name));
         }

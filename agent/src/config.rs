@@ -463,9 +463,9 @@ impl Config {
                 );
             }
         }
-        if !["vxlan", "host-gw"].contains(&c.backend.as_str()) {
+        if !["vxlan", "host-gw", "udp"].contains(&c.backend.as_str()) {
             bail!(
-                "backend: {:?} is not a backend (vxlan or host-gw)",
+                "backend: {:?} is not a backend (vxlan, host-gw or udp)",
                 c.backend
             );
         }
@@ -727,10 +727,10 @@ mod tests {
         })
         .contains("disable: \"kubelet\" is not a part"));
         assert!(bad(File {
-            backend: Some("udp".into()),
+            backend: Some("ipip".into()),
             ..File::default()
         })
-        .contains("backend: \"udp\""));
+        .contains("backend: \"ipip\" is not a backend (vxlan, host-gw or udp)"));
         assert!(bad(File {
             public_ip: Some("eth0".into()),
             ..File::default()

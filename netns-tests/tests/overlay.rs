@@ -157,6 +157,38 @@ impl Overlay {
     fn node(&self, i: usize) -> &TestNs {
         self.net.node(i)
     }
+
+    /// Runs one more agent on node `i` with `flags` (pods off, no API)
+    /// in a temp dir, expecting it to stop; its output.
+    fn failing_agent(&self, i: usize, flags: &[&str]) -> Result<std::process::Output> {
+        let dir = TempDir::new("overlay-bad")?;
+        let out = netns_tests::ns_command(Some(self.node(i).path()), netns_tests::our_bin("knode"))
+            .args([
+                "--config",
+                "/dev/null",
+                "--control-plane",
+                &self.control_plane(),
+            ])
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--run-dir")
+            .arg(dir.path().join("run"))
+            // No Kubernetes API: it would write /etc/knode/knode.yaml.
+            .args([
+                "agent",
+                "--node-name",
+                "bad",
+                "--disable",
+                "pods",
+                "--api-port",
+                "0",
+            ])
+            .args(flags)
+            .arg("--subnet-file")
+            .arg(dir.path().join("subnet.env"))
+            .output()?;
+        Ok(out)
+    }
 }
 
 /// The subnet a subnet.env names (`FLANNEL_SUBNET=10.244.3.1/24` -> `10.244.3.0/24`).
@@ -300,20 +332,27 @@ fn peer_seen(server: &TestNs, server_ip: &str, client: &TestNs, port: u16) -> Re
     Ok(got)
 }
 
-#[test]
-fn nodes_join_and_leave_without_restarts() -> Result<()> {
-    if !prereqs("nodes_join_and_leave_without_restarts") {
-        return Ok(());
-    }
-    let mut o = Overlay::start(2, "vxlan")?;
+/// Two nodes with a pod on node 0; a third node joins and node 0's pod
+/// reaches a pod on it without a restart. (cluster, p0, the joiner's
+/// index, its subnet, its pod)
+fn a_third_node_joins(backend: &'static str) -> Result<(Overlay, Pod, usize, String, Pod)> {
+    let mut o = Overlay::start(2, backend)?;
     let p0 = o.pod(0, "p0")?;
-    // A third node joins: node 0 reaches its pods without a restart.
     let i = o.net.add_node()?;
     let a = o.spawn_agent(i)?;
     o.agents.push(Some(a));
     let s2 = o.wait_subnet(i)?;
     let p2 = o.pod(i, "p2")?;
     all_ping(&[&p0, &p2])?;
+    Ok((o, p0, i, s2, p2))
+}
+
+#[test]
+fn nodes_join_and_leave_without_restarts() -> Result<()> {
+    if !prereqs("nodes_join_and_leave_without_restarts") {
+        return Ok(());
+    }
+    let (mut o, p0, i, s2, p2) = a_third_node_joins("vxlan")?;
     assert!(entries_for(&o, 0, &s2)?.contains("knode.1"));
 
     // It leaves: its agent stops, its lease expires, and every other node
@@ -369,6 +408,17 @@ fn agent_restart_keeps_lease_mac_and_flows() -> Result<()> {
     assert_eq!(vtep_mac(o.node(0))?, mac);
     all_ping(&[&p0, &p1])?;
     Ok(())
+}
+
+/// The longest time between two answers in `ping -D` output.
+fn longest_gap(ping_output: &str) -> Duration {
+    let times: Vec<f64> = ping_output
+        .lines()
+        .filter(|l| l.contains("bytes from"))
+        .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.parse().ok())
+        .collect();
+    let gap = times.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max);
+    Duration::from_secs_f64(gap)
 }
 
 fn received(ping_output: &str) -> u32 {
@@ -664,37 +714,218 @@ fn a_wrong_interface_stops_the_agent_with_the_reason() -> Result<()> {
         return Ok(());
     }
     let o = Overlay::start(1, "vxlan")?;
-    let dir = TempDir::new("overlay-bad")?;
-    let out = netns_tests::ns_command(Some(o.node(0).path()), netns_tests::our_bin("knode"))
-        .args([
-            "--config",
-            "/dev/null",
-            "--control-plane",
-            &o.control_plane(),
-        ])
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .arg("--run-dir")
-        .arg(dir.path().join("run"))
-        .args([
-            "agent",
-            "--node-name",
-            "bad",
-            "--disable",
-            "pods",
-            "--iface",
-            "eth9",
-            // No Kubernetes API: it would write /etc/knode/knode.yaml.
-            "--api-port",
-            "0",
-        ])
-        .arg("--subnet-file")
-        .arg(dir.path().join("subnet.env"))
-        .output()?;
+    let out = o.failing_agent(0, &["--iface", "eth9"])?;
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(
         err.contains("iface \"eth9\": no interface has this name or address (interfaces: lo, eth0"),
+        "{err}"
+    );
+    Ok(())
+}
+
+/// Sends one datagram from `client` to `ip:port`, where a `socat` in
+/// `server` echoes it; true when it comes back.
+fn udp_echo_once(server_ip: &str, client: &TestNs, port: u16) -> bool {
+    let line = format!("udp-{port}\n");
+    let target = format!("UDP4:{server_ip}:{port}");
+    let mut child = match client
+        .cmd(&["socat", "-T", "1", "-", &target])
+        .stdin(std::process::Stdio::piped())
+        .output_async()
+    {
+        Ok(c) => c,
+        Err(_) => return false,
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        use std::io::Write;
+        let _ = stdin.write_all(line.as_bytes());
+    }
+    child
+        .wait_with_output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout) == line)
+}
+
+/// UDP from `client` to a UDP echo server on `server` (`server_ip:port`):
+/// the datagram comes back within 5 s of retries.
+fn udp_echo(server: &TestNs, server_ip: &str, client: &TestNs, port: u16) -> Result<()> {
+    let listen = format!("UDP4-RECVFROM:{port},fork");
+    let mut child = server
+        .cmd(&["socat", &listen, "EXEC:cat"])
+        .spawn()
+        .context("start the UDP echo server")?;
+    let ok = wait_until(Duration::from_secs(5), || {
+        udp_echo_once(server_ip, client, port)
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    if !ok {
+        bail!("no UDP echo from {server_ip}:{port} to {}", client.name());
+    }
+    Ok(())
+}
+
+/// One ping of `size` bytes of payload with DF set from `from` to `ip`.
+fn df_ping(from: &TestNs, ip: &str, size: u32) -> Result<std::process::Output> {
+    let size = size.to_string();
+    from.cmd(&["ping", "-c", "1", "-W", "2", "-M", "do", "-s", &size, ip])
+        .output()
+        .context("run ping")
+}
+
+#[test]
+fn udp_pods_reach_each_other_over_the_tun() -> Result<()> {
+    if !prereqs("udp_pods_reach_each_other_over_the_tun") {
+        return Ok(());
+    }
+    let o = Overlay::start(3, "udp")?;
+    let subnets: Vec<String> = (0..3).map(|i| o.wait_subnet(i)).collect::<Result<_>>()?;
+    eprintln!("subnets {subnets:?}");
+
+    // The device as flannel makes flannel0: a TUN, the node's address
+    // with the network's length, so the whole network routes to it.
+    let dev = o.node(0).sh(&["ip", "-d", "link", "show", "knode0"])?;
+    for want in ["mtu 1472", "tun type tun", "multi_queue"] {
+        assert!(dev.contains(want), "{want:?} not in {dev}");
+    }
+    let addr = format!("{}/16", subnets[0].split('/').next().unwrap());
+    assert!(o
+        .node(0)
+        .sh(&["ip", "addr", "show", "knode0"])?
+        .contains(&addr));
+    let route = o.node(0).sh(&["ip", "route", "show", NETWORK])?;
+    assert!(route.contains("dev knode0"), "{route}");
+    let env = std::fs::read_to_string(o.subnet_file(0))?;
+    assert!(env.contains("FLANNEL_MTU=1472\n"), "{env}");
+    assert!(
+        o.node(0).sh(&["ip", "link", "show", "knode.1"]).is_err(),
+        "no vxlan device for udp"
+    );
+
+    let pods: Vec<Pod> = (0..3)
+        .map(|i| o.pod(i, &format!("p{i}")))
+        .collect::<Result<_>>()?;
+    all_ping(&pods.iter().collect::<Vec<_>>())?;
+    tcp_echo(pods[0].ns(), pods[0].ip(), pods[1].ns(), 7031)?;
+    tcp_echo(pods[1].ns(), pods[1].ip(), pods[0].ns(), 7032)?;
+    udp_echo(pods[0].ns(), pods[0].ip(), pods[2].ns(), 7033)?;
+    udp_echo(pods[2].ns(), pods[2].ip(), pods[0].ns(), 7034)?;
+    assert_eq!(
+        peer_seen(pods[1].ns(), pods[1].ip(), pods[2].ns(), 7035)?,
+        pods[2].ip()
+    );
+    // The MTU is right: 1,400 bytes with DF pass both ways, and so does
+    // the largest that fits the pod MTU (1472 - 28 of IP and ICMP); one
+    // byte more is refused at the pod, not lost on the way.
+    for (a, b) in [(0, 1), (1, 0)] {
+        for size in [1400, 1444] {
+            let out = df_ping(pods[a].ns(), pods[b].ip(), size)?;
+            assert!(
+                out.status.success(),
+                "{size} bytes DF {} -> {}: {}",
+                pods[a].ip(),
+                pods[b].ip(),
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+    }
+    let too_big = df_ping(pods[0].ns(), pods[1].ip(), 1445)?;
+    assert!(!too_big.status.success());
+    // Egress still goes out the underlay, masqueraded.
+    assert_eq!(
+        peer_seen(o.net.internet(), OUTSIDE_IP, pods[2].ns(), 7036)?,
+        o.net.node_ip(2)
+    );
+    Ok(())
+}
+
+#[test]
+fn udp_a_node_leaving_is_forgotten() -> Result<()> {
+    if !prereqs("udp_a_node_leaving_is_forgotten") {
+        return Ok(());
+    }
+    let (mut o, p0, i, s2, p2) = a_third_node_joins("udp")?;
+    let p2_ip = p2.ip().to_string();
+
+    // It leaves: its agent stops, its lease expires, node 0 drops the peer.
+    drop(p2);
+    o.agents[i] = None;
+    let removed = format!("peer removed peer={s2}");
+    let gone = wait_until(Duration::from_secs(12), || {
+        o.agent(0).log().contains(&removed)
+    });
+    assert!(gone, "node 0 kept peer {s2}:\n{}", o.agent(0).log());
+    // Packets for it are now dropped at node 0 (counted), not sent.
+    assert!(!p0.ns().ping(&p2_ip));
+    Ok(())
+}
+
+#[test]
+fn udp_agent_restart_loses_at_most_a_second() -> Result<()> {
+    if !prereqs("udp_agent_restart_loses_at_most_a_second") {
+        return Ok(());
+    }
+    let mut o = Overlay::start(2, "udp")?;
+    let before = o.wait_subnet(0)?;
+    let p0 = o.pod(0, "p0")?;
+    let p1 = o.pod(1, "p1")?;
+    all_ping(&[&p0, &p1])?;
+    // Pings every 50 ms straddle the restart: the userspace path is down
+    // from the kill until the new agent has its TUN queues open again.
+    let ping = p1
+        .ns()
+        .cmd(&["ping", "-D", "-c", "100", "-i", "0.05", "-W", "1", p0.ip()])
+        .output_async()?;
+    std::thread::sleep(Duration::from_millis(500));
+    o.agents[0].as_mut().unwrap().kill9()?;
+    o.agents[0].as_mut().unwrap().restart()?;
+    let out = ping.wait_with_output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let gap = longest_gap(&text);
+    eprintln!(
+        "longest gap between answered pings across the restart: {gap:?}; {}/100 answered",
+        received(&text)
+    );
+    // The kernel does not carry udp traffic without the agent: there is a gap.
+    assert!(
+        gap >= Duration::from_millis(100),
+        "no outage at all?\n{text}"
+    );
+    assert!(
+        gap <= Duration::from_secs(1),
+        "more than a second lost:\n{text}"
+    );
+    assert_eq!(o.wait_subnet(0)?, before);
+    all_ping(&[&p0, &p1])?;
+    Ok(())
+}
+
+#[test]
+fn udp_a_port_in_use_stops_the_agent_with_the_field() -> Result<()> {
+    if !prereqs("udp_a_port_in_use_stops_the_agent_with_the_field") {
+        return Ok(());
+    }
+    let mut o = Overlay::start(1, "udp")?;
+    let i = o.net.add_node()?;
+    // Something else holds UDP 8285 on the new node.
+    let mut holder = o
+        .node(i)
+        .cmd(&["socat", "UDP4-RECVFROM:8285", "-"])
+        .spawn()
+        .context("start socat")?;
+    let held = wait_until(Duration::from_secs(5), || {
+        o.node(i)
+            .sh(&["ss", "-Hlun", "sport = :8285"])
+            .is_ok_and(|s| !s.trim().is_empty())
+    });
+    assert!(held, "socat did not bind UDP 8285");
+    let out = o.failing_agent(i, &["--iface", "eth0", "--backend", "udp"])?;
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("Backend.Port: UDP 198.18.0.12:8285 is already in use"),
         "{err}"
     );
     Ok(())

@@ -22,6 +22,11 @@ pub const CONFIGMAP_KEY: &str = "net-conf.json";
 pub const DEFAULT_VXLAN_PORT: u16 = 8472;
 /// The VXLAN header and outer IPv4/UDP/Ethernet headers.
 pub const VXLAN_OVERHEAD: u32 = 50;
+/// flannel's default port for the udp backend.
+pub const DEFAULT_UDP_PORT: u16 = 8285;
+/// The udp backend's outer IPv4 and UDP headers (the inner packet is the
+/// whole UDP payload).
+pub const UDP_OVERHEAD: u32 = 28;
 
 /// The backend part of the config, as written.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -68,6 +73,9 @@ pub enum Backend {
     },
     /// Plain routes via each peer's public IP (all peers on one L2 segment).
     HostGw,
+    /// flannel's udp: a TUN device and the agent's own encapsulation, each
+    /// IP packet the payload of one UDP datagram to the peer's `port`.
+    Udp { port: u16 },
 }
 
 impl Backend {
@@ -76,6 +84,7 @@ impl Backend {
         match self {
             Backend::Vxlan { .. } => "vxlan",
             Backend::HostGw => "host-gw",
+            Backend::Udp { .. } => "udp",
         }
     }
 
@@ -84,6 +93,7 @@ impl Backend {
         match self {
             Backend::Vxlan { .. } => underlay_mtu.saturating_sub(VXLAN_OVERHEAD),
             Backend::HostGw => underlay_mtu,
+            Backend::Udp { .. } => underlay_mtu.saturating_sub(UDP_OVERHEAD),
         }
     }
 }
@@ -261,13 +271,24 @@ fn backend_from(b: BackendSpec) -> Result<Backend> {
             }
             Ok(Backend::HostGw)
         }
-        "udp" => Err(bad(
-            "Type",
-            "udp is not supported by this build; use vxlan or host-gw".into(),
-        )),
+        "udp" => {
+            for (field, set) in [
+                ("VNI", b.vni.is_some()),
+                ("DirectRouting", b.direct_routing.is_some()),
+            ] {
+                if set {
+                    return Err(bad(field, "only applies to Type vxlan".into()));
+                }
+            }
+            let port = match b.port {
+                None | Some(0) => DEFAULT_UDP_PORT,
+                Some(p) => p,
+            };
+            Ok(Backend::Udp { port })
+        }
         other => Err(bad(
             "Type",
-            format!("{other:?} is not a backend (vxlan or host-gw)"),
+            format!("{other:?} is not a backend (vxlan, host-gw or udp)"),
         )),
     }
 }
@@ -298,6 +319,20 @@ mod tests {
         assert_eq!(c.subnet_at(0).to_string(), "10.244.1.0/24");
         assert_eq!(c.subnet_at(254).to_string(), "10.244.255.0/24");
         assert_eq!(c.backend.pod_mtu(1500), 1450);
+    }
+
+    #[test]
+    fn udp_is_flannels_port_and_mtu() {
+        let c =
+            NetConf::parse(r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "udp"}}"#).unwrap();
+        assert_eq!(c.backend, Backend::Udp { port: 8285 });
+        assert_eq!(c.backend.type_name(), "udp");
+        assert_eq!(c.backend.pod_mtu(1500), 1472);
+        let c = NetConf::parse(
+            r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "udp", "Port": 9000}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.backend, Backend::Udp { port: 9000 });
     }
 
     #[test]
@@ -358,8 +393,8 @@ mod tests {
                 .contains("\"ipip\" is not a backend")
         );
         assert!(
-            err(r#"{"Network": "10.0.0.0/16", "Backend": {"Type": "udp"}}"#)
-                .contains("not supported")
+            err(r#"{"Network": "10.0.0.0/16", "Backend": {"Type": "udp", "VNI": 1}}"#)
+                .contains("Backend.VNI: only applies to Type vxlan")
         );
         assert!(err(r#"{"Network": "10.0.0.0/16", "Subnetlen": 24}"#).contains("Subnetlen"));
     }

@@ -19,13 +19,14 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::backend::{self, Local, Peer, PeerState};
+use crate::backend::{self, Local, Peer, PeerState, Via};
 use crate::config::{Backend, NetConf, CONFIGMAP_KEY, CONFIGMAP_NAME, CONFIGMAP_NAMESPACE};
-use crate::dataplane::{self, Dataplane, Kernel, Observed, VxlanDevice};
+use crate::dataplane::{self, Dataplane, Kernel, Observed, TunDevice, VxlanDevice};
 use crate::iface::{self, Underlay};
 use crate::lease::{LeaseAttrs, Leases, Renewal};
 use crate::masq;
 use crate::subnet_env::{self, SubnetEnv};
+use crate::udp::{self, UdpPath};
 use crate::{Error, Result};
 
 /// What the agent tells the overlay (flags and config keys).
@@ -34,7 +35,7 @@ pub struct Settings {
     pub node: String,
     /// Network proposed when the control plane holds no config yet.
     pub cluster_cidr: String,
-    /// Backend proposed with it (`vxlan` or `host-gw`).
+    /// Backend proposed with it (`vxlan`, `host-gw` or `udp`).
     pub backend: String,
     pub iface: Option<String>,
     pub public_ip: Option<Ipv4Addr>,
@@ -79,6 +80,9 @@ pub struct Overlay {
     lease: SubnetLease,
     local: Local,
     device: Option<VxlanDevice>,
+    /// The udp backend's TUN device, and its running data path.
+    tun: Option<TunDevice>,
+    udp: Option<UdpPath>,
     kernel: Box<dyn Dataplane>,
     /// What is programmed for each peer, by subnet.
     peers: BTreeMap<Ipv4Net, PeerState>,
@@ -109,8 +113,14 @@ impl Overlay {
                 };
                 (backend::vxlan_backend_data(vni, &mac), Some(dev))
             }
-            Backend::HostGw => (serde_json::Value::Null, None),
+            Backend::HostGw | Backend::Udp { .. } => (serde_json::Value::Null, None),
         };
+        let tun = matches!(conf.backend, Backend::Udp { .. }).then(|| TunDevice {
+            name: udp::DEVICE.to_string(),
+            mtu: conf.backend.pod_mtu(underlay.mtu),
+            // Set once the lease is known.
+            addr: conf.network,
+        });
         let attrs = LeaseAttrs {
             node: settings.node.clone(),
             public_ip: IpAddr::V4(underlay.ip),
@@ -135,6 +145,7 @@ impl Overlay {
             underlay: underlay.index,
             device: device.as_ref().map(|d| d.name.clone()),
         })?;
+        let udp = None;
         let (subnet_tx, _) = watch::channel(subnet);
         let mut o = Overlay {
             cp,
@@ -146,6 +157,8 @@ impl Overlay {
             lease,
             local,
             device,
+            tun,
+            udp,
             kernel: Box::new(kernel),
             peers: BTreeMap::new(),
             subnet_tx,
@@ -214,7 +227,10 @@ impl Overlay {
         let (kick_tx, mut kick_rx) = mpsc::channel(1);
         spawn_monitor(
             self.conf.network,
-            self.device.as_ref().map(|d| d.name.clone()),
+            self.device
+                .as_ref()
+                .map(|d| d.name.clone())
+                .or_else(|| self.tun.as_ref().map(|t| t.name.clone())),
             kick_tx,
         );
         loop {
@@ -302,6 +318,10 @@ impl Overlay {
         if let Some(dev) = self.device.as_mut() {
             dev.addr = Ipv4Net::new(subnet.network(), 32).expect("valid");
         }
+        if let Some(tun) = self.tun.as_mut() {
+            tun.addr = Ipv4Net::new(subnet.network(), self.conf.network.prefix_len())
+                .expect("the network's length is valid");
+        }
         self.kernel.set_own_subnet(subnet);
         self.subnet_tx.send_replace(subnet);
         SubnetEnv {
@@ -344,6 +364,7 @@ impl Overlay {
                     }
                 }
                 self.peers.insert(subnet, new);
+                self.push_udp_table();
             }
             Err(why) => {
                 tracing::warn!(peer = %subnet, "{why}");
@@ -364,10 +385,53 @@ impl Overlay {
 
     fn drop_peer(&mut self, old: PeerState) {
         self.peers.remove(&old.subnet);
+        self.push_udp_table();
         let ops = dataplane::plan(&[], &Observed::of(&[old]));
         if let Err(e) = self.apply_all(&ops) {
             tracing::warn!(peer = %old.subnet, error = %e, "remove peer; the resync retries");
         }
+    }
+
+    /// The udp data path's table: this node's subnet and every udp peer.
+    fn udp_table(&self) -> udp::Table {
+        let peers = self.peers.values().filter_map(|p| match p.via {
+            Via::Udp(ip) => Some((p.subnet, ip)),
+            _ => None,
+        });
+        udp::Table::new(self.subnet(), peers)
+    }
+
+    /// Hands the data path the current peers (a peer gone is gone at once).
+    fn push_udp_table(&self) {
+        if let Some(path) = &self.udp {
+            path.set_table(self.udp_table());
+        }
+    }
+
+    /// Starts the udp data path when it is not running or its device went
+    /// (the device is made by opening its queues), then configures the device.
+    fn ensure_udp(&mut self) -> Result<()> {
+        let Some(tun) = self.tun.clone() else {
+            return Ok(());
+        };
+        let Backend::Udp { port } = self.conf.backend else {
+            return Ok(());
+        };
+        let running = self.udp.as_ref().is_some_and(UdpPath::is_running);
+        if !running || !self.kernel.has_link(&tun.name)? {
+            // The old workers stop (and let go of their queues) first.
+            self.udp = None;
+            let setup = udp::Setup {
+                device: tun.name.clone(),
+                local: self.underlay.ip,
+                port,
+                workers: 0,
+            };
+            self.udp = Some(UdpPath::start(&setup, self.udp_table())?);
+        }
+        self.kernel.configure_tun(&tun)?;
+        self.push_udp_table();
+        Ok(())
     }
 
     fn apply_all(&mut self, ops: &[dataplane::Op]) -> Result<()> {
@@ -391,6 +455,7 @@ impl Overlay {
                 tracing::info!(device = %dev.name, "vxlan device created");
             }
         }
+        self.ensure_udp()?;
         let want: Vec<PeerState> = self.peers.values().copied().collect();
         let observed = self.kernel.observe()?;
         let ops = dataplane::plan(&want, &observed);

@@ -29,6 +29,18 @@ pub struct VxlanDevice {
     pub addr: Ipv4Net,
 }
 
+/// The udp backend's TUN device as it must be. The data path makes the
+/// device (by opening its queues); the kernel impl gives it the rest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunDevice {
+    pub name: String,
+    pub mtu: u32,
+    /// `<subnet>.0/<network length>`: flannel's address for `flannel0`,
+    /// whose connected route sends the whole cluster network to the TUN
+    /// (the node's own, longer subnet stays on cni0).
+    pub addr: Ipv4Net,
+}
+
 /// The overlay's entries the kernel holds now.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Observed {
@@ -43,7 +55,9 @@ impl Observed {
     pub fn of(states: &[PeerState]) -> Observed {
         let mut o = Observed::default();
         for p in states {
-            o.routes.insert((p.subnet, p.via));
+            if !matches!(p.via, Via::Udp(_)) {
+                o.routes.insert((p.subnet, p.via));
+            }
             o.neighs.extend(p.neigh);
             o.fdb.extend(p.fdb);
         }
@@ -68,7 +82,10 @@ pub fn plan(want: &[PeerState], observed: &Observed) -> Vec<Op> {
     let mut neighs = BTreeMap::new();
     let mut fdb = BTreeSet::new();
     for p in want {
-        routes.insert(p.subnet, p.via);
+        // The udp path's peers live in its own table, not the kernel's.
+        if !matches!(p.via, Via::Udp(_)) {
+            routes.insert(p.subnet, p.via);
+        }
         if let Some((ip, mac)) = p.neigh {
             neighs.insert(ip, mac);
         }
@@ -125,6 +142,10 @@ pub trait Dataplane: Send {
     fn apply(&mut self, op: &Op) -> Result<()>;
     /// This node's subnet changed (its bridge route is never the overlay's).
     fn set_own_subnet(&mut self, _subnet: Ipv4Net) {}
+    /// Whether a link named `name` exists.
+    fn has_link(&mut self, name: &str) -> Result<bool>;
+    /// Gives the existing TUN device its address and MTU, and sets it up.
+    fn configure_tun(&mut self, dev: &TunDevice) -> Result<()>;
 }
 
 /// What the kernel impl looks at: which routes are the overlay's.
@@ -178,11 +199,33 @@ impl Kernel {
                 None => return Ok(None),
             },
             Via::Underlay(gw) => (gw, self.scope.underlay, false),
+            Via::Udp(_) => return Ok(None),
         };
         let mut r = RouteRequest::new(IpNet::V4(subnet), Some(IpAddr::V4(gw)), Some(oif));
         r.onlink = onlink;
         r.replace = true;
         Ok(Some(r))
+    }
+}
+
+impl Kernel {
+    /// Leaves `want` the only address of link `index`, and the link up.
+    fn only_addr_and_up(&mut self, index: u32, want: Ipv4Net) -> Result<()> {
+        let want = IpNet::V4(want);
+        let addrs = self.nl.addr().list(index)?;
+        for a in &addrs {
+            if *a != want {
+                gone_ok(self.nl.addr().del(index, *a))?;
+            }
+        }
+        if !addrs.contains(&want) {
+            match self.nl.addr().add(index, want) {
+                Err(e) if e.is_exists() => {}
+                other => other?,
+            }
+        }
+        self.nl.link().set_up(index, true)?;
+        Ok(())
     }
 }
 
@@ -241,21 +284,22 @@ impl Dataplane for Kernel {
             }
         };
         self.device_index = Some(index);
-        let want = IpNet::V4(dev.addr);
-        let addrs = self.nl.addr().list(index)?;
-        for a in &addrs {
-            if *a != want {
-                gone_ok(self.nl.addr().del(index, *a))?;
-            }
-        }
-        if !addrs.contains(&want) {
-            match self.nl.addr().add(index, want) {
-                Err(e) if e.is_exists() => {}
-                other => other?,
-            }
-        }
-        self.nl.link().set_up(index, true)?;
+        self.only_addr_and_up(index, dev.addr)?;
         Ok(created)
+    }
+
+    fn has_link(&mut self, name: &str) -> Result<bool> {
+        Ok(self.nl.link().get_by_name(name)?.is_some())
+    }
+
+    fn configure_tun(&mut self, dev: &TunDevice) -> Result<()> {
+        let link = self.nl.link().get_by_name(&dev.name)?.ok_or_else(|| {
+            crate::Error::Backend(format!("TUN device {} does not exist", dev.name))
+        })?;
+        if link.mtu != dev.mtu {
+            self.nl.link().set_mtu(link.index, dev.mtu)?;
+        }
+        self.only_addr_and_up(link.index, dev.addr)
     }
 
     fn observe(&mut self) -> Result<Observed> {
@@ -342,6 +386,8 @@ pub struct Recorder {
     pub ops: Vec<Op>,
     pub devices: Vec<VxlanDevice>,
     pub state: Observed,
+    /// Every TUN configuration asked for.
+    pub tuns: Vec<TunDevice>,
 }
 
 impl Dataplane for Recorder {
@@ -355,6 +401,15 @@ impl Dataplane for Recorder {
 
     fn observe(&mut self) -> Result<Observed> {
         Ok(self.state.clone())
+    }
+
+    fn has_link(&mut self, name: &str) -> Result<bool> {
+        Ok(self.tuns.iter().any(|t| t.name == name))
+    }
+
+    fn configure_tun(&mut self, dev: &TunDevice) -> Result<()> {
+        self.tuns.push(dev.clone());
+        Ok(())
     }
 
     fn apply(&mut self, op: &Op) -> Result<()> {

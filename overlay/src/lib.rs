@@ -1,6 +1,7 @@
 //! The flannel part of knode: every node leases a subnet of the cluster
 //! CIDR from the control plane, and pods on different nodes reach each
-//! other over a kernel VXLAN overlay or plain routes (host-gw). It also
+//! other over a kernel VXLAN overlay, plain routes (host-gw) or a TUN
+//! device and a userspace UDP path in the agent (udp). It also
 //! keeps pod egress masqueraded. The pieces are pure where they can be
 //! (config, subnet choice, desired kernel state, iptables payloads) and
 //! the I/O sits in thin apply steps behind [`dataplane::Dataplane`].
@@ -13,6 +14,7 @@ pub mod iface;
 pub mod lease;
 pub mod masq;
 pub mod subnet_env;
+pub mod udp;
 
 pub use config::NetConf;
 pub use controller::{Overlay, Settings};

@@ -2,7 +2,9 @@
 //! data: vxlan wants an onlink route via the peer's VTEP address, a
 //! permanent neighbour entry and an FDB entry (or, with DirectRouting and
 //! a peer on the same L2, a plain route); host-gw wants a route via the
-//! peer's public IP. No I/O here.
+//! peer's public IP; udp wants nothing in the kernel per peer (one route
+//! for the whole network goes to the TUN device), only an entry in the
+//! userspace path's table. No I/O here.
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -68,6 +70,8 @@ pub enum Via {
     Vxlan(Ipv4Addr),
     /// Through the underlay interface to the peer's public IP.
     Underlay(Ipv4Addr),
+    /// Through the TUN device and the agent's UDP path to the peer's public IP.
+    Udp(Ipv4Addr),
 }
 
 /// Everything one peer needs in the kernel.
@@ -122,6 +126,12 @@ pub fn peer_state(local: &Local, peer: &Peer) -> Result<PeerState, String> {
             }
             Ok(underlay_route(peer))
         }
+        Backend::Udp { .. } => Ok(PeerState {
+            subnet: peer.subnet,
+            via: Via::Udp(peer.public_ip),
+            neigh: None,
+            fdb: None,
+        }),
     }
 }
 
@@ -233,6 +243,17 @@ mod tests {
             e.contains("not on this node's L2 segment 198.18.0.0/24"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn udp_wants_only_the_public_ip() {
+        let s = peer_state(
+            &local(Backend::Udp { port: 8285 }),
+            &peer("203.0.113.9", "udp"),
+        )
+        .unwrap();
+        assert_eq!(s.via, Via::Udp("203.0.113.9".parse().unwrap()));
+        assert_eq!((s.neigh, s.fdb), (None, None));
     }
 
     #[test]

@@ -352,7 +352,7 @@ fn nodes_join_and_leave_without_restarts() -> Result<()> {
     if !prereqs("nodes_join_and_leave_without_restarts") {
         return Ok(());
     }
-    let (mut o, p0, i, s2, p2) = a_third_node_joins("vxlan")?;
+    let (mut o, _p0, i, s2, p2) = a_third_node_joins("vxlan")?;
     assert!(entries_for(&o, 0, &s2)?.contains("knode.1"));
 
     // It leaves: its agent stops, its lease expires, and every other node

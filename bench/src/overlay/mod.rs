@@ -10,6 +10,7 @@ mod join;
 mod report;
 mod scale;
 mod throughput;
+mod udp;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
@@ -42,6 +43,7 @@ const LEASE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Everything one run measured.
 pub struct Results {
     pub throughput: throughput::Outcome,
+    pub udp: udp::Outcome,
     pub join: join::Outcome,
     pub scale: scale::Outcome,
     pub iperf3_version: String,
@@ -55,9 +57,10 @@ pub fn run(opts: &Opts) -> Result<()> {
 
     eprintln!("overlay: 3 nodes on an underlay with etcd inside it; agents on nodes 0 and 1, node 2 joins by hand");
     let cluster = Cluster::start(3)?;
+    let udp_cluster = Cluster::start_backend(2, "udp")?;
     // The bench's own control-plane client and probes run on a thread in
     // node 2 (the joiner): a node's place on the underlay, not the root's.
-    let (throughput, join) = cluster.net.node(2).run(|| -> Result<_> {
+    let (throughput, udp, join) = cluster.net.node(2).run(|| -> Result<_> {
         let (agents, subnets, pods) = cluster.two_nodes()?;
         eprintln!(
             "overlay: subnets {} and {}, pods {} and {}",
@@ -69,12 +72,14 @@ pub fn run(opts: &Opts) -> Result<()> {
         let tp = throughput::measure(&cluster, &pods, &subnets)
             .context("throughput")
             .with_context(|| agent_logs(&agents))?;
+        let udp = udp_vs_vxlan(&udp_cluster, &pods)?;
         let cp = Cp::connect(&cluster.etcd.endpoints())?;
         let join = join::measure(&cluster, &cp, &pods[0], &subnets, opts.warmup)
             .context("join convergence")
             .with_context(|| agent_logs(&agents))?;
-        Ok((tp, join))
+        Ok((tp, udp, join))
     })??;
+    drop(udp_cluster);
     drop(cluster);
 
     eprintln!("overlay: scale, a fresh underlay and etcd; nodes come and go per round");
@@ -88,6 +93,7 @@ pub fn run(opts: &Opts) -> Result<()> {
 
     let results = Results {
         throughput,
+        udp,
         join,
         scale,
         iperf3_version: crate::report::first_line(&[IPERF3, "--version"]),
@@ -103,22 +109,35 @@ pub fn run(opts: &Opts) -> Result<()> {
 pub fn run_throughput(opts: &Opts) -> Result<()> {
     require_tools()?;
     let cluster = Cluster::start(3)?;
-    let tp = cluster.net.node(2).run(|| -> Result<_> {
+    let udp_cluster = Cluster::start_backend(2, "udp")?;
+    let (tp, udp) = cluster.net.node(2).run(|| -> Result<_> {
         let (agents, subnets, pods) = cluster.two_nodes()?;
-        throughput::measure(&cluster, &pods, &subnets)
+        let tp = throughput::measure(&cluster, &pods, &subnets)
             .context("throughput")
-            .with_context(|| agent_logs(&agents))
+            .with_context(|| agent_logs(&agents))?;
+        Ok((tp, udp_vs_vxlan(&udp_cluster, &pods)?))
     })??;
+    drop(udp_cluster);
     drop(cluster);
     let mut doc = crate::report::host_facts();
     doc["benchmark"] = json!("overlay-throughput");
     doc["throughput"] = report::throughput_json(&tp);
+    doc["udp"] = report::udp_json(&udp);
     print!("{}", report::throughput_table(&tp, &doc["throughput"]));
+    print!("{}", report::udp_table(&udp, &doc["udp"]));
     crate::report::write_file(
         &opts.out,
         "overlay-throughput.json",
         &format!("{}\n", serde_json::to_string_pretty(&doc)?),
     )
+}
+
+/// The udp backend's pods in `udp_cluster` against vxlan's `vxlan_pods`.
+fn udp_vs_vxlan(udp_cluster: &Cluster, vxlan_pods: &[Pod; 2]) -> Result<udp::Outcome> {
+    let (agents, _, pods) = udp_cluster.two_nodes().context("the udp cluster")?;
+    udp::measure(vxlan_pods, &pods, [agents[0].pid(), agents[1].pid()])
+        .context("udp vs vxlan")
+        .with_context(|| agent_logs(&agents))
 }
 
 /// etcd, iperf3 and our binaries, or an error that says how to get them.
@@ -137,17 +156,24 @@ pub struct Cluster {
     // Field order is drop order: etcd, then the namespaces.
     pub etcd: EtcdCluster,
     pub net: ClusterNet,
+    /// The agents' `--backend`.
+    backend: &'static str,
 }
 
 impl Cluster {
     /// `nodes` node namespaces and a one-member etcd on the underlay bridge.
     pub fn start(nodes: usize) -> Result<Cluster> {
-        let net = ClusterNet::new(nodes)?;
-        let etcd = EtcdCluster::start_in(net.underlay().path(), UNDERLAY_IP, 1)?;
-        Ok(Cluster { etcd, net })
+        Cluster::start_backend(nodes, "vxlan")
     }
 
-    /// Starts `knode agent` on node `i`: pods off, vxlan on eth0, the
+    /// As [`Cluster::start`], its agents on `backend`.
+    pub fn start_backend(nodes: usize, backend: &'static str) -> Result<Cluster> {
+        let net = ClusterNet::new(nodes)?;
+        let etcd = EtcdCluster::start_in(net.underlay().path(), UNDERLAY_IP, 1)?;
+        Ok(Cluster { etcd, net, backend })
+    }
+
+    /// Starts `knode agent` on node `i`: pods off, the cluster's backend on eth0, the
     /// cluster network `network` proposed, every path in its temp dir.
     pub fn agent(&self, i: usize, network: &str) -> Result<Agent> {
         self.agent_in(TempDir::new(&format!("ovb-n{i}"))?, i, network)
@@ -170,7 +196,7 @@ impl Cluster {
             "--iface",
             "eth0",
             "--backend",
-            "vxlan",
+            self.backend,
             "--cluster-cidr",
             network,
             "--subnet-file",

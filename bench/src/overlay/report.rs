@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use super::join::{self, Side};
 use super::scale;
 use super::throughput::{self, Path};
+use super::udp;
 use super::Results;
 use crate::report::{emit, grouped_bars, host_facts, with_targets, Group, Series};
 use crate::stats::{percentile, round3, Summary};
@@ -24,6 +25,8 @@ pub const MIN_POD_RATIO: f64 = 0.85;
 /// still count as clean: a tail-loss probe or two while the machine is
 /// busy, not the thousands that reordering between CPU backlogs caused.
 pub const MAX_REFERENCE_RETRANSMITS: u64 = 10;
+/// Target: udp backend throughput / kernel vxlan throughput (medians), 1 and 4 streams.
+pub const MIN_UDP_RATIO: f64 = 0.7;
 /// Target: join convergence p99, in ms.
 pub const MAX_JOIN_P99_MS: f64 = 500.0;
 /// Target: programming the scale's peers, in seconds (median).
@@ -130,6 +133,8 @@ fn targets(r: &Results) -> Vec<Value> {
             dirty.is_some_and(|x| x <= MAX_REFERENCE_RETRANSMITS),
             json!({"max_retransmits": MAX_REFERENCE_RETRANSMITS}),
         ),
+        udp_target(&r.udp, 1),
+        udp_target(&r.udp, 4),
         target(
             format!("join convergence p99 <= {MAX_JOIN_P99_MS} ms"),
             p99,
@@ -149,6 +154,107 @@ fn targets(r: &Results) -> Vec<Value> {
             json!({"max_s": MAX_SCALE_S}),
         ),
     ]
+}
+
+/// udp / vxlan pod-to-pod throughput with `streams` streams (medians).
+fn udp_ratio(u: &udp::Outcome, streams: u32) -> Option<f64> {
+    ratio(
+        median(&u.gbps(true, streams)),
+        median(&u.gbps(false, streams)),
+    )
+}
+
+fn udp_target(u: &udp::Outcome, streams: u32) -> Value {
+    let v = udp_ratio(u, streams);
+    target(
+        format!("udp backend pod-to-pod throughput >= {MIN_UDP_RATIO} x kernel vxlan, {streams} stream(s) (medians)"),
+        v,
+        v.is_some_and(|x| x >= MIN_UDP_RATIO),
+        json!({"min_ratio": MIN_UDP_RATIO}),
+    )
+}
+
+/// Ping round trips of one side (0 vxlan, 1 udp): p50 and p99 in ms.
+fn rtt(u: &udp::Outcome, k: usize) -> (Option<f64>, Option<f64>) {
+    let mut v = u.rtt_ms[k].clone();
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return (None, None);
+    }
+    (Some(percentile(&v, 50.0)), Some(percentile(&v, 99.0)))
+}
+
+/// Agent CPU seconds per Gbit carried on the udp path, with `streams` streams.
+fn udp_cpu_per_gbit(u: &udp::Outcome, streams: u32) -> Option<f64> {
+    let (cpu, gbit) = u.of(true, streams).fold((0.0, 0.0), |(c, g), r| {
+        (
+            c + r.agent_cpu_s,
+            g + r.gbps * f64::from(u.seconds + u.omit),
+        )
+    });
+    (gbit > 0.0).then(|| cpu / gbit)
+}
+
+/// The udp-vs-vxlan part of the document.
+pub fn udp_json(u: &udp::Outcome) -> Value {
+    let series = |is_udp: bool, streams: u32| {
+        let v = u.gbps(is_udp, streams);
+        json!({
+            "gbps": v.iter().map(|x| round3(*x)).collect::<Vec<_>>(),
+            "median_gbps": median(&v).map(round3),
+            "retransmits": u.of(is_udp, streams).map(|r| r.retransmits).collect::<Vec<_>>(),
+        })
+    };
+    let (vp50, vp99) = rtt(u, 0);
+    let (up50, up99) = rtt(u, 1);
+    json!({
+        "seconds": u.seconds, "omit_seconds": u.omit,
+        "loadavg_before": u.load[0], "loadavg_after": u.load[1],
+        "vxlan_1": series(false, 1), "udp_1": series(true, 1),
+        "vxlan_4": series(false, 4), "udp_4": series(true, 4),
+        "ratio_udp_over_vxlan_1": udp_ratio(u, 1).map(round3),
+        "ratio_udp_over_vxlan_4": udp_ratio(u, 4).map(round3),
+        "udp_agent_cpu_seconds_per_gbit_1": udp_cpu_per_gbit(u, 1).map(round3),
+        "udp_agent_cpu_seconds_per_gbit_4": udp_cpu_per_gbit(u, 4).map(round3),
+        "ping_ms": {
+            "pings": u.rtt_ms[0].len() + u.rtt_ms[1].len(),
+            "vxlan_p50": vp50.map(round3), "vxlan_p99": vp99.map(round3),
+            "udp_p50": up50.map(round3), "udp_p99": up99.map(round3),
+        },
+    })
+}
+
+/// The udp-vs-vxlan table.
+pub fn udp_table(u: &udp::Outcome, j: &Value) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "\nudp backend vs kernel vxlan, pod to pod (Gbit/s, iperf3 TCP, interleaved); load {} before, {} after",
+        u.load[0], u.load[1]
+    );
+    let _ = writeln!(t, "{:<14}{:>9}  retransmits per run", "path", "median");
+    for key in ["vxlan_1", "udp_1", "vxlan_4", "udp_4"] {
+        let _ = writeln!(
+            t,
+            "{key:<14}{:>9}  {}",
+            fmt(j[key]["median_gbps"].as_f64()),
+            j[key]["retransmits"]
+        );
+    }
+    let p = &j["ping_ms"];
+    let _ = writeln!(
+        t,
+        "udp/vxlan: 1 stream {}, 4 streams {}; udp agent CPU s per Gbit: {} (1), {} (4)\nping ms p50/p99: vxlan {}/{}, udp {}/{}",
+        fmt(j["ratio_udp_over_vxlan_1"].as_f64()),
+        fmt(j["ratio_udp_over_vxlan_4"].as_f64()),
+        fmt(j["udp_agent_cpu_seconds_per_gbit_1"].as_f64()),
+        fmt(j["udp_agent_cpu_seconds_per_gbit_4"].as_f64()),
+        fmt(p["vxlan_p50"].as_f64()),
+        fmt(p["vxlan_p99"].as_f64()),
+        fmt(p["udp_p50"].as_f64()),
+        fmt(p["udp_p99"].as_f64())
+    );
+    t
 }
 
 /// The throughput part of the document.
@@ -316,6 +422,7 @@ pub fn document(r: &Results) -> Value {
         ),
     });
     doc["throughput"] = throughput_json(&r.throughput);
+    doc["udp"] = udp_json(&r.udp);
     doc["join"] = join_json(r);
     doc["scale"] = scale_json(r);
     with_targets(doc, targets(r))
@@ -378,6 +485,7 @@ pub fn throughput_table(tput: &throughput::Outcome, tp: &Value) -> String {
 
 fn table(r: &Results, doc: &Value) -> String {
     let mut t = throughput_table(&r.throughput, &doc["throughput"]);
+    t.push_str(&udp_table(&r.udp, &doc["udp"]));
     let _ = writeln!(
         t,
         "\nJoin convergence (ms, write -> remote pod answers): {} samples per side, interleaved",
@@ -529,7 +637,7 @@ fn chart(r: &Results, doc: &Value) -> String {
             format!(
                 "{} samples per side, interleaved; p99 {} ms (target <= {MAX_JOIN_P99_MS}); reference: the same entries by `ip -batch`",
                 join::SAMPLES,
-                verdict(2)
+                verdict(4)
             ),
             sub.clone(),
         ],
@@ -555,8 +663,8 @@ fn chart(r: &Results, doc: &Value) -> String {
         &[
             format!(
                 "stored {} s, live {} s (target <= {MAX_SCALE_S} s); reference: bridge -batch + ip -batch",
-                verdict(3),
-                verdict(4)
+                verdict(5),
+                verdict(6)
             ),
             sub,
         ],

@@ -136,18 +136,21 @@ pub fn loadavg() -> String {
 }
 
 /// Who serves and who sends on a path.
-struct Ends<'a> {
-    path: Path,
-    server: &'a TestNs,
-    server_ip: String,
-    client: &'a TestNs,
+pub(super) struct Ends<'a> {
+    /// The path's name, for errors.
+    pub name: &'static str,
+    pub server: &'a TestNs,
+    pub server_ip: String,
+    pub client: &'a TestNs,
     /// The client's source address, when it must be chosen.
-    bind: Option<String>,
-    port: u16,
+    pub bind: Option<String>,
+    pub port: u16,
+    /// Parallel streams (`-P`).
+    pub streams: u32,
 }
 
 /// An `iperf3 -s` in a namespace; killed on drop.
-struct Server(Child);
+pub(super) struct Server(Child);
 
 impl Drop for Server {
     fn drop(&mut self) {
@@ -157,7 +160,8 @@ impl Drop for Server {
 }
 
 impl Ends<'_> {
-    fn serve(&self) -> Result<Server> {
+    /// Starts the server and waits until it listens.
+    pub fn serve(&self) -> Result<Server> {
         let port = self.port.to_string();
         let child = self
             .server
@@ -184,8 +188,9 @@ impl Ends<'_> {
     }
 
     /// One client run of `seconds` (after `omit` left out); (Gbit/s, retransmits).
-    fn send(&self, seconds: u32, omit: u32) -> Result<(f64, u64)> {
+    pub fn send(&self, seconds: u32, omit: u32) -> Result<(f64, u64)> {
         let (port, t, o) = (self.port.to_string(), seconds.to_string(), omit.to_string());
+        let streams = self.streams.to_string();
         let mut argv = vec![
             IPERF3,
             "-c",
@@ -197,6 +202,8 @@ impl Ends<'_> {
             "-O",
             &o,
             "-J",
+            "-P",
+            &streams,
             "--connect-timeout",
             "3000",
         ];
@@ -224,7 +231,7 @@ impl Ends<'_> {
         }
         bail!(
             "iperf3 {} -> {}:{}: {last}",
-            self.path.name(),
+            self.name,
             self.server_ip,
             self.port
         )
@@ -244,6 +251,50 @@ fn parse(json: &str) -> Result<(f64, u64)> {
     Ok((bps / 1e9, retr))
 }
 
+/// One timed run of [`interleaved`].
+pub(super) struct Timed {
+    /// Which of the ends.
+    pub end: usize,
+    pub round: usize,
+    pub gbps: f64,
+    pub retransmits: u64,
+    /// How much `probe` grew over the run.
+    pub probe: f64,
+}
+
+/// Starts every end's server, warms each path up for 1 s, then runs
+/// [`ROUNDS`] rounds of every end (the first end rotating), reading
+/// `probe` (e.g. an agent's CPU seconds) before and after each run.
+pub(super) fn interleaved(ends: &[Ends], mut probe: impl FnMut() -> f64) -> Result<Vec<Timed>> {
+    let _servers = ends.iter().map(Ends::serve).collect::<Result<Vec<_>>>()?;
+    for e in ends {
+        e.send(1, 0)
+            .with_context(|| format!("warm-up on the {} path", e.name))?;
+    }
+    let mut runs = Vec::new();
+    for round in 0..ROUNDS {
+        for k in 0..ends.len() {
+            let end = (round + k) % ends.len();
+            let e = &ends[end];
+            let p0 = probe();
+            let (gbps, retransmits) = e.send(SECONDS, OMIT)?;
+            let probe = probe() - p0;
+            eprintln!(
+                "overlay: round {round} {:<12} {gbps:.2} Gbit/s ({retransmits} retransmits)",
+                e.name
+            );
+            runs.push(Timed {
+                end,
+                round,
+                gbps,
+                retransmits,
+                probe,
+            });
+        }
+    }
+    Ok(runs)
+}
+
 /// Measures the paths between node 0 and node 1: `pods` are one pod
 /// per node, `subnets` the nodes' subnets (their VTEP addresses).
 pub fn measure(c: &Cluster, pods: &[Pod; 2], subnets: &[Ipv4Addr; 2]) -> Result<Outcome> {
@@ -260,44 +311,29 @@ pub fn measure(c: &Cluster, pods: &[Pod; 2], subnets: &[Ipv4Addr; 2]) -> Result<
                 Path::Veth => (&pair.b, VethPair::B.to_string(), &pair.a, None),
             };
             Ends {
-                path,
+                name: path.name(),
                 server,
                 server_ip,
                 client,
                 bind,
                 port: PORT + k as u16,
+                streams: 1,
             }
         })
         .collect();
-    let _servers = ends
-        .iter()
-        .map(Ends::serve)
-        .collect::<Result<Vec<Server>>>()?;
     let before = loadavg();
     eprintln!(
         "overlay: throughput, load {before}, {ROUNDS} interleaved rounds of {SECONDS} s (+{OMIT} s left out) per path, after a 1 s warm-up each"
     );
-    for e in &ends {
-        e.send(1, 0)
-            .with_context(|| format!("warm-up on the {} path", e.path.name()))?;
-    }
-    let mut runs = Vec::new();
-    for round in 0..ROUNDS {
-        for k in 0..ends.len() {
-            let e = &ends[(round + k) % ends.len()];
-            let (gbps, retransmits) = e.send(SECONDS, OMIT)?;
-            eprintln!(
-                "overlay: round {round} {:<8} {gbps:.2} Gbit/s ({retransmits} retransmits)",
-                e.path.name()
-            );
-            runs.push(Run {
-                path: e.path,
-                round,
-                gbps,
-                retransmits,
-            });
-        }
-    }
+    let runs = interleaved(&ends, || 0.0)?
+        .into_iter()
+        .map(|r| Run {
+            path: Path::ALL[r.end],
+            round: r.round,
+            gbps: r.gbps,
+            retransmits: r.retransmits,
+        })
+        .collect();
     let after = loadavg();
     eprintln!("overlay: throughput done, load {after}");
     Ok(Outcome {

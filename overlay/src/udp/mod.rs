@@ -7,6 +7,7 @@
 //! controller and picked up by each worker between batches. It owns no
 //! routes or addresses (the controller sets those up over netlink).
 
+mod gso;
 mod tun;
 mod worker;
 

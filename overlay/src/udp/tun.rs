@@ -1,8 +1,10 @@
 //! The TUN device of the udp backend over raw ioctls on `/dev/net/tun`:
 //! one file per queue (`IFF_MULTI_QUEUE`), the device made persistent so
 //! its address and route outlive a restart of the agent, which attaches
-//! its queues again by name. Addresses, MTU and link state are netlink's
-//! business (the controller's), not this module's.
+//! its queues again by name. Each queue carries a virtio-net header
+//! (`IFF_VNET_HDR`) and takes TCP segmentation and checksum offload, so
+//! reads give up to 64 KB super-packets. Addresses, MTU and link state are
+//! netlink's business (the controller's), not this module's.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -13,6 +15,12 @@ const TUN_PATH: &str = "/dev/net/tun";
 const IFF_TUN: libc::c_short = 0x0001;
 const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_MULTI_QUEUE: libc::c_short = 0x0100;
+const IFF_VNET_HDR: libc::c_short = 0x4000;
+/// `TUNSETOFFLOAD` flags: partial checksums and TCP/IPv4 segmentation.
+const TUN_F_CSUM: libc::c_ulong = 0x01;
+const TUN_F_TSO4: libc::c_ulong = 0x02;
+/// `_IOW('T', 208, unsigned int)`.
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 /// `_IOW('T', 202, int)`.
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 /// `_IOW('T', 203, int)`.
@@ -42,13 +50,19 @@ pub fn open_queue(name: &str) -> io::Result<OwnedFd> {
         .open(TUN_PATH)?;
     let mut req = IfReq {
         name: [0; libc::IFNAMSIZ],
-        flags: IFF_TUN | IFF_NO_PI | IFF_MULTI_QUEUE,
+        flags: IFF_TUN | IFF_NO_PI | IFF_MULTI_QUEUE | IFF_VNET_HDR,
         _pad: [0; 22],
     };
     req.name[..name.len()].copy_from_slice(name.as_bytes());
     // SAFETY: TUNSETIFF reads and writes a `struct ifreq`, which `IfReq`
     // matches in layout and size (40 bytes); the fd is open.
     let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &mut req as *mut IfReq) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: TUNSETOFFLOAD takes the offload flags by value; the fd is an
+    // attached TUN queue.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4) };
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -65,6 +79,13 @@ pub fn set_persist(queue: &OwnedFd, on: bool) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// `setsockopt(SOL_UDP)`: coalesce received datagrams (`linux/udp.h`).
+pub const UDP_GRO: libc::c_int = 104;
+/// `SOL_UDP` cmsg / option: the size of the segments of one send.
+pub const UDP_SEGMENT: libc::c_int = 103;
+/// Each socket's send and receive buffer.
+const SOCKET_BUFFER: libc::c_int = 4 << 20;
 
 /// A UDP socket bound to `addr` with `SO_REUSEPORT` (one per worker, so
 /// the kernel spreads arriving datagrams over them by flow), non-blocking.
@@ -83,6 +104,12 @@ pub fn udp_socket(addr: std::net::SocketAddrV4) -> io::Result<OwnedFd> {
     // SAFETY: `fd` was just returned by socket(2) and is owned by no one else.
     let sock = unsafe { OwnedFd::from_raw_fd(fd) };
     setsockopt_int(&sock, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+    // Room for bursts of 64 KB super-packets; root may pass rmem_max.
+    for opt in [libc::SO_RCVBUFFORCE, libc::SO_SNDBUFFORCE] {
+        setsockopt_int(&sock, libc::SOL_SOCKET, opt, SOCKET_BUFFER)?;
+    }
+    // Received datagrams of one flow come up coalesced (UDP_GRO).
+    setsockopt_int(&sock, libc::SOL_UDP, UDP_GRO, 1)?;
     let sa = sockaddr_in(addr);
     // SAFETY: `sa` is a valid sockaddr_in and its size is passed.
     let rc = unsafe {

@@ -855,8 +855,15 @@ fn udp_a_node_leaving_is_forgotten() -> Result<()> {
         o.agent(0).log().contains(&removed)
     });
     assert!(gone, "node 0 kept peer {s2}:\n{}", o.agent(0).log());
-    // Packets for it are now dropped at node 0 (counted), not sent.
+    // Packets for it are now dropped at node 0 and counted, not sent.
     assert!(!p0.ns().ping(&p2_ip));
+    let counted = wait_until(Duration::from_secs(5), || {
+        let log = o.agent(0).log();
+        log.lines().any(|l| {
+            l.contains("udp data path dropped packets") && !l.contains("drop_unknown_subnet=0")
+        })
+    });
+    assert!(counted, "no drop counted:\n{}", o.agent(0).log());
     Ok(())
 }
 

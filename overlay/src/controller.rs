@@ -83,6 +83,8 @@ pub struct Overlay {
     /// The udp backend's TUN device, and its running data path.
     tun: Option<TunDevice>,
     udp: Option<UdpPath>,
+    /// The udp path's drop counters when last logged.
+    udp_drops_logged: u64,
     kernel: Box<dyn Dataplane>,
     /// What is programmed for each peer, by subnet.
     peers: BTreeMap<Ipv4Net, PeerState>,
@@ -159,6 +161,7 @@ impl Overlay {
             device,
             tun,
             udp,
+            udp_drops_logged: 0,
             kernel: Box::new(kernel),
             peers: BTreeMap::new(),
             subnet_tx,
@@ -267,7 +270,10 @@ impl Overlay {
                         }
                     };
                 }
-                _ = resync.tick() => self.log_sync("periodic resync"),
+                _ = resync.tick() => {
+                    self.log_sync("periodic resync");
+                    self.log_udp_drops();
+                }
                 Some(()) = kick_rx.recv() => self.log_sync("kernel change"),
             }
         }
@@ -399,6 +405,22 @@ impl Overlay {
             _ => None,
         });
         udp::Table::new(self.subnet(), peers)
+    }
+
+    /// Logs the udp path's counters when it dropped packets since the last time.
+    fn log_udp_drops(&mut self) {
+        let Some(path) = &self.udp else { return };
+        let c = path.counters().snapshot();
+        let drops: u64 = c
+            .iter()
+            .filter(|(name, _)| name.starts_with("drop_"))
+            .map(|(_, v)| v)
+            .sum();
+        if drops != self.udp_drops_logged {
+            self.udp_drops_logged = drops;
+            let fields: Vec<String> = c.iter().map(|(n, v)| format!("{n}={v}")).collect();
+            tracing::warn!(counters = %fields.join(" "), "udp data path dropped packets");
+        }
     }
 
     /// Hands the data path the current peers (a peer gone is gone at once).

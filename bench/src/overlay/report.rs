@@ -382,6 +382,11 @@ pub fn document(r: &Results) -> Value {
              backlogs and the reference retransmits thousands of segments per run",
             r.throughput.rounds, r.throughput.seconds, r.throughput.omit
         ),
+        "udp": "a second cluster (2 nodes, --backend udp) beside the first; its pods and the vxlan \
+                cluster's pods measured by the same interleaved loop: iperf3 TCP with 1 and 4 \
+                streams (-P 4), 5 rounds of 3 s after 1 s left out; the udp agents' utime+stime \
+                read around each run (CPU seconds per Gbit carried); then 5 alternating blocks \
+                of 100 pings 10 ms apart per backend, pod 0 -> pod 1",
         "join": format!(
             "a joiner node set up by hand (node 2: knode.1 with a fixed MAC, VNI 1, port 8472, \
              nolearning, address <subnet>.0/32, target <subnet>.1 on lo, the route, neighbour \

@@ -937,3 +937,27 @@ fn udp_a_port_in_use_stops_the_agent_with_the_field() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn udp_a_deleted_tun_comes_back() -> Result<()> {
+    if !prereqs("udp_a_deleted_tun_comes_back") {
+        return Ok(());
+    }
+    let o = Overlay::start(2, "udp")?;
+    let p0 = o.pod(0, "p0")?;
+    let p1 = o.pod(1, "p1")?;
+    all_ping(&[&p0, &p1])?;
+    let t = Instant::now();
+    o.node(0).sh(&["ip", "link", "del", "knode0"])?;
+    // The monitor sees it go; the data path starts again and recreates it.
+    let back = wait_until(Duration::from_secs(5), || {
+        o.node(0)
+            .sh(&["ip", "route", "show", NETWORK])
+            .is_ok_and(|r| r.contains("dev knode0"))
+    });
+    assert!(back, "knode0 did not come back:\n{}", o.agent(0).log());
+    eprintln!("knode0 and its route back in {:?}", t.elapsed());
+    all_ping(&[&p0, &p1])?;
+    tcp_echo(p0.ns(), p0.ip(), p1.ns(), 7041)?;
+    Ok(())
+}

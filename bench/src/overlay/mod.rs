@@ -222,13 +222,23 @@ impl Cluster {
     }
 
     /// A pod on node `i`, networked by our plugins from its agent's conflist.
+    /// The agent writes its conflist just after its subnet file (and, for
+    /// udp, after its data path is up), so it is waited for.
     pub fn pod(&self, i: usize, agent: &Agent, name: &str) -> Result<Pod> {
-        Pod::add(
-            self.net.node(i),
-            &agent.dir().join("cni-conf"),
-            &bin_dir(),
-            name,
-        )
+        let conf = agent.dir().join("cni-conf");
+        let written = wait_until(LEASE_TIMEOUT, || {
+            std::fs::read_dir(&conf).is_ok_and(|d| {
+                d.flatten()
+                    .any(|e| e.path().extension().is_some_and(|x| x == "conflist"))
+            })
+        });
+        if !written {
+            bail!(
+                "node {i}: no conflist in {} after {LEASE_TIMEOUT:?}",
+                conf.display()
+            );
+        }
+        Pod::add(self.net.node(i), &conf, &bin_dir(), name)
     }
 }
 

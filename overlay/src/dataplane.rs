@@ -299,6 +299,12 @@ impl Dataplane for Kernel {
         if link.mtu != dev.mtu {
             self.nl.link().set_mtu(link.index, dev.mtu)?;
         }
+        // The path carries IPv4 only: no router solicitations or MLD
+        // reports into the TUN (a kernel without IPv6 has no such key).
+        let key = format!("net/ipv6/conf/{}/disable_ipv6", dev.name);
+        if let Err(e) = hostnet::sysctl::ensure(&key, "1") {
+            tracing::debug!(error = %e, "IPv6 stays on for the TUN device");
+        }
         self.only_addr_and_up(link.index, dev.addr)
     }
 

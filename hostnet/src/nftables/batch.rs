@@ -19,6 +19,11 @@ pub enum Op {
     AddChain { table: Table, chain: Chain },
     /// Deletes every rule of the chain.
     FlushChain { table: Table, chain: String },
+    /// Deletes a regular chain: it must hold no rules (flush it earlier in
+    /// the same transaction) and no rule may jump to it.
+    DeleteChain { table: Table, chain: String },
+    /// Deletes a set or map: no rule may use it.
+    DeleteSet { table: Table, set: String },
     /// Creates the set or map if it does not exist.
     AddSet { table: Table, set: Set },
     /// Adds elements; with `exclusive`, one that exists is an error (EEXIST).
@@ -52,6 +57,8 @@ impl Op {
             Op::DeleteTable(t) => format!("delete table {} {}", t.family.name(), t.name),
             Op::AddChain { table, chain } => format!("add chain {}/{}", table.name, chain.name),
             Op::FlushChain { table, chain } => format!("flush chain {}/{chain}", table.name),
+            Op::DeleteChain { table, chain } => format!("delete chain {}/{chain}", table.name),
+            Op::DeleteSet { table, set } => format!("delete set {}/{set}", table.name),
             Op::AddSet { table, set } => {
                 let kind = if set.data.is_some() { "map" } else { "set" };
                 format!("add {kind} {}/{}", table.name, set.name)
@@ -119,6 +126,22 @@ impl Batch {
         self.push(Op::FlushChain {
             table: table.clone(),
             chain: chain.to_string(),
+        })
+    }
+
+    /// `delete chain` (see [`Op::DeleteChain`]).
+    pub fn delete_chain(&mut self, table: &Table, chain: &str) -> &mut Self {
+        self.push(Op::DeleteChain {
+            table: table.clone(),
+            chain: chain.to_string(),
+        })
+    }
+
+    /// `delete set` / `delete map`.
+    pub fn delete_set(&mut self, table: &Table, set: &str) -> &mut Self {
+        self.push(Op::DeleteSet {
+            table: table.clone(),
+            set: set.to_string(),
         })
     }
 
@@ -265,6 +288,14 @@ fn encode_op(op: &Op, id: u32) -> Result<Vec<Message>> {
         Op::FlushChain { table, chain } => {
             a.str(1, &table.name).str(2, chain);
             one(wire::DELRULE, 0, table, a)
+        }
+        Op::DeleteChain { table, chain } => {
+            a.str(1, &table.name).str(3, chain);
+            one(wire::DELCHAIN, 0, table, a)
+        }
+        Op::DeleteSet { table, set } => {
+            a.str(1, &table.name).str(2, set);
+            one(wire::DELSET, 0, table, a)
         }
         Op::AddSet { table, set } => {
             encode_set(&mut a, table, set, id);

@@ -91,6 +91,8 @@ impl Applied {
         let table = match op {
             Op::AddChain { table, .. }
             | Op::FlushChain { table, .. }
+            | Op::DeleteChain { table, .. }
+            | Op::DeleteSet { table, .. }
             | Op::AddSet { table, .. }
             | Op::AddElements { table, .. }
             | Op::DeleteElements { table, .. }
@@ -107,6 +109,14 @@ impl Applied {
             }
             Op::AddSet { set, .. } => {
                 t.sets.entry(set.name.clone()).or_default();
+            }
+            Op::DeleteChain { chain, .. } => {
+                t.chains
+                    .remove(chain)
+                    .ok_or_else(|| missing(op.describe()))?;
+            }
+            Op::DeleteSet { set, .. } => {
+                t.sets.remove(set).ok_or_else(|| missing(op.describe()))?;
             }
             Op::AddElements {
                 set,

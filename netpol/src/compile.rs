@@ -1,0 +1,386 @@
+//! A NetworkPolicy as the engine reads it: which directions it isolates,
+//! and per rule its peers (pod selectors, address ranges with the
+//! `except`s carved out) and ports (merged ranges per protocol, and named
+//! ports left to resolve per pod). Pure: no pods, no kernel.
+
+use std::net::Ipv4Addr;
+
+use ipnet::IpNet;
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use sha2::{Digest, Sha256};
+
+/// `IPPROTO_TCP`.
+pub const TCP: u8 = 6;
+/// `IPPROTO_UDP`.
+pub const UDP: u8 = 17;
+/// `IPPROTO_SCTP`.
+pub const SCTP: u8 = 132;
+
+/// The protocol number of a Kubernetes protocol name (TCP when absent).
+pub fn protocol(name: Option<&str>) -> Option<u8> {
+    match name.unwrap_or("TCP") {
+        "TCP" => Some(TCP),
+        "UDP" => Some(UDP),
+        "SCTP" => Some(SCTP),
+        _ => None,
+    }
+}
+
+/// Traffic into the selected pods, or out of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Direction {
+    Ingress,
+    Egress,
+}
+
+impl Direction {
+    /// The short name chains and sets carry: `in`, `eg`.
+    pub fn short(self) -> &'static str {
+        match self {
+            Direction::Ingress => "in",
+            Direction::Egress => "eg",
+        }
+    }
+}
+
+/// Whose namespace a pod peer must be in.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Namespaces {
+    /// The policy's own (the peer has no namespaceSelector).
+    Own,
+    /// Namespaces whose labels match.
+    Matching(LabelSelector),
+}
+
+/// One pod peer: pods matching `pods` (every pod when `None`) in
+/// `namespaces`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodPeer {
+    pub namespaces: Namespaces,
+    pub pods: Option<LabelSelector>,
+}
+
+/// A rule's `from`/`to`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Peers {
+    pub pods: Vec<PodPeer>,
+    /// Inclusive IPv4 ranges, sorted, merged, `except`s removed.
+    pub cidrs: Vec<(Ipv4Addr, Ipv4Addr)>,
+}
+
+/// A rule's `ports`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Ports {
+    /// (protocol, first, last), sorted and merged per protocol; a
+    /// protocol without a port is its whole range.
+    pub ranges: Vec<(u8, u16, u16)>,
+    /// (protocol, port name), resolved against each pod's container ports.
+    pub named: Vec<(u8, String)>,
+}
+
+/// One ingress or egress rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    /// `None`: every peer (no `from`/`to`, or an empty list).
+    pub peers: Option<Peers>,
+    /// `None`: every port of every protocol.
+    pub ports: Option<Ports>,
+}
+
+/// A policy, compiled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Compiled {
+    pub namespace: String,
+    pub name: String,
+    /// Names its chains and sets; changes when the spec does, so a
+    /// changed policy is a new chain (and a restarted agent can tell).
+    pub id: String,
+    pub pod_selector: LabelSelector,
+    /// `None` when the policy does not isolate ingress.
+    pub ingress: Option<Vec<Rule>>,
+    pub egress: Option<Vec<Rule>>,
+    /// Whether a pod of another namespace can add elements to its sets:
+    /// a namespaceSelector, a rule open to every peer, or address ranges
+    /// with named ports (resolved on the pods in the ranges).
+    pub cross_namespace: bool,
+}
+
+impl Compiled {
+    /// The rules of direction `d`, if the policy isolates it.
+    pub fn rules(&self, d: Direction) -> Option<&[Rule]> {
+        match d {
+            Direction::Ingress => self.ingress.as_deref(),
+            Direction::Egress => self.egress.as_deref(),
+        }
+    }
+}
+
+/// Compiles `np`. Input the API server accepted compiles; what this
+/// IPv4 table cannot hold (IPv6 blocks, an unknown protocol) is left out,
+/// which only ever allows less.
+pub fn compile(np: &NetworkPolicy) -> Compiled {
+    let namespace = np.metadata.namespace.clone().unwrap_or_default();
+    let name = np.metadata.name.clone().unwrap_or_default();
+    let spec = np.spec.clone().unwrap_or_default();
+    let types = policy_types(&spec);
+    let ingress = types.0.then(|| {
+        spec.ingress
+            .iter()
+            .flatten()
+            .map(|r| rule(r.from.as_deref(), r.ports.as_deref()))
+            .collect::<Vec<_>>()
+    });
+    let egress = types.1.then(|| {
+        spec.egress
+            .iter()
+            .flatten()
+            .map(|r| rule(r.to.as_deref(), r.ports.as_deref()))
+            .collect::<Vec<_>>()
+    });
+    let cross_namespace = ingress
+        .iter()
+        .chain(egress.iter())
+        .flatten()
+        .any(|r| match &r.peers {
+            None => true,
+            Some(p) => {
+                p.pods
+                    .iter()
+                    .any(|p| matches!(p.namespaces, Namespaces::Matching(_)))
+                    || (!p.cidrs.is_empty()
+                        && r.ports.as_ref().is_some_and(|p| !p.named.is_empty()))
+            }
+        });
+    Compiled {
+        id: chain_id(&namespace, &name, &spec),
+        namespace,
+        name,
+        pod_selector: spec.pod_selector.clone().unwrap_or_default(),
+        ingress,
+        egress,
+        cross_namespace,
+    }
+}
+
+/// (ingress, egress): the API's defaulting rule where policyTypes is empty.
+fn policy_types(spec: &NetworkPolicySpec) -> (bool, bool) {
+    match spec.policy_types.as_deref() {
+        Some(t) if !t.is_empty() => (
+            t.iter().any(|t| t == "Ingress"),
+            t.iter().any(|t| t == "Egress"),
+        ),
+        _ => (true, spec.egress.as_ref().is_some_and(|e| !e.is_empty())),
+    }
+}
+
+fn rule(peers: Option<&[NetworkPolicyPeer]>, ports: Option<&[NetworkPolicyPort]>) -> Rule {
+    Rule {
+        peers: peers.filter(|p| !p.is_empty()).map(compile_peers),
+        ports: ports.filter(|p| !p.is_empty()).map(compile_ports),
+    }
+}
+
+fn compile_peers(peers: &[NetworkPolicyPeer]) -> Peers {
+    let mut out = Peers::default();
+    let mut ranges = Vec::new();
+    for p in peers {
+        if let Some(b) = &p.ip_block {
+            let Ok(IpNet::V4(net)) = b.cidr.parse::<IpNet>() else {
+                continue;
+            };
+            let mut keep = vec![(u32::from(net.network()), u32::from(net.broadcast()))];
+            for e in b.except.iter().flatten() {
+                if let Ok(IpNet::V4(x)) = e.parse::<IpNet>() {
+                    keep = subtract(&keep, u32::from(x.network()), u32::from(x.broadcast()));
+                }
+            }
+            ranges.extend(keep);
+            continue;
+        }
+        if p.pod_selector.is_none() && p.namespace_selector.is_none() {
+            continue;
+        }
+        out.pods.push(PodPeer {
+            namespaces: match &p.namespace_selector {
+                Some(s) => Namespaces::Matching(s.clone()),
+                None => Namespaces::Own,
+            },
+            pods: p.pod_selector.clone(),
+        });
+    }
+    out.cidrs = merge(ranges)
+        .into_iter()
+        .map(|(a, b)| (Ipv4Addr::from(a), Ipv4Addr::from(b)))
+        .collect();
+    out
+}
+
+fn compile_ports(ports: &[NetworkPolicyPort]) -> Ports {
+    let mut out = Ports::default();
+    let mut by_proto: Vec<(u8, u32, u32)> = Vec::new();
+    for p in ports {
+        let Some(proto) = protocol(p.protocol.as_deref()) else {
+            continue;
+        };
+        match &p.port {
+            None => by_proto.push((proto, 0, 65535)),
+            Some(IntOrString::Int(n)) => {
+                let first = (*n).clamp(0, 65535) as u32;
+                let last = p.end_port.map_or(first, |e| e.clamp(0, 65535) as u32);
+                if last >= first {
+                    by_proto.push((proto, first, last));
+                }
+            }
+            Some(IntOrString::String(name)) => {
+                if !out.named.contains(&(proto, name.clone())) {
+                    out.named.push((proto, name.clone()));
+                }
+            }
+        }
+    }
+    for proto in [TCP, UDP, SCTP] {
+        let ranges = by_proto
+            .iter()
+            .filter(|(p, _, _)| *p == proto)
+            .map(|(_, a, b)| (*a, *b))
+            .collect();
+        for (a, b) in merge(ranges) {
+            out.ranges.push((proto, a as u16, b as u16));
+        }
+    }
+    out
+}
+
+/// `ranges` minus `[lo, hi]`.
+fn subtract(ranges: &[(u32, u32)], lo: u32, hi: u32) -> Vec<(u32, u32)> {
+    let mut out = Vec::new();
+    for &(a, b) in ranges {
+        if hi < a || lo > b {
+            out.push((a, b));
+            continue;
+        }
+        if lo > a {
+            out.push((a, lo - 1));
+        }
+        if hi < b {
+            out.push((hi + 1, b));
+        }
+    }
+    out
+}
+
+/// Sorted, with overlapping and adjacent ranges joined (interval sets
+/// refuse overlaps, and an rbtree range's end marker would collide with
+/// the next range's start).
+pub fn merge(mut ranges: Vec<(u32, u32)>) -> Vec<(u32, u32)> {
+    ranges.sort_unstable();
+    let mut out: Vec<(u32, u32)> = Vec::with_capacity(ranges.len());
+    for (a, b) in ranges {
+        match out.last_mut() {
+            Some(last) if u64::from(a) <= u64::from(last.1) + 1 => last.1 = last.1.max(b),
+            _ => out.push((a, b)),
+        }
+    }
+    out
+}
+
+/// `np/<namespace>/<name>/<8 hex of the spec's hash>`; names too long
+/// for a readable chain name are hashed too.
+fn chain_id(ns: &str, name: &str, spec: &NetworkPolicySpec) -> String {
+    let spec_hash = hex8(&serde_json::to_vec(spec).unwrap_or_default());
+    if ns.len() + name.len() <= 120 {
+        format!("np/{ns}/{name}/{spec_hash}")
+    } else {
+        format!("np/{}/{spec_hash}", hex8(format!("{ns}/{name}").as_bytes()))
+    }
+}
+
+fn hex8(data: &[u8]) -> String {
+    Sha256::digest(data)
+        .iter()
+        .take(4)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn policy(spec: serde_json::Value) -> NetworkPolicy {
+        serde_json::from_value(json!({
+            "metadata": {"namespace": "x", "name": "p"},
+            "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn policy_types_default_as_the_api_does() {
+        let c = compile(&policy(json!({"podSelector": {}})));
+        assert_eq!(c.ingress, Some(vec![]), "ingress isolated, nothing allowed");
+        assert_eq!(c.egress, None);
+        let c = compile(&policy(json!({"podSelector": {}, "egress": [{}]})));
+        assert!(c.ingress.is_some() && c.egress.as_ref().unwrap().len() == 1);
+        let c = compile(&policy(
+            json!({"podSelector": {}, "policyTypes": ["Egress"]}),
+        ));
+        assert_eq!((c.ingress, c.egress), (None, Some(vec![])));
+    }
+
+    #[test]
+    fn ip_blocks_lose_their_excepts_and_merge() {
+        let c = compile(&policy(json!({"podSelector": {}, "ingress": [{"from": [
+            {"ipBlock": {"cidr": "10.0.0.0/24", "except": ["10.0.0.128/25", "10.0.0.0/32"]}},
+            {"ipBlock": {"cidr": "10.0.1.0/24"}},
+            {"ipBlock": {"cidr": "10.0.0.200/32"}},
+            {"ipBlock": {"cidr": "fd00::/64"}},
+        ]}]})));
+        let peers = c.ingress.unwrap()[0].peers.clone().unwrap();
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        assert_eq!(
+            peers.cidrs,
+            vec![
+                (ip("10.0.0.1"), ip("10.0.0.127")),
+                (ip("10.0.0.200"), ip("10.0.0.200")),
+                (ip("10.0.1.0"), ip("10.0.1.255")),
+            ]
+        );
+        assert!(peers.pods.is_empty());
+    }
+
+    #[test]
+    fn ports_merge_per_protocol_and_keep_names() {
+        let c = compile(&policy(json!({"podSelector": {}, "ingress": [{"ports": [
+            {"protocol": "TCP", "port": 80},
+            {"protocol": "TCP", "port": 81, "endPort": 90},
+            {"protocol": "UDP"},
+            {"protocol": "SCTP", "port": "web"},
+            {"port": 443},
+        ]}]})));
+        let ports = c.ingress.unwrap()[0].ports.clone().unwrap();
+        assert_eq!(
+            ports.ranges,
+            vec![(TCP, 80, 90), (TCP, 443, 443), (UDP, 0, 65535)]
+        );
+        assert_eq!(ports.named, vec![(SCTP, "web".to_string())]);
+    }
+
+    #[test]
+    fn the_id_follows_the_spec() {
+        let a = compile(&policy(json!({"podSelector": {}})));
+        let b = compile(&policy(json!({"podSelector": {"matchLabels": {"a": "b"}}})));
+        assert!(a.id.starts_with("np/x/p/") && a.id != b.id);
+        assert_eq!(a.id, compile(&policy(json!({"podSelector": {}}))).id);
+        assert!(!a.cross_namespace);
+        let c = compile(&policy(
+            json!({"podSelector": {}, "ingress": [{"from": [{"namespaceSelector": {}}]}]}),
+        ));
+        assert!(c.cross_namespace);
+    }
+}

@@ -1,0 +1,450 @@
+//! The engine: the pods, namespaces and policies it was told of, which
+//! set elements each (pod, policy) pair contributes (counted, since
+//! several pairs can add one element), and the element changes not yet
+//! applied. A sync sends one transaction: the whole table when it must
+//! (first sync, after a failure, or when the table was replaced), else
+//! only element changes, plus the chains of policies that came or went.
+//! A pod's change costs one pass over the policies that can concern it;
+//! a policy's change one pass over the pods that can concern it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hostnet::nftables::{Batch, Elem, NfTables};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+
+use crate::compile::{compile, Compiled};
+use crate::pods::{own_elements, policy_elements, ElemKey, Labels, PodInfo};
+use crate::ruleset::{self, set_named, table, NodeConfig};
+use crate::Result;
+
+/// (namespace, name).
+pub type Key = (String, String);
+
+/// The contributions of one pod: by policy id ("" for its own).
+type Contributions = HashMap<String, Vec<ElemKey>>;
+
+/// What one sync did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SyncOutcome {
+    /// The whole table was rebuilt.
+    pub full: bool,
+    /// Elements added or deleted (a full sync counts what it wrote).
+    pub elements: usize,
+    /// Policies whose chains were created or deleted.
+    pub policies_added: usize,
+    pub policies_removed: usize,
+    /// Whether anything was sent.
+    pub applied: bool,
+    pub duration: Duration,
+}
+
+/// The policy engine of one node.
+pub struct Engine {
+    nft: Arc<dyn NfTables>,
+    node: NodeConfig,
+    pods: HashMap<Key, PodInfo>,
+    /// namespace -> names of its pods.
+    by_namespace: HashMap<String, BTreeSet<String>>,
+    namespaces: HashMap<String, Labels>,
+    policies: BTreeMap<Key, Arc<Compiled>>,
+    contributions: HashMap<Key, Contributions>,
+    counts: HashMap<ElemKey, u32>,
+    /// Element changes since the last apply: true adds, false deletes.
+    pending: HashMap<ElemKey, bool>,
+    added: Vec<Arc<Compiled>>,
+    removed: Vec<Arc<Compiled>>,
+    /// Addresses the kubelet reported before the pod's status had them:
+    /// key -> (uid, address).
+    gated: HashMap<Key, (String, Ipv4Addr)>,
+    need_full: bool,
+    /// The table's handle after the last full sync.
+    handle: Option<u64>,
+}
+
+fn empty_labels() -> &'static Labels {
+    static EMPTY: std::sync::OnceLock<Labels> = std::sync::OnceLock::new();
+    EMPTY.get_or_init(Labels::new)
+}
+
+impl Engine {
+    /// An engine writing through `nft` for `node`; the first sync is full.
+    pub fn new(nft: Arc<dyn NfTables>, node: NodeConfig) -> Engine {
+        Engine {
+            nft,
+            node,
+            pods: HashMap::new(),
+            by_namespace: HashMap::new(),
+            namespaces: HashMap::new(),
+            policies: BTreeMap::new(),
+            contributions: HashMap::new(),
+            counts: HashMap::new(),
+            pending: HashMap::new(),
+            added: Vec::new(),
+            removed: Vec::new(),
+            gated: HashMap::new(),
+            need_full: true,
+            handle: None,
+        }
+    }
+
+    /// How many policies, pods and elements the engine holds.
+    pub fn size(&self) -> (usize, usize, usize) {
+        (self.policies.len(), self.pods.len(), self.counts.len())
+    }
+
+    /// Records namespace `name`'s labels (`None`: it is gone).
+    pub fn set_namespace(&mut self, name: &str, labels: Option<Labels>) {
+        let before = match labels {
+            Some(l) => self.namespaces.insert(name.to_string(), l),
+            None => self.namespaces.remove(name),
+        };
+        if before.as_ref() == self.namespaces.get(name) {
+            return;
+        }
+        let policies: Vec<Arc<Compiled>> = self
+            .policies
+            .values()
+            .filter(|p| p.cross_namespace)
+            .cloned()
+            .collect();
+        let names: Vec<String> = self
+            .by_namespace
+            .get(name)
+            .map(|n| n.iter().cloned().collect())
+            .unwrap_or_default();
+        for pod in names {
+            let key = (name.to_string(), pod);
+            for p in &policies {
+                self.recompute(&key, Some(p));
+            }
+        }
+    }
+
+    /// Records pod `pod` (`None` with its key: it is gone).
+    pub fn set_pod(&mut self, key: Key, pod: Option<&Pod>) {
+        let info = pod.map(|p| {
+            let gated = self
+                .gated
+                .get(&key)
+                .filter(|(uid, _)| Some(uid) == p.metadata.uid.as_ref())
+                .map(|(_, ip)| *ip);
+            PodInfo::of(p, &self.node.node_name, gated)
+        });
+        if info.is_none() {
+            self.gated.remove(&key);
+        }
+        if info.as_ref() == self.pods.get(&key) {
+            return;
+        }
+        let Some(info) = info else {
+            self.pods.remove(&key);
+            if let Some(names) = self.by_namespace.get_mut(&key.0) {
+                names.remove(&key.1);
+                if names.is_empty() {
+                    self.by_namespace.remove(&key.0);
+                }
+            }
+            for elems in self
+                .contributions
+                .remove(&key)
+                .unwrap_or_default()
+                .into_values()
+            {
+                self.release(elems);
+            }
+            return;
+        };
+        self.by_namespace
+            .entry(key.0.clone())
+            .or_default()
+            .insert(key.1.clone());
+        self.pods.insert(key.clone(), info);
+        self.recompute(&key, None);
+        let policies: Vec<Arc<Compiled>> = self
+            .policies
+            .values()
+            .filter(|p| p.cross_namespace || p.namespace == key.0)
+            .cloned()
+            .collect();
+        for p in &policies {
+            self.recompute(&key, Some(p));
+        }
+    }
+
+    /// The kubelet's report: `pod` has address `ip` (its status may not
+    /// say so yet).
+    pub fn pod_networked(&mut self, pod: &Pod, ip: Ipv4Addr) {
+        let key = (
+            pod.metadata.namespace.clone().unwrap_or_default(),
+            pod.metadata.name.clone().unwrap_or_default(),
+        );
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        self.gated.insert(key.clone(), (uid, ip));
+        self.set_pod(key, Some(pod));
+    }
+
+    /// Records policy `key` (`None`: it is gone).
+    pub fn set_policy(&mut self, key: Key, np: Option<&NetworkPolicy>) {
+        let compiled = np.map(|np| Arc::new(compile(np)));
+        let old = self.policies.get(&key).cloned();
+        if old.as_ref().map(|p| &p.id) == compiled.as_ref().map(|p| &p.id) {
+            return;
+        }
+        if let Some(old) = old {
+            self.policies.remove(&key);
+            let pods: Vec<Key> = self.contributions.keys().cloned().collect();
+            for pod in pods {
+                let elems = self
+                    .contributions
+                    .get_mut(&pod)
+                    .and_then(|c| c.remove(&old.id));
+                if let Some(elems) = elems {
+                    self.release(elems);
+                }
+            }
+            self.removed.push(old);
+        }
+        let Some(p) = compiled else { return };
+        self.policies.insert(key, Arc::clone(&p));
+        self.added.push(Arc::clone(&p));
+        let candidates: Vec<Key> = if p.cross_namespace {
+            self.pods.keys().cloned().collect()
+        } else {
+            self.by_namespace
+                .get(&p.namespace)
+                .into_iter()
+                .flatten()
+                .map(|n| (p.namespace.clone(), n.clone()))
+                .collect()
+        };
+        for pod in candidates {
+            self.recompute(&pod, Some(&p));
+        }
+    }
+
+    /// Recomputes what pod `key` contributes to policy `p` (its own
+    /// elements with `None`).
+    fn recompute(&mut self, key: &Key, p: Option<&Arc<Compiled>>) {
+        let Some(pod) = self.pods.get(key) else {
+            return;
+        };
+        let new = match p {
+            None => own_elements(pod),
+            Some(p) => {
+                let ns = self
+                    .namespaces
+                    .get(&pod.namespace)
+                    .unwrap_or(empty_labels());
+                policy_elements(p, pod, ns)
+            }
+        };
+        let id = p.map_or(String::new(), |p| p.id.clone());
+        let entry = self.contributions.entry(key.clone()).or_default();
+        let old = if new.is_empty() {
+            entry.remove(&id)
+        } else {
+            entry.insert(id, new.clone())
+        };
+        if entry.is_empty() {
+            self.contributions.remove(key);
+        }
+        let old = old.unwrap_or_default();
+        if old == new {
+            return;
+        }
+        for e in new {
+            let n = self.counts.entry(e.clone()).or_default();
+            *n += 1;
+            if *n == 1 {
+                self.note(e, true);
+            }
+        }
+        self.release(old);
+    }
+
+    /// Drops one count of each of `elems`.
+    fn release(&mut self, elems: Vec<ElemKey>) {
+        for e in elems {
+            let Some(n) = self.counts.get_mut(&e) else {
+                continue;
+            };
+            *n -= 1;
+            if *n == 0 {
+                self.counts.remove(&e);
+                self.note(e, false);
+            }
+        }
+    }
+
+    fn note(&mut self, e: ElemKey, add: bool) {
+        match self.pending.get(&e) {
+            Some(a) if *a != add => {
+                self.pending.remove(&e);
+            }
+            _ => {
+                self.pending.insert(e, add);
+            }
+        }
+    }
+
+    /// Whether the next sync rebuilds the table.
+    pub fn next_is_full(&self) -> bool {
+        self.need_full
+    }
+
+    /// Whether there is anything to send.
+    pub fn dirty(&self) -> bool {
+        self.need_full
+            || !self.pending.is_empty()
+            || !self.added.is_empty()
+            || !self.removed.is_empty()
+    }
+
+    /// Whether the table is the one the last full sync built; if not
+    /// (deleted, flushed, recreated) the next sync is full.
+    pub fn check_canary(&mut self) -> bool {
+        let now = self.nft.table(&table()).ok().flatten().map(|t| t.handle);
+        let intact = now.is_some() && now == self.handle;
+        if !intact && !self.need_full {
+            tracing::warn!("nft table ip knode-policy gone or recreated: next sync is full");
+            self.need_full = true;
+        }
+        intact
+    }
+
+    /// Sends what changed, as one transaction. On failure the next sync
+    /// is full.
+    pub fn sync(&mut self) -> Result<SyncOutcome> {
+        let start = Instant::now();
+        let full = self.need_full;
+        let (batch, outcome) = if full {
+            self.full_batch()
+        } else {
+            self.partial_batch()
+        };
+        let applied = !batch.is_empty();
+        if applied {
+            if let Err(e) = self.nft.apply(&batch) {
+                self.need_full = true;
+                return Err(e.into());
+            }
+        }
+        if full {
+            self.handle = self.nft.table(&table())?.map(|t| t.handle);
+            self.need_full = false;
+        }
+        self.pending.clear();
+        self.added.clear();
+        self.removed.clear();
+        Ok(SyncOutcome {
+            full,
+            applied,
+            duration: start.elapsed(),
+            ..outcome
+        })
+    }
+
+    fn full_batch(&self) -> (Batch, SyncOutcome) {
+        let mut b = Batch::new();
+        ruleset::skeleton(&mut b, &self.node);
+        for p in self.policies.values() {
+            ruleset::add_policy(&mut b, p);
+        }
+        ruleset::dispatch(&mut b, self.policies.values().map(|p| p.as_ref()));
+        let mut by_set: BTreeMap<&str, Vec<Elem>> = BTreeMap::new();
+        for (set, key) in self.counts.keys() {
+            by_set
+                .entry(set.as_str())
+                .or_default()
+                .push(Elem::key(key.clone()));
+        }
+        let t = table();
+        for (set, elems) in by_set {
+            b.add_elements(&t, &set_named(set), elems);
+        }
+        let outcome = SyncOutcome {
+            full: true,
+            elements: self.counts.len(),
+            policies_added: self.policies.len(),
+            ..SyncOutcome::default()
+        };
+        (b, outcome)
+    }
+
+    fn partial_batch(&self) -> (Batch, SyncOutcome) {
+        let mut b = Batch::new();
+        let t = table();
+        let added_ids: HashSet<&str> = self.added.iter().map(|p| p.id.as_str()).collect();
+        let removed_ids: HashSet<&str> = self.removed.iter().map(|p| p.id.as_str()).collect();
+        // A policy removed and added back with the same spec between two
+        // syncs is still in the kernel as it was.
+        let added: Vec<&Compiled> = self
+            .added
+            .iter()
+            .filter(|p| !removed_ids.contains(p.id.as_str()))
+            .map(|p| p.as_ref())
+            .collect();
+        let removed: Vec<&Compiled> = self
+            .removed
+            .iter()
+            .filter(|p| !added_ids.contains(p.id.as_str()))
+            .map(|p| p.as_ref())
+            .collect();
+        for p in &added {
+            ruleset::add_policy(&mut b, p);
+        }
+        if !added.is_empty() || !removed.is_empty() {
+            ruleset::dispatch(&mut b, self.policies.values().map(|p| p.as_ref()));
+        }
+        let gone: HashSet<String> = removed
+            .iter()
+            .flat_map(|p| ruleset::policy_sets(p))
+            .collect();
+        let mut deletes: BTreeMap<&str, Vec<Elem>> = BTreeMap::new();
+        let mut adds: BTreeMap<&str, Vec<Elem>> = BTreeMap::new();
+        for ((set, key), add) in &self.pending {
+            if gone.contains(set) {
+                continue;
+            }
+            let side = if *add { &mut adds } else { &mut deletes };
+            side.entry(set.as_str())
+                .or_default()
+                .push(Elem::key(key.clone()));
+        }
+        let mut elements = 0;
+        for (set, elems) in deletes {
+            elements += elems.len();
+            b.delete_elements(&t, &set_named(set), elems);
+        }
+        for (set, elems) in adds {
+            elements += elems.len();
+            b.add_elements(&t, &set_named(set), elems);
+        }
+        for p in &removed {
+            ruleset::delete_policy(&mut b, p);
+        }
+        let outcome = SyncOutcome {
+            elements,
+            policies_added: added.len(),
+            policies_removed: removed.len(),
+            ..SyncOutcome::default()
+        };
+        (b, outcome)
+    }
+}
+
+/// Deletes table `ip knode-policy` (`--disable network-policy`, or
+/// `knode agent --cleanup`). Returns whether it was there.
+pub fn cleanup(nft: &dyn NfTables) -> Result<bool> {
+    if nft.table(&table())?.is_none() {
+        return Ok(false);
+    }
+    let mut b = Batch::new();
+    b.delete_table(&table());
+    nft.apply(&b)?;
+    Ok(true)
+}

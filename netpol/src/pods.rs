@@ -1,0 +1,170 @@
+//! What the engine keeps of a pod: where it runs, its IPv4 address, its
+//! labels and its named container ports, and which set elements one
+//! (pod, policy) pair contributes. Pure functions of plain data.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use controlplane::labels;
+use k8s_openapi::api::core::v1::Pod;
+
+use crate::compile::{protocol, Compiled, Direction, Namespaces, Rule};
+use crate::ruleset::{ipv4, named_elem, names, rule_set, selected_set};
+use hostnet::nftables::Value;
+
+/// Labels of a pod or namespace.
+pub type Labels = BTreeMap<String, String>;
+
+/// One element the engine tracks: set name and key (a range's end when
+/// the set is an interval set; the engine's sets have none).
+pub type ElemKey = (String, Value);
+
+/// A pod as the engine sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodInfo {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub ip: Option<Ipv4Addr>,
+    /// On this node and in a namespace of its own (not hostNetwork): the
+    /// pods this node isolates.
+    pub local: bool,
+    pub labels: Labels,
+    /// (name, protocol, port) of every named container port.
+    pub ports: Vec<(String, u8, u16)>,
+}
+
+impl PodInfo {
+    /// `pod` on node `node`; `ip` overrides an empty `status.podIP` (the
+    /// kubelet's gate knows the address before the status says it).
+    /// Pods that finished hold no address.
+    pub fn of(pod: &Pod, node: &str, ip: Option<Ipv4Addr>) -> PodInfo {
+        let spec = pod.spec.as_ref();
+        let status = pod.status.as_ref();
+        let finished = status
+            .and_then(|s| s.phase.as_deref())
+            .is_some_and(|p| p == "Succeeded" || p == "Failed");
+        let host_network = spec.and_then(|s| s.host_network).unwrap_or(false);
+        let from_status = status
+            .and_then(|s| s.pod_ip.as_deref())
+            .and_then(|s| s.parse().ok());
+        let ports = spec
+            .into_iter()
+            .flat_map(|s| {
+                s.containers
+                    .iter()
+                    .chain(s.init_containers.iter().flatten())
+            })
+            .flat_map(|c| c.ports.iter().flatten())
+            .filter_map(|p| {
+                let name = p.name.clone()?;
+                let proto = protocol(p.protocol.as_deref())?;
+                let port = u16::try_from(p.container_port).ok()?;
+                Some((name, proto, port))
+            })
+            .collect();
+        PodInfo {
+            namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+            name: pod.metadata.name.clone().unwrap_or_default(),
+            uid: pod.metadata.uid.clone().unwrap_or_default(),
+            ip: if finished { None } else { from_status.or(ip) },
+            local: !host_network && spec.and_then(|s| s.node_name.as_deref()) == Some(node),
+            labels: pod.metadata.labels.clone().unwrap_or_default(),
+            ports,
+        }
+    }
+
+    /// The port named `name` of protocol `proto`.
+    fn named_port(&self, name: &str, proto: u8) -> Option<u16> {
+        self.ports
+            .iter()
+            .find(|(n, p, _)| n == name && *p == proto)
+            .map(|(_, _, port)| *port)
+    }
+}
+
+/// The elements a pod contributes whatever the policies: its address in
+/// [`names::READY`] once it is a local pod with an address.
+pub fn own_elements(pod: &PodInfo) -> Vec<ElemKey> {
+    match (pod.local, pod.ip) {
+        (true, Some(ip)) => vec![(names::READY.to_string(), ipv4(ip))],
+        _ => Vec::new(),
+    }
+}
+
+/// The elements `pod` (with `ns_labels`, its namespace's labels)
+/// contributes to policy `p`'s sets and the shared isolation sets.
+pub fn policy_elements(p: &Compiled, pod: &PodInfo, ns_labels: &Labels) -> Vec<ElemKey> {
+    let Some(ip) = pod.ip else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let selected =
+        pod.local && pod.namespace == p.namespace && labels::matches(&p.pod_selector, &pod.labels);
+    if selected {
+        out.push((selected_set(&p.id), ipv4(ip)));
+    }
+    for d in [Direction::Ingress, Direction::Egress] {
+        let Some(rules) = p.rules(d) else { continue };
+        if selected {
+            let shared = match d {
+                Direction::Ingress => names::INGRESS_ISOLATED,
+                Direction::Egress => names::EGRESS_ISOLATED,
+            };
+            out.push((shared.to_string(), ipv4(ip)));
+        }
+        for (i, rule) in rules.iter().enumerate() {
+            rule_elements(p, d, i, rule, pod, ip, ns_labels, selected, &mut out);
+        }
+    }
+    out
+}
+
+#[allow(clippy::too_many_arguments)]
+fn rule_elements(
+    p: &Compiled,
+    d: Direction,
+    i: usize,
+    rule: &Rule,
+    pod: &PodInfo,
+    ip: Ipv4Addr,
+    ns_labels: &Labels,
+    selected: bool,
+    out: &mut Vec<ElemKey>,
+) {
+    let by_selector = rule.peers.as_ref().is_some_and(|peers| {
+        peers.pods.iter().any(|pp| {
+            let ns_ok = match &pp.namespaces {
+                Namespaces::Own => pod.namespace == p.namespace,
+                Namespaces::Matching(sel) => labels::matches(sel, ns_labels),
+            };
+            ns_ok
+                && pp
+                    .pods
+                    .as_ref()
+                    .is_none_or(|s| labels::matches(s, &pod.labels))
+        })
+    });
+    if by_selector {
+        out.push((rule_set(&p.id, d, i, "pods"), ipv4(ip)));
+    }
+    let Some(ports) = rule.ports.as_ref().filter(|ports| !ports.named.is_empty()) else {
+        return;
+    };
+    // Ingress: the selected pod's own port. Egress: the peer's port.
+    let resolve = match d {
+        Direction::Ingress => selected,
+        Direction::Egress => match &rule.peers {
+            None => true,
+            Some(peers) => by_selector || peers.cidrs.iter().any(|(a, z)| (*a..=*z).contains(&ip)),
+        },
+    };
+    if !resolve {
+        return;
+    }
+    for (proto, name) in &ports.named {
+        if let Some(port) = pod.named_port(name, *proto) {
+            out.push((rule_set(&p.id, d, i, "named"), named_elem(ip, *proto, port)));
+        }
+    }
+}

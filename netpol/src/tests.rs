@@ -1,0 +1,285 @@
+//! The engine against the recording fake: what a full sync writes, and
+//! that pod, label and namespace changes are element changes only while
+//! a policy change touches only its own chains (and the dispatch chains).
+
+use std::sync::Arc;
+
+use hostnet::nftables::{Batch, NfTables, Op, RecordingNfTables};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use serde_json::{json, Value};
+
+use crate::engine::Engine;
+use crate::pods::PodInfo;
+use crate::ruleset::{self, ipv4, named_elem, names, table, NodeConfig};
+
+const NODE: &str = "n1";
+
+fn node() -> NodeConfig {
+    NodeConfig {
+        node_name: NODE.into(),
+        guard_cidr: Some("10.244.1.0/24".parse().unwrap()),
+    }
+}
+
+fn engine() -> (Arc<RecordingNfTables>, Engine) {
+    let fake = Arc::new(RecordingNfTables::new());
+    let e = Engine::new(fake.clone() as Arc<dyn NfTables>, node());
+    (fake, e)
+}
+
+fn pod(ns: &str, name: &str, ip: &str, node: &str, labels: Value) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"namespace": ns, "name": name, "uid": format!("uid-{name}"), "labels": labels},
+        "spec": {"nodeName": node, "containers": [{"name": "c", "ports": [
+            {"name": "web", "containerPort": 8080, "protocol": "TCP"}]}]},
+        "status": {"podIP": ip, "phase": "Running"},
+    }))
+    .unwrap()
+}
+
+fn policy(ns: &str, name: &str, spec: Value) -> NetworkPolicy {
+    serde_json::from_value(json!({"metadata": {"namespace": ns, "name": name}, "spec": spec}))
+        .unwrap()
+}
+
+fn key(ns: &str, name: &str) -> (String, String) {
+    (ns.into(), name.into())
+}
+
+fn elems(fake: &RecordingNfTables, set: &str) -> Vec<hostnet::nftables::Value> {
+    let mut v: Vec<_> = fake
+        .elements(&table(), set)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.key)
+        .collect();
+    v.sort();
+    v
+}
+
+fn ip(s: &str) -> hostnet::nftables::Value {
+    ipv4(s.parse().unwrap())
+}
+
+fn last(fake: &RecordingNfTables) -> Batch {
+    fake.batches().pop().unwrap()
+}
+
+/// Two local pods in x (a: app=a, b: app=b), one remote in y, and a
+/// policy in x: pods app=a take TCP from app=b in x and from namespaces
+/// team=y, on port 80 and on the named port web.
+fn cluster() -> (Arc<RecordingNfTables>, Engine, String) {
+    let (fake, mut e) = engine();
+    e.set_namespace("x", Some([("team".into(), "x".into())].into()));
+    e.set_namespace("y", Some([("team".into(), "y".into())].into()));
+    let a = pod("x", "a", "10.244.1.2", NODE, json!({"app": "a"}));
+    let b = pod("x", "b", "10.244.1.3", NODE, json!({"app": "b"}));
+    let c = pod("y", "c", "10.244.2.2", "n2", json!({"app": "c"}));
+    e.set_pod(key("x", "a"), Some(&a));
+    e.set_pod(key("x", "b"), Some(&b));
+    e.set_pod(key("y", "c"), Some(&c));
+    let np = policy(
+        "x",
+        "allow-b",
+        json!({"podSelector": {"matchLabels": {"app": "a"}}, "ingress": [{
+            "from": [{"podSelector": {"matchLabels": {"app": "b"}}},
+                     {"namespaceSelector": {"matchLabels": {"team": "y"}}}],
+            "ports": [{"protocol": "TCP", "port": 80}, {"protocol": "TCP", "port": "web"}]}]}),
+    );
+    e.set_policy(key("x", "allow-b"), Some(&np));
+    let id = crate::compile::compile(&np).id;
+    (fake, e, id)
+}
+
+#[test]
+fn a_full_sync_writes_the_table_with_every_policy_and_pod() {
+    let (fake, mut e, id) = cluster();
+    let o = e.sync().unwrap();
+    assert!(o.full && o.applied);
+    assert_eq!(
+        elems(&fake, names::READY),
+        vec![ip("10.244.1.2"), ip("10.244.1.3")]
+    );
+    assert_eq!(
+        elems(&fake, names::INGRESS_ISOLATED),
+        vec![ip("10.244.1.2")]
+    );
+    assert!(elems(&fake, names::EGRESS_ISOLATED).is_empty());
+    assert_eq!(
+        elems(&fake, &ruleset::selected_set(&id)),
+        vec![ip("10.244.1.2")]
+    );
+    let peers = ruleset::rule_set(&id, crate::compile::Direction::Ingress, 0, "pods");
+    assert_eq!(
+        elems(&fake, &peers),
+        vec![ip("10.244.1.3"), ip("10.244.2.2")]
+    );
+    let named = ruleset::rule_set(&id, crate::compile::Direction::Ingress, 0, "named");
+    assert_eq!(
+        elems(&fake, &named),
+        vec![named_elem("10.244.1.2".parse().unwrap(), 6, 8080)]
+    );
+    let chains: Vec<String> = fake
+        .chains(&table())
+        .unwrap()
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert!(chains.contains(&format!("{id}/in")), "{chains:?}");
+    assert!(
+        !chains.contains(&format!("{id}/eg")),
+        "no egress chain: {chains:?}"
+    );
+    // Nothing changed: nothing sent.
+    let n = fake.batches().len();
+    assert!(!e.sync().unwrap().applied);
+    assert_eq!(fake.batches().len(), n);
+}
+
+#[test]
+fn pods_and_labels_change_elements_only() {
+    let (fake, mut e, id) = cluster();
+    e.sync().unwrap();
+    // A new pod b2 (app=b) on another node: one peer element.
+    let b2 = pod("x", "b2", "10.244.3.9", "n3", json!({"app": "b"}));
+    e.set_pod(key("x", "b2"), Some(&b2));
+    let o = e.sync().unwrap();
+    assert!(!o.full);
+    assert_eq!(o.elements, 1);
+    assert!(last(&fake).only_elements());
+    // a relabelled: no longer selected, no longer isolated.
+    let a = pod("x", "a", "10.244.1.2", NODE, json!({"app": "z"}));
+    e.set_pod(key("x", "a"), Some(&a));
+    e.sync().unwrap();
+    assert!(last(&fake).only_elements());
+    assert!(elems(&fake, names::INGRESS_ISOLATED).is_empty());
+    assert!(elems(&fake, &ruleset::selected_set(&id)).is_empty());
+    // Namespace y loses its label: c leaves the peers.
+    e.set_namespace("y", Some([("team".into(), "other".into())].into()));
+    e.sync().unwrap();
+    assert!(last(&fake).only_elements());
+    let peers = ruleset::rule_set(&id, crate::compile::Direction::Ingress, 0, "pods");
+    assert_eq!(
+        elems(&fake, &peers),
+        vec![ip("10.244.1.3"), ip("10.244.3.9")]
+    );
+    // A pod deleted leaves ready.
+    e.set_pod(key("x", "b"), None);
+    e.sync().unwrap();
+    assert_eq!(elems(&fake, names::READY), vec![ip("10.244.1.2")]);
+}
+
+#[test]
+fn a_policy_change_touches_its_own_chains_and_the_dispatch_only() {
+    let (fake, mut e, old) = cluster();
+    let other = policy(
+        "x",
+        "deny-eg",
+        json!({"podSelector": {}, "policyTypes": ["Egress"]}),
+    );
+    e.set_policy(key("x", "deny-eg"), Some(&other));
+    e.sync().unwrap();
+    let other_id = crate::compile::compile(&other).id;
+    // allow-b changes port: its chain is replaced, deny-eg's is not touched.
+    let np = policy(
+        "x",
+        "allow-b",
+        json!({"podSelector": {"matchLabels": {"app": "a"}}, "ingress": [{"ports": [{"port": 81}]}]}),
+    );
+    e.set_policy(key("x", "allow-b"), Some(&np));
+    let new = crate::compile::compile(&np).id;
+    let o = e.sync().unwrap();
+    assert_eq!(
+        (o.full, o.policies_added, o.policies_removed),
+        (false, 1, 1)
+    );
+    let b = last(&fake);
+    for op in b.ops() {
+        let touched = match op {
+            Op::AddChain { chain, .. } => chain.name.clone(),
+            Op::AddRule { chain, .. }
+            | Op::FlushChain { chain, .. }
+            | Op::DeleteChain { chain, .. } => chain.clone(),
+            Op::AddSet { set, .. } => set.name.clone(),
+            Op::DeleteSet { set, .. } => set.clone(),
+            Op::AddElements { set, .. } | Op::DeleteElements { set, .. } => set.name.clone(),
+            Op::AddTable(_) | Op::DeleteTable(_) => panic!("table recreated: {op:?}"),
+        };
+        assert!(
+            touched.starts_with(&new)
+                || touched.starts_with(&old)
+                || touched.ends_with("-policies")
+                || touched == names::INGRESS_ISOLATED,
+            "{op:?} touches {touched}"
+        );
+        assert!(!touched.starts_with(&other_id), "{op:?}");
+    }
+    let chains: Vec<String> = fake
+        .chains(&table())
+        .unwrap()
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert!(chains.contains(&format!("{new}/in")) && !chains.contains(&format!("{old}/in")));
+    // Removing a policy deletes its chains and sets.
+    e.set_policy(key("x", "allow-b"), None);
+    e.sync().unwrap();
+    let chains: Vec<String> = fake
+        .chains(&table())
+        .unwrap()
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert!(!chains.iter().any(|c| c.starts_with(&new)), "{chains:?}");
+    assert!(fake
+        .elements(&table(), &ruleset::selected_set(&new))
+        .is_err());
+}
+
+#[test]
+fn the_gate_programs_a_pod_before_its_status_has_an_address() {
+    let (fake, mut e, _) = cluster();
+    e.sync().unwrap();
+    let mut fresh = pod("x", "new", "", NODE, json!({"app": "a"}));
+    fresh.status = None;
+    e.pod_networked(&fresh, "10.244.1.7".parse().unwrap());
+    e.sync().unwrap();
+    assert!(elems(&fake, names::READY).contains(&ip("10.244.1.7")));
+    assert!(elems(&fake, names::INGRESS_ISOLATED).contains(&ip("10.244.1.7")));
+    // The watch then delivers the pod without a status: the address stays.
+    e.set_pod(key("x", "new"), Some(&fresh));
+    assert!(!e.dirty());
+}
+
+#[test]
+fn a_failed_apply_makes_the_next_sync_full_and_the_canary_notices_a_flush() {
+    let (fake, mut e, _) = cluster();
+    e.sync().unwrap();
+    fake.state.lock().unwrap().fail_next = Some(libc_enobufs());
+    e.set_pod(key("x", "b"), None);
+    assert!(e.sync().is_err());
+    assert!(e.next_is_full());
+    assert!(e.sync().unwrap().full);
+    assert!(e.check_canary());
+    fake.remove_table(&table());
+    assert!(!e.check_canary());
+    assert!(e.sync().unwrap().full);
+    assert_eq!(elems(&fake, names::READY), vec![ip("10.244.1.2")]);
+}
+
+fn libc_enobufs() -> i32 {
+    105
+}
+
+#[test]
+fn finished_host_network_and_remote_pods_are_not_isolated_here() {
+    let mut p = pod("x", "h", "10.0.0.1", NODE, json!({}));
+    p.spec.as_mut().unwrap().host_network = Some(true);
+    assert!(!PodInfo::of(&p, NODE, None).local);
+    let remote = pod("x", "r", "10.244.2.2", "n2", json!({}));
+    assert!(!PodInfo::of(&remote, NODE, None).local);
+    let mut done = pod("x", "d", "10.244.1.9", NODE, json!({}));
+    done.status.as_mut().unwrap().phase = Some("Succeeded".into());
+    assert_eq!(PodInfo::of(&done, NODE, None).ip, None);
+}

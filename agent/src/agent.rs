@@ -65,7 +65,7 @@ pub struct AgentArgs {
     #[arg(long, value_name = "BOOL")]
     pub ip_masq: Option<bool>,
     /// Parts of the agent to turn off, comma-separated: pods, overlay,
-    /// proxy, dns, controllers.
+    /// proxy, dns, network-policy, controllers.
     #[arg(long, value_name = "PARTS", value_delimiter = ',')]
     pub disable: Vec<String>,
     /// At most one proxy sync per this period (default 1s; 0 for tests).
@@ -92,6 +92,10 @@ pub struct AgentArgs {
     /// Answer NodePorts on 127.0.0.1 too (default false).
     #[arg(long, value_name = "BOOL")]
     pub localhost_nodeports: Option<bool>,
+    /// Drop traffic of pod addresses NetworkPolicy has not programmed yet
+    /// (default: true when this agent runs the pods).
+    #[arg(long, value_name = "BOOL")]
+    pub network_policy_guard: Option<bool>,
     /// `nftables` or `iptables` (default: nftables where the kernel has
     /// nf_tables).
     #[arg(long, value_name = "MODE")]
@@ -282,9 +286,21 @@ async fn start_node(
         pod_cidr: Some(pod_cidr.clone()),
     };
     let mut tasks = vec![];
+    // Before the proxy (whose /metrics renders its metrics too) and the
+    // kubelet (which calls its gate before a pod's first container).
+    let network_policy = if config.enabled("network-policy") {
+        let started =
+            crate::netpol::start(config, cp.clone(), &pod_cidr).context("start network policy")?;
+        tasks.push(started.task);
+        Some((started.gate, started.metrics))
+    } else {
+        crate::netpol::remove_table();
+        None
+    };
     if config.enabled("proxy") {
+        let also = network_policy.as_ref().map(|(_, m)| Arc::clone(m));
         tasks.extend(
-            crate::proxy::start(config, cp.clone())
+            crate::proxy::start(config, cp.clone(), also)
                 .await
                 .context("start the proxy")?,
         );
@@ -343,6 +359,7 @@ async fn start_node(
         registries: image::Registries::load(&config.registry_config, &config.insecure_registries)?,
         prober: Prober::start(),
         events: kubelet::events::Recorder::new(cp.clone(), &config.node_name),
+        network_gate: network_policy.map(|(gate, _)| gate),
     });
     tasks.push(tokio::spawn(node::heartbeat(
         cp,

@@ -13,7 +13,8 @@
 //!   `KNODE-POSTRTG`/`KNODE-FWD`, and the subnet file;
 //! - the proxy: every `KUBE-*` chain and the jumps to them, and nft table
 //!   `ip kube-proxy` (both modes, whichever ran);
-//! - dns: the `ip knode-dns` table and the DNS addresses on `lo`.
+//! - dns: the `ip knode-dns` table and the DNS addresses on `lo`;
+//! - network policy: the `ip knode-policy` table.
 //!
 //! It keeps the control-plane data (`data-dir`: on the embedded control
 //! plane that is the cluster's state), the config and the images in
@@ -69,6 +70,20 @@ pub async fn run(config: &Config) -> Result<ExitCode> {
     }
     if config.enabled("dns") {
         report.push(dns(config)?);
+    }
+    if config.enabled("network-policy") {
+        let removed = match hostnet::nftables::NfTablesSocket::open() {
+            Ok(nft) => netpol::cleanup(&nft).context("remove table ip knode-policy")?,
+            Err(_) => false,
+        };
+        report.push(format!(
+            "network policy: {}",
+            if removed {
+                "nft table ip knode-policy removed"
+            } else {
+                "no table"
+            }
+        ));
     }
     let _ = std::fs::remove_file(config.socket());
     for line in report {

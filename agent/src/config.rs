@@ -77,6 +77,10 @@ pub struct Config {
     pub token_auth_file: Option<PathBuf>,
     /// Answer NodePorts on 127.0.0.1 too (sets route_localnet).
     pub localhost_nodeports: bool,
+    /// Drop traffic of pod addresses NetworkPolicy has not programmed yet
+    /// (`None`: when this agent runs the node's pods, whose kubelet
+    /// reports each new address; see docs/network-policy.md).
+    pub network_policy_guard: Option<bool>,
     /// The cluster DNS address: kube-dns's ClusterIP, served on every node.
     pub cluster_dns: Ipv4Addr,
     /// The cluster domain, e.g. `cluster.local`.
@@ -109,7 +113,14 @@ impl Config {
 }
 
 /// The parts of the agent `--disable` can turn off.
-pub const PARTS: [&str; 5] = ["pods", "overlay", "proxy", "dns", "controllers"];
+pub const PARTS: [&str; 6] = [
+    "pods",
+    "overlay",
+    "proxy",
+    "dns",
+    "network-policy",
+    "controllers",
+];
 
 impl Default for Config {
     fn default() -> Self {
@@ -152,6 +163,7 @@ impl Default for Config {
             nodeport_addresses: Vec::new(),
             masquerade_all: false,
             localhost_nodeports: false,
+            network_policy_guard: None,
             proxy_mode: None,
             // kubelet's nodeLeaseDurationSeconds.
             node_lease_duration: Duration::from_secs(40),
@@ -209,6 +221,7 @@ pub struct File {
     pub nodeport_addresses: Option<Vec<String>>,
     pub masquerade_all: Option<bool>,
     pub localhost_nodeports: Option<bool>,
+    pub network_policy_guard: Option<bool>,
     pub node_lease_duration: Option<String>,
     pub cluster_dns: Option<String>,
     pub cluster_domain: Option<String>,
@@ -358,6 +371,7 @@ impl Config {
                 .localhost_nodeports
                 .or(file.localhost_nodeports)
                 .unwrap_or(d.localhost_nodeports),
+            network_policy_guard: flags.network_policy_guard.or(file.network_policy_guard),
             proxy_mode: match flags.proxy_mode.or(file.proxy_mode) {
                 None => d.proxy_mode,
                 Some(m) => Some(proxy::ProxyMode::parse(&m).ok_or_else(|| {

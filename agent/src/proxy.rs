@@ -22,12 +22,14 @@ use crate::config::Config;
 
 /// Starts the proxy for this node: returns its tasks (the controller and,
 /// unless the metrics address is empty, the metrics server).
+/// `also` (network policy's metrics) is rendered after the proxy's.
 pub async fn start(
     config: &Config,
     cp: Arc<dyn ControlPlane>,
+    also: Option<Arc<netpol::Metrics>>,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>> {
     let cfg = proxy_config(config)?;
-    kernel_settings();
+    kernel_settings("proxy");
     let metrics = Arc::new(Metrics::new(cfg.sync_period));
     let mut tasks = Vec::new();
     if let Some(addr) = metrics_addr(&config.metrics_bind_address)? {
@@ -35,9 +37,12 @@ pub async fn start(
             .await
             .with_context(|| format!("metrics-bind-address: listen on {addr}"))?;
         tracing::info!(address = %addr, "proxy metrics and health serving");
-        tasks.push(tokio::spawn(serve(listener, Arc::clone(&metrics))));
+        tasks.push(tokio::spawn(serve(listener, Arc::clone(&metrics), also)));
     }
-    tasks.push(tokio::spawn(supervise(cp, cfg, metrics)));
+    let m = Arc::clone(&metrics);
+    tasks.push(tokio::spawn(supervise("proxy", move || {
+        proxy::run(Arc::clone(&cp), cfg.clone(), Arc::clone(&m))
+    })));
     Ok(tasks)
 }
 
@@ -83,16 +88,17 @@ fn metrics_addr(v: &str) -> Result<Option<SocketAddr>> {
     })
 }
 
-/// What the proxy needs from the kernel, as kube-proxy expects it: routed
-/// forwarding and bridged pod traffic through iptables (so a reply from a
-/// backend on the same bridge is un-NATed). (`route_localnet` for
-/// localhost NodePorts is the sync thread's, in the namespace it
-/// programs.) Failures are logged, not fatal: the operator may have set
-/// these another way.
-fn kernel_settings() {
+/// What the proxy and network policy need from the kernel, as kube-proxy
+/// expects it: routed forwarding and bridged pod traffic through the IP
+/// hooks (so a reply from a backend on the same bridge is un-NATed, and
+/// traffic between pods of one node meets the policy chains on
+/// `forward`). (`route_localnet` for localhost NodePorts is the proxy
+/// sync thread's, in the namespace it programs.) Failures are logged, not
+/// fatal: the operator may have set these another way.
+pub(crate) fn kernel_settings(part: &str) {
     let ensure = |key: &str| {
         if let Err(e) = hostnet::sysctl::ensure(key, "1") {
-            tracing::warn!(key, error = %e, "proxy: sysctl");
+            tracing::warn!(part, key, error = %e, "sysctl");
         }
     };
     ensure("net/ipv4/ip_forward");
@@ -103,26 +109,32 @@ fn kernel_settings() {
             .status()
             .is_ok_and(|s| s.success());
         if !ok {
-            tracing::warn!("proxy: modprobe br_netfilter failed; ClusterIP traffic between pods on one node may not be un-NATed");
+            tracing::warn!(part, "modprobe br_netfilter failed; traffic between pods on one node bypasses the IP hooks");
         }
     }
     ensure("net/bridge/bridge-nf-call-iptables");
 }
 
-/// Runs the proxy, restarting it after a failure with a backoff (1 s,
-/// doubling to 30 s; back to 1 s after a minute of running).
-async fn supervise(cp: Arc<dyn ControlPlane>, cfg: ProxyConfig, metrics: Arc<Metrics>) {
+/// Runs a part's controller (`run` makes a fresh one) for ever,
+/// restarting it after it stops or fails with a backoff (1 s, doubling
+/// to 30 s; back to 1 s after a minute of running).
+pub(crate) async fn supervise<F, Fut, E>(part: &'static str, mut run: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<(), E>>,
+    E: std::fmt::Display,
+{
     let mut backoff = Duration::from_secs(1);
     loop {
         let started = Instant::now();
-        let r = proxy::run(Arc::clone(&cp), cfg.clone(), Arc::clone(&metrics)).await;
+        let r = run().await;
         if started.elapsed() > Duration::from_secs(60) {
             backoff = Duration::from_secs(1);
         }
         match r {
-            Ok(()) => tracing::warn!(retry_in = ?backoff, "proxy stopped; restarting"),
+            Ok(()) => tracing::warn!(part, retry_in = ?backoff, "stopped; restarting"),
             Err(e) => {
-                tracing::error!(error = %e, retry_in = ?backoff, "proxy failed; restarting")
+                tracing::error!(part, error = %e, retry_in = ?backoff, "failed; restarting")
             }
         }
         tokio::time::sleep(backoff).await;
@@ -132,7 +144,11 @@ async fn supervise(cp: Arc<dyn ControlPlane>, cfg: ProxyConfig, metrics: Arc<Met
 
 /// Serves `/metrics` (Prometheus text) and `/healthz` (200, or 503 when a
 /// change has waited more than two sync periods).
-async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
+async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    also: Option<Arc<netpol::Metrics>>,
+) {
     loop {
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
@@ -143,10 +159,12 @@ async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
             }
         };
         let m = Arc::clone(&metrics);
+        let also = also.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let m = Arc::clone(&m);
-                async move { Ok::<_, Infallible>(respond(&req, &m)) }
+                let also = also.clone();
+                async move { Ok::<_, Infallible>(respond(&req, &m, also.as_deref())) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
@@ -155,9 +173,16 @@ async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
     }
 }
 
-fn respond<B>(req: &Request<B>, metrics: &Metrics) -> Response<Full<Bytes>> {
+fn respond<B>(
+    req: &Request<B>,
+    metrics: &Metrics,
+    also: Option<&netpol::Metrics>,
+) -> Response<Full<Bytes>> {
     let (status, body) = match (req.method(), req.uri().path()) {
-        (&Method::GET, "/metrics") => (StatusCode::OK, metrics.render()),
+        (&Method::GET, "/metrics") => (
+            StatusCode::OK,
+            metrics.render() + &also.map(netpol::Metrics::render).unwrap_or_default(),
+        ),
         (&Method::GET, "/healthz") => match metrics.health(Instant::now()) {
             Health::Healthy => (StatusCode::OK, "ok\n".to_string()),
             Health::Stale(d) => (
@@ -195,16 +220,25 @@ mod tests {
     fn health_and_metrics_answer_by_path() {
         let m = Metrics::new(Duration::from_secs(30));
         let get = |p: &str| Request::get(p).body(()).unwrap();
-        assert_eq!(respond(&get("/healthz"), &m).status(), StatusCode::OK);
-        assert_eq!(respond(&get("/metrics"), &m).status(), StatusCode::OK);
-        assert_eq!(respond(&get("/nope"), &m).status(), StatusCode::NOT_FOUND);
+        assert_eq!(respond(&get("/healthz"), &m, None).status(), StatusCode::OK);
+        assert_eq!(
+            respond(&get("/metrics"), &m, Some(&netpol::Metrics::new())).status(),
+            StatusCode::OK
+        );
+        assert_eq!(
+            respond(&get("/nope"), &m, None).status(),
+            StatusCode::NOT_FOUND
+        );
         // A change queued long ago and never applied: unhealthy.
         m.queued(Instant::now() - Duration::from_secs(61));
         assert_eq!(
-            respond(&get("/healthz"), &m).status(),
+            respond(&get("/healthz"), &m, None).status(),
             StatusCode::SERVICE_UNAVAILABLE
         );
         let post = Request::post("/healthz").body(()).unwrap();
-        assert_eq!(respond(&post, &m).status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(
+            respond(&post, &m, None).status(),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
     }
 }

@@ -178,14 +178,15 @@ impl Agent {
                 .arg(self.dir.path().join("subnet.env"));
         }
         // The overlay and the proxy program links, routes and iptables, the
-        // proxy listens on 127.0.0.1:10249, and DNS puts addresses on lo,
-        // nf_tables rules and forwards to the host's resolvers: only ever inside a
+        // proxy listens on 127.0.0.1:10249, DNS puts addresses on lo,
+        // nf_tables rules and forwards to the host's resolvers, and network
+        // policy filters forwarded traffic: only ever inside a
         // namespace the test made. `--disable` adds up, so a caller's own
         // `--disable pods` keeps these off too.
         if self.netns.is_none() {
             cmd.args([
                 "--disable",
-                "overlay,proxy,dns",
+                "overlay,proxy,dns,network-policy",
                 "--metrics-bind-address",
                 "",
             ]);

@@ -34,6 +34,19 @@ pub struct Context {
     pub prober: Prober,
     /// Events about this node's pods.
     pub events: crate::events::Recorder,
+    /// Told of every pod address between CNI ADD and the first container
+    /// (NetworkPolicy); `None` when nothing needs to know.
+    pub network_gate: Option<Arc<dyn NetworkGate>>,
+}
+
+/// What must hold a new pod's address before any of its containers
+/// (init containers included) runs: NetworkPolicy programs the pod's
+/// isolation here, so no packet passes that its policies forbid. Called
+/// again for a sandbox adopted after a restart (it must be idempotent).
+pub trait NetworkGate: Send + Sync {
+    /// `pod` has address `ip` on this node. Blocks until it is enforced;
+    /// an error fails the sandbox (the worker retries).
+    fn pod_networked(&self, pod: &Pod, ip: &str) -> Result<()>;
 }
 
 impl Context {

@@ -3,8 +3,10 @@
 //! first, then the node's network), the pod's files (hosts, resolv.conf,
 //! hostname, /dev/shm), then the pause container that holds the IPC and UTS
 //! (and, with shareProcessNamespace, PID) namespaces and joins the pinned
-//! net namespace. Removal goes the other way: app containers, pause, CNI
-//! DEL, netns, files, volumes.
+//! net namespace. The network gate (NetworkPolicy) learns the pod's
+//! address before `ensure` returns, so before any container of the pod.
+//! Removal goes the other way: app containers, pause, CNI DEL, netns,
+//! files, volumes.
 //!
 //! Every step finds its own earlier work (after a crash or an agent kill),
 //! so `ensure` is also how a half-made sandbox is finished.
@@ -112,7 +114,18 @@ pub async fn ensure(ctx: &Context, pod: &Pod) -> Result<(Sandbox, Option<Startin
     let (ip, pause) = tokio::join!(network, pause);
     let (ip, (pid, starting)) = (ip?, pause?);
 
-    // 3. The pod's files, now with its IP in /etc/hosts.
+    // 3. The pod's network policies, before any container can run: the
+    //    pause container holds only namespaces and runs no code of the pod.
+    if let (Some(gate), Some(addr)) = (ctx.network_gate.clone(), ip.clone()) {
+        let p = pod.clone();
+        tokio::task::spawn_blocking(move || gate.pod_networked(&p, &addr))
+            .await
+            .context("the network gate task")?
+            .context("program the pod's network policies")?;
+        tracing::debug!(pod = %name, ms = t0.elapsed().as_millis() as u64, "sandbox: network policies in place");
+    }
+
+    // 4. The pod's files, now with its IP in /etc/hosts.
     let files = files::prepare(&ctx.config, pod, ip.as_deref()).context("pod files")?;
     Ok((Sandbox { id, pid, ip, files }, starting))
 }

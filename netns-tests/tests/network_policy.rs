@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -399,15 +399,32 @@ impl Lab {
                 }
                 if Instant::now() > deadline {
                     bail!(
-                        "{case}: {proto:?}/{port} after 20 s\nwant:\n{}got:\n{}agent 0 log tail:\n{}",
+                        "{case}: {proto:?}/{port} after 20 s\nwant:\n{}got:\n{}{}",
                         render(&want),
                         render(&got),
-                        tail(&self.agents[0].log(), 20)
+                        self.dump()
                     );
                 }
             }
         }
         Ok(())
+    }
+
+    /// Each node's table and its agent's last log lines, for failures.
+    fn dump(&self) -> String {
+        let mut out = String::new();
+        for i in 0..self.agents.len() {
+            let table = self
+                .net
+                .node(i)
+                .sh(&["nft", "list", "table", "ip", "knode-policy"])
+                .unwrap_or_else(|e| e.to_string());
+            out.push_str(&format!(
+                "node {i} table:\n{table}\nagent {i} log:\n{}\n",
+                tail(&self.agents[i].log(), 30)
+            ));
+        }
+        out
     }
 
     fn policy(&self, name: &str, ns: &str, spec: Value) -> Result<()> {
@@ -618,5 +635,177 @@ fn truth_table() -> Result<()> {
     )?;
     lab.delete_policy("eg", "x")?;
     lab.expect("every policy deleted: all open", &all, |_, _, _, _| true)?;
+    Ok(())
+}
+
+/// Hammers `targets` (added while it runs) with TCP connections from the
+/// namespace at `from` until stopped, one thread per target; counts the
+/// attempts and the ones that got through.
+struct Prober {
+    stop: Arc<AtomicBool>,
+    attempts: Arc<AtomicUsize>,
+    successes: Arc<AtomicUsize>,
+    from: PathBuf,
+    workers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Prober {
+    fn start(from: &Path) -> Prober {
+        Prober {
+            stop: Arc::new(AtomicBool::new(false)),
+            attempts: Arc::new(AtomicUsize::new(0)),
+            successes: Arc::new(AtomicUsize::new(0)),
+            from: from.to_path_buf(),
+            workers: Vec::new(),
+        }
+    }
+
+    fn target(&mut self, ip: Ipv4Addr) {
+        let (stop, from) = (Arc::clone(&self.stop), self.from.clone());
+        let (attempts, successes) = (Arc::clone(&self.attempts), Arc::clone(&self.successes));
+        self.workers.push(std::thread::spawn(move || {
+            let _ = run_in(&from, || {
+                let addr = SocketAddr::from((ip, 80));
+                while !stop.load(Ordering::Relaxed) {
+                    attempts.fetch_add(1, Ordering::Relaxed);
+                    if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+                        successes.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        }));
+    }
+
+    fn attempts(&self) -> usize {
+        self.attempts.load(Ordering::Relaxed)
+    }
+
+    /// Stops; (attempts, successes).
+    fn finish(mut self) -> (usize, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        for w in std::mem::take(&mut self.workers) {
+            let _ = w.join();
+        }
+        (self.attempts(), self.successes.load(Ordering::Relaxed))
+    }
+}
+
+/// 50 pods networked under a default-deny ingress policy while probers
+/// on both nodes hammer each new address from the moment CNI ADD gave
+/// it out (before the agent knew the pod): no connection gets through.
+/// Then a policy allows them, and the same probers get through.
+#[test]
+fn new_pods_are_isolated_from_their_first_packet() -> Result<()> {
+    if !prereqs("new_pods_are_isolated_from_their_first_packet") {
+        return Ok(());
+    }
+    let mut lab = Lab::start(2)?;
+    lab.policy(
+        "deny-in",
+        "x",
+        json!({"podSelector": {}, "policyTypes": ["Ingress"]}),
+    )?;
+    lab.expect("default-deny ingress in x", &[TCP80], |_, t, _, _| {
+        t.ns != "x"
+    })?;
+    let mut probers: Vec<Prober> = ["y/a", "y/b"]
+        .iter()
+        .map(|id| Prober::start(lab.pod(id).pod.ns().path()))
+        .collect();
+    let mut fresh = Vec::new();
+    for i in 0..50 {
+        let node = i % 2;
+        let pod = lab.network_pod(node, &format!("x-new{i}"))?;
+        lab.servers.push(Servers::start(pod.ns().path(), &PORTS)?);
+        let ip: Ipv4Addr = pod.ip().parse()?;
+        probers.iter_mut().for_each(|p| p.target(ip));
+        lab.write_pod(
+            "x",
+            &format!("new{i}"),
+            node,
+            pod.ip(),
+            json!({"pod": "new"}),
+        )?;
+        fresh.push(pod);
+    }
+    // The probers go on against the programmed pods: 500 more attempts.
+    let before: usize = probers.iter().map(Prober::attempts).sum();
+    wait_until(Duration::from_secs(10), || {
+        probers.iter().map(Prober::attempts).sum::<usize>() >= before + 500
+    });
+    let results: Vec<(usize, usize)> = probers.into_iter().map(Prober::finish).collect();
+    let attempts: usize = results.iter().map(|r| r.0).sum();
+    let leaked: usize = results.iter().map(|r| r.1).sum();
+    assert!(attempts >= 100, "the probers ran: {attempts} attempts");
+    assert_eq!(
+        leaked, 0,
+        "{leaked} of {attempts} connections reached a new pod under default-deny"
+    );
+
+    // Once a policy allows it, the pods of y get through.
+    lab.policy(
+        "allow-new",
+        "x",
+        json!({"podSelector": {"matchLabels": {"pod": "new"}},
+        "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}}]}]}),
+    )?;
+    let from = lab.pod("y/c").pod.ns().path().to_path_buf();
+    for pod in &fresh {
+        let ip: Ipv4Addr = pod.ip().parse()?;
+        if !wait_until(Duration::from_secs(10), || probe(&from, ip, 80, Proto::Tcp)) {
+            bail!("y/c -> new pod {ip} once allowed\n{}", lab.dump());
+        }
+    }
+    Ok(())
+}
+
+/// The agent of node 0 is killed (-9): its pods stay isolated (the kernel
+/// holds the table); policy and label changes made while it is down are
+/// enforced on node 0's pods once it is back, without a gap.
+#[test]
+fn agent_kill9_keeps_enforcement_and_applies_changes_made_while_down() -> Result<()> {
+    if !prereqs("agent_kill9_keeps_enforcement_and_applies_changes_made_while_down") {
+        return Ok(());
+    }
+    let mut lab = Lab::start(2)?;
+    let all = [TCP80, UDP80];
+    lab.policy(
+        "deny-in",
+        "x",
+        json!({"podSelector": {}, "policyTypes": ["Ingress"]}),
+    )?;
+    lab.expect("default-deny ingress in x", &all, |_, t, _, _| t.ns != "x")?;
+    lab.agents[0].kill9()?;
+    lab.expect("agent 0 down: still enforced", &all, |_, t, _, _| {
+        t.ns != "x"
+    })?;
+
+    // While it is down: the deny goes, x/* take traffic only from pod=b,
+    // and y/c becomes pod=b.
+    lab.delete_policy("deny-in", "x")?;
+    lab.policy("from-b", "x", json!({"podSelector": {},
+        "ingress": [{"from": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"pod": "b"}}}]}]}))?;
+    let yc = lab.pod("y/c");
+    lab.write_pod("y", "c", yc.node, yc.pod.ip(), json!({"pod": "b"}))?;
+    let want =
+        |f: &LabPod, t: &LabPod, _: u16, _: Proto| t.ns != "x" || f.name == "b" || f.id() == "y/c";
+    // Node 1 follows at once; node 0's pods keep the old isolation.
+    lab.expect(
+        "agent 0 down: node 1 follows, node 0 keeps its rules",
+        &all,
+        |f, t, p, pr| {
+            if t.node == 0 {
+                t.ns != "x"
+            } else {
+                want(f, t, p, pr)
+            }
+        },
+    )?;
+    lab.agents[0].restart()?;
+    lab.expect(
+        "agent 0 back: changes made while down are enforced",
+        &all,
+        want,
+    )?;
     Ok(())
 }

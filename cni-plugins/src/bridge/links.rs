@@ -136,7 +136,8 @@ fn ensure_bridge(nl: &mut Netlink, conf: &BridgeConf) -> Result<Link> {
         .link()
         .get_by_name(name)
         .cni(Code::Netlink, || format!("look up bridge {name}"))?;
-    if br.is_none() {
+    let created = br.is_none();
+    if created {
         match nl.link().add_bridge(name, conf.link_mtu()) {
             Ok(()) => {}
             Err(e) if e.is_exists() => {} // a concurrent ADD made it
@@ -165,6 +166,18 @@ fn ensure_bridge(nl: &mut Netlink, conf: &BridgeConf) -> Result<Link> {
                 br.kind.as_deref().unwrap_or("plain")
             ),
         ));
+    }
+    if created {
+        // A bridge whose address was never set takes the lowest address
+        // of its ports, so a new pod's veth can change it; every pod's
+        // cached gateway address is then wrong until its ARP entry
+        // expires (cross-node and off-node traffic stops for seconds).
+        // Setting it once, to itself, pins it (NET_ADDR_SET).
+        nl.link()
+            .set_mac(br.index, &br.mac)
+            .cni(Code::Netlink, || {
+                format!("pin the address of bridge {name}")
+            })?;
     }
     if !br.up {
         nl.link()

@@ -25,6 +25,7 @@ use controlplane::api::{ControlPlane, ObjectRef};
 use controlplane::backend::{self, Backend};
 use controlplane::registry::Allocators;
 use controlplane::{Kind, Object};
+use hostnet::nftables::{NfTables, NfTablesSocket};
 use netns_tests::agent::Agent;
 use netns_tests::cluster::{wait_until, ClusterNet, Pod};
 use netns_tests::etcd::{require_etcd, EtcdCluster};
@@ -740,6 +741,25 @@ fn new_pods_are_isolated_from_their_first_packet() -> Result<()> {
     assert_eq!(
         leaked, 0,
         "{leaked} of {attempts} connections reached a new pod under default-deny"
+    );
+
+    // The drops were counted, by reason, on the receiving nodes.
+    let mut dropped = BTreeMap::new();
+    for i in 0..2 {
+        let counters = lab.net.node(i).run(|| -> Result<_> {
+            let nft = NfTablesSocket::open()?;
+            let t = netpol::ruleset::table();
+            Ok(nft.rule_counters(&t, "forward-ingress")?)
+        })??;
+        for c in counters {
+            *dropped.entry(c.comment.unwrap_or_default()).or_insert(0) += c.packets;
+        }
+    }
+    assert!(
+        dropped
+            .get(netpol::ruleset::NOT_ALLOWED)
+            .is_some_and(|n| *n > 0),
+        "{dropped:?}"
     );
 
     // Once a policy allows it, the pods of y get through.

@@ -16,7 +16,7 @@ use hostnet::nftables::{Batch, Elem, NfTables};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
-use crate::compile::{compile, Compiled};
+use crate::compile::{compile, Compiled, Direction};
 use crate::pods::{own_elements, policy_elements, ElemKey, Labels, PodInfo};
 use crate::ruleset::{self, set_named, table, NodeConfig};
 use crate::Result;
@@ -314,6 +314,35 @@ impl Engine {
             self.need_full = true;
         }
         intact
+    }
+
+    /// Packets dropped so far, by reason (`<direction>-not-allowed`: no
+    /// policy allows it; `<direction>-not-programmed`: the guard), read
+    /// from the base chains' counters.
+    pub fn dropped(&self) -> Result<Vec<(&'static str, u64)>> {
+        let mut out = Vec::new();
+        for (d, allowed, programmed) in [
+            (
+                Direction::Ingress,
+                "ingress-not-allowed",
+                "ingress-not-programmed",
+            ),
+            (
+                Direction::Egress,
+                "egress-not-allowed",
+                "egress-not-programmed",
+            ),
+        ] {
+            for c in self.nft.rule_counters(&table(), ruleset::base_chain(d))? {
+                let reason = match c.comment.as_deref() {
+                    Some(ruleset::NOT_ALLOWED) => allowed,
+                    Some(ruleset::NOT_PROGRAMMED) => programmed,
+                    _ => continue,
+                };
+                out.push((reason, c.packets));
+            }
+        }
+        Ok(out)
     }
 
     /// Sends what changed, as one transaction. On failure the next sync

@@ -35,6 +35,11 @@ pub mod names {
     pub const EGRESS_ISOLATED: &str = "egress-isolated";
 }
 
+/// The comment of the guard's drop rules.
+pub const NOT_PROGRAMMED: &str = "pod not programmed yet";
+/// The comment of the drop rules that end the base chains.
+pub const NOT_ALLOWED: &str = "no policy allows it";
+
 /// The table.
 pub fn table() -> Table {
     Table::new(Family::Ip, TABLE)
@@ -185,7 +190,7 @@ pub fn skeleton(b: &mut Batch, node: &NodeConfig) {
                 Expr::Counter,
                 verdict(Verdict::Drop),
             ];
-            b.add_rule(&t, base, guard, Some("pod not programmed yet"));
+            b.add_rule(&t, base, guard, Some(NOT_PROGRAMMED));
         }
         let open = vec![
             local_addr(d, r(0)),
@@ -203,7 +208,7 @@ pub fn skeleton(b: &mut Batch, node: &NodeConfig) {
             &t,
             base,
             vec![Expr::Counter, verdict(Verdict::Drop)],
-            Some("no policy allows it"),
+            Some(NOT_ALLOWED),
         );
     }
     if let Some(cidr) = node.guard_cidr {

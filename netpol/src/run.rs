@@ -207,6 +207,10 @@ pub async fn run(cp: Arc<dyn ControlPlane>, shared: Arc<Shared>, cfg: Config) ->
             let mut engine = s.lock();
             if canary_due && ready {
                 engine.check_canary();
+                match engine.dropped() {
+                    Ok(d) => s.metrics.set_dropped(d),
+                    Err(e) => tracing::debug!(error = %e, "network policy: read drop counters"),
+                }
             }
             s.sync(&mut engine)
         })

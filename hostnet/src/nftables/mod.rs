@@ -29,7 +29,7 @@ pub use model::{
     BaseChain, Chain, ChainType, DataType, Elem, ElemData, Family, Field, Hook, KeyType, MapData,
     Policy, Set, SetFlags, Table, Value, Verdict,
 };
-pub use read::{ChainInfo, TableInfo};
+pub use read::{ChainInfo, RuleCounter, TableInfo};
 pub use socket::NfTablesSocket;
 /// Walks netlink attributes; shared with the proxy's other netfilter reads.
 pub use wire::attrs;
@@ -106,4 +106,11 @@ pub trait NfTables: Send + Sync {
 
     /// The elements of set or map `set` in `table`.
     fn elements(&self, table: &Table, set: &str) -> Result<Vec<Elem>>;
+
+    /// The counters of the rules of `chain` that have one, in rule order
+    /// (none by default: fakes count nothing).
+    fn rule_counters(&self, table: &Table, chain: &str) -> Result<Vec<RuleCounter>> {
+        let _ = (table, chain);
+        Ok(Vec::new())
+    }
 }

@@ -1,5 +1,6 @@
 //! The reads a resync needs, and no more: whether a table exists (with its
-//! handle), the chains of a table, the elements of a set or map. Replies
+//! handle), the chains of a table, the elements of a set or map; and the
+//! counters of a chain's rules, for metrics. Replies
 //! are decoded into the model's types; attributes we do not use are skipped.
 
 use super::model::{Elem, ElemData, Table, Value, Verdict};
@@ -94,6 +95,82 @@ pub(super) fn chains(s: &NfTablesSocket, table: &Table) -> Result<Vec<ChainInfo>
         },
     )?;
     Ok(out)
+}
+
+/// A rule's counter as the kernel reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleCounter {
+    /// The rule's comment, if it has one.
+    pub comment: Option<String>,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+pub(super) fn rule_counters(
+    s: &NfTablesSocket,
+    table: &Table,
+    chain: &str,
+) -> Result<Vec<RuleCounter>> {
+    let what = format!("list rules of {}/{chain}", table.name);
+    let mut req = wire::Attrs::new();
+    req.str(1, &table.name).str(2, chain);
+    let req = req.finish().unwrap_or_default();
+    let mut out = Vec::new();
+    s.request(
+        &what,
+        wire::GETRULE,
+        table.family.proto(),
+        wire::NLM_F_DUMP,
+        &req,
+        |m| {
+            let mut comment = None;
+            let mut counter = None;
+            for (ty, p) in attrs(m) {
+                match ty {
+                    // NFTA_RULE_EXPRESSIONS: { LIST_ELEM { NAME, DATA } }
+                    4 => counter = attrs(p).find_map(|(_, e)| decode_counter(e)).or(counter),
+                    // NFTA_RULE_USERDATA: TLV type 0 is the comment.
+                    7 if p.len() > 2 && p[0] == 0 => {
+                        let text = &p[2..(2 + p[1] as usize).min(p.len())];
+                        comment = wire::string(text);
+                    }
+                    _ => {}
+                }
+            }
+            if let Some((bytes, packets)) = counter {
+                out.push(RuleCounter {
+                    comment,
+                    packets,
+                    bytes,
+                });
+            }
+            Ok(())
+        },
+    )?;
+    Ok(out)
+}
+
+/// (bytes, packets) of a `counter` expression.
+fn decode_counter(e: &[u8]) -> Option<(u64, u64)> {
+    let mut is_counter = false;
+    let mut data = None;
+    for (ty, p) in attrs(e) {
+        match ty {
+            1 => is_counter = wire::string(p).as_deref() == Some("counter"),
+            2 => data = Some(p),
+            _ => {}
+        }
+    }
+    let data = data.filter(|_| is_counter)?;
+    let (mut bytes, mut packets) = (0, 0);
+    for (ty, p) in attrs(data) {
+        match ty {
+            1 => bytes = wire::be64(p).unwrap_or_default(),
+            2 => packets = wire::be64(p).unwrap_or_default(),
+            _ => {}
+        }
+    }
+    Some((bytes, packets))
 }
 
 pub(super) fn elements(s: &NfTablesSocket, table: &Table, set: &str) -> Result<Vec<Elem>> {

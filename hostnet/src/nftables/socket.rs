@@ -12,7 +12,7 @@ use nix::sys::socket::{setsockopt, sockopt};
 
 use super::batch::Batch;
 use super::model::{Elem, Table};
-use super::read::{self, ChainInfo, TableInfo};
+use super::read::{self, ChainInfo, RuleCounter, TableInfo};
 use super::wire;
 use super::{Error, NfTables, Result};
 
@@ -310,5 +310,9 @@ impl NfTables for NfTablesSocket {
 
     fn elements(&self, table: &Table, set: &str) -> Result<Vec<Elem>> {
         read::elements(self, table, set)
+    }
+
+    fn rule_counters(&self, table: &Table, chain: &str) -> Result<Vec<RuleCounter>> {
+        read::rule_counters(self, table, chain)
     }
 }

@@ -16,6 +16,7 @@ pub(super) const NEWCHAIN: u16 = 3;
 pub(super) const GETCHAIN: u16 = 4;
 pub(super) const DELCHAIN: u16 = 5;
 pub(super) const NEWRULE: u16 = 6;
+pub(super) const GETRULE: u16 = 7;
 pub(super) const DELRULE: u16 = 8;
 pub(super) const NEWSET: u16 = 9;
 pub(super) const DELSET: u16 = 11;

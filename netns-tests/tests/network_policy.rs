@@ -493,8 +493,15 @@ const TCP81: (u16, Proto) = (81, Proto::Tcp);
 const UDP80: (u16, Proto) = (80, Proto::Udp);
 const UDP81: (u16, Proto) = (81, Proto::Udp);
 
-fn is(p: &LabPod, id: &str) -> bool {
-    p.id() == id
+/// A case's expectation: whether `from` reaches `to` on (port, proto).
+type Allowed = fn(&LabPod, &LabPod, u16, Proto) -> bool;
+
+/// A case of one policy: its name, spec, what to probe, what to expect.
+type Case<'a> = (&'a str, Value, &'a [(u16, Proto)], Allowed);
+
+/// One policy in x selecting pod=a (`x/a`), with `rules` as its ingress.
+fn x_a_ingress(rules: Value) -> Value {
+    json!({"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": rules})
 }
 
 #[test]
@@ -504,138 +511,104 @@ fn truth_table() -> Result<()> {
     }
     let lab = Lab::start(2)?;
     let all = [TCP80, UDP80];
+    let ports = [TCP80, TCP81, UDP80, UDP81];
+    let open: Allowed = |_, _, _, _| true;
+    lab.expect("no policy: every pod reaches every pod", &all, open)?;
 
-    lab.expect(
-        "no policy: every pod reaches every pod",
-        &all,
-        |_, _, _, _| true,
-    )?;
+    // Cases of one policy in x: applied, the matrix checked, deleted.
+    let single: Vec<Case> = vec![
+        (
+            "default-deny ingress in x",
+            json!({"podSelector": {}, "policyTypes": ["Ingress"]}),
+            &all,
+            |_, t, _, _| t.ns != "x",
+        ),
+        (
+            "default-deny egress in x",
+            json!({"podSelector": {}, "policyTypes": ["Egress"]}),
+            &all,
+            |f, _, _, _| f.ns != "x",
+        ),
+        (
+            "allow by named port (TCP serve-81, UDP serve-81-udp)",
+            x_a_ingress(json!([{"ports": [{"protocol": "TCP", "port": "serve-81"},
+                                           {"protocol": "UDP", "port": "serve-81-udp"}]}])),
+            &ports,
+            |_, t, port, _| t.id() != "x/a" || port == 81,
+        ),
+        (
+            "allow by port range (TCP 81-90)",
+            x_a_ingress(json!([{"ports": [{"protocol": "TCP", "port": 81, "endPort": 90}]}])),
+            &ports,
+            |_, t, port, proto| t.id() != "x/a" || (port == 81 && proto == Proto::Tcp),
+        ),
+        (
+            "ipBlock with except (the cluster but node 1's pods)",
+            x_a_ingress(
+                json!([{"from": [{"ipBlock": {"cidr": NETWORK, "except": [lab.subnet(1)?]}}]}]),
+            ),
+            &all,
+            |f, t, _, _| t.id() != "x/a" || f.node != 1,
+        ),
+        (
+            "egress to pod=c anywhere on TCP 80 only",
+            json!({"podSelector": {}, "policyTypes": ["Egress"],
+                   "egress": [{"to": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"pod": "c"}}}],
+                               "ports": [{"protocol": "TCP", "port": 80}]}]}),
+            &[TCP80, UDP80, TCP81],
+            |f, t, port, proto| f.ns != "x" || (t.name == "c" && port == 80 && proto == Proto::Tcp),
+        ),
+    ];
+    for (case, spec, probes, allowed) in single {
+        lab.policy("case", "x", spec)?;
+        lab.expect(case, probes, allowed)?;
+        lab.delete_policy("case", "x")?;
+        lab.expect(&format!("{case}: deleted, all open"), &all, open)?;
+    }
 
-    lab.policy(
-        "deny-in",
-        "x",
-        json!({"podSelector": {}, "policyTypes": ["Ingress"]}),
-    )?;
-    lab.expect("default-deny ingress in x", &all, |_, t, _, _| t.ns != "x")?;
-    lab.delete_policy("deny-in", "x")?;
-
-    lab.policy(
-        "deny-eg",
-        "x",
-        json!({"podSelector": {}, "policyTypes": ["Egress"]}),
-    )?;
-    lab.expect("default-deny egress in x", &all, |f, _, _, _| f.ns != "x")?;
-    lab.delete_policy("deny-eg", "x")?;
-    lab.expect("deletion opens everything again", &all, |_, _, _, _| true)?;
-
-    // x/a takes traffic from pod=b in x only.
-    let by_pod = json!({"podSelector": {"matchLabels": {"pod": "a"}},
-        "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "b"}}}]}]});
+    // One policy updated in place, case after case.
+    let by_pod = x_a_ingress(json!([{"from": [{"podSelector": {"matchLabels": {"pod": "b"}}}]}]));
     lab.policy("allow-a", "x", by_pod)?;
     lab.expect("allow by pod label", &all, |f, t, _, _| {
-        !is(t, "x/a") || is(f, "x/b")
+        t.id() != "x/a" || f.id() == "x/b"
     })?;
-
-    // Update: by namespace label (every pod of y).
-    let by_ns = json!({"podSelector": {"matchLabels": {"pod": "a"}},
-        "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}}]}]});
+    let by_ns =
+        x_a_ingress(json!([{"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}}]}]));
     lab.policy("allow-a", "x", by_ns)?;
-    lab.expect(
-        "allow by namespace label (policy updated)",
-        &all,
-        |f, t, _, _| !is(t, "x/a") || f.ns == "y",
-    )?;
-
-    // Both: pod=c in namespaces ns=y.
-    let both = json!({"podSelector": {"matchLabels": {"pod": "a"}},
-        "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}},
-                              "podSelector": {"matchLabels": {"pod": "c"}}}]}]});
-    lab.policy("allow-a", "x", both)?;
-    lab.expect("allow by namespace and pod label", &all, |f, t, _, _| {
-        !is(t, "x/a") || is(f, "y/c")
+    lab.expect("allow by namespace label (updated)", &all, |f, t, _, _| {
+        t.id() != "x/a" || f.ns == "y"
     })?;
+    let both = x_a_ingress(
+        json!([{"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}},
+                                             "podSelector": {"matchLabels": {"pod": "c"}}}]}]),
+    );
+    lab.policy("allow-a", "x", both)?;
+    lab.expect(
+        "allow by namespace and pod label (updated)",
+        &all,
+        |f, t, _, _| t.id() != "x/a" || f.id() == "y/c",
+    )?;
 
     // Stacked: a second policy on x/a adds z's pods.
-    lab.policy(
-        "allow-a-z",
-        "x",
-        json!({"podSelector": {"matchLabels": {"pod": "a"}},
-        "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"ns": "z"}}}]}]}),
-    )?;
+    let from_z =
+        x_a_ingress(json!([{"from": [{"namespaceSelector": {"matchLabels": {"ns": "z"}}}]}]));
+    lab.policy("allow-a-z", "x", from_z)?;
     lab.expect("stacked policies add up", &all, |f, t, _, _| {
-        !is(t, "x/a") || is(f, "y/c") || f.ns == "z"
+        t.id() != "x/a" || f.id() == "y/c" || f.ns == "z"
     })?;
     lab.delete_policy("allow-a-z", "x")?;
 
-    // Label changes: y/b becomes pod=c (peer); namespace z gets ns=y.
+    // Label changes: y/b becomes pod=c (a peer); namespace z gets ns=y.
     let yb = lab.pod("y/b");
     lab.write_pod("y", "b", yb.node, yb.pod.ip(), json!({"pod": "c"}))?;
-    lab.cp
-        .apply(vec![json!({"apiVersion": "v1", "kind": "Namespace",
-        "metadata": {"name": "z", "labels": {"ns": "y"}}})])?;
+    let z_as_y = json!({"apiVersion": "v1", "kind": "Namespace",
+                        "metadata": {"name": "z", "labels": {"ns": "y"}}});
+    lab.cp.apply(vec![z_as_y])?;
     lab.expect("pod and namespace label changes", &all, |f, t, _, _| {
-        !is(t, "x/a") || is(f, "y/c") || is(f, "y/b") || is(f, "z/c")
+        t.id() != "x/a" || ["y/b", "y/c", "z/c"].contains(&f.id().as_str())
     })?;
-    lab.write_pod("y", "b", yb.node, yb.pod.ip(), json!({"pod": "b"}))?;
-    lab.cp
-        .apply(vec![json!({"apiVersion": "v1", "kind": "Namespace",
-        "metadata": {"name": "z", "labels": {"ns": "z"}}})])?;
     lab.delete_policy("allow-a", "x")?;
-
-    // Ports: x/a takes only 81 by name (TCP: serve-81; UDP: serve-81-udp).
-    lab.policy(
-        "named",
-        "x",
-        json!({"podSelector": {"matchLabels": {"pod": "a"}},
-        "ingress": [{"ports": [{"protocol": "TCP", "port": "serve-81"},
-                               {"protocol": "UDP", "port": "serve-81-udp"}]}]}),
-    )?;
-    let ports = [TCP80, TCP81, UDP80, UDP81];
-    lab.expect("allow by named port", &ports, |_, t, port, _| {
-        !is(t, "x/a") || port == 81
-    })?;
-    lab.delete_policy("named", "x")?;
-
-    // A port range 81-90 of TCP only.
-    lab.policy(
-        "range",
-        "x",
-        json!({"podSelector": {"matchLabels": {"pod": "a"}},
-        "ingress": [{"ports": [{"protocol": "TCP", "port": 81, "endPort": 90}]}]}),
-    )?;
-    lab.expect("allow by port range", &ports, |_, t, port, proto| {
-        !is(t, "x/a") || (port == 81 && proto == Proto::Tcp)
-    })?;
-    lab.delete_policy("range", "x")?;
-
-    // ipBlock: the cluster network except node 1's pods.
-    let node1 = lab.subnet(1)?;
-    lab.policy(
-        "block",
-        "x",
-        json!({"podSelector": {"matchLabels": {"pod": "a"}},
-        "ingress": [{"from": [{"ipBlock": {"cidr": NETWORK, "except": [node1]}}]}]}),
-    )?;
-    lab.expect("allow by ipBlock with except", &all, |f, t, _, _| {
-        !is(t, "x/a") || f.node != 1
-    })?;
-    lab.delete_policy("block", "x")?;
-
-    // Egress by pod label and port: x/* may reach only pod=c on TCP 80.
-    lab.policy(
-        "eg",
-        "x",
-        json!({"podSelector": {}, "policyTypes": ["Egress"],
-        "egress": [{"to": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"pod": "c"}}}],
-                    "ports": [{"protocol": "TCP", "port": 80}]}]}),
-    )?;
-    lab.expect(
-        "egress by label and port",
-        &[TCP80, UDP80, TCP81],
-        |f, t, port, proto| f.ns != "x" || (t.name == "c" && port == 80 && proto == Proto::Tcp),
-    )?;
-    lab.delete_policy("eg", "x")?;
-    lab.expect("every policy deleted: all open", &all, |_, _, _, _| true)?;
+    lab.expect("every policy deleted: all open", &all, open)?;
     Ok(())
 }
 

@@ -469,11 +469,5 @@ impl Engine {
 /// Deletes table `ip knode-policy` (`--disable network-policy`, or
 /// `knode agent --cleanup`). Returns whether it was there.
 pub fn cleanup(nft: &dyn NfTables) -> Result<bool> {
-    if nft.table(&table())?.is_none() {
-        return Ok(false);
-    }
-    let mut b = Batch::new();
-    b.delete_table(&table());
-    nft.apply(&b)?;
-    Ok(true)
+    Ok(hostnet::nftables::delete_table_if_present(nft, &table())?)
 }

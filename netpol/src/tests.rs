@@ -62,6 +62,11 @@ fn ip(s: &str) -> hostnet::nftables::Value {
     ipv4(s.parse().unwrap())
 }
 
+fn chain_names(fake: &RecordingNfTables) -> Vec<String> {
+    let chains = fake.chains(&table()).unwrap();
+    chains.into_iter().map(|c| c.name).collect()
+}
+
 fn last(fake: &RecordingNfTables) -> Batch {
     fake.batches().pop().unwrap()
 }
@@ -120,12 +125,7 @@ fn a_full_sync_writes_the_table_with_every_policy_and_pod() {
         elems(&fake, &named),
         vec![named_elem("10.244.1.2".parse().unwrap(), 6, 8080)]
     );
-    let chains: Vec<String> = fake
-        .chains(&table())
-        .unwrap()
-        .into_iter()
-        .map(|c| c.name)
-        .collect();
+    let chains = chain_names(&fake);
     assert!(chains.contains(&format!("{id}/in")), "{chains:?}");
     assert!(
         !chains.contains(&format!("{id}/eg")),
@@ -215,22 +215,12 @@ fn a_policy_change_touches_its_own_chains_and_the_dispatch_only() {
         );
         assert!(!touched.starts_with(&other_id), "{op:?}");
     }
-    let chains: Vec<String> = fake
-        .chains(&table())
-        .unwrap()
-        .into_iter()
-        .map(|c| c.name)
-        .collect();
+    let chains = chain_names(&fake);
     assert!(chains.contains(&format!("{new}/in")) && !chains.contains(&format!("{old}/in")));
     // Removing a policy deletes its chains and sets.
     e.set_policy(key("x", "allow-b"), None);
     e.sync().unwrap();
-    let chains: Vec<String> = fake
-        .chains(&table())
-        .unwrap()
-        .into_iter()
-        .map(|c| c.name)
-        .collect();
+    let chains = chain_names(&fake);
     assert!(!chains.iter().any(|c| c.starts_with(&new)), "{chains:?}");
     assert!(fake
         .elements(&table(), &ruleset::selected_set(&new))

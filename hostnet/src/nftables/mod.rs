@@ -65,6 +65,18 @@ impl Error {
 /// Result type of this module.
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// Deletes `table` with everything in it, if it exists (a component
+/// turned off, `knode agent --cleanup`). Returns whether it was there.
+pub fn delete_table_if_present(nft: &dyn NfTables, table: &Table) -> Result<bool> {
+    if nft.table(table)?.is_none() {
+        return Ok(false);
+    }
+    let mut b = Batch::new();
+    b.delete_table(table);
+    nft.apply(&b)?;
+    Ok(true)
+}
+
 /// The errno's symbolic name for the errors nf_tables returns.
 fn errno_name(e: &io::Error) -> String {
     let name = match e.raw_os_error() {

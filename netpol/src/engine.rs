@@ -12,7 +12,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hostnet::nftables::{Batch, Elem, NfTables};
+use hostnet::nftables::{Batch, Canary, Elem, NfTables, OwnedTable};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
@@ -60,9 +60,7 @@ pub struct Engine {
     /// Addresses the kubelet reported before the pod's status had them:
     /// key -> (uid, address).
     gated: HashMap<Key, (String, Ipv4Addr)>,
-    need_full: bool,
-    /// The table's handle after the last full sync.
-    handle: Option<u64>,
+    table: OwnedTable,
 }
 
 fn empty_labels() -> &'static Labels {
@@ -86,8 +84,7 @@ impl Engine {
             added: Vec::new(),
             removed: Vec::new(),
             gated: HashMap::new(),
-            need_full: true,
-            handle: None,
+            table: OwnedTable::new(table()),
         }
     }
 
@@ -293,12 +290,12 @@ impl Engine {
 
     /// Whether the next sync rebuilds the table.
     pub fn next_is_full(&self) -> bool {
-        self.need_full
+        self.table.need_full()
     }
 
     /// Whether there is anything to send.
     pub fn dirty(&self) -> bool {
-        self.need_full
+        self.table.need_full()
             || !self.pending.is_empty()
             || !self.added.is_empty()
             || !self.removed.is_empty()
@@ -307,13 +304,11 @@ impl Engine {
     /// Whether the table is the one the last full sync built; if not
     /// (deleted, flushed, recreated) the next sync is full.
     pub fn check_canary(&mut self) -> bool {
-        let now = self.nft.table(&table()).ok().flatten().map(|t| t.handle);
-        let intact = now.is_some() && now == self.handle;
-        if !intact && !self.need_full {
+        let c = self.table.check(self.nft.as_ref());
+        if c == Canary::NewlyLost {
             tracing::warn!("nft table ip knode-policy gone or recreated: next sync is full");
-            self.need_full = true;
         }
-        intact
+        c == Canary::Intact
     }
 
     /// Packets dropped so far, by reason (`<direction>-not-allowed`: no
@@ -349,23 +344,13 @@ impl Engine {
     /// is full.
     pub fn sync(&mut self) -> Result<SyncOutcome> {
         let start = Instant::now();
-        let full = self.need_full;
+        let full = self.table.need_full();
         let (batch, outcome) = if full {
             self.full_batch()
         } else {
             self.partial_batch()
         };
-        let applied = !batch.is_empty();
-        if applied {
-            if let Err(e) = self.nft.apply(&batch) {
-                self.need_full = true;
-                return Err(e.into());
-            }
-        }
-        if full {
-            self.handle = self.nft.table(&table())?.map(|t| t.handle);
-            self.need_full = false;
-        }
+        let applied = self.table.apply(self.nft.as_ref(), &batch, full)?;
         self.pending.clear();
         self.added.clear();
         self.removed.clear();

@@ -14,6 +14,7 @@ mod batch;
 mod expr;
 mod fake;
 mod model;
+mod owned;
 mod read;
 mod socket;
 mod wire;
@@ -29,6 +30,7 @@ pub use model::{
     BaseChain, Chain, ChainType, DataType, Elem, ElemData, Family, Field, Hook, KeyType, MapData,
     Policy, Set, SetFlags, Table, Value, Verdict,
 };
+pub use owned::{Canary, OwnedTable};
 pub use read::{ChainInfo, RuleCounter, TableInfo};
 pub use socket::NfTablesSocket;
 /// Walks netlink attributes; shared with the proxy's other netfilter reads.

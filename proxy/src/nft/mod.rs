@@ -13,7 +13,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hostnet::nftables::{Batch, Elem, NfTables, Value};
+use hostnet::nftables::{Batch, Canary, Elem, NfTables, OwnedTable, Value};
 use ruleset::{hairpin_elem, names, service_elements, set_named, skeleton, table, Element};
 
 use crate::conntrack::{self, Conntrack, UdpTarget};
@@ -43,11 +43,10 @@ pub struct NftSyncer {
     services: HashMap<Key, Applied>,
     /// Endpoint IP → how many Service ports use it (its hairpin element).
     hairpin: HashMap<Ipv4Addr, usize>,
-    /// The table's handle after the last full sync.
-    handle: Option<u64>,
+    /// Whether the table is the one the last full sync built.
+    table: OwnedTable,
     /// Counts syncs (see `Applied::epoch`).
     epoch: u64,
-    need_full: bool,
     last_full: Option<Instant>,
 }
 
@@ -61,9 +60,8 @@ impl NftSyncer {
             full_period: DEFAULT_FULL_SYNC_PERIOD,
             services: HashMap::new(),
             hairpin: HashMap::new(),
-            handle: None,
+            table: OwnedTable::new(table()),
             epoch: 0,
-            need_full: true,
             last_full: None,
         }
     }
@@ -213,16 +211,8 @@ impl NftSyncer {
             Batch::new()
         };
         let changed = diff.render(&mut batch);
-        let applied = !batch.is_empty();
-        if applied {
-            if let Err(e) = self.nft.apply(&batch) {
-                self.need_full = true;
-                return Err(e.into());
-            }
-        }
+        let applied = self.table.apply(self.nft.as_ref(), &batch, full)?;
         if full {
-            self.handle = self.nft.table(&table())?.map(|t| t.handle);
-            self.need_full = false;
             self.last_full = Some(Instant::now());
         }
         let conntrack_deleted = self.clean_conntrack(&udp);
@@ -255,7 +245,7 @@ impl Proxier for NftSyncer {
     fn sync(&mut self, desired: &[ServicePort]) -> Result<SyncOutcome> {
         let r = self.sync_inner(desired);
         if r.is_err() {
-            self.need_full = true;
+            self.table.set_need_full();
         }
         r
     }
@@ -264,17 +254,15 @@ impl Proxier for NftSyncer {
     /// (same handle); if not (deleted, flushed with the ruleset, or
     /// recreated by someone) the next sync is full.
     fn check_canary(&mut self) -> bool {
-        let now = self.nft.table(&table()).ok().flatten().map(|t| t.handle);
-        let intact = now.is_some() && now == self.handle;
-        if !intact && !self.need_full {
+        let c = self.table.check(self.nft.as_ref());
+        if c == Canary::NewlyLost {
             tracing::warn!("nft table ip kube-proxy gone or recreated: next sync is full");
-            self.need_full = true;
         }
-        intact
+        c == Canary::Intact
     }
 
     fn next_is_full(&self) -> bool {
-        self.need_full
+        self.table.need_full()
             || self
                 .last_full
                 .is_none_or(|t| t.elapsed() >= self.full_period)

@@ -5,6 +5,7 @@
 
 mod cni;
 mod controlplane;
+mod netpol;
 mod overlay;
 mod pods;
 mod proxy;
@@ -85,6 +86,11 @@ const BENCHES: &[Bench] = &[
         name: "proxy-nft",
         about: "nftables mode: full sync at 1k/10k/50k, partial sync at 10k/50k beside the iptables mode's",
         run: proxy::nftmode::run,
+    },
+    Bench {
+        name: "netpol",
+        about: "NetworkPolicy programming: 1,000 policies over 10,000 pods, full sync, one pod, one policy",
+        run: netpol::run,
     },
     Bench {
         name: "overlay",

@@ -3,6 +3,7 @@
 //! `except`s carved out) and ports (merged ranges per protocol, and named
 //! ports left to resolve per pod). Pure: no pods, no kernel.
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use ipnet::IpNet;
@@ -103,13 +104,27 @@ pub struct Compiled {
     /// `None` when the policy does not isolate ingress.
     pub ingress: Option<Vec<Rule>>,
     pub egress: Option<Vec<Rule>>,
-    /// Whether a pod of another namespace can add elements to its sets:
-    /// a namespaceSelector, a rule open to every peer, or address ranges
-    /// with named ports (resolved on the pods in the ranges).
-    pub cross_namespace: bool,
+    /// The namespaceSelectors of its pod peers: pods of namespaces they
+    /// match can be peers.
+    pub peer_namespaces: Vec<LabelSelector>,
+    /// Whether pods of every namespace can add elements to its sets
+    /// (named ports of an egress rule open to every peer or to address
+    /// ranges).
+    pub all_namespaces: bool,
 }
 
 impl Compiled {
+    /// Whether pods of namespace `ns` (labelled `labels`) can add elements
+    /// to its sets: a pod of any other namespace cannot.
+    pub fn concerns(&self, ns: &str, labels: &BTreeMap<String, String>) -> bool {
+        ns == self.namespace
+            || self.all_namespaces
+            || self
+                .peer_namespaces
+                .iter()
+                .any(|s| controlplane::labels::matches(s, labels))
+    }
+
     /// The rules of direction `d`, if the policy isolates it.
     pub fn rules(&self, d: Direction) -> Option<&[Rule]> {
         match d {
@@ -141,20 +156,21 @@ pub fn compile(np: &NetworkPolicy) -> Compiled {
             .map(|r| rule(r.to.as_deref(), r.ports.as_deref()))
             .collect::<Vec<_>>()
     });
-    let cross_namespace = ingress
-        .iter()
-        .chain(egress.iter())
-        .flatten()
-        .any(|r| match &r.peers {
-            None => true,
-            Some(p) => {
-                p.pods
-                    .iter()
-                    .any(|p| matches!(p.namespaces, Namespaces::Matching(_)))
-                    || (!p.cidrs.is_empty()
-                        && r.ports.as_ref().is_some_and(|p| !p.named.is_empty()))
-            }
-        });
+    let rules = || ingress.iter().chain(egress.iter()).flatten();
+    // Named ports of an egress rule open to every peer, or to address
+    // ranges, are resolved on pods of any namespace (an ingress rule's on
+    // the selected pods).
+    let all_namespaces = egress.iter().flatten().any(|r| {
+        let named = r.ports.as_ref().is_some_and(|p| !p.named.is_empty());
+        named && r.peers.as_ref().is_none_or(|p| !p.cidrs.is_empty())
+    });
+    let peer_namespaces = rules()
+        .flat_map(|r| r.peers.iter().flat_map(|p| p.pods.iter()))
+        .filter_map(|p| match &p.namespaces {
+            Namespaces::Matching(sel) => Some(sel.clone()),
+            Namespaces::Own => None,
+        })
+        .collect();
     Compiled {
         id: chain_id(&namespace, &name, &spec),
         namespace,
@@ -162,7 +178,8 @@ pub fn compile(np: &NetworkPolicy) -> Compiled {
         pod_selector: spec.pod_selector.clone().unwrap_or_default(),
         ingress,
         egress,
-        cross_namespace,
+        peer_namespaces,
+        all_namespaces,
     }
 }
 
@@ -377,10 +394,22 @@ mod tests {
         let b = compile(&policy(json!({"podSelector": {"matchLabels": {"a": "b"}}})));
         assert!(a.id.starts_with("np/x/p/") && a.id != b.id);
         assert_eq!(a.id, compile(&policy(json!({"podSelector": {}}))).id);
-        assert!(!a.cross_namespace);
-        let c = compile(&policy(
-            json!({"podSelector": {}, "ingress": [{"from": [{"namespaceSelector": {}}]}]}),
-        ));
-        assert!(c.cross_namespace);
+        let none = BTreeMap::new();
+        assert!(a.concerns("x", &none) && !a.concerns("y", &none));
+        let c = compile(&policy(json!({"podSelector": {}, "ingress": [{"from": [
+            {"namespaceSelector": {"matchLabels": {"team": "y"}}}]}]})));
+        let team_y = [("team".to_string(), "y".to_string())].into();
+        assert!(c.concerns("y", &team_y) && !c.concerns("z", &none));
+        let named = |dir: &str, peers: &str| {
+            json!({"podSelector": {}, dir: [{peers: [{"ipBlock": {"cidr": "10.0.0.0/8"}}],
+                                             "ports": [{"port": "web"}]}]})
+        };
+        let d = compile(&policy(named("egress", "to")));
+        assert!(d.concerns("z", &none), "egress named ports: any namespace");
+        let e = compile(&policy(named("ingress", "from")));
+        assert!(
+            !e.concerns("z", &none),
+            "ingress named ports: the selected pods'"
+        );
     }
 }

@@ -102,10 +102,11 @@ impl Engine {
         if before.as_ref() == self.namespaces.get(name) {
             return;
         }
+        // Only namespace selectors read namespace labels.
         let policies: Vec<Arc<Compiled>> = self
             .policies
             .values()
-            .filter(|p| p.cross_namespace)
+            .filter(|p| !p.peer_namespaces.is_empty())
             .cloned()
             .collect();
         let names: Vec<String> = self
@@ -161,10 +162,11 @@ impl Engine {
             .insert(key.1.clone());
         self.pods.insert(key.clone(), info);
         self.recompute(&key, None);
+        let labels = self.namespaces.get(&key.0).unwrap_or(empty_labels());
         let policies: Vec<Arc<Compiled>> = self
             .policies
             .values()
-            .filter(|p| p.cross_namespace || p.namespace == key.0)
+            .filter(|p| p.concerns(&key.0, labels))
             .cloned()
             .collect();
         for p in &policies {
@@ -208,16 +210,15 @@ impl Engine {
         let Some(p) = compiled else { return };
         self.policies.insert(key, Arc::clone(&p));
         self.added.push(Arc::clone(&p));
-        let candidates: Vec<Key> = if p.cross_namespace {
-            self.pods.keys().cloned().collect()
-        } else {
-            self.by_namespace
-                .get(&p.namespace)
-                .into_iter()
-                .flatten()
-                .map(|n| (p.namespace.clone(), n.clone()))
-                .collect()
-        };
+        let candidates: Vec<Key> = self
+            .by_namespace
+            .iter()
+            .filter(|(ns, _)| {
+                let labels = self.namespaces.get(*ns).unwrap_or(empty_labels());
+                p.concerns(ns, labels)
+            })
+            .flat_map(|(ns, names)| names.iter().map(|n| (ns.clone(), n.clone())))
+            .collect();
         for pod in candidates {
             self.recompute(&pod, Some(&p));
         }

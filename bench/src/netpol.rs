@@ -1,0 +1,230 @@
+//! NetworkPolicy programming time (`bench netpol`): 1,000 policies over
+//! 10,000 pods of one node (100 namespaces x 100 pods, 10 apps each), in
+//! a fresh namespace: the full sync (engine state from nothing, then the
+//! one transaction that builds table `ip knode-policy`), one pod created
+//! (compute + element-only transaction), one pod relabelled, and one
+//! policy replaced. Medians, p99 to stdout and `netpol.json`. There is no
+//! reference tool on the machine to run beside it (kube-router and Calico
+//! are not packaged); the goals are the yardstick.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Result};
+use hostnet::nftables::NfTablesSocket;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use netns_tests::TestNs;
+use netpol::{Engine, NodeConfig};
+use serde_json::{json, Value};
+
+use crate::report::{host_facts, with_targets, write_file};
+use crate::stats::{round3, Summary};
+use crate::Opts;
+
+const NODE: &str = "bench-node";
+const NAMESPACES: usize = 100;
+const PODS_PER_NAMESPACE: usize = 100;
+const APPS_PER_NAMESPACE: usize = 10;
+const POLICIES_PER_NAMESPACE: usize = 10;
+const FULL_REPS: usize = 3;
+const CHANGE_REPS: usize = 50;
+
+fn ns_name(n: usize) -> String {
+    format!("ns-{n}")
+}
+
+/// Pod `i` of namespace `n`: app `i % 10`, a named port `http`.
+fn pod(n: usize, i: usize, app: usize) -> Pod {
+    let k = n * PODS_PER_NAMESPACE + i;
+    let ip = format!("10.128.{}.{}", k / 250, k % 250 + 2);
+    serde_json::from_value(json!({
+        "metadata": {"namespace": ns_name(n), "name": format!("p-{i}"), "uid": format!("u-{k}"),
+                     "labels": {"app": format!("app-{app}"), "tier": format!("t-{}", i % 3)}},
+        "spec": {"nodeName": NODE, "containers": [{"name": "c", "ports": [
+            {"name": "http", "containerPort": 8080, "protocol": "TCP"}]}]},
+        "status": {"podIP": ip, "phase": "Running"},
+    }))
+    .expect("pod JSON")
+}
+
+/// Policy `p` of namespace `n`, one of four shapes: by pod label on a
+/// port; by namespace and pod label on a port range; ipBlock with except
+/// on a named port; egress by pod label on UDP 53 plus ingress.
+fn policy(n: usize, p: usize, variant: usize) -> NetworkPolicy {
+    let app = |k: usize| format!("app-{}", k % APPS_PER_NAMESPACE);
+    let sel = json!({"matchLabels": {"app": app(p)}});
+    let spec = match (p + variant) % 4 {
+        0 => json!({"podSelector": sel, "ingress": [{
+            "from": [{"podSelector": {"matchLabels": {"app": app(p + 1)}}}],
+            "ports": [{"protocol": "TCP", "port": 80}]}]}),
+        1 => json!({"podSelector": sel, "ingress": [{
+            "from": [{"namespaceSelector": {"matchLabels": {"team": format!("team-{}", n % 10)}},
+                      "podSelector": {"matchLabels": {"app": app(p + 2)}}}],
+            "ports": [{"protocol": "TCP", "port": 8080, "endPort": 8090}]}]}),
+        2 => json!({"podSelector": sel, "ingress": [{
+            "from": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]}}],
+            "ports": [{"protocol": "TCP", "port": "http"}]}]}),
+        _ => json!({"podSelector": sel, "policyTypes": ["Ingress", "Egress"],
+            "ingress": [{"from": [{"podSelector": {"matchLabels": {"tier": "t-0"}}}]}],
+            "egress": [{"to": [{"podSelector": {"matchLabels": {"app": app(p + 3)}}}],
+                        "ports": [{"protocol": "UDP", "port": 53}]}]}),
+    };
+    serde_json::from_value(json!({
+        "metadata": {"namespace": ns_name(n), "name": format!("np-{p}")},
+        "spec": spec,
+    }))
+    .expect("policy JSON")
+}
+
+/// An engine in `ns` holding the whole scenario; returns how long the
+/// state took to compute.
+fn engine_in(ns: &TestNs) -> Result<(Engine, Duration)> {
+    ns.run(|| -> Result<(Engine, Duration)> {
+        let nft = NfTablesSocket::open()?;
+        let node = NodeConfig {
+            node_name: NODE.into(),
+            guard_cidr: Some("10.128.0.0/16".parse()?),
+        };
+        let mut e = Engine::new(Arc::new(nft), node);
+        let start = Instant::now();
+        for n in 0..NAMESPACES {
+            let labels = [("team".to_string(), format!("team-{}", n % 10))].into();
+            e.set_namespace(&ns_name(n), Some(labels));
+            for i in 0..PODS_PER_NAMESPACE {
+                let p = pod(n, i, i % APPS_PER_NAMESPACE);
+                e.set_pod((ns_name(n), format!("p-{i}")), Some(&p));
+            }
+        }
+        for n in 0..NAMESPACES {
+            for p in 0..POLICIES_PER_NAMESPACE {
+                e.set_policy((ns_name(n), format!("np-{p}")), Some(&policy(n, p, 0)));
+            }
+        }
+        Ok((e, start.elapsed()))
+    })?
+}
+
+/// Runs `change` then a sync in `ns`; the whole time and the sync's.
+fn timed(
+    ns: &TestNs,
+    e: &mut Engine,
+    change: impl FnOnce(&mut Engine) + Send,
+) -> Result<(Duration, netpol::SyncOutcome)> {
+    ns.run(|| -> Result<_> {
+        let start = Instant::now();
+        change(e);
+        let o = e.sync().map_err(|err| anyhow!("sync: {err}"))?;
+        Ok((start.elapsed(), o))
+    })?
+}
+
+fn ms(s: &Option<Summary>) -> Value {
+    match s {
+        Some(s) => json!({"p50": round3(s.p50), "p99": round3(s.p99), "n": s.n}),
+        None => Value::Null,
+    }
+}
+
+/// Runs the benchmark and writes `netpol.json`.
+pub fn run(opts: &Opts) -> Result<()> {
+    let mut compute = Vec::new();
+    let mut full = Vec::new();
+    let mut elements = 0;
+    for rep in 0..FULL_REPS {
+        let ns = TestNs::new("bnp")?;
+        let (mut e, c) = engine_in(&ns)?;
+        let (t, o) = timed(&ns, &mut e, |_| {})?;
+        eprintln!(
+            "netpol: full rep {rep}: state {c:?}, sync {t:?}, {} elements",
+            o.elements
+        );
+        compute.push(c);
+        full.push(c + t);
+        elements = o.elements;
+    }
+
+    // Changes against one programmed table.
+    let ns = TestNs::new("bnp")?;
+    let (mut e, _) = engine_in(&ns)?;
+    timed(&ns, &mut e, |_| {})?;
+    let (mut created, mut relabelled, mut replaced) = (Vec::new(), Vec::new(), Vec::new());
+    let mut element_only = true;
+    for rep in 0..CHANGE_REPS {
+        let n = (rep * 37) % NAMESPACES;
+        let new = pod(n, PODS_PER_NAMESPACE + rep, rep % APPS_PER_NAMESPACE);
+        let key = (ns_name(n), format!("p-{}", PODS_PER_NAMESPACE + rep));
+        let (t, o) = timed(&ns, &mut e, |e| e.set_pod(key, Some(&new)))?;
+        element_only &= o.policies_added == 0 && !o.full;
+        created.push(t);
+        let i = (rep * 13) % PODS_PER_NAMESPACE;
+        let moved = pod(n, i, (i + 1 + rep) % APPS_PER_NAMESPACE);
+        let key = (ns_name(n), format!("p-{i}"));
+        let (t, o) = timed(&ns, &mut e, |e| e.set_pod(key, Some(&moved)))?;
+        element_only &= o.policies_added == 0 && !o.full;
+        relabelled.push(t);
+        let p = rep % POLICIES_PER_NAMESPACE;
+        let np = policy(n, p, rep + 1);
+        let key = (ns_name(n), format!("np-{p}"));
+        replaced.push(timed(&ns, &mut e, |e| e.set_policy(key, Some(&np)))?.0);
+    }
+
+    let full_s = Summary::of(&full);
+    let compute_s = Summary::of(&compute);
+    let (created_s, relabelled_s, replaced_s) = (
+        Summary::of(&created),
+        Summary::of(&relabelled),
+        Summary::of(&replaced),
+    );
+    let mut table = String::from("what                         p50        p99\n");
+    for (what, s) in [
+        ("full sync (state + apply)", &full_s),
+        ("  of which state", &compute_s),
+        ("one pod created", &created_s),
+        ("one pod relabelled", &relabelled_s),
+        ("one policy replaced", &replaced_s),
+    ] {
+        if let Some(s) = s {
+            table.push_str(&format!("{what:<28} {:>8.2}ms {:>8.2}ms\n", s.p50, s.p99));
+        }
+    }
+    table.push_str(&format!(
+        "{} policies, {} pods, {elements} set elements; pod changes element-only: {element_only}\n",
+        NAMESPACES * POLICIES_PER_NAMESPACE,
+        NAMESPACES * PODS_PER_NAMESPACE
+    ));
+    print!("{table}");
+    let target = |what: &str, s: &Option<Summary>, goal: f64| {
+        let p50 = s.map(|s| s.p50);
+        json!({"what": what, "goal_ms": goal, "p50_ms": p50.map(round3),
+               "met": p50.is_some_and(|v| v <= goal)})
+    };
+    let mut doc = host_facts();
+    doc["scenario"] = json!({
+        "policies": NAMESPACES * POLICIES_PER_NAMESPACE,
+        "pods": NAMESPACES * PODS_PER_NAMESPACE,
+        "namespaces": NAMESPACES,
+        "set_elements": elements,
+        "pod_changes_element_only": element_only,
+    });
+    doc["results"] = json!({
+        "full_ms": ms(&full_s),
+        "full_state_ms": ms(&compute_s),
+        "pod_created_ms": ms(&created_s),
+        "pod_relabelled_ms": ms(&relabelled_s),
+        "policy_replaced_ms": ms(&replaced_s),
+    });
+    let doc = with_targets(
+        doc,
+        vec![
+            target("full sync", &full_s, 1000.0),
+            target("one pod created", &created_s, 5.0),
+            target("one pod relabelled", &relabelled_s, 5.0),
+        ],
+    );
+    write_file(
+        &opts.out,
+        "netpol.json",
+        &format!("{}\n", serde_json::to_string_pretty(&doc)?),
+    )
+}

@@ -3,8 +3,8 @@
 //! node that runs pods). What a user would notice: a pod's first container
 //! already reaches what its policies allow (the gate programmed it before
 //! any container started), a pod under default-deny is refused from its
-//! first container on, and the node itself still reaches an isolated pod
-//! (kubelet probes).
+//! first container on, the node itself still reaches an isolated pod
+//! (kubelet probes), and a malformed policy is refused naming its field.
 
 use std::time::Duration;
 
@@ -53,11 +53,42 @@ spec:
     )
 }
 
+/// `knode apply` refuses a policy with a bad CIDR, an unknown protocol or
+/// an endPort below its port, naming the field.
+fn bad_policies_are_refused(n: &Node) -> Result<()> {
+    let cases = [
+        (
+            "ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/33}}]}]",
+            "spec.ingress[0].from[0].ipBlock.cidr",
+        ),
+        (
+            "ingress: [{ports: [{protocol: ICMP, port: 80}]}]",
+            "spec.ingress[0].ports[0].protocol",
+        ),
+        (
+            "egress: [{ports: [{protocol: TCP, port: 90, endPort: 80}]}]",
+            "spec.egress[0].ports[0].endPort",
+        ),
+    ];
+    for (rules, field) in cases {
+        let manifest = format!(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: bad}}\nspec:\n  podSelector: {{}}\n  {rules}\n"
+        );
+        match n.apply(&manifest) {
+            Ok(()) => bail!("accepted: {rules}"),
+            Err(e) if e.to_string().contains(field) => {}
+            Err(e) => bail!("{rules}: refused without naming {field}: {e}"),
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn policies_hold_from_a_pods_first_container() -> Result<()> {
     let Some(n) = Node::for_test("policies_hold_from_a_pods_first_container") else {
         return Ok(());
     };
+    bad_policies_are_refused(&n)?;
     n.apply(&format!(
         r#"
 apiVersion: v1

@@ -93,6 +93,11 @@ const BENCHES: &[Bench] = &[
         run: netpol::run,
     },
     Bench {
+        name: "netpol-packet",
+        about: "NetworkPolicy per-packet cost: TCP connect latency and iperf3 with 1,000 policies vs no table",
+        run: netpol::run_packet,
+    },
+    Bench {
         name: "overlay",
         about: "iperf3 pod-to-pod vs raw underlay and raw vxlan, join convergence and 1,000 leases vs ip -batch",
         run: overlay::run,

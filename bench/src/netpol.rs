@@ -7,10 +7,12 @@
 //! reference tool on the machine to run beside it (kube-router and Calico
 //! are not packaged); the issue's goals are the yardstick.
 
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, Context, Result};
 use hostnet::nftables::NfTablesSocket;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -227,4 +229,248 @@ pub fn run(opts: &Opts) -> Result<()> {
         "netpol.json",
         &format!("{}\n", serde_json::to_string_pretty(&doc)?),
     )
+}
+
+/// Per-packet cost (`bench netpol-packet`): a client and a server pod on
+/// either side of a node namespace (routed, through `forward`), the
+/// server selected by the last of 1,000 policies (the other 999 select
+/// other pods: a new connection walks every policy chain's first rule);
+/// TCP connect latency and iperf3 throughput with the table and without
+/// it, interleaved. Writes `netpol-packet.json`.
+pub fn run_packet(opts: &Opts) -> Result<()> {
+    let lab = PacketLab::new()?;
+    let server_ip = "10.128.2.2";
+    let listener = lab.server.run(|| TcpListener::bind((server_ip, 8080)))??;
+    listener.set_nonblocking(true)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let acceptor = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if listener.accept().is_err() {
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            }
+        })
+    };
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    let (mut bw_with, mut bw_without) = (Vec::new(), Vec::new());
+    let mut engine = lab.engine()?;
+    for round in 0..PACKET_ROUNDS {
+        for table in [true, false] {
+            if table {
+                timed(&lab.node, &mut engine, |e| e.force_full())?;
+            } else {
+                lab.node
+                    .run(|| -> Result<bool> { Ok(netpol::cleanup(&NfTablesSocket::open()?)?) })??;
+            }
+            let samples = lab.connects(server_ip, CONNECTS)?;
+            let bw = lab.iperf(server_ip)?;
+            eprintln!(
+                "netpol-packet: round {round} table={table}: connect p50 {:?}, {bw:.0} Mbit/s",
+                Summary::of(&samples).map(|s| s.p50)
+            );
+            if table {
+                with.extend(samples);
+                bw_with.push(bw);
+            } else {
+                without.extend(samples);
+                bw_without.push(bw);
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = acceptor.join();
+    let (w, wo) = (Summary::of(&with), Summary::of(&without));
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or_default()
+    };
+    let (bw_w, bw_wo) = (median(&mut bw_with), median(&mut bw_without));
+    let connect_overhead = match (&w, &wo) {
+        (Some(a), Some(b)) => (a.p50 / b.p50 - 1.0) * 100.0,
+        _ => f64::NAN,
+    };
+    let bw_overhead = (1.0 - bw_w / bw_wo) * 100.0;
+    let mut table = String::from("what                        with 1,000 policies   without\n");
+    if let (Some(a), Some(b)) = (&w, &wo) {
+        table.push_str(&format!(
+            "TCP connect p50 / p99       {:>7.3} / {:>7.3} ms  {:>7.3} / {:>7.3} ms\n",
+            a.p50, a.p99, b.p50, b.p99
+        ));
+    }
+    table.push_str(&format!(
+        "iperf3 TCP, median          {bw_w:>10.0} Mbit/s    {bw_wo:>10.0} Mbit/s\n\
+         overhead: connect p50 {connect_overhead:+.1} %, throughput {bw_overhead:+.1} %\n"
+    ));
+    print!("{table}");
+    let mut doc = host_facts();
+    doc["results"] = json!({
+        "connect_ms_with": ms(&w), "connect_ms_without": ms(&wo),
+        "iperf_mbit_with": round3(bw_w), "iperf_mbit_without": round3(bw_wo),
+        "connect_overhead_pct": round3(connect_overhead),
+        "throughput_overhead_pct": round3(bw_overhead),
+    });
+    let doc = with_targets(
+        doc,
+        vec![
+            json!({"what": "connect p50 overhead", "goal_pct": 5.0,
+                   "pct": round3(connect_overhead), "met": connect_overhead <= 5.0}),
+            json!({"what": "throughput overhead", "goal_pct": 5.0,
+                   "pct": round3(bw_overhead), "met": bw_overhead <= 5.0}),
+        ],
+    );
+    write_file(
+        &opts.out,
+        "netpol-packet.json",
+        &format!("{}\n", serde_json::to_string_pretty(&doc)?),
+    )
+}
+
+const PACKET_ROUNDS: usize = 3;
+const CONNECTS: usize = 300;
+
+/// A node namespace routing between a client and a server namespace.
+struct PacketLab {
+    node: TestNs,
+    client: TestNs,
+    server: TestNs,
+}
+
+impl PacketLab {
+    fn new() -> Result<PacketLab> {
+        let lab = PacketLab {
+            node: TestNs::new("bnpn")?,
+            client: TestNs::new("bnpc")?,
+            server: TestNs::new("bnps")?,
+        };
+        lab.node.sh(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+        for (side, peer, net) in [("vc", &lab.client, 1), ("vs", &lab.server, 2)] {
+            lab.node.sh(&[
+                "ip",
+                "link",
+                "add",
+                side,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                peer.name(),
+            ])?;
+            lab.node.sh(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("10.128.{net}.1/24"),
+                "dev",
+                side,
+            ])?;
+            lab.node.sh(&["ip", "link", "set", side, "up"])?;
+            peer.sh(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("10.128.{net}.2/24"),
+                "dev",
+                "eth0",
+            ])?;
+            peer.sh(&["ip", "link", "set", "eth0", "up"])?;
+            peer.sh(&[
+                "ip",
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("10.128.{net}.1"),
+            ])?;
+        }
+        Ok(lab)
+    }
+
+    /// An engine in the node holding the two pods and 1,000 policies; the
+    /// server is selected only by the last.
+    fn engine(&self) -> Result<Engine> {
+        self.node.run(|| -> Result<Engine> {
+            let node = NodeConfig {
+                node_name: NODE.into(),
+                guard_cidr: Some("10.128.0.0/16".parse()?),
+            };
+            let mut e = Engine::new(Arc::new(NfTablesSocket::open()?), node);
+            for (ns, name, ip, app) in [
+                ("c", "client", "10.128.1.2", "client"),
+                ("s", "server", "10.128.2.2", "server"),
+            ] {
+                let labels = [("name".to_string(), ns.to_string())].into();
+                e.set_namespace(ns, Some(labels));
+                let p: Pod = serde_json::from_value(json!({
+                    "metadata": {"namespace": ns, "name": name, "uid": name, "labels": {"app": app}},
+                    "spec": {"nodeName": NODE, "containers": [{"name": "c"}]},
+                    "status": {"podIP": ip, "phase": "Running"},
+                }))?;
+                e.set_pod((ns.into(), name.into()), Some(&p));
+            }
+            for k in 0..1000 {
+                let (name, app) = if k == 999 {
+                    ("zz-allow".to_string(), "server".to_string())
+                } else {
+                    (format!("np-{k:03}"), format!("other-{k}"))
+                };
+                let np: NetworkPolicy = serde_json::from_value(json!({
+                    "metadata": {"namespace": "s", "name": name},
+                    "spec": {"podSelector": {"matchLabels": {"app": app}}, "ingress": [{
+                        "from": [{"namespaceSelector": {"matchLabels": {"name": "c"}}}],
+                        "ports": [{"protocol": "TCP", "port": 8080}, {"protocol": "TCP", "port": 5201}]}]},
+                }))?;
+                e.set_policy(("s".into(), name), Some(&np));
+            }
+            Ok(e)
+        })?
+    }
+
+    /// `n` fresh connections from the client to `ip:8080`, each timed.
+    fn connects(&self, ip: &str, n: usize) -> Result<Vec<Duration>> {
+        let addr: std::net::SocketAddr = format!("{ip}:8080").parse()?;
+        self.client.run(|| -> Result<Vec<Duration>> {
+            let mut out = Vec::with_capacity(n);
+            for _ in 0..n {
+                let start = Instant::now();
+                let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+                    .with_context(|| format!("connect {addr}"))?;
+                out.push(start.elapsed());
+                drop(s);
+            }
+            Ok(out)
+        })?
+    }
+
+    /// iperf3 from the client to `ip` for 3 s: Mbit/s received.
+    fn iperf(&self, ip: &str) -> Result<f64> {
+        let mut server = self
+            .server
+            .cmd(&["iperf3", "-s", "-1", "-B", ip])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let mut out = None;
+        for _ in 0..50 {
+            let o = self
+                .client
+                .cmd(&["iperf3", "-c", ip, "-t", "3", "-J"])
+                .output()?;
+            if o.status.success() {
+                out = Some(o.stdout);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = server.kill();
+        let _ = server.wait();
+        let v: Value = serde_json::from_slice(&out.context("iperf3 never connected")?)?;
+        Ok(v["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .unwrap_or_default()
+            / 1e6)
+    }
 }

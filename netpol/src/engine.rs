@@ -12,7 +12,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hostnet::nftables::{Batch, Canary, Elem, NfTables, OwnedTable};
+use hostnet::nftables::{Batch, Canary, Elem, NfTables, OwnedTable, Value};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
@@ -60,6 +60,10 @@ pub struct Engine {
     /// Addresses the kubelet reported before the pod's status had them:
     /// key -> (uid, address).
     gated: HashMap<Key, (String, Ipv4Addr)>,
+    /// Namespace -> its number in the maps (never reused).
+    ns_numbers: HashMap<String, u32>,
+    /// The namespace chains the kernel holds.
+    ns_chains: HashSet<(String, Direction)>,
     table: OwnedTable,
 }
 
@@ -84,6 +88,8 @@ impl Engine {
             added: Vec::new(),
             removed: Vec::new(),
             gated: HashMap::new(),
+            ns_numbers: HashMap::new(),
+            ns_chains: HashSet::new(),
             table: OwnedTable::new(table()),
         }
     }
@@ -208,6 +214,7 @@ impl Engine {
             self.removed.push(old);
         }
         let Some(p) = compiled else { return };
+        self.ns_number(&p.namespace);
         self.policies.insert(key, Arc::clone(&p));
         self.added.push(Arc::clone(&p));
         let candidates: Vec<Key> = self
@@ -227,11 +234,12 @@ impl Engine {
     /// Recomputes what pod `key` contributes to policy `p` (its own
     /// elements with `None`).
     fn recompute(&mut self, key: &Key, p: Option<&Arc<Compiled>>) {
+        let n = self.ns_number(&key.0);
         let Some(pod) = self.pods.get(key) else {
             return;
         };
         let new = match p {
-            None => own_elements(pod),
+            None => own_elements(pod, n),
             Some(p) => {
                 let ns = self
                     .namespaces
@@ -264,6 +272,33 @@ impl Engine {
         self.release(old);
     }
 
+    /// Namespace `ns`'s number, given on first use.
+    fn ns_number(&mut self, ns: &str) -> u32 {
+        if let Some(n) = self.ns_numbers.get(ns) {
+            return *n;
+        }
+        let n = self.ns_numbers.len() as u32 + 1;
+        self.ns_numbers.insert(ns.to_string(), n);
+        n
+    }
+
+    /// The policies of namespace `ns`, by name.
+    fn policies_in<'a>(&'a self, ns: &'a str) -> impl Iterator<Item = &'a Compiled> + 'a {
+        self.policies
+            .range((ns.to_string(), String::new())..)
+            .take_while(move |((n, _), _)| n == ns)
+            .map(|(_, p)| p.as_ref())
+    }
+
+    /// Writes namespace `ns`'s chain of direction `d` into `b` (`full`:
+    /// none exists yet); returns whether the chain is left in the kernel.
+    fn namespace_chain(&self, b: &mut Batch, ns: &str, d: Direction, full: bool) -> bool {
+        let n = self.ns_numbers.get(ns).copied().unwrap_or_default();
+        let existed = !full && self.ns_chains.contains(&(ns.to_string(), d));
+        ruleset::namespace(b, ns, n, d, existed, self.policies_in(ns));
+        self.policies_in(ns).any(|p| p.rules(d).is_some())
+    }
+
     /// Drops one count of each of `elems`.
     fn release(&mut self, elems: Vec<ElemKey>) {
         for e in elems {
@@ -287,6 +322,11 @@ impl Engine {
                 self.pending.insert(e, add);
             }
         }
+    }
+
+    /// Makes the next sync rebuild the whole table.
+    pub fn force_full(&mut self) {
+        self.table.set_need_full();
     }
 
     /// Whether the next sync rebuilds the table.
@@ -351,7 +391,18 @@ impl Engine {
         } else {
             self.partial_batch()
         };
+        let (batch, ns_chains) = batch;
         let applied = self.table.apply(self.nft.as_ref(), &batch, full)?;
+        if full {
+            self.ns_chains.clear();
+        }
+        for (ns, d, kept) in ns_chains {
+            if kept {
+                self.ns_chains.insert((ns, d));
+            } else {
+                self.ns_chains.remove(&(ns, d));
+            }
+        }
         self.pending.clear();
         self.added.clear();
         self.removed.clear();
@@ -363,19 +414,27 @@ impl Engine {
         })
     }
 
-    fn full_batch(&self) -> (Batch, SyncOutcome) {
+    fn full_batch(&self) -> ((Batch, NsChanges), SyncOutcome) {
         let mut b = Batch::new();
         ruleset::skeleton(&mut b, &self.node);
         for p in self.policies.values() {
             ruleset::add_policy(&mut b, p);
         }
-        ruleset::dispatch(&mut b, self.policies.values().map(|p| p.as_ref()));
+        let namespaces: BTreeSet<&str> = self.policies.keys().map(|(ns, _)| ns.as_str()).collect();
+        let mut ns_chains = Vec::new();
+        for ns in namespaces {
+            for d in [Direction::Egress, Direction::Ingress] {
+                if self.namespace_chain(&mut b, ns, d, true) {
+                    ns_chains.push((ns.to_string(), d, true));
+                }
+            }
+        }
         let mut by_set: BTreeMap<&str, Vec<Elem>> = BTreeMap::new();
-        for (set, key) in self.counts.keys() {
+        for (set, key, data) in self.counts.keys() {
             by_set
                 .entry(set.as_str())
                 .or_default()
-                .push(Elem::key(key.clone()));
+                .push(elem(key, data.as_ref()));
         }
         let t = table();
         for (set, elems) in by_set {
@@ -387,10 +446,10 @@ impl Engine {
             policies_added: self.policies.len(),
             ..SyncOutcome::default()
         };
-        (b, outcome)
+        ((b, ns_chains), outcome)
     }
 
-    fn partial_batch(&self) -> (Batch, SyncOutcome) {
+    fn partial_batch(&self) -> ((Batch, NsChanges), SyncOutcome) {
         let mut b = Batch::new();
         let t = table();
         let added_ids: HashSet<&str> = self.added.iter().map(|p| p.id.as_str()).collect();
@@ -412,8 +471,21 @@ impl Engine {
         for p in &added {
             ruleset::add_policy(&mut b, p);
         }
-        if !added.is_empty() || !removed.is_empty() {
-            ruleset::dispatch(&mut b, self.policies.values().map(|p| p.as_ref()));
+        // The namespace chains of the directions whose policies came or went.
+        let touched: BTreeSet<(&str, Direction)> = added
+            .iter()
+            .chain(removed.iter())
+            .flat_map(|p| {
+                [Direction::Egress, Direction::Ingress]
+                    .into_iter()
+                    .filter(|d| p.rules(*d).is_some())
+                    .map(|d| (p.namespace.as_str(), d))
+            })
+            .collect();
+        let mut ns_chains = Vec::new();
+        for (ns, d) in touched {
+            let kept = self.namespace_chain(&mut b, ns, d, false);
+            ns_chains.push((ns.to_string(), d, kept));
         }
         let gone: HashSet<String> = removed
             .iter()
@@ -421,14 +493,16 @@ impl Engine {
             .collect();
         let mut deletes: BTreeMap<&str, Vec<Elem>> = BTreeMap::new();
         let mut adds: BTreeMap<&str, Vec<Elem>> = BTreeMap::new();
-        for ((set, key), add) in &self.pending {
+        for ((set, key, data), add) in &self.pending {
             if gone.contains(set) {
                 continue;
             }
-            let side = if *add { &mut adds } else { &mut deletes };
-            side.entry(set.as_str())
-                .or_default()
-                .push(Elem::key(key.clone()));
+            let (side, e) = if *add {
+                (&mut adds, elem(key, data.as_ref()))
+            } else {
+                (&mut deletes, Elem::key(key.clone()))
+            };
+            side.entry(set.as_str()).or_default().push(e);
         }
         let mut elements = 0;
         for (set, elems) in deletes {
@@ -448,7 +522,18 @@ impl Engine {
             policies_removed: removed.len(),
             ..SyncOutcome::default()
         };
-        (b, outcome)
+        ((b, ns_chains), outcome)
+    }
+}
+
+/// Namespace chains a batch leaves (true) or removes (false).
+type NsChanges = Vec<(String, Direction, bool)>;
+
+/// A set element, or a map element with its value.
+fn elem(key: &Value, data: Option<&Value>) -> Elem {
+    match data {
+        Some(d) => Elem::map(key.clone(), d.clone()),
+        None => Elem::key(key.clone()),
     }
 }
 

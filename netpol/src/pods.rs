@@ -9,15 +9,14 @@ use controlplane::labels;
 use k8s_openapi::api::core::v1::Pod;
 
 use crate::compile::{protocol, Compiled, Direction, Namespaces, Rule};
-use crate::ruleset::{ipv4, named_elem, names, rule_set, selected_set};
+use crate::ruleset::{ipv4, named_elem, names, namespace_key, rule_set, selected_set};
 use hostnet::nftables::Value;
 
 /// Labels of a pod or namespace.
 pub type Labels = BTreeMap<String, String>;
 
-/// One element the engine tracks: set name and key (a range's end when
-/// the set is an interval set; the engine's sets have none).
-pub type ElemKey = (String, Value);
+/// One element the engine tracks: set name, key, and the value for maps.
+pub type ElemKey = (String, Value, Option<Value>);
 
 /// A pod as the engine sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -83,11 +82,19 @@ impl PodInfo {
     }
 }
 
-/// The elements a pod contributes whatever the policies: its address in
-/// [`names::READY`] once it is a local pod with an address.
-pub fn own_elements(pod: &PodInfo) -> Vec<ElemKey> {
+/// The elements a pod contributes whatever the policies, once it is a
+/// local pod with an address: the address in [`names::READY`], and its
+/// namespace's number `ns` in [`names::POD_NAMESPACE`].
+pub fn own_elements(pod: &PodInfo, ns: u32) -> Vec<ElemKey> {
     match (pod.local, pod.ip) {
-        (true, Some(ip)) => vec![(names::READY.to_string(), ipv4(ip))],
+        (true, Some(ip)) => vec![
+            (names::READY.to_string(), ipv4(ip), None),
+            (
+                names::POD_NAMESPACE.to_string(),
+                ipv4(ip),
+                Some(namespace_key(ns)),
+            ),
+        ],
         _ => Vec::new(),
     }
 }
@@ -102,7 +109,7 @@ pub fn policy_elements(p: &Compiled, pod: &PodInfo, ns_labels: &Labels) -> Vec<E
     let selected =
         pod.local && pod.namespace == p.namespace && labels::matches(&p.pod_selector, &pod.labels);
     if selected {
-        out.push((selected_set(&p.id), ipv4(ip)));
+        out.push((selected_set(&p.id), ipv4(ip), None));
     }
     for d in [Direction::Ingress, Direction::Egress] {
         let Some(rules) = p.rules(d) else { continue };
@@ -111,7 +118,7 @@ pub fn policy_elements(p: &Compiled, pod: &PodInfo, ns_labels: &Labels) -> Vec<E
                 Direction::Ingress => names::INGRESS_ISOLATED,
                 Direction::Egress => names::EGRESS_ISOLATED,
             };
-            out.push((shared.to_string(), ipv4(ip)));
+            out.push((shared.to_string(), ipv4(ip), None));
         }
         for (i, rule) in rules.iter().enumerate() {
             rule_elements(p, d, i, rule, pod, ip, ns_labels, selected, &mut out);
@@ -146,7 +153,7 @@ fn rule_elements(
         })
     });
     if by_selector {
-        out.push((rule_set(&p.id, d, i, "pods"), ipv4(ip)));
+        out.push((rule_set(&p.id, d, i, "pods"), ipv4(ip), None));
     }
     let Some(ports) = rule.ports.as_ref().filter(|ports| !ports.named.is_empty()) else {
         return;
@@ -164,7 +171,8 @@ fn rule_elements(
     }
     for (proto, name) in &ports.named {
         if let Some(port) = pod.named_port(name, *proto) {
-            out.push((rule_set(&p.id, d, i, "named"), named_elem(ip, *proto, port)));
+            let key = named_elem(ip, *proto, port);
+            out.push((rule_set(&p.id, d, i, "named"), key, None));
         }
     }
 }

@@ -7,13 +7,18 @@
 //! A packet is checked twice on `forward`: for its source's egress
 //! (priority 0) and its destination's ingress (priority 1). An `accept`
 //! ends only the base chain it is in, so a connection passes when both
-//! accept; a `drop` is final.
+//! accept; a `drop` is final. An isolated pod's packet goes to its
+//! namespace's chain (pod address -> namespace number in a data map, the
+//! number -> chain in a verdict map that changes only when a namespace
+//! gets its first policy or loses its last), which jumps to the chain of
+//! each policy of the namespace that selects the pod: a new connection
+//! costs the policies of its pod's namespace, not every policy.
 
 use std::net::Ipv4Addr;
 
 use hostnet::nftables::{
-    ct_state, Batch, Chain, ChainType, DataType, Elem, Expr, Family, Field, Hook, KeyType, MetaKey,
-    Reg, Set, SetFlags, Table, Value, Verdict,
+    ct_state, Batch, Chain, ChainType, DataType, Elem, Expr, Family, Field, Hook, KeyType,
+    LookupDest, MapData, MetaKey, Reg, Set, SetFlags, Table, Value, Verdict,
 };
 use ipnet::Ipv4Net;
 
@@ -33,6 +38,12 @@ pub mod names {
     pub const INGRESS_ISOLATED: &str = "ingress-isolated";
     /// `ipv4_addr`: local pods selected by at least one Egress policy.
     pub const EGRESS_ISOLATED: &str = "egress-isolated";
+    /// `ipv4_addr : mark`: a local pod's address -> its namespace's number.
+    pub const POD_NAMESPACE: &str = "pod-namespace";
+    /// `mark : verdict`: a namespace's number -> jump to its ingress chain.
+    pub const INGRESS_NAMESPACES: &str = "ingress-namespaces";
+    /// `mark : verdict`: the same for egress.
+    pub const EGRESS_NAMESPACES: &str = "egress-namespaces";
 }
 
 /// The comment of the guard's drop rules.
@@ -62,13 +73,23 @@ pub fn base_chain(d: Direction) -> &'static str {
     }
 }
 
-/// The regular chain that jumps to every policy chain of direction `d`
-/// (rewritten when a policy comes or goes).
-pub fn dispatch_chain(d: Direction) -> &'static str {
+/// The chain of namespace `ns` for direction `d`: a jump to each of its
+/// policies' chains, taken only when the policy selects the pod.
+pub fn namespace_chain(ns: &str, d: Direction) -> String {
+    format!("ns/{ns}/{}", d.short())
+}
+
+/// The verdict map from namespace numbers to their chains.
+fn namespaces_map(d: Direction) -> &'static str {
     match d {
-        Direction::Ingress => "ingress-policies",
-        Direction::Egress => "egress-policies",
+        Direction::Ingress => names::INGRESS_NAMESPACES,
+        Direction::Egress => names::EGRESS_NAMESPACES,
     }
+}
+
+/// The key of namespace number `n` in the maps.
+pub fn namespace_key(n: u32) -> Value {
+    Value::of(&[Field::Mark(n)])
 }
 
 fn isolated(d: Direction) -> &'static str {
@@ -80,15 +101,18 @@ fn isolated(d: Direction) -> &'static str {
 
 const DIRECTIONS: [Direction; 2] = [Direction::Egress, Direction::Ingress];
 
-use DataType::{InetProto as P, InetService as S, Ipv4Addr as A};
+use DataType::{InetProto as P, InetService as S, Ipv4Addr as A, Mark as M};
 
-/// The shared sets.
+/// The shared sets and maps.
 fn shared_sets() -> Vec<Set> {
     vec![
         Set::new(names::READY, &[A]),
         Set::new(names::POD_CIDR, &[A]).with_flags(interval()),
         Set::new(names::INGRESS_ISOLATED, &[A]),
         Set::new(names::EGRESS_ISOLATED, &[A]),
+        Set::map(names::POD_NAMESPACE, &[A], MapData::Value(KeyType(vec![M]))),
+        Set::map(names::INGRESS_NAMESPACES, &[M], MapData::Verdict),
+        Set::map(names::EGRESS_NAMESPACES, &[M], MapData::Verdict),
     ]
 }
 
@@ -163,15 +187,12 @@ fn verdict(v: Verdict) -> Expr {
 
 /// Recreates the table (add + delete + add: whether or not it exists)
 /// with its shared sets and base chains, all in `b`. Policy chains go
-/// after it ([`add_policy`]), then [`dispatch`].
+/// after it ([`add_policy`]), then the namespaces' ([`namespace`]).
 pub fn skeleton(b: &mut Batch, node: &NodeConfig) {
     let t = table();
     b.add_table(&t).delete_table(&t).add_table(&t);
     for s in shared_sets() {
         b.add_set(&t, s);
-    }
-    for d in DIRECTIONS {
-        b.add_chain(&t, Chain::regular(dispatch_chain(d)));
     }
     for (i, d) in DIRECTIONS.into_iter().enumerate() {
         let base = base_chain(d);
@@ -198,12 +219,23 @@ pub fn skeleton(b: &mut Batch, node: &NodeConfig) {
             verdict(Verdict::Accept),
         ];
         b.add_rule(&t, base, open, Some("not isolated"));
-        b.add_rule(
-            &t,
-            base,
-            vec![verdict(Verdict::Jump(dispatch_chain(d).into()))],
-            None,
-        );
+        // The pod's namespace number, then that namespace's chain.
+        let by_namespace = vec![
+            local_addr(d, r(0)),
+            Expr::Lookup {
+                set: names::POD_NAMESPACE.into(),
+                sreg: r(0),
+                dreg: Some(LookupDest::Data(r(0))),
+                invert: false,
+            },
+            Expr::Lookup {
+                set: namespaces_map(d).into(),
+                sreg: r(0),
+                dreg: Some(LookupDest::Verdict),
+                invert: false,
+            },
+        ];
+        b.add_rule(&t, base, by_namespace, None);
         b.add_rule(
             &t,
             base,
@@ -217,16 +249,50 @@ pub fn skeleton(b: &mut Batch, node: &NodeConfig) {
     }
 }
 
-/// Rewrites the dispatch chains: a jump to each policy chain, in order.
-pub fn dispatch<'a>(b: &mut Batch, policies: impl Iterator<Item = &'a Compiled> + Clone) {
+/// How namespace `ns` (number `n`) dispatches direction `d`: its chain
+/// and map element are created (`existed` false) or rewritten, with a
+/// jump to each of `policies`' chains taken when the policy selects the
+/// pod; with no policies left both are deleted.
+pub fn namespace<'a>(
+    b: &mut Batch,
+    ns: &str,
+    n: u32,
+    d: Direction,
+    existed: bool,
+    policies: impl Iterator<Item = &'a Compiled>,
+) {
     let t = table();
-    for d in DIRECTIONS {
-        let chain = dispatch_chain(d);
-        b.flush_chain(&t, chain);
-        for p in policies.clone().filter(|p| p.rules(d).is_some()) {
-            let jump = vec![verdict(Verdict::Jump(policy_chain(&p.id, d)))];
-            b.add_rule(&t, chain, jump, None);
+    let chain = namespace_chain(ns, d);
+    let map = set_named(namespaces_map(d));
+    let jumps: Vec<Vec<Expr>> = policies
+        .filter(|p| p.rules(d).is_some())
+        .map(|p| {
+            vec![
+                local_addr(d, r(0)),
+                lookup(selected_set(&p.id), r(0), false),
+                verdict(Verdict::Jump(policy_chain(&p.id, d))),
+            ]
+        })
+        .collect();
+    if jumps.is_empty() {
+        if existed {
+            b.delete_elements(&t, &map, vec![Elem::key(namespace_key(n))]);
+            b.flush_chain(&t, &chain);
+            b.delete_chain(&t, &chain);
         }
+        return;
+    }
+    if existed {
+        b.flush_chain(&t, &chain);
+    } else {
+        b.add_chain(&t, Chain::regular(&chain));
+    }
+    for jump in jumps {
+        b.add_rule(&t, &chain, jump, None);
+    }
+    if !existed {
+        let elem = Elem::verdict(namespace_key(n), Verdict::Jump(chain.clone()));
+        b.add_elements(&t, &map, vec![elem]);
     }
 }
 
@@ -250,12 +316,6 @@ pub fn add_policy(b: &mut Batch, p: &Compiled) {
         }
         let chain = policy_chain(&p.id, d);
         b.add_chain(&t, Chain::regular(&chain));
-        let not_selected = vec![
-            local_addr(d, r(0)),
-            lookup(selected_set(&p.id), r(0), true),
-            verdict(Verdict::Return),
-        ];
-        b.add_rule(&t, &chain, not_selected, None);
         for (i, rule) in rules.iter().enumerate() {
             for exprs in rule_exprs(&p.id, d, i, rule) {
                 b.add_rule(&t, &chain, exprs, None);
@@ -264,7 +324,7 @@ pub fn add_policy(b: &mut Batch, p: &Compiled) {
     }
 }
 
-/// Removes policy `p`'s chains and sets (after the dispatch chains that
+/// Removes policy `p`'s chains and sets (after the namespace chains that
 /// jumped to them were rewritten in the same batch).
 pub fn delete_policy(b: &mut Batch, p: &Compiled) {
     let t = table();

@@ -1,6 +1,7 @@
 //! The engine against the recording fake: what a full sync writes, and
 //! that pod, label and namespace changes are element changes only while
-//! a policy change touches only its own chains (and the dispatch chains).
+//! a policy change touches only its own chains (and its namespace's
+//! chain of the same direction).
 
 use std::sync::Arc;
 
@@ -127,6 +128,9 @@ fn a_full_sync_writes_the_table_with_every_policy_and_pod() {
     );
     let chains = chain_names(&fake);
     assert!(chains.contains(&format!("{id}/in")), "{chains:?}");
+    assert!(chains.contains(&"ns/x/in".to_string()), "{chains:?}");
+    assert_eq!(elems(&fake, names::POD_NAMESPACE).len(), 2, "a and b");
+    assert_eq!(elems(&fake, names::INGRESS_NAMESPACES).len(), 1, "x");
     assert!(
         !chains.contains(&format!("{id}/eg")),
         "no egress chain: {chains:?}"
@@ -171,7 +175,7 @@ fn pods_and_labels_change_elements_only() {
 }
 
 #[test]
-fn a_policy_change_touches_its_own_chains_and_the_dispatch_only() {
+fn a_policy_change_touches_its_own_chains_and_its_namespace_chain_only() {
     let (fake, mut e, old) = cluster();
     let other = policy(
         "x",
@@ -209,7 +213,7 @@ fn a_policy_change_touches_its_own_chains_and_the_dispatch_only() {
         assert!(
             touched.starts_with(&new)
                 || touched.starts_with(&old)
-                || touched.ends_with("-policies")
+                || touched == "ns/x/in"
                 || touched == names::INGRESS_ISOLATED,
             "{op:?} touches {touched}"
         );
@@ -222,6 +226,12 @@ fn a_policy_change_touches_its_own_chains_and_the_dispatch_only() {
     e.sync().unwrap();
     let chains = chain_names(&fake);
     assert!(!chains.iter().any(|c| c.starts_with(&new)), "{chains:?}");
+    assert!(!chains.contains(&"ns/x/in".to_string()), "{chains:?}");
+    assert!(
+        chains.contains(&"ns/x/eg".to_string()),
+        "deny-eg stays: {chains:?}"
+    );
+    assert!(elems(&fake, names::INGRESS_NAMESPACES).is_empty());
     assert!(fake
         .elements(&table(), &ruleset::selected_set(&new))
         .is_err());

@@ -38,7 +38,8 @@ fn ns_name(n: usize) -> String {
 
 /// Pod `i` of namespace `n`: app `i % 10`, a named port `http`.
 fn pod(n: usize, i: usize, app: usize) -> Pod {
-    let k = n * PODS_PER_NAMESPACE + i;
+    // Room for 200 pods per namespace: the created ones come after 100.
+    let k = n * 200 + i;
     let ip = format!("10.128.{}.{}", k / 250, k % 250 + 2);
     serde_json::from_value(json!({
         "metadata": {"namespace": ns_name(n), "name": format!("p-{i}"), "uid": format!("u-{k}"),

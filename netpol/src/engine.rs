@@ -52,9 +52,15 @@ pub struct Engine {
     namespaces: HashMap<String, Labels>,
     policies: BTreeMap<Key, Arc<Compiled>>,
     contributions: HashMap<Key, Contributions>,
-    counts: HashMap<ElemKey, u32>,
+    /// Per element (set, key): each value contributed, with its count,
+    /// the latest last (sets have one, `None`). The kernel holds the
+    /// latest: two pods sharing an address for a moment (one deleted, its
+    /// address already reused) never make a map key ambiguous.
+    counts: HashMap<Slot, Vec<(Option<Value>, u32)>>,
     /// Element changes since the last apply: true adds, false deletes.
-    pending: HashMap<ElemKey, bool>,
+    /// Elements changed since the last apply, with what the kernel held
+    /// then (`None`: nothing).
+    pending: HashMap<Slot, Option<Option<Value>>>,
     added: Vec<Arc<Compiled>>,
     removed: Vec<Arc<Compiled>>,
     /// Addresses the kubelet reported before the pod's status had them:
@@ -262,14 +268,26 @@ impl Engine {
         if old == new {
             return;
         }
-        for e in new {
-            let n = self.counts.entry(e.clone()).or_default();
-            *n += 1;
-            if *n == 1 {
-                self.note(e, true);
+        for (set, key, data) in new {
+            let slot = (set, key);
+            let before = self.effective(&slot);
+            let values = self.counts.entry(slot.clone()).or_default();
+            match values.iter().position(|(d, _)| *d == data) {
+                Some(i) => values[i].1 += 1,
+                None => values.push((data, 1)),
             }
+            self.note(slot, before);
         }
         self.release(old);
+    }
+
+    /// What the element at `slot` should hold: the latest value, or
+    /// `None` when nothing contributes it.
+    fn effective(&self, slot: &Slot) -> Option<Option<Value>> {
+        self.counts
+            .get(slot)
+            .and_then(|v| v.last())
+            .map(|(d, _)| d.clone())
     }
 
     /// Namespace `ns`'s number, given on first use.
@@ -301,27 +319,30 @@ impl Engine {
 
     /// Drops one count of each of `elems`.
     fn release(&mut self, elems: Vec<ElemKey>) {
-        for e in elems {
-            let Some(n) = self.counts.get_mut(&e) else {
+        for (set, key, data) in elems {
+            let slot = (set, key);
+            let before = self.effective(&slot);
+            let Some(values) = self.counts.get_mut(&slot) else {
                 continue;
             };
-            *n -= 1;
-            if *n == 0 {
-                self.counts.remove(&e);
-                self.note(e, false);
+            if let Some(i) = values.iter().position(|(d, _)| *d == data) {
+                values[i].1 -= 1;
+                if values[i].1 == 0 {
+                    values.remove(i);
+                }
             }
+            if values.is_empty() {
+                self.counts.remove(&slot);
+            }
+            self.note(slot, before);
         }
     }
 
-    fn note(&mut self, e: ElemKey, add: bool) {
-        match self.pending.get(&e) {
-            Some(a) if *a != add => {
-                self.pending.remove(&e);
-            }
-            _ => {
-                self.pending.insert(e, add);
-            }
-        }
+    /// Records that `slot` may have changed; `before` is what it held
+    /// before this change (kept from the first change since the last
+    /// apply, which is what the kernel holds).
+    fn note(&mut self, slot: Slot, before: Option<Option<Value>>) {
+        self.pending.entry(slot).or_insert(before);
     }
 
     /// Makes the next sync rebuild the whole table.
@@ -337,7 +358,10 @@ impl Engine {
     /// Whether there is anything to send.
     pub fn dirty(&self) -> bool {
         self.table.need_full()
-            || !self.pending.is_empty()
+            || self
+                .pending
+                .iter()
+                .any(|(slot, before)| *before != self.effective(slot))
             || !self.added.is_empty()
             || !self.removed.is_empty()
     }
@@ -430,11 +454,13 @@ impl Engine {
             }
         }
         let mut by_set: BTreeMap<&str, Vec<Elem>> = BTreeMap::new();
-        for (set, key, data) in self.counts.keys() {
-            by_set
-                .entry(set.as_str())
-                .or_default()
-                .push(elem(key, data.as_ref()));
+        for ((set, key), values) in &self.counts {
+            if let Some((data, _)) = values.last() {
+                by_set
+                    .entry(set.as_str())
+                    .or_default()
+                    .push(elem(key, data.as_ref()));
+            }
         }
         let t = table();
         for (set, elems) in by_set {
@@ -493,16 +519,24 @@ impl Engine {
             .collect();
         let mut deletes: BTreeMap<&str, Vec<Elem>> = BTreeMap::new();
         let mut adds: BTreeMap<&str, Vec<Elem>> = BTreeMap::new();
-        for ((set, key, data), add) in &self.pending {
-            if gone.contains(set) {
+        for (slot, before) in &self.pending {
+            let (set, key) = slot;
+            let after = self.effective(slot);
+            if gone.contains(set) || *before == after {
                 continue;
             }
-            let (side, e) = if *add {
-                (&mut adds, elem(key, data.as_ref()))
-            } else {
-                (&mut deletes, Elem::key(key.clone()))
-            };
-            side.entry(set.as_str()).or_default().push(e);
+            // A changed value is deleted and added again (deletes go first).
+            if before.is_some() {
+                deletes
+                    .entry(set.as_str())
+                    .or_default()
+                    .push(Elem::key(key.clone()));
+            }
+            if let Some(data) = after {
+                adds.entry(set.as_str())
+                    .or_default()
+                    .push(elem(key, data.as_ref()));
+            }
         }
         let mut elements = 0;
         for (set, elems) in deletes {
@@ -525,6 +559,9 @@ impl Engine {
         ((b, ns_chains), outcome)
     }
 }
+
+/// An element's place: set name and key.
+type Slot = (String, Value);
 
 /// Namespace chains a batch leaves (true) or removes (false).
 type NsChanges = Vec<(String, Direction, bool)>;

@@ -283,3 +283,42 @@ fn finished_host_network_and_remote_pods_are_not_isolated_here() {
     done.status.as_mut().unwrap().phase = Some("Succeeded".into());
     assert_eq!(PodInfo::of(&done, NODE, None).ip, None);
 }
+
+#[test]
+fn two_pods_sharing_an_address_for_a_moment_keep_one_value_per_map_key() {
+    let (fake, mut e, _) = cluster();
+    e.sync().unwrap();
+    let value = |fake: &RecordingNfTables| {
+        let found = fake.elements(&table(), names::POD_NAMESPACE).unwrap();
+        found
+            .into_iter()
+            .find(|el| el.key == ip("10.244.1.2"))
+            .and_then(|el| el.data)
+    };
+    let x = value(&fake);
+    // x/a is deleted but its object not yet gone; its address is reused
+    // by y/new: the map holds y's number, x's comes back if y/new goes.
+    let reuse = pod("y", "new", "10.244.1.2", NODE, json!({}));
+    e.set_pod(key("y", "new"), Some(&reuse));
+    e.sync().unwrap();
+    let b = last(&fake);
+    let ops: Vec<&str> = b
+        .ops()
+        .iter()
+        .filter_map(|op| match op {
+            Op::DeleteElements { set, .. } if set.name == names::POD_NAMESPACE => Some("delete"),
+            Op::AddElements { set, .. } if set.name == names::POD_NAMESPACE => Some("add"),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ops, ["delete", "add"], "a changed value is replaced");
+    let y = value(&fake);
+    assert_ne!(x, y);
+    e.set_pod(key("y", "new"), None);
+    e.sync().unwrap();
+    assert_eq!(value(&fake), x);
+    e.set_pod(key("x", "a"), None);
+    e.sync().unwrap();
+    assert_eq!(value(&fake), None);
+    assert!(!elems(&fake, names::READY).contains(&ip("10.244.1.2")));
+}

@@ -382,19 +382,7 @@ impl PacketLab {
         };
         lab.node.sh(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
         for (side, peer, net) in [("vc", &lab.client, 1), ("vs", &lab.server, 2)] {
-            lab.node.sh(&[
-                "ip",
-                "link",
-                "add",
-                side,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                peer.name(),
-            ])?;
+            lab.node.plug(side, peer, &format!("10.128.{net}.2/24"))?;
             lab.node.sh(&[
                 "ip",
                 "addr",
@@ -403,16 +391,6 @@ impl PacketLab {
                 "dev",
                 side,
             ])?;
-            lab.node.sh(&["ip", "link", "set", side, "up"])?;
-            peer.sh(&[
-                "ip",
-                "addr",
-                "add",
-                &format!("10.128.{net}.2/24"),
-                "dev",
-                "eth0",
-            ])?;
-            peer.sh(&["ip", "link", "set", "eth0", "up"])?;
             peer.sh(&[
                 "ip",
                 "route",

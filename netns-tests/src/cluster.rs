@@ -69,31 +69,12 @@ impl Underlay {
         let link = unique("ul");
         let ip = format!("{UNDERLAY_NET}.{host}");
         let what = || format!("attach {} as {ip}", target.name());
-        self.ns
-            .sh(&[
-                "ip",
-                "link",
-                "add",
-                &link,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                target.name(),
-            ])
-            .with_context(what)?;
         self.lock().push((host, link.clone()));
         self.ns
-            .sh(&["ip", "link", "set", &link, "master", UNDERLAY_BRIDGE, "up"])
+            .plug(&link, target, &format!("{ip}/24"))
             .with_context(what)?;
-        let cidr = format!("{ip}/24");
-        target
-            .sh(&["ip", "addr", "add", &cidr, "dev", "eth0"])
-            .with_context(what)?;
-        target
-            .sh(&["ip", "link", "set", "eth0", "up"])
+        self.ns
+            .sh(&["ip", "link", "set", &link, "master", UNDERLAY_BRIDGE])
             .with_context(what)?;
         // Both ends keep a flow on one CPU, as a NIC's receive queue does.
         steer_flows(&self.ns, &link).with_context(what)?;

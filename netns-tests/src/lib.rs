@@ -108,6 +108,29 @@ impl TestNs {
         c
     }
 
+    /// A veth from this namespace (named `host`, up) to `peer` (`eth0`
+    /// with `cidr`, up).
+    pub fn plug(&self, host: &str, peer: &TestNs, cidr: &str) -> Result<()> {
+        let add = [
+            "ip",
+            "link",
+            "add",
+            host,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            peer.name(),
+        ];
+        self.sh(&add)?;
+        self.sh(&["ip", "link", "set", host, "up"])?;
+        peer.sh(&["ip", "addr", "add", cidr, "dev", "eth0"])?;
+        peer.sh(&["ip", "link", "set", "eth0", "up"])?;
+        Ok(())
+    }
+
     /// True when one ping to `ip` is answered within a second.
     pub fn ping(&self, ip: &str) -> bool {
         self.cmd(&["ping", "-c", "1", "-W", "1", "-q", ip])

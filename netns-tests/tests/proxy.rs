@@ -134,24 +134,7 @@ impl Drop for Lab {
 
 /// A veth from `node` (named `host`, up) to `peer` (eth0 with `cidr`, up).
 fn plug(node: &TestNs, host: &str, peer: &TestNs, cidr: &str) -> Result<()> {
-    let add = [
-        "ip",
-        "link",
-        "add",
-        host,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        peer.name(),
-    ];
-    node.sh(&add)?;
-    node.sh(&["ip", "link", "set", host, "up"])?;
-    peer.sh(&["ip", "addr", "add", cidr, "dev", "eth0"])?;
-    peer.sh(&["ip", "link", "set", "eth0", "up"])?;
-    Ok(())
+    node.plug(host, peer, cidr)
 }
 
 /// The lab of `test` with `pods` pods and a Syncer for its node; `None`

@@ -139,8 +139,8 @@ pub fn run(opts: &Opts) -> Result<()> {
         let (mut e, c) = engine_in(&ns)?;
         let (t, o) = timed(&ns, &mut e, |_| {})?;
         eprintln!(
-            "netpol: full rep {rep}: state {c:?}, sync {t:?}, {} elements",
-            o.elements
+            "netpol: full rep {rep}: state {c:?}, sync {t:?} (transaction {:?}), {} elements",
+            o.apply, o.elements
         );
         compute.push(c);
         full.push(c + t);

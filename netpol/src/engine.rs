@@ -40,6 +40,8 @@ pub struct SyncOutcome {
     /// Whether anything was sent.
     pub applied: bool,
     pub duration: Duration,
+    /// Of which sending the transaction (encoding and the kernel).
+    pub apply: Duration,
 }
 
 /// The policy engine of one node.
@@ -416,7 +418,9 @@ impl Engine {
             self.partial_batch()
         };
         let (batch, ns_chains) = batch;
+        let sent = Instant::now();
         let applied = self.table.apply(self.nft.as_ref(), &batch, full)?;
+        let apply = sent.elapsed();
         if full {
             self.ns_chains.clear();
         }
@@ -434,6 +438,7 @@ impl Engine {
             full,
             applied,
             duration: start.elapsed(),
+            apply,
             ..outcome
         })
     }

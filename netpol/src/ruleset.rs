@@ -17,7 +17,7 @@
 use std::net::Ipv4Addr;
 
 use hostnet::nftables::{
-    ct_state, Batch, Chain, ChainType, DataType, Elem, Expr, Family, Field, Hook, KeyType,
+    ct_state, Batch, Chain, ChainType, CmpOp, DataType, Elem, Expr, Family, Field, Hook, KeyType,
     LookupDest, MapData, MetaKey, Reg, Set, SetFlags, Table, Value, Verdict,
 };
 use ipnet::Ipv4Net;
@@ -130,7 +130,6 @@ pub fn set_named(name: &str) -> Set {
     }
     match name.rsplit('/').next().unwrap_or_default() {
         "cidrs" => Set::new(name, &[A]).with_flags(interval()),
-        "ports" => Set::new(name, &[P, S]).with_flags(interval()),
         "named" => Set::new(name, &[A, P, S]),
         _ => Set::new(name, &[A]),
     }
@@ -364,13 +363,8 @@ fn rule_sets(rule: &Rule) -> Vec<&'static str> {
             v.push("cidrs");
         }
     }
-    if let Some(ports) = &rule.ports {
-        if !ports.ranges.is_empty() {
-            v.push("ports");
-        }
-        if !ports.named.is_empty() {
-            v.push("named");
-        }
+    if rule.ports.as_ref().is_some_and(|p| !p.named.is_empty()) {
+        v.push("named");
     }
     v
 }
@@ -385,19 +379,36 @@ fn add_static_elements(b: &mut Batch, id: &str, d: Direction, i: usize, rule: &R
             .collect();
         b.add_elements(&t, &set_named(&rule_set(id, d, i, "cidrs")), elems);
     }
-    if let Some(ports) = rule.ports.as_ref().filter(|p| !p.ranges.is_empty()) {
-        let elems = ports
-            .ranges
-            .iter()
-            .map(|(proto, a, z)| {
-                Elem::range(
-                    Value::of(&[Field::Proto(*proto), Field::Port(*a)]),
-                    Value::of(&[Field::Proto(*proto), Field::Port(*z)]),
-                )
-            })
-            .collect();
-        b.add_elements(&t, &set_named(&rule_set(id, d, i, "ports")), elems);
+}
+
+/// `meta l4proto == proto` and `th dport` within `first..=last`, as
+/// expressions of the rule: policies name few ports, and an interval
+/// set per rule (pipapo) is the costliest thing a full sync creates.
+fn port_range(proto: u8, first: u16, last: u16) -> Vec<Expr> {
+    let mut v = vec![
+        Expr::meta(MetaKey::L4Proto, r(0)),
+        Expr::cmp_eq(r(0), &[proto]),
+    ];
+    if (first, last) == (0, u16::MAX) {
+        return v;
     }
+    v.push(Expr::th_dport(r(0)));
+    if first == last {
+        v.push(Expr::cmp_eq(r(0), &first.to_be_bytes()));
+        return v;
+    }
+    // Ports are big-endian: the kernel compares their bytes in order.
+    v.push(Expr::Cmp {
+        sreg: r(0),
+        op: CmpOp::Gte,
+        data: first.to_be_bytes().to_vec(),
+    });
+    v.push(Expr::Cmp {
+        sreg: r(0),
+        op: CmpOp::Lte,
+        data: last.to_be_bytes().to_vec(),
+    });
+    v
 }
 
 /// The rules that accept what rule `i` allows: one per combination of
@@ -419,13 +430,6 @@ fn rule_exprs(id: &str, d: Direction, i: usize, rule: &Rule) -> Vec<Vec<Expr>> {
             v
         }
     };
-    let port_key = || {
-        vec![
-            Expr::meta(MetaKey::L4Proto, r(0)),
-            Expr::th_dport(r(1)),
-            lookup(set("ports"), r(0), false),
-        ]
-    };
     let named_key = || {
         let regs = KeyType(vec![A, P, S]).registers(r(0));
         vec![
@@ -440,8 +444,8 @@ fn rule_exprs(id: &str, d: Direction, i: usize, rule: &Rule) -> Vec<Vec<Expr>> {
     match &rule.ports {
         None => port_tests.push(vec![]),
         Some(ports) => {
-            if !ports.ranges.is_empty() {
-                port_tests.push(port_key());
+            for (proto, first, last) in &ports.ranges {
+                port_tests.push(port_range(*proto, *first, *last));
             }
             if !ports.named.is_empty() {
                 match d {

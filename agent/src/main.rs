@@ -8,8 +8,8 @@ mod cleanup;
 mod cli;
 mod config;
 mod dns;
-mod pod_logs;
 mod netpol;
+mod pod_logs;
 mod proxy;
 
 use std::path::PathBuf;

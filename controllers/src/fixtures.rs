@@ -2,8 +2,8 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::api::core::v1::{Container, PodCondition, PodSpec, PodStatus, PodTemplateSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 
 /// The labels `app: web`.
 pub fn app() -> BTreeMap<String, String> {
@@ -35,6 +35,27 @@ pub fn owner_meta(uid: &str) -> ObjectMeta {
         namespace: Some("default".into()),
         uid: Some(uid.into()),
         generation: Some(1),
+        ..Default::default()
+    }
+}
+
+/// The selector `app: web`.
+pub fn selector() -> LabelSelector {
+    LabelSelector {
+        match_labels: Some(app()),
+        ..Default::default()
+    }
+}
+
+/// A pod status in `phase`, Ready or not.
+pub fn status(phase: &str, ready: bool) -> PodStatus {
+    PodStatus {
+        phase: Some(phase.into()),
+        conditions: Some(vec![PodCondition {
+            type_: "Ready".into(),
+            status: if ready { "True" } else { "False" }.into(),
+            ..Default::default()
+        }]),
         ..Default::default()
     }
 }

@@ -1,5 +1,6 @@
 //! The controller manager: waits to lead, then starts the informers
-//! (Pods, ReplicaSets, Deployments, StatefulSets, ControllerRevisions),
+//! (Pods, ReplicaSets, Deployments, StatefulSets, ControllerRevisions,
+//! DaemonSets, Nodes),
 //! connects their changes to the work
 //! queues, and runs one worker per controller; stops them all when
 //! leadership is lost, and tries again.
@@ -11,6 +12,7 @@ use std::time::Duration;
 use controlplane::{ControlPlane, Kind, Object, ObjectRef};
 use tokio::task::JoinHandle;
 
+use crate::daemonset::DaemonSetController;
 use crate::deployment::DeploymentController;
 use crate::expectations::Expectations;
 use crate::gc::GarbageCollector;
@@ -45,6 +47,9 @@ pub fn start(cp: Arc<dyn ControlPlane>) -> Vec<JoinHandle<()>> {
     let (mut d_inf, deps) = Informer::new(cp.clone(), Kind::Deployment);
     let (mut sts_inf, sets) = Informer::new(cp.clone(), Kind::StatefulSet);
     let (mut rev_inf, revs) = Informer::new(cp.clone(), Kind::ControllerRevision);
+    let (mut ds_inf, daemons) = Informer::new(cp.clone(), Kind::DaemonSet);
+    let (mut node_inf, nodes) = Informer::new(cp.clone(), Kind::Node);
+    let ds_q = Queue::new();
     let (rs_q, d_q, gc_q, sts_q) = (Queue::new(), Queue::new(), Queue::new(), Queue::new());
     let dependents = vec![
         (Kind::Pod, pods.clone()),
@@ -57,12 +62,14 @@ pub fn start(cp: Arc<dyn ControlPlane>) -> Vec<JoinHandle<()>> {
         (Kind::Deployment, deps.clone()),
         (Kind::StatefulSet, sets.clone()),
         (Kind::ControllerRevision, revs.clone()),
+        (Kind::DaemonSet, daemons.clone()),
     ];
 
     // Pods: their ReplicaSets and StatefulSets, and the collector.
     {
         let (rss, rs_q, gc_q) = (rss.clone(), rs_q.clone(), gc_q.clone());
         let (sets, sts_q) = (sets.clone(), sts_q.clone());
+        let (daemons, ds_q) = (daemons.clone(), ds_q.clone());
         pod_inf.on_change(Box::new(move |old, new| {
             for o in old.iter().chain(new.iter()) {
                 ReplicaSetController::keys_for_pod(&rss, o)
@@ -71,6 +78,9 @@ pub fn start(cp: Arc<dyn ControlPlane>) -> Vec<JoinHandle<()>> {
                 StatefulSetController::keys_for_pod(&sets, o)
                     .into_iter()
                     .for_each(|k| sts_q.add(k));
+                DaemonSetController::keys_for_pod(&daemons, o)
+                    .into_iter()
+                    .for_each(|k| ds_q.add(k));
             }
             collect_if_owned(&gc_q, new);
         }));
@@ -125,6 +135,26 @@ pub fn start(cp: Arc<dyn ControlPlane>) -> Vec<JoinHandle<()>> {
         }));
     }
 
+    // DaemonSets: themselves and the collector; any Node change concerns
+    // every DaemonSet.
+    {
+        let (ds_q, gc_q, dependents) = (ds_q.clone(), gc_q.clone(), dependents.clone());
+        ds_inf.on_change(Box::new(move |old, new| {
+            if let Some(o) = new.or(old) {
+                ds_q.add(ObjectRef::of(o));
+            }
+            owner_changed(&dependents, &gc_q, old, new);
+        }));
+    }
+    {
+        let (daemons, ds_q) = (daemons.clone(), ds_q.clone());
+        node_inf.on_change(Box::new(move |_, _| {
+            for o in daemons.all() {
+                ds_q.add(ObjectRef::of(&o));
+            }
+        }));
+    }
+
     let rs_c = Arc::new(ReplicaSetController {
         cp: cp.clone(),
         replica_sets: rss.clone(),
@@ -143,6 +173,12 @@ pub fn start(cp: Arc<dyn ControlPlane>) -> Vec<JoinHandle<()>> {
         pods: pods.clone(),
         revisions: revs.clone(),
     });
+    let ds_c = Arc::new(DaemonSetController {
+        cp: cp.clone(),
+        sets: daemons.clone(),
+        pods: pods.clone(),
+        nodes: nodes.clone(),
+    });
     let gc = Arc::new(GarbageCollector {
         cp,
         caches: gc_caches,
@@ -153,6 +189,8 @@ pub fn start(cp: Arc<dyn ControlPlane>) -> Vec<JoinHandle<()>> {
         deps.clone(),
         sets.clone(),
         revs.clone(),
+        daemons.clone(),
+        nodes.clone(),
     ];
     vec![
         tokio::spawn(pod_inf.run()),
@@ -160,6 +198,8 @@ pub fn start(cp: Arc<dyn ControlPlane>) -> Vec<JoinHandle<()>> {
         tokio::spawn(d_inf.run()),
         tokio::spawn(sts_inf.run()),
         tokio::spawn(rev_inf.run()),
+        tokio::spawn(ds_inf.run()),
+        tokio::spawn(node_inf.run()),
         tokio::spawn(worker("replicaset", rs_q.clone(), all.clone(), move |k| {
             let c = rs_c.clone();
             async move { c.sync(&k).await }
@@ -177,11 +217,20 @@ pub fn start(cp: Arc<dyn ControlPlane>) -> Vec<JoinHandle<()>> {
                 async move { c.sync(&k).await }
             },
         )),
+        tokio::spawn(worker("daemonset", ds_q.clone(), all.clone(), move |k| {
+            let c = ds_c.clone();
+            async move { c.sync(&k).await }
+        })),
         tokio::spawn(worker("garbagecollector", gc_q, all, move |k| {
             let c = gc.clone();
             async move { c.sync(&k).await }
         })),
-        tokio::spawn(resync(vec![(rss, rs_q), (deps, d_q), (sets, sts_q)])),
+        tokio::spawn(resync(vec![
+            (rss, rs_q),
+            (deps, d_q),
+            (sets, sts_q),
+            (daemons, ds_q),
+        ])),
     ]
 }
 

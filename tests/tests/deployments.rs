@@ -350,3 +350,38 @@ fn a_statefulset_starts_pods_in_order_with_stable_names_rolls_from_the_top_and_s
     wait_pods(&n, "pods collected", |p| p.is_empty())?;
     Ok(())
 }
+
+#[test]
+fn a_daemonset_runs_one_pod_on_the_node_rolls_it_and_is_deleted_with_it() -> Result<()> {
+    let Some(n) = Node::for_test("a_daemonset_runs_one_pod_on_the_node") else {
+        return Ok(());
+    };
+    let ds = |v: &str| {
+        format!(
+            "apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {{name: web}}\nspec:\n{}",
+            pod_template(v)
+        )
+    };
+    n.apply(&ds("v1"))?;
+    let pods = wait_pods(&n, "one pod on the node", settled(1, "v1"))?;
+    assert_eq!(pods[0]["spec"]["nodeName"], "test-node");
+    n.apply(&ds("v2"))?;
+    wait_pods(&n, "the pod at v2", settled(1, "v2"))?;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let d: Value =
+            serde_json::from_str(&n.knode(&["get", "daemonset", "web", "-o", "json"])?)?;
+        let s = &d["status"];
+        if s["desiredNumberScheduled"] == 1
+            && s["numberReady"] == 1
+            && s["updatedNumberScheduled"] == 1
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "status: {s:#}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    n.knode(&["delete", "daemonset", "web"])?;
+    wait_pods(&n, "pods collected", |p| p.is_empty())?;
+    Ok(())
+}

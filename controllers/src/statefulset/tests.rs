@@ -1,12 +1,10 @@
 //! The StatefulSet controller's decisions, from plain data.
 
 use super::*;
-use crate::fixtures::{app, owner_meta, template};
+use crate::fixtures::{owner_meta, selector, status, template};
 use k8s_openapi::api::apps::v1::{
     RollingUpdateStatefulSetStrategy, StatefulSetSpec, StatefulSetUpdateStrategy,
 };
-use k8s_openapi::api::core::v1::{PodCondition, PodStatus};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 fn now() -> Timestamp {
     Timestamp::from_second(1_000_000).unwrap()
@@ -18,10 +16,7 @@ fn set(replicas: i32, image: &str) -> StatefulSet {
         spec: Some(StatefulSetSpec {
             replicas: Some(replicas),
             service_name: Some("web".into()),
-            selector: LabelSelector {
-                match_labels: Some(app()),
-                ..Default::default()
-            },
+            selector: selector(),
             template: template(image),
             ..Default::default()
         }),
@@ -34,15 +29,7 @@ fn pod(s: &StatefulSet, ordinal: i32, image: &str, phase: &str, ready: bool) -> 
     let t = template(image);
     let mut p = new_pod(s, &t, ordinal, &revision_name(s, &t));
     p.metadata.uid = Some(format!("uid-{ordinal}"));
-    p.status = Some(PodStatus {
-        phase: Some(phase.into()),
-        conditions: Some(vec![PodCondition {
-            type_: "Ready".into(),
-            status: if ready { "True" } else { "False" }.into(),
-            ..Default::default()
-        }]),
-        ..Default::default()
-    });
+    p.status = Some(status(phase, ready));
     p
 }
 

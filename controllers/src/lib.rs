@@ -11,6 +11,7 @@ pub mod expectations;
 mod fixtures;
 pub mod gc;
 pub mod informer;
+pub mod job;
 pub mod leader;
 pub mod manager;
 pub mod pods;

@@ -1,6 +1,6 @@
 //! The controller manager: waits to lead, then starts the informers
 //! (Pods, ReplicaSets, Deployments, StatefulSets, ControllerRevisions,
-//! DaemonSets, Nodes),
+//! DaemonSets, Nodes, Jobs),
 //! connects their changes to the work
 //! queues, and runs one worker per controller; stops them all when
 //! leadership is lost, and tries again.
@@ -17,6 +17,7 @@ use crate::deployment::DeploymentController;
 use crate::expectations::Expectations;
 use crate::gc::GarbageCollector;
 use crate::informer::{Cache, Informer};
+use crate::job::JobController;
 use crate::leader::{Config, Elector};
 use crate::queue::Queue;
 use crate::replicaset::ReplicaSetController;
@@ -49,7 +50,8 @@ pub fn start(cp: Arc<dyn ControlPlane>) -> Vec<JoinHandle<()>> {
     let (mut rev_inf, revs) = Informer::new(cp.clone(), Kind::ControllerRevision);
     let (mut ds_inf, daemons) = Informer::new(cp.clone(), Kind::DaemonSet);
     let (mut node_inf, nodes) = Informer::new(cp.clone(), Kind::Node);
-    let ds_q = Queue::new();
+    let (mut job_inf, jobs) = Informer::new(cp.clone(), Kind::Job);
+    let (ds_q, job_q) = (Queue::new(), Queue::new());
     let (rs_q, d_q, gc_q, sts_q) = (Queue::new(), Queue::new(), Queue::new(), Queue::new());
     let dependents = vec![
         (Kind::Pod, pods.clone()),
@@ -63,6 +65,7 @@ pub fn start(cp: Arc<dyn ControlPlane>) -> Vec<JoinHandle<()>> {
         (Kind::StatefulSet, sets.clone()),
         (Kind::ControllerRevision, revs.clone()),
         (Kind::DaemonSet, daemons.clone()),
+        (Kind::Job, jobs.clone()),
     ];
 
     // Pods: their ReplicaSets and StatefulSets, and the collector.
@@ -70,6 +73,7 @@ pub fn start(cp: Arc<dyn ControlPlane>) -> Vec<JoinHandle<()>> {
         let (rss, rs_q, gc_q) = (rss.clone(), rs_q.clone(), gc_q.clone());
         let (sets, sts_q) = (sets.clone(), sts_q.clone());
         let (daemons, ds_q) = (daemons.clone(), ds_q.clone());
+        let (jobs, job_q) = (jobs.clone(), job_q.clone());
         pod_inf.on_change(Box::new(move |old, new| {
             for o in old.iter().chain(new.iter()) {
                 ReplicaSetController::keys_for_pod(&rss, o)
@@ -81,6 +85,9 @@ pub fn start(cp: Arc<dyn ControlPlane>) -> Vec<JoinHandle<()>> {
                 DaemonSetController::keys_for_pod(&daemons, o)
                     .into_iter()
                     .for_each(|k| ds_q.add(k));
+                JobController::keys_for_pod(&jobs, o)
+                    .into_iter()
+                    .for_each(|k| job_q.add(k));
             }
             collect_if_owned(&gc_q, new);
         }));
@@ -155,6 +162,16 @@ pub fn start(cp: Arc<dyn ControlPlane>) -> Vec<JoinHandle<()>> {
         }));
     }
 
+    {
+        let (job_q, gc_q, dependents) = (job_q.clone(), gc_q.clone(), dependents.clone());
+        job_inf.on_change(Box::new(move |old, new| {
+            if let Some(o) = new.or(old) {
+                job_q.add(ObjectRef::of(o));
+            }
+            owner_changed(&dependents, &gc_q, old, new);
+        }));
+    }
+
     let rs_c = Arc::new(ReplicaSetController {
         cp: cp.clone(),
         replica_sets: rss.clone(),
@@ -179,6 +196,11 @@ pub fn start(cp: Arc<dyn ControlPlane>) -> Vec<JoinHandle<()>> {
         pods: pods.clone(),
         nodes: nodes.clone(),
     });
+    let job_c = Arc::new(JobController {
+        cp: cp.clone(),
+        jobs: jobs.clone(),
+        pods: pods.clone(),
+    });
     let gc = Arc::new(GarbageCollector {
         cp,
         caches: gc_caches,
@@ -191,6 +213,7 @@ pub fn start(cp: Arc<dyn ControlPlane>) -> Vec<JoinHandle<()>> {
         revs.clone(),
         daemons.clone(),
         nodes.clone(),
+        jobs.clone(),
     ];
     vec![
         tokio::spawn(pod_inf.run()),
@@ -200,6 +223,7 @@ pub fn start(cp: Arc<dyn ControlPlane>) -> Vec<JoinHandle<()>> {
         tokio::spawn(rev_inf.run()),
         tokio::spawn(ds_inf.run()),
         tokio::spawn(node_inf.run()),
+        tokio::spawn(job_inf.run()),
         tokio::spawn(worker("replicaset", rs_q.clone(), all.clone(), move |k| {
             let c = rs_c.clone();
             async move { c.sync(&k).await }
@@ -221,6 +245,10 @@ pub fn start(cp: Arc<dyn ControlPlane>) -> Vec<JoinHandle<()>> {
             let c = ds_c.clone();
             async move { c.sync(&k).await }
         })),
+        tokio::spawn(worker("job", job_q.clone(), all.clone(), move |k| {
+            let c = job_c.clone();
+            async move { c.sync(&k).await }
+        })),
         tokio::spawn(worker("garbagecollector", gc_q, all, move |k| {
             let c = gc.clone();
             async move { c.sync(&k).await }
@@ -230,6 +258,7 @@ pub fn start(cp: Arc<dyn ControlPlane>) -> Vec<JoinHandle<()>> {
             (deps, d_q),
             (sets, sts_q),
             (daemons, ds_q),
+            (jobs, job_q),
         ])),
     ]
 }

@@ -385,3 +385,93 @@ fn a_daemonset_runs_one_pod_on_the_node_rolls_it_and_is_deleted_with_it() -> Res
     wait_pods(&n, "pods collected", |p| p.is_empty())?;
     Ok(())
 }
+
+fn job_manifest(name: &str, command: &str, extra: &str) -> String {
+    format!(
+        r#"apiVersion: batch/v1
+kind: Job
+metadata: {{name: {name}}}
+spec:
+  completions: 2
+  backoffLimit: 1
+{extra}  template:
+    metadata: {{labels: {{app: web}}}}
+    spec:
+      restartPolicy: Never
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: app
+        image: {BUSYBOX}
+        command: ["sh", "-c", "{command}"]
+"#
+    )
+}
+
+/// Waits for the Job's condition `kind` (Complete or Failed); its status.
+fn wait_job(n: &Node, name: &str, kind: &str) -> Result<Value> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let j: Value = serde_json::from_str(&n.knode(&["get", "job", name, "-o", "json"])?)?;
+        let done = j["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == kind && c["status"] == "True");
+        if done {
+            return Ok(j["status"].clone());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "job {name} not {kind}: {:#}\n{}",
+                j["status"],
+                tail(&n.agent.log(), 60)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn jobs_complete_fail_by_their_backoff_limit_and_go_after_their_ttl() -> Result<()> {
+    let Some(n) = Node::for_test("jobs_complete_fail_by_their_backoff_limit") else {
+        return Ok(());
+    };
+    n.apply(&job_manifest("ok", "true", ""))?;
+    let s = wait_job(&n, "ok", "Complete")?;
+    assert_eq!(s["succeeded"], 2, "{s:#}");
+    assert!(s["completionTime"].is_string(), "{s:#}");
+    n.apply(&job_manifest("bad", "exit 3", ""))?;
+    let s = wait_job(&n, "bad", "Failed")?;
+    let failed = s["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Failed")
+        .unwrap()
+        .clone();
+    assert_eq!(failed["reason"], "BackoffLimitExceeded", "{s:#}");
+    assert_eq!(s["failed"], 2, "{s:#}");
+    // A finished Job with ttlSecondsAfterFinished goes, and its pods with it.
+    n.apply(&job_manifest(
+        "brief",
+        "true",
+        "  ttlSecondsAfterFinished: 1\n",
+    ))?;
+    let deadline = Instant::now() + WAIT;
+    while n
+        .knode(&["get", "job", "brief", "-o", "name"])
+        .is_ok_and(|o| !o.trim().is_empty())
+    {
+        assert!(Instant::now() < deadline, "job brief never went");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    wait_pods(&n, "the brief job's pods collected", |pods| {
+        pods.iter().all(|p| {
+            !p["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("brief-")
+        })
+    })?;
+    Ok(())
+}

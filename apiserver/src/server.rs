@@ -9,7 +9,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use controlplane::api::revision_of;
 use controlplane::fields::FieldValidation;
-use controlplane::rest::server::{error_line, list_page_body, object_in, Body, MAX_BODY};
+use controlplane::rest::server::{
+    error_line, list_page_body, object_in, stream_response, Body, MAX_BODY,
+};
 use controlplane::rest::{parse_path, status_code, status_of, Target};
 use controlplane::{
     ControlPlane, DeleteOptions, Error, Object, ObjectList, ObjectRef, Scope, WatchEvent,
@@ -398,12 +400,7 @@ async fn pod_log(
         o => return Err(Error::Internal(format!("{} is not a pod", o.describe()))),
     };
     let rx = s.logs.logs(&pod, &query).await?;
-    let mut r = Response::new(Body::Stream(rx));
-    r.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("text/plain"),
-    );
-    Ok(r)
+    Ok(stream_response(rx, "text/plain"))
 }
 
 /// Where `kubectl auth can-i` asks.
@@ -982,10 +979,5 @@ async fn watch(
             }
         }
     });
-    let mut r = Response::new(Body::Stream(rx));
-    r.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/json"),
-    );
-    Ok(r)
+    Ok(stream_response(rx, "application/json"))
 }

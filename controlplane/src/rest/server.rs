@@ -372,10 +372,16 @@ async fn watch(
             }
         }
     });
+    Ok(stream_response(rx, "application/json"))
+}
+
+/// A response whose body is the chunks `rx` yields, of `content_type`
+/// (watch streams, followed logs).
+pub fn stream_response(rx: mpsc::Receiver<Bytes>, content_type: &'static str) -> Response<Body> {
     let mut r = Response::new(Body::Stream(rx));
     r.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/json"),
+        hyper::header::HeaderValue::from_static(content_type),
     );
-    Ok(r)
+    r
 }

@@ -6,6 +6,7 @@
 
 pub mod daemonset;
 pub mod deployment;
+pub mod endpointslice;
 pub mod expectations;
 #[cfg(test)]
 mod fixtures;

@@ -1,6 +1,6 @@
 //! The controller manager: waits to lead, then starts the informers
 //! (Pods, ReplicaSets, Deployments, StatefulSets, ControllerRevisions,
-//! DaemonSets, Nodes, Jobs),
+//! DaemonSets, Nodes, Jobs, Services, EndpointSlices, node Leases),
 //! connects their changes to the work
 //! queues, and runs one worker per controller; stops them all when
 //! leadership is lost, and tries again.
@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 
 use crate::daemonset::DaemonSetController;
 use crate::deployment::DeploymentController;
+use crate::endpointslice::{EndpointSliceController, Index as SliceIndex};
 use crate::expectations::Expectations;
 use crate::gc::GarbageCollector;
 use crate::informer::{Cache, Informer};
@@ -51,14 +52,22 @@ pub fn start(cp: Arc<dyn ControlPlane>) -> Vec<JoinHandle<()>> {
     let (mut ds_inf, daemons) = Informer::new(cp.clone(), Kind::DaemonSet);
     let (mut node_inf, nodes) = Informer::new(cp.clone(), Kind::Node);
     let (mut job_inf, jobs) = Informer::new(cp.clone(), Kind::Job);
+    let (mut svc_inf, services) = Informer::new(cp.clone(), Kind::Service);
+    let (mut slice_inf, slices) = Informer::new(cp.clone(), Kind::EndpointSlice);
+    let (mut lease_inf, leases) = Informer::new(cp.clone(), Kind::Lease);
+    let slice_q = Queue::new();
+    let slice_ix = Arc::new(SliceIndex::default());
     let (ds_q, job_q) = (Queue::new(), Queue::new());
     let (rs_q, d_q, gc_q, sts_q) = (Queue::new(), Queue::new(), Queue::new(), Queue::new());
     let dependents = vec![
         (Kind::Pod, pods.clone()),
         (Kind::ReplicaSet, rss.clone()),
         (Kind::ControllerRevision, revs.clone()),
+        (Kind::EndpointSlice, slices.clone()),
     ];
     let gc_caches = vec![
+        (Kind::Service, services.clone()),
+        (Kind::EndpointSlice, slices.clone()),
         (Kind::Pod, pods.clone()),
         (Kind::ReplicaSet, rss.clone()),
         (Kind::Deployment, deps.clone()),
@@ -74,7 +83,11 @@ pub fn start(cp: Arc<dyn ControlPlane>) -> Vec<JoinHandle<()>> {
         let (sets, sts_q) = (sets.clone(), sts_q.clone());
         let (daemons, ds_q) = (daemons.clone(), ds_q.clone());
         let (jobs, job_q) = (jobs.clone(), job_q.clone());
+        let (slice_ix, slice_q) = (slice_ix.clone(), slice_q.clone());
         pod_inf.on_change(Box::new(move |old, new| {
+            for k in slice_ix.pod_changed(old, new) {
+                slice_q.add(k);
+            }
             for o in old.iter().chain(new.iter()) {
                 ReplicaSetController::keys_for_pod(&rss, o)
                     .into_iter()
@@ -162,6 +175,44 @@ pub fn start(cp: Arc<dyn ControlPlane>) -> Vec<JoinHandle<()>> {
         }));
     }
 
+    // Services and their slices: the EndpointSlice controller (and the
+    // collector, for slices whose Service went). A node lost or back
+    // concerns every Service.
+    {
+        let (slice_ix, slice_q, gc_q, dependents) = (
+            slice_ix.clone(),
+            slice_q.clone(),
+            gc_q.clone(),
+            dependents.clone(),
+        );
+        svc_inf.on_change(Box::new(move |old, new| {
+            if let Some(k) = slice_ix.service_changed(old, new) {
+                slice_q.add(k);
+            }
+            owner_changed(&dependents, &gc_q, old, new);
+        }));
+    }
+    {
+        let (slice_ix, slice_q, gc_q) = (slice_ix.clone(), slice_q.clone(), gc_q.clone());
+        slice_inf.on_change(Box::new(move |old, new| {
+            for k in slice_ix.slice_changed(old, new) {
+                slice_q.add(k);
+            }
+            collect_if_owned(&gc_q, new);
+        }));
+    }
+    for inf in [&mut node_inf, &mut lease_inf] {
+        let (slice_ix, slice_q) = (slice_ix.clone(), slice_q.clone());
+        let (nodes, leases, services) = (nodes.clone(), leases.clone(), services.clone());
+        inf.on_change(Box::new(move |_, _| {
+            if slice_ix.nodes_changed(&nodes, &leases) {
+                for o in services.all() {
+                    slice_q.add(ObjectRef::of(&o));
+                }
+            }
+        }));
+    }
+
     {
         let (job_q, gc_q, dependents) = (job_q.clone(), gc_q.clone(), dependents.clone());
         job_inf.on_change(Box::new(move |old, new| {
@@ -201,6 +252,14 @@ pub fn start(cp: Arc<dyn ControlPlane>) -> Vec<JoinHandle<()>> {
         jobs: jobs.clone(),
         pods: pods.clone(),
     });
+    let slice_c = Arc::new(EndpointSliceController {
+        cp: cp.clone(),
+        services: services.clone(),
+        pods: pods.clone(),
+        slices: slices.clone(),
+        nodes: nodes.clone(),
+        index: slice_ix,
+    });
     let gc = Arc::new(GarbageCollector {
         cp,
         caches: gc_caches,
@@ -214,6 +273,9 @@ pub fn start(cp: Arc<dyn ControlPlane>) -> Vec<JoinHandle<()>> {
         daemons.clone(),
         nodes.clone(),
         jobs.clone(),
+        services.clone(),
+        slices.clone(),
+        leases.clone(),
     ];
     vec![
         tokio::spawn(pod_inf.run()),
@@ -224,6 +286,9 @@ pub fn start(cp: Arc<dyn ControlPlane>) -> Vec<JoinHandle<()>> {
         tokio::spawn(ds_inf.run()),
         tokio::spawn(node_inf.run()),
         tokio::spawn(job_inf.run()),
+        tokio::spawn(svc_inf.run()),
+        tokio::spawn(slice_inf.run()),
+        tokio::spawn(lease_inf.run()),
         tokio::spawn(worker("replicaset", rs_q.clone(), all.clone(), move |k| {
             let c = rs_c.clone();
             async move { c.sync(&k).await }
@@ -249,6 +314,15 @@ pub fn start(cp: Arc<dyn ControlPlane>) -> Vec<JoinHandle<()>> {
             let c = job_c.clone();
             async move { c.sync(&k).await }
         })),
+        tokio::spawn(worker(
+            "endpointslice",
+            slice_q.clone(),
+            all.clone(),
+            move |k| {
+                let c = slice_c.clone();
+                async move { c.sync(&k).await }
+            },
+        )),
         tokio::spawn(worker("garbagecollector", gc_q, all, move |k| {
             let c = gc.clone();
             async move { c.sync(&k).await }
@@ -259,6 +333,7 @@ pub fn start(cp: Arc<dyn ControlPlane>) -> Vec<JoinHandle<()>> {
             (sets, sts_q),
             (daemons, ds_q),
             (jobs, job_q),
+            (services, slice_q),
         ])),
     ]
 }

@@ -143,3 +143,131 @@ async fn only_one_candidate_leads_and_another_takes_over_when_it_stops() {
     assert_eq!(lease["spec"]["leaseTransitions"], 1);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The addresses of the slices of Service `web` with their `ready`
+/// condition, sorted.
+async fn slice_endpoints(cp: &dyn ControlPlane) -> Vec<(String, bool)> {
+    let slices = cp
+        .list(&Scope::namespaced(Kind::EndpointSlice, "default"))
+        .await
+        .unwrap()
+        .items;
+    let mut out: Vec<(String, bool)> = slices
+        .iter()
+        .map(Object::to_value)
+        .filter(|s| s["metadata"]["labels"]["kubernetes.io/service-name"] == "web")
+        .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
+        .map(|e| {
+            (
+                e["addresses"][0].as_str().unwrap_or_default().to_string(),
+                e["conditions"]["ready"] == true,
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Creates pod `name` on `node` with `ip`, Ready as `ready`.
+async fn running_pod(cp: &dyn ControlPlane, name: &str, node: &str, ip: &str, ready: bool) {
+    let mut p = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default", "labels": {"app": "web"}},
+        "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox"}]}
+    });
+    let created = cp
+        .create(Object::from_value(p.clone()).unwrap(), None)
+        .await;
+    if let Ok(o) = created {
+        p = o.to_value();
+    } else {
+        p = cp
+            .get(&ObjectRef::new(Kind::Pod, "default", name))
+            .await
+            .unwrap()
+            .to_value();
+    }
+    p["status"] = json!({"phase": "Running", "podIP": ip,
+        "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]});
+    cp.update_status(Object::from_value(p).unwrap())
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_gets_endpoint_slices_that_follow_its_pods_and_go_with_it() {
+    let (cp, dir) = open().await;
+    let manager = tokio::spawn(controllers::run(cp.clone(), "node-a".into()));
+    let c = cp.as_ref();
+    let svc = Object::from_value(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]}
+    }))
+    .unwrap();
+    cp.create(svc, None).await.unwrap();
+    // No pods yet: one empty placeholder slice.
+    until("a placeholder slice", || async {
+        count(c, Kind::EndpointSlice).await == 1
+    })
+    .await;
+    running_pod(c, "a", "node-a", "10.244.0.2", true).await;
+    running_pod(c, "b", "node-a", "10.244.0.3", false).await;
+    until("a ready, b not", || async {
+        slice_endpoints(c).await == [("10.244.0.2".into(), true), ("10.244.0.3".into(), false)]
+    })
+    .await;
+    running_pod(c, "b", "node-a", "10.244.0.3", true).await;
+    until("b ready", || async {
+        slice_endpoints(c).await == [("10.244.0.2".into(), true), ("10.244.0.3".into(), true)]
+    })
+    .await;
+    assert_eq!(count(c, Kind::EndpointSlice).await, 1, "updated in place");
+
+    // A registered node without a heartbeat Lease is lost: its pod is
+    // listed, not ready.
+    let node = Object::from_value(json!({"apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": "node-b"}}))
+    .unwrap();
+    cp.create(node, None).await.unwrap();
+    running_pod(c, "x", "node-b", "10.244.1.2", true).await;
+    until("x on a lost node is not ready", || async {
+        slice_endpoints(c)
+            .await
+            .contains(&("10.244.1.2".into(), false))
+    })
+    .await;
+
+    // A deleted pod is terminating (its kubelet has yet to stop it): still
+    // listed, not ready; once removed it leaves. A deleted Service takes
+    // its slices.
+    let a = ObjectRef::new(Kind::Pod, "default", "a");
+    cp.delete(&a, None).await.unwrap();
+    until("a terminating", || async {
+        slice_endpoints(c)
+            .await
+            .contains(&("10.244.0.2".into(), false))
+    })
+    .await;
+    let now = controlplane::DeleteOptions {
+        grace_period_seconds: Some(0),
+        ..Default::default()
+    };
+    cp.delete_with(&a, &now).await.unwrap();
+    until("a gone", || async {
+        !slice_endpoints(c)
+            .await
+            .iter()
+            .any(|(ip, _)| ip == "10.244.0.2")
+    })
+    .await;
+    cp.delete(&ObjectRef::new(Kind::Service, "default", "web"), None)
+        .await
+        .unwrap();
+    until("slices gone", || async {
+        count(c, Kind::EndpointSlice).await == 0
+    })
+    .await;
+    manager.abort();
+    let _ = std::fs::remove_dir_all(dir);
+}

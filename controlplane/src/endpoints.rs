@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, Pod, PodCondition, PodSpec, PodStatus, Service, ServicePort,
 };
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::{Deserialize, Serialize};
@@ -29,9 +30,19 @@ pub struct Endpoint {
     pub pod: String,
     /// Whether traffic may be sent here, with EndpointSlice `conditions.ready`
     /// semantics. [`endpoints_for`] only emits routable endpoints, so it is
-    /// always `true` there; other producers (e.g. a backend translating real
-    /// EndpointSlices) may carry `false`.
+    /// always `true` there; [`from_slices`] carries the slice's condition.
     pub ready: bool,
+    /// EndpointSlice `conditions.serving`: the pod is ready, whether or not
+    /// it is terminating.
+    #[serde(default = "yes")]
+    pub serving: bool,
+    /// EndpointSlice `conditions.terminating`: the pod is being deleted.
+    #[serde(default)]
+    pub terminating: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// One port of a subset: the Service port's name and the resolved
@@ -68,7 +79,10 @@ impl Endpoints {
     /// The port of this subset that serves the Service port called `name`
     /// (`None` for an unnamed Service port).
     pub fn port(&self, name: Option<&str>) -> Option<&EndpointPort> {
-        self.ports.iter().find(|p| p.name.as_deref() == name)
+        let name = name.filter(|n| !n.is_empty());
+        self.ports
+            .iter()
+            .find(|p| p.name.as_deref().filter(|n| !n.is_empty()) == name)
     }
 }
 
@@ -174,22 +188,102 @@ pub fn endpoints_for<'a>(
 }
 
 /// The routable `(endpoint, target port)` pairs for the Service port called
-/// `port_name` across all `subsets`, sorted by IP, port, then pod. Endpoints
-/// that are not ready are skipped. This is what a proxy load-balances over.
+/// `port_name` across all `subsets`, sorted by IP, port, then pod: the
+/// ready endpoints, or when none is ready the serving ones that are
+/// terminating (kube-proxy's fallback, so that a Service whose pods are all
+/// shutting down still answers while they drain). This is what a proxy
+/// load-balances over.
 pub fn targets<'a>(subsets: &'a [Endpoints], port_name: Option<&str>) -> Vec<(&'a Endpoint, i32)> {
     let mut out: Vec<(&Endpoint, i32)> = subsets
         .iter()
         .filter_map(|subset| subset.port(port_name).map(|p| (subset, p.port)))
-        .flat_map(|(subset, port)| {
-            subset
-                .addresses
-                .iter()
-                .filter(|e| e.ready)
-                .map(move |e| (e, port))
-        })
+        .flat_map(|(subset, port)| subset.addresses.iter().map(move |e| (e, port)))
         .collect();
+    if out.iter().any(|(e, _)| e.ready) {
+        out.retain(|(e, _)| e.ready);
+    } else {
+        out.retain(|(e, _)| e.serving && e.terminating);
+    }
     out.sort_by(|(a, pa), (b, pb)| (a.ip, pa, &a.pod).cmp(&(b.ip, pb, &b.pod)));
     out
+}
+
+/// A Service's endpoints as its EndpointSlices hold them (the slices
+/// labelled `kubernetes.io/service-name` with the Service's name; the
+/// caller picks them), grouped into subsets by port list as
+/// [`endpoints_for`] groups them, with each endpoint's conditions: `ready`
+/// absent means true, `serving` absent means `ready`, `terminating` absent
+/// means false (the API's rules for nil conditions). Addresses that do not
+/// parse are skipped; an endpoint's first address is the one used, as
+/// kube-proxy does. Subsets and addresses are ordered as [`endpoints_for`]
+/// orders them.
+pub fn from_slices<'a>(
+    service: &Service,
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+) -> Vec<Endpoints> {
+    let namespace = service
+        .metadata
+        .namespace
+        .as_deref()
+        .unwrap_or(DEFAULT_NAMESPACE);
+    let service_name = service.metadata.name.clone().unwrap_or_default();
+    let mut subsets: BTreeMap<Vec<EndpointPort>, Vec<Endpoint>> = BTreeMap::new();
+    for slice in slices {
+        let ports: Vec<EndpointPort> = slice
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| {
+                Some(EndpointPort {
+                    name: p.name.clone().filter(|n| !n.is_empty()),
+                    port: p.port?,
+                    protocol: p
+                        .protocol
+                        .clone()
+                        .unwrap_or_else(|| DEFAULT_PROTOCOL.into()),
+                })
+            })
+            .collect();
+        let addresses = subsets.entry(ports).or_default();
+        for ep in &slice.endpoints {
+            let Some(ip) = ep.addresses.first().and_then(|a| a.parse::<IpAddr>().ok()) else {
+                continue;
+            };
+            let cond = ep.conditions.clone().unwrap_or_default();
+            let ready = cond.ready.unwrap_or(true);
+            let pod = ep
+                .target_ref
+                .as_ref()
+                .filter(|r| r.kind.as_deref() == Some("Pod"))
+                .map(|r| {
+                    let ns = r.namespace.as_deref().unwrap_or(namespace);
+                    format!("{ns}/{}", r.name.as_deref().unwrap_or_default())
+                })
+                .unwrap_or_default();
+            addresses.push(Endpoint {
+                ip,
+                node: ep.node_name.clone(),
+                pod,
+                ready,
+                serving: cond.serving.unwrap_or(ready),
+                terminating: cond.terminating.unwrap_or(false),
+            });
+        }
+    }
+    subsets
+        .into_iter()
+        .filter(|(_, a)| !a.is_empty())
+        .map(|(ports, mut addresses)| {
+            addresses.sort_by(|a, b| (a.ip, &a.pod).cmp(&(b.ip, &b.pod)));
+            addresses.dedup_by(|a, b| a.ip == b.ip);
+            Endpoints {
+                namespace: namespace.to_string(),
+                service: service_name.clone(),
+                addresses,
+                ports,
+            }
+        })
+        .collect()
 }
 
 /// Drops from `pod` everything [`endpoints_for`] does not read, for
@@ -276,11 +370,13 @@ fn pod_endpoint(pod: &Pod, namespace: &str, publish_not_ready: bool) -> Option<E
         node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
         pod: format!("{namespace}/{name}"),
         ready: true,
+        serving: pod_is_ready(pod),
+        terminating: pod.metadata.deletion_timestamp.is_some(),
     })
 }
 
 /// Whether the pod's `Ready` condition is `"True"`.
-fn pod_is_ready(pod: &Pod) -> bool {
+pub fn pod_is_ready(pod: &Pod) -> bool {
     pod.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
@@ -293,7 +389,7 @@ fn pod_is_ready(pod: &Pod) -> bool {
 
 /// The Service port resolved against one pod, or `None` when its named
 /// `targetPort` does not exist on the pod.
-fn resolve_port(sp: &ServicePort, pod: &Pod) -> Option<EndpointPort> {
+pub fn resolve_port(sp: &ServicePort, pod: &Pod) -> Option<EndpointPort> {
     let protocol = sp.protocol.as_deref().unwrap_or(DEFAULT_PROTOCOL);
     let port = match &sp.target_port {
         None => sp.port,
@@ -430,6 +526,8 @@ mod tests {
                     node: Some("node-a".into()),
                     pod: "default/web-1".into(),
                     ready: true,
+                    serving: true,
+                    terminating: false,
                 }],
                 ports: vec![port(None, 80)],
             }]
@@ -679,12 +777,16 @@ mod tests {
                     node: None,
                     pod: "default/b".into(),
                     ready: false,
+                    serving: false,
+                    terminating: false,
                 },
                 Endpoint {
                     ip: "10.0.0.1".parse().expect("ip"),
                     node: None,
                     pod: "default/a".into(),
                     ready: true,
+                    serving: true,
+                    terminating: false,
                 },
             ],
             ports: vec![port(Some("http"), 8080)],
@@ -785,5 +887,58 @@ mod tests {
         let status = rich.status.as_ref().expect("status");
         assert!(status.host_ip.is_none());
         assert_eq!(status.conditions.as_ref().map(Vec::len), Some(1));
+    }
+
+    #[test]
+    fn slices_become_subsets_with_their_conditions_and_targets_fall_back_to_terminating() {
+        let svc = service(json!([{"name": "http", "port": 80}]));
+        let slice: EndpointSlice = serde_json::from_value(json!({
+            "metadata": {"name": "web-abcde", "namespace": "default"},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": [
+                {"addresses": ["10.244.0.3"], "nodeName": "n1",
+                 "conditions": {"ready": false, "serving": true, "terminating": true},
+                 "targetRef": {"kind": "Pod", "namespace": "default", "name": "b"}},
+                {"addresses": ["10.244.0.2"], "targetRef": {"kind": "Pod", "name": "a"}},
+                {"addresses": ["not-an-ip"]}
+            ]
+        }))
+        .expect("slice");
+        let subsets = from_slices(&svc, [&slice]);
+        assert_eq!(subsets.len(), 1);
+        let a = &subsets[0].addresses[0];
+        assert_eq!(
+            (a.pod.as_str(), a.ready, a.serving, a.terminating),
+            ("default/a", true, true, false)
+        );
+        let b = &subsets[0].addresses[1];
+        assert_eq!(
+            (b.node.as_deref(), b.ready, b.serving, b.terminating),
+            (Some("n1"), false, true, true)
+        );
+        let ips = |t: Vec<(&Endpoint, i32)>| {
+            t.iter()
+                .map(|(e, p)| format!("{}:{p}", e.ip))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            ips(targets(&subsets, Some("http"))),
+            ["10.244.0.2:8080"],
+            "ready ones only"
+        );
+        // With no ready endpoint the terminating serving ones are used.
+        let mut draining = slice.clone();
+        draining.endpoints.remove(1);
+        let subsets = from_slices(&svc, [&draining]);
+        assert_eq!(ips(targets(&subsets, Some("http"))), ["10.244.0.3:8080"]);
+        // An unnamed port matches a slice port named "".
+        let unnamed = service(json!([{"port": 80}]));
+        let mut s = slice.clone();
+        s.ports.as_mut().unwrap()[0].name = Some(String::new());
+        assert_eq!(
+            ips(targets(&from_slices(&unnamed, [&s]), None)),
+            ["10.244.0.2:8080"]
+        );
     }
 }

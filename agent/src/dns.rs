@@ -2,7 +2,7 @@
 //! /32 addresses on `lo`, NOTRACK for DNS to and from them in our own
 //! nf_tables table (`ip knode-dns`, raw priority), the `dns` crate's
 //! server bound on both, its zone fed from the agent's own watches of
-//! Services and Pods, forwarding to the upstreams of `resolv-conf`. A
+//! Services, EndpointSlices and Pods, forwarding to the upstreams of `resolv-conf`. A
 //! periodic check puts back addresses and rules someone removed. It never
 //! touches another table or another link's addresses.
 
@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use controlplane::api::{ObjectRef, Scope, WatchEvent};
-use controlplane::endpoints::endpoints_for;
+use controlplane::endpoints::{from_slices, SliceIndex};
 use controlplane::objects::{Kind, Object};
 use controlplane::watcher::{Update, Watcher};
 use controlplane::ControlPlane;
@@ -24,7 +24,7 @@ use hostnet::nftables::{
     NfTablesSocket, Reg, Set, Table, Value,
 };
 use ipnet::{IpNet, Ipv4Net};
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::Service;
 
 use crate::config::Config;
 
@@ -267,21 +267,26 @@ fn upstreams(resolv_conf: &Path, ours: &[Ipv4Addr]) -> Option<Vec<SocketAddr>> {
     }
 }
 
-/// What one of the two watches said.
+/// What one of the watches said.
 enum Fed {
     Service(Update),
+    Slice(Update),
     Pod(Update),
 }
 
-/// Keeps the zone in step with Services and Pods: a Service's records,
-/// its endpoints (`endpoints_for`: readiness and publishNotReadyAddresses
-/// honoured) and pod records. Runs until the agent stops.
+/// Keeps the zone in step with Services, their EndpointSlices (the
+/// endpoints with their readiness, kept by the EndpointSlice controller)
+/// and Pods (pod records, hostnames). A slice change recomputes only its
+/// own Service from its own slices. Runs until the agent stops.
 async fn feed(cp: Arc<dyn ControlPlane>, zone: SharedZone) {
     let mut services = Watcher::new(cp.clone(), Scope::all(Kind::Service));
+    let mut slices = Watcher::new(cp.clone(), Scope::all(Kind::EndpointSlice));
     let mut pods = Watcher::new(cp, Scope::all(Kind::Pod));
+    let mut index = SliceIndex::default();
     loop {
         let fed = tokio::select! {
             u = services.next() => Fed::Service(u),
+            u = slices.next() => Fed::Slice(u),
             u = pods.next() => Fed::Pod(u),
         };
         let mut z = zone.write().unwrap_or_else(|p| p.into_inner());
@@ -295,7 +300,22 @@ async fn feed(cp: Arc<dyn ControlPlane>, zone: SharedZone) {
                     z.remove_service(ns, name);
                 } else {
                     z.upsert_service(svc);
-                    refresh_endpoints(&mut z, svc, pods.store());
+                    refresh_endpoints(&mut z, svc, &index, slices.store());
+                }
+            }
+            Fed::Slice(Update::Event(ev)) => {
+                let o = ev.object();
+                let now = match ev {
+                    WatchEvent::Deleted(_) => None,
+                    _ => SliceIndex::service_label(o.meta()),
+                };
+                for (ns, name) in index.set(o.namespace(), o.name(), now) {
+                    let svc = services
+                        .store()
+                        .get(&ObjectRef::new(Kind::Service, &ns, &name));
+                    if let Some(Object::Service(svc)) = svc {
+                        refresh_endpoints(&mut z, svc, &index, slices.store());
+                    }
                 }
             }
             Fed::Pod(Update::Event(ev)) => {
@@ -308,28 +328,29 @@ async fn feed(cp: Arc<dyn ControlPlane>, zone: SharedZone) {
                 } else {
                     z.upsert_pod(pod);
                 }
-                for obj in services.store().values() {
-                    if let Object::Service(svc) = obj {
-                        if svc.metadata.namespace.as_deref().unwrap_or("default") == ns {
-                            refresh_endpoints(&mut z, svc, pods.store());
-                        }
-                    }
-                }
             }
-            Fed::Service(Update::Synced) | Fed::Pod(Update::Synced) => {}
+            Fed::Service(Update::Synced)
+            | Fed::Slice(Update::Synced)
+            | Fed::Pod(Update::Synced) => {}
         }
     }
 }
 
-/// Recomputes `svc`'s endpoints from the pods known.
-fn refresh_endpoints(zone: &mut Zone, svc: &Service, pods: &BTreeMap<ObjectRef, Object>) {
+/// Recomputes `svc`'s endpoints from its slices.
+fn refresh_endpoints(
+    zone: &mut Zone,
+    svc: &Service,
+    index: &SliceIndex,
+    slices: &BTreeMap<ObjectRef, Object>,
+) {
     let (ns, name) = key(&svc.metadata.namespace, &svc.metadata.name);
-    let in_ns = pods.values().filter_map(|o| match o {
-        Object::Pod(p) if p.metadata.namespace.as_deref().unwrap_or("default") == ns => Some(p),
-        _ => None,
+    let own = index.slices_of(ns, name).filter_map(|s| {
+        match slices.get(&ObjectRef::new(Kind::EndpointSlice, ns, s)) {
+            Some(Object::EndpointSlice(s)) => Some(s),
+            _ => None,
+        }
     });
-    let eps = endpoints_for(svc, in_ns.collect::<Vec<&Pod>>()).unwrap_or_default();
-    zone.set_endpoints(ns, name, &eps);
+    zone.set_endpoints(ns, name, &from_slices(svc, own));
 }
 
 fn key<'a>(ns: &'a Option<String>, name: &'a Option<String>) -> (&'a str, &'a str) {

@@ -3,7 +3,7 @@
 //! over k8s-openapi values; no I/O, no store access, no watching — callers
 //! hand in the Service and the pods they already hold.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{
@@ -185,6 +185,70 @@ pub fn endpoints_for<'a>(
             })
             .collect(),
     )
+}
+
+/// The label naming an EndpointSlice's Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// Which EndpointSlices belong to which Service, by their
+/// [`SERVICE_NAME_LABEL`], for consumers that recompute one Service from
+/// its own slices (the proxy, DNS, the EndpointSlice controller).
+#[derive(Debug, Default)]
+pub struct SliceIndex {
+    /// (namespace, Service) -> slice names.
+    by_service: HashMap<(String, String), BTreeSet<String>>,
+    /// (namespace, slice) -> the Service it was recorded under.
+    service_of: HashMap<(String, String), String>,
+}
+
+impl SliceIndex {
+    /// The Service a slice names, if any.
+    pub fn service_label(slice: &ObjectMeta) -> Option<&str> {
+        slice
+            .labels
+            .as_ref()?
+            .get(SERVICE_NAME_LABEL)
+            .map(String::as_str)
+    }
+
+    /// Records slice `ns/name` under `service` (`None`: deleted, or no
+    /// longer labelled); returns the Services concerned, before and now,
+    /// as (namespace, name).
+    pub fn set(&mut self, ns: &str, name: &str, service: Option<&str>) -> Vec<(String, String)> {
+        let key = (ns.to_string(), name.to_string());
+        let mut touched = Vec::new();
+        if let Some(before) = self.service_of.remove(&key) {
+            let skey = (ns.to_string(), before);
+            if let Some(names) = self.by_service.get_mut(&skey) {
+                names.remove(name);
+                if names.is_empty() {
+                    self.by_service.remove(&skey);
+                }
+            }
+            touched.push(skey);
+        }
+        if let Some(svc) = service {
+            let skey = (ns.to_string(), svc.to_string());
+            self.by_service
+                .entry(skey.clone())
+                .or_default()
+                .insert(name.to_string());
+            self.service_of.insert(key, svc.to_string());
+            if !touched.contains(&skey) {
+                touched.push(skey);
+            }
+        }
+        touched
+    }
+
+    /// The names of the slices of Service `ns/svc`.
+    pub fn slices_of(&self, ns: &str, svc: &str) -> impl Iterator<Item = &str> {
+        self.by_service
+            .get(&(ns.to_string(), svc.to_string()))
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
+    }
 }
 
 /// The routable `(endpoint, target port)` pairs for the Service port called
@@ -939,6 +1003,28 @@ mod tests {
         assert_eq!(
             ips(targets(&from_slices(&unnamed, [&s]), None)),
             ["10.244.0.2:8080"]
+        );
+    }
+
+    #[test]
+    fn the_slice_index_follows_relabels_and_deletions() {
+        let mut ix = SliceIndex::default();
+        assert_eq!(ix.set("ns", "a-1", Some("a")), [("ns".into(), "a".into())]);
+        ix.set("ns", "a-2", Some("a"));
+        ix.set("other", "a-3", Some("a"));
+        assert_eq!(ix.slices_of("ns", "a").collect::<Vec<_>>(), ["a-1", "a-2"]);
+        let touched = ix.set("ns", "a-2", Some("b"));
+        assert_eq!(
+            touched,
+            [("ns".into(), "a".into()), ("ns".into(), "b".into())]
+        );
+        assert_eq!(ix.slices_of("ns", "b").collect::<Vec<_>>(), ["a-2"]);
+        ix.set("ns", "a-1", None);
+        ix.set("ns", "a-2", None);
+        assert_eq!(ix.slices_of("ns", "a").count(), 0);
+        assert!(
+            ix.by_service.len() == 1 && ix.service_of.len() == 1,
+            "nothing left behind"
         );
     }
 }

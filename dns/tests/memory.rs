@@ -97,6 +97,8 @@ fn zone_for_10k_services_and_50k_pods_fits_in_20_mib() {
                 node: Some("node-1".into()),
                 pod: format!("{ns}/{pod_name}"),
                 ready: true,
+                serving: true,
+                terminating: false,
             });
         }
         let ports = vec![EndpointPort {

@@ -57,6 +57,8 @@ fn zone() -> Zone {
             node: None,
             pod: format!("default/p{i}"),
             ready: true,
+            serving: true,
+            terminating: false,
         })
         .collect();
     let ports = vec![EndpointPort {

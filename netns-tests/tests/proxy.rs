@@ -631,6 +631,8 @@ fn run_follows_the_control_plane_and_repairs_a_flush(mode: ProxyMode) -> Result<
     cfg.mode = mode;
     let metrics = Arc::new(Metrics::new(cfg.sync_period));
     let task = rt.spawn(proxy::run(Arc::clone(&cp), cfg, Arc::clone(&metrics)));
+    // The EndpointSlice controller turns the pods into the proxy's input.
+    let manager = rt.spawn(controllers::run(Arc::clone(&cp), "n1".into()));
 
     let client = &lab.pods[0];
     ask_until_answered(client, &vip)?;
@@ -672,6 +674,7 @@ fn run_follows_the_control_plane_and_repairs_a_flush(mode: ProxyMode) -> Result<
     assert_eq!(metrics.health(Instant::now()), proxy::Health::Healthy);
     eprintln!("endpoint removal took effect within {moved:?}");
     task.abort();
+    manager.abort();
     Ok(())
 }
 

@@ -1,11 +1,11 @@
 //! The service view: plain data per Service port (VIP, NodePort, policies,
 //! affinity, the endpoints it balances over), built from the control
-//! plane's Services and Pods with `controlplane::endpoints`. It decides
+//! plane's Services and EndpointSlices with `controlplane::endpoints`. It decides
 //! nothing about iptables and does no I/O.
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use controlplane::endpoints::{endpoints_for, targets};
+use controlplane::endpoints::{endpoints_for, targets, Endpoints};
 use k8s_openapi::api::core::v1::{Pod, Service};
 
 pub use crate::rules::names::{Protocol, ServicePortName};
@@ -94,25 +94,27 @@ impl ServicePort {
 }
 
 /// The Service ports of `services` that this node proxies, with their
-/// endpoints among `pods` (a pod is local when `spec.nodeName` is
-/// `node_name`). Skipped: headless Services and those without a ClusterIP,
+/// endpoints among `pods` as `endpoints_for` finds them (for tests and
+/// tools; the proxy itself reads EndpointSlices, [`ports_of`]). Skipped: headless Services and those without a ClusterIP,
 /// ExternalName Services, non-IPv4 addresses (this proxy programs IPv4
 /// only) and ports with an unknown protocol. Sorted by port name.
 pub fn service_ports(services: &[Service], pods: &[Pod], node_name: &str) -> Vec<ServicePort> {
     let mut out: Vec<ServicePort> = services
         .iter()
-        .flat_map(|s| ports_of(s, pods, node_name))
+        .flat_map(|s| ports_of(s, &endpoints_for(s, pods).unwrap_or_default(), node_name))
         .collect();
     out.sort_by(|a, b| (&a.name, a.protocol).cmp(&(&b.name, b.protocol)));
     out
 }
 
-/// The proxied ports of one Service (see [`service_ports`]).
-pub fn ports_of<'a>(
-    service: &Service,
-    pods: impl IntoIterator<Item = &'a Pod>,
-    node_name: &str,
-) -> Vec<ServicePort> {
+/// The proxied ports of one Service with its endpoints `subsets` (from
+/// its EndpointSlices, `controlplane::endpoints::from_slices`): the ready
+/// ones, or the serving terminating ones when none is ready (`targets`).
+/// An endpoint is local when its node is `node_name`. Skipped: headless
+/// Services and those without a ClusterIP, ExternalName Services,
+/// non-IPv4 addresses (this proxy programs IPv4 only) and ports with an
+/// unknown protocol.
+pub fn ports_of(service: &Service, subsets: &[Endpoints], node_name: &str) -> Vec<ServicePort> {
     let Some(spec) = service.spec.as_ref() else {
         return Vec::new();
     };
@@ -136,7 +138,6 @@ pub fn ports_of<'a>(
             .and_then(|t| u32::try_from(t).ok())
             .unwrap_or(DEFAULT_AFFINITY_SECONDS)
     });
-    let subsets = endpoints_for(service, pods).unwrap_or_default();
     let namespace = service
         .metadata
         .namespace
@@ -150,7 +151,7 @@ pub fn ports_of<'a>(
         .filter_map(|p| {
             let protocol = Protocol::parse(p.protocol.as_deref().unwrap_or("TCP"))?;
             let port = u16::try_from(p.port).ok()?;
-            let mut endpoints: Vec<Endpoint> = targets(&subsets, p.name.as_deref())
+            let mut endpoints: Vec<Endpoint> = targets(subsets, p.name.as_deref())
                 .into_iter()
                 .filter_map(|(e, target)| {
                     let IpAddr::V4(ip) = e.ip else { return None };

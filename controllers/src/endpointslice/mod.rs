@@ -17,11 +17,11 @@ pub mod plan;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use controlplane::endpoints::selector_matches;
+use controlplane::endpoints::{selector_matches, SliceIndex};
 use controlplane::{ControlPlane, Kind, Object, ObjectRef};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -30,7 +30,7 @@ use crate::informer::Cache;
 use crate::pods::random_suffix;
 use crate::{Error, Result};
 use index::{LabelIndex, Labels};
-use plan::{Action, NodeInfo, SERVICE_NAME_LABEL};
+use plan::{Action, NodeInfo};
 
 /// The namespace of the nodes' heartbeat Leases.
 pub const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
@@ -43,8 +43,8 @@ struct Inner {
     pods: LabelIndex,
     /// Services by selector.
     selectors: LabelIndex,
-    /// (namespace, Service name) -> the names of slices labelled with it.
-    slices: HashMap<(String, String), BTreeSet<String>>,
+    /// Each Service's slices.
+    slices: SliceIndex,
     /// Registered nodes without a heartbeat Lease.
     lost: BTreeSet<String>,
 }
@@ -110,35 +110,17 @@ impl Index {
         Some(service_key(o.namespace(), o.name()))
     }
 
-    /// Records a slice change; returns its Service's key.
+    /// Records a slice change; returns the Services concerned.
     pub fn slice_changed(&self, old: Option<&Object>, new: Option<&Object>) -> Vec<ObjectRef> {
-        let service_of = |o: &Object| o.meta().labels.as_ref()?.get(SERVICE_NAME_LABEL).cloned();
-        let mut inner = self.lock();
-        let mut out = Vec::new();
-        if let Some(o) = old {
-            if let Some(svc) = service_of(o) {
-                let key = (o.namespace().to_string(), svc.clone());
-                if let Some(names) = inner.slices.get_mut(&key) {
-                    names.remove(o.name());
-                    if names.is_empty() {
-                        inner.slices.remove(&key);
-                    }
-                }
-                out.push(service_key(o.namespace(), &svc));
-            }
-        }
-        if let Some(o) = new {
-            if let Some(svc) = service_of(o) {
-                inner
-                    .slices
-                    .entry((o.namespace().to_string(), svc.clone()))
-                    .or_default()
-                    .insert(o.name().to_string());
-                out.push(service_key(o.namespace(), &svc));
-            }
-        }
-        out.dedup();
-        out
+        let Some(o) = new.or(old) else {
+            return Vec::new();
+        };
+        let now = new.and_then(|n| SliceIndex::service_label(n.meta()));
+        let touched = self.lock().slices.set(o.namespace(), o.name(), now);
+        touched
+            .iter()
+            .map(|(ns, svc)| service_key(ns, svc))
+            .collect()
     }
 
     /// Recomputes the lost nodes from the caches; whether they changed.
@@ -203,11 +185,11 @@ impl EndpointSliceController {
         let (ns, name) = (key.namespace.as_str(), key.name.as_str());
         let (pods, slices, lost) = {
             let inner = self.index.lock();
-            let slice_names = inner
+            let slice_names: Vec<String> = inner
                 .slices
-                .get(&(ns.to_string(), name.to_string()))
-                .cloned()
-                .unwrap_or_default();
+                .slices_of(ns, name)
+                .map(str::to_string)
+                .collect();
             let selector = inner.selectors.get(ns, name).cloned().unwrap_or_default();
             let pod_names: Vec<String> = inner
                 .pods

@@ -61,6 +61,8 @@ pub(crate) fn endpoints(
                 node: None,
                 pod: format!("{ns}/{pod}"),
                 ready: *ready,
+                serving: *ready,
+                terminating: false,
             })
             .collect(),
         ports: ports

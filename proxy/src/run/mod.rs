@@ -1,11 +1,9 @@
-//! The proxy controller the agent starts: list+watch Services and Pods,
-//! keep the service view current (recomputing only the Services a change
-//! touches), and hand each new view to a dedicated sync thread that
+//! The proxy controller the agent starts: list+watch Services and
+//! EndpointSlices (as kube-proxy does; the EndpointSlice controller keeps
+//! the slices from pods, readiness and lost nodes), keep the service view
+//! current (recomputing only the Services a change touches, each from its
+//! own slices), and hand each new view to a dedicated sync thread that
 //! debounces (min sync period), checks the canary and runs full resyncs.
-//! It also watches Nodes and their heartbeat Leases: the pods of a
-//! registered node whose Lease expired are not endpoints, so a lost
-//! node's endpoints leave every Service within the lease duration (40 s),
-//! as the node lifecycle controller's NotReady marking does in Kubernetes.
 
 mod state;
 
@@ -25,7 +23,7 @@ use crate::rules::NodeConfig;
 use crate::sync::{Proxier, Syncer, DEFAULT_FULL_SYNC_PERIOD};
 use crate::view::ServicePort;
 use crate::{Error, Result};
-use state::{strip_pod, View};
+use state::{strip_slice, View};
 
 /// How the proxy runs.
 #[derive(Debug, Clone)]
@@ -153,9 +151,6 @@ fn proxier(cfg: &ProxyConfig) -> Result<Box<dyn Proxier>> {
     }
 }
 
-/// Where agents keep their heartbeat Leases (one per node, named after it).
-pub const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
-
 /// A new desired view and when its oldest change not yet handed over
 /// arrived.
 struct Desired {
@@ -244,12 +239,9 @@ pub async fn run(cp: Arc<dyn ControlPlane>, cfg: ProxyConfig, metrics: Arc<Metri
 
     let mut state = View::new(cfg.node.node_name.clone());
     let mut services = Watcher::new(Arc::clone(&cp), Scope::all(Kind::Service));
-    // Only what endpoints are made of is kept of each pod.
-    let mut pods = Watcher::new(Arc::clone(&cp), Scope::all(Kind::Pod)).with_transform(strip_pod);
-    let mut nodes = Watcher::new(Arc::clone(&cp), Scope::all(Kind::Node));
-    let mut leases = Watcher::new(cp, Scope::namespaced(Kind::Lease, NODE_LEASE_NAMESPACE));
-    let (mut services_synced, mut pods_synced) = (false, false);
-    let (mut nodes_synced, mut leases_synced) = (false, false);
+    // Only what the proxy reads is kept of each slice.
+    let mut slices = Watcher::new(cp, Scope::all(Kind::EndpointSlice)).with_transform(strip_slice);
+    let (mut services_synced, mut slices_synced) = (false, false);
     let mut pending: Option<Instant> = None;
     // While the sync thread has not taken the last view, look again then.
     let mut retry_at: Option<Instant> = None;
@@ -263,33 +255,21 @@ pub async fn run(cp: Arc<dyn ControlPlane>, cfg: ProxyConfig, metrics: Arc<Metri
                     pending.get_or_insert_with(Instant::now);
                 }
             },
-            u = pods.next() => match u {
-                Update::Synced => pods_synced = true,
+            u = slices.next() => match u {
+                Update::Synced => slices_synced = true,
                 Update::Event(ev) => {
-                    state.pod_event(&ev, services.store());
+                    state.slice_event(&ev);
                     pending.get_or_insert_with(Instant::now);
                 }
             },
-            u = nodes.next() => {
-                nodes_synced |= matches!(u, Update::Synced);
-                if state.nodes_changed(nodes.store(), leases.store(), services.store()) {
-                    pending.get_or_insert_with(Instant::now);
-                }
-            },
-            u = leases.next() => {
-                leases_synced |= matches!(u, Update::Synced);
-                if state.nodes_changed(nodes.store(), leases.store(), services.store()) {
-                    pending.get_or_insert_with(Instant::now);
-                }
-            },
-            _ = tokio::time::sleep_until(flush_at.unwrap_or_else(Instant::now).into()), if flush_at.is_some() && services_synced && pods_synced && nodes_synced && leases_synced => {
+            _ = tokio::time::sleep_until(flush_at.unwrap_or_else(Instant::now).into()), if flush_at.is_some() && services_synced && slices_synced => {
                 if !mailbox.is_empty() {
                     retry_at = Some(Instant::now() + Duration::from_millis(10));
                     continue;
                 }
                 retry_at = None;
                 let at = pending.take().unwrap_or_else(Instant::now);
-                state.recompute(services.store(), pods.store());
+                state.recompute(services.store(), slices.store());
                 metrics.queued(at);
                 mailbox.put(Desired { services: state.flatten(), at });
             }

@@ -1,121 +1,28 @@
 //! The controller's state: each Service's ports as last computed, which
-//! Services a change touched, the lost nodes, and two label indexes that
-//! keep a change's cost proportional to what it touches. A pod event
-//! looks only at the Services whose selectors share one of its labels,
-//! and a Service is recomputed against only the pods carrying its
-//! selector's rarest label, not every object of the namespace (with 10k
-//! Services and 50k pods in one namespace a full scan is 500M selector
-//! checks).
+//! Services a change touched, and which EndpointSlices belong to each
+//! Service (by their `kubernetes.io/service-name` label), so that a slice
+//! event recomputes only its own Service from only its own slices.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use controlplane::api::{ObjectRef, WatchEvent};
-use controlplane::endpoints::{selector_matches, strip_for_endpoints};
+use controlplane::endpoints::{from_slices, SliceIndex, SERVICE_NAME_LABEL};
 use controlplane::{Kind, Object};
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::view::{ports_of, ServicePort};
 
-type Labels = BTreeMap<String, String>;
-
-/// Objects of one kind by (namespace, label pair), and the labels (or, for
-/// Services, the selector) each was last recorded with.
-#[derive(Debug, Default)]
-pub struct LabelIndex {
-    /// namespace -> "key\0value" -> names.
-    by_pair: HashMap<String, HashMap<String, BTreeSet<String>>>,
-    /// (namespace, name) -> labels.
-    labels: HashMap<(String, String), Labels>,
-}
-
-fn pair(k: &str, v: &str) -> String {
-    format!("{k}\0{v}")
-}
-
-impl LabelIndex {
-    /// Records `labels` for `ns/name` (`None`: the object is gone) and
-    /// returns what was recorded before.
-    pub fn set(&mut self, ns: &str, name: &str, labels: Option<Labels>) -> Option<Labels> {
-        let key = (ns.to_string(), name.to_string());
-        let before = self.labels.remove(&key);
-        if let Some(old) = &before {
-            if let Some(pairs) = self.by_pair.get_mut(ns) {
-                for (k, v) in old {
-                    let p = pair(k, v);
-                    if let Some(names) = pairs.get_mut(&p) {
-                        names.remove(name);
-                        if names.is_empty() {
-                            pairs.remove(&p);
-                        }
-                    }
-                }
-                if pairs.is_empty() {
-                    self.by_pair.remove(ns);
-                }
-            }
-        }
-        if let Some(new) = labels {
-            let pairs = self.by_pair.entry(ns.to_string()).or_default();
-            for (k, v) in &new {
-                pairs
-                    .entry(pair(k, v))
-                    .or_default()
-                    .insert(name.to_string());
-            }
-            self.labels.insert(key, new);
-        }
-        before
-    }
-
-    /// The names in `ns` carrying the rarest pair of `selector`: a superset
-    /// of those carrying all of it (empty for an empty selector, which
-    /// selects nothing).
-    pub fn candidates(&self, ns: &str, selector: &Labels) -> Vec<&str> {
-        let Some(pairs) = self.by_pair.get(ns) else {
-            return Vec::new();
-        };
-        let mut rarest: Option<&BTreeSet<String>> = None;
-        for (k, v) in selector {
-            match pairs.get(&pair(k, v)) {
-                // Nothing carries this pair: nothing carries all of them.
-                None => return Vec::new(),
-                Some(names) if rarest.is_none_or(|r| names.len() < r.len()) => rarest = Some(names),
-                Some(_) => {}
-            }
-        }
-        rarest
-            .map(|r| r.iter().map(String::as_str).collect())
-            .unwrap_or_default()
-    }
-
-    /// The names in `ns` whose recorded labels share a pair with `labels`.
-    pub fn sharing(&self, ns: &str, labels: &Labels) -> BTreeSet<&str> {
-        let Some(pairs) = self.by_pair.get(ns) else {
-            return BTreeSet::new();
-        };
-        labels
-            .iter()
-            .filter_map(|(k, v)| pairs.get(&pair(k, v)))
-            .flatten()
-            .map(String::as_str)
-            .collect()
-    }
-}
+type Key = (String, String);
 
 /// The service view kept by the controller.
 pub struct View {
     node_name: String,
     /// Per Service (namespace, name): its ports.
-    ports: BTreeMap<(String, String), Vec<ServicePort>>,
+    ports: BTreeMap<Key, Vec<ServicePort>>,
     /// Services to recompute at the next flush.
-    dirty: BTreeSet<(String, String)>,
-    /// Pods by label.
-    pods: LabelIndex,
-    /// Services by selector.
-    selectors: LabelIndex,
-    /// Nodes that are registered but hold no heartbeat Lease (it expired:
-    /// the agent stopped renewing it). Their pods are not endpoints.
-    lost: BTreeSet<String>,
+    dirty: BTreeSet<Key>,
+    /// Each Service's slices.
+    slices: SliceIndex,
 }
 
 impl View {
@@ -124,93 +31,33 @@ impl View {
             node_name,
             ports: BTreeMap::new(),
             dirty: BTreeSet::new(),
-            pods: LabelIndex::default(),
-            selectors: LabelIndex::default(),
-            lost: BTreeSet::new(),
+            slices: SliceIndex::default(),
         }
-    }
-
-    /// Recomputes the lost nodes; when the set changed, every Service is
-    /// recomputed (nodes come and go rarely). Returns whether it changed.
-    pub fn nodes_changed(
-        &mut self,
-        nodes: &BTreeMap<ObjectRef, Object>,
-        leases: &BTreeMap<ObjectRef, Object>,
-        services: &BTreeMap<ObjectRef, Object>,
-    ) -> bool {
-        let alive: BTreeSet<&str> = leases.keys().map(|k| k.name.as_str()).collect();
-        let lost: BTreeSet<String> = nodes
-            .keys()
-            .map(|k| k.name.as_str())
-            .filter(|n| !alive.contains(n))
-            .map(str::to_string)
-            .collect();
-        if lost == self.lost {
-            return false;
-        }
-        for n in lost.symmetric_difference(&self.lost) {
-            let change = if lost.contains(n) {
-                "lost (no heartbeat lease)"
-            } else {
-                "back"
-            };
-            tracing::info!(node = %n, "proxy: node {change}");
-        }
-        self.lost = lost;
-        self.dirty.extend(
-            services
-                .keys()
-                .map(|k| (k.namespace.clone(), k.name.clone())),
-        );
-        true
     }
 
     pub fn service_event(&mut self, ev: &WatchEvent) {
         let o = ev.object();
-        let (ns, name) = (o.namespace(), o.name());
-        let selector = match (ev, o) {
-            (WatchEvent::Deleted(_), _) => None,
-            (_, Object::Service(s)) => Some(selector_of(s).cloned().unwrap_or_default()),
-            _ => None,
-        };
-        self.selectors.set(ns, name, selector);
-        self.dirty.insert((ns.to_string(), name.to_string()));
+        self.dirty
+            .insert((o.namespace().to_string(), o.name().to_string()));
     }
 
-    /// Marks the Services of the pod's namespace whose selector matches
-    /// its labels now or before: only those sharing a label with it are
-    /// looked at, and checked against the store's Service.
-    pub fn pod_event(&mut self, ev: &WatchEvent, services: &BTreeMap<ObjectRef, Object>) {
-        let Object::Pod(pod) = ev.object() else {
-            return;
-        };
-        let key = ObjectRef::of(ev.object());
+    /// Files the slice under its Service (moving it if its label changed)
+    /// and marks the Services concerned.
+    pub fn slice_event(&mut self, ev: &WatchEvent) {
+        let o = ev.object();
         let now = match ev {
             WatchEvent::Deleted(_) => None,
-            _ => Some(pod.metadata.labels.clone().unwrap_or_default()),
+            _ => SliceIndex::service_label(o.meta()),
         };
-        let before = self.pods.set(&key.namespace, &key.name, now.clone());
-        let mut touched = Vec::new();
-        for labels in [&now, &before].into_iter().flatten() {
-            for svc in self.selectors.sharing(&key.namespace, labels) {
-                let current = services.get(&ObjectRef::new(Kind::Service, &key.namespace, svc));
-                let Some(Object::Service(s)) = current else {
-                    continue;
-                };
-                if selector_of(s).is_some_and(|sel| selector_matches(sel, Some(labels))) {
-                    touched.push((key.namespace.clone(), svc.to_string()));
-                }
-            }
-        }
+        let touched = self.slices.set(o.namespace(), o.name(), now);
         self.dirty.extend(touched);
     }
 
-    /// Recomputes the Services marked dirty, each against the pods of its
-    /// namespace that carry its selector's rarest label.
+    /// Recomputes the Services marked dirty from their own slices.
     pub fn recompute(
         &mut self,
         services: &BTreeMap<ObjectRef, Object>,
-        pods: &BTreeMap<ObjectRef, Object>,
+        slices: &BTreeMap<ObjectRef, Object>,
     ) {
         for (ns, name) in std::mem::take(&mut self.dirty) {
             let svc = services
@@ -223,18 +70,14 @@ impl View {
                 self.ports.remove(&(ns, name));
                 continue;
             };
-            let selector = selector_of(s).cloned().unwrap_or_default();
-            let lost = &self.lost;
-            let candidates = self
-                .pods
-                .candidates(&ns, &selector)
-                .into_iter()
-                .filter_map(|p| match pods.get(&ObjectRef::new(Kind::Pod, &ns, p)) {
-                    Some(Object::Pod(p)) => Some(p),
+            let own = self.slices.slices_of(&ns, &name).filter_map(|n| {
+                match slices.get(&ObjectRef::new(Kind::EndpointSlice, &ns, n)) {
+                    Some(Object::EndpointSlice(s)) => Some(s),
                     _ => None,
-                })
-                .filter(|p| !on_lost_node(lost, p));
-            let ports = ports_of(s, candidates, &self.node_name);
+                }
+            });
+            let subsets = from_slices(s, own);
+            let ports = ports_of(s, &subsets, &self.node_name);
             self.ports.insert((ns, name), ports);
         }
     }
@@ -244,206 +87,185 @@ impl View {
     }
 }
 
-fn selector_of(s: &Service) -> Option<&Labels> {
-    s.spec.as_ref().and_then(|s| s.selector.as_ref())
-}
-
-/// The proxy's Pod watch transform (see [`strip_for_endpoints`]).
-pub fn strip_pod(o: &mut Object) {
-    if let Object::Pod(p) = o {
-        strip_for_endpoints(p);
+/// The proxy's EndpointSlice watch transform: keeps what the proxy reads
+/// (name, namespace, the Service label, resourceVersion; per endpoint its
+/// addresses, conditions, node and pod name), so that 10k Services hold
+/// little more than their addresses.
+pub fn strip_slice(o: &mut Object) {
+    let Object::EndpointSlice(s) = o else {
+        return;
+    };
+    let meta = std::mem::take(&mut s.metadata);
+    s.metadata = ObjectMeta {
+        name: meta.name,
+        namespace: meta.namespace,
+        resource_version: meta.resource_version,
+        labels: meta.labels.map(|l| {
+            l.into_iter()
+                .filter(|(k, _)| k == SERVICE_NAME_LABEL)
+                .collect()
+        }),
+        ..ObjectMeta::default()
+    };
+    for ep in &mut s.endpoints {
+        ep.hostname = None;
+        ep.zone = None;
+        ep.hints = None;
+        ep.deprecated_topology = None;
+        if let Some(r) = &mut ep.target_ref {
+            r.uid = None;
+            r.resource_version = None;
+            r.api_version = None;
+            r.field_path = None;
+        }
     }
 }
 
-/// Whether `pod` runs on one of the `lost` nodes.
-fn on_lost_node(lost: &BTreeSet<String>, pod: &Pod) -> bool {
-    pod.spec
-        .as_ref()
-        .and_then(|s| s.node_name.as_deref())
-        .is_some_and(|n| lost.contains(n))
+/// A slice (for tests).
+#[cfg(test)]
+pub(crate) fn slice(
+    name: &str,
+    svc: &str,
+    eps: &[(&str, bool)],
+) -> k8s_openapi::api::discovery::v1::EndpointSlice {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "namespace": "ns", "labels": {SERVICE_NAME_LABEL: svc}},
+        "addressType": "IPv4",
+        "ports": [{"name": "p", "port": 8080, "protocol": "TCP"}],
+        "endpoints": eps.iter().map(|(ip, ready)| serde_json::json!({
+            "addresses": [ip], "nodeName": "n1", "conditions": {"ready": ready, "serving": ready}
+        })).collect::<Vec<_>>(),
+    }))
+    .expect("slice")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::discovery::v1::EndpointConditions;
 
-    fn labels(pairs: &[(&str, &str)]) -> Labels {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
-    fn object(v: serde_json::Value) -> Object {
-        Object::from_value(v).expect("object")
-    }
-
-    fn service(name: &str, selector: serde_json::Value) -> Object {
-        object(serde_json::json!({"apiVersion": "v1", "kind": "Service",
+    fn service(name: &str) -> Object {
+        Object::from_value(serde_json::json!({"apiVersion": "v1", "kind": "Service",
             "metadata": {"name": name, "namespace": "ns"},
-            "spec": {"clusterIP": "10.96.0.10", "selector": selector,
+            "spec": {"clusterIP": "10.96.0.10", "selector": {"app": name},
                      "ports": [{"name": "p", "port": 80, "targetPort": 8080}]}}))
-    }
-
-    fn pod(name: &str, ip: &str, labels: serde_json::Value) -> Object {
-        object(serde_json::json!({"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": "ns", "labels": labels},
-            "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "i"}]},
-            "status": {"phase": "Running", "podIP": ip,
-                       "conditions": [{"type": "Ready", "status": "True"}]}}))
+        .expect("service")
     }
 
     type Store = BTreeMap<ObjectRef, Object>;
 
-    /// Applies `ev` to `store` and tells the view, as the watchers do.
-    fn apply(view: &mut View, services: &mut Store, pods: &mut Store, ev: WatchEvent) {
-        let o = ev.object().clone();
-        let store = if matches!(o, Object::Service(_)) {
-            &mut *services
-        } else {
-            &mut *pods
-        };
-        match &ev {
-            WatchEvent::Deleted(_) => store.remove(&ObjectRef::of(&o)),
-            _ => store.insert(ObjectRef::of(&o), o.clone()),
-        };
-        match o {
-            Object::Service(_) => view.service_event(&ev),
-            _ => view.pod_event(&ev, services),
+    /// A view and the watchers' stores.
+    struct World {
+        v: View,
+        services: Store,
+        slices: Store,
+    }
+
+    impl World {
+        fn new() -> World {
+            World {
+                v: View::new("n1".into()),
+                services: Store::new(),
+                slices: Store::new(),
+            }
+        }
+
+        /// Applies `ev` to the right store and tells the view, as the
+        /// watchers do.
+        fn ev(&mut self, ev: WatchEvent) {
+            let o = ev.object().clone();
+            let store = if matches!(o, Object::Service(_)) {
+                &mut self.services
+            } else {
+                &mut self.slices
+            };
+            match &ev {
+                WatchEvent::Deleted(_) => store.remove(&ObjectRef::of(&o)),
+                _ => store.insert(ObjectRef::of(&o), o.clone()),
+            };
+            match o {
+                Object::Service(_) => self.v.service_event(&ev),
+                _ => self.v.slice_event(&ev),
+            }
+        }
+
+        fn recompute(&mut self) {
+            self.v.recompute(&self.services, &self.slices);
         }
     }
 
     fn endpoints(view: &View) -> Vec<String> {
         view.flatten()
             .iter()
-            .flat_map(|sp| sp.endpoints.iter().map(|e| e.ip.to_string()))
+            .flat_map(|sp| sp.endpoints.iter().map(|e| e.addr()))
             .collect()
     }
 
-    #[test]
-    fn the_view_follows_relabels_selector_changes_and_deletions() {
-        let (mut v, mut svcs, mut pods) = (View::new("n1".into()), Store::new(), Store::new());
-        let web = serde_json::json!({"app": "web"});
-        apply(
-            &mut v,
-            &mut svcs,
-            &mut pods,
-            WatchEvent::Added(pod("a", "10.244.0.2", web.clone())),
-        );
-        apply(
-            &mut v,
-            &mut svcs,
-            &mut pods,
-            WatchEvent::Added(service("s", web.clone())),
-        );
-        apply(
-            &mut v,
-            &mut svcs,
-            &mut pods,
-            WatchEvent::Added(pod("b", "10.244.0.3", web.clone())),
-        );
-        apply(
-            &mut v,
-            &mut svcs,
-            &mut pods,
-            WatchEvent::Added(pod("c", "10.244.0.4", serde_json::json!({"app": "db"}))),
-        );
-        v.recompute(&svcs, &pods);
-        assert_eq!(endpoints(&v), ["10.244.0.2", "10.244.0.3"]);
-        assert!(v.dirty.is_empty());
-
-        // b relabelled away from the selector: the Service is touched.
-        apply(
-            &mut v,
-            &mut svcs,
-            &mut pods,
-            WatchEvent::Modified(pod("b", "10.244.0.3", serde_json::json!({"app": "other"}))),
-        );
-        assert_eq!(v.dirty.len(), 1);
-        v.recompute(&svcs, &pods);
-        assert_eq!(endpoints(&v), ["10.244.0.2"]);
-        // A pod no selector matches touches nothing.
-        apply(
-            &mut v,
-            &mut svcs,
-            &mut pods,
-            WatchEvent::Modified(pod(
-                "c",
-                "10.244.0.4",
-                serde_json::json!({"app": "db", "x": "y"}),
-            )),
-        );
-        assert!(v.dirty.is_empty());
-
-        // The selector now names db: c, not a.
-        apply(
-            &mut v,
-            &mut svcs,
-            &mut pods,
-            WatchEvent::Modified(service("s", serde_json::json!({"app": "db"}))),
-        );
-        v.recompute(&svcs, &pods);
-        assert_eq!(endpoints(&v), ["10.244.0.4"]);
-        apply(
-            &mut v,
-            &mut svcs,
-            &mut pods,
-            WatchEvent::Deleted(pod(
-                "c",
-                "10.244.0.4",
-                serde_json::json!({"app": "db", "x": "y"}),
-            )),
-        );
-        v.recompute(&svcs, &pods);
-        assert!(endpoints(&v).is_empty());
-        apply(
-            &mut v,
-            &mut svcs,
-            &mut pods,
-            WatchEvent::Deleted(service("s", web)),
-        );
-        v.recompute(&svcs, &pods);
-        assert!(v.flatten().is_empty());
+    fn sl(name: &str, svc: &str, eps: &[(&str, bool)]) -> Object {
+        let mut o = Object::EndpointSlice(slice(name, svc, eps));
+        strip_slice(&mut o);
+        o
     }
 
     #[test]
-    fn the_index_narrows_to_the_rarest_pair_and_forgets_old_labels() {
-        let mut ix = LabelIndex::default();
-        for i in 0..10 {
-            ix.set("a", &format!("p{i}"), Some(labels(&[("tier", "web")])));
-        }
-        ix.set("a", "p3", Some(labels(&[("tier", "web"), ("app", "x")])));
-        ix.set("b", "q", Some(labels(&[("tier", "web"), ("app", "x")])));
-        let sel = labels(&[("tier", "web"), ("app", "x")]);
+    fn the_view_follows_slices_of_each_service_only() {
+        let mut w = World::new();
+        w.ev(WatchEvent::Added(sl("a-1", "a", &[("10.244.0.2", true)])));
+        w.ev(WatchEvent::Added(service("a")));
+        w.ev(WatchEvent::Added(service("b")));
+        w.ev(WatchEvent::Added(sl(
+            "a-2",
+            "a",
+            &[("10.244.0.3", true), ("10.244.0.4", false)],
+        )));
+        w.ev(WatchEvent::Added(sl("b-1", "b", &[("10.244.1.2", true)])));
+        w.recompute();
         assert_eq!(
-            ix.candidates("a", &sel),
-            ["p3"],
-            "the rarer pair, this namespace"
+            endpoints(&w.v),
+            ["10.244.0.2:8080", "10.244.0.3:8080", "10.244.1.2:8080"]
         );
-        assert!(ix.candidates("a", &labels(&[("app", "y")])).is_empty());
-        assert!(
-            ix.candidates("a", &Labels::new()).is_empty(),
-            "empty selects nothing"
-        );
-        assert_eq!(ix.candidates("a", &labels(&[("tier", "web")])).len(), 10);
 
-        // Relabelled: the old pair no longer finds it; gone: nothing does.
-        let before = ix.set("a", "p3", Some(labels(&[("tier", "db")])));
-        assert_eq!(before, Some(sel.clone()));
-        assert!(ix.candidates("a", &sel).is_empty());
-        assert_eq!(ix.candidates("a", &labels(&[("tier", "web")])).len(), 9);
-        ix.set("a", "p3", None);
-        assert!(ix.candidates("a", &labels(&[("tier", "db")])).is_empty());
-
-        let shared = ix.sharing("b", &labels(&[("app", "x"), ("zone", "z")]));
-        assert_eq!(shared.into_iter().collect::<Vec<_>>(), ["q"]);
-        for i in 0..10 {
-            ix.set("a", &format!("p{i}"), None);
-        }
-        ix.set("b", "q", None);
-        assert!(
-            ix.by_pair.is_empty() && ix.labels.is_empty(),
-            "nothing left behind"
+        // A slice of b changes: only b is recomputed.
+        w.ev(WatchEvent::Modified(sl(
+            "b-1",
+            "b",
+            &[("10.244.1.3", true)],
+        )));
+        assert_eq!(
+            w.v.dirty.iter().map(|k| k.1.as_str()).collect::<Vec<_>>(),
+            ["b"]
         );
+        // A slice relabelled to b leaves a.
+        w.ev(WatchEvent::Modified(sl(
+            "a-2",
+            "b",
+            &[("10.244.0.3", true)],
+        )));
+        assert_eq!(w.v.dirty.len(), 2);
+        w.recompute();
+        assert_eq!(
+            endpoints(&w.v),
+            ["10.244.0.2:8080", "10.244.0.3:8080", "10.244.1.3:8080"]
+        );
+        w.ev(WatchEvent::Deleted(sl("a-1", "a", &[])));
+        w.ev(WatchEvent::Deleted(service("b")));
+        w.recompute();
+        assert!(endpoints(&w.v).is_empty(), "{:?}", endpoints(&w.v));
+        assert_eq!(w.v.flatten().len(), 1, "a is left, without endpoints");
+    }
+
+    #[test]
+    fn a_service_whose_endpoints_all_terminate_keeps_the_serving_ones() {
+        let mut w = World::new();
+        w.ev(WatchEvent::Added(service("a")));
+        let mut draining = slice("a-1", "a", &[("10.244.0.2", false), ("10.244.0.3", false)]);
+        draining.endpoints[0].conditions = Some(EndpointConditions {
+            ready: Some(false),
+            serving: Some(true),
+            terminating: Some(true),
+        });
+        w.ev(WatchEvent::Added(Object::EndpointSlice(draining)));
+        w.recompute();
+        assert_eq!(endpoints(&w.v), ["10.244.0.2:8080"]);
     }
 }

@@ -105,6 +105,11 @@ pub struct AgentArgs {
     /// leave every Service.
     #[arg(long, value_name = "DURATION")]
     pub node_lease_duration: Option<String>,
+    /// How long the controller manager's leader Lease lasts without
+    /// renewal before another agent takes over (default 15s, as
+    /// kube-controller-manager's --leader-elect-lease-duration).
+    #[arg(long, value_name = "DURATION")]
+    pub leader_elect_lease_duration: Option<String>,
     /// The cluster DNS address, kube-system/kube-dns's ClusterIP, served
     /// on every node (default 10.96.0.10).
     #[arg(long, value_name = "IP")]
@@ -164,8 +169,12 @@ pub async fn run(config: &Config, args: AgentArgs) -> Result<ExitCode> {
     if config.enabled("controllers") {
         // Leader-elected: on a shared etcd only one agent's run at a time.
         let cp = cp.clone() as Arc<dyn ControlPlane>;
+        let election = controllers::leader::Config::with_lease(
+            &config.node_name,
+            config.leader_elect_lease_duration,
+        );
         node.tasks
-            .push(tokio::spawn(controllers::run(cp, config.node_name.clone())));
+            .push(tokio::spawn(controllers::manager::run_with(cp, election)));
     }
     notify_ready();
     let failed = tokio::select! {

@@ -67,6 +67,8 @@ pub struct Config {
     pub masquerade_all: bool,
     /// The heartbeat Lease's lifetime; renewed every quarter of it.
     pub node_lease_duration: Duration,
+    /// The controller manager's leader Lease lifetime.
+    pub leader_elect_lease_duration: Duration,
     /// Where the Kubernetes API listens over HTTPS (`api-bind-address`,
     /// `api-port`; port 0 turns it off).
     pub api_bind_address: String,
@@ -167,6 +169,8 @@ impl Default for Config {
             proxy_mode: None,
             // kubelet's nodeLeaseDurationSeconds.
             node_lease_duration: Duration::from_secs(40),
+            // kube-controller-manager's --leader-elect-lease-duration.
+            leader_elect_lease_duration: Duration::from_secs(15),
             cluster_dns: Ipv4Addr::new(10, 96, 0, 10),
             cluster_domain: "cluster.local".into(),
             resolv_conf: "/etc/resolv.conf".into(),
@@ -223,6 +227,7 @@ pub struct File {
     pub localhost_nodeports: Option<bool>,
     pub network_policy_guard: Option<bool>,
     pub node_lease_duration: Option<String>,
+    pub leader_elect_lease_duration: Option<String>,
     pub cluster_dns: Option<String>,
     pub cluster_domain: Option<String>,
     pub resolv_conf: Option<PathBuf>,
@@ -383,6 +388,13 @@ impl Config {
                 flags.node_lease_duration.or(file.node_lease_duration),
                 d.node_lease_duration,
             )?,
+            leader_elect_lease_duration: duration(
+                "leader-elect-lease-duration",
+                flags
+                    .leader_elect_lease_duration
+                    .or(file.leader_elect_lease_duration),
+                d.leader_elect_lease_duration,
+            )?,
             cluster_dns: ipv4(
                 "cluster-dns",
                 flags.cluster_dns.or(file.cluster_dns),
@@ -462,6 +474,9 @@ impl Config {
         }
         if c.node_lease_duration < Duration::from_secs(4) {
             bail!("node-lease-duration: at least 4s (it is renewed every quarter of it)");
+        }
+        if c.leader_elect_lease_duration < Duration::from_secs(2) {
+            bail!("leader-elect-lease-duration: at least 2s (the leader renews every 2/15 of it)");
         }
         if c.proxy_sync_period.is_zero() {
             bail!("proxy-sync-period: must be more than 0 (health allows a change to wait twice this)");

@@ -254,6 +254,7 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
         network_policy_guard: agent.and_then(|a| a.network_policy_guard),
         proxy_mode: flag(|a| a.proxy_mode.clone()),
         node_lease_duration: flag(|a| a.node_lease_duration.clone()),
+        leader_elect_lease_duration: flag(|a| a.leader_elect_lease_duration.clone()),
         cluster_dns: flag(|a| a.cluster_dns.clone()),
         cluster_domain: flag(|a| a.cluster_domain.clone()),
         resolv_conf: agent.and_then(|a| a.resolv_conf.clone()),

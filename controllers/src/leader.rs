@@ -30,13 +30,19 @@ pub struct Config {
 impl Config {
     /// `kube-system/knode-controller-manager`, 15 s / 10 s / 2 s.
     pub fn new(identity: &str) -> Config {
+        Config::with_lease(identity, Duration::from_secs(15))
+    }
+
+    /// The same with another lease duration, renew deadline and retry
+    /// period in kube's proportions (2/3 and 2/15 of it).
+    pub fn with_lease(identity: &str, lease_duration: Duration) -> Config {
         Config {
             namespace: "kube-system".into(),
             name: "knode-controller-manager".into(),
             identity: identity.into(),
-            lease_duration: Duration::from_secs(15),
-            renew_deadline: Duration::from_secs(10),
-            retry_period: Duration::from_secs(2),
+            lease_duration,
+            renew_deadline: lease_duration * 2 / 3,
+            retry_period: lease_duration * 2 / 15,
         }
     }
 }

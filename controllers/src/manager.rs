@@ -31,7 +31,12 @@ const RESYNC: Duration = Duration::from_secs(60);
 /// Runs the controller manager for `identity` (the node name) until the
 /// task is aborted.
 pub async fn run(cp: Arc<dyn ControlPlane>, identity: String) {
-    let mut elector = Elector::new(cp.clone(), Config::new(&identity));
+    run_with(cp, Config::new(&identity)).await
+}
+
+/// Runs the controller manager with the given election settings.
+pub async fn run_with(cp: Arc<dyn ControlPlane>, election: Config) {
+    let mut elector = Elector::new(cp.clone(), election);
     loop {
         elector.acquire().await;
         let tasks = start(cp.clone());

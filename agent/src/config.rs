@@ -110,6 +110,7 @@ impl Config {
                 domain: self.cluster_domain.clone(),
                 resolv_conf: self.resolv_conf.clone(),
             }),
+            bind_pending: !self.enabled("controllers"),
         }
     }
 }

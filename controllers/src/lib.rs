@@ -18,6 +18,7 @@ pub mod manager;
 pub mod pods;
 pub mod queue;
 pub mod replicaset;
+pub mod scheduler;
 pub mod statefulset;
 
 pub use manager::run;

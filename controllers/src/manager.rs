@@ -1,6 +1,7 @@
 //! The controller manager: waits to lead, then starts the informers
 //! (Pods, ReplicaSets, Deployments, StatefulSets, ControllerRevisions,
-//! DaemonSets, Nodes, Jobs, Services, EndpointSlices, node Leases),
+//! DaemonSets, Nodes, Jobs, Services, EndpointSlices, node Leases) and
+//! the scheduler,
 //! connects their changes to the work
 //! queues, and runs one worker per controller; stops them all when
 //! leadership is lost, and tries again.
@@ -22,6 +23,7 @@ use crate::job::JobController;
 use crate::leader::{Config, Elector};
 use crate::queue::Queue;
 use crate::replicaset::ReplicaSetController;
+use crate::scheduler::{Scheduler, Usages};
 use crate::statefulset::StatefulSetController;
 use crate::Result;
 
@@ -62,6 +64,24 @@ pub fn start(cp: Arc<dyn ControlPlane>) -> Vec<JoinHandle<()>> {
     let (mut lease_inf, leases) = Informer::new(cp.clone(), Kind::Lease);
     let slice_q = Queue::new();
     let slice_ix = Arc::new(SliceIndex::default());
+    let sched_q = Queue::new();
+    let usages = Arc::new(Usages::default());
+    let unschedulable = Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+    // Pods that fit nowhere are tried again when room may have appeared.
+    let retry_unschedulable = {
+        let (unschedulable, sched_q) = (unschedulable.clone(), sched_q.clone());
+        move || {
+            let keys: Vec<ObjectRef> = unschedulable
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .cloned()
+                .collect();
+            for k in keys {
+                sched_q.add(k);
+            }
+        }
+    };
     let (ds_q, job_q) = (Queue::new(), Queue::new());
     let (rs_q, d_q, gc_q, sts_q) = (Queue::new(), Queue::new(), Queue::new(), Queue::new());
     let dependents = vec![
@@ -89,9 +109,19 @@ pub fn start(cp: Arc<dyn ControlPlane>) -> Vec<JoinHandle<()>> {
         let (daemons, ds_q) = (daemons.clone(), ds_q.clone());
         let (jobs, job_q) = (jobs.clone(), job_q.clone());
         let (slice_ix, slice_q) = (slice_ix.clone(), slice_q.clone());
+        let (usages, sched_q, retry) =
+            (usages.clone(), sched_q.clone(), retry_unschedulable.clone());
         pod_inf.on_change(Box::new(move |old, new| {
             for k in slice_ix.pod_changed(old, new) {
                 slice_q.add(k);
+            }
+            if usages.pod_changed(old, new) {
+                retry();
+            }
+            if let Some(Object::Pod(p)) = new {
+                if crate::scheduler::pending(p) {
+                    sched_q.add(ObjectRef::of(new.expect("new")));
+                }
             }
             for o in old.iter().chain(new.iter()) {
                 ReplicaSetController::keys_for_pod(&rss, o)
@@ -209,7 +239,9 @@ pub fn start(cp: Arc<dyn ControlPlane>) -> Vec<JoinHandle<()>> {
     for inf in [&mut node_inf, &mut lease_inf] {
         let (slice_ix, slice_q) = (slice_ix.clone(), slice_q.clone());
         let (nodes, leases, services) = (nodes.clone(), leases.clone(), services.clone());
+        let retry = retry_unschedulable.clone();
         inf.on_change(Box::new(move |_, _| {
+            retry();
             if slice_ix.nodes_changed(&nodes, &leases) {
                 for o in services.all() {
                     slice_q.add(ObjectRef::of(&o));
@@ -264,6 +296,15 @@ pub fn start(cp: Arc<dyn ControlPlane>) -> Vec<JoinHandle<()>> {
         slices: slices.clone(),
         nodes: nodes.clone(),
         index: slice_ix,
+    });
+    let sched = Arc::new(Scheduler {
+        cp: cp.clone(),
+        pods: pods.clone(),
+        nodes: nodes.clone(),
+        leases: leases.clone(),
+        usages,
+        unschedulable,
+        events: controlplane::events::Recorder::component(cp.clone(), crate::scheduler::NAME, None),
     });
     let gc = Arc::new(GarbageCollector {
         cp,
@@ -325,6 +366,15 @@ pub fn start(cp: Arc<dyn ControlPlane>) -> Vec<JoinHandle<()>> {
             all.clone(),
             move |k| {
                 let c = slice_c.clone();
+                async move { c.sync(&k).await }
+            },
+        )),
+        tokio::spawn(worker(
+            "scheduler",
+            sched_q.clone(),
+            all.clone(),
+            move |k| {
+                let c = sched.clone();
                 async move { c.sync(&k).await }
             },
         )),

@@ -3,6 +3,7 @@
 //! ReplicaSet and pods, a scale is carried out, and deleting the
 //! Deployment collects the ReplicaSet and the pods.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -266,6 +267,132 @@ async fn a_service_gets_endpoint_slices_that_follow_its_pods_and_go_with_it() {
         .unwrap();
     until("slices gone", || async {
         count(c, Kind::EndpointSlice).await == 0
+    })
+    .await;
+    manager.abort();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Registers ready node `name` (2 CPUs) with a heartbeat Lease.
+async fn ready_node(cp: &dyn ControlPlane, name: &str) {
+    let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name,
+        "labels": {"kubernetes.io/hostname": name}}});
+    let made = cp
+        .create(Object::from_value(node).unwrap(), None)
+        .await
+        .unwrap();
+    let mut v = made.to_value();
+    v["status"] = json!({"allocatable": {"cpu": "2", "memory": "4Gi", "pods": "110"},
+        "conditions": [{"type": "Ready", "status": "True"}]});
+    cp.update_status(Object::from_value(v).unwrap())
+        .await
+        .unwrap();
+    let _ = cp
+        .create(
+            Object::from_value(json!({"apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": "kube-node-lease"}}))
+            .unwrap(),
+            None,
+        )
+        .await;
+    let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": name, "namespace": "kube-node-lease"},
+        "spec": {"holderIdentity": name, "leaseDurationSeconds": 40}});
+    cp.create(Object::from_value(lease).unwrap(), None)
+        .await
+        .unwrap();
+}
+
+/// Pods of the default namespace per node name ("" for unbound).
+async fn placement(cp: &dyn ControlPlane) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for p in cp
+        .list(&Scope::namespaced(Kind::Pod, "default"))
+        .await
+        .unwrap()
+        .items
+    {
+        let node = p.to_value()["spec"]["nodeName"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        *out.entry(node).or_default() += 1;
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scheduler_spreads_a_deployment_and_says_why_a_pod_fits_nowhere() {
+    let (cp, dir) = open().await;
+    let c = cp.as_ref();
+    for n in ["n1", "n2", "n3"] {
+        ready_node(c, n).await;
+    }
+    let manager = tokio::spawn(controllers::run(cp.clone(), "n1".into()));
+    let d = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"replicas": 6, "selector": {"matchLabels": {"app": "web"}},
+                 "template": {"metadata": {"labels": {"app": "web"}},
+                              "spec": {"containers": [{"name": "c", "image": "busybox",
+                                       "resources": {"requests": {"cpu": "100m"}}}]}}}
+    });
+    cp.create(Object::from_value(d).unwrap(), None)
+        .await
+        .unwrap();
+    let even: BTreeMap<String, usize> =
+        [("n1".into(), 2), ("n2".into(), 2), ("n3".into(), 2)].into();
+    until("6 pods, 2 per node", || async {
+        placement(c).await == even
+    })
+    .await;
+
+    // Too big for any node: Pending, with the reason on the pod and in an
+    // Event.
+    let big = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "big", "namespace": "default"},
+        "spec": {"containers": [{"name": "c", "image": "busybox",
+                 "resources": {"requests": {"cpu": "3"}}}]}});
+    cp.create(Object::from_value(big).unwrap(), None)
+        .await
+        .unwrap();
+    let why = "0/3 nodes are available: 3 Insufficient cpu.";
+    let big_ref = ObjectRef::new(Kind::Pod, "default", "big");
+    until("PodScheduled False", || async {
+        let p = c.get(&big_ref).await.unwrap().to_value();
+        p["status"]["conditions"].as_array().is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == "PodScheduled" && c["message"] == why)
+        })
+    })
+    .await;
+    until("a FailedScheduling event", || async {
+        c.list(&Scope::namespaced(Kind::Event, "default"))
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .map(Object::to_value)
+            .any(|e| {
+                e["reason"] == "FailedScheduling"
+                    && e["message"] == why
+                    && e["involvedObject"]["name"] == "big"
+            })
+    })
+    .await;
+    // A bigger node joins: the pod is placed there.
+    ready_node(c, "n4").await;
+    let mut v = c
+        .get(&ObjectRef::new(Kind::Node, "", "n4"))
+        .await
+        .unwrap()
+        .to_value();
+    v["status"]["allocatable"]["cpu"] = json!("8");
+    c.update_status(Object::from_value(v).unwrap())
+        .await
+        .unwrap();
+    until("big on n4", || async {
+        c.get(&big_ref).await.unwrap().to_value()["spec"]["nodeName"] == "n4"
     })
     .await;
     manager.abort();

@@ -343,3 +343,54 @@ pub async fn apply(cp: &dyn ControlPlane, obj: Object) -> Result<(Applied, Objec
         reason: "the object kept changing; tried 10 times".into(),
     })
 }
+
+/// Binds pod `what` to `node`, as the `pods/<name>/binding` subresource
+/// does: only a pod not yet bound (else 409 Conflict, "pod ... is already
+/// assigned to node ..."), with `uid` as a precondition when given, and
+/// compare-and-set on the pod's resourceVersion so a pod changed meanwhile
+/// is not bound blindly (409 too). A pod being deleted is not bound.
+pub async fn bind(
+    cp: &dyn ControlPlane,
+    what: &ObjectRef,
+    uid: Option<&str>,
+    node: &str,
+) -> Result<Object> {
+    if node.is_empty() {
+        return Err(Error::invalid(
+            what.to_string(),
+            "target.name",
+            "Required value",
+        ));
+    }
+    let Object::Pod(mut pod) = cp.get(what).await? else {
+        return Err(Error::BadRequest(format!("{what} is not a pod")));
+    };
+    let conflict = |reason: String| Error::Conflict {
+        kind: Kind::Pod,
+        name: what.name.clone(),
+        reason,
+    };
+    if let Some(uid) = uid.filter(|u| !u.is_empty()) {
+        if pod.metadata.uid.as_deref() != Some(uid) {
+            return Err(conflict(format!(
+                "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                pod.metadata.uid.as_deref().unwrap_or_default()
+            )));
+        }
+    }
+    if pod.metadata.deletion_timestamp.is_some() {
+        return Err(conflict(format!(
+            "pod {} is being deleted, cannot be assigned to a host",
+            what.name
+        )));
+    }
+    let spec = pod.spec.get_or_insert_with(Default::default);
+    if let Some(bound) = spec.node_name.as_deref().filter(|n| !n.is_empty()) {
+        return Err(conflict(format!(
+            "pod {} is already assigned to node {bound:?}",
+            what.name
+        )));
+    }
+    spec.node_name = Some(node.to_string());
+    cp.update(Object::Pod(pod), None).await
+}

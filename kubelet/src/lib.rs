@@ -5,7 +5,7 @@
 //! `controlplane`; it reads no config file and parses no flags.
 
 pub mod cni;
-pub mod events;
+pub use controlplane::events;
 pub mod logs;
 pub mod node;
 pub mod pods;
@@ -31,6 +31,10 @@ pub struct Config {
     /// Cluster DNS for pods' resolv.conf by `dnsPolicy`; `None` (the
     /// agent's DNS turned off) gives every pod the host's resolvers.
     pub dns: Option<ClusterDns>,
+    /// Bind pending pods that select this node to it, first come first
+    /// served: only where no scheduler runs (the agent's controllers are
+    /// turned off), as before the scheduler existed.
+    pub bind_pending: bool,
 }
 
 /// What pods need to know of the cluster DNS (kubelet's `clusterDNS`,

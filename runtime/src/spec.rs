@@ -19,8 +19,8 @@ use oci_spec::runtime::{
 mod cgroups;
 pub mod expand;
 pub mod mountinfo;
+pub use controlplane::quantity;
 pub use expand::expand;
-pub mod quantity;
 pub mod resources;
 mod seccomp;
 pub mod security;

@@ -694,6 +694,7 @@ mod tests {
             netns_dir: run.join("netns"),
             pod_manifest_path: run.join("manifests"),
             dns: None,
+            bind_pending: false,
         };
         let f = prepare(&config, &p, None).unwrap();
         assert_eq!(f.hosts, run.join("pods/uid-1/hosts"));

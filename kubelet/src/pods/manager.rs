@@ -75,7 +75,7 @@ impl Manager {
             .and_then(|s| s.node_name.clone())
             .unwrap_or_default();
         if node.is_empty() {
-            if self.selects_us(&pod) {
+            if self.ctx.config.bind_pending && self.selects_us(&pod) {
                 tokio::spawn(bind(self.ctx.clone(), pod));
             }
             return;

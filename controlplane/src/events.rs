@@ -1,6 +1,7 @@
-//! Events about pods, as kubelet records them (`kubectl describe pod`
-//! and `kubectl get events` read them): Pulled, Created, Started, Killing,
-//! BackOff, Unhealthy, Failed.
+//! Events about pods, as kubelet and the scheduler record them
+//! (`kubectl describe pod` and `kubectl get events` read them): Pulled,
+//! Created, Started, Killing, BackOff, Unhealthy, Failed, Scheduled,
+//! FailedScheduling.
 //!
 //! Recording never blocks a pod worker: events go through a bounded queue
 //! to one writer task, and when the queue is full they are dropped, as
@@ -13,8 +14,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use controlplane::objects::Object;
-use controlplane::{ControlPlane, Kind, ObjectRef};
+use crate::objects::Object;
+use crate::{ControlPlane, Kind, ObjectRef};
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use tokio::sync::mpsc;
@@ -50,7 +51,7 @@ struct Record {
     at: jiff::Timestamp,
 }
 
-/// Records Events for the pods of one node.
+/// Records Events as one component (on one host, for a kubelet).
 #[derive(Clone)]
 pub struct Recorder {
     tx: Option<mpsc::Sender<Record>>,
@@ -59,8 +60,18 @@ pub struct Recorder {
 impl Recorder {
     /// A recorder writing through `cp` as the kubelet of `node`.
     pub fn new(cp: Arc<dyn ControlPlane>, node: &str) -> Recorder {
+        Recorder::component(cp, "kubelet", Some(node))
+    }
+
+    /// A recorder writing through `cp` as `component` (`default-scheduler`),
+    /// on `host` when it runs on one node for it.
+    pub fn component(cp: Arc<dyn ControlPlane>, component: &str, host: Option<&str>) -> Recorder {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(writer(cp, node.to_string(), rx));
+        let source = EventSource {
+            component: Some(component.into()),
+            host: host.map(str::to_string),
+        };
+        tokio::spawn(writer(cp, source, rx));
         Recorder { tx: Some(tx) }
     }
 
@@ -98,7 +109,7 @@ impl Recorder {
 /// The key events aggregate by.
 type Key = (String, String, String, String);
 
-async fn writer(cp: Arc<dyn ControlPlane>, node: String, mut rx: mpsc::Receiver<Record>) {
+async fn writer(cp: Arc<dyn ControlPlane>, source: EventSource, mut rx: mpsc::Receiver<Record>) {
     // Key -> (Event name, count).
     let mut seen: HashMap<Key, (String, i32)> = HashMap::new();
     let mut serial: u64 = 0;
@@ -133,12 +144,9 @@ async fn writer(cp: Arc<dyn ControlPlane>, node: String, mut rx: mpsc::Receiver<
             reason: Some(r.reason),
             message: Some(r.message),
             type_: Some(r.ty.as_str().into()),
-            source: Some(EventSource {
-                component: Some("kubelet".into()),
-                host: Some(node.clone()),
-            }),
-            reporting_component: Some("kubelet".into()),
-            reporting_instance: Some(node.clone()),
+            source: Some(source.clone()),
+            reporting_component: source.component.clone(),
+            reporting_instance: source.host.clone(),
             first_timestamp: time.clone(),
             last_timestamp: time,
             count: Some(1),
@@ -177,7 +185,7 @@ async fn bump(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use controlplane::Scope;
+    use crate::Scope;
 
     fn pod() -> Pod {
         serde_json::from_value(serde_json::json!({
@@ -214,13 +222,10 @@ mod tests {
     async fn events_are_written_and_repeats_counted() {
         let dir = std::env::temp_dir().join(format!("knode-events-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let cp: Arc<dyn ControlPlane> = controlplane::backend::open(
-            &controlplane::backend::Backend::Embedded,
-            &dir,
-            Default::default(),
-        )
-        .await
-        .unwrap();
+        let cp: Arc<dyn ControlPlane> =
+            crate::backend::open(&crate::backend::Backend::Embedded, &dir, Default::default())
+                .await
+                .unwrap();
         let rec = Recorder::new(cp.clone(), "n1");
         let field = Some("spec.containers{c}".to_string());
         rec.pod(

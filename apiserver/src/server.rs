@@ -286,6 +286,7 @@ fn attributes(req: &Request<Incoming>, target: Option<&Target>, watching: bool) 
         Target::Object(o) => (o.kind, o.namespace.clone(), o.name.clone(), ""),
         Target::Status(o) => (o.kind, o.namespace.clone(), o.name.clone(), "status"),
         Target::Scale(o) => (o.kind, o.namespace.clone(), o.name.clone(), "scale"),
+        Target::Binding(o) => (o.kind, o.namespace.clone(), o.name.clone(), "binding"),
     };
     let collection = matches!(t, Target::Collection(_));
     let verb = match method {
@@ -631,6 +632,16 @@ async fn resource(
             )
         }
         (Method::PATCH, Target::Scale(what)) => patch_scale(cp, req, &what).await?,
+        (Method::POST, Target::Binding(what)) => {
+            let b = body_json(req).await?;
+            let node = b["target"]["name"].as_str().unwrap_or_default();
+            let uid = b["metadata"]["uid"].as_str();
+            controlplane::api::bind(cp, &what, uid, node).await?;
+            json_response(
+                201,
+                &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+            )
+        }
         (Method::DELETE, Target::Object(what)) => delete(cp, req, &what, q).await?,
         (m, _) => status(
             405,

@@ -264,6 +264,34 @@ fn kubectl_discovers_gets_applies_watches_and_deletes() {
         .ok(&["get", "cm", "literal", "--show-labels"])
         .contains("dry=run"));
 
+    // A pod for another scheduler is bound through the binding
+    // subresource, once.
+    let manual = api.agent.dir().join("manual.yaml");
+    std::fs::write(
+        &manual,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: manual}\nspec:\n  schedulerName: my-scheduler\n  containers: [{name: c, image: busybox}]\n",
+    )
+    .unwrap();
+    api.ok(&["create", "-f", manual.to_str().unwrap()]);
+    let binding = api.agent.dir().join("binding.json");
+    std::fs::write(
+        &binding,
+        r#"{"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "manual"}, "target": {"kind": "Node", "name": "elsewhere"}}"#,
+    )
+    .unwrap();
+    let raw = "/api/v1/namespaces/default/pods/manual/binding";
+    api.ok(&["create", "--raw", raw, "-f", binding.to_str().unwrap()]);
+    assert_eq!(
+        api.ok(&["get", "pod", "manual", "-o", "jsonpath={.spec.nodeName}"]),
+        "elsewhere"
+    );
+    let again = api.kubectl(&["create", "--raw", raw, "-f", binding.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        !again.status.success() && err.contains("already assigned"),
+        "{again:?}"
+    );
+
     // Errors are kube-apiserver's Status objects.
     let e = api.kubectl(&["get", "pod", "nope"]);
     assert!(

@@ -56,7 +56,7 @@ pub(super) static SERVICE: KindInfo = KindInfo {
 pub(super) static POD: KindInfo = KindInfo {
     short_names: &["po"],
     categories: &["all"],
-    subresources: &[Subresource::Status],
+    subresources: &[Subresource::Status, Subresource::Binding],
     strategy: Strategy {
         default: Some(mut_hook!(Pod, defaults::core::pod)),
         validate: Some(validate_hook!(Pod, validate::core::pod)),

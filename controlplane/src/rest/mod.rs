@@ -24,6 +24,8 @@ pub enum Target {
     Status(ObjectRef),
     /// One object's scale subresource (`autoscaling/v1` Scale).
     Scale(ObjectRef),
+    /// A pod's binding subresource (POST a `Binding` to schedule it).
+    Binding(ObjectRef),
 }
 
 /// `/api/v1` or `/apis/<group>/<version>` for a kind.
@@ -104,6 +106,7 @@ pub fn parse_path(path: &str) -> Option<Target> {
     let sub = |k: Kind, s: &str, what: ObjectRef| match s {
         "status" if k.info().has(Subresource::Status) => Some(Target::Status(what)),
         "scale" if k.info().has(Subresource::Scale) => Some(Target::Scale(what)),
+        "binding" if k.info().has(Subresource::Binding) => Some(Target::Binding(what)),
         _ => None,
     };
     let names = |xs: &[&str]| xs.iter().map(|x| segment(x)).collect::<Option<Vec<_>>>();
@@ -262,7 +265,9 @@ mod tests {
         for t in cases {
             let path = match &t {
                 Target::Collection(s) => collection_path(s),
-                Target::Object(o) | Target::Status(o) | Target::Scale(o) => object_path(o),
+                Target::Object(o) | Target::Status(o) | Target::Scale(o) | Target::Binding(o) => {
+                    object_path(o)
+                }
             };
             assert_eq!(parse_path(&path), Some(t.clone()), "{path}");
         }

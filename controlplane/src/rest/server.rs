@@ -261,7 +261,7 @@ async fn route(cp: &dyn ControlPlane, req: Request<Incoming>) -> Result<Response
             "method {m} is not allowed on {}",
             match t {
                 Target::Collection(s) => collection_path(&s),
-                Target::Object(o) | Target::Status(o) | Target::Scale(o) => {
+                Target::Object(o) | Target::Status(o) | Target::Scale(o) | Target::Binding(o) => {
                     super::object_path(&o)
                 }
             }

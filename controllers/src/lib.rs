@@ -15,6 +15,7 @@ pub mod informer;
 pub mod job;
 pub mod leader;
 pub mod manager;
+pub mod nodelifecycle;
 pub mod pods;
 pub mod queue;
 pub mod replicaset;

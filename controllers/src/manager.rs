@@ -21,6 +21,7 @@ use crate::gc::GarbageCollector;
 use crate::informer::{Cache, Informer};
 use crate::job::JobController;
 use crate::leader::{Config, Elector};
+use crate::nodelifecycle::NodeLifecycleController;
 use crate::queue::Queue;
 use crate::replicaset::ReplicaSetController;
 use crate::scheduler::{Scheduler, Usages};
@@ -65,6 +66,7 @@ pub fn start(cp: Arc<dyn ControlPlane>) -> Vec<JoinHandle<()>> {
     let slice_q = Queue::new();
     let slice_ix = Arc::new(SliceIndex::default());
     let sched_q = Queue::new();
+    let node_q = Queue::new();
     let usages = Arc::new(Usages::default());
     let unschedulable = Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
     // Pods that fit nowhere are tried again when room may have appeared.
@@ -236,6 +238,26 @@ pub fn start(cp: Arc<dyn ControlPlane>) -> Vec<JoinHandle<()>> {
             collect_if_owned(&gc_q, new);
         }));
     }
+    // A node or its heartbeat Lease: the node lifecycle controller.
+    {
+        let node_q = node_q.clone();
+        node_inf.on_change(Box::new(move |old, new| {
+            if let Some(o) = new.or(old) {
+                node_q.add(ObjectRef::of(o));
+            }
+        }));
+    }
+    {
+        let node_q = node_q.clone();
+        lease_inf.on_change(Box::new(move |old, new| {
+            if let Some(o) = new
+                .or(old)
+                .filter(|o| o.namespace() == crate::endpointslice::NODE_LEASE_NAMESPACE)
+            {
+                node_q.add(ObjectRef::new(Kind::Node, "", o.name()));
+            }
+        }));
+    }
     for inf in [&mut node_inf, &mut lease_inf] {
         let (slice_ix, slice_q) = (slice_ix.clone(), slice_q.clone());
         let (nodes, leases, services) = (nodes.clone(), leases.clone(), services.clone());
@@ -305,6 +327,13 @@ pub fn start(cp: Arc<dyn ControlPlane>) -> Vec<JoinHandle<()>> {
         usages,
         unschedulable,
         events: controlplane::events::Recorder::component(cp.clone(), crate::scheduler::NAME, None),
+    });
+    let nl = Arc::new(NodeLifecycleController {
+        cp: cp.clone(),
+        nodes: nodes.clone(),
+        leases: leases.clone(),
+        pods: pods.clone(),
+        events: controlplane::events::Recorder::component(cp.clone(), "node-controller", None),
     });
     let gc = Arc::new(GarbageCollector {
         cp,
@@ -378,6 +407,15 @@ pub fn start(cp: Arc<dyn ControlPlane>) -> Vec<JoinHandle<()>> {
                 async move { c.sync(&k).await }
             },
         )),
+        tokio::spawn(worker(
+            "nodelifecycle",
+            node_q.clone(),
+            all.clone(),
+            move |k| {
+                let c = nl.clone();
+                async move { c.sync(&k).await }
+            },
+        )),
         tokio::spawn(worker("garbagecollector", gc_q, all, move |k| {
             let c = gc.clone();
             async move { c.sync(&k).await }
@@ -389,6 +427,7 @@ pub fn start(cp: Arc<dyn ControlPlane>) -> Vec<JoinHandle<()>> {
             (daemons, ds_q),
             (jobs, job_q),
             (services, slice_q),
+            (nodes, node_q),
         ])),
     ]
 }

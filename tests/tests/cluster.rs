@@ -468,3 +468,113 @@ fn agent_cleanup_removes_what_knode_made_on_the_node() -> Result<()> {
 fn wait_for(mut f: impl FnMut() -> bool) -> bool {
     netns_tests::cluster::wait_until(Duration::from_secs(20), &mut f)
 }
+
+/// The pods labelled `app=<app>` that run and are not being deleted, by
+/// node.
+fn running_by_node(c: &Cluster, app: &str) -> Result<BTreeMap<String, usize>> {
+    let out =
+        c.nodes[0]
+            .agent
+            .knode(&["get", "pods", "-o", "json"])?;
+    if !out.status.success() {
+        bail!("get pods: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let mut by_node = BTreeMap::new();
+    if out.stdout.iter().all(u8::is_ascii_whitespace) {
+        return Ok(by_node);
+    }
+    let list: Value = serde_json::from_slice(&out.stdout)?;
+    for p in list["items"].as_array().cloned().unwrap_or_default() {
+        let running = p["metadata"]["labels"]["app"] == app
+            && p["status"]["phase"] == "Running"
+            && p["metadata"]["deletionTimestamp"].is_null()
+            && p["status"]["containerStatuses"]
+                .as_array()
+                .is_some_and(|cs| cs.iter().all(|c| c["ready"] == true));
+        if running {
+            let node = p["spec"]["nodeName"].as_str().unwrap_or_default();
+            *by_node.entry(node.to_string()).or_default() += 1;
+        }
+    }
+    Ok(by_node)
+}
+
+#[test]
+fn a_lost_nodes_pods_are_recreated_elsewhere_after_their_toleration() -> Result<()> {
+    const LEASE: Duration = Duration::from_secs(4);
+    const TOLERATION: u64 = 2;
+    let Some(mut c) = Cluster::for_test_with(
+        "a_lost_nodes_pods_are_recreated_elsewhere_after_their_toleration",
+        NODES,
+        &[
+            "--node-lease-duration",
+            "4s",
+            "--leader-elect-lease-duration",
+            "4s",
+        ],
+    ) else {
+        return Ok(());
+    };
+    let mut pod = web_pod("unused", "", "fo");
+    let spec = pod["spec"].as_object_mut().context("spec")?;
+    spec.remove("nodeName");
+    spec.insert(
+        "tolerations".into(),
+        json!([{"key": "node.kubernetes.io/unreachable", "operator": "Exists",
+                "effect": "NoExecute", "tolerationSeconds": TOLERATION}]),
+    );
+    let deployment = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "fo"},
+        "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "fo"}},
+                 "template": {"metadata": {"labels": {"app": "fo"}}, "spec": pod["spec"]}}});
+    apply(&c, &[deployment, service("fo", "fo", false)])?;
+    // The scheduler spreads the three over the three nodes.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let placed = running_by_node(&c, "fo")?;
+        if placed.len() == NODES && placed.values().all(|n| *n == 1) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("not spread 1/1/1: {placed:?}\n{}", c.logs());
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+
+    // Node 2 goes away; within its lease, the controllers' takeover (when
+    // it led them), the toleration and a pod start, its pod runs again on
+    // node 0 or 1, and the Service answers from the three.
+    c.nodes[2].agent.kill9()?;
+    c.net.remove_node(2)?;
+    let lost = Instant::now();
+    let deadline = lost + 2 * LEASE + Duration::from_secs(TOLERATION + 60);
+    loop {
+        let placed = running_by_node(&c, "fo")?;
+        if !placed.contains_key("node-2") && placed.values().sum::<usize>() == 3 {
+            eprintln!("recreated after {:?}: {placed:?}", lost.elapsed());
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "not recreated after {:?}: {placed:?}\n{}",
+                lost.elapsed(),
+                c.logs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let node = c
+        .get("node", "node-2")?
+        .context("node-2 stays registered")?;
+    let taints = node["spec"]["taints"].to_string();
+    assert!(
+        taints.contains("node.kubernetes.io/unreachable"),
+        "{taints}"
+    );
+    let (_, node_port) = addresses(&c, "fo")?;
+    let outside = c.net.internet().path().to_path_buf();
+    let url = format!("http://{}:{node_port}/", c.node_ip(0));
+    let body = http_get(&outside, &url)?;
+    assert!(body.trim().starts_with("fo-"), "{body}");
+    Ok(())
+}

@@ -1,6 +1,6 @@
 //! Defaulting of the core `v1` kinds: Pod, Service, Secret.
 
-use k8s_openapi::api::core::v1::{Pod, PodSpec, PodStatus, Secret, Service};
+use k8s_openapi::api::core::v1::{Pod, PodSpec, PodStatus, Secret, Service, Toleration};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::image_pull_policy;
@@ -22,6 +22,42 @@ pub(crate) fn pod_status_pending(p: &mut Pod) {
 pub(crate) fn pod(p: &mut Pod) {
     if let Some(spec) = p.spec.as_mut() {
         pod_spec(spec);
+        default_toleration_seconds(spec);
+    }
+}
+
+/// kube-apiserver's DefaultTolerationSeconds admission (its defaults,
+/// `--default-not-ready-toleration-seconds` and
+/// `--default-unreachable-toleration-seconds`).
+pub const DEFAULT_TOLERATION_SECONDS: i64 = 300;
+
+/// A pod that does not already tolerate `node.kubernetes.io/not-ready` or
+/// `node.kubernetes.io/unreachable` with effect NoExecute tolerates each
+/// for [`DEFAULT_TOLERATION_SECONDS`]: its node lost, it is evicted after
+/// that long (the node lifecycle controller). Pods only, not templates,
+/// as the admission plugin.
+fn default_toleration_seconds(spec: &mut PodSpec) {
+    for key in [
+        "node.kubernetes.io/not-ready",
+        "node.kubernetes.io/unreachable",
+    ] {
+        let tolerations = spec.tolerations.get_or_insert_with(Vec::new);
+        let has = tolerations.iter().any(|t| {
+            let effect = t.effect.as_deref().unwrap_or_default();
+            (effect.is_empty() || effect == "NoExecute")
+                && (t.key.as_deref() == Some(key)
+                    || (t.key.as_deref().unwrap_or_default().is_empty()
+                        && t.operator.as_deref() == Some("Exists")))
+        });
+        if !has {
+            tolerations.push(Toleration {
+                key: Some(key.into()),
+                operator: Some("Exists".into()),
+                effect: Some("NoExecute".into()),
+                toleration_seconds: Some(DEFAULT_TOLERATION_SECONDS),
+                value: None,
+            });
+        }
     }
 }
 

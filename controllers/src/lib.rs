@@ -4,6 +4,7 @@
 //! run by whichever agent holds the `kube-system/knode-controller-manager`
 //! Lease. It only talks to the control plane; it never touches a node.
 
+pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod endpointslice;

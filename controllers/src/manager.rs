@@ -13,6 +13,7 @@ use std::time::Duration;
 use controlplane::{ControlPlane, Kind, Object, ObjectRef};
 use tokio::task::JoinHandle;
 
+use crate::cronjob::CronJobController;
 use crate::daemonset::DaemonSetController;
 use crate::deployment::DeploymentController;
 use crate::endpointslice::{EndpointSliceController, Index as SliceIndex};
@@ -60,6 +61,8 @@ pub fn start(cp: Arc<dyn ControlPlane>) -> Vec<JoinHandle<()>> {
     let (mut ds_inf, daemons) = Informer::new(cp.clone(), Kind::DaemonSet);
     let (mut node_inf, nodes) = Informer::new(cp.clone(), Kind::Node);
     let (mut job_inf, jobs) = Informer::new(cp.clone(), Kind::Job);
+    let (mut cj_inf, cron_jobs) = Informer::new(cp.clone(), Kind::CronJob);
+    let cj_q = Queue::new();
     let (mut svc_inf, services) = Informer::new(cp.clone(), Kind::Service);
     let (mut slice_inf, slices) = Informer::new(cp.clone(), Kind::EndpointSlice);
     let (mut lease_inf, leases) = Informer::new(cp.clone(), Kind::Lease);
@@ -91,8 +94,10 @@ pub fn start(cp: Arc<dyn ControlPlane>) -> Vec<JoinHandle<()>> {
         (Kind::ReplicaSet, rss.clone()),
         (Kind::ControllerRevision, revs.clone()),
         (Kind::EndpointSlice, slices.clone()),
+        (Kind::Job, jobs.clone()),
     ];
     let gc_caches = vec![
+        (Kind::CronJob, cron_jobs.clone()),
         (Kind::Service, services.clone()),
         (Kind::EndpointSlice, slices.clone()),
         (Kind::Pod, pods.clone()),
@@ -212,6 +217,16 @@ pub fn start(cp: Arc<dyn ControlPlane>) -> Vec<JoinHandle<()>> {
         }));
     }
 
+    {
+        let (cj_q, gc_q, dependents) = (cj_q.clone(), gc_q.clone(), dependents.clone());
+        cj_inf.on_change(Box::new(move |old, new| {
+            if let Some(o) = new.or(old) {
+                cj_q.add(ObjectRef::of(o));
+            }
+            owner_changed(&dependents, &gc_q, old, new);
+        }));
+    }
+
     // Services and their slices: the EndpointSlice controller (and the
     // collector, for slices whose Service went). A node lost or back
     // concerns every Service.
@@ -274,9 +289,13 @@ pub fn start(cp: Arc<dyn ControlPlane>) -> Vec<JoinHandle<()>> {
 
     {
         let (job_q, gc_q, dependents) = (job_q.clone(), gc_q.clone(), dependents.clone());
+        let cj_q = cj_q.clone();
         job_inf.on_change(Box::new(move |old, new| {
             if let Some(o) = new.or(old) {
                 job_q.add(ObjectRef::of(o));
+                if let Some(k) = CronJobController::key_for_job(o) {
+                    cj_q.add(k);
+                }
             }
             owner_changed(&dependents, &gc_q, old, new);
         }));
@@ -328,6 +347,12 @@ pub fn start(cp: Arc<dyn ControlPlane>) -> Vec<JoinHandle<()>> {
         unschedulable,
         events: controlplane::events::Recorder::component(cp.clone(), crate::scheduler::NAME, None),
     });
+    let cj_c = Arc::new(CronJobController {
+        cp: cp.clone(),
+        cron_jobs: cron_jobs.clone(),
+        jobs: jobs.clone(),
+        events: controlplane::events::Recorder::component(cp.clone(), "cronjob-controller", None),
+    });
     let nl = Arc::new(NodeLifecycleController {
         cp: cp.clone(),
         nodes: nodes.clone(),
@@ -351,6 +376,7 @@ pub fn start(cp: Arc<dyn ControlPlane>) -> Vec<JoinHandle<()>> {
         services.clone(),
         slices.clone(),
         leases.clone(),
+        cron_jobs.clone(),
     ];
     vec![
         tokio::spawn(pod_inf.run()),
@@ -362,6 +388,7 @@ pub fn start(cp: Arc<dyn ControlPlane>) -> Vec<JoinHandle<()>> {
         tokio::spawn(node_inf.run()),
         tokio::spawn(job_inf.run()),
         tokio::spawn(svc_inf.run()),
+        tokio::spawn(cj_inf.run()),
         tokio::spawn(slice_inf.run()),
         tokio::spawn(lease_inf.run()),
         tokio::spawn(worker("replicaset", rs_q.clone(), all.clone(), move |k| {
@@ -407,6 +434,10 @@ pub fn start(cp: Arc<dyn ControlPlane>) -> Vec<JoinHandle<()>> {
                 async move { c.sync(&k).await }
             },
         )),
+        tokio::spawn(worker("cronjob", cj_q.clone(), all.clone(), move |k| {
+            let c = cj_c.clone();
+            async move { c.sync(&k).await }
+        })),
         tokio::spawn(worker(
             "nodelifecycle",
             node_q.clone(),
@@ -428,6 +459,7 @@ pub fn start(cp: Arc<dyn ControlPlane>) -> Vec<JoinHandle<()>> {
             (jobs, job_q),
             (services, slice_q),
             (nodes, node_q),
+            (cron_jobs, cj_q),
         ])),
     ]
 }

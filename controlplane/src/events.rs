@@ -83,7 +83,6 @@ impl Recorder {
     /// Records `reason`/`message` about `pod` (`field`: the container's
     /// path, `spec.containers{c}`, as kubelet sets it).
     pub fn pod(&self, pod: &Pod, field: Option<String>, ty: Type, reason: &str, message: String) {
-        let Some(tx) = &self.tx else { return };
         let about = ObjectReference {
             api_version: Some("v1".into()),
             kind: Some("Pod".into()),
@@ -93,6 +92,26 @@ impl Recorder {
             resource_version: pod.metadata.resource_version.clone(),
             field_path: field,
         };
+        self.record(about, ty, reason, message);
+    }
+
+    /// Records `reason`/`message` about any object.
+    pub fn about(&self, obj: &Object, ty: Type, reason: &str, message: String) {
+        let meta = obj.meta();
+        let about = ObjectReference {
+            api_version: Some(obj.kind().api_version().into()),
+            kind: Some(obj.kind().name().into()),
+            name: meta.name.clone(),
+            namespace: meta.namespace.clone(),
+            uid: meta.uid.clone(),
+            resource_version: meta.resource_version.clone(),
+            field_path: None,
+        };
+        self.record(about, ty, reason, message);
+    }
+
+    fn record(&self, about: ObjectReference, ty: Type, reason: &str, message: String) {
+        let Some(tx) = &self.tx else { return };
         let rec = Record {
             about,
             ty,

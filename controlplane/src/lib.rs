@@ -8,6 +8,7 @@
 pub mod alloc;
 pub mod api;
 pub mod backend;
+pub mod cron;
 pub mod defaults;
 pub mod endpoints;
 pub mod events;

@@ -150,9 +150,12 @@ fn pods_get_addresses_talk_and_are_deleted() -> Result<()> {
     let a = Pod::add(net.node(0), &conf, &bins, "a")?;
     let b = Pod::add(net.node(0), &conf, &bins, "b")?;
     assert_ne!(a.ip(), b.ip());
-    assert!(a.ns().ping(b.ip()), "pod a -> pod b");
-    assert!(a.ns().ping("127.0.0.1"), "loopback is up in the pod");
-    assert!(b.ns().ping(&net.node_ip(0)), "pod b -> its node");
+    // A new bridge port and the first ARP exchange may take a moment on a
+    // loaded machine: wait for the answer, do not bet on one ping.
+    let answers = |from: &Pod, to: &str| wait_until(Duration::from_secs(10), || from.ns().ping(to));
+    assert!(answers(&a, b.ip()), "pod a -> pod b");
+    assert!(answers(&a, "127.0.0.1"), "loopback is up in the pod");
+    assert!(answers(&b, &net.node_ip(0)), "pod b -> its node");
     tcp_echo(a.ns(), a.ip(), b.ns(), 8080)?;
     let reserved = ipam.join("knode").join(a.ip());
     assert!(reserved.is_file(), "{}", reserved.display());

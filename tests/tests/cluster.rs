@@ -472,10 +472,7 @@ fn wait_for(mut f: impl FnMut() -> bool) -> bool {
 /// The pods labelled `app=<app>` that run and are not being deleted, by
 /// node.
 fn running_by_node(c: &Cluster, app: &str) -> Result<BTreeMap<String, usize>> {
-    let out =
-        c.nodes[0]
-            .agent
-            .knode(&["get", "pods", "-o", "json"])?;
+    let out = c.nodes[0].agent.knode(&["get", "pods", "-o", "json"])?;
     if !out.status.success() {
         bail!("get pods: {}", String::from_utf8_lossy(&out.stderr));
     }

@@ -475,3 +475,60 @@ fn jobs_complete_fail_by_their_backoff_limit_and_go_after_their_ttl() -> Result<
     })?;
     Ok(())
 }
+
+#[test]
+fn a_cron_job_every_minute_runs_its_job_to_completion() -> Result<()> {
+    let Some(n) = Node::for_test("a_cron_job_every_minute_runs") else {
+        return Ok(());
+    };
+    n.apply(&format!(
+        r#"apiVersion: batch/v1
+kind: CronJob
+metadata: {{name: tick}}
+spec:
+  schedule: "* * * * *"
+  successfulJobsHistoryLimit: 1
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          restartPolicy: Never
+          terminationGracePeriodSeconds: 1
+          containers:
+          - name: app
+            image: {BUSYBOX}
+            command: ["true"]
+"#
+    ))?;
+    // Within a minute (plus the run) a Job named after its minute
+    // completes, and the CronJob records the time and the success.
+    let deadline = Instant::now() + Duration::from_secs(60) + WAIT;
+    let cj = loop {
+        let cj: Value = serde_json::from_str(&n.knode(&["get", "cronjob", "tick", "-o", "json"])?)?;
+        if cj["status"]["lastSuccessfulTime"].is_string() {
+            break cj;
+        }
+        if Instant::now() > deadline {
+            bail!("no successful run: {cj:#}");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(cj["status"]["lastScheduleTime"].is_string(), "{cj:#}");
+    let jobs: Value = serde_json::from_str(&n.knode(&["get", "jobs", "-o", "json"])?)?;
+    let done = jobs["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|j| {
+            let name = j["metadata"]["name"].as_str().unwrap_or_default();
+            // tick-<minutes since the epoch>
+            name.strip_prefix("tick-")
+                .is_some_and(|m| m.parse::<u64>().is_ok())
+                && j["metadata"]["ownerReferences"][0]["kind"] == "CronJob"
+        })
+        .cloned()
+        .unwrap_or(Value::Null);
+    let s = &done["status"];
+    assert_eq!(s["succeeded"], 1, "{s:#}");
+    Ok(())
+}

@@ -113,66 +113,9 @@ pub(crate) fn cron_job(c: &CronJob, e: &mut Errs) {
     }
 }
 
-/// Checks a cron schedule: five fields (minute hour day-of-month month
-/// day-of-week) of numbers, ranges, lists, steps, `*` or names, or one of
-/// the `@` macros.
+/// Checks a cron schedule ([`crate::cron::Schedule`]).
 pub(crate) fn schedule(s: &str) -> Result<(), String> {
-    let s = s.trim();
-    if let Some(m) = s.strip_prefix('@') {
-        return match m {
-            "yearly" | "annually" | "monthly" | "weekly" | "daily" | "midnight" | "hourly" => {
-                Ok(())
-            }
-            _ => Err(format!("unrecognized descriptor: {s}")),
-        };
-    }
-    let fields: Vec<&str> = s.split_whitespace().collect();
-    if fields.len() != 5 {
-        return Err(format!(
-            "expected exactly 5 fields, found {}: {s}",
-            fields.len()
-        ));
-    }
-    const RANGES: [(u32, u32); 5] = [(0, 59), (0, 23), (1, 31), (1, 12), (0, 7)];
-    const MONTHS: [&str; 12] = [
-        "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
-    ];
-    const DAYS: [&str; 7] = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"];
-    for (i, (field, (lo, hi))) in fields.iter().zip(RANGES).enumerate() {
-        let value = |v: &str| -> Option<u32> {
-            let names: &[&str] = match i {
-                3 => &MONTHS,
-                4 => &DAYS,
-                _ => &[],
-            };
-            let named = names
-                .iter()
-                .position(|n| n.eq_ignore_ascii_case(v))
-                .and_then(|p| u32::try_from(p).ok())
-                .map(|p| if i == 3 { p + 1 } else { p });
-            named
-                .or_else(|| v.parse().ok())
-                .filter(|n| (lo..=hi).contains(n))
-        };
-        for part in field.split(',') {
-            let (range, step) = match part.split_once('/') {
-                Some((r, st)) => (r, Some(st)),
-                None => (part, None),
-            };
-            let ok_step = step.is_none_or(|st| st.parse::<u32>().is_ok_and(|n| n > 0));
-            let ok_range = match range {
-                "*" | "?" => true,
-                r => match r.split_once('-') {
-                    Some((a, b)) => matches!((value(a), value(b)), (Some(a), Some(b)) if a <= b),
-                    None => value(r).is_some(),
-                },
-            };
-            if !ok_step || !ok_range {
-                return Err(format!("invalid field {part:?} in {s}"));
-            }
-        }
-    }
-    Ok(())
+    crate::cron::Schedule::parse(s).map(|_| ())
 }
 
 /// What a Job's update may not change: its selector, and its completion

@@ -10,6 +10,7 @@ mod overlay;
 mod pods;
 mod proxy;
 mod report;
+mod scheduler;
 mod stats;
 
 use std::path::PathBuf;
@@ -96,6 +97,11 @@ const BENCHES: &[Bench] = &[
         name: "netpol-packet",
         about: "NetworkPolicy per-packet cost: TCP connect latency and iperf3 with 1,000 policies vs no table",
         run: netpol::run_packet,
+    },
+    Bench {
+        name: "scheduler",
+        about: "scheduler throughput: 1,000 pending pods bound over 3 nodes on the embedded control plane",
+        run: scheduler::run,
     },
     Bench {
         name: "overlay",

@@ -346,6 +346,10 @@ pub fn start(cp: Arc<dyn ControlPlane>) -> Vec<JoinHandle<()>> {
         usages,
         unschedulable,
         events: controlplane::events::Recorder::component(cp.clone(), crate::scheduler::NAME, None),
+        queue: sched_q.clone(),
+        binds: Arc::new(tokio::sync::Semaphore::new(
+            crate::scheduler::BINDS_IN_FLIGHT,
+        )),
     });
     let cj_c = Arc::new(CronJobController {
         cp: cp.clone(),

@@ -355,6 +355,26 @@ pub async fn bind(
     uid: Option<&str>,
     node: &str,
 ) -> Result<Object> {
+    let Object::Pod(pod) = cp.get(what).await? else {
+        return Err(Error::BadRequest(format!("{what} is not a pod")));
+    };
+    bind_pod(cp, pod, uid, node).await
+}
+
+/// [`bind`] for a pod the caller already holds (a scheduler's cached
+/// copy): written only if the pod is still at that resourceVersion (409
+/// otherwise: read it again and use [`bind`]).
+pub async fn bind_pod(
+    cp: &dyn ControlPlane,
+    mut pod: k8s_openapi::api::core::v1::Pod,
+    uid: Option<&str>,
+    node: &str,
+) -> Result<Object> {
+    let what = ObjectRef::new(
+        Kind::Pod,
+        pod.metadata.namespace.as_deref().unwrap_or("default"),
+        pod.metadata.name.as_deref().unwrap_or_default(),
+    );
     if node.is_empty() {
         return Err(Error::invalid(
             what.to_string(),
@@ -362,9 +382,6 @@ pub async fn bind(
             "Required value",
         ));
     }
-    let Object::Pod(mut pod) = cp.get(what).await? else {
-        return Err(Error::BadRequest(format!("{what} is not a pod")));
-    };
     let conflict = |reason: String| Error::Conflict {
         kind: Kind::Pod,
         name: what.name.clone(),

@@ -28,6 +28,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::endpointslice::NODE_LEASE_NAMESPACE;
 use crate::informer::Cache;
+use crate::queue::Queue;
 use crate::{Error, Result};
 use plan::{Candidate, Requests, Usage};
 
@@ -191,7 +192,14 @@ pub struct Scheduler {
     /// Pods that fit nowhere, tried again when room may have appeared.
     pub unschedulable: Arc<Mutex<BTreeSet<ObjectRef>>>,
     pub events: Recorder,
+    /// This scheduler's queue (a failed bind is queued again).
+    pub queue: Queue,
+    /// Binds being written.
+    pub binds: Arc<tokio::sync::Semaphore>,
 }
+
+/// Binds written at once.
+pub const BINDS_IN_FLIGHT: usize = 32;
 
 fn random_below(n: usize) -> usize {
     let r = std::collections::hash_map::RandomState::new()
@@ -250,7 +258,7 @@ impl Scheduler {
             })
             .collect();
         match plan::schedule(&pod, &candidates, random_below) {
-            Ok(node) => self.bind(key, &pod, &node).await,
+            Ok(node) => self.bind(key, pod, node).await,
             Err(why) => {
                 self.unschedulable().insert(key.clone());
                 self.events
@@ -261,31 +269,55 @@ impl Scheduler {
         }
     }
 
-    async fn bind(&self, key: &ObjectRef, pod: &Pod, node: &str) -> Result<Option<Duration>> {
-        let uid = pod.metadata.uid.as_deref();
-        match controlplane::api::bind(self.cp.as_ref(), key, uid, node).await {
-            Ok(bound) => {
-                let mut assumed = pod.clone();
-                if let Object::Pod(p) = &bound {
-                    assumed = p.clone();
-                }
-                self.usages
-                    .set(&key.namespace, &key.name, Placed::of(&assumed));
-                self.unschedulable().remove(key);
-                let msg = format!(
-                    "Successfully assigned {}/{} to {node}",
-                    key.namespace, key.name
-                );
-                self.events.pod(pod, None, Type::Normal, "Scheduled", msg);
-                tracing::debug!(pod = %key, node, "scheduled");
-                Ok(None)
-            }
-            // Gone, or bound meanwhile: nothing to do; changed: the
-            // informer queues it again.
-            Err(e) if e.is_not_found() => Ok(None),
-            Err(e) if e.is_conflict() => Ok(None),
-            Err(e) => Err(Error::write(format!("bind {key} to {node}"), e)),
+    /// Assumes `pod` on `node` at once (the next decision sees it) and
+    /// writes the binding in the background, at most [`BINDS_IN_FLIGHT`]
+    /// at a time, as kube-scheduler's binding cycle runs beside its
+    /// scheduling cycle. A bind that fails is un-assumed (what the pod
+    /// informer last saw counts again) and the pod queued again.
+    async fn bind(&self, key: &ObjectRef, pod: Pod, node: String) -> Result<Option<Duration>> {
+        let mut assumed = pod.clone();
+        if let Some(spec) = assumed.spec.as_mut() {
+            spec.node_name = Some(node.clone());
         }
+        self.usages
+            .set(&key.namespace, &key.name, Placed::of(&assumed));
+        self.unschedulable().remove(key);
+        let Ok(permit) = self.binds.clone().acquire_owned().await else {
+            return Ok(None);
+        };
+        let (cp, usages, pods) = (self.cp.clone(), self.usages.clone(), self.pods.clone());
+        let (queue, events, key) = (self.queue.clone(), self.events.clone(), key.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let uid = pod.metadata.uid.clone();
+            let mut r =
+                controlplane::api::bind_pod(cp.as_ref(), pod.clone(), uid.as_deref(), &node).await;
+            if r.as_ref().is_err_and(|e| e.is_conflict()) {
+                // Our copy was stale: read it again.
+                r = controlplane::api::bind(cp.as_ref(), &key, uid.as_deref(), &node).await;
+            }
+            match r {
+                Ok(_) => {
+                    let msg = format!(
+                        "Successfully assigned {}/{} to {node}",
+                        key.namespace, key.name
+                    );
+                    events.pod(&pod, None, Type::Normal, "Scheduled", msg);
+                }
+                Err(e) => {
+                    if !e.is_not_found() && !e.is_conflict() {
+                        tracing::warn!(pod = %key, node, error = %e, "bind");
+                    }
+                    let seen = match pods.get(&key) {
+                        Some(Object::Pod(p)) => Placed::of(&p),
+                        _ => None,
+                    };
+                    usages.set(&key.namespace, &key.name, seen);
+                    queue.add_rate_limited(key);
+                }
+            }
+        });
+        Ok(None)
     }
 
     /// Sets `PodScheduled: False` with the reason, as kube-scheduler does

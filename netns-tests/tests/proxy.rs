@@ -182,6 +182,7 @@ in_both_modes!(
     a_replaced_udp_endpoint_loses_its_stale_conntrack_entry,
     run_follows_the_control_plane_and_repairs_a_flush,
     a_pod_reaches_itself_through_its_service,
+    affinity_follows_a_removed_endpoint_and_times_out,
 );
 
 fn pod_ip(i: usize) -> String {
@@ -282,7 +283,6 @@ fn udp_ask(client: &TestNs, sport: u16, addr: &str) -> Result<Option<String>> {
     })
 }
 
-/// Affinity: iptables mode only (the nftables mode does not have it yet).
 fn cluster_ip_spreads_over_two_backends_and_affinity_pins(mode: ProxyMode) -> Result<()> {
     let Some((mut lab, mut s)) = start_in(
         "cluster_ip_spreads_over_two_backends_and_affinity_pins",
@@ -314,9 +314,6 @@ fn cluster_ip_spreads_over_two_backends_and_affinity_pins(mode: ProxyMode) -> Re
     }
     // Binomial(100, 0.5): fewer than 25 on one side has probability < 1e-6.
     assert!(b1 >= 25 && b2 >= 25, "spread b1={b1} b2={b2}");
-    if mode == ProxyMode::Nftables {
-        return Ok(());
-    }
 
     web.affinity_seconds = Some(10_800);
     let o = lab.sync(&mut *s, std::slice::from_ref(&web))?;
@@ -330,6 +327,101 @@ fn cluster_ip_spreads_over_two_backends_and_affinity_pins(mode: ProxyMode) -> Re
         );
     }
     Ok(())
+}
+
+/// Asks `addr` `n` times from `client`; every answer must be the same.
+fn pinned(client: &TestNs, addr: &str, n: usize) -> Result<String> {
+    let first = ask(client, addr)?.context("ask")?;
+    for _ in 1..n {
+        let next = ask(client, addr)?.context("ask")?;
+        assert_eq!(next, first, "affinity pins one backend ({addr})");
+    }
+    Ok(first)
+}
+
+/// ClientIP affinity on a ClusterIP and a NodePort: the pinned endpoint
+/// leaves, the client moves to the other and stays there; once the
+/// timeout passes without a connection, the pin is gone.
+fn affinity_follows_a_removed_endpoint_and_times_out(mode: ProxyMode) -> Result<()> {
+    let Some((mut lab, mut s)) =
+        start_in("affinity_follows_a_removed_endpoint_and_times_out", 3, mode)?
+    else {
+        return Ok(());
+    };
+    lab.serve(1, Protocol::Tcp, 8080, "b1")?;
+    lab.serve(2, Protocol::Tcp, 8080, "b2")?;
+    let seconds = 2;
+    let web = ServicePort {
+        node_port: Some(30080),
+        affinity_seconds: Some(seconds),
+        ..service("web", Protocol::Tcp, "10.96.0.12", 80, &[1, 2], 8080)
+    };
+    lab.sync(&mut *s, std::slice::from_ref(&web))?;
+    ask_until_answered(&lab.pods[0], "10.244.1.3:8080")?;
+    ask_until_answered(&lab.pods[0], "10.244.1.4:8080")?;
+    let (client, vip) = (&lab.pods[0], "10.96.0.12:80");
+    let node_port = format!("{NODE_IP}:30080");
+    let first = pinned(client, vip, 20)?;
+    pinned(&lab.outside, &node_port, 20)?;
+    if mode == ProxyMode::Nftables {
+        // nft prints the table (every nft-based tool reads it), with the
+        // client entries the two connections left.
+        let listed = lab.node.sh(&["nft", "list", "table", "ip", "kube-proxy"])?;
+        assert!(listed.contains("update @affinity-clients"), "{listed}");
+        let clients =
+            lab.node
+                .sh(&["nft", "list", "map", "ip", "kube-proxy", "affinity-clients"])?;
+        for client in [
+            "10.244.1.2 . 10.96.0.12 . tcp . 80",
+            "192.0.2.2 . 192.0.2.1 . tcp . 30080",
+        ] {
+            assert!(clients.contains(client), "{client} in {clients}");
+        }
+    }
+    // A restarted proxy's first sync is full: the pins survive it.
+    s = lab.proxier(mode)?;
+    assert!(lab.sync(&mut *s, std::slice::from_ref(&web))?.full);
+    if mode == ProxyMode::Nftables {
+        let clients =
+            lab.node
+                .sh(&["nft", "list", "map", "ip", "kube-proxy", "affinity-clients"])?;
+        assert!(
+            clients.contains("10.244.1.2 . 10.96.0.12 . tcp . 80"),
+            "carried into the new table: {clients}"
+        );
+    }
+    assert_eq!(pinned(client, vip, 5)?, first, "pinned across a full sync");
+
+    // The pinned endpoint leaves: the client goes to the other one and
+    // is pinned there.
+    let kept = if first == "b1" { 2 } else { 1 };
+    let fewer = ServicePort {
+        endpoints: service("web", Protocol::Tcp, "10.96.0.12", 80, &[kept], 8080).endpoints,
+        ..web.clone()
+    };
+    lab.sync(&mut *s, std::slice::from_ref(&fewer))?;
+    let other = format!("b{kept}");
+    assert_eq!(pinned(client, vip, 5)?, other);
+    assert_eq!(pinned(&lab.outside, &node_port, 5)?, other);
+    lab.sync(&mut *s, std::slice::from_ref(&web))?;
+    assert_eq!(
+        pinned(client, vip, 20)?,
+        other,
+        "still pinned after the endpoint is back"
+    );
+
+    // The timeout: each round lets it pass without a connection, then
+    // asks once (which pins again, to a random endpoint). Twenty rounds
+    // all landing on the same endpoint has probability 2^-20.
+    let mut answers = Vec::new();
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(u64::from(seconds) * 1000 + 500));
+        answers.push(ask(client, vip)?.context("ask after the timeout")?);
+        if answers.iter().any(|a| *a != other) {
+            return Ok(());
+        }
+    }
+    Err(anyhow!("the pin never expired: {answers:?}"))
 }
 
 fn a_service_without_endpoints_refuses_at_once(mode: ProxyMode) -> Result<()> {

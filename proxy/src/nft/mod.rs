@@ -4,6 +4,7 @@
 //! only set/map element changes, one transaction each. A deleted or
 //! recreated table (someone's `nft flush ruleset`) is noticed by its handle.
 
+mod affinity;
 pub mod ruleset;
 #[cfg(test)]
 mod tests;
@@ -13,8 +14,11 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use affinity::Targets;
 use hostnet::nftables::{Batch, Canary, Elem, NfTables, OwnedTable, Value};
-use ruleset::{hairpin_elem, names, service_elements, set_named, skeleton, table, Element};
+use ruleset::{
+    affinity_rules, hairpin_elem, names, service_elements, set_named, skeleton, table, Element,
+};
 
 use crate::conntrack::{self, Conntrack, UdpTarget};
 use crate::rules::names::{Protocol, ServicePortName};
@@ -45,6 +49,8 @@ pub struct NftSyncer {
     hairpin: HashMap<Ipv4Addr, usize>,
     /// Whether the table is the one the last full sync built.
     table: OwnedTable,
+    /// The affinity timeouts whose sets and rules the table holds.
+    timeouts: BTreeSet<u32>,
     /// Counts syncs (see `Applied::epoch`).
     epoch: u64,
     last_full: Option<Instant>,
@@ -61,6 +67,7 @@ impl NftSyncer {
             services: HashMap::new(),
             hairpin: HashMap::new(),
             table: OwnedTable::new(table()),
+            timeouts: BTreeSet::new(),
             epoch: 0,
             last_full: None,
         }
@@ -118,6 +125,10 @@ impl NftSyncer {
         let full = self.next_is_full();
         let mut diff = Diff::default();
         let mut udp: Vec<UdpTarget> = Vec::new();
+        // Full: the ports whose client entries carry over; partial: the
+        // ports whose entries may now be stale.
+        let mut affinity = Targets::default();
+        let mut timeouts = BTreeSet::new();
         let previous = if full {
             self.hairpin.clear();
             std::mem::take(&mut self.services)
@@ -156,6 +167,17 @@ impl NftSyncer {
             } else {
                 self.services.remove(&key)
             };
+            timeouts.extend(sp.affinity_seconds);
+            if full {
+                affinity.add(sp);
+            } else if let Some(old) = old.as_ref().filter(|o| may_strand(&o.view, sp)) {
+                let lost = ServicePort {
+                    affinity_seconds: None,
+                    ..old.view.clone()
+                };
+                affinity.add(&lost);
+                affinity.add(sp);
+            }
             if let Some(old) = &old {
                 diff.replace(&old.elems, &elems);
             } else {
@@ -195,6 +217,12 @@ impl NftSyncer {
             if !full {
                 self.count_hairpin(Some(&view), None, &mut diff);
                 elems.into_iter().for_each(|e| diff.delete(e));
+                if view.affinity_seconds.is_some() {
+                    affinity.add(&ServicePort {
+                        affinity_seconds: None,
+                        ..view.clone()
+                    });
+                }
             }
             if view.protocol == Protocol::Udp {
                 let none = ServicePort {
@@ -205,16 +233,39 @@ impl NftSyncer {
             }
         }
 
+        // Client entries from before a full sync, read while the old table
+        // is still there.
+        let carried = if full {
+            self.carried_clients(&affinity)
+        } else {
+            Vec::new()
+        };
         let mut batch = if full {
             skeleton(&self.node)
         } else {
             Batch::new()
         };
+        let new_timeouts: Vec<u32> = if full {
+            timeouts.iter().copied().collect()
+        } else {
+            timeouts.difference(&self.timeouts).copied().collect()
+        };
+        for t in &new_timeouts {
+            affinity_rules(&mut batch, *t);
+        }
         let changed = diff.render(&mut batch);
+        if !carried.is_empty() {
+            let map = set_named(names::AFFINITY_CLIENTS);
+            batch.add_elements(&table(), &map, carried);
+        }
         let applied = self.table.apply(self.nft.as_ref(), &batch, full)?;
         if full {
             self.last_full = Some(Instant::now());
+            self.timeouts.clear();
+        } else if !affinity.is_empty() {
+            self.drop_stale_clients(&affinity);
         }
+        self.timeouts.extend(new_timeouts);
         let conntrack_deleted = self.clean_conntrack(&udp);
         Ok(SyncOutcome {
             full,
@@ -227,6 +278,47 @@ impl NftSyncer {
             restored: applied,
             duration: start.elapsed(),
         })
+    }
+
+    /// The client entries of the current table that still lead to an
+    /// endpoint of their port (none when there is no table to read).
+    fn carried_clients(&self, targets: &Targets) -> Vec<Elem> {
+        if targets.is_empty() {
+            return Vec::new();
+        }
+        self.nft
+            .elements(&table(), names::AFFINITY_CLIENTS)
+            .map(|dumped| targets.carried(&dumped))
+            .unwrap_or_default()
+    }
+
+    /// Deletes the client entries that lead to an endpoint their port no
+    /// longer has. An entry may expire between the read and the delete
+    /// (the transaction then fails with ENOENT): read again, a few times.
+    fn drop_stale_clients(&self, targets: &Targets) {
+        let map = set_named(names::AFFINITY_CLIENTS);
+        for _ in 0..3 {
+            let stale = match self.nft.elements(&table(), &map.name) {
+                Ok(dumped) => targets.stale(&dumped),
+                Err(e) => {
+                    tracing::warn!(error = %e, "read session affinity entries");
+                    return;
+                }
+            };
+            if stale.is_empty() {
+                return;
+            }
+            let mut b = Batch::new();
+            b.delete_elements(&table(), &map, stale);
+            match self.nft.apply(&b) {
+                Ok(()) => return,
+                Err(e) if e.errno() == Some(libc::ENOENT) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "delete stale session affinity entries");
+                    return;
+                }
+            }
+        }
     }
 
     fn clean_conntrack(&self, targets: &[UdpTarget]) -> usize {
@@ -267,6 +359,22 @@ impl Proxier for NftSyncer {
                 .last_full
                 .is_none_or(|t| t.elapsed() >= self.full_period)
     }
+}
+
+/// Whether going from `old` to `new` may leave clients pinned to an
+/// endpoint the port no longer has (or pinned at all, when it lost
+/// affinity).
+fn may_strand(old: &ServicePort, new: &ServicePort) -> bool {
+    // A port that gains affinity may find entries left from before (a
+    // NodePort's number reached on another address): check them too.
+    (old.affinity_seconds.is_none() && new.affinity_seconds.is_some())
+        || old.affinity_seconds.is_some()
+            && (new.affinity_seconds.is_none()
+                || (old.cluster_ip, old.port, old.node_port)
+                    != (new.cluster_ip, new.port, new.node_port)
+                || (old.internal_local, old.external_local)
+                    != (new.internal_local, new.external_local)
+                || !old.endpoints.iter().all(|e| new.endpoints.contains(e)))
 }
 
 /// Element changes of one sync, by set: deletions go first in the batch,

@@ -88,15 +88,20 @@ fn no_endpoints_means_reject_sets_only() {
     );
 }
 
-#[test]
-fn external_policy_local_balances_the_node_port_over_local_endpoints_unmasqueraded() {
-    let mut sp = test_port(
+/// A port with one endpoint on this node and one elsewhere.
+fn local_and_remote() -> ServicePort {
+    test_port(
         "ns",
         "web",
         "",
         "10.96.0.12",
         &[("10.244.1.2", true), ("10.244.2.2", false)],
-    );
+    )
+}
+
+#[test]
+fn external_policy_local_balances_the_node_port_over_local_endpoints_unmasqueraded() {
+    let mut sp = local_and_remote();
     sp.node_port = Some(30081);
     sp.external_local = true;
     let m = by_set(&service_elements(&sp));
@@ -144,11 +149,41 @@ fn the_skeleton_holds_every_rule_and_no_service() {
         .filter(|o| matches!(o, Op::AddRule { .. }))
         .count();
     let tiers = ruleset::tiers().len();
-    // 5 jumps; services: masquerade, a rule per tier, the NodePort jump;
-    // nodeports: masquerade and a rule per tier; the untracked return and
-    // 2 checks; 2 postrouting.
-    assert_eq!(rules, 5 + (2 + tiers) + (1 + tiers) + 3 + 2);
+    // 5 jumps; services: masquerade (off-cluster, external IPs), the
+    // pinned clients, a rule per tier, the NodePort jump; nodeports:
+    // masquerade, the pinned clients and a rule per tier; the untracked
+    // return and 2 checks; 2 jumps to the affinity record, 2 postrouting.
+    assert_eq!(rules, 5 + (4 + tiers) + (2 + tiers) + 3 + 2 + 2);
     assert!(!b.ops().iter().any(|o| matches!(o, Op::AddElements { .. })));
+    // With localhost NodePorts: the martian guard on input and output.
+    let localhost = NodeConfig {
+        localhost_nodeports: true,
+        ..node()
+    };
+    assert_eq!(rules_added(&ruleset::skeleton(&localhost)), rules + 2);
+}
+
+#[test]
+fn external_and_load_balancer_ips_follow_the_external_policy() {
+    let mut sp = local_and_remote();
+    sp.external_ips = vec!["203.0.113.9".parse().unwrap()];
+    sp.load_balancer_ips = vec!["198.51.100.7".parse().unwrap()];
+    let m = by_set(&service_elements(&sp));
+    // Policy Cluster: masqueraded, both endpoints, three destinations.
+    assert_eq!(m[names::EXTERNAL_IPS], 2);
+    assert_eq!(m["service-ips-2"], 3);
+    assert_eq!(m[names::SERVICE_IPS], 1, "the ClusterIP only");
+    assert_eq!(m[names::SERVICE_ENDPOINTS], 6);
+    // Policy Local: the client's address kept, this node's endpoint only.
+    sp.external_local = true;
+    let m = by_set(&service_elements(&sp));
+    assert!(!m.contains_key(names::EXTERNAL_IPS));
+    assert_eq!(m["service-ips-1"], 2);
+    assert_eq!(m[names::SERVICE_ENDPOINTS], 2 + 2);
+    // Local with no endpoint here: refused.
+    sp.endpoints.retain(|e| !e.local);
+    let m = by_set(&service_elements(&sp));
+    assert_eq!(m[names::NO_ENDPOINT_SERVICES], 2);
 }
 
 fn services(n: usize, eps_each: usize) -> Vec<ServicePort> {
@@ -225,6 +260,46 @@ fn services_coming_and_going_are_elements_and_share_hairpin_entries() {
         .elements(&table(), names::SERVICE_IPS)
         .unwrap()
         .is_empty());
+}
+
+fn rules_added(b: &hostnet::nftables::Batch) -> usize {
+    b.ops()
+        .iter()
+        .filter(|o| matches!(o, Op::AddRule { .. }))
+        .count()
+}
+
+#[test]
+fn a_new_affinity_timeout_adds_its_rules_once_and_services_using_it_are_elements() {
+    let (fake, mut s) = fake_syncer();
+    let mut desired = services(3, 2);
+    s.sync(&desired).unwrap();
+    desired[0].affinity_seconds = Some(600);
+    desired[0].node_port = Some(30080);
+    let o = s.sync(&desired).unwrap();
+    assert!(!o.full);
+    let b = fake.batches().pop().unwrap();
+    assert_eq!(rules_added(&b), 2, "a ClusterIP and a NodePort record rule");
+    let m = |set: &str| fake.elements(&table(), set).unwrap().len();
+    assert_eq!(m(names::SERVICE_AFFINITY), 1);
+    assert_eq!(m("service-affinity-600"), 1);
+    assert_eq!(m("nodeport-affinity-600"), 1);
+
+    // A second Service with the same timeout: elements only.
+    desired[1].affinity_seconds = Some(600);
+    s.sync(&desired).unwrap();
+    assert!(fake.batches().pop().unwrap().only_elements());
+    assert_eq!(m("service-affinity-600"), 2);
+
+    // A full sync writes the rules of the timeouts in use only.
+    desired[0].affinity_seconds = Some(60);
+    desired[1].affinity_seconds = None;
+    s.table.set_need_full();
+    assert!(s.sync(&desired).unwrap().full);
+    let b = fake.batches().pop().unwrap();
+    let base = rules_added(&ruleset::skeleton(&node()));
+    assert_eq!(rules_added(&b), base + 2);
+    assert_eq!(m("service-affinity-60"), 1);
 }
 
 #[test]

@@ -100,15 +100,24 @@ impl Lab {
 
     /// The engine of `mode`, programming the node namespace.
     fn proxier(&self, mode: ProxyMode) -> Result<Box<dyn Proxier>> {
-        match mode {
-            ProxyMode::Iptables => Ok(Box::new(self.syncer()?)),
-            ProxyMode::Nftables => self.node.run(|| {
-                let nft = hostnet::nftables::NfTablesSocket::open()?;
-                let ct = NetlinkConntrack::open()?;
-                let s = NftSyncer::new(Arc::new(nft), node_config()).with_conntrack(Arc::new(ct));
-                Ok(Box::new(s) as Box<dyn Proxier>)
-            })?,
-        }
+        self.proxier_for(mode, node_config())
+    }
+
+    /// The engine of `mode` for a node configured as `node`.
+    fn proxier_for(&self, mode: ProxyMode, node: NodeConfig) -> Result<Box<dyn Proxier>> {
+        self.node.run(|| {
+            let ct = Arc::new(NetlinkConntrack::open()?);
+            Ok(match mode {
+                ProxyMode::Iptables => {
+                    let ipt = Arc::new(ExecIptables::new(Backend::detect()));
+                    Box::new(Syncer::new(ipt, node).with_conntrack(ct)) as Box<dyn Proxier>
+                }
+                ProxyMode::Nftables => {
+                    let nft = hostnet::nftables::NfTablesSocket::open()?;
+                    Box::new(NftSyncer::new(Arc::new(nft), node).with_conntrack(ct))
+                }
+            })
+        })?
     }
 
     /// Runs one sync in the node namespace.
@@ -183,6 +192,8 @@ in_both_modes!(
     run_follows_the_control_plane_and_repairs_a_flush,
     a_pod_reaches_itself_through_its_service,
     affinity_follows_a_removed_endpoint_and_times_out,
+    external_and_load_balancer_ips_follow_the_external_policy,
+    localhost_node_ports_answer_and_martians_are_dropped,
 );
 
 fn pod_ip(i: usize) -> String {
@@ -422,6 +433,154 @@ fn affinity_follows_a_removed_endpoint_and_times_out(mode: ProxyMode) -> Result<
         }
     }
     Err(anyhow!("the pin never expired: {answers:?}"))
+}
+
+const EXTERNAL_IP: &str = "198.51.100.10";
+const LB_IP: &str = "198.51.100.20";
+
+/// Both policies on an external IP and a load-balancer IP, asked from
+/// outside (routed to the node). The servers answer with the client
+/// address they see.
+fn external_and_load_balancer_ips_follow_the_external_policy(mode: ProxyMode) -> Result<()> {
+    let Some((mut lab, mut s)) = start_in(
+        "external_and_load_balancer_ips_follow_the_external_policy",
+        3,
+        mode,
+    )?
+    else {
+        return Ok(());
+    };
+    for ip in [EXTERNAL_IP, LB_IP] {
+        lab.outside
+            .sh(&["ip", "route", "add", &format!("{ip}/32"), "via", NODE_IP])?;
+    }
+    // As a node's default route would, the addresses lead somewhere from
+    // the node (back outside, which forwards nothing): only REJECT refuses.
+    // Back out of the interface they came in on, they would make the node
+    // send a redirect, which spends the ICMP rate limit of the client.
+    lab.node
+        .sh(&["ip", "route", "add", "198.51.100.0/24", "via", OUTSIDE_IP])?;
+    for conf in ["all", "ext0"] {
+        let key = format!("net.ipv4.conf.{conf}.send_redirects=0");
+        lab.node.sh(&["sysctl", "-qw", &key])?;
+    }
+    lab.serve(1, Protocol::Tcp, 8080, "b1 $SOCAT_PEERADDR")?;
+    lab.serve(2, Protocol::Tcp, 8080, "b2 $SOCAT_PEERADDR")?;
+    // Pod 1 runs on this node; pod 2 counts as another node's.
+    let mut web = service("web", Protocol::Tcp, "10.96.0.50", 80, &[1, 2], 8080);
+    web.endpoints[1].local = false;
+    web.external_ips = vec![EXTERNAL_IP.parse()?];
+    web.load_balancer_ips = vec![LB_IP.parse()?];
+    lab.sync(&mut *s, std::slice::from_ref(&web))?;
+    let addrs = [format!("{EXTERNAL_IP}:80"), format!("{LB_IP}:80")];
+
+    // Cluster: every endpoint, the client masqueraded to the node.
+    for addr in &addrs {
+        let mut seen = std::collections::BTreeSet::new();
+        let ok = wait_until(Duration::from_secs(10), || {
+            if let Ok(Ok(a)) = ask(&lab.outside, addr) {
+                assert!(!a.ends_with(OUTSIDE_IP), "policy Cluster masquerades: {a}");
+                seen.insert(a);
+            }
+            seen.len() == 2
+        });
+        assert!(ok, "{addr}: both endpoints answer, saw {seen:?}");
+    }
+
+    // Local: this node's endpoint only, the client's address kept.
+    web.external_local = true;
+    lab.sync(&mut *s, std::slice::from_ref(&web))?;
+    for addr in &addrs {
+        for _ in 0..10 {
+            let a = ask(&lab.outside, addr)?.context("ask")?;
+            assert_eq!(a, format!("b1 {OUTSIDE_IP}"), "{addr}");
+        }
+    }
+
+    // No endpoints: refused at once.
+    web.endpoints.clear();
+    lab.sync(&mut *s, std::slice::from_ref(&web))?;
+    for addr in &addrs {
+        let t = Instant::now();
+        let err = ask(&lab.outside, addr)?.expect_err("no endpoints: must fail");
+        assert_eq!(
+            err.kind(),
+            std::io::ErrorKind::ConnectionRefused,
+            "{addr}: {err}"
+        );
+        assert!(t.elapsed() < Duration::from_millis(500), "{addr}");
+    }
+    Ok(())
+}
+
+/// With `localhost-nodeports`: the node reaches a NodePort on
+/// 127.0.0.1, and a packet for 127.0.0.1 arriving from the outside (which
+/// `route_localnet` would otherwise deliver) is dropped.
+fn localhost_node_ports_answer_and_martians_are_dropped(mode: ProxyMode) -> Result<()> {
+    let test = "localhost_node_ports_answer_and_martians_are_dropped";
+    if !require_root(&format!("{test} ({})", mode.name())) {
+        return Ok(());
+    }
+    let mut lab = Lab::new(2)?;
+    let node = NodeConfig {
+        localhost_nodeports: true,
+        ..node_config()
+    };
+    let mut s = lab.proxier_for(mode, node)?;
+    lab.node
+        .sh(&["sysctl", "-qw", "net.ipv4.conf.all.route_localnet=1"])?;
+    // The outside sends to 198.51.100.99 through the node and rewrites the
+    // destination to 127.0.0.1 once routed: a martian for the node.
+    let martian = "198.51.100.99";
+    lab.outside.sh(&[
+        "ip",
+        "route",
+        "add",
+        &format!("{martian}/32"),
+        "via",
+        NODE_IP,
+    ])?;
+    let rewrite = format!(
+        "add table ip m; add chain ip m post {{ type filter hook postrouting priority 0; }}; \
+         add rule ip m post ip daddr {martian} udp dport 9999 ip daddr set 127.0.0.1"
+    );
+    lab.outside.sh(&["nft", &rewrite])?;
+    let listener = lab.node.run(|| UdpSocket::bind("127.0.0.1:9999"))??;
+    listener.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let send = |lab: &Lab| -> Result<()> {
+        lab.outside.run(|| -> std::io::Result<()> {
+            UdpSocket::bind("0.0.0.0:0")?.send_to(b"martian", (martian, 9999))?;
+            Ok(())
+        })??;
+        Ok(())
+    };
+    let mut buf = [0u8; 64];
+    // Without the proxy's rules the martian gets through (the path works).
+    let through = wait_until(Duration::from_secs(5), || {
+        send(&lab).is_ok() && listener.recv_from(&mut buf).is_ok()
+    });
+    assert!(
+        through,
+        "the martian never reached 127.0.0.1 before the guard"
+    );
+
+    lab.serve(1, Protocol::Tcp, 8080, "b1")?;
+    let web = ServicePort {
+        node_port: Some(30080),
+        ..service("web", Protocol::Tcp, "10.96.0.60", 80, &[1], 8080)
+    };
+    lab.sync(&mut *s, &[web])?;
+    assert_eq!(ask_until_answered(&lab.node, "127.0.0.1:30080")?, "b1");
+    while listener.recv_from(&mut buf).is_ok() {}
+    // Now dropped: nothing arrives during ten sends over two seconds.
+    for _ in 0..10 {
+        send(&lab)?;
+        assert!(
+            listener.recv_from(&mut buf).is_err(),
+            "a martian reached 127.0.0.1 through the guard"
+        );
+    }
+    Ok(())
 }
 
 fn a_service_without_endpoints_refuses_at_once(mode: ProxyMode) -> Result<()> {

@@ -33,8 +33,36 @@ type Key = (ServicePortName, Protocol);
 struct Applied {
     view: ServicePort,
     elems: Vec<Element>,
-    /// The last sync that found it in the desired view.
-    epoch: u64,
+}
+
+impl Applied {
+    /// `view`, its elements still to be filled in.
+    fn new(view: &ServicePort) -> Applied {
+        Applied {
+            view: view.clone(),
+            elems: Vec::new(),
+        }
+    }
+}
+
+/// What one sync's walk over the view collects.
+#[derive(Default)]
+struct Walk {
+    diff: Diff,
+    udp: Vec<UdpTarget>,
+    /// Full: the ports whose client entries carry over; partial: the
+    /// ports whose entries may now be stale.
+    affinity: Targets,
+    /// The affinity timeouts of the ports written.
+    timeouts: BTreeSet<u32>,
+}
+
+/// `view` as if it had no affinity: all its client entries are stale.
+fn without_affinity(view: &ServicePort) -> ServicePort {
+    ServicePort {
+        affinity_seconds: None,
+        ..view.clone()
+    }
 }
 
 /// The nftables engine. Keeps what the last successful sync wrote, per
@@ -44,15 +72,14 @@ pub struct NftSyncer {
     conntrack: Option<Arc<dyn Conntrack>>,
     node: NodeConfig,
     full_period: Duration,
-    services: HashMap<Key, Applied>,
+    /// Per Service port, in the order of the last view.
+    services: Vec<Applied>,
     /// Endpoint IP → how many Service ports use it (its hairpin element).
     hairpin: HashMap<Ipv4Addr, usize>,
     /// Whether the table is the one the last full sync built.
     table: OwnedTable,
     /// The affinity timeouts whose sets and rules the table holds.
     timeouts: BTreeSet<u32>,
-    /// Counts syncs (see `Applied::epoch`).
-    epoch: u64,
     last_full: Option<Instant>,
 }
 
@@ -64,11 +91,10 @@ impl NftSyncer {
             conntrack: None,
             node,
             full_period: DEFAULT_FULL_SYNC_PERIOD,
-            services: HashMap::new(),
+            services: Vec::new(),
             hairpin: HashMap::new(),
             table: OwnedTable::new(table()),
             timeouts: BTreeSet::new(),
-            epoch: 0,
             last_full: None,
         }
     }
@@ -123,115 +149,58 @@ impl NftSyncer {
     fn sync_inner(&mut self, desired: &[ServicePort]) -> Result<SyncOutcome> {
         let start = Instant::now();
         let full = self.next_is_full();
-        let mut diff = Diff::default();
-        let mut udp: Vec<UdpTarget> = Vec::new();
-        // Full: the ports whose client entries carry over; partial: the
-        // ports whose entries may now be stale.
-        let mut affinity = Targets::default();
-        let mut timeouts = BTreeSet::new();
-        let previous = if full {
+        let mut w = Walk::default();
+        let previous = std::mem::take(&mut self.services);
+        if full {
             self.hairpin.clear();
-            std::mem::take(&mut self.services)
-        } else {
-            HashMap::new()
-        };
-        // Service ports of `desired` found in the record are stamped with
-        // this sync's epoch; the others in the record are gone. No set of
-        // keys is built: at 10k Services one was most of a partial sync.
-        self.epoch += 1;
-        let epoch = self.epoch;
-        let mut kept = 0;
-        for sp in desired {
-            let key = (sp.name.clone(), sp.protocol);
-            let prev = if full {
-                previous.get(&key)
-            } else {
-                let found = self.services.get_mut(&key);
-                if let Some(p) = found {
-                    p.epoch = epoch;
-                    if p.view == *sp {
-                        kept += 1;
-                        continue;
-                    }
-                }
-                self.services.get(&key)
-            };
-            if sp.protocol == Protocol::Udp
-                && (full || prev.is_none_or(|p| p.view.endpoints != sp.endpoints))
-            {
-                udp.extend(udp_targets(sp, sp));
-            }
-            let elems = service_elements(sp);
-            let old = if full {
-                None
-            } else {
-                self.services.remove(&key)
-            };
-            timeouts.extend(sp.affinity_seconds);
-            if full {
-                affinity.add(sp);
-            } else if let Some(old) = old.as_ref().filter(|o| may_strand(&o.view, sp)) {
-                let lost = ServicePort {
-                    affinity_seconds: None,
-                    ..old.view.clone()
-                };
-                affinity.add(&lost);
-                affinity.add(sp);
-            }
-            if let Some(old) = &old {
-                diff.replace(&old.elems, &elems);
-            } else {
-                elems.iter().cloned().for_each(|e| diff.add(e));
-            }
-            self.count_hairpin(old.as_ref().map(|o| &o.view), Some(sp), &mut diff);
-            let applied = Applied {
-                view: sp.clone(),
-                elems,
-                epoch,
-            };
-            self.services.insert(key, applied);
-            kept += 1;
         }
-        let gone: Vec<Key> = if full {
-            previous
-                .keys()
-                .filter(|k| !self.services.contains_key(*k))
-                .cloned()
-                .collect()
-        } else if self.services.len() > kept {
-            self.services
-                .iter()
-                .filter(|(_, a)| a.epoch != epoch)
-                .map(|(k, _)| k.clone())
-                .collect()
-        } else {
-            Vec::new()
-        };
-        for key in gone {
-            let old = if full {
-                previous.get(&key).map(|a| (a.view.clone(), Vec::new()))
-            } else {
-                self.services.remove(&key).map(|a| (a.view, a.elems))
-            };
-            let Some((view, elems)) = old else { continue };
-            if !full {
-                self.count_hairpin(Some(&view), None, &mut diff);
-                elems.into_iter().for_each(|e| diff.delete(e));
-                if view.affinity_seconds.is_some() {
-                    affinity.add(&ServicePort {
-                        affinity_seconds: None,
-                        ..view.clone()
-                    });
+        // The usual partial sync: the same ports in the same order as last
+        // time (the caller's view is ordered), a few of them changed. One
+        // pass side by side, no hashing: at 50k Services the hash lookups
+        // per port were most of a partial sync.
+        let mut changed = Vec::new();
+        let aligned = !full
+            && previous.len() == desired.len()
+            && previous.iter().zip(desired).enumerate().all(|(i, (a, d))| {
+                if a.view == *d {
+                    return true;
                 }
+                changed.push(i);
+                (&a.view.name, a.view.protocol) == (&d.name, d.protocol)
+            });
+        if aligned {
+            self.services = previous;
+            for i in changed {
+                let sp = &desired[i];
+                let old = std::mem::replace(&mut self.services[i], Applied::new(sp));
+                self.services[i].elems = self.port(Some(old), sp, false, &mut w);
             }
-            if view.protocol == Protocol::Udp {
-                let none = ServicePort {
-                    endpoints: Vec::new(),
-                    ..view.clone()
-                };
-                udp.extend(udp_targets(&none, &view));
+        } else {
+            let mut by_key: HashMap<Key, Applied> = HashMap::with_capacity(previous.len());
+            for a in previous {
+                by_key.insert((a.view.name.clone(), a.view.protocol), a);
+            }
+            let mut services = Vec::with_capacity(desired.len());
+            for sp in desired {
+                let old = by_key.remove(&(sp.name.clone(), sp.protocol));
+                let mut applied = Applied::new(sp);
+                match old {
+                    Some(old) if !full && old.view == *sp => applied.elems = old.elems,
+                    old => applied.elems = self.port(old, sp, full, &mut w),
+                }
+                services.push(applied);
+            }
+            self.services = services;
+            for (_, old) in by_key {
+                self.gone(old, full, &mut w);
             }
         }
+        let Walk {
+            diff,
+            udp,
+            affinity,
+            timeouts,
+        } = w;
 
         // Client entries from before a full sync, read while the old table
         // is still there.
@@ -258,7 +227,9 @@ impl NftSyncer {
             let map = set_named(names::AFFINITY_CLIENTS);
             batch.add_elements(&table(), &map, carried);
         }
+        let applying = Instant::now();
         let applied = self.table.apply(self.nft.as_ref(), &batch, full)?;
+        let apply = applying.elapsed();
         if full {
             self.last_full = Some(Instant::now());
             self.timeouts.clear();
@@ -277,7 +248,64 @@ impl NftSyncer {
             conntrack_deleted,
             restored: applied,
             duration: start.elapsed(),
+            apply,
         })
+    }
+
+    /// One Service port of `desired` that is new (`old` is `None`), changed,
+    /// or rewritten by a full sync: its element changes, hairpin counts,
+    /// UDP flows to clean and affinity entries to check go into `w`.
+    /// Returns its elements.
+    fn port(
+        &mut self,
+        old: Option<Applied>,
+        sp: &ServicePort,
+        full: bool,
+        w: &mut Walk,
+    ) -> Vec<Element> {
+        if sp.protocol == Protocol::Udp
+            && (full
+                || old
+                    .as_ref()
+                    .is_none_or(|p| p.view.endpoints != sp.endpoints))
+        {
+            w.udp.extend(udp_targets(sp, sp));
+        }
+        let elems = service_elements(sp);
+        w.timeouts.extend(sp.affinity_seconds);
+        let old = old.filter(|_| !full);
+        if full {
+            w.affinity.add(sp);
+        } else if let Some(old) = old.as_ref().filter(|o| may_strand(&o.view, sp)) {
+            w.affinity.add(&without_affinity(&old.view));
+            w.affinity.add(sp);
+        }
+        match &old {
+            Some(old) => w.diff.replace(&old.elems, &elems),
+            None => elems.iter().cloned().for_each(|e| w.diff.add(e)),
+        }
+        self.count_hairpin(old.as_ref().map(|o| &o.view), Some(sp), &mut w.diff);
+        elems
+    }
+
+    /// A Service port no longer in the view: its elements go (a full sync
+    /// wrote none), and its UDP flows and client entries are cleaned.
+    fn gone(&mut self, old: Applied, full: bool, w: &mut Walk) {
+        let view = old.view;
+        if !full {
+            self.count_hairpin(Some(&view), None, &mut w.diff);
+            old.elems.into_iter().for_each(|e| w.diff.delete(e));
+            if view.affinity_seconds.is_some() {
+                w.affinity.add(&without_affinity(&view));
+            }
+        }
+        if view.protocol == Protocol::Udp {
+            let none = ServicePort {
+                endpoints: Vec::new(),
+                ..view.clone()
+            };
+            w.udp.extend(udp_targets(&none, &view));
+        }
     }
 
     /// The client entries of the current table that still lead to an

@@ -241,6 +241,24 @@ fn at_10000_services_one_endpoint_change_is_only_element_changes() {
 }
 
 #[test]
+fn a_reordered_view_with_one_change_sends_only_that_change() {
+    let (fake, mut s) = fake_syncer();
+    let mut desired = services(50, 2);
+    s.sync(&desired).unwrap();
+    desired.reverse();
+    desired[7].endpoints[0].ip = "10.250.0.9".parse().unwrap();
+    let o = s.sync(&desired).unwrap();
+    // The slot's value (delete + add) and one hairpin address out, one in.
+    assert_eq!(o.elements_changed, 4);
+    // Back in order (the fast path), the same change undone.
+    desired.reverse();
+    desired[42].endpoints[0].ip = Ipv4Addr::from(0x0af4_0000 + 42 * 2);
+    assert_eq!(s.sync(&desired).unwrap().elements_changed, 4);
+    assert_eq!(fake.elements(&table(), names::HAIRPIN).unwrap().len(), 100);
+    assert!(s.sync(&desired).unwrap().elements_changed == 0);
+}
+
+#[test]
 fn services_coming_and_going_are_elements_and_share_hairpin_entries() {
     let (fake, mut s) = fake_syncer();
     let a = test_port("ns", "a", "", "10.96.0.1", &[("10.244.1.2", true)]);

@@ -21,13 +21,23 @@ use ruleset::{
 };
 
 use crate::conntrack::{self, Conntrack, UdpTarget};
-use crate::rules::names::{Protocol, ServicePortName};
+use crate::rules::names::Protocol;
 use crate::rules::NodeConfig;
 use crate::sync::{udp_targets, Proxier, SyncOutcome, DEFAULT_FULL_SYNC_PERIOD};
 use crate::view::ServicePort;
 use crate::Result;
 
-type Key = (ServicePortName, Protocol);
+/// A Service port's identity, borrowed from its view.
+type KeyRef<'a> = (&'a str, &'a str, &'a str, Protocol);
+
+fn key_ref(sp: &ServicePort) -> KeyRef<'_> {
+    (
+        &sp.name.namespace,
+        &sp.name.name,
+        &sp.name.port,
+        sp.protocol,
+    )
+}
 
 /// One Service port as last applied.
 struct Applied {
@@ -176,13 +186,24 @@ impl NftSyncer {
                 self.services[i].elems = self.port(Some(old), sp, false, &mut w);
             }
         } else {
-            let mut by_key: HashMap<Key, Applied> = HashMap::with_capacity(previous.len());
+            // Ports added, removed or moved: match by key. The keys are
+            // borrowed from the view, not cloned (three allocations a port).
+            let by_key: HashMap<KeyRef<'_>, usize> = desired
+                .iter()
+                .enumerate()
+                .map(|(i, sp)| (key_ref(sp), i))
+                .collect();
+            let mut found: Vec<Option<Applied>> = Vec::new();
+            found.resize_with(desired.len(), || None);
+            let mut gone = Vec::new();
             for a in previous {
-                by_key.insert((a.view.name.clone(), a.view.protocol), a);
+                match by_key.get(&key_ref(&a.view)) {
+                    Some(&i) if found[i].is_none() => found[i] = Some(a),
+                    _ => gone.push(a),
+                }
             }
             let mut services = Vec::with_capacity(desired.len());
-            for sp in desired {
-                let old = by_key.remove(&(sp.name.clone(), sp.protocol));
+            for (sp, old) in desired.iter().zip(found) {
                 let mut applied = Applied::new(sp);
                 match old {
                     Some(old) if !full && old.view == *sp => applied.elems = old.elems,
@@ -191,10 +212,11 @@ impl NftSyncer {
                 services.push(applied);
             }
             self.services = services;
-            for (_, old) in by_key {
+            for old in gone {
                 self.gone(old, full, &mut w);
             }
         }
+
         let Walk {
             diff,
             udp,

@@ -67,6 +67,62 @@ struct Walk {
     timeouts: BTreeSet<u32>,
 }
 
+/// How far [`merge`] looks ahead for the next port it knows.
+const MERGE_LOOKAHEAD: usize = 8;
+
+/// For each port of `desired`, the index of the same port in `previous`,
+/// found by walking both in order: a port that is not where the other
+/// list continues is taken as added (or removed) when the other list's
+/// port comes within [`MERGE_LOOKAHEAD`]. `None` when that fails, or when
+/// a port would be both added and removed (it moved): then [`by_key`].
+fn merge(previous: &[Applied], desired: &[ServicePort]) -> Option<Vec<Option<usize>>> {
+    let same = |j: usize, i: usize| key_ref(&previous[j].view) == key_ref(&desired[i]);
+    let (mut i, mut j) = (0, 0);
+    let mut pairs = Vec::with_capacity(desired.len());
+    let (mut added, mut removed) = (Vec::new(), Vec::new());
+    while i < desired.len() {
+        if j < previous.len() && same(j, i) {
+            pairs.push(Some(j));
+            (i, j) = (i + 1, j + 1);
+        } else if j == previous.len() {
+            added.push(i);
+            pairs.push(None);
+            i += 1;
+        } else if let Some(k) =
+            (1..=MERGE_LOOKAHEAD).find(|k| i + k < desired.len() && same(j, i + k))
+        {
+            added.extend(i..i + k);
+            pairs.extend(std::iter::repeat_n(None, k));
+            i += k;
+        } else if let Some(k) =
+            (1..=MERGE_LOOKAHEAD).find(|k| j + k < previous.len() && same(j + k, i))
+        {
+            removed.extend(j..j + k);
+            j += k;
+        } else {
+            return None;
+        }
+    }
+    removed.extend(j..previous.len());
+    let moved = added.iter().any(|&i| removed.iter().any(|&j| same(j, i)));
+    (!moved).then_some(pairs)
+}
+
+/// For each port of `desired`, the index of the same port in `previous`,
+/// by key (keys borrowed from the view, not cloned: a clone is three
+/// allocations a port).
+fn by_key(previous: &[Applied], desired: &[ServicePort]) -> Vec<Option<usize>> {
+    let index: HashMap<KeyRef<'_>, usize> = previous
+        .iter()
+        .enumerate()
+        .map(|(j, a)| (key_ref(&a.view), j))
+        .collect();
+    desired
+        .iter()
+        .map(|sp| index.get(&key_ref(sp)).copied())
+        .collect()
+}
+
 /// `view` as if it had no affinity: all its client entries are stale.
 fn without_affinity(view: &ServicePort) -> ServicePort {
     ServicePort {
@@ -186,33 +242,27 @@ impl NftSyncer {
                 self.services[i].elems = self.port(Some(old), sp, false, &mut w);
             }
         } else {
-            // Ports added, removed or moved: match by key. The keys are
-            // borrowed from the view, not cloned (three allocations a port).
-            let by_key: HashMap<KeyRef<'_>, usize> = desired
-                .iter()
-                .enumerate()
-                .map(|(i, sp)| (key_ref(sp), i))
-                .collect();
-            let mut found: Vec<Option<Applied>> = Vec::new();
-            found.resize_with(desired.len(), || None);
-            let mut gone = Vec::new();
-            for a in previous {
-                match by_key.get(&key_ref(&a.view)) {
-                    Some(&i) if found[i].is_none() => found[i] = Some(a),
-                    _ => gone.push(a),
-                }
-            }
+            // Ports added or removed (or moved): pair each port of the view
+            // with its last applied self, in one merging pass when the
+            // order held, else by key.
+            let pairs = Some(&previous)
+                .filter(|_| !full)
+                .and_then(|p| merge(p, desired))
+                .unwrap_or_else(|| by_key(&previous, desired));
+            let mut previous: Vec<Option<Applied>> = previous.into_iter().map(Some).collect();
             let mut services = Vec::with_capacity(desired.len());
-            for (sp, old) in desired.iter().zip(found) {
-                let mut applied = Applied::new(sp);
-                match old {
-                    Some(old) if !full && old.view == *sp => applied.elems = old.elems,
-                    old => applied.elems = self.port(old, sp, full, &mut w),
+            for (sp, pair) in desired.iter().zip(pairs) {
+                match pair.and_then(|j| previous[j].take()) {
+                    Some(old) if !full && old.view == *sp => services.push(old),
+                    old => {
+                        let mut applied = Applied::new(sp);
+                        applied.elems = self.port(old, sp, full, &mut w);
+                        services.push(applied);
+                    }
                 }
-                services.push(applied);
             }
             self.services = services;
-            for old in gone {
+            for old in previous.into_iter().flatten() {
                 self.gone(old, full, &mut w);
             }
         }

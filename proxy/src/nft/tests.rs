@@ -259,6 +259,47 @@ fn a_reordered_view_with_one_change_sends_only_that_change() {
 }
 
 #[test]
+fn ports_added_and_removed_in_the_middle_are_paired_by_a_merge() {
+    let ports = services(30, 1);
+    let previous: Vec<Applied> = ports.iter().map(Applied::new).collect();
+    let mut desired = ports.clone();
+    desired.remove(10);
+    let extra = |n: &str, vip: &str| test_port("ns", n, "", vip, &[("10.244.9.9", true)]);
+    desired.insert(20, extra("new-a", "10.96.9.1"));
+    desired.insert(21, extra("new-b", "10.96.9.2"));
+    let pairs = merge(&previous, &desired).expect("a merge");
+    assert_eq!(pairs.len(), desired.len());
+    for (sp, pair) in desired.iter().zip(&pairs) {
+        match pair {
+            Some(j) => assert_eq!(key_ref(&previous[*j].view), key_ref(sp)),
+            None => assert!(sp.name.name.starts_with("new-"), "{}", sp.name),
+        }
+    }
+    // A port that moved is not a merge (it would look removed and added).
+    let mut moved = ports.clone();
+    moved.swap(3, 25);
+    assert!(merge(&previous, &moved).is_none());
+    assert_eq!(
+        by_key(&previous, &moved)[3],
+        Some(25),
+        "by key, the moved port is found"
+    );
+
+    // Through the engine: the table holds exactly the view's ClusterIPs.
+    let (fake, mut s) = fake_syncer();
+    s.sync(&ports).unwrap();
+    let o = s.sync(&desired).unwrap();
+    assert!(!o.full && fake.batches().last().unwrap().only_elements());
+    let vips = fake.elements(&table(), names::SERVICE_IPS).unwrap();
+    assert_eq!(vips.len(), desired.len());
+    s.sync(&moved).unwrap();
+    assert_eq!(
+        fake.elements(&table(), names::SERVICE_IPS).unwrap().len(),
+        30
+    );
+}
+
+#[test]
 fn services_coming_and_going_are_elements_and_share_hairpin_entries() {
     let (fake, mut s) = fake_syncer();
     let a = test_port("ns", "a", "", "10.96.0.1", &[("10.244.1.2", true)]);

@@ -361,7 +361,8 @@ fn affinity_follows_a_removed_endpoint_and_times_out(mode: ProxyMode) -> Result<
     };
     lab.serve(1, Protocol::Tcp, 8080, "b1")?;
     lab.serve(2, Protocol::Tcp, 8080, "b2")?;
-    let seconds = 2;
+    // Long enough that no gap between two asks of a busy machine reaches it.
+    let seconds = 4;
     let web = ServicePort {
         node_port: Some(30080),
         affinity_seconds: Some(seconds),

@@ -498,6 +498,15 @@ fn external_and_load_balancer_ips_follow_the_external_policy(mode: ProxyMode) ->
         }
     }
 
+    // Local, and the only endpoint runs elsewhere: dropped, as kube-proxy
+    // does (the client may try another node), not refused.
+    web.endpoints.remove(0);
+    lab.sync(&mut *s, std::slice::from_ref(&web))?;
+    for addr in &addrs {
+        let err = ask(&lab.outside, addr)?.expect_err("no local endpoint: must fail");
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{addr}: {err}");
+    }
+
     // No endpoints: refused at once.
     web.endpoints.clear();
     lab.sync(&mut *s, std::slice::from_ref(&web))?;

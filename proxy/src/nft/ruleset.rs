@@ -49,6 +49,11 @@ pub mod names {
     pub const NO_ENDPOINT_SERVICES: &str = "no-endpoint-services";
     /// `inet_proto . inet_service`: NodePorts without endpoints.
     pub const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
+    /// `ipv4_addr . inet_proto . inet_service`: ports whose traffic policy
+    /// is Local and whose endpoints all run on other nodes (dropped).
+    pub const NO_LOCAL_ENDPOINT_SERVICES: &str = "no-local-endpoint-services";
+    /// `inet_proto . inet_service`: the same for NodePorts.
+    pub const NO_LOCAL_ENDPOINT_NODEPORTS: &str = "no-local-endpoint-nodeports";
     /// `inet_proto . inet_service`: NodePorts with externalTrafficPolicy
     /// Local (not masqueraded: the client's address is kept).
     pub const NODEPORTS_LOCAL: &str = "nodeports-local";
@@ -153,6 +158,8 @@ pub fn sets() -> Vec<Set> {
         names::SERVICE_NODEPORTS,
         names::NO_ENDPOINT_SERVICES,
         names::NO_ENDPOINT_NODEPORTS,
+        names::NO_LOCAL_ENDPOINT_SERVICES,
+        names::NO_LOCAL_ENDPOINT_NODEPORTS,
         names::NODEPORTS_LOCAL,
         names::SERVICE_ENDPOINTS,
         names::NODEPORT_ENDPOINTS,
@@ -183,7 +190,9 @@ pub fn set_named(name: &str) -> Set {
         n if n.starts_with(names::NODEPORT_AFFINITY) => &[P, S],
         names::NODEPORT_IPS => &[A],
         n if n.starts_with(names::SERVICE_NODEPORTS) => &[P, S],
-        names::NO_ENDPOINT_NODEPORTS | names::NODEPORTS_LOCAL => &[P, S],
+        names::NO_ENDPOINT_NODEPORTS
+        | names::NO_LOCAL_ENDPOINT_NODEPORTS
+        | names::NODEPORTS_LOCAL => &[P, S],
         _ => &[A, P, S],
     };
     set(name, key)
@@ -477,21 +486,32 @@ pub fn skeleton(node: &NodeConfig) -> Batch {
         vec![Expr::Verdict(Verdict::Return)],
     ]);
     b.add_rule(&t, "service-endpoints-check", untracked, Some("untracked"));
-    // Refuse Services without endpoints at once.
-    let reject = vec![Expr::Reject(Reject::Icmp4PortUnreachable)];
-    let no_vip = cat(vec![
-        vip_key(),
-        vec![Expr::lookup(names::NO_ENDPOINT_SERVICES, r(0))],
-        reject.clone(),
-    ]);
-    b.add_rule(&t, "service-endpoints-check", no_vip, None);
-    let no_np = cat(vec![
-        nodeport_addr(node),
-        port_key(),
-        vec![Expr::lookup(names::NO_ENDPOINT_NODEPORTS, r(0))],
-        reject,
-    ]);
-    b.add_rule(&t, "service-endpoints-check", no_np, None);
+    // Refuse Services without endpoints at once; drop what a Local policy
+    // leaves this node no endpoint for (as kube-proxy does: the client may
+    // try another node).
+    let reject = Expr::Reject(Reject::Icmp4PortUnreachable);
+    let drop = Expr::Verdict(Verdict::Drop);
+    for (vips, node_ports, end) in [
+        (
+            names::NO_ENDPOINT_SERVICES,
+            names::NO_ENDPOINT_NODEPORTS,
+            reject,
+        ),
+        (
+            names::NO_LOCAL_ENDPOINT_SERVICES,
+            names::NO_LOCAL_ENDPOINT_NODEPORTS,
+            drop,
+        ),
+    ] {
+        let vip = cat(vec![vip_key(), vec![Expr::lookup(vips, r(0)), end.clone()]]);
+        b.add_rule(&t, "service-endpoints-check", vip, None);
+        let np = cat(vec![
+            nodeport_addr(node),
+            port_key(),
+            vec![Expr::lookup(node_ports, r(0)), end],
+        ]);
+        b.add_rule(&t, "service-endpoints-check", np, None);
+    }
 
     // The first packet of a DNATed connection, on its way to the endpoint
     // (postrouting) or to this host (input): record the client's endpoint
@@ -735,7 +755,12 @@ pub fn service_elements(sp: &ServicePort) -> Vec<Element> {
     }
     let eps = group(sp.external_local);
     if eps.is_empty() {
-        out.push((names::NO_ENDPOINT_NODEPORTS.into(), Value::of(&port), None));
+        let set = if sp.endpoints.is_empty() {
+            names::NO_ENDPOINT_NODEPORTS
+        } else {
+            names::NO_LOCAL_ENDPOINT_NODEPORTS
+        };
+        out.push((set.into(), Value::of(&port), None));
         return out;
     }
     out.push((names::SERVICE_NODEPORTS.into(), Value::of(&port), None));
@@ -768,7 +793,12 @@ fn destination(
 ) {
     let key = Value::of(dest);
     if eps.is_empty() {
-        out.push((names::NO_ENDPOINT_SERVICES.into(), key, None));
+        let set = if sp.endpoints.is_empty() {
+            names::NO_ENDPOINT_SERVICES
+        } else {
+            names::NO_LOCAL_ENDPOINT_SERVICES
+        };
+        out.push((set.into(), key, None));
         return;
     }
     if cluster_ip {

@@ -89,6 +89,11 @@ const BENCHES: &[Bench] = &[
         run: proxy::nftmode::run,
     },
     Bench {
+        name: "proxy-nft-partial",
+        about: "nftables mode alone: 400 partial syncs at 10k and 50k Services, whole and transaction",
+        run: proxy::nftmode::run_partial,
+    },
+    Bench {
         name: "netpol",
         about: "NetworkPolicy programming: 1,000 policies over 10,000 pods, full sync, one pod, one policy",
         run: netpol::run,
@@ -117,7 +122,9 @@ const BENCHES: &[Bench] = &[
 
 /// What `all` runs: every benchmark but the parts of one (`overlay-throughput`).
 fn everything() -> impl Iterator<Item = &'static Bench> {
-    BENCHES.iter().filter(|b| b.name != "overlay-throughput")
+    BENCHES
+        .iter()
+        .filter(|b| !["overlay-throughput", "proxy-nft-partial"].contains(&b.name))
 }
 
 fn usage() -> String {

@@ -583,6 +583,13 @@ fn every_expression_kind_is_accepted_and_listed() -> Result<()> {
             timeout: true,
             ..SetFlags::default()
         });
+    let mut pinned =
+        Set::new("pinned", &[DataType::Ipv4Addr, DataType::InetService]).with_flags(SetFlags {
+            timeout: true,
+            dynamic: true,
+            ..SetFlags::default()
+        });
+    pinned.size = Some(1024);
     let v4 = |s: &str| Value::of(&[Field::Ipv4(ip(s))]);
     let mut b = Batch::new();
     b.add_table(&t)
@@ -598,6 +605,7 @@ fn every_expression_kind_is_accepted_and_listed() -> Result<()> {
         .add_chain(&t, Chain::regular("policy"))
         .add_set(&t, allowed.clone())
         .add_set(&t, recent.clone())
+        .add_set(&t, pinned)
         .add_elements(
             &t,
             &allowed,
@@ -703,6 +711,22 @@ fn every_expression_kind_is_accepted_and_listed() -> Result<()> {
                 },
             ],
         ),
+        (
+            "post",
+            vec![
+                Expr::ip_saddr(Reg::R1),
+                Expr::CtOriginal {
+                    key: CtKey::ProtoDst,
+                    dreg: Reg::new(1),
+                },
+                Expr::Dynset {
+                    set: "pinned".into(),
+                    sreg_key: Reg::R1,
+                    sreg_data: None,
+                    timeout: Some(Duration::from_secs(60)),
+                },
+            ],
+        ),
     ];
     for (chain, exprs) in rules {
         b.add_rule(&t, chain, exprs, None);
@@ -730,6 +754,9 @@ fn every_expression_kind_is_accepted_and_listed() -> Result<()> {
         r#"{"masquerade":{"flags":"fully-random"}}"#,
         r#"{"mangle":{"key":{"ct":{"key":"mark"}},"value":1}}"#,
         r#"{"snat":{"addr":"10.99.0.1","family":"ip"}}"#,
+        r#"{"ct":{"dir":"original","key":"proto-dst"}}"#,
+        r#""op":"update""#,
+        r#""set":"@pinned""#,
     ] {
         assert!(rules.contains(want), "{want} not in\n{rules}");
     }

@@ -100,15 +100,24 @@ impl Lab {
 
     /// The engine of `mode`, programming the node namespace.
     fn proxier(&self, mode: ProxyMode) -> Result<Box<dyn Proxier>> {
-        match mode {
-            ProxyMode::Iptables => Ok(Box::new(self.syncer()?)),
-            ProxyMode::Nftables => self.node.run(|| {
-                let nft = hostnet::nftables::NfTablesSocket::open()?;
-                let ct = NetlinkConntrack::open()?;
-                let s = NftSyncer::new(Arc::new(nft), node_config()).with_conntrack(Arc::new(ct));
-                Ok(Box::new(s) as Box<dyn Proxier>)
-            })?,
-        }
+        self.proxier_for(mode, node_config())
+    }
+
+    /// The engine of `mode` for a node configured as `node`.
+    fn proxier_for(&self, mode: ProxyMode, node: NodeConfig) -> Result<Box<dyn Proxier>> {
+        self.node.run(|| {
+            let ct = Arc::new(NetlinkConntrack::open()?);
+            Ok(match mode {
+                ProxyMode::Iptables => {
+                    let ipt = Arc::new(ExecIptables::new(Backend::detect()));
+                    Box::new(Syncer::new(ipt, node).with_conntrack(ct)) as Box<dyn Proxier>
+                }
+                ProxyMode::Nftables => {
+                    let nft = hostnet::nftables::NfTablesSocket::open()?;
+                    Box::new(NftSyncer::new(Arc::new(nft), node).with_conntrack(ct))
+                }
+            })
+        })?
     }
 
     /// Runs one sync in the node namespace.
@@ -182,6 +191,9 @@ in_both_modes!(
     a_replaced_udp_endpoint_loses_its_stale_conntrack_entry,
     run_follows_the_control_plane_and_repairs_a_flush,
     a_pod_reaches_itself_through_its_service,
+    affinity_follows_a_removed_endpoint_and_times_out,
+    external_and_load_balancer_ips_follow_the_external_policy,
+    localhost_node_ports_answer_and_martians_are_dropped,
 );
 
 fn pod_ip(i: usize) -> String {
@@ -282,7 +294,6 @@ fn udp_ask(client: &TestNs, sport: u16, addr: &str) -> Result<Option<String>> {
     })
 }
 
-/// Affinity: iptables mode only (the nftables mode does not have it yet).
 fn cluster_ip_spreads_over_two_backends_and_affinity_pins(mode: ProxyMode) -> Result<()> {
     let Some((mut lab, mut s)) = start_in(
         "cluster_ip_spreads_over_two_backends_and_affinity_pins",
@@ -314,9 +325,6 @@ fn cluster_ip_spreads_over_two_backends_and_affinity_pins(mode: ProxyMode) -> Re
     }
     // Binomial(100, 0.5): fewer than 25 on one side has probability < 1e-6.
     assert!(b1 >= 25 && b2 >= 25, "spread b1={b1} b2={b2}");
-    if mode == ProxyMode::Nftables {
-        return Ok(());
-    }
 
     web.affinity_seconds = Some(10_800);
     let o = lab.sync(&mut *s, std::slice::from_ref(&web))?;
@@ -327,6 +335,259 @@ fn cluster_ip_spreads_over_two_backends_and_affinity_pins(mode: ProxyMode) -> Re
             ask(client, "10.96.0.10:80")?.context("ask")?,
             first,
             "affinity pins one backend"
+        );
+    }
+    Ok(())
+}
+
+/// Asks `addr` `n` times from `client`; every answer must be the same.
+fn pinned(client: &TestNs, addr: &str, n: usize) -> Result<String> {
+    let first = ask(client, addr)?.context("ask")?;
+    for _ in 1..n {
+        let next = ask(client, addr)?.context("ask")?;
+        assert_eq!(next, first, "affinity pins one backend ({addr})");
+    }
+    Ok(first)
+}
+
+/// ClientIP affinity on a ClusterIP and a NodePort: the pinned endpoint
+/// leaves, the client moves to the other and stays there; once the
+/// timeout passes without a connection, the pin is gone.
+fn affinity_follows_a_removed_endpoint_and_times_out(mode: ProxyMode) -> Result<()> {
+    let Some((mut lab, mut s)) =
+        start_in("affinity_follows_a_removed_endpoint_and_times_out", 3, mode)?
+    else {
+        return Ok(());
+    };
+    lab.serve(1, Protocol::Tcp, 8080, "b1")?;
+    lab.serve(2, Protocol::Tcp, 8080, "b2")?;
+    // Long enough that no gap between two asks of a busy machine reaches it.
+    let seconds = 4;
+    let web = ServicePort {
+        node_port: Some(30080),
+        affinity_seconds: Some(seconds),
+        ..service("web", Protocol::Tcp, "10.96.0.12", 80, &[1, 2], 8080)
+    };
+    lab.sync(&mut *s, std::slice::from_ref(&web))?;
+    ask_until_answered(&lab.pods[0], "10.244.1.3:8080")?;
+    ask_until_answered(&lab.pods[0], "10.244.1.4:8080")?;
+    let (client, vip) = (&lab.pods[0], "10.96.0.12:80");
+    let node_port = format!("{NODE_IP}:30080");
+    let first = pinned(client, vip, 20)?;
+    pinned(&lab.outside, &node_port, 20)?;
+    if mode == ProxyMode::Nftables {
+        // nft prints the table (every nft-based tool reads it), with the
+        // client entries the two connections left.
+        let listed = lab.node.sh(&["nft", "list", "table", "ip", "kube-proxy"])?;
+        assert!(listed.contains("update @affinity-clients"), "{listed}");
+        let clients =
+            lab.node
+                .sh(&["nft", "list", "map", "ip", "kube-proxy", "affinity-clients"])?;
+        for client in [
+            "10.244.1.2 . 10.96.0.12 . tcp . 80",
+            "192.0.2.2 . 192.0.2.1 . tcp . 30080",
+        ] {
+            assert!(clients.contains(client), "{client} in {clients}");
+        }
+    }
+    // A restarted proxy's first sync is full: the pins survive it.
+    s = lab.proxier(mode)?;
+    assert!(lab.sync(&mut *s, std::slice::from_ref(&web))?.full);
+    if mode == ProxyMode::Nftables {
+        let clients =
+            lab.node
+                .sh(&["nft", "list", "map", "ip", "kube-proxy", "affinity-clients"])?;
+        assert!(
+            clients.contains("10.244.1.2 . 10.96.0.12 . tcp . 80"),
+            "carried into the new table: {clients}"
+        );
+    }
+    assert_eq!(pinned(client, vip, 5)?, first, "pinned across a full sync");
+
+    // The pinned endpoint leaves: the client goes to the other one and
+    // is pinned there.
+    let kept = if first == "b1" { 2 } else { 1 };
+    let fewer = ServicePort {
+        endpoints: service("web", Protocol::Tcp, "10.96.0.12", 80, &[kept], 8080).endpoints,
+        ..web.clone()
+    };
+    lab.sync(&mut *s, std::slice::from_ref(&fewer))?;
+    let other = format!("b{kept}");
+    assert_eq!(pinned(client, vip, 5)?, other);
+    assert_eq!(pinned(&lab.outside, &node_port, 5)?, other);
+    lab.sync(&mut *s, std::slice::from_ref(&web))?;
+    assert_eq!(
+        pinned(client, vip, 20)?,
+        other,
+        "still pinned after the endpoint is back"
+    );
+
+    // The timeout: each round lets it pass without a connection, then
+    // asks once (which pins again, to a random endpoint). Twenty rounds
+    // all landing on the same endpoint has probability 2^-20.
+    let mut answers = Vec::new();
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(u64::from(seconds) * 1000 + 500));
+        answers.push(ask(client, vip)?.context("ask after the timeout")?);
+        if answers.iter().any(|a| *a != other) {
+            return Ok(());
+        }
+    }
+    Err(anyhow!("the pin never expired: {answers:?}"))
+}
+
+const EXTERNAL_IP: &str = "198.51.100.10";
+const LB_IP: &str = "198.51.100.20";
+
+/// Both policies on an external IP and a load-balancer IP, asked from
+/// outside (routed to the node). The servers answer with the client
+/// address they see.
+fn external_and_load_balancer_ips_follow_the_external_policy(mode: ProxyMode) -> Result<()> {
+    let Some((mut lab, mut s)) = start_in(
+        "external_and_load_balancer_ips_follow_the_external_policy",
+        3,
+        mode,
+    )?
+    else {
+        return Ok(());
+    };
+    for ip in [EXTERNAL_IP, LB_IP] {
+        lab.outside
+            .sh(&["ip", "route", "add", &format!("{ip}/32"), "via", NODE_IP])?;
+    }
+    // As a node's default route would, the addresses lead somewhere from
+    // the node (back outside, which forwards nothing): only REJECT refuses.
+    // Back out of the interface they came in on, they would make the node
+    // send a redirect, which spends the ICMP rate limit of the client.
+    lab.node
+        .sh(&["ip", "route", "add", "198.51.100.0/24", "via", OUTSIDE_IP])?;
+    for conf in ["all", "ext0"] {
+        let key = format!("net.ipv4.conf.{conf}.send_redirects=0");
+        lab.node.sh(&["sysctl", "-qw", &key])?;
+    }
+    lab.serve(1, Protocol::Tcp, 8080, "b1 $SOCAT_PEERADDR")?;
+    lab.serve(2, Protocol::Tcp, 8080, "b2 $SOCAT_PEERADDR")?;
+    // Pod 1 runs on this node; pod 2 counts as another node's.
+    let mut web = service("web", Protocol::Tcp, "10.96.0.50", 80, &[1, 2], 8080);
+    web.endpoints[1].local = false;
+    web.external_ips = vec![EXTERNAL_IP.parse()?];
+    web.load_balancer_ips = vec![LB_IP.parse()?];
+    lab.sync(&mut *s, std::slice::from_ref(&web))?;
+    let addrs = [format!("{EXTERNAL_IP}:80"), format!("{LB_IP}:80")];
+
+    // Cluster: every endpoint, the client masqueraded to the node.
+    for addr in &addrs {
+        let mut seen = std::collections::BTreeSet::new();
+        let ok = wait_until(Duration::from_secs(10), || {
+            if let Ok(Ok(a)) = ask(&lab.outside, addr) {
+                assert!(!a.ends_with(OUTSIDE_IP), "policy Cluster masquerades: {a}");
+                seen.insert(a);
+            }
+            seen.len() == 2
+        });
+        assert!(ok, "{addr}: both endpoints answer, saw {seen:?}");
+    }
+
+    // Local: this node's endpoint only, the client's address kept.
+    web.external_local = true;
+    lab.sync(&mut *s, std::slice::from_ref(&web))?;
+    for addr in &addrs {
+        for _ in 0..10 {
+            let a = ask(&lab.outside, addr)?.context("ask")?;
+            assert_eq!(a, format!("b1 {OUTSIDE_IP}"), "{addr}");
+        }
+    }
+
+    // Local, and the only endpoint runs elsewhere: dropped, as kube-proxy
+    // does (the client may try another node), not refused.
+    web.endpoints.remove(0);
+    lab.sync(&mut *s, std::slice::from_ref(&web))?;
+    for addr in &addrs {
+        let err = ask(&lab.outside, addr)?.expect_err("no local endpoint: must fail");
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{addr}: {err}");
+    }
+
+    // No endpoints: refused at once.
+    web.endpoints.clear();
+    lab.sync(&mut *s, std::slice::from_ref(&web))?;
+    for addr in &addrs {
+        let t = Instant::now();
+        let err = ask(&lab.outside, addr)?.expect_err("no endpoints: must fail");
+        assert_eq!(
+            err.kind(),
+            std::io::ErrorKind::ConnectionRefused,
+            "{addr}: {err}"
+        );
+        assert!(t.elapsed() < Duration::from_millis(500), "{addr}");
+    }
+    Ok(())
+}
+
+/// With `localhost-nodeports`: the node reaches a NodePort on
+/// 127.0.0.1, and a packet for 127.0.0.1 arriving from the outside (which
+/// `route_localnet` would otherwise deliver) is dropped.
+fn localhost_node_ports_answer_and_martians_are_dropped(mode: ProxyMode) -> Result<()> {
+    let test = "localhost_node_ports_answer_and_martians_are_dropped";
+    if !require_root(&format!("{test} ({})", mode.name())) {
+        return Ok(());
+    }
+    let mut lab = Lab::new(2)?;
+    let node = NodeConfig {
+        localhost_nodeports: true,
+        ..node_config()
+    };
+    let mut s = lab.proxier_for(mode, node)?;
+    lab.node
+        .sh(&["sysctl", "-qw", "net.ipv4.conf.all.route_localnet=1"])?;
+    // The outside sends to 198.51.100.99 through the node and rewrites the
+    // destination to 127.0.0.1 once routed: a martian for the node.
+    let martian = "198.51.100.99";
+    lab.outside.sh(&[
+        "ip",
+        "route",
+        "add",
+        &format!("{martian}/32"),
+        "via",
+        NODE_IP,
+    ])?;
+    let rewrite = format!(
+        "add table ip m; add chain ip m post {{ type filter hook postrouting priority 0; }}; \
+         add rule ip m post ip daddr {martian} udp dport 9999 ip daddr set 127.0.0.1"
+    );
+    lab.outside.sh(&["nft", &rewrite])?;
+    let listener = lab.node.run(|| UdpSocket::bind("127.0.0.1:9999"))??;
+    listener.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let send = |lab: &Lab| -> Result<()> {
+        lab.outside.run(|| -> std::io::Result<()> {
+            UdpSocket::bind("0.0.0.0:0")?.send_to(b"martian", (martian, 9999))?;
+            Ok(())
+        })??;
+        Ok(())
+    };
+    let mut buf = [0u8; 64];
+    // Without the proxy's rules the martian gets through (the path works).
+    let through = wait_until(Duration::from_secs(5), || {
+        send(&lab).is_ok() && listener.recv_from(&mut buf).is_ok()
+    });
+    assert!(
+        through,
+        "the martian never reached 127.0.0.1 before the guard"
+    );
+
+    lab.serve(1, Protocol::Tcp, 8080, "b1")?;
+    let web = ServicePort {
+        node_port: Some(30080),
+        ..service("web", Protocol::Tcp, "10.96.0.60", 80, &[1], 8080)
+    };
+    lab.sync(&mut *s, &[web])?;
+    assert_eq!(ask_until_answered(&lab.node, "127.0.0.1:30080")?, "b1");
+    while listener.recv_from(&mut buf).is_ok() {}
+    // Now dropped: nothing arrives during ten sends over two seconds.
+    for _ in 0..10 {
+        send(&lab)?;
+        assert!(
+            listener.recv_from(&mut buf).is_err(),
+            "a martian reached 127.0.0.1 through the guard"
         );
     }
     Ok(())

@@ -234,6 +234,7 @@ mod tests {
             conntrack_deleted: 0,
             restored: true,
             duration: Duration::from_millis(ms),
+            apply: Duration::from_millis(ms),
         }
     }
 

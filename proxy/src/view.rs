@@ -38,6 +38,10 @@ pub struct ServicePort {
     pub port: u16,
     /// Set for `NodePort` and `LoadBalancer` Services.
     pub node_port: Option<u16>,
+    /// `spec.externalIPs` (IPv4 ones): answered like the load balancer's.
+    pub external_ips: Vec<Ipv4Addr>,
+    /// `status.loadBalancer.ingress[].ip` of a `LoadBalancer` Service.
+    pub load_balancer_ips: Vec<Ipv4Addr>,
     /// `sessionAffinity: ClientIP` and its timeout in seconds.
     pub affinity_seconds: Option<u32>,
     /// `externalTrafficPolicy: Local`.
@@ -63,6 +67,8 @@ impl ServicePort {
             cluster_ip,
             port,
             node_port: None,
+            external_ips: Vec::new(),
+            load_balancer_ips: Vec::new(),
             affinity_seconds: None,
             external_local: false,
             internal_local: false,
@@ -70,9 +76,21 @@ impl ServicePort {
         }
     }
 
-    /// Reachable from outside the cluster (here: it has a NodePort).
+    /// Reachable from outside the cluster: a NodePort, external IPs or
+    /// load-balancer IPs (kube-proxy's `ExternallyAccessible`).
     pub fn externally_accessible(&self) -> bool {
         self.node_port.is_some()
+            || !self.external_ips.is_empty()
+            || !self.load_balancer_ips.is_empty()
+    }
+
+    /// The external IPs, then the load-balancer IPs: destinations that
+    /// follow the external traffic policy.
+    pub fn external_destinations(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        self.external_ips
+            .iter()
+            .chain(&self.load_balancer_ips)
+            .copied()
     }
 
     /// Whether a chain balancing over every endpoint is needed (kube-proxy's
@@ -138,6 +156,31 @@ pub fn ports_of(service: &Service, subsets: &[Endpoints], node_name: &str) -> Ve
             .and_then(|t| u32::try_from(t).ok())
             .unwrap_or(DEFAULT_AFFINITY_SECONDS)
     });
+    let v4 = |ips: Vec<&str>| -> Vec<Ipv4Addr> {
+        let mut v: Vec<Ipv4Addr> = ips.into_iter().filter_map(|ip| ip.parse().ok()).collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let external_ips = v4(spec
+        .external_ips
+        .iter()
+        .flatten()
+        .map(String::as_str)
+        .collect());
+    let load_balancer_ips = if ty == "LoadBalancer" {
+        v4(service
+            .status
+            .iter()
+            .filter_map(|s| s.load_balancer.as_ref())
+            .filter_map(|lb| lb.ingress.as_ref())
+            .flatten()
+            .filter_map(|i| i.ip.as_deref())
+            .collect())
+    } else {
+        Vec::new()
+    };
+    let external = with_node_ports || !external_ips.is_empty();
     let namespace = service
         .metadata
         .namespace
@@ -178,8 +221,10 @@ pub fn ports_of(service: &Service, subsets: &[Endpoints], node_name: &str) -> Ve
                     .filter(|_| with_node_ports)
                     .and_then(|n| u16::try_from(n).ok())
                     .filter(|n| *n != 0),
+                external_ips: external_ips.clone(),
+                load_balancer_ips: load_balancer_ips.clone(),
                 affinity_seconds,
-                external_local: with_node_ports
+                external_local: external
                     && spec.external_traffic_policy.as_deref() == Some("Local"),
                 internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
                 endpoints,
@@ -272,6 +317,39 @@ mod tests {
         );
         assert_eq!(ports[0].protocol, Protocol::Udp);
         assert_eq!(ports[0].endpoints[0].port, 5353);
+    }
+
+    #[test]
+    fn external_and_load_balancer_ips_are_kept_with_the_external_policy() {
+        let mut s = svc(json!({
+            "type": "LoadBalancer", "clusterIP": "10.96.0.10", "selector": {"app": "web"},
+            "externalIPs": ["203.0.113.9", "2001:db8::1", "203.0.113.8"],
+            "externalTrafficPolicy": "Local",
+            "ports": [{"port": 80, "targetPort": 8080, "nodePort": 30080}]
+        }));
+        s.status = serde_json::from_value(
+            json!({"loadBalancer": {"ingress": [{"ip": "198.51.100.7"}, {"hostname": "lb.example"}]}}),
+        )
+        .expect("status");
+        let p = &service_ports(&[s], &[], "n1")[0];
+        assert_eq!(
+            p.external_ips,
+            ["203.0.113.8", "203.0.113.9"].map(|ip| ip.parse::<Ipv4Addr>().unwrap())
+        );
+        assert_eq!(
+            p.load_balancer_ips,
+            vec!["198.51.100.7".parse::<Ipv4Addr>().unwrap()]
+        );
+        assert!(p.external_policy_local());
+
+        // A ClusterIP Service with external IPs is externally accessible.
+        let s = svc(json!({
+            "clusterIP": "10.96.0.11", "externalIPs": ["203.0.113.9"],
+            "externalTrafficPolicy": "Local", "ports": [{"port": 80}]
+        }));
+        let p = &service_ports(&[s], &[], "n1")[0];
+        assert!(p.externally_accessible() && p.external_policy_local());
+        assert!(p.load_balancer_ips.is_empty() && p.node_port.is_none());
     }
 
     #[test]

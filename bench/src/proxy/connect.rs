@@ -1,8 +1,9 @@
 //! First-packet connect latency: fresh TCP connections from a client
-//! namespace, through a node namespace a [`proxy::Syncer`] programmed with
-//! N Services, to a listener in a server namespace, via the ClusterIP and
-//! directly to the pod IP, every node and path interleaved. It measures;
-//! the report formats.
+//! namespace, through a node namespace the proxy (either mode) programmed
+//! with N Services, to a listener in a server namespace, via the ClusterIP
+//! and directly to the pod IP, every node and path interleaved; and
+//! network programming latency, from a change handed to the proxy to the
+//! first connection that succeeds. It measures; the reports format.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,9 +11,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use netns_tests::TestNs;
-use proxy::{Backend, Endpoint};
+use proxy::{Backend, Endpoint, NftSyncer, Proxier, ProxyMode, ServicePort};
 
 /// Service counts the connect latency is measured at.
 pub const SIZES: [usize; 2] = [100, 10_000];
@@ -49,6 +50,8 @@ pub enum Path {
 #[derive(Debug, Clone)]
 pub struct Node {
     pub services: usize,
+    /// The proxy mode that programmed it.
+    pub mode: ProxyMode,
     pub samples: Vec<(Path, Vec<Duration>)>,
 }
 
@@ -110,6 +113,10 @@ struct Topology {
     /// (path, ClusterIP) for the Service paths; empty without rules.
     vips: Vec<(Path, Ipv4Addr)>,
     services: usize,
+    mode: ProxyMode,
+    /// The proxy that programmed the node and what it was given.
+    proxier: Option<Box<dyn Proxier>>,
+    desired: Vec<ServicePort>,
 }
 
 /// Runs `line` (its words split on spaces) in `ns`.
@@ -140,11 +147,40 @@ fn wire(
     sh(peer, &format!("ip route add default via {node_ip}"))
 }
 
+/// The backends as endpoints at `port`.
+fn backends(port: u16) -> Vec<Endpoint> {
+    BACKENDS
+        .iter()
+        .map(|&ip| Endpoint {
+            ip,
+            port,
+            local: false,
+        })
+        .collect()
+}
+
+/// A proxy of `mode` for the bench's node, built in `ns`.
+fn proxier(ns: &TestNs, mode: ProxyMode) -> Result<Box<dyn Proxier>> {
+    Ok(match mode {
+        ProxyMode::Iptables => Box::new(super::syncer(Arc::new(proxy::ExecIptables::new(
+            Backend::Legacy,
+        )))),
+        ProxyMode::Nftables => ns.run(|| -> Result<Box<dyn Proxier>> {
+            let nft = hostnet::nftables::NfTablesSocket::open()?;
+            Ok(Box::new(
+                NftSyncer::new(Arc::new(nft), super::node())
+                    .with_full_sync_period(Duration::from_secs(86_400)),
+            ))
+        })??,
+    })
+}
+
 impl Topology {
     /// The three namespaces, wired, the node forwarding. Unless `services`
-    /// is 0 the node holds that many Services: the first and the last one
-    /// balance over the server's addresses, the others over fake IPs.
-    fn new(services: usize) -> Result<Topology> {
+    /// is 0 the node holds that many Services, programmed by the proxy in
+    /// `mode`: the first and the last one balance over the server's
+    /// addresses, the others over fake IPs.
+    fn new(services: usize, mode: ProxyMode) -> Result<Topology> {
         let (client, node, server) = (
             TestNs::new("bcc")?,
             TestNs::new("bcn")?,
@@ -154,23 +190,24 @@ impl Topology {
         wire(&node, "tos", NODE_SERVER_SIDE, &server, &BACKENDS)?;
         sh(&node, "sysctl -qw net.ipv4.ip_forward=1")?;
         let mut vips = Vec::new();
+        let mut desired = Vec::new();
+        let mut programmed = None;
         if services > 0 {
-            let mut desired = super::services(services);
-            let real: Vec<Endpoint> = BACKENDS
-                .iter()
-                .map(|&ip| Endpoint {
-                    ip,
-                    port: PORT,
-                    local: false,
-                })
-                .collect();
+            desired = super::services(services);
             for (path, i) in [(Path::First, 0), (Path::Last, services - 1)] {
-                desired[i].endpoints = real.clone();
+                desired[i].endpoints = backends(PORT);
                 vips.push((path, desired[i].cluster_ip));
             }
-            let mut syncer = super::syncer(Arc::new(proxy::ExecIptables::new(Backend::Legacy)));
-            let took = super::sync(&node, &mut syncer, &desired)?;
-            eprintln!("proxy: connect: node with {services} Services synced in {took:?}");
+            let mut p = proxier(&node, mode)?;
+            let t = Instant::now();
+            node.run(|| p.sync(&desired))?
+                .map_err(|e| anyhow!("{} sync: {e}", mode.name()))?;
+            eprintln!(
+                "proxy: connect: {} node with {services} Services synced in {:?}",
+                mode.name(),
+                t.elapsed()
+            );
+            programmed = Some(p);
         }
         let listener = Server::start(&server)?;
         Ok(Topology {
@@ -180,6 +217,9 @@ impl Topology {
             listener,
             vips,
             services,
+            mode,
+            proxier: programmed,
+            desired,
         })
     }
 
@@ -221,15 +261,15 @@ impl Drop for Topology {
     }
 }
 
-/// Builds a node per size and one without rules (the floor), then runs
-/// `WARMUP + SAMPLES` rounds; each round connects once per node and path,
-/// starting at a different one each round. Each sample is a new connection
-/// (new source port): its SYN is a new conntrack entry and walks the
-/// node's nat chains, KUBE-SERVICES included, once.
-pub fn measure() -> Result<Vec<Node>> {
+/// Builds a node per (mode, size) and one without rules (the floor), then
+/// runs `WARMUP + SAMPLES` rounds; each round connects once per node and
+/// path, starting at a different one each round. Each sample is a new
+/// connection (new source port): its SYN is a new conntrack entry and
+/// walks the node's nat rules once.
+pub fn measure(nodes: &[(ProxyMode, usize)]) -> Result<Vec<Node>> {
     let mut topologies = Vec::new();
-    for n in SIZES.into_iter().chain([0]) {
-        topologies.push(Topology::new(n)?);
+    for &(mode, n) in nodes.iter().chain([&(ProxyMode::Iptables, 0)]) {
+        topologies.push(Topology::new(n, mode)?);
     }
     let jobs: Vec<(usize, Path)> = topologies
         .iter()
@@ -240,6 +280,7 @@ pub fn measure() -> Result<Vec<Node>> {
         .iter()
         .map(|t| Node {
             services: t.services,
+            mode: t.mode,
             samples: t.paths().into_iter().map(|p| (p, Vec::new())).collect(),
         })
         .collect();
@@ -259,4 +300,133 @@ pub fn measure() -> Result<Vec<Node>> {
         }
     }
     Ok(nodes)
+}
+
+/// What a programming sample changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// A new Service whose endpoints answer.
+    Service,
+    /// A Service's endpoints move from a port that refuses to one that
+    /// answers.
+    Endpoints,
+}
+
+/// Network programming latency of one mode for one kind of change.
+#[derive(Debug, Clone)]
+pub struct Programming {
+    pub mode: ProxyMode,
+    pub change: Change,
+    pub services: usize,
+    pub samples: Vec<Duration>,
+}
+
+/// How long a client waits for a connection that never comes.
+const PROGRAMMING_DEADLINE: Duration = Duration::from_secs(20);
+
+/// For each mode a node holding `services` Services, then `samples`
+/// rounds, each one change of each kind in each mode (modes and kinds
+/// interleaved). A sample runs from the change handed to the proxy to the
+/// first connection that succeeds; a client retries meanwhile. Before the
+/// change the client is refused at once: a new ClusterIP is routed to the
+/// server namespace (which owns the Service range and has nothing on port
+/// 80), the old endpoints are the server's on a closed port.
+pub fn programming(services: usize, samples: usize) -> Result<Vec<Programming>> {
+    let modes = [ProxyMode::Nftables, ProxyMode::Iptables];
+    let mut topologies = Vec::new();
+    for mode in modes {
+        let t = Topology::new(services, mode)?;
+        sh(
+            &t.node,
+            &format!("ip route add 10.96.0.0/12 via {}", BACKENDS[0]),
+        )?;
+        sh(&t.server, "ip route add local 10.96.0.0/12 dev lo")?;
+        topologies.push(t);
+    }
+    let mut out: Vec<Programming> = Vec::new();
+    for mode in modes {
+        for change in [Change::Service, Change::Endpoints] {
+            out.push(Programming {
+                mode,
+                change,
+                services,
+                samples: Vec::new(),
+            });
+        }
+    }
+    // The Services whose endpoints move: fake ones first set to refuse.
+    for t in &mut topologies {
+        for i in 0..samples {
+            let j = 1 + (i * 97) % (services - 2);
+            t.desired[j].endpoints = backends(CLOSED_PORT);
+        }
+        let (node, desired) = (&t.node, &t.desired);
+        let p = t.proxier.as_mut().context("a programmed node")?;
+        node.run(|| p.sync(desired))?
+            .map_err(|e| anyhow!("sync: {e}"))?;
+    }
+    for i in 0..samples {
+        for k in 0..topologies.len() * 2 {
+            let k = (k + i) % (topologies.len() * 2);
+            let (t, change) = (
+                &mut topologies[k / 2],
+                [Change::Service, Change::Endpoints][k % 2],
+            );
+            let vip = match change {
+                Change::Service => {
+                    let vip = Ipv4Addr::new(10, 100, (i / 250) as u8, (i % 250) as u8 + 1);
+                    let mut sp = t.desired[0].clone();
+                    sp.name.name = format!("new-{i}");
+                    sp.cluster_ip = vip;
+                    t.desired.push(sp);
+                    vip
+                }
+                Change::Endpoints => {
+                    let j = 1 + (i * 97) % (services - 2);
+                    t.desired[j].endpoints = backends(PORT);
+                    t.desired[j].cluster_ip
+                }
+            };
+            let took = t.program(SocketAddr::from((vip, 80)))?;
+            let mode = t.mode;
+            if let Some(p) = out
+                .iter_mut()
+                .find(|p| p.mode == mode && p.change == change)
+            {
+                p.samples.push(took);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A port nothing listens on in the server namespace.
+const CLOSED_PORT: u16 = 9;
+
+impl Topology {
+    /// Syncs the node to `self.desired` while a client retries `to`: the
+    /// time from the sync's start to the first connection that succeeds.
+    fn program(&mut self, to: SocketAddr) -> Result<Duration> {
+        let start = Instant::now();
+        let deadline = start + PROGRAMMING_DEADLINE;
+        let client = &self.client;
+        let (node, desired) = (&self.node, &self.desired);
+        let p = self.proxier.as_mut().context("a programmed node")?;
+        std::thread::scope(|scope| {
+            let retry = scope.spawn(move || {
+                client.run(|| loop {
+                    if TcpStream::connect_timeout(&to, Duration::from_millis(50)).is_ok() {
+                        return Ok(Instant::now());
+                    }
+                    if Instant::now() > deadline {
+                        bail!("{to} never answered");
+                    }
+                })?
+            });
+            node.run(|| p.sync(desired))?
+                .map_err(|e| anyhow!("sync: {e}"))?;
+            let ok = retry.join().map_err(|_| anyhow!("the client panicked"))??;
+            Ok(ok.saturating_duration_since(start))
+        })
+    }
 }

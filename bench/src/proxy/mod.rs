@@ -5,7 +5,7 @@
 //! first-packet connect latency (`connect`) and memory (`rss`) at scale.
 //! Everything happens in namespaces this harness creates and drops.
 
-mod connect;
+pub mod connect;
 pub mod nftmode;
 mod report;
 mod rss;
@@ -261,7 +261,8 @@ pub fn run(opts: &Opts) -> Result<()> {
     let largest = SIZES[SIZES.len() - 1];
     let legacy = measure(Backend::Legacy, &SIZES, Some(largest))?;
     let nft = measure(Backend::Nft, &SIZES[..2], Some(largest))?;
-    let connect = connect::measure().context("connect latency")?;
+    let iptables_nodes = connect::SIZES.map(|n| (proxy::ProxyMode::Iptables, n));
+    let connect = connect::measure(&iptables_nodes).context("connect latency")?;
     eprintln!(
         "proxy: rss: a child process holding a Syncer after a full sync of {} Services",
         rss::SERVICES

@@ -334,6 +334,7 @@ const SET_CONSTANT: u32 = 0x2;
 const SET_INTERVAL: u32 = 0x4;
 const SET_MAP: u32 = 0x8;
 const SET_TIMEOUT: u32 = 0x10;
+const SET_EVAL: u32 = 0x20;
 const SET_CONCAT: u32 = 0x80;
 /// `NFT_DATA_VERDICT`: the data type of a verdict map.
 const DATA_VERDICT: u32 = 0xffff_ff00;
@@ -352,6 +353,9 @@ fn encode_set(a: &mut Attrs, table: &Table, set: &Set, id: u32) {
     }
     if set.flags.timeout {
         flags |= SET_TIMEOUT;
+    }
+    if set.flags.dynamic {
+        flags |= SET_EVAL;
     }
     if set.data.is_some() {
         flags |= SET_MAP;
@@ -374,18 +378,25 @@ fn encode_set(a: &mut Attrs, table: &Table, set: &Set, id: u32) {
     if let Some(t) = set.timeout {
         a.be64(11, t.as_millis() as u64);
     }
-    if concat && set.flags.interval {
+    let fields = concat && set.flags.interval;
+    if fields || set.size.is_some() {
         // The kernel takes field lengths only with NFT_SET_CONCAT, which
         // it wants exactly for interval concatenations (pipapo).
         // NFTA_SET_DESC { NFTA_SET_DESC_CONCAT { elem { FIELD_LEN } ... } }
+        // NFTA_SET_DESC_SIZE: the most elements, for sets rules fill.
         a.nest(9, |d| {
-            d.nest(2, |c| {
-                for f in &set.key.0 {
-                    c.nest(1, |e| {
-                        e.be32(1, f.byte_len() as u32);
-                    });
-                }
-            });
+            if let Some(n) = set.size {
+                d.be32(1, n);
+            }
+            if fields {
+                d.nest(2, |c| {
+                    for f in &set.key.0 {
+                        c.nest(1, |e| {
+                            e.be32(1, f.byte_len() as u32);
+                        });
+                    }
+                });
+            }
         });
     }
 }

@@ -58,7 +58,13 @@ pub enum MetaKey {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CtKey {
     State = 0,
+    /// `ct status` (`IPS_*` bits, host order).
+    Status = 2,
     Mark = 3,
+    /// The transport destination port, of one direction (`proto-dst`).
+    ProtoDst = 12,
+    /// The IPv4 destination address, of one direction (`ip daddr`).
+    DstIp = 20,
 }
 
 /// `ct state` bits (host order), to test with a bitwise mask.
@@ -68,6 +74,12 @@ pub mod ct_state {
     pub const RELATED: u32 = 4;
     pub const NEW: u32 = 8;
     pub const UNTRACKED: u32 = 64;
+}
+
+/// `ct status` bits (host order).
+pub mod ct_status {
+    /// The connection's destination was translated (`IPS_DST_NAT`).
+    pub const DNAT: u32 = 1 << 5;
 }
 
 /// Comparison operators.
@@ -121,6 +133,10 @@ pub enum Expr {
     MetaSet { key: MetaKey, sreg: Reg },
     /// Loads a conntrack key into `dreg`.
     Ct { key: CtKey, dreg: Reg },
+    /// Loads a conntrack key of the original direction into `dreg`
+    /// (`ct original ip daddr`, `ct original proto-dst`): what the client
+    /// asked for, before any NAT.
+    CtOriginal { key: CtKey, dreg: Reg },
     /// Sets a conntrack key (e.g. the ct mark) from `sreg`.
     CtSet { key: CtKey, sreg: Reg },
     /// Compares `sreg` with `data`; a false comparison ends the rule.
@@ -139,6 +155,16 @@ pub enum Expr {
         sreg: Reg,
         dreg: Option<LookupDest>,
         invert: bool,
+    },
+    /// `update @set { <sreg_key> timeout T : <sreg_data> }`: adds the key
+    /// (with its value, for a map) from the packet path, or refreshes the
+    /// timeout of the element already there (its value is kept). The set
+    /// needs `flags.dynamic` and, with a timeout, `flags.timeout`.
+    Dynset {
+        set: String,
+        sreg_key: Reg,
+        sreg_data: Option<Reg>,
+        timeout: Option<std::time::Duration>,
     },
     /// Puts a constant in `dreg`.
     Immediate { dreg: Reg, data: Value },
@@ -280,10 +306,11 @@ impl Expr {
         match self {
             Expr::Payload { .. } => "payload",
             Expr::Meta { .. } | Expr::MetaSet { .. } => "meta",
-            Expr::Ct { .. } | Expr::CtSet { .. } => "ct",
+            Expr::Ct { .. } | Expr::CtOriginal { .. } | Expr::CtSet { .. } => "ct",
             Expr::Cmp { .. } => "cmp",
             Expr::Bitwise { .. } => "bitwise",
             Expr::Lookup { .. } => "lookup",
+            Expr::Dynset { .. } => "dynset",
             Expr::Immediate { .. } | Expr::Verdict(_) => "immediate",
             Expr::Counter => "counter",
             Expr::NumgenRandom { .. } => "numgen",
@@ -330,6 +357,10 @@ impl Expr {
             Expr::Ct { key, dreg } => {
                 d.be32(2, *key as u32).be32(1, dreg.wire());
             }
+            Expr::CtOriginal { key, dreg } => {
+                // NFTA_CT_DIRECTION: IP_CT_DIR_ORIGINAL.
+                d.be32(2, *key as u32).be32(1, dreg.wire()).put(3, &[0]);
+            }
             Expr::CtSet { key, sreg } => {
                 d.be32(2, *key as u32).be32(4, sreg.wire());
             }
@@ -373,6 +404,21 @@ impl Expr {
                 }
                 if *invert {
                     d.be32(5, 1); // NFT_LOOKUP_F_INV
+                }
+            }
+            Expr::Dynset {
+                set,
+                sreg_key,
+                sreg_data,
+                timeout,
+            } => {
+                // NFTA_DYNSET_SET_NAME, _OP (NFT_DYNSET_OP_UPDATE), _SREG_KEY.
+                d.str(1, set).be32(3, 1).be32(4, sreg_key.wire());
+                if let Some(r) = sreg_data {
+                    d.be32(5, r.wire());
+                }
+                if let Some(t) = timeout {
+                    d.be64(6, t.as_millis() as u64);
                 }
             }
             Expr::Immediate { dreg, data } => {

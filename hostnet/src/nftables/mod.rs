@@ -23,7 +23,8 @@ use std::io;
 
 pub use batch::{Batch, Op};
 pub use expr::{
-    ct_state, Base, CmpOp, CtKey, Expr, LookupDest, MetaKey, NatKind, Reg, Reject, RTN_LOCAL,
+    ct_state, ct_status, Base, CmpOp, CtKey, Expr, LookupDest, MetaKey, NatKind, Reg, Reject,
+    RTN_LOCAL,
 };
 pub use fake::{Applied, RecordingNfTables};
 pub use model::{

@@ -224,6 +224,8 @@ pub struct SetFlags {
     pub timeout: bool,
     /// Elements never change after the set is created.
     pub constant: bool,
+    /// Rules add and refresh elements from the packet path (`update @set`).
+    pub dynamic: bool,
 }
 
 /// A named set, or a map when `data` is set.
@@ -235,6 +237,8 @@ pub struct Set {
     pub flags: SetFlags,
     /// Default timeout of elements (needs `flags.timeout`).
     pub timeout: Option<Duration>,
+    /// The most elements the set holds (a set that rules fill needs one).
+    pub size: Option<u32>,
 }
 
 impl Set {
@@ -246,6 +250,7 @@ impl Set {
             data: None,
             flags: SetFlags::default(),
             timeout: None,
+            size: None,
         }
     }
 
@@ -365,6 +370,8 @@ pub struct Elem {
     pub data: Option<ElemData>,
     /// A timeout of its own (sets with `flags.timeout`).
     pub timeout: Option<Duration>,
+    /// The time left before it expires (read back only; not sent).
+    pub expires: Option<Duration>,
 }
 
 impl Elem {
@@ -375,6 +382,7 @@ impl Elem {
             key_end: None,
             data: None,
             timeout: None,
+            expires: None,
         }
     }
 

@@ -214,6 +214,7 @@ fn decode_elem(e: &[u8]) -> Option<Elem> {
             10 => elem.key_end = data_value(p).map(Value),
             2 => elem.data = decode_data(p),
             4 => elem.timeout = wire::be64(p).map(std::time::Duration::from_millis),
+            5 => elem.expires = wire::be64(p).map(std::time::Duration::from_millis),
             _ => {}
         }
     }

@@ -4,6 +4,7 @@
 //! only set/map element changes, one transaction each. A deleted or
 //! recreated table (someone's `nft flush ruleset`) is noticed by its handle.
 
+mod affinity;
 pub mod ruleset;
 #[cfg(test)]
 mod tests;
@@ -13,24 +14,121 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use affinity::Targets;
 use hostnet::nftables::{Batch, Canary, Elem, NfTables, OwnedTable, Value};
-use ruleset::{hairpin_elem, names, service_elements, set_named, skeleton, table, Element};
+use ruleset::{
+    affinity_rules, hairpin_elem, names, service_elements, set_named, skeleton, table, Element,
+};
 
 use crate::conntrack::{self, Conntrack, UdpTarget};
-use crate::rules::names::{Protocol, ServicePortName};
+use crate::rules::names::Protocol;
 use crate::rules::NodeConfig;
 use crate::sync::{udp_targets, Proxier, SyncOutcome, DEFAULT_FULL_SYNC_PERIOD};
 use crate::view::ServicePort;
 use crate::Result;
 
-type Key = (ServicePortName, Protocol);
+/// A Service port's identity, borrowed from its view.
+type KeyRef<'a> = (&'a str, &'a str, &'a str, Protocol);
+
+fn key_ref(sp: &ServicePort) -> KeyRef<'_> {
+    (
+        &sp.name.namespace,
+        &sp.name.name,
+        &sp.name.port,
+        sp.protocol,
+    )
+}
 
 /// One Service port as last applied.
 struct Applied {
     view: ServicePort,
     elems: Vec<Element>,
-    /// The last sync that found it in the desired view.
-    epoch: u64,
+}
+
+impl Applied {
+    /// `view`, its elements still to be filled in.
+    fn new(view: &ServicePort) -> Applied {
+        Applied {
+            view: view.clone(),
+            elems: Vec::new(),
+        }
+    }
+}
+
+/// What one sync's walk over the view collects.
+#[derive(Default)]
+struct Walk {
+    diff: Diff,
+    udp: Vec<UdpTarget>,
+    /// Full: the ports whose client entries carry over; partial: the
+    /// ports whose entries may now be stale.
+    affinity: Targets,
+    /// The affinity timeouts of the ports written.
+    timeouts: BTreeSet<u32>,
+}
+
+/// How far [`merge`] looks ahead for the next port it knows.
+const MERGE_LOOKAHEAD: usize = 8;
+
+/// For each port of `desired`, the index of the same port in `previous`,
+/// found by walking both in order: a port that is not where the other
+/// list continues is taken as added (or removed) when the other list's
+/// port comes within [`MERGE_LOOKAHEAD`]. `None` when that fails, or when
+/// a port would be both added and removed (it moved): then [`by_key`].
+fn merge(previous: &[Applied], desired: &[ServicePort]) -> Option<Vec<Option<usize>>> {
+    let same = |j: usize, i: usize| key_ref(&previous[j].view) == key_ref(&desired[i]);
+    let (mut i, mut j) = (0, 0);
+    let mut pairs = Vec::with_capacity(desired.len());
+    let (mut added, mut removed) = (Vec::new(), Vec::new());
+    while i < desired.len() {
+        if j < previous.len() && same(j, i) {
+            pairs.push(Some(j));
+            (i, j) = (i + 1, j + 1);
+        } else if j == previous.len() {
+            added.push(i);
+            pairs.push(None);
+            i += 1;
+        } else if let Some(k) =
+            (1..=MERGE_LOOKAHEAD).find(|k| i + k < desired.len() && same(j, i + k))
+        {
+            added.extend(i..i + k);
+            pairs.extend(std::iter::repeat_n(None, k));
+            i += k;
+        } else if let Some(k) =
+            (1..=MERGE_LOOKAHEAD).find(|k| j + k < previous.len() && same(j + k, i))
+        {
+            removed.extend(j..j + k);
+            j += k;
+        } else {
+            return None;
+        }
+    }
+    removed.extend(j..previous.len());
+    let moved = added.iter().any(|&i| removed.iter().any(|&j| same(j, i)));
+    (!moved).then_some(pairs)
+}
+
+/// For each port of `desired`, the index of the same port in `previous`,
+/// by key (keys borrowed from the view, not cloned: a clone is three
+/// allocations a port).
+fn by_key(previous: &[Applied], desired: &[ServicePort]) -> Vec<Option<usize>> {
+    let index: HashMap<KeyRef<'_>, usize> = previous
+        .iter()
+        .enumerate()
+        .map(|(j, a)| (key_ref(&a.view), j))
+        .collect();
+    desired
+        .iter()
+        .map(|sp| index.get(&key_ref(sp)).copied())
+        .collect()
+}
+
+/// `view` as if it had no affinity: all its client entries are stale.
+fn without_affinity(view: &ServicePort) -> ServicePort {
+    ServicePort {
+        affinity_seconds: None,
+        ..view.clone()
+    }
 }
 
 /// The nftables engine. Keeps what the last successful sync wrote, per
@@ -40,13 +138,14 @@ pub struct NftSyncer {
     conntrack: Option<Arc<dyn Conntrack>>,
     node: NodeConfig,
     full_period: Duration,
-    services: HashMap<Key, Applied>,
+    /// Per Service port, in the order of the last view.
+    services: Vec<Applied>,
     /// Endpoint IP → how many Service ports use it (its hairpin element).
     hairpin: HashMap<Ipv4Addr, usize>,
     /// Whether the table is the one the last full sync built.
     table: OwnedTable,
-    /// Counts syncs (see `Applied::epoch`).
-    epoch: u64,
+    /// The affinity timeouts whose sets and rules the table holds.
+    timeouts: BTreeSet<u32>,
     last_full: Option<Instant>,
 }
 
@@ -58,10 +157,10 @@ impl NftSyncer {
             conntrack: None,
             node,
             full_period: DEFAULT_FULL_SYNC_PERIOD,
-            services: HashMap::new(),
+            services: Vec::new(),
             hairpin: HashMap::new(),
             table: OwnedTable::new(table()),
-            epoch: 0,
+            timeouts: BTreeSet::new(),
             last_full: None,
         }
     }
@@ -116,105 +215,100 @@ impl NftSyncer {
     fn sync_inner(&mut self, desired: &[ServicePort]) -> Result<SyncOutcome> {
         let start = Instant::now();
         let full = self.next_is_full();
-        let mut diff = Diff::default();
-        let mut udp: Vec<UdpTarget> = Vec::new();
-        let previous = if full {
+        let mut w = Walk::default();
+        let previous = std::mem::take(&mut self.services);
+        if full {
             self.hairpin.clear();
-            std::mem::take(&mut self.services)
+        }
+        // The usual partial sync: the same ports in the same order as last
+        // time (the caller's view is ordered), a few of them changed. One
+        // pass side by side, no hashing: at 50k Services the hash lookups
+        // per port were most of a partial sync.
+        let mut changed = Vec::new();
+        let aligned = !full
+            && previous.len() == desired.len()
+            && previous.iter().zip(desired).enumerate().all(|(i, (a, d))| {
+                if a.view == *d {
+                    return true;
+                }
+                changed.push(i);
+                (&a.view.name, a.view.protocol) == (&d.name, d.protocol)
+            });
+        if aligned {
+            self.services = previous;
+            for i in changed {
+                let sp = &desired[i];
+                let old = std::mem::replace(&mut self.services[i], Applied::new(sp));
+                self.services[i].elems = self.port(Some(old), sp, false, &mut w);
+            }
         } else {
-            HashMap::new()
-        };
-        // Service ports of `desired` found in the record are stamped with
-        // this sync's epoch; the others in the record are gone. No set of
-        // keys is built: at 10k Services one was most of a partial sync.
-        self.epoch += 1;
-        let epoch = self.epoch;
-        let mut kept = 0;
-        for sp in desired {
-            let key = (sp.name.clone(), sp.protocol);
-            let prev = if full {
-                previous.get(&key)
-            } else {
-                let found = self.services.get_mut(&key);
-                if let Some(p) = found {
-                    p.epoch = epoch;
-                    if p.view == *sp {
-                        kept += 1;
-                        continue;
+            // Ports added or removed (or moved): pair each port of the view
+            // with its last applied self, in one merging pass when the
+            // order held, else by key.
+            let pairs = Some(&previous)
+                .filter(|_| !full)
+                .and_then(|p| merge(p, desired))
+                .unwrap_or_else(|| by_key(&previous, desired));
+            let mut previous: Vec<Option<Applied>> = previous.into_iter().map(Some).collect();
+            let mut services = Vec::with_capacity(desired.len());
+            for (sp, pair) in desired.iter().zip(pairs) {
+                match pair.and_then(|j| previous[j].take()) {
+                    Some(old) if !full && old.view == *sp => services.push(old),
+                    old => {
+                        let mut applied = Applied::new(sp);
+                        applied.elems = self.port(old, sp, full, &mut w);
+                        services.push(applied);
                     }
                 }
-                self.services.get(&key)
-            };
-            if sp.protocol == Protocol::Udp
-                && (full || prev.is_none_or(|p| p.view.endpoints != sp.endpoints))
-            {
-                udp.extend(udp_targets(sp, sp));
             }
-            let elems = service_elements(sp);
-            let old = if full {
-                None
-            } else {
-                self.services.remove(&key)
-            };
-            if let Some(old) = &old {
-                diff.replace(&old.elems, &elems);
-            } else {
-                elems.iter().cloned().for_each(|e| diff.add(e));
-            }
-            self.count_hairpin(old.as_ref().map(|o| &o.view), Some(sp), &mut diff);
-            let applied = Applied {
-                view: sp.clone(),
-                elems,
-                epoch,
-            };
-            self.services.insert(key, applied);
-            kept += 1;
-        }
-        let gone: Vec<Key> = if full {
-            previous
-                .keys()
-                .filter(|k| !self.services.contains_key(*k))
-                .cloned()
-                .collect()
-        } else if self.services.len() > kept {
-            self.services
-                .iter()
-                .filter(|(_, a)| a.epoch != epoch)
-                .map(|(k, _)| k.clone())
-                .collect()
-        } else {
-            Vec::new()
-        };
-        for key in gone {
-            let old = if full {
-                previous.get(&key).map(|a| (a.view.clone(), Vec::new()))
-            } else {
-                self.services.remove(&key).map(|a| (a.view, a.elems))
-            };
-            let Some((view, elems)) = old else { continue };
-            if !full {
-                self.count_hairpin(Some(&view), None, &mut diff);
-                elems.into_iter().for_each(|e| diff.delete(e));
-            }
-            if view.protocol == Protocol::Udp {
-                let none = ServicePort {
-                    endpoints: Vec::new(),
-                    ..view.clone()
-                };
-                udp.extend(udp_targets(&none, &view));
+            self.services = services;
+            for old in previous.into_iter().flatten() {
+                self.gone(old, full, &mut w);
             }
         }
 
+        let Walk {
+            diff,
+            udp,
+            affinity,
+            timeouts,
+        } = w;
+
+        // Client entries from before a full sync, read while the old table
+        // is still there.
+        let carried = if full {
+            self.carried_clients(&affinity)
+        } else {
+            Vec::new()
+        };
         let mut batch = if full {
             skeleton(&self.node)
         } else {
             Batch::new()
         };
+        let new_timeouts: Vec<u32> = if full {
+            timeouts.iter().copied().collect()
+        } else {
+            timeouts.difference(&self.timeouts).copied().collect()
+        };
+        for t in &new_timeouts {
+            affinity_rules(&mut batch, *t);
+        }
         let changed = diff.render(&mut batch);
+        if !carried.is_empty() {
+            let map = set_named(names::AFFINITY_CLIENTS);
+            batch.add_elements(&table(), &map, carried);
+        }
+        let applying = Instant::now();
         let applied = self.table.apply(self.nft.as_ref(), &batch, full)?;
+        let apply = applying.elapsed();
         if full {
             self.last_full = Some(Instant::now());
+            self.timeouts.clear();
+        } else if !affinity.is_empty() {
+            self.drop_stale_clients(&affinity);
         }
+        self.timeouts.extend(new_timeouts);
         let conntrack_deleted = self.clean_conntrack(&udp);
         Ok(SyncOutcome {
             full,
@@ -226,7 +320,105 @@ impl NftSyncer {
             conntrack_deleted,
             restored: applied,
             duration: start.elapsed(),
+            apply,
         })
+    }
+
+    /// One Service port of `desired` that is new (`old` is `None`), changed,
+    /// or rewritten by a full sync: its element changes, hairpin counts,
+    /// UDP flows to clean and affinity entries to check go into `w`.
+    /// Returns its elements.
+    fn port(
+        &mut self,
+        old: Option<Applied>,
+        sp: &ServicePort,
+        full: bool,
+        w: &mut Walk,
+    ) -> Vec<Element> {
+        if sp.protocol == Protocol::Udp
+            && (full
+                || old
+                    .as_ref()
+                    .is_none_or(|p| p.view.endpoints != sp.endpoints))
+        {
+            w.udp.extend(udp_targets(sp, sp));
+        }
+        let elems = service_elements(sp);
+        w.timeouts.extend(sp.affinity_seconds);
+        let old = old.filter(|_| !full);
+        if full {
+            w.affinity.add(sp);
+        } else if let Some(old) = old.as_ref().filter(|o| may_strand(&o.view, sp)) {
+            w.affinity.add(&without_affinity(&old.view));
+            w.affinity.add(sp);
+        }
+        match &old {
+            Some(old) => w.diff.replace(&old.elems, &elems),
+            None => elems.iter().cloned().for_each(|e| w.diff.add(e)),
+        }
+        self.count_hairpin(old.as_ref().map(|o| &o.view), Some(sp), &mut w.diff);
+        elems
+    }
+
+    /// A Service port no longer in the view: its elements go (a full sync
+    /// wrote none), and its UDP flows and client entries are cleaned.
+    fn gone(&mut self, old: Applied, full: bool, w: &mut Walk) {
+        let view = old.view;
+        if !full {
+            self.count_hairpin(Some(&view), None, &mut w.diff);
+            old.elems.into_iter().for_each(|e| w.diff.delete(e));
+            if view.affinity_seconds.is_some() {
+                w.affinity.add(&without_affinity(&view));
+            }
+        }
+        if view.protocol == Protocol::Udp {
+            let none = ServicePort {
+                endpoints: Vec::new(),
+                ..view.clone()
+            };
+            w.udp.extend(udp_targets(&none, &view));
+        }
+    }
+
+    /// The client entries of the current table that still lead to an
+    /// endpoint of their port (none when there is no table to read).
+    fn carried_clients(&self, targets: &Targets) -> Vec<Elem> {
+        if targets.is_empty() {
+            return Vec::new();
+        }
+        self.nft
+            .elements(&table(), names::AFFINITY_CLIENTS)
+            .map(|dumped| targets.carried(&dumped))
+            .unwrap_or_default()
+    }
+
+    /// Deletes the client entries that lead to an endpoint their port no
+    /// longer has. An entry may expire between the read and the delete
+    /// (the transaction then fails with ENOENT): read again, a few times.
+    fn drop_stale_clients(&self, targets: &Targets) {
+        let map = set_named(names::AFFINITY_CLIENTS);
+        for _ in 0..3 {
+            let stale = match self.nft.elements(&table(), &map.name) {
+                Ok(dumped) => targets.stale(&dumped),
+                Err(e) => {
+                    tracing::warn!(error = %e, "read session affinity entries");
+                    return;
+                }
+            };
+            if stale.is_empty() {
+                return;
+            }
+            let mut b = Batch::new();
+            b.delete_elements(&table(), &map, stale);
+            match self.nft.apply(&b) {
+                Ok(()) => return,
+                Err(e) if e.errno() == Some(libc::ENOENT) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "delete stale session affinity entries");
+                    return;
+                }
+            }
+        }
     }
 
     fn clean_conntrack(&self, targets: &[UdpTarget]) -> usize {
@@ -267,6 +459,22 @@ impl Proxier for NftSyncer {
                 .last_full
                 .is_none_or(|t| t.elapsed() >= self.full_period)
     }
+}
+
+/// Whether going from `old` to `new` may leave clients pinned to an
+/// endpoint the port no longer has (or pinned at all, when it lost
+/// affinity).
+fn may_strand(old: &ServicePort, new: &ServicePort) -> bool {
+    // A port that gains affinity may find entries left from before (a
+    // NodePort's number reached on another address): check them too.
+    (old.affinity_seconds.is_none() && new.affinity_seconds.is_some())
+        || old.affinity_seconds.is_some()
+            && (new.affinity_seconds.is_none()
+                || (old.cluster_ip, old.port, old.node_port)
+                    != (new.cluster_ip, new.port, new.node_port)
+                || (old.internal_local, old.external_local)
+                    != (new.internal_local, new.external_local)
+                || !old.endpoints.iter().all(|e| new.endpoints.contains(e)))
 }
 
 /// Element changes of one sync, by set: deletions go first in the batch,

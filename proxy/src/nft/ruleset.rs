@@ -6,9 +6,12 @@
 
 use std::net::Ipv4Addr;
 
+use std::time::Duration;
+
 use hostnet::nftables::{
-    Batch, Chain, ChainType, CmpOp, DataType, Elem, Expr, Family, Field, Hook, LookupDest, MapData,
-    MetaKey, NatKind, Reg, Reject, Set, Table, Value, Verdict, RTN_LOCAL,
+    ct_state, ct_status, Batch, Chain, ChainType, CmpOp, CtKey, DataType, Elem, Expr, Family,
+    Field, Hook, LookupDest, MapData, MetaKey, NatKind, Reg, Reject, Set, SetFlags, Table, Value,
+    Verdict, RTN_LOCAL,
 };
 
 use crate::rules::NodeConfig;
@@ -36,10 +39,21 @@ pub mod names {
     pub const SERVICE_IPS: &str = "service-ips";
     /// `inet_proto . inet_service`: NodePorts with endpoints.
     pub const SERVICE_NODEPORTS: &str = "service-nodeports";
-    /// `ipv4_addr . inet_proto . inet_service`: ClusterIPs without endpoints.
+    /// `ipv4_addr . inet_proto . inet_service`: external IP and
+    /// load-balancer IP ports with externalTrafficPolicy Cluster (their
+    /// traffic is masqueraded). All external IP ports are otherwise in the
+    /// same sets and maps as ClusterIP ports, keyed by the external IP.
+    pub const EXTERNAL_IPS: &str = "external-ips";
+    /// `ipv4_addr . inet_proto . inet_service`: ClusterIP, external IP and
+    /// load-balancer IP ports without endpoints.
     pub const NO_ENDPOINT_SERVICES: &str = "no-endpoint-services";
     /// `inet_proto . inet_service`: NodePorts without endpoints.
     pub const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
+    /// `ipv4_addr . inet_proto . inet_service`: ports whose traffic policy
+    /// is Local and whose endpoints all run on other nodes (dropped).
+    pub const NO_LOCAL_ENDPOINT_SERVICES: &str = "no-local-endpoint-services";
+    /// `inet_proto . inet_service`: the same for NodePorts.
+    pub const NO_LOCAL_ENDPOINT_NODEPORTS: &str = "no-local-endpoint-nodeports";
     /// `inet_proto . inet_service`: NodePorts with externalTrafficPolicy
     /// Local (not masqueraded: the client's address is kept).
     pub const NODEPORTS_LOCAL: &str = "nodeports-local";
@@ -58,7 +72,30 @@ pub mod names {
     pub const SERVICE_IPS_TIER: &str = "service-ips-";
     /// Prefix of the per-tier sets of NodePorts: `service-nodeports-<slots>`.
     pub const SERVICE_NODEPORTS_TIER: &str = "service-nodeports-";
+    /// `ipv4_addr . inet_proto . inet_service`: ClusterIP ports with
+    /// session affinity ClientIP (any timeout).
+    pub const SERVICE_AFFINITY: &str = "service-affinity";
+    /// `inet_proto . inet_service`: NodePorts with session affinity.
+    pub const NODEPORT_AFFINITY: &str = "nodeport-affinity";
+    /// Prefix of the sets of ClusterIP ports by affinity timeout in seconds:
+    /// `service-affinity-<seconds>`.
+    pub const SERVICE_AFFINITY_TIMEOUT: &str = "service-affinity-";
+    /// Prefix of the sets of NodePorts by affinity timeout.
+    pub const NODEPORT_AFFINITY_TIMEOUT: &str = "nodeport-affinity-";
+    /// `ipv4_addr . ipv4_addr . inet_proto . inet_service : ipv4_addr .
+    /// inet_service`, filled by the packet path: client and destination
+    /// (ClusterIP, external IP or node address, protocol, port) → the
+    /// endpoint the client is pinned to, each with its timeout.
+    pub const AFFINITY_CLIENTS: &str = "affinity-clients";
 }
+
+/// The chain that records which endpoint a client was sent to (one rule
+/// per affinity timeout), jumped to from the NAT chains that see a
+/// connection's first packet after its DNAT.
+pub const AFFINITY_RECORD: &str = "affinity-record";
+
+/// The most client entries each affinity map holds.
+pub const AFFINITY_CLIENTS_MAX: u32 = 1 << 20;
 
 /// The table.
 pub fn table() -> Table {
@@ -121,11 +158,17 @@ pub fn sets() -> Vec<Set> {
         names::SERVICE_NODEPORTS,
         names::NO_ENDPOINT_SERVICES,
         names::NO_ENDPOINT_NODEPORTS,
+        names::NO_LOCAL_ENDPOINT_SERVICES,
+        names::NO_LOCAL_ENDPOINT_NODEPORTS,
         names::NODEPORTS_LOCAL,
         names::SERVICE_ENDPOINTS,
         names::NODEPORT_ENDPOINTS,
         names::HAIRPIN,
         names::NODEPORT_IPS,
+        names::EXTERNAL_IPS,
+        names::SERVICE_AFFINITY,
+        names::NODEPORT_AFFINITY,
+        names::AFFINITY_CLIENTS,
     ]
     .into_iter()
     .map(set_named)
@@ -142,13 +185,38 @@ pub fn set_named(name: &str) -> Set {
     let key: &[DataType] = match name {
         names::SERVICE_ENDPOINTS => return map(name, &[A, P, S, M], &[A, S]),
         names::NODEPORT_ENDPOINTS => return map(name, &[P, S, M], &[A, S]),
+        names::AFFINITY_CLIENTS => return clients(map(name, &[A, A, P, S], &[A, S])),
         names::HAIRPIN => &[A, A],
+        n if n.starts_with(names::NODEPORT_AFFINITY) => &[P, S],
         names::NODEPORT_IPS => &[A],
         n if n.starts_with(names::SERVICE_NODEPORTS) => &[P, S],
-        names::NO_ENDPOINT_NODEPORTS | names::NODEPORTS_LOCAL => &[P, S],
+        names::NO_ENDPOINT_NODEPORTS
+        | names::NO_LOCAL_ENDPOINT_NODEPORTS
+        | names::NODEPORTS_LOCAL => &[P, S],
         _ => &[A, P, S],
     };
     set(name, key)
+}
+
+/// A map the packet path fills, its elements expiring.
+fn clients(map: Set) -> Set {
+    let mut m = map.with_flags(SetFlags {
+        dynamic: true,
+        timeout: true,
+        ..SetFlags::default()
+    });
+    m.size = Some(AFFINITY_CLIENTS_MAX);
+    m
+}
+
+/// The set of ClusterIP ports with affinity timeout `seconds`.
+pub fn vip_affinity(seconds: u32) -> String {
+    format!("{}{seconds}", names::SERVICE_AFFINITY_TIMEOUT)
+}
+
+/// The set of NodePorts with affinity timeout `seconds`.
+pub fn nodeport_affinity(seconds: u32) -> String {
+    format!("{}{seconds}", names::NODEPORT_AFFINITY_TIMEOUT)
 }
 
 /// The set of ClusterIP ports balanced over `slots` slots.
@@ -297,6 +365,7 @@ pub fn skeleton(node: &NodeConfig) -> Batch {
         ("nat-prerouting", ChainType::Nat, Hook::Prerouting, -100),
         ("nat-output", ChainType::Nat, Hook::Output, -100),
         ("nat-postrouting", ChainType::Nat, Hook::Postrouting, 100),
+        ("nat-input", ChainType::Nat, Hook::Input, 100),
         ("filter-input", ChainType::Filter, Hook::Input, -110),
         ("filter-forward", ChainType::Filter, Hook::Forward, -110),
         ("filter-output", ChainType::Filter, Hook::Output, -110),
@@ -304,11 +373,29 @@ pub fn skeleton(node: &NodeConfig) -> Batch {
     for (name, ty, hook, prio) in base {
         b.add_chain(&t, Chain::base(name, ty, hook, prio));
     }
-    for c in ["services", "nodeports", "service-endpoints-check"] {
+    for c in [
+        "services",
+        "nodeports",
+        "service-endpoints-check",
+        AFFINITY_RECORD,
+    ] {
         b.add_chain(&t, Chain::regular(c));
     }
 
     let jump = |c: &str| vec![Expr::Verdict(Verdict::Jump(c.into()))];
+    if node.localhost_nodeports {
+        // kube-proxy's KUBE-FIREWALL: with route_localnet on, drop packets
+        // to 127.0.0.0/8 from elsewhere unless they are a NodePort's
+        // (DNATed) or belong to a connection.
+        for c in ["filter-input", "filter-output"] {
+            b.add_rule(
+                &t,
+                c,
+                martian_guard(),
+                Some("block incoming localnet connections"),
+            );
+        }
+    }
     b.add_rule(&t, "nat-prerouting", jump("services"), None);
     b.add_rule(&t, "nat-output", jump("services"), None);
     for c in ["filter-input", "filter-forward", "filter-output"] {
@@ -332,6 +419,26 @@ pub fn skeleton(node: &NodeConfig) -> Batch {
         ]);
         b.add_rule(&t, "services", rule, Some("cluster IP from off-cluster"));
     }
+    // External IPs with policy Cluster: masquerade, whoever the client.
+    let to_external = cat(vec![
+        vip_key(),
+        vec![Expr::lookup(names::EXTERNAL_IPS, r(0))],
+        mark_masq(),
+    ]);
+    b.add_rule(
+        &t,
+        "services",
+        to_external,
+        Some("external IP, policy Cluster"),
+    );
+    // Session affinity: a client with an entry goes where it went before
+    // (entries are written by `affinity-record`); the others are balanced.
+    let pinned = cat(vec![
+        vip_key(),
+        vec![Expr::lookup(names::SERVICE_AFFINITY, r(0))],
+        to_pinned(),
+    ]);
+    b.add_rule(&t, "services", pinned, Some("session affinity"));
     balance(
         &mut b,
         "services",
@@ -357,6 +464,12 @@ pub fn skeleton(node: &NodeConfig) -> Batch {
         mark_masq(),
     ]);
     b.add_rule(&t, "nodeports", np_masq, Some("policy Cluster"));
+    let pinned = cat(vec![
+        port_key(),
+        vec![Expr::lookup(names::NODEPORT_AFFINITY, r(0))],
+        to_pinned(),
+    ]);
+    b.add_rule(&t, "nodeports", pinned, Some("session affinity"));
     balance(
         &mut b,
         "nodeports",
@@ -373,22 +486,43 @@ pub fn skeleton(node: &NodeConfig) -> Batch {
         vec![Expr::Verdict(Verdict::Return)],
     ]);
     b.add_rule(&t, "service-endpoints-check", untracked, Some("untracked"));
-    // Refuse Services without endpoints at once.
-    let reject = vec![Expr::Reject(Reject::Icmp4PortUnreachable)];
-    let no_vip = cat(vec![
-        vip_key(),
-        vec![Expr::lookup(names::NO_ENDPOINT_SERVICES, r(0))],
-        reject.clone(),
-    ]);
-    b.add_rule(&t, "service-endpoints-check", no_vip, None);
-    let no_np = cat(vec![
-        nodeport_addr(node),
-        port_key(),
-        vec![Expr::lookup(names::NO_ENDPOINT_NODEPORTS, r(0))],
-        reject,
-    ]);
-    b.add_rule(&t, "service-endpoints-check", no_np, None);
+    // Refuse Services without endpoints at once; drop what a Local policy
+    // leaves this node no endpoint for (as kube-proxy does: the client may
+    // try another node).
+    let reject = Expr::Reject(Reject::Icmp4PortUnreachable);
+    let drop = Expr::Verdict(Verdict::Drop);
+    for (vips, node_ports, end) in [
+        (
+            names::NO_ENDPOINT_SERVICES,
+            names::NO_ENDPOINT_NODEPORTS,
+            reject,
+        ),
+        (
+            names::NO_LOCAL_ENDPOINT_SERVICES,
+            names::NO_LOCAL_ENDPOINT_NODEPORTS,
+            drop,
+        ),
+    ] {
+        let vip = cat(vec![vip_key(), vec![Expr::lookup(vips, r(0)), end.clone()]]);
+        b.add_rule(&t, "service-endpoints-check", vip, None);
+        let np = cat(vec![
+            nodeport_addr(node),
+            port_key(),
+            vec![Expr::lookup(node_ports, r(0)), end],
+        ]);
+        b.add_rule(&t, "service-endpoints-check", np, None);
+    }
 
+    // The first packet of a DNATed connection, on its way to the endpoint
+    // (postrouting) or to this host (input): record the client's endpoint
+    // before anything masquerades it.
+    for c in ["nat-postrouting", "nat-input"] {
+        let dnat = cat(vec![
+            ct_bits(CtKey::Status, ct_status::DNAT, CmpOp::Neq),
+            jump(AFFINITY_RECORD),
+        ]);
+        b.add_rule(&t, c, dnat, None);
+    }
     // nat-postrouting: hairpin, then what was marked.
     let hairpin = vec![
         Expr::ip_saddr(r(0)),
@@ -397,19 +531,13 @@ pub fn skeleton(node: &NodeConfig) -> Batch {
         Expr::Masquerade { fully_random: true },
     ];
     b.add_rule(&t, "nat-postrouting", hairpin, Some("hairpin"));
-    let marked = vec![
+    let mut marked = masked(
         Expr::meta(MetaKey::Mark, r(0)),
-        Expr::Bitwise {
-            sreg: r(0),
-            dreg: r(0),
-            mask: MASQ_MARK.to_ne_bytes().to_vec(),
-            xor: vec![0; 4],
-        },
-        Expr::Cmp {
-            sreg: r(0),
-            op: CmpOp::Neq,
-            data: vec![0; 4],
-        },
+        MASQ_MARK.to_ne_bytes().to_vec(),
+        CmpOp::Neq,
+        vec![0; 4],
+    );
+    marked.extend([
         Expr::meta(MetaKey::Mark, r(0)),
         Expr::Bitwise {
             sreg: r(0),
@@ -422,7 +550,7 @@ pub fn skeleton(node: &NodeConfig) -> Batch {
             sreg: r(0),
         },
         Expr::Masquerade { fully_random: true },
-    ];
+    ]);
     b.add_rule(&t, "nat-postrouting", marked, Some("marked for masquerade"));
 
     // Static elements.
@@ -438,6 +566,147 @@ pub fn skeleton(node: &NodeConfig) -> Batch {
         b.add_elements(&t, &set_named(names::NODEPORT_IPS), elems);
     }
     b
+}
+
+/// The sets and rules of affinity timeout `seconds`, added to the table
+/// the first time a Service port uses that timeout: in `affinity-record`,
+///
+/// ```text
+/// ct original ip daddr . meta l4proto . ct original proto-dst @service-affinity-<seconds>
+///     update @affinity-clients { ip saddr . ct original ip daddr . meta l4proto
+///     . ct original proto-dst timeout <seconds>s : ip daddr . th dport }
+/// meta l4proto . ct original proto-dst @nodeport-affinity-<seconds>
+///     update @affinity-clients { (the same) }
+/// ```
+///
+/// A client already pinned keeps its entry (only its timeout restarts);
+/// a new one's entry holds the endpoint its connection was sent to. No
+/// rule jumps, so adding them makes the kernel re-validate only this
+/// small table.
+pub fn affinity_rules(b: &mut Batch, seconds: u32) {
+    let t = table();
+    b.add_set(&t, set_named(&vip_affinity(seconds)));
+    b.add_set(&t, set_named(&nodeport_affinity(seconds)));
+    let timeout = Some(Duration::from_secs(seconds.into()));
+    let original = |key: CtKey, slot: u8| Expr::CtOriginal { key, dreg: r(slot) };
+    let ports = [
+        (
+            vec![
+                original(CtKey::DstIp, 0),
+                Expr::meta(MetaKey::L4Proto, r(1)),
+                original(CtKey::ProtoDst, 2),
+            ],
+            vip_affinity(seconds),
+        ),
+        (
+            vec![
+                Expr::meta(MetaKey::L4Proto, r(0)),
+                original(CtKey::ProtoDst, 1),
+            ],
+            nodeport_affinity(seconds),
+        ),
+    ];
+    for (key, set) in ports {
+        // R0 client, R1..R3 what it asked for, R4..R5 where it went.
+        let rule = cat(vec![
+            key,
+            vec![
+                Expr::lookup(set, r(0)),
+                Expr::ip_saddr(r(0)),
+                original(CtKey::DstIp, 1),
+                Expr::meta(MetaKey::L4Proto, r(2)),
+                original(CtKey::ProtoDst, 3),
+                Expr::ip_daddr(r(4)),
+                Expr::th_dport(r(5)),
+                Expr::Dynset {
+                    set: names::AFFINITY_CLIENTS.into(),
+                    sreg_key: r(0),
+                    sreg_data: Some(r(4)),
+                    timeout,
+                },
+            ],
+        ]);
+        b.add_rule(&t, AFFINITY_RECORD, rule, None);
+    }
+}
+
+/// `dnat ip to ip saddr . ip daddr . meta l4proto . th dport map
+/// @affinity-clients`: where the client went before, if it has an entry.
+fn to_pinned() -> Vec<Expr> {
+    let mut v = vec![Expr::ip_saddr(r(0))];
+    v.extend(vip_key().into_iter().map(|e| shift(e, 1)));
+    v.push(lookup_into(names::AFFINITY_CLIENTS, r(4)));
+    v.push(Expr::Nat {
+        kind: NatKind::Dnat,
+        family: Family::Ip,
+        addr: Some(r(4)),
+        port: Some(r(5)),
+        fully_random: false,
+    });
+    v
+}
+
+/// `ct <key> & bits <op> 0`.
+fn ct_bits(key: CtKey, bits: u32, op: CmpOp) -> Vec<Expr> {
+    let load = Expr::Ct { key, dreg: r(0) };
+    masked(load, bits.to_ne_bytes().to_vec(), op, vec![0; 4])
+}
+
+/// `load` into R0, then `R0 & mask <op> data`.
+fn masked(load: Expr, mask: Vec<u8>, op: CmpOp, data: Vec<u8>) -> Vec<Expr> {
+    vec![
+        load,
+        Expr::Bitwise {
+            sreg: r(0),
+            dreg: r(0),
+            mask,
+            xor: vec![0; 4],
+        },
+        Expr::Cmp {
+            sreg: r(0),
+            op,
+            data,
+        },
+    ]
+}
+
+/// A load of `e` one register further.
+fn shift(e: Expr, by: u8) -> Expr {
+    match e {
+        Expr::Payload {
+            base,
+            offset,
+            len,
+            dreg,
+        } => Expr::Payload {
+            base,
+            offset,
+            len,
+            dreg: r(dreg.slot() + by),
+        },
+        Expr::Meta { key, dreg } => Expr::Meta {
+            key,
+            dreg: r(dreg.slot() + by),
+        },
+        other => other,
+    }
+}
+
+/// `ip daddr 127.0.0.0/8 ip saddr != 127.0.0.0/8 ct state !=
+/// established,related ct status != dnat drop`.
+fn martian_guard() -> Vec<Expr> {
+    let eighth = |load: Expr, op: CmpOp| masked(load, vec![255, 0, 0, 0], op, vec![127, 0, 0, 0]);
+    cat(vec![
+        eighth(Expr::ip_daddr(r(0)), CmpOp::Eq),
+        eighth(Expr::ip_saddr(r(0)), CmpOp::Neq),
+        ct_bits(
+            CtKey::State,
+            ct_state::ESTABLISHED | ct_state::RELATED,
+            CmpOp::Eq,
+        ),
+        ct_bits(CtKey::Status, ct_status::DNAT, CmpOp::Eq),
+        vec![Expr::Verdict(Verdict::Drop)],
+    ])
 }
 
 /// `ip saddr` not in `net/mask`.
@@ -470,20 +739,14 @@ pub fn service_elements(sp: &ServicePort) -> Vec<Element> {
     let local: Vec<Endpoint> = sp.endpoints.iter().filter(|e| e.local).cloned().collect();
     let group = |local_only: bool| if local_only { &local } else { &sp.endpoints };
     let vip = [Field::Ipv4(sp.cluster_ip), proto, Field::Port(sp.port)];
-    let eps = group(sp.internal_local);
-    if eps.is_empty() {
-        out.push((names::NO_ENDPOINT_SERVICES.into(), Value::of(&vip), None));
-    } else {
-        out.push((names::SERVICE_IPS.into(), Value::of(&vip), None));
-        out.push((vip_tier(slots(eps.len())), Value::of(&vip), None));
-        for (slot, e) in fill(eps).into_iter().enumerate() {
-            let key = [vip[0], vip[1], vip[2], Field::Mark(slot as u32)];
-            out.push((
-                names::SERVICE_ENDPOINTS.into(),
-                Value::of(&key),
-                Some(to(e)),
-            ));
+    destination(&mut out, sp, &vip, true, group(sp.internal_local));
+    for ip in sp.external_destinations() {
+        let dest = [Field::Ipv4(ip), proto, Field::Port(sp.port)];
+        let eps = group(sp.external_local);
+        if !eps.is_empty() && !sp.external_local {
+            out.push((names::EXTERNAL_IPS.into(), Value::of(&dest), None));
         }
+        destination(&mut out, sp, &dest, false, eps);
     }
     let Some(np) = sp.node_port else { return out };
     let port = [proto, Field::Port(np)];
@@ -492,11 +755,20 @@ pub fn service_elements(sp: &ServicePort) -> Vec<Element> {
     }
     let eps = group(sp.external_local);
     if eps.is_empty() {
-        out.push((names::NO_ENDPOINT_NODEPORTS.into(), Value::of(&port), None));
+        let set = if sp.endpoints.is_empty() {
+            names::NO_ENDPOINT_NODEPORTS
+        } else {
+            names::NO_LOCAL_ENDPOINT_NODEPORTS
+        };
+        out.push((set.into(), Value::of(&port), None));
         return out;
     }
     out.push((names::SERVICE_NODEPORTS.into(), Value::of(&port), None));
     out.push((nodeport_tier(slots(eps.len())), Value::of(&port), None));
+    if let Some(t) = sp.affinity_seconds {
+        out.push((names::NODEPORT_AFFINITY.into(), Value::of(&port), None));
+        out.push((nodeport_affinity(t), Value::of(&port), None));
+    }
     for (slot, e) in fill(eps).into_iter().enumerate() {
         let key = [port[0], port[1], Field::Mark(slot as u32)];
         out.push((
@@ -508,8 +780,43 @@ pub fn service_elements(sp: &ServicePort) -> Vec<Element> {
     out
 }
 
+/// The elements of one destination `ip . proto . port` (a ClusterIP, an
+/// external IP or a load-balancer IP port) balanced over `eps`: in
+/// `service-ips` (ClusterIPs only) and its tier, one map element per
+/// slot, the affinity sets; or in `no-endpoint-services`.
+fn destination(
+    out: &mut Vec<Element>,
+    sp: &ServicePort,
+    dest: &[Field<'_>; 3],
+    cluster_ip: bool,
+    eps: &[Endpoint],
+) {
+    let key = Value::of(dest);
+    if eps.is_empty() {
+        let set = if sp.endpoints.is_empty() {
+            names::NO_ENDPOINT_SERVICES
+        } else {
+            names::NO_LOCAL_ENDPOINT_SERVICES
+        };
+        out.push((set.into(), key, None));
+        return;
+    }
+    if cluster_ip {
+        out.push((names::SERVICE_IPS.into(), key.clone(), None));
+    }
+    out.push((vip_tier(slots(eps.len())), key.clone(), None));
+    if let Some(t) = sp.affinity_seconds {
+        out.push((names::SERVICE_AFFINITY.into(), key.clone(), None));
+        out.push((vip_affinity(t), key, None));
+    }
+    for (slot, e) in fill(eps).into_iter().enumerate() {
+        let k = [dest[0], dest[1], dest[2], Field::Mark(slot as u32)];
+        out.push((names::SERVICE_ENDPOINTS.into(), Value::of(&k), Some(to(e))));
+    }
+}
+
 /// An endpoint as a map value: `ipv4_addr . inet_service`.
-fn to(e: &Endpoint) -> Value {
+pub fn to(e: &Endpoint) -> Value {
     Value::of(&[Field::Ipv4(e.ip), Field::Port(e.port)])
 }
 

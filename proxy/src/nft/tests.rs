@@ -88,15 +88,20 @@ fn no_endpoints_means_reject_sets_only() {
     );
 }
 
-#[test]
-fn external_policy_local_balances_the_node_port_over_local_endpoints_unmasqueraded() {
-    let mut sp = test_port(
+/// A port with one endpoint on this node and one elsewhere.
+fn local_and_remote() -> ServicePort {
+    test_port(
         "ns",
         "web",
         "",
         "10.96.0.12",
         &[("10.244.1.2", true), ("10.244.2.2", false)],
-    );
+    )
+}
+
+#[test]
+fn external_policy_local_balances_the_node_port_over_local_endpoints_unmasqueraded() {
+    let mut sp = local_and_remote();
     sp.node_port = Some(30081);
     sp.external_local = true;
     let m = by_set(&service_elements(&sp));
@@ -144,11 +149,47 @@ fn the_skeleton_holds_every_rule_and_no_service() {
         .filter(|o| matches!(o, Op::AddRule { .. }))
         .count();
     let tiers = ruleset::tiers().len();
-    // 5 jumps; services: masquerade, a rule per tier, the NodePort jump;
-    // nodeports: masquerade and a rule per tier; the untracked return and
-    // 2 checks; 2 postrouting.
-    assert_eq!(rules, 5 + (2 + tiers) + (1 + tiers) + 3 + 2);
+    // 5 jumps; services: masquerade (off-cluster, external IPs), the
+    // pinned clients, a rule per tier, the NodePort jump; nodeports:
+    // masquerade, the pinned clients and a rule per tier; the untracked
+    // return, 2 rejects and 2 drops; 2 jumps to the affinity record, 2
+    // postrouting.
+    assert_eq!(rules, 5 + (4 + tiers) + (2 + tiers) + 5 + 2 + 2);
     assert!(!b.ops().iter().any(|o| matches!(o, Op::AddElements { .. })));
+    // With localhost NodePorts: the martian guard on input and output.
+    let localhost = NodeConfig {
+        localhost_nodeports: true,
+        ..node()
+    };
+    assert_eq!(rules_added(&ruleset::skeleton(&localhost)), rules + 2);
+}
+
+#[test]
+fn external_and_load_balancer_ips_follow_the_external_policy() {
+    let mut sp = local_and_remote();
+    sp.external_ips = vec!["203.0.113.9".parse().unwrap()];
+    sp.load_balancer_ips = vec!["198.51.100.7".parse().unwrap()];
+    let m = by_set(&service_elements(&sp));
+    // Policy Cluster: masqueraded, both endpoints, three destinations.
+    assert_eq!(m[names::EXTERNAL_IPS], 2);
+    assert_eq!(m["service-ips-2"], 3);
+    assert_eq!(m[names::SERVICE_IPS], 1, "the ClusterIP only");
+    assert_eq!(m[names::SERVICE_ENDPOINTS], 6);
+    // Policy Local: the client's address kept, this node's endpoint only.
+    sp.external_local = true;
+    let m = by_set(&service_elements(&sp));
+    assert!(!m.contains_key(names::EXTERNAL_IPS));
+    assert_eq!(m["service-ips-1"], 2);
+    assert_eq!(m[names::SERVICE_ENDPOINTS], 2 + 2);
+    // Local with no endpoint here but some elsewhere: dropped, as
+    // kube-proxy does; with none at all: refused.
+    sp.endpoints.retain(|e| !e.local);
+    let m = by_set(&service_elements(&sp));
+    assert_eq!(m[names::NO_LOCAL_ENDPOINT_SERVICES], 2);
+    assert!(!m.contains_key(names::NO_ENDPOINT_SERVICES));
+    sp.endpoints.clear();
+    let m = by_set(&service_elements(&sp));
+    assert_eq!(m[names::NO_ENDPOINT_SERVICES], 3);
 }
 
 fn services(n: usize, eps_each: usize) -> Vec<ServicePort> {
@@ -206,6 +247,65 @@ fn at_10000_services_one_endpoint_change_is_only_element_changes() {
 }
 
 #[test]
+fn a_reordered_view_with_one_change_sends_only_that_change() {
+    let (fake, mut s) = fake_syncer();
+    let mut desired = services(50, 2);
+    s.sync(&desired).unwrap();
+    desired.reverse();
+    desired[7].endpoints[0].ip = "10.250.0.9".parse().unwrap();
+    let o = s.sync(&desired).unwrap();
+    // The slot's value (delete + add) and one hairpin address out, one in.
+    assert_eq!(o.elements_changed, 4);
+    // Back in order (the fast path), the same change undone.
+    desired.reverse();
+    desired[42].endpoints[0].ip = Ipv4Addr::from(0x0af4_0000 + 42 * 2);
+    assert_eq!(s.sync(&desired).unwrap().elements_changed, 4);
+    assert_eq!(fake.elements(&table(), names::HAIRPIN).unwrap().len(), 100);
+    assert!(s.sync(&desired).unwrap().elements_changed == 0);
+}
+
+#[test]
+fn ports_added_and_removed_in_the_middle_are_paired_by_a_merge() {
+    let ports = services(30, 1);
+    let previous: Vec<Applied> = ports.iter().map(Applied::new).collect();
+    let mut desired = ports.clone();
+    desired.remove(10);
+    let extra = |n: &str, vip: &str| test_port("ns", n, "", vip, &[("10.244.9.9", true)]);
+    desired.insert(20, extra("new-a", "10.96.9.1"));
+    desired.insert(21, extra("new-b", "10.96.9.2"));
+    let pairs = merge(&previous, &desired).expect("a merge");
+    assert_eq!(pairs.len(), desired.len());
+    for (sp, pair) in desired.iter().zip(&pairs) {
+        match pair {
+            Some(j) => assert_eq!(key_ref(&previous[*j].view), key_ref(sp)),
+            None => assert!(sp.name.name.starts_with("new-"), "{}", sp.name),
+        }
+    }
+    // A port that moved is not a merge (it would look removed and added).
+    let mut moved = ports.clone();
+    moved.swap(3, 25);
+    assert!(merge(&previous, &moved).is_none());
+    assert_eq!(
+        by_key(&previous, &moved)[3],
+        Some(25),
+        "by key, the moved port is found"
+    );
+
+    // Through the engine: the table holds exactly the view's ClusterIPs.
+    let (fake, mut s) = fake_syncer();
+    s.sync(&ports).unwrap();
+    let o = s.sync(&desired).unwrap();
+    assert!(!o.full && fake.batches().last().unwrap().only_elements());
+    let vips = fake.elements(&table(), names::SERVICE_IPS).unwrap();
+    assert_eq!(vips.len(), desired.len());
+    s.sync(&moved).unwrap();
+    assert_eq!(
+        fake.elements(&table(), names::SERVICE_IPS).unwrap().len(),
+        30
+    );
+}
+
+#[test]
 fn services_coming_and_going_are_elements_and_share_hairpin_entries() {
     let (fake, mut s) = fake_syncer();
     let a = test_port("ns", "a", "", "10.96.0.1", &[("10.244.1.2", true)]);
@@ -225,6 +325,46 @@ fn services_coming_and_going_are_elements_and_share_hairpin_entries() {
         .elements(&table(), names::SERVICE_IPS)
         .unwrap()
         .is_empty());
+}
+
+fn rules_added(b: &hostnet::nftables::Batch) -> usize {
+    b.ops()
+        .iter()
+        .filter(|o| matches!(o, Op::AddRule { .. }))
+        .count()
+}
+
+#[test]
+fn a_new_affinity_timeout_adds_its_rules_once_and_services_using_it_are_elements() {
+    let (fake, mut s) = fake_syncer();
+    let mut desired = services(3, 2);
+    s.sync(&desired).unwrap();
+    desired[0].affinity_seconds = Some(600);
+    desired[0].node_port = Some(30080);
+    let o = s.sync(&desired).unwrap();
+    assert!(!o.full);
+    let b = fake.batches().pop().unwrap();
+    assert_eq!(rules_added(&b), 2, "a ClusterIP and a NodePort record rule");
+    let m = |set: &str| fake.elements(&table(), set).unwrap().len();
+    assert_eq!(m(names::SERVICE_AFFINITY), 1);
+    assert_eq!(m("service-affinity-600"), 1);
+    assert_eq!(m("nodeport-affinity-600"), 1);
+
+    // A second Service with the same timeout: elements only.
+    desired[1].affinity_seconds = Some(600);
+    s.sync(&desired).unwrap();
+    assert!(fake.batches().pop().unwrap().only_elements());
+    assert_eq!(m("service-affinity-600"), 2);
+
+    // A full sync writes the rules of the timeouts in use only.
+    desired[0].affinity_seconds = Some(60);
+    desired[1].affinity_seconds = None;
+    s.table.set_need_full();
+    assert!(s.sync(&desired).unwrap().full);
+    let b = fake.batches().pop().unwrap();
+    let base = rules_added(&ruleset::skeleton(&node()));
+    assert_eq!(rules_added(&b), base + 2);
+    assert_eq!(m("service-affinity-60"), 1);
 }
 
 #[test]

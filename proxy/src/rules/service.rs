@@ -141,6 +141,33 @@ impl Writer<'_> {
             }
         }
 
+        // Capture the external IPs and load-balancer IPs, as the NodePort.
+        let ips = sp.external_ips.iter().map(|ip| (ip, "external IP"));
+        let lbs = sp
+            .load_balancer_ips
+            .iter()
+            .map(|ip| (ip, "loadbalancer IP"));
+        for (ip, what) in ips.chain(lbs) {
+            let p = self.proto;
+            let dest = format!("-m {p} -p {p} -d {ip} --dport {}", sp.port);
+            if has_endpoints {
+                let comment = comment_arg(&format!("{} {what}", self.name));
+                let ext = self.ext.clone();
+                self.shared(
+                    Table::Nat,
+                    KUBE_SERVICES,
+                    format!("-m comment --comment {comment} {dest} -j {ext}"),
+                );
+            }
+            if let Some((target, comment)) = &blocked_external {
+                self.shared(
+                    Table::Filter,
+                    KUBE_EXTERNAL_SERVICES,
+                    format!("-m comment --comment {comment} {dest} -j {target}"),
+                );
+            }
+        }
+
         // Masquerade off-cluster traffic to the ClusterIP.
         let mut internal_rules = Vec::new();
         if has_internal {

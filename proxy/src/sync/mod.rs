@@ -80,6 +80,9 @@ pub struct SyncOutcome {
     pub restored: bool,
     /// Wall time of the sync.
     pub duration: Duration,
+    /// Of which in the kernel's hands: the nf_tables transaction, or
+    /// `iptables-restore`.
+    pub apply: Duration,
 }
 
 /// One Service port as last applied.
@@ -342,12 +345,14 @@ impl Syncer {
         }
 
         let restored = !payload.is_empty();
+        let applying = Instant::now();
         if restored {
             if let Err(e) = self.ipt.restore(&payload.render()) {
                 self.need_full = true;
                 return Err(e);
             }
         }
+        let apply = applying.elapsed();
         let (written, deleted) = (payload.written(), payload.deleted());
         drop(payload);
         self.large = large;
@@ -373,6 +378,7 @@ impl Syncer {
             conntrack_deleted,
             restored,
             duration: start.elapsed(),
+            apply,
         })
     }
 

@@ -575,3 +575,103 @@ fn a_lost_nodes_pods_are_recreated_elsewhere_after_their_toleration() -> Result<
     assert!(body.trim().starts_with("fo-"), "{body}");
     Ok(())
 }
+
+#[test]
+fn another_agent_takes_the_controllers_over_and_carries_out_a_scale() -> Result<()> {
+    let Some(mut c) = Cluster::for_test_with(
+        "another_agent_takes_the_controllers_over_and_carries_out_a_scale",
+        NODES,
+        &[
+            "--node-lease-duration",
+            "4s",
+            "--leader-elect-lease-duration",
+            "4s",
+        ],
+    ) else {
+        return Ok(());
+    };
+    // Who leads the controllers.
+    let holder = |c: &Cluster, via: usize| -> Result<String> {
+        let lease: Value = serde_json::from_str(&c.nodes[via].knode(&[
+            "get",
+            "lease",
+            "knode-controller-manager",
+            "-n",
+            "kube-system",
+            "-o",
+            "json",
+        ])?)?;
+        Ok(lease["spec"]["holderIdentity"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string())
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let leader = loop {
+        match holder(&c, 0) {
+            Ok(h) if !h.is_empty() => break h,
+            _ if Instant::now() > deadline => bail!("no controller leader\n{}", c.logs()),
+            _ => std::thread::sleep(Duration::from_millis(200)),
+        }
+    };
+    let dead: usize = leader.trim_start_matches("node-").parse()?;
+    let via = (dead + 1) % NODES;
+    let mut pod = web_pod("unused", "", "to");
+    let spec = pod["spec"].as_object_mut().context("spec")?;
+    spec.remove("nodeName");
+    // Should the first pod run on the leader's node, it leaves it soon.
+    spec.insert(
+        "tolerations".into(),
+        json!([{"key": "node.kubernetes.io/unreachable", "operator": "Exists",
+                "effect": "NoExecute", "tolerationSeconds": 2}]),
+    );
+    let deployment = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "to"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "to"}},
+                 "template": {"metadata": {"labels": {"app": "to"}}, "spec": pod["spec"]}}});
+    c.nodes[via].knode_stdin(&["apply", "-f", "-"], Some(&deployment.to_string()))?;
+
+    // The leader dies; right after, the Deployment is scaled to 3 through
+    // another agent. Within the lease another agent leads, and the three
+    // pods run on the two live nodes.
+    c.nodes[dead].agent.kill9()?;
+    c.net.remove_node(dead)?;
+    let killed = Instant::now();
+    c.nodes[via].knode(&["scale", "deployment/to", "--replicas=3"])?;
+    let deadline = killed + Duration::from_secs(120);
+    let placed = loop {
+        let out = c.nodes[via].agent.knode(&["get", "pods", "-o", "json"])?;
+        let list: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        let mut on: BTreeMap<String, usize> = BTreeMap::new();
+        for p in list["items"].as_array().cloned().unwrap_or_default() {
+            let running = p["metadata"]["labels"]["app"] == "to"
+                && p["status"]["phase"] == "Running"
+                && p["metadata"]["deletionTimestamp"].is_null();
+            if running {
+                let node = p["spec"]["nodeName"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                *on.entry(node).or_default() += 1;
+            }
+        }
+        if !on.contains_key(&leader) && on.values().sum::<usize>() >= 3 {
+            break on;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "scale not carried out after {:?}: {on:?}\n{}",
+                killed.elapsed(),
+                c.logs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let now_leads = holder(&c, via)?;
+    assert_ne!(now_leads, leader, "the Lease moved");
+    eprintln!(
+        "{leader} killed; {now_leads} leads; scaled to 3 in {:?}: {placed:?}",
+        killed.elapsed()
+    );
+    Ok(())
+}

@@ -17,7 +17,8 @@ test: bootstrap
 	scripts/test.sh
 
 ## bench: every benchmark, side by side with the reference tools
-bench: bootstrap
+bench:
+	scripts/bootstrap.sh --bench
 	scripts/bench.sh
 
 bootstrap:

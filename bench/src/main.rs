@@ -5,6 +5,7 @@
 
 mod cni;
 mod controlplane;
+mod dns;
 mod netpol;
 mod overlay;
 mod pods;
@@ -86,6 +87,11 @@ const BENCHES: &[Bench] = &[
         name: "proxy-nft",
         about: "nftables mode: full sync at 1k/10k/50k, partial sync at 10k/50k beside the iptables mode's",
         run: proxy::nftmode::run,
+    },
+    Bench {
+        name: "dns",
+        about: "cluster DNS vs dnsmasq and unbound with the same 10k Services: dnsperf q/s and p50/p99, cached external names, memory",
+        run: dns::run,
     },
     Bench {
         name: "netpol",

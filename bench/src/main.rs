@@ -94,6 +94,11 @@ const BENCHES: &[Bench] = &[
         run: dns::run,
     },
     Bench {
+        name: "dns-live",
+        about: "cluster DNS: Service created on one node -> resolvable on another, p50/p99 (two agents on etcd)",
+        run: dns::live::run,
+    },
+    Bench {
         name: "netpol",
         about: "NetworkPolicy programming: 1,000 policies over 10,000 pods, full sync, one pod, one policy",
         run: netpol::run,

@@ -5,6 +5,7 @@
 //! for p50/p99) and of our own load generator as the cross-check, for
 //! cluster names and for cached external names; memory of each server.
 
+pub mod live;
 mod load;
 mod report;
 mod servers;

@@ -237,8 +237,6 @@ pub struct Results {
     /// VmRSS (KiB) after loading the records, and VmHWM after the run.
     pub rss_loaded: Vec<u64>,
     pub hwm_end: Vec<u64>,
-    /// Time until each server answered its first cluster name.
-    pub startup: Vec<Duration>,
     /// Upstream queries during the measured rounds (all cached: ~0).
     pub upstream_during: usize,
     /// Answers `dig` checked before measuring.
@@ -278,9 +276,8 @@ pub fn run(opts: &Opts) -> Result<()> {
         lab.unbound("127.0.0.13:53".parse()?, &records)?,
     ];
     let (first, first_ip) = records.names().next().context("no records")?;
-    let mut startup = Vec::new();
     for p in &mut procs {
-        startup.push(servers::wait_answers(p, &ns, &first, first_ip)?);
+        servers::wait_answers(p, &ns, &first, first_ip)?;
     }
     let checked = check_answers(&ns, &procs, &records)?;
     let rss_loaded = procs
@@ -333,7 +330,6 @@ pub fn run(opts: &Opts) -> Result<()> {
         external,
         rss_loaded,
         hwm_end,
-        startup,
         upstream_during,
         checked,
     };

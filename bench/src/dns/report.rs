@@ -200,13 +200,6 @@ pub fn emit(opts: &Opts, r: &Results) -> Result<()> {
         "rss_loaded": servers_json(&r.rss_loaded),
         "hwm_after_run": servers_json(&r.hwm_end),
     });
-    doc["startup_s"] = r
-        .servers
-        .iter()
-        .zip(&r.startup)
-        .map(|(s, d)| (s.to_string(), json!(round3(d.as_secs_f64()))))
-        .collect::<serde_json::Map<_, _>>()
-        .into();
     doc["upstream_queries_during_rounds"] = json!(r.upstream_during);
     doc["answers_checked_with_dig"] = json!(r.checked);
     doc["setup"] = json!({

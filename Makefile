@@ -17,7 +17,8 @@ test: bootstrap
 	scripts/test.sh
 
 ## bench: every benchmark, side by side with the reference tools
-bench: bootstrap
+bench:
+	scripts/bootstrap.sh --bench
 	scripts/bench.sh
 
 bootstrap:
@@ -36,7 +37,7 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-## fuzz: run the CNI config/env fuzz target briefly (FUZZ_SECONDS, default 60)
+## fuzz: run the CNI config/env and DNS query fuzz targets briefly (FUZZ_SECONDS each, default 60)
 fuzz:
 	scripts/fuzz.sh
 

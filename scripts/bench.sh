@@ -13,6 +13,8 @@ have_root bench "the benchmarks (network namespaces)" || exit 0
 
 echo "== build (release)"
 cargo build --release --bins
+# The agents the pod and DNS benches start need the static pause binary.
+scripts/build-pause.sh --release
 echo "== bench"
 [ "$#" -gt 0 ] || set -- all --pods 200
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs every Debian/Ubuntu package that building and testing knode needs.
-# Idempotent: packages already present are not touched, and nothing is
+# Installs every Debian/Ubuntu package that building and testing knode needs;
+# with `--bench`, also the reference tools only `make bench` uses. Idempotent: packages already present are not touched, and nothing is
 # downloaded when the list is complete. Services shipped by these packages
 # (containerd, etcd, docker-registry) are NOT started by the install: tests
 # start their own private instances on loopback.
@@ -23,6 +23,12 @@ PACKAGES=(
   # the API tests' Python client lives in a virtualenv (scripts/python-client.sh)
   python3-venv
 )
+
+# `make bench` only: the DNS load generator and the reference DNS server
+# knode's is compared with (dnsmasq, above, is the other one).
+if [ "${1:-}" = "--bench" ]; then
+  PACKAGES+=(dnsperf unbound)
+fi
 
 # The API tests drive the real kubectl: keep the host's own (any recent
 # one); only where none exists, take Debian's kubernetes-client.

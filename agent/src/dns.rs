@@ -2,13 +2,14 @@
 //! /32 addresses on `lo`, NOTRACK for DNS to and from them in our own
 //! nf_tables table (`ip knode-dns`, raw priority), the `dns` crate's
 //! server bound on both, its zone fed from the agent's own watches of
-//! Services, EndpointSlices and Pods, forwarding to the upstreams of `resolv-conf`. A
-//! periodic check puts back addresses and rules someone removed. It never
-//! touches another table or another link's addresses.
+//! Services, EndpointSlices and Pods, forwarding to the upstreams of
+//! `resolv-conf` (re-read when the file changes). A periodic check puts
+//! back addresses and rules someone removed. It never touches another
+//! table or another link's addresses.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ use controlplane::endpoints::{from_slices, SliceIndex};
 use controlplane::objects::{Kind, Object};
 use controlplane::watcher::{Update, Watcher};
 use controlplane::ControlPlane;
+use dns::forward::ResolvConfWatch;
 use dns::{ForwardConfig, Forwarder, Server, ServerConfig, SharedZone, Sockets, Zone, ZoneConfig};
 use hostnet::nftables::{
     Batch, Chain, ChainType, DataType, Elem, Expr, Family, Field, Hook, MetaKey, NfTables,
@@ -195,9 +197,15 @@ pub async fn start(
         })
         .context("cluster-domain")?,
     ));
-    let forwarder = upstreams(&config.resolv_conf, &addrs)
-        .map(|u| Arc::new(Forwarder::new(ForwardConfig::new(u))));
-    let server = Server::new(zone.clone(), forwarder, ServerConfig::default());
+    // With no upstream now, the forwarder waits for resolv-conf to name one.
+    let forwarder = Arc::new(Forwarder::new(ForwardConfig::new(
+        upstreams(&config.resolv_conf, &addrs).unwrap_or_default(),
+    )));
+    let server = Server::new(
+        zone.clone(),
+        Some(forwarder.clone()),
+        ServerConfig::default(),
+    );
     let listen: Vec<SocketAddr> = addrs
         .iter()
         .map(|a| SocketAddr::new(IpAddr::V4(*a), 53))
@@ -209,6 +217,13 @@ pub async fn start(
     tracing::info!(addresses = ?listen, domain = %config.cluster_domain, "cluster DNS serving");
 
     let mut tasks = vec![tokio::spawn(feed(cp, zone))];
+    if !config.resolv_conf.as_os_str().is_empty() {
+        tasks.push(tokio::spawn(follow_resolv_conf(
+            config.resolv_conf.clone(),
+            addrs,
+            forwarder,
+        )));
+    }
     tasks.push(tokio::spawn(async move {
         // The server's tasks stop when `running` is dropped with this one.
         let _running = running;
@@ -263,6 +278,24 @@ fn upstreams(resolv_conf: &Path, ours: &[Ipv4Addr]) -> Option<Vec<SocketAddr>> {
         Err(e) => {
             tracing::warn!(error = %e, "DNS answers cluster names only");
             None
+        }
+    }
+}
+
+/// Re-reads the upstreams whenever `resolv-conf` (or systemd-resolved's
+/// real file) is rewritten or replaced, checked every [`CHECK_PERIOD`].
+async fn follow_resolv_conf(path: PathBuf, ours: [Ipv4Addr; 2], forwarder: Arc<Forwarder>) {
+    let systemd = Path::new(dns::forward::SYSTEMD_RESOLV_CONF);
+    let mut watch = ResolvConfWatch::new(&path, systemd);
+    let mut tick = tokio::time::interval(CHECK_PERIOD);
+    loop {
+        tick.tick().await;
+        if watch.changed() {
+            let now = upstreams(&path, &ours).unwrap_or_default();
+            if now != forwarder.upstreams() {
+                tracing::info!(file = %path.display(), upstreams = ?now, "resolv-conf changed: new DNS upstreams");
+                forwarder.set_upstreams(now);
+            }
         }
     }
 }

@@ -5,6 +5,7 @@
 
 mod cni;
 mod controlplane;
+mod dns;
 mod netpol;
 mod overlay;
 mod pods;
@@ -92,6 +93,16 @@ const BENCHES: &[Bench] = &[
         name: "proxy-nft-partial",
         about: "nftables mode alone: 400 partial syncs at 10k and 50k Services, whole and transaction",
         run: proxy::nftmode::run_partial,
+    },
+    Bench {
+        name: "dns",
+        about: "cluster DNS vs dnsmasq and unbound with the same 10k Services: dnsperf q/s and p50/p99, cached external names, memory",
+        run: dns::run,
+    },
+    Bench {
+        name: "dns-live",
+        about: "cluster DNS: Service created on one node -> resolvable on another, p50/p99 (two agents on etcd)",
+        run: dns::live::run,
     },
     Bench {
         name: "netpol",

@@ -1,12 +1,14 @@
 //! Forwarding names outside the cluster zone: picks the upstreams (a stub
 //! domain's, else the defaults from resolv.conf), asks them over UDP with a
 //! TCP retry on truncation, and keeps answers in the [`Cache`]. Owns no
-//! listening socket; the server calls [`Forwarder::resolve`].
+//! listening socket; the server calls [`Forwarder::resolve`]. Notices a
+//! changed resolv.conf ([`ResolvConfWatch`]); the caller swaps upstreams.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::Path;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
 
 use hickory_proto::op::{Edns, Message, Query};
 use hickory_proto::rr::Name;
@@ -26,7 +28,8 @@ pub const SYSTEMD_RESOLV_CONF: &str = "/run/systemd/resolve/resolv.conf";
 /// How to forward.
 #[derive(Debug, Clone)]
 pub struct ForwardConfig {
-    /// Default upstreams, tried in order.
+    /// Default upstreams, tried in order ([`Forwarder::set_upstreams`]
+    /// replaces them later).
     pub upstreams: Vec<SocketAddr>,
     /// Domain -> upstreams for names in that domain (longest match wins).
     pub stub_domains: Vec<(Name, Vec<SocketAddr>)>,
@@ -84,10 +87,48 @@ pub fn upstreams_from_resolv_conf(path: &Path, systemd_path: &Path) -> Result<Ve
         .collect())
 }
 
+/// What identifies one version of a file: inode, modification time, size.
+type FileStamp = Option<(u64, SystemTime, u64)>;
+
+fn file_stamp(path: &Path) -> FileStamp {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.ino(), m.modified().ok()?, m.len()))
+}
+
+/// Notices when `resolv-conf` (or systemd-resolved's real file, which
+/// [`upstreams_from_resolv_conf`] may read instead) is replaced or
+/// rewritten: compares inode, mtime and size with the last look. Polled by
+/// the caller on a timer.
+#[derive(Debug)]
+pub struct ResolvConfWatch {
+    paths: [PathBuf; 2],
+    last: [FileStamp; 2],
+}
+
+impl ResolvConfWatch {
+    /// Watches `path` and `systemd_path` from their state now.
+    pub fn new(path: &Path, systemd_path: &Path) -> Self {
+        let paths = [path.to_path_buf(), systemd_path.to_path_buf()];
+        let last = [file_stamp(&paths[0]), file_stamp(&paths[1])];
+        Self { paths, last }
+    }
+
+    /// True when either file changed (appeared, went, or was written)
+    /// since the last call (or since [`ResolvConfWatch::new`]).
+    pub fn changed(&mut self) -> bool {
+        let now = [file_stamp(&self.paths[0]), file_stamp(&self.paths[1])];
+        let changed = now != self.last;
+        self.last = now;
+        changed
+    }
+}
+
 /// Asks upstreams and caches their answers.
 #[derive(Debug)]
 pub struct Forwarder {
     config: ForwardConfig,
+    /// The default upstreams, replaced when resolv.conf changes.
+    upstreams: RwLock<Vec<SocketAddr>>,
     cache: Mutex<Cache>,
 }
 
@@ -99,9 +140,34 @@ impl Forwarder {
         }
         let cache = Cache::new(config.cache_size, config.max_cache_ttl);
         Self {
+            upstreams: RwLock::new(config.upstreams.clone()),
             config,
             cache: Mutex::new(cache),
         }
+    }
+
+    /// Replaces the default upstreams (stub domains keep theirs); answers
+    /// already cached stay until their TTL.
+    pub fn set_upstreams(&self, upstreams: Vec<SocketAddr>) {
+        *self.upstreams.write().unwrap_or_else(|e| e.into_inner()) = upstreams;
+    }
+
+    /// The default upstreams now.
+    pub fn upstreams(&self) -> Vec<SocketAddr> {
+        self.upstreams
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// True when some name can be forwarded (an upstream or a stub domain).
+    pub fn can_forward(&self) -> bool {
+        !self.config.stub_domains.is_empty()
+            || !self
+                .upstreams
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty()
     }
 
     /// The response to `query`, from the cache or the first upstream that
@@ -113,7 +179,7 @@ impl Forwarder {
         let upstreams = self.upstreams_for(query.name());
         let mut last = None;
         for upstream in upstreams {
-            match self.exchange(*upstream, query).await {
+            match self.exchange(upstream, query).await {
                 Ok(response) => {
                     self.cache().insert(query, &response, Instant::now());
                     return Ok(response);
@@ -134,14 +200,14 @@ impl Forwarder {
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn upstreams_for(&self, name: &Name) -> &[SocketAddr] {
+    fn upstreams_for(&self, name: &Name) -> Vec<SocketAddr> {
         let lower = name.to_lowercase();
         self.config
             .stub_domains
             .iter()
             .filter(|(domain, _)| domain.zone_of(&lower))
             .max_by_key(|(domain, _)| domain.num_labels())
-            .map_or(&self.config.upstreams, |(_, ups)| ups)
+            .map_or_else(|| self.upstreams(), |(_, ups)| ups.clone())
     }
 
     /// One question to one upstream: UDP, then TCP if the answer was
@@ -247,10 +313,44 @@ mod tests {
             (Name::from_ascii("lab.corp.").unwrap(), vec![c]),
         ];
         let f = Forwarder::new(cfg);
-        let up = |n: &str| f.upstreams_for(&Name::from_ascii(n).unwrap()).to_vec();
+        let up = |n: &str| f.upstreams_for(&Name::from_ascii(n).unwrap());
         assert_eq!(up("x.example.com."), [a]);
         assert_eq!(up("db.CORP."), [b]);
         assert_eq!(up("x.lab.corp."), [c]);
+        f.set_upstreams(vec![c, b]);
+        assert_eq!(up("x.example.com."), [c, b], "new defaults");
+        assert_eq!(up("db.CORP."), [b], "stub domains keep theirs");
+        f.set_upstreams(Vec::new());
+        assert!(f.can_forward(), "stub domains still forward");
+        assert!(!Forwarder::new(ForwardConfig::new(Vec::new())).can_forward());
+    }
+
+    #[test]
+    fn a_rewritten_or_replaced_resolv_conf_is_noticed() {
+        let dir = std::env::temp_dir().join(format!("knode-dns-watch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (conf, real) = (dir.join("resolv.conf"), dir.join("real.conf"));
+        std::fs::write(&conf, "nameserver 192.0.2.1\n").unwrap();
+        let mut watch = ResolvConfWatch::new(&conf, &real);
+        assert!(!watch.changed(), "nothing happened");
+        // Rewritten in place (another size, so a coarse mtime cannot hide it).
+        std::fs::write(&conf, "nameserver 192.0.2.2\nnameserver 192.0.2.3\n").unwrap();
+        assert!(watch.changed());
+        assert!(!watch.changed(), "reported once");
+        let ups = upstreams_from_resolv_conf(&conf, &real).unwrap();
+        assert_eq!(ups.len(), 2);
+        // Replaced by rename, as resolvconf and NetworkManager do: a new
+        // inode even with the same size.
+        let tmp = dir.join("resolv.conf.new");
+        std::fs::write(&tmp, "nameserver 192.0.2.4\nnameserver 192.0.2.5\n").unwrap();
+        std::fs::rename(&tmp, &conf).unwrap();
+        assert!(watch.changed());
+        // systemd-resolved's real file appearing counts too.
+        std::fs::write(&real, "nameserver 192.0.2.6\n").unwrap();
+        assert!(watch.changed());
+        std::fs::remove_file(&conf).unwrap();
+        assert!(watch.changed(), "a file going away");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -116,7 +116,7 @@ impl Drop for Running {
 
 impl Server {
     /// A server over `zone`, forwarding with `forwarder` (names outside the
-    /// zone are REFUSED without one).
+    /// zone are REFUSED without one, or while it has no upstream).
     pub fn new(
         zone: SharedZone,
         forwarder: Option<Arc<Forwarder>>,
@@ -159,7 +159,7 @@ impl Server {
     pub async fn answer(&self, packet: &[u8], udp: bool) -> Option<Vec<u8>> {
         let (decision, limit) = {
             let zone = self.zone.read().unwrap_or_else(|e| e.into_inner());
-            wire::decide_with_limit(&zone, packet, self.forwarder.is_some())
+            wire::decide_with_limit(&zone, packet, self.forwarding())
         };
         let response = match decision {
             Decision::Reply(m) => m,
@@ -183,6 +183,11 @@ impl Server {
                 wire::servfail(response)
             }
         }
+    }
+
+    /// Whether names outside the zone can be forwarded now.
+    fn forwarding(&self) -> bool {
+        self.forwarder.as_ref().is_some_and(|f| f.can_forward())
     }
 
     fn allow(&self, client: IpAddr) -> bool {
@@ -209,7 +214,7 @@ impl Server {
             let packet = &buf[..len];
             let (decision, limit) = {
                 let zone = self.zone.read().unwrap_or_else(|e| e.into_inner());
-                wire::decide_with_limit(&zone, packet, self.forwarder.is_some())
+                wire::decide_with_limit(&zone, packet, self.forwarding())
             };
             match decision {
                 Decision::Reply(m) => {

@@ -368,3 +368,132 @@ async fn dead_upstream_gives_servfail_not_silence() {
     let m = udp_ask(udp, &query("www.example.org.", RecordType::A, false)).await;
     assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
 }
+
+/// Asks like a stub resolver: up to five tries, one second each, from
+/// `from`; the answer, or `None` if every try went unanswered.
+async fn resolve_from(from: &str, server: SocketAddr, packet: &[u8]) -> Option<Message> {
+    let sock = UdpSocket::bind(from).await.unwrap();
+    let mut buf = vec![0u8; 65535];
+    for _ in 0..5 {
+        sock.send_to(packet, server).await.unwrap();
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(1), sock.recv(&mut buf)).await {
+            return Some(Message::from_vec(&buf[..n]).unwrap());
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_from_one_client_is_limited_and_others_keep_resolving() {
+    let (_running, udp, _) = start(None).await;
+    let packet = query(
+        "redis-master.default.svc.cluster.local.",
+        RecordType::A,
+        false,
+    );
+    // 127.0.0.1 floods for a second without waiting for answers.
+    let flooder = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    flooder.set_nonblocking(true).unwrap();
+    let flood = {
+        let packet = packet.clone();
+        std::thread::spawn(move || {
+            let (start, mut sent, mut answered) = (std::time::Instant::now(), 0u64, 0u64);
+            let mut buf = vec![0u8; 4096];
+            while start.elapsed() < Duration::from_secs(1) {
+                if flooder.send_to(&packet, udp).is_ok() {
+                    sent += 1;
+                }
+                while flooder.recv(&mut buf).is_ok() {
+                    answered += 1;
+                }
+            }
+            // Answers still on their way.
+            std::thread::sleep(Duration::from_millis(200));
+            while flooder.recv(&mut buf).is_ok() {
+                answered += 1;
+            }
+            (sent, answered, start.elapsed())
+        })
+    };
+    // Meanwhile 127.0.0.2 looks names up one after another.
+    let mut answered = 0;
+    for i in 0..50 {
+        let name = if i % 2 == 0 {
+            "redis-master.default.svc.cluster.local."
+        } else {
+            "big.default.svc.cluster.local."
+        };
+        let m = resolve_from("127.0.0.2:0", udp, &query(name, RecordType::A, true))
+            .await
+            .unwrap_or_else(|| panic!("lookup {i} of {name} unanswered during the flood"));
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+        answered += 1;
+    }
+    let (sent, flood_answered, took) = flood.join().unwrap();
+    assert_eq!(answered, 50);
+    // The default limit: 2000 q/s with a burst of 4000.
+    let allowed = 4000.0 + 2000.0 * took.as_secs_f64();
+    assert!(
+        (flood_answered as f64) <= allowed + 100.0,
+        "the flooder got {flood_answered} answers of {sent} in {took:?}"
+    );
+    let m = resolve_from("127.0.0.3:0", udp, &packet).await.unwrap();
+    assert_eq!(m.answers.len(), 1);
+}
+
+#[tokio::test]
+async fn oversized_and_truncated_queries_are_survived() {
+    let sockets = Sockets::bind(&["127.0.0.1:0".parse().unwrap()])
+        .await
+        .unwrap();
+    let config = ServerConfig {
+        max_tcp_connections: 4,
+        tcp_idle: Duration::from_millis(300),
+        ..ServerConfig::default()
+    };
+    let running = Server::new(Arc::new(RwLock::new(zone())), None, config).spawn(sockets);
+    let (udp, tcp) = (running.udp_addrs[0], running.tcp_addrs[0]);
+    let good = query(
+        "redis-master.default.svc.cluster.local.",
+        RecordType::A,
+        true,
+    );
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    // The largest UDP datagram: a real query with 65,000 bytes after it.
+    let mut huge = good.clone();
+    huge.resize(65_507, 0xab);
+    sock.send_to(&huge, udp).await.unwrap();
+    // A question name longer than 255 bytes (labels of 63).
+    let mut long = good[..12].to_vec();
+    for _ in 0..6 {
+        long.push(63);
+        long.extend_from_slice(&[b'a'; 63]);
+    }
+    long.extend_from_slice(&[0, 0, 1, 0, 1]);
+    sock.send_to(&long, udp).await.unwrap();
+    // A query cut in the middle of its question.
+    sock.send_to(&good[..good.len() - 7], udp).await.unwrap();
+    // Over TCP: the largest length with junk, a length promising more than
+    // comes before the client closes, and clients that stall mid-message,
+    // more of them than the server has TCP slots.
+    let mut s = TcpStream::connect(tcp).await.unwrap();
+    let mut framed = vec![0xff, 0xff];
+    framed.extend((0..65_535u32).map(|i| (i * 31) as u8));
+    let _ = s.write_all(&framed).await;
+    let mut s = TcpStream::connect(tcp).await.unwrap();
+    s.write_all(&[0, 200, 1, 2, 3]).await.unwrap();
+    drop(s);
+    let mut stalled = Vec::new();
+    for _ in 0..8 {
+        let mut s = TcpStream::connect(tcp).await.unwrap();
+        s.write_all(&[0, 40, 0, 7]).await.unwrap();
+        stalled.push(s);
+    }
+    // UDP answers at once; TCP as soon as idle stalled clients are cut.
+    let m = udp_ask(udp, &good).await;
+    assert_eq!(m.answers.len(), 1);
+    let m = tokio::time::timeout(Duration::from_secs(10), tcp_ask(tcp, &good))
+        .await
+        .expect("a TCP answer once stalled connections time out");
+    assert_eq!(m.answers.len(), 1);
+}

@@ -347,6 +347,74 @@ fn new_services_answer_within_a_second_and_placement_is_restored() -> Result<()>
     Ok(())
 }
 
+/// `dnsPolicy: None` takes the pod's resolv.conf from `dnsConfig` alone; a
+/// hostNetwork pod gets cluster DNS with ClusterFirstWithHostNet, but the
+/// node's file with plain ClusterFirst, as kubelet does. (The files only:
+/// here a hostNetwork container shares the test containerd's network
+/// namespace, not the node's, so it must send nothing.)
+#[test]
+fn dns_policy_none_and_host_network_pods_get_kubelets_resolv_conf() -> Result<()> {
+    let Some(n) = Node::for_test("dns_policy_none_and_host_network_pods_get_kubelets_resolv_conf")
+    else {
+        return Ok(());
+    };
+    let custom = "  dnsPolicy: None\n  dnsConfig:\n    nameservers: [192.0.2.53]\n    \
+                  searches: [corp.example]\n    options: [{name: ndots, value: \"2\"}, {name: edns0}]\n";
+    let docs = [
+        sleeper("custom", "default", "app: custom", custom),
+        sleeper(
+            "hostnet-cluster",
+            "default",
+            "app: h1",
+            "  hostNetwork: true\n  dnsPolicy: ClusterFirstWithHostNet\n",
+        ),
+        sleeper(
+            "hostnet-default",
+            "default",
+            "app: h2",
+            "  hostNetwork: true\n",
+        ),
+    ];
+    n.apply(&docs.join("---\n"))?;
+    for p in ["custom", "hostnet-cluster", "hostnet-default"] {
+        n.wait_running(p)?;
+    }
+    let conf = |pod: &str| n.knode(&["exec", pod, "--", "cat", "/etc/resolv.conf"]);
+    let lines = |text: &str| -> Vec<String> {
+        text.lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(str::to_string)
+            .collect()
+    };
+
+    let c = conf("custom")?;
+    assert_eq!(
+        lines(&c),
+        [
+            "search corp.example",
+            "nameserver 192.0.2.53",
+            "options ndots:2 edns0"
+        ],
+        "dnsPolicy None:\n{c}"
+    );
+
+    let c = conf("hostnet-cluster")?;
+    assert!(
+        c.contains(&format!("nameserver {CLUSTER_DNS}"))
+            && c.contains("search default.svc.cluster.local svc.cluster.local cluster.local")
+            && c.contains("options ndots:5"),
+        "ClusterFirstWithHostNet:\n{c}"
+    );
+
+    let c = conf("hostnet-default")?;
+    assert!(
+        c.contains(&format!("nameserver {TEST_UPSTREAM}")) && !c.contains(CLUSTER_DNS),
+        "hostNetwork with ClusterFirst keeps the node's file:\n{c}"
+    );
+    Ok(())
+}
+
 /// Other names go to the node's upstream (dnsmasq on the node
 /// namespace's 127.0.0.2, standing in for the internet's resolvers); a
 /// second query is a cache hit: dnsmasq sees the name once.

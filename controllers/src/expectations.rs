@@ -60,12 +60,20 @@ impl Expectations {
     /// Whether every create of `key` shows in `pods` and every delete is
     /// gone or terminating there (clearing what is seen).
     pub fn satisfied(&self, key: &ObjectRef, pods: &[Pod]) -> bool {
+        self.satisfied_with(key, |n| {
+            pods.iter()
+                .find(|p| p.metadata.name.as_deref() == Some(n))
+                .map(|p| p.metadata.deletion_timestamp.is_some())
+        })
+    }
+
+    /// [`Self::satisfied`] for any kind: `seen(name)` is `None` when the
+    /// cache lacks the object, else whether it is being deleted.
+    pub fn satisfied_with(&self, key: &ObjectRef, seen: impl Fn(&str) -> Option<bool>) -> bool {
         let mut m = self.lock();
         let Some(p) = m.get_mut(key) else { return true };
-        let find = |n: &str| pods.iter().find(|p| p.metadata.name.as_deref() == Some(n));
-        p.adds.retain(|n| find(n).is_none());
-        p.dels
-            .retain(|n| find(n).is_some_and(|p| p.metadata.deletion_timestamp.is_none()));
+        p.adds.retain(|n| seen(n).is_none());
+        p.dels.retain(|n| seen(n) == Some(false));
         if (p.adds.is_empty() && p.dels.is_empty()) || p.since.elapsed() > TIMEOUT {
             m.remove(key);
             return true;

@@ -337,6 +337,7 @@ pub fn start(cp: Arc<dyn ControlPlane>) -> Vec<JoinHandle<()>> {
         slices: slices.clone(),
         nodes: nodes.clone(),
         index: slice_ix,
+        expectations: Expectations::default(),
     });
     let sched = Arc::new(Scheduler {
         cp: cp.clone(),

@@ -26,6 +26,7 @@ use controlplane::{ControlPlane, Kind, Object, ObjectRef};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
+use crate::expectations::Expectations;
 use crate::informer::Cache;
 use crate::pods::random_suffix;
 use crate::{Error, Result};
@@ -161,6 +162,10 @@ pub struct EndpointSliceController {
     pub slices: Cache,
     pub nodes: Cache,
     pub index: Arc<Index>,
+    /// Slices created and deleted but not yet in the cache: a sync waits
+    /// for them (the slice events queue it again), so a lagging cache
+    /// never makes it create a Service's slices twice.
+    pub expectations: Expectations,
 }
 
 impl EndpointSliceController {
@@ -183,6 +188,14 @@ impl EndpointSliceController {
     /// Brings the slices of Service `key` in line with its pods.
     pub async fn sync(&self, key: &ObjectRef) -> Result<Option<Duration>> {
         let (ns, name) = (key.namespace.as_str(), key.name.as_str());
+        let seen = |n: &str| {
+            self.slices
+                .get(&ObjectRef::new(Kind::EndpointSlice, ns, n))
+                .map(|s| s.meta().deletion_timestamp.is_some())
+        };
+        if !self.expectations.satisfied_with(key, seen) {
+            return Ok(None);
+        }
         let (pods, slices, lost) = {
             let inner = self.index.lock();
             let slice_names: Vec<String> = inner
@@ -232,8 +245,26 @@ impl EndpointSliceController {
                 .map(|s| Action::Delete(s.metadata.name.clone().unwrap_or_default()))
                 .collect(),
         };
-        for a in actions {
-            self.apply(ns, a).await?;
+        let named = |a: &Action| match a {
+            Action::Create(s) => (s.metadata.name.clone(), None),
+            Action::Delete(n) => (None, Some(n.clone())),
+            Action::Update(_) => (None, None),
+        };
+        let adds = actions.iter().filter_map(|a| named(a).0).collect();
+        let dels = actions.iter().filter_map(|a| named(a).1).collect();
+        self.expectations.expect(key, adds, dels);
+        let mut left = actions.into_iter();
+        while let Some(a) = left.next() {
+            let (add, del) = named(&a);
+            if let Err(e) = self.apply(ns, a).await {
+                // Neither this write nor the ones not made will show.
+                for (add, del) in std::iter::once((add, del)).chain(left.map(|a| named(&a))) {
+                    if let Some(n) = add.or(del) {
+                        self.expectations.observed(key, &n);
+                    }
+                }
+                return Err(e);
+            }
         }
         Ok(None)
     }

@@ -125,9 +125,9 @@ pub fn start(cp: Arc<dyn ControlPlane>) -> Vec<JoinHandle<()>> {
             if usages.pod_changed(old, new) {
                 retry();
             }
-            if let Some(Object::Pod(p)) = new {
+            if let Some(o @ Object::Pod(p)) = new {
                 if crate::scheduler::pending(p) {
-                    sched_q.add(ObjectRef::of(new.expect("new")));
+                    sched_q.add(ObjectRef::of(o));
                 }
             }
             for o in old.iter().chain(new.iter()) {

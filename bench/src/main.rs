@@ -95,6 +95,11 @@ const BENCHES: &[Bench] = &[
         run: proxy::nftmode::run_partial,
     },
     Bench {
+        name: "proxy-nft-memory",
+        about: "nftables mode alone: the agent's memory at 10k Services and 50k Pods, proxy on vs off",
+        run: proxy::nftmode::run_memory,
+    },
+    Bench {
         name: "dns",
         about: "cluster DNS vs dnsmasq and unbound with the same 10k Services: dnsperf q/s and p50/p99, cached external names, memory",
         run: dns::run,
@@ -134,7 +139,11 @@ const BENCHES: &[Bench] = &[
 /// What `all` runs: every benchmark but the parts of one (`overlay-throughput`).
 /// Benchmarks that run a part of another (for work on one path), left
 /// out of `all`.
-const PARTS: [&str; 2] = ["overlay-throughput", "proxy-nft-partial"];
+const PARTS: [&str; 3] = [
+    "overlay-throughput",
+    "proxy-nft-partial",
+    "proxy-nft-memory",
+];
 
 fn everything() -> impl Iterator<Item = &'static Bench> {
     BENCHES.iter().filter(|b| !PARTS.contains(&b.name))

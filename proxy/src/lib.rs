@@ -22,7 +22,7 @@ pub use nft::NftSyncer;
 pub use rules::{ruleset, NodeConfig, Ruleset, Table};
 pub use run::{run, ProxyConfig, ProxyMode};
 pub use sync::{cleanup, Proxier, SyncOutcome, Syncer};
-pub use view::{service_ports, Endpoint, ServicePort};
+pub use view::{group, service_ports, Endpoint, ServiceKey, ServiceMap, ServicePort};
 
 /// Errors of the proxy.
 #[derive(Debug, thiserror::Error)]

@@ -3,7 +3,9 @@
 //! plane's Services and EndpointSlices with `controlplane::endpoints`. It decides
 //! nothing about iptables and does no I/O.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 
 use controlplane::endpoints::{endpoints_for, targets, Endpoints};
 use k8s_openapi::api::core::v1::{Pod, Service};
@@ -12,6 +14,25 @@ pub use crate::rules::names::{Protocol, ServicePortName};
 
 /// kube-proxy's default ClientIP affinity timeout (3 hours).
 pub const DEFAULT_AFFINITY_SECONDS: u32 = 10_800;
+
+/// A Service: (namespace, name).
+pub type ServiceKey = (String, String);
+
+/// The desired state by Service: each one's proxied ports, in the order
+/// [`ports_of`] gives them. The ports are shared: the controller, the sync
+/// thread and the nftables engine hold one allocation per Service.
+pub type ServiceMap = BTreeMap<ServiceKey, Arc<[ServicePort]>>;
+
+/// `ports` by their Service, keeping their order within each.
+pub fn group(ports: &[ServicePort]) -> ServiceMap {
+    let mut by: BTreeMap<ServiceKey, Vec<ServicePort>> = BTreeMap::new();
+    for sp in ports {
+        by.entry((sp.name.namespace.clone(), sp.name.name.clone()))
+            .or_default()
+            .push(sp.clone());
+    }
+    by.into_iter().map(|(k, v)| (k, v.into())).collect()
+}
 
 /// One backend of a Service port.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

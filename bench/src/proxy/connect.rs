@@ -117,6 +117,8 @@ struct Topology {
     /// The proxy that programmed the node and what it was given.
     proxier: Option<Box<dyn Proxier>>,
     desired: Vec<ServicePort>,
+    /// `desired` as the agent hands it over, with the Services changed.
+    fed: super::Fed,
 }
 
 /// Runs `line` (its words split on spaces) in `ns`.
@@ -219,6 +221,7 @@ impl Topology {
             services,
             mode,
             proxier: programmed,
+            fed: super::Fed::new(&desired),
             desired,
         })
     }
@@ -359,10 +362,11 @@ pub fn programming(services: usize, samples: usize) -> Result<Vec<Programming>> 
         for i in 0..samples {
             let j = 1 + (i * 97) % (services - 2);
             t.desired[j].endpoints = backends(CLOSED_PORT);
+            t.fed.set(&t.desired[j]);
         }
-        let (node, desired) = (&t.node, &t.desired);
+        let (node, fed) = (&t.node, &mut t.fed);
         let p = t.proxier.as_mut().context("a programmed node")?;
-        node.run(|| p.sync(desired))?
+        node.run(|| fed.sync(p.as_mut()))?
             .map_err(|e| anyhow!("sync: {e}"))?;
     }
     for i in 0..samples {
@@ -378,12 +382,14 @@ pub fn programming(services: usize, samples: usize) -> Result<Vec<Programming>> 
                     let mut sp = t.desired[0].clone();
                     sp.name.name = format!("new-{i}");
                     sp.cluster_ip = vip;
+                    t.fed.set(&sp);
                     t.desired.push(sp);
                     vip
                 }
                 Change::Endpoints => {
                     let j = 1 + (i * 97) % (services - 2);
                     t.desired[j].endpoints = backends(PORT);
+                    t.fed.set(&t.desired[j]);
                     t.desired[j].cluster_ip
                 }
             };
@@ -404,13 +410,13 @@ pub fn programming(services: usize, samples: usize) -> Result<Vec<Programming>> 
 const CLOSED_PORT: u16 = 9;
 
 impl Topology {
-    /// Syncs the node to `self.desired` while a client retries `to`: the
-    /// time from the sync's start to the first connection that succeeds.
+    /// Syncs the node to `self.fed` while a client retries `to`: the time
+    /// from the sync's start to the first connection that succeeds.
     fn program(&mut self, to: SocketAddr) -> Result<Duration> {
         let start = Instant::now();
         let deadline = start + PROGRAMMING_DEADLINE;
         let client = &self.client;
-        let (node, desired) = (&self.node, &self.desired);
+        let (node, fed) = (&self.node, &mut self.fed);
         let p = self.proxier.as_mut().context("a programmed node")?;
         std::thread::scope(|scope| {
             let retry = scope.spawn(move || {
@@ -423,7 +429,7 @@ impl Topology {
                     }
                 })?
             });
-            node.run(|| p.sync(desired))?
+            node.run(|| fed.sync(p.as_mut()))?
                 .map_err(|e| anyhow!("sync: {e}"))?;
             let ok = retry.join().map_err(|_| anyhow!("the client panicked"))??;
             Ok(ok.saturating_duration_since(start))

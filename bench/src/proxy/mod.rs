@@ -10,6 +10,7 @@ pub mod nftmode;
 mod report;
 mod rss;
 
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
@@ -20,7 +21,10 @@ use anyhow::{anyhow, bail, Context, Result};
 use netns_tests::TestNs;
 use proxy::rules::names::{Protocol, ServicePortName};
 use proxy::rules::Table;
-use proxy::{Backend, Endpoint, ExecIptables, Iptables, NodeConfig, ServicePort, Syncer};
+use proxy::{
+    group, Backend, Endpoint, ExecIptables, Iptables, NodeConfig, Proxier, ServiceKey, ServiceMap,
+    ServicePort, SyncOutcome, Syncer,
+};
 
 use crate::Opts;
 
@@ -113,6 +117,37 @@ fn services(n: usize) -> Vec<ServicePort> {
             sp
         })
         .collect()
+}
+
+/// What the agent hands a proxier: the view by Service and the Services
+/// changed since the last successful sync ([`Proxier::sync_changed`]).
+struct Fed {
+    view: ServiceMap,
+    changed: BTreeSet<ServiceKey>,
+}
+
+impl Fed {
+    /// `desired` as a first view: every Service changed.
+    fn new(desired: &[ServicePort]) -> Fed {
+        let view = group(desired);
+        let changed = view.keys().cloned().collect();
+        Fed { view, changed }
+    }
+
+    /// `sp`, the one port of its Service, is now as given.
+    fn set(&mut self, sp: &ServicePort) {
+        let key = (sp.name.namespace.clone(), sp.name.name.clone());
+        self.view.insert(key.clone(), vec![sp.clone()].into());
+        self.changed.insert(key);
+    }
+
+    fn sync(&mut self, p: &mut dyn Proxier) -> proxy::Result<SyncOutcome> {
+        let r = p.sync_changed(&self.view, &self.changed);
+        if r.is_ok() {
+            self.changed.clear();
+        }
+        r
+    }
 }
 
 /// The pod IP of endpoint `e` of Service `i` (in 10.244.0.0/16).
@@ -242,6 +277,20 @@ fn measure(backend: Backend, sizes: &[usize], partial_at: Option<usize>) -> Resu
     })
 }
 
+/// The agent's memory with its proxy in `mode` (or none): a failure is
+/// reported, not fatal to the rest (the agent needs more machinery: its
+/// control plane, a fill of 60k objects).
+fn agent_rss(
+    mode: Option<proxy::ProxyMode>,
+    per_namespace: usize,
+) -> std::result::Result<rss::Outcome, String> {
+    rss::agent(mode, per_namespace).map_err(|e| {
+        let mode = mode.map_or("off", |m| m.name());
+        eprintln!("proxy: rss: the agent measurement (proxy {mode}, {per_namespace} Services per namespace) failed: {e:#}");
+        format!("{e:#}")
+    })
+}
+
 /// Runs the benchmark and writes `proxy.json` and `proxy.svg`.
 pub fn run(opts: &Opts) -> Result<()> {
     if let Ok(n) = std::env::var(rss::CHILD_ENV) {
@@ -270,17 +319,12 @@ pub fn run(opts: &Opts) -> Result<()> {
     let syncer_rss = rss::syncer().context("Syncer memory")?;
     // The agent needs more machinery (its control plane, a fill of 60k
     // objects): a failure there is reported, not fatal to the rest.
-    let agent = |proxy: bool, per_namespace: usize| {
-        rss::agent(proxy, per_namespace).map_err(|e| {
-            eprintln!("proxy: rss: the agent measurement (proxy {proxy}, {per_namespace} Services per namespace) failed: {e:#}");
-            format!("{e:#}")
-        })
-    };
+    let ipt = Some(proxy::ProxyMode::Iptables);
     let memory = report::Memory {
         syncer: syncer_rss,
-        agent: agent(true, rss::PER_NAMESPACE),
-        agent_without_proxy: agent(false, rss::PER_NAMESPACE),
-        agent_one_namespace: agent(true, rss::SERVICES),
+        agent: agent_rss(ipt, rss::PER_NAMESPACE),
+        agent_without_proxy: agent_rss(None, rss::PER_NAMESPACE),
+        agent_one_namespace: agent_rss(ipt, rss::SERVICES),
     };
     report::write(opts, &[legacy, nft], &connect, &memory)
 }

@@ -21,7 +21,7 @@ use proxy::{Backend, NftSyncer, Proxier, ProxyMode, ServicePort, SyncOutcome};
 use serde_json::json;
 
 use super::connect::{self, Change, Path};
-use super::{node, restore_direct, services, setup, sync};
+use super::{node, restore_direct, services, setup, sync, Fed};
 use crate::report::{host_facts, write_file};
 use crate::stats::{round3, Summary};
 use crate::Opts;
@@ -64,6 +64,12 @@ fn nft_outcome(ns: &TestNs, s: &mut NftSyncer, desired: &[ServicePort]) -> Resul
         .map_err(|e| anyhow!("nft sync: {e}"))
 }
 
+/// A sync of the Services `fed` says changed, as the agent runs it.
+fn nft_fed(ns: &TestNs, s: &mut NftSyncer, fed: &mut Fed) -> Result<SyncOutcome> {
+    ns.run(|| fed.sync(s))?
+        .map_err(|e| anyhow!("nft sync: {e}"))
+}
+
 /// Adding one Service at 10k: without affinity, with affinity and a
 /// timeout already in the table (elements only), with a timeout new to
 /// the table (two sets and two rules more), interleaved.
@@ -72,7 +78,8 @@ fn affinity_cost(out: &mut String) -> Result<serde_json::Value> {
     let mut desired = services(n);
     desired[0].affinity_seconds = Some(10_800);
     let (ns, mut s) = nft_setup()?;
-    nft_sync(&ns, &mut s, &desired)?;
+    let mut fed = Fed::new(&desired);
+    nft_fed(&ns, &mut s, &mut fed)?;
     let kinds = ["plain", "affinity, timeout in use", "affinity, new timeout"];
     let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); kinds.len()];
     let load_before = load();
@@ -86,8 +93,8 @@ fn affinity_cost(out: &mut String) -> Result<serde_json::Value> {
                 "affinity, timeout in use" => Some(10_800),
                 _ => Some(60 + rep as u32),
             };
-            desired.push(sp);
-            samples[k].push(nft_sync(&ns, &mut s, &desired)?);
+            fed.set(&sp);
+            samples[k].push(nft_fed(&ns, &mut s, &mut fed)?.duration);
         }
     }
     let mut rows = Vec::new();
@@ -250,11 +257,12 @@ pub fn run_partial(_opts: &Opts) -> Result<()> {
     for n in PARTIAL_SIZES {
         let mut desired = services(n);
         let (ns, mut s) = nft_setup()?;
-        nft_sync(&ns, &mut s, &desired)?;
+        let mut fed = Fed::new(&desired);
+        nft_fed(&ns, &mut s, &mut fed)?;
         let (mut whole, mut apply) = (Vec::new(), Vec::new());
         for rep in 0..PROFILE_REPS {
-            change(&mut desired, rep);
-            let o = nft_outcome(&ns, &mut s, &desired)?;
+            fed.set(change(&mut desired, rep));
+            let o = nft_fed(&ns, &mut s, &mut fed)?;
             whole.push(o.duration);
             apply.push(o.apply);
         }
@@ -270,11 +278,13 @@ pub fn run_partial(_opts: &Opts) -> Result<()> {
     Ok(())
 }
 
-/// Changes endpoint 1 of one Service (a different one each `rep`).
-fn change(desired: &mut [ServicePort], rep: usize) {
+/// Changes endpoint 1 of one Service (a different one each `rep`);
+/// returns that Service.
+fn change(desired: &mut [ServicePort], rep: usize) -> &ServicePort {
     let n = desired.len();
     let sp = &mut desired[(rep * 7919) % n];
     sp.endpoints[1].ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 250, 0, 0)) + rep as u32);
+    sp
 }
 
 fn summary_json(s: &Option<Summary>) -> serde_json::Value {
@@ -282,6 +292,92 @@ fn summary_json(s: &Option<Summary>) -> serde_json::Value {
         Some(s) => json!({"p50": round3(s.p50), "p99": round3(s.p99), "n": s.n}),
         None => json!(null),
     }
+}
+
+/// The agent's memory holding `rss::SERVICES` Services and their ready
+/// Pods, its proxy in nftables mode and without a proxy: the proxy's share
+/// is the difference of the two processes' VmRSS once filled (and synced),
+/// and, as a cross-check that does not depend on both starting alike, the
+/// difference of their growth from idle.
+fn memory_section(out: &mut String) -> Result<serde_json::Value> {
+    use super::rss::{self, Outcome};
+    let without = super::agent_rss(None, rss::PER_NAMESPACE);
+    let with = super::agent_rss(Some(ProxyMode::Nftables), rss::PER_NAMESPACE);
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    let readings = |o: &Outcome| -> serde_json::Value {
+        o.readings
+            .iter()
+            .map(|r| {
+                json!({"when": r.when, "services": r.services,
+                            "vmrss_kib": r.mem.rss_kib, "vmhwm_kib": r.mem.hwm_kib})
+            })
+            .collect()
+    };
+    let phases = |o: &Outcome| -> serde_json::Value {
+        o.phases
+            .iter()
+            .map(|(p, d)| json!({"phase": p, "s": round3(d.as_secs_f64())}))
+            .collect()
+    };
+    out.push_str(&format!(
+        "\nagent memory at {} Services x {} endpoints ({} per namespace), VmRSS / VmHWM MiB\n",
+        rss::SERVICES,
+        super::ENDPOINTS,
+        rss::PER_NAMESPACE
+    ));
+    let mut doc = json!({
+        "method": format!("a real `knode agent` (embedded control plane, --disable pods,overlay, and proxy \
+            for the reference) in a node namespace, filled through its socket with {} Services and their \
+            {} Pods (created, then marked ready with a pod IP; the EndpointSlice controller makes the slices); \
+            VmRSS/VmHWM idle, filled, and with the proxy once `service-ips` and `service-endpoints` hold every \
+            Service and endpoint", rss::SERVICES, rss::SERVICES * super::ENDPOINTS),
+        "target_share_mib": 60.0,
+    });
+    for (name, o) in [("without_proxy", &without), ("nftables", &with)] {
+        match o {
+            Ok(o) => {
+                for r in &o.readings {
+                    out.push_str(&format!(
+                        "{name:<14} {:<13} {:>7.1} / {:>7.1}\n",
+                        r.when,
+                        mib(r.mem.rss_kib),
+                        mib(r.mem.hwm_kib)
+                    ));
+                }
+                doc[name] =
+                    json!({"readings": readings(o), "phases": phases(o), "relists": o.relists});
+            }
+            Err(e) => {
+                out.push_str(&format!("{name}: not measured: {e}\n"));
+                doc[name] = json!({"error": e});
+            }
+        }
+    }
+    if let (Ok(w), Ok(wo)) = (&with, &without) {
+        let last = |o: &Outcome| o.readings.last().map(|r| r.mem.clone());
+        let first = |o: &Outcome| o.readings.first().map(|r| r.mem.clone());
+        if let (Some(a), Some(b), Some(ai), Some(bi)) = (last(w), last(wo), first(w), first(wo)) {
+            let share = mib(a.rss_kib) - mib(b.rss_kib);
+            let by_growth = (mib(a.rss_kib) - mib(ai.rss_kib)) - (mib(b.rss_kib) - mib(bi.rss_kib));
+            let hwm = mib(a.hwm_kib) - mib(b.hwm_kib);
+            out.push_str(&format!(
+                "proxy's share: {share:.1} MiB VmRSS ({by_growth:.1} MiB by growth from idle), {hwm:.1} MiB VmHWM (goal <= 60 MiB)\n"
+            ));
+            doc["share_mib"] = json!(round3(share));
+            doc["share_by_growth_mib"] = json!(round3(by_growth));
+            doc["share_hwm_mib"] = json!(round3(hwm));
+            doc["met"] = json!(share <= 60.0 && by_growth <= 60.0);
+        }
+    }
+    Ok(doc)
+}
+
+/// The memory part of `proxy-nft` alone (`bench proxy-nft-memory`).
+pub fn run_memory(_opts: &Opts) -> Result<()> {
+    let mut out = String::new();
+    memory_section(&mut out)?;
+    print!("{out}");
+    Ok(())
 }
 
 /// Runs the comparison and writes `proxy-nft.json`.
@@ -325,7 +421,8 @@ pub fn run(opts: &Opts) -> Result<()> {
     for n in PARTIAL_SIZES {
         let mut desired = services(n);
         let (ns, mut s) = nft_setup()?;
-        nft_sync(&ns, &mut s, &desired)?;
+        let mut fed = Fed::new(&desired);
+        nft_fed(&ns, &mut s, &mut fed)?;
         // At 10k the iptables mode (legacy, its faster backend here) runs
         // beside it, one sample each in turn.
         // At 10k the iptables mode (legacy, its faster backend here) runs
@@ -352,8 +449,8 @@ pub fn run(opts: &Opts) -> Result<()> {
         let load_before = load();
         let (mut ours, mut ours_apply) = (Vec::new(), Vec::new());
         for rep in 0..PARTIAL_REPS {
-            change(&mut desired, rep);
-            let o = nft_outcome(&ns, &mut s, &desired)?;
+            fed.set(change(&mut desired, rep));
+            let o = nft_fed(&ns, &mut s, &mut fed)?;
             ours.push(o.duration);
             ours_apply.push(o.apply);
             if let Some((ins, cap, is, reference, d, samples, direct)) = ipt.as_mut() {
@@ -396,12 +493,14 @@ pub fn run(opts: &Opts) -> Result<()> {
     let affinity = affinity_cost(&mut table_out)?;
     let connect = connect_section(&mut table_out)?;
     let programming = programming_section(&mut table_out)?;
+    let memory = memory_section(&mut table_out)?;
     print!("{table_out}");
     let mut doc = host_facts();
     doc["results"] = json!(rows);
     doc["affinity_add_at_10k"] = affinity;
     doc["connect"] = connect;
     doc["programming"] = programming;
+    doc["memory"] = memory;
     doc["sizes_at_10k"] = sizes;
     doc["target_partial_ms"] = json!(5.0);
     write_file(

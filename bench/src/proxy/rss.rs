@@ -11,9 +11,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use controlplane::rest::client::Client;
 use controlplane::{ControlPlane, Kind, Object, Scope};
+use hostnet::nftables::{NfTables, NfTablesSocket};
 use netns_tests::agent::Agent;
 use netns_tests::{TempDir, TestNs};
-use proxy::{Backend, ExecIptables};
+use proxy::nft::ruleset::{names, table};
+use proxy::{Backend, ExecIptables, ProxyMode};
 use serde_json::{json, Value};
 use tokio::task::JoinSet;
 
@@ -135,16 +137,18 @@ pub fn child(n: usize) -> Result<()> {
     read("trimmed", n)
 }
 
-/// The agent measurement: with its proxy, read idle, filled and once the
-/// proxy programmed every chain; without (`proxy` false), idle and filled.
-/// `per_namespace` Services (and their Pods) share a namespace.
-pub fn agent(proxy: bool, per_namespace: usize) -> Result<Outcome> {
+/// The agent measurement: with its proxy in `mode`, read idle, filled and
+/// once the proxy programmed every Service and endpoint; without (`mode`
+/// `None`), idle and filled. `per_namespace` Services (and their Pods)
+/// share a namespace.
+pub fn agent(mode: Option<ProxyMode>, per_namespace: usize) -> Result<Outcome> {
     crate::built("knode")?;
     let node = TestNs::new("bpa")?;
     // kubelet's hint chain: the agent's proxy picks the legacy backend
     // (iptables-nft 1.8.9 needs minutes per sync at this size).
     let hint = "iptables-legacy -t mangle -N KUBE-KUBELET-CANARY";
     node.sh(&hint.split(' ').collect::<Vec<_>>())?;
+    let proxy = mode.is_some();
     let disable = if proxy {
         "pods,overlay"
     } else {
@@ -157,6 +161,8 @@ pub fn agent(proxy: bool, per_namespace: usize) -> Result<Outcome> {
         "192.0.2.1",
         "--disable",
         disable,
+        "--proxy-mode",
+        mode.unwrap_or(ProxyMode::Nftables).name(),
     ];
     let agent = Agent::start_node(
         TempDir::new("bpa")?,
@@ -193,8 +199,8 @@ pub fn agent(proxy: bool, per_namespace: usize) -> Result<Outcome> {
     let filled = t.elapsed();
     read("filled", SERVICES)?;
     let mut phases = vec![("fill", filled)];
-    if proxy {
-        let synced = wait_synced(&node, SERVICES)
+    if let Some(mode) = mode {
+        let synced = wait_synced(&node, mode, SERVICES)
             .with_context(|| format!("agent log:\n{}", tail(&agent.log())))?;
         read("proxy synced", SERVICES)?;
         phases.push(("sync after fill", synced));
@@ -290,20 +296,43 @@ async fn fill_service(cp: &dyn ControlPlane, namespace: &str, i: usize) -> Resul
     Ok(())
 }
 
-/// Waits until the node's nat table holds a KUBE-SVC chain per Service and
-/// a KUBE-SEP chain per endpoint; returns how long that took.
-fn wait_synced(node: &TestNs, n: usize) -> Result<Duration> {
+/// Waits until the node holds every Service and endpoint (iptables: a
+/// KUBE-SVC chain per Service and a KUBE-SEP chain per endpoint; nftables:
+/// their elements in `service-ips` and `service-endpoints`); returns how
+/// long that took.
+fn wait_synced(node: &TestNs, mode: ProxyMode, n: usize) -> Result<Duration> {
     let t = Instant::now();
+    type Count = fn(&TestNs) -> Result<(usize, usize)>;
+    let (what, count): (&str, Count) = match mode {
+        ProxyMode::Iptables => ("KUBE-SVC and KUBE-SEP chains", count_chains),
+        ProxyMode::Nftables => ("service-ips and service-endpoints elements", count_elements),
+    };
     loop {
-        let saved = node.sh(&["iptables-legacy-save", "-t", "nat"])?;
-        let count = |prefix: &str| saved.lines().filter(|l| l.starts_with(prefix)).count();
-        let (svc, sep) = (count(":KUBE-SVC-"), count(":KUBE-SEP-"));
-        if svc >= n && sep >= n * ENDPOINTS {
+        let (svc, eps) = count(node)?;
+        if svc >= n && eps >= n * ENDPOINTS {
             return Ok(t.elapsed());
         }
         if t.elapsed() > SYNC_LIMIT {
-            bail!("after {SYNC_LIMIT:?} the node has {svc} KUBE-SVC and {sep} KUBE-SEP chains, want {n} and {}", n * ENDPOINTS);
+            bail!(
+                "after {SYNC_LIMIT:?} the node has {svc} and {eps} {what}, want {n} and {}",
+                n * ENDPOINTS
+            );
         }
         std::thread::sleep(Duration::from_secs(2));
     }
+}
+
+fn count_chains(node: &TestNs) -> Result<(usize, usize)> {
+    let saved = node.sh(&["iptables-legacy-save", "-t", "nat"])?;
+    let count = |prefix: &str| saved.lines().filter(|l| l.starts_with(prefix)).count();
+    Ok((count(":KUBE-SVC-"), count(":KUBE-SEP-")))
+}
+
+fn count_elements(node: &TestNs) -> Result<(usize, usize)> {
+    node.run(|| -> Result<(usize, usize)> {
+        let nft = NfTablesSocket::open()?;
+        // No table yet: nothing programmed.
+        let count = |set: &str| nft.elements(&table(), set).map(|e| e.len()).unwrap_or(0);
+        Ok((count(names::SERVICE_IPS), count(names::SERVICE_ENDPOINTS)))
+    })?
 }

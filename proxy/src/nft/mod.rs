@@ -24,35 +24,19 @@ use crate::conntrack::{self, Conntrack, UdpTarget};
 use crate::rules::names::Protocol;
 use crate::rules::NodeConfig;
 use crate::sync::{udp_targets, Proxier, SyncOutcome, DEFAULT_FULL_SYNC_PERIOD};
-use crate::view::ServicePort;
+use crate::view::{group, ServiceKey, ServiceMap, ServicePort};
 use crate::Result;
 
-/// A Service port's identity, borrowed from its view.
-type KeyRef<'a> = (&'a str, &'a str, &'a str, Protocol);
-
-fn key_ref(sp: &ServicePort) -> KeyRef<'_> {
-    (
-        &sp.name.namespace,
-        &sp.name.name,
-        &sp.name.port,
-        sp.protocol,
-    )
-}
-
-/// One Service port as last applied.
+/// One Service as last applied: its ports (shared with the view it came
+/// from) and each port's elements, in the same order.
 struct Applied {
-    view: ServicePort,
-    elems: Vec<Element>,
+    ports: Arc<[ServicePort]>,
+    elems: Vec<Vec<Element>>,
 }
 
-impl Applied {
-    /// `view`, its elements still to be filled in.
-    fn new(view: &ServicePort) -> Applied {
-        Applied {
-            view: view.clone(),
-            elems: Vec::new(),
-        }
-    }
+/// Whether two ports of one Service are the same port.
+fn same_port(a: &ServicePort, b: &ServicePort) -> bool {
+    (&a.name.port, a.protocol) == (&b.name.port, b.protocol)
 }
 
 /// What one sync's walk over the view collects.
@@ -65,62 +49,6 @@ struct Walk {
     affinity: Targets,
     /// The affinity timeouts of the ports written.
     timeouts: BTreeSet<u32>,
-}
-
-/// How far [`merge`] looks ahead for the next port it knows.
-const MERGE_LOOKAHEAD: usize = 8;
-
-/// For each port of `desired`, the index of the same port in `previous`,
-/// found by walking both in order: a port that is not where the other
-/// list continues is taken as added (or removed) when the other list's
-/// port comes within [`MERGE_LOOKAHEAD`]. `None` when that fails, or when
-/// a port would be both added and removed (it moved): then [`by_key`].
-fn merge(previous: &[Applied], desired: &[ServicePort]) -> Option<Vec<Option<usize>>> {
-    let same = |j: usize, i: usize| key_ref(&previous[j].view) == key_ref(&desired[i]);
-    let (mut i, mut j) = (0, 0);
-    let mut pairs = Vec::with_capacity(desired.len());
-    let (mut added, mut removed) = (Vec::new(), Vec::new());
-    while i < desired.len() {
-        if j < previous.len() && same(j, i) {
-            pairs.push(Some(j));
-            (i, j) = (i + 1, j + 1);
-        } else if j == previous.len() {
-            added.push(i);
-            pairs.push(None);
-            i += 1;
-        } else if let Some(k) =
-            (1..=MERGE_LOOKAHEAD).find(|k| i + k < desired.len() && same(j, i + k))
-        {
-            added.extend(i..i + k);
-            pairs.extend(std::iter::repeat_n(None, k));
-            i += k;
-        } else if let Some(k) =
-            (1..=MERGE_LOOKAHEAD).find(|k| j + k < previous.len() && same(j + k, i))
-        {
-            removed.extend(j..j + k);
-            j += k;
-        } else {
-            return None;
-        }
-    }
-    removed.extend(j..previous.len());
-    let moved = added.iter().any(|&i| removed.iter().any(|&j| same(j, i)));
-    (!moved).then_some(pairs)
-}
-
-/// For each port of `desired`, the index of the same port in `previous`,
-/// by key (keys borrowed from the view, not cloned: a clone is three
-/// allocations a port).
-fn by_key(previous: &[Applied], desired: &[ServicePort]) -> Vec<Option<usize>> {
-    let index: HashMap<KeyRef<'_>, usize> = previous
-        .iter()
-        .enumerate()
-        .map(|(j, a)| (key_ref(&a.view), j))
-        .collect();
-    desired
-        .iter()
-        .map(|sp| index.get(&key_ref(sp)).copied())
-        .collect()
 }
 
 /// `view` as if it had no affinity: all its client entries are stale.
@@ -138,8 +66,8 @@ pub struct NftSyncer {
     conntrack: Option<Arc<dyn Conntrack>>,
     node: NodeConfig,
     full_period: Duration,
-    /// Per Service port, in the order of the last view.
-    services: Vec<Applied>,
+    /// Per Service, what the last sync wrote.
+    services: BTreeMap<ServiceKey, Applied>,
     /// Endpoint IP → how many Service ports use it (its hairpin element).
     hairpin: HashMap<Ipv4Addr, usize>,
     /// Whether the table is the one the last full sync built.
@@ -157,7 +85,7 @@ impl NftSyncer {
             conntrack: None,
             node,
             full_period: DEFAULT_FULL_SYNC_PERIOD,
-            services: Vec::new(),
+            services: BTreeMap::new(),
             hairpin: HashMap::new(),
             table: OwnedTable::new(table()),
             timeouts: BTreeSet::new(),
@@ -212,58 +140,43 @@ impl NftSyncer {
         }
     }
 
-    fn sync_inner(&mut self, desired: &[ServicePort]) -> Result<SyncOutcome> {
+    /// Brings the table to `view`. A full sync writes every Service; a
+    /// partial one looks at the Services in `changed` only, or, without
+    /// it, compares every Service with what the last sync wrote.
+    fn sync_inner(
+        &mut self,
+        view: &ServiceMap,
+        changed: Option<&BTreeSet<ServiceKey>>,
+    ) -> Result<SyncOutcome> {
         let start = Instant::now();
         let full = self.next_is_full();
         let mut w = Walk::default();
-        let previous = std::mem::take(&mut self.services);
         if full {
             self.hairpin.clear();
-        }
-        // The usual partial sync: the same ports in the same order as last
-        // time (the caller's view is ordered), a few of them changed. One
-        // pass side by side, no hashing: at 50k Services the hash lookups
-        // per port were most of a partial sync.
-        let mut changed = Vec::new();
-        let aligned = !full
-            && previous.len() == desired.len()
-            && previous.iter().zip(desired).enumerate().all(|(i, (a, d))| {
-                if a.view == *d {
-                    return true;
-                }
-                changed.push(i);
-                (&a.view.name, a.view.protocol) == (&d.name, d.protocol)
-            });
-        if aligned {
-            self.services = previous;
-            for i in changed {
-                let sp = &desired[i];
-                let old = std::mem::replace(&mut self.services[i], Applied::new(sp));
-                self.services[i].elems = self.port(Some(old), sp, false, &mut w);
+            let mut previous = std::mem::take(&mut self.services);
+            for (key, ports) in view {
+                let applied = self.service(previous.remove(key), ports, true, &mut w);
+                self.services.insert(key.clone(), applied);
+            }
+            for old in previous.into_values() {
+                self.service_gone(old, true, &mut w);
+            }
+        } else if let Some(keys) = changed {
+            for key in keys {
+                self.update(key, view.get(key), &mut w);
             }
         } else {
-            // Ports added or removed (or moved): pair each port of the view
-            // with its last applied self, in one merging pass when the
-            // order held, else by key.
-            let pairs = Some(&previous)
-                .filter(|_| !full)
-                .and_then(|p| merge(p, desired))
-                .unwrap_or_else(|| by_key(&previous, desired));
-            let mut previous: Vec<Option<Applied>> = previous.into_iter().map(Some).collect();
-            let mut services = Vec::with_capacity(desired.len());
-            for (sp, pair) in desired.iter().zip(pairs) {
-                match pair.and_then(|j| previous[j].take()) {
-                    Some(old) if !full && old.view == *sp => services.push(old),
-                    old => {
-                        let mut applied = Applied::new(sp);
-                        applied.elems = self.port(old, sp, full, &mut w);
-                        services.push(applied);
-                    }
-                }
+            let gone: Vec<ServiceKey> = self
+                .services
+                .keys()
+                .filter(|k| !view.contains_key(*k))
+                .cloned()
+                .collect();
+            for key in &gone {
+                self.update(key, None, &mut w);
             }
-            self.services = services;
-            for old in previous.into_iter().flatten() {
-                self.gone(old, full, &mut w);
+            for (key, ports) in view {
+                self.update(key, Some(ports), &mut w);
             }
         }
 
@@ -324,13 +237,74 @@ impl NftSyncer {
         })
     }
 
-    /// One Service port of `desired` that is new (`old` is `None`), changed,
-    /// or rewritten by a full sync: its element changes, hairpin counts,
+    /// Service `key` in a partial sync: now `ports`, or gone.
+    fn update(&mut self, key: &ServiceKey, ports: Option<&Arc<[ServicePort]>>, w: &mut Walk) {
+        let old = self.services.remove(key);
+        match (old, ports) {
+            (None, None) => {}
+            (Some(old), None) => self.service_gone(old, false, w),
+            (Some(old), Some(ports)) if Arc::ptr_eq(&old.ports, ports) || old.ports == *ports => {
+                self.services.insert(key.clone(), old);
+            }
+            (old, Some(ports)) => {
+                let applied = self.service(old, ports, false, w);
+                self.services.insert(key.clone(), applied);
+            }
+        }
+    }
+
+    /// One Service of the view that is new (`old` is `None`), changed, or
+    /// rewritten by a full sync: each of its ports is paired with the same
+    /// port as last applied; unchanged ports keep their elements (a partial
+    /// sync), the others are written, and ports it no longer has go.
+    fn service(
+        &mut self,
+        old: Option<Applied>,
+        ports: &Arc<[ServicePort]>,
+        full: bool,
+        w: &mut Walk,
+    ) -> Applied {
+        let (old_ports, mut old_elems) = match old {
+            Some(o) => (Some(o.ports), o.elems.into_iter().map(Some).collect()),
+            None => (None, Vec::new()),
+        };
+        let old_ports: &[ServicePort] = old_ports.as_deref().unwrap_or_default();
+        let mut elems = Vec::with_capacity(ports.len());
+        for sp in ports.iter() {
+            let prev = old_ports
+                .iter()
+                .position(|p| same_port(p, sp))
+                .and_then(|j| Some((&old_ports[j], old_elems[j].take()?)));
+            elems.push(match prev {
+                Some((p, e)) if !full && p == sp => e,
+                prev => self.port(prev, sp, full, w),
+            });
+        }
+        for (p, e) in old_ports.iter().zip(old_elems) {
+            if let Some(e) = e {
+                self.port_gone(p, e, full, w);
+            }
+        }
+        Applied {
+            ports: Arc::clone(ports),
+            elems,
+        }
+    }
+
+    /// A Service no longer in the view: each of its ports goes.
+    fn service_gone(&mut self, old: Applied, full: bool, w: &mut Walk) {
+        for (p, e) in old.ports.iter().zip(old.elems) {
+            self.port_gone(p, e, full, w);
+        }
+    }
+
+    /// One Service port that is new (`old` is `None`), changed, or
+    /// rewritten by a full sync: its element changes, hairpin counts,
     /// UDP flows to clean and affinity entries to check go into `w`.
     /// Returns its elements.
     fn port(
         &mut self,
-        old: Option<Applied>,
+        old: Option<(&ServicePort, Vec<Element>)>,
         sp: &ServicePort,
         full: bool,
         w: &mut Walk,
@@ -339,7 +313,7 @@ impl NftSyncer {
             && (full
                 || old
                     .as_ref()
-                    .is_none_or(|p| p.view.endpoints != sp.endpoints))
+                    .is_none_or(|(p, _)| p.endpoints != sp.endpoints))
         {
             w.udp.extend(udp_targets(sp, sp));
         }
@@ -348,27 +322,26 @@ impl NftSyncer {
         let old = old.filter(|_| !full);
         if full {
             w.affinity.add(sp);
-        } else if let Some(old) = old.as_ref().filter(|o| may_strand(&o.view, sp)) {
-            w.affinity.add(&without_affinity(&old.view));
+        } else if let Some((p, _)) = old.as_ref().filter(|(p, _)| may_strand(p, sp)) {
+            w.affinity.add(&without_affinity(p));
             w.affinity.add(sp);
         }
         match &old {
-            Some(old) => w.diff.replace(&old.elems, &elems),
+            Some((_, e)) => w.diff.replace(e, &elems),
             None => elems.iter().cloned().for_each(|e| w.diff.add(e)),
         }
-        self.count_hairpin(old.as_ref().map(|o| &o.view), Some(sp), &mut w.diff);
+        self.count_hairpin(old.as_ref().map(|(p, _)| *p), Some(sp), &mut w.diff);
         elems
     }
 
     /// A Service port no longer in the view: its elements go (a full sync
     /// wrote none), and its UDP flows and client entries are cleaned.
-    fn gone(&mut self, old: Applied, full: bool, w: &mut Walk) {
-        let view = old.view;
+    fn port_gone(&mut self, view: &ServicePort, elems: Vec<Element>, full: bool, w: &mut Walk) {
         if !full {
-            self.count_hairpin(Some(&view), None, &mut w.diff);
-            old.elems.into_iter().for_each(|e| w.diff.delete(e));
+            self.count_hairpin(Some(view), None, &mut w.diff);
+            elems.into_iter().for_each(|e| w.diff.delete(e));
             if view.affinity_seconds.is_some() {
-                w.affinity.add(&without_affinity(&view));
+                w.affinity.add(&without_affinity(view));
             }
         }
         if view.protocol == Protocol::Udp {
@@ -376,7 +349,7 @@ impl NftSyncer {
                 endpoints: Vec::new(),
                 ..view.clone()
             };
-            w.udp.extend(udp_targets(&none, &view));
+            w.udp.extend(udp_targets(&none, view));
         }
     }
 
@@ -433,13 +406,32 @@ impl NftSyncer {
     }
 }
 
-impl Proxier for NftSyncer {
-    fn sync(&mut self, desired: &[ServicePort]) -> Result<SyncOutcome> {
-        let r = self.sync_inner(desired);
+impl NftSyncer {
+    fn sync_or_full_next(
+        &mut self,
+        view: &ServiceMap,
+        changed: Option<&BTreeSet<ServiceKey>>,
+    ) -> Result<SyncOutcome> {
+        let r = self.sync_inner(view, changed);
         if r.is_err() {
             self.table.set_need_full();
         }
         r
+    }
+}
+
+impl Proxier for NftSyncer {
+    /// Compares every Service with what the last sync wrote.
+    fn sync(&mut self, desired: &[ServicePort]) -> Result<SyncOutcome> {
+        self.sync_or_full_next(&group(desired), None)
+    }
+
+    fn sync_changed(
+        &mut self,
+        view: &ServiceMap,
+        changed: &BTreeSet<ServiceKey>,
+    ) -> Result<SyncOutcome> {
+        self.sync_or_full_next(view, Some(changed))
     }
 
     /// Whether table `ip kube-proxy` is the one the last full sync built

@@ -1,7 +1,7 @@
 //! The nftables ruleset with plain data, and the engine against the
 //! recording fake.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -264,45 +264,73 @@ fn a_reordered_view_with_one_change_sends_only_that_change() {
     assert!(s.sync(&desired).unwrap().elements_changed == 0);
 }
 
-#[test]
-fn ports_added_and_removed_in_the_middle_are_paired_by_a_merge() {
-    let ports = services(30, 1);
-    let previous: Vec<Applied> = ports.iter().map(Applied::new).collect();
-    let mut desired = ports.clone();
-    desired.remove(10);
-    let extra = |n: &str, vip: &str| test_port("ns", n, "", vip, &[("10.244.9.9", true)]);
-    desired.insert(20, extra("new-a", "10.96.9.1"));
-    desired.insert(21, extra("new-b", "10.96.9.2"));
-    let pairs = merge(&previous, &desired).expect("a merge");
-    assert_eq!(pairs.len(), desired.len());
-    for (sp, pair) in desired.iter().zip(&pairs) {
-        match pair {
-            Some(j) => assert_eq!(key_ref(&previous[*j].view), key_ref(sp)),
-            None => assert!(sp.name.name.starts_with("new-"), "{}", sp.name),
-        }
-    }
-    // A port that moved is not a merge (it would look removed and added).
-    let mut moved = ports.clone();
-    moved.swap(3, 25);
-    assert!(merge(&previous, &moved).is_none());
-    assert_eq!(
-        by_key(&previous, &moved)[3],
-        Some(25),
-        "by key, the moved port is found"
-    );
+/// Each set's elements, sorted, as text (to compare two tables).
+fn dump(fake: &RecordingNfTables, sets: &[&str]) -> Vec<(String, Vec<String>)> {
+    sets.iter()
+        .map(|set| {
+            let mut v: Vec<String> = fake
+                .elements(&table(), set)
+                .unwrap()
+                .iter()
+                .map(|e| format!("{e:?}"))
+                .collect();
+            v.sort();
+            (set.to_string(), v)
+        })
+        .collect()
+}
 
-    // Through the engine: the table holds exactly the view's ClusterIPs.
+#[test]
+fn a_partial_sync_of_named_services_writes_what_a_full_one_would() {
+    let ports = services(30, 1);
+    let mut view = group(&ports);
     let (fake, mut s) = fake_syncer();
-    s.sync(&ports).unwrap();
-    let o = s.sync(&desired).unwrap();
+    assert!(s.sync_changed(&view, &BTreeSet::new()).unwrap().full);
+    let key = |sp: &ServicePort| (sp.name.namespace.clone(), sp.name.name.clone());
+    let mut changed = BTreeSet::new();
+    // One Service goes, two come, one gets another endpoint and a second port.
+    view.remove(&key(&ports[10]));
+    changed.insert(key(&ports[10]));
+    for (n, vip) in [("new-a", "10.96.9.1"), ("new-b", "10.96.9.2")] {
+        let sp = test_port("ns", n, "", vip, &[("10.244.9.9", true)]);
+        changed.insert(key(&sp));
+        view.insert(key(&sp), vec![sp].into());
+    }
+    let mut more = ports[3].clone();
+    more.endpoints.push(Endpoint {
+        ip: "10.244.9.10".parse().unwrap(),
+        port: 8080,
+        local: false,
+    });
+    let mut second = more.clone();
+    second.name.port = "metrics".into();
+    second.port = 9090;
+    changed.insert(key(&more));
+    view.insert(key(&more), vec![more, second].into());
+    let o = s.sync_changed(&view, &changed).unwrap();
     assert!(!o.full && fake.batches().last().unwrap().only_elements());
-    let vips = fake.elements(&table(), names::SERVICE_IPS).unwrap();
-    assert_eq!(vips.len(), desired.len());
-    s.sync(&moved).unwrap();
+
+    let sets = [
+        names::SERVICE_IPS,
+        names::SERVICE_ENDPOINTS,
+        names::HAIRPIN,
+        names::NO_ENDPOINT_SERVICES,
+        "service-ips-1",
+        "service-ips-2",
+    ];
+    let (fresh, mut f) = fake_syncer();
+    f.sync_changed(&view, &BTreeSet::new()).unwrap();
+    assert_eq!(dump(&fake, &sets), dump(&fresh, &sets));
     assert_eq!(
         fake.elements(&table(), names::SERVICE_IPS).unwrap().len(),
-        30
+        32
     );
+
+    // Nothing changed: nothing sent, whatever the view holds.
+    let before = fake.batches().len();
+    let o = s.sync_changed(&view, &BTreeSet::new()).unwrap();
+    assert_eq!(o.elements_changed, 0);
+    assert!(fake.batches().len() <= before + 1);
 }
 
 #[test]

@@ -7,6 +7,7 @@
 
 mod state;
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -21,9 +22,9 @@ use crate::metrics::Metrics;
 use crate::nft::NftSyncer;
 use crate::rules::NodeConfig;
 use crate::sync::{Proxier, Syncer, DEFAULT_FULL_SYNC_PERIOD};
-use crate::view::ServicePort;
+use crate::view::{ServiceKey, ServiceMap};
 use crate::{Error, Result};
-use state::{strip_slice, View};
+use state::{strip_slice, Changes, View};
 
 /// How the proxy runs.
 #[derive(Debug, Clone)]
@@ -151,22 +152,21 @@ fn proxier(cfg: &ProxyConfig) -> Result<Box<dyn Proxier>> {
     }
 }
 
-/// A new desired view and when its oldest change not yet handed over
-/// arrived.
+/// The Services changed since the sync thread last looked, and when the
+/// oldest of those changes arrived.
 struct Desired {
-    services: Vec<ServicePort>,
+    changes: Changes,
     at: Instant,
 }
 
-/// Hands the newest view from the controller to the sync thread. It holds
-/// at most one view, and the controller only builds a new one once the
-/// sync thread took the last: however long an `iptables-restore` takes and
-/// however fast objects change, memory holds a bounded number of copies
-/// of the service view (a queue of them grew to a gigabyte at 10k
-/// Services while a restore ran).
+/// Hands changes from the controller to the sync thread. Changes not yet
+/// taken merge by Service (the newer ports replace the older), so however
+/// long a sync takes and however fast objects change, it holds at most one
+/// entry per Service, and the ports themselves are shared with the
+/// controller's view, not copied.
 #[derive(Default)]
 struct Mailbox {
-    /// The view not yet taken, and whether the controller is gone.
+    /// The changes not yet taken, and whether the controller is gone.
     slot: Mutex<(Option<Desired>, bool)>,
     ready: Condvar,
 }
@@ -176,13 +176,15 @@ impl Mailbox {
         self.slot.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether the last view was taken (a new one may be built).
-    fn is_empty(&self) -> bool {
-        self.lock().0.is_none()
-    }
-
     fn put(&self, d: Desired) {
-        self.lock().0 = Some(d);
+        let mut slot = self.lock();
+        match &mut slot.0 {
+            Some(waiting) => {
+                waiting.changes.extend(d.changes);
+                waiting.at = waiting.at.min(d.at);
+            }
+            empty => *empty = Some(d),
+        }
         self.ready.notify_one();
     }
 
@@ -191,7 +193,7 @@ impl Mailbox {
         self.ready.notify_one();
     }
 
-    /// The view, if one arrives within `timeout`; `Err(())` once closed.
+    /// The changes, if some arrive within `timeout`; `Err(())` once closed.
     fn take(&self, timeout: Duration) -> std::result::Result<Option<Desired>, ()> {
         let guard = self.lock();
         let (mut guard, _) = self
@@ -243,43 +245,44 @@ pub async fn run(cp: Arc<dyn ControlPlane>, cfg: ProxyConfig, metrics: Arc<Metri
     let mut slices = Watcher::new(cp, Scope::all(Kind::EndpointSlice)).with_transform(strip_slice);
     let (mut services_synced, mut slices_synced) = (false, false);
     let mut pending: Option<Instant> = None;
-    // While the sync thread has not taken the last view, look again then.
-    let mut retry_at: Option<Instant> = None;
     loop {
-        let flush_at = pending.map(|p| (p + Duration::from_millis(10)).max(retry_at.unwrap_or(p)));
+        let flush_at = pending.map(|p| p + Duration::from_millis(10));
         tokio::select! {
             u = services.next() => match u {
-                Update::Synced => services_synced = true,
+                Update::Synced => {
+                    services_synced = true;
+                    // The first view goes over even when it is empty.
+                    pending.get_or_insert_with(Instant::now);
+                }
                 Update::Event(ev) => {
                     state.service_event(&ev);
                     pending.get_or_insert_with(Instant::now);
                 }
             },
             u = slices.next() => match u {
-                Update::Synced => slices_synced = true,
+                Update::Synced => {
+                    slices_synced = true;
+                    pending.get_or_insert_with(Instant::now);
+                }
                 Update::Event(ev) => {
                     state.slice_event(&ev);
                     pending.get_or_insert_with(Instant::now);
                 }
             },
             _ = tokio::time::sleep_until(flush_at.unwrap_or_else(Instant::now).into()), if flush_at.is_some() && services_synced && slices_synced => {
-                if !mailbox.is_empty() {
-                    retry_at = Some(Instant::now() + Duration::from_millis(10));
-                    continue;
-                }
-                retry_at = None;
                 let at = pending.take().unwrap_or_else(Instant::now);
-                state.recompute(services.store(), slices.store());
+                let changes = state.recompute(services.store(), slices.store());
                 metrics.queued(at);
-                mailbox.put(Desired { services: state.flatten(), at });
+                mailbox.put(Desired { changes, at });
             }
             r = &mut done_rx => return r.unwrap_or(Ok(())),
         }
     }
 }
 
-/// The sync thread: enters the namespace, builds the mode's engine, then syncs
-/// whenever the view changed (no sooner than the min sync period after the
+/// The sync thread: enters the namespace, builds the mode's engine, keeps
+/// the whole view from the controller's changes, then syncs whenever the
+/// view changed (no sooner than the min sync period after the
 /// last sync), a full sync is due, or the canary is gone.
 fn sync_thread(rx: &Mailbox, cfg: &ProxyConfig, metrics: &Metrics) -> Result<()> {
     let ns = cfg.netns.as_ref().map(hostnet::NetNs::open).transpose()?;
@@ -290,7 +293,10 @@ fn sync_thread(rx: &Mailbox, cfg: &ProxyConfig, metrics: &Metrics) -> Result<()>
     tracing::info!(mode = cfg.mode.name(), "proxy: mode");
     let mut syncer = proxier(cfg)?;
 
-    let mut desired: Option<Vec<ServicePort>> = None;
+    // The whole view, once the first changes arrived; the Services changed
+    // since the last successful sync.
+    let mut view: Option<ServiceMap> = None;
+    let mut changed: BTreeSet<ServiceKey> = BTreeSet::new();
     let mut queued: Option<Instant> = None;
     let mut last_sync: Option<Instant> = None;
     let mut retry_after = cfg.min_sync_period;
@@ -299,7 +305,7 @@ fn sync_thread(rx: &Mailbox, cfg: &ProxyConfig, metrics: &Metrics) -> Result<()>
         let now = Instant::now();
         let earliest = last_sync.map_or(now, |t| t + retry_after);
         let dirty = queued.is_some() || syncer.next_is_full();
-        let wake = if dirty && desired.is_some() {
+        let wake = if dirty && view.is_some() {
             earliest
         } else {
             (last_canary + cfg.canary_period).min(now + Duration::from_secs(1))
@@ -307,7 +313,14 @@ fn sync_thread(rx: &Mailbox, cfg: &ProxyConfig, metrics: &Metrics) -> Result<()>
         match rx.take(wake.saturating_duration_since(now)) {
             Ok(Some(d)) => {
                 queued = Some(queued.map_or(d.at, |q| q.max(d.at)));
-                desired = Some(d.services);
+                let v = view.get_or_insert_with(ServiceMap::new);
+                for (key, ports) in d.changes {
+                    match ports {
+                        Some(p) => v.insert(key.clone(), p),
+                        None => v.remove(&key),
+                    };
+                    changed.insert(key);
+                }
             }
             Ok(None) => {}
             Err(()) => return Ok(()),
@@ -317,14 +330,15 @@ fn sync_thread(rx: &Mailbox, cfg: &ProxyConfig, metrics: &Metrics) -> Result<()>
             syncer.check_canary();
             last_canary = now;
         }
-        let Some(view) = &desired else { continue };
+        let Some(view) = &view else { continue };
         let due = queued.is_some() || syncer.next_is_full();
         if !due || last_sync.is_some_and(|t| now < t + retry_after) {
             continue;
         }
         last_sync = Some(now);
-        match syncer.sync(view) {
+        match syncer.sync_changed(view, &changed) {
             Ok(outcome) => {
+                changed.clear();
                 metrics.synced(&outcome, queued.take());
                 retry_after = cfg.min_sync_period;
                 tracing::debug!(full = outcome.full, written = outcome.chains_written, took = ?outcome.duration, "proxy: synced");
@@ -342,28 +356,28 @@ fn sync_thread(rx: &Mailbox, cfg: &ProxyConfig, metrics: &Metrics) -> Result<()>
 mod tests {
     use super::*;
 
-    fn view(n: usize) -> Desired {
+    fn changes(keys: &[&str], at: Instant) -> Desired {
         Desired {
-            services: Vec::with_capacity(n),
-            at: Instant::now(),
+            changes: keys
+                .iter()
+                .map(|k| (("ns".to_string(), k.to_string()), None))
+                .collect(),
+            at,
         }
     }
 
     #[test]
-    fn the_mailbox_holds_only_the_newest_view_and_reports_its_close() {
+    fn the_mailbox_merges_changes_by_service_and_reports_its_close() {
         let m = Mailbox::default();
-        assert!(m.is_empty());
         assert!(matches!(m.take(Duration::ZERO), Ok(None)));
-        m.put(view(1));
-        m.put(view(2));
-        assert!(!m.is_empty());
+        let t0 = Instant::now();
+        m.put(changes(&["a", "b"], t0 + Duration::from_millis(5)));
+        m.put(changes(&["b", "c"], t0));
         let got = m.take(Duration::ZERO).unwrap().unwrap();
-        assert_eq!(
-            got.services.capacity(),
-            2,
-            "the newer view replaced the older"
-        );
-        assert!(m.is_empty());
+        let keys: Vec<&str> = got.changes.keys().map(|k| k.1.as_str()).collect();
+        assert_eq!(keys, ["a", "b", "c"], "one entry per Service");
+        assert_eq!(got.at, t0, "the oldest change's time");
+        assert!(matches!(m.take(Duration::ZERO), Ok(None)));
         // A waiting sync thread wakes when the controller goes.
         let m = Arc::new(m);
         let waiter = {

@@ -4,21 +4,24 @@
 //! event recomputes only its own Service from only its own slices.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use controlplane::api::{ObjectRef, WatchEvent};
 use controlplane::endpoints::{from_slices, SliceIndex, SERVICE_NAME_LABEL};
 use controlplane::{Kind, Object};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use crate::view::{ports_of, ServicePort};
+use crate::view::{ports_of, ServiceKey as Key, ServicePort};
 
-type Key = (String, String);
+/// Services recomputed by a flush: each one's new ports, or `None` when it
+/// is gone.
+pub type Changes = BTreeMap<Key, Option<Arc<[ServicePort]>>>;
 
 /// The service view kept by the controller.
 pub struct View {
     node_name: String,
     /// Per Service (namespace, name): its ports.
-    ports: BTreeMap<Key, Vec<ServicePort>>,
+    ports: BTreeMap<Key, Arc<[ServicePort]>>,
     /// Services to recompute at the next flush.
     dirty: BTreeSet<Key>,
     /// Each Service's slices.
@@ -53,12 +56,14 @@ impl View {
         self.dirty.extend(touched);
     }
 
-    /// Recomputes the Services marked dirty from their own slices.
+    /// Recomputes the Services marked dirty from their own slices;
+    /// returns those whose ports changed.
     pub fn recompute(
         &mut self,
         services: &BTreeMap<ObjectRef, Object>,
         slices: &BTreeMap<ObjectRef, Object>,
-    ) {
+    ) -> Changes {
+        let mut changes = Changes::new();
         for (ns, name) in std::mem::take(&mut self.dirty) {
             let svc = services
                 .get(&ObjectRef::new(Kind::Service, &ns, &name))
@@ -67,7 +72,9 @@ impl View {
                     _ => None,
                 });
             let Some(s) = svc else {
-                self.ports.remove(&(ns, name));
+                if self.ports.remove(&(ns.clone(), name.clone())).is_some() {
+                    changes.insert((ns, name), None);
+                }
                 continue;
             };
             let own = self.slices.slices_of(&ns, &name).filter_map(|n| {
@@ -77,13 +84,22 @@ impl View {
                 }
             });
             let subsets = from_slices(s, own);
-            let ports = ports_of(s, &subsets, &self.node_name);
-            self.ports.insert((ns, name), ports);
+            let ports: Arc<[ServicePort]> = ports_of(s, &subsets, &self.node_name).into();
+            let key = (ns, name);
+            if self.ports.get(&key) != Some(&ports) {
+                self.ports.insert(key.clone(), Arc::clone(&ports));
+                changes.insert(key, Some(ports));
+            }
         }
+        changes
     }
 
+    #[cfg(test)]
     pub fn flatten(&self) -> Vec<ServicePort> {
-        self.ports.values().flatten().cloned().collect()
+        self.ports
+            .values()
+            .flat_map(|p| p.iter().cloned())
+            .collect()
     }
 }
 
@@ -189,8 +205,8 @@ mod tests {
             }
         }
 
-        fn recompute(&mut self) {
-            self.v.recompute(&self.services, &self.slices);
+        fn recompute(&mut self) -> Changes {
+            self.v.recompute(&self.services, &self.slices)
         }
     }
 
@@ -242,14 +258,26 @@ mod tests {
             &[("10.244.0.3", true)],
         )));
         assert_eq!(w.v.dirty.len(), 2);
-        w.recompute();
+        let changed = w.recompute();
+        assert_eq!(
+            changed.keys().map(|k| k.1.as_str()).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
         assert_eq!(
             endpoints(&w.v),
             ["10.244.0.2:8080", "10.244.0.3:8080", "10.244.1.3:8080"]
         );
+        // A slice rewritten with the same endpoints changes nothing.
+        w.ev(WatchEvent::Modified(sl(
+            "b-1",
+            "b",
+            &[("10.244.1.3", true)],
+        )));
+        assert!(w.recompute().is_empty());
         w.ev(WatchEvent::Deleted(sl("a-1", "a", &[])));
         w.ev(WatchEvent::Deleted(service("b")));
-        w.recompute();
+        let changed = w.recompute();
+        assert_eq!(changed.get(&("ns".into(), "b".into())), Some(&None));
         assert!(endpoints(&w.v).is_empty(), "{:?}", endpoints(&w.v));
         assert_eq!(w.v.flatten().len(), 1, "a is left, without endpoints");
     }

@@ -472,8 +472,15 @@ fn external_and_load_balancer_ips_follow_the_external_policy(mode: ProxyMode) ->
     web.endpoints[1].local = false;
     web.external_ips = vec![EXTERNAL_IP.parse()?];
     web.load_balancer_ips = vec![LB_IP.parse()?];
+    web.node_port = Some(30080);
     lab.sync(&mut *s, std::slice::from_ref(&web))?;
-    let addrs = [format!("{EXTERNAL_IP}:80"), format!("{LB_IP}:80")];
+    let addrs = [
+        format!("{EXTERNAL_IP}:80"),
+        format!("{LB_IP}:80"),
+        format!("{NODE_IP}:30080"),
+    ];
+    // Pod 0 and the node itself are clients inside the cluster.
+    let (pod, node_side) = (pod_ip(0), "10.244.1.1");
 
     // Cluster: every endpoint, the client masqueraded to the node.
     for addr in &addrs {
@@ -497,6 +504,28 @@ fn external_and_load_balancer_ips_follow_the_external_policy(mode: ProxyMode) ->
             assert_eq!(a, format!("b1 {OUTSIDE_IP}"), "{addr}");
         }
     }
+    // ... but pods and the node itself reach every endpoint (kube-proxy's
+    // short-circuit): a pod keeps its address, the node is masqueraded.
+    for (client, seen_as) in [(&lab.pods[0], pod.as_str()), (&lab.node, node_side)] {
+        for addr in &addrs {
+            let mut seen = std::collections::BTreeSet::new();
+            let ok = wait_until(Duration::from_secs(10), || {
+                if let Ok(Ok(a)) = ask(client, addr) {
+                    seen.insert(a);
+                }
+                seen.len() >= 2
+            });
+            let want: std::collections::BTreeSet<String> = ["b1", "b2"]
+                .iter()
+                .map(|b| format!("{b} {seen_as}"))
+                .collect();
+            assert!(
+                ok && seen == want,
+                "{addr} from {}: {seen:?}",
+                client.name()
+            );
+        }
+    }
 
     // Local, and the only endpoint runs elsewhere: dropped, as kube-proxy
     // does (the client may try another node), not refused.
@@ -505,6 +534,15 @@ fn external_and_load_balancer_ips_follow_the_external_policy(mode: ProxyMode) ->
     for addr in &addrs {
         let err = ask(&lab.outside, addr)?.expect_err("no local endpoint: must fail");
         assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{addr}: {err}");
+        // Pods and the node still reach the other node's endpoint.
+        assert_eq!(
+            ask(&lab.pods[0], addr)?.context("from a pod")?,
+            format!("b2 {pod}")
+        );
+        assert_eq!(
+            ask(&lab.node, addr)?.context("from the node")?,
+            format!("b2 {node_side}")
+        );
     }
 
     // No endpoints: refused at once.

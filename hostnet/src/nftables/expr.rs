@@ -195,6 +195,9 @@ pub enum Expr {
     /// `fib daddr type` into `dreg`: the route type of the destination
     /// address (compare with [`RTN_LOCAL`] for "an address of this host").
     FibDaddrType { dreg: Reg },
+    /// `fib saddr type` into `dreg`: the route type of the source address
+    /// ([`RTN_LOCAL`]: the packet comes from this host).
+    FibSaddrType { dreg: Reg },
 }
 
 /// Where a map lookup puts what it found.
@@ -318,7 +321,7 @@ impl Expr {
             Expr::Masquerade { .. } => "masq",
             Expr::Reject(_) => "reject",
             Expr::Notrack => "notrack",
-            Expr::FibDaddrType { .. } => "fib",
+            Expr::FibDaddrType { .. } | Expr::FibSaddrType { .. } => "fib",
         }
     }
 
@@ -480,6 +483,10 @@ impl Expr {
             Expr::FibDaddrType { dreg } => {
                 // NFTA_FIB_DREG, NFTA_FIB_RESULT (ADDRTYPE), NFTA_FIB_FLAGS (DADDR).
                 d.be32(1, dreg.wire()).be32(2, 3).be32(3, 2);
+            }
+            Expr::FibSaddrType { dreg } => {
+                // The same with NFTA_FIB_F_SADDR.
+                d.be32(1, dreg.wire()).be32(2, 3).be32(3, 1);
             }
         }
     }

@@ -87,7 +87,30 @@ pub mod names {
     /// (ClusterIP, external IP or node address, protocol, port) → the
     /// endpoint the client is pinned to, each with its timeout.
     pub const AFFINITY_CLIENTS: &str = "affinity-clients";
+    /// `ipv4_addr . inet_proto . inet_service`: external IP and
+    /// load-balancer IP ports with externalTrafficPolicy Local and some
+    /// endpoint: their traffic from pods (the cluster CIDR) and from this
+    /// node goes to every endpoint, as kube-proxy short-circuits it; the
+    /// rest to this node's.
+    pub const LOCAL_POLICY_IPS: &str = "local-policy-ips";
+    /// Prefix of the per-tier sets of those ports, by the slot count of
+    /// all their endpoints: `cluster-ips-<slots>`.
+    pub const CLUSTER_IPS_TIER: &str = "cluster-ips-";
+    /// Prefix of the same for NodePorts with policy Local:
+    /// `cluster-nodeports-<slots>`.
+    pub const CLUSTER_NODEPORTS_TIER: &str = "cluster-nodeports-";
+    /// `ipv4_addr . inet_proto . inet_service . mark : ipv4_addr .
+    /// inet_service`: a `local-policy-ips` port and slot → endpoint among all.
+    pub const CLUSTER_ENDPOINTS: &str = "cluster-endpoints";
+    /// `inet_proto . inet_service . mark : ipv4_addr . inet_service`:
+    /// a NodePort with policy Local and slot → endpoint among all.
+    pub const CLUSTER_NODEPORT_ENDPOINTS: &str = "cluster-nodeport-endpoints";
 }
+
+/// The chains that balance pods' and this node's traffic to a Local
+/// external IP port or NodePort over every endpoint.
+pub const EXTERNAL_CLUSTER: &str = "external-cluster";
+pub const NODEPORT_CLUSTER: &str = "nodeport-cluster";
 
 /// The chain that records which endpoint a client was sent to (one rule
 /// per affinity timeout), jumped to from the NAT chains that see a
@@ -169,6 +192,9 @@ pub fn sets() -> Vec<Set> {
         names::SERVICE_AFFINITY,
         names::NODEPORT_AFFINITY,
         names::AFFINITY_CLIENTS,
+        names::LOCAL_POLICY_IPS,
+        names::CLUSTER_ENDPOINTS,
+        names::CLUSTER_NODEPORT_ENDPOINTS,
     ]
     .into_iter()
     .map(set_named)
@@ -176,6 +202,8 @@ pub fn sets() -> Vec<Set> {
     for k in tiers() {
         v.push(set_named(&vip_tier(k)));
         v.push(set_named(&nodeport_tier(k)));
+        v.push(set_named(&cluster_tier(k)));
+        v.push(set_named(&cluster_nodeport_tier(k)));
     }
     v
 }
@@ -184,12 +212,16 @@ pub fn sets() -> Vec<Set> {
 pub fn set_named(name: &str) -> Set {
     let key: &[DataType] = match name {
         names::SERVICE_ENDPOINTS => return map(name, &[A, P, S, M], &[A, S]),
-        names::NODEPORT_ENDPOINTS => return map(name, &[P, S, M], &[A, S]),
+        names::NODEPORT_ENDPOINTS | names::CLUSTER_NODEPORT_ENDPOINTS => {
+            return map(name, &[P, S, M], &[A, S])
+        }
+        names::CLUSTER_ENDPOINTS => return map(name, &[A, P, S, M], &[A, S]),
         names::AFFINITY_CLIENTS => return clients(map(name, &[A, A, P, S], &[A, S])),
         names::HAIRPIN => &[A, A],
         n if n.starts_with(names::NODEPORT_AFFINITY) => &[P, S],
         names::NODEPORT_IPS => &[A],
         n if n.starts_with(names::SERVICE_NODEPORTS) => &[P, S],
+        n if n.starts_with(names::CLUSTER_NODEPORTS_TIER) => &[P, S],
         names::NO_ENDPOINT_NODEPORTS
         | names::NO_LOCAL_ENDPOINT_NODEPORTS
         | names::NODEPORTS_LOCAL => &[P, S],
@@ -227,6 +259,17 @@ pub fn vip_tier(slots: u32) -> String {
 /// The set of NodePorts balanced over `slots` slots.
 pub fn nodeport_tier(slots: u32) -> String {
     format!("{}{slots}", names::SERVICE_NODEPORTS_TIER)
+}
+
+/// The set of Local external IP ports whose pod and node traffic is
+/// balanced over `slots` slots of all their endpoints.
+pub fn cluster_tier(slots: u32) -> String {
+    format!("{}{slots}", names::CLUSTER_IPS_TIER)
+}
+
+/// The same for NodePorts with policy Local.
+pub fn cluster_nodeport_tier(slots: u32) -> String {
+    format!("{}{slots}", names::CLUSTER_NODEPORTS_TIER)
 }
 
 // Expression helpers.
@@ -378,6 +421,8 @@ pub fn skeleton(node: &NodeConfig) -> Batch {
         "nodeports",
         "service-endpoints-check",
         AFFINITY_RECORD,
+        EXTERNAL_CLUSTER,
+        NODEPORT_CLUSTER,
     ] {
         b.add_chain(&t, Chain::regular(c));
     }
@@ -431,6 +476,24 @@ pub fn skeleton(node: &NodeConfig) -> Batch {
         to_external,
         Some("external IP, policy Cluster"),
     );
+    // External IPs with policy Local: pods and this node reach every
+    // endpoint (this node's traffic masqueraded), as kube-proxy
+    // short-circuits them.
+    short_circuit(
+        &mut b,
+        node,
+        "services",
+        vip_key,
+        names::LOCAL_POLICY_IPS,
+        EXTERNAL_CLUSTER,
+    );
+    balance(
+        &mut b,
+        EXTERNAL_CLUSTER,
+        vip_key,
+        cluster_tier,
+        names::CLUSTER_ENDPOINTS,
+    );
     // Session affinity: a client with an entry goes where it went before
     // (entries are written by `affinity-record`); the others are balanced.
     let pinned = cat(vec![
@@ -450,6 +513,21 @@ pub fn skeleton(node: &NodeConfig) -> Batch {
     b.add_rule(&t, "services", to_nodeports, None);
 
     // nodeports: the same by protocol and port, on the node's addresses.
+    short_circuit(
+        &mut b,
+        node,
+        "nodeports",
+        port_key,
+        names::NODEPORTS_LOCAL,
+        NODEPORT_CLUSTER,
+    );
+    balance(
+        &mut b,
+        NODEPORT_CLUSTER,
+        port_key,
+        cluster_nodeport_tier,
+        names::CLUSTER_NODEPORT_ENDPOINTS,
+    );
     let np_masq = cat(vec![
         port_key(),
         vec![
@@ -491,7 +569,7 @@ pub fn skeleton(node: &NodeConfig) -> Batch {
     // try another node).
     let reject = Expr::Reject(Reject::Icmp4PortUnreachable);
     let drop = Expr::Verdict(Verdict::Drop);
-    for (vips, node_ports, end) in [
+    for (i, (vips, node_ports, end)) in [
         (
             names::NO_ENDPOINT_SERVICES,
             names::NO_ENDPOINT_NODEPORTS,
@@ -502,7 +580,41 @@ pub fn skeleton(node: &NodeConfig) -> Batch {
             names::NO_LOCAL_ENDPOINT_NODEPORTS,
             drop,
         ),
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        if i == 1 {
+            // Before the drops: this node's own traffic to a Local external
+            // IP port or NodePort is short-circuited (its DNAT comes after
+            // this chain in the output hook), so it is not dropped here.
+            let ret = vec![Expr::Verdict(Verdict::Return)];
+            let vip = cat(vec![
+                from_this_node(),
+                vip_key(),
+                vec![Expr::lookup(names::LOCAL_POLICY_IPS, r(0))],
+                ret.clone(),
+            ]);
+            b.add_rule(
+                &t,
+                "service-endpoints-check",
+                vip,
+                Some("short-circuit local traffic"),
+            );
+            let np = cat(vec![
+                from_this_node(),
+                nodeport_addr(node),
+                port_key(),
+                vec![Expr::lookup(names::NODEPORTS_LOCAL, r(0))],
+                ret,
+            ]);
+            b.add_rule(
+                &t,
+                "service-endpoints-check",
+                np,
+                Some("short-circuit local traffic"),
+            );
+        }
         let vip = cat(vec![vip_key(), vec![Expr::lookup(vips, r(0)), end.clone()]]);
         b.add_rule(&t, "service-endpoints-check", vip, None);
         let np = cat(vec![
@@ -711,20 +823,50 @@ fn martian_guard() -> Vec<Expr> {
 
 /// `ip saddr` not in `net/mask`.
 fn not_in_prefix(net: Ipv4Addr, mask: Ipv4Addr) -> Vec<Expr> {
-    vec![
+    prefix_match(net, mask, CmpOp::Neq)
+}
+
+/// `ip saddr` in `net/mask` (`op` Eq) or not (Neq).
+fn prefix_match(net: Ipv4Addr, mask: Ipv4Addr, op: CmpOp) -> Vec<Expr> {
+    masked(
         Expr::ip_saddr(r(0)),
-        Expr::Bitwise {
-            sreg: r(0),
-            dreg: r(0),
-            mask: mask.octets().to_vec(),
-            xor: vec![0; 4],
-        },
-        Expr::Cmp {
-            sreg: r(0),
-            op: CmpOp::Neq,
-            data: net.octets().to_vec(),
-        },
+        mask.octets().to_vec(),
+        op,
+        net.octets().to_vec(),
+    )
+}
+
+/// `fib saddr type local`: the packet comes from this node.
+fn from_this_node() -> Vec<Expr> {
+    vec![
+        Expr::FibSaddrType { dreg: r(0) },
+        Expr::cmp_eq(r(0), &RTN_LOCAL.to_ne_bytes()),
     ]
+}
+
+/// kube-proxy's short-circuit of a Local policy, in `chain`: when `key()`
+/// is in `set`, traffic from pods (the cluster CIDR, when known) goes to
+/// `to`, and so does this node's own, marked for masquerade.
+fn short_circuit(
+    b: &mut Batch,
+    node: &NodeConfig,
+    chain: &str,
+    key: fn() -> Vec<Expr>,
+    set: &str,
+    to: &str,
+) {
+    let goto = || vec![Expr::Verdict(Verdict::Goto(to.into()))];
+    let member = || cat(vec![key(), vec![Expr::lookup(set, r(0))]]);
+    if let Some(cidr) = node.cluster_cidr {
+        let rule = cat(vec![
+            member(),
+            prefix_match(cidr.network(), cidr.netmask(), CmpOp::Eq),
+            goto(),
+        ]);
+        b.add_rule(&table(), chain, rule, Some("short-circuit pod traffic"));
+    }
+    let rule = cat(vec![member(), from_this_node(), mark_masq(), goto()]);
+    b.add_rule(&table(), chain, rule, Some("short-circuit local traffic"));
 }
 
 /// One element: set name, key, value (for maps).
@@ -740,11 +882,23 @@ pub fn service_elements(sp: &ServicePort) -> Vec<Element> {
     let group = |local_only: bool| if local_only { &local } else { &sp.endpoints };
     let vip = [Field::Ipv4(sp.cluster_ip), proto, Field::Port(sp.port)];
     destination(&mut out, sp, &vip, true, group(sp.internal_local));
+    // Pods and this node reach a Local port's every endpoint.
+    let short_circuit = sp.external_local && !sp.endpoints.is_empty();
     for ip in sp.external_destinations() {
         let dest = [Field::Ipv4(ip), proto, Field::Port(sp.port)];
         let eps = group(sp.external_local);
         if !eps.is_empty() && !sp.external_local {
             out.push((names::EXTERNAL_IPS.into(), Value::of(&dest), None));
+        }
+        if short_circuit {
+            out.push((names::LOCAL_POLICY_IPS.into(), Value::of(&dest), None));
+            balanced(
+                &mut out,
+                &dest,
+                cluster_tier,
+                names::CLUSTER_ENDPOINTS,
+                &sp.endpoints,
+            );
         }
         destination(&mut out, sp, &dest, false, eps);
     }
@@ -752,6 +906,16 @@ pub fn service_elements(sp: &ServicePort) -> Vec<Element> {
     let port = [proto, Field::Port(np)];
     if sp.external_local {
         out.push((names::NODEPORTS_LOCAL.into(), Value::of(&port), None));
+    }
+    if short_circuit {
+        let tier = cluster_nodeport_tier;
+        balanced(
+            &mut out,
+            &port,
+            tier,
+            names::CLUSTER_NODEPORT_ENDPOINTS,
+            &sp.endpoints,
+        );
     }
     let eps = group(sp.external_local);
     if eps.is_empty() {
@@ -812,6 +976,23 @@ fn destination(
     for (slot, e) in fill(eps).into_iter().enumerate() {
         let k = [dest[0], dest[1], dest[2], Field::Mark(slot as u32)];
         out.push((names::SERVICE_ENDPOINTS.into(), Value::of(&k), Some(to(e))));
+    }
+}
+
+/// `key` in its tier (`tier_set` of its slot count) and one element of
+/// `map` per slot over `eps` (not empty).
+fn balanced(
+    out: &mut Vec<Element>,
+    key: &[Field<'_>],
+    tier_set: fn(u32) -> String,
+    map: &str,
+    eps: &[Endpoint],
+) {
+    out.push((tier_set(slots(eps.len())), Value::of(key), None));
+    for (slot, e) in fill(eps).into_iter().enumerate() {
+        let mut k = key.to_vec();
+        k.push(Field::Mark(slot as u32));
+        out.push((map.into(), Value::of(&k), Some(to(e))));
     }
 }
 

@@ -152,9 +152,14 @@ fn the_skeleton_holds_every_rule_and_no_service() {
     // 5 jumps; services: masquerade (off-cluster, external IPs), the
     // pinned clients, a rule per tier, the NodePort jump; nodeports:
     // masquerade, the pinned clients and a rule per tier; the untracked
-    // return, 2 rejects and 2 drops; 2 jumps to the affinity record, 2
-    // postrouting.
-    assert_eq!(rules, 5 + (4 + tiers) + (2 + tiers) + 5 + 2 + 2);
+    // return, 2 rejects, 2 local returns and 2 drops; 2 jumps to the
+    // affinity record, 2 postrouting; the short-circuit of Local external
+    // IPs and NodePorts: 2 rules each (pods, this node) and a rule per tier
+    // in each of their chains.
+    assert_eq!(
+        rules,
+        5 + (4 + tiers) + (2 + tiers) + 7 + 2 + 2 + 2 * (2 + tiers)
+    );
     assert!(!b.ops().iter().any(|o| matches!(o, Op::AddElements { .. })));
     // With localhost NodePorts: the martian guard on input and output.
     let localhost = NodeConfig {
@@ -181,15 +186,24 @@ fn external_and_load_balancer_ips_follow_the_external_policy() {
     assert!(!m.contains_key(names::EXTERNAL_IPS));
     assert_eq!(m["service-ips-1"], 2);
     assert_eq!(m[names::SERVICE_ENDPOINTS], 2 + 2);
+    // ... and from pods and this node, every endpoint (short-circuit).
+    assert_eq!(m[names::LOCAL_POLICY_IPS], 2);
+    assert_eq!(m["cluster-ips-2"], 2);
+    assert_eq!(m[names::CLUSTER_ENDPOINTS], 4);
     // Local with no endpoint here but some elsewhere: dropped, as
     // kube-proxy does; with none at all: refused.
     sp.endpoints.retain(|e| !e.local);
     let m = by_set(&service_elements(&sp));
     assert_eq!(m[names::NO_LOCAL_ENDPOINT_SERVICES], 2);
     assert!(!m.contains_key(names::NO_ENDPOINT_SERVICES));
+    assert_eq!(
+        m["cluster-ips-1"], 2,
+        "pods and this node still get through"
+    );
     sp.endpoints.clear();
     let m = by_set(&service_elements(&sp));
     assert_eq!(m[names::NO_ENDPOINT_SERVICES], 3);
+    assert!(!m.contains_key(names::LOCAL_POLICY_IPS));
 }
 
 fn services(n: usize, eps_each: usize) -> Vec<ServicePort> {

@@ -27,13 +27,6 @@ use crate::sync::{udp_targets, Proxier, SyncOutcome, DEFAULT_FULL_SYNC_PERIOD};
 use crate::view::{group, ServiceKey, ServiceMap, ServicePort};
 use crate::Result;
 
-/// One Service as last applied: its ports (shared with the view it came
-/// from) and each port's elements, in the same order.
-struct Applied {
-    ports: Arc<[ServicePort]>,
-    elems: Vec<Vec<Element>>,
-}
-
 /// Whether two ports of one Service are the same port.
 fn same_port(a: &ServicePort, b: &ServicePort) -> bool {
     (&a.name.port, a.protocol) == (&b.name.port, b.protocol)
@@ -66,8 +59,11 @@ pub struct NftSyncer {
     conntrack: Option<Arc<dyn Conntrack>>,
     node: NodeConfig,
     full_period: Duration,
-    /// Per Service, what the last sync wrote.
-    services: BTreeMap<ServiceKey, Applied>,
+    /// Per Service, the ports the last sync wrote (shared with the view
+    /// they came from). Their elements are not kept: a port's elements are
+    /// a function of the port ([`service_elements`]), so a partial sync
+    /// recomputes the old ones of the few ports it changes.
+    services: BTreeMap<ServiceKey, Arc<[ServicePort]>>,
     /// Endpoint IP → how many Service ports use it (its hairpin element).
     hairpin: HashMap<Ipv4Addr, usize>,
     /// Whether the table is the one the last full sync built.
@@ -243,8 +239,8 @@ impl NftSyncer {
         match (old, ports) {
             (None, None) => {}
             (Some(old), None) => self.service_gone(old, false, w),
-            (Some(old), Some(ports)) if Arc::ptr_eq(&old.ports, ports) || old.ports == *ports => {
-                self.services.insert(key.clone(), old);
+            (Some(old), Some(ports)) if Arc::ptr_eq(&old, ports) || old == *ports => {
+                self.services.insert(key.clone(), Arc::clone(ports));
             }
             (old, Some(ports)) => {
                 let applied = self.service(old, ports, false, w);
@@ -255,65 +251,51 @@ impl NftSyncer {
 
     /// One Service of the view that is new (`old` is `None`), changed, or
     /// rewritten by a full sync: each of its ports is paired with the same
-    /// port as last applied; unchanged ports keep their elements (a partial
-    /// sync), the others are written, and ports it no longer has go.
+    /// port as last applied; unchanged ports are skipped (a partial sync),
+    /// the others are written, and ports it no longer has go.
     fn service(
         &mut self,
-        old: Option<Applied>,
+        old: Option<Arc<[ServicePort]>>,
         ports: &Arc<[ServicePort]>,
         full: bool,
         w: &mut Walk,
-    ) -> Applied {
-        let (old_ports, mut old_elems) = match old {
-            Some(o) => (Some(o.ports), o.elems.into_iter().map(Some).collect()),
-            None => (None, Vec::new()),
-        };
-        let old_ports: &[ServicePort] = old_ports.as_deref().unwrap_or_default();
-        let mut elems = Vec::with_capacity(ports.len());
+    ) -> Arc<[ServicePort]> {
+        let old_ports: &[ServicePort] = old.as_deref().unwrap_or_default();
+        let mut paired = vec![false; old_ports.len()];
         for sp in ports.iter() {
             let prev = old_ports
                 .iter()
-                .position(|p| same_port(p, sp))
-                .and_then(|j| Some((&old_ports[j], old_elems[j].take()?)));
-            elems.push(match prev {
-                Some((p, e)) if !full && p == sp => e,
-                prev => self.port(prev, sp, full, w),
-            });
-        }
-        for (p, e) in old_ports.iter().zip(old_elems) {
-            if let Some(e) = e {
-                self.port_gone(p, e, full, w);
+                .enumerate()
+                .find(|(j, p)| !paired[*j] && same_port(p, sp));
+            if let Some((j, _)) = prev {
+                paired[j] = true;
+            }
+            match prev {
+                Some((_, p)) if !full && p == sp => {}
+                prev => self.port(prev.map(|(_, p)| p), sp, full, w),
             }
         }
-        Applied {
-            ports: Arc::clone(ports),
-            elems,
+        for (p, paired) in old_ports.iter().zip(paired) {
+            if !paired {
+                self.port_gone(p, full, w);
+            }
         }
+        Arc::clone(ports)
     }
 
     /// A Service no longer in the view: each of its ports goes.
-    fn service_gone(&mut self, old: Applied, full: bool, w: &mut Walk) {
-        for (p, e) in old.ports.iter().zip(old.elems) {
-            self.port_gone(p, e, full, w);
+    fn service_gone(&mut self, old: Arc<[ServicePort]>, full: bool, w: &mut Walk) {
+        for p in old.iter() {
+            self.port_gone(p, full, w);
         }
     }
 
     /// One Service port that is new (`old` is `None`), changed, or
-    /// rewritten by a full sync: its element changes, hairpin counts,
-    /// UDP flows to clean and affinity entries to check go into `w`.
-    /// Returns its elements.
-    fn port(
-        &mut self,
-        old: Option<(&ServicePort, Vec<Element>)>,
-        sp: &ServicePort,
-        full: bool,
-        w: &mut Walk,
-    ) -> Vec<Element> {
-        if sp.protocol == Protocol::Udp
-            && (full
-                || old
-                    .as_ref()
-                    .is_none_or(|(p, _)| p.endpoints != sp.endpoints))
+    /// rewritten by a full sync: its element changes (against the old
+    /// port's, recomputed), hairpin counts, UDP flows to clean and affinity
+    /// entries to check go into `w`.
+    fn port(&mut self, old: Option<&ServicePort>, sp: &ServicePort, full: bool, w: &mut Walk) {
+        if sp.protocol == Protocol::Udp && (full || old.is_none_or(|p| p.endpoints != sp.endpoints))
         {
             w.udp.extend(udp_targets(sp, sp));
         }
@@ -322,24 +304,25 @@ impl NftSyncer {
         let old = old.filter(|_| !full);
         if full {
             w.affinity.add(sp);
-        } else if let Some((p, _)) = old.as_ref().filter(|(p, _)| may_strand(p, sp)) {
+        } else if let Some(p) = old.filter(|p| may_strand(p, sp)) {
             w.affinity.add(&without_affinity(p));
             w.affinity.add(sp);
         }
-        match &old {
-            Some((_, e)) => w.diff.replace(e, &elems),
-            None => elems.iter().cloned().for_each(|e| w.diff.add(e)),
+        match old {
+            Some(p) => w.diff.replace(&service_elements(p), &elems),
+            None => elems.into_iter().for_each(|e| w.diff.add(e)),
         }
-        self.count_hairpin(old.as_ref().map(|(p, _)| *p), Some(sp), &mut w.diff);
-        elems
+        self.count_hairpin(old, Some(sp), &mut w.diff);
     }
 
     /// A Service port no longer in the view: its elements go (a full sync
     /// wrote none), and its UDP flows and client entries are cleaned.
-    fn port_gone(&mut self, view: &ServicePort, elems: Vec<Element>, full: bool, w: &mut Walk) {
+    fn port_gone(&mut self, view: &ServicePort, full: bool, w: &mut Walk) {
         if !full {
             self.count_hairpin(Some(view), None, &mut w.diff);
-            elems.into_iter().for_each(|e| w.diff.delete(e));
+            for e in service_elements(view) {
+                w.diff.delete(e);
+            }
             if view.affinity_seconds.is_some() {
                 w.affinity.add(&without_affinity(view));
             }

@@ -24,7 +24,7 @@ use crate::rules::NodeConfig;
 use crate::sync::{Proxier, Syncer, DEFAULT_FULL_SYNC_PERIOD};
 use crate::view::{ServiceKey, ServiceMap};
 use crate::{Error, Result};
-use state::{strip_slice, Changes, View};
+use state::{strip_service, strip_slice, Changes, View};
 
 /// How the proxy runs.
 #[derive(Debug, Clone)]
@@ -240,8 +240,9 @@ pub async fn run(cp: Arc<dyn ControlPlane>, cfg: ProxyConfig, metrics: Arc<Metri
         })?;
 
     let mut state = View::new(cfg.node.node_name.clone());
-    let mut services = Watcher::new(Arc::clone(&cp), Scope::all(Kind::Service));
-    // Only what the proxy reads is kept of each slice.
+    // Only what the proxy reads is kept of each Service and slice.
+    let mut services =
+        Watcher::new(Arc::clone(&cp), Scope::all(Kind::Service)).with_transform(strip_service);
     let mut slices = Watcher::new(cp, Scope::all(Kind::EndpointSlice)).with_transform(strip_slice);
     let (mut services_synced, mut slices_synced) = (false, false);
     let mut pending: Option<Instant> = None;

@@ -105,8 +105,8 @@ impl View {
 
 /// The proxy's EndpointSlice watch transform: keeps what the proxy reads
 /// (name, namespace, the Service label, resourceVersion; per endpoint its
-/// addresses, conditions, node and pod name), so that 10k Services hold
-/// little more than their addresses.
+/// addresses, conditions and node), so that 10k Services hold little more
+/// than their addresses.
 pub fn strip_slice(o: &mut Object) {
     let Object::EndpointSlice(s) = o else {
         return;
@@ -128,11 +128,45 @@ pub fn strip_slice(o: &mut Object) {
         ep.zone = None;
         ep.hints = None;
         ep.deprecated_topology = None;
-        if let Some(r) = &mut ep.target_ref {
-            r.uid = None;
-            r.resource_version = None;
-            r.api_version = None;
-            r.field_path = None;
+        ep.target_ref = None;
+    }
+}
+
+/// The proxy's Service watch transform: keeps what [`ports_of`] reads
+/// (name, namespace, resourceVersion; the spec's type, ClusterIP, ports,
+/// affinity, external IPs and traffic policies; load-balancer ingress IPs).
+pub fn strip_service(o: &mut Object) {
+    let Object::Service(s) = o else {
+        return;
+    };
+    let meta = std::mem::take(&mut s.metadata);
+    s.metadata = ObjectMeta {
+        name: meta.name,
+        namespace: meta.namespace,
+        resource_version: meta.resource_version,
+        ..ObjectMeta::default()
+    };
+    if let Some(spec) = &mut s.spec {
+        spec.selector = None;
+        spec.cluster_ips = None;
+        spec.ip_families = None;
+        spec.load_balancer_source_ranges = None;
+        spec.external_name = None;
+        for p in spec.ports.iter_mut().flatten() {
+            p.app_protocol = None;
+            p.target_port = None;
+        }
+    }
+    if let Some(status) = &mut s.status {
+        status.conditions = None;
+        for i in status
+            .load_balancer
+            .iter_mut()
+            .flat_map(|lb| lb.ingress.iter_mut().flatten())
+        {
+            i.hostname = None;
+            i.ports = None;
+            i.ip_mode = None;
         }
     }
 }
@@ -280,6 +314,37 @@ mod tests {
         assert_eq!(changed.get(&("ns".into(), "b".into())), Some(&None));
         assert!(endpoints(&w.v).is_empty(), "{:?}", endpoints(&w.v));
         assert_eq!(w.v.flatten().len(), 1, "a is left, without endpoints");
+    }
+
+    #[test]
+    fn stripping_keeps_what_the_ports_are_made_of() {
+        let mut svc = Object::from_value(serde_json::json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "lb", "namespace": "ns", "labels": {"a": "b"},
+                         "annotations": {"x": "y"}, "resourceVersion": "7"},
+            "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.11", "selector": {"app": "lb"},
+                     "externalIPs": ["203.0.113.4"], "externalTrafficPolicy": "Local",
+                     "internalTrafficPolicy": "Local", "sessionAffinity": "ClientIP",
+                     "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}},
+                     "ports": [{"name": "p", "port": 80, "targetPort": 8080, "nodePort": 30080},
+                               {"name": "u", "port": 53, "protocol": "UDP", "targetPort": 53}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": "198.51.100.3", "hostname": "lb.example"}]}}}))
+        .expect("service");
+        let mut eps = slice("lb-1", "lb", &[("10.244.0.2", true)]);
+        eps.endpoints[0].target_ref = Some(Default::default());
+        let ports = |svc: &Object, sl: &k8s_openapi::api::discovery::v1::EndpointSlice| {
+            let Object::Service(s) = svc else { panic!() };
+            ports_of(s, &from_slices(s, [sl]), "n1")
+        };
+        let before = ports(&svc, &eps);
+        assert_eq!(before.len(), 2);
+        strip_service(&mut svc);
+        let mut o = Object::EndpointSlice(eps);
+        strip_slice(&mut o);
+        let Object::EndpointSlice(eps) = o else {
+            panic!()
+        };
+        assert_eq!(ports(&svc, &eps), before);
+        assert!(svc.meta().labels.is_none() && svc.meta().annotations.is_none());
     }
 
     #[test]

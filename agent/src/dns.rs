@@ -314,7 +314,7 @@ enum Fed {
 async fn feed(cp: Arc<dyn ControlPlane>, zone: SharedZone) {
     let mut services = Watcher::new(cp.clone(), Scope::all(Kind::Service));
     let mut slices = Watcher::new(cp.clone(), Scope::all(Kind::EndpointSlice));
-    let mut pods = Watcher::new(cp, Scope::all(Kind::Pod));
+    let mut pods = Watcher::new(cp, Scope::all(Kind::Pod)).with_transform(dns::zone::strip_pod);
     let mut index = SliceIndex::default();
     loop {
         let fed = tokio::select! {

@@ -82,6 +82,47 @@ impl PodInfo {
     }
 }
 
+/// The policy watch's transform for pods: keeps what [`PodInfo::of`]
+/// reads (name, namespace, uid, labels, resourceVersion; hostNetwork,
+/// nodeName and the containers' ports; phase and pod IP), so that the
+/// store of every pod in the cluster stays small.
+pub fn strip_pod(o: &mut controlplane::Object) {
+    use k8s_openapi::api::core::v1::{Container, PodSpec, PodStatus};
+    let controlplane::Object::Pod(pod) = o else {
+        return;
+    };
+    let meta = std::mem::take(&mut pod.metadata);
+    pod.metadata = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        name: meta.name,
+        namespace: meta.namespace,
+        uid: meta.uid,
+        labels: meta.labels,
+        resource_version: meta.resource_version,
+        ..Default::default()
+    };
+    let ports_only = |c: Container| Container {
+        name: c.name,
+        ports: c
+            .ports
+            .map(|p| p.into_iter().filter(|p| p.name.is_some()).collect()),
+        ..Default::default()
+    };
+    pod.spec = pod.spec.take().map(|s| PodSpec {
+        host_network: s.host_network,
+        node_name: s.node_name,
+        containers: s.containers.into_iter().map(ports_only).collect(),
+        init_containers: s
+            .init_containers
+            .map(|v| v.into_iter().map(ports_only).collect()),
+        ..Default::default()
+    });
+    pod.status = pod.status.take().map(|s| PodStatus {
+        phase: s.phase,
+        pod_ip: s.pod_ip,
+        ..Default::default()
+    });
+}
+
 /// The elements a pod contributes whatever the policies, once it is a
 /// local pod with an address: the address in [`names::READY`], and its
 /// namespace's number `ns` in [`names::POD_NAMESPACE`].

@@ -166,7 +166,8 @@ fn apply(engine: &mut Engine, ev: &WatchEvent) {
 /// a second later; nothing is synced before the first lists are in.
 pub async fn run(cp: Arc<dyn ControlPlane>, shared: Arc<Shared>, cfg: Config) -> Result<()> {
     let mut policies = Watcher::new(Arc::clone(&cp), Scope::all(Kind::NetworkPolicy));
-    let mut pods = Watcher::new(Arc::clone(&cp), Scope::all(Kind::Pod));
+    let mut pods =
+        Watcher::new(Arc::clone(&cp), Scope::all(Kind::Pod)).with_transform(crate::pods::strip_pod);
     let mut namespaces = Watcher::new(cp, Scope::all(Kind::Namespace));
     let mut synced = [false; 3];
     let mut ready = false;

@@ -322,3 +322,24 @@ fn two_pods_sharing_an_address_for_a_moment_keep_one_value_per_map_key() {
     assert_eq!(value(&fake), None);
     assert!(!elems(&fake, names::READY).contains(&ip("10.244.1.2")));
 }
+
+#[test]
+fn a_stripped_pod_is_seen_the_same() {
+    let mut rich = pod("x", "a", "10.244.0.5", "n1", json!({"app": "a"}));
+    rich.metadata.annotations = Some([("k".to_string(), "v".to_string())].into());
+    if let Some(spec) = rich.spec.as_mut() {
+        spec.containers[0].image = Some("nginx".into());
+        spec.init_containers = Some(vec![serde_json::from_value(json!({"name": "i",
+            "ports": [{"name": "dns", "containerPort": 53, "protocol": "UDP"}, {"containerPort": 1}]}))
+        .unwrap()]);
+    }
+    let mut o = controlplane::Object::Pod(rich.clone());
+    crate::pods::strip_pod(&mut o);
+    let controlplane::Object::Pod(stripped) = o else {
+        panic!("a pod")
+    };
+    let info = |p: &Pod| crate::pods::PodInfo::of(p, "n1", None);
+    assert_eq!(info(&stripped), info(&rich));
+    assert_eq!(info(&rich).ports.len(), 2);
+    assert!(stripped.metadata.annotations.is_none());
+}

@@ -102,7 +102,7 @@ struct Addr {
     pod: Option<Box<str>>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 struct PodEntry {
     ips: Box<[IpAddr]>,
     /// `(hostname, subdomain)` when the pod sets both.
@@ -437,6 +437,40 @@ fn pod_entry(pod: &Pod) -> PodEntry {
         ips: ips.into(),
         host,
     }
+}
+
+/// A watch transform for the pods the zone is fed: keeps what
+/// [`Zone::upsert_pod`] reads (name, namespace, resourceVersion;
+/// hostNetwork, hostname and subdomain; the pod IPs), so that the feed's
+/// store of every pod in the cluster holds little more than addresses.
+pub fn strip_pod(o: &mut controlplane::Object) {
+    let controlplane::Object::Pod(pod) = o else {
+        return;
+    };
+    let meta = std::mem::take(&mut pod.metadata);
+    pod.metadata = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        name: meta.name,
+        namespace: meta.namespace,
+        resource_version: meta.resource_version,
+        ..Default::default()
+    };
+    pod.spec = pod
+        .spec
+        .take()
+        .map(|s| k8s_openapi::api::core::v1::PodSpec {
+            host_network: s.host_network,
+            hostname: s.hostname,
+            subdomain: s.subdomain,
+            ..Default::default()
+        });
+    pod.status = pod
+        .status
+        .take()
+        .map(|s| k8s_openapi::api::core::v1::PodStatus {
+            pod_ip: s.pod_ip,
+            pod_ips: s.pod_ips,
+            ..Default::default()
+        });
 }
 
 #[cfg(test)]

@@ -417,3 +417,27 @@ pub(crate) fn many_endpoints(n: usize) -> Zone {
     );
     z
 }
+
+#[test]
+fn a_stripped_pod_makes_the_same_entry() {
+    let mut rich = pod("db", "web-0", "10.244.1.5", Some(("web-0", "nginx")));
+    rich.metadata.labels = Some([("app".to_string(), "web".to_string())].into());
+    if let Some(spec) = rich.spec.as_mut() {
+        spec.node_name = Some("n1".into());
+        spec.containers = vec![Default::default()];
+    }
+    if let Some(status) = rich.status.as_mut() {
+        status.phase = Some("Running".into());
+    }
+    let mut o = controlplane::Object::Pod(rich.clone());
+    strip_pod(&mut o);
+    let controlplane::Object::Pod(stripped) = o else {
+        panic!("a pod")
+    };
+    assert_eq!(pod_entry(&stripped), pod_entry(&rich));
+    assert!(stripped.metadata.labels.is_none());
+    assert!(stripped
+        .spec
+        .as_ref()
+        .is_some_and(|s| s.containers.is_empty()));
+}

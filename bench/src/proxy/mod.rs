@@ -283,8 +283,9 @@ fn measure(backend: Backend, sizes: &[usize], partial_at: Option<usize>) -> Resu
 fn agent_rss(
     mode: Option<proxy::ProxyMode>,
     per_namespace: usize,
+    parts: rss::Parts,
 ) -> std::result::Result<rss::Outcome, String> {
-    rss::agent(mode, per_namespace).map_err(|e| {
+    rss::agent(mode, per_namespace, parts).map_err(|e| {
         let mode = mode.map_or("off", |m| m.name());
         eprintln!("proxy: rss: the agent measurement (proxy {mode}, {per_namespace} Services per namespace) failed: {e:#}");
         format!("{e:#}")
@@ -320,11 +321,12 @@ pub fn run(opts: &Opts) -> Result<()> {
     // The agent needs more machinery (its control plane, a fill of 60k
     // objects): a failure there is reported, not fatal to the rest.
     let ipt = Some(proxy::ProxyMode::Iptables);
+    let usual = rss::Parts::Usual;
     let memory = report::Memory {
         syncer: syncer_rss,
-        agent: agent_rss(ipt, rss::PER_NAMESPACE),
-        agent_without_proxy: agent_rss(None, rss::PER_NAMESPACE),
-        agent_one_namespace: agent_rss(ipt, rss::SERVICES),
+        agent: agent_rss(ipt, rss::PER_NAMESPACE, usual),
+        agent_without_proxy: agent_rss(None, rss::PER_NAMESPACE, usual),
+        agent_one_namespace: agent_rss(ipt, rss::SERVICES, usual),
     };
     report::write(opts, &[legacy, nft], &connect, &memory)
 }

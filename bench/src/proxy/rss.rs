@@ -137,11 +137,23 @@ pub fn child(n: usize) -> Result<()> {
     read("trimmed", n)
 }
 
+/// Which parts run beside the control plane and the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parts {
+    /// Everything but pods and the overlay: the controllers make the
+    /// EndpointSlices, DNS and network policy watch too.
+    Usual,
+    /// The control plane and the proxy alone; the bench writes the
+    /// EndpointSlices the controller would (one per Service, every
+    /// endpoint ready), so the proxy's share is not lost in the others'.
+    ProxyAlone,
+}
+
 /// The agent measurement: with its proxy in `mode`, read idle, filled and
 /// once the proxy programmed every Service and endpoint; without (`mode`
 /// `None`), idle and filled. `per_namespace` Services (and their Pods)
 /// share a namespace.
-pub fn agent(mode: Option<ProxyMode>, per_namespace: usize) -> Result<Outcome> {
+pub fn agent(mode: Option<ProxyMode>, per_namespace: usize, parts: Parts) -> Result<Outcome> {
     crate::built("knode")?;
     let node = TestNs::new("bpa")?;
     // kubelet's hint chain: the agent's proxy picks the legacy backend
@@ -149,10 +161,14 @@ pub fn agent(mode: Option<ProxyMode>, per_namespace: usize) -> Result<Outcome> {
     let hint = "iptables-legacy -t mangle -N KUBE-KUBELET-CANARY";
     node.sh(&hint.split(' ').collect::<Vec<_>>())?;
     let proxy = mode.is_some();
+    let others = match parts {
+        Parts::Usual => "pods,overlay",
+        Parts::ProxyAlone => "pods,overlay,dns,network-policy,controllers",
+    };
     let disable = if proxy {
-        "pods,overlay"
+        others.to_string()
     } else {
-        "pods,overlay,proxy"
+        format!("{others},proxy")
     };
     let flags = [
         "--node-name",
@@ -160,7 +176,7 @@ pub fn agent(mode: Option<ProxyMode>, per_namespace: usize) -> Result<Outcome> {
         "--node-ip",
         "192.0.2.1",
         "--disable",
-        disable,
+        &disable,
         "--proxy-mode",
         mode.unwrap_or(ProxyMode::Nftables).name(),
     ];
@@ -194,8 +210,13 @@ pub fn agent(mode: Option<ProxyMode>, per_namespace: usize) -> Result<Outcome> {
         SERVICES * ENDPOINTS
     );
     let t = Instant::now();
-    rt.block_on(fill(cp, SERVICES, per_namespace))
-        .with_context(|| format!("fill the agent; its log:\n{}", tail(&agent.log())))?;
+    rt.block_on(fill(
+        cp,
+        SERVICES,
+        per_namespace,
+        parts == Parts::ProxyAlone,
+    ))
+    .with_context(|| format!("fill the agent; its log:\n{}", tail(&agent.log())))?;
     let filled = t.elapsed();
     read("filled", SERVICES)?;
     let mut phases = vec![("fill", filled)];
@@ -222,9 +243,15 @@ fn tail(log: &str) -> String {
 }
 
 /// Creates `n` Services, `per_namespace` per namespace, and ENDPOINTS
-/// ready Pods each (create, then status), FILL_CONCURRENCY Services at a
-/// time once the namespaces exist.
-async fn fill(cp: Arc<dyn ControlPlane>, n: usize, per_namespace: usize) -> Result<()> {
+/// ready Pods each (create, then status), and with `slices` their
+/// EndpointSlices, FILL_CONCURRENCY Services at a time once the namespaces
+/// exist.
+async fn fill(
+    cp: Arc<dyn ControlPlane>,
+    n: usize,
+    per_namespace: usize,
+    slices: bool,
+) -> Result<()> {
     for ns in 0..n.div_ceil(per_namespace) {
         let namespace = namespace_name(ns);
         cp.create(
@@ -241,7 +268,7 @@ async fn fill(cp: Arc<dyn ControlPlane>, n: usize, per_namespace: usize) -> Resu
         let cp = Arc::clone(&cp);
         set.spawn(async move {
             for i in (k..n).step_by(FILL_CONCURRENCY) {
-                fill_service(cp.as_ref(), &namespace_name(i / per_namespace), i).await?;
+                fill_service(cp.as_ref(), &namespace_name(i / per_namespace), i, slices).await?;
             }
             Ok::<_, anyhow::Error>(())
         });
@@ -260,8 +287,14 @@ fn namespace_name(ns: usize) -> String {
     format!("bench-{ns:04}")
 }
 
-/// Service `i` in `namespace` and its Pods.
-async fn fill_service(cp: &dyn ControlPlane, namespace: &str, i: usize) -> Result<()> {
+/// Service `i` in `namespace` and its Pods (and with `slices` the
+/// EndpointSlice the controller would write for them).
+async fn fill_service(
+    cp: &dyn ControlPlane,
+    namespace: &str,
+    i: usize,
+    slices: bool,
+) -> Result<()> {
     let app = format!("svc-{i}");
     cp.create(
         object(json!({
@@ -292,6 +325,30 @@ async fn fill_service(cp: &dyn ControlPlane, namespace: &str, i: usize) -> Resul
         cp.update_status(object(pod)?)
             .await
             .with_context(|| format!("mark Pod {namespace}/{app}-{e} ready"))?;
+    }
+    if slices {
+        let endpoints: Vec<Value> = (0..ENDPOINTS)
+            .map(|e| {
+                json!({"addresses": [super::endpoint_ip(i, e).to_string()],
+                       "conditions": {"ready": true, "serving": true, "terminating": false},
+                       "nodeName": NODE_NAME,
+                       "targetRef": {"kind": "Pod", "namespace": namespace, "name": format!("{app}-{e}")}})
+            })
+            .collect();
+        cp.create(
+            object(json!({
+                "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": format!("{app}-x1"), "namespace": namespace,
+                             "labels": {"kubernetes.io/service-name": app,
+                                        "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}},
+                "addressType": "IPv4",
+                "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+                "endpoints": endpoints,
+            }))?,
+            None,
+        )
+        .await
+        .with_context(|| format!("create the EndpointSlice of {namespace}/{app}"))?;
     }
     Ok(())
 }

@@ -6,6 +6,7 @@
 
 pub mod cache;
 pub mod forward;
+mod mmsg;
 pub mod resolvconf;
 pub mod server;
 pub mod wire;

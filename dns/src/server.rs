@@ -6,17 +6,19 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::Message;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
 use crate::forward::Forwarder;
+use crate::mmsg::{self, RecvBatch};
 use crate::wire::{self, Decision};
 use crate::zone::Zone;
 use crate::{Error, Result};
@@ -198,41 +200,51 @@ impl Server {
         limiter.allow(client, qps, Instant::now())
     }
 
+    /// Takes every queued query in one `recvmmsg`, answers those the zone
+    /// answers and sends the answers in one `sendmmsg`; forwarded ones are
+    /// answered by their own tasks.
     async fn serve_udp(self: Arc<Self>, socket: Arc<UdpSocket>) {
-        let mut buf = vec![0u8; 65535];
+        let mut batch = RecvBatch::new();
+        let mut replies: Vec<(SocketAddr, Vec<u8>)> = Vec::with_capacity(mmsg::BATCH);
+        let fd = socket.as_raw_fd();
         loop {
-            let (len, peer) = match socket.recv_from(&mut buf).await {
-                Ok(x) => x,
+            let n = match socket.async_io(Interest::READABLE, || batch.recv(fd)).await {
+                Ok(n) => n,
                 Err(e) => {
                     tracing::debug!(error = %e, "dns udp receive");
                     continue;
                 }
             };
-            if !self.allow(peer.ip()) {
-                continue;
-            }
-            let packet = &buf[..len];
-            let (decision, limit) = {
+            {
                 let zone = self.zone.read().unwrap_or_else(|e| e.into_inner());
-                wire::decide_with_limit(&zone, packet, self.forwarding())
-            };
-            match decision {
-                Decision::Reply(m) => {
-                    if let Some(bytes) = wire::encode(&m, Some(limit)) {
-                        let _ = socket.send_to(&bytes, peer).await;
+                for i in 0..n {
+                    let Some((packet, peer)) = batch.get(i) else {
+                        continue;
+                    };
+                    if !self.allow(peer.ip()) {
+                        continue;
+                    }
+                    let (decision, limit) =
+                        wire::decide_with_limit(&zone, packet, self.forwarding());
+                    match decision {
+                        Decision::Reply(m) => {
+                            replies.extend(wire::encode(&m, Some(limit)).map(|b| (peer, b)));
+                        }
+                        Decision::Forward { response, query } => {
+                            let (this, socket) = (self.clone(), socket.clone());
+                            tokio::spawn(async move {
+                                let m = this.forward(response, query).await;
+                                if let Some(bytes) = wire::encode(&m, Some(limit)) {
+                                    let _ = socket.send_to(&bytes, peer).await;
+                                }
+                            });
+                        }
+                        Decision::Drop => {}
                     }
                 }
-                Decision::Forward { response, query } => {
-                    let (this, socket) = (self.clone(), socket.clone());
-                    tokio::spawn(async move {
-                        let m = this.forward(response, query).await;
-                        if let Some(bytes) = wire::encode(&m, Some(limit)) {
-                            let _ = socket.send_to(&bytes, peer).await;
-                        }
-                    });
-                }
-                Decision::Drop => {}
             }
+            send_all(&socket, &replies).await;
+            replies.clear();
         }
     }
 
@@ -314,6 +326,23 @@ impl Limiter {
             true
         } else {
             false
+        }
+    }
+}
+
+/// Sends `replies` in `sendmmsg` batches while the socket takes them, the
+/// rest one by one (waiting for room).
+async fn send_all(socket: &UdpSocket, replies: &[(SocketAddr, Vec<u8>)]) {
+    let fd = socket.as_raw_fd();
+    let mut sent = 0;
+    while sent < replies.len() {
+        match socket.try_io(Interest::WRITABLE, || mmsg::send(fd, &replies[sent..])) {
+            Ok(n) if n > 0 => sent += n,
+            _ => {
+                let (to, bytes) = &replies[sent];
+                let _ = socket.send_to(bytes, to).await;
+                sent += 1;
+            }
         }
     }
 }

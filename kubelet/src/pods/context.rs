@@ -157,6 +157,14 @@ fn referenced(pod: &Pod) -> (BTreeSet<String>, BTreeSet<String>) {
         if let Some(s) = v.secret.as_ref().and_then(|s| s.secret_name.clone()) {
             secs.insert(s);
         }
+        for s in v.projected.iter().flat_map(|p| p.sources.iter().flatten()) {
+            if let Some(c) = &s.config_map {
+                cms.insert(c.name.clone());
+            }
+            if let Some(s) = &s.secret {
+                secs.insert(s.name.clone());
+            }
+        }
     }
     (cms, secs)
 }

@@ -92,6 +92,9 @@ pub struct AgentArgs {
     /// Answer NodePorts on 127.0.0.1 too (default false).
     #[arg(long, value_name = "BOOL")]
     pub localhost_nodeports: Option<bool>,
+    /// Let containers run `privileged: true` (default false: refused).
+    #[arg(long, value_name = "BOOL")]
+    pub allow_privileged: Option<bool>,
     /// Drop traffic of pod addresses NetworkPolicy has not programmed yet
     /// (default: true when this agent runs the pods).
     #[arg(long, value_name = "BOOL")]

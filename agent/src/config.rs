@@ -79,6 +79,8 @@ pub struct Config {
     pub token_auth_file: Option<PathBuf>,
     /// Answer NodePorts on 127.0.0.1 too (sets route_localnet).
     pub localhost_nodeports: bool,
+    /// Containers may run `privileged: true`.
+    pub allow_privileged: bool,
     /// Drop traffic of pod addresses NetworkPolicy has not programmed yet
     /// (`None`: when this agent runs the node's pods, whose kubelet
     /// reports each new address; see docs/network-policy.md).
@@ -111,6 +113,7 @@ impl Config {
                 resolv_conf: self.resolv_conf.clone(),
             }),
             bind_pending: !self.enabled("controllers"),
+            allow_privileged: self.allow_privileged,
         }
     }
 }
@@ -166,6 +169,7 @@ impl Default for Config {
             nodeport_addresses: Vec::new(),
             masquerade_all: false,
             localhost_nodeports: false,
+            allow_privileged: false,
             network_policy_guard: None,
             proxy_mode: None,
             // kubelet's nodeLeaseDurationSeconds.
@@ -226,6 +230,7 @@ pub struct File {
     pub nodeport_addresses: Option<Vec<String>>,
     pub masquerade_all: Option<bool>,
     pub localhost_nodeports: Option<bool>,
+    pub allow_privileged: Option<bool>,
     pub network_policy_guard: Option<bool>,
     pub node_lease_duration: Option<String>,
     pub leader_elect_lease_duration: Option<String>,
@@ -377,6 +382,10 @@ impl Config {
                 .localhost_nodeports
                 .or(file.localhost_nodeports)
                 .unwrap_or(d.localhost_nodeports),
+            allow_privileged: flags
+                .allow_privileged
+                .or(file.allow_privileged)
+                .unwrap_or(d.allow_privileged),
             network_policy_guard: flags.network_policy_guard.or(file.network_policy_guard),
             proxy_mode: match flags.proxy_mode.or(file.proxy_mode) {
                 None => d.proxy_mode,

@@ -251,6 +251,7 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
             .and_then(|a| (!a.nodeport_addresses.is_empty()).then(|| a.nodeport_addresses.clone())),
         masquerade_all: agent.and_then(|a| a.masquerade_all),
         localhost_nodeports: agent.and_then(|a| a.localhost_nodeports),
+        allow_privileged: agent.and_then(|a| a.allow_privileged),
         network_policy_guard: agent.and_then(|a| a.network_policy_guard),
         proxy_mode: flag(|a| a.proxy_mode.clone()),
         node_lease_duration: flag(|a| a.node_lease_duration.clone()),

@@ -35,6 +35,20 @@ pub struct Config {
     /// served: only where no scheduler runs (the agent's controllers are
     /// turned off), as before the scheduler existed.
     pub bind_pending: bool,
+    /// Containers may run `privileged: true` (`allow-privileged`).
+    pub allow_privileged: bool,
+}
+
+impl Config {
+    /// What pods may ask of this node beyond the defaults: privileged
+    /// containers if allowed, Localhost seccomp profiles from
+    /// `<data_dir>/seccomp` (kubelet's `<root-dir>/seccomp`).
+    pub fn node_policy(&self) -> runtime::spec::NodePolicy {
+        runtime::spec::NodePolicy {
+            allow_privileged: self.allow_privileged,
+            seccomp_root: Some(self.data_dir.join("seccomp")),
+        }
+    }
 }
 
 /// What pods need to know of the cluster DNS (kubelet's `clusterDNS`,

@@ -156,11 +156,13 @@ pub(crate) fn pod_spec(spec: &PodSpec, at: &str, e: &mut Errs) {
             v.host_path.is_some(),
             v.config_map.is_some(),
             v.secret.is_some(),
+            v.downward_api.is_some(),
+            v.projected.is_some(),
         ];
         if sources.iter().filter(|s| **s).count() != 1 {
             e.add(
                 path,
-                "exactly one of emptyDir, hostPath, configMap or secret is required",
+                "exactly one of emptyDir, hostPath, configMap, secret, downwardAPI or projected is required",
             );
         }
     }

@@ -173,6 +173,7 @@ async fn start_pause(
         hostname: &spec::pod_hostname(pod),
         files,
         cgroups_path: spec::cgroups_path(&uid, &id),
+        policy: &ctx.config.node_policy(),
     };
     let oci = spec::sandbox_spec(&params).context("sandbox spec")?;
     let labels = HashMap::from([

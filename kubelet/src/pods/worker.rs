@@ -680,6 +680,7 @@ impl Worker {
             mounts: &mounts,
             files: &sb.files,
             cgroups_path: spec::cgroups_path(&self.uid, &id),
+            policy: &self.ctx.config.node_policy(),
         };
         let oci = match spec::container_spec(&params) {
             Ok(s) => s,

@@ -95,6 +95,14 @@ pub struct AgentArgs {
     /// Let containers run `privileged: true` (default false: refused).
     #[arg(long, value_name = "BOOL")]
     pub allow_privileged: Option<bool>,
+    /// Rotate a container's log file before it grows past this size
+    /// (default 10Mi).
+    #[arg(long, value_name = "SIZE")]
+    pub container_log_max_size: Option<String>,
+    /// Keep at most this many log files per container run, the live one
+    /// included (default 5, at least 2).
+    #[arg(long, value_name = "N")]
+    pub container_log_max_files: Option<u32>,
     /// Drop traffic of pod addresses NetworkPolicy has not programmed yet
     /// (default: true when this agent runs the pods).
     #[arg(long, value_name = "BOOL")]

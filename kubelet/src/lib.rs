@@ -37,6 +37,9 @@ pub struct Config {
     pub bind_pending: bool,
     /// Containers may run `privileged: true` (`allow-privileged`).
     pub allow_privileged: bool,
+    /// Container log rotation (`container-log-max-size`,
+    /// `container-log-max-files`); `None` never rotates.
+    pub log_rotation: Option<logs::writer::Rotation>,
 }
 
 impl Config {

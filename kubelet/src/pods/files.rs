@@ -696,6 +696,7 @@ mod tests {
             dns: None,
             bind_pending: false,
             allow_privileged: false,
+            log_rotation: None,
         };
         let f = prepare(&config, &p, None).unwrap();
         assert_eq!(f.hosts, run.join("pods/uid-1/hosts"));

@@ -741,7 +741,7 @@ impl Worker {
             &name,
             attempt,
         );
-        let uri = crate::logs::stdio_uri(&ctx.knode_exe, &log);
+        let uri = crate::logs::stdio_uri(&ctx.knode_exe, &log, ctx.config.log_rotation);
         let started = Timestamp::now();
         if let Err(e) = task::start(&ctx.rt, &id, Some(&uri)).await {
             self.event(

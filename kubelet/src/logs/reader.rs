@@ -13,17 +13,20 @@ use jiff::Timestamp;
 
 use super::cri::{self, Stream, Tag};
 
+/// The names in `dir`; a missing dir has none.
+fn file_names(dir: &Path) -> io::Result<Vec<std::ffi::OsString>> {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => entries.map(|e| Ok(e?.file_name())).collect(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
 /// The runs (attempts) that have a log file in a container's log dir,
 /// ascending. A missing dir has none.
 pub fn attempts(dir: &Path) -> io::Result<Vec<u32>> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
     let mut out = Vec::new();
-    for e in entries {
-        let name = e?.file_name();
+    for name in file_names(dir)? {
         let Some(n) = name
             .to_str()
             .and_then(|n| n.strip_suffix(".log"))
@@ -57,14 +60,8 @@ pub fn rotated(live: &Path) -> io::Result<Vec<PathBuf>> {
     let (Some(dir), Some(name)) = (live.parent(), live.file_name().and_then(|n| n.to_str())) else {
         return Ok(Vec::new());
     };
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
     let mut out = Vec::new();
-    for e in entries {
-        let file = e?.file_name();
+    for file in file_names(dir)? {
         let Some(rest) = file
             .to_str()
             .and_then(|f| f.strip_prefix(name))

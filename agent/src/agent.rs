@@ -380,6 +380,13 @@ async fn start_node(
         prober: Prober::start(),
         events: kubelet::events::Recorder::new(cp.clone(), &config.node_name),
         network_gate: network_policy.map(|(gate, _)| gate),
+        hostports: match hostnet::nftables::NfTablesSocket::open() {
+            Ok(nft) => Some(Arc::new(kubelet::hostport::HostPorts::new(Arc::new(nft)))),
+            Err(e) => {
+                tracing::warn!(error = %e, "hostPorts: nf_tables unavailable; hostPorts are not programmed");
+                None
+            }
+        },
     });
     tasks.push(tokio::spawn(node::heartbeat(
         cp,

@@ -6,6 +6,7 @@
 
 pub mod cni;
 pub use controlplane::events;
+pub mod hostport;
 pub mod logs;
 pub mod node;
 pub mod pods;

@@ -164,3 +164,106 @@ fn privileged_runs_where_the_node_allows_it() -> Result<()> {
     exec(&n, "priv", &["test", "-c", "/dev/kmsg"])?;
     Ok(())
 }
+
+/// An HTTP GET from the node's own namespace, once; the body or the error.
+fn fetch(n: &Node, url: &str) -> Result<String> {
+    n.host_sh(&["curl", "-sS", "--max-time", "2", url])
+}
+
+/// Polls `fetch` until it gives `want` (or, with `None`, until it fails).
+fn wait_fetch(n: &Node, url: &str, want: Option<&str>) -> Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = fetch(n, url);
+        match (&got, want) {
+            (Ok(body), Some(w)) if body == w => return Ok(()),
+            (Err(_), None) => return Ok(()),
+            _ => {}
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("{url}: {got:?}, not {want:?}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A hostPort answers on the node address (and a hostIP one only on its
+/// address), from the node and from another pod; it survives an agent
+/// restart and is gone once the pod is deleted.
+#[test]
+fn host_ports_answer_on_the_node_address_until_the_pod_is_deleted() -> Result<()> {
+    let Some(mut n) =
+        Node::for_test("host_ports_answer_on_the_node_address_until_the_pod_is_deleted")
+    else {
+        return Ok(());
+    };
+    let node_ip = knode_tests::node::NODE_IP;
+    n.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: web}}
+spec:
+  containers:
+  - name: httpd
+    image: {BUSYBOX}
+    command: ["sh", "-c", "mkdir -p /www && echo hostport > /www/index.html && httpd -f -p 80 -h /www"]
+    ports:
+    - {{containerPort: 80, hostPort: 8080}}
+    - {{containerPort: 80, hostPort: 8081, hostIP: "{node_ip}"}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: client}}
+spec:
+  containers:
+  - name: c
+    image: {BUSYBOX}
+    command: ["sleep", "3600"]
+"#
+    ))?;
+    n.wait_running("web")?;
+    n.wait_running("client")?;
+    let any = format!("http://{node_ip}:8080/");
+    let bound = format!("http://{node_ip}:8081/");
+    wait_fetch(&n, &any, Some("hostport\n"))?;
+    assert_eq!(fetch(&n, &bound)?, "hostport\n");
+    // From a pod: through prerouting, to the node address.
+    let get = format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {node_ip} 8080");
+    let reply = exec(&n, "client", &["sh", "-c", &get])?;
+    assert!(reply.ends_with("\r\n\r\nhostport\n"), "{reply:?}");
+    // The port with a hostIP is not on the node's other addresses.
+    let cni_gw = format!(
+        "http://{}:8081/",
+        knode_tests::node::POD_CIDR.replace(".0/24", ".1")
+    );
+    assert!(fetch(&n, &cni_gw).is_err(), "8081 only on {node_ip}");
+    assert_eq!(
+        fetch(
+            &n,
+            &format!(
+                "http://{}:8080/",
+                knode_tests::node::POD_CIDR.replace(".0/24", ".1")
+            )
+        )?,
+        "hostport\n",
+        "8080 on every node address"
+    );
+
+    // A restarted agent keeps them.
+    n.agent.restart()?;
+    n.wait_running("web")?;
+    assert_eq!(fetch(&n, &any)?, "hostport\n");
+
+    n.knode(&["delete", "pod", "web"])?;
+    n.wait_pod_gone("web", Duration::from_secs(60))?;
+    wait_fetch(&n, &any, None)?;
+    assert!(fetch(&n, &bound).is_err());
+    let table = n.host_sh(&["nft", "list", "table", "ip", "knode-hostport"])?;
+    assert!(
+        !table.contains("10.244."),
+        "no element left:\n{table}\nagent log:\n{}",
+        knode_tests::node::tail(&n.agent.log(), 40)
+    );
+    Ok(())
+}

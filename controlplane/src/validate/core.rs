@@ -196,6 +196,14 @@ pub(crate) fn pod_spec(spec: &PodSpec, at: &str, e: &mut Errs) {
                     format!("{}: must be 1-65535", port.container_port),
                 );
             }
+            if let Some(h) = port.host_port.filter(|h| !(0..=65535).contains(h)) {
+                e.add(format!("{pp}.hostPort"), format!("{h}: must be 1-65535"));
+            }
+            if let Some(ip) = port.host_ip.as_deref().filter(|ip| !ip.is_empty()) {
+                if ip.parse::<std::net::IpAddr>().is_err() {
+                    e.add(format!("{pp}.hostIP"), format!("{ip:?}: must be an IP address"));
+                }
+            }
             protocol(e, &format!("{pp}.protocol"), port.protocol.as_deref());
         }
         for (j, m) in c.volume_mounts.iter().flatten().enumerate() {

@@ -37,6 +37,9 @@ pub struct Context {
     /// Told of every pod address between CNI ADD and the first container
     /// (NetworkPolicy); `None` when nothing needs to know.
     pub network_gate: Option<Arc<dyn NetworkGate>>,
+    /// The node's hostPorts (`None`: nf_tables unavailable; hostPorts
+    /// are then not programmed).
+    pub hostports: Option<Arc<crate::hostport::HostPorts>>,
 }
 
 /// What must hold a new pod's address before any of its containers
@@ -61,6 +64,7 @@ impl Context {
             rt: &self.rt,
             cni: &self.cni,
             config: &self.config,
+            hostports: self.hostports.as_deref(),
         }
     }
 }
@@ -71,6 +75,9 @@ pub struct Host<'a> {
     pub rt: &'a Runtime,
     pub cni: &'a Cni,
     pub config: &'a Config,
+    /// Releases a removed pod's hostPorts (`None`: nothing to release, or
+    /// the caller removes the whole table).
+    pub hostports: Option<&'a crate::hostport::HostPorts>,
 }
 
 impl Host<'_> {

@@ -81,6 +81,30 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         Ok(c)
     }
 
+    /// Stops this containerd (SIGKILL, as a crash) and starts it again on
+    /// the same root, state and socket. Shims and the containers they run
+    /// are separate processes and keep running.
+    pub fn restart(&mut self) -> Result<()> {
+        if let Some(mut c) = self.child.take() {
+            c.kill().context("kill containerd")?;
+            c.wait().context("reap containerd")?;
+        }
+        let d = self.dir.path();
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(d.join("containerd.log"))?;
+        let child = Command::new(CONTAINERD)
+            .arg("--config")
+            .arg(d.join("config.toml"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("restart containerd")?;
+        self.child = Some(child);
+        self.wait_ready()
+    }
+
     fn wait_ready(&mut self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {

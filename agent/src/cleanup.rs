@@ -149,7 +149,11 @@ async fn pods(config: &Config) -> Result<String> {
     Ok(format!(
         "pods: {} removed{}",
         uids.len(),
-        if table { ", nft table ip knode-hostport removed" } else { "" }
+        if table {
+            ", nft table ip knode-hostport removed"
+        } else {
+            ""
+        }
     ))
 }
 

@@ -127,6 +127,35 @@ impl Refs {
     }
 }
 
+/// The registry credentials of the pod's `imagePullSecrets`, read now (as
+/// kubelet reads them for each pull). A Secret that is missing, of another
+/// type or unreadable is skipped with a warning, as kubelet does: the pull
+/// then goes with the node's credentials.
+pub async fn pull_keyring(cp: &dyn ControlPlane, pod: &Pod) -> runtime::image::Keyring {
+    let mut k = runtime::image::Keyring::default();
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let names = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.image_pull_secrets.iter().flatten());
+    for (i, r) in names.enumerate() {
+        let field = format!("spec.imagePullSecrets[{i}]");
+        let secret = match cp.get(&ObjectRef::new(Kind::Secret, ns, &r.name)).await {
+            Ok(Object::Secret(s)) => s,
+            Ok(_) => continue,
+            Err(e) => {
+                tracing::warn!(pod = ?pod.metadata.name, secret = %r.name, %field, error = %e, "image pull secret not read; pulling without it");
+                continue;
+            }
+        };
+        let data = super::volumes::secret_data(secret.clone());
+        if let Err(e) = k.add_secret(secret.type_.as_deref().unwrap_or("Opaque"), &data) {
+            tracing::warn!(pod = ?pod.metadata.name, secret = %r.name, %field, error = %format!("{e:#}"), "image pull secret not usable; pulling without it");
+        }
+    }
+    k
+}
+
 /// Names of the ConfigMaps and Secrets a pod refers to.
 fn referenced(pod: &Pod) -> (BTreeSet<String>, BTreeSet<String>) {
     let (mut cms, mut secs) = (BTreeSet::new(), BTreeSet::new());

@@ -287,7 +287,7 @@ pub(super) fn config_map_data(cm: ConfigMap) -> BTreeMap<String, Vec<u8>> {
 }
 
 /// A Secret's `data` and `stringData` as file contents by key.
-pub(super) fn secret_data(sec: Secret) -> BTreeMap<String, Vec<u8>> {
+pub(crate) fn secret_data(sec: Secret) -> BTreeMap<String, Vec<u8>> {
     let mut d: BTreeMap<String, Vec<u8>> = sec
         .data
         .unwrap_or_default()

@@ -55,7 +55,7 @@ impl Args {
     /// `None` when argv is not a writer invocation; an error when it is
     /// one with a bad value.
     pub fn from_argv(argv: &[OsString]) -> Option<Result<Args, String>> {
-        if argv.is_empty() || argv.len() % 2 != 0 {
+        if argv.is_empty() || !argv.len().is_multiple_of(2) {
             return None;
         }
         let known = [ARG_PATH, ARG_MAX_SIZE, ARG_MAX_FILES];

@@ -4,15 +4,18 @@
 //! DNATed to the pod's address and container port; with a `hostIP`, only
 //! on that address. Pods add and remove their elements; a restarted agent
 //! keeps what the kernel holds, pods re-claim theirs as they are adopted,
-//! and the first sweep removes what belongs to no live pod. IPv4 only.
+//! and the first sweep removes what belongs to no live pod. A pod reaching
+//! its own host port through a node address is masqueraded (hairpin).
+//! IPv4 only.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 
 use hostnet::nftables::{
-    Batch, Chain, ChainType, CmpOp, DataType, Elem, ElemData, Expr, Family, Field, Hook, KeyType,
-    LookupDest, MapData, MetaKey, NatKind, NfTables, Reg, Set, Table, Value, Verdict, RTN_LOCAL,
+    ct_status, Batch, Chain, ChainType, CmpOp, CtKey, DataType, Elem, ElemData, Expr, Family,
+    Field, Hook, KeyType, LookupDest, MapData, MetaKey, NatKind, NfTables, Reg, Set, Table, Value,
+    Verdict, RTN_LOCAL,
 };
 use k8s_openapi::api::core::v1::Pod;
 
@@ -24,6 +27,10 @@ pub const BY_ADDRESS: &str = "hostports-ip";
 /// `inet_proto . inet_service : ipv4_addr . inet_service`: ports on every
 /// node address.
 pub const ANY_ADDRESS: &str = "hostports";
+/// `ipv4_addr . ipv4_addr`: (pod, pod) for every pod with a host port,
+/// so a pod reaching its own host port through a node address is
+/// masqueraded (its reply must come back through the node).
+pub const HAIRPIN: &str = "hostport-hairpin";
 const CHAIN: &str = "hostports";
 
 /// One host port of a pod.
@@ -140,6 +147,14 @@ fn any_address() -> Set {
     map_of(ANY_ADDRESS, &[InetProto, InetService])
 }
 
+fn hairpin() -> Set {
+    Set::new(HAIRPIN, &[DataType::Ipv4Addr, DataType::Ipv4Addr])
+}
+
+fn hairpin_elem(ip: Ipv4Addr) -> Elem {
+    Elem::key(Value::of(&[Field::Ipv4(ip), Field::Ipv4(ip)]))
+}
+
 fn r(slot: u8) -> Reg {
     Reg::new(slot)
 }
@@ -170,6 +185,7 @@ pub fn skeleton(b: &mut Batch) {
     b.add_table(&t);
     b.add_set(&t, by_address());
     b.add_set(&t, any_address());
+    b.add_set(&t, hairpin());
     b.add_chain(&t, Chain::regular(CHAIN));
     b.add_rule(
         &t,
@@ -219,6 +235,38 @@ pub fn skeleton(b: &mut Batch) {
             None,
         );
     }
+    b.add_chain(
+        &t,
+        Chain::base("postrouting", ChainType::Nat, Hook::Postrouting, 100),
+    );
+    b.add_rule(
+        &t,
+        "postrouting",
+        vec![
+            Expr::Ct {
+                key: CtKey::Status,
+                dreg: r(0),
+            },
+            Expr::Bitwise {
+                sreg: r(0),
+                dreg: r(0),
+                mask: ct_status::DNAT.to_ne_bytes().to_vec(),
+                xor: vec![0; 4],
+            },
+            Expr::Cmp {
+                sreg: r(0),
+                op: CmpOp::Neq,
+                data: vec![0; 4],
+            },
+            Expr::ip_saddr(r(0)),
+            Expr::ip_daddr(r(1)),
+            Expr::lookup(HAIRPIN, r(0)),
+            Expr::Masquerade {
+                fully_random: false,
+            },
+        ],
+        Some("a pod to its own hostPort"),
+    );
 }
 
 /// The map and element of one mapping.
@@ -319,6 +367,14 @@ impl HostPorts {
         self.ensure(&mut inner)?;
         let mut b = Batch::new();
         let t = table();
+        let ips = |ms: &[Mapping]| ms.iter().map(|m| m.pod_ip).collect::<HashSet<_>>();
+        let (old_ips, new_ips) = (ips(&old), ips(&keep));
+        for ip in old_ips.difference(&new_ips) {
+            b.delete_elements(&t, &hairpin(), vec![hairpin_elem(*ip)]);
+        }
+        for ip in new_ips.difference(&old_ips) {
+            b.add_elements(&t, &hairpin(), vec![hairpin_elem(*ip)]);
+        }
         for m in old.iter().filter(|m| !keep.contains(m)) {
             let (set, e) = element(m);
             b.delete_elements(&t, &set, vec![e]);
@@ -380,20 +436,25 @@ impl HostPorts {
     /// Deletes the kernel's elements for which `doomed(data address,
     /// claimed by a pod)` holds; returns how many.
     fn delete_where(&self, doomed: impl Fn(Option<Ipv4Addr>, bool) -> bool) -> Result<usize> {
-        let mine: Vec<(Set, Elem)> = self.lock().pods.values().flatten().map(element).collect();
+        let pods: Vec<Mapping> = self.lock().pods.values().flatten().copied().collect();
+        let mut mine: Vec<(Set, Elem)> = pods.iter().map(element).collect();
+        mine.extend(pods.iter().map(|m| (hairpin(), hairpin_elem(m.pod_ip))));
+        let first_ip = |v: &Value| {
+            v.0.get(..4)
+                .and_then(|o| <[u8; 4]>::try_from(o).ok())
+                .map(Ipv4Addr::from)
+        };
         let mut b = Batch::new();
         let mut n = 0;
-        for set in [by_address(), any_address()] {
+        for set in [by_address(), any_address(), hairpin()] {
             for e in self.nft.elements(&table(), &set.name)? {
                 let claimed = mine
                     .iter()
                     .any(|(s, m)| s.name == set.name && m.key == e.key);
                 let ip = match &e.data {
-                    Some(ElemData::Value(v)) => {
-                        v.0.get(..4)
-                            .and_then(|o| <[u8; 4]>::try_from(o).ok())
-                            .map(Ipv4Addr::from)
-                    }
+                    Some(ElemData::Value(v)) => first_ip(v),
+                    // The hairpin set's key is (pod, pod).
+                    _ if set.name == HAIRPIN => first_ip(&e.key),
                     _ => None,
                 };
                 if doomed(ip, claimed) {
@@ -499,7 +560,14 @@ mod tests {
             .iter()
             .filter(|o| matches!(o, Op::AddRule { .. }))
             .count();
-        assert_eq!(rules, 4, "two DNAT rules and two jumps");
+        assert_eq!(
+            rules, 5,
+            "two DNAT rules, two jumps, the hairpin masquerade"
+        );
+        assert_eq!(
+            elements(&nft, HAIRPIN),
+            vec![hairpin_elem(Ipv4Addr::new(10, 244, 0, 5))]
+        );
         // A second pod wanting the same port does not get it.
         let clash = m(None, 6, 8080, [10, 244, 0, 6], 80);
         assert_eq!(h.set("u2", vec![clash]).unwrap(), vec![clash]);
@@ -507,6 +575,7 @@ mod tests {
         // Only elements change after the first batch.
         h.remove("u1", None).unwrap();
         assert!(elements(&nft, ANY_ADDRESS).is_empty() && elements(&nft, BY_ADDRESS).is_empty());
+        assert!(elements(&nft, HAIRPIN).is_empty());
         assert!(nft.batches()[1..].iter().all(|b| b.only_elements()));
         // Now it is free.
         assert!(h.set("u2", vec![clash]).unwrap().is_empty());
@@ -528,7 +597,15 @@ mod tests {
         after.set("u1", vec![live]).unwrap();
         assert_eq!(elements(&nft, ANY_ADDRESS).len(), 2);
         let ips = HashSet::from([Ipv4Addr::new(10, 244, 0, 5)]);
-        assert_eq!(after.sweep(&ips).unwrap(), 1);
+        assert_eq!(
+            after.sweep(&ips).unwrap(),
+            2,
+            "the gone pod's port and hairpin"
+        );
+        assert_eq!(
+            elements(&nft, HAIRPIN),
+            vec![hairpin_elem(Ipv4Addr::new(10, 244, 0, 5))]
+        );
         assert_eq!(elements(&nft, ANY_ADDRESS), vec![element(&live).1]);
         // A key held from before with other data is replaced, not refused.
         let moved = m(None, 6, 8080, [10, 244, 0, 7], 80);
@@ -541,5 +618,6 @@ mod tests {
             .remove("u3", Some(Ipv4Addr::new(10, 244, 0, 7)))
             .unwrap();
         assert!(elements(&nft, ANY_ADDRESS).is_empty());
+        assert!(!elements(&nft, HAIRPIN).contains(&hairpin_elem(Ipv4Addr::new(10, 244, 0, 7))));
     }
 }

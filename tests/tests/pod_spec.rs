@@ -188,8 +188,8 @@ fn wait_fetch(n: &Node, url: &str, want: Option<&str>) -> Result<()> {
 }
 
 /// A hostPort answers on the node address (and a hostIP one only on its
-/// address), from the node and from another pod; it survives an agent
-/// restart and is gone once the pod is deleted.
+/// address), from the node, from another pod and from the pod itself; it
+/// survives an agent restart and is gone once the pod is deleted.
 #[test]
 fn host_ports_answer_on_the_node_address_until_the_pod_is_deleted() -> Result<()> {
     let Some(mut n) =
@@ -231,6 +231,9 @@ spec:
     // From a pod: through prerouting, to the node address.
     let get = format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {node_ip} 8080");
     let reply = exec(&n, "client", &["sh", "-c", &get])?;
+    assert!(reply.ends_with("\r\n\r\nhostport\n"), "{reply:?}");
+    // From the pod itself (hairpin: masqueraded so the reply comes back).
+    let reply = exec(&n, "web", &["sh", "-c", &get])?;
     assert!(reply.ends_with("\r\n\r\nhostport\n"), "{reply:?}");
     // The port with a hostIP is not on the node's other addresses.
     let cni_gw = format!(

@@ -92,6 +92,17 @@ pub struct AgentArgs {
     /// Answer NodePorts on 127.0.0.1 too (default false).
     #[arg(long, value_name = "BOOL")]
     pub localhost_nodeports: Option<bool>,
+    /// Let containers run `privileged: true` (default false: refused).
+    #[arg(long, value_name = "BOOL")]
+    pub allow_privileged: Option<bool>,
+    /// Rotate a container's log file before it grows past this size
+    /// (default 10Mi).
+    #[arg(long, value_name = "SIZE")]
+    pub container_log_max_size: Option<String>,
+    /// Keep at most this many log files per container run, the live one
+    /// included (default 5, at least 2).
+    #[arg(long, value_name = "N")]
+    pub container_log_max_files: Option<u32>,
     /// Drop traffic of pod addresses NetworkPolicy has not programmed yet
     /// (default: true when this agent runs the pods).
     #[arg(long, value_name = "BOOL")]
@@ -369,6 +380,13 @@ async fn start_node(
         prober: Prober::start(),
         events: kubelet::events::Recorder::new(cp.clone(), &config.node_name),
         network_gate: network_policy.map(|(gate, _)| gate),
+        hostports: match hostnet::nftables::NfTablesSocket::open() {
+            Ok(nft) => Some(Arc::new(kubelet::hostport::HostPorts::new(Arc::new(nft)))),
+            Err(e) => {
+                tracing::warn!(error = %e, "hostPorts: nf_tables unavailable; hostPorts are not programmed");
+                None
+            }
+        },
     });
     tasks.push(tokio::spawn(node::heartbeat(
         cp,

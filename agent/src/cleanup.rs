@@ -4,7 +4,8 @@
 //!
 //! - pods: every container in the agent's containerd namespace that
 //!   carries our labels, with its CNI attachment (IP released), pinned
-//!   netns, pod files, volumes, cgroups and logs;
+//!   netns, pod files, volumes, cgroups and logs, and the hostPort table
+//!   `ip knode-hostport`;
 //! - the pod network: `cni0`, the bridge plugin's `KNODE-MASQ-*` rules,
 //!   and the default conflist with its IPAM store when it is the agent's
 //!   own (an operator's conflist stays);
@@ -117,10 +118,12 @@ async fn pods(config: &Config) -> Result<String> {
         config.cni_cache_dir.clone(),
     );
     let kubelet = config.kubelet();
+    // The whole hostPort table goes below, not element by element.
     let host = Host {
         rt: &rt,
         cni: &cni,
         config: &kubelet,
+        hostports: None,
     };
     let mut uids = manager::uids_on_node(&host);
     for o in task::list_owned(&rt, labels::POD_UID).await? {
@@ -138,7 +141,20 @@ async fn pods(config: &Config) -> Result<String> {
     if !failed.is_empty() {
         bail!("pods: could not remove {}", failed.join("; "));
     }
-    Ok(format!("pods: {} removed", uids.len()))
+    let table = match hostnet::nftables::NfTablesSocket::open() {
+        Ok(nft) => hostnet::nftables::delete_table_if_present(&nft, &kubelet::hostport::table())
+            .context("remove table ip knode-hostport")?,
+        Err(_) => false,
+    };
+    Ok(format!(
+        "pods: {} removed{}",
+        uids.len(),
+        if table {
+            ", nft table ip knode-hostport removed"
+        } else {
+            ""
+        }
+    ))
 }
 
 /// The bridge, the bridge plugin's masquerade rules and (when `ours`) the

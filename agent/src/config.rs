@@ -79,6 +79,12 @@ pub struct Config {
     pub token_auth_file: Option<PathBuf>,
     /// Answer NodePorts on 127.0.0.1 too (sets route_localnet).
     pub localhost_nodeports: bool,
+    /// Containers may run `privileged: true`.
+    pub allow_privileged: bool,
+    /// A container log file is rotated before it grows past this (bytes).
+    pub container_log_max_size: u64,
+    /// At most this many log files per container run, the live one included.
+    pub container_log_max_files: u32,
     /// Drop traffic of pod addresses NetworkPolicy has not programmed yet
     /// (`None`: when this agent runs the node's pods, whose kubelet
     /// reports each new address; see docs/network-policy.md).
@@ -111,6 +117,11 @@ impl Config {
                 resolv_conf: self.resolv_conf.clone(),
             }),
             bind_pending: !self.enabled("controllers"),
+            allow_privileged: self.allow_privileged,
+            log_rotation: Some(kubelet::logs::writer::Rotation {
+                max_size: self.container_log_max_size,
+                max_files: self.container_log_max_files,
+            }),
         }
     }
 }
@@ -166,6 +177,9 @@ impl Default for Config {
             nodeport_addresses: Vec::new(),
             masquerade_all: false,
             localhost_nodeports: false,
+            allow_privileged: false,
+            container_log_max_size: 10 << 20,
+            container_log_max_files: 5,
             network_policy_guard: None,
             proxy_mode: None,
             // kubelet's nodeLeaseDurationSeconds.
@@ -226,6 +240,10 @@ pub struct File {
     pub nodeport_addresses: Option<Vec<String>>,
     pub masquerade_all: Option<bool>,
     pub localhost_nodeports: Option<bool>,
+    pub allow_privileged: Option<bool>,
+    /// A size such as `10Mi`.
+    pub container_log_max_size: Option<String>,
+    pub container_log_max_files: Option<u32>,
     pub network_policy_guard: Option<bool>,
     pub node_lease_duration: Option<String>,
     pub leader_elect_lease_duration: Option<String>,
@@ -377,6 +395,28 @@ impl Config {
                 .localhost_nodeports
                 .or(file.localhost_nodeports)
                 .unwrap_or(d.localhost_nodeports),
+            allow_privileged: flags
+                .allow_privileged
+                .or(file.allow_privileged)
+                .unwrap_or(d.allow_privileged),
+            container_log_max_size: match flags
+                .container_log_max_size
+                .or(file.container_log_max_size)
+            {
+                None => d.container_log_max_size,
+                Some(s) => controlplane::quantity::Quantity::parse(&s)
+                    .ok()
+                    .and_then(|q| q.value())
+                    .and_then(|v| u64::try_from(v).ok())
+                    .filter(|v| *v > 0)
+                    .with_context(|| {
+                        format!("container-log-max-size: {s:?} is not a size above 0 like 10Mi")
+                    })?,
+            },
+            container_log_max_files: flags
+                .container_log_max_files
+                .or(file.container_log_max_files)
+                .unwrap_or(d.container_log_max_files),
             network_policy_guard: flags.network_policy_guard.or(file.network_policy_guard),
             proxy_mode: match flags.proxy_mode.or(file.proxy_mode) {
                 None => d.proxy_mode,
@@ -471,6 +511,12 @@ impl Config {
             bail!(
                 "cluster-cidr: {:?} is not an IPv4 CIDR like 10.244.0.0/16",
                 c.cluster_cidr
+            );
+        }
+        if c.container_log_max_files < 2 {
+            bail!(
+                "container-log-max-files: {} must be at least 2 (the live file and one rotated), as kubelet's",
+                c.container_log_max_files
             );
         }
         if c.node_lease_duration < Duration::from_secs(4) {
@@ -661,6 +707,14 @@ mod tests {
             (
                 "node-lease-duration: 1s",
                 "node-lease-duration: at least 4s",
+            ),
+            (
+                "container-log-max-size: lots",
+                "container-log-max-size: \"lots\" is not a size",
+            ),
+            (
+                "container-log-max-files: 1",
+                "container-log-max-files: 1 must be at least 2",
             ),
             (
                 "proxy-sync-period: 0s",

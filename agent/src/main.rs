@@ -116,7 +116,9 @@ enum Command {
     /// Run a command in a pod's container.
     Exec(cli::exec::ExecArgs),
     /// Write a container's stdout/stderr to its CRI log file (started by
-    /// containerd's shim through the task's binary log URI).
+    /// containerd's shim through the task's binary log URI as
+    /// `log-writer PATH [max-size BYTES max-files N]`, pairs in any order;
+    /// handled before this parser).
     #[command(hide = true)]
     LogWriter {
         /// The log file.
@@ -145,12 +147,20 @@ fn init_logging(json: bool, default_level: &str) {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    // Before logging, config and the async runtime: none of them may fail
-    // a container's log writer.
-    if let Command::LogWriter { path } = &cli.command {
-        return kubelet::logs::writer::run(path);
+    // Before clap, logging, config and the async runtime: none of them may
+    // fail a container's log writer, whose `key value` arguments come in
+    // the shim's (random) order.
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if let Some(args) = kubelet::logs::writer::Args::from_argv(&argv) {
+        return match args {
+            Ok(a) => kubelet::logs::writer::run(&a),
+            Err(e) => {
+                eprintln!("knode log-writer: {e}");
+                ExitCode::from(2)
+            }
+        };
     }
+    let cli = Cli::parse();
     let is_agent = matches!(cli.command, Command::Agent(_));
     init_logging(cli.global.log_json, if is_agent { "info" } else { "warn" });
     if let Command::Version = cli.command {
@@ -251,6 +261,9 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
             .and_then(|a| (!a.nodeport_addresses.is_empty()).then(|| a.nodeport_addresses.clone())),
         masquerade_all: agent.and_then(|a| a.masquerade_all),
         localhost_nodeports: agent.and_then(|a| a.localhost_nodeports),
+        allow_privileged: agent.and_then(|a| a.allow_privileged),
+        container_log_max_size: flag(|a| a.container_log_max_size.clone()),
+        container_log_max_files: agent.and_then(|a| a.container_log_max_files),
         network_policy_guard: agent.and_then(|a| a.network_policy_guard),
         proxy_mode: flag(|a| a.proxy_mode.clone()),
         node_lease_duration: flag(|a| a.node_lease_duration.clone()),

@@ -6,6 +6,7 @@
 
 pub mod cni;
 pub use controlplane::events;
+pub mod hostport;
 pub mod logs;
 pub mod node;
 pub mod pods;
@@ -35,6 +36,23 @@ pub struct Config {
     /// served: only where no scheduler runs (the agent's controllers are
     /// turned off), as before the scheduler existed.
     pub bind_pending: bool,
+    /// Containers may run `privileged: true` (`allow-privileged`).
+    pub allow_privileged: bool,
+    /// Container log rotation (`container-log-max-size`,
+    /// `container-log-max-files`); `None` never rotates.
+    pub log_rotation: Option<logs::writer::Rotation>,
+}
+
+impl Config {
+    /// What pods may ask of this node beyond the defaults: privileged
+    /// containers if allowed, Localhost seccomp profiles from
+    /// `<data_dir>/seccomp` (kubelet's `<root-dir>/seccomp`).
+    pub fn node_policy(&self) -> runtime::spec::NodePolicy {
+        runtime::spec::NodePolicy {
+            allow_privileged: self.allow_privileged,
+            seccomp_root: Some(self.data_dir.join("seccomp")),
+        }
+    }
 }
 
 /// What pods need to know of the cluster DNS (kubelet's `clusterDNS`,

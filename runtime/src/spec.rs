@@ -84,6 +84,18 @@ pub struct SandboxParams<'a> {
     pub hostname: &'a str,
     pub files: &'a PodFiles,
     pub cgroups_path: String,
+    pub policy: &'a NodePolicy,
+}
+
+/// What this node allows pods beyond the defaults (the agent's config).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodePolicy {
+    /// `securityContext.privileged: true` runs (`allow-privileged`);
+    /// otherwise it is refused.
+    pub allow_privileged: bool,
+    /// Where `Localhost` seccomp profiles are read from (kubelet's
+    /// `<root-dir>/seccomp`); `None` refuses them.
+    pub seccomp_root: Option<PathBuf>,
 }
 
 /// A bind mount of a host path (a volume) into a container.
@@ -107,6 +119,7 @@ pub struct ContainerParams<'a> {
     pub mounts: &'a [Mount],
     pub files: &'a PodFiles,
     pub cgroups_path: String,
+    pub policy: &'a NodePolicy,
 }
 
 /// A pod that cannot be run as written: the field and why.
@@ -370,6 +383,7 @@ pub(crate) fn sandbox_spec_on(p: &SandboxParams, host: &Host) -> Result<Spec, Sp
         psc.and_then(|s| s.seccomp_profile.as_ref()),
         "spec.securityContext.seccompProfile",
         &security::capabilities(None, "spec")?,
+        p.policy.seccomp_root.as_deref(),
     )?);
 
     let mut ann = pod_annotations(&pod);
@@ -391,10 +405,17 @@ pub(crate) fn container_spec_on(p: &ContainerParams, host: &Host) -> Result<Spec
     let psc = pod.spec.security_context.as_ref();
     let sc = c.security_context.as_ref();
 
-    if sc.and_then(|s| s.privileged) == Some(true) {
+    let privileged = sc.and_then(|s| s.privileged) == Some(true);
+    if privileged && !p.policy.allow_privileged {
         return Err(SpecError::new(
             format!("{field}.securityContext.privileged"),
-            "privileged containers are not supported by this node",
+            "privileged containers are not allowed on this node (agent config allow-privileged)",
+        ));
+    }
+    if privileged && sc.and_then(|s| s.allow_privilege_escalation) == Some(false) {
+        return Err(SpecError::new(
+            format!("{field}.securityContext.allowPrivilegeEscalation"),
+            "cannot be false when privileged is true",
         ));
     }
     let unmasked = match sc.and_then(|s| s.proc_mount.as_deref()) {
@@ -445,7 +466,12 @@ pub(crate) fn container_spec_on(p: &ContainerParams, host: &Host) -> Result<Spec
         pod.name,
         Some(&c.name),
     )?;
-    let caps = security::capabilities(sc, &field)?;
+    // A privileged container gets every capability, whatever add/drop say
+    // (containerd's WithPrivileged).
+    let caps = match privileged {
+        true => security::all_capabilities(),
+        false => security::capabilities(sc, &field)?,
+    };
     let oom = resources::oom_score_adj(p.pod, c, &field, host.memory_capacity)?;
     let mut process = process(
         user,
@@ -460,7 +486,16 @@ pub(crate) fn container_spec_on(p: &ContainerParams, host: &Host) -> Result<Spec
     ));
 
     let read_only_root = sc.and_then(|s| s.read_only_root_filesystem) == Some(true);
-    let mounts = container_mounts(p, read_only_root, &field)?;
+    let mut mounts = container_mounts(p, read_only_root, &field)?;
+    if privileged {
+        // /sys and the cgroup view writable, as the CRI plugin mounts them.
+        for m in &mut mounts {
+            if matches!(m.typ().as_deref(), Some("sysfs") | Some("cgroup")) {
+                let opts = m.options().clone().unwrap_or_default();
+                m.set_options(Some(opts.into_iter().filter(|o| o != "ro").collect()));
+            }
+        }
+    }
 
     let ns_path = |kind: &str| Some(PathBuf::from(format!("/proc/{}/ns/{kind}", p.sandbox_pid)));
     let mut namespaces = vec![
@@ -488,7 +523,10 @@ pub(crate) fn container_spec_on(p: &ContainerParams, host: &Host) -> Result<Spec
         cpu.set_period(Some(resources::CPU_PERIOD));
     }
     let mut res = LinuxResources::default();
-    res.set_devices(Some(vec![deny_all_devices()]));
+    res.set_devices(Some(vec![match privileged {
+        true => security::allow_all_devices(),
+        false => deny_all_devices(),
+    }]));
     res.set_cpu(Some(cpu));
     if let Some(m) = limits.memory {
         let mut mem = LinuxMemory::default();
@@ -496,7 +534,15 @@ pub(crate) fn container_spec_on(p: &ContainerParams, host: &Host) -> Result<Spec
         res.set_memory(Some(mem));
     }
 
-    let mut linux = linux(p.cgroups_path.clone(), namespaces, res, !unmasked);
+    let mut linux = linux(
+        p.cgroups_path.clone(),
+        namespaces,
+        res,
+        !unmasked && !privileged,
+    );
+    if privileged {
+        linux.set_devices(Some(security::host_devices()));
+    }
     let seccomp_profile = sc
         .and_then(|s| s.seccomp_profile.as_ref())
         .map(|s| (s, format!("{field}.securityContext.seccompProfile")))
@@ -505,7 +551,9 @@ pub(crate) fn container_spec_on(p: &ContainerParams, host: &Host) -> Result<Spec
                 .map(|s| (s, "spec.securityContext.seccompProfile".to_string()))
         });
     linux.set_seccomp(match seccomp_profile {
-        Some((s, f)) => seccomp::profile(Some(s), &f, &caps)?,
+        // Privileged containers run unconfined (the CRI plugin's rule).
+        _ if privileged => None,
+        Some((s, f)) => seccomp::profile(Some(s), &f, &caps, p.policy.seccomp_root.as_deref())?,
         None => None,
     });
 

@@ -30,6 +30,22 @@ pub fn require_containerd(test: &str) -> bool {
     false
 }
 
+/// Starts containerd with the config in `dir`, appending to its log.
+fn spawn(dir: &Path) -> Result<Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("containerd.log"))?;
+    Command::new(CONTAINERD)
+        .arg("--config")
+        .arg(dir.join("config.toml"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("start containerd")
+}
+
 /// One running private containerd.
 pub struct Containerd {
     child: Option<Child>,
@@ -64,21 +80,26 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             opt = d.join("opt").display(),
         );
         std::fs::write(d.join("config.toml"), config)?;
-        let log = std::fs::File::create(d.join("containerd.log"))?;
-        let child = Command::new(CONTAINERD)
-            .arg("--config")
-            .arg(d.join("config.toml"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("start containerd")?;
+        std::fs::File::create(d.join("containerd.log"))?;
+        let child = spawn(d)?;
         let mut c = Containerd {
             child: Some(child),
             dir,
         };
         c.wait_ready()?;
         Ok(c)
+    }
+
+    /// Stops this containerd (SIGKILL, as a crash) and starts it again on
+    /// the same root, state and socket. Shims and the containers they run
+    /// are separate processes and keep running.
+    pub fn restart(&mut self) -> Result<()> {
+        if let Some(mut c) = self.child.take() {
+            c.kill().context("kill containerd")?;
+            c.wait().context("reap containerd")?;
+        }
+        self.child = Some(spawn(self.dir.path())?);
+        self.wait_ready()
     }
 
     fn wait_ready(&mut self) -> Result<()> {

@@ -36,6 +36,11 @@ pub struct Node {
 impl Node {
     /// Starts containerd, the host namespace and the agent.
     pub fn start() -> Result<Node> {
+        Node::start_with(&[])
+    }
+
+    /// [`Node::start`] with more agent flags (`--allow-privileged true`).
+    pub fn start_with(flags: &[&str]) -> Result<Node> {
         let containerd = Containerd::start()?;
         let host = TestNs::new("node")?;
         // Like a host: the node IP on an interface and a default route (an
@@ -86,6 +91,7 @@ impl Node {
             "overlay".to_string(),
         ];
         agent_flags.extend(dns_flags(&root)?);
+        agent_flags.extend(flags.iter().map(|f| f.to_string()));
         let agent = Agent::start_node(dir, host.path(), extra, agent_flags)?;
         let n = Node {
             agent,
@@ -114,10 +120,15 @@ impl Node {
     /// For a test: a node with the busybox test image imported, or `None`
     /// (skip) without root or containerd — a failure under `CI=true`.
     pub fn for_test(test: &str) -> Option<Node> {
+        Node::for_test_with(test, &[])
+    }
+
+    /// [`Node::for_test`] with more agent flags.
+    pub fn for_test_with(test: &str, flags: &[&str]) -> Option<Node> {
         if !crate::require_root(test) || !crate::containerd::require_containerd(test) {
             return None;
         }
-        let n = Node::start().expect("start node");
+        let n = Node::start_with(flags).expect("start node");
         let dir = TempDir::new("img").expect("temp dir");
         let tar = crate::image::busybox_oci_tar(dir.path()).expect("build busybox image");
         n.import(&tar).expect("import busybox");

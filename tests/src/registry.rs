@@ -161,12 +161,15 @@ impl Registry {
     /// `--registry-config`.
     pub fn docker_config(&self, dir: &Path) -> Result<PathBuf> {
         let path = dir.join("registries.json");
-        let auth = base64(format!("{USER}:{PASSWORD}").as_bytes());
-        std::fs::write(
-            &path,
-            serde_json::json!({ "auths": { self.host(): { "auth": auth } } }).to_string(),
-        )?;
+        std::fs::write(&path, self.docker_config_json())?;
         Ok(path)
+    }
+
+    /// The docker-config JSON with this registry's credentials (also the
+    /// `.dockerconfigjson` of a pull Secret).
+    pub fn docker_config_json(&self) -> String {
+        let auth = base64(format!("{USER}:{PASSWORD}").as_bytes());
+        serde_json::json!({ "auths": { self.host(): { "auth": auth } } }).to_string()
     }
 
     /// Pushes the OCI layout tar `archive` as `repo:tag` (e.g.
@@ -217,7 +220,8 @@ impl Drop for Registry {
 }
 
 /// Standard base64 with padding (docker-config `auth` values).
-fn base64(data: &[u8]) -> String {
+/// Standard base64 with padding (RFC 4648).
+pub fn base64(data: &[u8]) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for chunk in data.chunks(3) {

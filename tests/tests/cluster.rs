@@ -381,13 +381,9 @@ fn agent_cleanup_removes_what_knode_made_on_the_node() -> Result<()> {
     else {
         return Ok(());
     };
-    apply(
-        &c,
-        &[
-            web_pod("clean-0", "node-0", "clean"),
-            service("clean", "clean", false),
-        ],
-    )?;
+    let mut pod = web_pod("clean-0", "node-0", "clean");
+    pod["spec"]["containers"][0]["ports"] = json!([{"containerPort": 8080, "hostPort": 18080}]);
+    apply(&c, &[pod, service("clean", "clean", false)])?;
     c.wait_running("clean-0")?;
     let ns = c.net.node(0);
     let saved = || ns.sh(&["iptables-save"]).unwrap_or_default();
@@ -408,6 +404,9 @@ fn agent_cleanup_removes_what_knode_made_on_the_node() -> Result<()> {
     );
     assert!(ns.sh(&["ip", "link", "show", "knode.1"]).is_ok());
     assert!(ns.sh(&["nft", "list", "table", "ip", "knode-dns"]).is_ok());
+    assert!(ns
+        .sh(&["nft", "list", "table", "ip", "knode-hostport"])
+        .is_ok());
 
     for round in 0..2 {
         let out = c.nodes[0].agent.cleanup()?;
@@ -423,6 +422,7 @@ fn agent_cleanup_removes_what_knode_made_on_the_node() -> Result<()> {
     let tables = ns.sh(&["nft", "list", "tables"])?;
     assert!(!tables.contains("knode-dns"), "{tables}");
     assert!(!tables.contains("kube-proxy"), "{tables}");
+    assert!(!tables.contains("knode-hostport"), "{tables}");
     let lo = ns.sh(&["ip", "-4", "addr", "show", "dev", "lo"])?;
     assert!(
         !lo.contains("10.96.0.10/32") && !lo.contains("169.254.20.10/32"),

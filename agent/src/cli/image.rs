@@ -64,7 +64,8 @@ pub async fn run(config: &Config, args: ImageArgs) -> Result<ExitCode> {
         ImageCommand::Pull { reference } => {
             let regs = Registries::load(&config.registry_config, &config.insecure_registries)?;
             let bar = Bar::new(format!("pull {reference}"));
-            let result = image::pull(&rt, &reference, &regs, &bar).await;
+            let result =
+                image::pull(&rt, &reference, &regs, &image::Keyring::default(), &bar).await;
             bar.finish();
             let img = result?;
             println!("pulled {} ({})", img.name, img.digest);

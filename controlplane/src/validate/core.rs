@@ -156,11 +156,13 @@ pub(crate) fn pod_spec(spec: &PodSpec, at: &str, e: &mut Errs) {
             v.host_path.is_some(),
             v.config_map.is_some(),
             v.secret.is_some(),
+            v.downward_api.is_some(),
+            v.projected.is_some(),
         ];
         if sources.iter().filter(|s| **s).count() != 1 {
             e.add(
                 path,
-                "exactly one of emptyDir, hostPath, configMap or secret is required",
+                "exactly one of emptyDir, hostPath, configMap, secret, downwardAPI or projected is required",
             );
         }
     }
@@ -193,6 +195,14 @@ pub(crate) fn pod_spec(spec: &PodSpec, at: &str, e: &mut Errs) {
                     format!("{pp}.containerPort"),
                     format!("{}: must be 1-65535", port.container_port),
                 );
+            }
+            if let Some(h) = port.host_port.filter(|h| !(0..=65535).contains(h)) {
+                e.add(format!("{pp}.hostPort"), format!("{h}: must be 1-65535"));
+            }
+            if let Some(ip) = port.host_ip.as_deref().filter(|ip| !ip.is_empty()) {
+                if ip.parse::<std::net::IpAddr>().is_err() {
+                    e.add(format!("{pp}.hostIP"), format!("{ip:?}: must be an IP address"));
+                }
             }
             protocol(e, &format!("{pp}.protocol"), port.protocol.as_deref());
         }

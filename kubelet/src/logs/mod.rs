@@ -41,17 +41,29 @@ pub fn path(
 }
 
 /// The stdout/stderr URI for a task whose output `knode log-writer` writes
-/// to `log_path`: `binary:///path/to/knode?log-writer=/path/to/N.log`. The
+/// to `log_path`: `binary:///path/to/knode?log-writer=/path/to/N.log`, with
+/// `&max-size=BYTES&max-files=N` when the file is rotated. The
 /// shim passes the query as argv (`knode log-writer PATH`), after decoding
 /// it as a URL, so both paths are percent-encoded: a `+`, space, `%`, `&`
 /// or `;` in a directory name must reach the writer unchanged. The same URI
 /// serves stdout and stderr (the shim reads the scheme from stdout's).
-pub fn stdio_uri(knode_exe: &Path, log_path: &Path) -> String {
-    format!(
-        "binary://{}?log-writer={}",
+pub fn stdio_uri(knode_exe: &Path, log_path: &Path, rotation: Option<writer::Rotation>) -> String {
+    let mut uri = format!(
+        "binary://{}?{}={}",
         percent_encode(knode_exe),
+        writer::ARG_PATH,
         percent_encode(log_path)
-    )
+    );
+    if let Some(r) = rotation {
+        uri.push_str(&format!(
+            "&{}={}&{}={}",
+            writer::ARG_MAX_SIZE,
+            r.max_size,
+            writer::ARG_MAX_FILES,
+            r.max_files
+        ));
+    }
+    uri
 }
 
 /// Removes all logs of a pod (at teardown). Logs that are already gone are
@@ -111,13 +123,27 @@ mod tests {
         let u = stdio_uri(
             Path::new("/usr/bin/knode"),
             Path::new("/var/log/pods/a b+c%d&e;f=g/0.log"),
+            None,
         );
         assert_eq!(
             u,
             "binary:///usr/bin/knode?log-writer=/var/log/pods/a%20b%2Bc%25d%26e%3Bf%3Dg/0.log"
         );
-        let u = stdio_uri(Path::new("/opt/my knode/knode"), Path::new("/l/0.log"));
+        let u = stdio_uri(
+            Path::new("/opt/my knode/knode"),
+            Path::new("/l/0.log"),
+            None,
+        );
         assert_eq!(u, "binary:///opt/my%20knode/knode?log-writer=/l/0.log");
+        let r = writer::Rotation {
+            max_size: 10 << 20,
+            max_files: 5,
+        };
+        let u = stdio_uri(Path::new("/k"), Path::new("/l/0.log"), Some(r));
+        assert_eq!(
+            u,
+            "binary:///k?log-writer=/l/0.log&max-size=10485760&max-files=5"
+        );
     }
 
     #[test]

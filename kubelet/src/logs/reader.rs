@@ -6,23 +6,27 @@
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use jiff::Timestamp;
 
 use super::cri::{self, Stream, Tag};
 
+/// The names in `dir`; a missing dir has none.
+fn file_names(dir: &Path) -> io::Result<Vec<std::ffi::OsString>> {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => entries.map(|e| Ok(e?.file_name())).collect(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
 /// The runs (attempts) that have a log file in a container's log dir,
 /// ascending. A missing dir has none.
 pub fn attempts(dir: &Path) -> io::Result<Vec<u32>> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
     let mut out = Vec::new();
-    for e in entries {
-        let name = e?.file_name();
+    for name in file_names(dir)? {
         let Some(n) = name
             .to_str()
             .and_then(|n| n.strip_suffix(".log"))
@@ -48,6 +52,53 @@ pub fn pick(attempts: &[u32], previous: bool) -> Option<u32> {
 /// The log file of run `attempt` in a container's log dir.
 pub fn file(dir: &Path, attempt: u32) -> PathBuf {
     dir.join(format!("{attempt}.log"))
+}
+
+/// The rotated files of the log file `live` (`N.log.<YYYYMMDD-hhmmss>`,
+/// with `.<n>` when two rotations share a second), oldest first.
+pub fn rotated(live: &Path) -> io::Result<Vec<PathBuf>> {
+    let (Some(dir), Some(name)) = (live.parent(), live.file_name().and_then(|n| n.to_str())) else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for file in file_names(dir)? {
+        let Some(rest) = file
+            .to_str()
+            .and_then(|f| f.strip_prefix(name))
+            .and_then(|r| r.strip_prefix('.'))
+        else {
+            continue;
+        };
+        let (stamp, n) = match rest.split_once('.') {
+            Some((stamp, n)) => match n.parse::<u32>() {
+                Ok(n) => (stamp, n),
+                Err(_) => continue,
+            },
+            None => (rest, 0),
+        };
+        let is_stamp = stamp.len() == 15
+            && stamp.bytes().enumerate().all(|(i, b)| {
+                if i == 8 {
+                    b == b'-'
+                } else {
+                    b.is_ascii_digit()
+                }
+            });
+        if is_stamp {
+            out.push(((stamp.to_string(), n), dir.join(&file)));
+        }
+    }
+    out.sort();
+    Ok(out.into_iter().map(|(_, p)| p).collect())
+}
+
+/// Every file of run `attempt`, in the order it was written: the rotated
+/// ones, then the live one.
+pub fn run_files(dir: &Path, attempt: u32) -> io::Result<Vec<PathBuf>> {
+    let live = file(dir, attempt);
+    let mut files = rotated(&live)?;
+    files.push(live);
+    Ok(files)
 }
 
 /// One line of output: partial entries joined, the newline kept when the
@@ -145,6 +196,11 @@ impl Decoder {
 pub struct Follower {
     dir: PathBuf,
     attempt: Option<u32>,
+    /// Whether the current run's rotated files were read.
+    backlog_read: bool,
+    /// The live file being read (its inode: a rotation replaces it) and
+    /// how far.
+    ino: Option<u64>,
     offset: u64,
     decoder: Decoder,
 }
@@ -156,6 +212,8 @@ impl Follower {
         Follower {
             dir: dir.to_path_buf(),
             attempt,
+            backlog_read: false,
+            ino: None,
             offset: 0,
             decoder: Decoder::default(),
         }
@@ -177,6 +235,12 @@ impl Follower {
                 }
                 continue;
             };
+            if !self.backlog_read {
+                self.backlog_read = true;
+                for p in rotated(&file(&self.dir, current))? {
+                    grew |= read_from(&p, 0, &mut self.decoder, out)?.is_some();
+                }
+            }
             grew |= self.read_new(current, out)?;
             let next = attempts(&self.dir)?.into_iter().find(|&a| a > current);
             let Some(next) = next else {
@@ -187,6 +251,8 @@ impl Follower {
             grew |= self.read_new(current, out)?;
             self.decoder.finish(out);
             self.attempt = Some(next);
+            self.backlog_read = false;
+            self.ino = None;
             self.offset = 0;
         }
     }
@@ -206,32 +272,68 @@ impl Follower {
     }
 
     fn read_new(&mut self, attempt: u32, out: &mut impl FnMut(Message)) -> io::Result<bool> {
-        let mut f = match File::open(file(&self.dir, attempt)) {
-            Ok(f) => f,
+        let live = file(&self.dir, attempt);
+        let ino = match std::fs::metadata(&live) {
+            Ok(m) => m.ino(),
             // Removed (the pod's logs were cleaned up): nothing more here.
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(e),
         };
-        let len = f.metadata()?.len();
-        if len < self.offset {
-            // Truncated: start over.
+        let mut grew = false;
+        if let Some(old) = self.ino.filter(|&old| old != ino) {
+            // Rotated since the last read: the rest of the file that was
+            // live, then any rotated after it, then the new live file.
+            let files = rotated(&live)?;
+            let at = files
+                .iter()
+                .position(|p| std::fs::metadata(p).is_ok_and(|m| m.ino() == old));
+            if let Some(at) = at {
+                grew |= read_from(&files[at], self.offset, &mut self.decoder, out)?.is_some();
+                for p in &files[at + 1..] {
+                    grew |= read_from(p, 0, &mut self.decoder, out)?.is_some();
+                }
+            }
             self.offset = 0;
         }
-        if len == self.offset {
-            return Ok(false);
+        self.ino = Some(ino);
+        if let Some(end) = read_from(&live, self.offset, &mut self.decoder, out)? {
+            self.offset = end;
+            grew = true;
         }
-        f.seek(SeekFrom::Start(self.offset))?;
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = f.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            self.offset += n as u64;
-            self.decoder.feed(&buf[..n], out);
-        }
-        Ok(true)
+        Ok(grew)
     }
+}
+
+/// Feeds `path` from byte `from` on to `decoder` (from 0 if the file is
+/// shorter: truncated). Returns where it ended, or `None` if there was
+/// nothing new (or no file).
+fn read_from(
+    path: &Path,
+    from: u64,
+    decoder: &mut Decoder,
+    out: &mut impl FnMut(Message),
+) -> io::Result<Option<u64>> {
+    let mut f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let len = f.metadata()?.len();
+    let mut offset = if len < from { 0 } else { from };
+    if len == offset {
+        return Ok(None);
+    }
+    f.seek(SeekFrom::Start(offset))?;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        offset += n as u64;
+        decoder.feed(&buf[..n], out);
+    }
+    Ok(Some(offset))
 }
 
 #[cfg(test)]
@@ -400,5 +502,60 @@ mod tests {
         f.poll(&mut |m| got.push(String::from_utf8_lossy(&m.content).into()))
             .unwrap();
         assert_eq!(got, ["aaaaaaaaaaaaaaaa\n", "b\n"]);
+    }
+
+    #[test]
+    fn rotated_files_sort_by_time_then_counter() {
+        let d = temp("rotated");
+        for f in [
+            "0.log",
+            "0.log.20261207-120001",
+            "0.log.20261207-120000.2",
+            "0.log.20261207-120000",
+            "0.log.20261207-120000.10",
+            "0.log.tmp",
+            "1.log.20261207-110000",
+        ] {
+            std::fs::write(d.0.join(f), "").unwrap();
+        }
+        let names: Vec<String> = run_files(&d.0, 0)
+            .unwrap()
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "0.log.20261207-120000",
+                "0.log.20261207-120000.2",
+                "0.log.20261207-120000.10",
+                "0.log.20261207-120001",
+                "0.log"
+            ]
+        );
+    }
+
+    #[test]
+    fn following_reads_rotated_files_and_across_a_rotation() {
+        let d = temp("follow-rotate");
+        let live = d.0.join("0.log");
+        append(
+            &d.0.join("0.log.20261207-120000"),
+            &line("stdout", "F", "a"),
+        );
+        append(&live, &line("stdout", "F", "b"));
+        let mut f = Follower::new(&d.0, Some(0));
+        let mut got: Vec<String> = Vec::new();
+        assert!(poll(&mut f, &mut got));
+        assert_eq!(got, ["a\n", "b\n"], "the rotated backlog first");
+        // Written, then rotated twice before the next poll.
+        append(&live, &line("stdout", "F", "c"));
+        std::fs::rename(&live, d.0.join("0.log.20261207-120001")).unwrap();
+        append(&live, &line("stdout", "F", "d"));
+        std::fs::rename(&live, d.0.join("0.log.20261207-120002")).unwrap();
+        append(&live, &line("stdout", "F", "e"));
+        assert!(poll(&mut f, &mut got));
+        assert_eq!(got, ["a\n", "b\n", "c\n", "d\n", "e\n"]);
+        assert!(!poll(&mut f, &mut got));
     }
 }

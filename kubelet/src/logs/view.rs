@@ -100,27 +100,35 @@ impl Shaper {
     }
 }
 
-/// Reads one run's whole file through `shaper`, handing each piece of
-/// output to `sink`; returns the lines skipped as malformed.
+/// Reads one run's whole log (its rotated files, then the live one)
+/// through `shaper`, handing each piece of output to `sink`; returns the
+/// lines skipped as malformed.
 pub fn read_run(
     dir: &Path,
     run: u32,
     shaper: &mut Shaper,
     sink: &mut impl FnMut(&[u8]) -> io::Result<()>,
 ) -> io::Result<u64> {
-    let path = reader::file(dir, run);
-    let mut f = std::fs::File::open(&path)?;
+    let files = reader::run_files(dir, run)?;
     let mut d = reader::Decoder::default();
     let mut buf = vec![0u8; 64 * 1024];
     let mut out = Vec::new();
-    loop {
-        let n = io::Read::read(&mut f, &mut buf)?;
-        if n == 0 || shaper.full() {
-            break;
+    for (i, path) in files.iter().enumerate() {
+        let mut f = match std::fs::File::open(path) {
+            Ok(f) => f,
+            // A rotated file pruned while we listed: its lines are gone.
+            Err(e) if e.kind() == io::ErrorKind::NotFound && i + 1 < files.len() => continue,
+            Err(e) => return Err(e),
+        };
+        loop {
+            let n = io::Read::read(&mut f, &mut buf)?;
+            if n == 0 || shaper.full() {
+                break;
+            }
+            d.feed(&buf[..n], &mut |m| shaper.push(m, &mut out));
+            sink(&out)?;
+            out.clear();
         }
-        d.feed(&buf[..n], &mut |m| shaper.push(m, &mut out));
-        sink(&out)?;
-        out.clear();
     }
     d.finish(&mut |m| shaper.push(m, &mut out));
     shaper.end_of_backlog(&mut out);

@@ -7,11 +7,12 @@
 //! outside the agent, so output survives an agent restart; it reads no
 //! config and starts no async runtime, so it cannot fail for their sake.
 
+use std::ffi::OsString;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use jiff::Timestamp;
@@ -26,8 +27,75 @@ const STDOUT_FD: i32 = 3;
 const STDERR_FD: i32 = 4;
 const READY_FD: i32 = 5;
 
-/// Runs the writer; `path` is the log file.
-pub fn run(path: &Path) -> ExitCode {
+/// When a log file is rotated (kubelet's `containerLogMaxSize` and
+/// `containerLogMaxFiles`): before a write would take it past `max_size`
+/// bytes it becomes `N.log.<YYYYMMDD-hhmmss>` and a new `N.log` starts;
+/// at most `max_files` files of the run are kept, the live one included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rotation {
+    pub max_size: u64,
+    pub max_files: u32,
+}
+
+/// The query keys of the writer's URI (see [`super::stdio_uri`]).
+pub const ARG_PATH: &str = "log-writer";
+pub const ARG_MAX_SIZE: &str = "max-size";
+pub const ARG_MAX_FILES: &str = "max-files";
+
+/// What the shim starts the writer with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Args {
+    pub path: PathBuf,
+    pub rotation: Option<Rotation>,
+}
+
+impl Args {
+    /// The writer's arguments from argv (without the program): the URI's
+    /// query as `key value` pairs, in any order (the shim walks a Go map).
+    /// `None` when argv is not a writer invocation; an error when it is
+    /// one with a bad value.
+    pub fn from_argv(argv: &[OsString]) -> Option<Result<Args, String>> {
+        if argv.is_empty() || !argv.len().is_multiple_of(2) {
+            return None;
+        }
+        let known = [ARG_PATH, ARG_MAX_SIZE, ARG_MAX_FILES];
+        let pairs: Vec<(&str, &OsString)> = argv
+            .chunks(2)
+            .map(|kv| Some((kv[0].to_str().filter(|k| known.contains(k))?, &kv[1])))
+            .collect::<Option<_>>()?;
+        let get = |key: &str| pairs.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
+        let path = PathBuf::from(get(ARG_PATH)?);
+        let number = |key: &str| -> Result<Option<u64>, String> {
+            get(key)
+                .map(|v| {
+                    v.to_str()
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .ok_or_else(|| format!("{key} {v:?} is not a number"))
+                })
+                .transpose()
+        };
+        let parsed = (|| {
+            let rotation = match (number(ARG_MAX_SIZE)?, number(ARG_MAX_FILES)?) {
+                (Some(size), Some(files)) if size > 0 && files >= 1 => Some(Rotation {
+                    max_size: size,
+                    max_files: u32::try_from(files).unwrap_or(u32::MAX),
+                }),
+                (None, None) => None,
+                _ => {
+                    return Err(format!(
+                        "{ARG_MAX_SIZE} and {ARG_MAX_FILES} go together, both above 0"
+                    ))
+                }
+            };
+            Ok(Args { path, rotation })
+        })();
+        Some(parsed)
+    }
+}
+
+/// Runs the writer.
+pub fn run(args: &Args) -> ExitCode {
+    let path = args.path.as_path();
     for fd in [STDOUT_FD, STDERR_FD, READY_FD] {
         // SAFETY: F_GETFD only reads the descriptor's flags; it is valid to
         // call on any number and fails with EBADF when nothing is open there.
@@ -50,6 +118,7 @@ pub fn run(path: &Path) -> ExitCode {
         )
     };
     let mut sink = Sink::open(path);
+    sink.rotation = args.rotation;
     // SIGTERM (sent by the shim when the task is deleted) is read from a
     // signalfd instead of killing us, so that buffered output is written.
     let mut mask = SigSet::empty();
@@ -83,6 +152,10 @@ pub fn run(path: &Path) -> ExitCode {
 /// of SIGPIPE because its log cannot be written.
 pub struct Sink {
     file: Option<File>,
+    path: PathBuf,
+    /// Bytes in the live file.
+    size: u64,
+    pub rotation: Option<Rotation>,
     failed: bool,
     clock: Clock,
 }
@@ -108,22 +181,127 @@ impl Sink {
                 path.display()
             );
         }
+        let size = file
+            .as_ref()
+            .ok()
+            .and_then(|f| f.metadata().ok())
+            .map_or(0, |m| m.len());
         Sink {
             file: file.ok(),
+            path: path.to_path_buf(),
+            size,
+            rotation: None,
             failed,
             clock: Clock::default(),
         }
     }
 
-    fn write(&mut self, bytes: &[u8]) {
-        let Some(f) = self.file.as_mut() else { return };
-        if let Err(e) = f.write_all(bytes) {
-            if !self.failed {
-                eprintln!("knode log-writer: write: {e}; later output may be lost");
+    /// Writes whole CRI entries (lines); with rotation, the file is
+    /// rotated at an entry boundary before it would pass the size, so
+    /// only an entry larger than the limit makes a file larger.
+    fn write(&mut self, mut bytes: &[u8]) {
+        let Some(r) = self.rotation else {
+            return self.append(bytes);
+        };
+        while !bytes.is_empty() {
+            let room = r.max_size.saturating_sub(self.size) as usize;
+            let fit = if room >= bytes.len() {
+                bytes.len()
+            } else {
+                bytes[..room]
+                    .iter()
+                    .rposition(|&b| b == b'\n')
+                    .map_or(0, |i| i + 1)
+            };
+            if fit > 0 {
+                self.append(&bytes[..fit]);
+                bytes = &bytes[fit..];
+            } else if self.size > 0 && self.rotate(r) {
+                continue;
+            } else {
+                // One entry larger than the limit (or no rotation
+                // possible): it goes whole.
+                let end = bytes
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .map_or(bytes.len(), |i| i + 1);
+                self.append(&bytes[..end]);
+                bytes = &bytes[end..];
             }
-            // Keep trying: a full disk may have room again later.
-            self.failed = true;
         }
+    }
+
+    fn append(&mut self, bytes: &[u8]) {
+        let Some(f) = self.file.as_mut() else { return };
+        match f.write_all(bytes) {
+            Ok(()) => self.size += bytes.len() as u64,
+            Err(e) => {
+                if !self.failed {
+                    eprintln!("knode log-writer: write: {e}; later output may be lost");
+                }
+                // Keep trying: a full disk may have room again later.
+                self.failed = true;
+            }
+        }
+    }
+
+    /// The live file becomes a rotated one and a new one starts; the
+    /// oldest rotated files go so that `max_files` remain. On a failure
+    /// output keeps going to the file at hand.
+    fn rotate(&mut self, r: Rotation) -> bool {
+        let Some(name) = self
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+        else {
+            return false;
+        };
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let stamp = Timestamp::now().strftime("%Y%m%d-%H%M%S").to_string();
+        // Two rotations in one second: a counter after the stamp, above
+        // any earlier one's (pruned names must not be reused out of order).
+        let existing = super::reader::rotated(&self.path).unwrap_or_default();
+        let prefix = format!("{name}.{stamp}");
+        let last = existing
+            .iter()
+            .filter_map(|p| {
+                let f = p.file_name()?.to_str()?.strip_prefix(&prefix)?.to_string();
+                match f.strip_prefix('.') {
+                    Some(n) => n.parse::<u32>().ok(),
+                    None => f.is_empty().then_some(0),
+                }
+            })
+            .max();
+        let rotated = match last {
+            None => dir.join(&prefix),
+            Some(n) => dir.join(format!("{prefix}.{}", n + 1)),
+        };
+        if let Err(e) = std::fs::rename(&self.path, &rotated) {
+            eprintln!("knode log-writer: rotate {}: {e}", self.path.display());
+            return false;
+        }
+        match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o640)
+            .open(&self.path)
+        {
+            Ok(f) => {
+                self.file = Some(f);
+                self.size = 0;
+            }
+            Err(e) => {
+                eprintln!("knode log-writer: reopen {}: {e}", self.path.display());
+                return false;
+            }
+        }
+        let keep = r.max_files.saturating_sub(1) as usize;
+        if let Ok(old) = super::reader::rotated(&self.path) {
+            for p in old.iter().take(old.len().saturating_sub(keep)) {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        true
     }
 }
 
@@ -426,5 +604,105 @@ mod tests {
         );
         let got: Vec<String> = entries(&path).into_iter().map(|e| e.3).collect();
         assert_eq!(got, ["before", "after"]);
+    }
+
+    /// Lines `0..n` written through a rotating sink, one write each.
+    fn write_lines(sink: &mut Sink, n: usize) {
+        let (out_r, mut out_w) = pipe();
+        let (err_r, err_w) = pipe();
+        drop(err_w);
+        let writer = std::thread::spawn(move || {
+            for i in 0..n {
+                out_w
+                    .write_all(format!("line {i:04}\n").as_bytes())
+                    .unwrap();
+            }
+        });
+        pump(
+            [(out_r, Stream::Stdout), (err_r, Stream::Stderr)],
+            None,
+            sink,
+        );
+        writer.join().unwrap();
+    }
+
+    #[test]
+    fn rotation_keeps_at_most_max_files_and_every_file_under_the_size() {
+        let dir = temp("rotate");
+        let path = dir.0.join("c/0.log");
+        let mut sink = Sink::open(&path);
+        sink.rotation = Some(Rotation {
+            max_size: 400,
+            max_files: 3,
+        });
+        write_lines(&mut sink, 200);
+        let rotated = crate::logs::reader::rotated(&path).unwrap();
+        assert_eq!(rotated.len(), 2, "{rotated:?}");
+        let names: Vec<String> = std::fs::read_dir(dir.0.join("c"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 3, "{names:?}");
+        for p in rotated.iter().chain([&path]) {
+            let len = std::fs::metadata(p).unwrap().len();
+            assert!(len <= 400, "{} has {len} bytes", p.display());
+        }
+        // The newest lines survive, in order across the files.
+        let mut lines = Vec::new();
+        for p in rotated.iter().chain([&path]) {
+            lines.extend(entries(p).into_iter().map(|e| e.3));
+        }
+        assert_eq!(lines.last().map(String::as_str), Some("line 0199"));
+        let numbers: Vec<u32> = lines.iter().map(|l| l[5..].parse().unwrap()).collect();
+        assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "{numbers:?}");
+    }
+
+    #[test]
+    fn arguments_come_as_pairs_in_any_order() {
+        let argv = |v: &[&str]| v.iter().map(OsString::from).collect::<Vec<_>>();
+        let want = Args {
+            path: "/l/0.log".into(),
+            rotation: Some(Rotation {
+                max_size: 1024,
+                max_files: 5,
+            }),
+        };
+        for order in [
+            [
+                "log-writer",
+                "/l/0.log",
+                "max-size",
+                "1024",
+                "max-files",
+                "5",
+            ],
+            [
+                "max-files",
+                "5",
+                "log-writer",
+                "/l/0.log",
+                "max-size",
+                "1024",
+            ],
+        ] {
+            assert_eq!(Args::from_argv(&argv(&order)), Some(Ok(want.clone())));
+        }
+        assert_eq!(
+            Args::from_argv(&argv(&["log-writer", "/l/0.log"])),
+            Some(Ok(Args {
+                path: "/l/0.log".into(),
+                rotation: None
+            }))
+        );
+        assert_eq!(Args::from_argv(&argv(&["logs", "web"])), None);
+        assert_eq!(Args::from_argv(&argv(&["agent"])), None);
+        assert_eq!(
+            Args::from_argv(&argv(&["max-size", "5", "max-files", "2"])),
+            None
+        );
+        assert!(matches!(
+            Args::from_argv(&argv(&["log-writer", "/l", "max-size", "ten"])),
+            Some(Err(e)) if e.contains("max-size")
+        ));
     }
 }

@@ -37,6 +37,9 @@ pub struct Context {
     /// Told of every pod address between CNI ADD and the first container
     /// (NetworkPolicy); `None` when nothing needs to know.
     pub network_gate: Option<Arc<dyn NetworkGate>>,
+    /// The node's hostPorts (`None`: nf_tables unavailable; hostPorts
+    /// are then not programmed).
+    pub hostports: Option<Arc<crate::hostport::HostPorts>>,
 }
 
 /// What must hold a new pod's address before any of its containers
@@ -61,6 +64,7 @@ impl Context {
             rt: &self.rt,
             cni: &self.cni,
             config: &self.config,
+            hostports: self.hostports.as_deref(),
         }
     }
 }
@@ -71,6 +75,9 @@ pub struct Host<'a> {
     pub rt: &'a Runtime,
     pub cni: &'a Cni,
     pub config: &'a Config,
+    /// Releases a removed pod's hostPorts (`None`: nothing to release, or
+    /// the caller removes the whole table).
+    pub hostports: Option<&'a crate::hostport::HostPorts>,
 }
 
 impl Host<'_> {
@@ -120,6 +127,35 @@ impl Refs {
     }
 }
 
+/// The registry credentials of the pod's `imagePullSecrets`, read now (as
+/// kubelet reads them for each pull). A Secret that is missing, of another
+/// type or unreadable is skipped with a warning, as kubelet does: the pull
+/// then goes with the node's credentials.
+pub async fn pull_keyring(cp: &dyn ControlPlane, pod: &Pod) -> runtime::image::Keyring {
+    let mut k = runtime::image::Keyring::default();
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let names = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.image_pull_secrets.iter().flatten());
+    for (i, r) in names.enumerate() {
+        let field = format!("spec.imagePullSecrets[{i}]");
+        let secret = match cp.get(&ObjectRef::new(Kind::Secret, ns, &r.name)).await {
+            Ok(Object::Secret(s)) => s,
+            Ok(_) => continue,
+            Err(e) => {
+                tracing::warn!(pod = ?pod.metadata.name, secret = %r.name, %field, error = %e, "image pull secret not read; pulling without it");
+                continue;
+            }
+        };
+        let data = super::volumes::secret_data(secret.clone());
+        if let Err(e) = k.add_secret(secret.type_.as_deref().unwrap_or("Opaque"), &data) {
+            tracing::warn!(pod = ?pod.metadata.name, secret = %r.name, %field, error = %format!("{e:#}"), "image pull secret not usable; pulling without it");
+        }
+    }
+    k
+}
+
 /// Names of the ConfigMaps and Secrets a pod refers to.
 fn referenced(pod: &Pod) -> (BTreeSet<String>, BTreeSet<String>) {
     let (mut cms, mut secs) = (BTreeSet::new(), BTreeSet::new());
@@ -156,6 +192,14 @@ fn referenced(pod: &Pod) -> (BTreeSet<String>, BTreeSet<String>) {
         }
         if let Some(s) = v.secret.as_ref().and_then(|s| s.secret_name.clone()) {
             secs.insert(s);
+        }
+        for s in v.projected.iter().flat_map(|p| p.sources.iter().flatten()) {
+            if let Some(c) = &s.config_map {
+                cms.insert(c.name.clone());
+            }
+            if let Some(s) = &s.secret {
+                secs.insert(s.name.clone());
+            }
         }
     }
     (cms, secs)

@@ -272,7 +272,7 @@ pub fn container_env(
                 let resolved = if let Some(f) = &from.field_ref {
                     Some(field_value(pod, f, src)?)
                 } else if let Some(r) = &from.resource_field_ref {
-                    Some(resource_value(pod, c, r)?)
+                    Some(resource_value(pod, Some(c), r)?)
                 } else if let Some(r) = &from.config_map_key_ref {
                     let optional = r.optional == Some(true);
                     match refs.config_map(&r.name) {
@@ -361,6 +361,35 @@ fn field_value(pod: &Pod, f: &ObjectFieldSelector, src: &EnvSources) -> Result<S
     })
 }
 
+/// The fieldPaths a downward API volume may use: the pod's metadata only
+/// (the API server's validVolumeDownwardAPIFieldPathExpressions).
+pub(crate) fn volume_field_value(pod: &Pod, f: &ObjectFieldSelector) -> Result<String, EnvError> {
+    let path = f.field_path.as_str();
+    let allowed = matches!(
+        path,
+        "metadata.name"
+            | "metadata.namespace"
+            | "metadata.uid"
+            | "metadata.labels"
+            | "metadata.annotations"
+    ) || path.starts_with("metadata.labels['")
+        || path.starts_with("metadata.annotations['");
+    if !allowed {
+        return Err(EnvError(format!(
+            "unsupported fieldPath in a volume: {path} (metadata.name, metadata.namespace, \
+             metadata.uid, metadata.labels, metadata.annotations; the others only as env vars)"
+        )));
+    }
+    let src = EnvSources {
+        config_maps: &|_| None,
+        secrets: &|_| None,
+        pod_ip: "",
+        host_ip: "",
+        node_name: "",
+    };
+    field_value(pod, f, &src)
+}
+
 /// `key="value"` lines, sorted, as the downward API formats a map.
 fn format_map(map: Option<&BTreeMap<String, String>>) -> String {
     map.into_iter()
@@ -373,9 +402,13 @@ fn format_map(map: Option<&BTreeMap<String, String>>) -> String {
 /// The downward API's `resourceFieldRef` (kubelet's
 /// ExtractContainerResourceValue): a limit left out is the node's
 /// capacity; the value is divided by `divisor` and rounded up.
-fn resource_value(pod: &Pod, c: &Container, r: &ResourceFieldSelector) -> Result<String, EnvError> {
+pub(crate) fn resource_value(
+    pod: &Pod,
+    c: Option<&Container>,
+    r: &ResourceFieldSelector,
+) -> Result<String, EnvError> {
     let target = match r.container_name.as_deref().filter(|n| !n.is_empty()) {
-        None => c,
+        None => c.ok_or_else(|| EnvError("containerName is required".into()))?,
         Some(name) => {
             let spec = pod.spec.as_ref();
             let all = spec

@@ -695,6 +695,8 @@ mod tests {
             pod_manifest_path: run.join("manifests"),
             dns: None,
             bind_pending: false,
+            allow_privileged: false,
+            log_rotation: None,
         };
         let f = prepare(&config, &p, None).unwrap();
         assert_eq!(f.hosts, run.join("pods/uid-1/hosts"));

@@ -39,6 +39,7 @@ pub async fn run(ctx: Arc<Context>) -> Result<()> {
         ctx: ctx.clone(),
         workers: HashMap::new(),
         adopt,
+        pod_ips: HashMap::new(),
         swept: false,
     };
     let mut pods = Watcher::new(ctx.cp.clone(), Scope::all(Kind::Pod));
@@ -63,6 +64,8 @@ struct Manager {
     workers: HashMap<String, mpsc::UnboundedSender<Msg>>,
     /// Containers found at startup, by pod uid, until a worker takes them.
     adopt: HashMap<String, Vec<Owned>>,
+    /// The addresses of this node's pods, as their status says.
+    pod_ips: HashMap<String, String>,
     swept: bool,
 }
 
@@ -87,6 +90,9 @@ impl Manager {
             }
             return;
         }
+        if let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.clone()) {
+            self.pod_ips.insert(uid.clone(), ip);
+        }
         if let Some(tx) = self.workers.get(&uid) {
             if tx.send(Msg::Update(Box::new(pod.clone()))).is_ok() {
                 return;
@@ -99,6 +105,7 @@ impl Manager {
 
     fn on_deleted(&mut self, pod: &Pod) {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
+        self.pod_ips.remove(&uid);
         if let Some(tx) = self.workers.remove(&uid) {
             let _ = tx.send(Msg::Deleted);
         }
@@ -123,6 +130,21 @@ impl Manager {
     /// full list, so every live pod already has its worker.
     async fn sweep(&mut self) {
         let live: HashSet<String> = self.workers.keys().cloned().collect();
+        if let Some(h) = self.ctx.hostports.clone() {
+            // hostPorts left by pods deleted while the agent was down.
+            let ips = self
+                .pod_ips
+                .iter()
+                .filter(|(u, _)| live.contains(*u))
+                .filter_map(|(_, ip)| ip.parse().ok())
+                .collect();
+            match tokio::task::spawn_blocking(move || h.sweep(&ips)).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => tracing::info!(elements = n, "removed hostPorts no pod holds"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "sweep hostPorts"),
+                Err(e) => tracing::warn!(error = %e, "sweep hostPorts"),
+            }
+        }
         let mut orphans: HashSet<String> = self.adopt.drain().map(|(uid, _)| uid).collect();
         orphans.extend(uids_on_node(&self.ctx.host()));
         orphans.retain(|u| !live.contains(u) && !u.is_empty());

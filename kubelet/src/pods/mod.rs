@@ -5,6 +5,7 @@ pub mod files;
 pub mod hooks;
 pub mod manager;
 pub mod probe;
+mod projected;
 pub mod sandbox;
 pub mod static_pods;
 pub mod status;

@@ -125,7 +125,20 @@ pub async fn ensure(ctx: &Context, pod: &Pod) -> Result<(Sandbox, Option<Startin
         tracing::debug!(pod = %name, ms = t0.elapsed().as_millis() as u64, "sandbox: network policies in place");
     }
 
-    // 4. The pod's files, now with its IP in /etc/hosts.
+    // 4. Its hostPorts, on the node's addresses.
+    if let (Some(h), Some(addr)) = (ctx.hostports.clone(), ip.clone()) {
+        let ports = crate::hostport::mappings(pod, &addr)?;
+        let u = uid.clone();
+        let refused = tokio::task::spawn_blocking(move || h.set(&u, ports))
+            .await
+            .context("the hostPort task")?
+            .context("program the pod's hostPorts")?;
+        for m in refused {
+            tracing::warn!(pod = %name, port = m.host_port, proto = m.proto, "hostPort held by another pod; not mapped");
+        }
+    }
+
+    // 5. The pod's files, now with its IP in /etc/hosts.
     let files = files::prepare(&ctx.config, pod, ip.as_deref()).context("pod files")?;
     Ok((Sandbox { id, pid, ip, files }, starting))
 }
@@ -173,6 +186,7 @@ async fn start_pause(
         hostname: &spec::pod_hostname(pod),
         files,
         cgroups_path: spec::cgroups_path(&uid, &id),
+        policy: &ctx.config.node_policy(),
     };
     let oci = spec::sandbox_spec(&params).context("sandbox spec")?;
     let labels = HashMap::from([
@@ -237,11 +251,28 @@ pub async fn teardown(ctx: &Context, pod: &Pod) -> Result<()> {
         &namespace(pod),
         pod.metadata.name.as_deref().unwrap_or_default(),
     );
+    release_host_ports(&ctx.host(), &att, &uid)?;
     ctx.cni.del(&att).await.context("CNI DEL")?;
     let p = att.netns.clone();
     tokio::task::spawn_blocking(move || hostnet::netns::unpin(&p))
         .await
         .context("unpin the netns")??;
+    Ok(())
+}
+
+/// Releases the hostPorts of pod `uid`, if it held any, by its address in
+/// the attachment's cached CNI result too (read before CNI DEL).
+fn release_host_ports(host: &Host<'_>, att: &Attachment, uid: &str) -> Result<()> {
+    if let Some(h) = host.hostports {
+        let ip = host
+            .cni
+            .cached(&att.container_id, POD_IFNAME)
+            .ok()
+            .flatten()
+            .and_then(|r| pod_ip(&r))
+            .and_then(|ip| ip.parse().ok());
+        h.remove(uid, ip).context("release the pod's hostPorts")?;
+    }
     Ok(())
 }
 
@@ -278,6 +309,7 @@ pub async fn remove_pod(host: &Host<'_>, uid: &str, pod: Option<&Pod>) -> Result
     }
     task::remove(host.rt, &sandbox_id(uid)).await?;
     let att = attachment(host, uid, &ns, &name);
+    release_host_ports(host, &att, uid)?;
     if !pod.is_some_and(host_network) {
         host.cni.del(&att).await.context("CNI DEL")?;
     }

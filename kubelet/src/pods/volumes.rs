@@ -1,8 +1,9 @@
 //! The pod's volumes, in kubelet's layout under
 //! `<data_dir>/pods/<uid>/volumes/<plugin>/<name>`: emptyDir (a directory,
 //! or a tmpfs for `medium: Memory`), hostPath (checked or created by its
-//! type), configMap and secret (written atomically like kubelet's
-//! AtomicWriter; secrets on a tmpfs so they never touch the disk). Also
+//! type), configMap, secret, downwardAPI and projected (written atomically
+//! like kubelet's AtomicWriter; all but configMap on a tmpfs, so secret
+//! values never touch the disk). Also
 //! the bind mounts a container asks for. Nothing here runs a shell.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -22,6 +23,8 @@ use runtime::spec::{valid_uid, Mount};
 pub const EMPTY_DIR: &str = "kubernetes.io~empty-dir";
 pub const CONFIG_MAP: &str = "kubernetes.io~configmap";
 pub const SECRET: &str = "kubernetes.io~secret";
+pub const DOWNWARD_API: &str = "kubernetes.io~downward-api";
+pub const PROJECTED: &str = "kubernetes.io~projected";
 /// The mode of files in configMap and secret volumes unless the pod says.
 pub const DEFAULT_MODE: u32 = 0o644;
 /// The AtomicWriter's pointer to the current payload directory.
@@ -34,9 +37,11 @@ const DATA_LINK_TMP: &str = "..data_tmp";
 /// files' errors.
 pub use super::files::FilesError as VolumeError;
 
+use super::projected;
+
 pub type Result<T, E = VolumeError> = std::result::Result<T, E>;
 
-fn config(field: impl Into<String>, message: impl Into<String>) -> VolumeError {
+pub(super) fn config(field: impl Into<String>, message: impl Into<String>) -> VolumeError {
     VolumeError::Invalid {
         field: field.into(),
         message: message.into(),
@@ -104,7 +109,7 @@ pub fn prepare(
                 format!("{:?} is used twice", v.name),
             ));
         }
-        let path = setup(&root, v, &field, fs_group, config_maps, secrets)?;
+        let path = setup(&root, pod, v, &field, fs_group, config_maps, secrets)?;
         out.insert(v.name.clone(), path);
     }
     Ok(out)
@@ -117,6 +122,7 @@ fn is_component(s: &str) -> bool {
 
 fn setup(
     root: &Path,
+    pod: &Pod,
     v: &Volume,
     field: &str,
     fs_group: Option<u32>,
@@ -167,24 +173,9 @@ fn setup(
         );
     }
     if let Some(c) = &v.config_map {
-        let dir = root.join(CONFIG_MAP).join(&v.name);
         let f = format!("{field}.configMap");
         let data = match config_maps(&c.name) {
-            Some(cm) => {
-                let mut d: BTreeMap<String, Vec<u8>> = cm
-                    .data
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(k, v)| (k, v.into_bytes()))
-                    .collect();
-                d.extend(
-                    cm.binary_data
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|(k, v)| (k, v.0)),
-                );
-                Some(d)
-            }
+            Some(cm) => Some(config_map_data(cm)),
             None if c.optional == Some(true) => None,
             None => return Err(config(&f, format!("configmap {:?} not found", c.name))),
         };
@@ -196,33 +187,15 @@ fn setup(
             &f,
             |k| format!("configmap references non-existent config key: {k}"),
         )?;
-        make_dir(&dir, 0o755)?;
-        write_atomic(&dir, &payload)?;
-        if let Some(g) = fs_group {
-            set_group_ownership(&dir, g, true, true)?;
-        }
+        let dir = root.join(CONFIG_MAP).join(&v.name);
+        write_volume(&dir, &payload, false, fs_group)?;
         return Ok(dir);
     }
     if let Some(s) = &v.secret {
         let name = s.secret_name.clone().unwrap_or_default();
-        let dir = root.join(SECRET).join(&v.name);
         let f = format!("{field}.secret");
         let data = match secrets(&name) {
-            Some(sec) => {
-                let mut d: BTreeMap<String, Vec<u8>> = sec
-                    .data
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(k, v)| (k, v.0))
-                    .collect();
-                d.extend(
-                    sec.string_data
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|(k, v)| (k, v.into_bytes())),
-                );
-                Some(d)
-            }
+            Some(sec) => Some(secret_data(sec)),
             None if s.optional == Some(true) => None,
             None => return Err(config(&f, format!("secret {name:?} not found"))),
         };
@@ -234,19 +207,32 @@ fn setup(
             &f,
             |k| format!("references non-existent secret key: {k}"),
         )?;
-        make_dir(&dir, 0o755)?;
+        let dir = root.join(SECRET).join(&v.name);
         // On a tmpfs: secret values never reach a disk.
-        mount_tmpfs(&dir, 0, 0o755)?;
-        write_atomic(&dir, &payload)?;
-        if let Some(g) = fs_group {
-            set_group_ownership(&dir, g, true, true)?;
-        }
+        write_volume(&dir, &payload, true, fs_group)?;
+        return Ok(dir);
+    }
+    if let Some(d) = &v.downward_api {
+        let f = format!("{field}.downwardAPI");
+        let default = mode(d.default_mode, || format!("{f}.defaultMode"))?;
+        let payload =
+            projected::downward_api(pod, d.items.as_deref().unwrap_or_default(), default, &f)?;
+        let dir = root.join(DOWNWARD_API).join(&v.name);
+        // kubelet keeps these on a memory-backed emptyDir too.
+        write_volume(&dir, &payload, true, fs_group)?;
+        return Ok(dir);
+    }
+    if let Some(p) = &v.projected {
+        let payload =
+            projected::projected(pod, p, &format!("{field}.projected"), config_maps, secrets)?;
+        let dir = root.join(PROJECTED).join(&v.name);
+        write_volume(&dir, &payload, true, fs_group)?;
         return Ok(dir);
     }
     Err(config(
         field,
         format!(
-            "volume {:?}: type {} is not supported (emptyDir, hostPath, configMap, secret)",
+            "volume {:?}: type {} is not supported (emptyDir, hostPath, configMap, secret, downwardAPI, projected)",
             v.name,
             volume_type(v)
         ),
@@ -281,6 +267,54 @@ fn volume_type(v: &Volume) -> &'static str {
         .iter()
         .find(|(set, _)| *set)
         .map_or("(none given)", |(_, name)| name)
+}
+
+/// A ConfigMap's `data` and `binaryData` as file contents by key.
+pub(super) fn config_map_data(cm: ConfigMap) -> BTreeMap<String, Vec<u8>> {
+    let mut d: BTreeMap<String, Vec<u8>> = cm
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.into_bytes()))
+        .collect();
+    d.extend(
+        cm.binary_data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0)),
+    );
+    d
+}
+
+/// A Secret's `data` and `stringData` as file contents by key.
+pub(crate) fn secret_data(sec: Secret) -> BTreeMap<String, Vec<u8>> {
+    let mut d: BTreeMap<String, Vec<u8>> = sec
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect();
+    d.extend(
+        sec.string_data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.into_bytes())),
+    );
+    d
+}
+
+/// Writes a payload volume at `dir` (on a tmpfs with `tmpfs`), owned by
+/// the pod's fsGroup if it has one.
+fn write_volume(dir: &Path, payload: &Payload, tmpfs: bool, fs_group: Option<u32>) -> Result<()> {
+    make_dir(dir, 0o755)?;
+    if tmpfs {
+        mount_tmpfs(dir, 0, 0o755)?;
+    }
+    write_atomic(dir, payload)?;
+    if let Some(g) = fs_group {
+        set_group_ownership(dir, g, true, true)?;
+    }
+    Ok(())
 }
 
 /// kubelet's hostPath type check (messages as kubelet words them).
@@ -354,9 +388,9 @@ fn host_path(path: &str, typ: &str, field: &str) -> Result<PathBuf> {
 }
 
 /// One file of a configMap/secret volume: its bytes and mode.
-type Payload = BTreeMap<String, (Vec<u8>, u32)>;
+pub(super) type Payload = BTreeMap<String, (Vec<u8>, u32)>;
 
-fn mode(m: Option<i32>, field: impl FnOnce() -> String) -> Result<u32> {
+pub(super) fn mode(m: Option<i32>, field: impl FnOnce() -> String) -> Result<u32> {
     match m {
         None => Ok(DEFAULT_MODE),
         Some(m) if (0..=0o777).contains(&m) => Ok(m as u32),
@@ -369,7 +403,7 @@ fn mode(m: Option<i32>, field: impl FnOnce() -> String) -> Result<u32> {
 
 /// kubelet's volume payload: every key (as file name), or the listed
 /// `items` (key → path, mode). Item paths are relative, without `..`.
-fn payload(
+pub(super) fn payload(
     data: BTreeMap<String, Vec<u8>>,
     items: Option<&[KeyToPath]>,
     default_mode: Option<i32>,
@@ -389,11 +423,7 @@ fn payload(
         Some(items) => {
             for (i, it) in items.iter().enumerate() {
                 let f = format!("{field}.items[{i}]");
-                check_item_path(&it.path, &format!("{f}.path"))?;
-                let m = match it.mode {
-                    None => default,
-                    Some(_) => mode(it.mode, || format!("{f}.mode"))?,
-                };
+                let m = item(&it.path, it.mode, default, &f)?;
                 match data.get(&it.key) {
                     Some(v) => {
                         out.insert(it.path.clone(), (v.clone(), m));
@@ -405,6 +435,15 @@ fn payload(
         }
     }
     Ok(out)
+}
+
+/// One listed item (`f`) of a payload: its path checked, its mode.
+pub(super) fn item(path: &str, m: Option<i32>, default: u32, f: &str) -> Result<u32> {
+    check_item_path(path, &format!("{f}.path"))?;
+    match m {
+        None => Ok(default),
+        Some(_) => mode(m, || format!("{f}.mode")),
+    }
 }
 
 /// kubelet's validatePath for payload paths: relative, no `..` element,
@@ -656,7 +695,12 @@ pub fn mounts_of(
         .volumes
         .iter()
         .flatten()
-        .filter(|v| v.config_map.is_some() || v.secret.is_some())
+        .filter(|v| {
+            v.config_map.is_some()
+                || v.secret.is_some()
+                || v.downward_api.is_some()
+                || v.projected.is_some()
+        })
         .map(|v| v.name.as_str())
         .collect();
     let mut out = Vec::new();
@@ -1121,7 +1165,7 @@ mod tests {
         );
         assert_eq!(
             e(json!({"volumes": [{"name": "pvc", "persistentVolumeClaim": {"claimName": "c"}}], "containers": []})),
-            "spec.volumes[0]: volume \"pvc\": type persistentVolumeClaim is not supported (emptyDir, hostPath, configMap, secret)"
+            "spec.volumes[0]: volume \"pvc\": type persistentVolumeClaim is not supported (emptyDir, hostPath, configMap, secret, downwardAPI, projected)"
         );
         assert!(
             e(json!({"volumes": [{"name": "../x", "emptyDir": {}}], "containers": []}))
@@ -1238,5 +1282,53 @@ mod tests {
         assert!(runtime::spec::mountinfo::under(&t.0).unwrap().is_empty());
         assert!(!t.0.join("pods/u-1").exists());
         cleanup(&t.0, "u-1").unwrap();
+    }
+
+    #[test]
+    fn downward_api_and_projected_volumes_are_read_only_tmpfs() {
+        if !root_or_skip("downward_api_and_projected_volumes_are_read_only_tmpfs") {
+            return;
+        }
+        let t = Tmp::new("projected");
+        let p = pod(json!({
+            "volumes": [
+                {"name": "info", "downwardAPI": {"items": [
+                    {"path": "name", "fieldRef": {"fieldPath": "metadata.name"}}]}},
+                {"name": "all", "projected": {"sources": [
+                    {"configMap": {"name": "cfg", "items": [{"key": "app.conf", "path": "app.conf"}]}},
+                    {"downwardAPI": {"items": [{"path": "uid", "fieldRef": {"fieldPath": "metadata.uid"}}]}}]}},
+            ],
+            "containers": [{"name": "app", "image": "b", "volumeMounts": [
+                {"name": "info", "mountPath": "/info"},
+                {"name": "all", "mountPath": "/all"},
+            ]}],
+        }));
+        let v = prepare(&t.0, &p, &cm, &no_secret).unwrap();
+        assert_eq!(
+            v["info"],
+            t.0.join("pods/u-1/volumes").join(DOWNWARD_API).join("info")
+        );
+        assert_eq!(
+            fs::read_to_string(v["info"].join("name")).unwrap(),
+            p.metadata.name.clone().unwrap()
+        );
+        assert_eq!(
+            fs::read_to_string(v["all"].join("app.conf")).unwrap(),
+            "port=80\n"
+        );
+        assert_eq!(fs::read_to_string(v["all"].join("uid")).unwrap(), "u-1");
+        for name in ["info", "all"] {
+            assert_eq!(
+                nix::sys::statfs::statfs(&v[name])
+                    .unwrap()
+                    .filesystem_type(),
+                nix::sys::statfs::TMPFS_MAGIC,
+                "{name}"
+            );
+        }
+        let m = mounts_for(&p, 0, &v).unwrap();
+        assert!(m.iter().all(|m| m.read_only), "{m:?}");
+        cleanup(&t.0, "u-1").unwrap();
+        assert!(runtime::spec::mountinfo::under(&t.0).unwrap().is_empty());
     }
 }

@@ -313,7 +313,7 @@ impl Worker {
             Vec::new()
         };
         let t0 = Instant::now();
-        let fetching = prefetch(self.ctx.clone(), wanted);
+        let fetching = prefetch(self.ctx.clone(), self.pod.clone(), wanted);
         let (sandbox, images) = tokio::join!(self.ensure_sandbox(), fetching);
         self.prefetched = images;
         tracing::debug!(pod = %self.key(), ms = t0.elapsed().as_millis() as u64, "sandbox ready");
@@ -563,11 +563,13 @@ impl Worker {
         let found = match self.prefetched.get(&image_ref) {
             Some(img) => Ok(img.clone()),
             None => {
+                let keyring = super::context::pull_keyring(ctx.cp.as_ref(), &pod).await;
                 image::ensure(
                     &ctx.rt,
                     &image_ref,
                     policy,
                     &ctx.registries,
+                    &keyring,
                     &image::NoProgress,
                 )
                 .await
@@ -680,6 +682,7 @@ impl Worker {
             mounts: &mounts,
             files: &sb.files,
             cgroups_path: spec::cgroups_path(&self.uid, &id),
+            policy: &self.ctx.config.node_policy(),
         };
         let oci = match spec::container_spec(&params) {
             Ok(s) => s,
@@ -740,7 +743,7 @@ impl Worker {
             &name,
             attempt,
         );
-        let uri = crate::logs::stdio_uri(&ctx.knode_exe, &log);
+        let uri = crate::logs::stdio_uri(&ctx.knode_exe, &log, ctx.config.log_rotation);
         let started = Timestamp::now();
         if let Err(e) = task::start(&ctx.rt, &id, Some(&uri)).await {
             self.event(
@@ -1316,14 +1319,29 @@ async fn remove_object(ctx: &Context, pod: &Pod) {
 
 /// Looks up (pulling by policy) each image; the ones found are kept for
 /// the containers' starts, errors are left for the start to report.
-async fn prefetch(ctx: Arc<Context>, wanted: Vec<(String, PullPolicy)>) -> HashMap<String, Image> {
+async fn prefetch(
+    ctx: Arc<Context>,
+    pod: Pod,
+    wanted: Vec<(String, PullPolicy)>,
+) -> HashMap<String, Image> {
     let mut out = HashMap::new();
+    if wanted.is_empty() {
+        return out;
+    }
+    let keyring = super::context::pull_keyring(ctx.cp.as_ref(), &pod).await;
     for (r, policy) in wanted {
         if out.contains_key(&r) {
             continue;
         }
-        if let Ok(img) =
-            image::ensure(&ctx.rt, &r, policy, &ctx.registries, &image::NoProgress).await
+        if let Ok(img) = image::ensure(
+            &ctx.rt,
+            &r,
+            policy,
+            &ctx.registries,
+            &keyring,
+            &image::NoProgress,
+        )
+        .await
         {
             out.insert(r, img);
         }

@@ -124,7 +124,7 @@ impl Registries {
 
 /// The host part of a docker-config key or reference domain, with
 /// docker.io's aliases folded into `docker.io`.
-fn canonical_host(key: &str) -> String {
+pub(super) fn canonical_host(key: &str) -> String {
     let k = key
         .strip_prefix("https://")
         .or_else(|| key.strip_prefix("http://"))
@@ -144,15 +144,25 @@ pub fn parse_docker_config(text: &str) -> Result<BTreeMap<String, Credential>> {
         #[serde(default)]
         auths: BTreeMap<String, Entry>,
     }
-    #[derive(Deserialize)]
-    struct Entry {
-        auth: Option<String>,
-        username: Option<String>,
-        password: Option<String>,
-    }
     let f: File = serde_json::from_str(text).context("parse the docker config JSON")?;
-    let mut out = BTreeMap::new();
-    for (key, e) in f.auths {
+    Ok(credentials(f.auths)?
+        .into_iter()
+        .map(|(key, c)| (canonical_host(&key), c))
+        .collect())
+}
+
+/// One entry of a docker config's `auths` (or of a `.dockercfg`).
+#[derive(Deserialize)]
+pub(super) struct Entry {
+    auth: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+}
+
+/// The credentials of docker-config entries, by their keys as written.
+pub(super) fn credentials(entries: BTreeMap<String, Entry>) -> Result<Vec<(String, Credential)>> {
+    let mut out = Vec::new();
+    for (key, e) in entries {
         let cred = match (
             e.auth.as_deref().filter(|a| !a.is_empty()),
             e.username,
@@ -181,7 +191,7 @@ pub fn parse_docker_config(text: &str) -> Result<BTreeMap<String, Credential>> {
             // token for a credential helper) gives no credential.
             _ => continue,
         };
-        out.insert(canonical_host(&key), cred);
+        out.push((key, cred));
     }
     Ok(out)
 }

@@ -9,6 +9,7 @@ mod auth;
 mod build;
 mod http;
 mod import;
+pub mod keyring;
 mod media;
 mod pull;
 mod reference;
@@ -24,6 +25,7 @@ use containerd_client::services::v1::{DeleteImageRequest, ListImagesRequest};
 use oci_spec::image::ImageConfiguration;
 
 pub use auth::Registries;
+pub use keyring::Keyring;
 pub use reference::{normalize, Reference};
 
 use self::media::{Descriptor, Manifest};
@@ -152,6 +154,7 @@ pub async fn ensure(
     reference: &str,
     policy: PullPolicy,
     regs: &Registries,
+    keyring: &Keyring,
     progress: &dyn Progress,
 ) -> Result<Image, PullError> {
     let name = normalize(reference).map_err(|e| PullError::InvalidName(format!("{e:#}")))?;
@@ -170,7 +173,7 @@ pub async fn ensure(
             return Err(PullError::NeverPull(name));
         }
     }
-    pull(rt, &name, regs, progress).await
+    pull(rt, &name, regs, keyring, progress).await
 }
 
 /// Pulls `reference` from its registry, stores and unpacks it. Blobs the
@@ -179,10 +182,11 @@ pub async fn pull(
     rt: &Runtime,
     reference: &str,
     regs: &Registries,
+    keyring: &Keyring,
     progress: &dyn Progress,
 ) -> Result<Image, PullError> {
     let r = Reference::parse(reference).map_err(|e| PullError::InvalidName(format!("{e:#}")))?;
-    pull::pull(rt, &r, regs, progress)
+    pull::pull(rt, &r, regs, keyring, progress)
         .await
         .map_err(|e| PullError::Pull {
             reference: r.to_string(),
@@ -537,8 +541,9 @@ mod tests {
     #[allow(dead_code)]
     fn futures_are_send(rt: &Runtime, regs: &Registries, path: &Path) {
         fn send<T: Send>(_: T) {}
-        send(ensure(rt, "a", PullPolicy::Always, regs, &NoProgress));
-        send(pull(rt, "a", regs, &NoProgress));
+        let k = Keyring::default();
+        send(ensure(rt, "a", PullPolicy::Always, regs, &k, &NoProgress));
+        send(pull(rt, "a", regs, &k, &NoProgress));
         send(get(rt, "a"));
         send(import_archive(rt, path, &NoProgress));
         send(ensure_pause(rt, path));

@@ -9,6 +9,7 @@ use std::pin::Pin;
 use anyhow::{bail, Context, Result};
 use futures_util::StreamExt;
 
+use super::keyring::Keyring;
 use super::media::{self, Descriptor, Kind, Manifest};
 use super::reference::Reference;
 use super::registry::Client;
@@ -25,9 +26,13 @@ pub async fn pull(
     rt: &Runtime,
     r: &Reference,
     regs: &Registries,
+    keyring: &Keyring,
     progress: &dyn Progress,
 ) -> Result<Image> {
-    let client = Client::new(regs, r)?;
+    // kubelet's order: the pod's pull secrets (most specific key), then
+    // the node's credentials.
+    let secret = keyring.lookup(r).first().map(|c| (*c).clone());
+    let client = Client::new(regs, r)?.with_secret(secret);
     let mut fetched = client.manifest(r.object()).await?;
     let mut kind = media::kind(&fetched.media_type, &fetched.body)?;
     let mut desc = Descriptor::new(

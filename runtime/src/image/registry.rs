@@ -10,7 +10,7 @@ use hyper::{Method, StatusCode};
 use serde::Deserialize;
 use tokio::sync::Mutex;
 
-use super::auth::{parse_challenges, Registries};
+use super::auth::{parse_challenges, Credential, Registries};
 use super::http::{self, query_escape, Response, Url};
 use super::media::{self, MANIFEST_ACCEPT};
 use super::reference::{Reference, DOCKER_HUB, DOCKER_HUB_ENDPOINT};
@@ -31,6 +31,8 @@ pub struct Client<'a> {
     base: Url,
     repo: String,
     auth: Mutex<Option<String>>,
+    /// A pull secret's credential for this image, used before the node's.
+    secret: Option<Credential>,
 }
 
 /// A manifest or index as fetched, with the digest of its bytes.
@@ -59,7 +61,23 @@ impl<'a> Client<'a> {
             base,
             repo: r.path.clone(),
             auth: Mutex::new(None),
+            secret: None,
         })
+    }
+
+    /// Uses `cred` (from a pod's imagePullSecrets) instead of the node's
+    /// credential for this registry.
+    pub fn with_secret(mut self, cred: Option<Credential>) -> Client<'a> {
+        self.secret = cred;
+        self
+    }
+
+    /// The credential to answer a challenge with: the pull secret's, else
+    /// the node's.
+    fn credential(&self) -> Option<&Credential> {
+        self.secret
+            .as_ref()
+            .or_else(|| self.regs.credential(&self.host))
     }
 
     /// The manifest or index `object` (a tag or digest). When `object` is
@@ -163,7 +181,7 @@ impl<'a> Client<'a> {
     /// Answers a challenge: the `Authorization` value to retry with.
     async fn authenticate(&self, header: &str) -> Result<String> {
         let challenges = parse_challenges(header)?;
-        let cred = self.regs.credential(&self.host);
+        let cred = self.credential();
         if let Some(b) = challenges.iter().find(|c| c.scheme == "bearer") {
             let Some(realm) = b.params.get("realm") else {
                 bail!("{}: Bearer challenge without a realm", self.host);
@@ -211,7 +229,7 @@ impl<'a> Client<'a> {
         if challenges.iter().any(|c| c.scheme == "basic") {
             let Some(c) = cred else {
                 bail!(
-                    "unauthorized (401): no credentials for {} in the registry config",
+                    "unauthorized (401): no credentials for {} in the registry config or the pod's imagePullSecrets",
                     self.host
                 );
             };
@@ -258,10 +276,13 @@ impl<'a> Client<'a> {
                     .to_ascii_lowercase()
             });
         let hint = if status == StatusCode::UNAUTHORIZED {
-            if self.regs.credential(&self.host).is_some() {
+            if self.credential().is_some() {
                 format!(" (the credentials for {} were refused)", self.host)
             } else {
-                format!(" (no credentials for {} in the registry config)", self.host)
+                format!(
+                    " (no credentials for {} in the registry config or the pod's imagePullSecrets)",
+                    self.host
+                )
             }
         } else {
             String::new()
@@ -498,6 +519,22 @@ mod tests {
                 .unwrap()
         );
         assert!(e.contains("no credentials for 127.0.0.1:"), "{e}");
+
+        // A pod's pull secret answers where the node has no credential,
+        // and wins over a wrong one the node has.
+        let secret = Credential {
+            username: "alice".into(),
+            password: "s3cret".into(),
+        };
+        let c = Client::new(&without, &reference(port))
+            .unwrap()
+            .with_secret(Some(secret.clone()));
+        assert_eq!(c.manifest("1").await.unwrap().body, MANIFEST);
+        let wrong = regs(port, Some(("alice", "nope")));
+        let c = Client::new(&wrong, &reference(port))
+            .unwrap()
+            .with_secret(Some(secret));
+        assert_eq!(c.manifest("1").await.unwrap().body, MANIFEST);
     }
 
     #[tokio::test]

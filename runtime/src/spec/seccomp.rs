@@ -1,13 +1,16 @@
 //! seccomp profiles for `seccompProfile`: `Unconfined` (kubelet's default)
 //! applies none; `RuntimeDefault` is containerd's default profile — an
 //! allow-list with EPERM for the rest, more syscalls for more capabilities.
-//! `Localhost` profiles are refused: the node keeps no profile directory.
+//! `Localhost` reads an OCI seccomp profile (JSON) from the node's profile
+//! directory (kubelet's `<root-dir>/seccomp`), by a path relative to it.
 
 use k8s_openapi::api::core::v1::SeccompProfile;
 use oci_spec::runtime::{
     Arch, Capabilities, Capability, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArg,
     LinuxSeccompArgBuilder, LinuxSeccompOperator, LinuxSyscall,
 };
+
+use std::path::{Component, Path};
 
 use super::SpecError;
 
@@ -16,6 +19,7 @@ pub fn profile(
     profile: Option<&SeccompProfile>,
     field: &str,
     caps: &Capabilities,
+    localhost_root: Option<&Path>,
 ) -> Result<Option<LinuxSeccomp>, SpecError> {
     let Some(p) = profile else {
         return Ok(None);
@@ -23,15 +27,53 @@ pub fn profile(
     match p.type_.as_str() {
         "Unconfined" => Ok(None),
         "RuntimeDefault" => runtime_default(caps).map(Some),
-        "Localhost" => Err(SpecError::new(
-            format!("{field}.type"),
-            "Localhost seccomp profiles are not supported by this node; use RuntimeDefault or Unconfined",
-        )),
+        "Localhost" => localhost(p.localhost_profile.as_deref(), field, localhost_root).map(Some),
         other => Err(SpecError::new(
             format!("{field}.type"),
             format!("{other:?} is not RuntimeDefault, Unconfined or Localhost"),
         )),
     }
+}
+
+/// A `Localhost` profile: `<root>/<localhostProfile>`, a relative path
+/// that stays inside `root`, holding an OCI `LinuxSeccomp` document.
+fn localhost(
+    name: Option<&str>,
+    field: &str,
+    root: Option<&Path>,
+) -> Result<LinuxSeccomp, SpecError> {
+    let f = format!("{field}.localhostProfile");
+    let Some(root) = root else {
+        return Err(SpecError::new(
+            format!("{field}.type"),
+            "Localhost seccomp profiles are not supported by this node; use RuntimeDefault or Unconfined",
+        ));
+    };
+    let name = name.unwrap_or_default();
+    let rel = Path::new(name);
+    if name.is_empty()
+        || rel.is_absolute()
+        || rel.components().any(|c| !matches!(c, Component::Normal(_)))
+    {
+        return Err(SpecError::new(
+            f,
+            format!(
+                "{name:?} must be a path relative to the node's seccomp directory, without '..'"
+            ),
+        ));
+    }
+    let path = root.join(rel);
+    let text = std::fs::read(&path)
+        .map_err(|e| SpecError::new(&f, format!("read profile {}: {e}", path.display())))?;
+    serde_json::from_slice(&text).map_err(|e| {
+        SpecError::new(
+            f,
+            format!(
+                "profile {} is not an OCI seccomp profile: {e}",
+                path.display()
+            ),
+        )
+    })
 }
 
 /// Allowed for everyone. Names this kernel or libseccomp does not know

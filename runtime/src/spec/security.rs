@@ -7,7 +7,9 @@ use std::collections::HashSet;
 use std::str::FromStr;
 
 use k8s_openapi::api::core::v1::{PodSecurityContext, SecurityContext};
-use oci_spec::runtime::{Capabilities, Capability};
+use oci_spec::runtime::{
+    Capabilities, Capability, LinuxDevice, LinuxDeviceCgroup, LinuxDeviceType,
+};
 
 use super::SpecError;
 
@@ -148,6 +150,95 @@ pub fn capabilities(sc: Option<&SecurityContext>, field: &str) -> Result<Capabil
         caps.remove(&cap);
     }
     Ok(caps)
+}
+
+/// What a privileged container holds: every capability this process has
+/// (containerd's WithAllCurrentCapabilities; a host whose bounding set
+/// lacks one could not grant it anyway).
+pub fn all_capabilities() -> Capabilities {
+    let eff = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let hex = s
+                .lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))?
+                .trim()
+                .to_string();
+            u64::from_str_radix(&hex, 16).ok()
+        });
+    held_capabilities(eff.unwrap_or(u64::MAX))
+}
+
+/// The capabilities whose bits are set in `mask` (`ALL_CAPS` is in the
+/// kernel's order: index = capability number).
+fn held_capabilities(mask: u64) -> Capabilities {
+    let names: Vec<&str> = ALL_CAPS
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| mask & (1 << i) != 0)
+        .map(|(_, n)| *n)
+        .collect();
+    set(&names)
+}
+
+/// The device cgroup rule of a privileged container: every device, rwm.
+pub fn allow_all_devices() -> LinuxDeviceCgroup {
+    let mut d = LinuxDeviceCgroup::default();
+    d.set_allow(true);
+    d.set_typ(Some(LinuxDeviceType::A));
+    d.set_access(Some("rwm".into()));
+    d
+}
+
+/// The host's devices under /dev, as containerd's WithHostDevices lists
+/// them for a privileged container (character and block devices; not
+/// /dev/console, not the pts, shm, fd and mqueue trees, no links).
+pub fn host_devices() -> Vec<LinuxDevice> {
+    let mut out = Vec::new();
+    devices_under(std::path::Path::new("/dev"), &mut out);
+    out.sort_by(|a, b| a.path().cmp(b.path()));
+    out
+}
+
+fn devices_under(dir: &std::path::Path, out: &mut Vec<LinuxDevice>) {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    const SKIP: [&str; 7] = ["pts", "shm", "fd", "mqueue", ".lxc", ".lxd-mounts", ".udev"];
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let ft = meta.file_type();
+        if ft.is_dir() {
+            if !SKIP.iter().any(|s| e.file_name() == *s) {
+                devices_under(&path, out);
+            }
+            continue;
+        }
+        let typ = if ft.is_char_device() {
+            LinuxDeviceType::C
+        } else if ft.is_block_device() {
+            LinuxDeviceType::B
+        } else {
+            continue;
+        };
+        if path == std::path::Path::new("/dev/console") {
+            continue;
+        }
+        let rdev = meta.rdev();
+        let mut d = LinuxDevice::default();
+        d.set_path(path);
+        d.set_typ(typ);
+        d.set_major(i64::from(nix::sys::stat::major(rdev) as u32));
+        d.set_minor(i64::from(nix::sys::stat::minor(rdev) as u32));
+        d.set_file_mode(Some(meta.mode() & 0o777));
+        d.set_uid(Some(meta.uid()));
+        d.set_gid(Some(meta.gid()));
+        out.push(d);
+    }
 }
 
 /// The process's identity.
@@ -312,6 +403,10 @@ mod tests {
             r#"spec.containers[0].securityContext.capabilities.add[1]: unknown capability "FLY""#
         );
         assert_eq!(capabilities(None, "x").unwrap(), set(&DEFAULT_CAPS));
+        let held = held_capabilities(0x1fffeffffff);
+        assert_eq!(held.len(), ALL_CAPS.len() - 1);
+        assert!(!held.contains(&Capability::SysResource) && held.contains(&Capability::SysAdmin));
+        assert_eq!(held_capabilities(1 << 21), set(&["SYS_ADMIN"]));
     }
 
     fn u(

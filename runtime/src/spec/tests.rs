@@ -58,6 +58,7 @@ fn sandbox(p: &Pod, h: &Host) -> Result<Spec, SpecError> {
             hostname: "web",
             files: &f,
             cgroups_path: cgroups_path("0b6c-uid", "0b6c-uid-pause"),
+            policy: &NodePolicy::default(),
         },
         h,
     )
@@ -88,6 +89,7 @@ fn container_with(
             mounts,
             files: &f,
             cgroups_path: cgroups_path("0b6c-uid", "0b6c-uid-c0-0"),
+            policy: &NodePolicy::default(),
         },
         h,
     )
@@ -280,6 +282,7 @@ fn sandbox_needs_a_command_and_a_uid() {
         hostname: "web",
         files: &f,
         cgroups_path: String::new(),
+        policy: &NodePolicy::default(),
     };
     assert!(sandbox_spec_on(&params, &host())
         .unwrap_err()
@@ -481,6 +484,7 @@ fn app_containers_join_the_sandbox() {
         mounts: &[],
         files: &files(),
         cgroups_path: String::new(),
+        policy: &NodePolicy::default(),
     };
     assert!(container_spec_on(&no_pid, &host()).is_err());
     no_pid.sandbox_pid = 1;
@@ -663,6 +667,7 @@ fn security_context() {
     );
     let e = container_with(&privileged, 1, json!({"Cmd": ["sh"]}), &[], &[], &host()).unwrap_err();
     assert_eq!(e.field, "spec.containers[1].securityContext.privileged");
+    assert!(e.message.contains("allow-privileged"), "{e}");
 
     let unmasked = pod(
         json!({"containers": [{"name": "a", "image": "b", "securityContext": {"procMount": "Unmasked"}}]}),
@@ -683,6 +688,119 @@ fn security_context() {
         sandbox(&non_root, &host()).is_ok(),
         "the pause container is not checked"
     );
+}
+
+/// An app container's spec under a node policy.
+fn container_on(p: &Pod, i: usize, policy: &NodePolicy) -> Result<Spec, SpecError> {
+    let img = image(json!({"Cmd": ["sh"]}));
+    let f = files();
+    container_spec_on(
+        &ContainerParams {
+            pod: p,
+            container: &p.spec.as_ref().unwrap().containers[i],
+            image: &img,
+            sandbox_pid: 4242,
+            env: &[],
+            mounts: &[],
+            files: &f,
+            cgroups_path: cgroups_path("0b6c-uid", "0b6c-uid-c0-0"),
+            policy,
+        },
+        &host(),
+    )
+}
+
+#[test]
+fn privileged_when_the_node_allows_it() {
+    let allow = NodePolicy {
+        allow_privileged: true,
+        seccomp_root: None,
+    };
+    let p = pod(
+        json!({"securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [{"name": "p", "image": "b", "securityContext": {"privileged": true,
+        "capabilities": {"drop": ["ALL"]}}}]}),
+    );
+    let s = container_on(&p, 0, &allow).unwrap();
+    let caps = process(&s).capabilities().as_ref().unwrap();
+    assert_eq!(
+        caps.bounding().as_ref().unwrap(),
+        &security::all_capabilities()
+    );
+    assert!(caps
+        .bounding()
+        .as_ref()
+        .unwrap()
+        .contains(&Capability::SysAdmin));
+    assert_eq!(process(&s).no_new_privileges(), Some(false));
+    assert!(linux(&s).masked_paths().is_none() && linux(&s).readonly_paths().is_none());
+    assert!(linux(&s).seccomp().is_none(), "privileged runs unconfined");
+    let devices = linux(&s)
+        .resources()
+        .as_ref()
+        .unwrap()
+        .devices()
+        .as_ref()
+        .unwrap();
+    assert_eq!(devices, &vec![security::allow_all_devices()]);
+    let host_devs = linux(&s).devices().as_ref().unwrap();
+    assert!(host_devs.iter().any(|d| d.path() == Path::new("/dev/null")));
+    assert!(!host_devs.iter().any(|d| d.path().starts_with("/dev/pts")));
+    for m in s.mounts().as_ref().unwrap() {
+        if matches!(m.typ().as_deref(), Some("sysfs") | Some("cgroup")) {
+            assert!(
+                !m.options().as_ref().unwrap().contains(&"ro".to_string()),
+                "{m:?}"
+            );
+        }
+    }
+    // Still refused by default, and a contradiction is named.
+    assert_eq!(
+        container_on(&p, 0, &NodePolicy::default())
+            .unwrap_err()
+            .field,
+        "spec.containers[0].securityContext.privileged"
+    );
+    let contradiction = pod(json!({"containers": [{"name": "p", "image": "b",
+        "securityContext": {"privileged": true, "allowPrivilegeEscalation": false}}]}));
+    assert_eq!(
+        container_on(&contradiction, 0, &allow).unwrap_err().field,
+        "spec.containers[0].securityContext.allowPrivilegeEscalation"
+    );
+}
+
+#[test]
+fn localhost_seccomp_profiles_come_from_the_node_directory() {
+    let root = std::env::temp_dir().join(format!("knode-seccomp-{}", std::process::id()));
+    std::fs::create_dir_all(root.join("profiles")).unwrap();
+    std::fs::write(
+        root.join("profiles/deny-mkdir.json"),
+        r#"{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_ERRNO"}]}"#,
+    )
+    .unwrap();
+    std::fs::write(root.join("bad.json"), "{").unwrap();
+    let policy = NodePolicy {
+        allow_privileged: false,
+        seccomp_root: Some(root.clone()),
+    };
+    let with = |name: &str| {
+        pod(
+            json!({"containers": [{"name": "a", "image": "b", "securityContext":
+            {"seccompProfile": {"type": "Localhost", "localhostProfile": name}}}]}),
+        )
+    };
+    let s = container_on(&with("profiles/deny-mkdir.json"), 0, &policy).unwrap();
+    let json = serde_json::to_value(linux(&s).seccomp().as_ref().unwrap()).unwrap();
+    assert_eq!(json["defaultAction"], "SCMP_ACT_ALLOW");
+    assert_eq!(json["syscalls"][0]["names"], json!(["mkdir"]));
+    let field = "spec.containers[0].securityContext.seccompProfile.localhostProfile";
+    for bad in ["../etc/passwd", "/abs.json", "missing.json", "bad.json", ""] {
+        let e = container_on(&with(bad), 0, &policy).unwrap_err();
+        assert_eq!(e.field, field, "{bad}: {e}");
+    }
+    let e = container_on(&with("missing.json"), 0, &policy).unwrap_err();
+    assert!(e.message.contains("missing.json"), "{e}");
+    std::fs::remove_dir_all(&root).unwrap();
 }
 
 #[test]
@@ -763,6 +881,7 @@ fn hostnames_follow_kubelet() {
             hostname: &long,
             files: &f,
             cgroups_path: String::new(),
+            policy: &NodePolicy::default(),
         },
         &host(),
     )
@@ -903,6 +1022,7 @@ fn run_pair(base: &Path, uid: &str) {
             hostname: "web",
             files: &f,
             cgroups_path: cgroups_path(uid, &format!("{uid}-pause")),
+            policy: &NodePolicy::default(),
         },
         &h,
     )
@@ -971,6 +1091,7 @@ fn run_pair(base: &Path, uid: &str) {
             mounts: &mounts,
             files: &f,
             cgroups_path: cgroups_path(uid, &format!("{uid}-app")),
+            policy: &NodePolicy::default(),
         },
         &h,
     )

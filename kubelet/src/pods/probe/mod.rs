@@ -1,11 +1,12 @@
 //! Container probes as kubelet runs them: liveness, readiness and startup,
-//! with exec, httpGet and tcpSocket handlers. This module owns the probe
+//! with exec, httpGet (HTTP and HTTPS), tcpSocket and grpc handlers. This module owns the probe
 //! description read from the pod spec and the pure threshold logic; the
 //! one scheduler for every probe on the node is [`scheduler`], the network
 //! and exec checks are [`handlers`]. It never stops a container itself: a
 //! result change goes to the pod's worker, which decides.
 
 pub mod handlers;
+mod http;
 pub mod scheduler;
 
 use std::collections::BTreeMap;
@@ -42,6 +43,7 @@ pub enum Handler {
     Exec { command: Vec<String> },
     /// An HTTP GET; a status from 200 to 399 is success.
     Http {
+        scheme: Scheme,
         host: Option<String>,
         port: u16,
         path: String,
@@ -49,6 +51,14 @@ pub enum Handler {
     },
     /// A TCP connect; an established connection is success.
     Tcp { host: Option<String>, port: u16 },
+}
+
+/// The scheme of an httpGet handler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Http,
+    /// TLS without certificate verification, as kubelet's prober.
+    Https,
 }
 
 /// One probe, with kubelet's defaults filled in.
@@ -154,12 +164,17 @@ pub fn parse_handler(
         }
         Handler::Exec { command }
     } else if let Some(h) = http_get {
-        let scheme = h.scheme.as_deref().unwrap_or("HTTP");
-        if !scheme.eq_ignore_ascii_case("HTTP") {
-            return Err(format!(
-                "{field}.httpGet.scheme: Unsupported value: {scheme:?}: this node probes HTTP only"
-            ));
-        }
+        // kubelet lower-cases the scheme before it reads it.
+        let scheme = match h.scheme.as_deref().map(str::to_ascii_lowercase).as_deref() {
+            None | Some("") | Some("http") => Scheme::Http,
+            Some("https") => Scheme::Https,
+            Some(_) => {
+                let other = h.scheme.as_deref().unwrap_or_default();
+                return Err(format!(
+                    "{field}.httpGet.scheme: Unsupported value: {other:?}: supported values: \"HTTP\", \"HTTPS\""
+                ));
+            }
+        };
         let path = match h.path.as_deref() {
             None | Some("") => "/".to_string(),
             Some(p) if p.starts_with('/') => p.to_string(),
@@ -177,6 +192,7 @@ pub fn parse_handler(
             headers.push((hd.name.clone(), hd.value.clone()));
         }
         Handler::Http {
+            scheme,
             host: h.host.clone().filter(|s| !s.is_empty()),
             port: port(&h.port, container, &format!("{field}.httpGet.port"))?,
             path,
@@ -294,3 +310,5 @@ pub fn http_headers(
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod testutil;

@@ -43,11 +43,45 @@ fn kubelet_defaults_fill_a_bare_probe() {
     assert_eq!(
         s.handler,
         Handler::Http {
+            scheme: Scheme::Http,
             host: None,
             port: 80,
             path: "/healthz".into(),
             headers: vec![("X-Probe".into(), "1".into())],
         }
+    );
+}
+
+#[test]
+fn https_is_read_in_any_case_and_other_schemes_are_refused() {
+    let mut p = http(IntOrString::Int(8443));
+    p.http_get.as_mut().unwrap().scheme = Some("HTTPS".into());
+    let c = container(p.clone());
+    let s = Spec::from_k8s(Kind::Readiness, c.readiness_probe.as_ref().unwrap(), &c).unwrap();
+    assert!(matches!(
+        s.handler,
+        Handler::Http {
+            scheme: Scheme::Https,
+            port: 8443,
+            ..
+        }
+    ));
+    p.http_get.as_mut().unwrap().scheme = Some("https".into());
+    let c = container(p.clone());
+    let s = Spec::from_k8s(Kind::Readiness, c.readiness_probe.as_ref().unwrap(), &c).unwrap();
+    assert!(matches!(
+        s.handler,
+        Handler::Http {
+            scheme: Scheme::Https,
+            ..
+        }
+    ));
+    p.http_get.as_mut().unwrap().scheme = Some("FTP".into());
+    let c = container(p);
+    let e = Spec::from_k8s(Kind::Readiness, c.readiness_probe.as_ref().unwrap(), &c).unwrap_err();
+    assert!(
+        e.starts_with("readinessProbe.httpGet.scheme: Unsupported value: \"FTP\""),
+        "{e}"
     );
 }
 

@@ -12,6 +12,7 @@ use runtime::exec::{self, ExecIo, INTERRUPTED};
 use runtime::Runtime;
 use tokio::net::TcpStream;
 
+use super::grpc;
 use super::http::{self, Url};
 use super::{Handler, Outcome};
 
@@ -56,6 +57,12 @@ pub async fn run(handler: &Handler, target: &Target, timeout: Duration) -> Outco
                 Ok(o) => o,
                 Err(_) => Outcome::Failure(format!("Get \"{shown}\": context deadline exceeded")),
             }
+        }
+        Handler::Grpc { port, service } => {
+            let Some(host) = target.pod_ip.as_deref() else {
+                return Outcome::Failure("the pod has no IP yet".into());
+            };
+            grpc::check(host, *port, service, timeout).await
         }
         Handler::Tcp { host, port } => {
             let Some(host) = host.clone().or_else(|| target.pod_ip.clone()) else {

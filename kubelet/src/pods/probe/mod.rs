@@ -5,6 +5,7 @@
 //! and exec checks are [`handlers`]. It never stops a container itself: a
 //! result change goes to the pod's worker, which decides.
 
+mod grpc;
 pub mod handlers;
 mod http;
 pub mod scheduler;
@@ -51,6 +52,9 @@ pub enum Handler {
     },
     /// A TCP connect; an established connection is success.
     Tcp { host: Option<String>, port: u16 },
+    /// `grpc.health.v1.Health/Check` for `service` on the pod IP; SERVING
+    /// is success.
+    Grpc { port: u16, service: String },
 }
 
 /// The scheme of an httpGet handler.
@@ -93,12 +97,21 @@ impl Spec {
             container,
         )? {
             Some(h) => h,
-            None if probe.grpc.is_some() => {
-                return Err(format!(
-                    "{field}.grpc: Unsupported value: this node does not run gRPC probes yet"
-                ))
-            }
-            None => return Err(format!("{field}: must specify a handler type")),
+            None => match &probe.grpc {
+                Some(g) => Handler::Grpc {
+                    port: u16::try_from(g.port)
+                        .ok()
+                        .filter(|p| *p > 0)
+                        .ok_or_else(|| {
+                            format!(
+                                "{field}.grpc.port: Invalid value: {}: must be between 1 and 65535",
+                                g.port
+                            )
+                        })?,
+                    service: g.service.clone().unwrap_or_default(),
+                },
+                None => return Err(format!("{field}: must specify a handler type")),
+            },
         };
         let secs =
             |v: Option<i32>, default: i32| Duration::from_secs(v.unwrap_or(default).max(0) as u64);

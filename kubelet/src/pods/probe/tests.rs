@@ -86,6 +86,35 @@ fn https_is_read_in_any_case_and_other_schemes_are_refused() {
 }
 
 #[test]
+fn grpc_probes_are_read_with_an_empty_service_by_default() {
+    let probe = |service: Option<&str>| Probe {
+        grpc: Some(GRPCAction {
+            port: 9000,
+            service: service.map(str::to_string),
+        }),
+        ..Default::default()
+    };
+    let c = container(probe(None));
+    let s = Spec::from_k8s(Kind::Liveness, c.readiness_probe.as_ref().unwrap(), &c).unwrap();
+    assert_eq!(
+        s.handler,
+        Handler::Grpc {
+            port: 9000,
+            service: String::new()
+        }
+    );
+    let c = container(probe(Some("db")));
+    let s = Spec::from_k8s(Kind::Readiness, c.readiness_probe.as_ref().unwrap(), &c).unwrap();
+    assert_eq!(
+        s.handler,
+        Handler::Grpc {
+            port: 9000,
+            service: "db".into()
+        }
+    );
+}
+
+#[test]
 fn named_ports_resolve_against_the_container() {
     let c = container(http(IntOrString::String("http".into())));
     let s = Spec::from_k8s(Kind::Readiness, c.readiness_probe.as_ref().unwrap(), &c).unwrap();
@@ -125,12 +154,16 @@ fn probes_without_a_usable_handler_say_why() {
     assert_eq!(e, "readinessProbe.exec.command: Required value");
     let c = container(Probe {
         grpc: Some(GRPCAction {
-            port: 9000,
+            port: 0,
             service: None,
         }),
         ..Default::default()
     });
-    assert!(Spec::from_k8s(Kind::Readiness, c.readiness_probe.as_ref().unwrap(), &c).is_err());
+    let e = Spec::from_k8s(Kind::Readiness, c.readiness_probe.as_ref().unwrap(), &c).unwrap_err();
+    assert_eq!(
+        e,
+        "readinessProbe.grpc.port: Invalid value: 0: must be between 1 and 65535"
+    );
     let mut p = http(IntOrString::Int(80));
     p.http_get.as_mut().unwrap().http_headers = Some(vec![HTTPHeader {
         name: "X".into(),

@@ -37,8 +37,9 @@ impl RecvBatch {
     /// Receives what is queued on `fd` without waiting; `WouldBlock` when
     /// nothing is. Returns how many datagrams arrived.
     pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
-        // SAFETY: iovec, msghdr and mmsghdr are plain data.
+        // SAFETY: iovec is plain data; all zeroes is valid.
         let mut iovs: [libc::iovec; BATCH] = unsafe { zeroed() };
+        // SAFETY: mmsghdr is plain data (null pointers, zero lengths).
         let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
         for (i, (iov, hdr)) in iovs.iter_mut().zip(hdrs.iter_mut()).enumerate() {
             iov.iov_base = self.bufs[i].as_mut_ptr().cast();
@@ -91,9 +92,11 @@ impl Default for RecvBatch {
 /// caller retries one by one).
 pub fn send(fd: RawFd, msgs: &[(SocketAddr, Vec<u8>)]) -> io::Result<usize> {
     let msgs = &msgs[..msgs.len().min(BATCH)];
-    // SAFETY: plain data, filled below.
+    // SAFETY: sockaddr_storage is plain data; all zeroes is valid.
     let mut addrs: [libc::sockaddr_storage; BATCH] = unsafe { zeroed() };
+    // SAFETY: iovec is plain data; filled below.
     let mut iovs: [libc::iovec; BATCH] = unsafe { zeroed() };
+    // SAFETY: mmsghdr is plain data; filled below.
     let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
     for (i, (to, bytes)) in msgs.iter().enumerate() {
         let len = to_storage(*to, &mut addrs[i]);
@@ -127,7 +130,10 @@ fn from_storage(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
             // SAFETY: the family says the storage holds a sockaddr_in.
             let a = unsafe { &*(s as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
             let ip = Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
-            Some(SocketAddr::V4(SocketAddrV4::new(ip, u16::from_be(a.sin_port))))
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                ip,
+                u16::from_be(a.sin_port),
+            )))
         }
         libc::AF_INET6 => {
             // SAFETY: the family says the storage holds a sockaddr_in6.
@@ -149,7 +155,8 @@ fn to_storage(addr: SocketAddr, s: &mut libc::sockaddr_storage) -> libc::socklen
         SocketAddr::V4(a) => {
             // SAFETY: sockaddr_storage is larger than sockaddr_in and
             // suitably aligned for it.
-            let out = unsafe { &mut *(s as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            let out =
+                unsafe { &mut *(s as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
             out.sin_family = libc::AF_INET as libc::sa_family_t;
             out.sin_port = a.port().to_be();
             out.sin_addr.s_addr = u32::from(*a.ip()).to_be();
@@ -157,7 +164,8 @@ fn to_storage(addr: SocketAddr, s: &mut libc::sockaddr_storage) -> libc::socklen
         }
         SocketAddr::V6(a) => {
             // SAFETY: as above, for sockaddr_in6.
-            let out = unsafe { &mut *(s as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            let out =
+                unsafe { &mut *(s as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
             out.sin6_family = libc::AF_INET6 as libc::sa_family_t;
             out.sin6_port = a.port().to_be();
             out.sin6_addr.s6_addr = a.ip().octets();

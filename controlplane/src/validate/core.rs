@@ -201,7 +201,10 @@ pub(crate) fn pod_spec(spec: &PodSpec, at: &str, e: &mut Errs) {
             }
             if let Some(ip) = port.host_ip.as_deref().filter(|ip| !ip.is_empty()) {
                 if ip.parse::<std::net::IpAddr>().is_err() {
-                    e.add(format!("{pp}.hostIP"), format!("{ip:?}: must be an IP address"));
+                    e.add(
+                        format!("{pp}.hostIP"),
+                        format!("{ip:?}: must be an IP address"),
+                    );
                 }
             }
             protocol(e, &format!("{pp}.protocol"), port.protocol.as_deref());

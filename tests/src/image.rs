@@ -4,6 +4,7 @@
 //! an OCI layout tar or as a docker archive (`docker save`). Same input,
 //! same bytes: every entry is root-owned with time zero.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -39,40 +40,24 @@ pub struct TestImage {
 impl TestImage {
     /// busybox with every applet linked in `/bin`; runs `sh` by default.
     pub fn busybox(name: &str) -> Result<TestImage> {
-        let bin = std::fs::read(BUSYBOX_BIN)
-            .with_context(|| format!("read {BUSYBOX_BIN} (apt-get install busybox-static)"))?;
-        let out = Command::new(BUSYBOX_BIN)
-            .arg("--list")
-            .output()
-            .context("busybox --list")?;
-        if !out.status.success() {
-            bail!("busybox --list failed");
+        Self::from_layer(name, busybox_layer(&[])?, &["sh"])
+    }
+
+    /// [`TestImage::busybox`] plus a binary of this machine at
+    /// `/bin/<its file name>`, with the shared libraries and the dynamic
+    /// loader `ldd` lists for it at the paths it lists them (busybox brings
+    /// no libc); runs `sh` by default.
+    pub fn busybox_with_binary(name: &str, bin: &Path) -> Result<TestImage> {
+        let file_name = bin
+            .file_name()
+            .and_then(|f| f.to_str())
+            .with_context(|| format!("no file name in {}", bin.display()))?;
+        let mut extra = vec![(format!("bin/{file_name}"), read(bin)?)];
+        for lib in shared_libraries(bin)? {
+            let rel = lib.strip_prefix("/").unwrap_or(&lib);
+            extra.push((rel.display().to_string(), read(&lib)?));
         }
-        let applets: Vec<String> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::trim)
-            .filter(|a| !a.is_empty() && *a != "busybox" && !a.contains('/'))
-            .map(str::to_string)
-            .collect();
-        let mut t = tar::Builder::new(Vec::new());
-        dir(&mut t, "bin", 0o755)?;
-        dir(&mut t, "etc", 0o755)?;
-        dir(&mut t, "root", 0o700)?;
-        dir(&mut t, "tmp", 0o1777)?;
-        file(&mut t, "bin/busybox", 0o755, &bin)?;
-        for a in &applets {
-            let mut h = header(tar::EntryType::Symlink, 0o777, 0);
-            t.append_link(&mut h, format!("bin/{a}"), "busybox")?;
-        }
-        file(
-            &mut t,
-            "etc/passwd",
-            0o644,
-            b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
-        )?;
-        file(&mut t, "etc/group", 0o644, b"root:x:0:\nnobody:x:65534:\n")?;
-        let layer = t.into_inner()?;
-        Self::from_layer(name, layer, &["sh"])
+        Self::from_layer(name, busybox_layer(&extra)?, &["sh"])
     }
 
     /// An image of one uncompressed layer running `cmd`, for this machine.
@@ -250,6 +235,96 @@ pub fn require_busybox(test: &str) -> bool {
     }
     eprintln!("SKIP {test}: needs {BUSYBOX_BIN} (apt-get install busybox-static)");
     false
+}
+
+/// The busybox layer, with `extra` files (path in the image, contents;
+/// mode 0755) and the directories above them.
+fn busybox_layer(extra: &[(String, Vec<u8>)]) -> Result<Vec<u8>> {
+    let bin = std::fs::read(BUSYBOX_BIN)
+        .with_context(|| format!("read {BUSYBOX_BIN} (apt-get install busybox-static)"))?;
+    let out = Command::new(BUSYBOX_BIN)
+        .arg("--list")
+        .output()
+        .context("busybox --list")?;
+    if !out.status.success() {
+        bail!("busybox --list failed");
+    }
+    let applets: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|a| !a.is_empty() && *a != "busybox" && !a.contains('/'))
+        .map(str::to_string)
+        .collect();
+    let mut t = tar::Builder::new(Vec::new());
+    dir(&mut t, "bin", 0o755)?;
+    dir(&mut t, "etc", 0o755)?;
+    dir(&mut t, "root", 0o700)?;
+    dir(&mut t, "tmp", 0o1777)?;
+    file(&mut t, "bin/busybox", 0o755, &bin)?;
+    for a in &applets {
+        let mut h = header(tar::EntryType::Symlink, 0o777, 0);
+        t.append_link(&mut h, format!("bin/{a}"), "busybox")?;
+    }
+    file(
+        &mut t,
+        "etc/passwd",
+        0o644,
+        b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+    )?;
+    file(&mut t, "etc/group", 0o644, b"root:x:0:\nnobody:x:65534:\n")?;
+    let mut dirs: BTreeSet<PathBuf> = ["bin", "etc", "root", "tmp"]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
+    for (path, data) in extra {
+        let parents: Vec<&Path> = Path::new(path)
+            .ancestors()
+            .skip(1)
+            .filter(|p| !p.as_os_str().is_empty())
+            .collect();
+        for p in parents.into_iter().rev() {
+            if dirs.insert(p.to_path_buf()) {
+                dir(&mut t, &p.display().to_string(), 0o755)?;
+            }
+        }
+        file(&mut t, path, 0o755, data)?;
+    }
+    Ok(t.into_inner()?)
+}
+
+/// The shared libraries and the dynamic loader `ldd` lists for `bin`, as
+/// paths on this machine; none for a static binary.
+fn shared_libraries(bin: &Path) -> Result<Vec<PathBuf>> {
+    let out = Command::new("ldd")
+        .arg(bin)
+        .output()
+        .with_context(|| format!("ldd {}", bin.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        if text.contains("not a dynamic executable") || err.contains("not a dynamic executable") {
+            return Ok(Vec::new());
+        }
+        bail!("ldd {}: {}", bin.display(), err.trim());
+    }
+    let mut libs = Vec::new();
+    for line in text.lines().map(str::trim) {
+        // `libc.so.6 => /lib/.../libc.so.6 (0x...)`, `/lib64/ld-linux-x86-64.so.2 (0x...)`,
+        // or the vDSO, which has no file.
+        let target = line.split_once("=>").map_or(line, |(_, t)| t.trim());
+        if target.starts_with("not found") {
+            bail!("ldd {}: {line}", bin.display());
+        }
+        let path = target.split_whitespace().next().unwrap_or_default();
+        if path.starts_with('/') {
+            libs.push(PathBuf::from(path));
+        }
+    }
+    Ok(libs)
+}
+
+fn read(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("read {}", path.display()))
 }
 
 fn blob_path(data: &[u8]) -> String {

@@ -1,8 +1,9 @@
 //! Test images made from the machine's busybox-static, without the agent:
 //! one uncompressed layer (`/bin/busybox` and a symlink per applet,
-//! `/etc/passwd`, `/etc/group`, `/tmp`, `/root`), an OCI config, written as
-//! an OCI layout tar or as a docker archive (`docker save`). Same input,
-//! same bytes: every entry is root-owned with time zero.
+//! `/etc/passwd`, `/etc/group`, `/tmp`, `/root`; optionally one of our
+//! binaries with the libraries it links), an OCI config, written as an OCI
+//! layout tar or as a docker archive (`docker save`). Same input, same
+//! bytes: every entry is root-owned with time zero.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

@@ -426,10 +426,17 @@ spec:
     n.wait_pod("services", Duration::from_secs(60), |p| {
         container_named(p, "known")["ready"] == true
     })?;
-    // Asked, and answered NotFound, several times (a readiness probe that
-    // never passed raises no Unhealthy event here: knode reports probe
-    // results on change only, and readiness starts failed).
+    // Asked, and answered NotFound, several times; every failed run is an
+    // Unhealthy event, as with kubelet, though the result never changed
+    // (readiness starts failed).
     wait_log(&n, "services", "unknown", r#"grpc Check "cache": Err("#, 4)?;
+    wait_event(
+        &n,
+        "services",
+        "unknown",
+        "Unhealthy",
+        "Readiness probe failed: ",
+    )?;
     let p = n.pod("services")?.expect("pod");
     assert_eq!(container_named(&p, "known")["ready"], true, "{p:#}");
     assert_eq!(container_named(&p, "unknown")["ready"], false, "{p:#}");
@@ -443,7 +450,7 @@ spec:
 }
 
 /// httpGet probes with scheme HTTPS against a server whose certificate is
-/// self-signed (kubelet does not verify it): readiness and liveness pass,
+/// self-signed (kubelet does not verify it): startup, readiness and liveness pass,
 /// the container is never restarted; a path the server answers 404 fails
 /// over the same TLS.
 #[test]
@@ -465,9 +472,14 @@ spec:
     readinessProbe:
       httpGet: {{path: /healthz, port: 8443, scheme: HTTPS}}
       periodSeconds: 1
+    startupProbe:
+      httpGet: {{path: /healthz, port: 8443, scheme: HTTPS}}
+      periodSeconds: 1
+      failureThreshold: 60
     livenessProbe:
       httpGet: {{path: /healthz, port: 8443, scheme: HTTPS}}
       periodSeconds: 1
+      timeoutSeconds: 5
       failureThreshold: 1
 ---
 apiVersion: v1
@@ -487,8 +499,10 @@ spec:
     n.wait_pod("tls", Duration::from_secs(60), |p| {
         container(p)["ready"] == true && condition(p, "Ready") == "True"
     })?;
-    // Both probes reach the server over TLS, several times each, and the
-    // liveness probe (failureThreshold 1) never kills the container.
+    // The probes reach the server over TLS, several times each, and the
+    // liveness probe (failureThreshold 1; the startup probe covers the
+    // server's start, a generous timeout a loaded machine) never kills the
+    // container.
     wait_log(&n, "tls", "app", "https GET /healthz (kube-probe/", 6)?;
     let p = n.pod("tls")?.expect("pod");
     assert_eq!(container(&p)["restartCount"], 0, "{:#}", container(&p));
@@ -502,6 +516,13 @@ spec:
         "app",
         "https GET /missing (kube-probe/",
         4,
+    )?;
+    wait_event(
+        &n,
+        "tls-missing",
+        "app",
+        "Unhealthy",
+        "Readiness probe failed: HTTP probe failed with statuscode: 404",
     )?;
     let p = n.pod("tls-missing")?.expect("pod");
     assert!(running(&p), "{p:#}");

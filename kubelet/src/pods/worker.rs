@@ -1031,9 +1031,11 @@ impl Worker {
         self.slots[i].started = false;
     }
 
-    /// A probe's result changed: readiness and startup are recorded; a
-    /// failed liveness or startup probe kills the run, which then restarts
-    /// by the pod's policy and back-off, as kubelet does.
+    /// A probe run failed or changed its result. Every failed run is an
+    /// `Unhealthy` event (the recorder counts repeats), as with kubelet; on
+    /// a change readiness and startup are recorded, and a failed liveness
+    /// or startup probe kills the run, which then restarts by the pod's
+    /// policy and back-off.
     fn on_probe(&mut self, c: probe::scheduler::Change) {
         let Some(i) = self
             .slots
@@ -1042,17 +1044,12 @@ impl Worker {
         else {
             return;
         };
-        if !c.result {
-            let what = match c.kind {
-                probe::Kind::Readiness => "Readiness",
-                probe::Kind::Liveness => "Liveness",
-                probe::Kind::Startup => "Startup",
-            };
-            let msg = format!(
-                "{what} probe failed: {}",
-                c.message.as_deref().unwrap_or("")
-            );
+        if let Some(why) = &c.message {
+            let msg = format!("{} probe failed: {why}", c.kind);
             self.event(Some(i), EventType::Warning, "Unhealthy", msg);
+        }
+        if !c.changed {
+            return;
         }
         match (c.kind, c.result) {
             (probe::Kind::Readiness, ok) => self.slots[i].ready = ok,

@@ -1,8 +1,9 @@
 //! One scheduler for every probe on the node: a single task with a timer
 //! heap, not a thread or a loop per probe. A due probe runs as a future
 //! (never two runs of one probe at once); its outcome comes back here,
-//! goes through the probe's thresholds, and only a change of result is
-//! told to the pod's worker. Liveness and readiness wait while a startup
+//! goes through the probe's thresholds, and the pod's worker is told of
+//! every failed run (kubelet records an `Unhealthy` event for each) and of
+//! every change of result. Liveness and readiness wait while a startup
 //! probe has not passed, as kubelet's do.
 
 use std::cmp::Reverse;
@@ -15,13 +16,17 @@ use tokio::sync::mpsc;
 use super::handlers::{self, Target};
 use super::{Counter, Kind, Outcome, Spec};
 
-/// A change of one probe's result, for the worker of its pod.
+/// One probe run that failed or changed the probe's result, for the
+/// worker of its pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
     pub container_id: String,
     pub kind: Kind,
+    /// The probe's result after this run (through its thresholds).
     pub result: bool,
-    /// The last failure's message, when it failed.
+    /// Whether this run changed the result.
+    pub changed: bool,
+    /// Why this run failed, when it did.
     pub message: Option<String>,
 }
 
@@ -219,13 +224,17 @@ impl Scheduler {
                 Some(m)
             }
         };
-        if let Some(result) = e.counter.observe(ok, &e.spec) {
+        let changed = e.counter.observe(ok, &e.spec);
+        if let Some(result) = changed {
             tracing::info!(pod = %e.pod, container = %e.container, probe = %key.1, result, message = message.as_deref().unwrap_or(""), "probe result changed");
+        }
+        if changed.is_some() || message.is_some() {
             (e.notify)(Change {
                 container_id: key.0.clone(),
                 kind: key.1,
-                result,
-                message: message.clone(),
+                result: changed.unwrap_or_else(|| e.counter.result()),
+                changed: changed.is_some(),
+                message,
             });
         }
         if key.1 == Kind::Startup && e.counter.result() {

@@ -379,7 +379,7 @@ fn refresh_endpoints(
     let (ns, name) = key(&svc.metadata.namespace, &svc.metadata.name);
     let own = index.slices_of(ns, name).filter_map(|s| {
         match slices.get(&ObjectRef::new(Kind::EndpointSlice, ns, s)) {
-            Some(Object::EndpointSlice(s)) => Some(s),
+            Some(Object::EndpointSlice(s)) => Some(s.as_ref()),
             _ => None,
         }
     });

@@ -56,7 +56,7 @@ impl Cache {
     pub fn pods(&self, namespace: &str) -> Vec<k8s_openapi::api::core::v1::Pod> {
         let objs = self.in_namespace(namespace).into_iter();
         objs.filter_map(|o| match o {
-            Object::Pod(p) => Some(p),
+            Object::Pod(p) => Some(*p),
             _ => None,
         })
         .collect()
@@ -66,7 +66,7 @@ impl Cache {
     pub fn replica_sets(&self, namespace: &str) -> Vec<k8s_openapi::api::apps::v1::ReplicaSet> {
         let objs = self.in_namespace(namespace).into_iter();
         objs.filter_map(|o| match o {
-            Object::ReplicaSet(rs) => Some(rs),
+            Object::ReplicaSet(rs) => Some(*rs),
             _ => None,
         })
         .collect()

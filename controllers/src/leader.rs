@@ -131,7 +131,7 @@ impl Elector {
         let now = MicroTime(Timestamp::now());
         let secs = i32::try_from(self.cfg.lease_duration.as_secs()).unwrap_or(15);
         let decision = decide(
-            current.as_ref(),
+            current.as_deref(),
             &self.cfg.identity,
             unchanged_for,
             self.cfg.lease_duration,
@@ -154,7 +154,7 @@ impl Elector {
                         ..Default::default()
                     }),
                 };
-                self.cp.create(Object::Lease(lease), None).await
+                self.cp.create(Object::from(lease), None).await
             }
             (d, Some(mut lease)) => {
                 let spec = lease.spec.get_or_insert_with(Default::default);
@@ -206,7 +206,7 @@ impl Elector {
             },
             ..Default::default()
         };
-        match self.cp.create(Object::Namespace(ns), None).await {
+        match self.cp.create(Object::from(ns), None).await {
             Ok(_) => {
                 tracing::info!(namespace = %self.cfg.namespace, "created the namespace of the controller-manager Lease")
             }

@@ -201,7 +201,7 @@ pub async fn adopt(
             .owner_references
             .get_or_insert_with(Vec::new)
             .push(controller_ref("apps/v1", kind, owner));
-        cp.update(controlplane::Object::Pod(pod), None).await?;
+        cp.update(controlplane::Object::from(pod), None).await?;
         tracing::info!(owner = ?owner.name, pod = %name, "adopted");
     }
     Ok(())

@@ -228,7 +228,7 @@ impl ReplicaSetController {
                 if let Some(refs) = pod.metadata.owner_references.as_mut() {
                     refs.retain(|r| r.uid != uid);
                 }
-                self.cp.update(Object::Pod(pod), None).await?;
+                self.cp.update(Object::from(pod), None).await?;
                 tracing::info!(rs = %key, pod = %name, "released");
             }
         }
@@ -239,7 +239,7 @@ impl ReplicaSetController {
             self.expectations.expect(key, names, HashSet::new());
             for pod in new {
                 let name = pod.metadata.name.clone().unwrap_or_default();
-                if let Err(e) = self.cp.create(Object::Pod(pod), None).await {
+                if let Err(e) = self.cp.create(Object::from(pod), None).await {
                     self.expectations.observed(key, &name);
                     return Err(Error::write(format!("create pod {name} for {key}"), e));
                 }

@@ -358,7 +358,7 @@ pub async fn bind(
     let Object::Pod(pod) = cp.get(what).await? else {
         return Err(Error::BadRequest(format!("{what} is not a pod")));
     };
-    bind_pod(cp, pod, uid, node).await
+    bind_pod(cp, *pod, uid, node).await
 }
 
 /// [`bind`] for a pod the caller already holds (a scheduler's cached
@@ -409,5 +409,5 @@ pub async fn bind_pod(
         )));
     }
     spec.node_name = Some(node.to_string());
-    cp.update(Object::Pod(pod), None).await
+    cp.update(Object::from(pod), None).await
 }

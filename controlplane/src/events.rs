@@ -171,7 +171,7 @@ async fn writer(cp: Arc<dyn ControlPlane>, source: EventSource, mut rx: mpsc::Re
             count: Some(1),
             ..Default::default()
         };
-        match cp.create(Object::Event(ev), Some(EVENT_TTL)).await {
+        match cp.create(Object::from(ev), Some(EVENT_TTL)).await {
             Ok(_) => {
                 if seen.len() >= REMEMBERED {
                     seen.clear();
@@ -224,7 +224,7 @@ mod tests {
                 .items
                 .into_iter()
                 .filter_map(|o| match o {
-                    Object::Event(e) => Some(e),
+                    Object::Event(e) => Some(*e),
                     _ => None,
                 })
                 .collect();

@@ -67,7 +67,7 @@ pub async fn register(
         Err(e) if e.is_not_found() => {
             let status = want.status.clone();
             let created = cp
-                .create(Object::Node(want), None)
+                .create(Object::from(want), None)
                 .await
                 .context("register the Node")?;
             let Object::Node(mut n) = created else {
@@ -130,7 +130,7 @@ async fn ensure_lease_namespace(cp: &dyn ControlPlane) {
         },
         ..Default::default()
     };
-    match cp.create(Object::Namespace(ns), None).await {
+    match cp.create(Object::from(ns), None).await {
         Ok(_) => {}
         Err(controlplane::Error::AlreadyExists { .. }) => {}
         Err(e) => tracing::warn!(error = %e, "create namespace {LEASE_NAMESPACE}"),
@@ -165,7 +165,7 @@ pub async fn renew(cp: &dyn ControlPlane, node: &str, duration: Duration) -> Res
                     ..Default::default()
                 }),
             };
-            cp.create(Object::Lease(l), Some(duration))
+            cp.create(Object::from(l), Some(duration))
                 .await
                 .context("create the node lease")?;
             return Ok(());

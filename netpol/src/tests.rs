@@ -333,7 +333,7 @@ fn a_stripped_pod_is_seen_the_same() {
             "ports": [{"name": "dns", "containerPort": 53, "protocol": "UDP"}, {"containerPort": 1}]}))
         .unwrap()]);
     }
-    let mut o = controlplane::Object::Pod(rich.clone());
+    let mut o = controlplane::Object::from(rich.clone());
     crate::pods::strip_pod(&mut o);
     let controlplane::Object::Pod(stripped) = o else {
         panic!("a pod")

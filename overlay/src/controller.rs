@@ -524,7 +524,7 @@ fn lease_subnet(l: &SubnetLease) -> Result<Ipv4Net> {
 async fn load_config(cp: &dyn ControlPlane, s: &Settings) -> Result<NetConf> {
     let what = ObjectRef::new(Kind::ConfigMap, CONFIGMAP_NAMESPACE, CONFIGMAP_NAME);
     let cm = match cp.get(&what).await {
-        Ok(Object::ConfigMap(cm)) => cm,
+        Ok(Object::ConfigMap(cm)) => *cm,
         Ok(_) => return Err(Error::Config(format!("{what} is not a ConfigMap"))),
         Err(e) if e.is_not_found() => {
             let proposed = NetConf::raw_from_flags(&s.cluster_cidr, &s.backend);
@@ -570,7 +570,7 @@ async fn create_config(cp: &dyn ControlPlane, json: &str) -> Result<ConfigMap> {
         },
         ..Default::default()
     };
-    match cp.create(Object::Namespace(ns), None).await {
+    match cp.create(Object::from(ns), None).await {
         Ok(_) | Err(controlplane::Error::AlreadyExists { .. }) => {}
         Err(e) => return Err(e.into()),
     }
@@ -586,8 +586,8 @@ async fn create_config(cp: &dyn ControlPlane, json: &str) -> Result<ConfigMap> {
         )])),
         ..Default::default()
     };
-    match cp.create(Object::ConfigMap(cm), None).await {
-        Ok(Object::ConfigMap(cm)) => Ok(cm),
+    match cp.create(Object::from(cm), None).await {
+        Ok(Object::ConfigMap(cm)) => Ok(*cm),
         Ok(_) => Err(Error::Config(
             "the control plane returned a non-ConfigMap".into(),
         )),
@@ -595,7 +595,7 @@ async fn create_config(cp: &dyn ControlPlane, json: &str) -> Result<ConfigMap> {
         Err(controlplane::Error::AlreadyExists { .. }) => {
             let what = ObjectRef::new(Kind::ConfigMap, CONFIGMAP_NAMESPACE, CONFIGMAP_NAME);
             match cp.get(&what).await? {
-                Object::ConfigMap(cm) => Ok(cm),
+                Object::ConfigMap(cm) => Ok(*cm),
                 _ => Err(Error::Config(format!("{what} is not a ConfigMap"))),
             }
         }

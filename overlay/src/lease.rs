@@ -60,7 +60,7 @@ impl Leases {
             .items
             .into_iter()
             .filter_map(|o| match o {
-                Object::SubnetLease(l) => Some(l),
+                Object::SubnetLease(l) => Some(*l),
                 _ => None,
             })
             .collect();
@@ -174,10 +174,7 @@ impl Leases {
             },
             spec: spec(subnet, me),
         };
-        let created = self
-            .cp
-            .create(Object::SubnetLease(lease), Some(self.ttl))
-            .await?;
+        let created = self.cp.create(Object::from(lease), Some(self.ttl)).await?;
         into_lease(created)
     }
 
@@ -189,10 +186,7 @@ impl Leases {
             .labels
             .get_or_insert_with(Default::default)
             .insert(NODE_LABEL.to_string(), me.node.clone());
-        let updated = self
-            .cp
-            .update(Object::SubnetLease(next), Some(self.ttl))
-            .await?;
+        let updated = self.cp.update(Object::from(next), Some(self.ttl)).await?;
         into_lease(updated)
     }
 
@@ -223,7 +217,7 @@ fn spec(subnet: IpNet, me: &LeaseAttrs) -> SubnetLeaseSpec {
 
 fn into_lease(o: Object) -> Result<SubnetLease> {
     match o {
-        Object::SubnetLease(l) => Ok(l),
+        Object::SubnetLease(l) => Ok(*l),
         other => Err(Error::Lease(format!(
             "the control plane returned a {} for a SubnetLease",
             other.kind()

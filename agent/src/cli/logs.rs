@@ -200,7 +200,7 @@ impl Printer {
 /// The pod `ns/name`, with a kubectl-like error when it does not exist.
 pub async fn get_pod(cp: &dyn ControlPlane, ns: &str, name: &str) -> Result<Pod> {
     match cp.get(&ObjectRef::new(Kind::Pod, ns, name)).await {
-        Ok(Object::Pod(p)) => Ok(p),
+        Ok(Object::Pod(p)) => Ok(*p),
         Ok(o) => bail!("{} is not a pod", o.describe()),
         Err(e) if e.is_not_found() => {
             bail!("pods \"{name}\" not found in namespace \"{ns}\"")

@@ -91,7 +91,7 @@ fn deployment_ref(t: &Target) -> Result<ObjectRef> {
 
 async fn get_deployment(cp: &dyn ControlPlane, r: &ObjectRef) -> Result<Deployment> {
     match cp.get(r).await? {
-        Object::Deployment(d) => Ok(d),
+        Object::Deployment(d) => Ok(*d),
         o => bail!("{} is not a Deployment", o.describe()),
     }
 }
@@ -103,7 +103,7 @@ async fn replica_sets(cp: &dyn ControlPlane, ns: &str) -> Result<Vec<ReplicaSet>
         .items
         .into_iter()
         .filter_map(|o| match o {
-            Object::ReplicaSet(rs) => Some(rs),
+            Object::ReplicaSet(rs) => Some(*rs),
             _ => None,
         })
         .collect())
@@ -114,7 +114,7 @@ async fn modify(cp: &dyn ControlPlane, r: &ObjectRef, f: impl Fn(&mut Deployment
     for _ in 0..10 {
         let mut d = get_deployment(cp, r).await?;
         f(&mut d);
-        match cp.update(Object::Deployment(d), None).await {
+        match cp.update(Object::from(d), None).await {
             Ok(_) => return Ok(()),
             Err(e) if e.is_conflict() => continue,
             Err(e) => return Err(e.into()),

@@ -262,7 +262,7 @@ impl CronJobController {
             .in_namespace(&key.namespace)
             .into_iter()
             .filter_map(|o| match o {
-                Object::Job(j) if controlled_by(&j.metadata, &uid) => Some(j),
+                Object::Job(j) if controlled_by(&j.metadata, &uid) => Some(*j),
                 _ => None,
             })
             .collect();
@@ -294,7 +294,7 @@ impl CronJobController {
         if let Some(at) = plan.create {
             let job = new_job(&cj, at);
             let name = job.metadata.name.clone().unwrap_or_default();
-            match self.cp.create(Object::Job(job), None).await {
+            match self.cp.create(Object::from(job), None).await {
                 Ok(_) => {
                     let msg = format!("Created job {name}");
                     self.events.about(

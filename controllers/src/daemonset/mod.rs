@@ -330,7 +330,7 @@ impl DaemonSetController {
             .all()
             .into_iter()
             .filter_map(|o| match o {
-                Object::Node(n) => Some(n),
+                Object::Node(n) => Some(*n),
                 _ => None,
             })
             .collect();
@@ -340,7 +340,7 @@ impl DaemonSetController {
             let pod = new_pod(&ds, node);
             let name = pod.metadata.name.clone().unwrap_or_default();
             self.cp
-                .create(Object::Pod(pod), None)
+                .create(Object::from(pod), None)
                 .await
                 .map_err(|e| crate::Error::write(format!("create pod {name} for {key}"), e))?;
             tracing::info!(daemonset = %key, pod = %name, %node, "created pod");

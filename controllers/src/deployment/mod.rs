@@ -317,7 +317,7 @@ impl DeploymentController {
         if let Some(rs) = plan.create {
             let name = rs.metadata.name.clone().unwrap_or_default();
             let template = rs.spec.as_ref().and_then(|s| s.template.clone());
-            match self.cp.create(Object::ReplicaSet(rs), None).await {
+            match self.cp.create(Object::from(rs), None).await {
                 Ok(_) => tracing::info!(deployment = %key, rs = %name, "created ReplicaSet"),
                 Err(e @ controlplane::Error::AlreadyExists { .. }) => {
                     self.on_name_taken(&d, &name, template).await?;
@@ -330,7 +330,7 @@ impl DeploymentController {
             let name = rs.metadata.name.clone().unwrap_or_default();
             let n = spec_replicas(&rs);
             self.cp
-                .update(Object::ReplicaSet(rs), None)
+                .update(Object::from(rs), None)
                 .await
                 .map_err(|e| Error::write(format!("scale ReplicaSet {name} to {n}"), e))?;
             tracing::info!(deployment = %key, rs = %name, replicas = n, "scaled ReplicaSet");
@@ -385,7 +385,7 @@ impl DeploymentController {
         let st = d.status.get_or_insert_with(Default::default);
         st.collision_count = Some(st.collision_count.unwrap_or(0) + 1);
         tracing::info!(rs = %name, "pod-template-hash collision; counting it");
-        self.cp.update_status(Object::Deployment(d)).await?;
+        self.cp.update_status(Object::from(d)).await?;
         Ok(())
     }
 

@@ -216,20 +216,20 @@ impl EndpointSliceController {
             .iter()
             .filter_map(
                 |s| match self.slices.get(&ObjectRef::new(Kind::EndpointSlice, ns, s)) {
-                    Some(Object::EndpointSlice(s)) if plan::managed_for(&s, name) => Some(s),
+                    Some(Object::EndpointSlice(s)) if plan::managed_for(&s, name) => Some(*s),
                     _ => None,
                 },
             )
             .collect();
         let svc = match self.services.get(key) {
-            Some(Object::Service(s)) => Some(s),
+            Some(Object::Service(s)) => Some(*s),
             _ => None,
         };
         let desired = svc.as_ref().and_then(|svc| {
             let pods: Vec<Pod> = pods
                 .iter()
                 .filter_map(|p| match self.pods.get(&ObjectRef::new(Kind::Pod, ns, p)) {
-                    Some(Object::Pod(p)) => Some(p),
+                    Some(Object::Pod(p)) => Some(*p),
                     _ => None,
                 })
                 .collect();
@@ -277,7 +277,7 @@ impl EndpointSliceController {
                     s.metadata.name.as_deref().unwrap_or_default()
                 );
                 self.cp
-                    .create(Object::EndpointSlice(s), None)
+                    .create(Object::from(s), None)
                     .await
                     .map_err(|e| Error::write(what, e))?;
             }
@@ -286,7 +286,7 @@ impl EndpointSliceController {
                     "update EndpointSlice {ns}/{}",
                     s.metadata.name.as_deref().unwrap_or_default()
                 );
-                match self.cp.update(Object::EndpointSlice(s), None).await {
+                match self.cp.update(Object::from(s), None).await {
                     Ok(_) => {}
                     Err(e) if e.is_not_found() => {}
                     Err(e) => return Err(Error::write(what, e)),

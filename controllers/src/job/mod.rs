@@ -300,7 +300,7 @@ impl JobController {
             let pod = new_pod(&job);
             let name = pod.metadata.name.clone().unwrap_or_default();
             self.cp
-                .create(Object::Pod(pod), None)
+                .create(Object::from(pod), None)
                 .await
                 .map_err(|e| crate::Error::write(format!("create pod {name} for {key}"), e))?;
             tracing::info!(job = %key, pod = %name, "created pod");

@@ -211,7 +211,7 @@ impl NodeLifecycleController {
                     if p.spec.as_ref().and_then(|s| s.node_name.as_deref())
                         == Some(key.name.as_str()) =>
                 {
-                    Some(p)
+                    Some(*p)
                 }
                 _ => None,
             })
@@ -219,7 +219,7 @@ impl NodeLifecycleController {
         let plan = plan(&node, lost, &pods, now);
         if let Some(n) = plan.node {
             let status = n.status.clone();
-            let written = match self.cp.update(Object::Node(n), None).await {
+            let written = match self.cp.update(Object::from(n), None).await {
                 Ok(o) => o,
                 Err(e) if e.is_not_found() => return Ok(None),
                 Err(e) => return Err(Error::write(format!("update {key}"), e)),

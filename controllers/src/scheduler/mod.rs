@@ -231,7 +231,7 @@ impl Scheduler {
             .all()
             .into_iter()
             .filter_map(|o| match o {
-                Object::Node(n) => Some(n),
+                Object::Node(n) => Some(*n),
                 _ => None,
             })
             .collect();
@@ -258,7 +258,7 @@ impl Scheduler {
             })
             .collect();
         match plan::schedule(&pod, &candidates, random_below) {
-            Ok(node) => self.bind(key, pod, node).await,
+            Ok(node) => self.bind(key, *pod, node).await,
             Err(why) => {
                 self.unschedulable().insert(key.clone());
                 self.events
@@ -347,8 +347,8 @@ impl Scheduler {
         if status.phase.is_none() {
             status.phase = Some("Pending".into());
         }
-        let key = ObjectRef::of(&Object::Pod(pod.clone()));
-        match self.cp.update_status(Object::Pod(p)).await {
+        let key = ObjectRef::of(&Object::from(pod.clone()));
+        match self.cp.update_status(Object::from(p)).await {
             Ok(_) => Ok(()),
             Err(e) if e.is_not_found() || e.is_conflict() => Ok(()),
             Err(e) => Err(Error::write(format!("update status of {key}"), e)),

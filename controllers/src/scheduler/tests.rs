@@ -281,15 +281,15 @@ fn lost_nodes_are_unreachable_and_pending_means_unbound_and_ours() {
 #[test]
 fn usages_follow_pods_and_binds() {
     let u = Usages::default();
-    let bound = |node: &str| Object::Pod(pod(json!({"spec": {"nodeName": node}})));
+    let bound = |node: &str| Object::from(pod(json!({"spec": {"nodeName": node}})));
     assert!(!u.pod_changed(None, Some(&bound("a"))));
     assert_eq!(u.snapshot()["a"].milli_cpu, 500);
     // An assumed bind, then the watch's report of it: counted once.
     let p = pod(json!({"metadata": {"name": "q"}, "spec": {"nodeName": "a"}}));
     u.set("default", "q", Placed::of(&p));
-    u.pod_changed(None, Some(&Object::Pod(p)));
+    u.pod_changed(None, Some(&Object::from(p)));
     assert_eq!(u.snapshot()["a"].pods, 2);
-    let finished = Object::Pod(pod(
+    let finished = Object::from(pod(
         json!({"spec": {"nodeName": "a"}, "status": {"phase": "Failed"}}),
     ));
     assert!(

@@ -356,7 +356,7 @@ impl StatefulSetController {
                     if r.metadata.namespace == set.metadata.namespace
                         && controlled_by(&r.metadata, uid) =>
                 {
-                    Some(r)
+                    Some(*r)
                 }
                 _ => None,
             })
@@ -383,7 +383,7 @@ impl StatefulSetController {
         {
             let next = revisions.iter().map(|r| r.revision).max().unwrap_or(0) + 1;
             let r = new_revision(&set, &plan.update_revision, &template, next);
-            match self.cp.create(Object::ControllerRevision(r), None).await {
+            match self.cp.create(Object::from(r), None).await {
                 Ok(_) => {
                     tracing::info!(statefulset = %key, revision = %plan.update_revision, "new revision")
                 }
@@ -411,7 +411,7 @@ impl StatefulSetController {
             };
             let pod = new_pod(&set, &t, *ordinal, revision);
             let name = pod.metadata.name.clone().unwrap_or_default();
-            match self.cp.create(Object::Pod(pod), None).await {
+            match self.cp.create(Object::from(pod), None).await {
                 Ok(_) => tracing::info!(statefulset = %key, pod = %name, %revision, "created pod"),
                 Err(e) => return Err(Error::write(format!("create pod {name} for {key}"), e)),
             }

@@ -109,7 +109,7 @@ mod tests {
     use crate::storage::embedded::Embedded;
 
     fn pod(name: &str, node: Option<&str>) -> Object {
-        Object::Pod(Pod {
+        Object::from(Pod {
             metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
                 name: Some(name.into()),
                 namespace: Some("default".into()),

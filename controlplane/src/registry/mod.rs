@@ -369,7 +369,7 @@ impl Registry {
                 Some((o, _)) => released(o, &candidate),
                 None => Vec::new(),
             };
-            let obj = Object::Service(candidate);
+            let obj = Object::from(candidate);
             let precondition = match old {
                 Some((_, rev)) => Precondition::Revision(rev),
                 None => Precondition::Absent,
@@ -498,7 +498,7 @@ impl ControlPlane for Registry {
         self.require_namespace(&obj).await?;
         let expiry = ttl.map_or(Expiry::Never, Expiry::After);
         match obj {
-            Object::Service(svc) => self.write_service(svc, None, expiry).await,
+            Object::Service(svc) => self.write_service(*svc, None, expiry).await,
             obj => {
                 let r = self
                     .put(&obj, Precondition::Absent, expiry, Vec::new(), Vec::new())
@@ -532,7 +532,7 @@ impl ControlPlane for Registry {
         let expiry = ttl.map_or(Expiry::Never, Expiry::After);
         match (obj, current) {
             (Object::Service(svc), Object::Service(old)) => {
-                self.write_service(svc, Some((&old, rev)), expiry).await
+                self.write_service(*svc, Some((&old, rev)), expiry).await
             }
             (obj, _) => {
                 let r = self

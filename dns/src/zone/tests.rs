@@ -429,7 +429,7 @@ fn a_stripped_pod_makes_the_same_entry() {
     if let Some(status) = rich.status.as_mut() {
         status.phase = Some("Running".into());
     }
-    let mut o = controlplane::Object::Pod(rich.clone());
+    let mut o = controlplane::Object::from(rich.clone());
     strip_pod(&mut o);
     let controlplane::Object::Pod(stripped) = o else {
         panic!("a pod")

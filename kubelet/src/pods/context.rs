@@ -106,7 +106,7 @@ impl Refs {
         for name in cms {
             match cp.get(&ObjectRef::new(Kind::ConfigMap, ns, &name)).await {
                 Ok(Object::ConfigMap(c)) => {
-                    r.config_maps.insert(name, c);
+                    r.config_maps.insert(name, *c);
                 }
                 Ok(_) => {}
                 Err(e) if e.is_not_found() => {}
@@ -116,7 +116,7 @@ impl Refs {
         for name in secs {
             match cp.get(&ObjectRef::new(Kind::Secret, ns, &name)).await {
                 Ok(Object::Secret(s)) => {
-                    r.secrets.insert(name, s);
+                    r.secrets.insert(name, *s);
                 }
                 Ok(_) => {}
                 Err(e) if e.is_not_found() => {}
@@ -148,7 +148,7 @@ pub async fn pull_keyring(cp: &dyn ControlPlane, pod: &Pod) -> runtime::image::K
                 continue;
             }
         };
-        let data = super::volumes::secret_data(secret.clone());
+        let data = super::volumes::secret_data(*secret.clone());
         if let Err(e) = k.add_secret(secret.type_.as_deref().unwrap_or("Opaque"), &data) {
             tracing::warn!(pod = ?pod.metadata.name, secret = %r.name, %field, error = %format!("{e:#}"), "image pull secret not usable; pulling without it");
         }
@@ -215,7 +215,7 @@ pub async fn services_for(cp: &dyn ControlPlane, namespace: &str) -> Result<Vec<
             if let Object::Service(s) = o {
                 let keep = ns == namespace || s.metadata.name.as_deref() == Some("kubernetes");
                 if keep {
-                    out.push(s);
+                    out.push(*s);
                 }
             }
         }

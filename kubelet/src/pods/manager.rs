@@ -46,7 +46,7 @@ pub async fn run(ctx: Arc<Context>) -> Result<()> {
     loop {
         match pods.next().await {
             Update::Event(WatchEvent::Added(Object::Pod(p)))
-            | Update::Event(WatchEvent::Modified(Object::Pod(p))) => m.on_pod(p),
+            | Update::Event(WatchEvent::Modified(Object::Pod(p))) => m.on_pod(*p),
             Update::Event(WatchEvent::Deleted(Object::Pod(p))) => m.on_deleted(&p),
             Update::Event(_) => {}
             Update::Synced => {
@@ -216,7 +216,7 @@ async fn bind(ctx: Arc<Context>, mut pod: Pod) {
     if let Some(spec) = pod.spec.as_mut() {
         spec.node_name = Some(ctx.node_name.clone());
     }
-    match ctx.cp.update(Object::Pod(pod), None).await {
+    match ctx.cp.update(Object::from(pod), None).await {
         Ok(_) => tracing::info!(pod = %key, node = %ctx.node_name, "bound"),
         Err(e) if e.is_conflict() || e.is_not_found() => {}
         Err(e) => tracing::warn!(pod = %key, error = %e, "bind"),

@@ -1093,7 +1093,7 @@ impl Worker {
         let mut p = self.pod.clone();
         p.status = Some(st.clone());
         p.metadata.resource_version = None;
-        match self.ctx.cp.update_status(Object::Pod(p)).await {
+        match self.ctx.cp.update_status(Object::from(p)).await {
             Ok(_) => self.written = Some(st),
             Err(e) if e.is_not_found() => {}
             Err(e) => tracing::warn!(pod = %self.key(), error = %e, "write status"),
@@ -1293,7 +1293,7 @@ impl Worker {
 /// are gone, so its object goes too (grace 0, only this uid). Retried
 /// until the control plane answers; gone already is fine.
 async fn remove_object(ctx: &Context, pod: &Pod) {
-    let what = controlplane::ObjectRef::of(&Object::Pod(pod.clone()));
+    let what = controlplane::ObjectRef::of(&Object::from(pod.clone()));
     let opts = controlplane::DeleteOptions {
         uid: pod.metadata.uid.clone(),
         grace_period_seconds: Some(0),

@@ -79,7 +79,7 @@ impl View {
             };
             let own = self.slices.slices_of(&ns, &name).filter_map(|n| {
                 match slices.get(&ObjectRef::new(Kind::EndpointSlice, &ns, n)) {
-                    Some(Object::EndpointSlice(s)) => Some(s),
+                    Some(Object::EndpointSlice(s)) => Some(s.as_ref()),
                     _ => None,
                 }
             });
@@ -252,7 +252,7 @@ mod tests {
     }
 
     fn sl(name: &str, svc: &str, eps: &[(&str, bool)]) -> Object {
-        let mut o = Object::EndpointSlice(slice(name, svc, eps));
+        let mut o = Object::from(slice(name, svc, eps));
         strip_slice(&mut o);
         o
     }
@@ -338,7 +338,7 @@ mod tests {
         let before = ports(&svc, &eps);
         assert_eq!(before.len(), 2);
         strip_service(&mut svc);
-        let mut o = Object::EndpointSlice(eps);
+        let mut o = Object::from(eps);
         strip_slice(&mut o);
         let Object::EndpointSlice(eps) = o else {
             panic!()
@@ -357,7 +357,7 @@ mod tests {
             serving: Some(true),
             terminating: Some(true),
         });
-        w.ev(WatchEvent::Added(Object::EndpointSlice(draining)));
+        w.ev(WatchEvent::Added(Object::from(draining)));
         w.recompute();
         assert_eq!(endpoints(&w.v), ["10.244.0.2:8080"]);
     }

@@ -127,14 +127,14 @@ pub fn endpoints(
     let pods: Vec<Pod> = pods
         .iter()
         .filter_map(|o| match o {
-            Object::Pod(p) => Some(p.clone()),
+            Object::Pod(p) => Some((**p).clone()),
             _ => None,
         })
         .collect();
     let services: Vec<(&Service, Option<Vec<Endpoints>>)> = services
         .iter()
         .filter_map(|o| match o {
-            Object::Service(s) => Some((s, endpoints_for(s, &pods))),
+            Object::Service(s) => Some((s.as_ref(), endpoints_for(s, &pods))),
             _ => None,
         })
         .collect();

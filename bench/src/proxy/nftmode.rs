@@ -330,7 +330,7 @@ fn memory_section(out: &mut String) -> Result<serde_json::Value> {
             `service-endpoints` hold every Service and endpoint", rss::SERVICES, rss::SERVICES * super::ENDPOINTS),
         "target_share_mib": 60.0,
     });
-    for (label, parts) in [("proxy_alone", Parts::ProxyAlone), ("usual", Parts::Usual)] {
+    for (label, parts) in [("proxy_alone", Parts::ProxyAlone)] {
         let without = super::agent_rss(None, rss::PER_NAMESPACE, parts);
         let with = super::agent_rss(Some(ProxyMode::Nftables), rss::PER_NAMESPACE, parts);
         out.push_str(&format!(
@@ -361,8 +361,8 @@ fn memory_section(out: &mut String) -> Result<serde_json::Value> {
             }
         }
         if let (Ok(w), Ok(wo)) = (&with, &without) {
-            let last = |o: &Outcome| o.readings.last().map(|r| r.mem.clone());
-            let first = |o: &Outcome| o.readings.first().map(|r| r.mem.clone());
+            let last = |o: &Outcome| o.readings.last().map(|r| r.mem);
+            let first = |o: &Outcome| o.readings.first().map(|r| r.mem);
             if let (Some(a), Some(b), Some(ai), Some(bi)) = (last(w), last(wo), first(w), first(wo))
             {
                 let share = mib(a.rss_kib) - mib(b.rss_kib);

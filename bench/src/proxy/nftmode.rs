@@ -330,7 +330,7 @@ fn memory_section(out: &mut String) -> Result<serde_json::Value> {
             `service-endpoints` hold every Service and endpoint", rss::SERVICES, rss::SERVICES * super::ENDPOINTS),
         "target_share_mib": 60.0,
     });
-    for (label, parts) in [("proxy_alone", Parts::ProxyAlone)] {
+    for (label, parts) in [("proxy_alone", Parts::ProxyAlone), ("usual", Parts::Usual)] {
         let without = super::agent_rss(None, rss::PER_NAMESPACE, parts);
         let with = super::agent_rss(Some(ProxyMode::Nftables), rss::PER_NAMESPACE, parts);
         out.push_str(&format!(

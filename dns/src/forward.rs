@@ -170,6 +170,11 @@ impl Forwarder {
                 .is_empty()
     }
 
+    /// The cached response to `query`, if one is live (no upstream asked).
+    pub fn cached(&self, query: &Query) -> Option<Message> {
+        self.cache().get(query, Instant::now())
+    }
+
     /// The response to `query`, from the cache or the first upstream that
     /// answers. Its id is arbitrary: the caller copies what it needs.
     pub async fn resolve(&self, query: &Query) -> Result<Message> {

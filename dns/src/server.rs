@@ -187,6 +187,11 @@ impl Server {
         }
     }
 
+    /// The forwarder's cached response to `query`, if it has a live one.
+    fn cached(&self, query: &hickory_proto::op::Query) -> Option<Message> {
+        self.forwarder.as_ref()?.cached(query)
+    }
+
     /// Whether names outside the zone can be forwarded now.
     fn forwarding(&self) -> bool {
         self.forwarder.as_ref().is_some_and(|f| f.can_forward())
@@ -201,8 +206,8 @@ impl Server {
     }
 
     /// Takes every queued query in one `recvmmsg`, answers those the zone
-    /// answers and sends the answers in one `sendmmsg`; forwarded ones are
-    /// answered by their own tasks.
+    /// or the forwarder's cache answers and sends the answers in one
+    /// `sendmmsg`; cache misses are forwarded by their own tasks.
     async fn serve_udp(self: Arc<Self>, socket: Arc<UdpSocket>) {
         let mut batch = RecvBatch::new();
         let mut replies: Vec<(SocketAddr, Vec<u8>)> = Vec::with_capacity(mmsg::BATCH);
@@ -231,6 +236,13 @@ impl Server {
                             replies.extend(wire::encode(&m, Some(limit)).map(|b| (peer, b)));
                         }
                         Decision::Forward { response, query } => {
+                            // A cached answer goes out with the batch; only a
+                            // miss waits for an upstream, in its own task.
+                            if let Some(hit) = self.cached(&query) {
+                                let m = wire::merge_upstream(response, &hit);
+                                replies.extend(wire::encode(&m, Some(limit)).map(|b| (peer, b)));
+                                continue;
+                            }
                             let (this, socket) = (self.clone(), socket.clone());
                             tokio::spawn(async move {
                                 let m = this.forward(response, query).await;

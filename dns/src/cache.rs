@@ -77,6 +77,23 @@ impl Cache {
         Some(response)
     }
 
+    /// Completes `response` from the cached answer to `query` at `now`, as
+    /// [`crate::wire::merge_upstream`] would with [`Cache::get`]'s message,
+    /// copying the records once; false when absent or expired.
+    pub fn answer(&mut self, query: &Query, now: Instant, response: &mut Message) -> bool {
+        let key = key(query);
+        let Some(entry) = self.entries.get(&key) else {
+            return false;
+        };
+        if now >= entry.expires {
+            self.entries.remove(&key);
+            return false;
+        }
+        let age = u32::try_from(now.duration_since(entry.stored).as_secs()).unwrap_or(u32::MAX);
+        crate::wire::merge_aged(response, &entry.response, age);
+        true
+    }
+
     /// Stores `response` to `query` if it is cacheable (NOERROR with
     /// answers, or a negative answer carrying an SOA), evicting the oldest
     /// entry when full.
@@ -191,6 +208,34 @@ mod tests {
         assert!(c
             .get(&q("a.example."), t0 + Duration::from_secs(30))
             .is_none());
+    }
+
+    #[test]
+    fn answer_fills_the_response_as_get_and_merge_would() {
+        let mut c = Cache::new(10, 3600);
+        let t0 = Instant::now();
+        c.insert(&q("a.example."), &negative(60, 30), t0);
+        c.insert(&q("b.example."), &positive("b.example.", 30), t0);
+        let later = t0 + Duration::from_secs(7);
+        for name in ["A.example.", "b.Example."] {
+            let fresh = || Message::response(9, hickory_proto::op::OpCode::Query);
+            let want = crate::wire::merge_upstream(fresh(), &c.get(&q(name), later).unwrap());
+            let mut got = fresh();
+            assert!(c.answer(&q(name), later, &mut got));
+            assert_eq!(got, want, "{name}");
+        }
+        assert_eq!(
+            {
+                let mut m = Message::response(9, hickory_proto::op::OpCode::Query);
+                c.answer(&q("b.example."), later, &mut m);
+                m.answers[0].ttl
+            },
+            23
+        );
+        let mut m = Message::response(9, hickory_proto::op::OpCode::Query);
+        assert!(!c.answer(&q("b.example."), t0 + Duration::from_secs(30), &mut m));
+        assert!(!c.answer(&q("c.example."), later, &mut m));
+        assert!(m.answers.is_empty());
     }
 
     #[test]

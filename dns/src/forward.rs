@@ -170,9 +170,10 @@ impl Forwarder {
                 .is_empty()
     }
 
-    /// The cached response to `query`, if one is live (no upstream asked).
-    pub fn cached(&self, query: &Query) -> Option<Message> {
-        self.cache().get(query, Instant::now())
+    /// Completes `response` from a live cached answer to `query` (no
+    /// upstream asked); false when there is none.
+    pub fn answer_cached(&self, query: &Query, response: &mut Message) -> bool {
+        self.cache().answer(query, Instant::now(), response)
     }
 
     /// The response to `query`, from the cache or the first upstream that

@@ -187,9 +187,11 @@ impl Server {
         }
     }
 
-    /// The forwarder's cached response to `query`, if it has a live one.
-    fn cached(&self, query: &hickory_proto::op::Query) -> Option<Message> {
-        self.forwarder.as_ref()?.cached(query)
+    /// Completes `response` from the forwarder's cache; false on a miss.
+    fn answer_cached(&self, query: &hickory_proto::op::Query, response: &mut Message) -> bool {
+        self.forwarder
+            .as_ref()
+            .is_some_and(|f| f.answer_cached(query, response))
     }
 
     /// Whether names outside the zone can be forwarded now.
@@ -235,12 +237,16 @@ impl Server {
                         Decision::Reply(m) => {
                             replies.extend(wire::encode(&m, Some(limit)).map(|b| (peer, b)));
                         }
-                        Decision::Forward { response, query } => {
+                        Decision::Forward {
+                            mut response,
+                            query,
+                        } => {
                             // A cached answer goes out with the batch; only a
                             // miss waits for an upstream, in its own task.
-                            if let Some(hit) = self.cached(&query) {
-                                let m = wire::merge_upstream(response, &hit);
-                                replies.extend(wire::encode(&m, Some(limit)).map(|b| (peer, b)));
+                            if self.answer_cached(&query, &mut response) {
+                                replies.extend(
+                                    wire::encode(&response, Some(limit)).map(|b| (peer, b)),
+                                );
                                 continue;
                             }
                             let (this, socket) = (self.clone(), socket.clone());

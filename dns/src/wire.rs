@@ -4,7 +4,7 @@
 //! forwarding; the server decides what to do with a [`Decision`].
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
-use hickory_proto::rr::{DNSClass, RecordType};
+use hickory_proto::rr::{DNSClass, Record, RecordType};
 
 use crate::zone::{Answer, Zone};
 
@@ -101,20 +101,31 @@ fn decide_parsed(zone: &Zone, request: &Message, forwarding: bool) -> Decision {
 /// its rcode is the response's, as for the last name of a CNAME chain
 /// (RFC 6604).
 pub fn merge_upstream(mut response: Message, upstream: &Message) -> Message {
+    merge_aged(&mut response, upstream, 0);
+    response
+}
+
+/// [`merge_upstream`] in place, every copied record's TTL lowered by
+/// `age` seconds (an answer that has spent that long in the cache).
+pub fn merge_aged(response: &mut Message, upstream: &Message, age: u32) {
     let chased = !response.answers.is_empty();
     response.metadata.response_code = upstream.metadata.response_code;
-    response.answers.extend(upstream.answers.iter().cloned());
-    response.authorities = upstream.authorities.clone();
+    let aged = |r: &Record| {
+        let mut r = r.clone();
+        r.ttl = r.ttl.saturating_sub(age);
+        r
+    };
+    response.answers.extend(upstream.answers.iter().map(aged));
+    response.authorities = upstream.authorities.iter().map(aged).collect();
     response.additionals = upstream
         .additionals
         .iter()
         .filter(|r| r.record_type() != RecordType::OPT)
-        .cloned()
+        .map(aged)
         .collect();
     if !chased {
         response.metadata.authentic_data = upstream.metadata.authentic_data;
     }
-    response
 }
 
 /// The response to give when forwarding failed: SERVFAIL.

@@ -167,6 +167,13 @@ impl WatchEvent {
         }
     }
 
+    /// The object, taken.
+    pub fn into_object(self) -> Object {
+        match self {
+            WatchEvent::Added(o) | WatchEvent::Modified(o) | WatchEvent::Deleted(o) => o,
+        }
+    }
+
     /// The object, to change in place.
     pub fn object_mut(&mut self) -> &mut Object {
         match self {

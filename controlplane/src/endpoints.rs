@@ -285,15 +285,34 @@ pub fn from_slices<'a>(
     service: &Service,
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
 ) -> Vec<Endpoints> {
-    let namespace = service
-        .metadata
-        .namespace
-        .as_deref()
-        .unwrap_or(DEFAULT_NAMESPACE);
-    let service_name = service.metadata.name.clone().unwrap_or_default();
-    let mut subsets: BTreeMap<Vec<EndpointPort>, Vec<Endpoint>> = BTreeMap::new();
-    for slice in slices {
-        let ports: Vec<EndpointPort> = slice
+    let parts: Vec<SliceEndpoints> = slices.into_iter().map(SliceEndpoints::of).collect();
+    let namespace = service.metadata.namespace.as_deref();
+    merge_slices(
+        namespace.unwrap_or(DEFAULT_NAMESPACE),
+        service.metadata.name.as_deref().unwrap_or_default(),
+        &parts,
+    )
+}
+
+/// What one EndpointSlice contributes to its Service's endpoints, read as
+/// [`from_slices`] reads it: a consumer that keeps many slices only to
+/// compute endpoints keeps this instead of the slice (a fifth of its size).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SliceEndpoints {
+    /// The slice's ports (protocol defaulted, unnamed as `None`).
+    pub ports: Vec<EndpointPort>,
+    /// Its endpoints with a parsable first address.
+    pub endpoints: Vec<Endpoint>,
+}
+
+impl SliceEndpoints {
+    pub fn of(slice: &EndpointSlice) -> SliceEndpoints {
+        let namespace = slice
+            .metadata
+            .namespace
+            .as_deref()
+            .unwrap_or(DEFAULT_NAMESPACE);
+        let ports = slice
             .ports
             .iter()
             .flatten()
@@ -308,31 +327,49 @@ pub fn from_slices<'a>(
                 })
             })
             .collect();
-        let addresses = subsets.entry(ports).or_default();
-        for ep in &slice.endpoints {
-            let Some(ip) = ep.addresses.first().and_then(|a| a.parse::<IpAddr>().ok()) else {
-                continue;
-            };
-            let cond = ep.conditions.clone().unwrap_or_default();
-            let ready = cond.ready.unwrap_or(true);
-            let pod = ep
-                .target_ref
-                .as_ref()
-                .filter(|r| r.kind.as_deref() == Some("Pod"))
-                .map(|r| {
-                    let ns = r.namespace.as_deref().unwrap_or(namespace);
-                    format!("{ns}/{}", r.name.as_deref().unwrap_or_default())
+        let endpoints = slice
+            .endpoints
+            .iter()
+            .filter_map(|ep| {
+                let ip = ep.addresses.first()?.parse::<IpAddr>().ok()?;
+                let cond = ep.conditions.clone().unwrap_or_default();
+                let ready = cond.ready.unwrap_or(true);
+                let pod = ep
+                    .target_ref
+                    .as_ref()
+                    .filter(|r| r.kind.as_deref() == Some("Pod"))
+                    .map(|r| {
+                        let ns = r.namespace.as_deref().unwrap_or(namespace);
+                        format!("{ns}/{}", r.name.as_deref().unwrap_or_default())
+                    })
+                    .unwrap_or_default();
+                Some(Endpoint {
+                    ip,
+                    node: ep.node_name.clone(),
+                    pod,
+                    ready,
+                    serving: cond.serving.unwrap_or(ready),
+                    terminating: cond.terminating.unwrap_or(false),
                 })
-                .unwrap_or_default();
-            addresses.push(Endpoint {
-                ip,
-                node: ep.node_name.clone(),
-                pod,
-                ready,
-                serving: cond.serving.unwrap_or(ready),
-                terminating: cond.terminating.unwrap_or(false),
-            });
-        }
+            })
+            .collect();
+        SliceEndpoints { ports, endpoints }
+    }
+}
+
+/// The endpoints of Service `namespace/service` from what its slices
+/// contribute: [`from_slices`] over kept [`SliceEndpoints`].
+pub fn merge_slices<'a>(
+    namespace: &str,
+    service: &str,
+    parts: impl IntoIterator<Item = &'a SliceEndpoints>,
+) -> Vec<Endpoints> {
+    let mut subsets: BTreeMap<&[EndpointPort], Vec<Endpoint>> = BTreeMap::new();
+    for part in parts {
+        subsets
+            .entry(&part.ports)
+            .or_default()
+            .extend(part.endpoints.iter().cloned());
     }
     subsets
         .into_iter()
@@ -342,9 +379,9 @@ pub fn from_slices<'a>(
             addresses.dedup_by(|a, b| a.ip == b.ip);
             Endpoints {
                 namespace: namespace.to_string(),
-                service: service_name.clone(),
+                service: service.to_string(),
                 addresses,
-                ports,
+                ports: ports.to_vec(),
             }
         })
         .collect()

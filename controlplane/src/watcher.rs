@@ -23,11 +23,97 @@ pub enum Update {
     Synced,
 }
 
+/// What a watcher keeps of each object it knows.
+enum Known {
+    /// The objects themselves (after the transform): [`Watcher::store`].
+    Objects(BTreeMap<ObjectRef, Object>),
+    /// Only each object's resourceVersion, for a consumer that keeps its
+    /// own projection of the events ([`Watcher::revisions_only`]).
+    Revisions(BTreeMap<ObjectRef, u64>),
+}
+
+impl Known {
+    fn revision(&self, key: &ObjectRef) -> Option<u64> {
+        match self {
+            Known::Objects(m) => m.get(key).map(rev),
+            Known::Revisions(m) => m.get(key).copied(),
+        }
+    }
+
+    /// Stores `o`; whether `key` was known before.
+    fn insert(&mut self, key: ObjectRef, o: &Object) -> bool {
+        match self {
+            Known::Objects(m) => m.insert(key, o.clone()).is_some(),
+            Known::Revisions(m) => m.insert(key, rev(o)).is_some(),
+        }
+    }
+
+    fn remove(&mut self, key: &ObjectRef) -> bool {
+        match self {
+            Known::Objects(m) => m.remove(key).is_some(),
+            Known::Revisions(m) => m.remove(key).is_some(),
+        }
+    }
+
+    /// Replaces everything with `listed`; returns the events that turn
+    /// what was known into it.
+    fn replace(&mut self, listed: Vec<Object>) -> Vec<WatchEvent> {
+        match self {
+            Known::Objects(m) => {
+                let events = diff(m, &listed);
+                *m = listed
+                    .into_iter()
+                    .map(|o| (ObjectRef::of(&o), o))
+                    .collect();
+                events
+            }
+            Known::Revisions(m) => {
+                let mut events = Vec::new();
+                let mut now = BTreeMap::new();
+                for o in listed {
+                    let key = ObjectRef::of(&o);
+                    let r = rev(&o);
+                    match m.remove(&key) {
+                        None => events.push(WatchEvent::Added(o)),
+                        Some(was) if was != r => events.push(WatchEvent::Modified(o)),
+                        Some(_) => {}
+                    }
+                    now.insert(key, r);
+                }
+                // What is left was not listed: gone, known by name alone.
+                for (key, r) in std::mem::replace(m, now) {
+                    match shell(&key, r) {
+                        Some(o) => events.push(WatchEvent::Deleted(o)),
+                        None => tracing::warn!(object = ?key, "watch: cannot report the deletion of an object kept by revision"),
+                    }
+                }
+                events
+            }
+        }
+    }
+}
+
+/// An object of `key`'s kind with only its name, namespace and
+/// resourceVersion: what a revisions-only watcher knows of an object that
+/// went while it was not watching. `None` for kinds whose spec is required.
+fn shell(key: &ObjectRef, revision: u64) -> Option<Object> {
+    let mut meta = serde_json::json!({"name": key.name, "resourceVersion": revision.to_string()});
+    if !key.namespace.is_empty() {
+        meta["namespace"] = key.namespace.clone().into();
+    }
+    Object::from_value(serde_json::json!({
+        "apiVersion": key.kind.api_version(),
+        "kind": key.kind.name(),
+        "metadata": meta,
+    }))
+    .ok()
+}
+
 /// A reflector over one scope.
 pub struct Watcher {
     cp: Arc<dyn ControlPlane>,
     scope: Scope,
-    known: BTreeMap<ObjectRef, Object>,
+    known: Known,
     revision: u64,
     watch: Option<Watch>,
     pending: VecDeque<Update>,
@@ -44,7 +130,7 @@ impl Watcher {
         Watcher {
             cp,
             scope,
-            known: BTreeMap::new(),
+            known: Known::Objects(BTreeMap::new()),
             revision: 0,
             watch: None,
             pending: VecDeque::new(),
@@ -64,9 +150,24 @@ impl Watcher {
         self
     }
 
-    /// The objects known now, keyed by reference.
+    /// Keeps only each object's resourceVersion, not the object: for a
+    /// consumer that keeps its own (smaller) projection of every event, as
+    /// kube-proxy's change trackers do. [`Watcher::store`] is then empty;
+    /// an object that went while the watch was down is reported Deleted
+    /// with only its name, namespace and resourceVersion.
+    pub fn revisions_only(mut self) -> Watcher {
+        self.known = Known::Revisions(BTreeMap::new());
+        self
+    }
+
+    /// The objects known now, keyed by reference (empty for a watcher
+    /// made [`Watcher::revisions_only`]).
     pub fn store(&self) -> &BTreeMap<ObjectRef, Object> {
-        &self.known
+        static EMPTY: BTreeMap<ObjectRef, Object> = BTreeMap::new();
+        match &self.known {
+            Known::Objects(m) => m,
+            Known::Revisions(_) => &EMPTY,
+        }
     }
 
     /// How many times the watcher had to list (the first list included).
@@ -117,17 +218,17 @@ impl Watcher {
         }
         match &ev {
             WatchEvent::Added(o) | WatchEvent::Modified(o) => {
-                if self.known.get(&key).is_some_and(|k| rev(k) >= r) {
+                if self.known.revision(&key).is_some_and(|k| k >= r) {
                     return None;
                 }
-                let was = self.known.insert(key, o.clone());
+                let was = self.known.insert(key, o);
                 Some(match (was, ev) {
-                    (None, WatchEvent::Modified(o)) => WatchEvent::Added(o),
-                    (Some(_), WatchEvent::Added(o)) => WatchEvent::Modified(o),
+                    (false, WatchEvent::Modified(o)) => WatchEvent::Added(o),
+                    (true, WatchEvent::Added(o)) => WatchEvent::Modified(o),
                     (_, ev) => ev,
                 })
             }
-            WatchEvent::Deleted(_) => self.known.remove(&key).map(|_| ev),
+            WatchEvent::Deleted(_) => self.known.remove(&key).then_some(ev),
         }
     }
 
@@ -147,12 +248,7 @@ impl Watcher {
                     }
                     self.relists += 1;
                     self.backoff = Duration::from_millis(100);
-                    let events = diff(&self.known, &list.items);
-                    self.known = list
-                        .items
-                        .into_iter()
-                        .map(|o| (ObjectRef::of(&o), o))
-                        .collect();
+                    let events = self.known.replace(list.items);
                     self.revision = list.revision;
                     self.pending.extend(events.into_iter().map(Update::Event));
                     self.pending.push_back(Update::Synced);
@@ -203,6 +299,7 @@ pub fn diff(known: &BTreeMap<ObjectRef, Object>, listed: &[Object]) -> Vec<Watch
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::objects::Kind;
     use serde_json::json;
 
     fn cm(name: &str, rv: u64) -> Object {
@@ -228,5 +325,38 @@ mod tests {
             ]
         );
         assert!(diff(&known, &[cm("changed", 4), cm("gone", 5), cm("same", 3)]).is_empty());
+    }
+
+    #[test]
+    fn a_revisions_only_store_relists_by_revision_and_reports_the_gone_by_name() {
+        let mut known = Known::Revisions(BTreeMap::new());
+        assert!(!known.insert(ObjectRef::of(&cm("same", 3)), &cm("same", 3)));
+        for o in [cm("changed", 4), cm("gone", 5)] {
+            known.insert(ObjectRef::of(&o), &o);
+        }
+        assert_eq!(known.revision(&ObjectRef::of(&cm("changed", 0))), Some(4));
+        let ev = known.replace(vec![cm("same", 3), cm("changed", 9), cm("new", 10)]);
+        assert_eq!(
+            ev,
+            vec![
+                WatchEvent::Modified(cm("changed", 9)),
+                WatchEvent::Added(cm("new", 10)),
+                WatchEvent::Deleted(cm("gone", 5)),
+            ],
+            "the deleted object is a shell: name, namespace, resourceVersion"
+        );
+        assert!(known.replace(vec![cm("changed", 9), cm("new", 10), cm("same", 3)]).is_empty());
+        assert!(known.remove(&ObjectRef::of(&cm("new", 0))));
+        assert!(!known.remove(&ObjectRef::of(&cm("new", 0))));
+    }
+
+    #[test]
+    fn shells_exist_for_the_kinds_a_projection_watches() {
+        for kind in [Kind::Service, Kind::EndpointSlice, Kind::Pod, Kind::Node, Kind::ConfigMap] {
+            let ns = if kind.namespaced() { "ns" } else { "" };
+            let key = ObjectRef::new(kind, ns, "x");
+            let o = shell(&key, 7).unwrap_or_else(|| panic!("{kind}: no shell"));
+            assert_eq!((ObjectRef::of(&o), rev(&o)), (key, 7));
+        }
     }
 }

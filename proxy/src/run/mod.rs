@@ -240,10 +240,14 @@ pub async fn run(cp: Arc<dyn ControlPlane>, cfg: ProxyConfig, metrics: Arc<Metri
         })?;
 
     let mut state = View::new(cfg.node.node_name.clone());
-    // Only what the proxy reads is kept of each Service and slice.
-    let mut services =
-        Watcher::new(Arc::clone(&cp), Scope::all(Kind::Service)).with_transform(strip_service);
-    let mut slices = Watcher::new(cp, Scope::all(Kind::EndpointSlice)).with_transform(strip_slice);
+    // Only what the proxy reads is kept of each Service and slice, by the
+    // view; the watchers keep revisions.
+    let mut services = Watcher::new(Arc::clone(&cp), Scope::all(Kind::Service))
+        .with_transform(strip_service)
+        .revisions_only();
+    let mut slices = Watcher::new(cp, Scope::all(Kind::EndpointSlice))
+        .with_transform(strip_slice)
+        .revisions_only();
     let (mut services_synced, mut slices_synced) = (false, false);
     let mut pending: Option<Instant> = None;
     loop {
@@ -256,7 +260,7 @@ pub async fn run(cp: Arc<dyn ControlPlane>, cfg: ProxyConfig, metrics: Arc<Metri
                     pending.get_or_insert_with(Instant::now);
                 }
                 Update::Event(ev) => {
-                    state.service_event(&ev);
+                    state.service_event(ev);
                     pending.get_or_insert_with(Instant::now);
                 }
             },
@@ -266,13 +270,13 @@ pub async fn run(cp: Arc<dyn ControlPlane>, cfg: ProxyConfig, metrics: Arc<Metri
                     pending.get_or_insert_with(Instant::now);
                 }
                 Update::Event(ev) => {
-                    state.slice_event(&ev);
+                    state.slice_event(ev);
                     pending.get_or_insert_with(Instant::now);
                 }
             },
             _ = tokio::time::sleep_until(flush_at.unwrap_or_else(Instant::now).into()), if flush_at.is_some() && services_synced && slices_synced => {
                 let at = pending.take().unwrap_or_else(Instant::now);
-                let changes = state.recompute(services.store(), slices.store());
+                let changes = state.recompute();
                 metrics.queued(at);
                 mailbox.put(Desired { changes, at });
             }

@@ -3,12 +3,13 @@
 //! Service (by their `kubernetes.io/service-name` label), so that a slice
 //! event recomputes only its own Service from only its own slices.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use controlplane::api::{ObjectRef, WatchEvent};
-use controlplane::endpoints::{from_slices, SliceIndex, SERVICE_NAME_LABEL};
-use controlplane::{Kind, Object};
+use controlplane::api::WatchEvent;
+use controlplane::endpoints::{merge_slices, SliceEndpoints, SliceIndex, SERVICE_NAME_LABEL};
+use controlplane::Object;
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::view::{ports_of, ServiceKey as Key, ServicePort};
@@ -17,7 +18,10 @@ use crate::view::{ports_of, ServiceKey as Key, ServicePort};
 /// is gone.
 pub type Changes = BTreeMap<Key, Option<Arc<[ServicePort]>>>;
 
-/// The service view kept by the controller.
+/// The service view kept by the controller. It keeps its own projection
+/// of every event (kube-proxy's change trackers do the same): each
+/// Service as [`strip_service`] leaves it, and of each slice only what it
+/// adds to its Service's endpoints; the watchers keep only revisions.
 pub struct View {
     node_name: String,
     /// Per Service (namespace, name): its ports.
@@ -26,6 +30,10 @@ pub struct View {
     dirty: BTreeSet<Key>,
     /// Each Service's slices.
     slices: SliceIndex,
+    /// The Services, stripped.
+    services: HashMap<Key, Box<Service>>,
+    /// Each slice's contribution, by (namespace, slice name).
+    parts: HashMap<Key, SliceEndpoints>,
 }
 
 impl View {
@@ -35,57 +43,68 @@ impl View {
             ports: BTreeMap::new(),
             dirty: BTreeSet::new(),
             slices: SliceIndex::default(),
+            services: HashMap::new(),
+            parts: HashMap::new(),
         }
     }
 
-    pub fn service_event(&mut self, ev: &WatchEvent) {
-        let o = ev.object();
-        self.dirty
-            .insert((o.namespace().to_string(), o.name().to_string()));
+    pub fn service_event(&mut self, ev: WatchEvent) {
+        let deleted = matches!(ev, WatchEvent::Deleted(_));
+        let Object::Service(s) = ev.into_object() else {
+            return;
+        };
+        let key = (
+            s.metadata.namespace.clone().unwrap_or_default(),
+            s.metadata.name.clone().unwrap_or_default(),
+        );
+        if deleted {
+            self.services.remove(&key);
+        } else {
+            self.services.insert(key.clone(), s);
+        }
+        self.dirty.insert(key);
     }
 
-    /// Files the slice under its Service (moving it if its label changed)
-    /// and marks the Services concerned.
-    pub fn slice_event(&mut self, ev: &WatchEvent) {
-        let o = ev.object();
-        let now = match ev {
-            WatchEvent::Deleted(_) => None,
-            _ => SliceIndex::service_label(o.meta()),
+    /// Files the slice under its Service (moving it if its label changed),
+    /// keeps what it contributes, and marks the Services concerned.
+    pub fn slice_event(&mut self, ev: WatchEvent) {
+        let deleted = matches!(ev, WatchEvent::Deleted(_));
+        let Object::EndpointSlice(s) = ev.into_object() else {
+            return;
         };
-        let touched = self.slices.set(o.namespace(), o.name(), now);
+        let ns = s.metadata.namespace.as_deref().unwrap_or_default();
+        let name = s.metadata.name.as_deref().unwrap_or_default();
+        let now = (!deleted)
+            .then(|| SliceIndex::service_label(&s.metadata))
+            .flatten();
+        let touched = self.slices.set(ns, name, now);
         self.dirty.extend(touched);
+        let key = (ns.to_string(), name.to_string());
+        if deleted {
+            self.parts.remove(&key);
+        } else {
+            self.parts.insert(key, SliceEndpoints::of(&s));
+        }
     }
 
     /// Recomputes the Services marked dirty from their own slices;
     /// returns those whose ports changed.
-    pub fn recompute(
-        &mut self,
-        services: &BTreeMap<ObjectRef, Object>,
-        slices: &BTreeMap<ObjectRef, Object>,
-    ) -> Changes {
+    pub fn recompute(&mut self) -> Changes {
         let mut changes = Changes::new();
-        for (ns, name) in std::mem::take(&mut self.dirty) {
-            let svc = services
-                .get(&ObjectRef::new(Kind::Service, &ns, &name))
-                .and_then(|o| match o {
-                    Object::Service(s) => Some(s),
-                    _ => None,
-                });
-            let Some(s) = svc else {
-                if self.ports.remove(&(ns.clone(), name.clone())).is_some() {
-                    changes.insert((ns, name), None);
+        for key in std::mem::take(&mut self.dirty) {
+            let Some(s) = self.services.get(&key) else {
+                if self.ports.remove(&key).is_some() {
+                    changes.insert(key, None);
                 }
                 continue;
             };
-            let own = self.slices.slices_of(&ns, &name).filter_map(|n| {
-                match slices.get(&ObjectRef::new(Kind::EndpointSlice, &ns, n)) {
-                    Some(Object::EndpointSlice(s)) => Some(s.as_ref()),
-                    _ => None,
-                }
-            });
-            let subsets = from_slices(s, own);
+            let (ns, name) = (&key.0, &key.1);
+            let own = self
+                .slices
+                .slices_of(ns, name)
+                .filter_map(|n| self.parts.get(&(ns.clone(), n.to_string())));
+            let subsets = merge_slices(ns, name, own);
             let ports: Arc<[ServicePort]> = ports_of(s, &subsets, &self.node_name).into();
-            let key = (ns, name);
             if self.ports.get(&key) != Some(&ports) {
                 self.ports.insert(key.clone(), Arc::clone(&ports));
                 changes.insert(key, Some(ports));
@@ -202,45 +221,27 @@ mod tests {
         .expect("service")
     }
 
-    type Store = BTreeMap<ObjectRef, Object>;
-
-    /// A view and the watchers' stores.
+    /// A view, told of events as the watchers tell it.
     struct World {
         v: View,
-        services: Store,
-        slices: Store,
     }
 
     impl World {
         fn new() -> World {
             World {
                 v: View::new("n1".into()),
-                services: Store::new(),
-                slices: Store::new(),
             }
         }
 
-        /// Applies `ev` to the right store and tells the view, as the
-        /// watchers do.
         fn ev(&mut self, ev: WatchEvent) {
-            let o = ev.object().clone();
-            let store = if matches!(o, Object::Service(_)) {
-                &mut self.services
-            } else {
-                &mut self.slices
-            };
-            match &ev {
-                WatchEvent::Deleted(_) => store.remove(&ObjectRef::of(&o)),
-                _ => store.insert(ObjectRef::of(&o), o.clone()),
-            };
-            match o {
-                Object::Service(_) => self.v.service_event(&ev),
-                _ => self.v.slice_event(&ev),
+            match ev.object() {
+                Object::Service(_) => self.v.service_event(ev),
+                _ => self.v.slice_event(ev),
             }
         }
 
         fn recompute(&mut self) -> Changes {
-            self.v.recompute(&self.services, &self.slices)
+            self.v.recompute()
         }
     }
 
@@ -333,7 +334,7 @@ mod tests {
         eps.endpoints[0].target_ref = Some(Default::default());
         let ports = |svc: &Object, sl: &k8s_openapi::api::discovery::v1::EndpointSlice| {
             let Object::Service(s) = svc else { panic!() };
-            ports_of(s, &from_slices(s, [sl]), "n1")
+            ports_of(s, &controlplane::endpoints::from_slices(s, [sl]), "n1")
         };
         let before = ports(&svc, &eps);
         assert_eq!(before.len(), 2);

@@ -61,10 +61,7 @@ impl Known {
         match self {
             Known::Objects(m) => {
                 let events = diff(m, &listed);
-                *m = listed
-                    .into_iter()
-                    .map(|o| (ObjectRef::of(&o), o))
-                    .collect();
+                *m = listed.into_iter().map(|o| (ObjectRef::of(&o), o)).collect();
                 events
             }
             Known::Revisions(m) => {
@@ -84,7 +81,9 @@ impl Known {
                 for (key, r) in std::mem::replace(m, now) {
                     match shell(&key, r) {
                         Some(o) => events.push(WatchEvent::Deleted(o)),
-                        None => tracing::warn!(object = ?key, "watch: cannot report the deletion of an object kept by revision"),
+                        None => {
+                            tracing::warn!(object = ?key, "watch: cannot report the deletion of an object kept by revision")
+                        }
                     }
                 }
                 events
@@ -345,14 +344,22 @@ mod tests {
             ],
             "the deleted object is a shell: name, namespace, resourceVersion"
         );
-        assert!(known.replace(vec![cm("changed", 9), cm("new", 10), cm("same", 3)]).is_empty());
+        assert!(known
+            .replace(vec![cm("changed", 9), cm("new", 10), cm("same", 3)])
+            .is_empty());
         assert!(known.remove(&ObjectRef::of(&cm("new", 0))));
         assert!(!known.remove(&ObjectRef::of(&cm("new", 0))));
     }
 
     #[test]
     fn shells_exist_for_the_kinds_a_projection_watches() {
-        for kind in [Kind::Service, Kind::EndpointSlice, Kind::Pod, Kind::Node, Kind::ConfigMap] {
+        for kind in [
+            Kind::Service,
+            Kind::EndpointSlice,
+            Kind::Pod,
+            Kind::Node,
+            Kind::ConfigMap,
+        ] {
             let ns = if kind.namespaced() { "ns" } else { "" };
             let key = ObjectRef::new(kind, ns, "x");
             let o = shell(&key, 7).unwrap_or_else(|| panic!("{kind}: no shell"));

@@ -154,6 +154,45 @@ pub fn service_ports(services: &[Service], pods: &[Pod], node_name: &str) -> Vec
 /// non-IPv4 addresses (this proxy programs IPv4 only) and ports with an
 /// unknown protocol.
 pub fn ports_of(service: &Service, subsets: &[Endpoints], node_name: &str) -> Vec<ServicePort> {
+    with_endpoints(&service_ports_of(service), subsets, node_name)
+}
+
+/// `ports`, each with its endpoints among `subsets` (by the port's name):
+/// the second half of [`ports_of`], for a caller that keeps a Service as
+/// its ports ([`service_ports_of`]) rather than as the object.
+pub fn with_endpoints(
+    ports: &[ServicePort],
+    subsets: &[Endpoints],
+    node_name: &str,
+) -> Vec<ServicePort> {
+    ports
+        .iter()
+        .map(|sp| {
+            let name = Some(sp.name.port.as_str()).filter(|n| !n.is_empty());
+            let mut endpoints: Vec<Endpoint> = targets(subsets, name)
+                .into_iter()
+                .filter_map(|(e, target)| {
+                    let IpAddr::V4(ip) = e.ip else { return None };
+                    Some(Endpoint {
+                        ip,
+                        port: u16::try_from(target).ok()?,
+                        local: e.node.as_deref() == Some(node_name),
+                    })
+                })
+                .collect();
+            endpoints.sort();
+            endpoints.dedup();
+            ServicePort {
+                endpoints,
+                ..sp.clone()
+            }
+        })
+        .collect()
+}
+
+/// The proxied ports of one Service, without endpoints: everything
+/// [`ports_of`] takes from the Service object.
+pub fn service_ports_of(service: &Service) -> Vec<ServicePort> {
     let Some(spec) = service.spec.as_ref() else {
         return Vec::new();
     };
@@ -215,19 +254,6 @@ pub fn ports_of(service: &Service, subsets: &[Endpoints], node_name: &str) -> Ve
         .filter_map(|p| {
             let protocol = Protocol::parse(p.protocol.as_deref().unwrap_or("TCP"))?;
             let port = u16::try_from(p.port).ok()?;
-            let mut endpoints: Vec<Endpoint> = targets(subsets, p.name.as_deref())
-                .into_iter()
-                .filter_map(|(e, target)| {
-                    let IpAddr::V4(ip) = e.ip else { return None };
-                    Some(Endpoint {
-                        ip,
-                        port: u16::try_from(target).ok()?,
-                        local: e.node.as_deref() == Some(node_name),
-                    })
-                })
-                .collect();
-            endpoints.sort();
-            endpoints.dedup();
             Some(ServicePort {
                 name: ServicePortName {
                     namespace: namespace.clone(),
@@ -248,7 +274,7 @@ pub fn ports_of(service: &Service, subsets: &[Endpoints], node_name: &str) -> Ve
                 external_local: external
                     && spec.external_traffic_policy.as_deref() == Some("Local"),
                 internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
-                endpoints,
+                endpoints: Vec::new(),
             })
         })
         .collect()

@@ -9,10 +9,9 @@ use std::sync::Arc;
 use controlplane::api::WatchEvent;
 use controlplane::endpoints::{merge_slices, SliceEndpoints, SliceIndex, SERVICE_NAME_LABEL};
 use controlplane::Object;
-use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use crate::view::{ports_of, ServiceKey as Key, ServicePort};
+use crate::view::{service_ports_of, with_endpoints, ServiceKey as Key, ServicePort};
 
 /// Services recomputed by a flush: each one's new ports, or `None` when it
 /// is gone.
@@ -20,7 +19,7 @@ pub type Changes = BTreeMap<Key, Option<Arc<[ServicePort]>>>;
 
 /// The service view kept by the controller. It keeps its own projection
 /// of every event (kube-proxy's change trackers do the same): each
-/// Service as [`strip_service`] leaves it, and of each slice only what it
+/// Service as its ports without endpoints, and of each slice only what it
 /// adds to its Service's endpoints; the watchers keep only revisions.
 pub struct View {
     node_name: String,
@@ -30,8 +29,8 @@ pub struct View {
     dirty: BTreeSet<Key>,
     /// Each Service's slices.
     slices: SliceIndex,
-    /// The Services, stripped.
-    services: HashMap<Key, Box<Service>>,
+    /// Each Service's ports, without endpoints.
+    services: HashMap<Key, Box<[ServicePort]>>,
     /// Each slice's contribution, by (namespace, slice name).
     parts: HashMap<Key, SliceEndpoints>,
 }
@@ -50,17 +49,16 @@ impl View {
 
     pub fn service_event(&mut self, ev: WatchEvent) {
         let deleted = matches!(ev, WatchEvent::Deleted(_));
-        let Object::Service(s) = ev.into_object() else {
+        let o = ev.object();
+        let key = (o.namespace().to_string(), o.name().to_string());
+        let Object::Service(s) = o else {
             return;
         };
-        let key = (
-            s.metadata.namespace.clone().unwrap_or_default(),
-            s.metadata.name.clone().unwrap_or_default(),
-        );
         if deleted {
             self.services.remove(&key);
         } else {
-            self.services.insert(key.clone(), s);
+            self.services
+                .insert(key.clone(), service_ports_of(s).into_boxed_slice());
         }
         self.dirty.insert(key);
     }
@@ -104,7 +102,7 @@ impl View {
                 .slices_of(ns, name)
                 .filter_map(|n| self.parts.get(&(ns.clone(), n.to_string())));
             let subsets = merge_slices(ns, name, own);
-            let ports: Arc<[ServicePort]> = ports_of(s, &subsets, &self.node_name).into();
+            let ports: Arc<[ServicePort]> = with_endpoints(s, &subsets, &self.node_name).into();
             if self.ports.get(&key) != Some(&ports) {
                 self.ports.insert(key.clone(), Arc::clone(&ports));
                 changes.insert(key, Some(ports));
@@ -334,7 +332,7 @@ mod tests {
         eps.endpoints[0].target_ref = Some(Default::default());
         let ports = |svc: &Object, sl: &k8s_openapi::api::discovery::v1::EndpointSlice| {
             let Object::Service(s) = svc else { panic!() };
-            ports_of(s, &controlplane::endpoints::from_slices(s, [sl]), "n1")
+            crate::view::ports_of(s, &controlplane::endpoints::from_slices(s, [sl]), "n1")
         };
         let before = ports(&svc, &eps);
         assert_eq!(before.len(), 2);

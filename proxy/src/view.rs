@@ -69,8 +69,14 @@ pub struct ServicePort {
     pub external_local: bool,
     /// `internalTrafficPolicy: Local`.
     pub internal_local: bool,
-    /// Ready endpoints, sorted by IP then port.
+    /// The endpoints traffic is balanced over, sorted by IP then port: the
+    /// ready ones, or when none is ready the serving terminating ones.
     pub endpoints: Vec<Endpoint>,
+    /// This node's serving terminating endpoints, when `endpoints` has
+    /// ready ones but none on this node: a Local policy uses these rather
+    /// than dropping (kube-proxy categorises local endpoints on their own).
+    /// Empty otherwise, and for Services without a Local policy.
+    pub local_fallback: Vec<Endpoint>,
 }
 
 impl ServicePort {
@@ -94,7 +100,29 @@ impl ServicePort {
             external_local: false,
             internal_local: false,
             endpoints: Vec::new(),
+            local_fallback: Vec::new(),
         }
+    }
+
+    /// The endpoints a Local policy balances over: this node's among
+    /// `endpoints`, or [`ServicePort::local_fallback`] when there are none.
+    pub fn local_endpoints(&self) -> Vec<Endpoint> {
+        let local: Vec<Endpoint> = self.endpoints.iter().filter(|e| e.local).cloned().collect();
+        if local.is_empty() {
+            self.local_fallback.clone()
+        } else {
+            local
+        }
+    }
+
+    /// Whether `other` sends to the same endpoints.
+    pub fn same_endpoints(&self, other: &ServicePort) -> bool {
+        (&self.endpoints, &self.local_fallback) == (&other.endpoints, &other.local_fallback)
+    }
+
+    /// Every endpoint some chain may send to.
+    pub fn all_endpoints(&self) -> impl Iterator<Item = &Endpoint> {
+        self.endpoints.iter().chain(&self.local_fallback)
     }
 
     /// Reachable from outside the cluster: a NodePort, external IPs or
@@ -165,29 +193,60 @@ pub fn with_endpoints(
     subsets: &[Endpoints],
     node_name: &str,
 ) -> Vec<ServicePort> {
+    let v4 = |e: &controlplane::endpoints::Endpoint, target: i32| -> Option<Endpoint> {
+        let IpAddr::V4(ip) = e.ip else { return None };
+        Some(Endpoint {
+            ip,
+            port: u16::try_from(target).ok()?,
+            local: e.node.as_deref() == Some(node_name),
+        })
+    };
+    let sorted = |mut v: Vec<Endpoint>| {
+        v.sort();
+        v.dedup();
+        v
+    };
     ports
         .iter()
         .map(|sp| {
             let name = Some(sp.name.port.as_str()).filter(|n| !n.is_empty());
-            let mut endpoints: Vec<Endpoint> = targets(subsets, name)
-                .into_iter()
-                .filter_map(|(e, target)| {
-                    let IpAddr::V4(ip) = e.ip else { return None };
-                    Some(Endpoint {
-                        ip,
-                        port: u16::try_from(target).ok()?,
-                        local: e.node.as_deref() == Some(node_name),
-                    })
-                })
-                .collect();
-            endpoints.sort();
-            endpoints.dedup();
+            let endpoints = sorted(
+                targets(subsets, name)
+                    .into_iter()
+                    .filter_map(|(e, target)| v4(e, target))
+                    .collect(),
+            );
+            let local_fallback = if sp.uses_local_endpoints() && !endpoints.iter().any(|e| e.local)
+            {
+                sorted(
+                    local_terminating(subsets, name, node_name)
+                        .filter_map(|(e, target)| v4(e, target))
+                        .collect(),
+                )
+            } else {
+                Vec::new()
+            };
             ServicePort {
                 endpoints,
+                local_fallback,
                 ..sp.clone()
             }
         })
         .collect()
+}
+
+/// The serving terminating endpoints on `node_name` of the Service port
+/// called `port_name`.
+fn local_terminating<'a>(
+    subsets: &'a [Endpoints],
+    port_name: Option<&'a str>,
+    node_name: &'a str,
+) -> impl Iterator<Item = (&'a controlplane::endpoints::Endpoint, i32)> + 'a {
+    subsets
+        .iter()
+        .filter_map(move |subset| subset.port(port_name).map(|p| (subset, p.port)))
+        .flat_map(|(subset, port)| subset.addresses.iter().map(move |e| (e, port)))
+        .filter(move |(e, _)| e.serving && e.terminating && e.node.as_deref() == Some(node_name))
 }
 
 /// The proxied ports of one Service, without endpoints: everything
@@ -275,6 +334,7 @@ pub fn service_ports_of(service: &Service) -> Vec<ServicePort> {
                     && spec.external_traffic_policy.as_deref() == Some("Local"),
                 internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
                 endpoints: Vec::new(),
+                local_fallback: Vec::new(),
             })
         })
         .collect()
@@ -417,5 +477,90 @@ mod tests {
         assert_eq!(ports[0].node_port, None);
         assert!(ports[0].endpoints.is_empty());
         assert_eq!(ports[0].name.to_string(), "prod/web");
+    }
+
+    /// Subsets of one port `p` (8080): `(ip, node, ready, terminating)`.
+    fn subsets(eps: &[(&str, &str, bool, bool)]) -> Vec<Endpoints> {
+        vec![Endpoints {
+            namespace: "prod".into(),
+            service: "web".into(),
+            addresses: eps
+                .iter()
+                .map(
+                    |(ip, node, ready, terminating)| controlplane::endpoints::Endpoint {
+                        ip: ip.parse().expect("ip"),
+                        node: Some(node.to_string()),
+                        pod: String::new(),
+                        ready: *ready,
+                        serving: *ready || *terminating,
+                        terminating: *terminating,
+                    },
+                )
+                .collect(),
+            ports: vec![controlplane::endpoints::EndpointPort {
+                name: Some("p".into()),
+                port: 8080,
+                protocol: "TCP".into(),
+            }],
+        }]
+    }
+
+    #[test]
+    fn a_local_policy_falls_back_to_this_nodes_terminating_endpoints() {
+        let local = svc(json!({"type": "NodePort", "clusterIP": "10.96.0.10",
+            "externalTrafficPolicy": "Local",
+            "ports": [{"name": "p", "port": 80, "nodePort": 30080}]}));
+        let ip = |s: &str| s.parse::<Ipv4Addr>().expect("ip");
+        // Ready only elsewhere, serving and terminating here.
+        let draining = subsets(&[
+            ("10.244.2.5", "n2", true, false),
+            ("10.244.1.5", "n1", false, true),
+        ]);
+        let p = &ports_of(&local, &draining, "n1")[0];
+        assert_eq!(
+            p.endpoints.iter().map(|e| e.ip).collect::<Vec<_>>(),
+            [ip("10.244.2.5")]
+        );
+        assert_eq!(
+            p.local_fallback
+                .iter()
+                .map(|e| (e.ip, e.local))
+                .collect::<Vec<_>>(),
+            [(ip("10.244.1.5"), true)]
+        );
+        assert_eq!(p.local_endpoints(), p.local_fallback);
+        assert_eq!(p.all_endpoints().count(), 2);
+        // A ready local endpoint wins over the terminating one.
+        let mixed = subsets(&[
+            ("10.244.1.6", "n1", true, false),
+            ("10.244.1.5", "n1", false, true),
+        ]);
+        let p = &ports_of(&local, &mixed, "n1")[0];
+        assert!(p.local_fallback.is_empty());
+        assert_eq!(
+            p.local_endpoints().iter().map(|e| e.ip).collect::<Vec<_>>(),
+            [ip("10.244.1.6")]
+        );
+        // On another node, or without a Local policy, there is no fallback.
+        assert!(ports_of(&local, &draining, "n3")[0]
+            .local_fallback
+            .is_empty());
+        let cluster = svc(json!({"type": "NodePort", "clusterIP": "10.96.0.10",
+            "ports": [{"name": "p", "port": 80, "nodePort": 30080}]}));
+        assert!(ports_of(&cluster, &draining, "n1")[0]
+            .local_fallback
+            .is_empty());
+        // A terminating endpoint that no longer serves is never used.
+        let gone = subsets(&[("10.244.2.5", "n2", true, false)]);
+        let mut not_serving = gone.clone();
+        not_serving[0]
+            .addresses
+            .push(controlplane::endpoints::Endpoint {
+                serving: false,
+                ..draining[0].addresses[1].clone()
+            });
+        assert!(ports_of(&local, &not_serving, "n1")[0]
+            .local_fallback
+            .is_empty());
     }
 }

@@ -30,12 +30,10 @@ impl Targets {
     /// affinity or no endpoints).
     pub fn add(&mut self, sp: &ServicePort) {
         let (dests, node_port) = keys(sp);
+        let local = sp.local_endpoints();
         let valid = |local_only: bool| -> HashSet<Vec<u8>> {
-            sp.endpoints
-                .iter()
-                .filter(|e| e.local || !local_only)
-                .map(|e| to(e).0)
-                .collect()
+            let eps = if local_only { &local } else { &sp.endpoints };
+            eps.iter().map(|e| to(e).0).collect()
         };
         let on = sp.affinity_seconds.is_some();
         for (i, d) in dests.into_iter().enumerate() {

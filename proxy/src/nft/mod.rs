@@ -111,7 +111,7 @@ impl NftSyncer {
     ) {
         let ips = |v: Option<&ServicePort>| -> BTreeSet<Ipv4Addr> {
             v.iter()
-                .flat_map(|v| v.endpoints.iter().map(|e| e.ip))
+                .flat_map(|v| v.all_endpoints().map(|e| e.ip))
                 .collect()
         };
         let (before, after) = (ips(old), ips(new));
@@ -295,8 +295,7 @@ impl NftSyncer {
     /// port's, recomputed), hairpin counts, UDP flows to clean and affinity
     /// entries to check go into `w`.
     fn port(&mut self, old: Option<&ServicePort>, sp: &ServicePort, full: bool, w: &mut Walk) {
-        if sp.protocol == Protocol::Udp && (full || old.is_none_or(|p| p.endpoints != sp.endpoints))
-        {
+        if sp.protocol == Protocol::Udp && (full || old.is_none_or(|p| !p.same_endpoints(sp))) {
             w.udp.extend(udp_targets(sp, sp));
         }
         let elems = service_elements(sp);
@@ -330,6 +329,7 @@ impl NftSyncer {
         if view.protocol == Protocol::Udp {
             let none = ServicePort {
                 endpoints: Vec::new(),
+                local_fallback: Vec::new(),
                 ..view.clone()
             };
             w.udp.extend(udp_targets(&none, view));
@@ -449,7 +449,9 @@ fn may_strand(old: &ServicePort, new: &ServicePort) -> bool {
                     != (new.cluster_ip, new.port, new.node_port)
                 || (old.internal_local, old.external_local)
                     != (new.internal_local, new.external_local)
-                || !old.endpoints.iter().all(|e| new.endpoints.contains(e)))
+                || !old
+                    .all_endpoints()
+                    .all(|e| new.all_endpoints().any(|n| n == e)))
 }
 
 /// Element changes of one sync, by set: deletions go first in the batch,

@@ -878,7 +878,7 @@ pub type Element = (String, Value, Option<Value>);
 pub fn service_elements(sp: &ServicePort) -> Vec<Element> {
     let proto = Field::Proto(sp.protocol.number());
     let mut out: Vec<Element> = Vec::new();
-    let local: Vec<Endpoint> = sp.endpoints.iter().filter(|e| e.local).cloned().collect();
+    let local = sp.local_endpoints();
     let group = |local_only: bool| if local_only { &local } else { &sp.endpoints };
     let vip = [Field::Ipv4(sp.cluster_ip), proto, Field::Port(sp.port)];
     destination(&mut out, sp, &vip, true, group(sp.internal_local));

@@ -112,6 +112,37 @@ fn external_policy_local_balances_the_node_port_over_local_endpoints_unmasquerad
 }
 
 #[test]
+fn a_local_node_port_balances_over_the_local_fallback_when_no_local_endpoint_is_ready() {
+    let mut sp = test_port("ns", "web", "", "10.96.0.12", &[("10.244.2.2", false)]);
+    sp.node_port = Some(30081);
+    sp.external_local = true;
+    let m = by_set(&service_elements(&sp));
+    assert_eq!(
+        m[names::NO_LOCAL_ENDPOINT_NODEPORTS],
+        1,
+        "nothing local: dropped"
+    );
+    sp.local_fallback = test_port("ns", "web", "", "10.96.0.12", &[("10.244.1.9", true)]).endpoints;
+    let elems = service_elements(&sp);
+    let m = by_set(&elems);
+    assert!(!m.contains_key(names::NO_LOCAL_ENDPOINT_NODEPORTS));
+    assert_eq!(m[names::NODEPORT_ENDPOINTS], 1);
+    assert_eq!(
+        m[names::SERVICE_ENDPOINTS],
+        1,
+        "the ClusterIP keeps the ready one"
+    );
+    let to_fallback = elems
+        .iter()
+        .filter(|(set, _, v)| {
+            set == names::NODEPORT_ENDPOINTS
+                && v.as_ref() == Some(&ruleset::to(&sp.local_fallback[0]))
+        })
+        .count();
+    assert_eq!(to_fallback, 1);
+}
+
+#[test]
 fn slots_are_exact_up_to_32_and_within_one_slot_beyond() {
     for n in 1..=EXACT_TIERS as usize {
         assert_eq!(fill(&eps(n)).len(), n, "one slot per endpoint at n={n}");

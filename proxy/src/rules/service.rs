@@ -72,8 +72,9 @@ impl Writer<'_> {
         } else {
             Vec::new()
         };
+        let local = sp.local_endpoints();
         let local_eps: Vec<&Endpoint> = if sp.uses_local_endpoints() {
-            sp.endpoints.iter().filter(|e| e.local).collect()
+            local.iter().collect()
         } else {
             Vec::new()
         };

@@ -257,10 +257,7 @@ impl Syncer {
                 continue;
             }
             if sp.protocol == Protocol::Udp
-                && (full
-                    || prev
-                        .as_ref()
-                        .is_none_or(|p| p.view.endpoints != sp.endpoints))
+                && (full || prev.as_ref().is_none_or(|p| !p.view.same_endpoints(sp)))
             {
                 udp.extend(udp_targets(sp, sp));
             }
@@ -321,6 +318,7 @@ impl Syncer {
             if prev.view.protocol == Protocol::Udp {
                 let gone = ServicePort {
                     endpoints: Vec::new(),
+                    local_fallback: Vec::new(),
                     ..prev.view.clone()
                 };
                 udp.extend(udp_targets(&gone, &prev.view));
@@ -469,7 +467,7 @@ pub fn cleanup(ipt: &dyn Iptables) -> Result<bool> {
 /// NodePort) and the endpoints it leads to now.
 pub(crate) fn udp_targets(now: &ServicePort, was: &ServicePort) -> Vec<UdpTarget> {
     let endpoints: BTreeSet<(Ipv4Addr, u16)> =
-        now.endpoints.iter().map(|e| (e.ip, e.port)).collect();
+        now.all_endpoints().map(|e| (e.ip, e.port)).collect();
     let mut v = vec![UdpTarget {
         dest: Dest::ClusterIp(was.cluster_ip, was.port),
         endpoints: endpoints.clone(),

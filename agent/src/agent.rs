@@ -154,6 +154,9 @@ pub struct AgentArgs {
     /// Static bearer tokens, kube-apiserver's CSV (token,user,uid,"groups").
     #[arg(long, value_name = "FILE")]
     pub token_auth_file: Option<std::path::PathBuf>,
+    /// The cluster token (etcd: the shared CA is sealed with it).
+    #[arg(long, env = "KNODE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 pub async fn run(config: &Config, args: AgentArgs) -> Result<ExitCode> {

@@ -7,10 +7,12 @@ use std::net::IpAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use apiserver::auth::TokenFile;
 use apiserver::pki::{self, ServingNames};
 use apiserver::table::Columns;
+use controlplane::api::ObjectRef;
+use controlplane::backend::Backend;
 use controlplane::{ControlPlane, Kind, Object};
 use tokio::task::JoinHandle;
 
@@ -84,6 +86,11 @@ pub async fn start(config: &Config, cp: Arc<dyn ControlPlane>) -> Result<Option<
     if config.api_port == 0 {
         return Ok(None);
     }
+    if matches!(config.backend()?, Backend::Etcd { .. }) {
+        // Every agent of a shared store serves the cluster's one CA.
+        let token = cluster_token(config, cp.as_ref()).await?;
+        apiserver::bootstrap::shared_ca(cp.as_ref(), &config.data_dir, &token).await?;
+    }
     let pki = pki::ensure(&config.data_dir, &serving_names(config), &config.node_name)?;
     let server = server_url(config);
     let kubeconfig = pki::admin_kubeconfig(&pki, &server);
@@ -120,6 +127,41 @@ pub async fn start(config: &Config, cp: Arc<dyn ControlPlane>) -> Result<Option<
         address: server.trim_start_matches("https://").to_string(),
     };
     Ok(Some(tokio::spawn(apiserver::serve(listener, settings))))
+}
+
+/// The cluster token: configured (`token`), or the one this agent wrote
+/// when it made the cluster's CA, or, when the store has no CA yet, a new
+/// one written to `<data-dir>/token` (0600) for the other agents to join
+/// with. Without a token, an agent of a cluster that has a CA stops with
+/// an error that says where the token is.
+async fn cluster_token(config: &Config, cp: &dyn ControlPlane) -> Result<String> {
+    if let Some(t) = &config.token {
+        return Ok(t.clone());
+    }
+    let path = config.data_dir.join("token");
+    match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
+    }
+    let stored = ObjectRef::new(
+        Kind::Secret,
+        apiserver::bootstrap::NAMESPACE,
+        apiserver::bootstrap::NAME,
+    );
+    match cp.get(&stored).await {
+        Ok(_) => bail!(
+            "this cluster's CA is sealed with its token: set `token` (config key, or --token) \
+             to the token the cluster's first agent wrote to its <data-dir>/token"
+        ),
+        Err(e) if e.is_not_found() => {}
+        Err(e) => return Err(e).context("read the cluster CA"),
+    }
+    let token = apiserver::bootstrap::new_token()?;
+    pki::write_private(&path, &format!("{token}\n"), 0o600)?;
+    tracing::info!(path = %path.display(), "made the cluster token; other agents join with it (config key `token`)");
+    Ok(token)
 }
 
 /// The agent's own copy of the admin kubeconfig.

@@ -77,6 +77,9 @@ pub struct Config {
     pub write_kubeconfig: PathBuf,
     /// kube-apiserver's static token CSV (`token,user,uid,"groups"`).
     pub token_auth_file: Option<PathBuf>,
+    /// The cluster token: on etcd, the key the shared CA is sealed with
+    /// (none: `<data-dir>/token`, written by the agent that made the CA).
+    pub token: Option<String>,
     /// Answer NodePorts on 127.0.0.1 too (sets route_localnet).
     pub localhost_nodeports: bool,
     /// Containers may run `privileged: true`.
@@ -194,6 +197,7 @@ impl Default for Config {
             api_port: 6443,
             write_kubeconfig: "/etc/knode/knode.yaml".into(),
             token_auth_file: None,
+            token: None,
         }
     }
 }
@@ -256,6 +260,7 @@ pub struct File {
     pub api_port: Option<u16>,
     pub write_kubeconfig: Option<PathBuf>,
     pub token_auth_file: Option<PathBuf>,
+    pub token: Option<String>,
 }
 
 impl File {
@@ -465,6 +470,7 @@ impl Config {
                 .or(file.write_kubeconfig)
                 .unwrap_or(d.write_kubeconfig),
             token_auth_file: flags.token_auth_file.or(file.token_auth_file),
+            token: flags.token.or(file.token).filter(|t| !t.is_empty()),
         };
         if !is_domain(&c.cluster_domain) {
             bail!(

@@ -276,6 +276,7 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
         api_port: agent.and_then(|a| a.api_port),
         write_kubeconfig: agent.and_then(|a| a.write_kubeconfig.clone()),
         token_auth_file: agent.and_then(|a| a.token_auth_file.clone()),
+        token: flag(|a| a.token.clone()),
     };
     Config::merge(file, flags)
 }

@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod authz;
+pub mod bootstrap;
 pub mod discovery;
 pub mod logs;
 pub mod openapi;

@@ -3,8 +3,8 @@
 //! `<data-dir>/tls/` (keys 0600) and reused on restart, and the admin
 //! kubeconfig built from them. It never logs key material.
 //!
-//! The CA is local to the agent for now; sharing one CA through etcd
-//! (encrypted with the cluster token) is a later step of issue 15.
+//! On a shared control plane the CA comes from the store
+//! ([`crate::bootstrap`]) and is installed here first.
 
 use std::fs;
 use std::io::Write;
@@ -144,25 +144,8 @@ fn issue(params: CertificateParams, ca: &Issuer<'_, KeyPair>) -> Result<(String,
 /// (so a new node IP is in it).
 pub fn ensure(data_dir: &Path, names: &ServingNames, node: &str) -> Result<Pki> {
     let d = dir(data_dir);
-    fs::create_dir_all(&d).map_err(|e| io_err("create", &d, e))?;
-    fs::set_permissions(&d, fs::Permissions::from_mode(0o700))
-        .map_err(|e| io_err("chmod", &d, e))?;
-    let (ca_crt, ca_key) = (d.join("ca.crt"), d.join("ca.key"));
-    let (ca_cert, key) = match (read(&ca_crt)?, read(&ca_key)?) {
-        (Some(c), Some(k)) => (
-            c,
-            KeyPair::from_pem(&k).map_err(|e| pki_err("load the CA key", e))?,
-        ),
-        _ => {
-            let key = KeyPair::generate().map_err(|e| pki_err("generate the CA key", e))?;
-            let cert = ca_params()
-                .self_signed(&key)
-                .map_err(|e| pki_err("sign the CA", e))?;
-            write_private(&ca_key, &key.serialize_pem(), 0o600)?;
-            write_private(&ca_crt, &cert.pem(), 0o644)?;
-            (cert.pem(), key)
-        }
-    };
+    let (ca_cert, key) = local_ca(data_dir)?;
+    let key = KeyPair::from_pem(&key).map_err(|e| pki_err("load the CA key", e))?;
     // Signing needs the CA's name and key only: the same parameters give
     // the same issuer name and key identifier as the stored certificate.
     let ca = Issuer::new(ca_params(), key);
@@ -197,6 +180,50 @@ pub fn ensure(data_dir: &Path, names: &ServingNames, node: &str) -> Result<Pki> 
         node_cert,
         node_key,
     })
+}
+
+/// The CA of `<data-dir>/tls` (certificate and key PEM), created when
+/// missing.
+pub fn local_ca(data_dir: &Path) -> Result<(String, String)> {
+    let d = dir(data_dir);
+    fs::create_dir_all(&d).map_err(|e| io_err("create", &d, e))?;
+    fs::set_permissions(&d, fs::Permissions::from_mode(0o700))
+        .map_err(|e| io_err("chmod", &d, e))?;
+    let (ca_crt, ca_key) = (d.join("ca.crt"), d.join("ca.key"));
+    if let (Some(c), Some(k)) = (read(&ca_crt)?, read(&ca_key)?) {
+        return Ok((c, k));
+    }
+    let key = KeyPair::generate().map_err(|e| pki_err("generate the CA key", e))?;
+    let cert = ca_params()
+        .self_signed(&key)
+        .map_err(|e| pki_err("sign the CA", e))?;
+    write_private(&ca_key, &key.serialize_pem(), 0o600)?;
+    write_private(&ca_crt, &cert.pem(), 0o644)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// Makes `cert`/`key` the CA of `<data-dir>/tls` (the cluster's, from the
+/// store). When it replaces another CA, the client certificates that CA
+/// issued go, so [`ensure`] issues new ones.
+pub fn install_ca(data_dir: &Path, cert: &str, key: &str) -> Result<()> {
+    KeyPair::from_pem(key).map_err(|e| pki_err("load the cluster CA key", e))?;
+    let d = dir(data_dir);
+    fs::create_dir_all(&d).map_err(|e| io_err("create", &d, e))?;
+    fs::set_permissions(&d, fs::Permissions::from_mode(0o700))
+        .map_err(|e| io_err("chmod", &d, e))?;
+    let (ca_crt, ca_key) = (d.join("ca.crt"), d.join("ca.key"));
+    if read(&ca_crt)?.as_deref() == Some(cert) && read(&ca_key)?.as_deref() == Some(key) {
+        return Ok(());
+    }
+    for f in ["admin.crt", "admin.key", "node.crt", "node.key"] {
+        match fs::remove_file(d.join(f)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("remove", &d.join(f), e)),
+        }
+    }
+    write_private(&ca_key, key, 0o600)?;
+    write_private(&ca_crt, cert, 0o644)
 }
 
 /// The client certificate `<file>.crt`/`.key` for `cn` in `org`: the
@@ -299,5 +326,26 @@ mod tests {
         let cfg = admin_kubeconfig(&a, "https://127.0.0.1:6443");
         assert!(cfg.contains("server: https://127.0.0.1:6443"), "{cfg}");
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_installed_ca_replaces_the_local_one_and_its_client_certificates() {
+        let dir = std::env::temp_dir().join(format!("knode-pki-install-{}", std::process::id()));
+        let other = std::env::temp_dir().join(format!("knode-pki-other-{}", std::process::id()));
+        let names = ServingNames::default();
+        let a = ensure(&dir, &names, "n1").unwrap();
+        let (cert, key) = local_ca(&other).unwrap();
+        assert_ne!(cert, a.ca_cert);
+        install_ca(&dir, &cert, &key).unwrap();
+        let b = ensure(&dir, &names, "n1").unwrap();
+        assert_eq!(b.ca_cert, cert);
+        assert_ne!(b.admin_cert, a.admin_cert, "issued again by the new CA");
+        assert_ne!(b.node_cert, a.node_cert);
+        // Installing the same CA again keeps what it issued.
+        install_ca(&dir, &cert, &key).unwrap();
+        assert_eq!(ensure(&dir, &names, "n1").unwrap().admin_cert, b.admin_cert);
+        assert!(install_ca(&dir, &cert, "not a key").is_err());
+        fs::remove_dir_all(&dir).unwrap();
+        fs::remove_dir_all(&other).unwrap();
     }
 }

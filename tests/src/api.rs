@@ -36,12 +36,17 @@ impl Api {
 
     /// [`Api::start`] with extra global flags (`--log-dir`, ...).
     pub fn start_with(extra: &[&str]) -> Api {
+        Api::start_agent(extra, &[])
+    }
+
+    /// [`Api::start`] with extra global and agent flags.
+    pub fn start_agent(extra: &[&str], agent_flags: &[&str]) -> Api {
         let port = crate::free_port().unwrap();
-        let agent = Agent::start_with_flags(
-            extra,
-            &["--disable", "pods", "--api-port", &port.to_string()],
-        )
-        .unwrap();
+        let mut flags = vec!["--disable", "pods", "--api-port"];
+        let port_s = port.to_string();
+        flags.push(&port_s);
+        flags.extend_from_slice(agent_flags);
+        let agent = Agent::start_with_flags(extra, &flags).unwrap();
         // The socket answers before the API has written its kubeconfig.
         let api = Api { agent, port };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);

@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod authz;
 pub mod discovery;
+pub mod exec;
 pub mod logs;
 pub mod openapi;
 pub mod pager;
@@ -19,6 +20,7 @@ pub mod select;
 pub mod server;
 pub mod table;
 pub mod tls;
+pub mod websocket;
 pub mod x509;
 
 pub use server::{serve, Settings};

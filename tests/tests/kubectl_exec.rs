@@ -1,0 +1,254 @@
+//! `kubectl exec` through the agent's API over WebSocket
+//! (`v5.channel.k8s.io`): stdout and stderr apart, the exit code, stdin to
+//! its end, a terminal with its size, and the refusals (an unknown
+//! container, a pod on another node, a node's certificate).
+//!
+//! The agent runs no pods here (pods disabled): the test starts the pod's
+//! container with `ctr` in its own containerd, under the labels the agent
+//! gives its containers, and the agent's API execs into it there.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use knode_tests::api::{kubectl_present, Api};
+use knode_tests::containerd::{with_busybox, Containerd};
+use knode_tests::{image, unique, TempDir};
+
+/// An API whose node runs pod `web` (containers `app`, running `sleep`,
+/// and `side`, never started) and knows pod `far` on another node.
+struct Setup {
+    api: Api,
+    c: Containerd,
+    ns: String,
+    app: String,
+    _img: TempDir,
+}
+
+fn setup(test: &str) -> Option<Setup> {
+    if !kubectl_present() {
+        return None;
+    }
+    let ns = unique("knode-kexec-");
+    let (c, img) = with_busybox(test, &ns)?;
+    let sock = c.socket().display().to_string();
+    let api = Api::start_with(&["--containerd-socket", &sock, "--containerd-namespace", &ns]);
+    let pod = |name: &str, node: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  nodeName: {node}\n  containers:\n  - {{name: app, image: busybox}}\n  - {{name: side, image: busybox}}\n"
+        )
+    };
+    let file = api.agent.dir().join("pods.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "{}---\n{}",
+            pod("web", "test-node"),
+            pod("far", "other-node")
+        ),
+    )
+    .unwrap();
+    api.ok(&["apply", "-f", file.to_str().unwrap()]);
+    let uid = api.ok(&["get", "pod", "web", "-o", "jsonpath={.metadata.uid}"]);
+    let app = unique("app-");
+    let labels = [
+        format!("io.knode.pod.uid={uid}"),
+        "io.knode.container.name=app".to_string(),
+        "io.knode.container.attempt=0".to_string(),
+    ];
+    let mut args = vec!["run", "-d", "--null-io"];
+    for l in &labels {
+        args.extend(["--label", l.as_str()]);
+    }
+    args.extend([image::BUSYBOX, app.as_str(), "sleep", "600"]);
+    c.ctr_out(&ns, &args).expect("start the pod's container");
+    Some(Setup {
+        api,
+        c,
+        ns,
+        app,
+        _img: img,
+    })
+}
+
+impl Setup {
+    /// kubectl with `args`, fed `stdin`, killed after 60 s (a hang fails
+    /// the test instead of stalling it).
+    fn kubectl(&self, kubeconfig: &std::path::Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
+        let mut child = Command::new("timeout")
+            .args(["60", "kubectl", "--kubeconfig"])
+            .arg(kubeconfig)
+            .args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        if let Some(data) = stdin {
+            let mut si = child.stdin.take().unwrap();
+            let data = data.to_vec();
+            std::thread::spawn(move || {
+                let _ = si.write_all(&data);
+            });
+        }
+        child.wait_with_output().unwrap()
+    }
+
+    fn exec(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
+        let mut a = vec!["exec"];
+        a.extend_from_slice(args);
+        self.kubectl(&self.api.kubeconfig(), &a, stdin)
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn kubectl_exec_runs_commands_in_this_nodes_pods() {
+    let Some(s) = setup("kubectl_exec_runs_commands") else {
+        return;
+    };
+    // stdout and stderr apart, and the exit code.
+    let out = s.exec(
+        &[
+            "web",
+            "-c",
+            "app",
+            "--",
+            "sh",
+            "-c",
+            "echo out; echo err >&2; exit 3",
+        ],
+        None,
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}\n{}",
+        text(&out.stderr),
+        s.api.agent.log()
+    );
+    assert_eq!(text(&out.stdout), "out\n");
+    assert!(
+        text(&out.stderr).starts_with("err\n"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stderr).contains("command terminated with exit code 3"),
+        "{}",
+        text(&out.stderr)
+    );
+    // It ran in the pod's running container (whose pid 1 is `sleep 600`).
+    let out = s.exec(&["web", "-c", "app", "--", "cat", "/proc/1/cmdline"], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(out.stdout, b"sleep\x00600\x00");
+
+    // stdin to its end, across many messages.
+    let out = s.exec(&["-i", "web", "-c", "app", "--", "cat"], Some(b"hi\n"));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "hi\n");
+    let input = b"hello\nworld\n".repeat(20_000);
+    let out = s.exec(&["-i", "web", "-c", "app", "--", "wc", "-c"], Some(&input));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), input.len().to_string());
+    // Large output arrives whole.
+    let out = s.exec(
+        &[
+            "web",
+            "-c",
+            "app",
+            "--",
+            "sh",
+            "-c",
+            "head -c 300000 /dev/zero | tr '\\0' x",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(out.stdout.len(), 300_000);
+
+    // The refusals, as kubectl prints kube-apiserver's.
+    let out = s.exec(&["web", "-c", "nope", "--", "true"], None);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("container nope is not valid for pod web"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = s.exec(&["web", "-c", "side", "--", "true"], None);
+    assert!(
+        text(&out.stderr).contains("container side is not running in pod web"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = s.exec(&["far", "-c", "app", "--", "true"], None);
+    assert!(
+        text(&out.stderr).contains("runs on node other-node"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = s.exec(&["nope", "--", "true"], None);
+    assert!(text(&out.stderr).contains("NotFound") || text(&out.stderr).contains("not found"));
+    let node_cfg = s.api.agent.data_dir().join("tls/node.kubeconfig");
+    let out = s.kubectl(&node_cfg, &["exec", "web", "-c", "app", "--", "true"], None);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("Forbidden"),
+        "{}",
+        text(&out.stderr)
+    );
+    let can = s.kubectl(
+        &node_cfg,
+        &["auth", "can-i", "create", "pods", "--subresource=exec"],
+        None,
+    );
+    assert!(text(&can.stdout).starts_with("no"), "{can:?}");
+    let can = s
+        .api
+        .ok(&["auth", "can-i", "create", "pods", "--subresource=exec"]);
+    assert_eq!(can.trim(), "yes");
+
+    // A terminal: kubectl -it under `script`, which gives it a pty of
+    // the size set first; the command sees a tty of that size, its exit
+    // code comes back.
+    let remote = "tty; for i in $(seq 50); do s=$(stty size 2>/dev/null); [ -n \"$s\" ] && [ \"$s\" != \"0 0\" ] && break; sleep 0.1; done; echo size $s; exit 4";
+    let script = s.api.agent.dir().join("tty.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "stty cols 97 rows 31\nexec kubectl --kubeconfig {} exec -it web -c app -- sh -c '{remote}'\n",
+            s.api.kubeconfig().display()
+        ),
+    )
+    .unwrap();
+    let run = format!("timeout --foreground 60 sh {}", script.display());
+    let out = Command::new("script")
+        .args(["-qec", &run, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let o = text(&out.stdout);
+    assert!(o.contains("/dev/pts/"), "{o}\n{}", text(&out.stderr));
+    assert!(o.contains("size 31 97"), "{o}");
+    assert_eq!(out.status.code(), Some(4), "{o}");
+
+    // Nothing left behind: no FIFO dirs, no exec processes.
+    let left: Vec<_> = std::fs::read_dir(s.api.agent.run_dir().join("exec"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    let ps = s.c.ctr_out(&s.ns, &["tasks", "ps", &s.app]).unwrap();
+    assert_eq!(
+        ps.lines().skip(1).filter(|l| !l.trim().is_empty()).count(),
+        1,
+        "{ps}"
+    );
+}

@@ -98,3 +98,22 @@ pub fn wait_for<T>(mut f: impl FnMut() -> Option<T>) -> T {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+/// The Python of the virtualenv scripts/python-client.sh made, if it is
+/// there with the `kubernetes` client (in CI it must be).
+pub fn python() -> Option<PathBuf> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/python/bin/python");
+    let ok = p.exists()
+        && Command::new(&p)
+            .args(["-c", "import kubernetes"])
+            .status()
+            .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var("CI").is_err(),
+            "no Python client in target/python (scripts/python-client.sh makes it)"
+        );
+        eprintln!("skipped: no Python client (run scripts/python-client.sh)");
+    }
+    ok.then_some(p)
+}

@@ -10,7 +10,7 @@
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
-use knode_tests::api::{kubectl_present, Api};
+use knode_tests::api::{kubectl_present, python, Api};
 use knode_tests::containerd::{with_busybox, Containerd};
 use knode_tests::{image, unique, TempDir};
 
@@ -250,5 +250,31 @@ fn kubectl_exec_runs_commands_in_this_nodes_pods() {
         ps.lines().skip(1).filter(|l| !l.trim().is_empty()).count(),
         1,
         "{ps}"
+    );
+}
+
+/// The Python client's `stream` exec (it speaks v4.channel.k8s.io): the
+/// output, stdout and stderr apart with the exit code, stdin.
+#[test]
+fn the_python_client_execs_through_its_stream_api() {
+    let Some(python) = python() else { return };
+    let Some(s) = setup("the_python_client_execs") else {
+        return;
+    };
+    let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/exec.py");
+    let out = Command::new("timeout")
+        .arg("60")
+        .arg(python)
+        .arg(script)
+        .arg(s.api.kubeconfig())
+        .args(["web", "app"])
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success() && stdout.ends_with("ok\n"),
+        "{stdout}\n{}\n{}",
+        text(&out.stderr),
+        s.api.agent.log()
     );
 }

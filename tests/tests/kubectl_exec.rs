@@ -10,7 +10,7 @@
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
-use knode_tests::api::{kubectl_present, python, Api};
+use knode_tests::api::{kubectl_present, python, wait_for, Api};
 use knode_tests::containerd::{with_busybox, Containerd};
 use knode_tests::{image, unique, TempDir};
 
@@ -238,6 +238,24 @@ fn kubectl_exec_runs_commands_in_this_nodes_pods() {
     assert!(o.contains("size 31 97"), "{o}");
     assert_eq!(out.status.code(), Some(4), "{o}");
 
+    // A client that goes away: the command is killed.
+    let procs = || {
+        let ps = s.c.ctr_out(&s.ns, &["tasks", "ps", &s.app]).unwrap();
+        ps.lines().skip(1).filter(|l| !l.trim().is_empty()).count()
+    };
+    let mut child = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(s.api.kubeconfig())
+        .args(["exec", "web", "-c", "app", "--", "sleep", "300"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(|| (procs() == 2).then_some(()));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    wait_for(|| (procs() == 1).then_some(()));
+
     // Nothing left behind: no FIFO dirs, no exec processes.
     let left: Vec<_> = std::fs::read_dir(s.api.agent.run_dir().join("exec"))
         .unwrap()
@@ -245,12 +263,7 @@ fn kubectl_exec_runs_commands_in_this_nodes_pods() {
         .map(|e| e.path())
         .collect();
     assert!(left.is_empty(), "{left:?}");
-    let ps = s.c.ctr_out(&s.ns, &["tasks", "ps", &s.app]).unwrap();
-    assert_eq!(
-        ps.lines().skip(1).filter(|l| !l.trim().is_empty()).count(),
-        1,
-        "{ps}"
-    );
+    assert_eq!(procs(), 1);
 }
 
 /// The Python client's `stream` exec (it speaks v4.channel.k8s.io): the

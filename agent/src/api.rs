@@ -122,6 +122,7 @@ pub async fn start(config: &Config, cp: Arc<dyn ControlPlane>) -> Result<Option<
             containerd_socket: config.containerd_socket.clone(),
             containerd_namespace: config.containerd_namespace.clone(),
             fifo_parent: config.run_dir.join("exec"),
+            log_dir: config.log_dir.clone(),
         }),
         address: server.trim_start_matches("https://").to_string(),
     };

@@ -291,3 +291,93 @@ fn the_python_client_execs_through_its_stream_api() {
         s.api.agent.log()
     );
 }
+
+/// `kubectl attach`: the running container's output from the moment of
+/// attaching (read from its log as the log writer writes it), stdout and
+/// stderr apart, until the container stops; stdin is refused with the
+/// reason.
+#[test]
+fn kubectl_attach_streams_the_containers_output() {
+    if !kubectl_present() {
+        return;
+    }
+    let ns = unique("knode-kattach-");
+    let Some((c, _img)) = with_busybox("kubectl_attach_streams", &ns) else {
+        return;
+    };
+    let logs = TempDir::new("attach-logs").unwrap();
+    let sock = c.socket().display().to_string();
+    let api = Api::start_with(&[
+        "--containerd-socket",
+        &sock,
+        "--containerd-namespace",
+        &ns,
+        "--log-dir",
+        logs.path().to_str().unwrap(),
+    ]);
+    let file = api.agent.dir().join("pod.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: web}\nspec:\n  nodeName: test-node\n  containers: [{name: app, image: busybox}]\n",
+    )
+    .unwrap();
+    api.ok(&["apply", "-f", file.to_str().unwrap()]);
+    let uid = api.ok(&["get", "pod", "web", "-o", "jsonpath={.metadata.uid}"]);
+    let log = logs.path().join(format!("default_web_{uid}/app/0.log"));
+    let uri = format!(
+        "binary://{}?log-writer={}",
+        knode_tests::our_bin("knode").display(),
+        log.display()
+    );
+    let labels = [
+        format!("io.knode.pod.uid={uid}"),
+        "io.knode.container.name=app".to_string(),
+        "io.knode.container.attempt=0".to_string(),
+    ];
+    let mut args = vec!["run", "-d", "--log-uri", &uri];
+    for l in &labels {
+        args.extend(["--label", l.as_str()]);
+    }
+    let id = unique("attach-");
+    let script = "for i in $(seq 1 60); do echo out $i; echo err $i >&2; sleep 0.2; done";
+    args.extend([image::BUSYBOX, id.as_str(), "sh", "-c", script]);
+    c.ctr_out(&ns, &args).expect("start the pod's container");
+    // Attach once the container has written a few lines: those are the
+    // log's, not the attach's.
+    wait_for(|| {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains(" out 3\n")
+            .then_some(())
+    });
+    let s = |args: &[&str]| {
+        Command::new("timeout")
+            .args(["60", "kubectl", "--kubeconfig"])
+            .arg(api.kubeconfig())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let e = s(&["attach", "-i", "web", "-c", "app"]);
+    assert!(!e.status.success());
+    assert!(
+        text(&e.stderr).contains("have no stdin or terminal open"),
+        "{}",
+        text(&e.stderr)
+    );
+    let out = s(&["attach", "web", "-c", "app"]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stderr),
+        api.agent.log()
+    );
+    let (o, e) = (text(&out.stdout), text(&out.stderr));
+    assert!(o.ends_with("out 60\n") && !o.contains("err"), "{o}");
+    assert!(!o.contains("out 1\n"), "{o}");
+    assert!(e.contains("err 60\n") && !e.contains("out"), "{e}");
+    // The lines in between all came, in order.
+    let first: u32 = o.lines().next().unwrap()[4..].parse().unwrap();
+    let want: String = (first..=60).map(|i| format!("out {i}\n")).collect();
+    assert_eq!(o, want);
+}

@@ -379,6 +379,51 @@ async fn handle(
     }
 }
 
+/// Whether `user` may `verb` the subresource `sub` of pod `ns/name`; the
+/// 403 to answer when not.
+async fn authorize_pod(
+    s: &Settings,
+    user: &User,
+    path: &str,
+    verb: &str,
+    sub: &str,
+    ns: &str,
+    name: &str,
+) -> Result<(), Box<Resp>> {
+    let attrs = Attributes {
+        verb: verb.into(),
+        group: String::new(),
+        resource: "pods".into(),
+        subresource: sub.into(),
+        namespace: ns.into(),
+        name: name.into(),
+        path: path.into(),
+    };
+    match s.authorizer.authorize(user, &attrs).await {
+        Ok(()) => Ok(()),
+        Err(why) => Err(Box::new(json_response(
+            403,
+            &crate::auth::forbidden(user, &attrs, &why),
+        ))),
+    }
+}
+
+/// The pod `ns/name`.
+async fn get_pod(
+    s: &Settings,
+    ns: &str,
+    name: &str,
+) -> Result<Box<k8s_openapi::api::core::v1::Pod>, Error> {
+    match s
+        .cp
+        .get(&ObjectRef::new(controlplane::Kind::Pod, ns, name))
+        .await?
+    {
+        Object::Pod(p) => Ok(p),
+        o => Err(Error::Internal(format!("{} is not a pod", o.describe()))),
+    }
+}
+
 /// `pods/<name>/log`: authorized as `get` of that subresource, then
 /// streamed as text from where the pod's logs are kept.
 async fn pod_log(
@@ -389,33 +434,15 @@ async fn pod_log(
     ns: &str,
     name: &str,
 ) -> Result<Resp, Error> {
-    let attrs = Attributes {
-        verb: "get".into(),
-        group: String::new(),
-        resource: "pods".into(),
-        subresource: "log".into(),
-        namespace: ns.into(),
-        name: name.into(),
-        path: req.uri().path().into(),
-    };
-    if let Err(why) = s.authorizer.authorize(user, &attrs).await {
-        return Ok(json_response(
-            403,
-            &crate::auth::forbidden(user, &attrs, &why),
-        ));
+    let path = req.uri().path();
+    if let Err(r) = authorize_pod(s, user, path, "get", "log", ns, name).await {
+        return Ok(*r);
     }
     if req.method() != Method::GET {
         return Ok(status(405, "MethodNotAllowed", "pods/log answers GET only"));
     }
     let query = crate::logs::parse_query(|k| q.get(k).map(str::to_string))?;
-    let pod = match s
-        .cp
-        .get(&ObjectRef::new(controlplane::Kind::Pod, ns, name))
-        .await?
-    {
-        Object::Pod(p) => p,
-        o => return Err(Error::Internal(format!("{} is not a pod", o.describe()))),
-    };
+    let pod = get_pod(s, ns, name).await?;
     let rx = s.logs.logs(&pod, &query).await?;
     Ok(stream_response(rx, "text/plain"))
 }
@@ -434,20 +461,9 @@ async fn pod_stream(
     name: &str,
     verb: crate::exec::Verb,
 ) -> Result<Resp, Error> {
-    let attrs = Attributes {
-        verb: "create".into(),
-        group: String::new(),
-        resource: "pods".into(),
-        subresource: verb.name().into(),
-        namespace: ns.into(),
-        name: name.into(),
-        path: req.uri().path().into(),
-    };
-    if let Err(why) = s.authorizer.authorize(user, &attrs).await {
-        return Ok(json_response(
-            403,
-            &crate::auth::forbidden(user, &attrs, &why),
-        ));
+    let path = req.uri().path();
+    if let Err(r) = authorize_pod(s, user, path, "create", verb.name(), ns, name).await {
+        return Ok(*r);
     }
     if !matches!(*req.method(), Method::GET | Method::POST) {
         return Ok(status(
@@ -457,14 +473,7 @@ async fn pod_stream(
         ));
     }
     let query = crate::exec::parse_query(q.all(), verb)?;
-    let pod = match s
-        .cp
-        .get(&ObjectRef::new(controlplane::Kind::Pod, ns, name))
-        .await?
-    {
-        Object::Pod(p) => p,
-        o => return Err(Error::Internal(format!("{} is not a pod", o.describe()))),
-    };
+    let pod = get_pod(s, ns, name).await?;
     let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
     if let Some(p @ ("Succeeded" | "Failed")) = phase {
         return Err(Error::BadRequest(format!(

@@ -71,6 +71,29 @@ impl Api {
             .unwrap()
     }
 
+    /// Creates pod `web` on this node (`test-node`) and pod `far` on
+    /// `other-node`, each with containers `app` and `side` (busybox);
+    /// returns web's uid.
+    pub fn web_and_far_pods(&self) -> String {
+        let pod = |name: &str, node: &str| {
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  nodeName: {node}\n  containers:\n  - {{name: app, image: busybox}}\n  - {{name: side, image: busybox}}\n"
+            )
+        };
+        let file = self.agent.dir().join("pods.yaml");
+        std::fs::write(
+            &file,
+            format!(
+                "{}---\n{}",
+                pod("web", "test-node"),
+                pod("far", "other-node")
+            ),
+        )
+        .unwrap();
+        self.ok(&["apply", "-f", file.to_str().unwrap()]);
+        self.ok(&["get", "pod", "web", "-o", "jsonpath={.metadata.uid}"])
+    }
+
     /// stdout of a kubectl that must succeed.
     pub fn ok(&self, args: &[&str]) -> String {
         let o = self.kubectl(args);

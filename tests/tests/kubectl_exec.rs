@@ -32,23 +32,7 @@ fn setup(test: &str) -> Option<Setup> {
     let (c, img) = with_busybox(test, &ns)?;
     let sock = c.socket().display().to_string();
     let api = Api::start_with(&["--containerd-socket", &sock, "--containerd-namespace", &ns]);
-    let pod = |name: &str, node: &str| {
-        format!(
-            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  nodeName: {node}\n  containers:\n  - {{name: app, image: busybox}}\n  - {{name: side, image: busybox}}\n"
-        )
-    };
-    let file = api.agent.dir().join("pods.yaml");
-    std::fs::write(
-        &file,
-        format!(
-            "{}---\n{}",
-            pod("web", "test-node"),
-            pod("far", "other-node")
-        ),
-    )
-    .unwrap();
-    api.ok(&["apply", "-f", file.to_str().unwrap()]);
-    let uid = api.ok(&["get", "pod", "web", "-o", "jsonpath={.metadata.uid}"]);
+    let uid = api.web_and_far_pods();
     let app = unique("app-");
     let labels = [
         format!("io.knode.pod.uid={uid}"),
@@ -190,6 +174,19 @@ fn kubectl_exec_runs_commands_in_this_nodes_pods() {
     let out = s.exec(&["far", "-c", "app", "--", "true"], None);
     assert!(
         text(&out.stderr).contains("runs on node other-node"),
+        "{}",
+        text(&out.stderr)
+    );
+    // SPDY (older clients, or asked for) is refused with the reason.
+    let out = Command::new("timeout")
+        .args(["60", "kubectl", "--kubeconfig"])
+        .arg(s.api.kubeconfig())
+        .args(["exec", "web", "-c", "app", "--", "true"])
+        .env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false")
+        .output()
+        .unwrap();
+    assert!(
+        text(&out.stderr).contains("SPDY/3.1 streaming is not served"),
         "{}",
         text(&out.stderr)
     );

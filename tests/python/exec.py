@@ -1,5 +1,6 @@
 """The official Python client's `stream` exec (v4.channel.k8s.io) against
-the agent's API: output of a command, its exit code, and stdin.
+the agent's API: output of a command, its exit code, stdin, and a
+terminal resized while the command runs.
 Usage: exec.py <kubeconfig> <pod> <container>. Prints one line per step;
 exits non-zero on the first failure."""
 import sys
@@ -41,4 +42,24 @@ got = ws.read_stdout()
 assert got == "typed\n", repr(got)
 assert ws.returncode == 0, ws.returncode
 print("stdin", got.strip())
+
+# A terminal resized while the command runs (channel 4).
+ws = stream(core.connect_get_namespaced_pod_exec, pod, "default",
+            container=container,
+            command=["sh", "-c", "echo ready; "
+                     "while [ \"$(stty size 2>/dev/null)\" != \"40 120\" ]; "
+                     "do sleep 0.1; done; echo resized"],
+            stdin=False, stdout=True, stderr=False, tty=True,
+            _preload_content=False)
+seen = ""
+while "ready" not in seen and ws.is_open():
+    ws.update(timeout=1)
+    seen += ws.read_stdout(timeout=0) or ""
+assert "ready" in seen, repr(seen)
+ws.write_channel(4, '{"Width": 120, "Height": 40}')
+ws.run_forever(timeout=30)
+seen += ws.read_stdout() or ""
+assert "resized" in seen, repr(seen)
+assert ws.returncode == 0, ws.returncode
+print("resize", seen.split()[-1])
 print("ok")

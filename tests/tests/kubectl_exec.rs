@@ -190,6 +190,17 @@ fn kubectl_exec_runs_commands_in_this_nodes_pods() {
         "{}",
         text(&out.stderr)
     );
+    // A plain request (no upgrade) is told what to do.
+    let e = s.api.kubectl(&[
+        "get",
+        "--raw",
+        "/api/v1/namespaces/default/pods/web/exec?container=app&command=true&stdout=true",
+    ]);
+    assert!(
+        text(&e.stderr).contains("Upgrade request required"),
+        "{}",
+        text(&e.stderr)
+    );
     let out = s.exec(&["nope", "--", "true"], None);
     assert!(text(&out.stderr).contains("NotFound") || text(&out.stderr).contains("not found"));
     let node_cfg = s.api.agent.data_dir().join("tls/node.kubeconfig");

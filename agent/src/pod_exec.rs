@@ -62,10 +62,10 @@ impl PodExec for NodeExec {
         };
         let rt = Runtime::connect(&self.containerd_socket, &self.containerd_namespace)
             .await
-            .map_err(|e| Error::Unavailable(format!("containerd: {e:#}")))?;
+            .map_err(|e| Error::Internal(format!("containerd: {e:#}")))?;
         let id = exec::find_running(&rt, &uid, &container)
             .await
-            .map_err(|e| Error::Unavailable(format!("{e:#}")))?
+            .map_err(|e| Error::Internal(format!("containerd: {e:#}")))?
             .ok_or_else(|| {
                 Error::BadRequest(format!(
                     "container {container} is not running in pod {name}"

@@ -2,7 +2,8 @@
 //! node's certificates and admin kubeconfig ([`pki`]), TLS with client
 //! certificates ([`tls`]), authentication and authorization ([`auth`]),
 //! discovery, tables, selectors, patches and watch over a
-//! [`controlplane::ControlPlane`]. Storage semantics (defaulting,
+//! [`controlplane::ControlPlane`], and the pod subresources that reach the
+//! node (`log`; `exec` and `attach` over [`websocket`], in [`exec`]). Storage semantics (defaulting,
 //! validation, concurrency) stay in the control plane; this crate only
 //! speaks the protocol.
 

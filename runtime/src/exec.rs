@@ -1,9 +1,11 @@
-//! Running a command in a running container (`knode exec`): a process spec
-//! taken from the container's own (env, cwd, user, capabilities, limits)
-//! with the command swapped in, started with the Tasks service's Exec, its
-//! stdio through FIFOs in a private directory, its exit code returned and
-//! its process record deleted. Finding which container is the one that
-//! runs is here too; which pod and container the user meant is the CLI's.
+//! Running a command in a running container (`knode exec`, the API's
+//! `pods/exec`, exec probes): a process spec taken from the container's
+//! own (env, cwd, user, capabilities, limits) with the command swapped in,
+//! started with the Tasks service's Exec, its stdio through FIFOs in a
+//! private directory (or a terminal the shim makes, resized with
+//! ResizePty), its exit code returned and its process record deleted.
+//! Finding which container is the one that runs is here too; which pod and
+//! container the user meant is the caller's.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};

@@ -12,6 +12,7 @@ use std::process::{Command, Output, Stdio};
 
 use knode_tests::api::{kubectl_present, python, wait_for, Api};
 use knode_tests::containerd::{with_busybox, Containerd};
+use knode_tests::node::Node;
 use knode_tests::{image, unique, TempDir};
 
 /// An API whose node runs pod `web` (containers `app`, running `sleep`,
@@ -388,4 +389,68 @@ fn kubectl_attach_streams_the_containers_output() {
     let first: u32 = o.lines().next().unwrap()[4..].parse().unwrap();
     let want: String = (first..=60).map(|i| format!("out {i}\n")).collect();
     assert_eq!(o, want);
+}
+
+/// On a node that runs its pods (containerd, CNI, the log writer): kubectl
+/// (from inside the node's namespace, where the API listens) execs into a
+/// pod the agent started and attaches to its output.
+#[test]
+fn kubectl_execs_into_and_attaches_to_a_pod_the_node_runs() {
+    if !kubectl_present() {
+        return;
+    }
+    let port = knode_tests::free_port().unwrap().to_string();
+    let Some(n) = Node::for_test_with(
+        "kubectl_execs_into_a_pod_the_node_runs",
+        &["--api-port", &port],
+    ) else {
+        return;
+    };
+    n.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: ticker}}\nspec:\n  containers:\n  - name: app\n    image: {}\n    command: [sh, -c, 'i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done']\n",
+        image::BUSYBOX
+    ))
+    .unwrap();
+    n.wait_running("ticker").unwrap();
+    let kubeconfig = n.agent.dir().join("kubeconfig.yaml");
+    let kubectl = |args: &[&str]| {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net={}", n.host.path().display()))
+            .args(["timeout", "60", "kubectl", "--kubeconfig"])
+            .arg(&kubeconfig)
+            .args(args);
+        c.output().unwrap()
+    };
+    let out = kubectl(&[
+        "exec",
+        "ticker",
+        "--",
+        "sh",
+        "-c",
+        "cat /proc/1/cmdline; exit 2",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}\n{}",
+        text(&out.stderr),
+        n.agent.log()
+    );
+    assert!(text(&out.stdout).contains("tick"), "{}", text(&out.stdout));
+    // Attach sees the ticks as they come (it is stopped after 3 s: the
+    // container runs on).
+    let mut c = Command::new("nsenter");
+    c.arg(format!("--net={}", n.host.path().display()))
+        .args(["timeout", "3", "kubectl", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .args(["attach", "ticker"]);
+    let out = c.output().unwrap();
+    let o = text(&out.stdout);
+    let ticks: Vec<u32> = o
+        .lines()
+        .filter_map(|l| l.strip_prefix("tick ")?.parse().ok())
+        .collect();
+    assert!(ticks.len() >= 3, "{o}\n{}", text(&out.stderr));
+    assert!(ticks.windows(2).all(|w| w[1] == w[0] + 1), "{o}");
+    assert!(ticks[0] > 0, "{o}");
 }

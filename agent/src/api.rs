@@ -124,6 +124,13 @@ pub async fn start(config: &Config, cp: Arc<dyn ControlPlane>) -> Result<Option<
             node_name: config.node_name.clone(),
             log_dir: config.log_dir.clone(),
         }),
+        exec: Arc::new(crate::pod_exec::NodeExec {
+            node_name: config.node_name.clone(),
+            containerd_socket: config.containerd_socket.clone(),
+            containerd_namespace: config.containerd_namespace.clone(),
+            fifo_parent: config.run_dir.join("exec"),
+            log_dir: config.log_dir.clone(),
+        }),
         address: server.trim_start_matches("https://").to_string(),
     };
     Ok(Some(tokio::spawn(apiserver::serve(listener, settings))))

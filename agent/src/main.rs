@@ -9,6 +9,7 @@ mod cli;
 mod config;
 mod dns;
 mod netpol;
+mod pod_exec;
 mod pod_logs;
 mod proxy;
 

@@ -31,20 +31,7 @@ impl PodLogs for NodeLogs {
         let name = pod.metadata.name.clone().unwrap_or_default();
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
         let uid = pod.metadata.uid.clone().unwrap_or_default();
-        match pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) {
-            None | Some("") => {
-                return Err(Error::BadRequest(format!(
-                    "pod {name} does not have a host assigned"
-                )))
-            }
-            Some(n) if n != self.node_name => {
-                return Err(Error::BadRequest(format!(
-                    "pod {name} runs on node {n}: this API reads the logs of node {}'s pods only (ask the API of node {n})",
-                    self.node_name
-                )))
-            }
-            Some(_) => {}
-        }
+        served_here(pod, &self.node_name, "reads the logs of")?;
         let container =
             view::log_container(pod, &name, q.container.as_deref()).map_err(Error::BadRequest)?;
         let dir = logs::container_log_dir(&self.log_dir, &ns, &name, &uid, &container);
@@ -87,6 +74,22 @@ impl PodLogs for NodeLogs {
             }
         });
         Ok(rx)
+    }
+}
+
+/// Refuses a pod this node does not run, naming the node that does
+/// (`what` this API does: "reads the logs of"): reaching another node's
+/// kubelet port is not built yet.
+pub fn served_here(pod: &Pod, node_name: &str, what: &str) -> Result<(), Error> {
+    let name = pod.metadata.name.as_deref().unwrap_or_default();
+    match pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) {
+        None | Some("") => Err(Error::BadRequest(format!(
+            "pod {name} does not have a host assigned"
+        ))),
+        Some(n) if n != node_name => Err(Error::BadRequest(format!(
+            "pod {name} runs on node {n}: this API {what} node {node_name}'s pods only (ask the API of node {n})"
+        ))),
+        Some(_) => Ok(()),
     }
 }
 

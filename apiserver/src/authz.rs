@@ -301,6 +301,9 @@ mod tests {
             ("get", "", "secrets", "", "default", "s2", false),
             ("list", "", "secrets", "", "default", "", false),
             ("create", "", "pods", "", "default", "", false),
+            // Not even into its own pods: exec is an admin's.
+            ("create", "", "pods", "exec", "default", "mine", false),
+            ("create", "", "pods", "attach", "default", "mine", false),
             ("create", "", "events", "", "default", "", true),
             ("list", slices, "endpointslices", "", "", "", true),
         ];

@@ -2,7 +2,8 @@
 //! node's certificates and admin kubeconfig ([`pki`]), TLS with client
 //! certificates ([`tls`]), authentication and authorization ([`auth`]),
 //! discovery, tables, selectors, patches and watch over a
-//! [`controlplane::ControlPlane`]. Storage semantics (defaulting,
+//! [`controlplane::ControlPlane`], and the pod subresources that reach the
+//! node (`log`; `exec` and `attach` over [`websocket`], in [`exec`]). Storage semantics (defaulting,
 //! validation, concurrency) stay in the control plane; this crate only
 //! speaks the protocol.
 
@@ -10,6 +11,7 @@ pub mod auth;
 pub mod authz;
 pub mod bootstrap;
 pub mod discovery;
+pub mod exec;
 pub mod logs;
 pub mod openapi;
 pub mod pager;
@@ -20,6 +22,7 @@ pub mod select;
 pub mod server;
 pub mod table;
 pub mod tls;
+pub mod websocket;
 pub mod x509;
 
 pub use server::{serve, Settings};

@@ -38,6 +38,8 @@ pub struct Settings {
     pub columns: Arc<dyn Columns>,
     /// Where pods' logs are read (`pods/<name>/log`).
     pub logs: Arc<dyn crate::logs::PodLogs>,
+    /// Where commands run in pods (`pods/<name>/exec`, `attach`).
+    pub exec: Arc<dyn crate::exec::PodExec>,
     /// `host:port` clients reach the API at (discovery reports it).
     pub address: String,
 }
@@ -96,6 +98,7 @@ pub async fn serve(listener: TcpListener, settings: Settings) {
             });
             if let Err(e) = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
+                .with_upgrades()
                 .await
             {
                 tracing::debug!(%peer, error = %e, "API connection");
@@ -171,6 +174,10 @@ impl Query {
                 })
                 .collect(),
         )
+    }
+
+    fn all(&self) -> &[(String, String)] {
+        &self.0
     }
 
     fn get(&self, key: &str) -> Option<&str> {
@@ -331,6 +338,15 @@ async fn handle(
             .await
             .unwrap_or_else(|e| error_response(&e));
     }
+    if let Some((ns, name, verb)) = crate::exec::stream_path(&path) {
+        return pod_stream(s, &user, req, &q, &ns, &name, verb)
+            .await
+            .unwrap_or_else(|e| match e {
+                // kube-apiserver's words, without our "bad request: ".
+                Error::BadRequest(m) => status(400, "BadRequest", &m),
+                e => error_response(&e),
+            });
+    }
     if path.trim_end_matches('/') == SSAR_PATH {
         return self_review(s, &user, req)
             .await
@@ -363,6 +379,51 @@ async fn handle(
     }
 }
 
+/// Whether `user` may `verb` the subresource `sub` of pod `ns/name`; the
+/// 403 to answer when not.
+async fn authorize_pod(
+    s: &Settings,
+    user: &User,
+    path: &str,
+    verb: &str,
+    sub: &str,
+    ns: &str,
+    name: &str,
+) -> Result<(), Box<Resp>> {
+    let attrs = Attributes {
+        verb: verb.into(),
+        group: String::new(),
+        resource: "pods".into(),
+        subresource: sub.into(),
+        namespace: ns.into(),
+        name: name.into(),
+        path: path.into(),
+    };
+    match s.authorizer.authorize(user, &attrs).await {
+        Ok(()) => Ok(()),
+        Err(why) => Err(Box::new(json_response(
+            403,
+            &crate::auth::forbidden(user, &attrs, &why),
+        ))),
+    }
+}
+
+/// The pod `ns/name`.
+async fn get_pod(
+    s: &Settings,
+    ns: &str,
+    name: &str,
+) -> Result<Box<k8s_openapi::api::core::v1::Pod>, Error> {
+    match s
+        .cp
+        .get(&ObjectRef::new(controlplane::Kind::Pod, ns, name))
+        .await?
+    {
+        Object::Pod(p) => Ok(p),
+        o => Err(Error::Internal(format!("{} is not a pod", o.describe()))),
+    }
+}
+
 /// `pods/<name>/log`: authorized as `get` of that subresource, then
 /// streamed as text from where the pod's logs are kept.
 async fn pod_log(
@@ -373,35 +434,111 @@ async fn pod_log(
     ns: &str,
     name: &str,
 ) -> Result<Resp, Error> {
-    let attrs = Attributes {
-        verb: "get".into(),
-        group: String::new(),
-        resource: "pods".into(),
-        subresource: "log".into(),
-        namespace: ns.into(),
-        name: name.into(),
-        path: req.uri().path().into(),
-    };
-    if let Err(why) = s.authorizer.authorize(user, &attrs).await {
-        return Ok(json_response(
-            403,
-            &crate::auth::forbidden(user, &attrs, &why),
-        ));
+    let path = req.uri().path();
+    if let Err(r) = authorize_pod(s, user, path, "get", "log", ns, name).await {
+        return Ok(*r);
     }
     if req.method() != Method::GET {
         return Ok(status(405, "MethodNotAllowed", "pods/log answers GET only"));
     }
     let query = crate::logs::parse_query(|k| q.get(k).map(str::to_string))?;
-    let pod = match s
-        .cp
-        .get(&ObjectRef::new(controlplane::Kind::Pod, ns, name))
-        .await?
-    {
-        Object::Pod(p) => p,
-        o => return Err(Error::Internal(format!("{} is not a pod", o.describe()))),
-    };
+    let pod = get_pod(s, ns, name).await?;
     let rx = s.logs.logs(&pod, &query).await?;
     Ok(stream_response(rx, "text/plain"))
+}
+
+/// `pods/<name>/exec` and `attach`: authorized as `create` of that
+/// subresource (for GET too, as kube-apiserver does for WebSocket
+/// upgrades), checked (pod, phase, container, where it runs) while an
+/// error can still be a Status, then upgraded to WebSocket and served by
+/// [`crate::exec::serve`].
+async fn pod_stream(
+    s: &Settings,
+    user: &User,
+    mut req: Request<Incoming>,
+    q: &Query,
+    ns: &str,
+    name: &str,
+    verb: crate::exec::Verb,
+) -> Result<Resp, Error> {
+    let path = req.uri().path();
+    if let Err(r) = authorize_pod(s, user, path, "create", verb.name(), ns, name).await {
+        return Ok(*r);
+    }
+    if !matches!(*req.method(), Method::GET | Method::POST) {
+        return Ok(status(
+            405,
+            "MethodNotAllowed",
+            &format!("pods/{} answers GET and POST only", verb.name()),
+        ));
+    }
+    let query = crate::exec::parse_query(q.all(), verb)?;
+    let pod = get_pod(s, ns, name).await?;
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    if let Some(p @ ("Succeeded" | "Failed")) = phase {
+        return Err(Error::BadRequest(format!(
+            "cannot exec into or attach to a container in a completed pod; current phase is {p}"
+        )));
+    }
+    // The pod's own errors first: kubectl retries a failed WebSocket
+    // upgrade over SPDY and prints what that attempt got.
+    let session = s.exec.prepare(&pod, verb, &query).await?;
+    let header = |n: &str| -> Vec<&str> {
+        req.headers()
+            .get_all(n)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect()
+    };
+    let upgrade = header("upgrade").join(",").to_ascii_lowercase();
+    if upgrade.contains("spdy") {
+        return Err(Error::BadRequest(format!(
+            "pods/{}: SPDY/3.1 streaming is not served; use WebSocket ({}) (kubectl >= 1.30 does by default)",
+            verb.name(),
+            crate::exec::V5
+        )));
+    }
+    let key = header("sec-websocket-key").first().map(|k| k.to_string());
+    let (true, Some(key)) = (upgrade.contains("websocket"), key) else {
+        return Err(Error::BadRequest(format!(
+            "Upgrade request required: pods/{} is served over WebSocket ({})",
+            verb.name(),
+            crate::exec::V5
+        )));
+    };
+    let Some(protocol) = crate::exec::negotiate(header("sec-websocket-protocol")) else {
+        return Err(Error::BadRequest(format!(
+            "Sec-WebSocket-Protocol: none of {:?} is served; want {} or {}",
+            header("sec-websocket-protocol").join(","),
+            crate::exec::V5,
+            crate::exec::V4
+        )));
+    };
+    let upgraded = hyper::upgrade::on(&mut req);
+    let (pod_name, verb_name) = (format!("{ns}/{name}"), verb.name());
+    tokio::spawn(async move {
+        match upgraded.await {
+            Ok(io) => crate::exec::serve(TokioIo::new(io), protocol, query, session).await,
+            Err(e) => {
+                tracing::debug!(pod = %pod_name, verb = verb_name, error = %e, "WebSocket upgrade")
+            }
+        }
+    });
+    let mut r = Response::new(Body::Full(None));
+    *r.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    let value = |v: &str| {
+        hyper::header::HeaderValue::from_str(v)
+            .map_err(|e| Error::BadRequest(format!("Sec-WebSocket-Key: {e}")))
+    };
+    h.insert(hyper::header::UPGRADE, value("websocket")?);
+    h.insert(hyper::header::CONNECTION, value("Upgrade")?);
+    h.insert(
+        hyper::header::SEC_WEBSOCKET_ACCEPT,
+        value(&crate::websocket::accept_key(&key))?,
+    );
+    h.insert(hyper::header::SEC_WEBSOCKET_PROTOCOL, value(protocol)?);
+    Ok(r)
 }
 
 /// Where `kubectl auth can-i` asks.

@@ -1,9 +1,11 @@
-//! Running a command in a running container (`knode exec`): a process spec
-//! taken from the container's own (env, cwd, user, capabilities, limits)
-//! with the command swapped in, started with the Tasks service's Exec, its
-//! stdio through FIFOs in a private directory, its exit code returned and
-//! its process record deleted. Finding which container is the one that
-//! runs is here too; which pod and container the user meant is the CLI's.
+//! Running a command in a running container (`knode exec`, the API's
+//! `pods/exec`, exec probes): a process spec taken from the container's
+//! own (env, cwd, user, capabilities, limits) with the command swapped in,
+//! started with the Tasks service's Exec, its stdio through FIFOs in a
+//! private directory (or a terminal the shim makes, resized with
+//! ResizePty), its exit code returned and its process record deleted.
+//! Finding which container is the one that runs is here too; which pod and
+//! container the user meant is the caller's.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -13,7 +15,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
 use containerd_client::services::v1::{
     CloseIoRequest, DeleteProcessRequest, ExecProcessRequest, GetContainerRequest, KillRequest,
-    ListContainersRequest, StartRequest, WaitRequest,
+    ListContainersRequest, ResizePtyRequest, StartRequest, WaitRequest,
 };
 use serde_json::Value;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -44,7 +46,12 @@ pub struct ExecIo<'a> {
     /// the end of input.
     pub stdin: Option<mpsc::Receiver<Bytes>>,
     pub stdout: Box<dyn AsyncWrite + Send + Unpin>,
+    /// Unused with a terminal: the terminal's output is all on stdout.
     pub stderr: Box<dyn AsyncWrite + Send + Unpin>,
+    /// Run the command on a terminal (a pty the shim makes).
+    pub tty: bool,
+    /// Terminal sizes (width, height) to apply while it runs.
+    pub resize: Option<mpsc::Receiver<(u16, u16)>>,
 }
 
 /// Runs `argv` in the running container `container_id` and returns its
@@ -59,11 +66,22 @@ pub async fn exec(
     interrupt: impl Future<Output = ()>,
 ) -> Result<i32> {
     let spec = container_spec(rt, container_id).await?;
-    let process = process_spec(&spec, argv).with_context(|| format!("exec in {container_id}"))?;
+    let mut process =
+        process_spec(&spec, argv, io.tty).with_context(|| format!("exec in {container_id}"))?;
+    let mut resize = io.resize;
+    // The terminal starts at the size the client has sent so far (kubectl
+    // sends it as it connects); later sizes are applied as they come.
+    if let Some((width, height)) = resize.as_mut().and_then(latest).filter(|_| io.tty) {
+        process["consoleSize"] = serde_json::json!({"width": width, "height": height});
+    }
     let exec_id = new_exec_id()?;
     let dir = FifoDir::create(io.fifo_parent, &exec_id)?;
     let stdout = dir.fifo("stdout")?;
-    let stderr = dir.fifo("stderr")?;
+    // A terminal has one output: the shim takes no stderr then.
+    let stderr = match io.tty {
+        false => Some(dir.fifo("stderr")?),
+        true => None,
+    };
     let stdin = match io.stdin.is_some() {
         true => Some(dir.fifo("stdin")?),
         false => None,
@@ -74,9 +92,14 @@ pub async fn exec(
     let out_rx = pipe::OpenOptions::new()
         .open_receiver(&stdout)
         .with_context(|| format!("open {}", stdout.display()))?;
-    let err_rx = pipe::OpenOptions::new()
-        .open_receiver(&stderr)
-        .with_context(|| format!("open {}", stderr.display()))?;
+    let err_rx = match &stderr {
+        Some(p) => Some(
+            pipe::OpenOptions::new()
+                .open_receiver(p)
+                .with_context(|| format!("open {}", p.display()))?,
+        ),
+        None => None,
+    };
     // Read-write, so the open never waits for (or fails without) the
     // shim's reader; the shim holds its own writer until CloseIO.
     let in_tx = match &stdin {
@@ -97,8 +120,8 @@ pub async fn exec(
         container_id: container_id.into(),
         stdin: path_str(&stdin),
         stdout: stdout.display().to_string(),
-        stderr: stderr.display().to_string(),
-        terminal: false,
+        stderr: path_str(&stderr),
+        terminal: io.tty,
         spec: Some(prost_types::Any {
             type_url: PROCESS_TYPE_URL.into(),
             value: serde_json::to_vec(&process).context("encode the process spec")?,
@@ -117,8 +140,9 @@ pub async fn exec(
     };
     let streams = Streams {
         out: (out_rx, io.stdout),
-        err: (err_rx, io.stderr),
+        err: err_rx.map(|r| (r, io.stderr)),
         stdin: in_tx.zip(io.stdin),
+        resize,
     };
     let result = p.run(streams, interrupt).await;
     if result.is_err() {
@@ -134,8 +158,9 @@ pub async fn exec(
 
 struct Streams {
     out: (pipe::Receiver, Box<dyn AsyncWrite + Send + Unpin>),
-    err: (pipe::Receiver, Box<dyn AsyncWrite + Send + Unpin>),
+    err: Option<(pipe::Receiver, Box<dyn AsyncWrite + Send + Unpin>)>,
     stdin: Option<(pipe::Sender, mpsc::Receiver<Bytes>)>,
+    resize: Option<mpsc::Receiver<(u16, u16)>>,
 }
 
 /// One exec process of one container.
@@ -157,7 +182,26 @@ impl Proc<'_> {
             .map_err(status_error)
             .with_context(|| format!("start {:?} in container {cid}", eid))?;
         let out = tokio::spawn(copy(s.out.0, s.out.1));
-        let err = tokio::spawn(copy(s.err.0, s.err.1));
+        let err = s.err.map(|(r, w)| tokio::spawn(copy(r, w)));
+        let resize = s.resize.map(|mut sizes| {
+            let (rt, cid, eid) = (rt.clone(), cid.to_string(), eid.to_string());
+            tokio::spawn(async move {
+                while let Some((width, height)) = sizes.recv().await {
+                    let r = rt
+                        .tasks()
+                        .resize_pty(rt.req(ResizePtyRequest {
+                            container_id: cid.clone(),
+                            exec_id: eid.clone(),
+                            width: width.into(),
+                            height: height.into(),
+                        }))
+                        .await;
+                    if let Err(e) = r {
+                        tracing::debug!(container = %cid, error = %e, "resize the exec's terminal");
+                    }
+                }
+            })
+        });
         let feed = s.stdin.map(|(tx, rx)| {
             let (rt, cid, eid) = (rt.clone(), cid.to_string(), eid.to_string());
             tokio::spawn(async move { feed_stdin(&rt, &cid, &eid, tx, rx).await })
@@ -182,11 +226,16 @@ impl Proc<'_> {
         if let Some(f) = feed {
             f.abort();
         }
+        if let Some(r) = resize {
+            r.abort();
+        }
         // The shim closes the output FIFOs once it has copied everything
         // the process wrote; deleting the exec closes them at once.
         let copies = async {
             let _ = out.await;
-            let _ = err.await;
+            if let Some(err) = err {
+                let _ = err.await;
+            }
         };
         tokio::pin!(copies);
         if tokio::time::timeout(OUTPUT_GRACE, &mut copies)
@@ -274,6 +323,15 @@ async fn feed_stdin(
     Ok(())
 }
 
+/// The last of the sizes waiting in `sizes`, if any.
+fn latest(sizes: &mut mpsc::Receiver<(u16, u16)>) -> Option<(u16, u16)> {
+    let mut last = None;
+    while let Ok(s) = sizes.try_recv() {
+        last = Some(s);
+    }
+    last
+}
+
 /// The container's OCI spec as JSON.
 async fn container_spec(rt: &Runtime, id: &str) -> Result<Vec<u8>> {
     let r = rt
@@ -292,8 +350,8 @@ async fn container_spec(rt: &Runtime, id: &str) -> Result<Vec<u8>> {
 
 /// The process spec of an exec: the container's own process (so the
 /// command runs with its env, cwd, user, capabilities, rlimits and security
-/// profile, as CRI does) with `argv` as its args and no terminal.
-pub fn process_spec(container_spec: &[u8], argv: &[String]) -> Result<Value> {
+/// profile, as CRI does) with `argv` as its args, on a terminal or not.
+pub fn process_spec(container_spec: &[u8], argv: &[String], tty: bool) -> Result<Value> {
     if argv.is_empty() {
         bail!("command: required");
     }
@@ -304,7 +362,7 @@ pub fn process_spec(container_spec: &[u8], argv: &[String]) -> Result<Value> {
         _ => bail!("the container's OCI spec has no process"),
     };
     p["args"] = Value::from(argv.to_vec());
-    p["terminal"] = Value::Bool(false);
+    p["terminal"] = Value::Bool(tty);
     if let Some(o) = p.as_object_mut() {
         o.remove("consoleSize");
     }
@@ -440,7 +498,7 @@ mod tests {
             "root": {"path": "rootfs"}
         });
         let argv = vec!["sh".to_string(), "-c".into(), "echo $GREETING".into()];
-        let p = process_spec(&serde_json::to_vec(&spec).unwrap(), &argv).unwrap();
+        let p = process_spec(&serde_json::to_vec(&spec).unwrap(), &argv, false).unwrap();
         assert_eq!(p["args"], serde_json::json!(["sh", "-c", "echo $GREETING"]));
         assert_eq!(p["terminal"], false);
         assert!(p.get("consoleSize").is_none());
@@ -453,11 +511,11 @@ mod tests {
 
     #[test]
     fn bad_specs_and_commands_are_refused_with_a_reason() {
-        let e = process_spec(b"{}", &["true".into()]).unwrap_err();
+        let e = process_spec(b"{}", &["true".into()], false).unwrap_err();
         assert!(format!("{e:#}").contains("no process"), "{e:#}");
-        let e = process_spec(b"not json", &["true".into()]).unwrap_err();
+        let e = process_spec(b"not json", &["true".into()], false).unwrap_err();
         assert!(format!("{e:#}").contains("OCI spec"), "{e:#}");
-        let e = process_spec(br#"{"process":{}}"#, &[]).unwrap_err();
+        let e = process_spec(br#"{"process":{}}"#, &[], false).unwrap_err();
         assert!(format!("{e:#}").contains("command"), "{e:#}");
     }
 

@@ -76,6 +76,29 @@ impl Api {
             .unwrap()
     }
 
+    /// Creates pod `web` on this node (`test-node`) and pod `far` on
+    /// `other-node`, each with containers `app` and `side` (busybox);
+    /// returns web's uid.
+    pub fn web_and_far_pods(&self) -> String {
+        let pod = |name: &str, node: &str| {
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  nodeName: {node}\n  containers:\n  - {{name: app, image: busybox}}\n  - {{name: side, image: busybox}}\n"
+            )
+        };
+        let file = self.agent.dir().join("pods.yaml");
+        std::fs::write(
+            &file,
+            format!(
+                "{}---\n{}",
+                pod("web", "test-node"),
+                pod("far", "other-node")
+            ),
+        )
+        .unwrap();
+        self.ok(&["apply", "-f", file.to_str().unwrap()]);
+        self.ok(&["get", "pod", "web", "-o", "jsonpath={.metadata.uid}"])
+    }
+
     /// stdout of a kubectl that must succeed.
     pub fn ok(&self, args: &[&str]) -> String {
         let o = self.kubectl(args);
@@ -102,4 +125,23 @@ pub fn wait_for<T>(mut f: impl FnMut() -> Option<T>) -> T {
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+}
+
+/// The Python of the virtualenv scripts/python-client.sh made, if it is
+/// there with the `kubernetes` client (in CI it must be).
+pub fn python() -> Option<PathBuf> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/python/bin/python");
+    let ok = p.exists()
+        && Command::new(&p)
+            .args(["-c", "import kubernetes"])
+            .status()
+            .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var("CI").is_err(),
+            "no Python client in target/python (scripts/python-client.sh makes it)"
+        );
+        eprintln!("skipped: no Python client (run scripts/python-client.sh)");
+    }
+    ok.then_some(p)
 }

@@ -261,3 +261,33 @@ impl Drop for Containerd {
         unmount_below(self.dir.path());
     }
 }
+
+/// A private containerd with the busybox test image in namespace `ns`,
+/// and the directory the image was built in; `None` (the test skips) when
+/// the machine lacks root, containerd or busybox.
+pub fn with_busybox(test: &str, ns: &str) -> Option<(Containerd, TempDir)> {
+    use crate::image;
+    if !crate::require_root(test) || !require_containerd(test) || !image::require_busybox(test) {
+        return None;
+    }
+    let c = Containerd::start().expect("start containerd");
+    let dir = TempDir::new("busybox-img").unwrap();
+    let tar = image::busybox_oci_tar(dir.path()).expect("build the busybox image");
+    // The layout names the image by its full reference, which ctr keeps
+    // only under a matching base name.
+    let base = image::BUSYBOX
+        .rsplit_once(':')
+        .map_or(image::BUSYBOX, |(b, _)| b);
+    c.ctr_out(
+        ns,
+        &[
+            "images",
+            "import",
+            "--base-name",
+            base,
+            &tar.display().to_string(),
+        ],
+    )
+    .expect("import the busybox image");
+    Some((c, dir))
+}

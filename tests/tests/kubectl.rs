@@ -379,23 +379,7 @@ fn kubectl_logs_reads_this_nodes_pods() {
     }
     let logs_dir = knode_tests::TempDir::new("api-logs").unwrap();
     let api = Api::start_with(&["--log-dir", logs_dir.path().to_str().unwrap()]);
-    let pod = |name: &str, node: &str| {
-        format!(
-            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  nodeName: {node}\n  containers:\n  - {{name: app, image: busybox}}\n  - {{name: side, image: busybox}}\n"
-        )
-    };
-    let file = api.agent.dir().join("pods.yaml");
-    std::fs::write(
-        &file,
-        format!(
-            "{}---\n{}",
-            pod("web", "test-node"),
-            pod("far", "other-node")
-        ),
-    )
-    .unwrap();
-    api.ok(&["apply", "-f", file.to_str().unwrap()]);
-    let uid = api.ok(&["get", "pod", "web", "-o", "jsonpath={.metadata.uid}"]);
+    let uid = api.web_and_far_pods();
     let dir = logs_dir.path().join(format!("default_web_{uid}/app"));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use knode_tests::agent::Agent;
-use knode_tests::containerd::{require_containerd, Containerd};
-use knode_tests::{image, our_bin, require_root, unique, TempDir};
+use knode_tests::containerd::Containerd;
+use knode_tests::{image, our_bin, unique, TempDir};
 use serde_json::Value;
 
 const IMAGE: &str = image::BUSYBOX;
@@ -27,27 +27,7 @@ const IMAGE: &str = image::BUSYBOX;
 
 /// A private containerd with the busybox image in namespace `ns`.
 fn containerd_with_image(test: &str, ns: &str) -> Option<(Containerd, TempDir)> {
-    if !require_root(test) || !require_containerd(test) || !image::require_busybox(test) {
-        return None;
-    }
-    let c = Containerd::start().expect("start containerd");
-    let dir = TempDir::new("logs-exec-img").unwrap();
-    let tar = image::busybox_oci_tar(dir.path()).expect("build the busybox image");
-    // The layout names the image by its full reference, which ctr keeps
-    // only under a matching base name.
-    let base = IMAGE.rsplit_once(':').map_or(IMAGE, |(b, _)| b);
-    c.ctr_out(
-        ns,
-        &[
-            "images",
-            "import",
-            "--base-name",
-            base,
-            &tar.display().to_string(),
-        ],
-    )
-    .expect("import the busybox image");
-    Some((c, dir))
+    knode_tests::containerd::with_busybox(test, ns)
 }
 
 /// The task's status as `ctr tasks ls` shows it (RUNNING, STOPPED...).

@@ -5,25 +5,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use knode_tests::api::Api;
-
-/// The virtualenv scripts/python-client.sh made, if it is there.
-fn python() -> Option<PathBuf> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/python/bin/python");
-    let ok = p.exists()
-        && Command::new(&p)
-            .args(["-c", "import kubernetes"])
-            .status()
-            .is_ok_and(|s| s.success());
-    if !ok {
-        assert!(
-            std::env::var("CI").is_err(),
-            "no Python client in target/python (scripts/python-client.sh makes it)"
-        );
-        eprintln!("skipped: no Python client (run scripts/python-client.sh)");
-    }
-    ok.then_some(p)
-}
+use knode_tests::api::{python, Api};
 
 #[test]
 fn the_python_client_lists_creates_patches_watches_and_deletes() {

@@ -56,6 +56,8 @@ pub async fn run(config: &Config, args: ExecArgs) -> Result<ExitCode> {
         stdin: args.stdin.then(read_stdin),
         stdout: Box::new(async_fd(std::io::stdout().as_fd())?),
         stderr: Box::new(async_fd(std::io::stderr().as_fd())?),
+        tty: false,
+        resize: None,
     };
     let interrupt = async {
         if tokio::signal::ctrl_c().await.is_err() {

@@ -259,12 +259,19 @@ fn internal_local_uses_this_nodes_terminating_endpoint_when_none_here_is_ready()
         ..sp("ns", "web", "10.96.0.8", &[("10.244.2.5", false)])
     };
     let r = ruleset(&[draining], &node());
-    assert!(lines(&r, Table::Filter, "KUBE-SERVICES").is_empty(), "not dropped");
+    assert!(
+        lines(&r, Table::Filter, "KUBE-SERVICES").is_empty(),
+        "not dropped"
+    );
     let h = names::port_proto_hash("ns/web:p80", Protocol::Tcp);
     let svl = lines(&r, Table::Nat, &format!("KUBE-SVL-{h}"));
     let sep = svl.last().and_then(|l| l.rsplit(' ').next()).expect("jump");
     let ep = lines(&r, Table::Nat, sep);
-    assert!(ep.iter().any(|l| l.contains("--to-destination 10.244.1.7:80")), "{ep:?}");
+    assert!(
+        ep.iter()
+            .any(|l| l.contains("--to-destination 10.244.1.7:80")),
+        "{ep:?}"
+    );
 }
 
 #[test]

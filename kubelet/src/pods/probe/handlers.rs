@@ -85,6 +85,8 @@ async fn run_exec(command: &[String], target: &Target, timeout: Duration) -> Out
         stdin: None,
         stdout: Box::new(tokio::io::sink()),
         stderr: Box::new(tokio::io::sink()),
+        tty: false,
+        resize: None,
     };
     let expired = tokio::time::sleep(timeout);
     match exec::exec(&target.rt, &target.container_id, command, io, expired).await {

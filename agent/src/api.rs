@@ -133,7 +133,34 @@ pub async fn start(config: &Config, cp: Arc<dyn ControlPlane>) -> Result<Option<
         }),
         address: server.trim_start_matches("https://").to_string(),
     };
-    Ok(Some(tokio::spawn(apiserver::serve(listener, settings))))
+    let advertised = advertise_address(config);
+    tracing::info!(address = ?advertised, "kubernetes Service: this agent's endpoint");
+    let serving = apiserver::serve(listener, settings);
+    let advertising = apiserver::advertise::run(cp, config.node_name.clone(), advertised);
+    Ok(Some(tokio::spawn(async move {
+        tokio::join!(serving, advertising);
+    })))
+}
+
+/// What pods dial to reach this agent's API (the `kubernetes` Service's
+/// endpoint): the bind address, or the node's IP when bound to every
+/// address; none when the API listens on loopback only.
+fn advertise_address(config: &Config) -> Option<std::net::SocketAddr> {
+    let ip: IpAddr = config.api_bind_address.parse().ok()?;
+    let ip = if ip.is_loopback() {
+        return None;
+    } else if ip.is_unspecified() {
+        match kubelet::node::detect_ip(config.node_ip.as_deref()) {
+            Ok(ip) => ip,
+            Err(e) => {
+                tracing::warn!(error = %e, "kubernetes Service: no address to advertise");
+                return None;
+            }
+        }
+    } else {
+        ip
+    };
+    Some(std::net::SocketAddr::new(ip, config.api_port))
 }
 
 /// The cluster token: configured (`token`), or the one this agent wrote

@@ -7,6 +7,7 @@
 //! validation, concurrency) stay in the control plane; this crate only
 //! speaks the protocol.
 
+pub mod advertise;
 pub mod auth;
 pub mod authz;
 pub mod bootstrap;

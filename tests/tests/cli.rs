@@ -77,7 +77,13 @@ fn apply_get_delete_round_trip() {
     for col in ["TYPE", "CLUSTER-IP", "PORT(S)", "AGE"] {
         assert!(so.lines().next().unwrap().contains(col), "{so}");
     }
-    let row = so.lines().nth(1).unwrap();
+    // default/kubernetes is listed too (the control plane keeps it).
+    assert!(
+        so.lines()
+            .any(|l| l.starts_with("kubernetes ") && l.contains("10.96.0.1")),
+        "{so}"
+    );
+    let row = so.lines().find(|l| l.starts_with("web ")).unwrap();
     assert!(row.contains("NodePort") && row.contains("10."), "{row}");
     assert!(row.contains("80:3"), "node port shown: {row}");
 

@@ -39,6 +39,26 @@ fn namespace_json(name: &str) -> Value {
     serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
 }
 
+/// The API server's Service, in [`DEFAULT_NAMESPACE`].
+pub const KUBERNETES: &str = "kubernetes";
+
+/// `default/kubernetes` as kube-apiserver keeps it: the first address of
+/// the service CIDR, 443/TCP `https`, no selector (its EndpointSlice lists
+/// the agents that serve the API).
+fn kubernetes_json(ip: IpAddr) -> Value {
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {
+            "name": KUBERNETES, "namespace": DEFAULT_NAMESPACE,
+            "labels": {"component": "apiserver", "provider": "kubernetes"}
+        },
+        "spec": {
+            "clusterIP": ip.to_string(),
+            "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]
+        }
+    })
+}
+
 /// `kube-system/kube-dns` as kubeadm's CoreDNS add-on names it.
 fn kube_dns_json(ip: IpAddr) -> Value {
     serde_json::json!({
@@ -161,7 +181,9 @@ impl Registry {
         Registry { storage, alloc }
     }
 
-    /// Creates the `default` and `kube-system` namespaces and, with a
+    /// Creates the `default` and `kube-system` namespaces, the
+    /// `default/kubernetes` Service (the range's first address, which only
+    /// it may hold) and, with a
     /// [`Allocators::dns_service_ip`], the `kube-system/kube-dns` Service
     /// (that ClusterIP, ports 53/UDP `dns` and 53/TCP `dns-tcp`, no
     /// selector: every node's agent answers on it) if they are missing.
@@ -171,6 +193,7 @@ impl Registry {
         let mut objects = vec![
             namespace_json(DEFAULT_NAMESPACE),
             namespace_json(SYSTEM_NAMESPACE),
+            kubernetes_json(self.alloc.service_ips.kubernetes_service_ip()),
         ];
         if let Some(ip) = self.alloc.dns_service_ip {
             objects.push(kube_dns_json(ip));
@@ -190,7 +213,7 @@ impl Registry {
                     return Err(e);
                 }
                 // Its address taken by a user's Service: report, not fatal.
-                tracing::warn!(error = %e, "cannot keep kube-system/kube-dns");
+                tracing::warn!(error = %e, service = %what.name, "cannot keep a system Service");
             }
         }
         Ok(())
@@ -270,11 +293,19 @@ impl Registry {
                             // Kept for kube-dns even while it does not exist.
                             used.extend(self.alloc.dns_service_ip);
                         }
-                        let ip = self
-                            .alloc
-                            .service_ips
-                            .allocate(&used, requested)
-                            .map_err(|e| alloc_invalid(&name, "spec.clusterIP", &e))?;
+                        let kubernetes = self.alloc.service_ips.kubernetes_service_ip();
+                        let ip = if name == format!("Service/{DEFAULT_NAMESPACE}/{KUBERNETES}")
+                            && requested == Some(kubernetes)
+                            && !used.contains(&kubernetes)
+                        {
+                            // The one Service the reserved address is for.
+                            kubernetes
+                        } else {
+                            self.alloc
+                                .service_ips
+                                .allocate(&used, requested)
+                                .map_err(|e| alloc_invalid(&name, "spec.clusterIP", &e))?
+                        };
                         let Some(spec) = svc.spec.as_mut() else {
                             return Ok(claims);
                         };
@@ -902,6 +933,25 @@ mod tests {
         reg.create(service("dns", Some("10.96.0.10")), None)
             .await
             .unwrap();
+        // default/kubernetes holds the range's first address, which no
+        // other Service may ask for.
+        let k = reg
+            .get(&ObjectRef::new(
+                Kind::Service,
+                DEFAULT_NAMESPACE,
+                KUBERNETES,
+            ))
+            .await
+            .unwrap();
+        let Object::Service(k) = k else { panic!() };
+        let spec = k.spec.unwrap();
+        assert_eq!(spec.cluster_ip.as_deref(), Some("10.96.0.1"));
+        assert_eq!(spec.ports.unwrap()[0].port, 443);
+        let e = reg
+            .create(service("imposter", Some("10.96.0.1")), None)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("spec.clusterIP"), "{e}");
         let _ = std::fs::remove_dir_all(dir);
     }
 

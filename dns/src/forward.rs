@@ -176,6 +176,18 @@ impl Forwarder {
         self.cache().answer(query, Instant::now(), response)
     }
 
+    /// Appends to `out` the cached response to `query` at `now`, within
+    /// `limit` bytes (see [`Cache::write`]); false when there is none.
+    pub fn write_cached(
+        &self,
+        query: &crate::wire::QueryView<'_>,
+        now: Instant,
+        limit: usize,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        self.cache().write(query, now, limit, out)
+    }
+
     /// The response to `query`, from the cache or the first upstream that
     /// answers. Its id is arbitrary: the caller copies what it needs.
     pub async fn resolve(&self, query: &Query) -> Result<Message> {

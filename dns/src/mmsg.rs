@@ -87,41 +87,102 @@ impl Default for RecvBatch {
     }
 }
 
-/// Sends `msgs` on `fd` in one `sendmmsg` without waiting; returns how many
-/// went (the rest were refused by a full socket buffer or an error the
-/// caller retries one by one).
-pub fn send(fd: RawFd, msgs: &[(SocketAddr, Vec<u8>)]) -> io::Result<usize> {
-    let msgs = &msgs[..msgs.len().min(BATCH)];
-    // SAFETY: sockaddr_storage is plain data; all zeroes is valid.
-    let mut addrs: [libc::sockaddr_storage; BATCH] = unsafe { zeroed() };
-    // SAFETY: iovec is plain data; filled below.
-    let mut iovs: [libc::iovec; BATCH] = unsafe { zeroed() };
-    // SAFETY: mmsghdr is plain data; filled below.
-    let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
-    for (i, (to, bytes)) in msgs.iter().enumerate() {
-        let len = to_storage(*to, &mut addrs[i]);
-        iovs[i].iov_base = bytes.as_ptr() as *mut libc::c_void;
-        iovs[i].iov_len = bytes.len();
-        hdrs[i].msg_hdr.msg_name = (&mut addrs[i] as *mut libc::sockaddr_storage).cast();
-        hdrs[i].msg_hdr.msg_namelen = len;
-        hdrs[i].msg_hdr.msg_iov = &mut iovs[i];
-        hdrs[i].msg_hdr.msg_iovlen = 1;
+/// Answers to send, in one buffer that keeps its capacity from batch to
+/// batch: writing an answer allocates nothing once it has grown.
+#[derive(Debug, Default)]
+pub struct SendBatch {
+    buf: Vec<u8>,
+    msgs: Vec<(SocketAddr, usize, usize)>,
+}
+
+impl SendBatch {
+    pub fn new() -> SendBatch {
+        SendBatch {
+            buf: Vec::with_capacity(BATCH * 512),
+            msgs: Vec::with_capacity(BATCH),
+        }
     }
-    // SAFETY: the headers point at addresses and iovecs of this frame and
-    // at the callers' buffers, all alive for the call; the kernel only
-    // reads the buffers.
-    let n = unsafe {
-        libc::sendmmsg(
-            fd,
-            hdrs.as_mut_ptr(),
-            msgs.len() as libc::c_uint,
-            libc::MSG_DONTWAIT,
-        )
-    };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
+
+    /// The buffer to append an answer to; [`SendBatch::commit`] it after.
+    pub fn buf(&mut self) -> &mut Vec<u8> {
+        &mut self.buf
     }
-    Ok(n as usize)
+
+    /// Marks what was appended to the buffer since the last commit as the
+    /// answer for `to` (nothing when nothing was appended).
+    pub fn commit(&mut self, to: SocketAddr) {
+        let start = self.msgs.last().map_or(0, |m| m.2);
+        if self.buf.len() > start {
+            self.msgs.push((to, start, self.buf.len()));
+        }
+    }
+
+    /// Drops what was appended since the last commit.
+    pub fn rollback(&mut self) {
+        let start = self.msgs.last().map_or(0, |m| m.2);
+        self.buf.truncate(start);
+    }
+
+    /// Adds `bytes` as the answer for `to`.
+    pub fn push(&mut self, to: SocketAddr, bytes: &[u8]) {
+        self.rollback();
+        self.buf.extend_from_slice(bytes);
+        self.commit(to);
+    }
+
+    /// Answers waiting.
+    pub fn len(&self) -> usize {
+        self.msgs.len()
+    }
+
+    /// Answer `i` and where it goes.
+    pub fn get(&self, i: usize) -> (SocketAddr, &[u8]) {
+        let (to, start, end) = self.msgs[i];
+        (to, &self.buf[start..end])
+    }
+
+    /// Forgets every answer, keeping the memory.
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.msgs.clear();
+    }
+
+    /// Sends the answers from `from` on `fd` in one `sendmmsg` without
+    /// waiting; returns how many went (the rest were refused by a full
+    /// socket buffer or an error the caller retries one by one).
+    pub fn send(&self, fd: RawFd, from: usize) -> io::Result<usize> {
+        let msgs = &self.msgs[from..self.msgs.len().min(from + BATCH)];
+        // SAFETY: sockaddr_storage is plain data; all zeroes is valid.
+        let mut addrs: [libc::sockaddr_storage; BATCH] = unsafe { zeroed() };
+        // SAFETY: iovec is plain data; filled below.
+        let mut iovs: [libc::iovec; BATCH] = unsafe { zeroed() };
+        // SAFETY: mmsghdr is plain data; filled below.
+        let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
+        for (i, &(to, start, end)) in msgs.iter().enumerate() {
+            let len = to_storage(to, &mut addrs[i]);
+            iovs[i].iov_base = self.buf[start..end].as_ptr() as *mut libc::c_void;
+            iovs[i].iov_len = end - start;
+            hdrs[i].msg_hdr.msg_name = (&mut addrs[i] as *mut libc::sockaddr_storage).cast();
+            hdrs[i].msg_hdr.msg_namelen = len;
+            hdrs[i].msg_hdr.msg_iov = &mut iovs[i];
+            hdrs[i].msg_hdr.msg_iovlen = 1;
+        }
+        // SAFETY: the headers point at addresses and iovecs of this frame
+        // and at this batch's buffer, all alive for the call; the kernel
+        // only reads the buffer.
+        let n = unsafe {
+            libc::sendmmsg(
+                fd,
+                hdrs.as_mut_ptr(),
+                msgs.len() as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
 }
 
 fn from_storage(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
@@ -213,12 +274,19 @@ mod tests {
                 }
             }
             assert_eq!(got[39], vec![39; 5]);
-            let replies: Vec<(SocketAddr, Vec<u8>)> = (0..3u8)
-                .map(|i| (client.local_addr().unwrap(), vec![i; 7]))
-                .collect();
-            assert_eq!(send(server.as_raw_fd(), &replies).unwrap(), 3);
-            let mut buf = [0u8; 64];
+            let mut replies = SendBatch::new();
             for i in 0..3u8 {
+                replies.buf().extend_from_slice(&[i; 7]);
+                replies.commit(client.local_addr().unwrap());
+            }
+            replies.buf().push(9);
+            replies.rollback();
+            replies.commit(client.local_addr().unwrap());
+            assert_eq!(replies.len(), 3, "nothing appended, nothing sent");
+            assert_eq!(replies.send(server.as_raw_fd(), 1).unwrap(), 2);
+            assert_eq!(replies.send(server.as_raw_fd(), 0).unwrap(), 3);
+            let mut buf = [0u8; 64];
+            for i in [1u8, 2, 0, 1, 2] {
                 let (n, from) = client.recv_from(&mut buf).unwrap();
                 assert_eq!((&buf[..n], from), (&[i; 7][..], to));
             }

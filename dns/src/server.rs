@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
 use crate::forward::Forwarder;
-use crate::mmsg::{self, RecvBatch};
+use crate::mmsg::{RecvBatch, SendBatch};
 use crate::wire::{self, Decision};
 use crate::zone::Zone;
 use crate::{Error, Result};
@@ -96,6 +96,9 @@ pub struct Server {
     limiter: Mutex<Limiter>,
     forwards: Arc<Semaphore>,
     tcp_slots: Arc<Semaphore>,
+    /// The zone's origin in wire form, lowercase: names under it (and
+    /// under `arpa.`) never take the cache's fast path.
+    origin: Box<[u8]>,
 }
 
 /// The tasks of a running server; dropping it stops them.
@@ -124,7 +127,18 @@ impl Server {
         forwarder: Option<Arc<Forwarder>>,
         config: ServerConfig,
     ) -> Arc<Self> {
+        let origin = {
+            let zone = zone.read().unwrap_or_else(|e| e.into_inner());
+            let mut wire = Vec::new();
+            for label in zone.origin().to_lowercase().iter() {
+                wire.push(label.len() as u8); // labels are at most 63 bytes
+                wire.extend_from_slice(label);
+            }
+            wire.push(0);
+            wire.into_boxed_slice()
+        };
         Arc::new(Self {
+            origin,
             zone,
             forwarder,
             forwards: Arc::new(Semaphore::new(config.max_forwards)),
@@ -159,6 +173,10 @@ impl Server {
     /// Answers one query `packet`; `udp` says whether the response must fit
     /// the client's UDP size. `None` means send nothing.
     pub async fn answer(&self, packet: &[u8], udp: bool) -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        if self.write_cached(packet, udp, Instant::now(), &mut out) {
+            return Some(out);
+        }
         let (decision, limit) = {
             let zone = self.zone.read().unwrap_or_else(|e| e.into_inner());
             wire::decide_with_limit(&zone, packet, self.forwarding())
@@ -187,6 +205,30 @@ impl Server {
         }
     }
 
+    /// Appends to `out` the answer to `packet` from the forwarder's cache
+    /// in wire form, without decoding anything (see
+    /// [`crate::cache::Cache::write`]): only for a plain query of a name
+    /// outside the zone and outside `arpa.` (which the zone may answer),
+    /// while forwarding is on; false, `out` untouched, otherwise or on a
+    /// miss.
+    fn write_cached(&self, packet: &[u8], udp: bool, now: Instant, out: &mut Vec<u8>) -> bool {
+        let Some(forwarder) = &self.forwarder else {
+            return false;
+        };
+        let Some(query) = wire::QueryView::parse(packet) else {
+            return false;
+        };
+        if query.within(&self.origin) || query.within(b"\x04arpa\0") || !forwarder.can_forward() {
+            return false;
+        }
+        let limit = if udp {
+            query.udp_limit()
+        } else {
+            usize::from(u16::MAX)
+        };
+        forwarder.write_cached(&query, now, limit, out)
+    }
+
     /// Completes `response` from the forwarder's cache; false on a miss.
     fn answer_cached(&self, query: &hickory_proto::op::Query, response: &mut Message) -> bool {
         self.forwarder
@@ -207,12 +249,13 @@ impl Server {
         limiter.allow(client, qps, Instant::now())
     }
 
-    /// Takes every queued query in one `recvmmsg`, answers those the zone
-    /// or the forwarder's cache answers and sends the answers in one
-    /// `sendmmsg`; cache misses are forwarded by their own tasks.
+    /// Takes every queued query in one `recvmmsg`, answers those the
+    /// forwarder's cache (in wire form) or the zone answers and sends the
+    /// answers in one `sendmmsg`; cache misses are forwarded by their own
+    /// tasks.
     async fn serve_udp(self: Arc<Self>, socket: Arc<UdpSocket>) {
         let mut batch = RecvBatch::new();
-        let mut replies: Vec<(SocketAddr, Vec<u8>)> = Vec::with_capacity(mmsg::BATCH);
+        let mut replies = SendBatch::new();
         let fd = socket.as_raw_fd();
         loop {
             let n = match socket.async_io(Interest::READABLE, || batch.recv(fd)).await {
@@ -222,6 +265,7 @@ impl Server {
                     continue;
                 }
             };
+            let now = Instant::now();
             {
                 let zone = self.zone.read().unwrap_or_else(|e| e.into_inner());
                 for i in 0..n {
@@ -231,22 +275,29 @@ impl Server {
                     if !self.allow(peer.ip()) {
                         continue;
                     }
+                    if self.write_cached(packet, true, now, replies.buf()) {
+                        replies.commit(peer);
+                        continue;
+                    }
                     let (decision, limit) =
                         wire::decide_with_limit(&zone, packet, self.forwarding());
                     match decision {
                         Decision::Reply(m) => {
-                            replies.extend(wire::encode(&m, Some(limit)).map(|b| (peer, b)));
+                            if let Some(bytes) = wire::encode(&m, Some(limit)) {
+                                replies.push(peer, &bytes);
+                            }
                         }
                         Decision::Forward {
                             mut response,
                             query,
                         } => {
-                            // A cached answer goes out with the batch; only a
+                            // A cached answer to a chased CNAME (or a
+                            // reverse name) goes out with the batch; only a
                             // miss waits for an upstream, in its own task.
                             if self.answer_cached(&query, &mut response) {
-                                replies.extend(
-                                    wire::encode(&response, Some(limit)).map(|b| (peer, b)),
-                                );
+                                if let Some(bytes) = wire::encode(&response, Some(limit)) {
+                                    replies.push(peer, &bytes);
+                                }
                                 continue;
                             }
                             let (this, socket) = (self.clone(), socket.clone());
@@ -350,14 +401,14 @@ impl Limiter {
 
 /// Sends `replies` in `sendmmsg` batches while the socket takes them, the
 /// rest one by one (waiting for room).
-async fn send_all(socket: &UdpSocket, replies: &[(SocketAddr, Vec<u8>)]) {
+async fn send_all(socket: &UdpSocket, replies: &SendBatch) {
     let fd = socket.as_raw_fd();
     let mut sent = 0;
     while sent < replies.len() {
-        match socket.try_io(Interest::WRITABLE, || mmsg::send(fd, &replies[sent..])) {
+        match socket.try_io(Interest::WRITABLE, || replies.send(fd, sent)) {
             Ok(n) if n > 0 => sent += n,
             _ => {
-                let (to, bytes) = &replies[sent];
+                let (to, bytes) = replies.get(sent);
                 let _ = socket.send_to(bytes, to).await;
                 sent += 1;
             }

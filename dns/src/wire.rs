@@ -8,12 +8,15 @@ use hickory_proto::rr::{DNSClass, Record, RecordType};
 
 use crate::zone::{Answer, Zone};
 
+mod view;
+pub use view::{QueryView, MAX_KEY, OPT_LEN};
+
 /// UDP payload size assumed without EDNS (RFC 1035).
 pub const MIN_UDP_SIZE: usize = 512;
 /// Largest UDP payload we send whatever a client advertises.
 pub const MAX_UDP_SIZE: usize = 4096;
 /// UDP payload size we advertise in our OPT record (DNS flag day 2020).
-const ADVERTISED_UDP_SIZE: u16 = 1232;
+pub const ADVERTISED_UDP_SIZE: u16 = 1232;
 
 /// What to do with one received packet.
 #[derive(Debug)]
@@ -219,4 +222,4 @@ fn formerr_from_header(packet: &[u8]) -> Decision {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

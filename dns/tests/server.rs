@@ -318,6 +318,17 @@ async fn forwarding_caches_answers_and_falls_back_to_tcp() {
         "second query is a cache hit"
     );
     assert!(!second.metadata.authoritative);
+    // a hit answers the query as asked, over UDP and TCP: its id, its
+    // question's case (0x20), its EDNS
+    let mut asked = query("WwW.ExaMple.ORG.", RecordType::A, true);
+    asked[..2].copy_from_slice(&[0xab, 0xcd]);
+    for m in [udp_ask(udp, &asked).await, tcp_ask(tcp, &asked).await] {
+        assert_eq!(m.metadata.id, 0xabcd);
+        assert_eq!(m.queries[0].name().to_string(), "WwW.ExaMple.ORG.");
+        assert_eq!(m.answers, first.answers);
+        assert!(m.edns.is_some() && m.metadata.recursion_desired);
+    }
+    assert_eq!(seen.load(Ordering::SeqCst), 1, "still one upstream query");
 
     // negative answers are cached too
     let q = query("missing.example.", RecordType::A, false);

@@ -241,6 +241,10 @@ pub struct Results {
     pub upstream_during: usize,
     /// Answers `dig` checked before measuring.
     pub checked: usize,
+    /// The machine's load averages before the first round and after the
+    /// last (the machine may be shared: q/s falls with load for every
+    /// server alike, CPU per answer much less).
+    pub load: [String; 2],
 }
 
 pub fn run(opts: &Opts) -> Result<()> {
@@ -300,6 +304,7 @@ pub fn run(opts: &Opts) -> Result<()> {
         }
     }
     let upstream_before = upstream_queries(&up_log);
+    let load_before = crate::overlay::loadavg();
 
     let mut cluster = vec![Vec::new(); procs.len()];
     let mut external = vec![Vec::new(); procs.len()];
@@ -332,6 +337,7 @@ pub fn run(opts: &Opts) -> Result<()> {
         hwm_end,
         upstream_during,
         checked,
+        load: [load_before, crate::overlay::loadavg()],
     };
     report::emit(opts, &results)
 }

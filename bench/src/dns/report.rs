@@ -185,8 +185,9 @@ pub fn emit(opts: &Opts, r: &Results) -> Result<()> {
     }
     let _ = writeln!(
         table,
-        "upstream queries during the measured rounds: {} (external names all cached)",
-        r.upstream_during
+        "upstream queries during the measured rounds: {} (external names all cached)\n\
+         load average before the rounds {}, after {}",
+        r.upstream_during, r.load[0], r.load[1]
     );
     let servers_json = |vals: &[u64]| -> Value {
         r.servers
@@ -202,6 +203,8 @@ pub fn emit(opts: &Opts, r: &Results) -> Result<()> {
     });
     doc["upstream_queries_during_rounds"] = json!(r.upstream_during);
     doc["answers_checked_with_dig"] = json!(r.checked);
+    doc["loadavg_before"] = json!(r.load[0]);
+    doc["loadavg_after"] = json!(r.load[1]);
     doc["setup"] = json!({
         "services": SERVICES, "pods": PODS, "rounds": ROUNDS, "run_s": RUN.as_secs(),
         "paced_qps": PACED_QPS,

@@ -12,6 +12,8 @@ mod scale;
 mod throughput;
 mod udp;
 
+pub use throughput::loadavg;
+
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -1,7 +1,8 @@
 //! Fuzzes the DNS query path: any bytes as a client's packet through
 //! `wire::decide` against a zone with every kind of record and `encode`
 //! at the UDP and TCP limits; and the same bytes as an upstream's answer
-//! through `merge_upstream` and the forwarder's cache. Any panic is a bug.
+//! through `merge_upstream` and the forwarder's cache, and read in place
+//! as a query answered from that cache in wire form. Any panic is a bug.
 #![no_main]
 
 use std::collections::BTreeMap;
@@ -115,6 +116,14 @@ fuzz_target!(|data: &[u8]| {
                     let now = Instant::now();
                     cache.insert(&query, &upstream, now);
                     let _ = cache.get(&query, now + Duration::from_secs(1));
+                    // The same bytes as a query answered from the cache in
+                    // wire form, at its UDP size and at one too small.
+                    if let Some(view) = wire::QueryView::parse(data) {
+                        let mut out = Vec::new();
+                        let later = now + Duration::from_secs(1);
+                        let _ = cache.write(&view, later, view.udp_limit(), &mut out);
+                        let _ = cache.write(&view, later, 12, &mut out);
+                    }
                 } else {
                     let _ = wire::encode(&wire::servfail(response), Some(limit));
                 }

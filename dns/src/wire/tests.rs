@@ -143,7 +143,7 @@ fn malformed_packets_get_formerr_or_nothing() {
 }
 
 /// A small xorshift generator: reproducible noise without a dependency.
-fn next(state: &mut u64) -> u64 {
+pub(crate) fn next(state: &mut u64) -> u64 {
     *state ^= *state << 13;
     *state ^= *state >> 7;
     *state ^= *state << 17;

@@ -13,6 +13,7 @@ mod proxy;
 mod report;
 mod scheduler;
 mod stats;
+mod workloads;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -123,6 +124,16 @@ const BENCHES: &[Bench] = &[
         name: "scheduler",
         about: "scheduler throughput: 1,000 pending pods bound over 3 nodes on the embedded control plane",
         run: scheduler::run,
+    },
+    Bench {
+        name: "deployment",
+        about: "a Deployment of 100 replicas on a real node: apply -> all Running vs the same pods written directly",
+        run: workloads::run_deployment,
+    },
+    Bench {
+        name: "controller-memory",
+        about: "the controller manager's memory at 10,000 pods in 1,000 Deployments: the agent with controllers on vs off",
+        run: workloads::run_memory,
     },
     Bench {
         name: "overlay",

@@ -120,14 +120,14 @@ impl GarbageCollector {
                 }
             }
             Verdict::Release(uids) => {
-                let mut obj = obj;
-                if let Some(refs) = obj.meta_mut().owner_references.as_mut() {
-                    refs.retain(|r| !uids.contains(&r.uid));
-                }
-                self.cp
-                    .update(obj, None)
-                    .await
-                    .map_err(|e| Error::write(format!("drop gone owners of {key}"), e))?;
+                // The cached copy may be stripped: change the stored one.
+                crate::pods::update_fresh(self.cp.as_ref(), &obj, |o| {
+                    if let Some(refs) = o.meta_mut().owner_references.as_mut() {
+                        refs.retain(|r| !uids.contains(&r.uid));
+                    }
+                })
+                .await
+                .map_err(|e| Error::write(format!("drop gone owners of {key}"), e))?;
                 Ok(None)
             }
         }

@@ -1,7 +1,8 @@
 //! Informer caches: a [`Watcher`] per kind keeps a shared map of the
 //! objects current, and tells the controllers' handlers of every change
 //! (with the object's previous state) so they can queue keys. Controllers
-//! read the caches; they never write to them.
+//! read the caches; they never write to them, nor write what they read
+//! from them without reading it again (a cache may hold stripped objects).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -139,6 +140,14 @@ impl Informer {
                 synced: rx,
             },
         )
+    }
+
+    /// Passes every object through `f` before it is cached (see
+    /// [`Watcher::with_transform`]): the cache then holds what `f` keeps,
+    /// and nothing read from it may be written back whole.
+    pub fn with_transform(mut self, f: fn(&mut Object)) -> Informer {
+        self.watcher = self.watcher.with_transform(f);
+        self
     }
 
     /// Adds a handler of changes.

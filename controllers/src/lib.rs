@@ -22,6 +22,8 @@ pub mod queue;
 pub mod replicaset;
 pub mod scheduler;
 pub mod statefulset;
+#[cfg(test)]
+mod strip_tests;
 
 pub use manager::run;
 

@@ -53,7 +53,10 @@ pub async fn run_with(cp: Arc<dyn ControlPlane>, election: Config) {
 
 /// Starts informers and controllers; returns their tasks.
 pub fn start(cp: Arc<dyn ControlPlane>) -> Vec<JoinHandle<()>> {
-    let (mut pod_inf, pods) = Informer::new(cp.clone(), Kind::Pod);
+    // Pods are cached stripped to what the controllers and the scheduler
+    // read (most of the manager's memory is pods).
+    let (pod_inf, pods) = Informer::new(cp.clone(), Kind::Pod);
+    let mut pod_inf = pod_inf.with_transform(crate::pods::strip_pod);
     let (mut rs_inf, rss) = Informer::new(cp.clone(), Kind::ReplicaSet);
     let (mut d_inf, deps) = Informer::new(cp.clone(), Kind::Deployment);
     let (mut sts_inf, sets) = Informer::new(cp.clone(), Kind::StatefulSet);

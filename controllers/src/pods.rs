@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::hash::{BuildHasher, Hasher};
 
+use controlplane::watcher::KeepMeta;
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -179,9 +180,125 @@ pub fn time(now: Timestamp) -> Time {
     Time(now)
 }
 
+/// What the pod informer keeps of a pod's metadata: besides name,
+/// namespace and resourceVersion, what ownership, selection, ordering and
+/// termination read.
+const KEEP_META: KeepMeta = KeepMeta {
+    uid: true,
+    labels: true,
+    owner_references: true,
+    creation_timestamp: true,
+    deletion_timestamp: true,
+    finalizers: true,
+};
+
+/// The pod informer's watch transform: keeps exactly what the controllers
+/// and the scheduler read, so that the manager's caches of every pod in
+/// the cluster stay small. Kept: the metadata of [`KEEP_META`];
+/// `nodeName`, `schedulerName`, `nodeSelector`, affinity, tolerations,
+/// topology spread constraints, overhead, `hostname` and `subdomain`; per
+/// container and init container its name, resources, ports and
+/// `restartPolicy`; status phase, conditions, pod IPs, and per container
+/// status its name, readiness and restart count. Dropped: images,
+/// commands, environment, probes, volumes, annotations and the rest.
+///
+/// A stripped pod must never be written back (an update replaces spec and
+/// metadata): every write of a pod reads it from the store first
+/// ([`update_fresh`]).
+pub fn strip_pod(o: &mut controlplane::Object) {
+    use k8s_openapi::api::core::v1::{Container, ContainerStatus, PodSpec, PodStatus};
+    let controlplane::Object::Pod(pod) = o else {
+        return;
+    };
+    KEEP_META.strip(&mut pod.metadata);
+    let keep_container = |c: Container| Container {
+        name: c.name,
+        resources: c.resources,
+        ports: c.ports,
+        restart_policy: c.restart_policy,
+        ..Container::default()
+    };
+    pod.spec = pod.spec.take().map(|s| PodSpec {
+        node_name: s.node_name,
+        scheduler_name: s.scheduler_name,
+        node_selector: s.node_selector,
+        affinity: s.affinity,
+        tolerations: s.tolerations,
+        topology_spread_constraints: s.topology_spread_constraints,
+        overhead: s.overhead,
+        hostname: s.hostname,
+        subdomain: s.subdomain,
+        containers: s.containers.into_iter().map(keep_container).collect(),
+        init_containers: s
+            .init_containers
+            .map(|v| v.into_iter().map(keep_container).collect()),
+        ..PodSpec::default()
+    });
+    pod.status = pod.status.take().map(|s| PodStatus {
+        phase: s.phase,
+        conditions: s.conditions,
+        pod_ip: s.pod_ip,
+        pod_ips: s.pod_ips,
+        container_statuses: s.container_statuses.map(|v| {
+            v.into_iter()
+                .map(|c| ContainerStatus {
+                    name: c.name,
+                    ready: c.ready,
+                    restart_count: c.restart_count,
+                    ..ContainerStatus::default()
+                })
+                .collect()
+        }),
+        ..PodStatus::default()
+    });
+}
+
+/// Reads `cached`'s object from the store, applies `change` and writes it
+/// (spec and metadata), for writes decided on an informer's copy, which
+/// may be stripped ([`strip_pod`]) and must not be written itself. The
+/// store's object must still be at the cached resourceVersion (a conflict
+/// otherwise, as a write of the cached copy would have been: the caller
+/// decides again on fresher data).
+pub async fn update_fresh(
+    cp: &dyn controlplane::ControlPlane,
+    cached: &controlplane::Object,
+    change: impl FnOnce(&mut controlplane::Object),
+) -> controlplane::Result<controlplane::Object> {
+    let mut obj = fresh(cp, cached).await?;
+    change(&mut obj);
+    cp.update(obj, None).await
+}
+
+/// `cached`'s object as stored now, if it is still at the cached
+/// resourceVersion (else a conflict).
+pub async fn fresh(
+    cp: &dyn controlplane::ControlPlane,
+    cached: &controlplane::Object,
+) -> controlplane::Result<controlplane::Object> {
+    let key = controlplane::ObjectRef::of(cached);
+    let obj = cp.get(&key).await?;
+    let (want, have) = (
+        cached.meta().resource_version.as_deref(),
+        obj.meta().resource_version.as_deref(),
+    );
+    if want.is_some() && want != have {
+        return Err(controlplane::Error::Conflict {
+            kind: key.kind,
+            name: key.name,
+            reason: format!(
+                "the object has been modified (resourceVersion {} read, {} stored); please apply your changes to the latest version and try again",
+                want.unwrap_or_default(),
+                have.unwrap_or_default()
+            ),
+        });
+    }
+    Ok(obj)
+}
+
 /// Adopts the pods named `names` (of `pods`) for the controller `kind`
 /// (apps/v1) whose metadata is `owner`: each gets a controller reference,
-/// written with the read's resourceVersion as precondition.
+/// written to the stored pod with the cached resourceVersion as
+/// precondition.
 pub async fn adopt(
     cp: &dyn controlplane::ControlPlane,
     pods: &[Pod],
@@ -190,18 +307,21 @@ pub async fn adopt(
     owner: &ObjectMeta,
 ) -> crate::Result<()> {
     for name in names {
-        let Some(mut pod) = pods
+        let Some(pod) = pods
             .iter()
             .find(|p| p.metadata.name.as_ref() == Some(name))
             .cloned()
         else {
             continue;
         };
-        pod.metadata
-            .owner_references
-            .get_or_insert_with(Vec::new)
-            .push(controller_ref("apps/v1", kind, owner));
-        cp.update(controlplane::Object::from(pod), None).await?;
+        let owner_ref = controller_ref("apps/v1", kind, owner);
+        update_fresh(cp, &controlplane::Object::from(pod), |o| {
+            o.meta_mut()
+                .owner_references
+                .get_or_insert_with(Vec::new)
+                .push(owner_ref);
+        })
+        .await?;
         tracing::info!(owner = ?owner.name, pod = %name, "adopted");
     }
     Ok(())

@@ -224,11 +224,13 @@ impl ReplicaSetController {
         )
         .await?;
         for name in &plan.release {
-            if let Some(mut pod) = by_name(name) {
-                if let Some(refs) = pod.metadata.owner_references.as_mut() {
-                    refs.retain(|r| r.uid != uid);
-                }
-                self.cp.update(Object::from(pod), None).await?;
+            if let Some(pod) = by_name(name) {
+                podutil::update_fresh(self.cp.as_ref(), &Object::from(pod), |o| {
+                    if let Some(refs) = o.meta_mut().owner_references.as_mut() {
+                        refs.retain(|r| r.uid != uid);
+                    }
+                })
+                .await?;
                 tracing::info!(rs = %key, pod = %name, "released");
             }
         }

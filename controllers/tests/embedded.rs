@@ -398,3 +398,230 @@ async fn the_scheduler_spreads_a_deployment_and_says_why_a_pod_fits_nowhere() {
     manager.abort();
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The embedded store behind a check of every pod write: an update must
+/// carry the stored pod's containers, volumes and annotations, a status
+/// update its `hostIP`, `qosClass` and container statuses, which the
+/// controllers' pod cache drops. A write built from a cached (stripped)
+/// pod is recorded as a violation.
+struct Guard {
+    inner: Arc<dyn ControlPlane>,
+    violations: std::sync::Mutex<Vec<String>>,
+    pod_writes: std::sync::atomic::AtomicUsize,
+}
+
+impl Guard {
+    async fn check(&self, obj: &Object, status: bool) {
+        let Object::Pod(new) = obj else { return };
+        let key = ObjectRef::of(obj);
+        let Ok(Object::Pod(old)) = self.inner.get(&key).await else {
+            return;
+        };
+        self.pod_writes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // What the store holds and the write would change or drop.
+        let lost = if status {
+            let (a, b) = (
+                old.status.unwrap_or_default(),
+                new.status.clone().unwrap_or_default(),
+            );
+            ((a.host_ip.is_some() && a.host_ip != b.host_ip)
+                || (a.qos_class.is_some() && a.qos_class != b.qos_class)
+                || (a.container_statuses.is_some() && a.container_statuses != b.container_statuses))
+                .then_some("status")
+        } else {
+            let (a, b) = (
+                old.spec.unwrap_or_default(),
+                new.spec.clone().unwrap_or_default(),
+            );
+            (a.containers != b.containers
+                || a.volumes != b.volumes
+                || old.metadata.annotations != new.metadata.annotations)
+                .then_some("spec or annotations")
+        };
+        if let Some(what) = lost {
+            self.violations
+                .lock()
+                .unwrap()
+                .push(format!("{key}: a write would lose its {what}"));
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ControlPlane for Guard {
+    async fn get(&self, what: &ObjectRef) -> controlplane::Result<Object> {
+        self.inner.get(what).await
+    }
+    async fn list(&self, scope: &Scope) -> controlplane::Result<controlplane::ObjectList> {
+        self.inner.list(scope).await
+    }
+    async fn create(&self, obj: Object, ttl: Option<Duration>) -> controlplane::Result<Object> {
+        self.inner.create(obj, ttl).await
+    }
+    async fn update(&self, obj: Object, ttl: Option<Duration>) -> controlplane::Result<Object> {
+        self.check(&obj, false).await;
+        self.inner.update(obj, ttl).await
+    }
+    async fn update_status(&self, obj: Object) -> controlplane::Result<Object> {
+        self.check(&obj, true).await;
+        self.inner.update_status(obj).await
+    }
+    async fn delete(
+        &self,
+        what: &ObjectRef,
+        revision: Option<u64>,
+    ) -> controlplane::Result<Object> {
+        self.inner.delete(what, revision).await
+    }
+    async fn delete_with(
+        &self,
+        what: &ObjectRef,
+        opts: &controlplane::DeleteOptions,
+    ) -> controlplane::Result<Object> {
+        self.inner.delete_with(what, opts).await
+    }
+    async fn watch(
+        &self,
+        scope: &Scope,
+        revision: u64,
+    ) -> controlplane::Result<controlplane::Watch> {
+        self.inner.watch(scope, revision).await
+    }
+}
+
+/// A pod with what the controllers' cache drops (image, environment,
+/// volumes, annotations; hostIP, qosClass, container statuses).
+async fn rich_pod(
+    cp: &dyn ControlPlane,
+    name: &str,
+    labels: serde_json::Value,
+    extra: serde_json::Value,
+) {
+    let mut v = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default", "labels": labels,
+                     "annotations": {"keep": "me"}},
+        "spec": {"containers": [{"name": "c", "image": "busybox:1.36",
+                                 "env": [{"name": "A", "value": "b"}],
+                                 "volumeMounts": [{"name": "v", "mountPath": "/v"}],
+                                 "resources": {"requests": {"cpu": "100m"}}}],
+                 "volumes": [{"name": "v", "emptyDir": {}}]}});
+    if let (Some(m), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+        for (k, x) in e {
+            if let (Some(a), Some(b)) =
+                (m.get_mut(k).and_then(|a| a.as_object_mut()), x.as_object())
+            {
+                a.extend(b.clone());
+            }
+        }
+    }
+    let made = cp
+        .create(Object::from_value(v).unwrap(), None)
+        .await
+        .unwrap();
+    let mut s = made.to_value();
+    s["status"] = json!({"phase": "Pending", "qosClass": "Burstable", "hostIP": "192.0.2.9",
+        "containerStatuses": [{"name": "c", "image": "busybox:1.36", "imageID": "",
+                               "ready": false, "restartCount": 0}]});
+    cp.update_status(Object::from_value(s).unwrap())
+        .await
+        .unwrap();
+}
+
+/// Every write path of pods in the manager (adoption, release, the
+/// collector dropping a gone owner, binding, `PodScheduled: False`) writes
+/// the stored pod, never the stripped copy its cache holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_pod_write_is_built_from_the_stripped_cache() {
+    let (store, dir) = open().await;
+    let guard = Arc::new(Guard {
+        inner: store,
+        violations: Default::default(),
+        pod_writes: Default::default(),
+    });
+    let cp: Arc<dyn ControlPlane> = guard.clone();
+    let c = cp.as_ref();
+    ready_node(c, "n1").await;
+    // An orphan the ReplicaSet adopts; a pod with a gone owner beside a
+    // present one; a pod too big for any node.
+    rich_pod(c, "stray", json!({"app": "web"}), json!({})).await;
+    let rs = json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+                 "template": {"metadata": {"labels": {"app": "web"}},
+                              "spec": {"containers": [{"name": "c", "image": "busybox"}]}}}});
+    let rs = cp
+        .create(Object::from_value(rs).unwrap(), None)
+        .await
+        .unwrap();
+    let rs_uid = rs.meta().uid.clone().unwrap();
+    rich_pod(
+        c,
+        "two-owners",
+        json!({"app": "other"}),
+        json!({"metadata": {"ownerReferences": [
+            {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web", "uid": rs_uid},
+            {"apiVersion": "apps/v1", "kind": "Deployment", "name": "gone", "uid": "gone-uid"}]}}),
+    )
+    .await;
+    rich_pod(
+        c,
+        "big",
+        json!({"app": "big"}),
+        json!({"spec": {"containers": [{"name": "c", "image": "busybox:1.36",
+                        "resources": {"requests": {"cpu": "3"}}}]}}),
+    )
+    .await;
+    let manager = tokio::spawn(controllers::run(cp.clone(), "n1".into()));
+    let pod = |name: &'static str| async move {
+        c.get(&ObjectRef::new(Kind::Pod, "default", name))
+            .await
+            .unwrap()
+            .to_value()
+    };
+    until("stray adopted and bound", || async {
+        let p = pod("stray").await;
+        p["metadata"]["ownerReferences"][0]["uid"] == rs_uid.as_str()
+            && p["spec"]["nodeName"] == "n1"
+    })
+    .await;
+    until("the gone owner dropped", || async {
+        pod("two-owners").await["metadata"]["ownerReferences"]
+            .as_array()
+            .is_some_and(|r| r.len() == 1)
+    })
+    .await;
+    until("big marked unschedulable", || async {
+        pod("big").await["status"]["conditions"]
+            .as_array()
+            .is_some_and(|cs| cs.iter().any(|c| c["type"] == "PodScheduled"))
+    })
+    .await;
+    // The stray stops matching: released.
+    let mut v = pod("stray").await;
+    v["metadata"]["labels"] = json!({"app": "elsewhere"});
+    c.update(Object::from_value(v).unwrap(), None)
+        .await
+        .unwrap();
+    until("stray released", || async {
+        pod("stray").await["metadata"]["ownerReferences"]
+            .as_array()
+            .is_none_or(|r| r.is_empty())
+    })
+    .await;
+    manager.abort();
+    for name in ["stray", "two-owners", "big"] {
+        let p = pod(name).await;
+        assert_eq!(p["metadata"]["annotations"]["keep"], "me", "{name}: {p}");
+        assert_eq!(
+            p["spec"]["containers"][0]["image"], "busybox:1.36",
+            "{name}"
+        );
+        assert_eq!(p["status"]["hostIP"], "192.0.2.9", "{name}");
+    }
+    let v = guard.violations.lock().unwrap().clone();
+    assert!(v.is_empty(), "{v:#?}");
+    // Adoption, binding, the collector, PodScheduled and release, at least.
+    assert!(guard.pod_writes.load(std::sync::atomic::Ordering::Relaxed) >= 5);
+    let _ = std::fs::remove_dir_all(dir);
+}

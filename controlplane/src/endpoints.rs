@@ -396,15 +396,12 @@ pub fn merge_slices<'a>(
 /// and the `Ready` condition. `endpoints_for` gives the same result for
 /// the stripped pod as for the whole one.
 pub fn strip_for_endpoints(pod: &mut Pod) {
-    let meta = std::mem::take(&mut pod.metadata);
-    pod.metadata = ObjectMeta {
-        name: meta.name,
-        namespace: meta.namespace,
-        labels: meta.labels,
-        resource_version: meta.resource_version,
-        deletion_timestamp: meta.deletion_timestamp,
-        ..ObjectMeta::default()
+    let keep = crate::watcher::KeepMeta {
+        labels: true,
+        deletion_timestamp: true,
+        ..crate::watcher::KeepMeta::IDENTITY
     };
+    keep.strip(&mut pod.metadata);
     let named_ports = |c: Container| -> Option<Container> {
         let ports: Vec<ContainerPort> = c
             .ports

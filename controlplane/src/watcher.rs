@@ -10,8 +10,55 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
 use crate::api::{ControlPlane, ObjectRef, Scope, Watch, WatchEvent};
 use crate::objects::Object;
+
+/// What a watch transform keeps of an object's metadata beyond the
+/// identity the watcher needs (name, namespace, `resourceVersion`): each
+/// field set to `true` is kept, everything else (annotations, managed
+/// fields, generation...) is dropped. One place for every transform
+/// (DNS, network policy, the proxy, the controllers), so none forgets the
+/// identity.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeepMeta {
+    pub uid: bool,
+    pub labels: bool,
+    pub owner_references: bool,
+    pub creation_timestamp: bool,
+    pub deletion_timestamp: bool,
+    pub finalizers: bool,
+}
+
+impl KeepMeta {
+    /// Name, namespace and `resourceVersion` only.
+    pub const IDENTITY: KeepMeta = KeepMeta {
+        uid: false,
+        labels: false,
+        owner_references: false,
+        creation_timestamp: false,
+        deletion_timestamp: false,
+        finalizers: false,
+    };
+
+    /// Replaces `meta` with its identity and the fields chosen.
+    pub fn strip(self, meta: &mut ObjectMeta) {
+        let m = std::mem::take(meta);
+        *meta = ObjectMeta {
+            name: m.name,
+            namespace: m.namespace,
+            resource_version: m.resource_version,
+            uid: m.uid.filter(|_| self.uid),
+            labels: m.labels.filter(|_| self.labels),
+            owner_references: m.owner_references.filter(|_| self.owner_references),
+            creation_timestamp: m.creation_timestamp.filter(|_| self.creation_timestamp),
+            deletion_timestamp: m.deletion_timestamp.filter(|_| self.deletion_timestamp),
+            finalizers: m.finalizers.filter(|_| self.finalizers),
+            ..ObjectMeta::default()
+        };
+    }
+}
 
 /// What a watcher reports. (Events are moved straight to the consumer;
 /// boxing them would only add an allocation per event.)
@@ -305,6 +352,42 @@ mod tests {
         Object::from_value(json!({"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": name, "namespace": "default", "resourceVersion": rv.to_string()}}))
         .unwrap()
+    }
+
+    #[test]
+    fn keep_meta_keeps_the_identity_and_only_the_fields_chosen() {
+        let mut whole = ObjectMeta {
+            name: Some("p".into()),
+            namespace: Some("ns".into()),
+            resource_version: Some("7".into()),
+            uid: Some("u".into()),
+            labels: Some([("a".to_string(), "b".to_string())].into()),
+            annotations: Some([("big".to_string(), "x".repeat(100))].into()),
+            finalizers: Some(vec!["f".into()]),
+            generation: Some(3),
+            ..ObjectMeta::default()
+        };
+        let mut id = whole.clone();
+        KeepMeta::IDENTITY.strip(&mut id);
+        assert_eq!(
+            id,
+            ObjectMeta {
+                name: Some("p".into()),
+                namespace: Some("ns".into()),
+                resource_version: Some("7".into()),
+                ..ObjectMeta::default()
+            }
+        );
+        let keep = KeepMeta {
+            uid: true,
+            labels: true,
+            ..KeepMeta::IDENTITY
+        };
+        keep.strip(&mut whole);
+        assert_eq!(whole.uid.as_deref(), Some("u"));
+        assert!(whole.labels.is_some() && whole.resource_version.is_some());
+        assert!(whole.annotations.is_none() && whole.finalizers.is_none());
+        assert_eq!(whole.generation, None);
     }
 
     #[test]

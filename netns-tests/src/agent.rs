@@ -259,6 +259,14 @@ impl Agent {
         self.spawn()
     }
 
+    /// Stops the agent (SIGTERM) and starts it again on the same dirs with
+    /// other agent flags (a bench comparing parts on the same store).
+    pub fn restart_with(&mut self, agent_flags: Vec<String>) -> Result<()> {
+        self.terminate(Duration::from_secs(30))?;
+        self.agent_flags = agent_flags;
+        self.spawn()
+    }
+
     /// Runs `knode ARGS` against this agent.
     pub fn knode(&self, args: &[&str]) -> Result<Output> {
         self.knode_stdin(args, None)

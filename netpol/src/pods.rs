@@ -91,15 +91,12 @@ pub fn strip_pod(o: &mut controlplane::Object) {
     let controlplane::Object::Pod(pod) = o else {
         return;
     };
-    let meta = std::mem::take(&mut pod.metadata);
-    pod.metadata = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-        name: meta.name,
-        namespace: meta.namespace,
-        uid: meta.uid,
-        labels: meta.labels,
-        resource_version: meta.resource_version,
-        ..Default::default()
+    let keep = controlplane::watcher::KeepMeta {
+        uid: true,
+        labels: true,
+        ..controlplane::watcher::KeepMeta::IDENTITY
     };
+    keep.strip(&mut pod.metadata);
     let ports_only = |c: Container| Container {
         name: c.name,
         ports: c

@@ -57,6 +57,17 @@ fn finished(pod: &Pod) -> bool {
     )
 }
 
+/// Whether `pod` already says it fits nowhere, for this reason.
+fn says_unschedulable(pod: &Pod, why: &str) -> bool {
+    let conds = pod.status.as_ref().and_then(|s| s.conditions.as_ref());
+    conds.into_iter().flatten().any(|c| {
+        c.type_ == "PodScheduled"
+            && c.status == "False"
+            && c.reason.as_deref() == Some("Unschedulable")
+            && c.message.as_deref() == Some(why)
+    })
+}
+
 /// What one placed pod takes from its node.
 #[derive(Debug, Clone)]
 struct Placed {
@@ -290,12 +301,10 @@ impl Scheduler {
         tokio::spawn(async move {
             let _permit = permit;
             let uid = pod.metadata.uid.clone();
-            let mut r =
-                controlplane::api::bind_pod(cp.as_ref(), pod.clone(), uid.as_deref(), &node).await;
-            if r.as_ref().is_err_and(|e| e.is_conflict()) {
-                // Our copy was stale: read it again.
-                r = controlplane::api::bind(cp.as_ref(), &key, uid.as_deref(), &node).await;
-            }
+            // The cached pod is stripped: bind the stored one (read here,
+            // compare-and-set on what was read; the uid guards against a
+            // pod made again under the same name).
+            let r = controlplane::api::bind(cp.as_ref(), &key, uid.as_deref(), &node).await;
             match r {
                 Ok(_) => {
                     let msg = format!(
@@ -323,18 +332,20 @@ impl Scheduler {
     /// Sets `PodScheduled: False` with the reason, as kube-scheduler does
     /// (`kubectl describe` and `get` show it), unless it says so already.
     async fn mark_unschedulable(&self, pod: &Pod, why: &str) -> Result<()> {
-        let mut p = pod.clone();
-        let status = p.status.get_or_insert_with(Default::default);
-        let conds = status.conditions.get_or_insert_with(Vec::new);
-        let same = conds.iter().any(|c| {
-            c.type_ == "PodScheduled"
-                && c.status == "False"
-                && c.reason.as_deref() == Some("Unschedulable")
-                && c.message.as_deref() == Some(why)
-        });
-        if same {
+        if says_unschedulable(pod, why) {
             return Ok(());
         }
+        // The cached pod is stripped: change the stored one's status.
+        let cached = Object::from(pod.clone());
+        let key = ObjectRef::of(&cached);
+        let mut p = match crate::pods::fresh(self.cp.as_ref(), &cached).await {
+            Ok(Object::Pod(p)) => *p,
+            Ok(_) => return Ok(()),
+            Err(e) if e.is_not_found() || e.is_conflict() => return Ok(()),
+            Err(e) => return Err(Error::write(format!("read {key}"), e)),
+        };
+        let status = p.status.get_or_insert_with(Default::default);
+        let conds = status.conditions.get_or_insert_with(Vec::new);
         conds.retain(|c| c.type_ != "PodScheduled");
         conds.push(PodCondition {
             type_: "PodScheduled".into(),
@@ -347,7 +358,6 @@ impl Scheduler {
         if status.phase.is_none() {
             status.phase = Some("Pending".into());
         }
-        let key = ObjectRef::of(&Object::from(pod.clone()));
         match self.cp.update_status(Object::from(p)).await {
             Ok(_) => Ok(()),
             Err(e) if e.is_not_found() || e.is_conflict() => Ok(()),

@@ -447,13 +447,7 @@ pub fn strip_pod(o: &mut controlplane::Object) {
     let controlplane::Object::Pod(pod) = o else {
         return;
     };
-    let meta = std::mem::take(&mut pod.metadata);
-    pod.metadata = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-        name: meta.name,
-        namespace: meta.namespace,
-        resource_version: meta.resource_version,
-        ..Default::default()
-    };
+    controlplane::watcher::KeepMeta::IDENTITY.strip(&mut pod.metadata);
     pod.spec = pod
         .spec
         .take()

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use controlplane::api::WatchEvent;
 use controlplane::endpoints::{merge_slices, SliceEndpoints, SliceIndex, SERVICE_NAME_LABEL};
+use controlplane::watcher::KeepMeta;
 use controlplane::Object;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::view::{service_ports_of, with_endpoints, ServiceKey as Key, ServicePort};
 
@@ -128,18 +128,14 @@ pub fn strip_slice(o: &mut Object) {
     let Object::EndpointSlice(s) = o else {
         return;
     };
-    let meta = std::mem::take(&mut s.metadata);
-    s.metadata = ObjectMeta {
-        name: meta.name,
-        namespace: meta.namespace,
-        resource_version: meta.resource_version,
-        labels: meta.labels.map(|l| {
-            l.into_iter()
-                .filter(|(k, _)| k == SERVICE_NAME_LABEL)
-                .collect()
-        }),
-        ..ObjectMeta::default()
+    let keep = KeepMeta {
+        labels: true,
+        ..KeepMeta::IDENTITY
     };
+    keep.strip(&mut s.metadata);
+    if let Some(l) = s.metadata.labels.as_mut() {
+        l.retain(|k, _| k == SERVICE_NAME_LABEL);
+    }
     for ep in &mut s.endpoints {
         ep.hostname = None;
         ep.zone = None;
@@ -156,13 +152,7 @@ pub fn strip_service(o: &mut Object) {
     let Object::Service(s) = o else {
         return;
     };
-    let meta = std::mem::take(&mut s.metadata);
-    s.metadata = ObjectMeta {
-        name: meta.name,
-        namespace: meta.namespace,
-        resource_version: meta.resource_version,
-        ..ObjectMeta::default()
-    };
+    KeepMeta::IDENTITY.strip(&mut s.metadata);
     if let Some(spec) = &mut s.spec {
         spec.selector = None;
         spec.cluster_ips = None;

@@ -30,6 +30,8 @@ use crate::Opts;
 pub const FLIPS: usize = 30;
 /// The readiness probe's period.
 pub const PERIOD: Duration = Duration::from_secs(1);
+/// The readiness probe's timeout, in seconds.
+pub const PROBE_TIMEOUT_S: u64 = 10;
 /// Between two connect attempts.
 pub const POLL: Duration = Duration::from_millis(1);
 /// A connect attempt that has no answer in this long counts as failed.
@@ -149,7 +151,9 @@ pub fn manifest(image: &str) -> String {
             "ports": [{"containerPort": POD_PORT}],
             "readinessProbe": {
                 "exec": {"command": ["sh", "-c", probe]},
-                "periodSeconds": PERIOD.as_secs(), "timeoutSeconds": 1,
+                // A generous timeout: on a loaded machine a slow exec must
+                // not fail the probe unseen (only the command decides).
+                "periodSeconds": PERIOD.as_secs(), "timeoutSeconds": PROBE_TIMEOUT_S,
                 "successThreshold": 1, "failureThreshold": 1,
             },
         }]},
@@ -285,9 +289,11 @@ fn flip(root: &Path, addr: SocketAddr, dir: Dir, attempts: &mut usize) -> Result
         if dir == Dir::Up || probe.is_some() || i.is_multiple_of(10) {
             *attempts += 1;
             let c = connect(addr);
+            // A connect that timed out (a loaded machine) proves nothing
+            // either way.
             let done = match dir {
                 Dir::Up => c == Conn::Through,
-                Dir::Down => c != Conn::Through,
+                Dir::Down => c == Conn::Refused,
             };
             if done {
                 break t0.elapsed();

@@ -60,19 +60,20 @@ pub fn document(r: &Results) -> Value {
     doc["method"] = json!(format!(
         "one node (private containerd, a host network namespace, `knode agent` with the nftables \
          proxy, the default); a ClusterIP Service (port 80 -> 8080) over one busybox `httpd` pod \
-         whose exec readiness probe (period {} s, thresholds 1) passes while /tmp/ready exists and \
+         whose exec readiness probe (period {} s, timeout {} s, thresholds 1) passes while /tmp/ready exists and \
          appends a byte to /tmp/passes or /tmp/fails on each run. The toggle makes or removes \
          /tmp/ready through /proc/PID/root (an exact instant); the bench then stats the run \
          files and connects from a client network namespace (a veth into the node's, a route to \
          the ClusterIP only) to ClusterIP:80 every {} ms (50 ms connect timeout; a connection made \
          is reset at once). Up: toggle -> first connection through; down: toggle -> first \
-         refused, then {} ms more of connects, any that get through counted. 'probe run -> \
+         refused (a connect that timed out ends nothing), then {} ms more of connects, any that get through counted. 'probe run -> \
          traffic' starts when the run that saw the toggle was seen (its byte, polled every {} ms, \
          written at the end of the probe's command), so it is everything after the probe: the \
          exec's exit through containerd, the status write, the EndpointSlice, the proxy. Going \
          down, connects are tried every 10 ms until the failed run is seen. {} flips each way, \
          alternating, toggles spread over the probe's phase",
         PERIOD.as_secs(),
+        super::PROBE_TIMEOUT_S,
         POLL.as_millis(),
         AFTER.as_millis(),
         POLL.as_millis(),

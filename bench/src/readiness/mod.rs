@@ -182,6 +182,11 @@ fn client_ns(node: &Node, vip: Ipv4Addr) -> Result<TestNs> {
         "kncli0",
     ])?;
     node.host_sh(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+    // The proxy refuses a Service without endpoints with an ICMP port
+    // unreachable, which the kernel rate-limits per peer (a burst of 6,
+    // then one a second): the client's connects would mostly time out
+    // instead of being refused, one every CONNECT_TIMEOUT, not every POLL.
+    node.host_sh(&["sysctl", "-qw", "net.ipv4.icmp_ratelimit=0"])?;
     client.sh(&["ip", "route", "add", &format!("{vip}/32"), "via", CLIENT_GW])?;
     Ok(client)
 }

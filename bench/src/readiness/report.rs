@@ -64,7 +64,7 @@ pub fn document(r: &Results) -> Value {
          appends a byte to /tmp/passes or /tmp/fails on each run. The toggle makes or removes \
          /tmp/ready through /proc/PID/root (an exact instant); the bench then stats the run \
          files and connects from a client network namespace (a veth into the node's, a route to \
-         the ClusterIP only) to ClusterIP:80 every {} ms (50 ms connect timeout; a connection made \
+         the ClusterIP only; the node namespace's icmp_ratelimit 0, so every refusal arrives) to ClusterIP:80 every {} ms (50 ms connect timeout; a connection made \
          is reset at once). Up: toggle -> first connection through; down: toggle -> first \
          refused (a connect that timed out ends nothing), then {} ms more of connects, any that get through counted. 'probe run -> \
          traffic' starts when the run that saw the toggle was seen (its byte, polled every {} ms, \

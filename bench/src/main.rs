@@ -9,7 +9,9 @@ mod dns;
 mod netpol;
 mod overlay;
 mod pods;
+mod probes;
 mod proxy;
+mod readiness;
 mod report;
 mod scheduler;
 mod stats;
@@ -79,6 +81,16 @@ const BENCHES: &[Bench] = &[
         name: "pods",
         about: "pod start latency vs `ctr run -d`, churn of 100 pods with leak counts, agent memory",
         run: pods::run,
+    },
+    Bench {
+        name: "probes",
+        about: "CPU of 100 pods' httpGet/exec probes every 1 s (agent, containerd, shims) vs the same pods without probes",
+        run: probes::run,
+    },
+    Bench {
+        name: "readiness",
+        about: "readiness probe passes/fails -> ClusterIP sends/stops traffic (nftables proxy), p50/p99",
+        run: readiness::run,
     },
     Bench {
         name: "proxy",

@@ -12,7 +12,7 @@ mod report;
 
 use crate::controlplane::procfs;
 mod start;
-mod watch;
+pub(crate) mod watch;
 
 use std::future::Future;
 use std::path::Path;

@@ -285,6 +285,65 @@ pub async fn run(cp: Arc<dyn ControlPlane>, cfg: ProxyConfig, metrics: Arc<Metri
     }
 }
 
+/// How often the sync thread may sync: kube-proxy's BoundedFrequencyRunner,
+/// a token bucket of [`SyncLimit::BURST`] syncs refilled at one per min
+/// sync period. On average no more than one sync per period, but after a
+/// quiet spell two changes in quick succession (one pod ready just after
+/// another, or a readiness flip just after a sync) are both programmed at
+/// once instead of the second waiting out the period. A failed sync holds
+/// the next one back until its retry time.
+struct SyncLimit {
+    period: Duration,
+    tokens: f64,
+    at: Instant,
+    not_before: Option<Instant>,
+}
+
+impl SyncLimit {
+    const BURST: f64 = 2.0;
+
+    fn new(period: Duration, now: Instant) -> SyncLimit {
+        SyncLimit {
+            period,
+            tokens: Self::BURST,
+            at: now,
+            not_before: None,
+        }
+    }
+
+    fn tokens_at(&self, now: Instant) -> f64 {
+        if self.period.is_zero() {
+            return Self::BURST;
+        }
+        let refilled =
+            now.saturating_duration_since(self.at).as_secs_f64() / self.period.as_secs_f64();
+        (self.tokens + refilled).min(Self::BURST)
+    }
+
+    /// The earliest time a sync may start.
+    fn next_allowed(&self, now: Instant) -> Instant {
+        let tokens = self.tokens_at(now);
+        let by_rate = if tokens >= 1.0 {
+            now
+        } else {
+            now + self.period.mul_f64(1.0 - tokens)
+        };
+        self.not_before.map_or(by_rate, |t| t.max(by_rate))
+    }
+
+    /// A sync starts now.
+    fn take(&mut self, now: Instant) {
+        self.tokens = self.tokens_at(now) - 1.0;
+        self.at = now;
+        self.not_before = None;
+    }
+
+    /// The sync failed: none before `retry`.
+    fn back_off(&mut self, retry: Instant) {
+        self.not_before = Some(retry);
+    }
+}
+
 /// The sync thread: enters the namespace, builds the mode's engine, keeps
 /// the whole view from the controller's changes, then syncs whenever the
 /// view changed (no sooner than the min sync period after the
@@ -304,11 +363,11 @@ fn sync_thread(rx: &Mailbox, cfg: &ProxyConfig, metrics: &Metrics) -> Result<()>
     let mut changed: BTreeSet<ServiceKey> = BTreeSet::new();
     let mut queued: Option<Instant> = None;
     let mut last_sync: Option<Instant> = None;
-    let mut retry_after = cfg.min_sync_period;
+    let mut limit = SyncLimit::new(cfg.min_sync_period, Instant::now());
     let mut last_canary = Instant::now();
     loop {
         let now = Instant::now();
-        let earliest = last_sync.map_or(now, |t| t + retry_after);
+        let earliest = limit.next_allowed(now);
         let dirty = queued.is_some() || syncer.next_is_full();
         let wake = if dirty && view.is_some() {
             earliest
@@ -337,20 +396,20 @@ fn sync_thread(rx: &Mailbox, cfg: &ProxyConfig, metrics: &Metrics) -> Result<()>
         }
         let Some(view) = &view else { continue };
         let due = queued.is_some() || syncer.next_is_full();
-        if !due || last_sync.is_some_and(|t| now < t + retry_after) {
+        if !due || limit.next_allowed(now) > now {
             continue;
         }
+        limit.take(now);
         last_sync = Some(now);
         match syncer.sync_changed(view, &changed) {
             Ok(outcome) => {
                 changed.clear();
                 metrics.synced(&outcome, queued.take());
-                retry_after = cfg.min_sync_period;
                 tracing::debug!(full = outcome.full, written = outcome.chains_written, took = ?outcome.duration, "proxy: synced");
             }
             Err(e) => {
                 metrics.restore_failed();
-                retry_after = cfg.min_sync_period.max(Duration::from_secs(1));
+                limit.back_off(now + cfg.min_sync_period.max(Duration::from_secs(1)));
                 tracing::warn!(error = %e, "proxy: sync failed; retrying with a full sync");
             }
         }
@@ -360,6 +419,44 @@ fn sync_thread(rx: &Mailbox, cfg: &ProxyConfig, metrics: &Metrics) -> Result<()>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn syncs_come_two_at_once_then_one_per_period() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        let mut l = SyncLimit::new(s, t0);
+        assert_eq!(l.next_allowed(t0), t0);
+        l.take(t0);
+        // The burst: a second change right after is not held back.
+        let t1 = t0 + Duration::from_millis(100);
+        assert_eq!(l.next_allowed(t1), t1);
+        l.take(t1);
+        // The third waits until a token has refilled.
+        let t2 = t1 + Duration::from_millis(100);
+        let next = l.next_allowed(t2);
+        assert!(next > t2 && next <= t0 + s, "{:?}", next - t0);
+        l.take(next);
+        // Sustained: one per period.
+        let after = l.next_allowed(next);
+        assert!(after >= next + s.mul_f64(0.99), "{:?}", after - next);
+        // A quiet spell refills the burst, never beyond it.
+        let later = next + s * 10;
+        assert_eq!(l.next_allowed(later), later);
+        l.take(later);
+        l.take(later);
+        assert!(l.next_allowed(later) > later);
+        // A failure holds the next sync back until its retry time.
+        let mut l = SyncLimit::new(s, t0);
+        l.take(t0);
+        l.back_off(t0 + s * 3);
+        assert_eq!(l.next_allowed(t0 + s * 2), t0 + s * 3);
+        // No period (tests): never limited.
+        let mut l = SyncLimit::new(Duration::ZERO, t0);
+        for _ in 0..5 {
+            l.take(t0);
+        }
+        assert_eq!(l.next_allowed(t0), t0);
+    }
 
     fn changes(keys: &[&str], at: Instant) -> Desired {
         Desired {

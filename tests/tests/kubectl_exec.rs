@@ -265,13 +265,16 @@ fn kubectl_exec_runs_commands_in_this_nodes_pods() {
     child.wait().unwrap();
     wait_for(|| (procs() == 1).then_some(()));
 
-    // Nothing left behind: no FIFO dirs, no exec processes.
-    let left: Vec<_> = std::fs::read_dir(s.api.agent.run_dir().join("exec"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    assert!(left.is_empty(), "{left:?}");
+    // Nothing left behind: no FIFO dirs (removed once the exec is
+    // reaped, just after its process is gone), no exec processes.
+    let left = || -> Vec<_> {
+        std::fs::read_dir(s.api.agent.run_dir().join("exec"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect()
+    };
+    wait_for(|| left().is_empty().then_some(()));
     assert_eq!(procs(), 1);
 }
 

@@ -1,13 +1,16 @@
 //! The engine: the pods, namespaces and policies it was told of, which
 //! set elements each (pod, policy) pair contributes (counted, since
-//! several pairs can add one element), and the element changes not yet
-//! applied. A sync sends one transaction: the whole table when it must
-//! (first sync, after a failure, or when the table was replaced), else
-//! only element changes, plus the chains of policies that came or went.
-//! A pod's change costs one pass over the policies that can concern it;
-//! a policy's change one pass over the pods that can concern it.
+//! several pairs can add one element), the numbers it gave peer
+//! selectors, address-range sets, named-port rules and groups of pods,
+//! and the changes not yet applied. A sync sends one transaction: the
+//! whole table when it must (first sync, after a failure, or when the
+//! table was replaced), else element changes, plus the chains of the
+//! policies and groups that came or went. A pod's change costs one pass
+//! over the policies that can concern it; a policy's change one pass over
+//! the pods that can concern it.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::Hash;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,16 +19,19 @@ use hostnet::nftables::{Batch, Canary, Elem, NfTables, OwnedTable, Value};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
-use crate::compile::{compile, Compiled, Direction};
-use crate::pods::{own_elements, policy_elements, ElemKey, Labels, PodInfo};
-use crate::ruleset::{self, set_named, table, NodeConfig};
+use crate::compile::{compile, Compiled, Direction, Namespaces, PodPeer};
+use crate::pods::{own_elements, policy_elements, selects, ElemKey, Labels, PodInfo};
+use crate::ruleset::{self, set_named, table, GroupForm, NodeConfig, Policy, RuleRefs};
 use crate::Result;
 
 /// (namespace, name).
 pub type Key = (String, String);
 
-/// The contributions of one pod: by policy id ("" for its own).
-type Contributions = HashMap<String, Vec<ElemKey>>;
+/// A policy's id.
+type Id = Arc<str>;
+
+/// The contributions of one pod: by policy id (`None` for its own).
+type Contributions = HashMap<Option<Id>, Vec<ElemKey>>;
 
 /// What one sync did.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -37,11 +43,68 @@ pub struct SyncOutcome {
     /// Policies whose chains were created or deleted.
     pub policies_added: usize,
     pub policies_removed: usize,
+    /// Groups of pods whose map elements (and chains) were created or
+    /// deleted.
+    pub groups_added: usize,
+    pub groups_removed: usize,
     /// Whether anything was sent.
     pub applied: bool,
     pub duration: Duration,
     /// Of which sending the transaction (encoding and the kernel).
     pub apply: Duration,
+}
+
+/// Numbers given by content and counted: a number stays while something
+/// uses it and until the next sync (so a policy removed and added back
+/// before it gets the numbers its chains in the kernel already hold).
+struct Numbered<K> {
+    by_key: HashMap<K, (u32, usize)>,
+}
+
+impl<K: Hash + Eq + Clone> Numbered<K> {
+    fn new() -> Self {
+        Numbered {
+            by_key: HashMap::new(),
+        }
+    }
+
+    fn acquire(&mut self, key: &K, next: &mut u32) -> u32 {
+        let e = self.by_key.entry(key.clone()).or_insert_with(|| {
+            *next += 1;
+            (*next, 0)
+        });
+        e.1 += 1;
+        e.0
+    }
+
+    fn release(&mut self, key: &K) {
+        if let Some(e) = self.by_key.get_mut(key) {
+            e.1 = e.1.saturating_sub(1);
+        }
+    }
+
+    /// Forgets the unused numbers; returns them.
+    fn purge(&mut self) -> Vec<(K, u32)> {
+        let gone: Vec<(K, u32)> = self
+            .by_key
+            .iter()
+            .filter(|(_, (_, refs))| *refs == 0)
+            .map(|(k, (n, _))| (k.clone(), *n))
+            .collect();
+        for (k, _) in &gone {
+            self.by_key.remove(k);
+        }
+        gone
+    }
+}
+
+/// The address ranges of a rule.
+type Ranges = Vec<(Ipv4Addr, Ipv4Addr)>;
+
+/// A group: the local pods selected by the same policies.
+struct Group {
+    members: Vec<Id>,
+    pods: usize,
 }
 
 /// The policy engine of one node.
@@ -52,26 +115,38 @@ pub struct Engine {
     /// namespace -> names of its pods.
     by_namespace: HashMap<String, BTreeSet<String>>,
     namespaces: HashMap<String, Labels>,
-    policies: BTreeMap<Key, Arc<Compiled>>,
+    policies: BTreeMap<Key, Arc<Policy>>,
+    by_id: HashMap<Id, Arc<Policy>>,
     contributions: HashMap<Key, Contributions>,
+    /// Local pods: the ids of the policies that select them.
+    selected_by: HashMap<Key, BTreeSet<Id>>,
     /// Per element (set, key): each value contributed, with its count,
     /// the latest last (sets have one, `None`). The kernel holds the
     /// latest: two pods sharing an address for a moment (one deleted, its
     /// address already reused) never make a map key ambiguous.
     counts: HashMap<Slot, Vec<(Option<Value>, u32)>>,
-    /// Element changes since the last apply: true adds, false deletes.
     /// Elements changed since the last apply, with what the kernel held
     /// then (`None`: nothing).
     pending: HashMap<Slot, Option<Option<Value>>>,
-    added: Vec<Arc<Compiled>>,
-    removed: Vec<Arc<Compiled>>,
+    added: Vec<Arc<Policy>>,
+    removed: Vec<Arc<Policy>>,
     /// Addresses the kubelet reported before the pod's status had them:
     /// key -> (uid, address).
     gated: HashMap<Key, (String, Ipv4Addr)>,
-    /// Namespace -> its number in the maps (never reused).
-    ns_numbers: HashMap<String, u32>,
-    /// The namespace chains the kernel holds.
-    ns_chains: HashSet<(String, Direction)>,
+    /// The last number given (selectors, address ranges, named-port
+    /// rules and groups share it; none is reused).
+    last_number: u32,
+    selectors: Numbered<String>,
+    named: Numbered<String>,
+    cidrs: Numbered<Ranges>,
+    /// The address-range sets the kernel holds, by number.
+    kernel_cidrs: HashMap<u32, Ranges>,
+    groups: HashMap<u32, Group>,
+    group_numbers: HashMap<Vec<Id>, u32>,
+    /// Local pods' group numbers (absent: 0, no policy).
+    pod_group: HashMap<Key, u32>,
+    /// The groups the kernel holds: (egress, ingress) forms.
+    kernel_groups: HashMap<u32, [GroupForm; 2]>,
     table: OwnedTable,
 }
 
@@ -79,6 +154,18 @@ fn empty_labels() -> &'static Labels {
     static EMPTY: std::sync::OnceLock<Labels> = std::sync::OnceLock::new();
     EMPTY.get_or_init(Labels::new)
 }
+
+/// What makes two pod peers the same selector: where, and which pods.
+fn selector_key(peer: &PodPeer, policy_ns: &str) -> String {
+    let json = |s| serde_json::to_string(s).unwrap_or_default();
+    let pods = peer.pods.as_ref().map_or("*".to_string(), json);
+    match &peer.namespaces {
+        Namespaces::Own => format!("own {policy_ns} {pods}"),
+        Namespaces::Matching(sel) => format!("ns {} {pods}", json(sel)),
+    }
+}
+
+const DIRECTIONS: [Direction; 2] = [Direction::Egress, Direction::Ingress];
 
 impl Engine {
     /// An engine writing through `nft` for `node`; the first sync is full.
@@ -90,14 +177,23 @@ impl Engine {
             by_namespace: HashMap::new(),
             namespaces: HashMap::new(),
             policies: BTreeMap::new(),
+            by_id: HashMap::new(),
             contributions: HashMap::new(),
+            selected_by: HashMap::new(),
             counts: HashMap::new(),
             pending: HashMap::new(),
             added: Vec::new(),
             removed: Vec::new(),
             gated: HashMap::new(),
-            ns_numbers: HashMap::new(),
-            ns_chains: HashSet::new(),
+            last_number: 0,
+            selectors: Numbered::new(),
+            named: Numbered::new(),
+            cidrs: Numbered::new(),
+            kernel_cidrs: HashMap::new(),
+            groups: HashMap::new(),
+            group_numbers: HashMap::new(),
+            pod_group: HashMap::new(),
+            kernel_groups: HashMap::new(),
             table: OwnedTable::new(table()),
         }
     }
@@ -116,11 +212,12 @@ impl Engine {
         if before.as_ref() == self.namespaces.get(name) {
             return;
         }
-        // Only namespace selectors read namespace labels.
-        let policies: Vec<Arc<Compiled>> = self
+        // Only namespace selectors read namespace labels; they decide
+        // peers, never which pods a policy selects.
+        let policies: Vec<Arc<Policy>> = self
             .policies
             .values()
-            .filter(|p| !p.peer_namespaces.is_empty())
+            .filter(|p| !p.compiled.peer_namespaces.is_empty())
             .cloned()
             .collect();
         let names: Vec<String> = self
@@ -131,7 +228,7 @@ impl Engine {
         for pod in names {
             let key = (name.to_string(), pod);
             for p in &policies {
-                self.recompute(&key, Some(p));
+                self.recompute(&key, p);
             }
         }
     }
@@ -168,6 +265,10 @@ impl Engine {
             {
                 self.release(elems);
             }
+            self.selected_by.remove(&key);
+            if let Some(g) = self.pod_group.remove(&key) {
+                self.leave_group(g);
+            }
             return;
         };
         self.by_namespace
@@ -175,17 +276,17 @@ impl Engine {
             .or_default()
             .insert(key.1.clone());
         self.pods.insert(key.clone(), info);
-        self.recompute(&key, None);
         let labels = self.namespaces.get(&key.0).unwrap_or(empty_labels());
-        let policies: Vec<Arc<Compiled>> = self
+        let policies: Vec<Arc<Policy>> = self
             .policies
             .values()
-            .filter(|p| p.concerns(&key.0, labels))
+            .filter(|p| p.compiled.concerns(&key.0, labels))
             .cloned()
             .collect();
         for p in &policies {
-            self.recompute(&key, Some(p));
+            self.recompute(&key, p);
         }
+        self.regroup(&key, true);
     }
 
     /// The kubelet's report: `pod` has address `ip` (its status may not
@@ -202,61 +303,214 @@ impl Engine {
 
     /// Records policy `key` (`None`: it is gone).
     pub fn set_policy(&mut self, key: Key, np: Option<&NetworkPolicy>) {
-        let compiled = np.map(|np| Arc::new(compile(np)));
+        let compiled = np.map(compile);
         let old = self.policies.get(&key).cloned();
-        if old.as_ref().map(|p| &p.id) == compiled.as_ref().map(|p| &p.id) {
+        if old.as_ref().map(|p| p.id()) == compiled.as_ref().map(|p| p.id.as_str()) {
             return;
         }
         if let Some(old) = old {
             self.policies.remove(&key);
+            let id: Id = Arc::from(old.id());
+            self.by_id.remove(&id);
             let pods: Vec<Key> = self.contributions.keys().cloned().collect();
             for pod in pods {
                 let elems = self
                     .contributions
                     .get_mut(&pod)
-                    .and_then(|c| c.remove(&old.id));
+                    .and_then(|c| c.remove(&Some(Arc::clone(&id))));
                 if let Some(elems) = elems {
                     self.release(elems);
                 }
             }
+            let selected: Vec<Key> = self
+                .selected_by
+                .iter()
+                .filter(|(_, ids)| ids.contains(&id))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for pod in selected {
+                if let Some(ids) = self.selected_by.get_mut(&pod) {
+                    ids.remove(&id);
+                }
+                self.regroup(&pod, false);
+            }
+            self.release_numbers(&old);
             self.removed.push(old);
         }
-        let Some(p) = compiled else { return };
-        self.ns_number(&p.namespace);
+        let Some(c) = compiled else { return };
+        let p = Arc::new(self.number_policy(c));
         self.policies.insert(key, Arc::clone(&p));
+        self.by_id.insert(Arc::from(p.id()), Arc::clone(&p));
         self.added.push(Arc::clone(&p));
         let candidates: Vec<Key> = self
             .by_namespace
             .iter()
             .filter(|(ns, _)| {
                 let labels = self.namespaces.get(*ns).unwrap_or(empty_labels());
-                p.concerns(ns, labels)
+                p.compiled.concerns(ns, labels)
             })
             .flat_map(|(ns, names)| names.iter().map(|n| (ns.clone(), n.clone())))
             .collect();
         for pod in candidates {
-            self.recompute(&pod, Some(&p));
+            if self.recompute(&pod, &p) {
+                self.regroup(&pod, false);
+            }
         }
     }
 
-    /// Recomputes what pod `key` contributes to policy `p` (its own
-    /// elements with `None`).
-    fn recompute(&mut self, key: &Key, p: Option<&Arc<Compiled>>) {
-        let n = self.ns_number(&key.0);
-        let Some(pod) = self.pods.get(key) else {
-            return;
+    /// Gives compiled policy `c`'s rules their numbers.
+    fn number_policy(&mut self, c: Compiled) -> Policy {
+        let refs = |d: Direction, this: &mut Engine| -> Vec<RuleRefs> {
+            let Some(rules) = c.rules(d) else {
+                return Vec::new();
+            };
+            rules
+                .iter()
+                .enumerate()
+                .map(|(i, rule)| {
+                    let mut r = RuleRefs::default();
+                    if let Some(peers) = &rule.peers {
+                        for pp in &peers.pods {
+                            let k = selector_key(pp, &c.namespace);
+                            r.selectors
+                                .push(this.selectors.acquire(&k, &mut this.last_number));
+                        }
+                        if !peers.cidrs.is_empty() {
+                            r.cidrs = Some(this.cidrs.acquire(&peers.cidrs, &mut this.last_number));
+                        }
+                    }
+                    if rule.ports.as_ref().is_some_and(|p| !p.named.is_empty()) {
+                        let k = format!("{}/{}{i}", c.id, d.short());
+                        r.named = Some(this.named.acquire(&k, &mut this.last_number));
+                    }
+                    r
+                })
+                .collect()
         };
-        let new = match p {
-            None => own_elements(pod, n),
-            Some(p) => {
-                let ns = self
-                    .namespaces
-                    .get(&pod.namespace)
-                    .unwrap_or(empty_labels());
-                policy_elements(p, pod, ns)
+        let ingress = refs(Direction::Ingress, self);
+        let egress = refs(Direction::Egress, self);
+        Policy {
+            compiled: c,
+            ingress,
+            egress,
+        }
+    }
+
+    /// Drops policy `p`'s hold on its numbers.
+    fn release_numbers(&mut self, p: &Policy) {
+        let c = &p.compiled;
+        for d in DIRECTIONS {
+            let Some(rules) = c.rules(d) else { continue };
+            for (i, rule) in rules.iter().enumerate() {
+                if let Some(peers) = &rule.peers {
+                    for pp in &peers.pods {
+                        self.selectors.release(&selector_key(pp, &c.namespace));
+                    }
+                    if !peers.cidrs.is_empty() {
+                        self.cidrs.release(&peers.cidrs);
+                    }
+                }
+                if rule.ports.as_ref().is_some_and(|p| !p.named.is_empty()) {
+                    self.named.release(&format!("{}/{}{i}", c.id, d.short()));
+                }
+            }
+        }
+    }
+
+    /// Recomputes what pod `key` contributes to policy `p`; returns
+    /// whether `p` started or stopped selecting it.
+    fn recompute(&mut self, key: &Key, p: &Arc<Policy>) -> bool {
+        let Some(pod) = self.pods.get(key) else {
+            return false;
+        };
+        let selected = selects(&p.compiled, pod);
+        let ns = self
+            .namespaces
+            .get(&pod.namespace)
+            .unwrap_or(empty_labels());
+        let new = policy_elements(p, pod, ns, selected);
+        let id: Id = Arc::from(p.id());
+        let was = self
+            .selected_by
+            .get(key)
+            .is_some_and(|ids| ids.contains(&id));
+        if selected != was {
+            let ids = self.selected_by.entry(key.clone()).or_default();
+            if selected {
+                ids.insert(Arc::clone(&id));
+            } else {
+                ids.remove(&id);
+                if ids.is_empty() {
+                    self.selected_by.remove(key);
+                }
+            }
+        }
+        self.contribute(key, Some(id), new);
+        selected != was
+    }
+
+    /// Puts pod `key` in the group of the policies that select it (after
+    /// they changed, or `always` when the pod did) and rewrites its own
+    /// elements.
+    fn regroup(&mut self, key: &Key, always: bool) {
+        let members: Vec<Id> = self
+            .selected_by
+            .get(key)
+            .map(|ids| ids.iter().cloned().collect())
+            .unwrap_or_default();
+        let old = self.pod_group.get(key).copied().unwrap_or(0);
+        let new = if members.is_empty() {
+            0
+        } else {
+            self.join_group(members)
+        };
+        if new == 0 {
+            self.pod_group.remove(key);
+        } else {
+            self.pod_group.insert(key.clone(), new);
+        }
+        if old != 0 {
+            self.leave_group(old);
+        }
+        if old == new && !always {
+            return;
+        }
+        let own = self
+            .pods
+            .get(key)
+            .map(|pod| own_elements(pod, new))
+            .unwrap_or_default();
+        self.contribute(key, None, own);
+    }
+
+    /// The number of the group of `members` (sorted), counting one more
+    /// pod in it.
+    fn join_group(&mut self, members: Vec<Id>) -> u32 {
+        let n = match self.group_numbers.get(&members) {
+            Some(n) => *n,
+            None => {
+                self.last_number += 1;
+                let n = self.last_number;
+                self.group_numbers.insert(members.clone(), n);
+                self.groups.insert(n, Group { members, pods: 0 });
+                n
             }
         };
-        let id = p.map_or(String::new(), |p| p.id.clone());
+        if let Some(g) = self.groups.get_mut(&n) {
+            g.pods += 1;
+        }
+        n
+    }
+
+    /// One pod fewer in group `n` (forgotten at the next sync when empty).
+    fn leave_group(&mut self, n: u32) {
+        if let Some(g) = self.groups.get_mut(&n) {
+            g.pods = g.pods.saturating_sub(1);
+        }
+    }
+
+    /// Replaces what pod `key` contributes for `id` with `new`.
+    fn contribute(&mut self, key: &Key, id: Option<Id>, new: Vec<ElemKey>) {
         let entry = self.contributions.entry(key.clone()).or_default();
         let old = if new.is_empty() {
             entry.remove(&id)
@@ -290,33 +544,6 @@ impl Engine {
             .get(slot)
             .and_then(|v| v.last())
             .map(|(d, _)| d.clone())
-    }
-
-    /// Namespace `ns`'s number, given on first use.
-    fn ns_number(&mut self, ns: &str) -> u32 {
-        if let Some(n) = self.ns_numbers.get(ns) {
-            return *n;
-        }
-        let n = self.ns_numbers.len() as u32 + 1;
-        self.ns_numbers.insert(ns.to_string(), n);
-        n
-    }
-
-    /// The policies of namespace `ns`, by name.
-    fn policies_in<'a>(&'a self, ns: &'a str) -> impl Iterator<Item = &'a Compiled> + 'a {
-        self.policies
-            .range((ns.to_string(), String::new())..)
-            .take_while(move |((n, _), _)| n == ns)
-            .map(|(_, p)| p.as_ref())
-    }
-
-    /// Writes namespace `ns`'s chain of direction `d` into `b` (`full`:
-    /// none exists yet); returns whether the chain is left in the kernel.
-    fn namespace_chain(&self, b: &mut Batch, ns: &str, d: Direction, full: bool) -> bool {
-        let n = self.ns_numbers.get(ns).copied().unwrap_or_default();
-        let existed = !full && self.ns_chains.contains(&(ns.to_string(), d));
-        ruleset::namespace(b, ns, n, d, existed, self.policies_in(ns));
-        self.policies_in(ns).any(|p| p.rules(d).is_some())
     }
 
     /// Drops one count of each of `elems`.
@@ -364,8 +591,14 @@ impl Engine {
                 .pending
                 .iter()
                 .any(|(slot, before)| *before != self.effective(slot))
-            || !self.added.is_empty()
-            || !self.removed.is_empty()
+            || {
+                let (added, removed) = self.changed_policies();
+                !added.is_empty() || !removed.is_empty()
+            }
+            || self
+                .groups
+                .iter()
+                .any(|(n, g)| (g.pods > 0) != self.kernel_groups.contains_key(n))
     }
 
     /// Whether the table is the one the last full sync built; if not
@@ -412,25 +645,22 @@ impl Engine {
     pub fn sync(&mut self) -> Result<SyncOutcome> {
         let start = Instant::now();
         let full = self.table.need_full();
-        let (batch, outcome) = if full {
+        let (batch, outcome, kernel) = if full {
             self.full_batch()
         } else {
             self.partial_batch()
         };
-        let (batch, ns_chains) = batch;
         let sent = Instant::now();
         let applied = self.table.apply(self.nft.as_ref(), &batch, full)?;
         let apply = sent.elapsed();
-        if full {
-            self.ns_chains.clear();
-        }
-        for (ns, d, kept) in ns_chains {
-            if kept {
-                self.ns_chains.insert((ns, d));
-            } else {
-                self.ns_chains.remove(&(ns, d));
-            }
-        }
+        self.kernel_groups = kernel.groups;
+        self.kernel_cidrs = kernel.cidrs;
+        self.groups.retain(|_, g| g.pods > 0);
+        let groups = &self.groups;
+        self.group_numbers.retain(|_, n| groups.contains_key(n));
+        self.selectors.purge();
+        self.named.purge();
+        self.cidrs.purge();
         self.pending.clear();
         self.added.clear();
         self.removed.clear();
@@ -443,26 +673,71 @@ impl Engine {
         })
     }
 
-    fn full_batch(&self) -> ((Batch, NsChanges), SyncOutcome) {
+    /// The policies added and removed since the last sync. A policy
+    /// removed and added back with the same spec is still in the kernel
+    /// as it was (it got the same numbers): neither.
+    fn changed_policies(&self) -> (Vec<&Policy>, Vec<&Policy>) {
+        let added = self
+            .added
+            .iter()
+            .filter(|p| !self.removed.iter().any(|r| r == *p))
+            .map(|p| p.as_ref())
+            .collect();
+        let removed = self
+            .removed
+            .iter()
+            .filter(|p| !self.added.iter().any(|a| a == *p))
+            .map(|p| p.as_ref())
+            .collect();
+        (added, removed)
+    }
+
+    /// The address-range sets in use, by number.
+    fn live_cidrs(&self) -> HashMap<u32, Ranges> {
+        self.cidrs
+            .by_key
+            .iter()
+            .filter(|(_, (_, refs))| *refs > 0)
+            .map(|(r, (n, _))| (*n, r.clone()))
+            .collect()
+    }
+
+    /// Writes group `n` (both directions) into `b`.
+    fn add_group(&self, b: &mut Batch, n: u32, g: &Group) -> [GroupForm; 2] {
+        DIRECTIONS.map(|d| {
+            let ids: Vec<&str> = g
+                .members
+                .iter()
+                .filter(|id| {
+                    self.by_id
+                        .get(*id)
+                        .is_some_and(|p| p.compiled.rules(d).is_some())
+                })
+                .map(|id| id.as_ref())
+                .collect();
+            ruleset::add_group(b, n, d, &ids)
+        })
+    }
+
+    fn full_batch(&self) -> (Batch, SyncOutcome, Kernel) {
         let mut b = Batch::new();
         ruleset::skeleton(&mut b, &self.node);
+        let cidrs = self.live_cidrs();
+        for (n, ranges) in &cidrs {
+            ruleset::add_cidr_set(&mut b, *n, ranges);
+        }
         for p in self.policies.values() {
             ruleset::add_policy(&mut b, p);
         }
-        let namespaces: BTreeSet<&str> = self.policies.keys().map(|(ns, _)| ns.as_str()).collect();
-        let mut ns_chains = Vec::new();
-        for ns in namespaces {
-            for d in [Direction::Egress, Direction::Ingress] {
-                if self.namespace_chain(&mut b, ns, d, true) {
-                    ns_chains.push((ns.to_string(), d, true));
-                }
-            }
+        let mut groups = HashMap::new();
+        for (n, g) in self.groups.iter().filter(|(_, g)| g.pods > 0) {
+            groups.insert(*n, self.add_group(&mut b, *n, g));
         }
         let mut by_set: BTreeMap<&str, Vec<Elem>> = BTreeMap::new();
         for ((set, key), values) in &self.counts {
             if let Some((data, _)) = values.last() {
                 by_set
-                    .entry(set.as_str())
+                    .entry(set)
                     .or_default()
                     .push(elem(key, data.as_ref()));
             }
@@ -475,72 +750,49 @@ impl Engine {
             full: true,
             elements: self.counts.len(),
             policies_added: self.policies.len(),
+            groups_added: groups.len(),
             ..SyncOutcome::default()
         };
-        ((b, ns_chains), outcome)
+        (b, outcome, Kernel { groups, cidrs })
     }
 
-    fn partial_batch(&self) -> ((Batch, NsChanges), SyncOutcome) {
+    fn partial_batch(&self) -> (Batch, SyncOutcome, Kernel) {
         let mut b = Batch::new();
         let t = table();
-        let added_ids: HashSet<&str> = self.added.iter().map(|p| p.id.as_str()).collect();
-        let removed_ids: HashSet<&str> = self.removed.iter().map(|p| p.id.as_str()).collect();
-        // A policy removed and added back with the same spec between two
-        // syncs is still in the kernel as it was.
-        let added: Vec<&Compiled> = self
-            .added
-            .iter()
-            .filter(|p| !removed_ids.contains(p.id.as_str()))
-            .map(|p| p.as_ref())
-            .collect();
-        let removed: Vec<&Compiled> = self
-            .removed
-            .iter()
-            .filter(|p| !added_ids.contains(p.id.as_str()))
-            .map(|p| p.as_ref())
-            .collect();
+        let (added, removed) = self.changed_policies();
+        // New address-range sets, then new policy chains, then new groups
+        // (their map elements jump to the chains).
+        let live = self.live_cidrs();
+        for (n, ranges) in &live {
+            if !self.kernel_cidrs.contains_key(n) {
+                ruleset::add_cidr_set(&mut b, *n, ranges);
+            }
+        }
         for p in &added {
             ruleset::add_policy(&mut b, p);
         }
-        // The namespace chains of the directions whose policies came or went.
-        let touched: BTreeSet<(&str, Direction)> = added
-            .iter()
-            .chain(removed.iter())
-            .flat_map(|p| {
-                [Direction::Egress, Direction::Ingress]
-                    .into_iter()
-                    .filter(|d| p.rules(*d).is_some())
-                    .map(|d| (p.namespace.as_str(), d))
-            })
-            .collect();
-        let mut ns_chains = Vec::new();
-        for (ns, d) in touched {
-            let kept = self.namespace_chain(&mut b, ns, d, false);
-            ns_chains.push((ns.to_string(), d, kept));
+        let mut groups = self.kernel_groups.clone();
+        let mut groups_added = 0;
+        for (n, g) in &self.groups {
+            if g.pods > 0 && !groups.contains_key(n) {
+                groups.insert(*n, self.add_group(&mut b, *n, g));
+                groups_added += 1;
+            }
         }
-        let gone: HashSet<String> = removed
-            .iter()
-            .flat_map(|p| ruleset::policy_sets(p))
-            .collect();
         let mut deletes: BTreeMap<&str, Vec<Elem>> = BTreeMap::new();
         let mut adds: BTreeMap<&str, Vec<Elem>> = BTreeMap::new();
         for (slot, before) in &self.pending {
             let (set, key) = slot;
             let after = self.effective(slot);
-            if gone.contains(set) || *before == after {
+            if *before == after {
                 continue;
             }
             // A changed value is deleted and added again (deletes go first).
             if before.is_some() {
-                deletes
-                    .entry(set.as_str())
-                    .or_default()
-                    .push(Elem::key(key.clone()));
+                deletes.entry(set).or_default().push(Elem::key(key.clone()));
             }
             if let Some(data) = after {
-                adds.entry(set.as_str())
-                    .or_default()
-                    .push(elem(key, data.as_ref()));
+                adds.entry(set).or_default().push(elem(key, data.as_ref()));
             }
         }
         let mut elements = 0;
@@ -552,24 +804,55 @@ impl Engine {
             elements += elems.len();
             b.add_elements(&t, &set_named(set), elems);
         }
+        // Groups no pod is in any more, then the chains they jumped to,
+        // then the sets those used.
+        let gone: Vec<u32> = groups
+            .keys()
+            .filter(|n| self.groups.get(n).is_none_or(|g| g.pods == 0))
+            .copied()
+            .collect();
+        for n in &gone {
+            if let Some(forms) = groups.remove(n) {
+                for (d, form) in DIRECTIONS.into_iter().zip(forms) {
+                    ruleset::delete_group(&mut b, *n, d, form);
+                }
+            }
+        }
         for p in &removed {
-            ruleset::delete_policy(&mut b, p);
+            ruleset::delete_policy(&mut b, &p.compiled);
+        }
+        for n in self.kernel_cidrs.keys() {
+            if !live.contains_key(n) {
+                ruleset::delete_cidr_set(&mut b, *n);
+            }
         }
         let outcome = SyncOutcome {
             elements,
             policies_added: added.len(),
             policies_removed: removed.len(),
+            groups_added,
+            groups_removed: gone.len(),
             ..SyncOutcome::default()
         };
-        ((b, ns_chains), outcome)
+        (
+            b,
+            outcome,
+            Kernel {
+                groups,
+                cidrs: live,
+            },
+        )
     }
 }
 
-/// An element's place: set name and key.
-type Slot = (String, Value);
+/// What a batch leaves in the kernel besides elements and policies.
+struct Kernel {
+    groups: HashMap<u32, [GroupForm; 2]>,
+    cidrs: HashMap<u32, Ranges>,
+}
 
-/// Namespace chains a batch leaves (true) or removes (false).
-type NsChanges = Vec<(String, Direction, bool)>;
+/// An element's place: set name and key.
+type Slot = (&'static str, Value);
 
 /// A set element, or a map element with its value.
 fn elem(key: &Value, data: Option<&Value>) -> Elem {

@@ -9,14 +9,14 @@ use controlplane::labels;
 use k8s_openapi::api::core::v1::Pod;
 
 use crate::compile::{protocol, Compiled, Direction, Namespaces, Rule};
-use crate::ruleset::{ipv4, named_elem, names, namespace_key, rule_set, selected_set};
+use crate::ruleset::{ipv4, named_elem, names, number, peer_elem, Policy, RuleRefs};
 use hostnet::nftables::Value;
 
 /// Labels of a pod or namespace.
 pub type Labels = BTreeMap<String, String>;
 
 /// One element the engine tracks: set name, key, and the value for maps.
-pub type ElemKey = (String, Value, Option<Value>);
+pub type ElemKey = (&'static str, Value, Option<Value>);
 
 /// A pod as the engine sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -122,44 +122,54 @@ pub fn strip_pod(o: &mut controlplane::Object) {
 
 /// The elements a pod contributes whatever the policies, once it is a
 /// local pod with an address: the address in [`names::READY`], and its
-/// namespace's number `ns` in [`names::POD_NAMESPACE`].
-pub fn own_elements(pod: &PodInfo, ns: u32) -> Vec<ElemKey> {
+/// group's number `group` in [`names::POD_GROUP`] (0 for a pod no policy
+/// selects: a number no map leads anywhere from, which keeps the address
+/// this pod's when another pod held it a moment ago).
+pub fn own_elements(pod: &PodInfo, group: u32) -> Vec<ElemKey> {
     match (pod.local, pod.ip) {
         (true, Some(ip)) => vec![
-            (names::READY.to_string(), ipv4(ip), None),
-            (
-                names::POD_NAMESPACE.to_string(),
-                ipv4(ip),
-                Some(namespace_key(ns)),
-            ),
+            (names::READY, ipv4(ip), None),
+            (names::POD_GROUP, ipv4(ip), Some(number(group))),
         ],
         _ => Vec::new(),
     }
 }
 
+/// Whether policy `p` selects `pod` (a local pod of its namespace whose
+/// labels match).
+pub fn selects(p: &Compiled, pod: &PodInfo) -> bool {
+    pod.ip.is_some()
+        && pod.local
+        && pod.namespace == p.namespace
+        && labels::matches(&p.pod_selector, &pod.labels)
+}
+
 /// The elements `pod` (with `ns_labels`, its namespace's labels)
-/// contributes to policy `p`'s sets and the shared isolation sets.
-pub fn policy_elements(p: &Compiled, pod: &PodInfo, ns_labels: &Labels) -> Vec<ElemKey> {
+/// contributes to the shared sets for policy `p`, which selects it or
+/// not (`selected`).
+pub fn policy_elements(
+    p: &Policy,
+    pod: &PodInfo,
+    ns_labels: &Labels,
+    selected: bool,
+) -> Vec<ElemKey> {
     let Some(ip) = pod.ip else {
         return Vec::new();
     };
     let mut out = Vec::new();
-    let selected =
-        pod.local && pod.namespace == p.namespace && labels::matches(&p.pod_selector, &pod.labels);
-    if selected {
-        out.push((selected_set(&p.id), ipv4(ip), None));
-    }
     for d in [Direction::Ingress, Direction::Egress] {
-        let Some(rules) = p.rules(d) else { continue };
+        let Some(rules) = p.compiled.rules(d) else {
+            continue;
+        };
         if selected {
             let shared = match d {
                 Direction::Ingress => names::INGRESS_ISOLATED,
                 Direction::Egress => names::EGRESS_ISOLATED,
             };
-            out.push((shared.to_string(), ipv4(ip), None));
+            out.push((shared, ipv4(ip), None));
         }
-        for (i, rule) in rules.iter().enumerate() {
-            rule_elements(p, d, i, rule, pod, ip, ns_labels, selected, &mut out);
+        for (rule, refs) in rules.iter().zip(p.refs(d)) {
+            rule_elements(p, d, rule, refs, pod, ip, ns_labels, selected, &mut out);
         }
     }
     out
@@ -167,35 +177,38 @@ pub fn policy_elements(p: &Compiled, pod: &PodInfo, ns_labels: &Labels) -> Vec<E
 
 #[allow(clippy::too_many_arguments)]
 fn rule_elements(
-    p: &Compiled,
+    p: &Policy,
     d: Direction,
-    i: usize,
     rule: &Rule,
+    refs: &RuleRefs,
     pod: &PodInfo,
     ip: Ipv4Addr,
     ns_labels: &Labels,
     selected: bool,
     out: &mut Vec<ElemKey>,
 ) {
-    let by_selector = rule.peers.as_ref().is_some_and(|peers| {
-        peers.pods.iter().any(|pp| {
+    let mut by_selector = false;
+    if let Some(peers) = &rule.peers {
+        for (pp, n) in peers.pods.iter().zip(&refs.selectors) {
             let ns_ok = match &pp.namespaces {
-                Namespaces::Own => pod.namespace == p.namespace,
+                Namespaces::Own => pod.namespace == p.compiled.namespace,
                 Namespaces::Matching(sel) => labels::matches(sel, ns_labels),
             };
-            ns_ok
+            if ns_ok
                 && pp
                     .pods
                     .as_ref()
                     .is_none_or(|s| labels::matches(s, &pod.labels))
-        })
-    });
-    if by_selector {
-        out.push((rule_set(&p.id, d, i, "pods"), ipv4(ip), None));
+            {
+                by_selector = true;
+                out.push((names::PEERS, peer_elem(*n, ip), None));
+            }
+        }
     }
     let Some(ports) = rule.ports.as_ref().filter(|ports| !ports.named.is_empty()) else {
         return;
     };
+    let Some(n) = refs.named else { return };
     // Ingress: the selected pod's own port. Egress: the peer's port.
     let resolve = match d {
         Direction::Ingress => selected,
@@ -209,8 +222,7 @@ fn rule_elements(
     }
     for (proto, name) in &ports.named {
         if let Some(port) = pod.named_port(name, *proto) {
-            let key = named_elem(ip, *proto, port);
-            out.push((rule_set(&p.id, d, i, "named"), key, None));
+            out.push((names::NAMED_PORTS, named_elem(n, ip, *proto, port), None));
         }
     }
 }

@@ -1,18 +1,24 @@
 //! Table `ip knode-policy` as pure functions: the static skeleton (two
 //! base chains on `forward`, the shared sets), and per policy its own
-//! chains, sets and rules, which depend on the policy's spec only. Which
-//! pod IPs are in which set is the engine's business; nothing here talks
-//! to the kernel.
+//! chains and rules, which depend on its spec and on the numbers the
+//! engine gave its peers. Which elements are in which set is the
+//! engine's business; nothing here talks to the kernel.
 //!
 //! A packet is checked twice on `forward`: for its source's egress
 //! (priority 0) and its destination's ingress (priority 1). An `accept`
 //! ends only the base chain it is in, so a connection passes when both
-//! accept; a `drop` is final. An isolated pod's packet goes to its
-//! namespace's chain (pod address -> namespace number in a data map, the
-//! number -> chain in a verdict map that changes only when a namespace
-//! gets its first policy or loses its last), which jumps to the chain of
-//! each policy of the namespace that selects the pod: a new connection
-//! costs the policies of its pod's namespace, not every policy.
+//! accept; a `drop` is final. An isolated pod's packet goes through its
+//! *group*: the pods selected by the same policies share a group number
+//! (pod address -> number in a data map), and the number leads to the
+//! policies' chains (a verdict map: straight to the one policy's chain,
+//! or to a group chain that jumps to each). A new connection costs the
+//! policies that select its pods, not the policies of the namespace.
+//!
+//! Pod peers are one shared set of `selector number . address`: a rule
+//! puts its selector's number beside the address and looks the pair up,
+//! so policies naming the same peers share elements and the table holds
+//! a handful of sets whatever the number of policies (the kernel finds a
+//! set by name in a list: thousands of sets cost a full sync seconds).
 
 use std::net::Ipv4Addr;
 
@@ -27,7 +33,7 @@ use crate::compile::{Compiled, Direction, Rule};
 /// The table's name.
 pub const TABLE: &str = "knode-policy";
 
-/// Shared sets and chains.
+/// Shared sets and maps.
 pub mod names {
     /// `ipv4_addr`: local pods whose policy state is programmed. A packet
     /// from or to the node's pod CIDR outside it is dropped (the guard).
@@ -38,12 +44,17 @@ pub mod names {
     pub const INGRESS_ISOLATED: &str = "ingress-isolated";
     /// `ipv4_addr`: local pods selected by at least one Egress policy.
     pub const EGRESS_ISOLATED: &str = "egress-isolated";
-    /// `ipv4_addr : mark`: a local pod's address -> its namespace's number.
-    pub const POD_NAMESPACE: &str = "pod-namespace";
-    /// `mark : verdict`: a namespace's number -> jump to its ingress chain.
-    pub const INGRESS_NAMESPACES: &str = "ingress-namespaces";
+    /// `ipv4_addr : mark`: a local pod's address -> its group's number.
+    pub const POD_GROUP: &str = "pod-group";
+    /// `mark : verdict`: a group's number -> jump to its ingress chain.
+    pub const INGRESS_GROUPS: &str = "ingress-groups";
     /// `mark : verdict`: the same for egress.
-    pub const EGRESS_NAMESPACES: &str = "egress-namespaces";
+    pub const EGRESS_GROUPS: &str = "egress-groups";
+    /// `mark . ipv4_addr`: a peer selector's number and a pod it matches.
+    pub const PEERS: &str = "peers";
+    /// `mark . ipv4_addr . inet_proto . inet_service`: a rule's number
+    /// and a pod's port of the name the rule gives.
+    pub const NAMED_PORTS: &str = "named-ports";
 }
 
 /// The comment of the guard's drop rules.
@@ -65,6 +76,40 @@ pub struct NodeConfig {
     pub guard_cidr: Option<Ipv4Net>,
 }
 
+/// The numbers the engine gave one rule's shared-set keys.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RuleRefs {
+    /// One per pod peer (`peers.pods`, in order): its selector's number.
+    pub selectors: Vec<u32>,
+    /// The address-range set the rule's ipBlocks use.
+    pub cidrs: Option<u32>,
+    /// The rule's own number, when it names ports.
+    pub named: Option<u32>,
+}
+
+/// A compiled policy with the numbers the engine gave its rules.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    pub compiled: Compiled,
+    pub ingress: Vec<RuleRefs>,
+    pub egress: Vec<RuleRefs>,
+}
+
+impl Policy {
+    /// The numbers of the rules of direction `d` (empty when it has none).
+    pub fn refs(&self, d: Direction) -> &[RuleRefs] {
+        match d {
+            Direction::Ingress => &self.ingress,
+            Direction::Egress => &self.egress,
+        }
+    }
+
+    /// The policy's id (its chains' prefix).
+    pub fn id(&self) -> &str {
+        &self.compiled.id
+    }
+}
+
 /// The base chain of direction `d`.
 pub fn base_chain(d: Direction) -> &'static str {
     match d {
@@ -73,22 +118,22 @@ pub fn base_chain(d: Direction) -> &'static str {
     }
 }
 
-/// The chain of namespace `ns` for direction `d`: a jump to each of its
-/// policies' chains, taken only when the policy selects the pod.
-pub fn namespace_chain(ns: &str, d: Direction) -> String {
-    format!("ns/{ns}/{}", d.short())
+/// The chain of group `n` for direction `d` (a group of two policies or
+/// more; one policy's group goes straight to its chain).
+pub fn group_chain(n: u32, d: Direction) -> String {
+    format!("group/{n}/{}", d.short())
 }
 
-/// The verdict map from namespace numbers to their chains.
-fn namespaces_map(d: Direction) -> &'static str {
+/// The verdict map from group numbers to their chains.
+fn groups_map(d: Direction) -> &'static str {
     match d {
-        Direction::Ingress => names::INGRESS_NAMESPACES,
-        Direction::Egress => names::EGRESS_NAMESPACES,
+        Direction::Ingress => names::INGRESS_GROUPS,
+        Direction::Egress => names::EGRESS_GROUPS,
     }
 }
 
-/// The key of namespace number `n` in the maps.
-pub fn namespace_key(n: u32) -> Value {
+/// The key of group, selector or rule number `n` in the maps and sets.
+pub fn number(n: u32) -> Value {
     Value::of(&[Field::Mark(n)])
 }
 
@@ -110,9 +155,11 @@ fn shared_sets() -> Vec<Set> {
         Set::new(names::POD_CIDR, &[A]).with_flags(interval()),
         Set::new(names::INGRESS_ISOLATED, &[A]),
         Set::new(names::EGRESS_ISOLATED, &[A]),
-        Set::map(names::POD_NAMESPACE, &[A], MapData::Value(KeyType(vec![M]))),
-        Set::map(names::INGRESS_NAMESPACES, &[M], MapData::Verdict),
-        Set::map(names::EGRESS_NAMESPACES, &[M], MapData::Verdict),
+        Set::map(names::POD_GROUP, &[A], MapData::Value(KeyType(vec![M]))),
+        Set::map(names::INGRESS_GROUPS, &[M], MapData::Verdict),
+        Set::map(names::EGRESS_GROUPS, &[M], MapData::Verdict),
+        Set::new(names::PEERS, &[M, A]),
+        Set::new(names::NAMED_PORTS, &[M, A, P, S]),
     ]
 }
 
@@ -123,32 +170,22 @@ fn interval() -> SetFlags {
     }
 }
 
-/// The set `name` (shared or a policy's) as it is declared, from its name.
+/// The set of address ranges number `n`.
+pub fn cidr_set(n: u32) -> String {
+    format!("cidrs/{n}")
+}
+
+/// The set `name` (shared, or address ranges) as it is declared.
 pub fn set_named(name: &str) -> Set {
     if let Some(s) = shared_sets().into_iter().find(|s| s.name == name) {
         return s;
     }
-    match name.rsplit('/').next().unwrap_or_default() {
-        "cidrs" => Set::new(name, &[A]).with_flags(interval()),
-        "named" => Set::new(name, &[A, P, S]),
-        _ => Set::new(name, &[A]),
-    }
+    Set::new(name, &[A]).with_flags(interval())
 }
 
 /// The chain of policy `id` for direction `d`.
 pub fn policy_chain(id: &str, d: Direction) -> String {
     format!("{id}/{}", d.short())
-}
-
-/// The set of local pods policy `id` selects.
-pub fn selected_set(id: &str) -> String {
-    format!("{id}/sel")
-}
-
-/// The set `kind` (`pods`, `cidrs`, `ports`, `named`) of rule `i` of
-/// direction `d` of policy `id`.
-pub fn rule_set(id: &str, d: Direction, i: usize, kind: &str) -> String {
-    format!("{id}/{}{i}/{kind}", d.short())
 }
 
 fn r(slot: u8) -> Reg {
@@ -185,8 +222,8 @@ fn verdict(v: Verdict) -> Expr {
 }
 
 /// Recreates the table (add + delete + add: whether or not it exists)
-/// with its shared sets and base chains, all in `b`. Policy chains go
-/// after it ([`add_policy`]), then the namespaces' ([`namespace`]).
+/// with its shared sets and base chains, all in `b`. Address-range sets,
+/// policy chains and groups go after it.
 pub fn skeleton(b: &mut Batch, node: &NodeConfig) {
     let t = table();
     b.add_table(&t).delete_table(&t).add_table(&t);
@@ -218,23 +255,23 @@ pub fn skeleton(b: &mut Batch, node: &NodeConfig) {
             verdict(Verdict::Accept),
         ];
         b.add_rule(&t, base, open, Some("not isolated"));
-        // The pod's namespace number, then that namespace's chain.
-        let by_namespace = vec![
+        // The pod's group number, then that group's policies.
+        let by_group = vec![
             local_addr(d, r(0)),
             Expr::Lookup {
-                set: names::POD_NAMESPACE.into(),
+                set: names::POD_GROUP.into(),
                 sreg: r(0),
                 dreg: Some(LookupDest::Data(r(0))),
                 invert: false,
             },
             Expr::Lookup {
-                set: namespaces_map(d).into(),
+                set: groups_map(d).into(),
                 sreg: r(0),
                 dreg: Some(LookupDest::Verdict),
                 invert: false,
             },
         ];
-        b.add_rule(&t, base, by_namespace, None);
+        b.add_rule(&t, base, by_group, None);
         b.add_rule(
             &t,
             base,
@@ -248,50 +285,58 @@ pub fn skeleton(b: &mut Batch, node: &NodeConfig) {
     }
 }
 
-/// How namespace `ns` (number `n`) dispatches direction `d`: its chain
-/// and map element are created (`existed` false) or rewritten, with a
-/// jump to each of `policies`' chains taken when the policy selects the
-/// pod; with no policies left both are deleted.
-pub fn namespace<'a>(
-    b: &mut Batch,
-    ns: &str,
-    n: u32,
-    d: Direction,
-    existed: bool,
-    policies: impl Iterator<Item = &'a Compiled>,
-) {
+/// How a group reaches its policies in one direction, as the kernel
+/// holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupForm {
+    /// No policy of the group has rules of this direction.
+    None,
+    /// One has: the map jumps straight to its chain.
+    Direct,
+    /// Several have: the map jumps to the group's chain, which jumps to
+    /// each of theirs.
+    Chain,
+}
+
+/// Writes group `n`'s way to `policies` (its policies with rules of
+/// direction `d`, by id) into `b`: a map element, and a chain when there
+/// are several. Returns what it wrote.
+pub fn add_group(b: &mut Batch, n: u32, d: Direction, policies: &[&str]) -> GroupForm {
     let t = table();
-    let chain = namespace_chain(ns, d);
-    let map = set_named(namespaces_map(d));
-    let jumps: Vec<Vec<Expr>> = policies
-        .filter(|p| p.rules(d).is_some())
-        .map(|p| {
-            vec![
-                local_addr(d, r(0)),
-                lookup(selected_set(&p.id), r(0), false),
-                verdict(Verdict::Jump(policy_chain(&p.id, d))),
-            ]
-        })
-        .collect();
-    if jumps.is_empty() {
-        if existed {
-            b.delete_elements(&t, &map, vec![Elem::key(namespace_key(n))]);
-            b.flush_chain(&t, &chain);
-            b.delete_chain(&t, &chain);
+    let map = set_named(groups_map(d));
+    let (form, target) = match policies {
+        [] => return GroupForm::None,
+        [one] => (GroupForm::Direct, policy_chain(one, d)),
+        several => {
+            let chain = group_chain(n, d);
+            b.add_chain(&t, Chain::regular(&chain));
+            for id in several {
+                let jump = vec![verdict(Verdict::Jump(policy_chain(id, d)))];
+                b.add_rule(&t, &chain, jump, None);
+            }
+            (GroupForm::Chain, chain)
         }
+    };
+    b.add_elements(
+        &t,
+        &map,
+        vec![Elem::verdict(number(n), Verdict::Jump(target))],
+    );
+    form
+}
+
+/// Removes group `n`'s map element and chain of direction `d` (before the
+/// policy chains they jump to go).
+pub fn delete_group(b: &mut Batch, n: u32, d: Direction, form: GroupForm) {
+    let t = table();
+    if form == GroupForm::None {
         return;
     }
-    if existed {
+    b.delete_elements(&t, &set_named(groups_map(d)), vec![Elem::key(number(n))]);
+    if form == GroupForm::Chain {
+        let chain = group_chain(n, d);
         b.flush_chain(&t, &chain);
-    } else {
-        b.add_chain(&t, Chain::regular(&chain));
-    }
-    for jump in jumps {
-        b.add_rule(&t, &chain, jump, None);
-    }
-    if !existed {
-        let elem = Elem::verdict(namespace_key(n), Verdict::Jump(chain.clone()));
-        b.add_elements(&t, &map, vec![elem]);
+        b.delete_chain(&t, &chain);
     }
 }
 
@@ -300,31 +345,57 @@ pub fn ipv4(ip: Ipv4Addr) -> Value {
     Value::of(&[Field::Ipv4(ip)])
 }
 
-/// The sets, chains, rules and static elements (address ranges, ports)
-/// of policy `p`.
-pub fn add_policy(b: &mut Batch, p: &Compiled) {
+/// The element of [`names::PEERS`]: selector `n` matches the pod at `ip`.
+pub fn peer_elem(n: u32, ip: Ipv4Addr) -> Value {
+    Value::of(&[Field::Mark(n), Field::Ipv4(ip)])
+}
+
+/// The element of [`names::NAMED_PORTS`]: rule `n`'s port name resolves
+/// to `proto`/`port` on the pod at `ip`.
+pub fn named_elem(n: u32, ip: Ipv4Addr, proto: u8, port: u16) -> Value {
+    Value::of(&[
+        Field::Mark(n),
+        Field::Ipv4(ip),
+        Field::Proto(proto),
+        Field::Port(port),
+    ])
+}
+
+/// Address-range set `n` with its ranges (inclusive).
+pub fn add_cidr_set(b: &mut Batch, n: u32, ranges: &[(Ipv4Addr, Ipv4Addr)]) {
     let t = table();
-    b.add_set(&t, set_named(&selected_set(&p.id)));
+    let set = set_named(&cidr_set(n));
+    b.add_set(&t, set.clone());
+    let elems = ranges
+        .iter()
+        .map(|(a, z)| Elem::range(ipv4(*a), ipv4(*z)))
+        .collect();
+    b.add_elements(&t, &set, elems);
+}
+
+/// Removes address-range set `n` (after the chains that use it).
+pub fn delete_cidr_set(b: &mut Batch, n: u32) {
+    b.delete_set(&table(), &cidr_set(n));
+}
+
+/// The chains and rules of policy `p` (its address-range sets exist).
+pub fn add_policy(b: &mut Batch, p: &Policy) {
+    let t = table();
     for d in DIRECTIONS {
-        let Some(rules) = p.rules(d) else { continue };
-        for (i, rule) in rules.iter().enumerate() {
-            for kind in rule_sets(rule) {
-                b.add_set(&t, set_named(&rule_set(&p.id, d, i, kind)));
-            }
-            add_static_elements(b, &p.id, d, i, rule);
-        }
-        let chain = policy_chain(&p.id, d);
+        let Some(rules) = p.compiled.rules(d) else {
+            continue;
+        };
+        let chain = policy_chain(p.id(), d);
         b.add_chain(&t, Chain::regular(&chain));
-        for (i, rule) in rules.iter().enumerate() {
-            for exprs in rule_exprs(&p.id, d, i, rule) {
+        for (rule, refs) in rules.iter().zip(p.refs(d)) {
+            for exprs in rule_exprs(d, rule, refs) {
                 b.add_rule(&t, &chain, exprs, None);
             }
         }
     }
 }
 
-/// Removes policy `p`'s chains and sets (after the namespace chains that
-/// jumped to them were rewritten in the same batch).
+/// Removes policy `p`'s chains (after the groups that jumped to them).
 pub fn delete_policy(b: &mut Batch, p: &Compiled) {
     let t = table();
     for d in DIRECTIONS {
@@ -333,51 +404,6 @@ pub fn delete_policy(b: &mut Batch, p: &Compiled) {
             b.flush_chain(&t, &chain);
             b.delete_chain(&t, &chain);
         }
-    }
-    for name in policy_sets(p) {
-        b.delete_set(&t, &name);
-    }
-}
-
-/// Every set of policy `p`.
-pub fn policy_sets(p: &Compiled) -> Vec<String> {
-    let mut v = vec![selected_set(&p.id)];
-    for d in DIRECTIONS {
-        for (i, rule) in p.rules(d).into_iter().flatten().enumerate() {
-            for kind in rule_sets(rule) {
-                v.push(rule_set(&p.id, d, i, kind));
-            }
-        }
-    }
-    v
-}
-
-/// The kinds of set a rule needs.
-fn rule_sets(rule: &Rule) -> Vec<&'static str> {
-    let mut v = Vec::new();
-    if let Some(peers) = &rule.peers {
-        if !peers.pods.is_empty() {
-            v.push("pods");
-        }
-        if !peers.cidrs.is_empty() {
-            v.push("cidrs");
-        }
-    }
-    if rule.ports.as_ref().is_some_and(|p| !p.named.is_empty()) {
-        v.push("named");
-    }
-    v
-}
-
-fn add_static_elements(b: &mut Batch, id: &str, d: Direction, i: usize, rule: &Rule) {
-    let t = table();
-    if let Some(peers) = rule.peers.as_ref().filter(|p| !p.cidrs.is_empty()) {
-        let elems = peers
-            .cidrs
-            .iter()
-            .map(|(a, z)| Elem::range(ipv4(*a), ipv4(*z)))
-            .collect();
-        b.add_elements(&t, &set_named(&rule_set(id, d, i, "cidrs")), elems);
     }
 }
 
@@ -411,46 +437,61 @@ fn port_range(proto: u8, first: u16, last: u16) -> Vec<Expr> {
     v
 }
 
-/// The rules that accept what rule `i` allows: one per combination of
-/// peer kind (any, pods, address ranges) and port kind (any, numbers,
-/// names). A named port of an egress rule is resolved on the peer, so
-/// its set already holds only peers: that rule tests no peer set.
-fn rule_exprs(id: &str, d: Direction, i: usize, rule: &Rule) -> Vec<Vec<Expr>> {
-    let set = |kind| rule_set(id, d, i, kind);
+/// The rules that accept what a rule allows: one per combination of
+/// peer kind (any, a pod selector, address ranges) and port kind (any,
+/// numbers, names). A named port of an egress rule is resolved on the
+/// peer, so its elements already hold only peers: that rule tests no
+/// peer.
+fn rule_exprs(d: Direction, rule: &Rule, refs: &RuleRefs) -> Vec<Vec<Expr>> {
     let peer_tests: Vec<Vec<Expr>> = match &rule.peers {
         None => vec![vec![]],
         Some(p) => {
-            let mut v = Vec::new();
-            if !p.pods.is_empty() {
-                v.push(vec![peer_addr(d, r(0)), lookup(set("pods"), r(0), false)]);
-            }
-            if !p.cidrs.is_empty() {
-                v.push(vec![peer_addr(d, r(0)), lookup(set("cidrs"), r(0), false)]);
+            let mut v: Vec<Vec<Expr>> = refs
+                .selectors
+                .iter()
+                .map(|n| {
+                    let regs = KeyType(vec![M, A]).registers(r(0));
+                    vec![
+                        Expr::Immediate {
+                            dreg: regs[0],
+                            data: number(*n),
+                        },
+                        peer_addr(d, regs[1]),
+                        lookup(names::PEERS, r(0), false),
+                    ]
+                })
+                .collect();
+            if let (false, Some(n)) = (p.cidrs.is_empty(), refs.cidrs) {
+                v.push(vec![peer_addr(d, r(0)), lookup(cidr_set(n), r(0), false)]);
             }
             v
         }
     };
-    let named_key = || {
-        let regs = KeyType(vec![A, P, S]).registers(r(0));
+    let named_key = |n: u32| {
+        let regs = KeyType(vec![M, A, P, S]).registers(r(0));
         vec![
-            Expr::ip_daddr(regs[0]),
-            Expr::meta(MetaKey::L4Proto, regs[1]),
-            Expr::th_dport(regs[2]),
-            lookup(set("named"), r(0), false),
+            Expr::Immediate {
+                dreg: regs[0],
+                data: number(n),
+            },
+            Expr::ip_daddr(regs[1]),
+            Expr::meta(MetaKey::L4Proto, regs[2]),
+            Expr::th_dport(regs[3]),
+            lookup(names::NAMED_PORTS, r(0), false),
         ]
     };
     let mut port_tests: Vec<Vec<Expr>> = Vec::new();
-    let mut named_alone = false;
+    let mut named_alone = None;
     match &rule.ports {
         None => port_tests.push(vec![]),
         Some(ports) => {
             for (proto, first, last) in &ports.ranges {
                 port_tests.push(port_range(*proto, *first, *last));
             }
-            if !ports.named.is_empty() {
+            if let (false, Some(n)) = (ports.named.is_empty(), refs.named) {
                 match d {
-                    Direction::Ingress => port_tests.push(named_key()),
-                    Direction::Egress => named_alone = true,
+                    Direction::Ingress => port_tests.push(named_key(n)),
+                    Direction::Egress => named_alone = Some(n),
                 }
             }
         }
@@ -464,15 +505,10 @@ fn rule_exprs(id: &str, d: Direction, i: usize, rule: &Rule) -> Vec<Vec<Expr>> {
             out.push(e);
         }
     }
-    if named_alone {
-        let mut e = named_key();
+    if let Some(n) = named_alone {
+        let mut e = named_key(n);
         e.push(verdict(Verdict::Accept));
         out.push(e);
     }
     out
-}
-
-/// The element of a named-port set: address, protocol, port.
-pub fn named_elem(ip: Ipv4Addr, proto: u8, port: u16) -> Value {
-    Value::of(&[Field::Ipv4(ip), Field::Proto(proto), Field::Port(port)])
 }

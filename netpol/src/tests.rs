@@ -1,7 +1,7 @@
 //! The engine against the recording fake: what a full sync writes, and
 //! that pod, label and namespace changes are element changes only while
-//! a policy change touches only its own chains (and its namespace's
-//! chain of the same direction).
+//! a policy change touches only its own chains and the groups of the
+//! pods it selects.
 
 use std::sync::Arc;
 
@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use crate::engine::Engine;
 use crate::pods::PodInfo;
-use crate::ruleset::{self, ipv4, named_elem, names, table, NodeConfig};
+use crate::ruleset::{ipv4, names, table, NodeConfig};
 
 const NODE: &str = "n1";
 
@@ -72,6 +72,19 @@ fn last(fake: &RecordingNfTables) -> Batch {
     fake.batches().pop().unwrap()
 }
 
+/// Pods app=a of x take TCP from app=b in x and from namespaces team=y,
+/// on port 80 and on the named port web.
+fn allow_b() -> NetworkPolicy {
+    policy(
+        "x",
+        "allow-b",
+        json!({"podSelector": {"matchLabels": {"app": "a"}}, "ingress": [{
+            "from": [{"podSelector": {"matchLabels": {"app": "b"}}},
+                     {"namespaceSelector": {"matchLabels": {"team": "y"}}}],
+            "ports": [{"protocol": "TCP", "port": 80}, {"protocol": "TCP", "port": "web"}]}]}),
+    )
+}
+
 /// Two local pods in x (a: app=a, b: app=b), one remote in y, and a
 /// policy in x: pods app=a take TCP from app=b in x and from namespaces
 /// team=y, on port 80 and on the named port web.
@@ -85,14 +98,7 @@ fn cluster() -> (Arc<RecordingNfTables>, Engine, String) {
     e.set_pod(key("x", "a"), Some(&a));
     e.set_pod(key("x", "b"), Some(&b));
     e.set_pod(key("y", "c"), Some(&c));
-    let np = policy(
-        "x",
-        "allow-b",
-        json!({"podSelector": {"matchLabels": {"app": "a"}}, "ingress": [{
-            "from": [{"podSelector": {"matchLabels": {"app": "b"}}},
-                     {"namespaceSelector": {"matchLabels": {"team": "y"}}}],
-            "ports": [{"protocol": "TCP", "port": 80}, {"protocol": "TCP", "port": "web"}]}]}),
-    );
+    let np = allow_b();
     e.set_policy(key("x", "allow-b"), Some(&np));
     let id = crate::compile::compile(&np).id;
     (fake, e, id)
@@ -112,25 +118,30 @@ fn a_full_sync_writes_the_table_with_every_policy_and_pod() {
         vec![ip("10.244.1.2")]
     );
     assert!(elems(&fake, names::EGRESS_ISOLATED).is_empty());
-    assert_eq!(
-        elems(&fake, &ruleset::selected_set(&id)),
-        vec![ip("10.244.1.2")]
-    );
-    let peers = ruleset::rule_set(&id, crate::compile::Direction::Ingress, 0, "pods");
-    assert_eq!(
-        elems(&fake, &peers),
-        vec![ip("10.244.1.3"), ip("10.244.2.2")]
-    );
-    let named = ruleset::rule_set(&id, crate::compile::Direction::Ingress, 0, "named");
-    assert_eq!(
-        elems(&fake, &named),
-        vec![named_elem("10.244.1.2".parse().unwrap(), 6, 8080)]
-    );
+    // Peers: b by pod label, c by namespace label, one selector each.
+    let peers = elems(&fake, names::PEERS);
+    assert_eq!(peers.len(), 2, "{peers:?}");
+    let named = elems(&fake, names::NAMED_PORTS);
+    assert_eq!(named.len(), 1, "a's port web: {named:?}");
+    assert!(named[0]
+        .0
+        .ends_with(&[10, 244, 1, 2, 6, 0, 0, 0, 0x1f, 0x90, 0, 0]));
     let chains = chain_names(&fake);
     assert!(chains.contains(&format!("{id}/in")), "{chains:?}");
-    assert!(chains.contains(&"ns/x/in".to_string()), "{chains:?}");
-    assert_eq!(elems(&fake, names::POD_NAMESPACE).len(), 2, "a and b");
-    assert_eq!(elems(&fake, names::INGRESS_NAMESPACES).len(), 1, "x");
+    // a's group has one policy: the map goes straight to its chain.
+    assert!(
+        !chains.iter().any(|c| c.starts_with("group/")),
+        "{chains:?}"
+    );
+    assert_eq!(elems(&fake, names::POD_GROUP).len(), 2, "a and b");
+    assert_eq!(elems(&fake, names::INGRESS_GROUPS).len(), 1, "a's group");
+    assert!(elems(&fake, names::EGRESS_GROUPS).is_empty());
+    let sets = last(&fake)
+        .ops()
+        .iter()
+        .filter(|op| matches!(op, Op::AddSet { .. }))
+        .count();
+    assert_eq!(sets, 9, "the shared sets only");
     assert!(
         !chains.contains(&format!("{id}/eg")),
         "no egress chain: {chains:?}"
@@ -145,6 +156,14 @@ fn a_full_sync_writes_the_table_with_every_policy_and_pod() {
 fn pods_and_labels_change_elements_only() {
     let (fake, mut e, id) = cluster();
     e.sync().unwrap();
+    // A second pod selected by the same policy joins a's group.
+    let a2 = pod("x", "a2", "10.244.1.4", NODE, json!({"app": "a"}));
+    e.set_pod(key("x", "a2"), Some(&a2));
+    assert!(e.sync().unwrap().applied);
+    assert!(last(&fake).only_elements());
+    e.set_pod(key("x", "a2"), None);
+    e.sync().unwrap();
+    assert!(last(&fake).only_elements());
     // A new pod b2 (app=b) on another node: one peer element.
     let b2 = pod("x", "b2", "10.244.3.9", "n3", json!({"app": "b"}));
     e.set_pod(key("x", "b2"), Some(&b2));
@@ -158,16 +177,17 @@ fn pods_and_labels_change_elements_only() {
     e.sync().unwrap();
     assert!(last(&fake).only_elements());
     assert!(elems(&fake, names::INGRESS_ISOLATED).is_empty());
-    assert!(elems(&fake, &ruleset::selected_set(&id)).is_empty());
+    // a's group had only a: it goes (its map element only: the policy's
+    // chain stays).
+    assert!(elems(&fake, names::INGRESS_GROUPS).is_empty());
+    assert!(chain_names(&fake).contains(&format!("{id}/in")));
     // Namespace y loses its label: c leaves the peers.
+    let before = elems(&fake, names::PEERS);
     e.set_namespace("y", Some([("team".into(), "other".into())].into()));
     e.sync().unwrap();
     assert!(last(&fake).only_elements());
-    let peers = ruleset::rule_set(&id, crate::compile::Direction::Ingress, 0, "pods");
-    assert_eq!(
-        elems(&fake, &peers),
-        vec![ip("10.244.1.3"), ip("10.244.3.9")]
-    );
+    let after = elems(&fake, names::PEERS);
+    assert_eq!((before.len(), after.len()), (3, 2), "{after:?}");
     // A pod deleted leaves ready.
     e.set_pod(key("x", "b"), None);
     e.sync().unwrap();
@@ -175,7 +195,7 @@ fn pods_and_labels_change_elements_only() {
 }
 
 #[test]
-fn a_policy_change_touches_its_own_chains_and_its_namespace_chain_only() {
+fn a_policy_change_touches_its_own_chains_and_its_pods_groups_only() {
     let (fake, mut e, old) = cluster();
     let other = policy(
         "x",
@@ -213,28 +233,110 @@ fn a_policy_change_touches_its_own_chains_and_its_namespace_chain_only() {
         assert!(
             touched.starts_with(&new)
                 || touched.starts_with(&old)
-                || touched == "ns/x/in"
-                || touched == names::INGRESS_ISOLATED,
+                || touched.starts_with("group/")
+                || [
+                    names::INGRESS_ISOLATED,
+                    names::PEERS,
+                    names::NAMED_PORTS,
+                    names::POD_GROUP,
+                    names::INGRESS_GROUPS,
+                    names::EGRESS_GROUPS
+                ]
+                .contains(&touched.as_str()),
             "{op:?} touches {touched}"
         );
         assert!(!touched.starts_with(&other_id), "{op:?}");
     }
     let chains = chain_names(&fake);
     assert!(chains.contains(&format!("{new}/in")) && !chains.contains(&format!("{old}/in")));
-    // Removing a policy deletes its chains and sets.
+    // a is in both policies' group, b in deny-eg's alone: one map element
+    // per group and direction, straight to a policy's chain (each
+    // direction has one): no group chain.
+    assert_eq!(elems(&fake, names::INGRESS_GROUPS).len(), 1);
+    assert_eq!(elems(&fake, names::EGRESS_GROUPS).len(), 2);
+    // A second ingress policy for a: its group gets a chain.
+    let more = policy(
+        "x",
+        "more",
+        json!({"podSelector": {"matchLabels": {"app": "a"}}, "ingress": [{"ports": [{"port": 82}]}]}),
+    );
+    e.set_policy(key("x", "more"), Some(&more));
+    let o = e.sync().unwrap();
+    assert_eq!((o.groups_added, o.groups_removed), (1, 1));
+    let chains = chain_names(&fake);
+    let group: Vec<&String> = chains.iter().filter(|c| c.starts_with("group/")).collect();
+    assert_eq!(group.len(), 1, "{chains:?}");
+    assert!(group[0].ends_with("/in"));
+    e.set_policy(key("x", "more"), None);
+    e.sync().unwrap();
+    assert!(!chain_names(&fake).iter().any(|c| c.starts_with("group/")));
+    // Removing a policy deletes its chains; a joins b's group.
     e.set_policy(key("x", "allow-b"), None);
     e.sync().unwrap();
     let chains = chain_names(&fake);
     assert!(!chains.iter().any(|c| c.starts_with(&new)), "{chains:?}");
-    assert!(!chains.contains(&"ns/x/in".to_string()), "{chains:?}");
     assert!(
-        chains.contains(&"ns/x/eg".to_string()),
+        chains.contains(&format!("{other_id}/eg")),
         "deny-eg stays: {chains:?}"
     );
-    assert!(elems(&fake, names::INGRESS_NAMESPACES).is_empty());
-    assert!(fake
-        .elements(&table(), &ruleset::selected_set(&new))
-        .is_err());
+    assert!(elems(&fake, names::INGRESS_GROUPS).is_empty());
+    assert_eq!(elems(&fake, names::EGRESS_GROUPS).len(), 1);
+    assert!(elems(&fake, names::PEERS).is_empty());
+}
+
+#[test]
+fn policies_naming_the_same_peers_share_their_elements_and_sets() {
+    let (fake, mut e) = engine();
+    e.set_namespace("x", Some([("team".into(), "x".into())].into()));
+    for (name, ip) in [("a", "10.244.1.2"), ("b", "10.244.1.3")] {
+        let p = pod("x", name, ip, NODE, json!({"app": name}));
+        e.set_pod(key("x", name), Some(&p));
+    }
+    let spec = |port: u16| {
+        json!({"podSelector": {"matchLabels": {"app": "a"}}, "ingress": [{
+            "from": [{"podSelector": {"matchLabels": {"app": "b"}}},
+                     {"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]}}],
+            "ports": [{"port": port}]}]})
+    };
+    for (name, port) in [("p1", 80), ("p2", 81)] {
+        e.set_policy(key("x", name), Some(&policy("x", name, spec(port))));
+    }
+    e.sync().unwrap();
+    assert_eq!(elems(&fake, names::PEERS).len(), 1, "b, once");
+    let cidr_sets = last(&fake)
+        .ops()
+        .iter()
+        .filter(|op| matches!(op, Op::AddSet { set, .. } if set.name.starts_with("cidrs/")))
+        .count();
+    assert_eq!(cidr_sets, 1);
+    // One goes: the shared element and set stay for the other.
+    e.set_policy(key("x", "p1"), None);
+    e.sync().unwrap();
+    assert_eq!(elems(&fake, names::PEERS).len(), 1);
+    assert!(!last(&fake)
+        .ops()
+        .iter()
+        .any(|op| matches!(op, Op::DeleteSet { .. })));
+    e.set_policy(key("x", "p2"), None);
+    e.sync().unwrap();
+    assert!(elems(&fake, names::PEERS).is_empty());
+    assert!(last(&fake)
+        .ops()
+        .iter()
+        .any(|op| matches!(op, Op::DeleteSet { set, .. } if set.starts_with("cidrs/"))));
+}
+
+#[test]
+fn a_policy_removed_and_added_back_before_a_sync_sends_nothing() {
+    let (fake, mut e, _) = cluster();
+    e.sync().unwrap();
+    let np = allow_b();
+    e.set_policy(key("x", "allow-b"), None);
+    e.set_policy(key("x", "allow-b"), Some(&np));
+    let n = fake.batches().len();
+    assert!(!e.dirty());
+    assert!(!e.sync().unwrap().applied);
+    assert_eq!(fake.batches().len(), n);
 }
 
 #[test]
@@ -289,7 +391,7 @@ fn two_pods_sharing_an_address_for_a_moment_keep_one_value_per_map_key() {
     let (fake, mut e, _) = cluster();
     e.sync().unwrap();
     let value = |fake: &RecordingNfTables| {
-        let found = fake.elements(&table(), names::POD_NAMESPACE).unwrap();
+        let found = fake.elements(&table(), names::POD_GROUP).unwrap();
         found
             .into_iter()
             .find(|el| el.key == ip("10.244.1.2"))
@@ -297,7 +399,8 @@ fn two_pods_sharing_an_address_for_a_moment_keep_one_value_per_map_key() {
     };
     let x = value(&fake);
     // x/a is deleted but its object not yet gone; its address is reused
-    // by y/new: the map holds y's number, x's comes back if y/new goes.
+    // by y/new: the map holds y/new's group (0: no policy selects it),
+    // x/a's comes back if y/new goes.
     let reuse = pod("y", "new", "10.244.1.2", NODE, json!({}));
     e.set_pod(key("y", "new"), Some(&reuse));
     e.sync().unwrap();
@@ -306,8 +409,8 @@ fn two_pods_sharing_an_address_for_a_moment_keep_one_value_per_map_key() {
         .ops()
         .iter()
         .filter_map(|op| match op {
-            Op::DeleteElements { set, .. } if set.name == names::POD_NAMESPACE => Some("delete"),
-            Op::AddElements { set, .. } if set.name == names::POD_NAMESPACE => Some("add"),
+            Op::DeleteElements { set, .. } if set.name == names::POD_GROUP => Some("delete"),
+            Op::AddElements { set, .. } if set.name == names::POD_GROUP => Some("add"),
             _ => None,
         })
         .collect();

@@ -381,6 +381,17 @@ impl PacketLab {
             server: TestNs::new("bnps")?,
         };
         lab.node.sh(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+        // Connection tracking is on in every node's namespace whatever the
+        // policies (the proxy's NAT and the overlay's masquerade track
+        // every connection), and a connection's first packet pays for its
+        // entry: the reference tracks too, so the difference is the
+        // policy table's own cost.
+        lab.node.sh(&[
+            "nft",
+            "add table ip bench-conntrack; \
+             add chain ip bench-conntrack forward { type filter hook forward priority -10; }; \
+             add rule ip bench-conntrack forward ct state invalid drop",
+        ])?;
         for (side, peer, net) in [("vc", &lab.client, 1), ("vs", &lab.server, 2)] {
             lab.node.plug(side, peer, &format!("10.128.{net}.2/24"))?;
             lab.node.sh(&[

@@ -390,6 +390,7 @@ impl Engine {
         let ingress = refs(Direction::Ingress, self);
         let egress = refs(Direction::Egress, self);
         Policy {
+            id: Arc::from(c.id.as_str()),
             compiled: c,
             ingress,
             egress,
@@ -429,23 +430,23 @@ impl Engine {
             .get(&pod.namespace)
             .unwrap_or(empty_labels());
         let new = policy_elements(p, pod, ns, selected);
-        let id: Id = Arc::from(p.id());
+        let id = &p.id;
         let was = self
             .selected_by
             .get(key)
-            .is_some_and(|ids| ids.contains(&id));
+            .is_some_and(|ids| ids.contains(id));
         if selected != was {
             let ids = self.selected_by.entry(key.clone()).or_default();
             if selected {
-                ids.insert(Arc::clone(&id));
+                ids.insert(Arc::clone(id));
             } else {
-                ids.remove(&id);
+                ids.remove(id);
                 if ids.is_empty() {
                     self.selected_by.remove(key);
                 }
             }
         }
-        self.contribute(key, Some(id), new);
+        self.contribute(key, Some(Arc::clone(id)), new);
         selected != was
     }
 
@@ -511,30 +512,35 @@ impl Engine {
 
     /// Replaces what pod `key` contributes for `id` with `new`.
     fn contribute(&mut self, key: &Key, id: Option<Id>, new: Vec<ElemKey>) {
-        let entry = self.contributions.entry(key.clone()).or_default();
-        let old = if new.is_empty() {
-            entry.remove(&id)
-        } else {
-            entry.insert(id, new.clone())
+        // Most (pod, policy) pairs contribute nothing, before and after.
+        let old = match self.contributions.get_mut(key) {
+            None if new.is_empty() => return,
+            None => None,
+            Some(c) => match c.get(&id) {
+                Some(old) if *old == new => return,
+                None if new.is_empty() => return,
+                _ => c.remove(&id),
+            },
         };
-        if entry.is_empty() {
-            self.contributions.remove(key);
-        }
-        let old = old.unwrap_or_default();
-        if old == new {
-            return;
-        }
-        for (set, key, data) in new {
-            let slot = (set, key);
+        for (set, key, data) in &new {
+            let slot = (*set, key.clone());
             let before = self.effective(&slot);
             let values = self.counts.entry(slot.clone()).or_default();
-            match values.iter().position(|(d, _)| *d == data) {
+            match values.iter().position(|(d, _)| d == data) {
                 Some(i) => values[i].1 += 1,
-                None => values.push((data, 1)),
+                None => values.push((data.clone(), 1)),
             }
             self.note(slot, before);
         }
-        self.release(old);
+        if !new.is_empty() {
+            self.contributions
+                .entry(key.clone())
+                .or_default()
+                .insert(id, new);
+        } else if self.contributions.get(key).is_some_and(|c| c.is_empty()) {
+            self.contributions.remove(key);
+        }
+        self.release(old.unwrap_or_default());
     }
 
     /// What the element at `slot` should hold: the latest value, or

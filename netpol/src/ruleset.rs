@@ -38,8 +38,6 @@ pub mod names {
     /// `ipv4_addr`: local pods whose policy state is programmed. A packet
     /// from or to the node's pod CIDR outside it is dropped (the guard).
     pub const READY: &str = "ready";
-    /// `ipv4_addr` interval: the node's pod CIDR (the guard's scope).
-    pub const POD_CIDR: &str = "pod-cidr";
     /// `ipv4_addr`: local pods selected by at least one Ingress policy.
     pub const INGRESS_ISOLATED: &str = "ingress-isolated";
     /// `ipv4_addr`: local pods selected by at least one Egress policy.
@@ -90,6 +88,8 @@ pub struct RuleRefs {
 /// A compiled policy with the numbers the engine gave its rules.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
+    /// The compiled policy's id, shared.
+    pub id: std::sync::Arc<str>,
     pub compiled: Compiled,
     pub ingress: Vec<RuleRefs>,
     pub egress: Vec<RuleRefs>,
@@ -106,7 +106,7 @@ impl Policy {
 
     /// The policy's id (its chains' prefix).
     pub fn id(&self) -> &str {
-        &self.compiled.id
+        &self.id
     }
 }
 
@@ -152,7 +152,6 @@ use DataType::{InetProto as P, InetService as S, Ipv4Addr as A, Mark as M};
 fn shared_sets() -> Vec<Set> {
     vec![
         Set::new(names::READY, &[A]),
-        Set::new(names::POD_CIDR, &[A]).with_flags(interval()),
         Set::new(names::INGRESS_ISOLATED, &[A]),
         Set::new(names::EGRESS_ISOLATED, &[A]),
         Set::map(names::POD_GROUP, &[A], MapData::Value(KeyType(vec![M]))),
@@ -239,10 +238,18 @@ pub fn skeleton(b: &mut Batch, node: &NodeConfig) {
         let mut established = Expr::ct_state_in(ct_state::ESTABLISHED | ct_state::RELATED).to_vec();
         established.push(verdict(Verdict::Accept));
         b.add_rule(&t, base, established, Some("replies and related"));
-        if node.guard_cidr.is_some() {
+        if let Some(cidr) = node.guard_cidr {
+            // The pod CIDR by mask and compare: cheaper on every new
+            // connection than an interval set's tree.
             let guard = vec![
                 local_addr(d, r(0)),
-                lookup(names::POD_CIDR, r(0), false),
+                Expr::Bitwise {
+                    sreg: r(0),
+                    dreg: r(1),
+                    mask: cidr.netmask().octets().to_vec(),
+                    xor: vec![0; 4],
+                },
+                Expr::cmp_eq(r(1), &cidr.network().octets()),
                 lookup(names::READY, r(0), true),
                 Expr::Counter,
                 verdict(Verdict::Drop),
@@ -278,10 +285,6 @@ pub fn skeleton(b: &mut Batch, node: &NodeConfig) {
             vec![Expr::Counter, verdict(Verdict::Drop)],
             Some(NOT_ALLOWED),
         );
-    }
-    if let Some(cidr) = node.guard_cidr {
-        let elem = Elem::range(ipv4(cidr.network()), ipv4(cidr.broadcast()));
-        b.add_elements(&t, &set_named(names::POD_CIDR), vec![elem]);
     }
 }
 

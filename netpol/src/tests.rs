@@ -141,7 +141,7 @@ fn a_full_sync_writes_the_table_with_every_policy_and_pod() {
         .iter()
         .filter(|op| matches!(op, Op::AddSet { .. }))
         .count();
-    assert_eq!(sets, 9, "the shared sets only");
+    assert_eq!(sets, 8, "the shared sets only");
     assert!(
         !chains.contains(&format!("{id}/eg")),
         "no egress chain: {chains:?}"

@@ -31,7 +31,17 @@ pub type Key = (String, String);
 type Id = Arc<str>;
 
 /// The contributions of one pod: by policy id (`None` for its own).
-type Contributions = HashMap<Option<Id>, Vec<ElemKey>>;
+type Contributions = Vec<(Option<Id>, Vec<ElemKey>)>;
+
+/// A pod the engine holds, with what it contributes.
+struct PodEntry {
+    info: PodInfo,
+    contributions: Contributions,
+    /// The ids of the policies that select it (a local pod).
+    selected_by: BTreeSet<Id>,
+    /// Its group's number (0: no policy selects it).
+    group: u32,
+}
 
 /// What one sync did.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -111,15 +121,16 @@ struct Group {
 pub struct Engine {
     nft: Arc<dyn NfTables>,
     node: NodeConfig,
-    pods: HashMap<Key, PodInfo>,
-    /// namespace -> names of its pods.
-    by_namespace: HashMap<String, BTreeSet<String>>,
+    /// The pods, by slot (a pod keeps its slot while it exists, so a
+    /// pass over pods and policies looks nothing up by name).
+    pods: Vec<Option<PodEntry>>,
+    free: Vec<usize>,
+    slots: HashMap<Key, usize>,
+    /// namespace -> slots of its pods.
+    by_namespace: HashMap<String, BTreeSet<usize>>,
     namespaces: HashMap<String, Labels>,
     policies: BTreeMap<Key, Arc<Policy>>,
     by_id: HashMap<Id, Arc<Policy>>,
-    contributions: HashMap<Key, Contributions>,
-    /// Local pods: the ids of the policies that select them.
-    selected_by: HashMap<Key, BTreeSet<Id>>,
     /// Per element (set, key): each value contributed, with its count,
     /// the latest last (sets have one, `None`). The kernel holds the
     /// latest: two pods sharing an address for a moment (one deleted, its
@@ -143,8 +154,6 @@ pub struct Engine {
     kernel_cidrs: HashMap<u32, Ranges>,
     groups: HashMap<u32, Group>,
     group_numbers: HashMap<Vec<Id>, u32>,
-    /// Local pods' group numbers (absent: 0, no policy).
-    pod_group: HashMap<Key, u32>,
     /// The groups the kernel holds: (egress, ingress) forms.
     kernel_groups: HashMap<u32, [GroupForm; 2]>,
     table: OwnedTable,
@@ -173,13 +182,13 @@ impl Engine {
         Engine {
             nft,
             node,
-            pods: HashMap::new(),
+            pods: Vec::new(),
+            free: Vec::new(),
+            slots: HashMap::new(),
             by_namespace: HashMap::new(),
             namespaces: HashMap::new(),
             policies: BTreeMap::new(),
             by_id: HashMap::new(),
-            contributions: HashMap::new(),
-            selected_by: HashMap::new(),
             counts: HashMap::new(),
             pending: HashMap::new(),
             added: Vec::new(),
@@ -192,7 +201,6 @@ impl Engine {
             kernel_cidrs: HashMap::new(),
             groups: HashMap::new(),
             group_numbers: HashMap::new(),
-            pod_group: HashMap::new(),
             kernel_groups: HashMap::new(),
             table: OwnedTable::new(table()),
         }
@@ -200,7 +208,7 @@ impl Engine {
 
     /// How many policies, pods and elements the engine holds.
     pub fn size(&self) -> (usize, usize, usize) {
-        (self.policies.len(), self.pods.len(), self.counts.len())
+        (self.policies.len(), self.slots.len(), self.counts.len())
     }
 
     /// Records namespace `name`'s labels (`None`: it is gone).
@@ -220,15 +228,14 @@ impl Engine {
             .filter(|p| !p.compiled.peer_namespaces.is_empty())
             .cloned()
             .collect();
-        let names: Vec<String> = self
+        let slots: Vec<usize> = self
             .by_namespace
             .get(name)
-            .map(|n| n.iter().cloned().collect())
+            .map(|n| n.iter().copied().collect())
             .unwrap_or_default();
-        for pod in names {
-            let key = (name.to_string(), pod);
+        for slot in slots {
             for p in &policies {
-                self.recompute(&key, p);
+                self.recompute(slot, p);
             }
         }
     }
@@ -246,36 +253,63 @@ impl Engine {
         if info.is_none() {
             self.gated.remove(&key);
         }
-        if info.as_ref() == self.pods.get(&key) {
+        let slot = self.slots.get(&key).copied();
+        let held = slot.and_then(|i| self.pods[i].as_ref()).map(|e| &e.info);
+        if info.as_ref() == held {
             return;
         }
         let Some(info) = info else {
-            self.pods.remove(&key);
-            if let Some(names) = self.by_namespace.get_mut(&key.0) {
-                names.remove(&key.1);
-                if names.is_empty() {
+            let Some(slot) = slot else { return };
+            self.slots.remove(&key);
+            if let Some(slots) = self.by_namespace.get_mut(&key.0) {
+                slots.remove(&slot);
+                if slots.is_empty() {
                     self.by_namespace.remove(&key.0);
                 }
             }
-            for elems in self
-                .contributions
-                .remove(&key)
-                .unwrap_or_default()
-                .into_values()
-            {
-                self.release(elems);
+            if let Some(entry) = self.pods[slot].take() {
+                for (_, elems) in entry.contributions {
+                    self.release(elems);
+                }
+                if entry.group != 0 {
+                    self.leave_group(entry.group);
+                }
             }
-            self.selected_by.remove(&key);
-            if let Some(g) = self.pod_group.remove(&key) {
-                self.leave_group(g);
-            }
+            self.free.push(slot);
             return;
         };
-        self.by_namespace
-            .entry(key.0.clone())
-            .or_default()
-            .insert(key.1.clone());
-        self.pods.insert(key.clone(), info);
+        let slot = match slot {
+            Some(slot) => {
+                if let Some(e) = self.pods[slot].as_mut() {
+                    e.info = info;
+                }
+                slot
+            }
+            None => {
+                let entry = PodEntry {
+                    info,
+                    contributions: Vec::new(),
+                    selected_by: BTreeSet::new(),
+                    group: 0,
+                };
+                let slot = match self.free.pop() {
+                    Some(i) => {
+                        self.pods[i] = Some(entry);
+                        i
+                    }
+                    None => {
+                        self.pods.push(Some(entry));
+                        self.pods.len() - 1
+                    }
+                };
+                self.slots.insert(key.clone(), slot);
+                self.by_namespace
+                    .entry(key.0.clone())
+                    .or_default()
+                    .insert(slot);
+                slot
+            }
+        };
         let labels = self.namespaces.get(&key.0).unwrap_or(empty_labels());
         let policies: Vec<Arc<Policy>> = self
             .policies
@@ -284,9 +318,9 @@ impl Engine {
             .cloned()
             .collect();
         for p in &policies {
-            self.recompute(&key, p);
+            self.recompute(slot, p);
         }
-        self.regroup(&key, true);
+        self.regroup(slot, true);
     }
 
     /// The kubelet's report: `pod` has address `ip` (its status may not
@@ -312,27 +346,23 @@ impl Engine {
             self.policies.remove(&key);
             let id: Id = Arc::from(old.id());
             self.by_id.remove(&id);
-            let pods: Vec<Key> = self.contributions.keys().cloned().collect();
-            for pod in pods {
-                let elems = self
+            let key = Some(Arc::clone(&id));
+            for slot in 0..self.pods.len() {
+                let Some(e) = self.pods[slot].as_mut() else {
+                    continue;
+                };
+                let elems = e
                     .contributions
-                    .get_mut(&pod)
-                    .and_then(|c| c.remove(&Some(Arc::clone(&id))));
+                    .iter()
+                    .position(|(i, _)| *i == key)
+                    .map(|i| e.contributions.swap_remove(i).1);
+                let selected = e.selected_by.remove(&id);
                 if let Some(elems) = elems {
                     self.release(elems);
                 }
-            }
-            let selected: Vec<Key> = self
-                .selected_by
-                .iter()
-                .filter(|(_, ids)| ids.contains(&id))
-                .map(|(k, _)| k.clone())
-                .collect();
-            for pod in selected {
-                if let Some(ids) = self.selected_by.get_mut(&pod) {
-                    ids.remove(&id);
+                if selected {
+                    self.regroup(slot, false);
                 }
-                self.regroup(&pod, false);
             }
             self.release_numbers(&old);
             self.removed.push(old);
@@ -342,18 +372,18 @@ impl Engine {
         self.policies.insert(key, Arc::clone(&p));
         self.by_id.insert(Arc::from(p.id()), Arc::clone(&p));
         self.added.push(Arc::clone(&p));
-        let candidates: Vec<Key> = self
+        let candidates: Vec<usize> = self
             .by_namespace
             .iter()
             .filter(|(ns, _)| {
                 let labels = self.namespaces.get(*ns).unwrap_or(empty_labels());
                 p.compiled.concerns(ns, labels)
             })
-            .flat_map(|(ns, names)| names.iter().map(|n| (ns.clone(), n.clone())))
+            .flat_map(|(_, slots)| slots.iter().copied())
             .collect();
-        for pod in candidates {
-            if self.recompute(&pod, &p) {
-                self.regroup(&pod, false);
+        for slot in candidates {
+            if self.recompute(slot, &p) {
+                self.regroup(slot, false);
             }
         }
     }
@@ -418,70 +448,58 @@ impl Engine {
         }
     }
 
-    /// Recomputes what pod `key` contributes to policy `p`; returns
-    /// whether `p` started or stopped selecting it.
-    fn recompute(&mut self, key: &Key, p: &Arc<Policy>) -> bool {
-        let Some(pod) = self.pods.get(key) else {
+    /// Recomputes what the pod in `slot` contributes to policy `p`;
+    /// returns whether `p` started or stopped selecting it.
+    fn recompute(&mut self, slot: usize, p: &Arc<Policy>) -> bool {
+        let Some(e) = self.pods[slot].as_ref() else {
             return false;
         };
-        let selected = selects(&p.compiled, pod);
+        let selected = selects(&p.compiled, &e.info);
         let ns = self
             .namespaces
-            .get(&pod.namespace)
+            .get(&e.info.namespace)
             .unwrap_or(empty_labels());
-        let new = policy_elements(p, pod, ns, selected);
-        let id = &p.id;
-        let was = self
-            .selected_by
-            .get(key)
-            .is_some_and(|ids| ids.contains(id));
+        let new = policy_elements(p, &e.info, ns, selected);
+        let was = e.selected_by.contains(&p.id);
         if selected != was {
-            let ids = self.selected_by.entry(key.clone()).or_default();
-            if selected {
-                ids.insert(Arc::clone(id));
-            } else {
-                ids.remove(id);
-                if ids.is_empty() {
-                    self.selected_by.remove(key);
+            if let Some(e) = self.pods[slot].as_mut() {
+                if selected {
+                    e.selected_by.insert(Arc::clone(&p.id));
+                } else {
+                    e.selected_by.remove(&p.id);
                 }
             }
         }
-        self.contribute(key, Some(Arc::clone(id)), new);
+        self.contribute(slot, Some(Arc::clone(&p.id)), new);
         selected != was
     }
 
-    /// Puts pod `key` in the group of the policies that select it (after
-    /// they changed, or `always` when the pod did) and rewrites its own
-    /// elements.
-    fn regroup(&mut self, key: &Key, always: bool) {
-        let members: Vec<Id> = self
-            .selected_by
-            .get(key)
-            .map(|ids| ids.iter().cloned().collect())
-            .unwrap_or_default();
-        let old = self.pod_group.get(key).copied().unwrap_or(0);
+    /// Puts the pod in `slot` in the group of the policies that select it
+    /// (after they changed, or `always` when the pod did) and rewrites its
+    /// own elements.
+    fn regroup(&mut self, slot: usize, always: bool) {
+        let Some(e) = self.pods[slot].as_ref() else {
+            return;
+        };
+        let members: Vec<Id> = e.selected_by.iter().cloned().collect();
+        let old = e.group;
         let new = if members.is_empty() {
             0
         } else {
             self.join_group(members)
         };
-        if new == 0 {
-            self.pod_group.remove(key);
-        } else {
-            self.pod_group.insert(key.clone(), new);
-        }
         if old != 0 {
             self.leave_group(old);
         }
+        let Some(e) = self.pods[slot].as_mut() else {
+            return;
+        };
+        e.group = new;
         if old == new && !always {
             return;
         }
-        let own = self
-            .pods
-            .get(key)
-            .map(|pod| own_elements(pod, new))
-            .unwrap_or_default();
-        self.contribute(key, None, own);
+        let own = own_elements(&e.info, new);
+        self.contribute(slot, None, own);
     }
 
     /// The number of the group of `members` (sorted), counting one more
@@ -510,17 +528,18 @@ impl Engine {
         }
     }
 
-    /// Replaces what pod `key` contributes for `id` with `new`.
-    fn contribute(&mut self, key: &Key, id: Option<Id>, new: Vec<ElemKey>) {
+    /// Replaces what the pod in `slot` contributes for `id` with `new`.
+    fn contribute(&mut self, slot: usize, id: Option<Id>, new: Vec<ElemKey>) {
+        let Some(e) = self.pods[slot].as_mut() else {
+            return;
+        };
         // Most (pod, policy) pairs contribute nothing, before and after.
-        let old = match self.contributions.get_mut(key) {
+        let pos = e.contributions.iter().position(|(i, _)| *i == id);
+        let old = match pos {
             None if new.is_empty() => return,
+            Some(i) if e.contributions[i].1 == new => return,
+            Some(i) => Some(e.contributions.swap_remove(i).1),
             None => None,
-            Some(c) => match c.get(&id) {
-                Some(old) if *old == new => return,
-                None if new.is_empty() => return,
-                _ => c.remove(&id),
-            },
         };
         for (set, key, data) in &new {
             let slot = (*set, key.clone());
@@ -533,12 +552,9 @@ impl Engine {
             self.note(slot, before);
         }
         if !new.is_empty() {
-            self.contributions
-                .entry(key.clone())
-                .or_default()
-                .insert(id, new);
-        } else if self.contributions.get(key).is_some_and(|c| c.is_empty()) {
-            self.contributions.remove(key);
+            if let Some(e) = self.pods[slot].as_mut() {
+                e.contributions.push((id, new));
+            }
         }
         self.release(old.unwrap_or_default());
     }

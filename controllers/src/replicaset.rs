@@ -238,13 +238,15 @@ impl ReplicaSetController {
             let new: Vec<Pod> = (0..plan.create).map(|_| new_pod(&rs)).collect();
             let names: HashSet<String> =
                 new.iter().filter_map(|p| p.metadata.name.clone()).collect();
-            self.expectations.expect(key, names, HashSet::new());
-            for pod in new {
-                let name = pod.metadata.name.clone().unwrap_or_default();
-                if let Err(e) = self.cp.create(Object::from(pod), None).await {
-                    self.expectations.observed(key, &name);
-                    return Err(Error::write(format!("create pod {name} for {key}"), e));
-                }
+            self.expectations.expect(key, names.clone(), HashSet::new());
+            let (created, failed) = podutil::create_slow_start(&self.cp, new).await;
+            // Pods not created will not be observed: expect them no more.
+            let created: HashSet<String> = created.into_iter().collect();
+            for name in names.difference(&created) {
+                self.expectations.observed(key, name);
+            }
+            if let Some((name, e)) = failed {
+                return Err(Error::write(format!("create pod {name} for {key}"), e));
             }
             tracing::info!(rs = %key, created = plan.create, "created pods");
         }

@@ -625,3 +625,97 @@ async fn no_pod_write_is_built_from_the_stripped_cache() {
     assert!(guard.pod_writes.load(std::sync::atomic::Ordering::Relaxed) >= 5);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Fails the `fail_at`-th create (1-based); counts every create.
+struct FailNth {
+    inner: Arc<dyn ControlPlane>,
+    creates: std::sync::atomic::AtomicUsize,
+    fail_at: usize,
+}
+
+#[async_trait::async_trait]
+impl ControlPlane for FailNth {
+    async fn get(&self, what: &ObjectRef) -> controlplane::Result<Object> {
+        self.inner.get(what).await
+    }
+    async fn list(&self, scope: &Scope) -> controlplane::Result<controlplane::ObjectList> {
+        self.inner.list(scope).await
+    }
+    async fn create(&self, obj: Object, ttl: Option<Duration>) -> controlplane::Result<Object> {
+        let n = 1 + self
+            .creates
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if n == self.fail_at {
+            return Err(controlplane::Error::invalid(
+                "pod",
+                "spec",
+                "refused for the test",
+            ));
+        }
+        self.inner.create(obj, ttl).await
+    }
+    async fn update(&self, obj: Object, ttl: Option<Duration>) -> controlplane::Result<Object> {
+        self.inner.update(obj, ttl).await
+    }
+    async fn update_status(&self, obj: Object) -> controlplane::Result<Object> {
+        self.inner.update_status(obj).await
+    }
+    async fn delete(
+        &self,
+        what: &ObjectRef,
+        revision: Option<u64>,
+    ) -> controlplane::Result<Object> {
+        self.inner.delete(what, revision).await
+    }
+    async fn delete_with(
+        &self,
+        what: &ObjectRef,
+        opts: &controlplane::DeleteOptions,
+    ) -> controlplane::Result<Object> {
+        self.inner.delete_with(what, opts).await
+    }
+    async fn watch(
+        &self,
+        scope: &Scope,
+        revision: u64,
+    ) -> controlplane::Result<controlplane::Watch> {
+        self.inner.watch(scope, revision).await
+    }
+}
+
+/// Pods are created in batches of 1, 2, 4, ...; a failure ends the
+/// creation after its batch (the rest are not tried), as kube's
+/// slowStartBatch does.
+#[tokio::test]
+async fn pods_are_created_in_slow_start_batches_that_stop_at_a_failure() {
+    let (inner, dir) = open().await;
+    let pod = |i: usize| -> k8s_openapi::api::core::v1::Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": format!("p-{i}"), "namespace": "default"},
+            "spec": {"containers": [{"name": "c", "image": "busybox:1.36"}]}}))
+        .unwrap()
+    };
+    // All ten: batches 1 + 2 + 4 + 3.
+    let cp: Arc<dyn ControlPlane> = Arc::clone(&inner);
+    let (made, failed) =
+        controllers::pods::create_slow_start(&cp, (0..10).map(pod).collect()).await;
+    assert!(failed.is_none());
+    assert_eq!(made.len(), 10);
+    assert_eq!(count(inner.as_ref(), Kind::Pod).await, 10);
+    // The 4th create (in the third batch, of four) fails: that batch's
+    // other three are created, the last three are not tried.
+    let failing = Arc::new(FailNth {
+        inner: Arc::clone(&inner),
+        creates: Default::default(),
+        fail_at: 4,
+    });
+    let cp: Arc<dyn ControlPlane> = failing.clone();
+    let (made, failed) =
+        controllers::pods::create_slow_start(&cp, (10..20).map(pod).collect()).await;
+    let (_, err) = failed.expect("the 4th create fails");
+    assert!(err.to_string().contains("refused for the test"), "{err}");
+    assert_eq!(made.len(), 6);
+    assert_eq!(failing.creates.load(std::sync::atomic::Ordering::SeqCst), 7);
+    assert_eq!(count(inner.as_ref(), Kind::Pod).await, 16);
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -296,14 +296,16 @@ impl JobController {
             }
             return Ok(None);
         }
-        for _ in 0..plan.create {
-            let pod = new_pod(&job);
-            let name = pod.metadata.name.clone().unwrap_or_default();
-            self.cp
-                .create(Object::from(pod), None)
-                .await
-                .map_err(|e| crate::Error::write(format!("create pod {name} for {key}"), e))?;
+        let new = (0..plan.create).map(|_| new_pod(&job)).collect();
+        let (created, failed) = podutil::create_slow_start(&self.cp, new).await;
+        for name in created {
             tracing::info!(job = %key, pod = %name, "created pod");
+        }
+        if let Some((name, e)) = failed {
+            return Err(crate::Error::write(
+                format!("create pod {name} for {key}"),
+                e,
+            ));
         }
         for name in &plan.delete {
             match self

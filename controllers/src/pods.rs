@@ -330,6 +330,50 @@ pub async fn adopt(
     Ok(())
 }
 
+/// Creates `pods` as kube-controller-manager's `slowStartBatch` does: in
+/// batches of 1, 2, 4, ..., each batch at once, stopping after a batch
+/// in which a create failed (a refusal — quota, admission, a bad
+/// template — usually refuses them all, and a burst of failing writes
+/// helps nobody). Returns the names created and, on a failure, the
+/// first failed pod's name with its error; pods after that batch are
+/// not tried.
+pub async fn create_slow_start(
+    cp: &Arc<dyn ControlPlane>,
+    pods: Vec<Pod>,
+) -> (Vec<String>, Option<(String, controlplane::Error)>) {
+    let mut created = Vec::with_capacity(pods.len());
+    let mut pods = pods.into_iter();
+    let mut size = 1;
+    loop {
+        let mut batch = tokio::task::JoinSet::new();
+        for pod in pods.by_ref().take(size) {
+            let cp = Arc::clone(cp);
+            batch.spawn(async move {
+                let name = pod.metadata.name.clone().unwrap_or_default();
+                (name, cp.create(Object::from(pod), None).await)
+            });
+        }
+        if batch.is_empty() {
+            return (created, None);
+        }
+        let mut failed = None;
+        while let Some(done) = batch.join_next().await {
+            match done {
+                Ok((name, Ok(_))) => created.push(name),
+                Ok((name, Err(e))) => {
+                    failed.get_or_insert((name, e));
+                }
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(_) => {}
+            }
+        }
+        if failed.is_some() {
+            return (created, failed);
+        }
+        size *= 2;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -380,49 +424,5 @@ mod tests {
         assert!(same_template(&t, &PodTemplateSpec::default()));
         let s = random_suffix();
         assert_eq!(s.len(), 5);
-    }
-}
-
-/// Creates `pods` as kube-controller-manager's `slowStartBatch` does: in
-/// batches of 1, 2, 4, ..., each batch at once, stopping after a batch
-/// in which a create failed (a refusal — quota, admission, a bad
-/// template — usually refuses them all, and a burst of failing writes
-/// helps nobody). Returns the names created and, on a failure, the
-/// first failed pod's name with its error; pods after that batch are
-/// not tried.
-pub async fn create_slow_start(
-    cp: &Arc<dyn ControlPlane>,
-    pods: Vec<Pod>,
-) -> (Vec<String>, Option<(String, controlplane::Error)>) {
-    let mut created = Vec::with_capacity(pods.len());
-    let mut pods = pods.into_iter();
-    let mut size = 1;
-    loop {
-        let mut batch = tokio::task::JoinSet::new();
-        for pod in pods.by_ref().take(size) {
-            let cp = Arc::clone(cp);
-            batch.spawn(async move {
-                let name = pod.metadata.name.clone().unwrap_or_default();
-                (name, cp.create(Object::from(pod), None).await)
-            });
-        }
-        if batch.is_empty() {
-            return (created, None);
-        }
-        let mut failed = None;
-        while let Some(done) = batch.join_next().await {
-            match done {
-                Ok((name, Ok(_))) => created.push(name),
-                Ok((name, Err(e))) => {
-                    failed.get_or_insert((name, e));
-                }
-                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-                Err(_) => {}
-            }
-        }
-        if failed.is_some() {
-            return (created, failed);
-        }
-        size *= 2;
     }
 }

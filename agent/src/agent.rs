@@ -511,7 +511,6 @@ async fn connect_containerd(config: &Config) -> Runtime {
 
 /// The first /24 of the cluster CIDR's IPv4 network (one node needs no more).
 fn first_subnet(cluster_cidr: &str) -> Result<String> {
-    let (v4, _) = overlay::config::split_cluster_cidr(cluster_cidr)
-        .map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_start_matches("network config: ")))?;
+    let (v4, _) = crate::config::cluster_cidrs(cluster_cidr)?;
     Ok(format!("{}/24", v4.network()))
 }

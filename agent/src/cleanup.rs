@@ -187,8 +187,7 @@ fn pod_network(ours: bool) -> Result<String> {
 /// The vxlan device or the udp backend's TUN, routes into the cluster network via a gateway
 /// (host-gw's), the masquerade and forward rules, the subnet file.
 fn overlay(config: &Config) -> Result<String> {
-    let (network, network6) = overlay::config::split_cluster_cidr(&config.cluster_cidr)
-        .map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_start_matches("network config: ")))?;
+    let (network, network6) = crate::config::cluster_cidrs(&config.cluster_cidr)?;
     let mut done = Vec::new();
     let mut nl = Netlink::new()?;
     for link in nl.link().list()? {

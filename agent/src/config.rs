@@ -107,6 +107,15 @@ pub struct Config {
     pub proxy_mode: Option<proxy::ProxyMode>,
 }
 
+/// `cluster-cidr` split into its IPv4 and (dual-stack) IPv6 networks;
+/// the error names the key.
+pub fn cluster_cidrs(value: &str) -> Result<(ipnet::Ipv4Net, Option<ipnet::Ipv6Net>)> {
+    overlay::config::split_cluster_cidr(value).map_err(|e| match e {
+        overlay::Error::Config(msg) => anyhow::anyhow!(msg),
+        other => anyhow::anyhow!(other),
+    })
+}
+
 impl Config {
     /// The kubelet's share of the config: where pods keep their state.
     pub fn kubelet(&self) -> kubelet::Config {
@@ -518,9 +527,7 @@ impl Config {
                 bail!("nodeport-addresses: {a:?} is not an IPv4 address");
             }
         }
-        overlay::config::split_cluster_cidr(&c.cluster_cidr).map_err(|e| {
-            anyhow::anyhow!("{}", e.to_string().trim_start_matches("network config: "))
-        })?;
+        cluster_cidrs(&c.cluster_cidr)?;
         if c.container_log_max_files < 2 {
             bail!(
                 "container-log-max-files: {} must be at least 2 (the live file and one rotated), as kubelet's",

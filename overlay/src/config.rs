@@ -123,10 +123,12 @@ pub fn split_cluster_cidr(value: &str) -> Result<(Ipv4Net, Option<Ipv6Net>)> {
         match net {
             IpNet::V4(n) if v4.is_none() => v4 = Some(n),
             IpNet::V6(n) if v6.is_none() => v6 = Some(n),
-            _ => return Err(bad(format!(
+            _ => {
+                return Err(bad(format!(
                 "{value:?} has two {} CIDRs; a dual-stack network is one IPv4 and one IPv6 CIDR",
                 if net.addr().is_ipv4() { "IPv4" } else { "IPv6" }
-            ))),
+            )))
+            }
         }
     }
     match v4 {

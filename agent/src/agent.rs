@@ -318,6 +318,11 @@ async fn start_node(
     let mut tasks = vec![];
     // Before the proxy (whose /metrics renders its metrics too) and the
     // kubelet (which calls its gate before a pod's first container).
+    if pod_cidrs.len() > 1 && config.enabled("network-policy") {
+        tracing::warn!(
+            "dual-stack pod network: NetworkPolicy is enforced for IPv4 only; pods' IPv6 addresses are not isolated by policies"
+        );
+    }
     let network_policy = if config.enabled("network-policy") {
         let started =
             crate::netpol::start(config, cp.clone(), &pod_cidr).context("start network policy")?;

@@ -366,3 +366,35 @@ pub async fn remove_pod(host: &Host<'_>, uid: &str, pod: Option<&Pod>) -> Result
 
 /// How long an orphan's containers get to stop.
 pub const ORPHAN_GRACE: Duration = Duration::from_secs(2);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(ips: &[&str]) -> crate::cni::AddResult {
+        crate::cni::AddResult {
+            ips: ips.iter().map(|s| s.parse().expect("prefix")).collect(),
+            raw: serde_json::Value::Null,
+        }
+    }
+
+    #[test]
+    fn pod_ips_put_the_node_ips_family_first_one_per_family() {
+        // kubelet: the first address of the node IP's family, then the
+        // first of the other family; more addresses are left out.
+        let r = result(&["fd00:10:244:3::2/64", "10.244.3.2/24", "10.244.3.9/24"]);
+        assert_eq!(
+            pod_ips(&r, "198.18.0.11"),
+            ["10.244.3.2", "fd00:10:244:3::2"]
+        );
+        assert_eq!(
+            pod_ips(&r, "fd00:198:18::b"),
+            ["fd00:10:244:3::2", "10.244.3.2"]
+        );
+        assert_eq!(
+            pod_ips(&result(&["10.244.3.2/24"]), "fd00::1"),
+            ["10.244.3.2"]
+        );
+        assert!(pod_ips(&result(&[]), "198.18.0.11").is_empty());
+    }
+}

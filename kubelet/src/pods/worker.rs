@@ -650,10 +650,12 @@ impl Worker {
         let env = {
             let cm = |n: &str| refs.config_maps.get(n).cloned();
             let sec = |n: &str| refs.secrets.get(n).cloned();
+            let pod_ips = sb.ips.join(",");
             let sources = env::EnvSources {
                 config_maps: &cm,
                 secrets: &sec,
                 pod_ip: sb.ip.as_deref().unwrap_or_default(),
+                pod_ips: &pod_ips,
                 host_ip: &ctx.node_ip,
                 node_name: &ctx.node_name,
             };

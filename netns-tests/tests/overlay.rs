@@ -13,7 +13,7 @@ use netns_tests::agent::Agent;
 use netns_tests::cluster::{tcp_echo, wait_until, ClusterNet, Pod, OUTSIDE_IP, UNDERLAY_IP};
 use netns_tests::etcd::EtcdCluster;
 use netns_tests::TestNs;
-use overlay_harness::{all_ping, prereqs, run_cli_in, subnet_of, Overlay, NETWORK};
+use overlay_harness::{all_ping, peer_seen, prereqs, run_cli_in, subnet_of, Overlay, NETWORK};
 
 /// The MAC of a node's vxlan device (sysfs shows the root namespace's
 /// links, so ask netlink).
@@ -99,31 +99,6 @@ fn vxlan_pods_reach_each_other_and_the_outside_world() -> Result<()> {
         o.net.node_ip(2)
     );
     Ok(())
-}
-
-/// Starts a server in `server` that answers each connection with the
-/// client address it saw; connects from `client` and returns the answer.
-fn peer_seen(server: &TestNs, server_ip: &str, client: &TestNs, port: u16) -> Result<String> {
-    let listen = format!("TCP-LISTEN:{port},fork,reuseaddr");
-    let mut child = server
-        .cmd(&["socat", &listen, "SYSTEM:echo $SOCAT_PEERADDR"])
-        .spawn()
-        .context("start the peer-address server")?;
-    let target = format!("TCP:{server_ip}:{port},connect-timeout=2");
-    let mut got = String::new();
-    let ok = wait_until(Duration::from_secs(5), || {
-        let out = client.cmd(&["socat", "-T", "3", "-", &target]).output();
-        got = out
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_default();
-        !got.is_empty()
-    });
-    let _ = child.kill();
-    let _ = child.wait();
-    if !ok {
-        bail!("no answer from {server_ip}:{port} in {}", server.name());
-    }
-    Ok(got)
 }
 
 /// Two nodes with a pod on node 0; a third node joins and node 0's pod

@@ -11,8 +11,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use netns_tests::cluster::{tcp_echo, wait_until, Pod, OUTSIDE_IP6};
-use netns_tests::TestNs;
-use overlay_harness::{all_ping, prereqs, run_cli_in, Overlay};
+use overlay_harness::{all_ping, peer_seen, prereqs, run_cli_in, Overlay};
 
 const DUAL: &str = "10.244.0.0/16,fd00:10:244::/56";
 
@@ -60,42 +59,23 @@ fn all_ping6(pods: &[&Pod]) -> Result<()> {
     Ok(())
 }
 
-/// Starts a server in `server` that answers each IPv6 connection with the
-/// client address it saw; connects from `client` and returns the answer.
-fn peer_seen6(server: &TestNs, server_ip: &str, client: &TestNs, port: u16) -> Result<String> {
-    let listen = format!("TCP6-LISTEN:{port},fork,reuseaddr");
-    let mut child = server
-        .cmd(&["socat", &listen, "SYSTEM:echo $SOCAT_PEERADDR"])
-        .spawn()
-        .context("start the peer-address server")?;
-    let target = format!("TCP6:[{server_ip}]:{port},connect-timeout=2");
-    let mut got = String::new();
-    let ok = wait_until(Duration::from_secs(5), || {
-        let out = client.cmd(&["socat", "-T", "3", "-", &target]).output();
-        got = out
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_default();
-        !got.is_empty()
-    });
-    let _ = child.kill();
-    let _ = child.wait();
-    if !ok {
-        bail!("no answer from [{server_ip}]:{port} in {}", server.name());
-    }
-    // socat spells it out in full (fd00:0010:…): compare as addresses.
-    let addr: std::net::Ipv6Addr = got
-        .trim_matches(|c| c == '[' || c == ']')
-        .parse()
-        .with_context(|| format!("peer address {got:?}"))?;
-    Ok(addr.to_string())
-}
-
 /// TCP over IPv6 both ways between two pods: each sees the other's IPv6
 /// address (the source is kept inside the cluster).
 fn tcp6_both_ways(a: &Pod, b: &Pod, port: u16) -> Result<()> {
-    assert_eq!(peer_seen6(b.ns(), &ip6(b)?, a.ns(), port)?, ip6(a)?);
-    assert_eq!(peer_seen6(a.ns(), &ip6(a)?, b.ns(), port + 1)?, ip6(b)?);
+    assert_eq!(peer_seen(b.ns(), &ip6(b)?, a.ns(), port)?, ip6(a)?);
+    assert_eq!(peer_seen(a.ns(), &ip6(a)?, b.ns(), port + 1)?, ip6(b)?);
     Ok(())
+}
+
+/// Node `i`'s lease as `knode get subnetlease -o yaml` prints it.
+fn lease_yaml(o: &Overlay, i: usize) -> Result<String> {
+    let name = o.wait_subnet(i)?.replace('/', "-");
+    run_cli_in(
+        o.node(0),
+        &o.control_plane(),
+        &["get", "subnetlease", &name, "-o", "yaml"],
+        None,
+    )
 }
 
 /// Node `i`'s IPv6 route to `subnet`, once it is there.
@@ -141,18 +121,7 @@ fn dual_stack_vxlan_over_an_ipv4_underlay() -> Result<()> {
     assert!(addrs.contains(&vtep6), "{vtep6} not in {addrs}");
     let r = route6(&o, 0, &s6[1])?;
     assert!(r.contains("dev knode.1") && r.contains("onlink"), "{r}");
-    let lease = run_cli_in(
-        o.node(0),
-        &o.control_plane(),
-        &[
-            "get",
-            "subnetlease",
-            &o.wait_subnet(1)?.replace('/', "-"),
-            "-o",
-            "yaml",
-        ],
-        None,
-    )?;
+    let lease = lease_yaml(&o, 1)?;
     assert!(lease.contains(&format!("IPv6Subnet: {}", s6[1])), "{lease}");
     assert!(!lease.contains("PublicIPv6"), "{lease}");
 
@@ -239,18 +208,7 @@ fn dual_stack_vxlan_over_an_ipv6_underlay_masquerades_ipv6_egress() -> Result<()
         .node(0)
         .sh(&["bridge", "fdb", "show", "dev", "knode-v6.1"])?;
     assert!(fdb.contains(&format!("dst {}", o.net.node_ip6(1))), "{fdb}");
-    let lease = run_cli_in(
-        o.node(0),
-        &o.control_plane(),
-        &[
-            "get",
-            "subnetlease",
-            &o.wait_subnet(1)?.replace('/', "-"),
-            "-o",
-            "yaml",
-        ],
-        None,
-    )?;
+    let lease = lease_yaml(&o, 1)?;
     assert!(
         lease.contains(&format!("PublicIPv6: {}", o.net.node_ip6(1))),
         "{lease}"
@@ -290,7 +248,7 @@ fn dual_stack_vxlan_over_an_ipv6_underlay_masquerades_ipv6_egress() -> Result<()
 
     // Egress: the world outside sees the node's IPv6 address, not the pod's.
     assert_eq!(
-        peer_seen6(o.net.internet(), OUTSIDE_IP6, pods[2].ns(), 7115)?,
+        peer_seen(o.net.internet(), OUTSIDE_IP6, pods[2].ns(), 7115)?,
         o.net.node_ip6(2)
     );
     let rules = o.node(2).sh(&["ip6tables-save", "-t", "nat"])?;

@@ -771,3 +771,44 @@ fn spawn_monitor(
         tracing::warn!(error = %e, "start the netlink monitor; relying on the periodic resync");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn underlay() -> Underlay {
+        Underlay {
+            name: "eth0".into(),
+            index: 2,
+            mtu: 1500,
+            ip: "198.18.0.11".parse().unwrap(),
+            net: "198.18.0.0/24".parse().unwrap(),
+        }
+    }
+
+    fn conf(backend: &str) -> NetConf {
+        NetConf::from_raw(
+            &NetConf::raw_from_flags("10.244.0.0/16,fd00:10:244::/56", backend).unwrap(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn dual_stack_needs_a_backend_and_underlay_that_carry_ipv6() {
+        let u6: Ipv6Net = "fd00:198:18::b/64".parse().unwrap();
+        assert!(check_dual_stack(&conf("vxlan"), &underlay(), None).is_ok());
+        assert!(check_dual_stack(&conf("host-gw"), &underlay(), Some(u6)).is_ok());
+        let e = check_dual_stack(&conf("host-gw"), &underlay(), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("iface eth0 has no global IPv6 address"), "{e}");
+        let e = check_dual_stack(&conf("udp"), &underlay(), Some(u6))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("Backend.Type: udp carries IPv4 only"), "{e}");
+        // Single-stack: nothing to check.
+        let single =
+            NetConf::parse(r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "udp"}}"#).unwrap();
+        assert!(check_dual_stack(&single, &underlay(), None).is_ok());
+    }
+}

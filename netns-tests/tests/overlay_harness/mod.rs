@@ -271,3 +271,50 @@ pub fn run_cli_in(
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
+
+/// Starts a server in `server` that answers each connection with the
+/// client address it saw; connects from `client` and returns the answer
+/// (IPv4 or IPv6, by `server_ip`; an IPv6 answer in its short form).
+pub fn peer_seen(server: &TestNs, server_ip: &str, client: &TestNs, port: u16) -> Result<String> {
+    let v6 = server_ip.contains(':');
+    let (listen, target) = if v6 {
+        (
+            format!("TCP6-LISTEN:{port},fork,reuseaddr"),
+            format!("TCP6:[{server_ip}]:{port},connect-timeout=2"),
+        )
+    } else {
+        (
+            format!("TCP-LISTEN:{port},fork,reuseaddr"),
+            format!("TCP:{server_ip}:{port},connect-timeout=2"),
+        )
+    };
+    let mut child = server
+        .cmd(&["socat", &listen, "SYSTEM:echo $SOCAT_PEERADDR"])
+        .spawn()
+        .context("start the peer-address server")?;
+    let mut got = String::new();
+    let ok = wait_until(Duration::from_secs(5), || {
+        let out = client.cmd(&["socat", "-T", "3", "-", &target]).output();
+        got = out
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
+        !got.is_empty()
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    if !ok {
+        bail!(
+            "no answer from {server_ip} port {port} in {}",
+            server.name()
+        );
+    }
+    if !v6 {
+        return Ok(got);
+    }
+    // socat spells IPv6 out in full (fd00:0010:…): compare as addresses.
+    let addr: std::net::Ipv6Addr = got
+        .trim_matches(|c| c == '[' || c == ']')
+        .parse()
+        .with_context(|| format!("peer address {got:?}"))?;
+    Ok(addr.to_string())
+}

@@ -405,7 +405,7 @@ pub fn document(r: &Results) -> Value {
                 whose underlay also has IPv6 addresses (fd00:198:18::/64, so IPv6 pod traffic goes over \
                 knode-v6.1 on the IPv6 underlay); the same loop as throughput over IPv6: pod (the pods' \
                 IPv6 addresses), vxlan (the nodes' IPv6 VTEP addresses over knode-v6.1), underlay (eth0's \
-                IPv6 addresses, the same steered veths and bridge); no veth-pair check",
+                IPv6 addresses, the same steered veths and bridge), veth (the same check pair, over IPv6)",
         "udp": "a second cluster (2 nodes, --backend udp) beside the first; its pods and the vxlan \
                 cluster's pods measured by the same interleaved loop: iperf3 TCP with 1 and 4 \
                 streams (-P 4), 5 rounds of 3 s after 1 s left out; the udp agents' utime+stime \

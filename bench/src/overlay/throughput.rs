@@ -57,7 +57,7 @@ impl Path {
             Path::Pod => "ours: pod on node 0 -> pod on node 1 over IPv6 (veth, bridge, knode-v6.1 vxlan, IPv6 underlay)",
             Path::Vxlan => "reference: node 0's IPv6 VTEP address -> node 1's, over knode-v6.1 alone",
             Path::Underlay => "reference: node 0 eth0 -> node 1 eth0 over IPv6 (the underlay veth and bridge)",
-            Path::Veth => "not measured over IPv6",
+            Path::Veth => "check of the reference: two namespaces on one veth pair over IPv6, no bridge",
         }
     }
 
@@ -118,7 +118,8 @@ impl Outcome {
 }
 
 /// Two namespaces joined by one veth pair, steered like the underlay
-/// (198.19.0.1 and .2, RFC 2544 space): the underlay without its bridge.
+/// (198.19.0.1 and .2, RFC 2544 space; fd00:198:19::1 and ::2 over
+/// IPv6): the underlay without its bridge.
 struct VethPair {
     a: TestNs,
     b: TestNs,
@@ -127,6 +128,8 @@ struct VethPair {
 impl VethPair {
     const A: &'static str = "198.19.0.1";
     const B: &'static str = "198.19.0.2";
+    const A6: &'static str = "fd00:198:19::1";
+    const B6: &'static str = "fd00:198:19::2";
 
     fn new() -> Result<VethPair> {
         let (a, b) = (TestNs::new("vpa")?, TestNs::new("vpb")?);
@@ -135,8 +138,10 @@ impl VethPair {
             b.name()
         );
         a.sh(&add.split(' ').collect::<Vec<_>>())?;
-        for (ns, ip) in [(&a, Self::A), (&b, Self::B)] {
+        for (ns, ip, ip6) in [(&a, Self::A, Self::A6), (&b, Self::B, Self::B6)] {
             ns.sh(&["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+            let ip6 = format!("{ip6}/64");
+            ns.sh(&["ip", "-6", "addr", "add", &ip6, "dev", "eth0", "nodad"])?;
             ns.sh(&["ip", "link", "set", "eth0", "up"])?;
             steer_flows(ns, "eth0")?;
         }
@@ -316,6 +321,8 @@ struct Addrs {
     pods: [String; 2],
     vteps: [String; 2],
     underlay: [String; 2],
+    /// The veth pair's server address.
+    veth: &'static str,
 }
 
 /// Measures the paths between node 0 and node 1: `pods` are one pod
@@ -326,8 +333,9 @@ pub fn measure(c: &Cluster, pods: &[Pod; 2], subnets: &[Ipv4Addr; 2]) -> Result<
         pods: [pods[0].ip().to_string(), pods[1].ip().to_string()],
         vteps: subnets.map(|s| s.to_string()),
         underlay: [c.net.node_ip(0), c.net.node_ip(1)],
+        veth: VethPair::B,
     };
-    measure_paths(c, pods, &addrs, Some(&pair))
+    measure_paths(c, pods, &addrs, &pair, false)
 }
 
 /// As [`measure`] over IPv6, on a dual-stack cluster with an IPv6
@@ -337,33 +345,33 @@ pub fn measure_ipv6(c: &Cluster, pods: &[Pod; 2], vteps6: [String; 2]) -> Result
         p.ip6()
             .with_context(|| format!("pod {} has no IPv6 address", p.ip()))
     };
+    let pair = VethPair::new().context("the veth pair")?;
     let addrs = Addrs {
         pods: [ip6(&pods[0])?, ip6(&pods[1])?],
         vteps: vteps6,
         underlay: [c.net.node_ip6(0), c.net.node_ip6(1)],
+        veth: VethPair::B6,
     };
-    measure_paths(c, pods, &addrs, None)
+    measure_paths(c, pods, &addrs, &pair, true)
 }
 
-/// The interleaved runs over every path `addrs` names (and the veth pair
-/// check when given; IPv4 only).
+/// The interleaved runs over every path, at the addresses `a` names.
 fn measure_paths(
     c: &Cluster,
     pods: &[Pod; 2],
     a: &Addrs,
-    pair: Option<&VethPair>,
+    pair: &VethPair,
+    ipv6: bool,
 ) -> Result<Outcome> {
     let (n0, n1) = (c.net.node(0), c.net.node(1));
-    let ipv6 = pair.is_none();
     let mut paths = Vec::new();
     let mut ends = Vec::new();
     for &path in &Path::ALL {
-        let (server, server_ip, client, bind) = match (path, pair) {
-            (Path::Pod, _) => (pods[1].ns(), a.pods[1].clone(), pods[0].ns(), None),
-            (Path::Vxlan, _) => (n1, a.vteps[1].clone(), n0, Some(a.vteps[0].clone())),
-            (Path::Underlay, _) => (n1, a.underlay[1].clone(), n0, Some(a.underlay[0].clone())),
-            (Path::Veth, Some(p)) => (&p.b, VethPair::B.to_string(), &p.a, None),
-            (Path::Veth, None) => continue,
+        let (server, server_ip, client, bind) = match path {
+            Path::Pod => (pods[1].ns(), a.pods[1].clone(), pods[0].ns(), None),
+            Path::Vxlan => (n1, a.vteps[1].clone(), n0, Some(a.vteps[0].clone())),
+            Path::Underlay => (n1, a.underlay[1].clone(), n0, Some(a.underlay[0].clone())),
+            Path::Veth => (&pair.b, a.veth.to_string(), &pair.a, None),
         };
         ends.push(Ends {
             name: path.name(),

@@ -1,7 +1,8 @@
-//! The kernel side of the overlay: the vxlan device and, per peer, routes,
-//! neighbour and FDB entries. [`plan`] diffs what peers want against what
-//! the kernel holds (pure); [`Dataplane`] observes and applies, with the
-//! real [`Kernel`] over hostnet's netlink and a [`Recorder`] fake.
+//! The kernel side of the overlay: the vxlan devices and, per peer and
+//! address family, routes, neighbour and FDB entries. [`plan`] diffs what
+//! peers want against what the kernel holds (pure); [`Dataplane`] observes
+//! and applies, with the real [`Kernel`] over hostnet's netlink and a
+//! [`Recorder`] fake.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;

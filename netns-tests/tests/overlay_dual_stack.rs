@@ -321,3 +321,43 @@ fn bad_dual_stack_input_stops_the_agent_with_the_key() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn dual_stack_restart_keeps_both_subnets_and_cleanup_removes_the_ipv6_side() -> Result<()> {
+    if !prereqs("dual_stack_restart_keeps_both_subnets_and_cleanup_removes_the_ipv6_side") {
+        return Ok(());
+    }
+    let mut o = dual(2, "vxlan", true)?;
+    let before = (o.wait_subnet(0)?, subnet6(&o, 0)?);
+    let p0 = o.pod(0, "p0")?;
+    let p1 = o.pod(1, "p1")?;
+    all_ping6(&[&p0, &p1])?;
+    // The kernel carries IPv6 pod traffic while the agent is away, and the
+    // agent comes back to the same pair of subnets.
+    o.agents[0].as_mut().unwrap().kill9()?;
+    assert!(p1.ns().ping(&ip6(&p0)?), "IPv6 stopped with the agent");
+    o.agents[0].as_mut().unwrap().restart()?;
+    // The log is appended to: the second "overlay ready" is the new agent's.
+    let ready = wait_until(Duration::from_secs(15), || {
+        o.agent(0).log().matches("overlay ready").count() >= 2
+    });
+    assert!(ready, "{}", o.agent(0).log());
+    assert_eq!((o.wait_subnet(0)?, subnet6(&o, 0)?), before);
+    tcp6_both_ways(&p0, &p1, 7131)?;
+
+    // --cleanup removes the IPv6 side too: device, routes, ip6tables chains.
+    drop((p0, p1));
+    let out = o.agents[0].as_mut().unwrap().cleanup()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let n0 = o.node(0);
+    assert!(n0.sh(&["ip", "link", "show", "knode-v6.1"]).is_err());
+    let routes = n0.sh(&["ip", "-6", "route", "show"])?;
+    assert!(!routes.contains("fd00:10:244:"), "{routes}");
+    let nat = n0.sh(&["ip6tables-save", "-t", "nat"])?;
+    assert!(!nat.contains("KNODE-POSTRTG"), "{nat}");
+    Ok(())
+}

@@ -1,9 +1,9 @@
 //! Dual-stack pods end to end: two nodes with `--cluster-cidr
 //! 10.244.0.0/16,fd00:10:244::/56`, pods run by containerd get an IPv4 and
 //! an IPv6 address; `status.podIPs` lists both (IPv4, the node IP's
-//! family, first, as kubelet orders them), the downward API gives both,
-//! the Node has both podCIDRs, and a pod reaches a pod on the other node
-//! over IPv6.
+//! family, first, as kubelet orders them), the downward API and
+//! /etc/hosts give both, the Node has both podCIDRs, and a pod reaches a
+//! pod on the other node over IPv6.
 
 use anyhow::{bail, Context, Result};
 use knode_tests::cluster::Cluster;
@@ -68,6 +68,11 @@ fn dual_stack_pods_get_both_addresses_and_talk_over_ipv6() -> Result<()> {
     // The downward API gives both, comma-separated.
     let env = c.nodes[0].knode(&["exec", "client", "--", "sh", "-c", "echo $POD_IPS"])?;
     assert_eq!(env.trim(), pod_ips(&client).join(","));
+    // /etc/hosts names the pod at both, as kubelet writes it.
+    let hosts = c.nodes[0].knode(&["exec", "client", "--", "cat", "/etc/hosts"])?;
+    for ip in pod_ips(&client) {
+        assert!(hosts.contains(&format!("{ip}\tclient\n")), "{hosts}");
+    }
 
     // Across the overlay over IPv6.
     let cmd = format!("echo ping | nc -w 3 {server6} 9000");

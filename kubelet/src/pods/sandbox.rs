@@ -106,7 +106,7 @@ pub async fn ensure(ctx: &Context, pod: &Pod) -> Result<(Sandbox, Option<Startin
         anyhow::Ok(pod_ips(&result, &ctx.node_ip))
     };
     let pause = async {
-        let files = files::prepare(&ctx.config, pod, None).context("pod files")?;
+        let files = files::prepare(&ctx.config, pod, &[]).context("pod files")?;
         if fresh && task::labels(&ctx.rt, &id).await?.is_some() {
             task::remove(&ctx.rt, &id).await?;
         }
@@ -142,8 +142,8 @@ pub async fn ensure(ctx: &Context, pod: &Pod) -> Result<(Sandbox, Option<Startin
         }
     }
 
-    // 5. The pod's files, now with its IP in /etc/hosts.
-    let files = files::prepare(&ctx.config, pod, ip.as_deref()).context("pod files")?;
+    // 5. The pod's files, now with its IPs in /etc/hosts.
+    let files = files::prepare(&ctx.config, pod, &ips).context("pod files")?;
     Ok((
         Sandbox {
             id,
@@ -164,7 +164,8 @@ async fn ensure_host_network(
     uid: &str,
 ) -> Result<(Sandbox, Option<Starting>)> {
     let ip = Some(ctx.node_ip.clone());
-    let files = files::prepare(&ctx.config, pod, ip.as_deref()).context("pod files")?;
+    let files = files::prepare(&ctx.config, pod, std::slice::from_ref(&ctx.node_ip))
+        .context("pod files")?;
     // The spec ignores the netns path for hostNetwork pods.
     let (pid, starting) =
         start_pause(ctx, pod, std::path::Path::new("/proc/1/ns/net"), &files).await?;

@@ -49,6 +49,10 @@ pub struct AgentArgs {
     /// This node's public IP on the underlay (must be on the interface).
     #[arg(long, value_name = "IP")]
     pub public_ip: Option<String>,
+    /// This node's IPv6 underlay address, for a dual-stack cluster CIDR
+    /// (default: the interface's first global IPv6 address, if any).
+    #[arg(long, value_name = "IPV6")]
+    pub public_ipv6: Option<String>,
     /// flannel's subnet file (default /run/flannel/subnet.env).
     #[arg(long, value_name = "FILE")]
     pub subnet_file: Option<std::path::PathBuf>,
@@ -296,21 +300,29 @@ async fn start_node(
         (None, Some(o)) => IpAddr::V4(o.public_ip()),
         _ => node::detect_ip(config.node_ip.as_deref())?,
     };
-    let pod_cidr = match (&overlay, &args.pod_cidr) {
-        (Some(o), _) => o.subnet().to_string(),
-        (None, Some(c)) => c.clone(),
-        (None, None) => first_subnet(&config.cluster_cidr)?,
+    // The pod CIDRs: the IPv4 one first (the node IP's family: kubelet
+    // puts that family first in podIPs), then the IPv6 one if dual-stack.
+    let pod_cidrs: Vec<String> = match (&overlay, &args.pod_cidr) {
+        (Some(o), _) => subnet_strings(o.subnets()),
+        (None, Some(c)) => vec![c.clone()],
+        (None, None) => vec![first_subnet(&config.cluster_cidr)?],
     };
+    let pod_cidr = pod_cidrs[0].clone();
     let mtu = overlay.as_ref().map(Overlay::mtu);
-    write_pod_network(config, &pod_cidr, mtu)?;
+    write_pod_network(config, &pod_cidrs, mtu)?;
     let id = node::Identity {
         name: config.node_name.clone(),
         ip: node_ip,
-        pod_cidr: Some(pod_cidr.clone()),
+        pod_cidrs: pod_cidrs.clone(),
     };
     let mut tasks = vec![];
     // Before the proxy (whose /metrics renders its metrics too) and the
     // kubelet (which calls its gate before a pod's first container).
+    if pod_cidrs.len() > 1 && config.enabled("network-policy") {
+        tracing::warn!(
+            "dual-stack pod network: NetworkPolicy is enforced for IPv4 only; pods' IPv6 addresses are not isolated by policies"
+        );
+    }
     let network_policy = if config.enabled("network-policy") {
         let started =
             crate::netpol::start(config, cp.clone(), &pod_cidr).context("start network policy")?;
@@ -340,7 +352,7 @@ async fn start_node(
             tasks.push(tokio::spawn(follow_subnet(
                 config.clone(),
                 cp.clone(),
-                pod_cidr.clone(),
+                pod_cidrs.clone(),
                 o.subscribe(),
                 mtu,
             )));
@@ -422,6 +434,13 @@ fn overlay_settings(config: &Config) -> Result<overlay::Settings> {
         backend: config.backend.clone(),
         iface: config.iface.clone(),
         public_ip,
+        public_ipv6: match &config.public_ipv6 {
+            Some(ip) => Some(
+                ip.parse()
+                    .map_err(|_| anyhow::anyhow!("public-ipv6: {ip:?} is not an IPv6 address"))?,
+            ),
+            None => None,
+        },
         subnet_file: config.subnet_file.clone(),
         lease_ttl: config.subnet_lease_ttl,
         renew_margin: config.subnet_lease_renew_margin,
@@ -430,17 +449,25 @@ fn overlay_settings(config: &Config) -> Result<overlay::Settings> {
     })
 }
 
-/// The default conflist for `subnet`: with the overlay, its MTU and no
-/// masquerading in the bridge (the overlay masquerades only what leaves
-/// the cluster network).
-fn write_pod_network(config: &Config, subnet: &str, mtu: Option<u32>) -> Result<()> {
+/// The overlay's subnets as the Node's podCIDRs (IPv4 first).
+fn subnet_strings(s: overlay::Subnets) -> Vec<String> {
+    std::iter::once(s.v4.to_string())
+        .chain(s.v6.map(|n| n.to_string()))
+        .collect()
+}
+
+/// The default conflist for `subnets` (one, or IPv4 and IPv6): with the
+/// overlay, its MTU and no masquerading in the bridge (the overlay
+/// masquerades only what leaves the cluster network).
+fn write_pod_network(config: &Config, subnets: &[String], mtu: Option<u32>) -> Result<()> {
     let net = cni::PodNetwork {
-        subnet,
+        subnet: &subnets[0],
+        subnet6: subnets.get(1).map(String::as_str),
         mtu,
         ip_masq: mtu.is_none(),
     };
     if let Some(written) = cni::ensure_default_conflist(&config.cni_conf_dir, &net)? {
-        tracing::info!(file = %written.display(), subnet = %subnet, "wrote the default pod network");
+        tracing::info!(file = %written.display(), subnets = %subnets.join(","), "wrote the default pod network");
     }
     Ok(())
 }
@@ -450,20 +477,20 @@ fn write_pod_network(config: &Config, subnet: &str, mtu: Option<u32>) -> Result<
 async fn follow_subnet(
     config: Config,
     cp: Arc<dyn ControlPlane>,
-    mut current: String,
-    mut subnets: tokio::sync::watch::Receiver<ipnet::Ipv4Net>,
+    mut current: Vec<String>,
+    mut subnets: tokio::sync::watch::Receiver<overlay::Subnets>,
     mtu: Option<u32>,
 ) {
     while subnets.changed().await.is_ok() {
-        let subnet = subnets.borrow_and_update().to_string();
-        if current == subnet {
+        let next = subnet_strings(*subnets.borrow_and_update());
+        if current == next {
             continue;
         }
-        if let Err(e) = write_pod_network(&config, &subnet, mtu) {
+        if let Err(e) = write_pod_network(&config, &next, mtu) {
             tracing::error!(error = %format!("{e:#}"), "rewrite the pod network for the new subnet");
         }
-        current = subnet;
-        if let Err(e) = node::set_pod_cidr(cp.as_ref(), &config.node_name, &current).await {
+        current = next;
+        if let Err(e) = node::set_pod_cidrs(cp.as_ref(), &config.node_name, &current).await {
             tracing::error!(error = %format!("{e:#}"), "update the Node's podCIDR");
         }
     }
@@ -487,13 +514,8 @@ async fn connect_containerd(config: &Config) -> Runtime {
     }
 }
 
-/// The first /24 of the cluster CIDR (one node needs no more).
+/// The first /24 of the cluster CIDR's IPv4 network (one node needs no more).
 fn first_subnet(cluster_cidr: &str) -> Result<String> {
-    let net: std::net::Ipv4Addr = cluster_cidr
-        .split_once('/')
-        .map(|(a, _)| a)
-        .unwrap_or(cluster_cidr)
-        .parse()
-        .map_err(|_| anyhow::anyhow!("cluster-cidr: {cluster_cidr:?} is not an IPv4 CIDR"))?;
-    Ok(format!("{net}/24"))
+    let (v4, _) = crate::config::cluster_cidrs(cluster_cidr)?;
+    Ok(format!("{}/24", v4.network()))
 }

@@ -25,7 +25,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context as _, Result};
 use hostnet::Netlink;
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 
 use crate::config::Config;
 use kubelet::cni;
@@ -187,16 +187,12 @@ fn pod_network(ours: bool) -> Result<String> {
 /// The vxlan device or the udp backend's TUN, routes into the cluster network via a gateway
 /// (host-gw's), the masquerade and forward rules, the subnet file.
 fn overlay(config: &Config) -> Result<String> {
-    let network: Ipv4Net = config.cluster_cidr.parse().map_err(|_| {
-        anyhow::anyhow!(
-            "cluster-cidr: {:?} is not an IPv4 CIDR like 10.244.0.0/16",
-            config.cluster_cidr
-        )
-    })?;
+    let (network, network6) = crate::config::cluster_cidrs(&config.cluster_cidr)?;
     let mut done = Vec::new();
     let mut nl = Netlink::new()?;
     for link in nl.link().list()? {
-        let vxlan = link.name.starts_with("knode.") && link.kind.as_deref() == Some("vxlan");
+        let vxlan = (link.name.starts_with("knode.") || link.name.starts_with("knode-v6."))
+            && link.kind.as_deref() == Some("vxlan");
         // The udp backend's TUN device is persistent: it outlives the agent.
         let tun = link.name == overlay::udp::DEVICE && link.kind.as_deref() == Some("tun");
         if vxlan || tun {
@@ -205,9 +201,16 @@ fn overlay(config: &Config) -> Result<String> {
         }
     }
     let mut routes = 0;
-    for r in nl.route().list(true)? {
-        let IpNet::V4(dst) = r.dst else { continue };
-        if network.contains(&dst) && dst != network && r.gateway.is_some() {
+    let mut all = nl.route().list(true)?;
+    if network6.is_some() {
+        all.extend(nl.route().list(false)?);
+    }
+    for r in all {
+        let ours = match r.dst {
+            IpNet::V4(dst) => network.contains(&dst) && dst != network,
+            IpNet::V6(dst) => network6.is_some_and(|n| n.contains(&dst) && dst != n),
+        };
+        if ours && r.gateway.is_some() {
             let req = hostnet::netlink::RouteRequest::new(r.dst, r.gateway, r.oif);
             nl.route().del(&req)?;
             routes += 1;

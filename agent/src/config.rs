@@ -44,6 +44,8 @@ pub struct Config {
     pub iface: Option<String>,
     /// The node's public IP on the underlay.
     pub public_ip: Option<String>,
+    /// The node's IPv6 underlay address (dual-stack; default: `iface`'s first global one).
+    pub public_ipv6: Option<String>,
     /// flannel's subnet file.
     pub subnet_file: PathBuf,
     pub subnet_lease_ttl: Duration,
@@ -103,6 +105,15 @@ pub struct Config {
     pub node_local_dns: Ipv4Addr,
     /// `nftables` or `iptables`; `None`: nftables where the kernel has it.
     pub proxy_mode: Option<proxy::ProxyMode>,
+}
+
+/// `cluster-cidr` split into its IPv4 and (dual-stack) IPv6 networks;
+/// the error names the key.
+pub fn cluster_cidrs(value: &str) -> Result<(ipnet::Ipv4Net, Option<ipnet::Ipv6Net>)> {
+    overlay::config::split_cluster_cidr(value).map_err(|e| match e {
+        overlay::Error::Config(msg) => anyhow::anyhow!(msg),
+        other => anyhow::anyhow!(other),
+    })
 }
 
 impl Config {
@@ -166,6 +177,7 @@ impl Default for Config {
             backend: "vxlan".into(),
             iface: None,
             public_ip: None,
+            public_ipv6: None,
             subnet_file: "/run/flannel/subnet.env".into(),
             subnet_lease_ttl: Duration::from_secs(24 * 3600),
             subnet_lease_renew_margin: Duration::from_secs(3600),
@@ -230,6 +242,7 @@ pub struct File {
     pub backend: Option<String>,
     pub iface: Option<String>,
     pub public_ip: Option<String>,
+    pub public_ipv6: Option<String>,
     pub subnet_file: Option<PathBuf>,
     /// A duration such as `24h`, `90s` or `1h30m`.
     pub subnet_lease_ttl: Option<String>,
@@ -346,6 +359,7 @@ impl Config {
             backend: flags.backend.or(file.backend).unwrap_or(d.backend),
             iface: flags.iface.or(file.iface),
             public_ip: flags.public_ip.or(file.public_ip),
+            public_ipv6: flags.public_ipv6.or(file.public_ipv6),
             subnet_file: flags
                 .subnet_file
                 .or(file.subnet_file)
@@ -513,12 +527,7 @@ impl Config {
                 bail!("nodeport-addresses: {a:?} is not an IPv4 address");
             }
         }
-        if c.cluster_cidr.parse::<ipnet::Ipv4Net>().is_err() {
-            bail!(
-                "cluster-cidr: {:?} is not an IPv4 CIDR like 10.244.0.0/16",
-                c.cluster_cidr
-            );
-        }
+        cluster_cidrs(&c.cluster_cidr)?;
         if c.container_log_max_files < 2 {
             bail!(
                 "container-log-max-files: {} must be at least 2 (the live file and one rotated), as kubelet's",
@@ -554,6 +563,11 @@ impl Config {
         if let Some(ip) = &c.public_ip {
             if ip.parse::<std::net::Ipv4Addr>().is_err() {
                 bail!("public-ip: {ip:?} is not an IPv4 address");
+            }
+        }
+        if let Some(ip) = &c.public_ipv6 {
+            if ip.parse::<std::net::Ipv6Addr>().is_err() {
+                bail!("public-ipv6: {ip:?} is not an IPv6 address");
             }
         }
         Ok(c)
@@ -749,7 +763,9 @@ mod tests {
                 .strip_prefix("# ")
                 .and_then(|l| l.split_once(": "))
                 .filter(|(k, _)| {
-                    !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '-')
+                    !k.is_empty()
+                        && k.chars()
+                            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
                 })
             else {
                 continue;
@@ -826,6 +842,28 @@ mod tests {
             ..File::default()
         })
         .contains("public-ip"));
+        assert!(bad(File {
+            public_ipv6: Some("198.18.0.1".into()),
+            ..File::default()
+        })
+        .contains("public-ipv6: \"198.18.0.1\" is not an IPv6 address"));
+        for (cidr, want) in [
+            (
+                "10.244.0.0/16,10.1.0.0/16",
+                "cluster-cidr: \"10.244.0.0/16,10.1.0.0/16\" has two IPv4 CIDRs",
+            ),
+            ("10.244.0.0/16,fd00::/56,fd01::/56", "has 3 CIDRs"),
+            (
+                "10.244.0.0/16,bogus",
+                "cluster-cidr: \"bogus\" is not a CIDR",
+            ),
+        ] {
+            let e = bad(File {
+                cluster_cidr: Some(cidr.into()),
+                ..File::default()
+            });
+            assert!(e.contains(want), "{e}");
+        }
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert!(parse_duration("5").is_err() && parse_duration("h").is_err());
     }

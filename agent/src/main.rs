@@ -248,6 +248,7 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
         backend: flag(|a| a.backend.clone()),
         iface: flag(|a| a.iface.clone()),
         public_ip: flag(|a| a.public_ip.clone()),
+        public_ipv6: flag(|a| a.public_ipv6.clone()),
         subnet_file: agent.and_then(|a| a.subnet_file.clone()),
         subnet_lease_ttl: flag(|a| a.subnet_lease_ttl.clone()),
         subnet_lease_renew_margin: flag(|a| a.subnet_lease_renew_margin.clone()),

@@ -15,7 +15,6 @@ use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use ipnet::Ipv4Net;
 use proxy::{Health, Metrics, NodeConfig, ProxyConfig};
 
 use crate::config::Config;
@@ -48,12 +47,9 @@ pub async fn start(
 
 /// The proxy's settings from the agent's config.
 pub fn proxy_config(config: &Config) -> Result<ProxyConfig> {
-    let cluster_cidr: Ipv4Net = config.cluster_cidr.parse().map_err(|_| {
-        anyhow::anyhow!(
-            "cluster-cidr: {:?} is not an IPv4 CIDR like 10.244.0.0/16",
-            config.cluster_cidr
-        )
-    })?;
+    // The proxy is IPv4 only for now: it gets the IPv4 half of a
+    // dual-stack cluster CIDR.
+    let (cluster_cidr, _) = crate::config::cluster_cidrs(&config.cluster_cidr)?;
     let node_ips = config
         .nodeport_addresses
         .iter()

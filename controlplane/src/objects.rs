@@ -33,6 +33,29 @@ pub struct SubnetLeaseSpec {
     /// Backend specifics, e.g. `{"VNI": 1, "VtepMAC": "aa:bb:..."}` for vxlan.
     #[serde(rename = "BackendData", default)]
     pub backend_data: Value,
+    /// The node's IPv6 pod subnet on a dual-stack network (flannel's
+    /// `IPv6Subnet`); absent on single-stack leases.
+    #[serde(
+        rename = "IPv6Subnet",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ipv6_subnet: Option<IpNet>,
+    /// The node's IPv6 underlay address, when it has one (flannel's `PublicIPv6`).
+    #[serde(
+        rename = "PublicIPv6",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub public_ipv6: Option<IpAddr>,
+    /// Backend specifics of the IPv6 path (flannel's `BackendV6Data`), e.g.
+    /// the VTEP MAC of the IPv6 vxlan device.
+    #[serde(
+        rename = "BackendV6Data",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub backend_v6_data: Option<Value>,
 }
 
 impl SubnetLease {

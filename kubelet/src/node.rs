@@ -30,7 +30,9 @@ pub const MAX_PODS: u32 = 110;
 pub struct Identity {
     pub name: String,
     pub ip: IpAddr,
-    pub pod_cidr: Option<String>,
+    /// The node's pod CIDRs: one, or an IPv4 and an IPv6 one (dual-stack);
+    /// the first is `spec.podCIDR`.
+    pub pod_cidrs: Vec<String>,
 }
 
 /// Creates or updates the Node object.
@@ -84,17 +86,17 @@ pub async fn register(
     Ok(())
 }
 
-/// Points the Node's podCIDR at `cidr` (after the overlay's lease changed),
-/// leaving everything else as registered.
-pub async fn set_pod_cidr(cp: &dyn ControlPlane, name: &str, cidr: &str) -> Result<()> {
+/// Points the Node's podCIDRs at `cidrs` (after the overlay's lease
+/// changed), leaving everything else as registered.
+pub async fn set_pod_cidrs(cp: &dyn ControlPlane, name: &str, cidrs: &[String]) -> Result<()> {
     let what = ObjectRef::new(Kind::Node, "", name);
     for _ in 0..5 {
         let Object::Node(mut n) = cp.get(&what).await.context("read the Node")? else {
             return Err(anyhow!("node {name} is not a Node"));
         };
         let spec = n.spec.get_or_insert_with(Default::default);
-        spec.pod_cidr = Some(cidr.to_string());
-        spec.pod_cidrs = Some(vec![cidr.to_string()]);
+        spec.pod_cidr = cidrs.first().cloned();
+        spec.pod_cidrs = Some(cidrs.to_vec());
         match cp.update(Object::Node(n), None).await {
             Ok(_) => return Ok(()),
             Err(e) if e.is_conflict() => continue,
@@ -209,8 +211,8 @@ pub fn node_object(id: &Identity, runtime_version: &str, now: Timestamp) -> Node
             ..Default::default()
         },
         spec: Some(NodeSpec {
-            pod_cidr: id.pod_cidr.clone(),
-            pod_cidrs: id.pod_cidr.clone().map(|c| vec![c]),
+            pod_cidr: id.pod_cidrs.first().cloned(),
+            pod_cidrs: (!id.pod_cidrs.is_empty()).then(|| id.pod_cidrs.clone()),
             ..Default::default()
         }),
         status: Some(NodeStatus {
@@ -332,7 +334,7 @@ mod tests {
         let id = Identity {
             name: "n1".into(),
             ip: "192.0.2.7".parse().unwrap(),
-            pod_cidr: Some("10.244.3.0/24".into()),
+            pod_cidrs: vec!["10.244.3.0/24".into(), "fd00:10:244:3::/64".into()],
         };
         let n = node_object(&id, "1.6.20", Timestamp::UNIX_EPOCH);
         let st = n.status.unwrap();
@@ -342,7 +344,9 @@ mod tests {
         assert!(cap["memory"].0.ends_with("Ki"));
         assert_eq!(st.addresses.unwrap()[0].address, "192.0.2.7");
         assert_eq!(st.conditions.unwrap()[0].status, "True");
-        assert_eq!(n.spec.unwrap().pod_cidr.as_deref(), Some("10.244.3.0/24"));
+        let spec = n.spec.unwrap();
+        assert_eq!(spec.pod_cidr.as_deref(), Some("10.244.3.0/24"));
+        assert_eq!(spec.pod_cidrs.unwrap().len(), 2);
     }
 
     #[test]

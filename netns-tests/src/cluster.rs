@@ -24,6 +24,12 @@ pub const UNDERLAY_IP: &str = "198.18.0.1";
 pub const INTERNET_GW: &str = "198.18.0.254";
 /// An address outside the cluster (TEST-NET-3), on the `internet` namespace's lo.
 pub const OUTSIDE_IP: &str = "203.0.113.1";
+/// The IPv6 underlay's prefix (a ULA of our own; never routed): host `h`
+/// is `fd00:198:18::<h in hex>`/64, added by [`ClusterNet::add_ipv6`].
+pub const UNDERLAY6_NET: &str = "fd00:198:18::";
+/// An IPv6 address outside the cluster (the documentation prefix), on the
+/// `internet` namespace's lo once [`ClusterNet::add_ipv6`] ran.
+pub const OUTSIDE_IP6: &str = "2001:db8:ffff::1";
 /// The underlay host number of node 0; node `i` is `FIRST_NODE_HOST + i`.
 const FIRST_NODE_HOST: usize = 11;
 /// The underlay host number of the `internet` namespace.
@@ -136,6 +142,11 @@ pub fn steer_flows(ns: &TestNs, dev: &str) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Host `h`'s IPv6 underlay address.
+fn host6(h: u8) -> String {
+    format!("{UNDERLAY6_NET}{h:x}")
 }
 
 /// The kernel's cpumask text for CPUs `0..n`: hex, 32-bit groups joined by commas.
@@ -253,6 +264,40 @@ impl ClusterNet {
         &self.underlay
     }
 
+    /// Gives the underlay IPv6 too: every node and the `internet`
+    /// namespace an address of [`UNDERLAY6_NET`] on `eth0` (no DAD), the
+    /// nodes a default IPv6 route via the `internet` namespace (which gets
+    /// [`OUTSIDE_IP6`]) and IPv6 forwarding.
+    pub fn add_ipv6(&self) -> Result<()> {
+        let inet6 = host6(INTERNET_HOST);
+        self.internet.sh(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("{inet6}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ])?;
+        let outside = format!("{OUTSIDE_IP6}/128");
+        self.internet
+            .sh(&["ip", "-6", "addr", "add", &outside, "dev", "lo"])?;
+        for i in self.node_indices() {
+            let ns = self.node(i);
+            let cidr = format!("{}/64", self.node_ip6(i));
+            ns.sh(&["ip", "-6", "addr", "add", &cidr, "dev", "eth0", "nodad"])?;
+            ns.sh(&["ip", "-6", "route", "add", "default", "via", &inet6])?;
+            ns.sh(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])?;
+        }
+        Ok(())
+    }
+
+    /// Node `i`'s IPv6 underlay address (after [`ClusterNet::add_ipv6`]).
+    pub fn node_ip6(&self, i: usize) -> String {
+        host6(self.node_host(i))
+    }
+
     fn node_host(&self, i: usize) -> u8 {
         u8::try_from(FIRST_NODE_HOST + i).unwrap_or(u8::MAX)
     }
@@ -351,6 +396,14 @@ impl Pod {
     /// The pod's IPv4 address.
     pub fn ip(&self) -> &str {
         &self.ip
+    }
+
+    /// The pod's IPv6 address, if its network gave it one.
+    pub fn ip6(&self) -> Option<String> {
+        self.result["ips"].as_array()?.iter().find_map(|ip| {
+            let (addr, _) = ip["address"].as_str()?.split_once('/')?;
+            addr.contains(':').then(|| addr.to_string())
+        })
     }
 
     /// The pod's network namespace.

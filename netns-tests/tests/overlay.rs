@@ -4,210 +4,16 @@
 //! conflist each agent writes. Everything lives in namespaces these tests
 //! create.
 
-use std::path::PathBuf;
+mod overlay_harness;
+
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use netns_tests::agent::Agent;
 use netns_tests::cluster::{tcp_echo, wait_until, ClusterNet, Pod, OUTSIDE_IP, UNDERLAY_IP};
-use netns_tests::etcd::{require_etcd, EtcdCluster};
-use netns_tests::{bin_dir, require_root, TempDir, TestNs};
-
-const NETWORK: &str = "10.244.0.0/16";
-/// Short enough that a node that left is forgotten within a test.
-const TTL: &str = "4s";
-const RENEW_MARGIN: &str = "2s";
-const RESYNC: &str = "1s";
-
-/// A cluster: the network, etcd, and one agent per node.
-struct Overlay {
-    agents: Vec<Option<Agent>>,
-    // Dropped after the agents: etcd, then the namespaces.
-    etcd: EtcdCluster,
-    net: ClusterNet,
-    backend: &'static str,
-}
-
-impl Overlay {
-    fn start(nodes: usize, backend: &'static str) -> Result<Overlay> {
-        Overlay::start_with(nodes, backend, None)
-    }
-
-    /// As [`Overlay::start`], with `net_conf` (net-conf.json) stored in the
-    /// control plane before any agent starts.
-    fn start_with(nodes: usize, backend: &'static str, net_conf: Option<&str>) -> Result<Overlay> {
-        let net = ClusterNet::new(nodes)?;
-        let etcd = EtcdCluster::start_in(net.underlay().path(), UNDERLAY_IP, 1)?;
-        let mut o = Overlay {
-            agents: Vec::new(),
-            etcd,
-            net,
-            backend,
-        };
-        if let Some(c) = net_conf {
-            o.store_net_conf(c)?;
-        }
-        for i in 0..nodes {
-            let a = o.spawn_agent(i)?;
-            o.agents.push(Some(a));
-        }
-        for i in 0..nodes {
-            o.wait_subnet(i)?;
-        }
-        Ok(o)
-    }
-
-    /// Stores the cluster's network config (ConfigMap kube-system/knode-network).
-    fn store_net_conf(&self, json: &str) -> Result<()> {
-        let manifest = serde_json::json!([
-            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kube-system"}},
-            {"apiVersion": "v1", "kind": "ConfigMap",
-             "metadata": {"name": "knode-network", "namespace": "kube-system"},
-             "data": {"net-conf.json": json}},
-        ]);
-        let docs: Vec<String> = manifest
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|d| d.to_string())
-            .collect();
-        run_cli_in(
-            self.net.node(0),
-            &self.control_plane(),
-            &["apply", "-f", "-"],
-            Some(&docs.join("\n---\n")),
-        )?;
-        Ok(())
-    }
-
-    fn control_plane(&self) -> String {
-        self.etcd.control_plane()
-    }
-
-    fn spawn_agent(&self, i: usize) -> Result<Agent> {
-        let dir = TempDir::new(&format!("overlay-n{i}"))?;
-        let root = dir.path().to_path_buf();
-        let p = |n: &str| root.join(n).display().to_string();
-        let global = vec![
-            "--control-plane".to_string(),
-            self.control_plane(),
-            "--cni-conf-dir".to_string(),
-            p("cni-conf"),
-        ];
-        let agent = [
-            "--node-name",
-            &format!("node-{i}"),
-            "--disable",
-            "pods",
-            "--iface",
-            "eth0",
-            "--backend",
-            self.backend,
-            "--cluster-cidr",
-            NETWORK,
-            "--subnet-file",
-            &p("subnet.env"),
-            "--subnet-lease-ttl",
-            TTL,
-            "--subnet-lease-renew-margin",
-            RENEW_MARGIN,
-            "--overlay-resync-period",
-            RESYNC,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        Agent::start_node(dir, self.net.node(i).path(), global, agent)
-    }
-
-    fn agent(&self, i: usize) -> &Agent {
-        self.agents[i].as_ref().expect("agent running")
-    }
-
-    fn subnet_file(&self, i: usize) -> PathBuf {
-        self.agent(i).dir().join("subnet.env")
-    }
-
-    /// Waits for node `i`'s subnet file; returns its subnet (`10.244.x.0/24`).
-    fn wait_subnet(&self, i: usize) -> Result<String> {
-        let path = self.subnet_file(i);
-        if !wait_until(Duration::from_secs(15), || path.exists()) {
-            bail!(
-                "node {i}: no subnet file after 15 s; agent log:\n{}",
-                self.agent(i).log()
-            );
-        }
-        subnet_of(&std::fs::read_to_string(&path)?)
-    }
-
-    /// A pod on node `i` from the conflist its agent wrote, with the IPAM
-    /// store moved into the agent's temp dir (the default store is shared
-    /// by everything on the machine).
-    fn pod(&self, i: usize, name: &str) -> Result<Pod> {
-        let path = self.agent(i).dir().join("cni-conf/10-knode.conflist");
-        // Written right after the lease (and the subnet file).
-        wait_until(Duration::from_secs(10), || path.exists());
-        let mut list: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?,
-        )?;
-        list["plugins"][0]["ipam"]["dataDir"] = serde_json::json!(self.agent(i).dir().join("ipam"));
-        Pod::add_list(self.net.node(i), &list, &bin_dir(), name)
-    }
-
-    fn node(&self, i: usize) -> &TestNs {
-        self.net.node(i)
-    }
-
-    /// Runs one more agent on node `i` with `flags` (pods off, no API)
-    /// in a temp dir, expecting it to stop; its output.
-    fn failing_agent(&self, i: usize, flags: &[&str]) -> Result<std::process::Output> {
-        let dir = TempDir::new("overlay-bad")?;
-        let out = netns_tests::ns_command(Some(self.node(i).path()), netns_tests::our_bin("knode"))
-            .args([
-                "--config",
-                "/dev/null",
-                "--control-plane",
-                &self.control_plane(),
-            ])
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .arg("--run-dir")
-            .arg(dir.path().join("run"))
-            // No Kubernetes API: it would write /etc/knode/knode.yaml.
-            .args([
-                "agent",
-                "--node-name",
-                "bad",
-                "--disable",
-                "pods",
-                "--api-port",
-                "0",
-            ])
-            .args(flags)
-            .arg("--subnet-file")
-            .arg(dir.path().join("subnet.env"))
-            .output()?;
-        Ok(out)
-    }
-}
-
-/// The subnet a subnet.env names (`FLANNEL_SUBNET=10.244.3.1/24` -> `10.244.3.0/24`).
-fn subnet_of(env: &str) -> Result<String> {
-    let v = env
-        .lines()
-        .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))
-        .context("no FLANNEL_SUBNET")?;
-    let (ip, len) = v
-        .split_once('/')
-        .context("FLANNEL_SUBNET without a length")?;
-    let mut octets: Vec<&str> = ip.split('.').collect();
-    octets[3] = "0";
-    Ok(format!("{}/{len}", octets.join(".")))
-}
-
-fn prereqs(test: &str) -> bool {
-    require_root(test) && require_etcd(test)
-}
+use netns_tests::etcd::EtcdCluster;
+use netns_tests::TestNs;
+use overlay_harness::{all_ping, peer_seen, prereqs, run_cli_in, subnet_of, Overlay, NETWORK};
 
 /// The MAC of a node's vxlan device (sysfs shows the root namespace's
 /// links, so ask netlink).
@@ -218,18 +24,6 @@ fn vtep_mac(node: &TestNs) -> Result<String> {
         .nth(1)
         .map(str::to_string)
         .with_context(|| format!("no MAC in {out}"))
-}
-
-/// Every pod pings every other pod.
-fn all_ping(pods: &[&Pod]) -> Result<()> {
-    for a in pods {
-        for b in pods {
-            if a.ip() != b.ip() && !wait_until(Duration::from_secs(5), || a.ns().ping(b.ip())) {
-                bail!("pod {} cannot ping pod {}", a.ip(), b.ip());
-            }
-        }
-    }
-    Ok(())
 }
 
 /// What node `i` has for `subnet`: its route, neighbour and FDB lines.
@@ -305,31 +99,6 @@ fn vxlan_pods_reach_each_other_and_the_outside_world() -> Result<()> {
         o.net.node_ip(2)
     );
     Ok(())
-}
-
-/// Starts a server in `server` that answers each connection with the
-/// client address it saw; connects from `client` and returns the answer.
-fn peer_seen(server: &TestNs, server_ip: &str, client: &TestNs, port: u16) -> Result<String> {
-    let listen = format!("TCP-LISTEN:{port},fork,reuseaddr");
-    let mut child = server
-        .cmd(&["socat", &listen, "SYSTEM:echo $SOCAT_PEERADDR"])
-        .spawn()
-        .context("start the peer-address server")?;
-    let target = format!("TCP:{server_ip}:{port},connect-timeout=2");
-    let mut got = String::new();
-    let ok = wait_until(Duration::from_secs(5), || {
-        let out = client.cmd(&["socat", "-T", "3", "-", &target]).output();
-        got = out
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_default();
-        !got.is_empty()
-    });
-    let _ = child.kill();
-    let _ = child.wait();
-    if !ok {
-        bail!("no answer from {server_ip}:{port} in {}", server.name());
-    }
-    Ok(got)
 }
 
 /// Two nodes with a pod on node 0; a third node joins and node 0's pod
@@ -575,12 +344,7 @@ fn concurrent_starts_never_share_a_subnet() -> Result<()> {
     // compare-and-set path is what keeps them apart.
     let net = ClusterNet::new(2)?;
     let etcd = EtcdCluster::start_in(net.underlay().path(), UNDERLAY_IP, 1)?;
-    let o = Overlay {
-        agents: Vec::new(),
-        etcd,
-        net,
-        backend: "vxlan",
-    };
+    let o = Overlay::empty(net, etcd, "vxlan");
     o.store_net_conf(r#"{"Network": "10.9.0.0/22", "SubnetLen": 24}"#)?;
     let ep = o.control_plane();
     let cli = |args: &[&str], stdin: Option<&str>| run_cli_in(o.net.node(0), &ep, args, stdin);
@@ -613,27 +377,6 @@ fn concurrent_starts_never_share_a_subnet() -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Runs the `knode` CLI inside `ns` against `control_plane`; its stdout.
-fn run_cli_in(
-    ns: &TestNs,
-    control_plane: &str,
-    args: &[&str],
-    stdin: Option<&str>,
-) -> Result<String> {
-    let knode = netns_tests::our_bin("knode");
-    let mut cmd = netns_tests::ns_command(Some(ns.path()), &knode);
-    cmd.args(["--config", "/dev/null", "--control-plane", control_plane])
-        .args(args);
-    let out = netns_tests::agent::run_with_stdin(cmd, stdin)?;
-    if !out.status.success() {
-        bail!(
-            "knode {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 #[test]

@@ -3,9 +3,9 @@
 //! control plane as a ConfigMap so every node reads the same one; this
 //! module parses, defaults and validates it, and does no I/O.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
@@ -27,6 +27,10 @@ pub const DEFAULT_UDP_PORT: u16 = 8285;
 /// The udp backend's outer IPv4 and UDP headers (the inner packet is the
 /// whole UDP payload).
 pub const UDP_OVERHEAD: u32 = 28;
+/// The VXLAN header and outer IPv6/UDP/Ethernet headers (an IPv6 underlay).
+pub const VXLAN6_OVERHEAD: u32 = 70;
+/// flannel's default IPv6SubnetLen.
+pub const DEFAULT_IPV6_SUBNET_LEN: u8 = 64;
 
 /// The backend part of the config, as written.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -60,6 +64,79 @@ pub struct RawNetConf {
     pub subnet_max: Option<String>,
     #[serde(rename = "Backend", default, skip_serializing_if = "Option::is_none")]
     pub backend: Option<BackendSpec>,
+    /// flannel's dual-stack keys: IPv6 pod subnets beside the IPv4 ones.
+    #[serde(
+        rename = "EnableIPv6",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub enable_ipv6: Option<bool>,
+    #[serde(
+        rename = "IPv6Network",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ipv6_network: Option<String>,
+    #[serde(
+        rename = "IPv6SubnetLen",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ipv6_subnet_len: Option<u8>,
+}
+
+/// The IPv6 half of a dual-stack network: node `n`'s IPv6 subnet is the
+/// `n`th /`subnet_len` of `network`, where `n` is the number of its IPv4
+/// subnet inside the IPv4 Network (10.244.3.0/24 pairs with
+/// fd00:10:244:3::/64 in fd00:10:244::/56). The IPv4 lease's
+/// compare-and-set then keeps the IPv6 subnets distinct as well.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv6Conf {
+    pub network: Ipv6Net,
+    pub subnet_len: u8,
+}
+
+/// Splits a `cluster-cidr` value: one CIDR, or an IPv4 and an IPv6 CIDR
+/// separated by a comma (kube-controller-manager's and k3s's form), in
+/// either order. Returns (IPv4, IPv6); errors name the key.
+pub fn split_cluster_cidr(value: &str) -> Result<(Ipv4Net, Option<Ipv6Net>)> {
+    let bad = |msg: String| Error::Config(format!("cluster-cidr: {msg}"));
+    let parts: Vec<&str> = value.split(',').map(str::trim).collect();
+    if parts.len() > 2 {
+        return Err(bad(format!(
+            "{value:?} has {} CIDRs; at most two (one IPv4 and one IPv6, like 10.244.0.0/16,fd00:10:244::/56)",
+            parts.len()
+        )));
+    }
+    let mut v4 = None;
+    let mut v6 = None;
+    for p in &parts {
+        let net: IpNet = p
+            .parse()
+            .map_err(|_| bad(format!("{p:?} is not a CIDR like 10.244.0.0/16")))?;
+        if net.trunc() != net {
+            return Err(bad(format!(
+                "{net} has host bits set (did you mean {}?)",
+                net.trunc()
+            )));
+        }
+        match net {
+            IpNet::V4(n) if v4.is_none() => v4 = Some(n),
+            IpNet::V6(n) if v6.is_none() => v6 = Some(n),
+            _ => {
+                return Err(bad(format!(
+                "{value:?} has two {} CIDRs; a dual-stack network is one IPv4 and one IPv6 CIDR",
+                if net.addr().is_ipv4() { "IPv4" } else { "IPv6" }
+            )))
+            }
+        }
+    }
+    match v4 {
+        Some(v4) => Ok((v4, v6)),
+        None => Err(bad(format!(
+            "{value:?} has no IPv4 CIDR; IPv6-only pod networks are not supported (give an IPv4 CIDR beside it)"
+        ))),
+    }
 }
 
 /// Which backend carries cross-node traffic.
@@ -106,6 +183,8 @@ pub struct NetConf {
     pub subnet_min: Ipv4Addr,
     pub subnet_max: Ipv4Addr,
     pub backend: Backend,
+    /// The IPv6 network of a dual-stack cluster.
+    pub ipv6: Option<Ipv6Conf>,
 }
 
 impl NetConf {
@@ -117,15 +196,39 @@ impl NetConf {
     }
 
     /// The config a node proposes from its flags when none is stored yet.
-    pub fn raw_from_flags(network: &str, backend: &str) -> RawNetConf {
-        RawNetConf {
-            network: Some(network.to_string()),
+    /// `cluster_cidr` may hold an IPv4 and an IPv6 CIDR (see
+    /// [`split_cluster_cidr`]); the IPv6 one becomes flannel's
+    /// `EnableIPv6` and `IPv6Network`.
+    pub fn raw_from_flags(cluster_cidr: &str, backend: &str) -> Result<RawNetConf> {
+        let (v4, v6) = split_cluster_cidr(cluster_cidr)?;
+        Ok(RawNetConf {
+            network: Some(v4.to_string()),
             backend: Some(BackendSpec {
                 kind: Some(backend.to_string()),
                 ..Default::default()
             }),
+            enable_ipv6: v6.map(|_| true),
+            ipv6_network: v6.map(|n| n.to_string()),
             ..Default::default()
+        })
+    }
+
+    /// The config as `cluster-cidr` would spell it (`10.244.0.0/16` or
+    /// `10.244.0.0/16,fd00:10:244::/56`).
+    pub fn cluster_cidr(&self) -> String {
+        match self.ipv6 {
+            Some(v6) => format!("{},{}", self.network, v6.network),
+            None => self.network.to_string(),
         }
+    }
+
+    /// The IPv6 subnet paired with IPv4 subnet `v4` (see [`Ipv6Conf`]).
+    pub fn subnet6_for(&self, v4: Ipv4Net) -> Option<Ipv6Net> {
+        let v6 = self.ipv6?;
+        let n =
+            (u32::from(v4.network()) - u32::from(self.network.network())) >> (32 - self.subnet_len);
+        let start = u128::from(v6.network.network()) + (u128::from(n) << (128 - v6.subnet_len));
+        Ipv6Net::new(Ipv6Addr::from(start), v6.subnet_len).ok()
     }
 
     /// Defaults and validation, as flannel does them: SubnetLen 24 (two
@@ -143,7 +246,7 @@ impl NetConf {
         let IpNet::V4(network) = network else {
             return Err(bad(
                 "Network",
-                format!("{network_s}: only IPv4 is supported"),
+                format!("{network_s}: only IPv4 is supported here; an IPv6 network goes in IPv6Network (with EnableIPv6) beside an IPv4 Network"),
             ));
         };
         if network.trunc() != network {
@@ -208,12 +311,14 @@ impl NetConf {
             ));
         }
         let backend = backend_from(raw.backend.as_ref().cloned().unwrap_or_default())?;
+        let ipv6 = ipv6_from(raw, network, subnet_len)?;
         Ok(NetConf {
             network,
             subnet_len,
             subnet_min,
             subnet_max,
             backend,
+            ipv6,
         })
     }
 
@@ -238,6 +343,64 @@ impl NetConf {
             && s.network() >= self.subnet_min
             && s.network() <= self.subnet_max
     }
+}
+
+/// flannel's `EnableIPv6`, `IPv6Network` and `IPv6SubnetLen`, checked so
+/// that every IPv4 subnet has its IPv6 partner.
+fn ipv6_from(raw: &RawNetConf, network: Ipv4Net, subnet_len: u8) -> Result<Option<Ipv6Conf>> {
+    let bad = |field: &str, msg: String| Error::Config(format!("{field}: {msg}"));
+    let enabled = raw.enable_ipv6.unwrap_or(false);
+    let Some(net_s) = raw.ipv6_network.as_deref().filter(|_| enabled) else {
+        if enabled {
+            return Err(bad(
+                "IPv6Network",
+                "required with EnableIPv6 (e.g. \"fd00:10:244::/56\")".into(),
+            ));
+        }
+        if raw.ipv6_network.is_some() || raw.ipv6_subnet_len.is_some() {
+            let field = if raw.ipv6_network.is_some() {
+                "IPv6Network"
+            } else {
+                "IPv6SubnetLen"
+            };
+            return Err(bad(field, "set without EnableIPv6: true".into()));
+        }
+        return Ok(None);
+    };
+    let net: IpNet = net_s
+        .parse()
+        .map_err(|_| bad("IPv6Network", format!("{net_s:?} is not a CIDR")))?;
+    let IpNet::V6(net) = net else {
+        return Err(bad("IPv6Network", format!("{net_s} is not an IPv6 CIDR")));
+    };
+    if net.trunc() != net {
+        return Err(bad(
+            "IPv6Network",
+            format!("{net} has host bits set (did you mean {}?)", net.trunc()),
+        ));
+    }
+    let len = raw.ipv6_subnet_len.unwrap_or(DEFAULT_IPV6_SUBNET_LEN);
+    if len > 120 {
+        return Err(bad(
+            "IPv6SubnetLen",
+            format!("/{len} leaves too few addresses for pods; at most /120"),
+        ));
+    }
+    let need = subnet_len - network.prefix_len();
+    if len < net.prefix_len() || len - net.prefix_len() < need {
+        return Err(bad(
+            "IPv6SubnetLen",
+            format!(
+                "/{len} subnets of IPv6Network {net} are {} too few: Network {network} has 2^{need} /{subnet_len} subnets and each node's IPv4 subnet is paired with an IPv6 one, so IPv6SubnetLen must be at least /{} (or IPv6Network larger)",
+                if len < net.prefix_len() { "not subnets at all, and".to_string() } else { format!("2^{},", len - net.prefix_len()) },
+                u32::from(net.prefix_len()) + u32::from(need)
+            ),
+        ));
+    }
+    Ok(Some(Ipv6Conf {
+        network: net,
+        subnet_len: len,
+    }))
 }
 
 fn backend_from(b: BackendSpec) -> Result<Backend> {
@@ -322,6 +485,78 @@ mod tests {
     }
 
     #[test]
+    fn dual_stack_pairs_each_ipv4_subnet_with_an_ipv6_one() {
+        let raw = NetConf::raw_from_flags("10.244.0.0/16,fd00:10:244::/56", "vxlan").unwrap();
+        let json = serde_json::to_string(&raw).unwrap();
+        assert!(
+            json.contains(r#""EnableIPv6":true,"IPv6Network":"fd00:10:244::/56""#),
+            "{json}"
+        );
+        let c = NetConf::parse(&json).unwrap();
+        let v6 = c.ipv6.unwrap();
+        assert_eq!(v6.subnet_len, 64);
+        assert_eq!(
+            c.subnet6_for("10.244.3.0/24".parse().unwrap()),
+            Some("fd00:10:244:3::/64".parse().unwrap())
+        );
+        assert_eq!(
+            c.subnet6_for("10.244.255.0/24".parse().unwrap()),
+            Some("fd00:10:244:ff::/64".parse().unwrap())
+        );
+        assert_eq!(c.cluster_cidr(), "10.244.0.0/16,fd00:10:244::/56");
+        // Either order, as kube-controller-manager takes it.
+        let (v4, v6) = split_cluster_cidr("fd00::/48, 10.1.0.0/16").unwrap();
+        assert_eq!(
+            (v4.to_string(), v6.unwrap().to_string()),
+            ("10.1.0.0/16".into(), "fd00::/48".into())
+        );
+        // Single-stack stays single-stack.
+        let c = NetConf::parse(r#"{"Network": "10.244.0.0/16"}"#).unwrap();
+        assert_eq!(c.ipv6, None);
+        assert_eq!(c.subnet6_for("10.244.3.0/24".parse().unwrap()), None);
+        let c = NetConf::parse(
+            r#"{"Network": "10.9.0.0/16", "SubnetLen": 26, "EnableIPv6": true, "IPv6Network": "fd00:9::/48", "IPv6SubnetLen": 80}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.subnet6_for("10.9.1.64/26".parse().unwrap()),
+            Some("fd00:9::5:0:0:0/80".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn bad_dual_stack_input_names_the_key() {
+        let flags = |v: &str| NetConf::raw_from_flags(v, "vxlan").unwrap_err().to_string();
+        assert!(flags("10.244.0.0/16,10.245.0.0/16")
+            .contains("cluster-cidr: \"10.244.0.0/16,10.245.0.0/16\" has two IPv4 CIDRs"));
+        assert!(flags("fd00::/56,fd01::/56").contains("two IPv6 CIDRs"));
+        assert!(flags("10.244.0.0/16,fd00::/56,10.1.0.0/16").contains("has 3 CIDRs; at most two"));
+        assert!(flags("10.244.0.0/16,fd00::zz/56")
+            .contains("cluster-cidr: \"fd00::zz/56\" is not a CIDR"));
+        assert!(flags("fd00::/56").contains("no IPv4 CIDR"));
+        assert!(flags("10.244.0.0/16,fd00::1/56").contains("host bits"));
+        let raw = NetConf::raw_from_flags("10.244.0.0/16,fd00::/60", "vxlan").unwrap();
+        let e = NetConf::from_raw(&raw).unwrap_err().to_string();
+        assert!(
+            e.contains("IPv6SubnetLen: /64 subnets of IPv6Network fd00::/60 are 2^4, too few"),
+            "{e}"
+        );
+        assert!(e.contains("at least /68"), "{e}");
+        assert!(err(r#"{"Network": "10.0.0.0/16", "EnableIPv6": true}"#)
+            .contains("IPv6Network: required"));
+        assert!(
+            err(r#"{"Network": "10.0.0.0/16", "IPv6Network": "fd00::/48"}"#)
+                .contains("without EnableIPv6")
+        );
+        assert!(err(
+            r#"{"Network": "10.0.0.0/16", "EnableIPv6": true, "IPv6Network": "10.1.0.0/16"}"#
+        )
+        .contains("IPv6Network: 10.1.0.0/16 is not an IPv6 CIDR"));
+        assert!(err(r#"{"Network": "10.0.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00::/48", "IPv6SubnetLen": 124}"#).contains("IPv6SubnetLen: /124"));
+        assert!(err(r#"{"Network": "10.0.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00::/64", "IPv6SubnetLen": 48}"#).contains("IPv6SubnetLen: /48"));
+    }
+
+    #[test]
     fn udp_is_flannels_port_and_mtu() {
         let c =
             NetConf::parse(r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "udp"}}"#).unwrap();
@@ -368,6 +603,7 @@ mod tests {
         assert!(err("{}").contains("Network: required"));
         assert!(err(r#"{"Network": "10.244.0.1/16"}"#).contains("host bits"));
         assert!(err(r#"{"Network": "fd00::/64"}"#).contains("only IPv4"));
+        assert!(err(r#"{"Network": "fd00::/64"}"#).contains("IPv6Network"));
         assert!(err(r#"{"Network": "10.0.0.0/16", "SubnetLen": 16}"#).contains("SubnetLen"));
         assert!(err(r#"{"Network": "10.0.0.0/16", "SubnetLen": 31}"#).contains("SubnetLen"));
         assert!(

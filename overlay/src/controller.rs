@@ -5,7 +5,7 @@
 //! monitor's word or at the periodic resync.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,14 +13,16 @@ use std::time::Duration;
 use controlplane::objects::{Kind, Object, SubnetLease};
 use controlplane::watcher::{Update, Watcher};
 use controlplane::{ControlPlane, ObjectRef, Scope, WatchEvent};
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::backend::{self, Local, Peer, PeerState, Via};
-use crate::config::{Backend, NetConf, CONFIGMAP_KEY, CONFIGMAP_NAME, CONFIGMAP_NAMESPACE};
+use crate::config::{
+    Backend, NetConf, CONFIGMAP_KEY, CONFIGMAP_NAME, CONFIGMAP_NAMESPACE, VXLAN6_OVERHEAD,
+};
 use crate::dataplane::{self, Dataplane, Kernel, Observed, TunDevice, VxlanDevice};
 use crate::iface::{self, Underlay};
 use crate::lease::{LeaseAttrs, Leases, Renewal};
@@ -39,6 +41,8 @@ pub struct Settings {
     pub backend: String,
     pub iface: Option<String>,
     pub public_ip: Option<Ipv4Addr>,
+    /// The IPv6 underlay address (dual-stack); found on `iface` when unset.
+    pub public_ipv6: Option<Ipv6Addr>,
     pub subnet_file: PathBuf,
     pub lease_ttl: Duration,
     /// Renew this long before the lease would expire.
@@ -69,17 +73,29 @@ impl Settings {
     }
 }
 
+/// This node's pod subnets: the IPv4 lease and, on a dual-stack network,
+/// its IPv6 partner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subnets {
+    pub v4: Ipv4Net,
+    pub v6: Option<Ipv6Net>,
+}
+
 /// The running overlay of one node.
 pub struct Overlay {
     cp: Arc<dyn ControlPlane>,
     settings: Settings,
     conf: NetConf,
     underlay: Underlay,
+    /// The IPv6 underlay address and network, when the node has one.
+    underlay6: Option<Ipv6Net>,
     leases: Leases,
     attrs: LeaseAttrs,
     lease: SubnetLease,
     local: Local,
     device: Option<VxlanDevice>,
+    /// The IPv6-underlay vxlan device (dual-stack with an IPv6 underlay).
+    device6: Option<VxlanDevice>,
     /// The udp backend's TUN device, and its running data path.
     tun: Option<TunDevice>,
     udp: Option<UdpPath>,
@@ -88,7 +104,7 @@ pub struct Overlay {
     kernel: Box<dyn Dataplane>,
     /// What is programmed for each peer, by subnet.
     peers: BTreeMap<Ipv4Net, PeerState>,
-    subnet_tx: watch::Sender<Ipv4Net>,
+    subnet_tx: watch::Sender<Subnets>,
 }
 
 impl Overlay {
@@ -99,6 +115,11 @@ impl Overlay {
         settings.validate()?;
         let conf = load_config(cp.as_ref(), &settings).await?;
         let underlay = iface::detect(settings.iface.as_deref(), settings.public_ip)?;
+        let underlay6 = match conf.ipv6 {
+            Some(_) => iface::detect6(&underlay, settings.public_ipv6)?,
+            None => None,
+        };
+        check_dual_stack(&conf, &underlay, underlay6)?;
         let (backend_data, device) = match conf.backend {
             Backend::Vxlan { vni, port, .. } => {
                 let mac = backend::vtep_mac(&settings.node, vni);
@@ -106,17 +127,35 @@ impl Overlay {
                     name: format!("knode.{vni}"),
                     vni,
                     port,
-                    local: underlay.ip,
+                    local: IpAddr::V4(underlay.ip),
                     underlay: underlay.index,
                     mtu: conf.backend.pod_mtu(underlay.mtu),
                     mac,
                     // Set once the lease is known.
-                    addr: Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 32).expect("valid"),
+                    addrs: Vec::new(),
                 };
                 (backend::vxlan_backend_data(vni, &mac), Some(dev))
             }
             Backend::HostGw | Backend::Udp { .. } => (serde_json::Value::Null, None),
         };
+        // flannel's layout: IPv6 pod traffic over an IPv6 underlay gets a
+        // device of its own (a vxlan device has one underlay family).
+        let device6 = match (conf.backend, underlay6) {
+            (Backend::Vxlan { vni, port, .. }, Some(u6)) => Some(VxlanDevice {
+                name: format!("knode-v6.{vni}"),
+                vni,
+                port,
+                local: IpAddr::V6(u6.addr()),
+                underlay: underlay.index,
+                mtu: underlay.mtu.saturating_sub(VXLAN6_OVERHEAD),
+                mac: backend::vtep_mac(&format!("{}/v6", settings.node), vni),
+                addrs: Vec::new(),
+            }),
+            _ => None,
+        };
+        let backend_v6_data = device6
+            .as_ref()
+            .map(|d| backend::vxlan_backend_data(d.vni, &d.mac));
         let tun = matches!(conf.backend, Backend::Udp { .. }).then(|| TunDevice {
             name: udp::DEVICE.to_string(),
             mtu: conf.backend.pod_mtu(underlay.mtu),
@@ -128,11 +167,15 @@ impl Overlay {
             public_ip: IpAddr::V4(underlay.ip),
             backend_type: conf.backend.type_name().to_string(),
             backend_data,
+            public_ipv6: underlay6.map(|n| IpAddr::V6(n.addr())),
+            backend_v6_data,
         };
         let leases = Leases::new(cp.clone(), settings.lease_ttl);
         let local = Local {
             backend: conf.backend,
             underlay_net: underlay.net,
+            dual_stack: conf.ipv6.is_some(),
+            underlay_net6: underlay6,
         };
         let (existing, _) = leases.list().await?;
         if conf.backend == Backend::HostGw {
@@ -144,21 +187,29 @@ impl Overlay {
         let kernel = Kernel::new(dataplane::Scope {
             network: conf.network,
             own_subnet: subnet,
+            network6: conf.ipv6.map(|v| v.network),
+            own_subnet6: conf.subnet6_for(subnet),
             underlay: underlay.index,
             device: device.as_ref().map(|d| d.name.clone()),
+            device6: device6.as_ref().map(|d| d.name.clone()),
         })?;
         let udp = None;
-        let (subnet_tx, _) = watch::channel(subnet);
+        let (subnet_tx, _) = watch::channel(Subnets {
+            v4: subnet,
+            v6: conf.subnet6_for(subnet),
+        });
         let mut o = Overlay {
             cp,
             settings,
             conf,
             underlay,
+            underlay6,
             leases,
             attrs,
             lease,
             local,
             device,
+            device6,
             tun,
             udp,
             udp_drops_logged: 0,
@@ -183,7 +234,9 @@ impl Overlay {
         o.full_sync()?;
         tracing::info!(
             subnet = %subnet,
-            network = %o.conf.network,
+            subnet6 = ?o.subnets().v6,
+            public_ipv6 = ?o.underlay6.map(|n| n.addr()),
+            network = %o.conf.cluster_cidr(),
             backend = o.conf.backend.type_name(),
             iface = %o.underlay.name,
             public_ip = %o.underlay.ip,
@@ -196,6 +249,11 @@ impl Overlay {
 
     /// This node's leased subnet.
     pub fn subnet(&self) -> Ipv4Net {
+        self.subnet_tx.borrow().v4
+    }
+
+    /// This node's subnets (IPv4 and, dual-stack, IPv6).
+    pub fn subnets(&self) -> Subnets {
         *self.subnet_tx.borrow()
     }
 
@@ -204,9 +262,14 @@ impl Overlay {
         self.conf.network
     }
 
-    /// The MTU pods get.
+    /// The MTU pods get: one for both families, so the smaller of the
+    /// two paths' (the IPv6 underlay's vxlan headers are 20 bytes longer).
     pub fn mtu(&self) -> u32 {
-        self.conf.backend.pod_mtu(self.underlay.mtu)
+        let v4 = self.conf.backend.pod_mtu(self.underlay.mtu);
+        match &self.device6 {
+            Some(d) => v4.min(d.mtu),
+            None => v4,
+        }
     }
 
     /// The node's public IP (the underlay address).
@@ -215,7 +278,7 @@ impl Overlay {
     }
 
     /// Told each time the node's subnet changes (a lost lease replaced).
-    pub fn subscribe(&self) -> watch::Receiver<Ipv4Net> {
+    pub fn subscribe(&self) -> watch::Receiver<Subnets> {
         self.subnet_tx.subscribe()
     }
 
@@ -228,12 +291,16 @@ impl Overlay {
         let mut resync = tokio::time::interval(self.settings.resync);
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let (kick_tx, mut kick_rx) = mpsc::channel(1);
+        let devices = [&self.device, &self.device6]
+            .into_iter()
+            .flatten()
+            .map(|d| d.name.clone())
+            .chain(self.tun.as_ref().map(|t| t.name.clone()))
+            .collect();
         spawn_monitor(
             self.conf.network,
-            self.device
-                .as_ref()
-                .map(|d| d.name.clone())
-                .or_else(|| self.tun.as_ref().map(|t| t.name.clone())),
+            self.conf.ipv6.map(|v| v.network),
+            devices,
             kick_tx,
         );
         loop {
@@ -312,7 +379,6 @@ impl Overlay {
             tracing::warn!(old = %old, new = %subnet, "this node's subnet changed: pods started before keep addresses in the old one");
             self.peers.remove(&subnet);
             self.set_own_subnet(subnet)?;
-            self.subnet_tx.send_replace(subnet);
             self.full_sync()?;
         }
         Ok(())
@@ -321,20 +387,35 @@ impl Overlay {
     /// Points everything local at `subnet`: device address, kernel view,
     /// masquerade rules, the subnet file.
     fn set_own_subnet(&mut self, subnet: Ipv4Net) -> Result<()> {
+        let subnet6 = self.conf.subnet6_for(subnet);
+        let vtep6 = subnet6.map(|s| IpNet::V6(Ipv6Net::new(s.network(), 128).expect("valid")));
         if let Some(dev) = self.device.as_mut() {
-            dev.addr = Ipv4Net::new(subnet.network(), 32).expect("valid");
+            dev.addrs = vec![IpNet::V4(
+                Ipv4Net::new(subnet.network(), 32).expect("valid"),
+            )];
+            // Without an IPv6 underlay this device carries IPv6 too.
+            if self.device6.is_none() {
+                dev.addrs.extend(vtep6);
+            }
+        }
+        if let Some(dev) = self.device6.as_mut() {
+            dev.addrs = vtep6.into_iter().collect();
         }
         if let Some(tun) = self.tun.as_mut() {
             tun.addr = Ipv4Net::new(subnet.network(), self.conf.network.prefix_len())
                 .expect("the network's length is valid");
         }
-        self.kernel.set_own_subnet(subnet);
-        self.subnet_tx.send_replace(subnet);
+        self.kernel.set_own_subnet(subnet, subnet6);
+        self.subnet_tx.send_replace(Subnets {
+            v4: subnet,
+            v6: subnet6,
+        });
         SubnetEnv {
             network: self.conf.network,
             subnet,
             mtu: self.mtu(),
             ipmasq: self.settings.ip_masq,
+            ipv6: self.conf.ipv6.map(|v| v.network).zip(subnet6),
         }
         .write(&self.settings.subnet_file)?;
         Ok(())
@@ -472,7 +553,7 @@ impl Overlay {
     /// Makes the kernel match: device, every peer's entries, no stale
     /// entries, masquerade rules.
     fn full_sync(&mut self) -> Result<()> {
-        if let Some(dev) = &self.device {
+        for dev in [&self.device, &self.device6].into_iter().flatten() {
             if self.kernel.ensure_device(dev)? {
                 tracing::info!(device = %dev.name, "vxlan device created");
             }
@@ -489,10 +570,34 @@ impl Overlay {
             );
         }
         self.apply_all(&ops)?;
-        if masq::ensure(self.conf.network, self.subnet(), self.settings.ip_masq)? {
-            tracing::info!("masquerade and forward rules (re)installed");
+        let subnets = self.subnets();
+        let mut families = vec![(IpNet::V4(self.conf.network), IpNet::V4(subnets.v4))];
+        if let (Some(v6), Some(s6)) = (self.conf.ipv6, subnets.v6) {
+            families.push((IpNet::V6(v6.network), IpNet::V6(s6)));
+        }
+        for (network, subnet) in families {
+            if masq::ensure(network, subnet, self.settings.ip_masq)? {
+                tracing::info!(%network, "masquerade and forward rules (re)installed");
+            }
         }
         Ok(())
+    }
+}
+
+/// What a dual-stack network needs of the backend and the underlay.
+fn check_dual_stack(conf: &NetConf, underlay: &Underlay, underlay6: Option<Ipv6Net>) -> Result<()> {
+    if conf.ipv6.is_none() {
+        return Ok(());
+    }
+    match conf.backend {
+        Backend::Udp { .. } => Err(Error::Config(
+            "Backend.Type: udp carries IPv4 only; a dual-stack network (EnableIPv6) needs vxlan or host-gw".into(),
+        )),
+        Backend::HostGw if underlay6.is_none() => Err(Error::Backend(format!(
+            "host-gw routes IPv6 pod subnets via peers' IPv6 underlay addresses, and iface {} has no global IPv6 address; add one (or pass --public-ipv6), or use vxlan, which carries IPv6 over an IPv4 underlay",
+            underlay.name
+        ))),
+        _ => Ok(()),
     }
 }
 
@@ -527,7 +632,7 @@ async fn load_config(cp: &dyn ControlPlane, s: &Settings) -> Result<NetConf> {
         Ok(Object::ConfigMap(cm)) => *cm,
         Ok(_) => return Err(Error::Config(format!("{what} is not a ConfigMap"))),
         Err(e) if e.is_not_found() => {
-            let proposed = NetConf::raw_from_flags(&s.cluster_cidr, &s.backend);
+            let proposed = NetConf::raw_from_flags(&s.cluster_cidr, &s.backend)?;
             // Validate before storing: a bad flag must not poison the cluster.
             NetConf::from_raw(&proposed).map_err(|e| {
                 Error::Config(format!(
@@ -550,9 +655,11 @@ async fn load_config(cp: &dyn ControlPlane, s: &Settings) -> Result<NetConf> {
             e.to_string().trim_start_matches("network config: ")
         ))
     })?;
-    if conf.network.to_string() != s.cluster_cidr || conf.backend.type_name() != s.backend {
+    let same_network = crate::config::split_cluster_cidr(&s.cluster_cidr)
+        .is_ok_and(|(v4, v6)| v4 == conf.network && v6 == conf.ipv6.map(|c| c.network));
+    if !same_network || conf.backend.type_name() != s.backend {
         tracing::warn!(
-            stored_network = %conf.network,
+            stored_network = %conf.cluster_cidr(),
             stored_backend = conf.backend.type_name(),
             flag_network = %s.cluster_cidr,
             flag_backend = %s.backend,
@@ -605,7 +712,12 @@ async fn create_config(cp: &dyn ControlPlane, json: &str) -> Result<ConfigMap> {
 
 /// Watches links, routes and neighbours on a thread of its own and kicks
 /// a resync when something of ours is removed.
-fn spawn_monitor(network: Ipv4Net, device: Option<String>, kick: mpsc::Sender<()>) {
+fn spawn_monitor(
+    network: Ipv4Net,
+    network6: Option<Ipv6Net>,
+    devices: Vec<String>,
+    kick: mpsc::Sender<()>,
+) {
     let spawned = std::thread::Builder::new()
         .name("overlay-monitor".into())
         .spawn(move || {
@@ -616,7 +728,7 @@ fn spawn_monitor(network: Ipv4Net, device: Option<String>, kick: mpsc::Sender<()
                     return;
                 }
             };
-            let mut device_index = None;
+            let mut device_index: Vec<u32> = Vec::new();
             loop {
                 if kick.is_closed() {
                     return;
@@ -630,10 +742,12 @@ fn spawn_monitor(network: Ipv4Net, device: Option<String>, kick: mpsc::Sender<()
                 };
                 use hostnet::netlink::Change;
                 let ours = changes.iter().any(|c| match c {
-                    Change::LinkRemoved { name, .. } => Some(name) == device.as_ref(),
+                    Change::LinkRemoved { name, .. } => devices.contains(name),
                     Change::LinkChanged { index, name, up } => {
-                        if Some(name) == device.as_ref() {
-                            device_index = Some(*index);
+                        if devices.contains(name) {
+                            if !device_index.contains(index) {
+                                device_index.push(*index);
+                            }
                             !*up
                         } else {
                             false
@@ -641,9 +755,9 @@ fn spawn_monitor(network: Ipv4Net, device: Option<String>, kick: mpsc::Sender<()
                     }
                     Change::RouteRemoved(r) => match r.dst {
                         IpNet::V4(d) => network.contains(&d),
-                        IpNet::V6(_) => false,
+                        IpNet::V6(d) => network6.is_some_and(|n| n.contains(&d)),
                     },
-                    Change::NeighRemoved { ifindex, .. } => Some(*ifindex) == device_index,
+                    Change::NeighRemoved { ifindex, .. } => device_index.contains(ifindex),
                     // An overrun or something unrelated: the periodic resync covers it.
                     Change::Other => false,
                 });
@@ -655,5 +769,46 @@ fn spawn_monitor(network: Ipv4Net, device: Option<String>, kick: mpsc::Sender<()
         });
     if let Err(e) = spawned {
         tracing::warn!(error = %e, "start the netlink monitor; relying on the periodic resync");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn underlay() -> Underlay {
+        Underlay {
+            name: "eth0".into(),
+            index: 2,
+            mtu: 1500,
+            ip: "198.18.0.11".parse().unwrap(),
+            net: "198.18.0.0/24".parse().unwrap(),
+        }
+    }
+
+    fn conf(backend: &str) -> NetConf {
+        NetConf::from_raw(
+            &NetConf::raw_from_flags("10.244.0.0/16,fd00:10:244::/56", backend).unwrap(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn dual_stack_needs_a_backend_and_underlay_that_carry_ipv6() {
+        let u6: Ipv6Net = "fd00:198:18::b/64".parse().unwrap();
+        assert!(check_dual_stack(&conf("vxlan"), &underlay(), None).is_ok());
+        assert!(check_dual_stack(&conf("host-gw"), &underlay(), Some(u6)).is_ok());
+        let e = check_dual_stack(&conf("host-gw"), &underlay(), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("iface eth0 has no global IPv6 address"), "{e}");
+        let e = check_dual_stack(&conf("udp"), &underlay(), Some(u6))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("Backend.Type: udp carries IPv4 only"), "{e}");
+        // Single-stack: nothing to check.
+        let single =
+            NetConf::parse(r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "udp"}}"#).unwrap();
+        assert!(check_dual_stack(&single, &underlay(), None).is_ok());
     }
 }

@@ -1,32 +1,34 @@
-//! The kernel side of the overlay: the vxlan device and, per peer, routes,
-//! neighbour and FDB entries. [`plan`] diffs what peers want against what
-//! the kernel holds (pure); [`Dataplane`] observes and applies, with the
-//! real [`Kernel`] over hostnet's netlink and a [`Recorder`] fake.
+//! The kernel side of the overlay: the vxlan devices and, per peer and
+//! address family, routes, neighbour and FDB entries. [`plan`] diffs what
+//! peers want against what the kernel holds (pure); [`Dataplane`] observes
+//! and applies, with the real [`Kernel`] over hostnet's netlink and a
+//! [`Recorder`] fake.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use hostnet::netlink::{RouteRequest, VxlanRequest};
 use hostnet::Netlink;
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use crate::backend::{PeerState, Via};
+use crate::backend::{Dev, Fdb, Neigh, PeerState, Via};
 use crate::Result;
 
-/// The vxlan device as it must be.
+/// A vxlan device as it must be.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VxlanDevice {
     pub name: String,
     pub vni: u32,
     pub port: u16,
-    /// The node's public IP: the outer source address.
-    pub local: Ipv4Addr,
+    /// The node's public IP of the underlay family: the outer source address.
+    pub local: IpAddr,
     /// The underlay interface's index.
     pub underlay: u32,
     pub mtu: u32,
     pub mac: [u8; 6],
-    /// `<subnet>.0/32`: this node's VTEP address.
-    pub addr: Ipv4Net,
+    /// This node's VTEP addresses: `<subnet>.0/32`, and `<IPv6 subnet>::/128`
+    /// on the device that carries IPv6 pod traffic.
+    pub addrs: Vec<IpNet>,
 }
 
 /// The udp backend's TUN device as it must be. The data path makes the
@@ -44,9 +46,9 @@ pub struct TunDevice {
 /// The overlay's entries the kernel holds now.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Observed {
-    pub routes: BTreeSet<(Ipv4Net, Via)>,
-    pub neighs: BTreeSet<(Ipv4Addr, [u8; 6])>,
-    pub fdb: BTreeSet<([u8; 6], Ipv4Addr)>,
+    pub routes: BTreeSet<(IpNet, Via)>,
+    pub neighs: BTreeSet<Neigh>,
+    pub fdb: BTreeSet<Fdb>,
 }
 
 impl Observed {
@@ -54,12 +56,12 @@ impl Observed {
     /// against its old one with [`plan`] gives just the changes.
     pub fn of(states: &[PeerState]) -> Observed {
         let mut o = Observed::default();
-        for p in states {
-            if !matches!(p.via, Via::Udp(_)) {
-                o.routes.insert((p.subnet, p.via));
+        for f in states.iter().flat_map(PeerState::families) {
+            if !matches!(f.via, Via::Udp(_)) {
+                o.routes.insert((f.subnet, f.via));
             }
-            o.neighs.extend(p.neigh);
-            o.fdb.extend(p.fdb);
+            o.neighs.extend(f.neigh);
+            o.fdb.extend(f.fdb);
         }
         o
     }
@@ -68,12 +70,12 @@ impl Observed {
 /// One change to the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Op {
-    SetRoute(Ipv4Net, Via),
-    DelRoute(Ipv4Net, Via),
-    SetNeigh(Ipv4Addr, [u8; 6]),
-    DelNeigh(Ipv4Addr),
-    SetFdb([u8; 6], Ipv4Addr),
-    DelFdb([u8; 6], Ipv4Addr),
+    SetRoute(IpNet, Via),
+    DelRoute(IpNet, Via),
+    SetNeigh(Dev, IpAddr, [u8; 6]),
+    DelNeigh(Dev, IpAddr),
+    SetFdb(Dev, [u8; 6], IpAddr),
+    DelFdb(Dev, [u8; 6], IpAddr),
 }
 
 /// The ops that make `observed` hold exactly `want`.
@@ -81,16 +83,16 @@ pub fn plan(want: &[PeerState], observed: &Observed) -> Vec<Op> {
     let mut routes = BTreeMap::new();
     let mut neighs = BTreeMap::new();
     let mut fdb = BTreeSet::new();
-    for p in want {
+    for f in want.iter().flat_map(PeerState::families) {
         // The udp path's peers live in its own table, not the kernel's.
-        if !matches!(p.via, Via::Udp(_)) {
-            routes.insert(p.subnet, p.via);
+        if !matches!(f.via, Via::Udp(_)) {
+            routes.insert(f.subnet, f.via);
         }
-        if let Some((ip, mac)) = p.neigh {
-            neighs.insert(ip, mac);
+        if let Some((dev, ip, mac)) = f.neigh {
+            neighs.insert((dev, ip), mac);
         }
-        if let Some(f) = p.fdb {
-            fdb.insert(f);
+        if let Some(e) = f.fdb {
+            fdb.insert(e);
         }
     }
     let mut ops = Vec::new();
@@ -101,26 +103,26 @@ pub fn plan(want: &[PeerState], observed: &Observed) -> Vec<Op> {
             ops.push(Op::DelRoute(subnet, via));
         }
     }
-    for &(ip, _) in &observed.neighs {
-        if !neighs.contains_key(&ip) {
-            ops.push(Op::DelNeigh(ip));
+    for &(dev, ip, _) in &observed.neighs {
+        if !neighs.contains_key(&(dev, ip)) {
+            ops.push(Op::DelNeigh(dev, ip));
         }
     }
-    for &(mac, dst) in &observed.fdb {
-        if !fdb.contains(&(mac, dst)) {
-            ops.push(Op::DelFdb(mac, dst));
+    for &(dev, mac, dst) in &observed.fdb {
+        if !fdb.contains(&(dev, mac, dst)) {
+            ops.push(Op::DelFdb(dev, mac, dst));
         }
     }
     // Neighbour and FDB entries before the route that uses them, so the
     // first packet routed finds its way.
-    for (&ip, &mac) in &neighs {
-        if !observed.neighs.contains(&(ip, mac)) {
-            ops.push(Op::SetNeigh(ip, mac));
+    for (&(dev, ip), &mac) in &neighs {
+        if !observed.neighs.contains(&(dev, ip, mac)) {
+            ops.push(Op::SetNeigh(dev, ip, mac));
         }
     }
-    for &(mac, dst) in &fdb {
-        if !observed.fdb.contains(&(mac, dst)) {
-            ops.push(Op::SetFdb(mac, dst));
+    for &(dev, mac, dst) in &fdb {
+        if !observed.fdb.contains(&(dev, mac, dst)) {
+            ops.push(Op::SetFdb(dev, mac, dst));
         }
     }
     for (&subnet, &via) in &routes {
@@ -140,8 +142,8 @@ pub trait Dataplane: Send {
     fn observe(&mut self) -> Result<Observed>;
     /// Applies one op. Removing what is already gone is not an error.
     fn apply(&mut self, op: &Op) -> Result<()>;
-    /// This node's subnet changed (its bridge route is never the overlay's).
-    fn set_own_subnet(&mut self, _subnet: Ipv4Net) {}
+    /// This node's subnets changed (its bridge routes are never the overlay's).
+    fn set_own_subnet(&mut self, _subnet: Ipv4Net, _subnet6: Option<Ipv6Net>) {}
     /// Whether a link named `name` exists.
     fn has_link(&mut self, name: &str) -> Result<bool>;
     /// Gives the existing TUN device its address and MTU, and sets it up.
@@ -155,16 +157,41 @@ pub struct Scope {
     pub network: Ipv4Net,
     /// This node's subnet (its bridge's connected route is not ours).
     pub own_subnet: Ipv4Net,
+    /// The IPv6 network and this node's IPv6 subnet (dual-stack).
+    pub network6: Option<Ipv6Net>,
+    pub own_subnet6: Option<Ipv6Net>,
     pub underlay: u32,
     /// The vxlan device's name, for the vxlan backend.
     pub device: Option<String>,
+    /// The IPv6-underlay vxlan device's name, when there is one.
+    pub device6: Option<String>,
+}
+
+impl Scope {
+    fn device_name(&self, dev: Dev) -> Option<&String> {
+        match dev {
+            Dev::V4 => self.device.as_ref(),
+            Dev::V6 => self.device6.as_ref(),
+        }
+    }
+
+    /// Whether a route to `dst` is one the overlay manages.
+    fn owns(&self, dst: IpNet) -> bool {
+        match dst {
+            IpNet::V4(d) => self.network.contains(&d) && d != self.own_subnet,
+            IpNet::V6(d) => {
+                self.network6.is_some_and(|n| n.contains(&d)) && Some(d) != self.own_subnet6
+            }
+        }
+    }
 }
 
 /// The real kernel, through rtnetlink.
 pub struct Kernel {
     nl: Netlink,
     scope: Scope,
-    device_index: Option<u32>,
+    /// The vxlan devices' indexes, by [`Dev`], as last looked up.
+    device_index: [Option<u32>; 2],
 }
 
 impl Kernel {
@@ -173,35 +200,36 @@ impl Kernel {
         Ok(Kernel {
             nl: Netlink::new()?,
             scope,
-            device_index: None,
+            device_index: [None; 2],
         })
     }
 
-    fn device(&mut self) -> Result<Option<u32>> {
-        let Some(name) = self.scope.device.clone() else {
+    fn device(&mut self, dev: Dev) -> Result<Option<u32>> {
+        let Some(name) = self.scope.device_name(dev).cloned() else {
             return Ok(None);
         };
-        if let Some(i) = self.device_index {
+        let slot = dev as usize;
+        if let Some(i) = self.device_index[slot] {
             if let Some(l) = self.nl.link().get_by_index(i)? {
                 if l.name == name {
                     return Ok(Some(i));
                 }
             }
         }
-        self.device_index = self.nl.link().get_by_name(&name)?.map(|l| l.index);
-        Ok(self.device_index)
+        self.device_index[slot] = self.nl.link().get_by_name(&name)?.map(|l| l.index);
+        Ok(self.device_index[slot])
     }
 
-    fn route_request(&mut self, subnet: Ipv4Net, via: Via) -> Result<Option<RouteRequest>> {
+    fn route_request(&mut self, subnet: IpNet, via: Via) -> Result<Option<RouteRequest>> {
         let (gw, oif, onlink) = match via {
-            Via::Vxlan(gw) => match self.device()? {
+            Via::Vxlan(dev, gw) => match self.device(dev)? {
                 Some(i) => (gw, i, true),
                 None => return Ok(None),
             },
             Via::Underlay(gw) => (gw, self.scope.underlay, false),
             Via::Udp(_) => return Ok(None),
         };
-        let mut r = RouteRequest::new(IpNet::V4(subnet), Some(IpAddr::V4(gw)), Some(oif));
+        let mut r = RouteRequest::new(subnet, Some(gw), Some(oif));
         r.onlink = onlink;
         r.replace = true;
         Ok(Some(r))
@@ -209,19 +237,20 @@ impl Kernel {
 }
 
 impl Kernel {
-    /// Leaves `want` the only address of link `index`, and the link up.
-    fn only_addr_and_up(&mut self, index: u32, want: Ipv4Net) -> Result<()> {
-        let want = IpNet::V4(want);
+    /// Leaves `want` the only addresses of link `index`, and the link up.
+    fn only_addrs_and_up(&mut self, index: u32, want: &[IpNet]) -> Result<()> {
         let addrs = self.nl.addr().list(index)?;
         for a in &addrs {
-            if *a != want {
+            if !want.contains(a) {
                 gone_ok(self.nl.addr().del(index, *a))?;
             }
         }
-        if !addrs.contains(&want) {
-            match self.nl.addr().add(index, want) {
-                Err(e) if e.is_exists() => {}
-                other => other?,
+        for w in want {
+            if !addrs.contains(w) {
+                match self.nl.addr().add(index, *w) {
+                    Err(e) if e.is_exists() => {}
+                    other => other?,
+                }
             }
         }
         self.nl.link().set_up(index, true)?;
@@ -245,7 +274,7 @@ impl Dataplane for Kernel {
             Some((link, Some(info)))
                 if info.vni == dev.vni
                     && info.port == dev.port
-                    && info.local == Some(IpAddr::V4(dev.local))
+                    && info.local == Some(dev.local)
                     && info.underlay == Some(dev.underlay)
                     && !info.learning =>
             {
@@ -263,7 +292,7 @@ impl Dataplane for Kernel {
                     name: dev.name.clone(),
                     vni: dev.vni,
                     port: dev.port,
-                    local: Some(IpAddr::V4(dev.local)),
+                    local: Some(dev.local),
                     underlay: Some(dev.underlay),
                     learning: false,
                     mtu: Some(dev.mtu),
@@ -283,8 +312,13 @@ impl Dataplane for Kernel {
                     .index
             }
         };
-        self.device_index = Some(index);
-        self.only_addr_and_up(index, dev.addr)?;
+        let slot = if self.scope.device6.as_ref() == Some(&dev.name) {
+            Dev::V6
+        } else {
+            Dev::V4
+        };
+        self.device_index[slot as usize] = Some(index);
+        self.only_addrs_and_up(index, &dev.addrs)?;
         Ok(created)
     }
 
@@ -305,39 +339,41 @@ impl Dataplane for Kernel {
         if let Err(e) = hostnet::sysctl::ensure(&key, "1") {
             tracing::debug!(error = %e, "IPv6 stays on for the TUN device");
         }
-        self.only_addr_and_up(link.index, dev.addr)
+        self.only_addrs_and_up(link.index, &[IpNet::V4(dev.addr)])
     }
 
     fn observe(&mut self) -> Result<Observed> {
-        let dev = self.device()?;
+        let devs = [
+            (Dev::V4, self.device(Dev::V4)?),
+            (Dev::V6, self.device(Dev::V6)?),
+        ];
         let mut o = Observed::default();
-        for r in self.nl.route().list(true)? {
-            let IpNet::V4(dst) = r.dst else { continue };
-            if !self.scope.network.contains(&dst) || dst == self.scope.own_subnet {
+        let v6 = self.scope.network6.is_some();
+        let mut routes = self.nl.route().list(true)?;
+        if v6 {
+            routes.extend(self.nl.route().list(false)?);
+        }
+        for r in routes {
+            if !self.scope.owns(r.dst) {
                 continue;
             }
-            let Some(IpAddr::V4(gw)) = r.gateway else {
-                continue;
-            };
-            if dev.is_some() && r.oif == dev {
-                o.routes.insert((dst, Via::Vxlan(gw)));
+            let Some(gw) = r.gateway else { continue };
+            if let Some((dev, _)) = devs.iter().find(|(_, i)| i.is_some() && *i == r.oif) {
+                o.routes.insert((r.dst, Via::Vxlan(*dev, gw)));
             } else if r.oif == Some(self.scope.underlay) {
-                o.routes.insert((dst, Via::Underlay(gw)));
+                o.routes.insert((r.dst, Via::Underlay(gw)));
             }
         }
-        if let Some(i) = dev {
+        for (dev, index) in devs {
+            let Some(i) = index else { continue };
             for n in self.nl.neigh().list(i)? {
-                if let (IpAddr::V4(ip), true, Ok(mac)) =
-                    (n.ip, n.permanent, <[u8; 6]>::try_from(n.mac.as_slice()))
-                {
-                    o.neighs.insert((ip, mac));
+                if let (true, Ok(mac)) = (n.permanent, <[u8; 6]>::try_from(n.mac.as_slice())) {
+                    o.neighs.insert((dev, n.ip, mac));
                 }
             }
             for f in self.nl.fdb().list(i)? {
-                if let (Some(IpAddr::V4(dst)), Ok(mac)) =
-                    (f.dst, <[u8; 6]>::try_from(f.mac.as_slice()))
-                {
-                    o.fdb.insert((mac, dst));
+                if let (Some(dst), Ok(mac)) = (f.dst, <[u8; 6]>::try_from(f.mac.as_slice())) {
+                    o.fdb.insert((dev, mac, dst));
                 }
             }
         }
@@ -356,32 +392,33 @@ impl Dataplane for Kernel {
                     gone_ok(self.nl.route().del(&r))?;
                 }
             }
-            Op::SetNeigh(ip, mac) => {
-                if let Some(i) = self.device()? {
-                    self.nl.neigh().replace(i, IpAddr::V4(ip), &mac)?;
+            Op::SetNeigh(dev, ip, mac) => {
+                if let Some(i) = self.device(dev)? {
+                    self.nl.neigh().replace(i, ip, &mac)?;
                 }
             }
-            Op::DelNeigh(ip) => {
-                if let Some(i) = self.device()? {
-                    gone_ok(self.nl.neigh().del(i, IpAddr::V4(ip)))?;
+            Op::DelNeigh(dev, ip) => {
+                if let Some(i) = self.device(dev)? {
+                    gone_ok(self.nl.neigh().del(i, ip))?;
                 }
             }
-            Op::SetFdb(mac, dst) => {
-                if let Some(i) = self.device()? {
-                    self.nl.fdb().replace(i, &mac, IpAddr::V4(dst))?;
+            Op::SetFdb(dev, mac, dst) => {
+                if let Some(i) = self.device(dev)? {
+                    self.nl.fdb().replace(i, &mac, dst)?;
                 }
             }
-            Op::DelFdb(mac, dst) => {
-                if let Some(i) = self.device()? {
-                    gone_ok(self.nl.fdb().del(i, &mac, Some(IpAddr::V4(dst))))?;
+            Op::DelFdb(dev, mac, dst) => {
+                if let Some(i) = self.device(dev)? {
+                    gone_ok(self.nl.fdb().del(i, &mac, Some(dst)))?;
                 }
             }
         }
         Ok(())
     }
 
-    fn set_own_subnet(&mut self, subnet: Ipv4Net) {
+    fn set_own_subnet(&mut self, subnet: Ipv4Net, subnet6: Option<Ipv6Net>) {
         self.scope.own_subnet = subnet;
+        self.scope.own_subnet6 = subnet6;
     }
 }
 
@@ -427,17 +464,17 @@ impl Dataplane for Recorder {
                 s.routes.insert((n, via));
             }
             Op::DelRoute(n, _) => s.routes.retain(|(m, _)| *m != n),
-            Op::SetNeigh(ip, mac) => {
-                s.neighs.retain(|(i, _)| *i != ip);
-                s.neighs.insert((ip, mac));
+            Op::SetNeigh(dev, ip, mac) => {
+                s.neighs.retain(|(d, i, _)| (*d, *i) != (dev, ip));
+                s.neighs.insert((dev, ip, mac));
             }
-            Op::DelNeigh(ip) => s.neighs.retain(|(i, _)| *i != ip),
-            Op::SetFdb(mac, dst) => {
-                s.fdb.retain(|(m, _)| *m != mac);
-                s.fdb.insert((mac, dst));
+            Op::DelNeigh(dev, ip) => s.neighs.retain(|(d, i, _)| (*d, *i) != (dev, ip)),
+            Op::SetFdb(dev, mac, dst) => {
+                s.fdb.retain(|(d, m, _)| (*d, *m) != (dev, mac));
+                s.fdb.insert((dev, mac, dst));
             }
-            Op::DelFdb(mac, dst) => {
-                s.fdb.remove(&(mac, dst));
+            Op::DelFdb(dev, mac, dst) => {
+                s.fdb.remove(&(dev, mac, dst));
             }
         }
         Ok(())
@@ -451,12 +488,49 @@ mod tests {
     fn vx(subnet: &str, mac: u8, public: &str) -> PeerState {
         let subnet: Ipv4Net = subnet.parse().unwrap();
         let m = [2, 0, 0, 0, 0, mac];
+        let vtep = IpAddr::V4(subnet.network());
         PeerState {
             subnet,
-            via: Via::Vxlan(subnet.network()),
-            neigh: Some((subnet.network(), m)),
-            fdb: Some((m, public.parse().unwrap())),
+            via: Via::Vxlan(Dev::V4, vtep),
+            neigh: Some((Dev::V4, vtep, m)),
+            fdb: Some((Dev::V4, m, public.parse().unwrap())),
+            v6: None,
         }
+    }
+
+    /// `vx` with an IPv6 subnet riding the same device.
+    fn vx6(subnet: &str, subnet6: &str, mac: u8, public: &str) -> PeerState {
+        let mut p = vx(subnet, mac, public);
+        let subnet6: Ipv6Net = subnet6.parse().unwrap();
+        let vtep = IpAddr::V6(subnet6.network());
+        p.v6 = Some(crate::backend::FamilyState {
+            subnet: IpNet::V6(subnet6),
+            via: Via::Vxlan(Dev::V4, vtep),
+            neigh: Some((Dev::V4, vtep, [2, 0, 0, 0, 0, mac])),
+            fdb: p.fdb,
+        });
+        p
+    }
+
+    #[test]
+    fn a_dual_stack_peer_gets_two_routes_two_neighbours_one_fdb_entry_and_leaves_clean() {
+        let p = vx6("10.244.2.0/24", "fd00:10:244:2::/64", 2, "198.18.0.12");
+        let ops = plan(&[p], &Observed::default());
+        assert_eq!(ops.len(), 5, "{ops:?}");
+        assert!(ops.contains(&Op::SetRoute(
+            "fd00:10:244:2::/64".parse().unwrap(),
+            Via::Vxlan(Dev::V4, "fd00:10:244:2::".parse().unwrap())
+        )));
+        let mut k = Recorder::default();
+        for op in ops {
+            k.apply(&op).unwrap();
+        }
+        assert!(plan(&[p], &k.observe().unwrap()).is_empty());
+        // The lease goes: both families' entries go.
+        for op in plan(&[], &k.observe().unwrap()) {
+            k.apply(&op).unwrap();
+        }
+        assert_eq!(k.observe().unwrap(), Observed::default());
     }
 
     #[test]
@@ -492,14 +566,16 @@ mod tests {
         let ops = plan(&want2, &k.observe().unwrap());
         assert!(ops.contains(&Op::DelRoute(
             "10.244.3.0/24".parse().unwrap(),
-            Via::Vxlan("10.244.3.0".parse().unwrap())
+            Via::Vxlan(Dev::V4, "10.244.3.0".parse().unwrap())
         )));
-        assert!(ops.contains(&Op::DelNeigh("10.244.3.0".parse().unwrap())));
+        assert!(ops.contains(&Op::DelNeigh(Dev::V4, "10.244.3.0".parse().unwrap())));
         assert!(ops.contains(&Op::DelFdb(
+            Dev::V4,
             [2, 0, 0, 0, 0, 2],
             "198.18.0.12".parse().unwrap()
         )));
         assert!(ops.contains(&Op::SetFdb(
+            Dev::V4,
             [2, 0, 0, 0, 0, 2],
             "198.18.0.22".parse().unwrap()
         )));
@@ -524,8 +600,8 @@ mod tests {
         assert_eq!(
             ops,
             vec![
-                Op::DelFdb([2, 0, 0, 0, 0, 9], "198.18.0.19".parse().unwrap()),
-                Op::SetFdb([2, 0, 0, 0, 0, 9], "198.18.0.29".parse().unwrap()),
+                Op::DelFdb(Dev::V4, [2, 0, 0, 0, 0, 9], "198.18.0.19".parse().unwrap()),
+                Op::SetFdb(Dev::V4, [2, 0, 0, 0, 0, 9], "198.18.0.29".parse().unwrap()),
             ]
         );
         for op in plan(&[], &Observed::of(&[p])) {

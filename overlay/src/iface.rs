@@ -3,10 +3,10 @@
 //! default route. An ambiguous or wrong choice is refused with what was
 //! found, never guessed.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use hostnet::{Link, Netlink};
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::{Error, Result};
 
@@ -151,6 +151,52 @@ pub fn choose(
     }
 }
 
+/// The IPv6 underlay address (with its connected network) on `underlay`:
+/// `public_ipv6` when given (it must be there), else its first global
+/// IPv6 address, else none (IPv6 pod traffic then rides the IPv4 underlay).
+pub fn detect6(underlay: &Underlay, public_ipv6: Option<Ipv6Addr>) -> Result<Option<Ipv6Net>> {
+    let mut nl = Netlink::new()?;
+    let addrs = nl.addr().list(underlay.index)?;
+    choose6(&underlay.name, &addrs, public_ipv6)
+}
+
+/// The choice of [`detect6`], from plain data.
+pub fn choose6(
+    iface: &str,
+    addrs: &[IpNet],
+    public_ipv6: Option<Ipv6Addr>,
+) -> Result<Option<Ipv6Net>> {
+    let global: Vec<Ipv6Net> = addrs
+        .iter()
+        .filter_map(|a| match a {
+            IpNet::V6(n)
+                if !n.addr().is_loopback() && (n.addr().segments()[0] & 0xffc0) != 0xfe80 =>
+            {
+                Some(*n)
+            }
+            _ => None,
+        })
+        .collect();
+    match public_ipv6 {
+        None => Ok(global.first().copied()),
+        Some(ip) => match global.iter().find(|a| a.addr() == ip) {
+            Some(a) => Ok(Some(*a)),
+            None => Err(Error::Interface(format!(
+                "public-ipv6 {ip} is not an address of iface {iface} (it has: {})",
+                if global.is_empty() {
+                    "no global IPv6 address".to_string()
+                } else {
+                    global
+                        .iter()
+                        .map(|a| a.addr().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            ))),
+        },
+    }
+}
+
 fn list(v: &[Ipv4Net]) -> String {
     if v.is_empty() {
         return "no IPv4 address".into();
@@ -227,6 +273,32 @@ mod tests {
         assert_eq!(u.ip.to_string(), "192.0.2.6");
         let u = choose(&hosts(), None, None, Some("198.18.0.11".parse().unwrap())).unwrap();
         assert_eq!(u.name, "eth0");
+    }
+
+    #[test]
+    fn ipv6_underlay_is_the_first_global_address_or_the_one_asked_for() {
+        let addrs: Vec<IpNet> = [
+            "198.18.0.11/24",
+            "fe80::1/64",
+            "fd00:198:18::11/64",
+            "2001:db8::11/64",
+        ]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+        assert_eq!(
+            choose6("eth0", &addrs, None).unwrap(),
+            Some("fd00:198:18::11/64".parse().unwrap())
+        );
+        assert_eq!(
+            choose6("eth0", &addrs, Some("2001:db8::11".parse().unwrap())).unwrap(),
+            Some("2001:db8::11/64".parse().unwrap())
+        );
+        assert_eq!(choose6("eth0", &addrs[..2], None).unwrap(), None);
+        let e = choose6("eth0", &addrs[..2], Some("fd00::9".parse().unwrap()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("public-ipv6 fd00::9 is not an address of iface eth0 (it has: no global IPv6 address)"), "{e}");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use controlplane::objects::{Kind, Object, SubnetLease, SubnetLeaseSpec};
 use controlplane::{ControlPlane, ObjectRef, Scope};
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::Value;
 
@@ -31,6 +31,10 @@ pub struct LeaseAttrs {
     pub public_ip: IpAddr,
     pub backend_type: String,
     pub backend_data: Value,
+    /// The node's IPv6 underlay address (dual-stack with an IPv6 underlay).
+    pub public_ipv6: Option<IpAddr>,
+    /// BackendV6Data: the IPv6 path's specifics (its VTEP MAC).
+    pub backend_v6_data: Option<Value>,
 }
 
 /// The outcome of a renewal.
@@ -78,8 +82,9 @@ impl Leases {
         for _ in 0..ACQUIRE_TRIES {
             let (leases, _) = self.list().await?;
             if let Some(own) = leases.iter().find(|l| l.spec.public_ip == me.public_ip) {
-                if conf.is_leasable(&own.spec.subnet) {
-                    match self.write(own, me).await {
+                if let (true, IpNet::V4(s)) = (conf.is_leasable(&own.spec.subnet), own.spec.subnet)
+                {
+                    match self.write(own, me, conf.subnet6_for(s)).await {
                         Ok(l) => return Ok(l),
                         Err(Error::ControlPlane(e)) if e.is_conflict() || e.is_not_found() => {
                             continue
@@ -109,7 +114,7 @@ impl Leases {
                     conf.subnet_len
                 )));
             };
-            match self.create(subnet, me).await {
+            match self.create(subnet, conf.subnet6_for(subnet), me).await {
                 Ok(l) => return Ok(l),
                 Err(Error::ControlPlane(controlplane::Error::AlreadyExists { .. })) => continue,
                 Err(e) => return Err(e),
@@ -146,7 +151,11 @@ impl Leases {
                     lease.spec.subnet, current.spec.public_ip
                 )));
             }
-            match self.write(&current, me).await {
+            let subnet6 = current.spec.ipv6_subnet.and_then(|n| match n {
+                IpNet::V6(n) => Some(n),
+                IpNet::V4(_) => None,
+            });
+            match self.write(&current, me, subnet6).await {
                 Ok(l) => return Ok(Renewal::Renewed(Box::new(l))),
                 Err(Error::ControlPlane(e)) if e.is_conflict() => continue,
                 Err(Error::ControlPlane(e)) if e.is_not_found() => {
@@ -164,7 +173,12 @@ impl Leases {
         )))
     }
 
-    async fn create(&self, subnet: Ipv4Net, me: &LeaseAttrs) -> Result<SubnetLease> {
+    async fn create(
+        &self,
+        subnet: Ipv4Net,
+        subnet6: Option<Ipv6Net>,
+        me: &LeaseAttrs,
+    ) -> Result<SubnetLease> {
         let subnet = IpNet::V4(subnet);
         let lease = SubnetLease {
             metadata: ObjectMeta {
@@ -172,16 +186,22 @@ impl Leases {
                 labels: Some(BTreeMap::from([(NODE_LABEL.to_string(), me.node.clone())])),
                 ..Default::default()
             },
-            spec: spec(subnet, me),
+            spec: spec(subnet, subnet6, me),
         };
         let created = self.cp.create(Object::from(lease), Some(self.ttl)).await?;
         into_lease(created)
     }
 
-    /// Rewrites `current` with `me`'s attributes at its revision (TTL renewed).
-    async fn write(&self, current: &SubnetLease, me: &LeaseAttrs) -> Result<SubnetLease> {
+    /// Rewrites `current` with `me`'s attributes and IPv6 subnet at its
+    /// revision (TTL renewed).
+    async fn write(
+        &self,
+        current: &SubnetLease,
+        me: &LeaseAttrs,
+        subnet6: Option<Ipv6Net>,
+    ) -> Result<SubnetLease> {
         let mut next = current.clone();
-        next.spec = spec(current.spec.subnet, me);
+        next.spec = spec(current.spec.subnet, subnet6, me);
         next.metadata
             .labels
             .get_or_insert_with(Default::default)
@@ -206,12 +226,17 @@ impl Leases {
     }
 }
 
-fn spec(subnet: IpNet, me: &LeaseAttrs) -> SubnetLeaseSpec {
+fn spec(subnet: IpNet, subnet6: Option<Ipv6Net>, me: &LeaseAttrs) -> SubnetLeaseSpec {
     SubnetLeaseSpec {
         subnet,
         public_ip: me.public_ip,
         backend_type: me.backend_type.clone(),
         backend_data: me.backend_data.clone(),
+        // IPv6 attributes only on a dual-stack lease: a single-stack one
+        // stays exactly what it was.
+        ipv6_subnet: subnet6.map(IpNet::V6),
+        public_ipv6: subnet6.and(me.public_ipv6),
+        backend_v6_data: subnet6.and(me.backend_v6_data.clone()),
     }
 }
 
@@ -318,7 +343,48 @@ mod tests {
             public_ip: IpAddr::from([198, 18, 0, n]),
             backend_type: "vxlan".into(),
             backend_data: serde_json::json!({"VNI": 1, "VtepMAC": "02:00:00:00:00:01"}),
+            public_ipv6: None,
+            backend_v6_data: None,
         }
+    }
+
+    #[tokio::test]
+    async fn dual_stack_leases_carry_the_paired_ipv6_subnet_and_single_stack_ones_do_not() {
+        let cp = embedded("dual").await;
+        let dual = conf(
+            r#"{"Network": "10.244.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00:10:244::/56"}"#,
+        );
+        let leases = Leases::new(cp.0.clone(), Duration::from_secs(60));
+        let mut attrs = me(1);
+        attrs.public_ipv6 = Some("fd00:198:18::11".parse().unwrap());
+        attrs.backend_v6_data = Some(serde_json::json!({"VNI": 1, "VtepMAC": "02:00:00:00:00:06"}));
+        let l = leases
+            .acquire(&dual, &attrs, Some("10.244.7.0/24".parse().unwrap()))
+            .await
+            .unwrap();
+        assert_eq!(
+            l.spec.ipv6_subnet,
+            Some("fd00:10:244:7::/64".parse().unwrap())
+        );
+        let json = serde_json::to_value(&l.spec).unwrap();
+        assert_eq!(json["IPv6Subnet"], "fd00:10:244:7::/64");
+        assert_eq!(json["PublicIPv6"], "fd00:198:18::11");
+        assert_eq!(json["BackendV6Data"]["VtepMAC"], "02:00:00:00:00:06");
+        let Renewal::Renewed(r) = leases.renew(&l, &attrs).await.unwrap() else {
+            panic!("not renewed")
+        };
+        assert_eq!(r.spec.ipv6_subnet, l.spec.ipv6_subnet);
+        // A single-stack lease has none of the IPv6 fields.
+        let single = conf(r#"{"Network": "10.244.0.0/16"}"#);
+        let s = leases.acquire(&single, &me(2), None).await.unwrap();
+        let json = serde_json::to_value(&s.spec).unwrap();
+        for k in ["IPv6Subnet", "PublicIPv6", "BackendV6Data"] {
+            assert!(json.get(k).is_none(), "{k} in {json}");
+        }
+        // The node's own lease turns dual-stack when the network does.
+        let again = leases.acquire(&dual, &me(2), None).await.unwrap();
+        assert_eq!(again.spec.subnet, s.spec.subnet);
+        assert!(again.spec.ipv6_subnet.is_some());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,7 +17,7 @@ pub mod subnet_env;
 pub mod udp;
 
 pub use config::NetConf;
-pub use controller::{Overlay, Settings};
+pub use controller::{Overlay, Settings, Subnets};
 
 /// Errors of the overlay.
 #[derive(Debug, thiserror::Error)]

@@ -4,9 +4,10 @@
 //! when the chain's policy is DROP. Rules live in our own chains
 //! (KNODE-POSTRTG in nat, KNODE-FWD in filter), jumped to from the top of
 //! POSTROUTING and FORWARD; [`payload`] is pure and [`ensure`] applies it.
+//! A dual-stack network gets the same rules for IPv6 from ip6tables.
 
 use hostnet::iptables::{self, Family};
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 use crate::Result;
 
@@ -19,11 +20,15 @@ const FWD_COMMENT: &str = "\"knode forward\"";
 
 /// The rules of [`NAT_CHAIN`], in iptables-save's own spelling (so a
 /// saved table can be compared line by line).
-pub fn nat_rules(network: Ipv4Net, subnet: Ipv4Net, ipmasq: bool) -> Vec<String> {
+pub fn nat_rules(network: IpNet, subnet: IpNet, ipmasq: bool) -> Vec<String> {
     if !ipmasq {
         return Vec::new();
     }
     let c = MASQ_COMMENT;
+    let multicast = match network {
+        IpNet::V4(_) => "224.0.0.0/4",
+        IpNet::V6(_) => "ff00::/8",
+    };
     vec![
         // kube-proxy marks what it masquerades itself.
         format!("-m mark --mark 0x4000/0x4000 -m comment --comment {c} -j RETURN"),
@@ -34,7 +39,7 @@ pub fn nat_rules(network: Ipv4Net, subnet: Ipv4Net, ipmasq: bool) -> Vec<String>
         format!("! -s {network} -d {subnet} -m comment --comment {c} -j RETURN"),
         // Pods to the outside world (not multicast): the node's address.
         format!(
-            "-s {network} ! -d 224.0.0.0/4 -m comment --comment {c} -j MASQUERADE --random-fully"
+            "-s {network} ! -d {multicast} -m comment --comment {c} -j MASQUERADE --random-fully"
         ),
         // The host to remote pods: a source the overlay can route back.
         format!(
@@ -44,7 +49,7 @@ pub fn nat_rules(network: Ipv4Net, subnet: Ipv4Net, ipmasq: bool) -> Vec<String>
 }
 
 /// The rules of [`FWD_CHAIN`].
-pub fn fwd_rules(network: Ipv4Net) -> Vec<String> {
+pub fn fwd_rules(network: IpNet) -> Vec<String> {
     vec![
         format!("-s {network} -m comment --comment {FWD_COMMENT} -j ACCEPT"),
         format!("-d {network} -m comment --comment {FWD_COMMENT} -j ACCEPT"),
@@ -56,8 +61,8 @@ pub fn fwd_rules(network: Ipv4Net) -> Vec<String> {
 /// already. Declaring a chain flushes it, so our chains are rewritten
 /// whole; the jumps are inserted only when missing.
 pub fn payload(
-    network: Ipv4Net,
-    subnet: Ipv4Net,
+    network: IpNet,
+    subnet: IpNet,
     ipmasq: bool,
     saved_nat: &str,
     saved_filter: &str,
@@ -116,26 +121,37 @@ fn in_place(saved: &str, parent: &str, chain: &str, want: &[String]) -> bool {
             == want.iter().map(String::as_str).collect::<Vec<_>>()
 }
 
-/// Reads the host's tables and applies what is missing; true when it
-/// changed anything.
-pub fn ensure(network: Ipv4Net, subnet: Ipv4Net, ipmasq: bool) -> Result<bool> {
+/// Reads the host's tables (iptables or ip6tables, by `network`'s
+/// family) and applies what is missing; true when it changed anything.
+pub fn ensure(network: IpNet, subnet: IpNet, ipmasq: bool) -> Result<bool> {
+    let family = match network {
+        IpNet::V4(_) => Family::V4,
+        IpNet::V6(_) => Family::V6,
+    };
     // Only the four chains involved: a whole-table read costs 33 s on
     // iptables-nft with 10k Services in nat, and this runs every resync.
-    let nat = iptables::read_chains(Family::V4, "nat", &["POSTROUTING", NAT_CHAIN])?;
-    let filter = iptables::read_chains(Family::V4, "filter", &["FORWARD", FWD_CHAIN])?;
+    let nat = iptables::read_chains(family, "nat", &["POSTROUTING", NAT_CHAIN])?;
+    let filter = iptables::read_chains(family, "filter", &["FORWARD", FWD_CHAIN])?;
     match payload(network, subnet, ipmasq, &nat, &filter) {
         None => Ok(false),
         Some(p) => {
-            iptables::restore(Family::V4, &p, true)?;
+            iptables::restore(family, &p, true)?;
             Ok(true)
         }
     }
 }
 
-/// Removes our chains and the jumps to them (for `--cleanup`).
+/// Removes our chains and the jumps to them, both families (for `--cleanup`).
 pub fn remove() -> Result<()> {
     iptables::remove_chains(Family::V4, "nat", |c| c == NAT_CHAIN)?;
     iptables::remove_chains(Family::V4, "filter", |c| c == FWD_CHAIN)?;
+    // ip6tables holds rules only on a dual-stack node; a host without it
+    // has none to remove.
+    let v6 = iptables::remove_chains(Family::V6, "nat", |c| c == NAT_CHAIN)
+        .and_then(|_| iptables::remove_chains(Family::V6, "filter", |c| c == FWD_CHAIN));
+    if let Err(e) = v6 {
+        tracing::warn!(error = %e, "remove the overlay's ip6tables rules");
+    }
     Ok(())
 }
 
@@ -143,7 +159,7 @@ pub fn remove() -> Result<()> {
 mod tests {
     use super::*;
 
-    fn net() -> (Ipv4Net, Ipv4Net) {
+    fn net() -> (IpNet, IpNet) {
         (
             "10.244.0.0/16".parse().unwrap(),
             "10.244.3.0/24".parse().unwrap(),
@@ -217,5 +233,23 @@ mod tests {
         );
         // A new lease changes the rules.
         assert!(payload(n, "10.244.4.0/24".parse().unwrap(), true, &nat, &filter).is_some());
+    }
+
+    #[test]
+    fn ipv6_gets_the_same_shape_with_ipv6_multicast() {
+        let n: IpNet = "fd00:10:244::/56".parse().unwrap();
+        let s: IpNet = "fd00:10:244:3::/64".parse().unwrap();
+        let v6 = nat_rules(n, s, true);
+        let v4 = {
+            let (n, s) = net();
+            nat_rules(n, s, true)
+        };
+        assert_eq!(v6.len(), v4.len());
+        assert!(v6.contains(&format!(
+            "-s fd00:10:244::/56 ! -d ff00::/8 -m comment --comment {MASQ_COMMENT} -j MASQUERADE --random-fully"
+        )));
+        assert!(v6.contains(&format!(
+            "-s fd00:10:244:3::/64 -d fd00:10:244::/56 -m comment --comment {MASQ_COMMENT} -j RETURN"
+        )));
     }
 }

@@ -70,6 +70,8 @@ pub struct Cluster {
     pub containerd: Containerd,
     pub etcd: EtcdCluster,
     pub net: ClusterNet,
+    /// Every agent's `--cluster-cidr`.
+    cidr: &'static str,
 }
 
 impl Cluster {
@@ -95,6 +97,11 @@ impl Cluster {
     /// `agent_flags` besides the harness's); waits until every node
     /// registered and holds its subnet.
     pub fn start(n: usize, agent_flags: &[&str]) -> Result<Cluster> {
+        Cluster::start_cidr(n, CLUSTER_CIDR, agent_flags)
+    }
+
+    /// [`Cluster::start`] on the pod network `cidr` (e.g. a dual-stack pair).
+    pub fn start_cidr(n: usize, cidr: &'static str, agent_flags: &[&str]) -> Result<Cluster> {
         let net = ClusterNet::new(n)?;
         let etcd = EtcdCluster::start_in(net.underlay().path(), UNDERLAY_IP, 1)?;
         let containerd = Containerd::start()?;
@@ -103,6 +110,7 @@ impl Cluster {
             containerd,
             etcd,
             net,
+            cidr,
         };
         for i in 0..n {
             let node = c.spawn(i, agent_flags)?;
@@ -137,7 +145,7 @@ impl Cluster {
             "--iface",
             "eth0",
             "--cluster-cidr",
-            CLUSTER_CIDR,
+            self.cidr,
             "--proxy-min-sync-period",
             "0s",
         ]

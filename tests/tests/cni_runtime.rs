@@ -322,6 +322,7 @@ fn our_plugins_add_check_del() -> Result<()> {
         &conf,
         &kubelet::cni::PodNetwork {
             subnet: "10.77.0.0/24",
+            subnet6: None,
             mtu: None,
             ip_masq: true,
         },

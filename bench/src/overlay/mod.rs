@@ -45,6 +45,8 @@ const LEASE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Everything one run measured.
 pub struct Results {
     pub throughput: throughput::Outcome,
+    /// The same paths over IPv6 on a dual-stack cluster.
+    pub throughput6: throughput::Outcome,
     pub udp: udp::Outcome,
     pub join: join::Outcome,
     pub scale: scale::Outcome,
@@ -83,6 +85,7 @@ pub fn run(opts: &Opts) -> Result<()> {
     })??;
     drop(udp_cluster);
     drop(cluster);
+    let throughput6 = throughput_ipv6()?;
 
     eprintln!("overlay: scale, a fresh underlay and etcd; nodes come and go per round");
     let cluster = Cluster::start(scale::NODES)?;
@@ -95,6 +98,7 @@ pub fn run(opts: &Opts) -> Result<()> {
 
     let results = Results {
         throughput,
+        throughput6,
         udp,
         join,
         scale,
@@ -121,17 +125,55 @@ pub fn run_throughput(opts: &Opts) -> Result<()> {
     })??;
     drop(udp_cluster);
     drop(cluster);
+    let tp6 = throughput_ipv6()?;
     let mut doc = crate::report::host_facts();
     doc["benchmark"] = json!("overlay-throughput");
     doc["throughput"] = report::throughput_json(&tp);
+    doc["throughput_ipv6"] = report::throughput_json(&tp6);
     doc["udp"] = report::udp_json(&udp);
     print!("{}", report::throughput_table(&tp, &doc["throughput"]));
+    print!(
+        "{}",
+        report::throughput_table(&tp6, &doc["throughput_ipv6"])
+    );
     print!("{}", report::udp_table(&udp, &doc["udp"]));
     crate::report::write_file(
         &opts.out,
         "overlay-throughput.json",
         &format!("{}\n", serde_json::to_string_pretty(&doc)?),
     )
+}
+
+/// The dual-stack cluster CIDR of the IPv6 measurement.
+const DUAL_STACK: &str = "10.244.0.0/16,fd00:10:244::/56";
+
+/// IPv6 pod to pod over vxlan against the IPv6 underlay: a two-node
+/// dual-stack cluster whose underlay has IPv6 addresses (so IPv6 pod
+/// traffic goes over knode-v6.1 on the IPv6 underlay).
+fn throughput_ipv6() -> Result<throughput::Outcome> {
+    eprintln!("overlay: IPv6, a dual-stack cluster on an IPv6 underlay");
+    let mut cluster = Cluster::start(2)?;
+    cluster.net.add_ipv6()?;
+    cluster.network = DUAL_STACK;
+    let (agents, _, pods) = cluster.two_nodes()?;
+    let vteps6 = [wait_vtep6(&agents[0])?, wait_vtep6(&agents[1])?];
+    throughput::measure_ipv6(&cluster, &pods, vteps6)
+        .context("IPv6 throughput")
+        .with_context(|| agent_logs(&agents))
+}
+
+/// An agent's IPv6 VTEP address: its IPv6 subnet's first address
+/// (`FLANNEL_IPV6_SUBNET=fd00:10:244:3::1/64` -> `fd00:10:244:3::`).
+fn wait_vtep6(agent: &Agent) -> Result<String> {
+    wait_subnet(agent)?;
+    let env = std::fs::read_to_string(agent.dir().join("subnet.env"))?;
+    let first: std::net::Ipv6Addr = env
+        .lines()
+        .find_map(|l| l.strip_prefix("FLANNEL_IPV6_SUBNET="))
+        .and_then(|v| v.split('/').next())
+        .and_then(|ip| ip.parse().ok())
+        .with_context(|| format!("no FLANNEL_IPV6_SUBNET in {env:?}"))?;
+    Ok(std::net::Ipv6Addr::from(u128::from(first) - 1).to_string())
 }
 
 /// The udp backend's pods in `udp_cluster` against vxlan's `vxlan_pods`.
@@ -160,6 +202,8 @@ pub struct Cluster {
     pub net: ClusterNet,
     /// The agents' `--backend`.
     backend: &'static str,
+    /// The cluster network [`Cluster::two_nodes`] proposes.
+    pub network: &'static str,
 }
 
 impl Cluster {
@@ -172,7 +216,12 @@ impl Cluster {
     pub fn start_backend(nodes: usize, backend: &'static str) -> Result<Cluster> {
         let net = ClusterNet::new(nodes)?;
         let etcd = EtcdCluster::start_in(net.underlay().path(), UNDERLAY_IP, 1)?;
-        Ok(Cluster { etcd, net, backend })
+        Ok(Cluster {
+            etcd,
+            net,
+            backend,
+            network: "10.244.0.0/16",
+        })
     }
 
     /// Starts `knode agent` on node `i`: pods off, the cluster's backend on eth0, the
@@ -211,10 +260,7 @@ impl Cluster {
 
     /// Agents on nodes 0 and 1, their subnets once held, and a pod on each.
     pub fn two_nodes(&self) -> Result<([Agent; 2], [Ipv4Addr; 2], [Pod; 2])> {
-        let agents = [
-            self.agent(0, "10.244.0.0/16")?,
-            self.agent(1, "10.244.0.0/16")?,
-        ];
+        let agents = [self.agent(0, self.network)?, self.agent(1, self.network)?];
         let subnets = [wait_subnet(&agents[0])?, wait_subnet(&agents[1])?];
         let pods = [
             self.pod(0, &agents[0], "p0")?,

@@ -120,6 +120,11 @@ fn targets(r: &Results) -> Vec<Value> {
     let [stored, live, _] = scale_secs(r);
     let peers = r.scale.peers;
     let dirty = r.throughput.retransmits(Path::Underlay).into_iter().max();
+    let pod6 = ratio(
+        gbps(&r.throughput6, Path::Pod),
+        gbps(&r.throughput6, Path::Underlay),
+    );
+    let dirty6 = r.throughput6.retransmits(Path::Underlay).into_iter().max();
     vec![
         target(
             format!("pod-to-pod throughput >= {MIN_POD_RATIO} x underlay (medians)"),
@@ -152,6 +157,18 @@ fn targets(r: &Results) -> Vec<Value> {
             live,
             live.is_some_and(|x| x <= MAX_SCALE_S),
             json!({"max_s": MAX_SCALE_S}),
+        ),
+        target(
+            format!("IPv6 pod-to-pod throughput over vxlan >= {MIN_POD_RATIO} x the IPv6 underlay (medians)"),
+            pod6,
+            pod6.is_some_and(|x| x >= MIN_POD_RATIO),
+            json!({"min_ratio": MIN_POD_RATIO}),
+        ),
+        target(
+            format!("the IPv6 underlay reference is clean: no run retransmits more than {MAX_REFERENCE_RETRANSMITS} segments (value: the most in one run)"),
+            dirty6.map(|x| x as f64),
+            dirty6.is_some_and(|x| x <= MAX_REFERENCE_RETRANSMITS),
+            json!({"max_retransmits": MAX_REFERENCE_RETRANSMITS}),
         ),
     ]
 }
@@ -259,13 +276,14 @@ pub fn udp_table(u: &udp::Outcome, j: &Value) -> String {
 
 /// The throughput part of the document.
 pub fn throughput_json(t: &throughput::Outcome) -> Value {
-    let paths: Vec<Value> = Path::ALL
+    let paths: Vec<Value> = t
+        .paths
         .iter()
         .map(|&p| {
             let runs: Vec<&throughput::Run> = t.runs.iter().filter(|x| x.path == p).collect();
             let v = t.gbps(p);
             json!({
-                "path": p.name(), "about": p.about(),
+                "path": p.name(), "about": if t.ipv6 { p.about6() } else { p.about() },
                 "gbps": v.iter().map(|x| round3(*x)).collect::<Vec<_>>(),
                 "median_gbps": median(&v).map(round3),
                 "min_gbps": v.iter().copied().reduce(f64::min).map(round3),
@@ -292,6 +310,7 @@ pub fn throughput_json(t: &throughput::Outcome) -> Value {
         gbps(t, Path::Underlay),
     );
     json!({
+        "family": if t.ipv6 { "IPv6" } else { "IPv4" },
         "rounds": t.rounds, "seconds": t.seconds, "omit_seconds": t.omit,
         "loadavg_before": t.load[0], "loadavg_after": t.load[1],
         "paths": paths,
@@ -382,6 +401,11 @@ pub fn document(r: &Results) -> Value {
              backlogs and the reference retransmits thousands of segments per run",
             r.throughput.rounds, r.throughput.seconds, r.throughput.omit
         ),
+        "throughput_ipv6": "a dual-stack cluster (2 nodes, --cluster-cidr 10.244.0.0/16,fd00:10:244::/56) \
+                whose underlay also has IPv6 addresses (fd00:198:18::/64, so IPv6 pod traffic goes over \
+                knode-v6.1 on the IPv6 underlay); the same loop as throughput over IPv6: pod (the pods' \
+                IPv6 addresses), vxlan (the nodes' IPv6 VTEP addresses over knode-v6.1), underlay (eth0's \
+                IPv6 addresses, the same steered veths and bridge), veth (the same check pair, over IPv6)",
         "udp": "a second cluster (2 nodes, --backend udp) beside the first; its pods and the vxlan \
                 cluster's pods measured by the same interleaved loop: iperf3 TCP with 1 and 4 \
                 streams (-P 4), 5 rounds of 3 s after 1 s left out; the udp agents' utime+stime \
@@ -427,6 +451,7 @@ pub fn document(r: &Results) -> Value {
         ),
     });
     doc["throughput"] = throughput_json(&r.throughput);
+    doc["throughput_ipv6"] = throughput_json(&r.throughput6);
     doc["udp"] = udp_json(&r.udp);
     doc["join"] = join_json(r);
     doc["scale"] = scale_json(r);
@@ -448,8 +473,12 @@ pub fn throughput_table(tput: &throughput::Outcome, tp: &Value) -> String {
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "\nOverlay throughput (Gbit/s, iperf3 TCP): {} interleaved rounds of {} s; load {} before, {} after",
-        tput.rounds, tput.seconds, tput.load[0], tput.load[1]
+        "\nOverlay {} throughput (Gbit/s, iperf3 TCP): {} interleaved rounds of {} s; load {} before, {} after",
+        if tput.ipv6 { "IPv6" } else { "IPv4" },
+        tput.rounds,
+        tput.seconds,
+        tput.load[0],
+        tput.load[1]
     );
     let _ = writeln!(
         t,
@@ -490,6 +519,7 @@ pub fn throughput_table(tput: &throughput::Outcome, tp: &Value) -> String {
 
 fn table(r: &Results, doc: &Value) -> String {
     let mut t = throughput_table(&r.throughput, &doc["throughput"]);
+    t.push_str(&throughput_table(&r.throughput6, &doc["throughput_ipv6"]));
     t.push_str(&udp_table(&r.udp, &doc["udp"]));
     let _ = writeln!(
         t,

@@ -4,6 +4,8 @@
 //! bridge), VTEP to VTEP over the kernel VXLAN device alone, and a second
 //! check of the underlay: two namespaces on one veth pair, no bridge.
 //! Retransmits are kept per run: a reference that retransmits is not clean.
+//! A dual-stack cluster is measured the same way over IPv6 (pod, VTEP and
+//! underlay paths, the VTEPs on `knode-v6.1` over the IPv6 underlay).
 //! Servers are killed on return; clients end on their own.
 
 use std::net::Ipv4Addr;
@@ -49,6 +51,16 @@ impl Path {
         }
     }
 
+    /// What it measures over IPv6, for the report (no veth check there).
+    pub fn about6(self) -> &'static str {
+        match self {
+            Path::Pod => "ours: pod on node 0 -> pod on node 1 over IPv6 (veth, bridge, knode-v6.1 vxlan, IPv6 underlay)",
+            Path::Vxlan => "reference: node 0's IPv6 VTEP address -> node 1's, over knode-v6.1 alone",
+            Path::Underlay => "reference: node 0 eth0 -> node 1 eth0 over IPv6 (the underlay veth and bridge)",
+            Path::Veth => "check of the reference: two namespaces on one veth pair over IPv6, no bridge",
+        }
+    }
+
     /// What it measures, for the report.
     pub fn about(self) -> &'static str {
         match self {
@@ -79,6 +91,10 @@ pub struct Outcome {
     pub omit: u32,
     /// /proc/loadavg before the first and after the last run.
     pub load: [String; 2],
+    /// The paths measured, in order.
+    pub paths: Vec<Path>,
+    /// Measured over IPv6 (a dual-stack cluster with an IPv6 underlay).
+    pub ipv6: bool,
 }
 
 impl Outcome {
@@ -102,7 +118,8 @@ impl Outcome {
 }
 
 /// Two namespaces joined by one veth pair, steered like the underlay
-/// (198.19.0.1 and .2, RFC 2544 space): the underlay without its bridge.
+/// (198.19.0.1 and .2, RFC 2544 space; fd00:198:19::1 and ::2 over
+/// IPv6): the underlay without its bridge.
 struct VethPair {
     a: TestNs,
     b: TestNs,
@@ -111,6 +128,8 @@ struct VethPair {
 impl VethPair {
     const A: &'static str = "198.19.0.1";
     const B: &'static str = "198.19.0.2";
+    const A6: &'static str = "fd00:198:19::1";
+    const B6: &'static str = "fd00:198:19::2";
 
     fn new() -> Result<VethPair> {
         let (a, b) = (TestNs::new("vpa")?, TestNs::new("vpb")?);
@@ -119,8 +138,10 @@ impl VethPair {
             b.name()
         );
         a.sh(&add.split(' ').collect::<Vec<_>>())?;
-        for (ns, ip) in [(&a, Self::A), (&b, Self::B)] {
+        for (ns, ip, ip6) in [(&a, Self::A, Self::A6), (&b, Self::B, Self::B6)] {
             ns.sh(&["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+            let ip6 = format!("{ip6}/64");
+            ns.sh(&["ip", "-6", "addr", "add", &ip6, "dev", "eth0", "nodad"])?;
             ns.sh(&["ip", "link", "set", "eth0", "up"])?;
             steer_flows(ns, "eth0")?;
         }
@@ -295,40 +316,83 @@ pub(super) fn interleaved(ends: &[Ends], mut probe: impl FnMut() -> f64) -> Resu
     Ok(runs)
 }
 
+/// The addresses of node 0 and node 1 on each path, of one family.
+struct Addrs {
+    pods: [String; 2],
+    vteps: [String; 2],
+    underlay: [String; 2],
+    /// The veth pair's server address.
+    veth: &'static str,
+}
+
 /// Measures the paths between node 0 and node 1: `pods` are one pod
 /// per node, `subnets` the nodes' subnets (their VTEP addresses).
 pub fn measure(c: &Cluster, pods: &[Pod; 2], subnets: &[Ipv4Addr; 2]) -> Result<Outcome> {
-    let (n0, n1) = (c.net.node(0), c.net.node(1));
     let pair = VethPair::new().context("the veth pair")?;
-    let ends: Vec<Ends> = Path::ALL
-        .iter()
-        .enumerate()
-        .map(|(k, &path)| {
-            let (server, server_ip, client, bind) = match path {
-                Path::Pod => (pods[1].ns(), pods[1].ip().to_string(), pods[0].ns(), None),
-                Path::Vxlan => (n1, subnets[1].to_string(), n0, Some(subnets[0].to_string())),
-                Path::Underlay => (n1, c.net.node_ip(1), n0, Some(c.net.node_ip(0))),
-                Path::Veth => (&pair.b, VethPair::B.to_string(), &pair.a, None),
-            };
-            Ends {
-                name: path.name(),
-                server,
-                server_ip,
-                client,
-                bind,
-                port: PORT + k as u16,
-                streams: 1,
-            }
-        })
-        .collect();
+    let addrs = Addrs {
+        pods: [pods[0].ip().to_string(), pods[1].ip().to_string()],
+        vteps: subnets.map(|s| s.to_string()),
+        underlay: [c.net.node_ip(0), c.net.node_ip(1)],
+        veth: VethPair::B,
+    };
+    measure_paths(c, pods, &addrs, &pair, false)
+}
+
+/// As [`measure`] over IPv6, on a dual-stack cluster with an IPv6
+/// underlay: `vteps6` are the nodes' IPv6 VTEP addresses (on knode-v6.1).
+pub fn measure_ipv6(c: &Cluster, pods: &[Pod; 2], vteps6: [String; 2]) -> Result<Outcome> {
+    let ip6 = |p: &Pod| {
+        p.ip6()
+            .with_context(|| format!("pod {} has no IPv6 address", p.ip()))
+    };
+    let pair = VethPair::new().context("the veth pair")?;
+    let addrs = Addrs {
+        pods: [ip6(&pods[0])?, ip6(&pods[1])?],
+        vteps: vteps6,
+        underlay: [c.net.node_ip6(0), c.net.node_ip6(1)],
+        veth: VethPair::B6,
+    };
+    measure_paths(c, pods, &addrs, &pair, true)
+}
+
+/// The interleaved runs over every path, at the addresses `a` names.
+fn measure_paths(
+    c: &Cluster,
+    pods: &[Pod; 2],
+    a: &Addrs,
+    pair: &VethPair,
+    ipv6: bool,
+) -> Result<Outcome> {
+    let (n0, n1) = (c.net.node(0), c.net.node(1));
+    let mut paths = Vec::new();
+    let mut ends = Vec::new();
+    for &path in &Path::ALL {
+        let (server, server_ip, client, bind) = match path {
+            Path::Pod => (pods[1].ns(), a.pods[1].clone(), pods[0].ns(), None),
+            Path::Vxlan => (n1, a.vteps[1].clone(), n0, Some(a.vteps[0].clone())),
+            Path::Underlay => (n1, a.underlay[1].clone(), n0, Some(a.underlay[0].clone())),
+            Path::Veth => (&pair.b, a.veth.to_string(), &pair.a, None),
+        };
+        ends.push(Ends {
+            name: path.name(),
+            server,
+            server_ip,
+            client,
+            bind,
+            port: PORT + paths.len() as u16,
+            streams: 1,
+        });
+        paths.push(path);
+    }
     let before = loadavg();
     eprintln!(
-        "overlay: throughput, load {before}, {ROUNDS} interleaved rounds of {SECONDS} s (+{OMIT} s left out) per path, after a 1 s warm-up each"
+        "overlay: {} throughput, load {before}, {ROUNDS} interleaved rounds of {SECONDS} s (+{OMIT} s left out) per path, after a 1 s warm-up each",
+        if ipv6 { "IPv6" } else { "IPv4" }
     );
     let runs = interleaved(&ends, || 0.0)?
         .into_iter()
         .map(|r| Run {
-            path: Path::ALL[r.end],
+            path: paths[r.end],
             round: r.round,
             gbps: r.gbps,
             retransmits: r.retransmits,
@@ -342,6 +406,8 @@ pub fn measure(c: &Cluster, pods: &[Pod; 2], subnets: &[Ipv4Addr; 2]) -> Result<
         seconds: SECONDS,
         omit: OMIT,
         load: [before, after],
+        paths,
+        ipv6,
     })
 }
 

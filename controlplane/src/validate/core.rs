@@ -39,6 +39,18 @@ pub(crate) fn subnet_lease(l: &SubnetLease, e: &mut Errs) {
             format!("{} has host bits set", l.spec.subnet),
         );
     }
+    if let Some(s6) = l.spec.ipv6_subnet {
+        if !matches!(s6, ipnet::IpNet::V6(_)) {
+            e.add("spec.IPv6Subnet", format!("{s6} is not an IPv6 subnet"));
+        } else if s6.trunc() != s6 {
+            e.add("spec.IPv6Subnet", format!("{s6} has host bits set"));
+        }
+    }
+    if let Some(ip) = l.spec.public_ipv6 {
+        if !ip.is_ipv6() {
+            e.add("spec.PublicIPv6", format!("{ip} is not an IPv6 address"));
+        }
+    }
 }
 
 /// A Pod.

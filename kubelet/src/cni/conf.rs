@@ -247,6 +247,9 @@ fn cni_version(obj: &Map<String, Value>, source: &str) -> Result<String> {
 pub struct PodNetwork<'a> {
     /// This node's pod subnet (the overlay's lease, or a fixed one).
     pub subnet: &'a str,
+    /// Its second subnet, of the other family, on a dual-stack network:
+    /// host-local then hands every pod one address of each (one range set each).
+    pub subnet6: Option<&'a str>,
     /// The pods' MTU (the overlay's), or the bridge plugin's default.
     pub mtu: Option<u32>,
     /// Masquerade in the bridge plugin (off when the overlay masquerades
@@ -293,15 +296,33 @@ pub fn remove_default_conflist(conf_dir: &Path) -> Result<bool> {
 
 /// The text of the default conflist for `net`.
 fn render_default(net: &PodNetwork) -> Result<String> {
-    let subnet = net.subnet;
-    let default_route = match subnet.split_once('/') {
+    let default_route = |subnet: &str| match subnet.split_once('/') {
         Some((ip, len)) => match (ip.parse::<std::net::IpAddr>(), len.parse::<u8>()) {
-            (Ok(std::net::IpAddr::V4(_)), Ok(0..=32)) => "0.0.0.0/0",
-            (Ok(std::net::IpAddr::V6(_)), Ok(0..=128)) => "::/0",
-            _ => bail!("subnet: {subnet:?} is not a CIDR like 10.244.0.0/24"),
+            (Ok(std::net::IpAddr::V4(_)), Ok(0..=32)) => Ok("0.0.0.0/0"),
+            (Ok(std::net::IpAddr::V6(_)), Ok(0..=128)) => Ok("::/0"),
+            _ => Err(anyhow::anyhow!(
+                "subnet: {subnet:?} is not a CIDR like 10.244.0.0/24"
+            )),
         },
-        None => bail!("subnet: {subnet:?} is not a CIDR like 10.244.0.0/24"),
+        None => Err(anyhow::anyhow!(
+            "subnet: {subnet:?} is not a CIDR like 10.244.0.0/24"
+        )),
     };
+    // One range set per family (the reference host-local's dual-stack
+    // form), and a default route for each.
+    let mut ranges = vec![json!([{ "subnet": net.subnet }])];
+    let mut routes = vec![json!({ "dst": default_route(net.subnet)? })];
+    if let Some(s6) = net.subnet6 {
+        let dst = default_route(s6)?;
+        if dst == routes[0]["dst"] {
+            bail!(
+                "subnet6: {s6:?} is of the same family as subnet {:?}",
+                net.subnet
+            );
+        }
+        ranges.push(json!([{ "subnet": s6 }]));
+        routes.push(json!({ "dst": dst }));
+    }
     let mut bridge = json!({
         "type": "knode-bridge",
         "bridge": "cni0",
@@ -310,8 +331,8 @@ fn render_default(net: &PodNetwork) -> Result<String> {
         "hairpinMode": true,
         "ipam": {
             "type": "knode-host-local",
-            "ranges": [[{ "subnet": subnet }]],
-            "routes": [{ "dst": default_route }],
+            "ranges": ranges,
+            "routes": routes,
         },
     });
     if let Some(mtu) = net.mtu {
@@ -348,6 +369,7 @@ fn is_generated(path: &Path) -> bool {
     let mtu = p["mtu"].as_u64().and_then(|m| u32::try_from(m).ok());
     let net = PodNetwork {
         subnet,
+        subnet6: p["ipam"]["ranges"][1][0]["subnet"].as_str(),
         mtu,
         ip_masq,
     };

@@ -524,6 +524,7 @@ fn default_conflist_is_written_once_and_never_over_an_existing_config() {
     let conf = f.dir("conf").join("sub");
     let net = |subnet| PodNetwork {
         subnet,
+        subnet6: None,
         mtu: None,
         ip_masq: true,
     };
@@ -559,6 +560,7 @@ fn default_conflist_is_written_once_and_never_over_an_existing_config() {
     // Its own file follows a new lease and the overlay's MTU.
     let overlay = PodNetwork {
         subnet: "10.244.9.0/24",
+        subnet6: None,
         mtu: Some(1450),
         ip_masq: false,
     };
@@ -573,6 +575,26 @@ fn default_conflist_is_written_once_and_never_over_an_existing_config() {
         (p["mtu"].clone(), p["ipMasq"].clone()),
         (json!(1450), json!(false))
     );
+
+    // A dual-stack lease: one range set per family, a default route each,
+    // and the file is still the agent's own (rewritten as the lease moves).
+    let dual = PodNetwork {
+        subnet6: Some("fd00:10:244:9::/64"),
+        ..overlay
+    };
+    assert!(ensure_default_conflist(&conf, &dual).unwrap().is_some());
+    let v: Value = serde_json::from_slice(&NetworkList::load(&conf).unwrap().bytes).unwrap();
+    let p = &v["plugins"][0];
+    assert_eq!(
+        p["ipam"]["ranges"],
+        json!([[{ "subnet": "10.244.9.0/24" }], [{ "subnet": "fd00:10:244:9::/64" }]])
+    );
+    assert_eq!(
+        p["ipam"]["routes"],
+        json!([{ "dst": "0.0.0.0/0" }, { "dst": "::/0" }])
+    );
+    assert_eq!(ensure_default_conflist(&conf, &dual).unwrap(), None);
+    assert!(ensure_default_conflist(&conf, &overlay).unwrap().is_some());
 
     // An operator's edit of that file makes it theirs: it is never rewritten.
     let edited = f.dir("conf").join("edited");

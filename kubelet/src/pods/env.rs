@@ -19,6 +19,8 @@ pub struct EnvSources<'a> {
     pub config_maps: &'a dyn Fn(&str) -> Option<ConfigMap>,
     pub secrets: &'a dyn Fn(&str) -> Option<Secret>,
     pub pod_ip: &'a str,
+    /// Every pod IP, comma-separated (`status.podIPs`, as kubelet gives it).
+    pub pod_ips: &'a str,
     pub host_ip: &'a str,
     pub node_name: &'a str,
 }
@@ -348,7 +350,8 @@ fn field_value(pod: &Pod, f: &ObjectFieldSelector, src: &EnvSources) -> Result<S
             .and_then(|s| s.service_account_name.clone())
             .unwrap_or_default(),
         "status.hostIP" | "status.hostIPs" => src.host_ip.to_string(),
-        "status.podIP" | "status.podIPs" => src.pod_ip.to_string(),
+        "status.podIP" => src.pod_ip.to_string(),
+        "status.podIPs" => src.pod_ips.to_string(),
         _ => {
             if let Some(k) = subscript("metadata.labels") {
                 map_value(md.labels.as_ref(), k)
@@ -384,6 +387,7 @@ pub(crate) fn volume_field_value(pod: &Pod, f: &ObjectFieldSelector) -> Result<S
         config_maps: &|_| None,
         secrets: &|_| None,
         pod_ip: "",
+        pod_ips: "",
         host_ip: "",
         node_name: "",
     };
@@ -665,6 +669,7 @@ mod tests {
             config_maps: &cms,
             secrets: &secs,
             pod_ip: "10.244.0.7",
+            pod_ips: "10.244.0.7,fd00:10:244::7",
             host_ip: "192.0.2.10",
             node_name: "node-a",
         })
@@ -721,6 +726,7 @@ mod tests {
                 {"name": "NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
                 {"name": "UID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}},
                 {"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                {"name": "IPS", "valueFrom": {"fieldRef": {"fieldPath": "status.podIPs"}}},
                 {"name": "HOST", "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}},
                 {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
                 {"name": "SA", "valueFrom": {"fieldRef": {"fieldPath": "spec.serviceAccountName"}}},
@@ -741,6 +747,7 @@ mod tests {
             ("NS", "shop"),
             ("UID", "u-1"),
             ("IP", "10.244.0.7"),
+            ("IPS", "10.244.0.7,fd00:10:244::7"),
             ("HOST", "192.0.2.10"),
             ("NODE", "node-a"),
             ("SA", "sa"),

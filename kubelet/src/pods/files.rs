@@ -86,9 +86,9 @@ fn checked_uid(pod: &Pod) -> Result<&str> {
 }
 
 /// Makes (or refreshes) the pod's files. Idempotent: a second call
-/// rewrites /etc/hosts with the pod IP once it is known and leaves the
+/// rewrites /etc/hosts with the pod IPs once they are known and leaves the
 /// /dev/shm mount alone.
-pub fn prepare(config: &crate::Config, pod: &Pod, pod_ip: Option<&str>) -> Result<PodFiles> {
+pub fn prepare(config: &crate::Config, pod: &Pod, pod_ips: &[String]) -> Result<PodFiles> {
     let run_dir = &config.run_dir;
     let uid = checked_uid(pod)?;
     let spec = pod.spec.as_ref();
@@ -119,7 +119,7 @@ pub fn prepare(config: &crate::Config, pod: &Pod, pod_ip: Option<&str>) -> Resul
             dir.join("shm")
         },
     };
-    let hosts = hosts_content(pod, pod_ip, &hostname, node_hosts.as_deref())?;
+    let hosts = hosts_content(pod, pod_ips, &hostname, node_hosts.as_deref())?;
     let resolv = match &config.dns {
         None => resolv_content(&host_resolv_conf(Path::new(HOST_RESOLV_CONF))?, pod)?,
         Some(dns) if dns.resolv_conf.as_os_str().is_empty() => {
@@ -248,12 +248,13 @@ fn mount_shm(shm: &Path) -> Result<()> {
     .map_err(|e| io_err(what())(e.into()))
 }
 
-/// kubelet's /etc/hosts for a pod: the loopback entries, the pod's IP
-/// with its hostname (once known), then `hostAliases`. A hostNetwork pod
+/// kubelet's /etc/hosts for a pod: the loopback entries, each of the pod's
+/// IPs with its hostname (once known; both families on a dual-stack
+/// network, as kubelet writes them), then `hostAliases`. A hostNetwork pod
 /// gets the node's file plus its aliases.
 pub fn hosts_content(
     pod: &Pod,
-    pod_ip: Option<&str>,
+    pod_ips: &[String],
     hostname: &str,
     node_hosts: Option<&str>,
 ) -> Result<String> {
@@ -270,7 +271,7 @@ pub fn hosts_content(
                  fe00::1\tip6-allnodes\n\
                  fe00::2\tip6-allrouters\n",
             );
-            if let Some(ip) = pod_ip.filter(|ip| !ip.is_empty()) {
+            for ip in pod_ips.iter().filter(|ip| !ip.is_empty()) {
                 if ip.parse::<IpAddr>().is_err() {
                     return Err(invalid(
                         "status.podIP",
@@ -488,14 +489,18 @@ mod tests {
             }]),
             ..Default::default()
         });
-        let h = hosts_content(&p, Some("10.244.0.5"), "web", None).unwrap();
+        let ips = ["10.244.0.5".to_string(), "fd00:10:244::5".to_string()];
+        let h = hosts_content(&p, &ips, "web", None).unwrap();
         assert!(h.starts_with("# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n"));
-        assert!(h.contains("\n10.244.0.5\tweb\n"), "{h}");
+        assert!(
+            h.contains("\n10.244.0.5\tweb\nfd00:10:244::5\tweb\n"),
+            "{h}"
+        );
         assert!(
             h.ends_with("\n# Entries added by HostAliases.\n10.1.2.3\tfoo.local\tbar\n"),
             "{h}"
         );
-        let before_ip = hosts_content(&pod(PodSpec::default()), None, "web", None).unwrap();
+        let before_ip = hosts_content(&pod(PodSpec::default()), &[], "web", None).unwrap();
         assert!(!before_ip.contains("web"));
         assert!(before_ip.ends_with("fe00::2\tip6-allrouters\n"));
     }
@@ -504,7 +509,7 @@ mod tests {
     fn host_network_hosts_file_is_the_nodes() {
         let h = hosts_content(
             &pod(PodSpec::default()),
-            Some("1.2.3.4"),
+            &["1.2.3.4".to_string()],
             "n",
             Some("127.0.0.1 localhost"),
         )
@@ -521,9 +526,7 @@ mod tests {
             }]),
             ..Default::default()
         });
-        let e = hosts_content(&p, None, "web", None)
-            .unwrap_err()
-            .to_string();
+        let e = hosts_content(&p, &[], "web", None).unwrap_err().to_string();
         assert!(e.starts_with("spec.hostAliases[0].hostnames[0]: "), "{e}");
         let p = pod(PodSpec {
             host_aliases: Some(vec![HostAlias {
@@ -532,11 +535,11 @@ mod tests {
             }]),
             ..Default::default()
         });
-        assert!(hosts_content(&p, None, "w", None)
+        assert!(hosts_content(&p, &[], "w", None)
             .unwrap_err()
             .to_string()
             .starts_with("spec.hostAliases[0].ip"));
-        assert!(hosts_content(&pod(PodSpec::default()), Some("x\ny"), "w", None).is_err());
+        assert!(hosts_content(&pod(PodSpec::default()), &["x\ny".to_string()], "w", None).is_err());
     }
 
     const HOST: &str = "# generated\nnameserver 192.0.2.1\nnameserver 192.0.2.2\nsearch a.example b.example\noptions ndots:2 edns0\n";
@@ -698,7 +701,7 @@ mod tests {
             allow_privileged: false,
             log_rotation: None,
         };
-        let f = prepare(&config, &p, None).unwrap();
+        let f = prepare(&config, &p, &[]).unwrap();
         assert_eq!(f.hosts, run.join("pods/uid-1/hosts"));
         assert_eq!(fs::read_to_string(&f.hostname).unwrap(), "web\n");
         assert!(is_mount_point(&f.shm).unwrap(), "shm is a tmpfs");
@@ -711,7 +714,7 @@ mod tests {
             .unwrap();
 
         // Again, now with the IP: same inode, new content, one shm mount.
-        let f2 = prepare(&config, &p, Some("10.244.0.9")).unwrap();
+        let f2 = prepare(&config, &p, &["10.244.0.9".to_string()]).unwrap();
         assert_eq!(f, f2);
         let hosts = fs::read_to_string(&f.hosts).unwrap();
         assert!(hosts.contains("10.244.0.9\tweb\n"));

@@ -36,7 +36,10 @@ pub type Starting = tokio::task::JoinHandle<Result<u32>>;
 pub struct Sandbox {
     pub id: String,
     pub pid: u32,
+    /// The primary IP (`status.podIP`): the first of `ips`.
     pub ip: Option<String>,
+    /// Every IP, ordered as kubelet orders `status.podIPs`.
+    pub ips: Vec<String>,
     pub files: PodFiles,
 }
 
@@ -100,10 +103,10 @@ pub async fn ensure(ctx: &Context, pod: &Pod) -> Result<(Sandbox, Option<Startin
             None => ctx.cni.add(&att).await.context("CNI ADD")?,
         };
         tracing::debug!(pod = %name, ms = t0.elapsed().as_millis() as u64, "sandbox: CNI done");
-        anyhow::Ok(pod_ip(&result))
+        anyhow::Ok(pod_ips(&result, &ctx.node_ip))
     };
     let pause = async {
-        let files = files::prepare(&ctx.config, pod, None).context("pod files")?;
+        let files = files::prepare(&ctx.config, pod, &[]).context("pod files")?;
         if fresh && task::labels(&ctx.rt, &id).await?.is_some() {
             task::remove(&ctx.rt, &id).await?;
         }
@@ -111,8 +114,9 @@ pub async fn ensure(ctx: &Context, pod: &Pod) -> Result<(Sandbox, Option<Startin
         tracing::debug!(pod = %name, ms = t0.elapsed().as_millis() as u64, "sandbox: pause created");
         anyhow::Ok(started)
     };
-    let (ip, pause) = tokio::join!(network, pause);
-    let (ip, (pid, starting)) = (ip?, pause?);
+    let (ips, pause) = tokio::join!(network, pause);
+    let (ips, (pid, starting)) = (ips?, pause?);
+    let ip = ips.first().cloned();
 
     // 3. The pod's network policies, before any container can run: the
     //    pause container holds only namespaces and runs no code of the pod.
@@ -138,9 +142,18 @@ pub async fn ensure(ctx: &Context, pod: &Pod) -> Result<(Sandbox, Option<Startin
         }
     }
 
-    // 5. The pod's files, now with its IP in /etc/hosts.
-    let files = files::prepare(&ctx.config, pod, ip.as_deref()).context("pod files")?;
-    Ok((Sandbox { id, pid, ip, files }, starting))
+    // 5. The pod's files, now with its IPs in /etc/hosts.
+    let files = files::prepare(&ctx.config, pod, &ips).context("pod files")?;
+    Ok((
+        Sandbox {
+            id,
+            pid,
+            ip,
+            ips,
+            files,
+        },
+        starting,
+    ))
 }
 
 /// A hostNetwork pod: no namespace of its own and no CNI; its IP is the
@@ -151,7 +164,8 @@ async fn ensure_host_network(
     uid: &str,
 ) -> Result<(Sandbox, Option<Starting>)> {
     let ip = Some(ctx.node_ip.clone());
-    let files = files::prepare(&ctx.config, pod, ip.as_deref()).context("pod files")?;
+    let files = files::prepare(&ctx.config, pod, std::slice::from_ref(&ctx.node_ip))
+        .context("pod files")?;
     // The spec ignores the netns path for hostNetwork pods.
     let (pid, starting) =
         start_pause(ctx, pod, std::path::Path::new("/proc/1/ns/net"), &files).await?;
@@ -159,6 +173,7 @@ async fn ensure_host_network(
         Sandbox {
             id: sandbox_id(uid),
             pid,
+            ips: ip.iter().cloned().collect(),
             ip,
             files,
         },
@@ -226,6 +241,22 @@ async fn start_pause(
         _ => task::start(&ctx.rt, &id, None).await?,
     };
     Ok((pid, None))
+}
+
+/// The pod's IPs from a CNI result as kubelet picks them for
+/// `status.podIPs`: the first address of the node IP's family (the
+/// primary), then the first of the other family, if any.
+fn pod_ips(r: &crate::cni::AddResult, node_ip: &str) -> Vec<String> {
+    let ips: Vec<std::net::IpAddr> = r.ips.iter().map(|n| n.addr()).collect();
+    let v6_first = node_ip
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|a| a.is_ipv6());
+    let first = |v6: bool| ips.iter().find(|a| a.is_ipv6() == v6);
+    first(v6_first)
+        .into_iter()
+        .chain(first(!v6_first))
+        .map(|a| a.to_string())
+        .collect()
 }
 
 /// The first IPv4 address of a CNI result, else the first address.
@@ -336,3 +367,35 @@ pub async fn remove_pod(host: &Host<'_>, uid: &str, pod: Option<&Pod>) -> Result
 
 /// How long an orphan's containers get to stop.
 pub const ORPHAN_GRACE: Duration = Duration::from_secs(2);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(ips: &[&str]) -> crate::cni::AddResult {
+        crate::cni::AddResult {
+            ips: ips.iter().map(|s| s.parse().expect("prefix")).collect(),
+            raw: serde_json::Value::Null,
+        }
+    }
+
+    #[test]
+    fn pod_ips_put_the_node_ips_family_first_one_per_family() {
+        // kubelet: the first address of the node IP's family, then the
+        // first of the other family; more addresses are left out.
+        let r = result(&["fd00:10:244:3::2/64", "10.244.3.2/24", "10.244.3.9/24"]);
+        assert_eq!(
+            pod_ips(&r, "198.18.0.11"),
+            ["10.244.3.2", "fd00:10:244:3::2"]
+        );
+        assert_eq!(
+            pod_ips(&r, "fd00:198:18::b"),
+            ["fd00:10:244:3::2", "10.244.3.2"]
+        );
+        assert_eq!(
+            pod_ips(&result(&["10.244.3.2/24"]), "fd00::1"),
+            ["10.244.3.2"]
+        );
+        assert!(pod_ips(&result(&[]), "198.18.0.11").is_empty());
+    }
+}

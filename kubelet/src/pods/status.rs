@@ -65,7 +65,8 @@ pub struct ContainerView {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PodView {
     pub sandbox_ready: bool,
-    pub pod_ip: Option<String>,
+    /// The pod's IPs, the primary (`status.podIP`) first: one per family.
+    pub pod_ips: Vec<String>,
     pub host_ip: String,
     pub start_time: Option<Timestamp>,
     pub restart_policy: String,
@@ -202,11 +203,13 @@ pub fn pod_status(prev: Option<&PodStatus>, view: &PodView, now: Timestamp) -> P
         host_ips: Some(vec![k8s_openapi::api::core::v1::HostIP {
             ip: view.host_ip.clone(),
         }]),
-        pod_ip: view.pod_ip.clone(),
-        pod_ips: view
-            .pod_ip
-            .as_ref()
-            .map(|ip| vec![PodIP { ip: ip.clone() }]),
+        pod_ip: view.pod_ips.first().cloned(),
+        pod_ips: (!view.pod_ips.is_empty()).then(|| {
+            view.pod_ips
+                .iter()
+                .map(|ip| PodIP { ip: ip.clone() })
+                .collect()
+        }),
         start_time: view.start_time.map(Time),
         container_statuses: Some(view.containers.iter().map(container_status).collect()),
         init_container_statuses: (!view.init_containers.is_empty())
@@ -322,7 +325,7 @@ mod tests {
     fn view(policy: &str, states: Vec<(State, Option<i32>)>) -> PodView {
         PodView {
             sandbox_ready: true,
-            pod_ip: Some("10.244.0.5".into()),
+            pod_ips: vec!["10.244.0.5".into(), "fd00:10:244::5".into()],
             host_ip: "192.0.2.1".into(),
             start_time: None,
             restart_policy: policy.into(),

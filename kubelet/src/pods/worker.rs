@@ -119,8 +119,8 @@ struct Worker {
     initialized: bool,
     /// `activeDeadlineSeconds` passed: nothing runs or restarts any more.
     deadline_exceeded: bool,
-    /// The IP it had, still reported after the sandbox is gone.
-    last_ip: Option<String>,
+    /// The IPs it had (primary first), still reported after the sandbox is gone.
+    last_ips: Vec<String>,
     /// Images found or pulled during this pass, by reference.
     prefetched: HashMap<String, Image>,
     /// A new pause container's start, awaited at the end of the pass.
@@ -164,7 +164,17 @@ impl Worker {
             pod.status.as_ref().and_then(|s| s.phase.as_deref()),
             Some("Succeeded" | "Failed")
         );
-        let last_ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone());
+        let last_ips = pod
+            .status
+            .as_ref()
+            .and_then(|s| match (&s.pod_ips, &s.pod_ip) {
+                (Some(ips), _) if !ips.is_empty() => {
+                    Some(ips.iter().map(|i| i.ip.clone()).collect())
+                }
+                (_, Some(ip)) => Some(vec![ip.clone()]),
+                _ => None,
+            })
+            .unwrap_or_default();
         let initialized = init_containers(&pod).is_empty();
         let mut w = Worker {
             ctx,
@@ -184,7 +194,7 @@ impl Worker {
             finished,
             initialized,
             deadline_exceeded: false,
-            last_ip,
+            last_ips,
             prefetched: HashMap::new(),
             pause_starting: None,
         };
@@ -345,7 +355,11 @@ impl Worker {
         // kubelet does, its sandbox goes and its IP is released; the
         // exited containers stay for their logs until the pod is deleted.
         if self.sandbox.is_some() && matches!(status::phase(&self.view()), "Succeeded" | "Failed") {
-            self.last_ip = self.sandbox.as_ref().and_then(|s| s.ip.clone());
+            self.last_ips = self
+                .sandbox
+                .as_ref()
+                .map(|s| s.ips.clone())
+                .unwrap_or_default();
             sandbox::teardown(&self.ctx, &self.pod).await?;
             self.sandbox = None;
             self.finished = true;
@@ -636,10 +650,12 @@ impl Worker {
         let env = {
             let cm = |n: &str| refs.config_maps.get(n).cloned();
             let sec = |n: &str| refs.secrets.get(n).cloned();
+            let pod_ips = sb.ips.join(",");
             let sources = env::EnvSources {
                 config_maps: &cm,
                 secrets: &sec,
                 pod_ip: sb.ip.as_deref().unwrap_or_default(),
+                pod_ips: &pod_ips,
                 host_ip: &ctx.node_ip,
                 node_name: &ctx.node_name,
             };
@@ -1104,11 +1120,11 @@ impl Worker {
     fn view(&self) -> PodView {
         PodView {
             sandbox_ready: self.sandbox.is_some(),
-            pod_ip: self
+            pod_ips: self
                 .sandbox
                 .as_ref()
-                .and_then(|s| s.ip.clone())
-                .or(self.last_ip.clone()),
+                .map(|s| s.ips.clone())
+                .unwrap_or_else(|| self.last_ips.clone()),
             host_ip: self.ctx.node_ip.clone(),
             start_time: self.start_time,
             restart_policy: restart_policy(&self.pod),

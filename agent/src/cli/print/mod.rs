@@ -311,7 +311,10 @@ pub(crate) fn headers(kind: Kind, wide: bool) -> Vec<&'static str> {
         Kind::ConfigMap => (&["NAME", "DATA", "AGE"], &[]),
         Kind::Secret => (&["NAME", "TYPE", "DATA", "AGE"], &[]),
         Kind::Lease => (&["NAME", "HOLDER", "AGE"], &[]),
-        Kind::SubnetLease => (&["NAME", "SUBNET", "PUBLIC-IP", "BACKEND", "AGE"], &[]),
+        Kind::SubnetLease => (
+            &["NAME", "SUBNET", "PUBLIC-IP", "BACKEND", "AGE"],
+            &["IPV6-SUBNET", "PUBLIC-IPV6"],
+        ),
         Kind::Deployment => (
             &["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"],
             CONTAINERS_IMAGES_SELECTOR,
@@ -385,7 +388,7 @@ pub(crate) fn cells(obj: &Object, wide: bool, now: Timestamp) -> Vec<String> {
         Object::ConfigMap(cm) => configmap_cells(cm, now),
         Object::Secret(s) => secret_cells(s, now),
         Object::Lease(l) => lease_cells(l, now),
-        Object::SubnetLease(l) => subnet_lease_cells(l, now),
+        Object::SubnetLease(l) => subnet_lease_cells(l, wide, now),
         Object::Deployment(d) => deployment_cells(d, wide, now),
         Object::ReplicaSet(r) => replica_set_cells(r, wide, now),
         Object::DaemonSet(d) => daemon_set_cells(d, wide, now),
@@ -623,14 +626,21 @@ fn lease_cells(lease: &Lease, now: Timestamp) -> Vec<String> {
     vec![name(&lease.metadata), holder, age(&lease.metadata, now)]
 }
 
-fn subnet_lease_cells(lease: &SubnetLease, now: Timestamp) -> Vec<String> {
-    vec![
+fn subnet_lease_cells(lease: &SubnetLease, wide: bool, now: Timestamp) -> Vec<String> {
+    let mut cells = vec![
         name(&lease.metadata),
         lease.spec.subnet.to_string(),
         lease.spec.public_ip.to_string(),
         or_none(lease.spec.backend_type.clone()),
         age(&lease.metadata, now),
-    ]
+    ];
+    if wide {
+        // Dual-stack: the paired IPv6 subnet and the IPv6 underlay address.
+        let s = &lease.spec;
+        cells.push(s.ipv6_subnet.map_or(NONE.into(), |n| n.to_string()));
+        cells.push(s.public_ipv6.map_or(NONE.into(), |ip| ip.to_string()));
+    }
+    cells
 }
 
 /// `values` as kubectl prints them for `-o json`/`-o yaml`: the one value

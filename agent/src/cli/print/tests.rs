@@ -630,6 +630,25 @@ fn namespaces_configmaps_secrets_leases_and_subnet_leases() {
     );
 }
 
+#[test]
+fn wide_subnet_leases_show_the_ipv6_half() {
+    let mut dual = subnet_lease_json();
+    dual["spec"]["IPv6Subnet"] = json!("fd00:10:244:3::/64");
+    dual["spec"]["PublicIPv6"] = json!("fd00:198:18::b");
+    let items = [obj(dual), obj(subnet_lease_json())];
+    let wide = objects(Kind::SubnetLease, &items, false, &opts(Output::Wide));
+    let lines: Vec<&str> = wide.lines().collect();
+    assert!(
+        lines[0].ends_with("AGE   IPV6-SUBNET          PUBLIC-IPV6"),
+        "{wide}"
+    );
+    assert!(
+        lines[1].ends_with("fd00:10:244:3::/64   fd00:198:18::b"),
+        "{wide}"
+    );
+    assert!(lines[2].ends_with("<none>               <none>"), "{wide}");
+}
+
 fn subnet_lease_json() -> Value {
     json!({"apiVersion": "knode.io/v1", "kind": "SubnetLease",
            "metadata": {"name": "10.244.3.0-24", "creationTimestamp": ago(300)},

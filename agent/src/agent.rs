@@ -307,7 +307,6 @@ async fn start_node(
         (None, Some(c)) => vec![c.clone()],
         (None, None) => vec![first_subnet(&config.cluster_cidr)?],
     };
-    let pod_cidr = pod_cidrs[0].clone();
     let mtu = overlay.as_ref().map(Overlay::mtu);
     write_pod_network(config, &pod_cidrs, mtu)?;
     let id = node::Identity {
@@ -318,14 +317,9 @@ async fn start_node(
     let mut tasks = vec![];
     // Before the proxy (whose /metrics renders its metrics too) and the
     // kubelet (which calls its gate before a pod's first container).
-    if pod_cidrs.len() > 1 && config.enabled("network-policy") {
-        tracing::warn!(
-            "dual-stack pod network: NetworkPolicy is enforced for IPv4 only; pods' IPv6 addresses are not isolated by policies"
-        );
-    }
     let network_policy = if config.enabled("network-policy") {
         let started =
-            crate::netpol::start(config, cp.clone(), &pod_cidr).context("start network policy")?;
+            crate::netpol::start(config, cp.clone(), &pod_cidrs).context("start network policy")?;
         tasks.push(started.task);
         Some((started.gate, started.metrics))
     } else {

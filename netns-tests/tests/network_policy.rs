@@ -721,7 +721,7 @@ fn new_pods_are_isolated_from_their_first_packet() -> Result<()> {
     for i in 0..2 {
         let counters = lab.net.node(i).run(|| -> Result<_> {
             let nft = NfTablesSocket::open()?;
-            let t = netpol::ruleset::table();
+            let t = netpol::ruleset::table(netpol::IpFamily::V4);
             Ok(nft.rule_counters(&t, "forward-ingress")?)
         })??;
         for c in counters {

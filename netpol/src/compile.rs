@@ -4,7 +4,7 @@
 //! ports left to resolve per pod). Pure: no pods, no kernel.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
 use k8s_openapi::api::networking::v1::{
@@ -69,8 +69,9 @@ pub struct PodPeer {
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Peers {
     pub pods: Vec<PodPeer>,
-    /// Inclusive IPv4 ranges, sorted, merged, `except`s removed.
-    pub cidrs: Vec<(Ipv4Addr, Ipv4Addr)>,
+    /// Inclusive address ranges, sorted (IPv4 first), merged, `except`s
+    /// removed.
+    pub cidrs: Vec<(IpAddr, IpAddr)>,
 }
 
 /// A rule's `ports`.
@@ -134,9 +135,10 @@ impl Compiled {
     }
 }
 
-/// Compiles `np`. Input the API server accepted compiles; what this
-/// IPv4 table cannot hold (IPv6 blocks, an unknown protocol) is left out,
-/// which only ever allows less.
+/// Compiles `np`. Input the API server accepted compiles; what the
+/// tables cannot hold (an unknown protocol) is left out, which only ever
+/// allows less. Address ranges of both families are kept: each family's
+/// table uses its own.
 pub fn compile(np: &NetworkPolicy) -> Compiled {
     let namespace = np.metadata.namespace.clone().unwrap_or_default();
     let name = np.metadata.name.clone().unwrap_or_default();
@@ -203,19 +205,26 @@ fn rule(peers: Option<&[NetworkPolicyPeer]>, ports: Option<&[NetworkPolicyPort]>
 
 fn compile_peers(peers: &[NetworkPolicyPeer]) -> Peers {
     let mut out = Peers::default();
-    let mut ranges = Vec::new();
+    let (mut v4, mut v6) = (Vec::new(), Vec::new());
     for p in peers {
         if let Some(b) = &p.ip_block {
-            let Ok(IpNet::V4(net)) = b.cidr.parse::<IpNet>() else {
+            let Ok(net) = b.cidr.parse::<IpNet>() else {
                 continue;
             };
-            let mut keep = vec![(u32::from(net.network()), u32::from(net.broadcast()))];
+            let mut keep = vec![span(&net)];
             for e in b.except.iter().flatten() {
-                if let Ok(IpNet::V4(x)) = e.parse::<IpNet>() {
-                    keep = subtract(&keep, u32::from(x.network()), u32::from(x.broadcast()));
+                match e.parse::<IpNet>() {
+                    Ok(x) if x.network().is_ipv4() == net.network().is_ipv4() => {
+                        let (lo, hi) = span(&x);
+                        keep = subtract(&keep, lo, hi);
+                    }
+                    _ => {}
                 }
             }
-            ranges.extend(keep);
+            match net {
+                IpNet::V4(_) => v4.extend(keep),
+                IpNet::V6(_) => v6.extend(keep),
+            }
             continue;
         }
         if p.pod_selector.is_none() && p.namespace_selector.is_none() {
@@ -229,16 +238,28 @@ fn compile_peers(peers: &[NetworkPolicyPeer]) -> Peers {
             pods: p.pod_selector.clone(),
         });
     }
-    out.cidrs = merge(ranges)
+    let addr4 = |a: u128| IpAddr::V4(Ipv4Addr::from(a as u32));
+    let addr6 = |a: u128| IpAddr::V6(Ipv6Addr::from(a));
+    out.cidrs = merge(v4)
         .into_iter()
-        .map(|(a, b)| (Ipv4Addr::from(a), Ipv4Addr::from(b)))
+        .map(|(a, b)| (addr4(a), addr4(b)))
+        .chain(merge(v6).into_iter().map(|(a, b)| (addr6(a), addr6(b))))
         .collect();
     out
 }
 
+/// A network's first and last address, as numbers.
+fn span(net: &IpNet) -> (u128, u128) {
+    let n = |a: IpAddr| match a {
+        IpAddr::V4(a) => u128::from(u32::from(a)),
+        IpAddr::V6(a) => u128::from(a),
+    };
+    (n(net.network()), n(net.broadcast()))
+}
+
 fn compile_ports(ports: &[NetworkPolicyPort]) -> Ports {
     let mut out = Ports::default();
-    let mut by_proto: Vec<(u8, u32, u32)> = Vec::new();
+    let mut by_proto: Vec<(u8, u128, u128)> = Vec::new();
     for p in ports {
         let Some(proto) = protocol(p.protocol.as_deref()) else {
             continue;
@@ -246,8 +267,8 @@ fn compile_ports(ports: &[NetworkPolicyPort]) -> Ports {
         match &p.port {
             None => by_proto.push((proto, 0, 65535)),
             Some(IntOrString::Int(n)) => {
-                let first = (*n).clamp(0, 65535) as u32;
-                let last = p.end_port.map_or(first, |e| e.clamp(0, 65535) as u32);
+                let first = (*n).clamp(0, 65535) as u128;
+                let last = p.end_port.map_or(first, |e| e.clamp(0, 65535) as u128);
                 if last >= first {
                     by_proto.push((proto, first, last));
                 }
@@ -273,7 +294,7 @@ fn compile_ports(ports: &[NetworkPolicyPort]) -> Ports {
 }
 
 /// `ranges` minus `[lo, hi]`.
-fn subtract(ranges: &[(u32, u32)], lo: u32, hi: u32) -> Vec<(u32, u32)> {
+fn subtract(ranges: &[(u128, u128)], lo: u128, hi: u128) -> Vec<(u128, u128)> {
     let mut out = Vec::new();
     for &(a, b) in ranges {
         if hi < a || lo > b {
@@ -293,12 +314,12 @@ fn subtract(ranges: &[(u32, u32)], lo: u32, hi: u32) -> Vec<(u32, u32)> {
 /// Sorted, with overlapping and adjacent ranges joined (interval sets
 /// refuse overlaps, and an rbtree range's end marker would collide with
 /// the next range's start).
-pub fn merge(mut ranges: Vec<(u32, u32)>) -> Vec<(u32, u32)> {
+pub fn merge(mut ranges: Vec<(u128, u128)>) -> Vec<(u128, u128)> {
     ranges.sort_unstable();
-    let mut out: Vec<(u32, u32)> = Vec::with_capacity(ranges.len());
+    let mut out: Vec<(u128, u128)> = Vec::with_capacity(ranges.len());
     for (a, b) in ranges {
         match out.last_mut() {
-            Some(last) if u64::from(a) <= u64::from(last.1) + 1 => last.1 = last.1.max(b),
+            Some(last) if a <= last.1.saturating_add(1) => last.1 = last.1.max(b),
             _ => out.push((a, b)),
         }
     }
@@ -356,16 +377,17 @@ mod tests {
             {"ipBlock": {"cidr": "10.0.0.0/24", "except": ["10.0.0.128/25", "10.0.0.0/32"]}},
             {"ipBlock": {"cidr": "10.0.1.0/24"}},
             {"ipBlock": {"cidr": "10.0.0.200/32"}},
-            {"ipBlock": {"cidr": "fd00::/64"}},
+            {"ipBlock": {"cidr": "fd00::/64", "except": ["fd00::/65", "10.0.0.0/8"]}},
         ]}]})));
         let peers = c.ingress.unwrap()[0].peers.clone().unwrap();
-        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         assert_eq!(
             peers.cidrs,
             vec![
                 (ip("10.0.0.1"), ip("10.0.0.127")),
                 (ip("10.0.0.200"), ip("10.0.0.200")),
                 (ip("10.0.1.0"), ip("10.0.1.255")),
+                (ip("fd00::8000:0:0:0"), ip("fd00::ffff:ffff:ffff:ffff")),
             ]
         );
         assert!(peers.pods.is_empty());

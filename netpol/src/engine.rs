@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::Hash;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,7 +21,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 
 use crate::compile::{compile, Compiled, Direction, Namespaces, PodPeer};
 use crate::pods::{own_elements, policy_elements, selects, ElemKey, Labels, PodInfo};
-use crate::ruleset::{self, set_named, table, GroupForm, NodeConfig, Policy, RuleRefs};
+use crate::ruleset::{self, set_named, table, GroupForm, IpFamily, NodeConfig, Policy, RuleRefs};
 use crate::Result;
 
 /// (namespace, name).
@@ -108,8 +108,18 @@ impl<K: Hash + Eq + Clone> Numbered<K> {
     }
 }
 
-/// The address ranges of a rule.
-type Ranges = Vec<(Ipv4Addr, Ipv4Addr)>;
+/// The address ranges of a rule, of the engine's family.
+type Ranges = Vec<(IpAddr, IpAddr)>;
+
+/// The ranges of `peers` of family `f`.
+fn ranges_of(peers: &crate::compile::Peers, f: IpFamily) -> Ranges {
+    peers
+        .cidrs
+        .iter()
+        .filter(|(a, _)| f.holds(*a))
+        .copied()
+        .collect()
+}
 
 /// A group: the local pods selected by the same policies.
 struct Group {
@@ -143,7 +153,7 @@ pub struct Engine {
     removed: Vec<Arc<Policy>>,
     /// Addresses the kubelet reported before the pod's status had them:
     /// key -> (uid, address).
-    gated: HashMap<Key, (String, Ipv4Addr)>,
+    gated: HashMap<Key, (String, IpAddr)>,
     /// The last number given (selectors, address ranges, named-port
     /// rules and groups share it; none is reused).
     last_number: u32,
@@ -179,6 +189,7 @@ const DIRECTIONS: [Direction; 2] = [Direction::Egress, Direction::Ingress];
 impl Engine {
     /// An engine writing through `nft` for `node`; the first sync is full.
     pub fn new(nft: Arc<dyn NfTables>, node: NodeConfig) -> Engine {
+        let t = table(node.family);
         Engine {
             nft,
             node,
@@ -202,8 +213,13 @@ impl Engine {
             groups: HashMap::new(),
             group_numbers: HashMap::new(),
             kernel_groups: HashMap::new(),
-            table: OwnedTable::new(table()),
+            table: OwnedTable::new(t),
         }
+    }
+
+    /// The family this engine enforces.
+    pub fn family(&self) -> IpFamily {
+        self.node.family
     }
 
     /// How many policies, pods and elements the engine holds.
@@ -248,7 +264,7 @@ impl Engine {
                 .get(&key)
                 .filter(|(uid, _)| Some(uid) == p.metadata.uid.as_ref())
                 .map(|(_, ip)| *ip);
-            PodInfo::of(p, &self.node.node_name, gated)
+            PodInfo::of(p, &self.node.node_name, gated, self.node.family)
         });
         if info.is_none() {
             self.gated.remove(&key);
@@ -325,7 +341,7 @@ impl Engine {
 
     /// The kubelet's report: `pod` has address `ip` (its status may not
     /// say so yet).
-    pub fn pod_networked(&mut self, pod: &Pod, ip: Ipv4Addr) {
+    pub fn pod_networked(&mut self, pod: &Pod, ip: IpAddr) {
         let key = (
             pod.metadata.namespace.clone().unwrap_or_default(),
             pod.metadata.name.clone().unwrap_or_default(),
@@ -405,8 +421,9 @@ impl Engine {
                             r.selectors
                                 .push(this.selectors.acquire(&k, &mut this.last_number));
                         }
-                        if !peers.cidrs.is_empty() {
-                            r.cidrs = Some(this.cidrs.acquire(&peers.cidrs, &mut this.last_number));
+                        let ranges = ranges_of(peers, this.node.family);
+                        if !ranges.is_empty() {
+                            r.cidrs = Some(this.cidrs.acquire(&ranges, &mut this.last_number));
                         }
                     }
                     if rule.ports.as_ref().is_some_and(|p| !p.named.is_empty()) {
@@ -437,8 +454,9 @@ impl Engine {
                     for pp in &peers.pods {
                         self.selectors.release(&selector_key(pp, &c.namespace));
                     }
-                    if !peers.cidrs.is_empty() {
-                        self.cidrs.release(&peers.cidrs);
+                    let ranges = ranges_of(peers, self.node.family);
+                    if !ranges.is_empty() {
+                        self.cidrs.release(&ranges);
                     }
                 }
                 if rule.ports.as_ref().is_some_and(|p| !p.named.is_empty()) {
@@ -650,7 +668,8 @@ impl Engine {
                 "egress-not-programmed",
             ),
         ] {
-            for c in self.nft.rule_counters(&table(), ruleset::base_chain(d))? {
+            let t = table(self.node.family);
+            for c in self.nft.rule_counters(&t, ruleset::base_chain(d))? {
                 let reason = match c.comment.as_deref() {
                     Some(ruleset::NOT_ALLOWED) => allowed,
                     Some(ruleset::NOT_PROGRAMMED) => programmed,
@@ -737,19 +756,20 @@ impl Engine {
                 })
                 .map(|id| id.as_ref())
                 .collect();
-            ruleset::add_group(b, n, d, &ids)
+            ruleset::add_group(b, self.node.family, n, d, &ids)
         })
     }
 
     fn full_batch(&self) -> (Batch, SyncOutcome, Kernel) {
+        let f = self.node.family;
         let mut b = Batch::new();
         ruleset::skeleton(&mut b, &self.node);
         let cidrs = self.live_cidrs();
         for (n, ranges) in &cidrs {
-            ruleset::add_cidr_set(&mut b, *n, ranges);
+            ruleset::add_cidr_set(&mut b, f, *n, ranges);
         }
         for p in self.policies.values() {
-            ruleset::add_policy(&mut b, p);
+            ruleset::add_policy(&mut b, f, p);
         }
         let mut groups = HashMap::new();
         for (n, g) in self.groups.iter().filter(|(_, g)| g.pods > 0) {
@@ -764,9 +784,9 @@ impl Engine {
                     .push(elem(key, data.as_ref()));
             }
         }
-        let t = table();
+        let t = table(f);
         for (set, elems) in by_set {
-            b.add_elements(&t, &set_named(set), elems);
+            b.add_elements(&t, &set_named(f, set), elems);
         }
         let outcome = SyncOutcome {
             full: true,
@@ -779,19 +799,20 @@ impl Engine {
     }
 
     fn partial_batch(&self) -> (Batch, SyncOutcome, Kernel) {
+        let f = self.node.family;
         let mut b = Batch::new();
-        let t = table();
+        let t = table(f);
         let (added, removed) = self.changed_policies();
         // New address-range sets, then new policy chains, then new groups
         // (their map elements jump to the chains).
         let live = self.live_cidrs();
         for (n, ranges) in &live {
             if !self.kernel_cidrs.contains_key(n) {
-                ruleset::add_cidr_set(&mut b, *n, ranges);
+                ruleset::add_cidr_set(&mut b, f, *n, ranges);
             }
         }
         for p in &added {
-            ruleset::add_policy(&mut b, p);
+            ruleset::add_policy(&mut b, f, p);
         }
         let mut groups = self.kernel_groups.clone();
         let mut groups_added = 0;
@@ -820,11 +841,11 @@ impl Engine {
         let mut elements = 0;
         for (set, elems) in deletes {
             elements += elems.len();
-            b.delete_elements(&t, &set_named(set), elems);
+            b.delete_elements(&t, &set_named(f, set), elems);
         }
         for (set, elems) in adds {
             elements += elems.len();
-            b.add_elements(&t, &set_named(set), elems);
+            b.add_elements(&t, &set_named(f, set), elems);
         }
         // Groups no pod is in any more, then the chains they jumped to,
         // then the sets those used.
@@ -836,16 +857,16 @@ impl Engine {
         for n in &gone {
             if let Some(forms) = groups.remove(n) {
                 for (d, form) in DIRECTIONS.into_iter().zip(forms) {
-                    ruleset::delete_group(&mut b, *n, d, form);
+                    ruleset::delete_group(&mut b, f, *n, d, form);
                 }
             }
         }
         for p in &removed {
-            ruleset::delete_policy(&mut b, &p.compiled);
+            ruleset::delete_policy(&mut b, f, &p.compiled);
         }
         for n in self.kernel_cidrs.keys() {
             if !live.contains_key(n) {
-                ruleset::delete_cidr_set(&mut b, *n);
+                ruleset::delete_cidr_set(&mut b, f, *n);
             }
         }
         let outcome = SyncOutcome {
@@ -884,8 +905,13 @@ fn elem(key: &Value, data: Option<&Value>) -> Elem {
     }
 }
 
-/// Deletes table `ip knode-policy` (`--disable network-policy`, or
-/// `knode agent --cleanup`). Returns whether it was there.
+/// Deletes tables `ip knode-policy` and `ip6 knode-policy`
+/// (`--disable network-policy`, or `knode agent --cleanup`). Returns
+/// whether one was there.
 pub fn cleanup(nft: &dyn NfTables) -> Result<bool> {
-    Ok(hostnet::nftables::delete_table_if_present(nft, &table())?)
+    let mut found = false;
+    for f in [IpFamily::V4, IpFamily::V6] {
+        found |= hostnet::nftables::delete_table_if_present(nft, &table(f))?;
+    }
+    Ok(found)
 }

@@ -1,5 +1,6 @@
 //! knode's NetworkPolicy enforcement (`networking.k8s.io/v1`), for the
-//! pods of one node, in its own nftables table `ip knode-policy`:
+//! pods of one node, in its own nftables tables `ip knode-policy` and,
+//! on a dual-stack node, `ip6 knode-policy` (one engine each):
 //! [`compile`] reads a policy, [`ruleset`] turns it into chains and sets
 //! that depend on its spec only, [`engine`] tracks which pod IPs belong
 //! in which set and sends element changes, and [`run`] follows the
@@ -17,7 +18,7 @@ mod run;
 
 pub use engine::{cleanup, Engine, SyncOutcome};
 pub use metrics::Metrics;
-pub use ruleset::NodeConfig;
+pub use ruleset::{IpFamily, NodeConfig};
 pub use run::{run, Config, Gate, Shared};
 
 /// Errors of the policy engine.

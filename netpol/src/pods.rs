@@ -1,15 +1,16 @@
-//! What the engine keeps of a pod: where it runs, its IPv4 address, its
+//! What the engine keeps of a pod: where it runs, its address of the
+//! engine's family, its
 //! labels and its named container ports, and which set elements one
 //! (pod, policy) pair contributes. Pure functions of plain data.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use controlplane::labels;
 use k8s_openapi::api::core::v1::Pod;
 
 use crate::compile::{protocol, Compiled, Direction, Namespaces, Rule};
-use crate::ruleset::{ipv4, named_elem, names, number, peer_elem, Policy, RuleRefs};
+use crate::ruleset::{addr, named_elem, names, number, peer_elem, IpFamily, Policy, RuleRefs};
 use hostnet::nftables::Value;
 
 /// Labels of a pod or namespace.
@@ -24,7 +25,7 @@ pub struct PodInfo {
     pub namespace: String,
     pub name: String,
     pub uid: String,
-    pub ip: Option<Ipv4Addr>,
+    pub ip: Option<IpAddr>,
     /// On this node and in a namespace of its own (not hostNetwork): the
     /// pods this node isolates.
     pub local: bool,
@@ -34,10 +35,11 @@ pub struct PodInfo {
 }
 
 impl PodInfo {
-    /// `pod` on node `node`; `ip` overrides an empty `status.podIP` (the
-    /// kubelet's gate knows the address before the status says it).
-    /// Pods that finished hold no address.
-    pub fn of(pod: &Pod, node: &str, ip: Option<Ipv4Addr>) -> PodInfo {
+    /// `pod` on node `node`, with its address of family `family` (from
+    /// `status.podIPs`, or `podIP`); `ip` stands in while the status has
+    /// none (the kubelet's gate knows the address before the status says
+    /// it). Pods that finished hold no address.
+    pub fn of(pod: &Pod, node: &str, ip: Option<IpAddr>, family: IpFamily) -> PodInfo {
         let spec = pod.spec.as_ref();
         let status = pod.status.as_ref();
         let finished = status
@@ -45,8 +47,13 @@ impl PodInfo {
             .is_some_and(|p| p == "Succeeded" || p == "Failed");
         let host_network = spec.and_then(|s| s.host_network).unwrap_or(false);
         let from_status = status
-            .and_then(|s| s.pod_ip.as_deref())
-            .and_then(|s| s.parse().ok());
+            .into_iter()
+            .flat_map(|s| {
+                let listed = s.pod_ips.iter().flatten().map(|p| p.ip.as_str());
+                s.pod_ip.as_deref().into_iter().chain(listed)
+            })
+            .filter_map(|s| s.parse::<IpAddr>().ok())
+            .find(|ip| family.holds(*ip));
         let ports = spec
             .into_iter()
             .flat_map(|s| {
@@ -66,7 +73,11 @@ impl PodInfo {
             namespace: pod.metadata.namespace.clone().unwrap_or_default(),
             name: pod.metadata.name.clone().unwrap_or_default(),
             uid: pod.metadata.uid.clone().unwrap_or_default(),
-            ip: if finished { None } else { from_status.or(ip) },
+            ip: if finished {
+                None
+            } else {
+                from_status.or(ip.filter(|ip| family.holds(*ip)))
+            },
             local: !host_network && spec.and_then(|s| s.node_name.as_deref()) == Some(node),
             labels: pod.metadata.labels.clone().unwrap_or_default(),
             ports,
@@ -84,7 +95,7 @@ impl PodInfo {
 
 /// The policy watch's transform for pods: keeps what [`PodInfo::of`]
 /// reads (name, namespace, uid, labels, resourceVersion; hostNetwork,
-/// nodeName and the containers' ports; phase and pod IP), so that the
+/// nodeName and the containers' ports; phase and pod IPs), so that the
 /// store of every pod in the cluster stays small.
 pub fn strip_pod(o: &mut controlplane::Object) {
     use k8s_openapi::api::core::v1::{Container, PodSpec, PodStatus};
@@ -116,6 +127,7 @@ pub fn strip_pod(o: &mut controlplane::Object) {
     pod.status = pod.status.take().map(|s| PodStatus {
         phase: s.phase,
         pod_ip: s.pod_ip,
+        pod_ips: s.pod_ips,
         ..Default::default()
     });
 }
@@ -128,8 +140,8 @@ pub fn strip_pod(o: &mut controlplane::Object) {
 pub fn own_elements(pod: &PodInfo, group: u32) -> Vec<ElemKey> {
     match (pod.local, pod.ip) {
         (true, Some(ip)) => vec![
-            (names::READY, ipv4(ip), None),
-            (names::POD_GROUP, ipv4(ip), Some(number(group))),
+            (names::READY, addr(ip), None),
+            (names::POD_GROUP, addr(ip), Some(number(group))),
         ],
         _ => Vec::new(),
     }
@@ -166,7 +178,7 @@ pub fn policy_elements(
                 Direction::Ingress => names::INGRESS_ISOLATED,
                 Direction::Egress => names::EGRESS_ISOLATED,
             };
-            out.push((shared, ipv4(ip), None));
+            out.push((shared, addr(ip), None));
         }
         for (rule, refs) in rules.iter().zip(p.refs(d)) {
             rule_elements(p, d, rule, refs, pod, ip, ns_labels, selected, &mut out);
@@ -182,7 +194,7 @@ fn rule_elements(
     rule: &Rule,
     refs: &RuleRefs,
     pod: &PodInfo,
-    ip: Ipv4Addr,
+    ip: IpAddr,
     ns_labels: &Labels,
     selected: bool,
     out: &mut Vec<ElemKey>,

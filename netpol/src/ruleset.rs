@@ -20,13 +20,13 @@
 //! a handful of sets whatever the number of policies (the kernel finds a
 //! set by name in a list: thousands of sets cost a full sync seconds).
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use hostnet::nftables::{
     ct_state, Batch, Chain, ChainType, CmpOp, DataType, Elem, Expr, Family, Field, Hook, KeyType,
     LookupDest, MapData, MetaKey, Reg, Set, SetFlags, Table, Value, Verdict,
 };
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 use crate::compile::{Compiled, Direction, Rule};
 
@@ -60,18 +60,73 @@ pub const NOT_PROGRAMMED: &str = "pod not programmed yet";
 /// The comment of the drop rules that end the base chains.
 pub const NOT_ALLOWED: &str = "no policy allows it";
 
-/// The table.
-pub fn table() -> Table {
-    Table::new(Family::Ip, TABLE)
+/// The address family of a table: each has its own, alike but for the
+/// addresses (`ip knode-policy`, `ip6 knode-policy`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum IpFamily {
+    #[default]
+    V4,
+    V6,
+}
+
+impl IpFamily {
+    /// The family of `ip`.
+    pub fn of(ip: IpAddr) -> IpFamily {
+        match ip {
+            IpAddr::V4(_) => IpFamily::V4,
+            IpAddr::V6(_) => IpFamily::V6,
+        }
+    }
+
+    /// Whether `ip` is of this family.
+    pub fn holds(self, ip: IpAddr) -> bool {
+        IpFamily::of(ip) == self
+    }
+
+    /// The nftables family of its table.
+    pub fn nft(self) -> Family {
+        match self {
+            IpFamily::V4 => Family::Ip,
+            IpFamily::V6 => Family::Ip6,
+        }
+    }
+
+    fn addr(self) -> DataType {
+        match self {
+            IpFamily::V4 => DataType::Ipv4Addr,
+            IpFamily::V6 => DataType::Ipv6Addr,
+        }
+    }
+
+    fn saddr(self, dreg: Reg) -> Expr {
+        match self {
+            IpFamily::V4 => Expr::ip_saddr(dreg),
+            IpFamily::V6 => Expr::ip6_saddr(dreg),
+        }
+    }
+
+    fn daddr(self, dreg: Reg) -> Expr {
+        match self {
+            IpFamily::V4 => Expr::ip_daddr(dreg),
+            IpFamily::V6 => Expr::ip6_daddr(dreg),
+        }
+    }
+}
+
+/// The table of family `f`.
+pub fn table(f: IpFamily) -> Table {
+    Table::new(f.nft(), TABLE)
 }
 
 /// What the node contributes to the skeleton.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct NodeConfig {
     pub node_name: String,
-    /// The node's pod CIDR: the guard drops traffic of its addresses that
-    /// are not [`names::READY`]. `None` turns the guard off.
-    pub guard_cidr: Option<Ipv4Net>,
+    /// The family this engine enforces.
+    pub family: IpFamily,
+    /// The node's pod CIDR of that family: the guard drops traffic of its
+    /// addresses that are not [`names::READY`]. `None` turns the guard off.
+    pub guard_cidr: Option<IpNet>,
 }
 
 /// The numbers the engine gave one rule's shared-set keys.
@@ -146,19 +201,20 @@ fn isolated(d: Direction) -> &'static str {
 
 const DIRECTIONS: [Direction; 2] = [Direction::Egress, Direction::Ingress];
 
-use DataType::{InetProto as P, InetService as S, Ipv4Addr as A, Mark as M};
+use DataType::{InetProto as P, InetService as S, Mark as M};
 
-/// The shared sets and maps.
-fn shared_sets() -> Vec<Set> {
+/// The shared sets and maps of family `f`'s table.
+fn shared_sets(f: IpFamily) -> Vec<Set> {
+    let a = f.addr();
     vec![
-        Set::new(names::READY, &[A]),
-        Set::new(names::INGRESS_ISOLATED, &[A]),
-        Set::new(names::EGRESS_ISOLATED, &[A]),
-        Set::map(names::POD_GROUP, &[A], MapData::Value(KeyType(vec![M]))),
+        Set::new(names::READY, &[a]),
+        Set::new(names::INGRESS_ISOLATED, &[a]),
+        Set::new(names::EGRESS_ISOLATED, &[a]),
+        Set::map(names::POD_GROUP, &[a], MapData::Value(KeyType(vec![M]))),
         Set::map(names::INGRESS_GROUPS, &[M], MapData::Verdict),
         Set::map(names::EGRESS_GROUPS, &[M], MapData::Verdict),
-        Set::new(names::PEERS, &[M, A]),
-        Set::new(names::NAMED_PORTS, &[M, A, P, S]),
+        Set::new(names::PEERS, &[M, a]),
+        Set::new(names::NAMED_PORTS, &[M, a, P, S]),
     ]
 }
 
@@ -174,12 +230,13 @@ pub fn cidr_set(n: u32) -> String {
     format!("cidrs/{n}")
 }
 
-/// The set `name` (shared, or address ranges) as it is declared.
-pub fn set_named(name: &str) -> Set {
-    if let Some(s) = shared_sets().into_iter().find(|s| s.name == name) {
+/// The set `name` (shared, or address ranges) of family `f` as it is
+/// declared.
+pub fn set_named(f: IpFamily, name: &str) -> Set {
+    if let Some(s) = shared_sets(f).into_iter().find(|s| s.name == name) {
         return s;
     }
-    Set::new(name, &[A]).with_flags(interval())
+    Set::new(name, &[f.addr()]).with_flags(interval())
 }
 
 /// The chain of policy `id` for direction `d`.
@@ -200,19 +257,19 @@ fn lookup(set: impl Into<String>, sreg: Reg, invert: bool) -> Expr {
     }
 }
 
-/// `ip saddr` (egress) or `ip daddr` (ingress): the local pod's address.
-fn local_addr(d: Direction, dreg: Reg) -> Expr {
+/// `saddr` (egress) or `daddr` (ingress): the local pod's address.
+fn local_addr(f: IpFamily, d: Direction, dreg: Reg) -> Expr {
     match d {
-        Direction::Ingress => Expr::ip_daddr(dreg),
-        Direction::Egress => Expr::ip_saddr(dreg),
+        Direction::Ingress => f.daddr(dreg),
+        Direction::Egress => f.saddr(dreg),
     }
 }
 
 /// The peer's address: the other end.
-fn peer_addr(d: Direction, dreg: Reg) -> Expr {
+fn peer_addr(f: IpFamily, d: Direction, dreg: Reg) -> Expr {
     match d {
-        Direction::Ingress => Expr::ip_saddr(dreg),
-        Direction::Egress => Expr::ip_daddr(dreg),
+        Direction::Ingress => f.saddr(dreg),
+        Direction::Egress => f.daddr(dreg),
     }
 }
 
@@ -224,9 +281,10 @@ fn verdict(v: Verdict) -> Expr {
 /// with its shared sets and base chains, all in `b`. Address-range sets,
 /// policy chains and groups go after it.
 pub fn skeleton(b: &mut Batch, node: &NodeConfig) {
-    let t = table();
+    let f = node.family;
+    let t = table(f);
     b.add_table(&t).delete_table(&t).add_table(&t);
-    for s in shared_sets() {
+    for s in shared_sets(f) {
         b.add_set(&t, s);
     }
     for (i, d) in DIRECTIONS.into_iter().enumerate() {
@@ -241,15 +299,20 @@ pub fn skeleton(b: &mut Batch, node: &NodeConfig) {
         if let Some(cidr) = node.guard_cidr {
             // The pod CIDR by mask and compare: cheaper on every new
             // connection than an interval set's tree.
+            let octets = |a: IpAddr| match a {
+                IpAddr::V4(a) => a.octets().to_vec(),
+                IpAddr::V6(a) => a.octets().to_vec(),
+            };
+            let mask = octets(cidr.netmask());
             let guard = vec![
-                local_addr(d, r(0)),
+                local_addr(f, d, r(0)),
                 Expr::Bitwise {
                     sreg: r(0),
-                    dreg: r(1),
-                    mask: cidr.netmask().octets().to_vec(),
-                    xor: vec![0; 4],
+                    dreg: r(4),
+                    xor: vec![0; mask.len()],
+                    mask,
                 },
-                Expr::cmp_eq(r(1), &cidr.network().octets()),
+                Expr::cmp_eq(r(4), &octets(cidr.network())),
                 lookup(names::READY, r(0), true),
                 Expr::Counter,
                 verdict(Verdict::Drop),
@@ -257,14 +320,14 @@ pub fn skeleton(b: &mut Batch, node: &NodeConfig) {
             b.add_rule(&t, base, guard, Some(NOT_PROGRAMMED));
         }
         let open = vec![
-            local_addr(d, r(0)),
+            local_addr(f, d, r(0)),
             lookup(isolated(d), r(0), true),
             verdict(Verdict::Accept),
         ];
         b.add_rule(&t, base, open, Some("not isolated"));
         // The pod's group number, then that group's policies.
         let by_group = vec![
-            local_addr(d, r(0)),
+            local_addr(f, d, r(0)),
             Expr::Lookup {
                 set: names::POD_GROUP.into(),
                 sreg: r(0),
@@ -304,9 +367,9 @@ pub enum GroupForm {
 /// Writes group `n`'s way to `policies` (its policies with rules of
 /// direction `d`, by id) into `b`: a map element, and a chain when there
 /// are several. Returns what it wrote.
-pub fn add_group(b: &mut Batch, n: u32, d: Direction, policies: &[&str]) -> GroupForm {
-    let t = table();
-    let map = set_named(groups_map(d));
+pub fn add_group(b: &mut Batch, f: IpFamily, n: u32, d: Direction, policies: &[&str]) -> GroupForm {
+    let t = table(f);
+    let map = set_named(f, groups_map(d));
     let (form, target) = match policies {
         [] => return GroupForm::None,
         [one] => (GroupForm::Direct, policy_chain(one, d)),
@@ -330,12 +393,12 @@ pub fn add_group(b: &mut Batch, n: u32, d: Direction, policies: &[&str]) -> Grou
 
 /// Removes group `n`'s map element and chain of direction `d` (before the
 /// policy chains they jump to go).
-pub fn delete_group(b: &mut Batch, n: u32, d: Direction, form: GroupForm) {
-    let t = table();
+pub fn delete_group(b: &mut Batch, f: IpFamily, n: u32, d: Direction, form: GroupForm) {
+    let t = table(f);
     if form == GroupForm::None {
         return;
     }
-    b.delete_elements(&t, &set_named(groups_map(d)), vec![Elem::key(number(n))]);
+    b.delete_elements(&t, &set_named(f, groups_map(d)), vec![Elem::key(number(n))]);
     if form == GroupForm::Chain {
         let chain = group_chain(n, d);
         b.flush_chain(&t, &chain);
@@ -343,47 +406,54 @@ pub fn delete_group(b: &mut Batch, n: u32, d: Direction, form: GroupForm) {
     }
 }
 
+fn field(ip: IpAddr) -> Field<'static> {
+    match ip {
+        IpAddr::V4(a) => Field::Ipv4(a),
+        IpAddr::V6(a) => Field::Ipv6(a),
+    }
+}
+
 /// An address as a set key.
-pub fn ipv4(ip: Ipv4Addr) -> Value {
-    Value::of(&[Field::Ipv4(ip)])
+pub fn addr(ip: IpAddr) -> Value {
+    Value::of(&[field(ip)])
 }
 
 /// The element of [`names::PEERS`]: selector `n` matches the pod at `ip`.
-pub fn peer_elem(n: u32, ip: Ipv4Addr) -> Value {
-    Value::of(&[Field::Mark(n), Field::Ipv4(ip)])
+pub fn peer_elem(n: u32, ip: IpAddr) -> Value {
+    Value::of(&[Field::Mark(n), field(ip)])
 }
 
 /// The element of [`names::NAMED_PORTS`]: rule `n`'s port name resolves
 /// to `proto`/`port` on the pod at `ip`.
-pub fn named_elem(n: u32, ip: Ipv4Addr, proto: u8, port: u16) -> Value {
+pub fn named_elem(n: u32, ip: IpAddr, proto: u8, port: u16) -> Value {
     Value::of(&[
         Field::Mark(n),
-        Field::Ipv4(ip),
+        field(ip),
         Field::Proto(proto),
         Field::Port(port),
     ])
 }
 
-/// Address-range set `n` with its ranges (inclusive).
-pub fn add_cidr_set(b: &mut Batch, n: u32, ranges: &[(Ipv4Addr, Ipv4Addr)]) {
-    let t = table();
-    let set = set_named(&cidr_set(n));
+/// Address-range set `n` of family `f` with its ranges (inclusive).
+pub fn add_cidr_set(b: &mut Batch, f: IpFamily, n: u32, ranges: &[(IpAddr, IpAddr)]) {
+    let t = table(f);
+    let set = set_named(f, &cidr_set(n));
     b.add_set(&t, set.clone());
     let elems = ranges
         .iter()
-        .map(|(a, z)| Elem::range(ipv4(*a), ipv4(*z)))
+        .map(|(a, z)| Elem::range(addr(*a), addr(*z)))
         .collect();
     b.add_elements(&t, &set, elems);
 }
 
 /// Removes address-range set `n` (after the chains that use it).
-pub fn delete_cidr_set(b: &mut Batch, n: u32) {
-    b.delete_set(&table(), &cidr_set(n));
+pub fn delete_cidr_set(b: &mut Batch, f: IpFamily, n: u32) {
+    b.delete_set(&table(f), &cidr_set(n));
 }
 
 /// The chains and rules of policy `p` (its address-range sets exist).
-pub fn add_policy(b: &mut Batch, p: &Policy) {
-    let t = table();
+pub fn add_policy(b: &mut Batch, f: IpFamily, p: &Policy) {
+    let t = table(f);
     for d in DIRECTIONS {
         let Some(rules) = p.compiled.rules(d) else {
             continue;
@@ -391,7 +461,7 @@ pub fn add_policy(b: &mut Batch, p: &Policy) {
         let chain = policy_chain(p.id(), d);
         b.add_chain(&t, Chain::regular(&chain));
         for (rule, refs) in rules.iter().zip(p.refs(d)) {
-            for exprs in rule_exprs(d, rule, refs) {
+            for exprs in rule_exprs(f, d, rule, refs) {
                 b.add_rule(&t, &chain, exprs, None);
             }
         }
@@ -399,8 +469,8 @@ pub fn add_policy(b: &mut Batch, p: &Policy) {
 }
 
 /// Removes policy `p`'s chains (after the groups that jumped to them).
-pub fn delete_policy(b: &mut Batch, p: &Compiled) {
-    let t = table();
+pub fn delete_policy(b: &mut Batch, f: IpFamily, p: &Compiled) {
+    let t = table(f);
     for d in DIRECTIONS {
         if p.rules(d).is_some() {
             let chain = policy_chain(&p.id, d);
@@ -445,39 +515,43 @@ fn port_range(proto: u8, first: u16, last: u16) -> Vec<Expr> {
 /// numbers, names). A named port of an egress rule is resolved on the
 /// peer, so its elements already hold only peers: that rule tests no
 /// peer.
-fn rule_exprs(d: Direction, rule: &Rule, refs: &RuleRefs) -> Vec<Vec<Expr>> {
+fn rule_exprs(f: IpFamily, d: Direction, rule: &Rule, refs: &RuleRefs) -> Vec<Vec<Expr>> {
+    let a = f.addr();
     let peer_tests: Vec<Vec<Expr>> = match &rule.peers {
         None => vec![vec![]],
-        Some(p) => {
+        Some(_) => {
             let mut v: Vec<Vec<Expr>> = refs
                 .selectors
                 .iter()
                 .map(|n| {
-                    let regs = KeyType(vec![M, A]).registers(r(0));
+                    let regs = KeyType(vec![M, a]).registers(r(0));
                     vec![
                         Expr::Immediate {
                             dreg: regs[0],
                             data: number(*n),
                         },
-                        peer_addr(d, regs[1]),
+                        peer_addr(f, d, regs[1]),
                         lookup(names::PEERS, r(0), false),
                     ]
                 })
                 .collect();
-            if let (false, Some(n)) = (p.cidrs.is_empty(), refs.cidrs) {
-                v.push(vec![peer_addr(d, r(0)), lookup(cidr_set(n), r(0), false)]);
+            if let Some(n) = refs.cidrs {
+                v.push(vec![
+                    peer_addr(f, d, r(0)),
+                    lookup(cidr_set(n), r(0), false),
+                ]);
             }
             v
         }
     };
     let named_key = |n: u32| {
-        let regs = KeyType(vec![M, A, P, S]).registers(r(0));
+        let regs = KeyType(vec![M, a, P, S]).registers(r(0));
         vec![
             Expr::Immediate {
                 dreg: regs[0],
                 data: number(n),
             },
-            Expr::ip_daddr(regs[1]),
+            f.daddr(regs[1]),
             Expr::meta(MetaKey::L4Proto, regs[2]),
             Expr::th_dport(regs[3]),
             lookup(names::NAMED_PORTS, r(0), false),

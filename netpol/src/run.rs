@@ -1,11 +1,12 @@
 //! The controller the agent starts: list+watch NetworkPolicies, Pods and
 //! Namespaces into the engine, and sync it (10 ms after the first change
 //! of a burst, so a change is enforced well within 100 ms of arriving).
-//! The kubelet reaches the same engine through the [`Gate`]; both hold
-//! its lock while they change and sync it, so a pod the gate programmed
-//! is in the kernel before the kubelet starts its first container.
+//! The kubelet reaches the same engines (one per address family) through
+//! the [`Gate`]; both hold an engine's lock while they change and sync
+//! it, so a pod the gate programmed is in the kernel before the kubelet
+//! starts its first container.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -40,29 +41,32 @@ impl Default for Config {
     }
 }
 
-/// The engine, shared by the controller and the gate, and whether its
-/// first lists are in (before that it must not sync: it would program
-/// pods as if there were no policies).
+/// The engines (one per address family of the node's pods), shared by
+/// the controller and the gate, and whether their first lists are in
+/// (before that they must not sync: they would program pods as if there
+/// were no policies).
 pub struct Shared {
-    engine: Mutex<Engine>,
+    engines: Vec<Mutex<Engine>>,
     ready: Mutex<bool>,
     ready_cv: Condvar,
     metrics: Arc<Metrics>,
 }
 
 impl Shared {
-    /// Shares `engine`, recording into `metrics`.
-    pub fn new(engine: Engine, metrics: Arc<Metrics>) -> Arc<Shared> {
+    /// Shares `engines`, recording into `metrics`.
+    pub fn new(engines: Vec<Engine>, metrics: Arc<Metrics>) -> Arc<Shared> {
         Arc::new(Shared {
-            engine: Mutex::new(engine),
+            engines: engines.into_iter().map(Mutex::new).collect(),
             ready: Mutex::new(false),
             ready_cv: Condvar::new(),
             metrics,
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Engine> {
-        self.engine.lock().unwrap_or_else(|p| p.into_inner())
+    fn locked(&self) -> impl Iterator<Item = MutexGuard<'_, Engine>> {
+        self.engines
+            .iter()
+            .map(|e| e.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     fn set_ready(&self) {
@@ -115,14 +119,12 @@ impl Gate {
         }
     }
 
-    /// Programs `pod` at `ip` (its policies' sets and [`crate::ruleset::names::READY`])
-    /// and returns once the kernel holds it. Blocks: call it off the
-    /// async runtime. A non-IPv4 address is left to the IPv6 table that
-    /// does not exist yet (the pod is not gated).
-    pub fn pod_networked(&self, pod: &Pod, ip: &str) -> Result<()> {
-        let Ok(ip) = ip.parse::<Ipv4Addr>() else {
-            return Ok(());
-        };
+    /// Programs `pod` at `ips` (its policies' sets and
+    /// [`crate::ruleset::names::READY`], in the table of each address's
+    /// family) and returns once the kernel holds it. Blocks: call it off
+    /// the async runtime.
+    pub fn pod_networked(&self, pod: &Pod, ips: &[String]) -> Result<()> {
+        let ips: Vec<IpAddr> = ips.iter().filter_map(|s| s.parse().ok()).collect();
         let start = Instant::now();
         if !self.shared.wait_ready(self.timeout) {
             return Err(Error::NotReady(format!(
@@ -130,9 +132,13 @@ impl Gate {
                 self.timeout
             )));
         }
-        let mut engine = self.shared.lock();
-        engine.pod_networked(pod, ip);
-        self.shared.sync(&mut engine)?;
+        for mut engine in self.shared.locked() {
+            let family = engine.family();
+            if let Some(ip) = ips.iter().find(|ip| family.holds(**ip)) {
+                engine.pod_networked(pod, *ip);
+                self.shared.sync(&mut engine)?;
+            }
+        }
         self.shared.metrics.gated(start.elapsed());
         Ok(())
     }
@@ -189,7 +195,9 @@ pub async fn run(cp: Arc<dyn ControlPlane>, shared: Arc<Shared>, cfg: Config) ->
                 continue;
             }
             Some((_, Update::Event(ev))) => {
-                apply(&mut shared.lock(), &ev);
+                for mut engine in shared.locked() {
+                    apply(&mut engine, &ev);
+                }
                 pending.get_or_insert_with(tokio::time::Instant::now);
                 continue;
             }
@@ -205,15 +213,28 @@ pub async fn run(cp: Arc<dyn ControlPlane>, shared: Arc<Shared>, cfg: Config) ->
         }
         let s = Arc::clone(&shared);
         let r = tokio::task::spawn_blocking(move || {
-            let mut engine = s.lock();
-            if canary_due && ready {
-                engine.check_canary();
-                match engine.dropped() {
-                    Ok(d) => s.metrics.set_dropped(d),
-                    Err(e) => tracing::debug!(error = %e, "network policy: read drop counters"),
+            let mut dropped = std::collections::BTreeMap::new();
+            let mut result = Ok(());
+            for mut engine in s.locked() {
+                if canary_due && ready {
+                    engine.check_canary();
+                    match engine.dropped() {
+                        Ok(d) => {
+                            for (reason, n) in d {
+                                *dropped.entry(reason).or_insert(0) += n;
+                            }
+                        }
+                        Err(e) => tracing::debug!(error = %e, "network policy: read drop counters"),
+                    }
                 }
+                // Every family syncs, even after another failed.
+                let r = s.sync(&mut engine);
+                result = result.and(r);
             }
-            s.sync(&mut engine)
+            if canary_due && ready {
+                s.metrics.set_dropped(dropped.into_iter().collect());
+            }
+            result
         })
         .await
         .map_err(|e| Error::NotReady(format!("the sync task failed: {e}")))?;

@@ -12,13 +12,14 @@ use serde_json::{json, Value};
 
 use crate::engine::Engine;
 use crate::pods::PodInfo;
-use crate::ruleset::{ipv4, names, table, NodeConfig};
+use crate::ruleset::{addr, names, table, IpFamily, NodeConfig};
 
 const NODE: &str = "n1";
 
 fn node() -> NodeConfig {
     NodeConfig {
         node_name: NODE.into(),
+        family: IpFamily::V4,
         guard_cidr: Some("10.244.1.0/24".parse().unwrap()),
     }
 }
@@ -50,7 +51,7 @@ fn key(ns: &str, name: &str) -> (String, String) {
 
 fn elems(fake: &RecordingNfTables, set: &str) -> Vec<hostnet::nftables::Value> {
     let mut v: Vec<_> = fake
-        .elements(&table(), set)
+        .elements(&table(IpFamily::V4), set)
         .unwrap()
         .into_iter()
         .map(|e| e.key)
@@ -60,11 +61,11 @@ fn elems(fake: &RecordingNfTables, set: &str) -> Vec<hostnet::nftables::Value> {
 }
 
 fn ip(s: &str) -> hostnet::nftables::Value {
-    ipv4(s.parse().unwrap())
+    addr(s.parse().unwrap())
 }
 
 fn chain_names(fake: &RecordingNfTables) -> Vec<String> {
-    let chains = fake.chains(&table()).unwrap();
+    let chains = fake.chains(&table(IpFamily::V4)).unwrap();
     chains.into_iter().map(|c| c.name).collect()
 }
 
@@ -364,7 +365,7 @@ fn a_failed_apply_makes_the_next_sync_full_and_the_canary_notices_a_flush() {
     assert!(e.next_is_full());
     assert!(e.sync().unwrap().full);
     assert!(e.check_canary());
-    fake.remove_table(&table());
+    fake.remove_table(&table(IpFamily::V4));
     assert!(!e.check_canary());
     assert!(e.sync().unwrap().full);
     assert_eq!(elems(&fake, names::READY), vec![ip("10.244.1.2")]);
@@ -378,12 +379,12 @@ fn libc_enobufs() -> i32 {
 fn finished_host_network_and_remote_pods_are_not_isolated_here() {
     let mut p = pod("x", "h", "10.0.0.1", NODE, json!({}));
     p.spec.as_mut().unwrap().host_network = Some(true);
-    assert!(!PodInfo::of(&p, NODE, None).local);
+    assert!(!PodInfo::of(&p, NODE, None, IpFamily::V4).local);
     let remote = pod("x", "r", "10.244.2.2", "n2", json!({}));
-    assert!(!PodInfo::of(&remote, NODE, None).local);
+    assert!(!PodInfo::of(&remote, NODE, None, IpFamily::V4).local);
     let mut done = pod("x", "d", "10.244.1.9", NODE, json!({}));
     done.status.as_mut().unwrap().phase = Some("Succeeded".into());
-    assert_eq!(PodInfo::of(&done, NODE, None).ip, None);
+    assert_eq!(PodInfo::of(&done, NODE, None, IpFamily::V4).ip, None);
 }
 
 #[test]
@@ -391,7 +392,9 @@ fn two_pods_sharing_an_address_for_a_moment_keep_one_value_per_map_key() {
     let (fake, mut e, _) = cluster();
     e.sync().unwrap();
     let value = |fake: &RecordingNfTables| {
-        let found = fake.elements(&table(), names::POD_GROUP).unwrap();
+        let found = fake
+            .elements(&table(IpFamily::V4), names::POD_GROUP)
+            .unwrap();
         found
             .into_iter()
             .find(|el| el.key == ip("10.244.1.2"))
@@ -441,7 +444,7 @@ fn a_stripped_pod_is_seen_the_same() {
     let controlplane::Object::Pod(stripped) = o else {
         panic!("a pod")
     };
-    let info = |p: &Pod| crate::pods::PodInfo::of(p, "n1", None);
+    let info = |p: &Pod| crate::pods::PodInfo::of(p, "n1", None, IpFamily::V4);
     assert_eq!(info(&stripped), info(&rich));
     assert_eq!(info(&rich).ports.len(), 2);
     assert!(stripped.metadata.annotations.is_none());

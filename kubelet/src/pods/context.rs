@@ -47,9 +47,10 @@ pub struct Context {
 /// isolation here, so no packet passes that its policies forbid. Called
 /// again for a sandbox adopted after a restart (it must be idempotent).
 pub trait NetworkGate: Send + Sync {
-    /// `pod` has address `ip` on this node. Blocks until it is enforced;
-    /// an error fails the sandbox (the worker retries).
-    fn pod_networked(&self, pod: &Pod, ip: &str) -> Result<()>;
+    /// `pod` has addresses `ips` on this node (one per family). Blocks
+    /// until it is enforced; an error fails the sandbox (the worker
+    /// retries).
+    fn pod_networked(&self, pod: &Pod, ips: &[String]) -> Result<()>;
 }
 
 impl Context {

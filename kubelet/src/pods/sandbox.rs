@@ -120,9 +120,9 @@ pub async fn ensure(ctx: &Context, pod: &Pod) -> Result<(Sandbox, Option<Startin
 
     // 3. The pod's network policies, before any container can run: the
     //    pause container holds only namespaces and runs no code of the pod.
-    if let (Some(gate), Some(addr)) = (ctx.network_gate.clone(), ip.clone()) {
-        let p = pod.clone();
-        tokio::task::spawn_blocking(move || gate.pod_networked(&p, &addr))
+    if let (Some(gate), false) = (ctx.network_gate.clone(), ips.is_empty()) {
+        let (p, all) = (pod.clone(), ips.clone());
+        tokio::task::spawn_blocking(move || gate.pod_networked(&p, &all))
             .await
             .context("the network gate task")?
             .context("program the pod's network policies")?;

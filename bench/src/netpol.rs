@@ -87,6 +87,7 @@ fn engine_in(ns: &TestNs) -> Result<(Engine, Duration)> {
         let nft = NfTablesSocket::open()?;
         let node = NodeConfig {
             node_name: NODE.into(),
+            family: netpol::IpFamily::V4,
             guard_cidr: Some("10.128.0.0/16".parse()?),
         };
         let mut e = Engine::new(Arc::new(nft), node);
@@ -421,6 +422,7 @@ impl PacketLab {
         self.node.run(|| -> Result<Engine> {
             let node = NodeConfig {
                 node_name: NODE.into(),
+                family: netpol::IpFamily::V4,
                 guard_cidr: Some("10.128.0.0/16".parse()?),
             };
             let mut e = Engine::new(Arc::new(NfTablesSocket::open()?), node);

@@ -87,7 +87,9 @@ pub fn parse_ports(pairs: &[(String, String)], required: bool) -> Result<Vec<u16
             continue;
         }
         for p in v.split(',') {
-            ports.push(parse_port(p.trim()).map_err(|why| Error::BadRequest(format!("ports: {why}")))?);
+            ports.push(
+                parse_port(p.trim()).map_err(|why| Error::BadRequest(format!("ports: {why}")))?,
+            );
         }
     }
     if required && ports.is_empty() {
@@ -192,8 +194,13 @@ impl Out {
 }
 
 /// Serves port-forward on an upgraded connection until the client goes.
-pub async fn serve<IO>(io: IO, transport: Transport, ports: Vec<u16>, target: Target, dial: Arc<dyn Dial>)
-where
+pub async fn serve<IO>(
+    io: IO,
+    transport: Transport,
+    ports: Vec<u16>,
+    target: Target,
+    dial: Arc<dyn Dial>,
+) where
     IO: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (rd, wr) = tokio::io::split(io);
@@ -207,13 +214,24 @@ where
         Transport::Tunnel => {
             // The tunnel's messages, as the byte stream SPDY reads.
             let (bytes_w, bytes_r) = tokio::io::duplex(256 * 1024);
-            let pump = tokio::spawn(unwrap_messages(websocket::Reader::new(rd), bytes_w, tx.clone()));
-            let out = Out { tx: tx.clone(), tunnel: true };
+            let pump = tokio::spawn(unwrap_messages(
+                websocket::Reader::new(rd),
+                bytes_w,
+                tx.clone(),
+            ));
+            let out = Out {
+                tx: tx.clone(),
+                tunnel: true,
+            };
             spdy_session(spdy::Reader::new(bytes_r), out, target, dial).await;
             pump.abort();
-            let _ = tx.send(websocket::frame(OP_CLOSE, &[&1000u16.to_be_bytes()])).await;
+            let _ = tx
+                .send(websocket::frame(OP_CLOSE, &[&1000u16.to_be_bytes()]))
+                .await;
         }
-        Transport::Channels => channels(websocket::Reader::new(rd), tx.clone(), ports, target, dial).await,
+        Transport::Channels => {
+            channels(websocket::Reader::new(rd), tx.clone(), ports, target, dial).await
+        }
     }
     let _ = writer.await;
 }
@@ -291,7 +309,9 @@ async fn spdy_session<R: AsyncRead + Unpin>(
                 headers,
             } => {
                 last_stream = last_stream.max(stream);
-                let kind = spdy::header(&headers, "streamtype").unwrap_or_default().to_string();
+                let kind = spdy::header(&headers, "streamtype")
+                    .unwrap_or_default()
+                    .to_string();
                 let port = spdy::header(&headers, "port").map(parse_port);
                 let (port, kind) = match (port, kind.as_str()) {
                     (Some(Ok(p)), "data" | "error") if stream % 2 == 1 => (p, kind),
@@ -452,7 +472,9 @@ async fn channels<R: AsyncRead + Unpin + Send + 'static>(
     for (i, port) in ports.iter().enumerate() {
         let (data_ch, err_ch) = ((2 * i) as u8, (2 * i + 1) as u8);
         let p = port.to_le_bytes();
-        let _ = tx.send(websocket::frame(OP_BINARY, &[&[data_ch], &p])).await;
+        let _ = tx
+            .send(websocket::frame(OP_BINARY, &[&[data_ch], &p]))
+            .await;
         let _ = tx.send(websocket::frame(OP_BINARY, &[&[err_ch], &p])).await;
         let (in_tx, in_rx) = mpsc::channel::<Bytes>(16);
         inputs.push(Some(in_tx));
@@ -512,7 +534,9 @@ async fn channel_forward(
         Ok(t) => t,
         Err(why) => {
             let msg = target.failed(port, &why);
-            let _ = tx.send(websocket::frame(OP_BINARY, &[&[err_ch], msg.as_bytes()])).await;
+            let _ = tx
+                .send(websocket::frame(OP_BINARY, &[&[err_ch], msg.as_bytes()]))
+                .await;
             return;
         }
     };
@@ -677,12 +701,19 @@ mod tests {
         wr.write_all(&spdy::ping(1)).await.unwrap();
         // Read until both error streams are closed.
         let mut r = spdy::Reader::new(rd);
-        let (mut got, mut errors, mut closed, mut replies, mut pong) =
-            (Vec::new(), HashMap::<u32, Vec<u8>>::new(), Vec::new(), 0, false);
+        let (mut got, mut errors, mut closed, mut replies, mut pong) = (
+            Vec::new(),
+            HashMap::<u32, Vec<u8>>::new(),
+            Vec::new(),
+            0,
+            false,
+        );
         while closed.len() < 2 {
             match r.next().await.unwrap().expect("the server closed early") {
                 Frame::SynReply { .. } => replies += 1,
-                Frame::Data { stream: 3, data, .. } => got.extend_from_slice(&data),
+                Frame::Data {
+                    stream: 3, data, ..
+                } => got.extend_from_slice(&data),
                 Frame::Data { stream, data, fin } if stream == 1 || stream == 5 => {
                     errors.entry(stream).or_default().extend_from_slice(&data);
                     if fin {

@@ -92,18 +92,71 @@ pub fn dictionary() -> &'static [u8] {
     static DICT: OnceLock<Vec<u8>> = OnceLock::new();
     DICT.get_or_init(|| {
         const WORDS: &[&str] = &[
-            "options", "head", "post", "put", "delete", "trace", "accept",
-            "accept-charset", "accept-encoding", "accept-language", "accept-ranges",
-            "age", "allow", "authorization", "cache-control", "connection",
-            "content-base", "content-encoding", "content-language", "content-length",
-            "content-location", "content-md5", "content-range", "content-type", "date",
-            "etag", "expect", "expires", "from", "host", "if-match", "if-modified-since",
-            "if-none-match", "if-range", "if-unmodified-since", "last-modified",
-            "location", "max-forwards", "pragma", "proxy-authenticate",
-            "proxy-authorization", "range", "referer", "retry-after", "server", "te",
-            "trailer", "transfer-encoding", "upgrade", "user-agent", "vary", "via",
-            "warning", "www-authenticate", "method", "get", "status", "200 OK",
-            "version", "HTTP/1.1", "url", "public", "set-cookie", "keep-alive", "origin",
+            "options",
+            "head",
+            "post",
+            "put",
+            "delete",
+            "trace",
+            "accept",
+            "accept-charset",
+            "accept-encoding",
+            "accept-language",
+            "accept-ranges",
+            "age",
+            "allow",
+            "authorization",
+            "cache-control",
+            "connection",
+            "content-base",
+            "content-encoding",
+            "content-language",
+            "content-length",
+            "content-location",
+            "content-md5",
+            "content-range",
+            "content-type",
+            "date",
+            "etag",
+            "expect",
+            "expires",
+            "from",
+            "host",
+            "if-match",
+            "if-modified-since",
+            "if-none-match",
+            "if-range",
+            "if-unmodified-since",
+            "last-modified",
+            "location",
+            "max-forwards",
+            "pragma",
+            "proxy-authenticate",
+            "proxy-authorization",
+            "range",
+            "referer",
+            "retry-after",
+            "server",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+            "user-agent",
+            "vary",
+            "via",
+            "warning",
+            "www-authenticate",
+            "method",
+            "get",
+            "status",
+            "200 OK",
+            "version",
+            "HTTP/1.1",
+            "url",
+            "public",
+            "set-cookie",
+            "keep-alive",
+            "origin",
         ];
         const TAIL: &str = concat!(
             "100101201202205206300302303304305306307402405406407408409410411412413414",
@@ -203,9 +256,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                 status: word(4)?,
             },
             PING => Frame::Ping(word(0)?),
-            GOAWAY => Frame::GoAway {
-                last_good: id(0)?,
-            },
+            GOAWAY => Frame::GoAway { last_good: id(0)? },
             other => Frame::Ignored(other),
         }))
     }
@@ -453,7 +504,11 @@ mod tests {
     async fn a_clients_frames_are_read_headers_inflated_across_blocks() {
         let mut c = Client::new();
         let mut wire = Vec::new();
-        let h1 = [("streamtype", "error"), ("port", "8080"), ("requestid", "0")];
+        let h1 = [
+            ("streamtype", "error"),
+            ("port", "8080"),
+            ("requestid", "0"),
+        ];
         wire.extend(c.syn_stream(1, false, &h1));
         // A later block relies on the earlier ones' history.
         let h2 = [("streamtype", "data"), ("port", "8080"), ("requestid", "0")];
@@ -467,7 +522,9 @@ mod tests {
         wire.extend(goaway(3));
         let mut r = Reader::new(&wire[..]);
         let own = |h: &[(&str, &str)]| -> Headers {
-            h.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+            h.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
         };
         assert_eq!(
             r.next().await.unwrap(),

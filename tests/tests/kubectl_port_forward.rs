@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use knode_tests::api::{kubectl_present, wait_for};
+use knode_tests::api::{kubectl_present, python, wait_for};
 use knode_tests::image;
 use knode_tests::node::Node;
 use netns_tests::run_in;
@@ -345,4 +345,31 @@ fn kubectl_port_forward_reaches_a_pods_ports() {
         };
         assert!(!out.status.success() && e.contains(want), "{q}: {e}");
     }
+}
+
+/// The Python client's `portforward` (WebSocket channels): an echo, an
+/// HTTP response read to its end, a refused port's error.
+#[test]
+fn the_python_client_forwards_ports() {
+    let Some(python) = python() else { return };
+    let Some((n, kubeconfig, _netns)) = setup("the_python_client_forwards_ports") else {
+        return;
+    };
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/portforward.py");
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", n.host.path().display()))
+        .args(["timeout", "60"])
+        .arg(python)
+        .arg(script)
+        .arg(&kubeconfig)
+        .arg("pf")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.ends_with("ok\n"),
+        "{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        n.agent.log()
+    );
 }

@@ -42,6 +42,9 @@ const HALF_CLOSE_GRACE: Duration = Duration::from_secs(1);
 const CHUNK: usize = 32 * 1024;
 /// Frames queued for the client before the pumps wait.
 const OUT_QUEUE: usize = 64;
+/// Streams waiting for their pair, per connection; beyond, new ones are
+/// refused (a client that opens halves only cannot grow the map).
+const MAX_PENDING: usize = 1024;
 
 /// Reaches ports inside a pod.
 #[async_trait]
@@ -157,13 +160,17 @@ fn writer<W: AsyncWrite + Send + Unpin + 'static>(
     ws: bool,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        let is_close = |f: &[u8]| ws && f.first() == Some(&(0x80 | OP_CLOSE));
         while let Some(first) = rx.recv().await {
-            let last = ws && first.first() == Some(&(0x80 | OP_CLOSE));
+            let mut last = is_close(&first);
             // Coalesce what is queued into one write.
             let mut buf = first;
-            while buf.len() < 256 * 1024 {
+            while buf.len() < 256 * 1024 && !last {
                 match rx.try_recv() {
-                    Ok(more) => buf.extend_from_slice(&more),
+                    Ok(more) => {
+                        last = is_close(&more);
+                        buf.extend_from_slice(&more);
+                    }
                     Err(_) => break,
                 }
             }
@@ -228,10 +235,9 @@ pub async fn serve<IO>(
             let _ = tx
                 .send(websocket::frame(OP_CLOSE, &[&1000u16.to_be_bytes()]))
                 .await;
+            drop(tx);
         }
-        Transport::Channels => {
-            channels(websocket::Reader::new(rd), tx.clone(), ports, target, dial).await
-        }
+        Transport::Channels => channels(websocket::Reader::new(rd), tx, ports, target, dial).await,
     }
     let _ = writer.await;
 }
@@ -314,7 +320,11 @@ async fn spdy_session<R: AsyncRead + Unpin>(
                     .to_string();
                 let port = spdy::header(&headers, "port").map(parse_port);
                 let (port, kind) = match (port, kind.as_str()) {
-                    (Some(Ok(p)), "data" | "error") if stream % 2 == 1 => (p, kind),
+                    (Some(Ok(p)), "data" | "error")
+                        if stream % 2 == 1 && pending.len() < MAX_PENDING =>
+                    {
+                        (p, kind)
+                    }
                     (p, k) => {
                         tracing::debug!(pod = %target.pod, stream, streamtype = k, port = ?p, "port-forward stream refused");
                         if !out.send(spdy::rst_stream(stream, spdy::CANCEL)).await {
@@ -662,21 +672,27 @@ mod tests {
         spdy::control(spdy::SYN_STREAM, 0, &body)
     }
 
-    #[tokio::test]
-    async fn spdy_streams_forward_both_ways_and_report_errors() {
+    /// A session on `transport` for pod default/web (uid u1) whose
+    /// ports all reach an upper-casing echo: the client's end and the
+    /// session's task.
+    async fn session(
+        transport: Transport,
+        ports: Vec<u16>,
+    ) -> (tokio::io::DuplexStream, tokio::task::JoinHandle<()>) {
         let addr = upper_echo().await;
         let (client, server) = tokio::io::duplex(1 << 20);
         let target = Target {
             pod: "default/web".into(),
             uid: "u1".into(),
         };
-        let task = tokio::spawn(serve(
-            server,
-            Transport::Spdy,
-            vec![],
-            target,
-            Arc::new(Local(addr)),
-        ));
+        let dial = Arc::new(Local(addr));
+        let task = tokio::spawn(serve(server, transport, ports, target, dial));
+        (client, task)
+    }
+
+    #[tokio::test]
+    async fn spdy_streams_forward_both_ways_and_report_errors() {
+        let (client, task) = session(Transport::Spdy, vec![]).await;
         let (rd, mut wr) = tokio::io::split(client);
         let mut c = flate2::Compress::new(flate2::Compression::best(), true);
         c.set_dictionary(spdy::dictionary()).unwrap();
@@ -758,19 +774,7 @@ mod tests {
 
     #[tokio::test]
     async fn websocket_channels_open_with_the_port_and_carry_data() {
-        let addr = upper_echo().await;
-        let (client, server) = tokio::io::duplex(1 << 20);
-        let target = Target {
-            pod: "default/web".into(),
-            uid: "u1".into(),
-        };
-        let task = tokio::spawn(serve(
-            server,
-            Transport::Channels,
-            vec![8080, 1],
-            target,
-            Arc::new(Local(addr)),
-        ));
+        let (client, task) = session(Transport::Channels, vec![8080, 1]).await;
         let (mut rd, mut wr) = tokio::io::split(client);
         wr.write_all(&masked(b"\x00hello")).await.unwrap();
         let mut all = Vec::new();

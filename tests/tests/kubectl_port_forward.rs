@@ -294,37 +294,47 @@ fn kubectl_port_forward_reaches_a_pods_ports() {
     forwards_both_ways(&n, &kubeconfig, &netns, true);
     forwards_both_ways(&n, &kubeconfig, &netns, false);
 
-    // A node's certificate may not forward (exec's rule).
+    // A node's certificate may not forward (exec's rule); an admin may.
     let node_cfg = n.agent.data_dir().join("tls/node.kubeconfig");
-    let out = kubectl_in(
-        &n,
-        &node_cfg,
-        &[
+    for (cfg, want) in [(&node_cfg, "no"), (&kubeconfig, "yes")] {
+        let can = [
             "auth",
             "can-i",
             "create",
             "pods",
             "--subresource=portforward",
-        ],
-    );
+        ];
+        let out = kubectl_in(&n, cfg, &can);
+        let said = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(said.starts_with(want), "{}: {out:?}", cfg.display());
+    }
+    // A pod on another node: refused naming that node.
+    let far = n.agent.dir().join("far.yaml");
+    std::fs::write(
+        &far,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: far}\nspec:\n  nodeName: other-node\n  containers: [{name: app, image: busybox}]\n",
+    )
+    .unwrap();
+    let out = kubectl_in(&n, &kubeconfig, &["apply", "-f", far.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    // kubectl forwards to running pods only: say it runs there.
+    let running = r#"{"status":{"phase":"Running"}}"#;
+    let patch = [
+        "patch",
+        "pod",
+        "far",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        running,
+    ];
+    let out = kubectl_in(&n, &kubeconfig, &patch);
+    assert!(out.status.success(), "{out:?}");
+    let out = kubectl_in(&n, &kubeconfig, &["port-forward", "pod/far", "18082:80"]);
+    let e = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(
-        String::from_utf8_lossy(&out.stdout).starts_with("no"),
-        "{out:?}"
-    );
-    let out = kubectl_in(
-        &n,
-        &kubeconfig,
-        &[
-            "auth",
-            "can-i",
-            "create",
-            "pods",
-            "--subresource=portforward",
-        ],
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stdout).starts_with("yes"),
-        "{out:?}"
+        !out.status.success() && e.contains("runs on node other-node"),
+        "{e}"
     );
     // Bad ports: a 400 naming `ports`.
     for q in ["", "?ports=0", "?ports=65536", "?ports=http"] {

@@ -71,6 +71,7 @@ impl Dial for PodNetns {
         .await
         .map_err(|e| format!("connect thread: {e}"))??;
         std.set_nonblocking(true)
+            .and_then(|()| std.set_nodelay(true))
             .map_err(|e| format!("socket: {e}"))?;
         tokio::net::TcpStream::from_std(std).map_err(|e| format!("socket: {e}"))
     }

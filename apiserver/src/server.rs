@@ -75,6 +75,11 @@ pub async fn serve(listener: TcpListener, settings: Settings) {
                 continue;
             }
         };
+        // As Go servers do: small writes (a stream's reply, then its
+        // first data) must not wait for the client's delayed ACK.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(%peer, error = %e, "TCP_NODELAY on an API connection");
+        }
         let (acceptor, settings, pager) = (acceptor.clone(), settings.clone(), pager.clone());
         tokio::spawn(async move {
             let stream =

@@ -202,12 +202,12 @@ pub fn run(opts: &Opts) -> Result<()> {
          node's 127.0.0.1 over TLS); a busybox pod serving a file of {SIZE} zero bytes (`httpd`, \
          sendfile; one HTTP/1.0 GET per download) and an echo (`nc -ll -e cat`). From the node's namespace: \
          direct TCP to the pod IP (the reference; kube-apiserver + kubelet is not on this \
-         machine), and kubectl {} port-forward over the WebSocket tunnel (default) and plain \
+         machine), and kubectl ({}) port-forward over the WebSocket tunnel (default) and plain \
          SPDY (KUBECTL_PORT_FORWARD_WEBSOCKETS=false), both running throughout. {ROUNDS} \
          downloads per path (median MB/s, 1 MB = 10^6 bytes), then {CONNECTS} new \
          connections per path (connect until the first echoed byte), paths interleaved in \
          rotating order",
-        crate::report::first_line(&["kubectl", "version", "--client", "-o", "yaml"])
+        crate::report::first_line(&["kubectl", "version", "--client"])
     ));
     for (i, p) in PATHS.iter().enumerate() {
         doc["paths"][*p] = json!({

@@ -650,28 +650,6 @@ mod tests {
         addr
     }
 
-    /// A SPDY client's header block compressor.
-    fn client_block(c: &mut flate2::Compress, h: &[(&str, &str)]) -> Vec<u8> {
-        let mut raw = (h.len() as u32).to_be_bytes().to_vec();
-        for (k, v) in h {
-            for s in [k, v] {
-                raw.extend_from_slice(&(s.len() as u32).to_be_bytes());
-                raw.extend_from_slice(s.as_bytes());
-            }
-        }
-        let mut out = Vec::with_capacity(raw.len() + 1024);
-        c.compress_vec(&raw, &mut out, flate2::FlushCompress::Sync)
-            .unwrap();
-        out
-    }
-
-    fn syn_stream(c: &mut flate2::Compress, id: u32, h: &[(&str, &str)]) -> Vec<u8> {
-        let mut body = id.to_be_bytes().to_vec();
-        body.extend_from_slice(&[0; 6]);
-        body.extend(client_block(c, h));
-        spdy::control(spdy::SYN_STREAM, 0, &body)
-    }
-
     /// A session on `transport` for pod default/web (uid u1) whose
     /// ports all reach an upper-casing echo: the client's end and the
     /// session's task.
@@ -694,8 +672,7 @@ mod tests {
     async fn spdy_streams_forward_both_ways_and_report_errors() {
         let (client, task) = session(Transport::Spdy, vec![]).await;
         let (rd, mut wr) = tokio::io::split(client);
-        let mut c = flate2::Compress::new(flate2::Compression::best(), true);
-        c.set_dictionary(spdy::dictionary()).unwrap();
+        let mut c = spdy::testing::Client::new();
         // Request 0 to a listening port, with a payload over many frames;
         // request 1 to a refused one.
         let big: Vec<u8> = (0..200_000u32).map(|i| b'a' + (i % 26) as u8).collect();
@@ -706,7 +683,7 @@ mod tests {
             (7, "data", "1", "1"),
         ] {
             let h = [("streamtype", kind), ("port", port), ("requestid", req)];
-            wr.write_all(&syn_stream(&mut c, id, &h)).await.unwrap();
+            wr.write_all(&c.syn_stream(id, false, &h)).await.unwrap();
         }
         // The client closes its error streams at once.
         wr.write_all(&spdy::data(1, true, b"")).await.unwrap();
@@ -751,7 +728,7 @@ mod tests {
         );
         // A stream without a valid port is reset.
         let h = [("streamtype", "data"), ("port", "0"), ("requestid", "2")];
-        wr.write_all(&syn_stream(&mut c, 9, &h)).await.unwrap();
+        wr.write_all(&c.syn_stream(9, false, &h)).await.unwrap();
         loop {
             if let Frame::RstStream { stream: 9, .. } = r.next().await.unwrap().unwrap() {
                 break;

@@ -366,14 +366,7 @@ impl Writer {
 
     /// SYN_REPLY for `stream` with `headers`.
     pub fn syn_reply(&mut self, stream: u32, fin: bool, headers: &[(&str, &str)]) -> Vec<u8> {
-        let mut raw = Vec::new();
-        raw.extend_from_slice(&(headers.len() as u32).to_be_bytes());
-        for (k, v) in headers {
-            for s in [k, v] {
-                raw.extend_from_slice(&(s.len() as u32).to_be_bytes());
-                raw.extend_from_slice(s.as_bytes());
-            }
-        }
+        let raw = encode_block(headers);
         let mut block = Vec::with_capacity(raw.len() + 64);
         let mut input = &raw[..];
         loop {
@@ -392,6 +385,19 @@ impl Writer {
         body.extend_from_slice(&block);
         control(SYN_REPLY, if fin { FLAG_FIN } else { 0 }, &body)
     }
+}
+
+/// A header block before compression: the count, then each name and
+/// value with its length.
+pub fn encode_block(headers: &[(&str, &str)]) -> Vec<u8> {
+    let mut raw = (headers.len() as u32).to_be_bytes().to_vec();
+    for (k, v) in headers {
+        for s in [k, v] {
+            raw.extend_from_slice(&(s.len() as u32).to_be_bytes());
+            raw.extend_from_slice(s.as_bytes());
+        }
+    }
+    raw
 }
 
 /// A control frame of `kind` with `body`.
@@ -434,31 +440,33 @@ pub fn goaway(last_good: u32) -> Vec<u8> {
     control(GOAWAY, 0, &body)
 }
 
+/// A client's side of header compression, for tests here and in
+/// [`crate::portforward`].
 #[cfg(test)]
-mod tests {
+pub mod testing {
     use super::*;
 
     /// A header block as a client compresses it: its own zlib stream with
     /// the dictionary, sync-flushed per block.
-    struct Client {
+    pub struct Client {
         deflate: Compress,
     }
 
+    impl Default for Client {
+        fn default() -> Self {
+            Self::new()
+        }
+    }
+
     impl Client {
-        fn new() -> Self {
+        pub fn new() -> Self {
             let mut deflate = Compress::new(Compression::best(), true);
             deflate.set_dictionary(dictionary()).unwrap();
             Client { deflate }
         }
 
-        fn block(&mut self, headers: &[(&str, &str)]) -> Vec<u8> {
-            let mut raw = (headers.len() as u32).to_be_bytes().to_vec();
-            for (k, v) in headers {
-                for s in [k, v] {
-                    raw.extend_from_slice(&(s.len() as u32).to_be_bytes());
-                    raw.extend_from_slice(s.as_bytes());
-                }
-            }
+        pub fn block(&mut self, headers: &[(&str, &str)]) -> Vec<u8> {
+            let raw = encode_block(headers);
             let mut out = Vec::with_capacity(raw.len() + 1024);
             self.deflate
                 .compress_vec(&raw, &mut out, FlushCompress::Sync)
@@ -466,13 +474,19 @@ mod tests {
             out
         }
 
-        fn syn_stream(&mut self, stream: u32, fin: bool, headers: &[(&str, &str)]) -> Vec<u8> {
+        pub fn syn_stream(&mut self, stream: u32, fin: bool, headers: &[(&str, &str)]) -> Vec<u8> {
             let mut body = stream.to_be_bytes().to_vec();
             body.extend_from_slice(&[0, 0, 0, 0, 0, 0]); // associated, priority, slot
             body.extend_from_slice(&self.block(headers));
             control(SYN_STREAM, if fin { FLAG_FIN } else { 0 }, &body)
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::Client;
+    use super::*;
 
     #[test]
     fn the_dictionary_is_the_drafts() {

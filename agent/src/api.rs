@@ -131,6 +131,10 @@ pub async fn start(config: &Config, cp: Arc<dyn ControlPlane>) -> Result<Option<
             fifo_parent: config.run_dir.join("exec"),
             log_dir: config.log_dir.clone(),
         }),
+        portforward: Arc::new(crate::pod_portforward::NodePortForward {
+            node_name: config.node_name.clone(),
+            netns_dir: config.netns_dir.clone(),
+        }),
         address: server.trim_start_matches("https://").to_string(),
     };
     let advertised = advertise_address(config);

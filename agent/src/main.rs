@@ -11,6 +11,7 @@ mod dns;
 mod netpol;
 mod pod_exec;
 mod pod_logs;
+mod pod_portforward;
 mod proxy;
 
 use std::path::PathBuf;

@@ -304,6 +304,7 @@ mod tests {
             // Not even into its own pods: exec is an admin's.
             ("create", "", "pods", "exec", "default", "mine", false),
             ("create", "", "pods", "attach", "default", "mine", false),
+            ("create", "", "pods", "portforward", "default", "mine", false),
             ("create", "", "events", "", "default", "", true),
             ("list", slices, "endpointslices", "", "", "", true),
         ];

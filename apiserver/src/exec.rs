@@ -136,17 +136,25 @@ pub fn none() -> Arc<dyn PodExec> {
 /// The namespace, pod and verb of `/api/v1/namespaces/<ns>/pods/<name>/exec`
 /// (or `/attach`), or `None` for any other path.
 pub fn stream_path(path: &str) -> Option<(String, String, Verb)> {
+    let (ns, name, sub) = pod_subresource(path)?;
+    let verb = match sub {
+        "exec" => Verb::Exec,
+        "attach" => Verb::Attach,
+        _ => return None,
+    };
+    Some((ns, name, verb))
+}
+
+/// The namespace, pod and subresource of
+/// `/api/v1/namespaces/<ns>/pods/<name>/<sub>`, or `None` for any other
+/// path (or a name that could not be a pod's).
+pub fn pod_subresource(path: &str) -> Option<(String, String, &str)> {
     let rest = path.strip_prefix("/api/v1/namespaces/")?;
     let parts: Vec<&str> = rest.split('/').collect();
     let ok = |s: &str| !s.is_empty() && s != "." && s != ".." && !s.contains('%');
     match parts.as_slice() {
         [ns, "pods", name, sub] if ok(ns) && ok(name) => {
-            let verb = match *sub {
-                "exec" => Verb::Exec,
-                "attach" => Verb::Attach,
-                _ => return None,
-            };
-            Some((ns.to_string(), name.to_string(), verb))
+            Some((ns.to_string(), name.to_string(), *sub))
         }
         _ => None,
     }

@@ -3,7 +3,9 @@
 //! certificates ([`tls`]), authentication and authorization ([`auth`]),
 //! discovery, tables, selectors, patches and watch over a
 //! [`controlplane::ControlPlane`], and the pod subresources that reach the
-//! node (`log`; `exec` and `attach` over [`websocket`], in [`exec`]). Storage semantics (defaulting,
+//! node (`log`; `exec` and `attach` over [`websocket`], in [`exec`];
+//! `portforward` over SPDY tunnelled in WebSocket, plain [`spdy`] or
+//! WebSocket channels, in [`portforward`]). Storage semantics (defaulting,
 //! validation, concurrency) stay in the control plane; this crate only
 //! speaks the protocol.
 
@@ -18,9 +20,11 @@ pub mod openapi;
 pub mod pager;
 pub mod patch;
 pub mod pki;
+pub mod portforward;
 pub mod protobuf;
 pub mod select;
 pub mod server;
+pub mod spdy;
 pub mod table;
 pub mod tls;
 pub mod websocket;

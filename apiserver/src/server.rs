@@ -40,6 +40,8 @@ pub struct Settings {
     pub logs: Arc<dyn crate::logs::PodLogs>,
     /// Where commands run in pods (`pods/<name>/exec`, `attach`).
     pub exec: Arc<dyn crate::exec::PodExec>,
+    /// Where pods' ports are reached (`pods/<name>/portforward`).
+    pub portforward: Arc<dyn crate::portforward::PodPortForward>,
     /// `host:port` clients reach the API at (discovery reports it).
     pub address: String,
 }
@@ -73,6 +75,11 @@ pub async fn serve(listener: TcpListener, settings: Settings) {
                 continue;
             }
         };
+        // As Go servers do: small writes (a stream's reply, then its
+        // first data) must not wait for the client's delayed ACK.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(%peer, error = %e, "TCP_NODELAY on an API connection");
+        }
         let (acceptor, settings, pager) = (acceptor.clone(), settings.clone(), pager.clone());
         tokio::spawn(async move {
             let stream =
@@ -347,6 +354,14 @@ async fn handle(
                 e => error_response(&e),
             });
     }
+    if let Some((ns, name, "portforward")) = crate::exec::pod_subresource(&path) {
+        return pod_portforward(s, &user, req, &q, &ns, &name)
+            .await
+            .unwrap_or_else(|e| match e {
+                Error::BadRequest(m) => status(400, "BadRequest", &m),
+                e => error_response(&e),
+            });
+    }
     if path.trim_end_matches('/') == SSAR_PATH {
         return self_review(s, &user, req)
             .await
@@ -524,21 +539,130 @@ async fn pod_stream(
             }
         }
     });
+    switching(&[
+        ("upgrade", "websocket"),
+        ("sec-websocket-accept", &crate::websocket::accept_key(&key)),
+        ("sec-websocket-protocol", protocol),
+    ])
+}
+
+/// A `101 Switching Protocols` with `headers` (and `Connection: Upgrade`).
+fn switching(headers: &[(&'static str, &str)]) -> Result<Resp, Error> {
     let mut r = Response::new(Body::Full(None));
     *r.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
     let h = r.headers_mut();
-    let value = |v: &str| {
-        hyper::header::HeaderValue::from_str(v)
-            .map_err(|e| Error::BadRequest(format!("Sec-WebSocket-Key: {e}")))
-    };
-    h.insert(hyper::header::UPGRADE, value("websocket")?);
-    h.insert(hyper::header::CONNECTION, value("Upgrade")?);
     h.insert(
-        hyper::header::SEC_WEBSOCKET_ACCEPT,
-        value(&crate::websocket::accept_key(&key))?,
+        hyper::header::CONNECTION,
+        hyper::header::HeaderValue::from_static("Upgrade"),
     );
-    h.insert(hyper::header::SEC_WEBSOCKET_PROTOCOL, value(protocol)?);
+    for (k, v) in headers {
+        let v = hyper::header::HeaderValue::from_str(v)
+            .map_err(|e| Error::BadRequest(format!("{k}: {e}")))?;
+        h.insert(*k, v);
+    }
     Ok(r)
+}
+
+/// `pods/<name>/portforward`: authorized as `create` of that subresource
+/// (as exec), checked (pod, phase, where it runs) while an error can
+/// still be a Status, then upgraded to the transport the client asked
+/// for (SPDY in WebSocket, plain SPDY, WebSocket channels) and served by
+/// [`crate::portforward::serve`].
+async fn pod_portforward(
+    s: &Settings,
+    user: &User,
+    mut req: Request<Incoming>,
+    q: &Query,
+    ns: &str,
+    name: &str,
+) -> Result<Resp, Error> {
+    use crate::portforward::{self as pf, Transport};
+    let path = req.uri().path();
+    if let Err(r) = authorize_pod(s, user, path, "create", "portforward", ns, name).await {
+        return Ok(*r);
+    }
+    if !matches!(*req.method(), Method::GET | Method::POST) {
+        return Ok(status(
+            405,
+            "MethodNotAllowed",
+            "pods/portforward answers GET and POST only",
+        ));
+    }
+    let header = |n: &str| -> Vec<String> {
+        req.headers()
+            .get_all(n)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::to_string)
+            .collect()
+    };
+    let upgrade = header("upgrade").join(",").to_ascii_lowercase();
+    let offered = header("sec-websocket-protocol");
+    let chosen = if upgrade.contains("spdy/3.1") {
+        Some((Transport::Spdy, pf::PROTOCOL_V1))
+    } else if upgrade.contains("websocket") {
+        match pf::negotiate(offered.iter().map(String::as_str)) {
+            Some(pf::TUNNEL) => Some((Transport::Tunnel, pf::TUNNEL)),
+            Some(p) => Some((Transport::Channels, p)),
+            None => {
+                return Err(Error::BadRequest(format!(
+                    "Sec-WebSocket-Protocol: none of {:?} is served; want {} or {}",
+                    offered.join(","),
+                    pf::TUNNEL,
+                    pf::V4
+                )))
+            }
+        }
+    } else {
+        None
+    };
+    // The ports first: a request with bad ones is told so, upgrade or not.
+    let channels = matches!(chosen, Some((Transport::Channels, _)));
+    let ports = pf::parse_ports(q.all(), channels)?;
+    let Some((transport, protocol)) = chosen else {
+        return Err(Error::BadRequest(format!(
+            "Upgrade request required: pods/portforward is served over WebSocket ({}, {}) and SPDY/3.1",
+            pf::TUNNEL,
+            pf::V4
+        )));
+    };
+    let key = header("sec-websocket-key").into_iter().next();
+    if transport != Transport::Spdy && key.is_none() {
+        return Err(Error::BadRequest(
+            "Sec-WebSocket-Key: a WebSocket upgrade needs one".into(),
+        ));
+    }
+    let pod = get_pod(s, ns, name).await?;
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    if let Some(p @ ("Succeeded" | "Failed")) = phase {
+        return Err(Error::BadRequest(format!(
+            "cannot port-forward to a completed pod; current phase is {p}"
+        )));
+    }
+    let dial = s.portforward.prepare(&pod).await?;
+    let target = pf::Target {
+        pod: format!("{ns}/{name}"),
+        uid: pod.metadata.uid.clone().unwrap_or_default(),
+    };
+    let upgraded = hyper::upgrade::on(&mut req);
+    let pod_name = target.pod.clone();
+    tokio::spawn(async move {
+        match upgraded.await {
+            Ok(io) => pf::serve(TokioIo::new(io), transport, ports, target, dial).await,
+            Err(e) => tracing::debug!(pod = %pod_name, error = %e, "port-forward upgrade"),
+        }
+    });
+    match key {
+        Some(key) if transport != Transport::Spdy => switching(&[
+            ("upgrade", "websocket"),
+            ("sec-websocket-accept", &crate::websocket::accept_key(&key)),
+            ("sec-websocket-protocol", protocol),
+        ]),
+        _ => switching(&[
+            ("upgrade", "SPDY/3.1"),
+            ("x-stream-protocol-version", protocol),
+        ]),
+    }
 }
 
 /// Where `kubectl auth can-i` asks.

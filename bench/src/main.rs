@@ -9,6 +9,7 @@ mod dns;
 mod netpol;
 mod overlay;
 mod pods;
+mod portforward;
 mod probes;
 mod proxy;
 mod readiness;
@@ -81,6 +82,11 @@ const BENCHES: &[Bench] = &[
         name: "pods",
         about: "pod start latency vs `ctr run -d`, churn of 100 pods with leak counts, agent memory",
         run: pods::run,
+    },
+    Bench {
+        name: "portforward",
+        about: "kubectl port-forward (WebSocket tunnel, SPDY) vs direct TCP to the pod: 100 MB download MB/s, connect p50/p99",
+        run: portforward::run,
     },
     Bench {
         name: "probes",

@@ -36,7 +36,7 @@ impl PodLogs for NodeLogs {
             view::log_container(pod, &name, q.container.as_deref()).map_err(Error::BadRequest)?;
         let dir = logs::container_log_dir(&self.log_dir, &ns, &name, &uid, &container);
         let runs = reader::attempts(&dir).unwrap_or_default();
-        let picked = reader::pick(&runs, q.previous);
+        let picked = reader::pick(&runs, q.previous, view::restart_count(pod, &container));
         let (tx, rx) = mpsc::channel(IN_FLIGHT);
         let mut shaper = view::Shaper::new(view::Options {
             tail: q.tail_lines,

@@ -20,6 +20,8 @@ pub const UNDERLAY_NET: &str = "198.18.0";
 pub const UNDERLAY_BRIDGE: &str = "ul0";
 /// The underlay bridge's own address (etcd and the like can listen there).
 pub const UNDERLAY_IP: &str = "198.18.0.1";
+/// The underlay bridge's MAC (locally administered, fixed).
+const UNDERLAY_BRIDGE_MAC: &str = "02:c6:12:00:00:01";
 /// The `internet` namespace's underlay address: every node's default gateway.
 pub const INTERNET_GW: &str = "198.18.0.254";
 /// An address outside the cluster (TEST-NET-3), on the `internet` namespace's lo.
@@ -47,7 +49,21 @@ impl Underlay {
     /// Creates the namespace and its bridge.
     pub fn new() -> Result<Underlay> {
         let ns = TestNs::new("ul")?;
-        ns.sh(&["ip", "link", "add", UNDERLAY_BRIDGE, "type", "bridge"])?;
+        // The bridge's MAC is pinned: a bridge whose address was never set
+        // takes the lowest address among its ports, so detaching the port
+        // that held it would change the gateway's MAC under every other
+        // host's ARP cache, and they would lose the underlay address (etcd)
+        // until the entry went stale, tens of seconds later.
+        ns.sh(&[
+            "ip",
+            "link",
+            "add",
+            UNDERLAY_BRIDGE,
+            "address",
+            UNDERLAY_BRIDGE_MAC,
+            "type",
+            "bridge",
+        ])?;
         let cidr = format!("{UNDERLAY_IP}/24");
         ns.sh(&["ip", "addr", "add", &cidr, "dev", UNDERLAY_BRIDGE])?;
         ns.sh(&["ip", "link", "set", UNDERLAY_BRIDGE, "up"])?;

@@ -50,7 +50,7 @@ pub async fn run(config: &Config, args: LogsArgs) -> Result<ExitCode> {
     let container = log_container(&pod, &args.pod, args.container.as_deref())?;
     let dir = logs::container_log_dir(&config.log_dir, ns, &args.pod, &uid, &container);
     let runs = reader::attempts(&dir).with_context(|| format!("read {}", dir.display()))?;
-    let picked = reader::pick(&runs, args.previous);
+    let picked = reader::pick(&runs, args.previous, view::restart_count(&pod, &container));
     let mut out = Printer::new(args.timestamps, args.tail);
     if args.previous {
         let Some(run) = picked else {

@@ -40,13 +40,18 @@ pub fn attempts(dir: &Path) -> io::Result<Vec<u32>> {
     Ok(out)
 }
 
-/// The run to read: the latest, or with `previous` the one before it.
-pub fn pick(attempts: &[u32], previous: bool) -> Option<u32> {
-    let mut it = attempts.iter().rev();
-    if previous {
-        it.next();
+/// The run to read: the latest, or with `previous` the one before the
+/// current one. The current run is the later of the latest file and the
+/// pod status's `restartCount` (a run's number is its restart count): a
+/// restart the status already reports may not have opened its file yet,
+/// and then the previous run is the latest file, not the one before it.
+pub fn pick(attempts: &[u32], previous: bool, restart_count: Option<u32>) -> Option<u32> {
+    let latest = attempts.last().copied();
+    if !previous {
+        return latest;
     }
-    it.next().copied()
+    let current = latest.max(restart_count)?;
+    attempts.iter().rev().copied().find(|a| *a < current)
 }
 
 /// The log file of run `attempt` in a container's log dir.
@@ -416,11 +421,23 @@ mod tests {
 
     #[test]
     fn previous_is_the_run_before_the_latest() {
-        assert_eq!(pick(&[], false), None);
-        assert_eq!(pick(&[0], false), Some(0));
-        assert_eq!(pick(&[0], true), None);
-        assert_eq!(pick(&[0, 1, 2, 10], false), Some(10));
-        assert_eq!(pick(&[0, 1, 2, 10], true), Some(2));
+        assert_eq!(pick(&[], false, None), None);
+        assert_eq!(pick(&[0], false, None), Some(0));
+        assert_eq!(pick(&[0], true, None), None);
+        assert_eq!(pick(&[0], true, Some(0)), None);
+        assert_eq!(pick(&[0, 1, 2, 10], false, None), Some(10));
+        assert_eq!(pick(&[0, 1, 2, 10], true, None), Some(2));
+        assert_eq!(pick(&[0, 1, 2, 10], true, Some(10)), Some(2));
+    }
+
+    #[test]
+    fn previous_follows_a_restart_whose_file_is_not_there_yet() {
+        // Status says run 1 exists; its file does not yet.
+        assert_eq!(pick(&[0], true, Some(1)), Some(0));
+        assert_eq!(pick(&[0], false, Some(1)), Some(0));
+        // A status behind the files changes nothing.
+        assert_eq!(pick(&[0, 1, 2], true, Some(1)), Some(1));
+        assert_eq!(pick(&[], true, Some(3)), None);
     }
 
     struct Dir(PathBuf);

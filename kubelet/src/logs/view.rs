@@ -227,6 +227,18 @@ pub fn annotated_default(pod: &Pod) -> Option<String> {
     names(pod).0.into_iter().find(|n| n == want)
 }
 
+/// Container `name`'s `restartCount` in the pod's status (app or init).
+pub fn restart_count(pod: &Pod, name: &str) -> Option<u32> {
+    let status = pod.status.as_ref()?;
+    status
+        .container_statuses
+        .iter()
+        .chain(status.init_container_statuses.iter())
+        .flatten()
+        .find(|c| c.name == name)
+        .and_then(|c| u32::try_from(c.restart_count).ok())
+}
+
 /// The container logs are read from: `wanted`, else the annotated
 /// default, else the only one; with several, the reader must choose (as
 /// kubectl and kube-apiserver say).

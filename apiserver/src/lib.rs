@@ -15,6 +15,7 @@ pub mod authz;
 pub mod bootstrap;
 pub mod discovery;
 pub mod exec;
+pub mod exec_spdy;
 pub mod logs;
 pub mod openapi;
 pub mod pager;

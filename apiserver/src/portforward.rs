@@ -154,7 +154,7 @@ impl Target {
 /// Writes what the session queues, in order: frames are built (and
 /// WebSocket-wrapped where needed) by the sender.
 /// On WebSocket it stops after the close frame.
-fn writer<W: AsyncWrite + Send + Unpin + 'static>(
+pub(crate) fn writer<W: AsyncWrite + Send + Unpin + 'static>(
     mut wr: W,
     mut rx: mpsc::Receiver<Vec<u8>>,
     ws: bool,

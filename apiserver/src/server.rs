@@ -465,8 +465,8 @@ async fn pod_log(
 /// `pods/<name>/exec` and `attach`: authorized as `create` of that
 /// subresource (for GET too, as kube-apiserver does for WebSocket
 /// upgrades), checked (pod, phase, container, where it runs) while an
-/// error can still be a Status, then upgraded to WebSocket and served by
-/// [`crate::exec::serve`].
+/// error can still be a Status, then upgraded to WebSocket (served by
+/// [`crate::exec::serve`]) or SPDY/3.1 ([`crate::exec_spdy::serve`]).
 async fn pod_stream(
     s: &Settings,
     user: &User,
@@ -506,17 +506,34 @@ async fn pod_stream(
             .collect()
     };
     let upgrade = header("upgrade").join(",").to_ascii_lowercase();
-    if upgrade.contains("spdy") {
-        return Err(Error::BadRequest(format!(
-            "pods/{}: SPDY/3.1 streaming is not served; use WebSocket ({}) (kubectl >= 1.30 does by default)",
-            verb.name(),
-            crate::exec::V5
-        )));
+    if upgrade.contains("spdy/3.1") {
+        let offered = header("x-stream-protocol-version");
+        let Some(protocol) = crate::exec_spdy::negotiate(offered.iter().copied()) else {
+            return Err(Error::BadRequest(format!(
+                "X-Stream-Protocol-Version: none of {:?} is served over SPDY; want {}",
+                offered.join(","),
+                crate::exec::V4
+            )));
+        };
+        let upgraded = hyper::upgrade::on(&mut req);
+        let (pod_name, verb_name) = (format!("{ns}/{name}"), verb.name());
+        tokio::spawn(async move {
+            match upgraded.await {
+                Ok(io) => crate::exec_spdy::serve(TokioIo::new(io), query, session).await,
+                Err(e) => {
+                    tracing::debug!(pod = %pod_name, verb = verb_name, error = %e, "SPDY upgrade")
+                }
+            }
+        });
+        return switching(&[
+            ("upgrade", "SPDY/3.1"),
+            ("x-stream-protocol-version", protocol),
+        ]);
     }
     let key = header("sec-websocket-key").first().map(|k| k.to_string());
     let (true, Some(key)) = (upgrade.contains("websocket"), key) else {
         return Err(Error::BadRequest(format!(
-            "Upgrade request required: pods/{} is served over WebSocket ({})",
+            "Upgrade request required: pods/{} is served over WebSocket ({}) and SPDY/3.1",
             verb.name(),
             crate::exec::V5
         )));

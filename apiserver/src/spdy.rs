@@ -1,10 +1,12 @@
-//! SPDY/3.1 framing, the server's side, as `portforward.k8s.io` uses it
-//! (kubectl over a WebSocket tunnel or a plain `Upgrade: SPDY/3.1`): frames
+//! SPDY/3.1 framing, the server's side, as `portforward.k8s.io` (kubectl
+//! over a WebSocket tunnel or a plain `Upgrade: SPDY/3.1`) and client-go's
+//! SPDY executor for exec and attach use it: frames
 //! read from a byte stream and built for writing, with header blocks
 //! compressed by zlib with SPDY's preset dictionary (one stream per
 //! direction for the whole connection, sync-flushed per block). No flow
 //! control: neither kubectl's spdystream nor kubelet's sends or honours
-//! WINDOW_UPDATE. What the streams mean is [`crate::portforward`]'s business.
+//! WINDOW_UPDATE. What the streams mean is [`crate::portforward`]'s and
+//! [`crate::exec_spdy`]'s business.
 
 use std::sync::OnceLock;
 

@@ -1,5 +1,6 @@
 //! `kubectl exec` through the agent's API over WebSocket
-//! (`v5.channel.k8s.io`): stdout and stderr apart, the exit code, stdin to
+//! (`v5.channel.k8s.io`) and SPDY/3.1 (`v4.channel.k8s.io`, what kubectl
+//! falls back to and client-go tools use): stdout and stderr apart, the exit code, stdin to
 //! its end, a terminal with its size, and the refusals (an unknown
 //! container, a pod on another node, a node's certificate).
 //!
@@ -178,16 +179,80 @@ fn kubectl_exec_runs_commands_in_this_nodes_pods() {
         "{}",
         text(&out.stderr)
     );
-    // SPDY (older clients, or asked for) is refused with the reason.
-    let out = Command::new("timeout")
-        .args(["60", "kubectl", "--kubeconfig"])
-        .arg(s.api.kubeconfig())
-        .args(["exec", "web", "-c", "app", "--", "true"])
-        .env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false")
-        .output()
-        .unwrap();
+    // Over SPDY (older kubectl, client-go tools; here kubectl asked to):
+    // the same streams, exit code and sizes.
+    let spdy = |args: &[&str], stdin: Option<&[u8]>| {
+        let mut child = Command::new("timeout")
+            .args(["60", "kubectl", "--kubeconfig"])
+            .arg(s.api.kubeconfig())
+            .arg("exec")
+            .args(args)
+            .env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false")
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        if let Some(data) = stdin {
+            let mut si = child.stdin.take().unwrap();
+            let data = data.to_vec();
+            std::thread::spawn(move || {
+                let _ = si.write_all(&data);
+            });
+        }
+        child.wait_with_output().unwrap()
+    };
+    let out = spdy(
+        &[
+            "-i",
+            "web",
+            "-c",
+            "app",
+            "--",
+            "sh",
+            "-c",
+            "cat; echo err >&2; exit 3",
+        ],
+        Some(b"over spdy\n"),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}\n{}",
+        text(&out.stderr),
+        s.api.agent.log()
+    );
+    assert_eq!(text(&out.stdout), "over spdy\n");
     assert!(
-        text(&out.stderr).contains("SPDY/3.1 streaming is not served"),
+        text(&out.stderr).starts_with("err\n")
+            && text(&out.stderr).contains("command terminated with exit code 3"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = spdy(&["-i", "web", "-c", "app", "--", "wc", "-c"], Some(&input));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), input.len().to_string());
+    let out = spdy(
+        &[
+            "web",
+            "-c",
+            "app",
+            "--",
+            "sh",
+            "-c",
+            "head -c 300000 /dev/zero | tr '\\0' x",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(out.stdout.len(), 300_000);
+    let out = spdy(&["web", "-c", "nope", "--", "true"], None);
+    assert!(
+        text(&out.stderr).contains("container nope is not valid for pod web"),
         "{}",
         text(&out.stderr)
     );

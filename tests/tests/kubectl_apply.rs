@@ -54,7 +54,7 @@ fn raw(api: &Api, method: &str, path: &str, ctype: &str, body: &str) -> (u16, St
     }
     let url = format!("https://127.0.0.1:{}{path}", api.port);
     let o = Command::new("curl")
-        .current_dir(&dir)
+        .current_dir(dir)
         .args([
             "-sk",
             "--cert",
@@ -204,8 +204,43 @@ fn kubectl_apply_server_side_dry_run_and_diff() {
         "-o",
         "jsonpath={.spec.clusterIP}",
     ]);
-    assert!(ip.starts_with("10.96."), "{ip}");
+    // From the service CIDR, 10.96.0.0/12.
+    let octets = ip.parse::<std::net::Ipv4Addr>().unwrap().octets();
+    assert!(octets[0] == 10 && (96..112).contains(&octets[1]), "{ip}");
     assert!(!api.kubectl(&["get", "svc", "s"]).status.success());
+
+    // An object applied client-side: another manager's apply conflicts
+    // with kubectl-client-side-apply; kubectl's own --server-side apply
+    // takes the client-side fields over (kubectl patches managedFields
+    // first) and applies.
+    let csa = api.agent.dir().join("csa.yaml");
+    let csa_deploy = DEPLOY.replace("name: web,", "name: csa,");
+    std::fs::write(&csa, &csa_deploy).unwrap();
+    let cf = csa.to_str().unwrap();
+    api.ok(&["apply", "-f", cf]);
+    assert_eq!(
+        get(&api, "deploy/csa", ".metadata.managedFields[*].manager"),
+        "kubectl-client-side-apply"
+    );
+    std::fs::write(&csa, csa_deploy.replace("replicas: 2", "replicas: 3")).unwrap();
+    let e = api.kubectl(&["apply", "--server-side", "--field-manager=other", "-f", cf]);
+    let err = String::from_utf8_lossy(&e.stderr);
+    assert!(
+        err.contains("Apply failed with 1 conflict: conflict with \"kubectl-client-side-apply\" using apps/v1: .spec.replicas"),
+        "{err}"
+    );
+    let out = api.ok(&["apply", "--server-side", "-f", cf]);
+    assert!(
+        out.contains("deployment.apps/csa serverside-applied"),
+        "{out}"
+    );
+    assert_eq!(get(&api, "deploy/csa", ".spec.replicas"), "3");
+    // kubectl moved the client-side fields to its apply (a JSON patch of
+    // managedFields) and applies the annotation as its own manager.
+    assert_eq!(
+        get(&api, "deploy/csa", ".metadata.managedFields[*].manager"),
+        "kubectl kubectl-last-applied"
+    );
 
     // Malformed applies: 400/422 naming what is wrong.
     let path = "/apis/apps/v1/namespaces/default/deployments/web";

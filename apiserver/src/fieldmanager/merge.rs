@@ -59,6 +59,16 @@ pub fn atomic_map(fields: &[String]) -> bool {
     )
 }
 
+/// Whether the map at `fields` is one of the structs Kubernetes' Go
+/// types hold by value (always present in a typed object, so never
+/// "added" and never owned as a whole: no `"."` in FieldsV1).
+fn value_struct(fields: &[String]) -> bool {
+    matches!(
+        fields.last().map(String::as_str),
+        Some("metadata" | "spec" | "template" | "strategy" | "updateStrategy" | "resources")
+    )
+}
+
 /// The value a list-map key takes when an item leaves it out (the
 /// schema's default).
 fn key_default(key: &str) -> Option<Value> {
@@ -124,30 +134,36 @@ pub fn missing_key(v: &Value) -> Option<String> {
 pub fn fields_of(v: &Value) -> Set {
     let mut out = Set::default();
     if let Value::Object(m) = v {
-        collect_children(m, &mut Vec::new(), &mut Vec::new(), &mut out);
+        collect_children(m, &mut Vec::new(), &mut Vec::new(), &mut out, false);
     }
     out
 }
 
+/// `own`: maps (other than by-value structs) are members themselves, as
+/// kube-apiserver records a map an update added.
 fn collect_children(
     m: &Map<String, Value>,
     fields: &mut Vec<String>,
     path: &mut Vec<Element>,
     out: &mut Set,
+    own: bool,
 ) {
     for (k, c) in m {
         fields.push(k.clone());
         path.push(Element::Field(k.clone()));
-        collect(c, fields, path, out);
+        collect(c, fields, path, out, own);
         path.pop();
         fields.pop();
     }
 }
 
-fn collect(v: &Value, fields: &mut Vec<String>, path: &mut Vec<Element>, out: &mut Set) {
+fn collect(v: &Value, fields: &mut Vec<String>, path: &mut Vec<Element>, out: &mut Set, own: bool) {
     match v {
         Value::Object(m) if !m.is_empty() && !atomic_map(fields) => {
-            collect_children(m, fields, path, out)
+            if own && !value_struct(fields) {
+                out.insert(path);
+            }
+            collect_children(m, fields, path, out, own)
         }
         Value::Array(items) => match list_type(fields) {
             ListType::Map(keys) if items.iter().all(|i| key_of(i, keys).is_some()) => {
@@ -158,7 +174,7 @@ fn collect(v: &Value, fields: &mut Vec<String>, path: &mut Vec<Element>, out: &m
                     path.push(k);
                     out.insert(path);
                     if let Value::Object(m) = item {
-                        collect_children(m, fields, path, out);
+                        collect_children(m, fields, path, out, own);
                     }
                     path.pop();
                 }
@@ -244,8 +260,10 @@ fn diff(
     removed: &mut Set,
 ) {
     let added = |v: &Value, fields: &mut Vec<String>, path: &mut Vec<Element>, out: &mut Set| {
-        out.insert(path);
-        collect(v, fields, path, out);
+        if !(v.is_object() && value_struct(fields)) {
+            out.insert(path);
+        }
+        collect(v, fields, path, out, true);
     };
     match (old, new) {
         (Value::Object(o), Value::Object(n)) if !atomic_map(fields) => {
@@ -275,7 +293,7 @@ fn diff(
                         None => {
                             changed.insert(path);
                             if let Value::Object(m) = ni {
-                                collect_children(m, fields, path, changed);
+                                collect_children(m, fields, path, changed, true);
                             }
                         }
                     }

@@ -266,6 +266,7 @@ pub fn apply(
             _ => was != merge::get(&merged, p),
         }
     }));
+    let force = force || upgrading_client_side_apply(live, manager, &changing, &entries);
     let mut conflicts = Vec::new();
     for e in entries.iter_mut().filter(|e| !e.is(manager, "Apply", "")) {
         let owned = e.fields.intersection(&changing);
@@ -323,6 +324,43 @@ pub fn apply(
     }
     set_entries(&mut merged, entries);
     Ok(merged)
+}
+
+/// kubectl's annotation for client-side apply.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Whether an apply by `kubectl` may take over what it conflicts with
+/// because those fields are all in the object's client-side
+/// last-applied configuration: kube-apiserver's upgrade path from
+/// `kubectl apply` to `kubectl apply --server-side` (its
+/// lastAppliedManager). Other managers get their conflicts.
+fn upgrading_client_side_apply(
+    live: Option<&Value>,
+    manager: &str,
+    changing: &Set,
+    entries: &[Entry],
+) -> bool {
+    if manager != "kubectl" {
+        return false;
+    }
+    let Some(last) = live
+        .and_then(|l| l.pointer("/metadata/annotations"))
+        .and_then(|a| a.get(LAST_APPLIED))
+        .and_then(Value::as_str)
+        .and_then(|t| serde_json::from_str::<Value>(t).ok())
+    else {
+        return false;
+    };
+    let allowed = managed_only(merge::fields_of(&last));
+    entries
+        .iter()
+        .filter(|e| !e.is(manager, "Apply", ""))
+        .all(|e| {
+            e.fields
+                .intersection(changing)
+                .difference(&allowed)
+                .is_empty()
+        })
 }
 
 #[cfg(test)]

@@ -98,6 +98,15 @@ fn create_then_update_record_update_entries() {
         managers(&created),
         [("kubectl-create".into(), "Update".into())]
     );
+    // Maps that appeared are owned whole ("."); the by-value structs not.
+    let v1 = entries_of(&created)[0].fields.to_fields_v1();
+    assert_eq!(v1["f:metadata"]["f:labels"]["."], json!({}));
+    assert!(v1["f:metadata"].get(".").is_none(), "{v1}");
+    assert!(v1["f:spec"].get(".").is_none(), "{v1}");
+    assert_eq!(
+        v1["f:spec"]["f:template"]["f:spec"]["f:containers"]["k:{\"name\":\"web\"}"]["."],
+        json!({})
+    );
     let mut edited = created.clone();
     edited["spec"]["replicas"] = json!(5);
     edited["metadata"]["labels"]["tier"] = json!("front");
@@ -227,4 +236,47 @@ fn keyless_items_are_named() {
         Some("spec.containers[1].name")
     );
     assert_eq!(merge::missing_key(&deploy(1, "x")), None);
+}
+
+#[test]
+fn kubectl_takes_over_what_its_client_side_apply_set() {
+    // Created by client-side apply: kubectl-client-side-apply owns all,
+    // the annotation holds the configuration.
+    let mut created = deploy(2, "nginx");
+    created["metadata"]["annotations"] = json!({LAST_APPLIED: deploy(2, "nginx").to_string()});
+    let mut live = created.clone();
+    update(
+        None,
+        &mut live,
+        Writer {
+            manager: "kubectl-client-side-apply",
+            subresource: "",
+        },
+        T,
+    );
+    // Another manager conflicts; kubectl itself does not.
+    let err = apply(Some(&live), &deploy(3, "nginx"), "other", false, T).unwrap_err();
+    assert_eq!(
+        conflict_message(&err),
+        r#"Apply failed with 1 conflict: conflict with "kubectl-client-side-apply" using apps/v1: .spec.replicas"#
+    );
+    let out = apply(Some(&live), &deploy(3, "nginx"), "kubectl", false, T).unwrap();
+    assert_eq!(out["spec"]["replicas"], 3);
+    // A field outside the last-applied configuration still conflicts.
+    let mut edited = live.clone();
+    edited["spec"]["paused"] = json!(true);
+    update(
+        Some(&live),
+        &mut edited,
+        Writer {
+            manager: "kubectl-edit",
+            subresource: "",
+        },
+        T,
+    );
+    let mut config = deploy(2, "nginx");
+    config["spec"]["paused"] = json!(false);
+    let err = apply(Some(&edited), &config, "kubectl", false, T).unwrap_err();
+    assert_eq!(err.len(), 1);
+    assert_eq!(err[0].path.to_string(), ".spec.paused");
 }

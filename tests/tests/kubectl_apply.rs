@@ -2,11 +2,13 @@
 //! `apply --server-side` (create, no-op, conflict after `kubectl scale`,
 //! `--force-conflicts`, a field dropped from the file leaves the object),
 //! `apply --dry-run=server` and `kubectl diff` (exit 1 on a change, 0
-//! without), and malformed applies answered with the field at fault.
+//! without), and malformed applies answered with the field at fault; on
+//! the embedded store and on etcd.
 
 use std::process::Command;
 
 use knode_tests::api::{kubectl_present, Api};
+use knode_tests::etcd::{require_etcd, EtcdCluster};
 
 const DEPLOY: &str = "apiVersion: apps/v1
 kind: Deployment
@@ -83,7 +85,21 @@ fn kubectl_apply_server_side_dry_run_and_diff() {
     if !kubectl_present() {
         return;
     }
-    let api = Api::start();
+    exercise(&Api::start());
+}
+
+/// The same on the etcd control plane (its storage under the dry run).
+#[test]
+fn kubectl_apply_server_side_dry_run_and_diff_on_etcd() {
+    if !kubectl_present() || !require_etcd("kubectl_apply_on_etcd") {
+        return;
+    }
+    let etcd = EtcdCluster::start(1).unwrap();
+    let cp = etcd.control_plane();
+    exercise(&Api::start_agent(&["--control-plane", cp.as_str()], &[]));
+}
+
+fn exercise(api: &Api) {
     let file = api.agent.dir().join("web.yaml");
     let f = file.to_str().unwrap();
     std::fs::write(&file, DEPLOY).unwrap();
@@ -94,10 +110,10 @@ fn kubectl_apply_server_side_dry_run_and_diff() {
         out.contains("deployment.apps/web serverside-applied"),
         "{out}"
     );
-    let rv = get(&api, "deploy/web", ".metadata.resourceVersion");
-    let managers = get(&api, "deploy/web", ".metadata.managedFields[*].manager");
+    let rv = get(api, "deploy/web", ".metadata.resourceVersion");
+    let managers = get(api, "deploy/web", ".metadata.managedFields[*].manager");
     assert_eq!(managers, "kubectl", "kubectl's default apply manager");
-    let fields = get(&api, "deploy/web", ".metadata.managedFields[0].fieldsV1");
+    let fields = get(api, "deploy/web", ".metadata.managedFields[0].fieldsV1");
     assert!(
         fields.contains(r#""k:{\"name\":\"web\"}""#)
             && fields.contains(r#""k:{\"containerPort\":80,\"protocol\":\"TCP\"}""#),
@@ -108,7 +124,7 @@ fn kubectl_apply_server_side_dry_run_and_diff() {
         out.contains("deployment.apps/web serverside-applied"),
         "{out}"
     );
-    assert_eq!(get(&api, "deploy/web", ".metadata.resourceVersion"), rv);
+    assert_eq!(get(api, "deploy/web", ".metadata.resourceVersion"), rv);
 
     // Someone else takes replicas: the next apply conflicts, naming them.
     api.ok(&["scale", "deploy/web", "--replicas=5"]);
@@ -119,15 +135,15 @@ fn kubectl_apply_server_side_dry_run_and_diff() {
         err.contains("Apply failed with 1 conflict: conflict with \"kubectl\" with subresource \"scale\" using apps/v1: .spec.replicas"),
         "{err}"
     );
-    assert_eq!(get(&api, "deploy/web", ".spec.replicas"), "5");
+    assert_eq!(get(api, "deploy/web", ".spec.replicas"), "5");
     let out = api.ok(&["apply", "--server-side", "--force-conflicts", "-f", f]);
     assert!(out.contains("serverside-applied"), "{out}");
-    assert_eq!(get(&api, "deploy/web", ".spec.replicas"), "2");
+    assert_eq!(get(api, "deploy/web", ".spec.replicas"), "2");
 
     // A label dropped from the file goes from the object.
     std::fs::write(&file, DEPLOY.replace(", tier: front", "")).unwrap();
     api.ok(&["apply", "--server-side", "-f", f]);
-    let labels = get(&api, "deploy/web", ".metadata.labels");
+    let labels = get(api, "deploy/web", ".metadata.labels");
     assert!(
         !labels.contains("tier") && labels.contains("app"),
         "{labels}"
@@ -172,7 +188,7 @@ fn kubectl_apply_server_side_dry_run_and_diff() {
 
     // A server-side dry run: created and configured as a write would be,
     // and nothing kept.
-    let rv = get(&api, "deploy/web", ".metadata.resourceVersion");
+    let rv = get(api, "deploy/web", ".metadata.resourceVersion");
     let cm = api.agent.dir().join("cm.yaml");
     std::fs::write(
         &cm,
@@ -188,10 +204,10 @@ fn kubectl_apply_server_side_dry_run_and_diff() {
     assert!(out.contains("serverside-applied (server dry run)"), "{out}");
     let gone = api.kubectl(&["get", "cm", "dry"]);
     assert!(!gone.status.success(), "{gone:?}");
-    assert_eq!(get(&api, "deploy/web", ".metadata.resourceVersion"), rv);
+    assert_eq!(get(api, "deploy/web", ".metadata.resourceVersion"), rv);
     let out = api.ok(&["delete", "deploy/web", "--dry-run=server"]);
     assert!(out.contains("deleted (server dry run)"), "{out}");
-    assert_eq!(get(&api, "deploy/web", ".metadata.resourceVersion"), rv);
+    assert_eq!(get(api, "deploy/web", ".metadata.resourceVersion"), rv);
     // A dry-run Service gets a ClusterIP that nobody keeps.
     let svc = "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {ports: [{port: 80}]}\n";
     let sf = api.agent.dir().join("svc.yaml");
@@ -219,7 +235,7 @@ fn kubectl_apply_server_side_dry_run_and_diff() {
     let cf = csa.to_str().unwrap();
     api.ok(&["apply", "-f", cf]);
     assert_eq!(
-        get(&api, "deploy/csa", ".metadata.managedFields[*].manager"),
+        get(api, "deploy/csa", ".metadata.managedFields[*].manager"),
         "kubectl-client-side-apply"
     );
     std::fs::write(&csa, csa_deploy.replace("replicas: 2", "replicas: 3")).unwrap();
@@ -234,11 +250,11 @@ fn kubectl_apply_server_side_dry_run_and_diff() {
         out.contains("deployment.apps/csa serverside-applied"),
         "{out}"
     );
-    assert_eq!(get(&api, "deploy/csa", ".spec.replicas"), "3");
+    assert_eq!(get(api, "deploy/csa", ".spec.replicas"), "3");
     // kubectl moved the client-side fields to its apply (a JSON patch of
     // managedFields) and applies the annotation as its own manager.
     assert_eq!(
-        get(&api, "deploy/csa", ".metadata.managedFields[*].manager"),
+        get(api, "deploy/csa", ".metadata.managedFields[*].manager"),
         "kubectl kubectl-last-applied"
     );
 
@@ -246,11 +262,11 @@ fn kubectl_apply_server_side_dry_run_and_diff() {
     let path = "/apis/apps/v1/namespaces/default/deployments/web";
     let apply = "application/apply-patch+yaml";
     let body = DEPLOY;
-    let (code, out) = raw(&api, "PATCH", path, apply, body);
+    let (code, out) = raw(api, "PATCH", path, apply, body);
     assert_eq!(code, 422, "{out}");
     assert!(out.contains("fieldManager: Required value"), "{out}");
     let q = format!("{path}?fieldManager=t");
-    let (code, out) = raw(&api, "PATCH", &q, apply, "{not: [yaml");
+    let (code, out) = raw(api, "PATCH", &q, apply, "{not: [yaml");
     assert_eq!(code, 400, "{out}");
     assert!(out.contains("error decoding YAML"), "{out}");
     let (code, out) = raw(
@@ -275,13 +291,13 @@ fn kubectl_apply_server_side_dry_run_and_diff() {
     assert_eq!(code, 400, "{out}");
     assert!(out.contains("metadata.name"), "{out}");
     let keyless = body.replace("{name: web, image: nginx", "{image: nginx");
-    let (code, out) = raw(&api, "PATCH", &q, apply, &keyless);
+    let (code, out) = raw(api, "PATCH", &q, apply, &keyless);
     assert_eq!(code, 422, "{out}");
     assert!(
         out.contains("spec.template.spec.containers[0].name"),
         "{out}"
     );
-    let (code, out) = raw(&api, "PATCH", &format!("{q}&dryRun=Bogus"), apply, body);
+    let (code, out) = raw(api, "PATCH", &format!("{q}&dryRun=Bogus"), apply, body);
     assert_eq!(code, 422, "{out}");
     assert!(out.contains("dryRun: Unsupported value"), "{out}");
     let (code, out) = raw(

@@ -178,11 +178,7 @@ fn exercise(api: &Api) {
         assert!(out.contains("+      - image: nginx:1.27"), "{out}");
     }
     assert_eq!(
-        get(
-            &api,
-            "deploy/web",
-            ".spec.template.spec.containers[0].image"
-        ),
+        get(api, "deploy/web", ".spec.template.spec.containers[0].image"),
         "nginx"
     );
 
@@ -269,20 +265,14 @@ fn exercise(api: &Api) {
     let (code, out) = raw(api, "PATCH", &q, apply, "{not: [yaml");
     assert_eq!(code, 400, "{out}");
     assert!(out.contains("error decoding YAML"), "{out}");
-    let (code, out) = raw(
-        &api,
-        "PATCH",
-        &q,
-        apply,
-        &body.replace("apps/v1", "apps/v2"),
-    );
+    let (code, out) = raw(api, "PATCH", &q, apply, &body.replace("apps/v1", "apps/v2"));
     assert_eq!(code, 400, "{out}");
     assert!(
         out.contains("Incorrect version specified in apply patch"),
         "{out}"
     );
     let (code, out) = raw(
-        &api,
+        api,
         "PATCH",
         &q,
         apply,
@@ -301,7 +291,7 @@ fn exercise(api: &Api) {
     assert_eq!(code, 422, "{out}");
     assert!(out.contains("dryRun: Unsupported value"), "{out}");
     let (code, out) = raw(
-        &api,
+        api,
         "PATCH",
         &format!("{q}&force=true"),
         "application/merge-patch+json",

@@ -24,6 +24,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
+use crate::apply::Who;
 use crate::auth::{Attributes, Authorizer, TokenFile, User};
 use crate::pager::{Pager, Refused};
 use crate::select::Selector;
@@ -775,78 +776,6 @@ fn non_resource(s: &Settings, path: &str) -> Option<Resp> {
     })
 }
 
-/// Who writes, for managedFields: the `fieldManager` asked for, else the
-/// client's User-Agent up to its first `/` (`kubectl`), as kube-apiserver
-/// names managers.
-pub(crate) struct Who {
-    /// `fieldManager` from the query, if given.
-    asked: Option<String>,
-    manager: String,
-}
-
-impl Who {
-    fn of(req: &Request<Incoming>, q: &Query) -> Result<Who, Error> {
-        let asked = q
-            .get("fieldManager")
-            .filter(|m| !m.is_empty())
-            .map(str::to_string);
-        if let Some(m) = asked.as_deref().filter(|m| m.chars().count() > 128) {
-            return Err(Error::invalid(
-                "options",
-                "fieldManager",
-                format!(
-                    "Too long: may not be longer than 128 (got {})",
-                    m.chars().count()
-                ),
-            ));
-        }
-        let agent = req
-            .headers()
-            .get(hyper::header::USER_AGENT)
-            .and_then(|a| a.to_str().ok())
-            .and_then(|a| a.split('/').next())
-            .filter(|a| !a.is_empty())
-            .unwrap_or("unknown");
-        let manager = asked
-            .clone()
-            .unwrap_or_else(|| agent.chars().take(128).collect());
-        Ok(Who { asked, manager })
-    }
-
-    fn writer<'a>(&'a self, subresource: &'a str) -> crate::fieldmanager::Writer<'a> {
-        crate::fieldmanager::Writer {
-            manager: &self.manager,
-            subresource,
-        }
-    }
-
-    /// `obj` as created, with its creator's Update entry (defaults
-    /// included, as kube-apiserver defaults before recording).
-    fn created(&self, mut obj: Object) -> Result<Object, Error> {
-        controlplane::defaults::apply(&mut obj);
-        let mut v = obj.to_value();
-        crate::fieldmanager::update(None, &mut v, self.writer(""), &crate::fieldmanager::now());
-        Object::from_value(v).map_err(|e| Error::Internal(format!("managedFields: {e}")))
-    }
-
-    /// `obj` replacing `live`, with the writer's Update entry.
-    fn updated(&self, live: &Object, mut obj: Object) -> Result<Object, Error> {
-        controlplane::defaults::apply(&mut obj);
-        let mut v = obj.to_value();
-        let now = crate::fieldmanager::now();
-        crate::fieldmanager::update(Some(&live.to_value()), &mut v, self.writer(""), &now);
-        Object::from_value(v).map_err(|e| Error::Internal(format!("managedFields: {e}")))
-    }
-
-    /// Records a write through `subresource` (the scale's replicas).
-    fn marker<'a>(&'a self, subresource: &'a str) -> impl Fn(&Value, &mut Value) + Sync + 'a {
-        move |live, new| {
-            let now = crate::fieldmanager::now();
-            crate::fieldmanager::update(Some(live), new, self.writer(subresource), &now)
-        }
-    }
-}
-
 /// Whether a write is a dry run: `dryRun=All` (repeatable); any other
 /// value is refused as kube-apiserver refuses it (422, naming `dryRun`).
 fn dry_run(q: &Query, method: &Method) -> Result<bool, Error> {
@@ -910,7 +839,11 @@ async fn resource(
     } else {
         cp
     };
-    let who = Who::of(&req, q)?;
+    let agent = req
+        .headers()
+        .get(hyper::header::USER_AGENT)
+        .and_then(|a| a.to_str().ok());
+    let who = Who::of(q.get("fieldManager"), agent)?;
     let ctype = media_type(&req);
     if method == Method::PATCH && q.get("force").is_some() && ctype != crate::apply::APPLY {
         return Err(Error::invalid(

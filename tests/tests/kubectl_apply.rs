@@ -299,4 +299,12 @@ fn exercise(api: &Api) {
     );
     assert_eq!(code, 422, "{out}");
     assert!(out.contains("force: Forbidden"), "{out}");
+    // A resourceVersion in the configuration is a precondition.
+    let stale = body.replace(
+        "metadata: {name: web,",
+        "metadata: {resourceVersion: '1', name: web,",
+    );
+    let (code, out) = raw(api, "PATCH", &q, apply, &stale);
+    assert_eq!(code, 409, "{out}");
+    assert!(out.contains("the object has been modified"), "{out}");
 }

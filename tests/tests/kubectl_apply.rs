@@ -126,6 +126,39 @@ fn exercise(api: &Api) {
     );
     assert_eq!(get(api, "deploy/web", ".metadata.resourceVersion"), rv);
 
+    // Other kinds, cluster-scoped and with server-assigned fields (a
+    // Service's ClusterIP, a Pod's defaults): applied twice, written once.
+    let kinds = api.agent.dir().join("kinds.yaml");
+    std::fs::write(
+        &kinds,
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: team}\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {name: svc, namespace: team}\n\
+         spec: {selector: {app: web}, ports: [{port: 80, targetPort: 8080}]}\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: team}\n\
+         spec: {nodeName: test-node, containers: [{name: c, image: busybox, ports: [{containerPort: 80}]}]}\n",
+    )
+    .unwrap();
+    let k = kinds.to_str().unwrap();
+    let out = api.ok(&["apply", "--server-side", "-f", k]);
+    for line in [
+        "namespace/team serverside-applied",
+        "service/svc serverside-applied",
+        "pod/p serverside-applied",
+    ] {
+        assert!(out.contains(line), "{out}");
+    }
+    let versions = |api: &Api| {
+        ["ns/team", "-n=team svc/svc", "-n=team pod/p"].map(|w| {
+            let mut args: Vec<&str> = w.split(' ').collect();
+            let target = args.pop().unwrap();
+            args.extend(["get", target, "-o", "jsonpath={.metadata.resourceVersion}"]);
+            api.ok(&args)
+        })
+    };
+    let before = versions(api);
+    api.ok(&["apply", "--server-side", "-f", k]);
+    assert_eq!(versions(api), before);
+
     // Someone else takes replicas: the next apply conflicts, naming them.
     api.ok(&["scale", "deploy/web", "--replicas=5"]);
     let e = api.kubectl(&["apply", "--server-side", "-f", f]);

@@ -332,6 +332,17 @@ fn exercise(api: &Api) {
     );
     assert_eq!(code, 422, "{out}");
     assert!(out.contains("force: Forbidden"), "{out}");
+    // Strict field validation names an unknown field of the configuration.
+    let unknown = body.replace("replicas: 2", "replicas: 2\n  bogus: 1");
+    let (code, out) = raw(
+        api,
+        "PATCH",
+        &format!("{q}&fieldValidation=Strict"),
+        apply,
+        &unknown,
+    );
+    assert_eq!(code, 400, "{out}");
+    assert!(out.contains("unknown field \\\"spec.bogus\\\""), "{out}");
     // A resourceVersion in the configuration is a precondition.
     let stale = body.replace(
         "metadata: {name: web,",

@@ -10,12 +10,14 @@
 //! speaks the protocol.
 
 pub mod advertise;
+pub mod apply;
 pub mod auth;
 pub mod authz;
 pub mod bootstrap;
 pub mod discovery;
 pub mod exec;
 pub mod exec_spdy;
+pub mod fieldmanager;
 pub mod logs;
 pub mod openapi;
 pub mod pager;

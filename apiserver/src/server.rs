@@ -24,6 +24,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
+use crate::apply::Who;
 use crate::auth::{Attributes, Authorizer, TokenFile, User};
 use crate::pager::{Pager, Refused};
 use crate::select::Selector;
@@ -46,7 +47,7 @@ pub struct Settings {
     pub address: String,
 }
 
-type Resp = Response<Body>;
+pub(crate) type Resp = Response<Body>;
 
 /// kube-apiserver's message for a continue token past compaction.
 const EXPIRED: &str = "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.";
@@ -114,7 +115,7 @@ pub async fn serve(listener: TcpListener, settings: Settings) {
     }
 }
 
-fn json_response(code: u16, v: &Value) -> Resp {
+pub(crate) fn json_response(code: u16, v: &Value) -> Resp {
     bytes_response(code, serde_json::to_vec(v).unwrap_or_default())
 }
 
@@ -792,6 +793,31 @@ fn non_resource(s: &Settings, path: &str) -> Option<Resp> {
     })
 }
 
+/// Whether a write is a dry run: `dryRun=All` (repeatable); any other
+/// value is refused as kube-apiserver refuses it (422, naming `dryRun`).
+fn dry_run(q: &Query, method: &Method) -> Result<bool, Error> {
+    let values: Vec<&str> = q
+        .all()
+        .iter()
+        .filter(|(k, _)| k == "dryRun")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    if values.iter().all(|v| *v == "All") {
+        return Ok(!values.is_empty());
+    }
+    let options = match *method {
+        Method::POST => "CreateOptions",
+        Method::PUT => "UpdateOptions",
+        Method::DELETE => "DeleteOptions",
+        _ => "PatchOptions",
+    };
+    Err(Error::invalid(
+        format!("{options}.meta.k8s.io \"\""),
+        "dryRun",
+        format!("Unsupported value: {values:?}: supported values: \"All\""),
+    ))
+}
+
 /// Whether the client asked for a server-side Table.
 fn wants_table(req: &Request<Incoming>) -> bool {
     req.headers()
@@ -819,11 +845,28 @@ async fn resource(
     };
     let method = req.method().clone();
     let fv = FieldValidation::parse(q.get("fieldValidation"))?;
-    // A dry run must not write; until dry runs are served, refuse them
-    // (kubectl diff and --dry-run=server would otherwise change objects).
-    if method != Method::GET && q.get("dryRun").is_some_and(|d| !d.is_empty()) {
-        return Err(Error::BadRequest(
-            "dryRun: server-side dry runs are not supported by this server".into(),
+    // Writes go to the control plane, or to its dry-run twin when asked.
+    let dry;
+    let cp = if method != Method::GET && dry_run(q, &method)? {
+        dry = s
+            .cp
+            .dry_run()
+            .ok_or_else(|| Error::BadRequest("dryRun: this control plane cannot dry-run".into()))?;
+        dry.as_ref()
+    } else {
+        cp
+    };
+    let agent = req
+        .headers()
+        .get(hyper::header::USER_AGENT)
+        .and_then(|a| a.to_str().ok());
+    let who = Who::of(q.get("fieldManager"), agent)?;
+    let ctype = media_type(&req);
+    if method == Method::PATCH && q.get("force").is_some() && ctype != crate::apply::APPLY {
+        return Err(Error::invalid(
+            "PatchOptions.meta.k8s.io \"\"",
+            "force",
+            "Forbidden: may not be specified for non-apply patch",
         ));
     }
     Ok(Some(match (method, target) {
@@ -889,16 +932,33 @@ async fn resource(
         (Method::GET, Target::Object(what)) => one(cp.get(&what).await?),
         (Method::POST, Target::Collection(scope)) => {
             let (obj, warnings) = checked(body_json(req).await?, &scope, None, fv)?;
+            let obj = who.created(obj)?;
             warn(
                 json_response(201, &cp.create(obj, None).await?.to_value()),
                 &warnings,
             )
         }
-        (Method::PUT, Target::Object(what)) => put(cp, req, &what, false, fv).await?,
-        (Method::PUT, Target::Status(what)) => put(cp, req, &what, true, fv).await?,
+        (Method::PUT, Target::Object(what)) => put(cp, req, &what, Some(&who), fv).await?,
+        (Method::PUT, Target::Status(what)) => put(cp, req, &what, None, fv).await?,
         (Method::GET, Target::Status(what)) => one(cp.get(&what).await?),
-        (Method::PATCH, Target::Object(what)) => patch(s, req, &what, false, fv).await?,
-        (Method::PATCH, Target::Status(what)) => patch(s, req, &what, true, fv).await?,
+        (Method::PATCH, Target::Object(what)) if ctype == crate::apply::APPLY => {
+            let Some(manager) = who.asked.as_deref() else {
+                return Err(Error::invalid(
+                    "PatchOptions.meta.k8s.io \"\"",
+                    "fieldManager",
+                    "Required value: is required for apply patch",
+                ));
+            };
+            let config = crate::apply::configuration(&body_bytes(req).await?, &what)?;
+            let opts = crate::apply::Options {
+                manager,
+                force: q.get("force") == Some("true"),
+                fv,
+            };
+            crate::apply::apply(cp, &what, &config, &opts).await?
+        }
+        (Method::PATCH, Target::Object(what)) => patch(cp, req, &what, Some(&who), fv).await?,
+        (Method::PATCH, Target::Status(what)) => patch(cp, req, &what, None, fv).await?,
         (Method::GET, Target::Scale(what)) => {
             json_response(200, &controlplane::scale::scale_of(&cp.get(&what).await?))
         }
@@ -906,10 +966,17 @@ async fn resource(
             let (replicas, revision) = controlplane::scale::parse_scale(&body_json(req).await?)?;
             json_response(
                 200,
-                &controlplane::scale::set_replicas(cp, &what, replicas, revision).await?,
+                &controlplane::scale::set_replicas_with(
+                    cp,
+                    &what,
+                    replicas,
+                    revision,
+                    &who.marker("scale"),
+                )
+                .await?,
             )
         }
-        (Method::PATCH, Target::Scale(what)) => patch_scale(cp, req, &what).await?,
+        (Method::PATCH, Target::Scale(what)) => patch_scale(cp, req, &what, &who).await?,
         (Method::POST, Target::Binding(what)) => {
             let b = body_json(req).await?;
             let node = b["target"]["name"].as_str().unwrap_or_default();
@@ -951,6 +1018,24 @@ async fn delete(
         Value::Null
     };
     let field = |key: &str| body.get(key).filter(|v| !v.is_null()).cloned();
+    // kubectl sends dryRun in the DeleteOptions body.
+    let dry;
+    let cp = match field("dryRun") {
+        Some(Value::Array(values)) if !values.is_empty() => {
+            if !values.iter().all(|v| v == "All") {
+                return Err(Error::invalid(
+                    "DeleteOptions.meta.k8s.io \"\"",
+                    "dryRun",
+                    format!("Unsupported value: {values:?}: supported values: \"All\""),
+                ));
+            }
+            dry = cp.dry_run().ok_or_else(|| {
+                Error::BadRequest("dryRun: this control plane cannot dry-run".into())
+            })?;
+            dry.as_ref()
+        }
+        _ => cp,
+    };
     let grace =
         match (
             field("gracePeriodSeconds"),
@@ -1025,26 +1110,29 @@ async fn delete(
     Ok(warn(json_response(200, &deleted.to_value()), &warnings))
 }
 
-/// PUT of an object or its status.
+/// PUT of an object (`who` records it in managedFields) or its status
+/// (`None`).
 async fn put(
     cp: &dyn ControlPlane,
     req: Request<Incoming>,
     what: &ObjectRef,
-    status_only: bool,
+    who: Option<&Who>,
     fv: FieldValidation,
 ) -> Result<Resp, Error> {
     let (obj, warnings) = checked(body_json(req).await?, &scope_of(what), Some(&what.name), fv)?;
-    let written = if status_only {
-        cp.update_status(obj).await?
-    } else {
-        cp.update(obj, None).await?
+    let written = match who {
+        None => cp.update_status(obj).await?,
+        Some(who) => {
+            let live = cp.get(what).await?;
+            cp.update(who.updated(&live, obj)?, None).await?
+        }
     };
     Ok(warn(json_response(200, &written.to_value()), &warnings))
 }
 
 /// Decodes a request body for `scope` and checks its fields as `fv` asks:
 /// the object and the warnings to send back.
-fn checked(
+pub(crate) fn checked(
     v: Value,
     scope: &Scope,
     name: Option<&str>,
@@ -1065,7 +1153,7 @@ fn checked(
 
 /// `r` with one `Warning` header per warning (RFC 7234's shape, code 299,
 /// as kube-apiserver sends them; kubectl prints each as `Warning: ...`).
-fn warn(mut r: Resp, warnings: &[String]) -> Resp {
+pub(crate) fn warn(mut r: Resp, warnings: &[String]) -> Resp {
     for w in warnings {
         let text = w.replace('\\', "\\\\").replace('"', "\\\"");
         if let Ok(h) = hyper::header::HeaderValue::from_str(&format!("299 - \"{text}\"")) {
@@ -1075,7 +1163,7 @@ fn warn(mut r: Resp, warnings: &[String]) -> Resp {
     r
 }
 
-fn scope_of(what: &ObjectRef) -> Scope {
+pub(crate) fn scope_of(what: &ObjectRef) -> Scope {
     Scope::namespaced(what.kind, &what.namespace)
 }
 
@@ -1149,6 +1237,7 @@ async fn patch_scale(
     cp: &dyn ControlPlane,
     req: Request<Incoming>,
     what: &ObjectRef,
+    who: &Who,
 ) -> Result<Resp, Error> {
     let ctype = media_type(&req);
     let body = serde_json::from_slice(&body_bytes(req).await?)
@@ -1160,37 +1249,41 @@ async fn patch_scale(
     let revision = revision.filter(|_| pinned);
     Ok(json_response(
         200,
-        &controlplane::scale::set_replicas(cp, what, replicas, revision).await?,
+        &controlplane::scale::set_replicas_with(cp, what, replicas, revision, &who.marker("scale"))
+            .await?,
     ))
 }
 
 /// PATCH of an object or its status: read, patch, write with the read's
 /// resourceVersion; a concurrent write makes it start over.
 async fn patch(
-    s: &Settings,
+    cp: &dyn ControlPlane,
     req: Request<Incoming>,
     what: &ObjectRef,
-    status_only: bool,
+    who: Option<&Who>,
     fv: FieldValidation,
 ) -> Result<Resp, Error> {
     let ctype = media_type(&req);
     let body = serde_json::from_slice(&body_bytes(req).await?)
         .map_err(|e| Error::BadRequest(format!("the patch is not valid JSON: {e}")))?;
     for _ in 0..5 {
-        let current = s.cp.get(what).await?;
+        let current = cp.get(what).await?;
         let mut v = current.to_value();
         apply_patch(&ctype, &mut v, &body)?;
-        let (mut obj, warnings) = checked(v, &scope_of(what), Some(&what.name), fv)?;
+        let (obj, warnings) = checked(v, &scope_of(what), Some(&what.name), fv)?;
+        let mut obj = match who {
+            Some(who) => who.updated(&current, obj)?,
+            None => obj,
+        };
         // A patch that names a resourceVersion is a precondition; one that
         // does not is applied to what was read.
         if revision_of(&obj)?.is_none() {
             obj.meta_mut().resource_version = current.meta().resource_version.clone();
         }
         let pinned = body.pointer("/metadata/resourceVersion").is_some();
-        let written = if status_only {
-            s.cp.update_status(obj).await
-        } else {
-            s.cp.update(obj, None).await
+        let written = match who {
+            None => cp.update_status(obj).await,
+            Some(_) => cp.update(obj, None).await,
         };
         match written {
             Ok(o) => return Ok(warn(json_response(200, &o.to_value()), &warnings)),

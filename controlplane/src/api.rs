@@ -279,6 +279,14 @@ pub trait ControlPlane: Send + Sync {
 
     /// Events in `scope` after `revision` (from [`ControlPlane::list`]).
     async fn watch(&self, scope: &Scope, revision: u64) -> Result<Watch>;
+
+    /// The same control plane in dry-run mode (`dryRun=All`): every write
+    /// is defaulted, validated and checked as a real one and answered
+    /// with the object as it would be stored, and nothing is kept. `None`
+    /// when this control plane cannot dry-run (a client of another one).
+    fn dry_run(&self) -> Option<std::sync::Arc<dyn ControlPlane>> {
+        None
+    }
 }
 
 /// `metadata.resourceVersion` as a number, if set.

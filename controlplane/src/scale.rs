@@ -44,6 +44,18 @@ pub async fn set_replicas(
     replicas: i64,
     revision: Option<String>,
 ) -> Result<Value> {
+    set_replicas_with(cp, what, replicas, revision, &|_, _| {}).await
+}
+
+/// [`set_replicas`], with `mark` given the object as read and as it will
+/// be written, to record who wrote it (the API's managedFields).
+pub async fn set_replicas_with(
+    cp: &dyn ControlPlane,
+    what: &ObjectRef,
+    replicas: i64,
+    revision: Option<String>,
+    mark: &(dyn Fn(&Value, &mut Value) + Sync),
+) -> Result<Value> {
     if !what.kind.info().has(Subresource::Scale) {
         return Err(Error::BadRequest(format!(
             "{} has no scale subresource",
@@ -56,11 +68,13 @@ pub async fn set_replicas(
     let mut tries = 0;
     loop {
         let current = cp.get(what).await?;
-        let mut v = current.to_value();
+        let read = current.to_value();
+        let mut v = read.clone();
         v["spec"]["replicas"] = json!(replicas);
         if let Some(rv) = &revision {
             v["metadata"]["resourceVersion"] = json!(rv);
         }
+        mark(&read, &mut v);
         let obj = Object::from_value(v).map_err(|e| Error::Internal(e.to_string()))?;
         match cp.update(obj, None).await {
             Err(e) if e.is_conflict() && revision.is_none() && tries < 10 => tries += 1,

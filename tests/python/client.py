@@ -1,6 +1,7 @@
 """The official Python `kubernetes` client against the agent's API, with
 the admin kubeconfig the agent wrote: version, list, create, get, patch
-(strategic merge and JSON patch), chunked list, watch and delete.
+(strategic merge and JSON patch), dry runs, chunked list, watch and
+delete.
 Usage: client.py <kubeconfig>. Prints one line per step; exits non-zero
 on the first failure."""
 import sys
@@ -50,6 +51,20 @@ except ApiException as e:
 
 got = core.read_namespaced_config_map("py", "default")
 assert got.data == {"a": "1"}, got.data
+
+# A server-side dry run answers as the write would and keeps nothing.
+dry = core.create_namespaced_config_map("default", client.V1ConfigMap(
+    metadata=client.V1ObjectMeta(name="py-dry")), dry_run="All")
+assert dry.metadata.name == "py-dry" and dry.metadata.uid, dry.metadata
+try:
+    core.read_namespaced_config_map("py-dry", "default")
+    sys.exit("a dry-run create was kept")
+except ApiException as e:
+    assert e.status == 404, e
+core.patch_namespaced_config_map("py", "default", {"data": {"a": "dry"}}, dry_run="All")
+core.delete_namespaced_config_map("py", "default", dry_run="All")
+assert core.read_namespaced_config_map("py", "default").data == {"a": "1"}
+print("dry run: nothing kept")
 core.patch_namespaced_config_map("py", "default", {"data": {"b": "2"}})
 core.patch_namespaced_config_map(
     "py", "default", [{"op": "add", "path": "/metadata/labels/x", "value": "y"}])
@@ -89,7 +104,8 @@ apps.delete_namespaced_deployment("py-web", "default")
 
 core.delete_namespaced_config_map("py", "default")
 t.join(60)
-assert seen[:1] == ["ADDED"] and "MODIFIED" in seen and seen[-1] == "DELETED", seen
+# Two patches, one delete: the dry runs made no events.
+assert seen == ["ADDED", "MODIFIED", "MODIFIED", "DELETED"], seen
 print("watched", seen)
 try:
     core.read_namespaced_config_map("py", "default")

@@ -21,6 +21,7 @@ use crate::api::{
 };
 use crate::defaults::{self, DEFAULT_NAMESPACE};
 use crate::objects::{Kind, Object};
+use crate::storage::dry_run::DryRun;
 use crate::storage::{Precondition, RawEvent, Storage, Stored, Write, WriteError};
 use crate::validate;
 
@@ -446,7 +447,8 @@ impl Registry {
         let what = ObjectRef::of(&obj);
         match r {
             Ok(rev) => {
-                obj.meta_mut().resource_version = Some(rev.to_string());
+                // 0: a dry-run create, never stored, has no revision.
+                obj.meta_mut().resource_version = (rev != 0).then(|| rev.to_string());
                 Ok(obj)
             }
             Err(WriteError::Exists) => Err(Error::AlreadyExists {
@@ -678,6 +680,13 @@ impl ControlPlane for Registry {
             }
         });
         Ok(watch)
+    }
+
+    fn dry_run(&self) -> Option<Arc<dyn ControlPlane>> {
+        Some(Arc::new(Registry {
+            storage: Arc::new(DryRun::new(self.storage.clone())),
+            alloc: self.alloc.clone(),
+        }))
     }
 }
 
@@ -966,5 +975,54 @@ mod tests {
             e.contains("cluster-dns 10.0.0.10 is outside the service CIDR 10.96.0.0/12"),
             "{e}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_dry_run_checks_like_a_write_and_keeps_nothing() {
+        let (reg, dir) = temp_registry(Allocators::default());
+        reg.bootstrap().await.unwrap();
+        let dry = reg.dry_run().unwrap();
+        let (_, rev) = reg.storage.list("").await.unwrap();
+        // A create: defaulted, an address picked, no revision, nothing kept.
+        let made = dry.create(service("web", None), None).await.unwrap();
+        let Object::Service(svc) = &made else {
+            panic!("not a Service")
+        };
+        assert!(svc.spec.as_ref().unwrap().cluster_ip.is_some());
+        assert_eq!(made.meta().resource_version, None);
+        assert!(made.meta().uid.is_some());
+        let what = ObjectRef::new(Kind::Service, "default", "web");
+        assert!(reg.get(&what).await.unwrap_err().is_not_found());
+        // An address held by another Service is refused as a write would be.
+        let kept = reg.create(service("held", None), None).await.unwrap();
+        let Object::Service(held) = &kept else {
+            panic!("not a Service")
+        };
+        let ip = held.spec.as_ref().unwrap().cluster_ip.clone().unwrap();
+        let e = dry
+            .create(service("web", Some(&ip)), None)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::Invalid(_)), "{e}");
+        // Update and delete: answered, not done.
+        let (_, rev) = (rev, reg.storage.list("").await.unwrap().1);
+        let mut changed = kept.clone();
+        changed.meta_mut().labels = Some([("a".to_string(), "b".to_string())].into());
+        let updated = dry.update(changed, None).await.unwrap();
+        assert!(updated.meta().labels.is_some());
+        assert_eq!(
+            updated.meta().resource_version,
+            kept.meta().resource_version
+        );
+        dry.delete(&ObjectRef::of(&kept), None).await.unwrap();
+        let still = reg.get(&ObjectRef::of(&kept)).await.unwrap();
+        assert_eq!(still.meta().resource_version, kept.meta().resource_version);
+        assert_eq!(still.meta().labels, None);
+        assert_eq!(reg.storage.list("").await.unwrap().1, rev);
+        // The same errors: a stale revision is a conflict.
+        let mut stale = kept.clone();
+        stale.meta_mut().resource_version = Some("1".into());
+        assert!(dry.update(stale, None).await.unwrap_err().is_conflict());
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

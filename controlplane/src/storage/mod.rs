@@ -9,6 +9,7 @@
 //! owner's key, written and released in the owner's transaction so that
 //! two writers can never take the same one.
 
+pub mod dry_run;
 pub mod embedded;
 pub mod etcd;
 

@@ -528,6 +528,8 @@ impl Config {
             }
         }
         cluster_cidrs(&c.cluster_cidr)?;
+        // One CIDR or an IPv4,IPv6 pair, refused at start with the reason.
+        controlplane::registry::Allocators::parse(&c.service_cidr, &c.service_node_port_range)?;
         if c.container_log_max_files < 2 {
             bail!(
                 "container-log-max-files: {} must be at least 2 (the live file and one rotated), as kubelet's",

@@ -527,7 +527,13 @@ impl Config {
                 bail!("nodeport-addresses: {a:?} is not an IPv4 address");
             }
         }
-        cluster_cidrs(&c.cluster_cidr)?;
+        let (_, v6) = cluster_cidrs(&c.cluster_cidr)?;
+        if v6.is_some() && c.enabled("proxy") && c.proxy_mode == Some(proxy::ProxyMode::Iptables) {
+            bail!(
+                "proxy-mode: iptables programs IPv4 Services only and cluster-cidr {:?} is dual-stack: use proxy-mode nftables (the default) for IPv6 Services",
+                c.cluster_cidr
+            );
+        }
         // One CIDR or an IPv4,IPv6 pair, refused at start with the reason.
         controlplane::registry::Allocators::parse(&c.service_cidr, &c.service_node_port_range)?;
         if c.container_log_max_files < 2 {

@@ -110,6 +110,8 @@ pub(crate) fn kernel_settings(part: &str) {
         }
     }
     ensure("net/bridge/bridge-nf-call-iptables");
+    // The same for IPv6 Services (the kernel's default, made sure of).
+    ensure("net/bridge/bridge-nf-call-ip6tables");
 }
 
 /// Runs a part's controller (`run` makes a fresh one) for ever,

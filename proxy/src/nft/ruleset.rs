@@ -9,11 +9,12 @@ use std::time::Duration;
 
 use hostnet::nftables::{
     ct_state, ct_status, Batch, Chain, ChainType, CmpOp, CtKey, DataType, Elem, Expr, Family,
-    Field, Hook, LookupDest, MapData, MetaKey, NatKind, Reg, Set, SetFlags, Table, Value, Verdict,
-    RTN_LOCAL,
+    Field, Hook, LookupDest, MapData, MetaKey, NatKind, Reg, Reject, Set, SetFlags, Table, Value,
+    Verdict, RTN_LOCAL,
 };
 
 use crate::family::Addr;
+use crate::rules::names::Protocol;
 use crate::rules::NodeConfig;
 use crate::view::{Endpoint, ServicePort};
 
@@ -630,6 +631,25 @@ pub fn skeleton_for<F: Addr>(node: &NodeConfig) -> Batch {
                 Some("short-circuit local traffic"),
             );
         }
+        if i == 0 && F::TCP_RESET {
+            // TCP first, with a reset (see `Addr::TCP_RESET`).
+            let tcp = || {
+                vec![
+                    Expr::meta(MetaKey::L4Proto, r(0)),
+                    Expr::cmp_eq(r(0), &[Protocol::Tcp.number()]),
+                    Expr::Reject(Reject::TcpReset),
+                ]
+            };
+            let vip = cat(vec![vip_key::<F>(), vec![Expr::lookup(vips, r(0))], tcp()]);
+            b.add_rule(&t, "service-endpoints-check", vip, None);
+            let np = cat(vec![
+                nodeport_addr::<F>(node),
+                port_key(),
+                vec![Expr::lookup(node_ports, r(0))],
+                tcp(),
+            ]);
+            b.add_rule(&t, "service-endpoints-check", np, None);
+        }
         let vip = cat(vec![
             vip_key::<F>(),
             vec![Expr::lookup(vips, r(0)), end.clone()],
@@ -792,13 +812,14 @@ fn ct_bits(key: CtKey, bits: u32, op: CmpOp) -> Vec<Expr> {
 
 /// `load` into R0, then `R0 & mask <op> data`.
 fn masked(load: Expr, mask: Vec<u8>, op: CmpOp, data: Vec<u8>) -> Vec<Expr> {
+    let xor = vec![0; mask.len()];
     vec![
         load,
         Expr::Bitwise {
             sreg: r(0),
             dreg: r(0),
             mask,
-            xor: vec![0; 4],
+            xor,
         },
         Expr::Cmp {
             sreg: r(0),

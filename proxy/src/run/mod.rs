@@ -153,6 +153,17 @@ fn proxier(cfg: &ProxyConfig) -> Result<Box<dyn Proxier>> {
                 Ok(false) => {}
                 Err(e) => tracing::warn!(error = %e, "proxy: remove the iptables mode's rules"),
             }
+            if cfg.node.cluster_cidr_v6.is_none() {
+                // A node that was dual-stack before this start.
+                let ip6 = crate::nft::ruleset::table_for::<Ipv6Addr>();
+                match hostnet::nftables::delete_table_if_present(nft.as_ref(), &ip6) {
+                    Ok(true) => {
+                        tracing::info!("proxy: removed table ip6 kube-proxy (single-stack now)")
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(error = %e, "proxy: remove table ip6 kube-proxy"),
+                }
+            }
             let mut s =
                 NftSyncer::new(nft, cfg.node.clone()).with_full_sync_period(cfg.full_sync_period);
             if let Some(ct) = ct {
@@ -348,7 +359,7 @@ async fn run_family<A: Engine>(
                 // change for them; the first view goes over even empty.
                 if !changes.is_empty() || !sent_first {
                     sent_first = true;
-                    metrics.queued(at);
+                    metrics.queued_in(A::NAME, at);
                     mailbox.put(Desired { changes, at });
                 }
             }
@@ -464,7 +475,7 @@ fn sync_thread<A: Engine>(rx: &Mailbox<A>, cfg: &ProxyConfig, metrics: &Metrics)
         match syncer.sync_changed(view, &owed.changed) {
             Ok(outcome) => {
                 owed.changed.clear();
-                metrics.synced(&outcome, owed.queued.take());
+                metrics.synced_in(A::NAME, &outcome, owed.queued.take());
                 tracing::debug!(full = outcome.full, written = outcome.chains_written, took = ?outcome.duration, "proxy: synced");
             }
             Err(e) => {

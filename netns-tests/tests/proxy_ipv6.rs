@@ -5,13 +5,14 @@
 //! only; clients and servers are real sockets.
 
 use std::io::Read;
-use std::net::{Ipv6Addr, SocketAddr, TcpStream};
+use std::net::{Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
 use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use netns_tests::{require_root, TestNs};
+use proxy::conntrack::netlink::NetlinkConntrack;
 use proxy::rules::names::{Protocol, ServicePortName};
 use proxy::{Endpoint, NftSyncer, NodeConfig, Proxier, ServicePort};
 
@@ -118,12 +119,13 @@ impl Lab {
 
     /// A server in pod `i` answering every TCP connection on `port` with `name`.
     fn serve(&mut self, i: usize, port: u16, name: &str) -> Result<()> {
+        self.serve_on(i, &format!("TCP6-LISTEN:{port},fork,reuseaddr"), name)
+    }
+
+    /// A server in pod `i` on socat address `listen`, answering `name`.
+    fn serve_on(&mut self, i: usize, listen: &str, name: &str) -> Result<()> {
         let child = self.pods[i]
-            .cmd(&[
-                "socat",
-                &format!("TCP6-LISTEN:{port},fork,reuseaddr"),
-                &format!("SYSTEM:echo {name}"),
-            ])
+            .cmd(&["socat", listen, &format!("SYSTEM:echo {name}")])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -256,6 +258,90 @@ fn ipv6_cluster_ips_node_ports_and_rejects_in_table_ip6() -> Result<()> {
         e.to_string().contains("refused") && start.elapsed() < Duration::from_millis(500),
         "{e} after {:?}",
         start.elapsed()
+    );
+    Ok(())
+}
+
+/// One datagram from `ns`, from source port `sport`, to `[ip]:port`: the
+/// answer, or `None` within a second.
+fn udp_ask(ns: &TestNs, sport: u16, ip: &str, port: u16) -> Result<Option<String>> {
+    let to = SocketAddr::new(ip.parse()?, port);
+    ns.run(|| -> std::io::Result<Option<String>> {
+        let s = UdpSocket::bind(SocketAddr::new("::".parse().expect("any"), sport))?;
+        s.set_read_timeout(Some(Duration::from_secs(1)))?;
+        s.send_to(b"ask\n", to)?;
+        let mut buf = [0u8; 64];
+        match s.recv(&mut buf) {
+            Ok(n) => Ok(Some(String::from_utf8_lossy(&buf[..n]).trim().to_string())),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    })?
+    .map_err(|e| anyhow!("udp [{ip}]:{port}: {e}"))
+}
+
+#[test]
+fn a_replaced_ipv6_udp_endpoint_loses_its_stale_conntrack_entry() -> Result<()> {
+    if !require_root("a_replaced_ipv6_udp_endpoint_loses_its_stale_conntrack_entry") {
+        return Ok(());
+    }
+    let mut lab = Lab::new(3)?;
+    lab.serve_on(0, "UDP6-RECVFROM:5353,fork", "a")?;
+    lab.serve_on(1, "UDP6-RECVFROM:5353,fork", "b")?;
+    let node = NodeConfig {
+        node_name: "n1".into(),
+        node_ips: Vec::new(),
+        cluster_cidr: Some("10.244.0.0/16".parse()?),
+        cluster_cidr_v6: Some("fd00:10:244::/56".parse()?),
+        masquerade_all: false,
+        localhost_nodeports: false,
+    };
+    let mut syncer = lab.node.run(|| -> Result<NftSyncer<Ipv6Addr>> {
+        let nft = hostnet::nftables::NfTablesSocket::open()?;
+        let ct = NetlinkConntrack::open_ipv6()?;
+        Ok(NftSyncer::<Ipv6Addr>::new(Arc::new(nft), node).with_conntrack(Arc::new(ct)))
+    })??;
+    let dns = |ep: usize| {
+        let mut sp = port("dns", "fd00:96::53", &[pod_ip(ep)]);
+        sp.protocol = Protocol::Udp;
+        sp.port = 53;
+        for e in &mut sp.endpoints {
+            e.port = 5353;
+        }
+        sp
+    };
+    let sync = |s: &mut NftSyncer<Ipv6Addr>, sp: ServicePort<Ipv6Addr>| {
+        lab.node
+            .run(|| s.sync(&[sp]))?
+            .map_err(|e| anyhow!("sync: {e}"))
+    };
+    sync(&mut syncer, dns(0))?;
+    let client = &lab.pods[2];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut first = None;
+    while first.is_none() && Instant::now() < deadline {
+        first = udp_ask(client, 40000, "fd00:96::53", 53)?;
+    }
+    assert_eq!(first.as_deref(), Some("a"));
+    // a keeps running: only a stale entry could still lead there.
+    let o = sync(&mut syncer, dns(1))?;
+    assert_eq!(o.conntrack_deleted, 1, "the flow to a is deleted");
+    let mut next = None;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while next.is_none() && Instant::now() < deadline {
+        next = udp_ask(client, 40000, "fd00:96::53", 53)?;
+    }
+    assert_eq!(
+        next.as_deref(),
+        Some("b"),
+        "the same 5-tuple reaches the new endpoint"
     );
     Ok(())
 }

@@ -10,12 +10,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use hostnet::nftables::{CmpOp, CtKey, DataType, Expr, Family, Field, Reg, Reject};
 
-use crate::conntrack::UdpTarget;
 use crate::rules::NodeConfig;
-use crate::view::ServicePort;
 
 /// An address of one family.
-pub trait Addr: Copy + Ord + Hash + Debug + Display + Send + Sync + 'static {
+pub trait Addr: Copy + Ord + Hash + Debug + Display + Into<IpAddr> + Send + Sync + 'static {
     /// `IPv4` or `IPv6`, as Services and EndpointSlices name it.
     const NAME: &'static str;
     /// The nftables family of the proxy's table.
@@ -50,13 +48,6 @@ pub trait Addr: Copy + Ord + Hash + Debug + Display + Send + Sync + 'static {
     fn cluster_prefix(node: &NodeConfig) -> Option<(Vec<u8>, Vec<u8>)>;
     /// The `nodeport-addresses` of this family.
     fn nodeport_ips(node: &NodeConfig) -> Vec<Self>;
-    /// The stale UDP flows to look for when `now` replaces `was`
-    /// (`crate::sync::udp_targets`); none for IPv6, whose conntrack
-    /// cleanup is not written yet.
-    fn udp_targets(now: &ServicePort<Self>, was: &ServicePort<Self>) -> Vec<UdpTarget> {
-        let _ = (now, was);
-        Vec::new()
-    }
     /// Whether the node's NodePorts are restricted to `nodeport-addresses`.
     fn nodeports_restricted(node: &NodeConfig) -> bool {
         !Self::nodeport_ips(node).is_empty()
@@ -128,10 +119,6 @@ impl Addr for Ipv4Addr {
 
     fn nodeport_ips(node: &NodeConfig) -> Vec<Self> {
         node.node_ips.clone()
-    }
-
-    fn udp_targets(now: &ServicePort<Self>, was: &ServicePort<Self>) -> Vec<UdpTarget> {
-        crate::sync::udp_targets(now, was)
     }
 }
 

@@ -25,7 +25,7 @@ use crate::conntrack::{self, Conntrack, UdpTarget};
 use crate::family::Addr;
 use crate::rules::names::Protocol;
 use crate::rules::NodeConfig;
-use crate::sync::{Proxier, SyncOutcome, DEFAULT_FULL_SYNC_PERIOD};
+use crate::sync::{udp_targets, Proxier, SyncOutcome, DEFAULT_FULL_SYNC_PERIOD};
 use crate::view::{group, ServiceKey, ServiceMap, ServicePort};
 use crate::Result;
 
@@ -304,7 +304,7 @@ impl<F: Addr> NftSyncer<F> {
         w: &mut Walk,
     ) {
         if sp.protocol == Protocol::Udp && (full || old.is_none_or(|p| !p.same_endpoints(sp))) {
-            w.udp.extend(F::udp_targets(sp, sp));
+            w.udp.extend(udp_targets(sp, sp));
         }
         let elems = service_elements(sp);
         w.timeouts.extend(sp.affinity_seconds);
@@ -340,7 +340,7 @@ impl<F: Addr> NftSyncer<F> {
                 local_fallback: Vec::new(),
                 ..view.clone()
             };
-            w.udp.extend(F::udp_targets(&none, view));
+            w.udp.extend(udp_targets(&none, view));
         }
     }
 
@@ -387,7 +387,11 @@ impl<F: Addr> NftSyncer<F> {
 
     fn clean_conntrack(&self, targets: &[UdpTarget]) -> usize {
         let Some(ct) = &self.conntrack else { return 0 };
-        match conntrack::clean(ct.as_ref(), targets, &self.node.node_ips) {
+        let node_ips: Vec<std::net::IpAddr> = F::nodeport_ips(&self.node)
+            .into_iter()
+            .map(Into::into)
+            .collect();
+        match conntrack::clean(ct.as_ref(), targets, &node_ips) {
             Ok(n) => n,
             Err(e) => {
                 tracing::warn!(error = %e, "clean stale UDP conntrack entries");

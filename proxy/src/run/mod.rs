@@ -126,10 +126,13 @@ impl Engine for Ipv6Addr {
     fn proxier(cfg: &ProxyConfig) -> Result<Box<dyn Proxier<Self>>> {
         hostnet::sysctl::ensure("net/ipv6/conf/all/forwarding", "1")?;
         let nft = Arc::new(hostnet::nftables::NfTablesSocket::open()?);
-        Ok(Box::new(
-            NftSyncer::<Ipv6Addr>::new(nft, cfg.node.clone())
-                .with_full_sync_period(cfg.full_sync_period),
-        ))
+        let mut s = NftSyncer::<Ipv6Addr>::new(nft, cfg.node.clone())
+            .with_full_sync_period(cfg.full_sync_period);
+        match NetlinkConntrack::open_ipv6() {
+            Ok(ct) => s = s.with_conntrack(Arc::new(ct)),
+            Err(e) => tracing::warn!(error = %e, "proxy: no IPv6 UDP conntrack cleanup"),
+        }
+        Ok(Box::new(s))
     }
 }
 

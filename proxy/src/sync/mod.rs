@@ -10,7 +10,7 @@ mod payload;
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -424,7 +424,7 @@ impl Syncer {
     /// returned: the rules are in place and the next change retries.
     fn clean_conntrack(&self, targets: &[UdpTarget]) -> usize {
         let Some(ct) = &self.conntrack else { return 0 };
-        let node_ips: Vec<Ipv4Addr> = self.node.node_ips.clone();
+        let node_ips: Vec<IpAddr> = self.node.node_ips.iter().map(|ip| (*ip).into()).collect();
         match conntrack::clean(ct.as_ref(), targets, &node_ips) {
             Ok(n) => n,
             Err(e) => {
@@ -465,11 +465,11 @@ pub fn cleanup(ipt: &dyn Iptables) -> Result<bool> {
 
 /// Where `now` is reached (taken from `was`, which names its VIP and
 /// NodePort) and the endpoints it leads to now.
-pub(crate) fn udp_targets(now: &ServicePort, was: &ServicePort) -> Vec<UdpTarget> {
-    let endpoints: BTreeSet<(Ipv4Addr, u16)> =
-        now.all_endpoints().map(|e| (e.ip, e.port)).collect();
+pub(crate) fn udp_targets<A: Addr>(now: &ServicePort<A>, was: &ServicePort<A>) -> Vec<UdpTarget> {
+    let endpoints: BTreeSet<(IpAddr, u16)> =
+        now.all_endpoints().map(|e| (e.ip.into(), e.port)).collect();
     let mut v = vec![UdpTarget {
-        dest: Dest::ClusterIp(was.cluster_ip, was.port),
+        dest: Dest::ClusterIp(was.cluster_ip.into(), was.port),
         endpoints: endpoints.clone(),
     }];
     if let Some(np) = was.node_port {

@@ -165,8 +165,9 @@ impl<A: Addr> ServicePort<A> {
 /// The Service ports of `services` that this node proxies, with their
 /// endpoints among `pods` as `endpoints_for` finds them (for tests and
 /// tools; the proxy itself reads EndpointSlices, [`ports_of`]). Skipped: headless Services and those without a ClusterIP,
-/// ExternalName Services, non-IPv4 addresses (this proxy programs IPv4
-/// only) and ports with an unknown protocol. Sorted by port name.
+/// ExternalName Services, non-IPv4 addresses (IPv4 ports only; the
+/// proxy's IPv6 pipeline uses [`ports_of`] for `Ipv6Addr`) and ports with
+/// an unknown protocol. Sorted by port name.
 pub fn service_ports(services: &[Service], pods: &[Pod], node_name: &str) -> Vec<ServicePort> {
     let mut out: Vec<ServicePort> = services
         .iter()
@@ -180,9 +181,9 @@ pub fn service_ports(services: &[Service], pods: &[Pod], node_name: &str) -> Vec
 /// its EndpointSlices, `controlplane::endpoints::from_slices`): the ready
 /// ones, or the serving terminating ones when none is ready (`targets`).
 /// An endpoint is local when its node is `node_name`. Skipped: headless
-/// Services and those without a ClusterIP, ExternalName Services,
-/// non-IPv4 addresses (this proxy programs IPv4 only) and ports with an
-/// unknown protocol.
+/// Services and those without a ClusterIP of family `A` (from
+/// `clusterIPs`), ExternalName Services, addresses of the other family
+/// and ports with an unknown protocol.
 pub fn ports_of<A: Addr>(
     service: &Service,
     subsets: &[Endpoints],
@@ -199,7 +200,7 @@ pub fn with_endpoints<A: Addr>(
     subsets: &[Endpoints],
     node_name: &str,
 ) -> Vec<ServicePort<A>> {
-    let v4 = |e: &controlplane::endpoints::Endpoint, target: i32| -> Option<Endpoint<A>> {
+    let of_family = |e: &controlplane::endpoints::Endpoint, target: i32| -> Option<Endpoint<A>> {
         let ip = A::of(e.ip)?;
         Some(Endpoint {
             ip,
@@ -219,14 +220,14 @@ pub fn with_endpoints<A: Addr>(
             let endpoints = sorted(
                 targets(subsets, name)
                     .into_iter()
-                    .filter_map(|(e, target)| v4(e, target))
+                    .filter_map(|(e, target)| of_family(e, target))
                     .collect(),
             );
             let local_fallback = if sp.uses_local_endpoints() && !endpoints.iter().any(|e| e.local)
             {
                 sorted(
                     local_terminating(subsets, name, node_name)
-                        .filter_map(|(e, target)| v4(e, target))
+                        .filter_map(|(e, target)| of_family(e, target))
                         .collect(),
                 )
             } else {
@@ -285,7 +286,7 @@ pub fn service_ports_of<A: Addr>(service: &Service) -> Vec<ServicePort<A>> {
             .and_then(|t| u32::try_from(t).ok())
             .unwrap_or(DEFAULT_AFFINITY_SECONDS)
     });
-    let v4 = |ips: Vec<&str>| -> Vec<A> {
+    let of_family = |ips: Vec<&str>| -> Vec<A> {
         let mut v: Vec<A> = ips
             .into_iter()
             .filter_map(|ip| ip.parse::<IpAddr>().ok())
@@ -295,21 +296,24 @@ pub fn service_ports_of<A: Addr>(service: &Service) -> Vec<ServicePort<A>> {
         v.dedup();
         v
     };
-    let external_ips = v4(spec
-        .external_ips
-        .iter()
-        .flatten()
-        .map(String::as_str)
-        .collect());
-    let load_balancer_ips = if ty == "LoadBalancer" {
-        v4(service
-            .status
+    let external_ips = of_family(
+        spec.external_ips
             .iter()
-            .filter_map(|s| s.load_balancer.as_ref())
-            .filter_map(|lb| lb.ingress.as_ref())
             .flatten()
-            .filter_map(|i| i.ip.as_deref())
-            .collect())
+            .map(String::as_str)
+            .collect(),
+    );
+    let load_balancer_ips = if ty == "LoadBalancer" {
+        of_family(
+            service
+                .status
+                .iter()
+                .filter_map(|s| s.load_balancer.as_ref())
+                .filter_map(|lb| lb.ingress.as_ref())
+                .flatten()
+                .filter_map(|i| i.ip.as_deref())
+                .collect(),
+        )
     } else {
         Vec::new()
     };

@@ -1,4 +1,5 @@
-//! The nftables mode's sync engine: table `ip kube-proxy` built once per
+//! The nftables mode's sync engine (one per address family): table `ip
+//! kube-proxy` (or `ip6 kube-proxy`) built once per
 //! full sync (delete + recreate in one transaction) from the static
 //! skeleton of [`ruleset`], then kept current by partial syncs that send
 //! only set/map element changes, one transaction each. A deleted or

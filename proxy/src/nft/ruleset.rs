@@ -1,5 +1,5 @@
 //! The nftables mode's ruleset as pure functions: the static skeleton of
-//! table `ip kube-proxy` (chains, sets, maps, rules; it depends on the
+//! table `ip kube-proxy` or `ip6 kube-proxy` (chains, sets, maps, rules; it depends on the
 //! node only) and the set/map elements one Service port contributes. A
 //! Service, an endpoint or a NodePort is elements only, never a rule.
 //! Nothing here talks to the kernel.
@@ -18,7 +18,7 @@ use crate::rules::names::Protocol;
 use crate::rules::NodeConfig;
 use crate::view::{Endpoint, ServicePort};
 
-/// The proxy's table (one per family; IPv4 only for now).
+/// The proxy's table (one per family: `ip` and, dual-stack, `ip6`).
 pub const TABLE: &str = "kube-proxy";
 
 /// Endpoint counts up to this get a tier of their own (`numgen random mod

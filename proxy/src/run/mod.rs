@@ -124,7 +124,11 @@ impl Engine for Ipv4Addr {
 /// the other mode's rules.
 impl Engine for Ipv6Addr {
     fn proxier(cfg: &ProxyConfig) -> Result<Box<dyn Proxier<Self>>> {
-        hostnet::sysctl::ensure("net/ipv6/conf/all/forwarding", "1")?;
+        // As the bridge plugin does for an IPv6 range; not fatal (the
+        // operator may have set it another way).
+        if let Err(e) = hostnet::sysctl::ensure("net/ipv6/conf/all/forwarding", "1") {
+            tracing::warn!(error = %e, "proxy: net.ipv6.conf.all.forwarding");
+        }
         let nft = Arc::new(hostnet::nftables::NfTablesSocket::open()?);
         let mut s = NftSyncer::<Ipv6Addr>::new(nft, cfg.node.clone())
             .with_full_sync_period(cfg.full_sync_period);

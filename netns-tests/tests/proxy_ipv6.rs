@@ -117,6 +117,28 @@ impl Lab {
         Ok(lab)
     }
 
+    /// The IPv6 engine programming the node namespace (built inside it),
+    /// with UDP conntrack cleanup when `conntrack`.
+    fn syncer(&self, conntrack: bool) -> Result<NftSyncer<Ipv6Addr>> {
+        let node = NodeConfig {
+            node_name: "n1".into(),
+            node_ips: Vec::new(),
+            cluster_cidr: Some("10.244.0.0/16".parse()?),
+            cluster_cidr_v6: Some("fd00:10:244::/56".parse()?),
+            masquerade_all: false,
+            localhost_nodeports: false,
+        };
+        self.node.run(|| -> Result<NftSyncer<Ipv6Addr>> {
+            let nft = hostnet::nftables::NfTablesSocket::open()?;
+            let s = NftSyncer::<Ipv6Addr>::new(Arc::new(nft), node);
+            Ok(if conntrack {
+                s.with_conntrack(Arc::new(NetlinkConntrack::open_ipv6()?))
+            } else {
+                s
+            })
+        })?
+    }
+
     /// A server in pod `i` answering every TCP connection on `port` with `name`.
     fn serve(&mut self, i: usize, port: u16, name: &str) -> Result<()> {
         self.serve_on(i, &format!("TCP6-LISTEN:{port},fork,reuseaddr"), name)
@@ -189,18 +211,7 @@ fn ipv6_cluster_ips_node_ports_and_rejects_in_table_ip6() -> Result<()> {
     let mut lab = Lab::new(3)?;
     lab.serve(0, 8080, "a")?;
     lab.serve(1, 8080, "b")?;
-    let node = NodeConfig {
-        node_name: "n1".into(),
-        node_ips: Vec::new(),
-        cluster_cidr: Some("10.244.0.0/16".parse()?),
-        cluster_cidr_v6: Some("fd00:10:244::/56".parse()?),
-        masquerade_all: false,
-        localhost_nodeports: false,
-    };
-    let mut syncer = lab.node.run(|| -> Result<NftSyncer<Ipv6Addr>> {
-        let nft = hostnet::nftables::NfTablesSocket::open()?;
-        Ok(NftSyncer::<Ipv6Addr>::new(Arc::new(nft), node))
-    })??;
+    let mut syncer = lab.syncer(false)?;
     let mut web = port("web", "fd00:96::10", &[pod_ip(0), pod_ip(1)]);
     web.node_port = Some(30080);
     let mut pinned = port("pinned", "fd00:96::12", &[pod_ip(0), pod_ip(1)]);
@@ -295,19 +306,7 @@ fn a_replaced_ipv6_udp_endpoint_loses_its_stale_conntrack_entry() -> Result<()> 
     let mut lab = Lab::new(3)?;
     lab.serve_on(0, "UDP6-RECVFROM:5353,fork", "a")?;
     lab.serve_on(1, "UDP6-RECVFROM:5353,fork", "b")?;
-    let node = NodeConfig {
-        node_name: "n1".into(),
-        node_ips: Vec::new(),
-        cluster_cidr: Some("10.244.0.0/16".parse()?),
-        cluster_cidr_v6: Some("fd00:10:244::/56".parse()?),
-        masquerade_all: false,
-        localhost_nodeports: false,
-    };
-    let mut syncer = lab.node.run(|| -> Result<NftSyncer<Ipv6Addr>> {
-        let nft = hostnet::nftables::NfTablesSocket::open()?;
-        let ct = NetlinkConntrack::open_ipv6()?;
-        Ok(NftSyncer::<Ipv6Addr>::new(Arc::new(nft), node).with_conntrack(Arc::new(ct)))
-    })??;
+    let mut syncer = lab.syncer(true)?;
     let dns = |ep: usize| {
         let mut sp = port("dns", "fd00:96::53", &[pod_ip(ep)]);
         sp.protocol = Protocol::Udp;

@@ -219,9 +219,14 @@ mod tests {
     use super::*;
 
     fn tuple(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
+        tuple_of((CTA_IP_V4_SRC, &src), (CTA_IP_V4_DST, &dst), sport, dport)
+    }
+
+    /// A UDP tuple with the address attributes `(type, bytes)`.
+    fn tuple_of(src: (u16, &[u8]), dst: (u16, &[u8]), sport: u16, dport: u16) -> Vec<u8> {
         let mut ip = Vec::new();
-        put(&mut ip, CTA_IP_V4_SRC, &src);
-        put(&mut ip, CTA_IP_V4_DST, &dst);
+        put(&mut ip, src.0, src.1);
+        put(&mut ip, dst.0, dst.1);
         let mut l4 = Vec::new();
         put(&mut l4, CTA_PROTO_NUM, &[17]);
         put(&mut l4, CTA_PROTO_SRC_PORT, &sport.to_be_bytes());
@@ -262,25 +267,16 @@ mod tests {
     #[test]
     fn a_dumped_ipv6_flow_decodes() {
         let t = |src: &str, dst: &str, sport: u16, dport: u16| {
-            let mut ip = Vec::new();
-            put(
-                &mut ip,
-                CTA_IP_V6_SRC,
-                &src.parse::<Ipv6Addr>().unwrap().octets(),
+            let (src, dst) = (
+                src.parse::<Ipv6Addr>().unwrap(),
+                dst.parse::<Ipv6Addr>().unwrap(),
             );
-            put(
-                &mut ip,
-                CTA_IP_V6_DST,
-                &dst.parse::<Ipv6Addr>().unwrap().octets(),
-            );
-            let mut l4 = Vec::new();
-            put(&mut l4, CTA_PROTO_NUM, &[17]);
-            put(&mut l4, CTA_PROTO_SRC_PORT, &sport.to_be_bytes());
-            put(&mut l4, CTA_PROTO_DST_PORT, &dport.to_be_bytes());
-            let mut t = Vec::new();
-            put(&mut t, CTA_TUPLE_IP | NLA_F_NESTED, &ip);
-            put(&mut t, CTA_TUPLE_PROTO | NLA_F_NESTED, &l4);
-            t
+            tuple_of(
+                (CTA_IP_V6_SRC, &src.octets()),
+                (CTA_IP_V6_DST, &dst.octets()),
+                sport,
+                dport,
+            )
         };
         let mut msg = Vec::new();
         put(

@@ -527,7 +527,22 @@ impl Config {
                 bail!("nodeport-addresses: {a:?} is not an IPv4 address");
             }
         }
-        cluster_cidrs(&c.cluster_cidr)?;
+        let (_, v6) = cluster_cidrs(&c.cluster_cidr)?;
+        if v6.is_some() && c.enabled("proxy") && c.proxy_mode == Some(proxy::ProxyMode::Iptables) {
+            bail!(
+                "proxy-mode: iptables programs IPv4 Services only and cluster-cidr {:?} is dual-stack: use proxy-mode nftables (the default) for IPv6 Services",
+                c.cluster_cidr
+            );
+        }
+        // One CIDR or an IPv4,IPv6 pair, refused at start with the reason.
+        if let Err(e) =
+            controlplane::registry::Allocators::parse(&c.service_cidr, &c.service_node_port_range)
+        {
+            match e {
+                controlplane::Error::BadRequest(why) => bail!("{why}"),
+                other => return Err(other.into()),
+            }
+        }
         if c.container_log_max_files < 2 {
             bail!(
                 "container-log-max-files: {} must be at least 2 (the live file and one rotated), as kubelet's",
@@ -739,6 +754,14 @@ mod tests {
             (
                 "proxy-sync-period: 0s",
                 "proxy-sync-period: must be more than 0",
+            ),
+            (
+                "proxy-mode: iptables\ncluster-cidr: 10.244.0.0/16,fd00:10:244::/56",
+                "proxy-mode: iptables programs IPv4 Services only",
+            ),
+            (
+                "service-cidr: 10.96.0.0/12,10.97.0.0/16",
+                "service-cidr \"10.96.0.0/12,10.97.0.0/16\": a dual-stack range needs one IPv4 and one IPv6",
             ),
         ] {
             let file: File = serde_yaml::from_str(yaml).unwrap();

@@ -49,8 +49,15 @@ struct Global {
     /// Where the agent's API socket (knode.sock) lives.
     #[arg(long, global = true, value_name = "DIR")]
     run_dir: Option<PathBuf>,
-    /// Service CIDR that ClusterIPs are allocated from.
-    #[arg(long, global = true, value_name = "CIDR")]
+    /// Service CIDR(s) that ClusterIPs are allocated from: one CIDR, or an
+    /// IPv4 and an IPv6 one separated by a comma (dual-stack Services), as
+    /// kube-apiserver's --service-cluster-ip-range.
+    #[arg(
+        long,
+        global = true,
+        value_name = "CIDR[,CIDR]",
+        alias = "service-cluster-ip-range"
+    )]
     service_cidr: Option<String>,
     /// NodePort range, `FIRST-LAST`.
     #[arg(long, global = true, value_name = "RANGE")]

@@ -47,9 +47,9 @@ pub async fn start(
 
 /// The proxy's settings from the agent's config.
 pub fn proxy_config(config: &Config) -> Result<ProxyConfig> {
-    // The proxy is IPv4 only for now: it gets the IPv4 half of a
-    // dual-stack cluster CIDR.
-    let (cluster_cidr, _) = crate::config::cluster_cidrs(&config.cluster_cidr)?;
+    // A dual-stack cluster CIDR makes a dual-stack proxy (nftables mode:
+    // tables `ip kube-proxy` and `ip6 kube-proxy`).
+    let (cluster_cidr, cluster_cidr_v6) = crate::config::cluster_cidrs(&config.cluster_cidr)?;
     let node_ips = config
         .nodeport_addresses
         .iter()
@@ -62,6 +62,7 @@ pub fn proxy_config(config: &Config) -> Result<ProxyConfig> {
         node_name: config.node_name.clone(),
         node_ips,
         cluster_cidr: Some(cluster_cidr),
+        cluster_cidr_v6,
         masquerade_all: config.masquerade_all,
         localhost_nodeports: config.localhost_nodeports,
     });
@@ -109,6 +110,8 @@ pub(crate) fn kernel_settings(part: &str) {
         }
     }
     ensure("net/bridge/bridge-nf-call-iptables");
+    // The same for IPv6 Services (the kernel's default, made sure of).
+    ensure("net/bridge/bridge-nf-call-ip6tables");
 }
 
 /// Runs a part's controller (`run` makes a fresh one) for ever,

@@ -205,6 +205,7 @@ fn node_config() -> NodeConfig {
         node_name: "n1".into(),
         node_ips: vec![NODE_IP.parse().expect("ip")],
         cluster_cidr: Some("10.244.0.0/16".parse().expect("cidr")),
+        cluster_cidr_v6: None,
         masquerade_all: false,
         localhost_nodeports: false,
     }

@@ -7,6 +7,7 @@
 //! health. The agent calls [`run`] with the mode it chose.
 
 pub mod conntrack;
+pub mod family;
 pub mod iptables;
 pub mod metrics;
 mod nfnetlink;

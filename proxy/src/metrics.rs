@@ -3,6 +3,7 @@
 //! queued change waits longer than two sync periods). Shared by the sync
 //! thread that records and the HTTP handler that renders; no I/O here.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -68,8 +69,9 @@ struct Inner {
     restore_failures: u64,
     last_sync: Option<SystemTime>,
     last_queued: Option<SystemTime>,
-    /// The oldest change queued and not yet applied.
-    pending_since: Option<Instant>,
+    /// The oldest change queued and not yet applied, per address family
+    /// (a dual-stack node runs a pipeline for each).
+    pending_since: BTreeMap<&'static str, Instant>,
 }
 
 /// Metrics and health of one proxy. Cheap to share behind an `Arc`.
@@ -101,7 +103,7 @@ impl Metrics {
                 restore_failures: 0,
                 last_sync: None,
                 last_queued: None,
-                pending_since: None,
+                pending_since: BTreeMap::new(),
             }),
             sync_period,
         }
@@ -113,13 +115,29 @@ impl Metrics {
 
     /// A change arrived at `at` (keeps the oldest unapplied one).
     pub fn queued(&self, at: Instant) {
+        self.queued_in("IPv4", at);
+    }
+
+    /// A change of `family`'s pipeline arrived at `at`.
+    pub fn queued_in(&self, family: &'static str, at: Instant) {
         let mut m = self.lock();
-        m.pending_since = Some(m.pending_since.map_or(at, |p| p.min(at)));
+        let p = m.pending_since.entry(family).or_insert(at);
+        *p = (*p).min(at);
         m.last_queued = Some(SystemTime::now());
     }
 
     /// A sync succeeded; it applied every change queued up to `queued_at`.
     pub fn synced(&self, outcome: &SyncOutcome, queued_at: Option<Instant>) {
+        self.synced_in("IPv4", outcome, queued_at);
+    }
+
+    /// A sync of `family`'s pipeline succeeded (see [`Metrics::synced`]).
+    pub fn synced_in(
+        &self,
+        family: &'static str,
+        outcome: &SyncOutcome,
+        queued_at: Option<Instant>,
+    ) {
         let mut m = self.lock();
         let secs = outcome.duration.as_secs_f64();
         m.sync.observe(secs);
@@ -133,8 +151,8 @@ impl Metrics {
         m.last_sync = Some(SystemTime::now());
         if let Some(q) = queued_at {
             m.programming.observe(q.elapsed().as_secs_f64());
-            if m.pending_since.is_some_and(|p| p <= q) {
-                m.pending_since = None;
+            if m.pending_since.get(family).is_some_and(|p| *p <= q) {
+                m.pending_since.remove(family);
             }
         }
     }
@@ -146,7 +164,7 @@ impl Metrics {
 
     /// kube-proxy's health rule at `now`.
     pub fn health(&self, now: Instant) -> Health {
-        match self.lock().pending_since {
+        match self.lock().pending_since.values().min().copied() {
             Some(p) if now.saturating_duration_since(p) > 2 * self.sync_period => {
                 Health::Stale(now.saturating_duration_since(p))
             }
@@ -273,6 +291,19 @@ mod tests {
         assert!(matches!(m.health(t0 + 3 * period), Health::Stale(_)));
         // Applying everything queued up to now makes it healthy again.
         m.synced(&outcome(false, 1), Some(t0 + period));
+        assert_eq!(m.health(t0 + 3 * period), Health::Healthy);
+    }
+
+    #[test]
+    fn a_sync_of_one_family_does_not_clear_the_other_familys_wait() {
+        let period = Duration::from_millis(100);
+        let m = Metrics::new(period);
+        let t0 = Instant::now();
+        m.queued_in("IPv6", t0);
+        m.queued_in("IPv4", t0 + period);
+        m.synced_in("IPv4", &outcome(false, 1), Some(t0 + period));
+        assert!(matches!(m.health(t0 + 3 * period), Health::Stale(_)));
+        m.synced_in("IPv6", &outcome(false, 1), Some(t0));
         assert_eq!(m.health(t0 + 3 * period), Health::Healthy);
     }
 }

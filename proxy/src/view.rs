@@ -5,6 +5,8 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
+
+pub use crate::family::Addr;
 use std::sync::Arc;
 
 use controlplane::endpoints::{endpoints_for, targets, Endpoints};
@@ -21,11 +23,11 @@ pub type ServiceKey = (String, String);
 /// The desired state by Service: each one's proxied ports, in the order
 /// [`ports_of`] gives them. The ports are shared: the controller, the sync
 /// thread and the nftables engine hold one allocation per Service.
-pub type ServiceMap = BTreeMap<ServiceKey, Arc<[ServicePort]>>;
+pub type ServiceMap<A = Ipv4Addr> = BTreeMap<ServiceKey, Arc<[ServicePort<A>]>>;
 
 /// `ports` by their Service, keeping their order within each.
-pub fn group(ports: &[ServicePort]) -> ServiceMap {
-    let mut by: BTreeMap<ServiceKey, Vec<ServicePort>> = BTreeMap::new();
+pub fn group<A: Addr>(ports: &[ServicePort<A>]) -> ServiceMap<A> {
+    let mut by: BTreeMap<ServiceKey, Vec<ServicePort<A>>> = BTreeMap::new();
     for sp in ports {
         by.entry((sp.name.namespace.clone(), sp.name.name.clone()))
             .or_default()
@@ -36,14 +38,14 @@ pub fn group(ports: &[ServicePort]) -> ServiceMap {
 
 /// One backend of a Service port.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Endpoint {
-    pub ip: Ipv4Addr,
+pub struct Endpoint<A = Ipv4Addr> {
+    pub ip: A,
     pub port: u16,
     /// Whether the pod runs on this node (traffic policy `Local`).
     pub local: bool,
 }
 
-impl Endpoint {
+impl<A: Addr> Endpoint<A> {
     /// `ip:port`, as kube-proxy prints (and hashes) an endpoint.
     pub fn addr(&self) -> String {
         format!("{}:{}", self.ip, self.port)
@@ -52,17 +54,17 @@ impl Endpoint {
 
 /// One port of one Service, with everything the ruleset needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServicePort {
+pub struct ServicePort<A = Ipv4Addr> {
     pub name: ServicePortName,
     pub protocol: Protocol,
-    pub cluster_ip: Ipv4Addr,
+    pub cluster_ip: A,
     pub port: u16,
     /// Set for `NodePort` and `LoadBalancer` Services.
     pub node_port: Option<u16>,
-    /// `spec.externalIPs` (IPv4 ones): answered like the load balancer's.
-    pub external_ips: Vec<Ipv4Addr>,
+    /// `spec.externalIPs` (those of the family): answered like the load balancer's.
+    pub external_ips: Vec<A>,
     /// `status.loadBalancer.ingress[].ip` of a `LoadBalancer` Service.
-    pub load_balancer_ips: Vec<Ipv4Addr>,
+    pub load_balancer_ips: Vec<A>,
     /// `sessionAffinity: ClientIP` and its timeout in seconds.
     pub affinity_seconds: Option<u32>,
     /// `externalTrafficPolicy: Local`.
@@ -71,23 +73,23 @@ pub struct ServicePort {
     pub internal_local: bool,
     /// The endpoints traffic is balanced over, sorted by IP then port: the
     /// ready ones, or when none is ready the serving terminating ones.
-    pub endpoints: Vec<Endpoint>,
+    pub endpoints: Vec<Endpoint<A>>,
     /// This node's serving terminating endpoints, when `endpoints` has
     /// ready ones but none on this node: a Local policy uses these rather
     /// than dropping (kube-proxy categorises local endpoints on their own).
     /// Empty otherwise, and for Services without a Local policy.
-    pub local_fallback: Vec<Endpoint>,
+    pub local_fallback: Vec<Endpoint<A>>,
 }
 
-impl ServicePort {
+impl<A: Addr> ServicePort<A> {
     /// A ClusterIP Service port without endpoints, affinity or Local
     /// policies; set the other fields as needed.
     pub fn new(
         name: ServicePortName,
         protocol: Protocol,
-        cluster_ip: Ipv4Addr,
+        cluster_ip: A,
         port: u16,
-    ) -> ServicePort {
+    ) -> ServicePort<A> {
         ServicePort {
             name,
             protocol,
@@ -106,8 +108,8 @@ impl ServicePort {
 
     /// The endpoints a Local policy balances over: this node's among
     /// `endpoints`, or [`ServicePort::local_fallback`] when there are none.
-    pub fn local_endpoints(&self) -> Vec<Endpoint> {
-        let local: Vec<Endpoint> = self.endpoints.iter().filter(|e| e.local).cloned().collect();
+    pub fn local_endpoints(&self) -> Vec<Endpoint<A>> {
+        let local: Vec<Endpoint<A>> = self.endpoints.iter().filter(|e| e.local).cloned().collect();
         if local.is_empty() {
             self.local_fallback.clone()
         } else {
@@ -116,12 +118,12 @@ impl ServicePort {
     }
 
     /// Whether `other` sends to the same endpoints.
-    pub fn same_endpoints(&self, other: &ServicePort) -> bool {
+    pub fn same_endpoints(&self, other: &ServicePort<A>) -> bool {
         (&self.endpoints, &self.local_fallback) == (&other.endpoints, &other.local_fallback)
     }
 
     /// Every endpoint some chain may send to.
-    pub fn all_endpoints(&self) -> impl Iterator<Item = &Endpoint> {
+    pub fn all_endpoints(&self) -> impl Iterator<Item = &Endpoint<A>> {
         self.endpoints.iter().chain(&self.local_fallback)
     }
 
@@ -135,7 +137,7 @@ impl ServicePort {
 
     /// The external IPs, then the load-balancer IPs: destinations that
     /// follow the external traffic policy.
-    pub fn external_destinations(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+    pub fn external_destinations(&self) -> impl Iterator<Item = A> + '_ {
         self.external_ips
             .iter()
             .chain(&self.load_balancer_ips)
@@ -163,8 +165,9 @@ impl ServicePort {
 /// The Service ports of `services` that this node proxies, with their
 /// endpoints among `pods` as `endpoints_for` finds them (for tests and
 /// tools; the proxy itself reads EndpointSlices, [`ports_of`]). Skipped: headless Services and those without a ClusterIP,
-/// ExternalName Services, non-IPv4 addresses (this proxy programs IPv4
-/// only) and ports with an unknown protocol. Sorted by port name.
+/// ExternalName Services, non-IPv4 addresses (IPv4 ports only; the
+/// proxy's IPv6 pipeline uses [`ports_of`] for `Ipv6Addr`) and ports with
+/// an unknown protocol. Sorted by port name.
 pub fn service_ports(services: &[Service], pods: &[Pod], node_name: &str) -> Vec<ServicePort> {
     let mut out: Vec<ServicePort> = services
         .iter()
@@ -178,30 +181,34 @@ pub fn service_ports(services: &[Service], pods: &[Pod], node_name: &str) -> Vec
 /// its EndpointSlices, `controlplane::endpoints::from_slices`): the ready
 /// ones, or the serving terminating ones when none is ready (`targets`).
 /// An endpoint is local when its node is `node_name`. Skipped: headless
-/// Services and those without a ClusterIP, ExternalName Services,
-/// non-IPv4 addresses (this proxy programs IPv4 only) and ports with an
-/// unknown protocol.
-pub fn ports_of(service: &Service, subsets: &[Endpoints], node_name: &str) -> Vec<ServicePort> {
+/// Services and those without a ClusterIP of family `A` (from
+/// `clusterIPs`), ExternalName Services, addresses of the other family
+/// and ports with an unknown protocol.
+pub fn ports_of<A: Addr>(
+    service: &Service,
+    subsets: &[Endpoints],
+    node_name: &str,
+) -> Vec<ServicePort<A>> {
     with_endpoints(&service_ports_of(service), subsets, node_name)
 }
 
 /// `ports`, each with its endpoints among `subsets` (by the port's name):
 /// the second half of [`ports_of`], for a caller that keeps a Service as
 /// its ports ([`service_ports_of`]) rather than as the object.
-pub fn with_endpoints(
-    ports: &[ServicePort],
+pub fn with_endpoints<A: Addr>(
+    ports: &[ServicePort<A>],
     subsets: &[Endpoints],
     node_name: &str,
-) -> Vec<ServicePort> {
-    let v4 = |e: &controlplane::endpoints::Endpoint, target: i32| -> Option<Endpoint> {
-        let IpAddr::V4(ip) = e.ip else { return None };
+) -> Vec<ServicePort<A>> {
+    let of_family = |e: &controlplane::endpoints::Endpoint, target: i32| -> Option<Endpoint<A>> {
+        let ip = A::of(e.ip)?;
         Some(Endpoint {
             ip,
             port: u16::try_from(target).ok()?,
             local: e.node.as_deref() == Some(node_name),
         })
     };
-    let sorted = |mut v: Vec<Endpoint>| {
+    let sorted = |mut v: Vec<Endpoint<A>>| {
         v.sort();
         v.dedup();
         v
@@ -213,14 +220,14 @@ pub fn with_endpoints(
             let endpoints = sorted(
                 targets(subsets, name)
                     .into_iter()
-                    .filter_map(|(e, target)| v4(e, target))
+                    .filter_map(|(e, target)| of_family(e, target))
                     .collect(),
             );
             let local_fallback = if sp.uses_local_endpoints() && !endpoints.iter().any(|e| e.local)
             {
                 sorted(
                     local_terminating(subsets, name, node_name)
-                        .filter_map(|(e, target)| v4(e, target))
+                        .filter_map(|(e, target)| of_family(e, target))
                         .collect(),
                 )
             } else {
@@ -251,7 +258,7 @@ fn local_terminating<'a>(
 
 /// The proxied ports of one Service, without endpoints: everything
 /// [`ports_of`] takes from the Service object.
-pub fn service_ports_of(service: &Service) -> Vec<ServicePort> {
+pub fn service_ports_of<A: Addr>(service: &Service) -> Vec<ServicePort<A>> {
     let Some(spec) = service.spec.as_ref() else {
         return Vec::new();
     };
@@ -259,10 +266,14 @@ pub fn service_ports_of(service: &Service) -> Vec<ServicePort> {
     if ty == "ExternalName" {
         return Vec::new();
     }
+    // The ClusterIP of this family: `clusterIPs` of a dual-stack Service,
+    // else `clusterIP`.
     let Some(cluster_ip) = spec
         .cluster_ip
-        .as_deref()
-        .and_then(|ip| ip.parse::<Ipv4Addr>().ok())
+        .iter()
+        .chain(spec.cluster_ips.iter().flatten())
+        .filter_map(|ip| ip.parse::<IpAddr>().ok())
+        .find_map(A::of)
     else {
         return Vec::new();
     };
@@ -275,27 +286,34 @@ pub fn service_ports_of(service: &Service) -> Vec<ServicePort> {
             .and_then(|t| u32::try_from(t).ok())
             .unwrap_or(DEFAULT_AFFINITY_SECONDS)
     });
-    let v4 = |ips: Vec<&str>| -> Vec<Ipv4Addr> {
-        let mut v: Vec<Ipv4Addr> = ips.into_iter().filter_map(|ip| ip.parse().ok()).collect();
+    let of_family = |ips: Vec<&str>| -> Vec<A> {
+        let mut v: Vec<A> = ips
+            .into_iter()
+            .filter_map(|ip| ip.parse::<IpAddr>().ok())
+            .filter_map(A::of)
+            .collect();
         v.sort();
         v.dedup();
         v
     };
-    let external_ips = v4(spec
-        .external_ips
-        .iter()
-        .flatten()
-        .map(String::as_str)
-        .collect());
-    let load_balancer_ips = if ty == "LoadBalancer" {
-        v4(service
-            .status
+    let external_ips = of_family(
+        spec.external_ips
             .iter()
-            .filter_map(|s| s.load_balancer.as_ref())
-            .filter_map(|lb| lb.ingress.as_ref())
             .flatten()
-            .filter_map(|i| i.ip.as_deref())
-            .collect())
+            .map(String::as_str)
+            .collect(),
+    );
+    let load_balancer_ips = if ty == "LoadBalancer" {
+        of_family(
+            service
+                .status
+                .iter()
+                .filter_map(|s| s.load_balancer.as_ref())
+                .filter_map(|lb| lb.ingress.as_ref())
+                .flatten()
+                .filter_map(|i| i.ip.as_deref())
+                .collect(),
+        )
     } else {
         Vec::new()
     };
@@ -516,7 +534,7 @@ mod tests {
             ("10.244.2.5", "n2", true, false),
             ("10.244.1.5", "n1", false, true),
         ]);
-        let p = &ports_of(&local, &draining, "n1")[0];
+        let p = &ports_of::<Ipv4Addr>(&local, &draining, "n1")[0];
         assert_eq!(
             p.endpoints.iter().map(|e| e.ip).collect::<Vec<_>>(),
             [ip("10.244.2.5")]
@@ -535,19 +553,19 @@ mod tests {
             ("10.244.1.6", "n1", true, false),
             ("10.244.1.5", "n1", false, true),
         ]);
-        let p = &ports_of(&local, &mixed, "n1")[0];
+        let p = &ports_of::<Ipv4Addr>(&local, &mixed, "n1")[0];
         assert!(p.local_fallback.is_empty());
         assert_eq!(
             p.local_endpoints().iter().map(|e| e.ip).collect::<Vec<_>>(),
             [ip("10.244.1.6")]
         );
         // On another node, or without a Local policy, there is no fallback.
-        assert!(ports_of(&local, &draining, "n3")[0]
+        assert!(ports_of::<Ipv4Addr>(&local, &draining, "n3")[0]
             .local_fallback
             .is_empty());
         let cluster = svc(json!({"type": "NodePort", "clusterIP": "10.96.0.10",
             "ports": [{"name": "p", "port": 80, "nodePort": 30080}]}));
-        assert!(ports_of(&cluster, &draining, "n1")[0]
+        assert!(ports_of::<Ipv4Addr>(&cluster, &draining, "n1")[0]
             .local_fallback
             .is_empty());
         // A terminating endpoint that no longer serves is never used.
@@ -559,8 +577,38 @@ mod tests {
                 serving: false,
                 ..draining[0].addresses[1].clone()
             });
-        assert!(ports_of(&local, &not_serving, "n1")[0]
+        assert!(ports_of::<Ipv4Addr>(&local, &not_serving, "n1")[0]
             .local_fallback
             .is_empty());
+    }
+
+    #[test]
+    fn a_dual_stack_service_has_ports_in_each_family_with_that_familys_endpoints() {
+        use std::net::Ipv6Addr;
+        // An IPv6-primary dual-stack Service: its IPv4 address is clusterIPs[1].
+        let s = svc(json!({"type": "NodePort", "clusterIP": "fd00:96::10",
+            "clusterIPs": ["fd00:96::10", "10.96.0.10"],
+            "externalIPs": ["203.0.113.9", "2001:db8::9"],
+            "ports": [{"name": "p", "port": 80, "nodePort": 30080}]}));
+        let mut both = subsets(&[("10.244.1.5", "n1", true, false)]);
+        both.extend(subsets(&[("fd00:10:244:1::5", "n1", true, false)]));
+        let v4 = &ports_of::<Ipv4Addr>(&s, &both, "n1")[0];
+        let v6 = &ports_of::<Ipv6Addr>(&s, &both, "n1")[0];
+        assert_eq!(v4.cluster_ip.to_string(), "10.96.0.10");
+        assert_eq!(v6.cluster_ip.to_string(), "fd00:96::10");
+        assert_eq!(v4.external_ips.len(), 1);
+        assert_eq!(v6.external_ips[0].to_string(), "2001:db8::9");
+        assert_eq!((v4.node_port, v6.node_port), (Some(30080), Some(30080)));
+        let ips = |p: &ServicePort<Ipv6Addr>| {
+            p.endpoints
+                .iter()
+                .map(|e| e.ip.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ips(v6), ["fd00:10:244:1::5"]);
+        assert_eq!(v4.endpoints.len(), 1);
+        // A single-stack IPv4 Service has no IPv6 ports.
+        let single = svc(json!({"clusterIP": "10.96.0.11", "ports": [{"port": 80}]}));
+        assert!(ports_of::<Ipv6Addr>(&single, &both, "n1").is_empty());
     }
 }

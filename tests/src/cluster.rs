@@ -72,6 +72,8 @@ pub struct Cluster {
     pub net: ClusterNet,
     /// Every agent's `--cluster-cidr`.
     cidr: &'static str,
+    /// Every agent's and CLI's `--service-cidr`, when not the default.
+    service_cidr: Option<&'static str>,
 }
 
 impl Cluster {
@@ -102,6 +104,17 @@ impl Cluster {
 
     /// [`Cluster::start`] on the pod network `cidr` (e.g. a dual-stack pair).
     pub fn start_cidr(n: usize, cidr: &'static str, agent_flags: &[&str]) -> Result<Cluster> {
+        Self::start_cidrs(n, cidr, None, agent_flags)
+    }
+
+    /// The same with `--service-cidr service_cidr` for every agent and
+    /// every CLI call (both write Services, each with its own allocators).
+    pub fn start_cidrs(
+        n: usize,
+        cidr: &'static str,
+        service_cidr: Option<&'static str>,
+        agent_flags: &[&str],
+    ) -> Result<Cluster> {
         let net = ClusterNet::new(n)?;
         let etcd = EtcdCluster::start_in(net.underlay().path(), UNDERLAY_IP, 1)?;
         let containerd = Containerd::start()?;
@@ -111,6 +124,7 @@ impl Cluster {
             etcd,
             net,
             cidr,
+            service_cidr,
         };
         for i in 0..n {
             let node = c.spawn(i, agent_flags)?;
@@ -139,6 +153,9 @@ impl Cluster {
         let namespace = unique(&format!("knode-e2e-n{i}-"));
         let mut global = vec!["--control-plane".to_string(), self.control_plane()];
         global.extend(node_flags(&root, &self.containerd, &namespace)?);
+        if let Some(sc) = self.service_cidr {
+            global.extend(["--service-cidr".to_string(), sc.to_string()]);
+        }
         let mut agent: Vec<String> = [
             "--node-name",
             &name,

@@ -91,6 +91,7 @@ fn node() -> NodeConfig {
         node_name: "bench".into(),
         node_ips: vec![Ipv4Addr::new(192, 0, 2, 1)],
         cluster_cidr: Some("10.244.0.0/16".parse().expect("cidr")),
+        cluster_cidr_v6: None,
         masquerade_all: false,
         localhost_nodeports: false,
     }

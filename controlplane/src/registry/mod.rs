@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Service, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde_json::Value;
 
@@ -120,42 +120,89 @@ pub fn encode(obj: &Object) -> Vec<u8> {
 /// Where Services get their ClusterIPs and NodePorts.
 #[derive(Debug, Clone)]
 pub struct Allocators {
+    /// The primary service range: a Service's first family by default.
     pub service_ips: IpAllocator,
+    /// The secondary range of a dual-stack cluster (the other family).
+    pub secondary_service_ips: Option<IpAllocator>,
     pub node_ports: PortAllocator,
-    /// The cluster DNS address (`cluster-dns`), when it lies in the
-    /// service CIDR: the ClusterIP of `kube-system/kube-dns`, which
+    /// The cluster DNS address (`cluster-dns`), when it lies in a
+    /// service range: the ClusterIP of `kube-system/kube-dns`, which
     /// [`Registry::bootstrap`] keeps, and never an automatic pick.
     pub dns_service_ip: Option<IpAddr>,
 }
 
 impl Allocators {
-    /// From the `service-cidr` and `service-node-port-range` settings.
+    /// From the `service-cidr` (kube-apiserver's
+    /// `--service-cluster-ip-range`: one CIDR, or an IPv4 and an IPv6 one
+    /// separated by a comma, the first being the primary family) and
+    /// `service-node-port-range` settings.
     pub fn parse(service_cidr: &str, node_port_range: &str) -> Result<Allocators> {
-        let cidr = service_cidr
-            .parse()
-            .map_err(|e| Error::BadRequest(format!("service-cidr {service_cidr:?}: {e}")))?;
-        let service_ips =
-            IpAllocator::new(cidr).map_err(|e| Error::BadRequest(format!("service-cidr: {e}")))?;
+        let bad = |why: String| Error::BadRequest(format!("service-cidr {service_cidr:?}: {why}"));
+        let mut ranges = Vec::new();
+        for part in service_cidr.split(',') {
+            let cidr: ipnet::IpNet = part
+                .trim()
+                .parse()
+                .map_err(|e| bad(format!("{part:?}: {e}")))?;
+            ranges.push(IpAllocator::new(cidr).map_err(|e| bad(e.to_string()))?);
+        }
+        if ranges.len() > 2 {
+            return Err(bad("at most two CIDRs (one IPv4, one IPv6)".into()));
+        }
+        let secondary_service_ips = ranges.get(1).cloned();
+        if let Some(second) = &secondary_service_ips {
+            if second.cidr().addr().is_ipv6() == ranges[0].cidr().addr().is_ipv6() {
+                return Err(bad(
+                    "a dual-stack range needs one IPv4 and one IPv6 CIDR, not two of one family"
+                        .into(),
+                ));
+            }
+        }
         let node_ports = PortAllocator::parse(node_port_range)
             .map_err(|e| Error::BadRequest(format!("service-node-port-range: {e}")))?;
         Ok(Allocators {
-            service_ips,
+            service_ips: ranges.swap_remove(0),
+            secondary_service_ips,
             node_ports,
             dns_service_ip: None,
         })
     }
 
     /// The same allocators keeping `ip` for `kube-system/kube-dns`. An
-    /// address outside the service CIDR is refused (the caller says so).
+    /// address outside the service ranges is refused (the caller says so).
     pub fn with_dns_service_ip(mut self, ip: IpAddr) -> Result<Allocators> {
-        if !self.service_ips.contains(ip) {
+        if self.range(IpFamily::of(ip)).is_none_or(|r| !r.contains(ip)) {
             return Err(Error::BadRequest(format!(
                 "cluster-dns {ip} is outside the service CIDR {}",
-                self.service_ips.cidr()
+                self.cidrs()
             )));
         }
         self.dns_service_ip = Some(ip);
         Ok(self)
+    }
+
+    /// The families of the service ranges, primary first.
+    pub fn families(&self) -> Vec<IpFamily> {
+        std::iter::once(&self.service_ips)
+            .chain(&self.secondary_service_ips)
+            .map(|r| IpFamily::of(r.cidr().addr()))
+            .collect()
+    }
+
+    /// The range of `family`, if the cluster has one.
+    pub fn range(&self, family: IpFamily) -> Option<&IpAllocator> {
+        std::iter::once(&self.service_ips)
+            .chain(&self.secondary_service_ips)
+            .find(|r| IpFamily::of(r.cidr().addr()) == family)
+    }
+
+    /// The ranges as configured: `10.96.0.0/12` or `10.96.0.0/12,fd00:10:96::/108`.
+    pub fn cidrs(&self) -> String {
+        std::iter::once(&self.service_ips)
+            .chain(&self.secondary_service_ips)
+            .map(|r| r.cidr().to_string())
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 
@@ -165,6 +212,7 @@ impl Default for Allocators {
             // 10.96.0.0/12 is a valid, large range: new() cannot fail.
             service_ips: IpAllocator::new("10.96.0.0/12".parse().expect("literal CIDR"))
                 .expect("default service CIDR"),
+            secondary_service_ips: None,
             node_ports: PortAllocator::default(),
             dns_service_ip: None,
         }
@@ -264,71 +312,13 @@ impl Registry {
         let ty = spec.type_.clone().unwrap_or_default();
         let mut claims = Vec::new();
 
-        if ty != "ExternalName" {
-            let old_ip = old_spec.and_then(|s| s.cluster_ip.clone());
-            let want = spec.cluster_ip.clone().filter(|s| !s.is_empty());
-            match (&want, &old_ip) {
-                (None, Some(old)) => spec.cluster_ip = Some(old.clone()),
-                (Some(w), Some(old)) if w != old => {
-                    return Err(Error::invalid(
-                        name.clone(),
-                        "spec.clusterIP",
-                        format!("Invalid value: {w:?}: field is immutable"),
-                    ));
-                }
-                (Some(_), Some(_)) => {}
-                (_, None) => {
-                    let requested = match want.as_deref() {
-                        Some("None") | None => None,
-                        Some(text) => Some(text.parse::<IpAddr>().map_err(|_| {
-                            Error::invalid(
-                                name.clone(),
-                                "spec.clusterIP",
-                                format!("Invalid value: {text:?}: must be a valid IP address or \"None\""),
-                            )
-                        })?),
-                    };
-                    if want.as_deref() != Some("None") {
-                        let mut used = self.used::<IpAddr>(CLAIM_IP).await?;
-                        if requested.is_none() {
-                            // Kept for kube-dns even while it does not exist.
-                            used.extend(self.alloc.dns_service_ip);
-                        }
-                        let kubernetes = self.alloc.service_ips.kubernetes_service_ip();
-                        let ip = if name == format!("Service/{DEFAULT_NAMESPACE}/{KUBERNETES}")
-                            && requested == Some(kubernetes)
-                            && !used.contains(&kubernetes)
-                        {
-                            // The one Service the reserved address is for.
-                            kubernetes
-                        } else {
-                            self.alloc
-                                .service_ips
-                                .allocate(&used, requested)
-                                .map_err(|e| alloc_invalid(&name, "spec.clusterIP", &e))?
-                        };
-                        let Some(spec) = svc.spec.as_mut() else {
-                            return Ok(claims);
-                        };
-                        spec.cluster_ip = Some(ip.to_string());
-                    }
-                }
-            }
-            let Some(spec) = svc.spec.as_mut() else {
-                return Ok(claims);
-            };
-            if let Some(ip) = spec.cluster_ip.clone().filter(|ip| ip != "None") {
-                spec.cluster_ips = Some(vec![ip.clone()]);
-                let family = if ip.contains(':') { "IPv6" } else { "IPv4" };
-                spec.ip_families = Some(vec![family.to_string()]);
-                spec.ip_family_policy
-                    .get_or_insert_with(|| "SingleStack".into());
-                if old_ip.is_none() {
-                    claims.push(format!("{CLAIM_IP}{ip}"));
-                }
-            } else if spec.cluster_ip.as_deref() == Some("None") {
-                spec.cluster_ips = Some(vec!["None".into()]);
-            }
+        if ty == "ExternalName" {
+            spec.cluster_ip = None;
+            spec.cluster_ips = None;
+            spec.ip_families = None;
+            spec.ip_family_policy = None;
+        } else {
+            claims = self.assign_ips(&name, spec, old_spec).await?;
         }
 
         let Some(spec) = svc.spec.as_mut() else {
@@ -382,6 +372,76 @@ impl Registry {
             port.node_port = Some(i32::from(chosen));
             claims.push(format!("{CLAIM_PORT}{chosen}"));
         }
+        Ok(claims)
+    }
+
+    /// Settles a Service's IP families and addresses ([`service_ips::plan`])
+    /// and allocates the missing ones, one per family from that family's
+    /// range; returns the claims of the addresses it did not hold before.
+    async fn assign_ips(
+        &self,
+        name: &str,
+        spec: &mut ServiceSpec,
+        old_spec: Option<&ServiceSpec>,
+    ) -> Result<Vec<String>> {
+        let cluster = self.alloc.families();
+        let old = old_spec.map(Fields::of);
+        let plan = service_ips::plan(&Fields::of(spec), old.as_ref(), &cluster)
+            .map_err(|(path, reason)| Error::invalid(name, &path, reason))?;
+        let mut claims = Vec::new();
+        let mut ips: Vec<IpAddr> = Vec::new();
+        let mut used: Option<BTreeSet<IpAddr>> = None;
+        for (i, (want, family)) in plan.ips.iter().zip(&plan.families).enumerate() {
+            let field = if i == 0 {
+                "spec.clusterIP".to_string()
+            } else {
+                format!("spec.clusterIPs[{i}]")
+            };
+            let requested = match *want {
+                service_ips::Want::Kept(ip) => {
+                    ips.push(ip);
+                    continue;
+                }
+                service_ips::Want::Requested(ip) => Some(ip),
+                service_ips::Want::Allocate => None,
+            };
+            let range = self.alloc.range(*family).ok_or_else(|| {
+                Error::invalid(name, &field, format!("no {} service range", family.name()))
+            })?;
+            let in_use = match &mut used {
+                Some(u) => u,
+                None => used.insert(self.used::<IpAddr>(CLAIM_IP).await?),
+            };
+            let mut avoid = in_use.clone();
+            if requested.is_none() {
+                // Kept for kube-dns even while it does not exist.
+                avoid.extend(self.alloc.dns_service_ip);
+            }
+            let kubernetes = range.kubernetes_service_ip();
+            let ip = if name == format!("Service/{DEFAULT_NAMESPACE}/{KUBERNETES}")
+                && requested == Some(kubernetes)
+                && !avoid.contains(&kubernetes)
+            {
+                // The one Service the reserved address is for.
+                kubernetes
+            } else {
+                range
+                    .allocate(&avoid, requested)
+                    .map_err(|e| alloc_invalid(name, &field, &e))?
+            };
+            in_use.insert(ip);
+            claims.push(format!("{CLAIM_IP}{ip}"));
+            ips.push(ip);
+        }
+        let texts: Vec<String> = if plan.headless {
+            vec!["None".into()]
+        } else {
+            ips.iter().map(IpAddr::to_string).collect()
+        };
+        spec.cluster_ip = texts.first().cloned();
+        spec.cluster_ips = Some(texts);
+        spec.ip_families = Some(plan.families.iter().map(|f| f.name().to_string()).collect());
+        spec.ip_family_policy = Some(plan.policy.to_string());
         Ok(claims)
     }
 
@@ -748,12 +808,13 @@ fn claims_of(svc: &Service) -> Vec<String> {
     let Some(spec) = &svc.spec else {
         return Vec::new();
     };
-    let mut out = Vec::new();
-    if let Some(ip) = spec.cluster_ip.as_deref() {
-        if ip.parse::<IpAddr>().is_ok() {
-            out.push(format!("{CLAIM_IP}{ip}"));
-        }
-    }
+    let ips: BTreeSet<IpAddr> = spec
+        .cluster_ip
+        .iter()
+        .chain(spec.cluster_ips.iter().flatten())
+        .filter_map(|ip| ip.parse().ok())
+        .collect();
+    let mut out: Vec<String> = ips.iter().map(|ip| format!("{CLAIM_IP}{ip}")).collect();
     let ports: BTreeSet<i32> = spec
         .ports
         .iter()
@@ -841,6 +902,9 @@ pub fn new_uid() -> String {
 }
 
 mod graceful;
+pub mod service_ips;
+
+use service_ips::{Fields, IpFamily};
 
 #[cfg(test)]
 mod tests {
@@ -962,6 +1026,172 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().contains("spec.clusterIP"), "{e}");
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    fn spec_of(o: Object) -> ServiceSpec {
+        let Object::Service(s) = o else {
+            panic!("not a Service")
+        };
+        s.spec.expect("spec")
+    }
+
+    fn dual_service(name: &str, spec: Value) -> Object {
+        let mut spec = spec;
+        spec["ports"] = serde_json::json!([{"port": 80}]);
+        Object::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": "default"}, "spec": spec
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn dual_stack_services_hold_one_address_per_family_and_give_both_back() {
+        // A /126 of IPv6: 2 allocatable addresses besides the first.
+        let alloc = Allocators::parse("10.96.0.0/28,fd00:96::/125", "30000-32767").unwrap();
+        let (reg, dir) = temp_registry(alloc);
+        reg.bootstrap().await.unwrap();
+        let k = spec_of(
+            reg.get(&ObjectRef::new(
+                Kind::Service,
+                DEFAULT_NAMESPACE,
+                KUBERNETES,
+            ))
+            .await
+            .unwrap(),
+        );
+        assert_eq!(k.cluster_ips.unwrap(), ["10.96.0.1"]);
+        assert_eq!(k.ip_families.unwrap(), ["IPv4"]);
+
+        let s = spec_of(
+            reg.create(
+                dual_service(
+                    "a",
+                    serde_json::json!({"ipFamilyPolicy": "RequireDualStack",
+                    "clusterIPs": ["10.96.0.5", "fd00:96::5"]}),
+                ),
+                None,
+            )
+            .await
+            .unwrap(),
+        );
+        assert_eq!(s.cluster_ip.as_deref(), Some("10.96.0.5"));
+        assert_eq!(s.cluster_ips.unwrap(), ["10.96.0.5", "fd00:96::5"]);
+        assert_eq!(s.ip_families.unwrap(), ["IPv4", "IPv6"]);
+        // The IPv6 address is held: asking for it again fails by field.
+        let e = reg
+            .create(
+                dual_service(
+                    "b",
+                    serde_json::json!({"ipFamilies": ["IPv6"], "clusterIP": "fd00:96::5"}),
+                ),
+                None,
+            )
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("spec.clusterIP") && e.contains("already allocated"),
+            "{e}"
+        );
+        // PreferDualStack gets a picked address of each family.
+        let s = spec_of(
+            reg.create(
+                dual_service(
+                    "c",
+                    serde_json::json!({"ipFamilyPolicy": "PreferDualStack"}),
+                ),
+                None,
+            )
+            .await
+            .unwrap(),
+        );
+        let ips = s.cluster_ips.unwrap();
+        assert_eq!(ips.len(), 2);
+        assert!(ips[1].parse::<IpAddr>().unwrap().is_ipv6(), "{ips:?}");
+        // Headless: families, no addresses, no claims.
+        let s = spec_of(
+            reg.create(
+                dual_service(
+                    "h",
+                    serde_json::json!({"clusterIP": "None", "ipFamilyPolicy": "RequireDualStack"}),
+                ),
+                None,
+            )
+            .await
+            .unwrap(),
+        );
+        assert_eq!(s.cluster_ips.unwrap(), ["None"]);
+        assert_eq!(s.ip_families.unwrap(), ["IPv4", "IPv6"]);
+        // Downgrade a to SingleStack: its IPv6 address is free again.
+        let mut a = reg
+            .get(&ObjectRef::new(Kind::Service, DEFAULT_NAMESPACE, "a"))
+            .await
+            .unwrap();
+        if let Object::Service(svc) = &mut a {
+            let spec = svc.spec.as_mut().unwrap();
+            spec.ip_family_policy = Some("SingleStack".into());
+            spec.cluster_ips = Some(vec!["10.96.0.5".into()]);
+            spec.ip_families = Some(vec!["IPv4".into()]);
+        }
+        let s = spec_of(reg.update(a, None).await.unwrap());
+        assert_eq!(s.cluster_ips.unwrap(), ["10.96.0.5"]);
+        reg.create(
+            dual_service(
+                "b",
+                serde_json::json!({"ipFamilies": ["IPv6"], "clusterIP": "fd00:96::5"}),
+            ),
+            None,
+        )
+        .await
+        .unwrap();
+        // Deleting c gives back both of its addresses.
+        reg.delete(&ObjectRef::new(Kind::Service, DEFAULT_NAMESPACE, "c"), None)
+            .await
+            .unwrap();
+        let again = serde_json::json!({"ipFamilyPolicy": "RequireDualStack", "clusterIPs": ips});
+        reg.create(dual_service("c2", again), None).await.unwrap();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn require_dual_stack_on_a_single_stack_cluster_is_refused_by_field() {
+        let (reg, dir) = temp_registry(Allocators::default());
+        reg.bootstrap().await.unwrap();
+        let e = reg
+            .create(
+                dual_service(
+                    "a",
+                    serde_json::json!({"ipFamilyPolicy": "RequireDualStack"}),
+                ),
+                None,
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::Invalid(_)), "{e:?}");
+        let e = e.to_string();
+        assert!(
+            e.contains("spec.ipFamilyPolicy") && e.contains("not configured for dual-stack"),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn service_ranges_parse_as_kube_apiserver_reads_them() {
+        let a = Allocators::parse("fd00:96::/108, 10.96.0.0/12", "30000-32767").unwrap();
+        assert_eq!(a.families(), [IpFamily::V6, IpFamily::V4]);
+        assert_eq!(a.cidrs(), "fd00:96::/108,10.96.0.0/12");
+        for (bad, why) in [
+            ("10.96.0.0/12,10.97.0.0/16", "one IPv4 and one IPv6"),
+            ("10.96.0.0/12,fd00::/108,fd01::/108", "at most two"),
+            ("10.96.0.0/12,nope", "\"nope\""),
+        ] {
+            let e = Allocators::parse(bad, "30000-32767")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("service-cidr") && e.contains(why), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -441,3 +441,32 @@ fn a_stripped_pod_makes_the_same_entry() {
         .as_ref()
         .is_some_and(|s| s.containers.is_empty()));
 }
+
+#[test]
+fn dual_stack_services_answer_a_and_aaaa_from_their_cluster_ips_and_endpoints() {
+    let mut z = Zone::new(&ZoneConfig::default()).unwrap();
+    let mut dual = service("d", "web", "10.96.0.30", &[("http", "TCP", 80)]);
+    dual.spec.as_mut().unwrap().cluster_ips = Some(vec!["10.96.0.30".into(), "fd00:96::30".into()]);
+    z.upsert_service(&dual);
+    let name = "web.d.svc.cluster.local.";
+    assert_eq!(data(&q(&z, name, RecordType::A)), ["10.96.0.30"]);
+    assert_eq!(data(&q(&z, name, RecordType::AAAA)), ["fd00:96::30"]);
+    // Headless: one slice per family, each address answered by its type.
+    z.upsert_service(&service("d", "db", "None", &[("pg", "TCP", 5432)]));
+    z.set_endpoints(
+        "d",
+        "db",
+        &[
+            endpoints("d", "db", &[("10.244.1.5", "db-0", true)], &[("pg", 5432)]),
+            endpoints(
+                "d",
+                "db",
+                &[("fd00:244:1::5", "db-0", true)],
+                &[("pg", 5432)],
+            ),
+        ],
+    );
+    let name = "db.d.svc.cluster.local.";
+    assert_eq!(data(&q(&z, name, RecordType::A)), ["10.244.1.5"]);
+    assert_eq!(data(&q(&z, name, RecordType::AAAA)), ["fd00:244:1::5"]);
+}

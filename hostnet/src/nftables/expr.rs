@@ -65,6 +65,8 @@ pub enum CtKey {
     ProtoDst = 12,
     /// The IPv4 destination address, of one direction (`ip daddr`).
     DstIp = 20,
+    /// The IPv6 destination address, of one direction (`ip6 daddr`).
+    DstIp6 = 22,
 }
 
 /// `ct state` bits (host order), to test with a bitwise mask.
@@ -111,6 +113,8 @@ pub enum Reject {
     AdminProhibited,
     /// ICMP port unreachable (`ip` tables: the ICMPX codes are `inet`'s).
     Icmp4PortUnreachable,
+    /// ICMPv6 port unreachable (`ip6` tables).
+    Icmp6PortUnreachable,
 }
 
 /// `fib` route type of a local address (`RTN_LOCAL`), as `fib daddr type`
@@ -476,6 +480,8 @@ impl Expr {
                     Reject::PortUnreachable => (2, 1),
                     Reject::AdminProhibited => (2, 3),
                     Reject::Icmp4PortUnreachable => (0, 3),
+                    // NFT_REJECT_ICMP_UNREACH with ICMPV6_PORT_UNREACH.
+                    Reject::Icmp6PortUnreachable => (0, 4),
                 };
                 d.be32(1, ty).put(2, &[code]);
             }

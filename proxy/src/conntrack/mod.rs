@@ -7,22 +7,22 @@
 pub mod netlink;
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::Mutex;
 
 use crate::Result;
 
-/// One conntrack entry, as far as cleanup needs it.
+/// One conntrack entry, as far as cleanup needs it (IPv4 or IPv6).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Flow {
     /// IP protocol number (17 for UDP).
     pub proto: u8,
-    pub orig_src: Ipv4Addr,
-    pub orig_dst: Ipv4Addr,
+    pub orig_src: IpAddr,
+    pub orig_dst: IpAddr,
     pub orig_sport: u16,
     pub orig_dport: u16,
     /// Where replies come from: the DNAT target when the flow was NATed.
-    pub reply_src: Ipv4Addr,
+    pub reply_src: IpAddr,
     pub reply_sport: u16,
     /// The kernel's id for the entry, so a delete hits only this one.
     pub id: Option<u32>,
@@ -35,14 +35,14 @@ pub struct Flow {
 pub struct UdpTarget {
     pub dest: Dest,
     /// `ip:port` of the current endpoints (empty: none, or deleted).
-    pub endpoints: BTreeSet<(Ipv4Addr, u16)>,
+    pub endpoints: BTreeSet<(IpAddr, u16)>,
 }
 
 /// How a flow reaches a Service port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dest {
     /// ClusterIP and port.
-    ClusterIp(Ipv4Addr, u16),
+    ClusterIp(IpAddr, u16),
     /// A NodePort on one of `node_ips` (any address when empty).
     NodePort(u16),
 }
@@ -52,7 +52,7 @@ pub enum Dest {
 /// endpoint that is gone, or the flow was never NATed at all). NodePort
 /// flows count when sent to one of `node_ips`, or to any address when
 /// that list is empty.
-pub fn stale<'a>(flows: &'a [Flow], targets: &[UdpTarget], node_ips: &[Ipv4Addr]) -> Vec<&'a Flow> {
+pub fn stale<'a>(flows: &'a [Flow], targets: &[UdpTarget], node_ips: &[IpAddr]) -> Vec<&'a Flow> {
     flows
         .iter()
         .filter(|f| f.proto == 17)
@@ -82,7 +82,7 @@ pub trait Conntrack: Send + Sync {
 }
 
 /// Deletes the [`stale`] flows for `targets`; returns how many went.
-pub fn clean(ct: &dyn Conntrack, targets: &[UdpTarget], node_ips: &[Ipv4Addr]) -> Result<usize> {
+pub fn clean(ct: &dyn Conntrack, targets: &[UdpTarget], node_ips: &[IpAddr]) -> Result<usize> {
     if targets.is_empty() {
         return Ok(0);
     }

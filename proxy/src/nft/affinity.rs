@@ -9,12 +9,18 @@ use std::collections::{HashMap, HashSet};
 use hostnet::nftables::{Elem, ElemData, Field, Value};
 
 use super::ruleset::to;
+use crate::family::Addr;
 use crate::view::ServicePort;
 
-/// An entry's key: client (4 bytes), destination address (4), protocol
-/// and port (4 + 4, padded).
-const DEST: std::ops::Range<usize> = 4..16;
-const PORT: std::ops::Range<usize> = 8..16;
+/// An entry's key: client (4 bytes, 16 for IPv6), destination address
+/// (4 or 16), protocol and port (4 + 4, padded).
+fn dest(addr: usize) -> std::ops::Range<usize> {
+    addr..2 * addr + 8
+}
+
+fn port(addr: usize) -> std::ops::Range<usize> {
+    2 * addr..2 * addr + 8
+}
 
 /// The endpoints an entry may lead to, by destination (`ip . proto .
 /// port`: ClusterIP, external and load-balancer IPs) and by NodePort
@@ -23,12 +29,15 @@ const PORT: std::ops::Range<usize> = 8..16;
 pub struct Targets {
     dests: HashMap<Vec<u8>, HashSet<Vec<u8>>>,
     node_ports: HashMap<Vec<u8>, HashSet<Vec<u8>>>,
+    /// The address length of the family noted ([`Targets::add`]).
+    addr: usize,
 }
 
 impl Targets {
     /// Notes what `sp`'s entries may lead to (nothing when it has no
     /// affinity or no endpoints).
-    pub fn add(&mut self, sp: &ServicePort) {
+    pub fn add<F: Addr>(&mut self, sp: &ServicePort<F>) {
+        self.addr = 4 * usize::from(F::REGS);
         let (dests, node_port) = keys(sp);
         let local = sp.local_endpoints();
         let valid = |local_only: bool| -> HashSet<Vec<u8>> {
@@ -97,8 +106,8 @@ impl Targets {
     fn valid_for(&self, e: &Elem) -> Option<&HashSet<Vec<u8>>> {
         let k = &e.key.0;
         self.dests
-            .get(k.get(DEST)?)
-            .or_else(|| self.node_ports.get(k.get(PORT)?))
+            .get(k.get(dest(self.addr))?)
+            .or_else(|| self.node_ports.get(k.get(port(self.addr))?))
     }
 }
 
@@ -111,11 +120,11 @@ fn data(e: &Elem) -> Option<&[u8]> {
 
 /// `sp`'s destinations as entry key parts (the ClusterIP first), and its
 /// NodePort's.
-fn keys(sp: &ServicePort) -> (Vec<Vec<u8>>, Option<Vec<u8>>) {
+fn keys<F: Addr>(sp: &ServicePort<F>) -> (Vec<Vec<u8>>, Option<Vec<u8>>) {
     let proto = Field::Proto(sp.protocol.number());
     let dests = std::iter::once(sp.cluster_ip)
         .chain(sp.external_destinations())
-        .map(|ip| Value::of(&[Field::Ipv4(ip), proto, Field::Port(sp.port)]).0)
+        .map(|ip| Value::of(&[ip.field(), proto, Field::Port(sp.port)]).0)
         .collect();
     let node_port = sp
         .node_port

@@ -1,4 +1,5 @@
-//! The nftables mode's sync engine: table `ip kube-proxy` built once per
+//! The nftables mode's sync engine (one per address family): table `ip
+//! kube-proxy` (or `ip6 kube-proxy`) built once per
 //! full sync (delete + recreate in one transaction) from the static
 //! skeleton of [`ruleset`], then kept current by partial syncs that send
 //! only set/map element changes, one transaction each. A deleted or
@@ -10,17 +11,19 @@ pub mod ruleset;
 mod tests;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use affinity::Targets;
 use hostnet::nftables::{Batch, Canary, Elem, NfTables, OwnedTable, Value};
 use ruleset::{
-    affinity_rules, hairpin_elem, names, service_elements, set_named, skeleton, table, Element,
+    affinity_rules_for, hairpin_elem, names, service_elements, set_named_for, skeleton_for, table,
+    table_for, Element,
 };
 
 use crate::conntrack::{self, Conntrack, UdpTarget};
+use crate::family::Addr;
 use crate::rules::names::Protocol;
 use crate::rules::NodeConfig;
 use crate::sync::{udp_targets, Proxier, SyncOutcome, DEFAULT_FULL_SYNC_PERIOD};
@@ -28,7 +31,7 @@ use crate::view::{group, ServiceKey, ServiceMap, ServicePort};
 use crate::Result;
 
 /// Whether two ports of one Service are the same port.
-fn same_port(a: &ServicePort, b: &ServicePort) -> bool {
+fn same_port<F: Addr>(a: &ServicePort<F>, b: &ServicePort<F>) -> bool {
     (&a.name.port, a.protocol) == (&b.name.port, b.protocol)
 }
 
@@ -45,7 +48,7 @@ struct Walk {
 }
 
 /// `view` as if it had no affinity: all its client entries are stale.
-fn without_affinity(view: &ServicePort) -> ServicePort {
+fn without_affinity<F: Addr>(view: &ServicePort<F>) -> ServicePort<F> {
     ServicePort {
         affinity_seconds: None,
         ..view.clone()
@@ -54,7 +57,7 @@ fn without_affinity(view: &ServicePort) -> ServicePort {
 
 /// The nftables engine. Keeps what the last successful sync wrote, per
 /// Service port, so a partial sync diffs only the ports that changed.
-pub struct NftSyncer {
+pub struct NftSyncer<F: Addr = Ipv4Addr> {
     nft: Arc<dyn NfTables>,
     conntrack: Option<Arc<dyn Conntrack>>,
     node: NodeConfig,
@@ -63,9 +66,9 @@ pub struct NftSyncer {
     /// they came from). Their elements are not kept: a port's elements are
     /// a function of the port ([`service_elements`]), so a partial sync
     /// recomputes the old ones of the few ports it changes.
-    services: BTreeMap<ServiceKey, Arc<[ServicePort]>>,
+    services: BTreeMap<ServiceKey, Arc<[ServicePort<F>]>>,
     /// Endpoint IP → how many Service ports use it (its hairpin element).
-    hairpin: HashMap<Ipv4Addr, usize>,
+    hairpin: HashMap<F, usize>,
     /// Whether the table is the one the last full sync built.
     table: OwnedTable,
     /// The affinity timeouts whose sets and rules the table holds.
@@ -73,9 +76,9 @@ pub struct NftSyncer {
     last_full: Option<Instant>,
 }
 
-impl NftSyncer {
+impl<F: Addr> NftSyncer<F> {
     /// An engine writing through `nft` for `node`; the first sync is full.
-    pub fn new(nft: Arc<dyn NfTables>, node: NodeConfig) -> NftSyncer {
+    pub fn new(nft: Arc<dyn NfTables>, node: NodeConfig) -> NftSyncer<F> {
         NftSyncer {
             nft,
             conntrack: None,
@@ -83,20 +86,20 @@ impl NftSyncer {
             full_period: DEFAULT_FULL_SYNC_PERIOD,
             services: BTreeMap::new(),
             hairpin: HashMap::new(),
-            table: OwnedTable::new(table()),
+            table: OwnedTable::new(table_for::<F>()),
             timeouts: BTreeSet::new(),
             last_full: None,
         }
     }
 
     /// Cleans stale UDP flows through `ct` after each sync.
-    pub fn with_conntrack(mut self, ct: Arc<dyn Conntrack>) -> NftSyncer {
+    pub fn with_conntrack(mut self, ct: Arc<dyn Conntrack>) -> NftSyncer<F> {
         self.conntrack = Some(ct);
         self
     }
 
     /// A full sync at least every `period`.
-    pub fn with_full_sync_period(mut self, period: Duration) -> NftSyncer {
+    pub fn with_full_sync_period(mut self, period: Duration) -> NftSyncer<F> {
         self.full_period = period;
         self
     }
@@ -105,11 +108,11 @@ impl NftSyncer {
     /// hairpin counts, noting elements that appear or disappear.
     fn count_hairpin(
         &mut self,
-        old: Option<&ServicePort>,
-        new: Option<&ServicePort>,
+        old: Option<&ServicePort<F>>,
+        new: Option<&ServicePort<F>>,
         diff: &mut Diff,
     ) {
-        let ips = |v: Option<&ServicePort>| -> BTreeSet<Ipv4Addr> {
+        let ips = |v: Option<&ServicePort<F>>| -> BTreeSet<F> {
             v.iter()
                 .flat_map(|v| v.all_endpoints().map(|e| e.ip))
                 .collect()
@@ -141,7 +144,7 @@ impl NftSyncer {
     /// it, compares every Service with what the last sync wrote.
     fn sync_inner(
         &mut self,
-        view: &ServiceMap,
+        view: &ServiceMap<F>,
         changed: Option<&BTreeSet<ServiceKey>>,
     ) -> Result<SyncOutcome> {
         let start = Instant::now();
@@ -191,7 +194,7 @@ impl NftSyncer {
             Vec::new()
         };
         let mut batch = if full {
-            skeleton(&self.node)
+            skeleton_for::<F>(&self.node)
         } else {
             Batch::new()
         };
@@ -201,12 +204,12 @@ impl NftSyncer {
             timeouts.difference(&self.timeouts).copied().collect()
         };
         for t in &new_timeouts {
-            affinity_rules(&mut batch, *t);
+            affinity_rules_for::<F>(&mut batch, *t);
         }
-        let changed = diff.render(&mut batch);
+        let changed = diff.render::<F>(&mut batch);
         if !carried.is_empty() {
-            let map = set_named(names::AFFINITY_CLIENTS);
-            batch.add_elements(&table(), &map, carried);
+            let map = set_named_for::<F>(names::AFFINITY_CLIENTS);
+            batch.add_elements(&table_for::<F>(), &map, carried);
         }
         let applying = Instant::now();
         let applied = self.table.apply(self.nft.as_ref(), &batch, full)?;
@@ -234,7 +237,7 @@ impl NftSyncer {
     }
 
     /// Service `key` in a partial sync: now `ports`, or gone.
-    fn update(&mut self, key: &ServiceKey, ports: Option<&Arc<[ServicePort]>>, w: &mut Walk) {
+    fn update(&mut self, key: &ServiceKey, ports: Option<&Arc<[ServicePort<F>]>>, w: &mut Walk) {
         let old = self.services.remove(key);
         match (old, ports) {
             (None, None) => {}
@@ -255,12 +258,12 @@ impl NftSyncer {
     /// the others are written, and ports it no longer has go.
     fn service(
         &mut self,
-        old: Option<Arc<[ServicePort]>>,
-        ports: &Arc<[ServicePort]>,
+        old: Option<Arc<[ServicePort<F>]>>,
+        ports: &Arc<[ServicePort<F>]>,
         full: bool,
         w: &mut Walk,
-    ) -> Arc<[ServicePort]> {
-        let old_ports: &[ServicePort] = old.as_deref().unwrap_or_default();
+    ) -> Arc<[ServicePort<F>]> {
+        let old_ports: &[ServicePort<F>] = old.as_deref().unwrap_or_default();
         let mut paired = vec![false; old_ports.len()];
         for sp in ports.iter() {
             let prev = old_ports
@@ -284,7 +287,7 @@ impl NftSyncer {
     }
 
     /// A Service no longer in the view: each of its ports goes.
-    fn service_gone(&mut self, old: Arc<[ServicePort]>, full: bool, w: &mut Walk) {
+    fn service_gone(&mut self, old: Arc<[ServicePort<F>]>, full: bool, w: &mut Walk) {
         for p in old.iter() {
             self.port_gone(p, full, w);
         }
@@ -294,7 +297,13 @@ impl NftSyncer {
     /// rewritten by a full sync: its element changes (against the old
     /// port's, recomputed), hairpin counts, UDP flows to clean and affinity
     /// entries to check go into `w`.
-    fn port(&mut self, old: Option<&ServicePort>, sp: &ServicePort, full: bool, w: &mut Walk) {
+    fn port(
+        &mut self,
+        old: Option<&ServicePort<F>>,
+        sp: &ServicePort<F>,
+        full: bool,
+        w: &mut Walk,
+    ) {
         if sp.protocol == Protocol::Udp && (full || old.is_none_or(|p| !p.same_endpoints(sp))) {
             w.udp.extend(udp_targets(sp, sp));
         }
@@ -316,7 +325,7 @@ impl NftSyncer {
 
     /// A Service port no longer in the view: its elements go (a full sync
     /// wrote none), and its UDP flows and client entries are cleaned.
-    fn port_gone(&mut self, view: &ServicePort, full: bool, w: &mut Walk) {
+    fn port_gone(&mut self, view: &ServicePort<F>, full: bool, w: &mut Walk) {
         if !full {
             self.count_hairpin(Some(view), None, &mut w.diff);
             for e in service_elements(view) {
@@ -343,7 +352,7 @@ impl NftSyncer {
             return Vec::new();
         }
         self.nft
-            .elements(&table(), names::AFFINITY_CLIENTS)
+            .elements(&table_for::<F>(), names::AFFINITY_CLIENTS)
             .map(|dumped| targets.carried(&dumped))
             .unwrap_or_default()
     }
@@ -352,9 +361,9 @@ impl NftSyncer {
     /// longer has. An entry may expire between the read and the delete
     /// (the transaction then fails with ENOENT): read again, a few times.
     fn drop_stale_clients(&self, targets: &Targets) {
-        let map = set_named(names::AFFINITY_CLIENTS);
+        let map = set_named_for::<F>(names::AFFINITY_CLIENTS);
         for _ in 0..3 {
-            let stale = match self.nft.elements(&table(), &map.name) {
+            let stale = match self.nft.elements(&table_for::<F>(), &map.name) {
                 Ok(dumped) => targets.stale(&dumped),
                 Err(e) => {
                     tracing::warn!(error = %e, "read session affinity entries");
@@ -365,7 +374,7 @@ impl NftSyncer {
                 return;
             }
             let mut b = Batch::new();
-            b.delete_elements(&table(), &map, stale);
+            b.delete_elements(&table_for::<F>(), &map, stale);
             match self.nft.apply(&b) {
                 Ok(()) => return,
                 Err(e) if e.errno() == Some(libc::ENOENT) => continue,
@@ -379,7 +388,11 @@ impl NftSyncer {
 
     fn clean_conntrack(&self, targets: &[UdpTarget]) -> usize {
         let Some(ct) = &self.conntrack else { return 0 };
-        match conntrack::clean(ct.as_ref(), targets, &self.node.node_ips) {
+        let node_ips: Vec<std::net::IpAddr> = F::nodeport_ips(&self.node)
+            .into_iter()
+            .map(Into::into)
+            .collect();
+        match conntrack::clean(ct.as_ref(), targets, &node_ips) {
             Ok(n) => n,
             Err(e) => {
                 tracing::warn!(error = %e, "clean stale UDP conntrack entries");
@@ -389,10 +402,10 @@ impl NftSyncer {
     }
 }
 
-impl NftSyncer {
+impl<F: Addr> NftSyncer<F> {
     fn sync_or_full_next(
         &mut self,
-        view: &ServiceMap,
+        view: &ServiceMap<F>,
         changed: Option<&BTreeSet<ServiceKey>>,
     ) -> Result<SyncOutcome> {
         let r = self.sync_inner(view, changed);
@@ -403,15 +416,15 @@ impl NftSyncer {
     }
 }
 
-impl Proxier for NftSyncer {
+impl<F: Addr> Proxier<F> for NftSyncer<F> {
     /// Compares every Service with what the last sync wrote.
-    fn sync(&mut self, desired: &[ServicePort]) -> Result<SyncOutcome> {
+    fn sync(&mut self, desired: &[ServicePort<F>]) -> Result<SyncOutcome> {
         self.sync_or_full_next(&group(desired), None)
     }
 
     fn sync_changed(
         &mut self,
-        view: &ServiceMap,
+        view: &ServiceMap<F>,
         changed: &BTreeSet<ServiceKey>,
     ) -> Result<SyncOutcome> {
         self.sync_or_full_next(view, Some(changed))
@@ -423,7 +436,10 @@ impl Proxier for NftSyncer {
     fn check_canary(&mut self) -> bool {
         let c = self.table.check(self.nft.as_ref());
         if c == Canary::NewlyLost {
-            tracing::warn!("nft table ip kube-proxy gone or recreated: next sync is full");
+            tracing::warn!(
+                family = F::NAME,
+                "nft table kube-proxy gone or recreated: next sync is full"
+            );
         }
         c == Canary::Intact
     }
@@ -439,7 +455,7 @@ impl Proxier for NftSyncer {
 /// Whether going from `old` to `new` may leave clients pinned to an
 /// endpoint the port no longer has (or pinned at all, when it lost
 /// affinity).
-fn may_strand(old: &ServicePort, new: &ServicePort) -> bool {
+fn may_strand<F: Addr>(old: &ServicePort<F>, new: &ServicePort<F>) -> bool {
     // A port that gains affinity may find entries left from before (a
     // NodePort's number reached on another address): check them too.
     (old.affinity_seconds.is_none() && new.affinity_seconds.is_some())
@@ -492,16 +508,16 @@ impl Diff {
     }
 
     /// Appends the changes to `batch`; returns how many elements.
-    fn render(self, batch: &mut Batch) -> usize {
-        let t = table();
+    fn render<F: Addr>(self, batch: &mut Batch) -> usize {
+        let t = table_for::<F>();
         let mut n = 0;
         for (set, elems) in self.delete {
             n += elems.len();
-            batch.delete_elements(&t, &set_named(&set), elems);
+            batch.delete_elements(&t, &set_named_for::<F>(&set), elems);
         }
         for (set, elems) in self.add {
             n += elems.len();
-            batch.add_elements(&t, &set_named(&set), elems);
+            batch.add_elements(&t, &set_named_for::<F>(&set), elems);
         }
         n
     }
@@ -514,8 +530,11 @@ fn elem(key: Value, value: Option<Value>) -> Elem {
     }
 }
 
-/// Deletes table `ip kube-proxy` (switching to iptables mode, or
-/// `knode agent --cleanup`). Returns whether it was there.
+/// Deletes tables `ip kube-proxy` and `ip6 kube-proxy` (switching to
+/// iptables mode, or `knode agent --cleanup`). Returns whether one was
+/// there.
 pub fn cleanup(nft: &dyn NfTables) -> Result<bool> {
-    Ok(hostnet::nftables::delete_table_if_present(nft, &table())?)
+    let v4 = hostnet::nftables::delete_table_if_present(nft, &table())?;
+    let v6 = hostnet::nftables::delete_table_if_present(nft, &table_for::<Ipv6Addr>())?;
+    Ok(v4 || v6)
 }

@@ -1,11 +1,10 @@
 //! The nftables mode's ruleset as pure functions: the static skeleton of
-//! table `ip kube-proxy` (chains, sets, maps, rules; it depends on the
+//! table `ip kube-proxy` or `ip6 kube-proxy` (chains, sets, maps, rules; it depends on the
 //! node only) and the set/map elements one Service port contributes. A
 //! Service, an endpoint or a NodePort is elements only, never a rule.
 //! Nothing here talks to the kernel.
 
-use std::net::Ipv4Addr;
-
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use hostnet::nftables::{
@@ -14,10 +13,12 @@ use hostnet::nftables::{
     Verdict, RTN_LOCAL,
 };
 
+use crate::family::Addr;
+use crate::rules::names::Protocol;
 use crate::rules::NodeConfig;
 use crate::view::{Endpoint, ServicePort};
 
-/// The proxy's table (one per family; IPv4 only for now).
+/// The proxy's table (one per family: `ip` and, dual-stack, `ip6`).
 pub const TABLE: &str = "kube-proxy";
 
 /// Endpoint counts up to this get a tier of their own (`numgen random mod
@@ -120,9 +121,14 @@ pub const AFFINITY_RECORD: &str = "affinity-record";
 /// The most client entries each affinity map holds.
 pub const AFFINITY_CLIENTS_MAX: u32 = 1 << 20;
 
-/// The table.
+/// The IPv4 table, `ip kube-proxy`.
 pub fn table() -> Table {
-    Table::new(Family::Ip, TABLE)
+    table_for::<Ipv4Addr>()
+}
+
+/// The table of family `F`: `ip kube-proxy` or `ip6 kube-proxy`.
+pub fn table_for<F: Addr>() -> Table {
+    Table::new(F::NFT_FAMILY, TABLE)
 }
 
 /// Every tier, as its slot count (the numgen modulus), in rule order.
@@ -147,7 +153,7 @@ pub fn slots(n: usize) -> u32 {
 }
 
 /// Which endpoint each slot leads to: endpoint `s % n` for slot `s`.
-pub fn fill(endpoints: &[Endpoint]) -> Vec<&Endpoint> {
+pub fn fill<F: Addr>(endpoints: &[Endpoint<F>]) -> Vec<&Endpoint<F>> {
     let cap = LARGE_TIERS
         .last()
         .map_or(usize::MAX, |(most, _)| *most as usize);
@@ -172,10 +178,15 @@ fn map(name: &str, key: &[DataType], value: &[DataType]) -> Set {
     )
 }
 
-use DataType::{InetProto as P, InetService as S, Ipv4Addr as A, Mark as M};
+use DataType::{InetProto as P, InetService as S, Mark as M};
 
-/// Every set and map of the table.
+/// Every set and map of the IPv4 table.
 pub fn sets() -> Vec<Set> {
+    sets_for::<Ipv4Addr>()
+}
+
+/// Every set and map of the table of family `F`.
+pub fn sets_for<F: Addr>() -> Vec<Set> {
     let mut v: Vec<Set> = [
         names::SERVICE_IPS,
         names::SERVICE_NODEPORTS,
@@ -197,19 +208,26 @@ pub fn sets() -> Vec<Set> {
         names::CLUSTER_NODEPORT_ENDPOINTS,
     ]
     .into_iter()
-    .map(set_named)
+    .map(set_named_for::<F>)
     .collect();
     for k in tiers() {
-        v.push(set_named(&vip_tier(k)));
-        v.push(set_named(&nodeport_tier(k)));
-        v.push(set_named(&cluster_tier(k)));
-        v.push(set_named(&cluster_nodeport_tier(k)));
+        v.push(set_named_for::<F>(&vip_tier(k)));
+        v.push(set_named_for::<F>(&nodeport_tier(k)));
+        v.push(set_named_for::<F>(&cluster_tier(k)));
+        v.push(set_named_for::<F>(&cluster_nodeport_tier(k)));
     }
     v
 }
 
-/// The set or map `name` as [`sets`] declares it.
+/// The set or map `name` of the IPv4 table, as [`sets`] declares it.
 pub fn set_named(name: &str) -> Set {
+    set_named_for::<Ipv4Addr>(name)
+}
+
+/// The set or map `name` of the table of family `F`.
+pub fn set_named_for<F: Addr>(name: &str) -> Set {
+    #[allow(non_snake_case)]
+    let A = F::NFT_TYPE;
     let key: &[DataType] = match name {
         names::SERVICE_ENDPOINTS => return map(name, &[A, P, S, M], &[A, S]),
         names::NODEPORT_ENDPOINTS | names::CLUSTER_NODEPORT_ENDPOINTS => {
@@ -279,11 +297,11 @@ fn r(slot: u8) -> Reg {
 }
 
 /// `ip daddr . meta l4proto . th dport` into R1..R3.
-fn vip_key() -> Vec<Expr> {
+fn vip_key<F: Addr>() -> Vec<Expr> {
     vec![
-        Expr::ip_daddr(r(0)),
-        Expr::meta(MetaKey::L4Proto, r(1)),
-        Expr::th_dport(r(2)),
+        F::daddr(r(0)),
+        Expr::meta(MetaKey::L4Proto, r(F::REGS)),
+        Expr::th_dport(r(F::REGS + 1)),
     ]
 }
 
@@ -293,32 +311,15 @@ fn port_key() -> Vec<Expr> {
 }
 
 /// The destination is an address NodePorts answer on.
-fn nodeport_addr(node: &NodeConfig) -> Vec<Expr> {
-    if !node.node_ips.is_empty() {
-        return vec![
-            Expr::ip_daddr(r(0)),
-            Expr::lookup(names::NODEPORT_IPS, r(0)),
-        ];
+fn nodeport_addr<F: Addr>(node: &NodeConfig) -> Vec<Expr> {
+    if F::nodeports_restricted(node) {
+        return vec![F::daddr(r(0)), Expr::lookup(names::NODEPORT_IPS, r(0))];
     }
     let mut v = vec![
         Expr::FibDaddrType { dreg: r(0) },
         Expr::cmp_eq(r(0), &RTN_LOCAL.to_ne_bytes()),
     ];
-    if !node.localhost_nodeports {
-        // ip daddr != 127.0.0.0/8
-        v.push(Expr::ip_daddr(r(0)));
-        v.push(Expr::Bitwise {
-            sreg: r(0),
-            dreg: r(0),
-            mask: vec![255, 0, 0, 0],
-            xor: vec![0; 4],
-        });
-        v.push(Expr::Cmp {
-            sreg: r(0),
-            op: CmpOp::Neq,
-            data: vec![127, 0, 0, 0],
-        });
-    }
+    v.extend(F::not_loopback_daddr(node));
     v
 }
 
@@ -350,7 +351,7 @@ fn mark_masq() -> Vec<Expr> {
 
 /// `dnat to <key> . numgen random mod slots map @map`: `key` loads the
 /// first `key_regs` registers; the slot goes in the next one.
-fn pick(key: Vec<Expr>, key_regs: u8, slots: u32, map: &str) -> Vec<Expr> {
+fn pick<F: Addr>(key: Vec<Expr>, key_regs: u8, slots: u32, map: &str) -> Vec<Expr> {
     let mut v = key;
     v.push(Expr::NumgenRandom {
         dreg: r(key_regs),
@@ -360,9 +361,9 @@ fn pick(key: Vec<Expr>, key_regs: u8, slots: u32, map: &str) -> Vec<Expr> {
     v.push(lookup_into(map, r(0)));
     v.push(Expr::Nat {
         kind: NatKind::Dnat,
-        family: Family::Ip,
+        family: F::NFT_FAMILY,
         addr: Some(r(0)),
-        port: Some(r(1)),
+        port: Some(r(F::REGS)),
         fully_random: false,
     });
     v
@@ -371,22 +372,32 @@ fn pick(key: Vec<Expr>, key_regs: u8, slots: u32, map: &str) -> Vec<Expr> {
 /// One rule per tier in `chain`: when `key()` is in the tier's set
 /// (`tier_set(k)`), DNAT to `key . numgen random mod k` looked up in `map`.
 /// Each expression of `key` loads one field into one register.
-fn balance(
+/// `regs` is how many registers the key fills.
+fn balance<F: Addr>(
     b: &mut Batch,
     chain: &str,
-    key: fn() -> Vec<Expr>,
+    (key, regs): (fn() -> Vec<Expr>, u8),
     tier_set: fn(u32) -> String,
     map: &str,
 ) {
-    let regs = key().len() as u8;
     for k in tiers() {
         let rule = cat(vec![
             key(),
             vec![Expr::lookup(tier_set(k), r(0))],
-            pick(key(), regs, k, map),
+            pick::<F>(key(), regs, k, map),
         ]);
-        b.add_rule(&table(), chain, rule, None);
+        b.add_rule(&table_for::<F>(), chain, rule, None);
     }
+}
+
+/// [`vip_key`] and the registers it fills.
+fn vip_key_regs<F: Addr>() -> (fn() -> Vec<Expr>, u8) {
+    (vip_key::<F>, F::REGS + 2)
+}
+
+/// [`port_key`] and the registers it fills.
+fn port_key_regs() -> (fn() -> Vec<Expr>, u8) {
+    (port_key, 2)
 }
 
 fn cat(parts: Vec<Vec<Expr>>) -> Vec<Expr> {
@@ -398,10 +409,15 @@ fn cat(parts: Vec<Vec<Expr>>) -> Vec<Expr> {
 /// chains and rules, and the NodePort addresses when the node names them.
 /// Service elements follow in the same batch (see the sync).
 pub fn skeleton(node: &NodeConfig) -> Batch {
-    let t = table();
+    skeleton_for::<Ipv4Addr>(node)
+}
+
+/// [`skeleton`] of the table of family `F`.
+pub fn skeleton_for<F: Addr>(node: &NodeConfig) -> Batch {
+    let t = table_for::<F>();
     let mut b = Batch::new();
     b.add_table(&t).delete_table(&t).add_table(&t);
-    for s in sets() {
+    for s in sets_for::<F>() {
         b.add_set(&t, s);
     }
     let base = [
@@ -428,7 +444,7 @@ pub fn skeleton(node: &NodeConfig) -> Batch {
     }
 
     let jump = |c: &str| vec![Expr::Verdict(Verdict::Jump(c.into()))];
-    if node.localhost_nodeports {
+    if node.localhost_nodeports && F::NFT_FAMILY == Family::Ip {
         // kube-proxy's KUBE-FIREWALL: with route_localnet on, drop packets
         // to 127.0.0.0/8 from elsewhere unless they are a NodePort's
         // (DNATed) or belong to a connection.
@@ -450,23 +466,23 @@ pub fn skeleton(node: &NodeConfig) -> Batch {
     // services: masquerade marks, then per tier: is the ClusterIP port in
     // the tier's set? Then DNAT to the endpoint of a random slot.
     let to_vip = cat(vec![
-        vip_key(),
+        vip_key::<F>(),
         vec![Expr::lookup(names::SERVICE_IPS, r(0))],
     ]);
     if node.masquerade_all {
         let rule = cat(vec![to_vip, mark_masq()]);
         b.add_rule(&t, "services", rule, Some("masquerade all"));
-    } else if let Some(cidr) = node.cluster_cidr {
+    } else if let Some((net, mask)) = F::cluster_prefix(node) {
         let rule = cat(vec![
             to_vip,
-            not_in_prefix(cidr.network(), cidr.netmask()),
+            prefix_match::<F>(net, mask, CmpOp::Neq),
             mark_masq(),
         ]);
         b.add_rule(&t, "services", rule, Some("cluster IP from off-cluster"));
     }
     // External IPs with policy Cluster: masquerade, whoever the client.
     let to_external = cat(vec![
-        vip_key(),
+        vip_key::<F>(),
         vec![Expr::lookup(names::EXTERNAL_IPS, r(0))],
         mark_masq(),
     ]);
@@ -479,41 +495,41 @@ pub fn skeleton(node: &NodeConfig) -> Batch {
     // External IPs with policy Local: pods and this node reach every
     // endpoint (this node's traffic masqueraded), as kube-proxy
     // short-circuits them.
-    short_circuit(
+    short_circuit::<F>(
         &mut b,
         node,
         "services",
-        vip_key,
+        vip_key::<F>,
         names::LOCAL_POLICY_IPS,
         EXTERNAL_CLUSTER,
     );
-    balance(
+    balance::<F>(
         &mut b,
         EXTERNAL_CLUSTER,
-        vip_key,
+        vip_key_regs::<F>(),
         cluster_tier,
         names::CLUSTER_ENDPOINTS,
     );
     // Session affinity: a client with an entry goes where it went before
     // (entries are written by `affinity-record`); the others are balanced.
     let pinned = cat(vec![
-        vip_key(),
+        vip_key::<F>(),
         vec![Expr::lookup(names::SERVICE_AFFINITY, r(0))],
-        to_pinned(),
+        to_pinned::<F>(),
     ]);
     b.add_rule(&t, "services", pinned, Some("session affinity"));
-    balance(
+    balance::<F>(
         &mut b,
         "services",
-        vip_key,
+        vip_key_regs::<F>(),
         vip_tier,
         names::SERVICE_ENDPOINTS,
     );
-    let to_nodeports = cat(vec![nodeport_addr(node), jump("nodeports")]);
+    let to_nodeports = cat(vec![nodeport_addr::<F>(node), jump("nodeports")]);
     b.add_rule(&t, "services", to_nodeports, None);
 
     // nodeports: the same by protocol and port, on the node's addresses.
-    short_circuit(
+    short_circuit::<F>(
         &mut b,
         node,
         "nodeports",
@@ -521,10 +537,10 @@ pub fn skeleton(node: &NodeConfig) -> Batch {
         names::NODEPORTS_LOCAL,
         NODEPORT_CLUSTER,
     );
-    balance(
+    balance::<F>(
         &mut b,
         NODEPORT_CLUSTER,
-        port_key,
+        port_key_regs(),
         cluster_nodeport_tier,
         names::CLUSTER_NODEPORT_ENDPOINTS,
     );
@@ -545,13 +561,13 @@ pub fn skeleton(node: &NodeConfig) -> Batch {
     let pinned = cat(vec![
         port_key(),
         vec![Expr::lookup(names::NODEPORT_AFFINITY, r(0))],
-        to_pinned(),
+        to_pinned::<F>(),
     ]);
     b.add_rule(&t, "nodeports", pinned, Some("session affinity"));
-    balance(
+    balance::<F>(
         &mut b,
         "nodeports",
-        port_key,
+        port_key_regs(),
         nodeport_tier,
         names::NODEPORT_ENDPOINTS,
     );
@@ -567,7 +583,7 @@ pub fn skeleton(node: &NodeConfig) -> Batch {
     // Refuse Services without endpoints at once; drop what a Local policy
     // leaves this node no endpoint for (as kube-proxy does: the client may
     // try another node).
-    let reject = Expr::Reject(Reject::Icmp4PortUnreachable);
+    let reject = Expr::Reject(F::reject());
     let drop = Expr::Verdict(Verdict::Drop);
     for (i, (vips, node_ports, end)) in [
         (
@@ -591,7 +607,7 @@ pub fn skeleton(node: &NodeConfig) -> Batch {
             let ret = vec![Expr::Verdict(Verdict::Return)];
             let vip = cat(vec![
                 from_this_node(),
-                vip_key(),
+                vip_key::<F>(),
                 vec![Expr::lookup(names::LOCAL_POLICY_IPS, r(0))],
                 ret.clone(),
             ]);
@@ -603,7 +619,7 @@ pub fn skeleton(node: &NodeConfig) -> Batch {
             );
             let np = cat(vec![
                 from_this_node(),
-                nodeport_addr(node),
+                nodeport_addr::<F>(node),
                 port_key(),
                 vec![Expr::lookup(names::NODEPORTS_LOCAL, r(0))],
                 ret,
@@ -615,10 +631,32 @@ pub fn skeleton(node: &NodeConfig) -> Batch {
                 Some("short-circuit local traffic"),
             );
         }
-        let vip = cat(vec![vip_key(), vec![Expr::lookup(vips, r(0)), end.clone()]]);
+        if i == 0 && F::TCP_RESET {
+            // TCP first, with a reset (see `Addr::TCP_RESET`).
+            let tcp = || {
+                vec![
+                    Expr::meta(MetaKey::L4Proto, r(0)),
+                    Expr::cmp_eq(r(0), &[Protocol::Tcp.number()]),
+                    Expr::Reject(Reject::TcpReset),
+                ]
+            };
+            let vip = cat(vec![vip_key::<F>(), vec![Expr::lookup(vips, r(0))], tcp()]);
+            b.add_rule(&t, "service-endpoints-check", vip, None);
+            let np = cat(vec![
+                nodeport_addr::<F>(node),
+                port_key(),
+                vec![Expr::lookup(node_ports, r(0))],
+                tcp(),
+            ]);
+            b.add_rule(&t, "service-endpoints-check", np, None);
+        }
+        let vip = cat(vec![
+            vip_key::<F>(),
+            vec![Expr::lookup(vips, r(0)), end.clone()],
+        ]);
         b.add_rule(&t, "service-endpoints-check", vip, None);
         let np = cat(vec![
-            nodeport_addr(node),
+            nodeport_addr::<F>(node),
             port_key(),
             vec![Expr::lookup(node_ports, r(0)), end],
         ]);
@@ -637,8 +675,8 @@ pub fn skeleton(node: &NodeConfig) -> Batch {
     }
     // nat-postrouting: hairpin, then what was marked.
     let hairpin = vec![
-        Expr::ip_saddr(r(0)),
-        Expr::ip_daddr(r(1)),
+        F::saddr(r(0)),
+        F::daddr(r(F::REGS)),
         Expr::lookup(names::HAIRPIN, r(0)),
         Expr::Masquerade { fully_random: true },
     ];
@@ -666,16 +704,16 @@ pub fn skeleton(node: &NodeConfig) -> Batch {
     b.add_rule(&t, "nat-postrouting", marked, Some("marked for masquerade"));
 
     // Static elements.
-    if !node.node_ips.is_empty() {
-        let mut ips = node.node_ips.clone();
+    if F::nodeports_restricted(node) {
+        let mut ips = F::nodeport_ips(node);
         if node.localhost_nodeports {
-            ips.push(Ipv4Addr::LOCALHOST);
+            ips.extend(F::of(IpAddr::V4(Ipv4Addr::LOCALHOST)));
         }
         let elems = ips
             .iter()
-            .map(|ip| Elem::key(Value::of(&[Field::Ipv4(*ip)])))
+            .map(|ip| Elem::key(Value::of(&[ip.field()])))
             .collect();
-        b.add_elements(&t, &set_named(names::NODEPORT_IPS), elems);
+        b.add_elements(&t, &set_named_for::<F>(names::NODEPORT_IPS), elems);
     }
     b
 }
@@ -696,17 +734,23 @@ pub fn skeleton(node: &NodeConfig) -> Batch {
 /// rule jumps, so adding them makes the kernel re-validate only this
 /// small table.
 pub fn affinity_rules(b: &mut Batch, seconds: u32) {
-    let t = table();
-    b.add_set(&t, set_named(&vip_affinity(seconds)));
-    b.add_set(&t, set_named(&nodeport_affinity(seconds)));
+    affinity_rules_for::<Ipv4Addr>(b, seconds)
+}
+
+/// [`affinity_rules`] in the table of family `F`.
+pub fn affinity_rules_for<F: Addr>(b: &mut Batch, seconds: u32) {
+    let t = table_for::<F>();
+    let w = F::REGS;
+    b.add_set(&t, set_named_for::<F>(&vip_affinity(seconds)));
+    b.add_set(&t, set_named_for::<F>(&nodeport_affinity(seconds)));
     let timeout = Some(Duration::from_secs(seconds.into()));
     let original = |key: CtKey, slot: u8| Expr::CtOriginal { key, dreg: r(slot) };
     let ports = [
         (
             vec![
-                original(CtKey::DstIp, 0),
-                Expr::meta(MetaKey::L4Proto, r(1)),
-                original(CtKey::ProtoDst, 2),
+                F::ct_original_daddr(r(0)),
+                Expr::meta(MetaKey::L4Proto, r(w)),
+                original(CtKey::ProtoDst, w + 1),
             ],
             vip_affinity(seconds),
         ),
@@ -719,21 +763,22 @@ pub fn affinity_rules(b: &mut Batch, seconds: u32) {
         ),
     ];
     for (key, set) in ports {
-        // R0 client, R1..R3 what it asked for, R4..R5 where it went.
+        // R0 client, R1..R3 what it asked for, R4..R5 where it went (IPv4;
+        // an IPv6 address takes four registers).
         let rule = cat(vec![
             key,
             vec![
                 Expr::lookup(set, r(0)),
-                Expr::ip_saddr(r(0)),
-                original(CtKey::DstIp, 1),
-                Expr::meta(MetaKey::L4Proto, r(2)),
-                original(CtKey::ProtoDst, 3),
-                Expr::ip_daddr(r(4)),
-                Expr::th_dport(r(5)),
+                F::saddr(r(0)),
+                F::ct_original_daddr(r(w)),
+                Expr::meta(MetaKey::L4Proto, r(2 * w)),
+                original(CtKey::ProtoDst, 2 * w + 1),
+                F::daddr(r(2 * w + 2)),
+                Expr::th_dport(r(3 * w + 2)),
                 Expr::Dynset {
                     set: names::AFFINITY_CLIENTS.into(),
                     sreg_key: r(0),
-                    sreg_data: Some(r(4)),
+                    sreg_data: Some(r(2 * w + 2)),
                     timeout,
                 },
             ],
@@ -744,15 +789,16 @@ pub fn affinity_rules(b: &mut Batch, seconds: u32) {
 
 /// `dnat ip to ip saddr . ip daddr . meta l4proto . th dport map
 /// @affinity-clients`: where the client went before, if it has an entry.
-fn to_pinned() -> Vec<Expr> {
-    let mut v = vec![Expr::ip_saddr(r(0))];
-    v.extend(vip_key().into_iter().map(|e| shift(e, 1)));
-    v.push(lookup_into(names::AFFINITY_CLIENTS, r(4)));
+fn to_pinned<F: Addr>() -> Vec<Expr> {
+    let w = F::REGS;
+    let mut v = vec![F::saddr(r(0))];
+    v.extend(vip_key::<F>().into_iter().map(|e| shift(e, w)));
+    v.push(lookup_into(names::AFFINITY_CLIENTS, r(2 * w + 2)));
     v.push(Expr::Nat {
         kind: NatKind::Dnat,
-        family: Family::Ip,
-        addr: Some(r(4)),
-        port: Some(r(5)),
+        family: F::NFT_FAMILY,
+        addr: Some(r(2 * w + 2)),
+        port: Some(r(3 * w + 2)),
         fully_random: false,
     });
     v
@@ -766,13 +812,14 @@ fn ct_bits(key: CtKey, bits: u32, op: CmpOp) -> Vec<Expr> {
 
 /// `load` into R0, then `R0 & mask <op> data`.
 fn masked(load: Expr, mask: Vec<u8>, op: CmpOp, data: Vec<u8>) -> Vec<Expr> {
+    let xor = vec![0; mask.len()];
     vec![
         load,
         Expr::Bitwise {
             sreg: r(0),
             dreg: r(0),
             mask,
-            xor: vec![0; 4],
+            xor,
         },
         Expr::Cmp {
             sreg: r(0),
@@ -821,19 +868,9 @@ fn martian_guard() -> Vec<Expr> {
     ])
 }
 
-/// `ip saddr` not in `net/mask`.
-fn not_in_prefix(net: Ipv4Addr, mask: Ipv4Addr) -> Vec<Expr> {
-    prefix_match(net, mask, CmpOp::Neq)
-}
-
-/// `ip saddr` in `net/mask` (`op` Eq) or not (Neq).
-fn prefix_match(net: Ipv4Addr, mask: Ipv4Addr, op: CmpOp) -> Vec<Expr> {
-    masked(
-        Expr::ip_saddr(r(0)),
-        mask.octets().to_vec(),
-        op,
-        net.octets().to_vec(),
-    )
+/// `ip saddr` (`ip6 saddr`) in `net/mask` (`op` Eq) or not (Neq).
+fn prefix_match<F: Addr>(net: Vec<u8>, mask: Vec<u8>, op: CmpOp) -> Vec<Expr> {
+    masked(F::saddr(r(0)), mask, op, net)
 }
 
 /// `fib saddr type local`: the packet comes from this node.
@@ -847,7 +884,7 @@ fn from_this_node() -> Vec<Expr> {
 /// kube-proxy's short-circuit of a Local policy, in `chain`: when `key()`
 /// is in `set`, traffic from pods (the cluster CIDR, when known) goes to
 /// `to`, and so does this node's own, marked for masquerade.
-fn short_circuit(
+fn short_circuit<F: Addr>(
     b: &mut Batch,
     node: &NodeConfig,
     chain: &str,
@@ -857,16 +894,26 @@ fn short_circuit(
 ) {
     let goto = || vec![Expr::Verdict(Verdict::Goto(to.into()))];
     let member = || cat(vec![key(), vec![Expr::lookup(set, r(0))]]);
-    if let Some(cidr) = node.cluster_cidr {
+    if let Some((net, mask)) = F::cluster_prefix(node) {
         let rule = cat(vec![
             member(),
-            prefix_match(cidr.network(), cidr.netmask(), CmpOp::Eq),
+            prefix_match::<F>(net, mask, CmpOp::Eq),
             goto(),
         ]);
-        b.add_rule(&table(), chain, rule, Some("short-circuit pod traffic"));
+        b.add_rule(
+            &table_for::<F>(),
+            chain,
+            rule,
+            Some("short-circuit pod traffic"),
+        );
     }
     let rule = cat(vec![member(), from_this_node(), mark_masq(), goto()]);
-    b.add_rule(&table(), chain, rule, Some("short-circuit local traffic"));
+    b.add_rule(
+        &table_for::<F>(),
+        chain,
+        rule,
+        Some("short-circuit local traffic"),
+    );
 }
 
 /// One element: set name, key, value (for maps).
@@ -875,17 +922,17 @@ pub type Element = (String, Value, Option<Value>);
 /// The elements one Service port contributes. Hairpin elements are not
 /// included: Service ports share endpoint IPs, so the sync counts them
 /// (see [`hairpin_elem`]).
-pub fn service_elements(sp: &ServicePort) -> Vec<Element> {
+pub fn service_elements<F: Addr>(sp: &ServicePort<F>) -> Vec<Element> {
     let proto = Field::Proto(sp.protocol.number());
     let mut out: Vec<Element> = Vec::new();
     let local = sp.local_endpoints();
     let group = |local_only: bool| if local_only { &local } else { &sp.endpoints };
-    let vip = [Field::Ipv4(sp.cluster_ip), proto, Field::Port(sp.port)];
+    let vip = [sp.cluster_ip.field(), proto, Field::Port(sp.port)];
     destination(&mut out, sp, &vip, true, group(sp.internal_local));
     // Pods and this node reach a Local port's every endpoint.
     let short_circuit = sp.external_local && !sp.endpoints.is_empty();
     for ip in sp.external_destinations() {
-        let dest = [Field::Ipv4(ip), proto, Field::Port(sp.port)];
+        let dest = [ip.field(), proto, Field::Port(sp.port)];
         let eps = group(sp.external_local);
         if !eps.is_empty() && !sp.external_local {
             out.push((names::EXTERNAL_IPS.into(), Value::of(&dest), None));
@@ -948,12 +995,12 @@ pub fn service_elements(sp: &ServicePort) -> Vec<Element> {
 /// external IP or a load-balancer IP port) balanced over `eps`: in
 /// `service-ips` (ClusterIPs only) and its tier, one map element per
 /// slot, the affinity sets; or in `no-endpoint-services`.
-fn destination(
+fn destination<F: Addr>(
     out: &mut Vec<Element>,
-    sp: &ServicePort,
+    sp: &ServicePort<F>,
     dest: &[Field<'_>; 3],
     cluster_ip: bool,
-    eps: &[Endpoint],
+    eps: &[Endpoint<F>],
 ) {
     let key = Value::of(dest);
     if eps.is_empty() {
@@ -981,12 +1028,12 @@ fn destination(
 
 /// `key` in its tier (`tier_set` of its slot count) and one element of
 /// `map` per slot over `eps` (not empty).
-fn balanced(
+fn balanced<F: Addr>(
     out: &mut Vec<Element>,
     key: &[Field<'_>],
     tier_set: fn(u32) -> String,
     map: &str,
-    eps: &[Endpoint],
+    eps: &[Endpoint<F>],
 ) {
     out.push((tier_set(slots(eps.len())), Value::of(key), None));
     for (slot, e) in fill(eps).into_iter().enumerate() {
@@ -996,12 +1043,12 @@ fn balanced(
     }
 }
 
-/// An endpoint as a map value: `ipv4_addr . inet_service`.
-pub fn to(e: &Endpoint) -> Value {
-    Value::of(&[Field::Ipv4(e.ip), Field::Port(e.port)])
+/// An endpoint as a map value: `ipv4_addr . inet_service` (or `ipv6_addr`).
+pub fn to<F: Addr>(e: &Endpoint<F>) -> Value {
+    Value::of(&[e.ip.field(), Field::Port(e.port)])
 }
 
 /// The hairpin element of endpoint address `ip`: `ip . ip`.
-pub fn hairpin_elem(ip: Ipv4Addr) -> Value {
-    Value::of(&[Field::Ipv4(ip), Field::Ipv4(ip)])
+pub fn hairpin_elem<F: Addr>(ip: F) -> Value {
+    Value::of(&[ip.field(), ip.field()])
 }

@@ -16,6 +16,7 @@ fn node() -> NodeConfig {
         node_name: "n1".into(),
         node_ips: Vec::new(),
         cluster_cidr: Some("10.244.0.0/16".parse().expect("cidr")),
+        cluster_cidr_v6: None,
         masquerade_all: false,
         localhost_nodeports: false,
     }
@@ -482,5 +483,171 @@ fn cleanup_deletes_the_table_once() {
     s.sync(&services(1, 1)).unwrap();
     assert!(cleanup(fake.as_ref()).unwrap());
     assert!(!cleanup(fake.as_ref()).unwrap());
+    assert!(fake.table(&table()).unwrap().is_none());
+}
+
+// IPv6: table `ip6 kube-proxy`, the same design.
+
+fn node6() -> NodeConfig {
+    NodeConfig {
+        cluster_cidr_v6: Some("fd00:10:244::/56".parse().expect("cidr")),
+        ..node()
+    }
+}
+
+fn port6(vip: &str, eps: &[&str]) -> ServicePort<Ipv6Addr> {
+    let name = crate::rules::names::ServicePortName {
+        namespace: "ns".into(),
+        name: "web".into(),
+        port: "http".into(),
+    };
+    let mut sp = ServicePort::new(name, Protocol::Tcp, vip.parse().expect("vip"), 80);
+    sp.endpoints = eps
+        .iter()
+        .map(|ip| Endpoint {
+            ip: ip.parse().expect("ip"),
+            port: 8080,
+            local: false,
+        })
+        .collect();
+    sp
+}
+
+#[test]
+fn an_ipv6_cluster_ip_is_the_same_elements_keyed_by_ipv6_addresses() {
+    let mut sp = port6("fd00:96::10", &["fd00:10:244:1::2", "fd00:10:244:2::2"]);
+    sp.node_port = Some(30080);
+    let elems = service_elements(&sp);
+    assert_eq!(
+        by_set(&elems),
+        counts(&[
+            (names::SERVICE_IPS, 1),
+            ("service-ips-2", 1),
+            (names::SERVICE_ENDPOINTS, 2),
+            (names::SERVICE_NODEPORTS, 1),
+            ("service-nodeports-2", 1),
+            (names::NODEPORT_ENDPOINTS, 2),
+        ])
+    );
+    let slot1 = Value::of(&[
+        Field::Ipv6("fd00:96::10".parse().unwrap()),
+        Field::Proto(6),
+        Field::Port(80),
+        Field::Mark(1),
+    ]);
+    let to = Value::of(&[
+        Field::Ipv6("fd00:10:244:2::2".parse().unwrap()),
+        Field::Port(8080),
+    ]);
+    assert!(elems
+        .iter()
+        .any(|(_, k, v)| *k == slot1 && v.as_ref() == Some(&to)));
+    // No endpoints: rejected, as for IPv4.
+    let none = port6("fd00:96::11", &[]);
+    assert_eq!(
+        by_set(&service_elements(&none)),
+        counts(&[(names::NO_ENDPOINT_SERVICES, 1)])
+    );
+}
+
+#[test]
+fn the_ipv6_skeleton_has_the_ipv4_rules_in_table_ip6_with_ipv6_keys() {
+    use hostnet::nftables::{DataType, Expr, Family, Reject};
+    let b = ruleset::skeleton_for::<Ipv6Addr>(&node6());
+    let Op::AddTable(t) = &b.ops()[0] else {
+        panic!("{:?}", b.ops()[0])
+    };
+    assert_eq!((t.family, t.name.as_str()), (Family::Ip6, "kube-proxy"));
+    assert_eq!(
+        rules_added(&b),
+        rules_added(&ruleset::skeleton(&node())) + 2,
+        "the IPv4 rules and a TCP reset for ClusterIPs and NodePorts without endpoints"
+    );
+    let key = |name: &str| ruleset::set_named_for::<Ipv6Addr>(name).key.0;
+    assert_eq!(
+        key(names::SERVICE_IPS),
+        [
+            DataType::Ipv6Addr,
+            DataType::InetProto,
+            DataType::InetService
+        ]
+    );
+    assert_eq!(
+        key(names::HAIRPIN),
+        [DataType::Ipv6Addr, DataType::Ipv6Addr]
+    );
+    let exprs: Vec<&Expr> = b
+        .ops()
+        .iter()
+        .filter_map(|o| match o {
+            Op::AddRule { exprs, .. } => Some(exprs),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert!(exprs
+        .iter()
+        .any(|e| matches!(e, Expr::Reject(Reject::Icmp6PortUnreachable))));
+    assert!(!exprs
+        .iter()
+        .any(|e| matches!(e, Expr::Reject(Reject::Icmp4PortUnreachable))));
+    // Every DNAT reads a 16-byte address and the port right after it.
+    let mut affinity = hostnet::nftables::Batch::new();
+    ruleset::affinity_rules_for::<Ipv6Addr>(&mut affinity, 60);
+    let dnats: Vec<(u8, u8)> = exprs
+        .iter()
+        .filter_map(|e| match e {
+            Expr::Nat {
+                family,
+                addr: Some(a),
+                port: Some(p),
+                ..
+            } => {
+                assert_eq!(*family, Family::Ip6);
+                Some((a.slot(), p.slot()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(!dnats.is_empty());
+    assert!(
+        dnats.iter().all(|(a, p)| *p == a + 4 && *p <= 15),
+        "{dnats:?}"
+    );
+    // With localhost NodePorts (IPv4 only) no martian guard in ip6.
+    let localhost = NodeConfig {
+        localhost_nodeports: true,
+        ..node6()
+    };
+    assert_eq!(
+        rules_added(&ruleset::skeleton_for::<Ipv6Addr>(&localhost)),
+        rules_added(&b)
+    );
+}
+
+#[test]
+fn the_ipv6_engine_syncs_element_changes_only_and_cleanup_removes_both_tables() {
+    let fake = Arc::new(RecordingNfTables::new());
+    let mut s6 = NftSyncer::<Ipv6Addr>::new(fake.clone(), node6());
+    let mut desired = vec![port6("fd00:96::10", &["fd00:10:244:1::2"])];
+    assert!(s6.sync(&desired).unwrap().full);
+    desired[0].endpoints[0].ip = "fd00:10:244:1::3".parse().unwrap();
+    let o = s6.sync(&desired).unwrap();
+    assert!(!o.full);
+    let batches = fake.batches();
+    assert!(batches[1].only_elements(), "{:?}", batches[1].ops());
+    // The slot's value and the hairpin address changed.
+    assert_eq!(o.elements_changed, 4);
+    assert!(fake
+        .table(&ruleset::table_for::<Ipv6Addr>())
+        .unwrap()
+        .is_some());
+    let mut s4 = NftSyncer::new(fake.clone(), node6());
+    s4.sync(&services(1, 1)).unwrap();
+    assert!(cleanup(fake.as_ref()).unwrap());
+    assert!(fake
+        .table(&ruleset::table_for::<Ipv6Addr>())
+        .unwrap()
+        .is_none());
     assert!(fake.table(&table()).unwrap().is_none());
 }

@@ -9,7 +9,7 @@ mod shared;
 
 use std::net::Ipv4Addr;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 pub use service::{service_rules, ServiceRules, SharedRule};
 pub use shared::{builtin_jumps, shared_chains, Jump};
@@ -56,6 +56,9 @@ pub struct NodeConfig {
     /// The pod network; traffic from outside it to a ClusterIP is
     /// masqueraded. `None` (and no `masquerade_all`): no such rule.
     pub cluster_cidr: Option<Ipv4Net>,
+    /// The IPv6 pod network of a dual-stack cluster (the nftables mode's
+    /// `ip6 kube-proxy` table masquerades traffic from outside it).
+    pub cluster_cidr_v6: Option<Ipv6Net>,
     /// Masquerade all traffic to ClusterIPs (`--masquerade-all`).
     pub masquerade_all: bool,
     /// Answer NodePorts on 127.0.0.0/8 too; needs `route_localnet=1` and

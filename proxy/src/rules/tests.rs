@@ -15,6 +15,7 @@ fn node() -> NodeConfig {
         node_name: "node-1".into(),
         node_ips: vec![],
         cluster_cidr: Some("10.0.0.0/8".parse().expect("cidr")),
+        cluster_cidr_v6: None,
         masquerade_all: false,
         localhost_nodeports: true,
     }

@@ -8,6 +8,7 @@
 mod state;
 
 use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -22,7 +23,7 @@ use crate::metrics::Metrics;
 use crate::nft::NftSyncer;
 use crate::rules::NodeConfig;
 use crate::sync::{Proxier, Syncer, DEFAULT_FULL_SYNC_PERIOD};
-use crate::view::{ServiceKey, ServiceMap};
+use crate::view::{Addr, ServiceKey, ServiceMap};
 use crate::{Error, Result};
 use state::{strip_service, strip_slice, Changes, View};
 
@@ -105,6 +106,40 @@ impl ProxyMode {
     }
 }
 
+/// A family the proxy programs, and how its engine is built.
+trait Engine: Addr {
+    /// The engine of `cfg.mode` for this family. Runs on the sync thread,
+    /// in the namespace the proxy programs.
+    fn proxier(cfg: &ProxyConfig) -> Result<Box<dyn Proxier<Self>>>;
+}
+
+impl Engine for Ipv4Addr {
+    fn proxier(cfg: &ProxyConfig) -> Result<Box<dyn Proxier<Self>>> {
+        proxier(cfg)
+    }
+}
+
+/// IPv6: table `ip6 kube-proxy`, nftables mode only (a dual-stack node in
+/// iptables mode is refused at start, [`run`]); the IPv4 pipeline removes
+/// the other mode's rules.
+impl Engine for Ipv6Addr {
+    fn proxier(cfg: &ProxyConfig) -> Result<Box<dyn Proxier<Self>>> {
+        // As the bridge plugin does for an IPv6 range; not fatal (the
+        // operator may have set it another way).
+        if let Err(e) = hostnet::sysctl::ensure("net/ipv6/conf/all/forwarding", "1") {
+            tracing::warn!(error = %e, "proxy: net.ipv6.conf.all.forwarding");
+        }
+        let nft = Arc::new(hostnet::nftables::NfTablesSocket::open()?);
+        let mut s = NftSyncer::<Ipv6Addr>::new(nft, cfg.node.clone())
+            .with_full_sync_period(cfg.full_sync_period);
+        match NetlinkConntrack::open_ipv6() {
+            Ok(ct) => s = s.with_conntrack(Arc::new(ct)),
+            Err(e) => tracing::warn!(error = %e, "proxy: no IPv6 UDP conntrack cleanup"),
+        }
+        Ok(Box::new(s))
+    }
+}
+
 /// The engine of `cfg.mode`, after removing the other mode's rules (a node
 /// restarted with the other mode must not keep both). Runs on the sync
 /// thread, in the namespace the proxy programs.
@@ -124,6 +159,17 @@ fn proxier(cfg: &ProxyConfig) -> Result<Box<dyn Proxier>> {
                 Ok(true) => tracing::info!("proxy: removed the iptables mode's rules"),
                 Ok(false) => {}
                 Err(e) => tracing::warn!(error = %e, "proxy: remove the iptables mode's rules"),
+            }
+            if cfg.node.cluster_cidr_v6.is_none() {
+                // A node that was dual-stack before this start.
+                let ip6 = crate::nft::ruleset::table_for::<Ipv6Addr>();
+                match hostnet::nftables::delete_table_if_present(nft.as_ref(), &ip6) {
+                    Ok(true) => {
+                        tracing::info!("proxy: removed table ip6 kube-proxy (single-stack now)")
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(error = %e, "proxy: remove table ip6 kube-proxy"),
+                }
             }
             let mut s =
                 NftSyncer::new(nft, cfg.node.clone()).with_full_sync_period(cfg.full_sync_period);
@@ -154,8 +200,8 @@ fn proxier(cfg: &ProxyConfig) -> Result<Box<dyn Proxier>> {
 
 /// The Services changed since the sync thread last looked, and when the
 /// oldest of those changes arrived.
-struct Desired {
-    changes: Changes,
+struct Desired<A: Addr = Ipv4Addr> {
+    changes: Changes<A>,
     at: Instant,
 }
 
@@ -164,19 +210,27 @@ struct Desired {
 /// long a sync takes and however fast objects change, it holds at most one
 /// entry per Service, and the ports themselves are shared with the
 /// controller's view, not copied.
-#[derive(Default)]
-struct Mailbox {
+struct Mailbox<A: Addr = Ipv4Addr> {
     /// The changes not yet taken, and whether the controller is gone.
-    slot: Mutex<(Option<Desired>, bool)>,
+    slot: Mutex<(Option<Desired<A>>, bool)>,
     ready: Condvar,
 }
 
-impl Mailbox {
-    fn lock(&self) -> std::sync::MutexGuard<'_, (Option<Desired>, bool)> {
+impl<A: Addr> Default for Mailbox<A> {
+    fn default() -> Self {
+        Mailbox {
+            slot: Mutex::new((None, false)),
+            ready: Condvar::new(),
+        }
+    }
+}
+
+impl<A: Addr> Mailbox<A> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (Option<Desired<A>>, bool)> {
         self.slot.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn put(&self, d: Desired) {
+    fn put(&self, d: Desired<A>) {
         let mut slot = self.lock();
         match &mut slot.0 {
             Some(waiting) => {
@@ -194,7 +248,7 @@ impl Mailbox {
     }
 
     /// The changes, if some arrive within `timeout`; `Err(())` once closed.
-    fn take(&self, timeout: Duration) -> std::result::Result<Option<Desired>, ()> {
+    fn take(&self, timeout: Duration) -> std::result::Result<Option<Desired<A>>, ()> {
         let guard = self.lock();
         let (mut guard, _) = self
             .ready
@@ -209,9 +263,9 @@ impl Mailbox {
 }
 
 /// Closes the mailbox when the controller stops (its future dropped).
-struct CloseOnDrop(Arc<Mailbox>);
+struct CloseOnDrop<A: Addr = Ipv4Addr>(Arc<Mailbox<A>>);
 
-impl Drop for CloseOnDrop {
+impl<A: Addr> Drop for CloseOnDrop<A> {
     fn drop(&mut self) {
         self.0.close();
     }
@@ -221,15 +275,43 @@ impl Drop for CloseOnDrop {
 /// (it never returns otherwise; drop the future to stop it, which also
 /// stops the sync thread). `metrics` is what the agent serves on
 /// `/metrics` and `/healthz`; build it with `Metrics::new(cfg.sync_period)`.
+///
+/// On a dual-stack node (`node.cluster_cidr_v6` set) a second, independent
+/// pipeline programs the IPv6 ClusterIPs, NodePorts and endpoints into
+/// table `ip6 kube-proxy` (nftables mode only: iptables mode is refused);
+/// the IPv4 pipeline is the single-stack one, unchanged.
 pub async fn run(cp: Arc<dyn ControlPlane>, cfg: ProxyConfig, metrics: Arc<Metrics>) -> Result<()> {
-    let mailbox = Arc::new(Mailbox::default());
+    if cfg.node.cluster_cidr_v6.is_none() {
+        return run_family::<Ipv4Addr>(cp, cfg, metrics).await;
+    }
+    if cfg.mode == ProxyMode::Iptables {
+        return Err(Error::Iptables {
+            what: "start the proxy".into(),
+            detail: "proxy-mode iptables programs IPv4 only, and this node is dual-stack (cluster-cidr has an IPv6 range): use proxy-mode nftables".into(),
+        });
+    }
+    let v6 = run_family::<Ipv6Addr>(Arc::clone(&cp), cfg.clone(), Arc::clone(&metrics));
+    let v4 = run_family::<Ipv4Addr>(cp, cfg, metrics);
+    tokio::select! {
+        r = v4 => r,
+        r = v6 => r,
+    }
+}
+
+/// One family's pipeline: its watches, view and sync thread.
+async fn run_family<A: Engine>(
+    cp: Arc<dyn ControlPlane>,
+    cfg: ProxyConfig,
+    metrics: Arc<Metrics>,
+) -> Result<()> {
+    let mailbox = Arc::new(Mailbox::<A>::default());
     let _close = CloseOnDrop(Arc::clone(&mailbox));
     let rx = Arc::clone(&mailbox);
     let thread_cfg = cfg.clone();
     let thread_metrics = Arc::clone(&metrics);
     let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
-        .name("proxy-sync".into())
+        .name(format!("proxy-sync-{}", A::NAME))
         .spawn(move || {
             let r = sync_thread(&rx, &thread_cfg, &thread_metrics);
             let _ = done_tx.send(r);
@@ -239,7 +321,7 @@ pub async fn run(cp: Arc<dyn ControlPlane>, cfg: ProxyConfig, metrics: Arc<Metri
             detail: e.to_string(),
         })?;
 
-    let mut state = View::new(cfg.node.node_name.clone());
+    let mut state = View::<A>::new(cfg.node.node_name.clone());
     // Only what the proxy reads is kept of each Service and slice, by the
     // view; the watchers keep revisions.
     let mut services = Watcher::new(Arc::clone(&cp), Scope::all(Kind::Service))
@@ -284,7 +366,7 @@ pub async fn run(cp: Arc<dyn ControlPlane>, cfg: ProxyConfig, metrics: Arc<Metri
                 // change for them; the first view goes over even empty.
                 if !changes.is_empty() || !sent_first {
                     sent_first = true;
-                    metrics.queued(at);
+                    metrics.queued_in(A::NAME, at);
                     mailbox.put(Desired { changes, at });
                 }
             }
@@ -356,16 +438,16 @@ impl SyncLimit {
 /// the whole view from the controller's changes, then syncs whenever the
 /// view changed (no sooner than the min sync period after the
 /// last sync), a full sync is due, or the canary is gone.
-fn sync_thread(rx: &Mailbox, cfg: &ProxyConfig, metrics: &Metrics) -> Result<()> {
+fn sync_thread<A: Engine>(rx: &Mailbox<A>, cfg: &ProxyConfig, metrics: &Metrics) -> Result<()> {
     let ns = cfg.netns.as_ref().map(hostnet::NetNs::open).transpose()?;
     let _guard = ns.as_ref().map(hostnet::NetNs::enter).transpose()?;
     if cfg.node.localhost_nodeports {
         hostnet::sysctl::ensure("net/ipv4/conf/all/route_localnet", "1")?;
     }
-    tracing::info!(mode = cfg.mode.name(), "proxy: mode");
-    let mut syncer = proxier(cfg)?;
+    tracing::info!(mode = cfg.mode.name(), family = A::NAME, "proxy: mode");
+    let mut syncer = A::proxier(cfg)?;
 
-    let mut owed = Owed::default();
+    let mut owed = Owed::<A>::default();
     let mut last_sync: Option<Instant> = None;
     let mut limit = SyncLimit::new(cfg.min_sync_period, Instant::now());
     let mut last_canary = Instant::now();
@@ -400,7 +482,7 @@ fn sync_thread(rx: &Mailbox, cfg: &ProxyConfig, metrics: &Metrics) -> Result<()>
         match syncer.sync_changed(view, &owed.changed) {
             Ok(outcome) => {
                 owed.changed.clear();
-                metrics.synced(&outcome, owed.queued.take());
+                metrics.synced_in(A::NAME, &outcome, owed.queued.take());
                 tracing::debug!(full = outcome.full, written = outcome.chains_written, took = ?outcome.duration, "proxy: synced");
             }
             Err(e) => {
@@ -415,20 +497,29 @@ fn sync_thread(rx: &Mailbox, cfg: &ProxyConfig, metrics: &Metrics) -> Result<()>
 /// What the sync thread holds between syncs: the whole view (once the
 /// first changes arrived), the Services changed since the last successful
 /// sync, and when the newest change not yet synced was queued.
-#[derive(Default)]
-struct Owed {
-    view: Option<ServiceMap>,
+struct Owed<A: Addr = Ipv4Addr> {
+    view: Option<ServiceMap<A>>,
     changed: BTreeSet<ServiceKey>,
     queued: Option<Instant>,
 }
 
-impl Owed {
+impl<A: Addr> Default for Owed<A> {
+    fn default() -> Self {
+        Owed {
+            view: None,
+            changed: BTreeSet::new(),
+            queued: None,
+        }
+    }
+}
+
+impl<A: Addr> Owed<A> {
     /// Takes the controller's changes into the view. Only the first view
     /// and real changes make a sync owed: an empty change set asks for
     /// none, so it takes no [`SyncLimit`] token. (One that did left the
     /// bucket short, and while readiness flips kept coming once a period
     /// each of them waited out the shortfall, up to a whole period.)
-    fn accept(&mut self, d: Desired) {
+    fn accept(&mut self, d: Desired<A>) {
         if d.changes.is_empty() && self.view.is_some() {
             return;
         }

@@ -4,6 +4,7 @@
 //! event recomputes only its own Service from only its own slices.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use controlplane::api::WatchEvent;
@@ -11,32 +12,34 @@ use controlplane::endpoints::{merge_slices, SliceEndpoints, SliceIndex, SERVICE_
 use controlplane::watcher::KeepMeta;
 use controlplane::Object;
 
-use crate::view::{service_ports_of, with_endpoints, ServiceKey as Key, ServicePort};
+use crate::view::{service_ports_of, with_endpoints, Addr, ServiceKey as Key, ServicePort};
 
 /// Services recomputed by a flush: each one's new ports, or `None` when it
 /// is gone.
-pub type Changes = BTreeMap<Key, Option<Arc<[ServicePort]>>>;
+pub type Changes<A = Ipv4Addr> = BTreeMap<Key, Option<Arc<[ServicePort<A>]>>>;
 
 /// The service view kept by the controller. It keeps its own projection
 /// of every event (kube-proxy's change trackers do the same): each
 /// Service as its ports without endpoints, and of each slice only what it
 /// adds to its Service's endpoints; the watchers keep only revisions.
-pub struct View {
+/// One view per address family: each keeps its family's ClusterIPs and
+/// slices (`addressType`) only.
+pub struct View<A: Addr = Ipv4Addr> {
     node_name: String,
     /// Per Service (namespace, name): its ports.
-    ports: BTreeMap<Key, Arc<[ServicePort]>>,
+    ports: BTreeMap<Key, Arc<[ServicePort<A>]>>,
     /// Services to recompute at the next flush.
     dirty: BTreeSet<Key>,
     /// Each Service's slices.
     slices: SliceIndex,
     /// Each Service's ports, without endpoints.
-    services: HashMap<Key, Box<[ServicePort]>>,
+    services: HashMap<Key, Box<[ServicePort<A>]>>,
     /// Each slice's contribution, by (namespace, slice name).
     parts: HashMap<Key, SliceEndpoints>,
 }
 
-impl View {
-    pub fn new(node_name: String) -> View {
+impl<A: Addr> View<A> {
+    pub fn new(node_name: String) -> View<A> {
         View {
             node_name,
             ports: BTreeMap::new(),
@@ -72,6 +75,8 @@ impl View {
         };
         let ns = s.metadata.namespace.as_deref().unwrap_or_default();
         let name = s.metadata.name.as_deref().unwrap_or_default();
+        // A slice of another family is as good as absent.
+        let deleted = deleted || s.address_type != A::NAME;
         let now = (!deleted)
             .then(|| SliceIndex::service_label(&s.metadata))
             .flatten();
@@ -87,7 +92,7 @@ impl View {
 
     /// Recomputes the Services marked dirty from their own slices;
     /// returns those whose ports changed.
-    pub fn recompute(&mut self) -> Changes {
+    pub fn recompute(&mut self) -> Changes<A> {
         let mut changes = Changes::new();
         for key in std::mem::take(&mut self.dirty) {
             let Some(s) = self.services.get(&key) else {
@@ -102,7 +107,7 @@ impl View {
                 .slices_of(ns, name)
                 .filter_map(|n| self.parts.get(&(ns.clone(), n.to_string())));
             let subsets = merge_slices(ns, name, own);
-            let ports: Arc<[ServicePort]> = with_endpoints(s, &subsets, &self.node_name).into();
+            let ports: Arc<[ServicePort<A>]> = with_endpoints(s, &subsets, &self.node_name).into();
             if self.ports.get(&key) != Some(&ports) {
                 self.ports.insert(key.clone(), Arc::clone(&ports));
                 changes.insert(key, Some(ports));
@@ -112,7 +117,7 @@ impl View {
     }
 
     #[cfg(test)]
-    pub fn flatten(&self) -> Vec<ServicePort> {
+    pub fn flatten(&self) -> Vec<ServicePort<A>> {
         self.ports
             .values()
             .flat_map(|p| p.iter().cloned())
@@ -155,7 +160,10 @@ pub fn strip_service(o: &mut Object) {
     KeepMeta::IDENTITY.strip(&mut s.metadata);
     if let Some(spec) = &mut s.spec {
         spec.selector = None;
-        spec.cluster_ips = None;
+        // A dual-stack Service's other family's ClusterIP is in clusterIPs.
+        if spec.cluster_ips.as_ref().is_some_and(|ips| ips.len() < 2) {
+            spec.cluster_ips = None;
+        }
         spec.ip_families = None;
         spec.load_balancer_source_ranges = None;
         spec.external_name = None;
@@ -211,7 +219,7 @@ mod tests {
 
     /// A view, told of events as the watchers tell it.
     struct World {
-        v: View,
+        v: View<Ipv4Addr>,
     }
 
     impl World {
@@ -322,7 +330,11 @@ mod tests {
         eps.endpoints[0].target_ref = Some(Default::default());
         let ports = |svc: &Object, sl: &k8s_openapi::api::discovery::v1::EndpointSlice| {
             let Object::Service(s) = svc else { panic!() };
-            crate::view::ports_of(s, &controlplane::endpoints::from_slices(s, [sl]), "n1")
+            crate::view::ports_of::<Ipv4Addr>(
+                s,
+                &controlplane::endpoints::from_slices(s, [sl]),
+                "n1",
+            )
         };
         let before = ports(&svc, &eps);
         assert_eq!(before.len(), 2);
@@ -349,5 +361,32 @@ mod tests {
         w.ev(WatchEvent::Added(Object::from(draining)));
         w.recompute();
         assert_eq!(endpoints(&w.v), ["10.244.0.2:8080"]);
+    }
+
+    #[test]
+    fn an_ipv6_view_keeps_ipv6_cluster_ips_and_slices_only() {
+        use std::net::Ipv6Addr;
+        let mut v = View::<Ipv6Addr>::new("n1".into());
+        let mut svc = Object::from_value(serde_json::json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "a", "namespace": "ns"},
+            "spec": {"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10", "fd00:96::10"],
+                     "ports": [{"name": "p", "port": 80, "targetPort": 8080}]}}))
+        .expect("service");
+        strip_service(&mut svc);
+        v.service_event(WatchEvent::Added(svc));
+        v.slice_event(WatchEvent::Added(sl("a-v4", "a", &[("10.244.0.2", true)])));
+        let mut six = slice("a-v6", "a", &[("fd00:10:244::2", true)]);
+        six.address_type = "IPv6".into();
+        v.slice_event(WatchEvent::Added(Object::from(six)));
+        v.recompute();
+        let ports = v.flatten();
+        assert_eq!(ports[0].cluster_ip.to_string(), "fd00:96::10");
+        let eps: Vec<String> = ports[0]
+            .endpoints
+            .iter()
+            .map(|e| e.ip.to_string())
+            .collect();
+        assert_eq!(eps, ["fd00:10:244::2"]);
+        assert_eq!(v.parts.len(), 1, "the IPv4 slice is not kept");
     }
 }

@@ -10,7 +10,7 @@ mod payload;
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,7 +22,7 @@ use crate::rules::names::{Protocol, ServicePortName, KUBE_PROXY_CANARY, SERVICE_
 use crate::rules::{
     builtin_jumps, large_cluster, service_rules, shared_chains, NodeConfig, SharedRule, Table,
 };
-use crate::view::{ServiceKey, ServiceMap, ServicePort};
+use crate::view::{Addr, ServiceKey, ServiceMap, ServicePort};
 use crate::Result;
 
 /// A full sync at least this often: kube-proxy's FullSyncPeriod (1 h).
@@ -34,20 +34,20 @@ pub const DEFAULT_FULL_SYNC_PERIOD: Duration = Duration::from_secs(3600);
 /// A proxy mode's sync engine, as kube-proxy's `Proxier`: the sync thread
 /// drives whichever one `main` chose ([`Syncer`] for iptables,
 /// [`crate::nft::NftSyncer`] for nftables) through these three calls.
-pub trait Proxier: Send {
+pub trait Proxier<A: Addr = Ipv4Addr>: Send {
     /// Brings the kernel to the ruleset of `desired`.
-    fn sync(&mut self, desired: &[ServicePort]) -> Result<SyncOutcome>;
+    fn sync(&mut self, desired: &[ServicePort<A>]) -> Result<SyncOutcome>;
     /// Brings the kernel to `view`, which differs from the view of the last
     /// successful sync only in the Services named in `changed` (the agent's
     /// watch knows which; the nftables engine then looks at nothing else).
     /// The iptables engine diffs its chains and takes the whole view.
     fn sync_changed(
         &mut self,
-        view: &ServiceMap,
+        view: &ServiceMap<A>,
         changed: &BTreeSet<ServiceKey>,
     ) -> Result<SyncOutcome> {
         let _ = changed;
-        let flat: Vec<ServicePort> = view.values().flat_map(|p| p.iter().cloned()).collect();
+        let flat: Vec<ServicePort<A>> = view.values().flat_map(|p| p.iter().cloned()).collect();
         self.sync(&flat)
     }
     /// Checks that nobody removed the proxy's rules (iptables: the canary
@@ -424,7 +424,7 @@ impl Syncer {
     /// returned: the rules are in place and the next change retries.
     fn clean_conntrack(&self, targets: &[UdpTarget]) -> usize {
         let Some(ct) = &self.conntrack else { return 0 };
-        let node_ips: Vec<Ipv4Addr> = self.node.node_ips.clone();
+        let node_ips: Vec<IpAddr> = self.node.node_ips.iter().map(|ip| (*ip).into()).collect();
         match conntrack::clean(ct.as_ref(), targets, &node_ips) {
             Ok(n) => n,
             Err(e) => {
@@ -465,11 +465,11 @@ pub fn cleanup(ipt: &dyn Iptables) -> Result<bool> {
 
 /// Where `now` is reached (taken from `was`, which names its VIP and
 /// NodePort) and the endpoints it leads to now.
-pub(crate) fn udp_targets(now: &ServicePort, was: &ServicePort) -> Vec<UdpTarget> {
-    let endpoints: BTreeSet<(Ipv4Addr, u16)> =
-        now.all_endpoints().map(|e| (e.ip, e.port)).collect();
+pub(crate) fn udp_targets<A: Addr>(now: &ServicePort<A>, was: &ServicePort<A>) -> Vec<UdpTarget> {
+    let endpoints: BTreeSet<(IpAddr, u16)> =
+        now.all_endpoints().map(|e| (e.ip.into(), e.port)).collect();
     let mut v = vec![UdpTarget {
-        dest: Dest::ClusterIp(was.cluster_ip, was.port),
+        dest: Dest::ClusterIp(was.cluster_ip.into(), was.port),
         endpoints: endpoints.clone(),
     }];
     if let Some(np) = was.node_port {

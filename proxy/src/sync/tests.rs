@@ -11,6 +11,7 @@ fn node() -> NodeConfig {
         node_name: "n1".into(),
         node_ips: vec!["192.0.2.1".parse().expect("ip")],
         cluster_cidr: Some("10.244.0.0/16".parse().expect("cidr")),
+        cluster_cidr_v6: None,
         masquerade_all: false,
         localhost_nodeports: false,
     }

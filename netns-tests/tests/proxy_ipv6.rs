@@ -323,7 +323,7 @@ fn a_replaced_ipv6_udp_endpoint_loses_its_stale_conntrack_entry() -> Result<()> 
     };
     sync(&mut syncer, dns(0))?;
     let client = &lab.pods[2];
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(30);
     let mut first = None;
     while first.is_none() && Instant::now() < deadline {
         first = udp_ask(client, 40000, "fd00:96::53", 53)?;
@@ -333,7 +333,7 @@ fn a_replaced_ipv6_udp_endpoint_loses_its_stale_conntrack_entry() -> Result<()> 
     let o = sync(&mut syncer, dns(1))?;
     assert_eq!(o.conntrack_deleted, 1, "the flow to a is deleted");
     let mut next = None;
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while next.is_none() && Instant::now() < deadline {
         next = udp_ask(client, 40000, "fd00:96::53", 53)?;
     }

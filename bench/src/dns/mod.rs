@@ -35,9 +35,12 @@ const PACED_QPS: u32 = 10_000;
 /// The servers' CPU and the load generators' CPU.
 const SERVER_CPU: usize = 1;
 const LOAD_CPU: usize = 0;
-/// Our load generator: threads × queries outstanding each.
-const LOAD_THREADS: usize = 2;
-const LOAD_DEPTH: usize = 16;
+/// Our load generator: threads × queries outstanding each. One thread:
+/// two threads pinned to one CPU take turns in scheduler time slices
+/// (milliseconds) once the CPU is saturated, and the answers waiting for
+/// the thread that is not running show up as a server's tail.
+const LOAD_THREADS: usize = 1;
+const LOAD_DEPTH: usize = 32;
 
 /// Which names a measurement asks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -378,7 +378,7 @@ async fn handle(
     let method = req.method().clone();
     let result = match target {
         Some(t) => resource(s, pager, req, t, &q, watching).await,
-        None if method == Method::GET => Ok(non_resource(s, &path)),
+        None if method == Method::GET => Ok(non_resource(s, &path, &req)),
         None => Ok(None),
     };
     match result {
@@ -766,7 +766,7 @@ async fn self_review(s: &Settings, user: &User, req: Request<Incoming>) -> Resul
 }
 
 /// Discovery, version and health.
-fn non_resource(s: &Settings, path: &str) -> Option<Resp> {
+fn non_resource(s: &Settings, path: &str, req: &Request<Incoming>) -> Option<Resp> {
     let p = path.trim_end_matches('/');
     Some(match p {
         "/healthz" | "/livez" | "/readyz" => {
@@ -778,8 +778,35 @@ fn non_resource(s: &Settings, path: &str) -> Option<Resp> {
             r
         }
         "/version" => json_response(200, &crate::discovery::version()),
-        "/api" => json_response(200, &crate::discovery::core_versions(&s.address)),
-        "/apis" => json_response(200, &crate::discovery::groups()),
+        "/api" | "/apis" => {
+            let accept = req
+                .headers()
+                .get_all(hyper::header::ACCEPT)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect::<Vec<_>>()
+                .join(",");
+            let mut r = match crate::discovery::aggregated_wanted(&accept) {
+                Some(v) => {
+                    let doc = crate::discovery::aggregated(p == "/api", v);
+                    let mut r = json_response(200, &doc);
+                    let ct = crate::discovery::aggregated_content_type(v);
+                    if let Ok(ct) = hyper::header::HeaderValue::from_str(&ct) {
+                        r.headers_mut().insert(hyper::header::CONTENT_TYPE, ct);
+                    }
+                    r
+                }
+                None if p == "/api" => {
+                    json_response(200, &crate::discovery::core_versions(&s.address))
+                }
+                None => json_response(200, &crate::discovery::groups()),
+            };
+            r.headers_mut().insert(
+                hyper::header::VARY,
+                hyper::header::HeaderValue::from_static("Accept"),
+            );
+            r
+        }
         "/api/v1" => json_response(200, &crate::discovery::resources("v1")?),
         "/openapi/v3" => json_response(200, &crate::openapi::index()),
         _ if p.starts_with("/openapi/v3/") => json_response(

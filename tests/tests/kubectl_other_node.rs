@@ -17,8 +17,6 @@ use knode_tests::api::kubectl_present;
 use knode_tests::cluster::{http_get, Cluster};
 use knode_tests::TempDir;
 
-/// Every agent's cluster token (the first seals the CA with it).
-const TOKEN: &str = "6b6e6f64652d6b706f72742d746573742d746f6b656e2d30313233343536373839";
 const KUBELET_PORT: &str = "10250";
 
 /// kubectl in node-0's namespace, against node-0's API.
@@ -147,18 +145,9 @@ fn kubectl_reaches_a_pod_on_another_node_through_the_first_nodes_api() {
     let tokens = dir.path().join("tokens.csv");
     std::fs::write(&tokens, "tok-alice,alice,u1\n").unwrap();
     let tokens_s = tokens.display().to_string();
-    let flags = [
-        "--api-port",
-        "6443",
-        "--kubelet-bind-address",
-        "0.0.0.0",
-        "--kubelet-port",
-        KUBELET_PORT,
-        "--token",
-        TOKEN,
-        "--token-auth-file",
-        &tokens_s,
-    ];
+    // The harness serves every node's API on its underlay address
+    // (kubelet-bind-address 0.0.0.0, port 10250) with one cluster token.
+    let flags = ["--api-port", "6443", "--token-auth-file", &tokens_s];
     let Some(c) = Cluster::for_test_with("kubectl_reaches_a_pod_on_another_node", 2, &flags) else {
         return;
     };

@@ -218,12 +218,17 @@ fn kubectl_reaches_a_pod_on_another_node_through_the_first_nodes_api() {
         );
     }
 
-    // port-forward to the pod's own 127.0.0.1.
-    let forward = Lines::start(kubectl(&c, &[], &["port-forward", "pod/far", "18090:8081"]));
-    forward.until("Forwarding from 127.0.0.1:18090", &c);
-    let page = http_get(c.ns(0).path(), "http://127.0.0.1:18090/index.html").unwrap();
-    assert_eq!(page, "hello-from-node-1\n");
-    drop(forward);
+    // port-forward to the pod's own 127.0.0.1: SPDY tunnelled in
+    // WebSocket (kubectl's default), then plain SPDY.
+    for (websockets, port) in [("true", "18090"), ("false", "18091")] {
+        let env = [("KUBECTL_PORT_FORWARD_WEBSOCKETS", websockets)];
+        let ports = format!("{port}:8081");
+        let forward = Lines::start(kubectl(&c, &env, &["port-forward", "pod/far", &ports]));
+        forward.until(&format!("Forwarding from 127.0.0.1:{port}"), &c);
+        let url = format!("http://127.0.0.1:{port}/index.html");
+        let page = http_get(c.ns(0).path(), &url).unwrap();
+        assert_eq!(page, "hello-from-node-1\n", "websockets={websockets}");
+    }
 
     // A pod bound to a node that cannot be reached: a Status naming it.
     let ghost = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": [

@@ -355,8 +355,8 @@ fn backend(node: &str, addr: SocketAddr, e: impl std::fmt::Display) -> Error {
 /// The request to send the node: `req`'s method and headers (not its
 /// credentials or impersonation: the API authenticates as itself) at
 /// `path_and_query`, without a body (logs, upgrades).
-fn upstream_request(
-    req: &Request<Incoming>,
+fn upstream_request<B>(
+    req: &Request<B>,
     path_and_query: &str,
     addr: SocketAddr,
 ) -> Result<Request<Empty<Bytes>>, Error> {
@@ -497,6 +497,34 @@ mod tests {
             let why = ApiServers.authorize(&refused, &a).await.unwrap_err();
             assert!(why.contains("API servers only"), "{}: {why}", refused.name);
         }
+    }
+
+    #[test]
+    fn the_node_gets_the_upgrade_headers_but_not_the_users_credentials() {
+        let req = Request::builder()
+            .method("POST")
+            .uri("/api/v1/namespaces/default/pods/web/exec?command=sh")
+            .header("authorization", "Bearer user-token")
+            .header("impersonate-user", "bob")
+            .header("impersonate-group", "admins")
+            .header("host", "127.0.0.1:6443")
+            .header("upgrade", "SPDY/3.1")
+            .header("connection", "Upgrade")
+            .header("x-stream-protocol-version", "v4.channel.k8s.io")
+            .header("x-stream-protocol-version", "v3.channel.k8s.io")
+            .body(())
+            .unwrap();
+        let addr: SocketAddr = "10.0.0.7:10250".parse().unwrap();
+        let out = upstream_request(&req, "/exec/default/web/app?command=sh", addr).unwrap();
+        assert_eq!(out.method(), "POST");
+        assert_eq!(out.uri(), "/exec/default/web/app?command=sh");
+        let h = out.headers();
+        assert!(h.get("authorization").is_none());
+        assert!(h.keys().all(|k| !k.as_str().starts_with("impersonate-")));
+        assert_eq!(h["host"], "10.0.0.7:10250");
+        assert_eq!(h["upgrade"], "SPDY/3.1");
+        assert_eq!(h["connection"], "Upgrade");
+        assert_eq!(h.get_all("x-stream-protocol-version").iter().count(), 2);
     }
 
     #[test]

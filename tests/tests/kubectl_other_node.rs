@@ -2,7 +2,7 @@
 //! kube-apiserver reaches a kubelet: two agents on etcd, each serving the
 //! API and the node API (kubelet's port) on its underlay address; a pod
 //! on node-1; the real kubectl pointed at node-0's API runs `logs` (and
-//! `-f` sees a new line), `exec -i` with stdin and an exit code over
+//! `-f` sees a new line), `attach`, `exec -i` with stdin and an exit code over
 //! WebSocket and over SPDY, and `port-forward`. The node API itself
 //! answers node identities, refuses a token user with 403, anonymous
 //! with 401, and a client certificate of another CA at the handshake.
@@ -187,6 +187,24 @@ fn kubectl_reaches_a_pod_on_another_node_through_the_first_nodes_api() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     follow.until("second line", &c);
     drop(follow);
+
+    // attach: the running container's output from now on.
+    let attach = Lines::start(kubectl(&c, &[], &["attach", "far", "-c", "app"]));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        // Until attach is streaming, a line may come before it looks.
+        let out = run(&c, &[], &["exec", "far", "--", "touch", "/tmp/more"], None);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        match attach.rx.recv_timeout(Duration::from_secs(2)) {
+            Ok(l) if l.contains("second line") => break,
+            _ => assert!(
+                std::time::Instant::now() < deadline,
+                "attach saw nothing:\n{}",
+                c.logs()
+            ),
+        }
+    }
+    drop(attach);
 
     // exec -i: stdin in, stdout out, the exit code back; WebSocket (GET)
     // and SPDY (POST), the transport checked in kubectl's own log.

@@ -269,6 +269,32 @@ fn kubectl_reaches_a_pod_on_another_node_through_the_first_nodes_api() {
         !out.status.success() && err.contains("node ghost reports no IP address"),
         "{err}"
     );
+    // ... and one whose address answers nothing there.
+    let status = r#"{"status":{"addresses":[{"type":"InternalIP","address":"127.0.0.1"}],"daemonEndpoints":{"kubeletEndpoint":{"Port":1}}}}"#;
+    let out = run(
+        &c,
+        &[],
+        &[
+            "patch",
+            "node",
+            "ghost",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            status,
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for args in [&["logs", "haunt"][..], &["exec", "haunt", "--", "true"]] {
+        let out = run(&c, &[], args, None);
+        let err = text(&out.stderr);
+        assert!(
+            !out.status.success()
+                && err.contains("error dialing backend: node ghost's API at 127.0.0.1:1"),
+            "{args:?}: {err}"
+        );
+    }
 
     // The node API itself, from node-0's namespace.
     let url = format!("https://{node1_ip}:{KUBELET_PORT}/containerLogs/default/far/app");

@@ -152,6 +152,13 @@ pub struct AgentArgs {
     /// The Kubernetes API's HTTPS port (default 6443; 0 turns it off).
     #[arg(long, value_name = "PORT")]
     pub api_port: Option<u16>,
+    /// Where the node API (kubelet's port) listens (default 127.0.0.1;
+    /// a multi-node cluster sets the node's address or 0.0.0.0).
+    #[arg(long, value_name = "IP")]
+    pub kubelet_bind_address: Option<String>,
+    /// The node API's HTTPS port (default 10250; 0 turns it off).
+    #[arg(long, value_name = "PORT")]
+    pub kubelet_port: Option<u16>,
     /// Where the admin kubeconfig is written (default /etc/knode/knode.yaml).
     #[arg(long, value_name = "FILE")]
     pub write_kubeconfig: Option<std::path::PathBuf>,
@@ -313,6 +320,7 @@ async fn start_node(
         name: config.node_name.clone(),
         ip: node_ip,
         pod_cidrs: pod_cidrs.clone(),
+        kubelet_port: crate::api::kubelet_port(config),
     };
     let mut tasks = vec![];
     // Before the proxy (whose /metrics renders its metrics too) and the

@@ -59,13 +59,13 @@ fn serving_names(config: &Config) -> ServingNames {
     for ip in [&config.node_ip, &config.public_ip].into_iter().flatten() {
         ips.extend(ip.parse::<IpAddr>().ok());
     }
-    ips.extend(
-        config
-            .api_bind_address
-            .parse::<IpAddr>()
-            .ok()
-            .filter(|i| !i.is_unspecified()),
-    );
+    for bind in [&config.api_bind_address, &config.kubelet_bind_address] {
+        ips.extend(
+            bind.parse::<IpAddr>()
+                .ok()
+                .filter(|i| !i.is_unspecified() && !ips.contains(i)),
+        );
+    }
     ips.dedup();
     let dns = [
         config.node_name.as_str(),
@@ -80,10 +80,21 @@ fn serving_names(config: &Config) -> ServingNames {
     ServingNames { dns, ips }
 }
 
+/// The port the node API listens on (what the Node reports in
+/// `status.daemonEndpoints`); 0 when it does not.
+pub fn kubelet_port(config: &Config) -> u16 {
+    if config.enabled("pods") {
+        config.kubelet_port
+    } else {
+        0
+    }
+}
+
 /// Creates or loads the certificates, writes the admin kubeconfig and
-/// starts serving; `None` when `api-port` is 0.
+/// starts serving the API and the node API (kubelet's port); `None` when
+/// both are off (`api-port` and `kubelet-port` 0, or no pods here).
 pub async fn start(config: &Config, cp: Arc<dyn ControlPlane>) -> Result<Option<JoinHandle<()>>> {
-    if config.api_port == 0 {
+    if config.api_port == 0 && kubelet_port(config) == 0 {
         return Ok(None);
     }
     if matches!(config.backend()?, Backend::Etcd { .. }) {
@@ -92,35 +103,43 @@ pub async fn start(config: &Config, cp: Arc<dyn ControlPlane>) -> Result<Option<
         apiserver::bootstrap::shared_ca(cp.as_ref(), &config.data_dir, &token).await?;
     }
     let pki = pki::ensure(&config.data_dir, &serving_names(config), &config.node_name)?;
-    let server = server_url(config);
-    let kubeconfig = pki::admin_kubeconfig(&pki, &server);
-    // Also kept beside the certificates (as k3s keeps cred/admin.kubeconfig)
-    // for `knode kubeconfig`, which knows the data dir but not the agent's flags.
-    pki::write_private(&own_copy(config), &kubeconfig, 0o600)?;
-    pki::write_private(&config.write_kubeconfig, &kubeconfig, 0o600)
-        .context("write the admin kubeconfig")?;
-    // The node's own identity (system:node:<name>), for what a kubelet may
-    // do and no more.
-    pki::write_private(
-        &pki::dir(&config.data_dir).join("node.kubeconfig"),
-        &pki::node_kubeconfig(&pki, &server),
-        0o600,
-    )?;
     let tokens = match &config.token_auth_file {
         Some(p) => TokenFile::load(p)?,
         None => TokenFile::default(),
     };
-    let addr = format!("{}:{}", config.api_bind_address, config.api_port);
-    let listener = apiserver::server::bind(&addr).await?;
-    tracing::info!(address = %addr, kubeconfig = %config.write_kubeconfig.display(), "Kubernetes API serving");
-    let settings = apiserver::Settings {
+    let mut tasks = Vec::new();
+    if kubelet_port(config) != 0 {
+        tasks.push(tokio::spawn(
+            serve_node_api(config, cp.clone(), &pki, tokens.clone()).await?,
+        ));
+    }
+    if config.api_port != 0 {
+        tasks.push(tokio::spawn(serve_api(config, cp, &pki, tokens).await?));
+    }
+    Ok(Some(tokio::spawn(async move {
+        for t in tasks {
+            let _ = t.await;
+        }
+    })))
+}
+
+/// What the node's pods are served with: their logs, commands and ports.
+fn node_settings(
+    config: &Config,
+    cp: Arc<dyn ControlPlane>,
+    pki: &pki::Pki,
+    authorizer: Arc<dyn apiserver::auth::Authorizer>,
+    tokens: TokenFile,
+    address: String,
+) -> Result<apiserver::Settings> {
+    Ok(apiserver::Settings {
         cp: cp.clone(),
-        tls: apiserver::tls::server_config(&pki)?,
-        authorizer: Arc::new(apiserver::authz::Cluster::new(cp.clone())),
+        tls: apiserver::tls::server_config(pki)?,
+        authorizer,
         tokens,
         columns: Arc::new(CliColumns),
         logs: Arc::new(crate::pod_logs::NodeLogs {
-            cp: cp.clone(),
+            cp,
             node_name: config.node_name.clone(),
             log_dir: config.log_dir.clone(),
         }),
@@ -135,15 +154,88 @@ pub async fn start(config: &Config, cp: Arc<dyn ControlPlane>) -> Result<Option<
             node_name: config.node_name.clone(),
             netns_dir: config.netns_dir.clone(),
         }),
-        address: server.trim_start_matches("https://").to_string(),
+        address,
+        proxy: None,
+        node_api: false,
+    })
+}
+
+/// The node API on `kubelet-bind-address:kubelet-port`: TLS with the
+/// serving certificate, client certificates of the cluster CA only, and
+/// only API servers (node and admin identities) answered.
+async fn serve_node_api(
+    config: &Config,
+    cp: Arc<dyn ControlPlane>,
+    pki: &pki::Pki,
+    tokens: TokenFile,
+) -> Result<impl std::future::Future<Output = ()>> {
+    let addr = match config.kubelet_bind_address.parse::<IpAddr>() {
+        Ok(IpAddr::V6(v6)) => format!("[{v6}]:{}", config.kubelet_port),
+        _ => format!("{}:{}", config.kubelet_bind_address, config.kubelet_port),
     };
+    let listener = apiserver::server::bind(&addr)
+        .await
+        .context("the node API (kubelet-port)")?;
+    tracing::info!(address = %addr, "node API (kubelet port) serving");
+    let mut settings = node_settings(
+        config,
+        cp,
+        pki,
+        Arc::new(apiserver::nodeapi::ApiServers),
+        tokens,
+        addr,
+    )?;
+    settings.node_api = true;
+    Ok(apiserver::serve(listener, settings))
+}
+
+/// The Kubernetes API on `api-bind-address:api-port`, with the admin and
+/// node kubeconfigs written for it.
+async fn serve_api(
+    config: &Config,
+    cp: Arc<dyn ControlPlane>,
+    pki: &pki::Pki,
+    tokens: TokenFile,
+) -> Result<impl std::future::Future<Output = ()>> {
+    let pki = pki.clone();
+    let server = server_url(config);
+    let kubeconfig = pki::admin_kubeconfig(&pki, &server);
+    // Also kept beside the certificates (as k3s keeps cred/admin.kubeconfig)
+    // for `knode kubeconfig`, which knows the data dir but not the agent's flags.
+    pki::write_private(&own_copy(config), &kubeconfig, 0o600)?;
+    pki::write_private(&config.write_kubeconfig, &kubeconfig, 0o600)
+        .context("write the admin kubeconfig")?;
+    // The node's own identity (system:node:<name>), for what a kubelet may
+    // do and no more.
+    pki::write_private(
+        &pki::dir(&config.data_dir).join("node.kubeconfig"),
+        &pki::node_kubeconfig(&pki, &server),
+        0o600,
+    )?;
+    let addr = format!("{}:{}", config.api_bind_address, config.api_port);
+    let listener = apiserver::server::bind(&addr).await?;
+    tracing::info!(address = %addr, kubeconfig = %config.write_kubeconfig.display(), "Kubernetes API serving");
+    let mut settings = node_settings(
+        config,
+        cp.clone(),
+        &pki,
+        Arc::new(apiserver::authz::Cluster::new(cp.clone())),
+        tokens,
+        server.trim_start_matches("https://").to_string(),
+    )?;
+    // Pods of other nodes are reached through their node API.
+    settings.proxy = Some(Arc::new(apiserver::nodeapi::Proxy::new(
+        cp.clone(),
+        &config.node_name,
+        apiserver::tls::node_client_config(&pki)?,
+    )));
     let advertised = advertise_address(config);
     tracing::info!(address = ?advertised, "kubernetes Service: this agent's endpoint");
     let serving = apiserver::serve(listener, settings);
     let advertising = apiserver::advertise::run(cp, config.node_name.clone(), advertised);
-    Ok(Some(tokio::spawn(async move {
+    Ok(async move {
         tokio::join!(serving, advertising);
-    })))
+    })
 }
 
 /// What pods dial to reach this agent's API (the `kubernetes` Service's

@@ -75,6 +75,11 @@ pub struct Config {
     /// `api-port`; port 0 turns it off).
     pub api_bind_address: String,
     pub api_port: u16,
+    /// Where the node API (the kubelet port: pods' logs, exec, attach and
+    /// port-forward for the API servers) listens (`kubelet-bind-address`,
+    /// `kubelet-port`; port 0 turns it off).
+    pub kubelet_bind_address: String,
+    pub kubelet_port: u16,
     /// Where the admin kubeconfig is written (mode 0600).
     pub write_kubeconfig: PathBuf,
     /// kube-apiserver's static token CSV (`token,user,uid,"groups"`).
@@ -207,6 +212,8 @@ impl Default for Config {
             node_local_dns: Ipv4Addr::new(169, 254, 20, 10),
             api_bind_address: "127.0.0.1".into(),
             api_port: 6443,
+            kubelet_bind_address: "127.0.0.1".into(),
+            kubelet_port: 10250,
             write_kubeconfig: "/etc/knode/knode.yaml".into(),
             token_auth_file: None,
             token: None,
@@ -271,6 +278,8 @@ pub struct File {
     pub proxy_mode: Option<String>,
     pub api_bind_address: Option<String>,
     pub api_port: Option<u16>,
+    pub kubelet_bind_address: Option<String>,
+    pub kubelet_port: Option<u16>,
     pub write_kubeconfig: Option<PathBuf>,
     pub token_auth_file: Option<PathBuf>,
     pub token: Option<String>,
@@ -479,6 +488,14 @@ impl Config {
                 .or(file.api_bind_address)
                 .unwrap_or(d.api_bind_address),
             api_port: flags.api_port.or(file.api_port).unwrap_or(d.api_port),
+            kubelet_bind_address: flags
+                .kubelet_bind_address
+                .or(file.kubelet_bind_address)
+                .unwrap_or(d.kubelet_bind_address),
+            kubelet_port: flags
+                .kubelet_port
+                .or(file.kubelet_port)
+                .unwrap_or(d.kubelet_port),
             write_kubeconfig: flags
                 .write_kubeconfig
                 .or(file.write_kubeconfig)
@@ -510,6 +527,12 @@ impl Config {
             bail!(
                 "api-bind-address: {:?} is not an IP address",
                 c.api_bind_address
+            );
+        }
+        if c.kubelet_bind_address.parse::<std::net::IpAddr>().is_err() {
+            bail!(
+                "kubelet-bind-address: {:?} is not an IP address",
+                c.kubelet_bind_address
             );
         }
         if !c.metrics_bind_address.is_empty()

@@ -284,6 +284,8 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
         node_local_dns: flag(|a| a.node_local_dns.clone()),
         api_bind_address: flag(|a| a.api_bind_address.clone()),
         api_port: agent.and_then(|a| a.api_port),
+        kubelet_bind_address: flag(|a| a.kubelet_bind_address.clone()),
+        kubelet_port: agent.and_then(|a| a.kubelet_port),
         write_kubeconfig: agent.and_then(|a| a.write_kubeconfig.clone()),
         token_auth_file: agent.and_then(|a| a.token_auth_file.clone()),
         token: flag(|a| a.token.clone()),

@@ -4,9 +4,9 @@
 //! and terminal. Attach streams the running container's output from now
 //! on, read from its log as the log writer writes it (stdout and stderr
 //! apart), until the container stops; the containers knode runs have no
-//! stdin or terminal to attach to, so those are refused. A pod on another
-//! node is refused naming that node (the kubelet port that would reach it
-//! is not built yet).
+//! stdin or terminal to attach to, so those are refused. The API sends a
+//! pod of another node to that node's API (its kubelet port); one that
+//! still arrives here is refused naming that node.
 
 use std::path::PathBuf;
 use std::time::Duration;

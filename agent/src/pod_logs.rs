@@ -1,8 +1,9 @@
 //! The API's `pods/<name>/log` for the pods of this node: the CRI log
 //! files the kubelet's log writer keeps, read with kubelet::logs::view as
-//! `knode logs` reads them. A pod on another node is refused with a clear
-//! reason: reaching another node's logs (through its kubelet port) is not
-//! built yet.
+//! `knode logs` reads them. The API sends a pod of another node to that
+//! node's API (its kubelet port, apiserver::nodeapi) before asking here;
+//! one that still arrives (the node API asked for another node's pod) is
+//! refused with a clear reason.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -78,8 +79,8 @@ impl PodLogs for NodeLogs {
 }
 
 /// Refuses a pod this node does not run, naming the node that does
-/// (`what` this API does: "reads the logs of"): reaching another node's
-/// kubelet port is not built yet.
+/// (`what` this API does: "reads the logs of"); the API proxies such a
+/// pod to its node before it gets here.
 pub fn served_here(pod: &Pod, node_name: &str, what: &str) -> Result<(), Error> {
     let name = pod.metadata.name.as_deref().unwrap_or_default();
     match pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) {

@@ -3,8 +3,8 @@
 //! network namespace (pinned at `<netns-dir>/knode-<uid>`), so a server
 //! bound to the pod's 127.0.0.1 answers too. A blocking thread enters the
 //! namespace, connects, and hands back the socket, which keeps the
-//! namespace it was created in. A pod on another node is refused naming
-//! that node (the kubelet port that would reach it is not built yet).
+//! namespace it was created in. A pod on another node reaches here only
+//! when the node API is asked for it, and is refused naming that node.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::path::PathBuf;

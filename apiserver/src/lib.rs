@@ -19,6 +19,7 @@ pub mod exec;
 pub mod exec_spdy;
 pub mod fieldmanager;
 pub mod logs;
+pub mod nodeapi;
 pub mod openapi;
 pub mod pager;
 pub mod patch;

@@ -45,6 +45,12 @@ pub struct Settings {
     pub portforward: Arc<dyn crate::portforward::PodPortForward>,
     /// `host:port` clients reach the API at (discovery reports it).
     pub address: String,
+    /// Where pods bound to other nodes are reached (their node API);
+    /// `None`: every pod is served here (or refused by the handlers).
+    pub proxy: Option<Arc<crate::nodeapi::Proxy>>,
+    /// This listener is the node API (kubelet's port), not the API: it
+    /// answers the kubelet paths of [`crate::nodeapi`] and nothing else.
+    pub node_api: bool,
 }
 
 pub(crate) type Resp = Response<Body>;
@@ -335,6 +341,12 @@ async fn handle(
     let Some(user) = authenticate(s, cert_user, &req) else {
         return json_response(401, &crate::auth::unauthorized());
     };
+    if s.node_api {
+        return node_api(s, &user, req).await.unwrap_or_else(|e| match e {
+            Error::BadRequest(m) => status(400, "BadRequest", &m),
+            e => error_response(&e),
+        });
+    }
     let user = match impersonate(s, user, &req).await {
         Ok(u) => u,
         Err(r) => return *r,
@@ -342,7 +354,7 @@ async fn handle(
     let path = req.uri().path().to_string();
     let q = Query::of(&req);
     if let Some((ns, name)) = crate::logs::log_path(&path) {
-        return pod_log(s, &user, &req, &q, &ns, &name)
+        return pod_log(s, &user, req, &q, &ns, &name)
             .await
             .unwrap_or_else(|e| error_response(&e));
     }
@@ -445,7 +457,7 @@ async fn get_pod(
 async fn pod_log(
     s: &Settings,
     user: &User,
-    req: &Request<Incoming>,
+    req: Request<Incoming>,
     q: &Query,
     ns: &str,
     name: &str,
@@ -459,8 +471,73 @@ async fn pod_log(
     }
     let query = crate::logs::parse_query(|k| q.get(k).map(str::to_string))?;
     let pod = get_pod(s, ns, name).await?;
+    if let Some(node) = s.proxy.as_ref().and_then(|p| p.remote(&pod)) {
+        return proxy_to(s, node, &pod, "log", q, req).await;
+    }
     let rx = s.logs.logs(&pod, &query).await?;
     Ok(stream_response(rx, "text/plain"))
+}
+
+/// A request for subresource `sub` of `pod` (already authorized), sent
+/// to the node API of `node`, the other node the pod is bound to.
+async fn proxy_to(
+    s: &Settings,
+    node: &str,
+    pod: &k8s_openapi::api::core::v1::Pod,
+    sub: &str,
+    q: &Query,
+    req: Request<Incoming>,
+) -> Result<Resp, Error> {
+    let Some(proxy) = s.proxy.as_ref() else {
+        return Err(Error::Internal("no proxy to other nodes".into()));
+    };
+    let container = match q.get("container").filter(|c| !c.is_empty()) {
+        Some(c) => c.to_string(),
+        None if sub == "portforward" => String::new(),
+        None => crate::nodeapi::default_container(pod)?,
+    };
+    let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
+    let name = pod.metadata.name.as_deref().unwrap_or_default();
+    let query = req.uri().query().unwrap_or_default();
+    let path = crate::nodeapi::path_for(sub, ns, name, &container, query);
+    tracing::debug!(pod = %format!("{ns}/{name}"), %node, %path, "to the pod's node");
+    proxy.forward(node, req, &path).await
+}
+
+/// The node API (kubelet's port): its paths answered by the handlers of
+/// the API's pod subresources, the container from the path; anything
+/// else is not found. The caller is authorized by `s.authorizer`
+/// ([`crate::nodeapi::ApiServers`]).
+async fn node_api(s: &Settings, user: &User, req: Request<Incoming>) -> Result<Resp, Error> {
+    use crate::nodeapi::NodePath;
+    let Some(target) = crate::nodeapi::parse(req.uri().path()) else {
+        return Ok(status(
+            404,
+            "NotFound",
+            "the node API serves /containerLogs, /exec, /attach and /portForward only",
+        ));
+    };
+    let mut q = Query::of(&req);
+    let mut with_container = |c: String| {
+        q.0.retain(|(k, _)| k != "container");
+        q.0.insert(0, ("container".into(), c));
+    };
+    match target {
+        NodePath::Logs { ns, pod, container } => {
+            with_container(container);
+            pod_log(s, user, req, &q, &ns, &pod).await
+        }
+        NodePath::Stream {
+            ns,
+            pod,
+            container,
+            verb,
+        } => {
+            with_container(container);
+            pod_stream(s, user, req, &q, &ns, &pod, verb).await
+        }
+        NodePath::PortForward { ns, pod } => pod_portforward(s, user, req, &q, &ns, &pod).await,
+    }
 }
 
 /// `pods/<name>/exec` and `attach`: authorized as `create` of that
@@ -495,6 +572,9 @@ async fn pod_stream(
         return Err(Error::BadRequest(format!(
             "cannot exec into or attach to a container in a completed pod; current phase is {p}"
         )));
+    }
+    if let Some(node) = s.proxy.as_ref().and_then(|p| p.remote(&pod)) {
+        return proxy_to(s, node, &pod, verb.name(), q, req).await;
     }
     // The pod's own errors first: kubectl retries a failed WebSocket
     // upgrade over SPDY and prints what that attempt got.
@@ -656,6 +736,9 @@ async fn pod_portforward(
         return Err(Error::BadRequest(format!(
             "cannot port-forward to a completed pod; current phase is {p}"
         )));
+    }
+    if let Some(node) = s.proxy.as_ref().and_then(|p| p.remote(&pod)) {
+        return proxy_to(s, node, &pod, "portforward", q, req).await;
     }
     let dial = s.portforward.prepare(&pod).await?;
     let target = pf::Target {

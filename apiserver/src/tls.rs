@@ -48,3 +48,26 @@ pub fn server_config(pki: &Pki) -> Result<Arc<ServerConfig>> {
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }
+
+/// The TLS configuration the API dials a node's API (kubelet port) with:
+/// the node's serving certificate verified against the cluster CA, and
+/// this agent's `system:node:<name>` client certificate presented.
+pub fn node_client_config(pki: &Pki) -> Result<Arc<rustls::ClientConfig>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = RootCertStore::empty();
+    for c in pem_certs(&pki.ca_cert)? {
+        roots
+            .add(c)
+            .map_err(|e| tls_err("trust the cluster CA", e))?;
+    }
+    let key = PrivateKeyDer::from_pem_slice(pki.node_key.as_bytes())
+        .map_err(|e| tls_err("read the node client key", e))?;
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls_err("TLS versions", e))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(pem_certs(&pki.node_cert)?, key)
+        .map_err(|e| tls_err("use the node client certificate", e))?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}

@@ -15,7 +15,8 @@ use controlplane::{ControlPlane, ObjectRef};
 use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{
-    Namespace, Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo,
+    DaemonEndpoint, Namespace, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeSpec,
+    NodeStatus, NodeSystemInfo,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
@@ -33,6 +34,8 @@ pub struct Identity {
     /// The node's pod CIDRs: one, or an IPv4 and an IPv6 one (dual-stack);
     /// the first is `spec.podCIDR`.
     pub pod_cidrs: Vec<String>,
+    /// Where the node API (kubelet's port) listens; 0: it does not.
+    pub kubelet_port: u16,
 }
 
 /// Creates or updates the Node object.
@@ -226,6 +229,11 @@ pub fn node_object(id: &Identity, runtime_version: &str, now: Timestamp) -> Node
                     address: id.name.clone(),
                 },
             ]),
+            daemon_endpoints: (id.kubelet_port != 0).then(|| NodeDaemonEndpoints {
+                kubelet_endpoint: Some(DaemonEndpoint {
+                    port: i32::from(id.kubelet_port),
+                }),
+            }),
             allocatable: Some(capacity.clone()),
             capacity: Some(capacity),
             conditions: Some(vec![NodeCondition {
@@ -335,6 +343,7 @@ mod tests {
             name: "n1".into(),
             ip: "192.0.2.7".parse().unwrap(),
             pod_cidrs: vec!["10.244.3.0/24".into(), "fd00:10:244:3::/64".into()],
+            kubelet_port: 10250,
         };
         let n = node_object(&id, "1.6.20", Timestamp::UNIX_EPOCH);
         let st = n.status.unwrap();
@@ -343,6 +352,8 @@ mod tests {
         assert!(cap["cpu"].0.parse::<u32>().unwrap() >= 1);
         assert!(cap["memory"].0.ends_with("Ki"));
         assert_eq!(st.addresses.unwrap()[0].address, "192.0.2.7");
+        let port = st.daemon_endpoints.unwrap().kubelet_endpoint.unwrap().port;
+        assert_eq!(port, 10250, "where the API servers reach the node");
         assert_eq!(st.conditions.unwrap()[0].status, "True");
         let spec = n.spec.unwrap();
         assert_eq!(spec.pod_cidr.as_deref(), Some("10.244.3.0/24"));

@@ -169,6 +169,10 @@ impl Agent {
         if !has_flag(flags, "--api-port") {
             cmd.args(["--api-port", "0"]);
         }
+        // The node API (kubelet's port) likewise: 10250 is the machine's.
+        if !has_flag(flags, "--kubelet-port") {
+            cmd.args(["--kubelet-port", "0"]);
+        }
         if !has_flag(flags, "--write-kubeconfig") {
             cmd.arg("--write-kubeconfig")
                 .arg(self.dir.path().join("kubeconfig.yaml"));

@@ -19,6 +19,10 @@ use crate::{unique, TempDir};
 use netns_tests::cluster::{wait_until, ClusterNet, UNDERLAY_IP};
 use netns_tests::TestNs;
 
+/// Every agent's cluster token (the first seals the cluster CA with it).
+pub const CLUSTER_TOKEN: &str =
+    "6b6e6f64652d636c75737465722d746573742d746f6b656e2d3031323334353637";
+
 /// The cluster's pod network.
 pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
 
@@ -171,6 +175,19 @@ impl Cluster {
         .map(|s| s.to_string())
         .collect();
         agent.extend(dns_flags(&root)?);
+        // Each node serves the node API (kubelet's port) on its underlay
+        // address, as a multi-node cluster must for the agents' APIs to
+        // reach every node's pods; its certificate is the cluster CA's,
+        // which the token opens.
+        for (flag, value) in [
+            ("--kubelet-port", "10250"),
+            ("--kubelet-bind-address", "0.0.0.0"),
+            ("--token", CLUSTER_TOKEN),
+        ] {
+            if !more.contains(&flag) {
+                agent.extend([flag.to_string(), value.to_string()]);
+            }
+        }
         let agent = Agent::start_node(dir, self.net.node(i).path(), global, agent)?;
         Ok(ClusterNode {
             agent,

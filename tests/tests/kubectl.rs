@@ -414,7 +414,7 @@ fn kubectl_logs_reads_this_nodes_pods() {
     );
     let e = api.kubectl(&["logs", "far", "-c", "app"]);
     assert!(
-        String::from_utf8_lossy(&e.stderr).contains("runs on node other-node"),
+        String::from_utf8_lossy(&e.stderr).contains("node other-node is not registered"),
         "{e:?}"
     );
 

@@ -175,7 +175,7 @@ fn kubectl_exec_runs_commands_in_this_nodes_pods() {
     );
     let out = s.exec(&["far", "-c", "app", "--", "true"], None);
     assert!(
-        text(&out.stderr).contains("runs on node other-node"),
+        text(&out.stderr).contains("node other-node is not registered"),
         "{}",
         text(&out.stderr)
     );

@@ -333,7 +333,7 @@ fn kubectl_port_forward_reaches_a_pods_ports() {
     let out = kubectl_in(&n, &kubeconfig, &["port-forward", "pod/far", "18082:80"]);
     let e = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(
-        !out.status.success() && e.contains("runs on node other-node"),
+        !out.status.success() && e.contains("node other-node is not registered"),
         "{e}"
     );
     // Bad ports: a 400 naming `ports`.

@@ -34,6 +34,20 @@ fn kubectl_discovers_gets_applies_watches_and_deletes() {
     assert_eq!(mode, 0o600);
 
     assert!(api.ok(&["version"]).contains("Server Version: v1."));
+    // Aggregated discovery: kubectl learns every resource from /api and
+    // /apis alone (with plain discovery it asks each group/version too).
+    let out = api.kubectl(&["api-resources", "-v=6", "--cache-dir", &cache_dir()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("/apis?timeout"), "{log}");
+    assert!(
+        !log.contains("/apis/apps/v1?timeout") && !log.contains("/api/v1?timeout"),
+        "kubectl fell back to per-group discovery:\n{log}"
+    );
     let res = api.ok(&["api-resources"]);
     for row in ["pods ", "deployments ", "services "] {
         assert!(res.lines().any(|l| l.starts_with(row)), "{res}");
@@ -438,4 +452,11 @@ fn kubectl_logs_reads_this_nodes_pods() {
     // The stream ends once the pod is gone.
     assert!(lines.next().is_none());
     assert!(child.wait().unwrap().success());
+}
+
+/// A discovery cache of this run's own (kubectl's default one could answer
+/// from an earlier run instead of asking).
+fn cache_dir() -> String {
+    let d = std::env::temp_dir().join(knode_tests::unique("kubectl-cache-"));
+    d.display().to_string()
 }

@@ -9,7 +9,7 @@
 //! over the policies that can concern it; a policy's change one pass over
 //! the pods that can concern it.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -160,8 +160,8 @@ pub struct Engine {
     selectors: Numbered<String>,
     named: Numbered<String>,
     cidrs: Numbered<Ranges>,
-    /// The address-range sets the kernel holds, by number.
-    kernel_cidrs: HashMap<u32, Ranges>,
+    /// The numbers of the address-range sets the kernel holds.
+    kernel_cidrs: HashSet<u32>,
     groups: HashMap<u32, Group>,
     group_numbers: HashMap<Vec<Id>, u32>,
     /// The groups the kernel holds: (egress, ingress) forms.
@@ -209,7 +209,7 @@ impl Engine {
             selectors: Numbered::new(),
             named: Numbered::new(),
             cidrs: Numbered::new(),
-            kernel_cidrs: HashMap::new(),
+            kernel_cidrs: HashSet::new(),
             groups: HashMap::new(),
             group_numbers: HashMap::new(),
             kernel_groups: HashMap::new(),
@@ -795,7 +795,14 @@ impl Engine {
             groups_added: groups.len(),
             ..SyncOutcome::default()
         };
-        (b, outcome, Kernel { groups, cidrs })
+        (
+            b,
+            outcome,
+            Kernel {
+                groups,
+                cidrs: cidrs.into_keys().collect(),
+            },
+        )
     }
 
     fn partial_batch(&self) -> (Batch, SyncOutcome, Kernel) {
@@ -807,7 +814,7 @@ impl Engine {
         // (their map elements jump to the chains).
         let live = self.live_cidrs();
         for (n, ranges) in &live {
-            if !self.kernel_cidrs.contains_key(n) {
+            if !self.kernel_cidrs.contains(n) {
                 ruleset::add_cidr_set(&mut b, f, *n, ranges);
             }
         }
@@ -864,7 +871,7 @@ impl Engine {
         for p in &removed {
             ruleset::delete_policy(&mut b, f, &p.compiled);
         }
-        for n in self.kernel_cidrs.keys() {
+        for n in &self.kernel_cidrs {
             if !live.contains_key(n) {
                 ruleset::delete_cidr_set(&mut b, f, *n);
             }
@@ -882,7 +889,7 @@ impl Engine {
             outcome,
             Kernel {
                 groups,
-                cidrs: live,
+                cidrs: live.into_keys().collect(),
             },
         )
     }
@@ -891,7 +898,7 @@ impl Engine {
 /// What a batch leaves in the kernel besides elements and policies.
 struct Kernel {
     groups: HashMap<u32, [GroupForm; 2]>,
-    cidrs: HashMap<u32, Ranges>,
+    cidrs: HashSet<u32>,
 }
 
 /// An element's place: set name and key.

@@ -298,3 +298,52 @@ fn usages_follow_pods_and_binds() {
     );
     assert_eq!(u.snapshot()["a"].pods, 1);
 }
+
+#[test]
+fn prefer_no_schedule_taints_and_soft_spread_are_scores_not_filters() {
+    // An untolerated PreferNoSchedule taint loses to an equal clean node,
+    // but still takes the pod when it is the only one.
+    let tainted = node(
+        "a",
+        json!({"spec": {"taints": [{"key": "k", "value": "v", "effect": "PreferNoSchedule"}]}}),
+    );
+    let nodes = [tainted, node("b", json!({}))];
+    let none = BTreeMap::new();
+    assert_eq!(place(&pod(json!({})), &nodes, &none).unwrap(), "b");
+    assert_eq!(place(&pod(json!({})), &nodes[..1], &none).unwrap(), "a");
+    // Tolerated, it no longer counts: a, less loaded, wins.
+    let tolerant = pod(json!({"spec": {"tolerations": [{"key": "k", "operator": "Exists"}]}}));
+    let usage: BTreeMap<&str, Usage> = [("b", used(1000, 2 << 30))].into();
+    assert_eq!(place(&tolerant, &nodes, &usage).unwrap(), "a");
+
+    // ScheduleAnyway: the zone with fewer matching pods wins, and a skew
+    // beyond maxSkew does not stop the pod.
+    let zoned = [
+        node("z1", json!({"metadata": {"labels": {"zone": "z1"}}})),
+        node("z2", json!({"metadata": {"labels": {"zone": "z2"}}})),
+    ];
+    let soft = pod(
+        json!({"spec": {"topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "zone",
+        "whenUnsatisfiable": "ScheduleAnyway", "labelSelector": {"matchLabels": {"app": "web"}}}]}}),
+    );
+    let empty = Usage::default();
+    let cands = |counts: [u32; 2]| -> Vec<Candidate> {
+        zoned
+            .iter()
+            .zip(counts)
+            .map(|(n, c)| Candidate {
+                node: n,
+                lost: false,
+                usage: &empty,
+                spread: vec![Some(c)],
+            })
+            .collect()
+    };
+    assert_eq!(schedule(&soft, &cands([3, 1]), first).unwrap(), "z2");
+    assert_eq!(schedule(&soft, &cands([0, 4]), first).unwrap(), "z1");
+    assert_eq!(
+        schedule(&soft, &cands([5, 1])[..1], first).unwrap(),
+        "z1",
+        "a soft constraint never filters"
+    );
+}

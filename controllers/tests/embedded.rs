@@ -74,7 +74,19 @@ async fn a_deployment_gets_its_replica_set_and_pods_and_takes_them_when_deleted(
         .unwrap();
     assert_eq!(lease.to_value()["spec"]["holderIdentity"], "node-a");
 
+    // The Deployment carries its ReplicaSet's revision, as kube's, and
+    // that write is no change of its spec (the generation stays 1, so
+    // `kubectl rollout status` sees it observed).
     let web = ObjectRef::new(Kind::Deployment, "default", "web");
+    until("the Deployment's revision and status", || async {
+        let d = c.get(&web).await.unwrap().to_value();
+        d["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "1"
+            && d["status"]["observedGeneration"] == 1
+    })
+    .await;
+    let d = c.get(&web).await.unwrap().to_value();
+    assert_eq!(d["metadata"]["generation"], 1, "{d:#}");
+
     controlplane::scale::set_replicas(c, &web, 5, None)
         .await
         .unwrap();

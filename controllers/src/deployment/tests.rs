@@ -209,6 +209,28 @@ fn undo_makes_the_old_replica_set_the_newest_revision() {
         .expect("v1 updated");
     assert_eq!(revision(back), 3);
     assert_eq!(back.spec.as_ref().unwrap().replicas, Some(1));
+    // The Deployment carries its new ReplicaSet's revision, as kube's.
+    assert_eq!(p.revision.as_deref(), Some("3"));
+}
+
+#[test]
+fn the_deployment_carries_its_new_replica_sets_revision() {
+    let mut d = deploy(2, "v1");
+    let p = plan(&d, &[], &[], t(100));
+    assert_eq!(p.revision.as_deref(), Some("1"), "a new ReplicaSet");
+    let mut rs = rs_for("v1", 1, 2, 2, 1);
+    rs.metadata.owner_references = Some(vec![podutil::controller_ref(
+        "apps/v1",
+        "Deployment",
+        &d.metadata,
+    )]);
+    d.metadata.annotations = Some([(REVISION.to_string(), "1".to_string())].into());
+    let p = plan(&d, std::slice::from_ref(&rs), &[], t(100));
+    assert_eq!(p.revision, None, "already carried");
+    let mut d2 = deploy(2, "v2");
+    d2.metadata.annotations = d.metadata.annotations.clone();
+    let p = plan(&d2, &[rs], &[], t(100));
+    assert_eq!(p.revision.as_deref(), Some("2"), "a rollout");
 }
 
 #[test]

@@ -675,3 +675,71 @@ fn another_agent_takes_the_controllers_over_and_carries_out_a_scale() -> Result<
     );
     Ok(())
 }
+
+/// Waits (120 s) until `app`'s running pods are placed as `want`.
+fn wait_placed(c: &Cluster, app: &str, want: &BTreeMap<String, usize>) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let placed = running_by_node(c, app)?;
+        if &placed == want {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{app}: {placed:?}, want {want:?}\n{}", c.logs());
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn per_node(nodes: usize, each: usize) -> BTreeMap<String, usize> {
+    (0..nodes).map(|i| (format!("node-{i}"), each)).collect()
+}
+
+#[test]
+fn a_deployment_lands_two_per_node_and_a_daemon_set_follows_a_node_that_joins() -> Result<()> {
+    let Some(mut c) = Cluster::for_test(
+        "a_deployment_lands_two_per_node_and_a_daemon_set_follows_a_node_that_joins",
+        NODES,
+    ) else {
+        return Ok(());
+    };
+    let template = |app: &str| {
+        let mut pod = web_pod("unused", "", app);
+        pod["spec"]
+            .as_object_mut()
+            .expect("spec")
+            .remove("nodeName");
+        json!({"metadata": {"labels": {"app": app}}, "spec": pod["spec"]})
+    };
+    let deployment = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "six"},
+        "spec": {"replicas": 6, "selector": {"matchLabels": {"app": "six"}},
+                 "template": template("six")}});
+    let daemon_set = json!({"apiVersion": "apps/v1", "kind": "DaemonSet",
+        "metadata": {"name": "every"},
+        "spec": {"selector": {"matchLabels": {"app": "every"}},
+                 "template": template("every")}});
+    apply(&c, &[deployment, daemon_set])?;
+    // The scheduler spreads one owner's pods: 2/2/2 on three equal nodes.
+    wait_placed(&c, "six", &per_node(NODES, 2))?;
+    wait_placed(&c, "every", &per_node(NODES, 1))?;
+
+    // A fourth node joins: it gets the DaemonSet's pod, and the
+    // Deployment's pods stay where they run.
+    let added = c.add_node()?;
+    assert_eq!(added, NODES);
+    wait_placed(&c, "every", &per_node(NODES + 1, 1))?;
+    assert_eq!(running_by_node(&c, "six")?, per_node(NODES, 2));
+    let desired = |c: &Cluster| {
+        c.get("daemonset", "every")
+            .ok()
+            .flatten()
+            .map(|d| d["status"]["desiredNumberScheduled"].clone())
+    };
+    assert!(
+        wait_for(|| desired(&c) == Some(json!(4))),
+        "desiredNumberScheduled {:?}",
+        desired(&c)
+    );
+    Ok(())
+}

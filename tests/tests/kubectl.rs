@@ -481,6 +481,15 @@ fn kubectl_rollout_status_history_and_undo() {
             r"jsonpath={.metadata.annotations.deployment\.kubernetes\.io/revision}",
         ])
     };
+    // The REVISION column of `rollout history`.
+    let history = |api: &Api| -> Vec<String> {
+        api.ok(&["rollout", "history", "deployment/roll"])
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|w| w.parse::<u32>().is_ok())
+            .map(str::to_string)
+            .collect()
+    };
     api.ok(&[
         "create",
         "deployment",
@@ -502,13 +511,7 @@ fn kubectl_rollout_status_history_and_undo() {
         "{out}"
     );
     wait_for(|| (revision(&api) == "2").then_some(()));
-    let history = api.ok(&["rollout", "history", "deployment/roll"]);
-    let revisions: Vec<&str> = history
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|w| w.parse::<u32>().is_ok())
-        .collect();
-    assert_eq!(revisions, ["1", "2"], "{history}");
+    assert_eq!(history(&api), ["1", "2"]);
     let two = api.ok(&["rollout", "history", "deployment/roll", "--revision=2"]);
     assert!(two.contains("busybox:2"), "{two}");
 
@@ -522,13 +525,7 @@ fn kubectl_rollout_status_history_and_undo() {
         "{out}"
     );
     // Revision 1's ReplicaSet became revision 3: the history is 2, 3.
-    let history = api.ok(&["rollout", "history", "deployment/roll"]);
-    let revisions: Vec<&str> = history
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|w| w.parse::<u32>().is_ok())
-        .collect();
-    assert_eq!(revisions, ["2", "3"], "{history}");
+    assert_eq!(history(&api), ["2", "3"]);
     let rs = api.ok(&["get", "rs", "-l", "app=roll", "-o", "name"]);
     assert_eq!(rs.lines().count(), 2, "{rs}");
 

@@ -277,6 +277,10 @@ struct Milestones {
     api_running: Option<i64>,
     /// Running pods per node once all ran.
     per_node: BTreeMap<String, usize>,
+    /// Writes to the store (its revision's growth) from the create to all
+    /// Running: every write of the controllers, scheduler and kubelets, and
+    /// the nodes' heartbeats.
+    writes: Option<u64>,
 }
 
 impl Milestones {
@@ -320,8 +324,23 @@ fn running_at(p: &Pod) -> Option<i64> {
     })
 }
 
-/// Polls the namespace every 50 ms until `n` pods run, noting milestones.
-async fn follow(cp: &dyn ControlPlane, t0: Instant, n: usize, with_rs: bool) -> Result<Milestones> {
+/// The store's revision now.
+async fn revision(cp: &dyn ControlPlane) -> Result<u64> {
+    Ok(cp
+        .list(&Scope::namespaced(Kind::Pod, DEPLOY_NS))
+        .await?
+        .revision)
+}
+
+/// Polls the namespace every 50 ms until `n` pods run, noting milestones;
+/// `rev0` is the store's revision before the first write.
+async fn follow(
+    cp: &dyn ControlPlane,
+    t0: Instant,
+    rev0: u64,
+    n: usize,
+    with_rs: bool,
+) -> Result<Milestones> {
     let mut m = Milestones::default();
     loop {
         let at = t0.elapsed();
@@ -333,8 +352,8 @@ async fn follow(cp: &dyn ControlPlane, t0: Instant, n: usize, with_rs: bool) -> 
                 m.replica_set = Some(at);
             }
         }
-        let pods = cp.list(&Scope::namespaced(Kind::Pod, DEPLOY_NS)).await?;
-        let pods: Vec<&Pod> = pods
+        let list = cp.list(&Scope::namespaced(Kind::Pod, DEPLOY_NS)).await?;
+        let pods: Vec<&Pod> = list
             .items
             .iter()
             .filter_map(|o| match o {
@@ -358,6 +377,7 @@ async fn follow(cp: &dyn ControlPlane, t0: Instant, n: usize, with_rs: bool) -> 
         }
         if running.len() >= n {
             m.running = Some(at);
+            m.writes = Some(list.revision.saturating_sub(rev0));
             m.api_start = pods
                 .iter()
                 .filter_map(|p| epoch(p.metadata.creation_timestamp.as_ref()))
@@ -402,9 +422,10 @@ async fn deployment_run(cp: &dyn ControlPlane, image: &str) -> Result<Milestones
         "metadata": {"name": "bench-web", "namespace": DEPLOY_NS},
         "spec": {"replicas": DEPLOY_REPLICAS, "selector": {"matchLabels": {"app": "bench-web"}},
                  "template": busybox_template(image, "bench-web")}});
+    let rev0 = revision(cp).await?;
     let t0 = Instant::now();
     let made = cp.create(object(d)?, None).await?;
-    let mut m = follow(cp, t0, DEPLOY_REPLICAS, true).await?;
+    let mut m = follow(cp, t0, rev0, DEPLOY_REPLICAS, true).await?;
     // The span the API tells starts at the Deployment, as the wall clock.
     if let Object::Deployment(d) = &made {
         m.api_start = epoch(d.metadata.creation_timestamp.as_ref());
@@ -427,6 +448,7 @@ async fn bare_pods_run(
     image: &str,
     nodes: &[String],
 ) -> Result<Milestones> {
+    let rev0 = revision(cp.as_ref()).await?;
     let t0 = Instant::now();
     let mut set = JoinSet::new();
     for k in 0..CONCURRENCY {
@@ -446,7 +468,7 @@ async fn bare_pods_run(
             Ok::<_, anyhow::Error>(())
         });
     }
-    let m = follow(cp.as_ref(), t0, DEPLOY_REPLICAS, false).await?;
+    let m = follow(cp.as_ref(), t0, rev0, DEPLOY_REPLICAS, false).await?;
     while let Some(r) = set.join_next().await {
         r.context("a create task panicked")??;
     }
@@ -486,7 +508,8 @@ const THREE_NODE_METHOD: &str = "three real nodes on etcd (the end-to-end tests'
     created directly (8 in flight) already spread over the three nodes (`nodeName` set round-robin: \
     neither scheduler nor controllers), 3 runs each, medians. Cross-check: the same span from the \
     API's timestamps (first creationTimestamp, for the Deployment its own, to the last pod's Ready \
-    transition; whole seconds)";
+    transition; whole seconds), and the store's writes per run (its revision's growth from \
+    the create to all Running, the nodes' heartbeats included)";
 
 /// `bench deployment`: a Deployment of 100 replicas on three real nodes
 /// on etcd, apply -> all Running, interleaved with the same 100 pods
@@ -555,13 +578,22 @@ fn run_deployment_on(opts: &Opts, nodes: usize) -> Result<()> {
     let bare_total = median(col(&bare, |m| m.running));
     let bare_bound = median(col(&bare, |m| m.bound));
     let (api_total, api_bare) = (median(api(&deps)), median(api(&bare)));
+    let writes = |v: &[Milestones]| -> f64 {
+        median(
+            v.iter()
+                .map(|m| m.writes.map_or(f64::NAN, |w| w as f64))
+                .collect(),
+        )
+    };
+    let (writes_total, writes_bare) = (writes(&deps), writes(&bare));
     let extra = total - bare_total;
     println!(
         "deployment: {DEPLOY_REPLICAS} replicas on {nodes} real node(s), median of {DEPLOY_RUNS}: apply -> all Running {total:.2} s \
          (ReplicaSet {rs:.3} s, all pods created {created:.2} s, all bound {bound:.2} s: {:.1} % of the total); \
          the same pods written directly: all bound {bare_bound:.2} s, all Running {bare_total:.2} s; \
          the Deployment costs {extra:+.2} s ({:.1} % of its total); ratio {:.3}; \
-         by the API's timestamps: {api_total:.0} s vs {api_bare:.0} s; load {load_before} -> {load_after}",
+         by the API's timestamps: {api_total:.0} s vs {api_bare:.0} s; store writes {writes_total:.0} vs {writes_bare:.0}; \
+         load {load_before} -> {load_after}",
         bound / total * 100.0,
         extra / total * 100.0,
         total / bare_total,
@@ -578,7 +610,8 @@ fn run_deployment_on(opts: &Opts, nodes: usize) -> Result<()> {
             .map(|m| {
                 json!({"replica_set_s": secs(m.replica_set), "created_s": secs(m.created),
                        "bound_s": secs(m.bound), "running_s": secs(m.running),
-                       "api_span_s": m.api_span(), "running_per_node": m.per_node})
+                       "api_span_s": m.api_span(), "running_per_node": m.per_node,
+                       "store_writes": m.writes})
             })
             .collect()
     };
@@ -591,6 +624,7 @@ fn run_deployment_on(opts: &Opts, nodes: usize) -> Result<()> {
         "deployment_overhead_s": extra, "deployment_overhead_share": extra / total,
         "ratio": total / bare_total,
         "api_median_total_s": api_total, "api_bare_median_total_s": api_bare,
+        "median_store_writes": writes_total, "bare_median_store_writes": writes_bare,
     });
     let doc = crate::report::with_targets(
         doc,

@@ -605,6 +605,7 @@ fn run_deployment_on(opts: &Opts, nodes: usize) -> Result<()> {
         THREE_NODE_METHOD
     });
     doc["load_average"] = json!({"before": load_before, "after": load_after});
+    doc["binary"] = json!(crate::built("knode")?.display().to_string());
     let runs = |v: &[Milestones]| -> Value {
         v.iter()
             .map(|m| {

@@ -145,8 +145,13 @@ const BENCHES: &[Bench] = &[
     },
     Bench {
         name: "deployment",
-        about: "a Deployment of 100 replicas on a real node: apply -> all Running vs the same pods written directly",
+        about: "a Deployment of 100 replicas on 3 real nodes on etcd: apply -> all Running vs the same pods written directly, spread",
         run: workloads::run_deployment,
+    },
+    Bench {
+        name: "deployment-one-node",
+        about: "the same on one real node (embedded control plane), the reference's pods bound by the scheduler",
+        run: workloads::run_deployment_one_node,
     },
     Bench {
         name: "controller-memory",
@@ -168,7 +173,8 @@ const BENCHES: &[Bench] = &[
 /// What `all` runs: every benchmark but the parts of one (`overlay-throughput`).
 /// Benchmarks that run a part of another (for work on one path), left
 /// out of `all`.
-const PARTS: [&str; 3] = [
+const PARTS: [&str; 4] = [
+    "deployment-one-node",
     "overlay-throughput",
     "proxy-nft-partial",
     "proxy-nft-memory",

@@ -10,6 +10,7 @@
 //! of the two restarted readings (same objects in both), cross-checked
 //! by the growth from idle of the first run (which adds the store's own).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -260,13 +261,33 @@ const DEPLOY_RUNS: usize = 3;
 const DEPLOY_NS: &str = "default";
 const DEPLOY_LIMIT: Duration = Duration::from_secs(600);
 
-/// When each milestone of one run was reached, from the create call.
+/// When each milestone of one run was reached, from the create call, and
+/// the same span as the API's own timestamps tell it.
 #[derive(Debug, Default, Clone)]
 struct Milestones {
     replica_set: Option<Duration>,
     created: Option<Duration>,
     bound: Option<Duration>,
     running: Option<Duration>,
+    /// The first pod's `creationTimestamp` (for a Deployment: its own),
+    /// seconds since the epoch.
+    api_start: Option<i64>,
+    /// The last pod's `Ready` condition turning true (else its container's
+    /// `startedAt`), seconds since the epoch.
+    api_running: Option<i64>,
+    /// Running pods per node once all ran.
+    per_node: BTreeMap<String, usize>,
+    /// Writes to the store (its revision's growth) from the create to all
+    /// Running: every write of the controllers, scheduler and kubelets, and
+    /// the nodes' heartbeats.
+    writes: Option<u64>,
+}
+
+impl Milestones {
+    /// `api_running - api_start`: whole seconds (the API's resolution).
+    fn api_span(&self) -> Option<i64> {
+        Some(self.api_running? - self.api_start?)
+    }
 }
 
 fn busybox_template(image: &str, app: &str) -> Value {
@@ -276,8 +297,50 @@ fn busybox_template(image: &str, app: &str) -> Value {
                                     "command": ["sleep", "3600"]}]}})
 }
 
-/// Polls the namespace every 50 ms until `n` pods run, noting milestones.
-async fn follow(cp: &dyn ControlPlane, t0: Instant, n: usize, with_rs: bool) -> Result<Milestones> {
+type Pod = k8s_openapi::api::core::v1::Pod;
+
+fn epoch(t: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>) -> Option<i64> {
+    t.map(|t| t.0.as_second())
+}
+
+/// When the pod turned Running as the API has it: its Ready condition's
+/// transition (no probes: ready once its container runs), else the
+/// latest container start.
+fn running_at(p: &Pod) -> Option<i64> {
+    let status = p.status.as_ref()?;
+    let ready = status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "Ready" && c.status == "True")
+        .and_then(|c| epoch(c.last_transition_time.as_ref()));
+    ready.or_else(|| {
+        status
+            .container_statuses
+            .iter()
+            .flatten()
+            .filter_map(|c| epoch(c.state.as_ref()?.running.as_ref()?.started_at.as_ref()))
+            .max()
+    })
+}
+
+/// The store's revision now.
+async fn revision(cp: &dyn ControlPlane) -> Result<u64> {
+    Ok(cp
+        .list(&Scope::namespaced(Kind::Pod, DEPLOY_NS))
+        .await?
+        .revision)
+}
+
+/// Polls the namespace every 50 ms until `n` pods run, noting milestones;
+/// `rev0` is the store's revision before the first write.
+async fn follow(
+    cp: &dyn ControlPlane,
+    t0: Instant,
+    rev0: u64,
+    n: usize,
+    with_rs: bool,
+) -> Result<Milestones> {
     let mut m = Milestones::default();
     loop {
         let at = t0.elapsed();
@@ -289,8 +352,8 @@ async fn follow(cp: &dyn ControlPlane, t0: Instant, n: usize, with_rs: bool) -> 
                 m.replica_set = Some(at);
             }
         }
-        let pods = cp.list(&Scope::namespaced(Kind::Pod, DEPLOY_NS)).await?;
-        let pods: Vec<&k8s_openapi::api::core::v1::Pod> = pods
+        let list = cp.list(&Scope::namespaced(Kind::Pod, DEPLOY_NS)).await?;
+        let pods: Vec<&Pod> = list
             .items
             .iter()
             .filter_map(|o| match o {
@@ -302,24 +365,35 @@ async fn follow(cp: &dyn ControlPlane, t0: Instant, n: usize, with_rs: bool) -> 
             .iter()
             .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some())
             .count();
-        let running = pods
+        let running: Vec<&&Pod> = pods
             .iter()
             .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
-            .count();
+            .collect();
         if pods.len() >= n && m.created.is_none() {
             m.created = Some(at);
         }
         if bound >= n && m.bound.is_none() {
             m.bound = Some(at);
         }
-        if running >= n {
+        if running.len() >= n {
             m.running = Some(at);
+            m.writes = Some(list.revision.saturating_sub(rev0));
+            m.api_start = pods
+                .iter()
+                .filter_map(|p| epoch(p.metadata.creation_timestamp.as_ref()))
+                .min();
+            m.api_running = running.iter().map(|p| running_at(p)).max().flatten();
+            for p in &running {
+                let node = p.spec.as_ref().and_then(|s| s.node_name.clone());
+                *m.per_node.entry(node.unwrap_or_default()).or_default() += 1;
+            }
             return Ok(m);
         }
         if at > DEPLOY_LIMIT {
             bail!(
-                "after {DEPLOY_LIMIT:?}: {} pods, {bound} bound, {running} running",
-                pods.len()
+                "after {DEPLOY_LIMIT:?}: {} pods, {bound} bound, {} running",
+                pods.len(),
+                running.len()
             );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -348,9 +422,14 @@ async fn deployment_run(cp: &dyn ControlPlane, image: &str) -> Result<Milestones
         "metadata": {"name": "bench-web", "namespace": DEPLOY_NS},
         "spec": {"replicas": DEPLOY_REPLICAS, "selector": {"matchLabels": {"app": "bench-web"}},
                  "template": busybox_template(image, "bench-web")}});
+    let rev0 = revision(cp).await?;
     let t0 = Instant::now();
-    cp.create(object(d)?, None).await?;
-    let m = follow(cp, t0, DEPLOY_REPLICAS, true).await?;
+    let made = cp.create(object(d)?, None).await?;
+    let mut m = follow(cp, t0, rev0, DEPLOY_REPLICAS, true).await?;
+    // The span the API tells starts at the Deployment, as the wall clock.
+    if let Object::Deployment(d) = &made {
+        m.api_start = epoch(d.metadata.creation_timestamp.as_ref());
+    }
     cp.delete(
         &controlplane::ObjectRef::new(Kind::Deployment, DEPLOY_NS, "bench-web"),
         None,
@@ -361,12 +440,19 @@ async fn deployment_run(cp: &dyn ControlPlane, image: &str) -> Result<Milestones
 }
 
 /// The reference run: the same pods written directly (8 creates in
-/// flight), no controller; the scheduler still binds them.
-async fn bare_pods_run(cp: Arc<dyn ControlPlane>, image: &str) -> Result<Milestones> {
+/// flight), no controller. With `nodes`, pod `i` is bound to node `i mod
+/// n` at create (`nodeName`: no scheduler either); without, the
+/// scheduler binds them.
+async fn bare_pods_run(
+    cp: Arc<dyn ControlPlane>,
+    image: &str,
+    nodes: &[String],
+) -> Result<Milestones> {
+    let rev0 = revision(cp.as_ref()).await?;
     let t0 = Instant::now();
     let mut set = JoinSet::new();
     for k in 0..CONCURRENCY {
-        let (cp, image) = (cp.clone(), image.to_string());
+        let (cp, image, nodes) = (cp.clone(), image.to_string(), nodes.to_vec());
         set.spawn(async move {
             for i in (k..DEPLOY_REPLICAS).step_by(CONCURRENCY) {
                 let mut p = busybox_template(&image, "bench-bare");
@@ -374,12 +460,15 @@ async fn bare_pods_run(cp: Arc<dyn ControlPlane>, image: &str) -> Result<Milesto
                 p["kind"] = json!("Pod");
                 p["metadata"]["name"] = json!(format!("bench-bare-{i}"));
                 p["metadata"]["namespace"] = json!(DEPLOY_NS);
+                if !nodes.is_empty() {
+                    p["spec"]["nodeName"] = json!(nodes[i % nodes.len()]);
+                }
                 cp.create(object(p)?, None).await?;
             }
             Ok::<_, anyhow::Error>(())
         });
     }
-    let m = follow(cp.as_ref(), t0, DEPLOY_REPLICAS, false).await?;
+    let m = follow(cp.as_ref(), t0, rev0, DEPLOY_REPLICAS, false).await?;
     while let Some(r) = set.join_next().await {
         r.context("a create task panicked")??;
     }
@@ -402,38 +491,85 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// `bench deployment`: a Deployment of 100 replicas on one real node
-/// (private containerd, the agent with its controllers, scheduler and
-/// kubelet), apply -> all Running, interleaved with the same 100 pods
-/// written directly; 3 runs each, medians.
+/// The one-node row's method (its figures: `deployment-one-node.json`).
+const ONE_NODE_METHOD: &str = "one real node (private containerd, `knode agent` on the embedded \
+    control plane with its controllers, scheduler and kubelet; busybox `sleep`, image imported, grace 0): \
+    a Deployment of 100 replicas created through the socket, pods polled every 50 ms until all Running, \
+    then deleted and gone; interleaved with the same 100 pods created directly (8 in flight; the \
+    scheduler binds them), 3 runs each";
+
+/// The three-node row's method (`deployment.json`).
+const THREE_NODE_METHOD: &str = "three real nodes on etcd (the end-to-end tests' cluster harness: \
+    an underlay of network namespaces, one etcd, one private containerd shared by the three agents, \
+    each in its own containerd namespace; every agent runs its kubelet, proxy, overlay and DNS, one \
+    holds the controller manager and scheduler by its Lease; busybox `sleep`, image imported on each \
+    node, grace 0): a Deployment of 100 replicas created through node 0's socket, pods polled every \
+    50 ms until all Running, then deleted and gone; interleaved with the reference, the same 100 pods \
+    created directly (8 in flight) already spread over the three nodes (`nodeName` set round-robin: \
+    neither scheduler nor controllers), 3 runs each, medians. Cross-check: the same span from the \
+    API's timestamps (first creationTimestamp, for the Deployment its own, to the last pod's Ready \
+    transition; whole seconds), and the store's writes per run (its revision's growth from \
+    the create to all Running, the nodes' heartbeats included)";
+
+/// `bench deployment`: a Deployment of 100 replicas on three real nodes
+/// on etcd, apply -> all Running, interleaved with the same 100 pods
+/// written directly already spread over the nodes; 3 runs each, medians.
 pub fn run_deployment(opts: &Opts) -> Result<()> {
+    run_deployment_on(opts, 3)
+}
+
+/// `bench deployment-one-node`: the same on one node (embedded control
+/// plane), the reference's pods bound by the scheduler.
+pub fn run_deployment_one_node(opts: &Opts) -> Result<()> {
+    run_deployment_on(opts, 1)
+}
+
+fn run_deployment_on(opts: &Opts, nodes: usize) -> Result<()> {
     use knode_tests::containerd::CONTAINERD;
-    use knode_tests::node::Node;
     if !std::path::Path::new(CONTAINERD).is_file() {
         bail!("{CONTAINERD} missing: install containerd (make bootstrap does)");
     }
     crate::require_node_bins()?;
-    let node = Node::start().context("start the node")?;
-    let img = knode_tests::TempDir::new("bench-img")?;
-    let tar = knode_tests::image::busybox_oci_tar(img.path()).context("build the busybox image")?;
-    node.import(&tar).context("import the image")?;
     let image = knode_tests::image::BUSYBOX.to_string();
+    // What runs the pods (kept alive to the end), the socket to talk to,
+    // and the nodes the reference's pods are bound to.
+    let (_running, socket, names): (Box<dyn std::any::Any>, _, Vec<String>) = if nodes == 1 {
+        let node = knode_tests::node::Node::start().context("start the node")?;
+        let img = knode_tests::TempDir::new("bench-img")?;
+        let tar =
+            knode_tests::image::busybox_oci_tar(img.path()).context("build the busybox image")?;
+        node.import(&tar).context("import the image")?;
+        let socket = node.agent.socket();
+        (Box::new(node), socket, Vec::new())
+    } else {
+        let c = knode_tests::cluster::Cluster::start(nodes, &[]).context("start the cluster")?;
+        let socket = c.nodes[0].agent.socket();
+        let names = c.nodes.iter().map(|n| n.name.clone()).collect();
+        (Box::new(c), socket, names)
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let cp: Arc<dyn ControlPlane> = Arc::new(Client::new(&node.agent.socket()));
+    let cp: Arc<dyn ControlPlane> = Arc::new(Client::new(&socket));
+    let load_before = crate::overlay::loadavg();
     let (mut deps, mut bare) = (Vec::new(), Vec::new());
     for run in 0..DEPLOY_RUNS {
-        let b = rt.block_on(bare_pods_run(cp.clone(), &image))?;
+        let b = rt.block_on(bare_pods_run(cp.clone(), &image, &names))?;
         eprintln!("deployment: run {run}: bare pods {b:?}");
         bare.push(b);
         let d = rt.block_on(deployment_run(cp.as_ref(), &image))?;
         eprintln!("deployment: run {run}: Deployment {d:?}");
         deps.push(d);
     }
+    let load_after = crate::overlay::loadavg();
     let col = |v: &[Milestones], f: fn(&Milestones) -> Option<Duration>| -> Vec<f64> {
         v.iter().map(|m| secs(f(m))).collect()
+    };
+    let api = |v: &[Milestones]| -> Vec<f64> {
+        v.iter()
+            .map(|m| m.api_span().map_or(f64::NAN, |s| s as f64))
+            .collect()
     };
     let total = median(col(&deps, |m| m.running));
     let bound = median(col(&deps, |m| m.bound));
@@ -441,51 +577,71 @@ pub fn run_deployment(opts: &Opts) -> Result<()> {
     let rs = median(col(&deps, |m| m.replica_set));
     let bare_total = median(col(&bare, |m| m.running));
     let bare_bound = median(col(&bare, |m| m.bound));
+    let (api_total, api_bare) = (median(api(&deps)), median(api(&bare)));
+    let writes = |v: &[Milestones]| -> f64 {
+        median(
+            v.iter()
+                .map(|m| m.writes.map_or(f64::NAN, |w| w as f64))
+                .collect(),
+        )
+    };
+    let (writes_total, writes_bare) = (writes(&deps), writes(&bare));
     let extra = total - bare_total;
     println!(
-        "deployment: {DEPLOY_REPLICAS} replicas on 1 real node, median of {DEPLOY_RUNS}: apply -> all Running {total:.2} s \
-         (ReplicaSet {rs:.3} s, all pods created {created:.2} s, all bound {bound:.2} s: {:.0} % of the total); \
+        "deployment: {DEPLOY_REPLICAS} replicas on {nodes} real node(s), median of {DEPLOY_RUNS}: apply -> all Running {total:.2} s \
+         (ReplicaSet {rs:.3} s, all pods created {created:.2} s, all bound {bound:.2} s: {:.1} % of the total); \
          the same pods written directly: all bound {bare_bound:.2} s, all Running {bare_total:.2} s; \
-         the Deployment costs {extra:+.2} s ({:.1} % of its total)",
+         the Deployment costs {extra:+.2} s ({:.1} % of its total); ratio {:.3}; \
+         by the API's timestamps: {api_total:.0} s vs {api_bare:.0} s; store writes {writes_total:.0} vs {writes_bare:.0}; \
+         load {load_before} -> {load_after}",
         bound / total * 100.0,
-        extra / total * 100.0
+        extra / total * 100.0,
+        total / bare_total,
     );
     let mut doc = host_facts();
-    doc["method"] = json!(format!(
-        "one real node (private containerd, `knode agent` on the embedded control plane with its controllers, \
-         scheduler and kubelet; busybox `sleep`, image imported, grace 0): a Deployment of {DEPLOY_REPLICAS} \
-         replicas created through the socket, pods polled every 50 ms until all Running, then deleted and gone; \
-         interleaved with the same {DEPLOY_REPLICAS} pods created directly (8 in flight), {DEPLOY_RUNS} runs each. \
-         One node, not 3: a cluster of three agents each with containerd was not attempted on this 2-core \
-         machine shared with other builds; the controllers' and scheduler's work per pod does not depend on the \
-         node count, the kubelets' does (3 would share the starts)"
-    ));
+    doc["method"] = json!(if nodes == 1 {
+        ONE_NODE_METHOD
+    } else {
+        THREE_NODE_METHOD
+    });
+    doc["load_average"] = json!({"before": load_before, "after": load_after});
+    doc["binary"] = json!(crate::built("knode")?.display().to_string());
     let runs = |v: &[Milestones]| -> Value {
         v.iter()
             .map(|m| {
                 json!({"replica_set_s": secs(m.replica_set), "created_s": secs(m.created),
-                            "bound_s": secs(m.bound), "running_s": secs(m.running)})
+                       "bound_s": secs(m.bound), "running_s": secs(m.running),
+                       "api_span_s": m.api_span(), "running_per_node": m.per_node,
+                       "store_writes": m.writes})
             })
             .collect()
     };
     doc["results"] = json!({
-        "replicas": DEPLOY_REPLICAS, "nodes": 1, "runs": DEPLOY_RUNS,
+        "replicas": DEPLOY_REPLICAS, "nodes": nodes, "runs": DEPLOY_RUNS,
         "deployment": runs(&deps), "bare_pods": runs(&bare),
         "median_total_s": total, "median_replica_set_s": rs, "median_created_s": created,
         "median_bound_s": bound, "bound_share_of_total": bound / total,
         "bare_median_total_s": bare_total, "bare_median_bound_s": bare_bound,
         "deployment_overhead_s": extra, "deployment_overhead_share": extra / total,
+        "ratio": total / bare_total,
+        "api_median_total_s": api_total, "api_bare_median_total_s": api_bare,
+        "median_store_writes": writes_total, "bare_median_store_writes": writes_bare,
     });
     let doc = crate::report::with_targets(
         doc,
         vec![
-            json!({"what": "controllers' share of a 100-replica Deployment's apply -> all Running",
+            json!({"what": format!("controllers' and scheduler's share of a {DEPLOY_REPLICAS}-replica Deployment's apply -> all Running on {nodes} node(s)"),
                     "goal": "<= 10 %", "value": extra / total, "met": extra / total <= 0.10}),
         ],
     );
+    let file = if nodes == 1 {
+        "deployment-one-node.json"
+    } else {
+        "deployment.json"
+    };
     write_file(
         &opts.out,
-        "deployment.json",
+        file,
         &format!("{}\n", serde_json::to_string_pretty(&doc)?),
     )
 }

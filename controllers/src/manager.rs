@@ -169,6 +169,10 @@ pub fn start(cp: Arc<dyn ControlPlane>) -> Vec<JoinHandle<()>> {
                     .into_iter()
                     .for_each(|k| d_q.add(k));
             }
+            // One made after its Deployment went (a sync on a stale
+            // cache) is collected even when this event comes after the
+            // Deployment's deletion.
+            collect_if_owned(&gc_q, new);
             owner_changed(&dependents, &gc_q, old, new);
         }));
     }
@@ -300,6 +304,7 @@ pub fn start(cp: Arc<dyn ControlPlane>) -> Vec<JoinHandle<()>> {
                     cj_q.add(k);
                 }
             }
+            collect_if_owned(&gc_q, new);
             owner_changed(&dependents, &gc_q, old, new);
         }));
     }

@@ -74,7 +74,19 @@ async fn a_deployment_gets_its_replica_set_and_pods_and_takes_them_when_deleted(
         .unwrap();
     assert_eq!(lease.to_value()["spec"]["holderIdentity"], "node-a");
 
+    // The Deployment carries its ReplicaSet's revision, as kube's, and
+    // that write is no change of its spec (the generation stays 1, so
+    // `kubectl rollout status` sees it observed).
     let web = ObjectRef::new(Kind::Deployment, "default", "web");
+    until("the Deployment's revision and status", || async {
+        let d = c.get(&web).await.unwrap().to_value();
+        d["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "1"
+            && d["status"]["observedGeneration"] == 1
+    })
+    .await;
+    let d = c.get(&web).await.unwrap().to_value();
+    assert_eq!(d["metadata"]["generation"], 1, "{d:#}");
+
     controlplane::scale::set_replicas(c, &web, 5, None)
         .await
         .unwrap();
@@ -717,5 +729,83 @@ async fn pods_are_created_in_slow_start_batches_that_stop_at_a_failure() {
     assert_eq!(made.len(), 6);
     assert_eq!(failing.creates.load(std::sync::atomic::Ordering::SeqCst), 7);
     assert_eq!(count(inner.as_ref(), Kind::Pod).await, 16);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A deleted Namespace is emptied, controllers running: its Deployment,
+/// ReplicaSet, pods and ConfigMap all go and stay gone (nothing the
+/// controllers recreate outlives it), and other namespaces keep theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_namespace_is_emptied_while_the_controllers_run() {
+    let (cp, dir) = open().await;
+    let manager = tokio::spawn(controllers::run(cp.clone(), "node-a".into()));
+    let c = cp.as_ref();
+    let ns = Object::from_value(json!({"apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": "team"}}))
+    .unwrap();
+    cp.create(ns, None).await.unwrap();
+    for namespace in ["team", "default"] {
+        let d = Object::from_value(json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": namespace},
+            "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "web"}},
+                     "template": {"metadata": {"labels": {"app": "web"}},
+                                  "spec": {"containers": [{"name": "c", "image": "busybox"}]}}}
+        }))
+        .unwrap();
+        cp.create(d, None).await.unwrap();
+        let cm = Object::from_value(json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "settings", "namespace": namespace}}))
+        .unwrap();
+        cp.create(cm, None).await.unwrap();
+    }
+    let in_ns = |kind: Kind, ns: &'static str| async move {
+        c.list(&Scope::namespaced(kind, ns))
+            .await
+            .unwrap()
+            .items
+            .len()
+    };
+    until("3 pods in team", || async {
+        in_ns(Kind::Pod, "team").await == 3
+    })
+    .await;
+    cp.delete(&ObjectRef::new(Kind::Namespace, "", "team"), None)
+        .await
+        .unwrap();
+
+    until("team emptied", || async {
+        let mut n = 0;
+        for kind in [
+            Kind::Pod,
+            Kind::ReplicaSet,
+            Kind::Deployment,
+            Kind::ConfigMap,
+        ] {
+            n += in_ns(kind, "team").await;
+        }
+        n == 0
+    })
+    .await;
+    // And it stays empty once the controllers have caught up.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for kind in [
+        Kind::Pod,
+        Kind::ReplicaSet,
+        Kind::Deployment,
+        Kind::ConfigMap,
+    ] {
+        assert_eq!(in_ns(kind, "team").await, 0, "{kind:?} left in team");
+    }
+    assert!(c
+        .get(&ObjectRef::new(Kind::Namespace, "", "team"))
+        .await
+        .is_err());
+    until("default keeps its 3 pods", || async {
+        in_ns(Kind::Pod, "default").await == 3
+    })
+    .await;
+    assert_eq!(in_ns(Kind::ConfigMap, "default").await, 1);
+    manager.abort();
     let _ = std::fs::remove_dir_all(dir);
 }

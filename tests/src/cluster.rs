@@ -78,6 +78,9 @@ pub struct Cluster {
     cidr: &'static str,
     /// Every agent's and CLI's `--service-cidr`, when not the default.
     service_cidr: Option<&'static str>,
+    /// The agent flags every node was started with (a node added later
+    /// gets them too).
+    agent_flags: Vec<String>,
 }
 
 impl Cluster {
@@ -129,20 +132,41 @@ impl Cluster {
             net,
             cidr,
             service_cidr,
+            agent_flags: agent_flags.iter().map(|f| f.to_string()).collect(),
         };
         for i in 0..n {
-            let node = c.spawn(i, agent_flags)?;
+            let node = c.spawn(i)?;
             c.nodes.push(node);
         }
         let img = TempDir::new("img")?;
         let tar = crate::image::busybox_oci_tar(img.path())?;
         for i in 0..n {
-            c.wait_joined(i)?;
-            c.nodes[i]
-                .knode(&["image", "import", &tar.display().to_string()])
-                .context("import busybox")?;
+            c.join(i, &tar)?;
         }
         Ok(c)
+    }
+
+    /// One more node joins, with the flags of the others: its namespace on
+    /// the underlay, its agent started; waits until it registered and holds
+    /// its subnet, imports busybox. Returns its index.
+    pub fn add_node(&mut self) -> Result<usize> {
+        let i = self.net.add_node()?;
+        anyhow::ensure!(i == self.nodes.len(), "node {i}: the indices diverged");
+        let node = self.spawn(i)?;
+        self.nodes.push(node);
+        let img = TempDir::new("img")?;
+        let tar = crate::image::busybox_oci_tar(img.path())?;
+        self.join(i, &tar)?;
+        Ok(i)
+    }
+
+    /// Waits for node `i` to join; imports the image `tar` there.
+    fn join(&self, i: usize, tar: &Path) -> Result<()> {
+        self.wait_joined(i)?;
+        self.nodes[i]
+            .knode(&["image", "import", &tar.display().to_string()])
+            .context("import busybox")?;
+        Ok(())
     }
 
     /// `etcd://` for the agents and the CLI.
@@ -150,7 +174,7 @@ impl Cluster {
         self.etcd.control_plane()
     }
 
-    fn spawn(&self, i: usize, more: &[&str]) -> Result<ClusterNode> {
+    fn spawn(&self, i: usize) -> Result<ClusterNode> {
         let dir = TempDir::new(&format!("e2e-n{i}"))?;
         let root = dir.path().to_path_buf();
         let name = format!("node-{i}");
@@ -171,8 +195,8 @@ impl Cluster {
             "0s",
         ]
         .iter()
-        .chain(more)
         .map(|s| s.to_string())
+        .chain(self.agent_flags.iter().cloned())
         .collect();
         agent.extend(dns_flags(&root)?);
         // Each node serves the node API (kubelet's port) on its underlay
@@ -184,7 +208,7 @@ impl Cluster {
             ("--kubelet-bind-address", "0.0.0.0"),
             ("--token", CLUSTER_TOKEN),
         ] {
-            if !more.contains(&flag) {
+            if !self.agent_flags.iter().any(|f| f == flag) {
                 agent.extend([flag.to_string(), value.to_string()]);
             }
         }

@@ -675,3 +675,190 @@ fn another_agent_takes_the_controllers_over_and_carries_out_a_scale() -> Result<
     );
     Ok(())
 }
+
+/// Waits (120 s) until `app`'s running pods are placed as `want`.
+fn wait_placed(c: &Cluster, app: &str, want: &BTreeMap<String, usize>) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let placed = running_by_node(c, app)?;
+        if &placed == want {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{app}: {placed:?}, want {want:?}\n{}", c.logs());
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn per_node(nodes: usize, each: usize) -> BTreeMap<String, usize> {
+    (0..nodes).map(|i| (format!("node-{i}"), each)).collect()
+}
+
+#[test]
+fn a_deployment_lands_two_per_node_and_a_daemon_set_follows_a_node_that_joins() -> Result<()> {
+    let Some(mut c) = Cluster::for_test(
+        "a_deployment_lands_two_per_node_and_a_daemon_set_follows_a_node_that_joins",
+        NODES,
+    ) else {
+        return Ok(());
+    };
+    let template = |app: &str| {
+        let mut pod = web_pod("unused", "", app);
+        pod["spec"]
+            .as_object_mut()
+            .expect("spec")
+            .remove("nodeName");
+        json!({"metadata": {"labels": {"app": app}}, "spec": pod["spec"]})
+    };
+    let deployment = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "six"},
+        "spec": {"replicas": 6, "selector": {"matchLabels": {"app": "six"}},
+                 "template": template("six")}});
+    let daemon_set = json!({"apiVersion": "apps/v1", "kind": "DaemonSet",
+        "metadata": {"name": "every"},
+        "spec": {"selector": {"matchLabels": {"app": "every"}},
+                 "template": template("every")}});
+    apply(&c, &[deployment, daemon_set])?;
+    // The scheduler spreads one owner's pods: 2/2/2 on three equal nodes.
+    wait_placed(&c, "six", &per_node(NODES, 2))?;
+    wait_placed(&c, "every", &per_node(NODES, 1))?;
+
+    // A fourth node joins: it gets the DaemonSet's pod, and the
+    // Deployment's pods stay where they run.
+    let added = c.add_node()?;
+    assert_eq!(added, NODES);
+    wait_placed(&c, "every", &per_node(NODES + 1, 1))?;
+    assert_eq!(running_by_node(&c, "six")?, per_node(NODES, 2));
+    let desired = |c: &Cluster| {
+        c.get("daemonset", "every")
+            .ok()
+            .flatten()
+            .map(|d| d["status"]["desiredNumberScheduled"].clone())
+    };
+    assert!(
+        wait_for(|| desired(&c) == Some(json!(4))),
+        "desiredNumberScheduled {:?}",
+        desired(&c)
+    );
+    Ok(())
+}
+
+/// The rolling Deployment of the zero-downtime check: httpd answering its
+/// pod's name, ready when it answers, a preStop pause so every node's
+/// proxy drops a terminating pod before it stops serving (as kube users
+/// do), one surge and no unavailable pod.
+fn rolling_deployment(version: &str) -> Value {
+    let mut pod = web_pod("unused", "", "roll");
+    let spec = pod["spec"].as_object_mut().expect("spec");
+    spec.remove("nodeName");
+    spec.insert("terminationGracePeriodSeconds".into(), json!(15));
+    let c = &mut pod["spec"]["containers"][0];
+    c["env"] = json!([{"name": "VERSION", "value": version}]);
+    c["readinessProbe"] = json!({"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1});
+    c["lifecycle"] = json!({"preStop": {"exec": {"command": ["sleep", "3"]}}});
+    json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "roll"},
+        "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "roll"}},
+                 "strategy": {"type": "RollingUpdate",
+                              "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+                 "template": {"metadata": {"labels": {"app": "roll"}}, "spec": pod["spec"]}}})
+}
+
+#[test]
+fn a_rolling_update_behind_a_service_fails_no_request() -> Result<()> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let Some(c) = Cluster::for_test("a_rolling_update_behind_a_service_fails_no_request", NODES)
+    else {
+        return Ok(());
+    };
+    apply(
+        &c,
+        &[rolling_deployment("v1"), service("roll", "roll", false)],
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while running_by_node(&c, "roll")?.values().sum::<usize>() < 3 {
+        if Instant::now() > deadline {
+            bail!(
+                "3 ready pods: {:?}\n{}",
+                running_by_node(&c, "roll")?,
+                c.logs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let old: BTreeSet<String> = pod_names(&c, "roll")?;
+    let (_, node_port) = addresses(&c, "roll")?;
+    let url = format!("http://{}:{node_port}/", c.node_ip(0));
+    let outside = c.net.internet().path().to_path_buf();
+    // Every answer must come: the client asks in a loop from outside the
+    // cluster, through node 0's NodePort, all through the rollout.
+    until_all_answer(&old, || http_get(&outside, &url))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = {
+        let (stop, url, outside) = (stop.clone(), url.clone(), outside.clone());
+        std::thread::spawn(move || {
+            let (mut answers, mut failures) = (BTreeMap::<String, usize>::new(), Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                match http_get(&outside, &url) {
+                    Ok(body) => *answers.entry(body.trim().to_string()).or_default() += 1,
+                    Err(e) => failures.push(format!("{e:#}")),
+                }
+            }
+            (answers, failures)
+        })
+    };
+    let rolled = Instant::now();
+    apply(&c, &[rolling_deployment("v2")])?;
+    let status = c.nodes[0].knode(&["rollout", "status", "deployment/roll", "--timeout=300s"]);
+    // The old pods are gone from the Service once their deletion is seen;
+    // a few more requests reach only new pods.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !pod_names(&c, "roll")?.is_disjoint(&old) {
+        if Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    let (answers, failures) = client.join().expect("the client thread");
+    let status = status?;
+    assert!(status.contains("successfully rolled out"), "{status}");
+    let new = pod_names(&c, "roll")?;
+    assert!(new.is_disjoint(&old), "old {old:?}, now {new:?}");
+    let total: usize = answers.values().sum();
+    eprintln!(
+        "rolled in {:?}: {total} answers, {} failures: {answers:?}",
+        rolled.elapsed(),
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} failed of {}: {failures:?}",
+        failures.len(),
+        total + failures.len()
+    );
+    assert!(
+        new.iter().any(|n| answers.contains_key(n)) && old.iter().any(|n| answers.contains_key(n)),
+        "answers from the old and the new pods: {answers:?} (old {old:?}, new {new:?})"
+    );
+    Ok(())
+}
+
+/// The names of `app`'s pods (any phase, being deleted or not).
+fn pod_names(c: &Cluster, app: &str) -> Result<BTreeSet<String>> {
+    let out = c.nodes[0].agent.knode(&["get", "pods", "-o", "json"])?;
+    if out.stdout.iter().all(u8::is_ascii_whitespace) {
+        return Ok(BTreeSet::new());
+    }
+    let list: Value = serde_json::from_slice(&out.stdout)?;
+    Ok(list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["metadata"]["labels"]["app"] == app)
+        .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
+        .collect())
+}

@@ -387,12 +387,16 @@ fn a_daemonset_runs_one_pod_on_the_node_rolls_it_and_is_deleted_with_it() -> Res
 }
 
 fn job_manifest(name: &str, command: &str, extra: &str) -> String {
+    job_manifest_of(name, command, 2, extra)
+}
+
+fn job_manifest_of(name: &str, command: &str, completions: u32, extra: &str) -> String {
     format!(
         r#"apiVersion: batch/v1
 kind: Job
 metadata: {{name: {name}}}
 spec:
-  completions: 2
+  completions: {completions}
   backoffLimit: 1
 {extra}  template:
     metadata: {{labels: {{app: web}}}}
@@ -436,10 +440,25 @@ fn jobs_complete_fail_by_their_backoff_limit_and_go_after_their_ttl() -> Result<
     let Some(n) = Node::for_test("jobs_complete_fail_by_their_backoff_limit") else {
         return Ok(());
     };
-    n.apply(&job_manifest("ok", "true", ""))?;
+    // The issue's check: completions 5, parallelism 2: 5 succeeded pods,
+    // and no more were made.
+    n.apply(&job_manifest_of("ok", "sleep 1", 5, "  parallelism: 2\n"))?;
     let s = wait_job(&n, "ok", "Complete")?;
-    assert_eq!(s["succeeded"], 2, "{s:#}");
+    assert_eq!(s["succeeded"], 5, "{s:#}");
     assert!(s["completionTime"].is_string(), "{s:#}");
+    let ok_pods: Vec<Value> = web_pods(&n)?
+        .into_iter()
+        .filter(|p| {
+            p["metadata"]["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("ok-"))
+        })
+        .collect();
+    assert_eq!(ok_pods.len(), 5, "{ok_pods:#?}");
+    assert!(
+        ok_pods.iter().all(|p| p["status"]["phase"] == "Succeeded"),
+        "{ok_pods:#?}"
+    );
     n.apply(&job_manifest("bad", "exit 3", ""))?;
     let s = wait_job(&n, "bad", "Failed")?;
     let failed = s["conditions"]

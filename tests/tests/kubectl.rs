@@ -460,3 +460,100 @@ fn cache_dir() -> String {
     let d = std::env::temp_dir().join(knode_tests::unique("kubectl-cache-"));
     d.display().to_string()
 }
+
+/// kubectl's own rollout commands against the controllers (this agent
+/// runs no pods, so the Deployment has 0 replicas: every rollout is done
+/// once its ReplicaSets are): `rollout status` waits for and reports the
+/// rollout, `set image` makes revision 2, `rollout history` lists both,
+/// `rollout undo` (a JSON patch of the template from revision 1's
+/// ReplicaSet) brings the first image back as revision 3, and `rollout
+/// undo --to-revision` refuses a revision that does not exist.
+#[test]
+fn kubectl_rollout_status_history_and_undo() {
+    if !kubectl_present() {
+        return;
+    }
+    let api = Api::start();
+    let status = |api: &Api| {
+        let o = api.kubectl(&["rollout", "status", "deployment/roll", "--timeout=60s"]);
+        assert!(
+            o.status.success(),
+            "rollout status: {}\n{}",
+            String::from_utf8_lossy(&o.stderr),
+            api.ok(&["get", "deploy,rs", "-o", "yaml"])
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let image = |api: &Api| {
+        api.ok(&[
+            "get",
+            "deploy",
+            "roll",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].image}",
+        ])
+    };
+    let revision = |api: &Api| {
+        api.ok(&[
+            "get",
+            "deploy",
+            "roll",
+            "-o",
+            r"jsonpath={.metadata.annotations.deployment\.kubernetes\.io/revision}",
+        ])
+    };
+    // The REVISION column of `rollout history`.
+    let history = |api: &Api| -> Vec<String> {
+        api.ok(&["rollout", "history", "deployment/roll"])
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|w| w.parse::<u32>().is_ok())
+            .map(str::to_string)
+            .collect()
+    };
+    api.ok(&[
+        "create",
+        "deployment",
+        "roll",
+        "--image=busybox:1",
+        "--replicas=0",
+    ]);
+    let out = status(&api);
+    assert!(
+        out.contains("deployment \"roll\" successfully rolled out"),
+        "{out}"
+    );
+    wait_for(|| (revision(&api) == "1").then_some(()));
+
+    api.ok(&["set", "image", "deployment/roll", "busybox=busybox:2"]);
+    let out = status(&api);
+    assert!(
+        out.contains("deployment \"roll\" successfully rolled out"),
+        "{out}"
+    );
+    wait_for(|| (revision(&api) == "2").then_some(()));
+    assert_eq!(history(&api), ["1", "2"]);
+    let two = api.ok(&["rollout", "history", "deployment/roll", "--revision=2"]);
+    assert!(two.contains("busybox:2"), "{two}");
+
+    let out = api.ok(&["rollout", "undo", "deployment/roll"]);
+    assert!(out.contains("deployment.apps/roll rolled back"), "{out}");
+    assert_eq!(image(&api), "busybox:1");
+    wait_for(|| (revision(&api) == "3").then_some(()));
+    let out = status(&api);
+    assert!(
+        out.contains("deployment \"roll\" successfully rolled out"),
+        "{out}"
+    );
+    // Revision 1's ReplicaSet became revision 3: the history is 2, 3.
+    assert_eq!(history(&api), ["2", "3"]);
+    let rs = api.ok(&["get", "rs", "-l", "app=roll", "-o", "name"]);
+    assert_eq!(rs.lines().count(), 2, "{rs}");
+
+    let e = api.kubectl(&["rollout", "undo", "deployment/roll", "--to-revision=9"]);
+    assert!(
+        !e.status.success() && String::from_utf8_lossy(&e.stderr).contains("revision"),
+        "{e:?}"
+    );
+    assert_eq!(image(&api), "busybox:1");
+}

@@ -41,6 +41,10 @@ pub struct Plan {
     pub status: DeploymentStatus,
     /// Sync again after this long (the progress deadline).
     pub requeue_after: Option<Duration>,
+    /// The Deployment's own `deployment.kubernetes.io/revision` (its new
+    /// ReplicaSet's, as kube keeps it; `kubectl rollout status
+    /// --revision` and `describe` read it), when it must change.
+    pub revision: Option<String>,
 }
 
 /// A ReplicaSet's revision (0 when unset).
@@ -267,6 +271,17 @@ pub fn plan(d: &Deployment, all_rs: &[ReplicaSet], pods: &[Pod], now: Timestamp)
         .cloned()
         .collect();
     p.update = changed;
+    if let Some(rev) = new.as_ref().map(revision).filter(|r| *r > 0) {
+        let want = rev.to_string();
+        let have = d
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(REVISION));
+        if have != Some(&want) {
+            p.revision = Some(want);
+        }
+    }
     let all: Vec<&ReplicaSet> = olds.iter().chain(new.iter()).collect();
     let mut st = status::calculate(d, &all, new.as_ref(), now);
     if let Some(name) = &status_extra {
@@ -345,8 +360,12 @@ impl DeploymentController {
                 Err(e) => return Err(Error::write(format!("delete ReplicaSet {name}"), e)),
             }
         }
-        if d.status.as_ref() != Some(&plan.status) {
+        if d.status.as_ref() != Some(&plan.status) || plan.revision.is_some() {
             let mut d = d;
+            // Through `/status`, as kube's controller: no new generation.
+            if let Some(rev) = plan.revision {
+                set_annotation(&mut d.metadata, REVISION, rev);
+            }
             d.status = Some(plan.status);
             crate::write_status(self.cp.as_ref(), Object::Deployment(d), key).await?;
         }

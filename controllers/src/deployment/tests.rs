@@ -129,7 +129,7 @@ fn a_rolling_update_surges_then_scales_old_down_as_new_pods_become_available() {
         &d.metadata,
     )]);
     // Step 1: one new pod, nothing old goes (no availability to spare).
-    let p = plan(&d, &[old.clone()], &[], t(100));
+    let p = plan(&d, std::slice::from_ref(&old), &[], t(100));
     let new = p.create.clone().expect("new ReplicaSet");
     assert_eq!(new.spec.as_ref().unwrap().replicas, Some(1));
     assert_eq!(revision(&new), 2);
@@ -209,6 +209,28 @@ fn undo_makes_the_old_replica_set_the_newest_revision() {
         .expect("v1 updated");
     assert_eq!(revision(back), 3);
     assert_eq!(back.spec.as_ref().unwrap().replicas, Some(1));
+    // The Deployment carries its new ReplicaSet's revision, as kube's.
+    assert_eq!(p.revision.as_deref(), Some("3"));
+}
+
+#[test]
+fn the_deployment_carries_its_new_replica_sets_revision() {
+    let mut d = deploy(2, "v1");
+    let p = plan(&d, &[], &[], t(100));
+    assert_eq!(p.revision.as_deref(), Some("1"), "a new ReplicaSet");
+    let mut rs = rs_for("v1", 1, 2, 2, 1);
+    rs.metadata.owner_references = Some(vec![podutil::controller_ref(
+        "apps/v1",
+        "Deployment",
+        &d.metadata,
+    )]);
+    d.metadata.annotations = Some([(REVISION.to_string(), "1".to_string())].into());
+    let p = plan(&d, std::slice::from_ref(&rs), &[], t(100));
+    assert_eq!(p.revision, None, "already carried");
+    let mut d2 = deploy(2, "v2");
+    d2.metadata.annotations = d.metadata.annotations.clone();
+    let p = plan(&d2, &[rs], &[], t(100));
+    assert_eq!(p.revision.as_deref(), Some("2"), "a rollout");
 }
 
 #[test]
@@ -258,4 +280,38 @@ fn no_progress_past_the_deadline_is_progress_deadline_exceeded() {
         (c.status.as_str(), c.reason.as_deref()),
         ("False", Some(status::TIMED_OUT))
     );
+}
+
+#[test]
+fn a_paused_deployment_rolls_nothing_out_but_carries_out_a_scale() {
+    let owned = |mut rs: ReplicaSet, d: &Deployment| {
+        rs.metadata.owner_references = Some(vec![podutil::controller_ref(
+            "apps/v1",
+            "Deployment",
+            &d.metadata,
+        )]);
+        rs
+    };
+    // A new template while paused: no new ReplicaSet, the old one kept.
+    let mut d = deploy(3, "v2");
+    d.spec.as_mut().unwrap().paused = Some(true);
+    let old = owned(rs_for("v1", 1, 3, 3, 1), &d);
+    let p = plan(&d, std::slice::from_ref(&old), &[], t(100));
+    assert!(p.create.is_none(), "{:?}", p.create);
+    assert!(p.update.is_empty(), "{:?}", p.update);
+    let c = status::get(&p.status, status::PROGRESSING).unwrap();
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_deref()),
+        ("Unknown", Some(status::PAUSED))
+    );
+    // A pure scale while paused is carried out.
+    let mut d = deploy(5, "v1");
+    d.spec.as_mut().unwrap().paused = Some(true);
+    let p = plan(&d, std::slice::from_ref(&old), &[], t(100));
+    assert_eq!(replicas_of(&p, "uid-v1"), Some(5));
+    assert!(p.create.is_none());
+    // Resumed, the new template rolls out.
+    let d = deploy(3, "v2");
+    let p = plan(&d, &[old], &[], t(100));
+    assert_eq!(revision(p.create.as_ref().expect("new ReplicaSet")), 2);
 }

@@ -213,6 +213,25 @@ fn host_ports_and_pod_counts_are_filters() {
     );
 }
 
+/// Live candidates with `usage`, each with its count of matching pods
+/// for the pod's one spread constraint (`None`: no topology label).
+fn spread_over<'a>(
+    nodes: &'a [Node],
+    usage: &'a Usage,
+    counts: &[Option<u32>],
+) -> Vec<Candidate<'a>> {
+    nodes
+        .iter()
+        .zip(counts)
+        .map(|(n, c)| Candidate {
+            node: n,
+            lost: false,
+            usage,
+            spread: vec![*c],
+        })
+        .collect()
+}
+
 #[test]
 fn hard_topology_spread_keeps_the_skew() {
     let nodes = [
@@ -225,18 +244,7 @@ fn hard_topology_spread_keeps_the_skew() {
         "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": "web"}}}]}}),
     );
     let empty = Usage::default();
-    let cands = |counts: [Option<u32>; 3]| -> Vec<Candidate> {
-        nodes
-            .iter()
-            .zip(counts)
-            .map(|(n, c)| Candidate {
-                node: n,
-                lost: false,
-                usage: &empty,
-                spread: vec![c],
-            })
-            .collect()
-    };
+    let cands = |counts: [Option<u32>; 3]| spread_over(&nodes, &empty, &counts);
     // z1 has 2, z2 has 1: only z2 keeps the skew within 1; c has no zone.
     assert_eq!(
         schedule(&p, &cands([Some(2), Some(1), None]), first).unwrap(),
@@ -297,4 +305,42 @@ fn usages_follow_pods_and_binds() {
         "room freed"
     );
     assert_eq!(u.snapshot()["a"].pods, 1);
+}
+
+#[test]
+fn prefer_no_schedule_taints_and_soft_spread_are_scores_not_filters() {
+    // An untolerated PreferNoSchedule taint loses to an equal clean node,
+    // but still takes the pod when it is the only one.
+    let tainted = node(
+        "a",
+        json!({"spec": {"taints": [{"key": "k", "value": "v", "effect": "PreferNoSchedule"}]}}),
+    );
+    let nodes = [tainted, node("b", json!({}))];
+    let none = BTreeMap::new();
+    assert_eq!(place(&pod(json!({})), &nodes, &none).unwrap(), "b");
+    assert_eq!(place(&pod(json!({})), &nodes[..1], &none).unwrap(), "a");
+    // Tolerated, it no longer counts: a, less loaded, wins.
+    let tolerant = pod(json!({"spec": {"tolerations": [{"key": "k", "operator": "Exists"}]}}));
+    let usage: BTreeMap<&str, Usage> = [("b", used(1000, 2 << 30))].into();
+    assert_eq!(place(&tolerant, &nodes, &usage).unwrap(), "a");
+
+    // ScheduleAnyway: the zone with fewer matching pods wins, and a skew
+    // beyond maxSkew does not stop the pod.
+    let zoned = [
+        node("z1", json!({"metadata": {"labels": {"zone": "z1"}}})),
+        node("z2", json!({"metadata": {"labels": {"zone": "z2"}}})),
+    ];
+    let soft = pod(
+        json!({"spec": {"topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "zone",
+        "whenUnsatisfiable": "ScheduleAnyway", "labelSelector": {"matchLabels": {"app": "web"}}}]}}),
+    );
+    let empty = Usage::default();
+    let cands = |counts: [u32; 2]| spread_over(&zoned, &empty, &counts.map(Some));
+    assert_eq!(schedule(&soft, &cands([3, 1]), first).unwrap(), "z2");
+    assert_eq!(schedule(&soft, &cands([0, 4]), first).unwrap(), "z1");
+    assert_eq!(
+        schedule(&soft, &cands([5, 1])[..1], first).unwrap(),
+        "z1",
+        "a soft constraint never filters"
+    );
 }

@@ -21,6 +21,7 @@ pub(super) static DEPLOYMENT: KindInfo = KindInfo {
         )),
         prepare_create: Some(reset_status!(Deployment)),
         status: Some(copy_status!(Deployment)),
+        status_annotations: true,
         ..Strategy::PLAIN
     },
     ..KindInfo::namespaced("Deployment", "apps/v1", "deployments", "deployment")

@@ -64,6 +64,7 @@ pub(super) static POD: KindInfo = KindInfo {
         prepare_create: Some(mut_hook!(Pod, defaults::core::pod_status_pending)),
         status: Some(copy_status!(Pod)),
         carry: Some(carry_hook!(Pod, defaults::core::carry_pod)),
+        ..Strategy::PLAIN
     },
     ..KindInfo::namespaced("Pod", "v1", "pods", "pod")
 };

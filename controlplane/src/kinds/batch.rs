@@ -17,6 +17,7 @@ pub(super) static JOB: KindInfo = KindInfo {
         prepare_create: Some(mut_hook!(Job, defaults::batch::job_create)),
         status: Some(copy_status!(Job)),
         carry: Some(carry_hook!(Job, defaults::batch::carry_job)),
+        ..Strategy::PLAIN
     },
     ..KindInfo::namespaced("Job", "batch/v1", "jobs", "job")
 };

@@ -114,6 +114,11 @@ pub struct Strategy {
     pub status: Option<CopyStatusFn>,
     /// Keeps server-assigned fields across an apply.
     pub carry: Option<CarryFn>,
+    /// A `/status` write also sets the annotations (kube's Deployment
+    /// status strategy keeps the written metadata but labels: its
+    /// controller records `deployment.kubernetes.io/revision` that way,
+    /// without bumping the generation as a spec write would).
+    pub status_annotations: bool,
 }
 
 impl Strategy {
@@ -125,6 +130,7 @@ impl Strategy {
         prepare_create: None,
         status: None,
         carry: None,
+        status_annotations: false,
     };
 }
 

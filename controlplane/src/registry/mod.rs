@@ -656,6 +656,9 @@ impl ControlPlane for Registry {
             )));
         };
         copy_status(&obj, &mut current);
+        if what.kind.info().strategy.status_annotations {
+            current.meta_mut().annotations = obj.meta().annotations.clone();
+        }
         let r = self
             .put(
                 &current,

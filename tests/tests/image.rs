@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use knode_tests::containerd::{require_containerd, Containerd};
 use knode_tests::image::{
     foreign_arch, goarch, require_busybox, sha256, write_oci_index, TestImage, BUSYBOX,
@@ -97,11 +97,36 @@ impl Env {
     }
 
     /// `ctr run --rm IMAGE ID ARGS...`: the container's output.
+    /// Runs `args` in a container of `image`; its stdout. The command's
+    /// output goes to a file in a bind-mounted directory, not through
+    /// `ctr run`'s stdio, which can come back empty for a command that
+    /// exits at once on a loaded machine.
     fn run(&self, image: &str, args: &[&str]) -> Result<String> {
         let id = unique("run");
-        let mut a = vec!["run", "--rm", "--snapshotter", "overlayfs", image, &id];
+        let out = self.dir.path().join(&id);
+        std::fs::create_dir_all(&out)?;
+        let mount = format!(
+            "type=bind,src={},dst=/knode-out,options=rbind:rw",
+            out.display()
+        );
+        let mut a = vec![
+            "run",
+            "--rm",
+            "--snapshotter",
+            "overlayfs",
+            "--mount",
+            &mount,
+            image,
+            &id,
+            "/bin/sh",
+            "-c",
+            "\"$@\" > /knode-out/stdout",
+            "sh",
+        ];
         a.extend_from_slice(args);
-        self.containerd.ctr_out(&self.ns, &a)
+        self.containerd.ctr_out(&self.ns, &a)?;
+        std::fs::read_to_string(out.join("stdout"))
+            .with_context(|| format!("{image}: {args:?} wrote no output"))
     }
 
     /// The `ctr content ls` line of `digest`.

@@ -263,29 +263,20 @@ where
         out_tx.clone(),
         gone_tx,
     ));
-    let mut pumps = Vec::new();
-    let mut output = |wanted: bool, channel: u8| -> Box<dyn AsyncWrite + Send + Unpin> {
-        if !wanted {
-            return Box::new(tokio::io::sink());
-        }
-        let (w, r) = tokio::io::duplex(64 * 1024);
-        pumps.push(tokio::spawn(pump(r, channel, out_tx.clone())));
-        Box::new(w)
+    let mut outputs = Outputs::new(out_tx.clone());
+    let on = |wanted: bool, channel: u8| {
+        wanted.then_some(move |b: &[u8]| websocket::frame(OP_BINARY, &[&[channel], b]))
     };
     let streams = Streams {
         stdin: stdin_rx,
-        stdout: output(q.stdout, STDOUT),
-        stderr: output(q.stderr, STDERR),
+        stdout: outputs.stream(on(q.stdout, STDOUT)),
+        stderr: outputs.stream(on(q.stderr, STDERR)),
         resize: resize_rx,
-        gone: Box::pin(async move {
-            let _ = gone_rx.await;
-        }),
+        gone: gone_when(gone_rx),
     };
     let result = session.run(streams).await;
     // All output goes out before the status.
-    for p in pumps {
-        let _ = tokio::time::timeout(CLOSE_GRACE, p).await;
-    }
+    outputs.drain(CLOSE_GRACE).await;
     let status = serde_json::to_vec(&exit_status(&result, &q.command)).unwrap_or_default();
     let _ = out_tx
         .send(websocket::frame(OP_BINARY, &[&[ERROR], &status]))
@@ -302,23 +293,62 @@ where
     }
 }
 
-/// Copies one output stream into frames of `channel`.
-async fn pump(mut r: tokio::io::DuplexStream, channel: u8, out: mpsc::Sender<Vec<u8>>) {
-    let mut buf = vec![0u8; 32 * 1024];
-    loop {
-        match r.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => {
-                if out
-                    .send(websocket::frame(OP_BINARY, &[&[channel], &buf[..n]]))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-            }
+/// A session's output streams as a transport's frames: each stream the
+/// client asked for is a pipe whose reads a task turns into frames (built
+/// by the transport) queued to its writer. Shared by WebSocket and SPDY.
+pub(crate) struct Outputs {
+    out: mpsc::Sender<Vec<u8>>,
+    pumps: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Outputs {
+    pub(crate) fn new(out: mpsc::Sender<Vec<u8>>) -> Outputs {
+        Outputs {
+            out,
+            pumps: Vec::new(),
         }
     }
+
+    /// A stream whose bytes become `frame(bytes)`; a sink when `frame` is
+    /// `None` (the client did not ask for it).
+    pub(crate) fn stream<F>(&mut self, frame: Option<F>) -> Box<dyn AsyncWrite + Send + Unpin>
+    where
+        F: Fn(&[u8]) -> Vec<u8> + Send + 'static,
+    {
+        let Some(frame) = frame else {
+            return Box::new(tokio::io::sink());
+        };
+        let (w, mut r) = tokio::io::duplex(64 * 1024);
+        let out = self.out.clone();
+        self.pumps.push(tokio::spawn(async move {
+            let mut buf = vec![0u8; 32 * 1024];
+            loop {
+                match r.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        if out.send(frame(&buf[..n])).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }));
+        Box::new(w)
+    }
+
+    /// Waits (at most `grace` each) until what the streams held is queued.
+    pub(crate) async fn drain(self, grace: Duration) {
+        for p in self.pumps {
+            let _ = tokio::time::timeout(grace, p).await;
+        }
+    }
+}
+
+/// Completes when `gone` fires (or its sender is dropped): the client left.
+pub(crate) fn gone_when(gone: oneshot::Receiver<()>) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    Box::pin(async move {
+        let _ = gone.await;
+    })
 }
 
 /// Reads the client's messages into stdin and resizes, answers pings,
@@ -366,8 +396,33 @@ async fn read_client<R: AsyncRead + Unpin>(
     let _ = gone.send(());
 }
 
+/// A session for the transports' tests (here and in
+/// [`crate::exec_spdy`]).
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// Echoes stdin to stdout, writes `err` to stderr, and exits with the
+    /// last resize's width.
+    pub struct Echo;
+
+    #[async_trait]
+    impl Session for Echo {
+        async fn run(self: Box<Self>, mut io: Streams) -> Result<i32, String> {
+            let mut input = io.stdin.take().unwrap();
+            while let Some(b) = input.recv().await {
+                io.stdout.write_all(&b).await.unwrap();
+            }
+            io.stderr.write_all(b"err").await.unwrap();
+            let (width, _) = io.resize.recv().await.unwrap();
+            Ok(i32::from(width))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::testing::Echo;
     use super::*;
 
     fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -451,23 +506,6 @@ mod tests {
         let s = exit_status(&Err("containerd went away".into()), &cmd);
         assert_eq!(s["status"], "Failure");
         assert_eq!(s["message"], "containerd went away");
-    }
-
-    /// A session that echoes stdin to stdout, writes to stderr, reports
-    /// the last resize as its exit code.
-    struct Echo;
-
-    #[async_trait]
-    impl Session for Echo {
-        async fn run(self: Box<Self>, mut io: Streams) -> Result<i32, String> {
-            let mut input = io.stdin.take().unwrap();
-            while let Some(b) = input.recv().await {
-                io.stdout.write_all(&b).await.unwrap();
-            }
-            io.stderr.write_all(b"err").await.unwrap();
-            let (width, _) = io.resize.recv().await.unwrap();
-            Ok(i32::from(width))
-        }
     }
 
     fn client_frame(payload: &[u8]) -> Vec<u8> {

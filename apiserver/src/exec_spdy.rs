@@ -16,10 +16,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::exec::{exit_status, Session, Size, StreamQuery, Streams, V4};
+use crate::exec::{exit_status, gone_when, Outputs, Session, Size, StreamQuery, Streams, V4};
 use crate::spdy::{self, Frame};
 
 /// How long the client has to open the streams it asked for (kubelet's
@@ -115,29 +115,21 @@ where
         out.clone(),
         gone_tx,
     ));
-    let mut pumps = Vec::new();
-    let mut output = |kind: Kind| -> Box<dyn AsyncWrite + Send + Unpin> {
-        let Some(&id) = streams.get(&kind) else {
-            return Box::new(tokio::io::sink());
-        };
-        let (w, r) = tokio::io::duplex(64 * 1024);
-        pumps.push(tokio::spawn(pump(r, id, out.clone())));
-        Box::new(w)
+    let mut outputs = Outputs::new(out.clone());
+    let on = |kind: Kind| {
+        let id = streams.get(&kind).copied();
+        id.map(|id| move |b: &[u8]| spdy::data(id, false, b))
     };
     let io = Streams {
         stdin: q.stdin.then_some(stdin_rx),
-        stdout: output(Kind::Stdout),
-        stderr: output(Kind::Stderr),
+        stdout: outputs.stream(on(Kind::Stdout)),
+        stderr: outputs.stream(on(Kind::Stderr)),
         resize: resize_rx,
-        gone: Box::pin(async move {
-            let _ = gone_rx.await;
-        }),
+        gone: gone_when(gone_rx),
     };
     let result = session.run(io).await;
     // Output first, each stream closed; then the status, then goodbye.
-    for p in pumps {
-        let _ = tokio::time::timeout(DRAIN, p).await;
-    }
+    outputs.drain(DRAIN).await;
     for kind in [Kind::Stdout, Kind::Stderr] {
         if let Some(&id) = streams.get(&kind) {
             let _ = out.send(spdy::data(id, true, b"")).await;
@@ -243,21 +235,6 @@ async fn open_streams<R: AsyncRead + Unpin>(
     })
 }
 
-/// Copies one output stream into DATA frames of stream `id`.
-async fn pump(mut r: tokio::io::DuplexStream, id: u32, out: mpsc::Sender<Vec<u8>>) {
-    let mut buf = vec![0u8; 32 * 1024];
-    loop {
-        match r.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => {
-                if out.send(spdy::data(id, false, &buf[..n])).await.is_err() {
-                    return;
-                }
-            }
-        }
-    }
-}
-
 /// Reads the client's frames into stdin and resizes, answers pings, and
 /// says when the client has gone (GOAWAY, or the connection ended).
 async fn read_client<R: AsyncRead + Unpin>(
@@ -357,8 +334,8 @@ fn take_sizes(buf: &mut Vec<u8>) -> Vec<(u16, u16)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::exec::testing::Echo;
     use crate::spdy::testing::Client;
-    use async_trait::async_trait;
     use serde_json::Value;
     use tokio::io::AsyncWriteExt;
 
@@ -390,23 +367,6 @@ mod tests {
         let mut all = take_sizes(&mut buf);
         all.extend(take_sizes(&mut buf));
         assert_eq!(all, vec![(7, 3)]);
-    }
-
-    /// Echoes stdin to stdout, writes to stderr, exits with the last
-    /// resize's width.
-    struct Echo;
-
-    #[async_trait]
-    impl Session for Echo {
-        async fn run(self: Box<Self>, mut io: Streams) -> Result<i32, String> {
-            let mut input = io.stdin.take().unwrap();
-            while let Some(b) = input.recv().await {
-                io.stdout.write_all(&b).await.unwrap();
-            }
-            io.stderr.write_all(b"err").await.unwrap();
-            let (width, _) = io.resize.recv().await.unwrap();
-            Ok(i32::from(width))
-        }
     }
 
     #[tokio::test]

@@ -60,10 +60,22 @@ impl Setup {
     /// kubectl with `args`, fed `stdin`, killed after 60 s (a hang fails
     /// the test instead of stalling it).
     fn kubectl(&self, kubeconfig: &std::path::Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
+        self.kubectl_env(kubeconfig, args, stdin, &[])
+    }
+
+    /// [`Setup::kubectl`] with environment variables `env` set.
+    fn kubectl_env(
+        &self,
+        kubeconfig: &std::path::Path,
+        args: &[&str],
+        stdin: Option<&[u8]>,
+        env: &[(&str, &str)],
+    ) -> Output {
         let mut child = Command::new("timeout")
             .args(["60", "kubectl", "--kubeconfig"])
             .arg(kubeconfig)
             .args(args)
+            .envs(env.iter().copied())
             .stdin(if stdin.is_some() {
                 Stdio::piped()
             } else {
@@ -84,9 +96,14 @@ impl Setup {
     }
 
     fn exec(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
+        self.exec_env(args, stdin, &[])
+    }
+
+    /// `kubectl exec` with environment variables `env` set.
+    fn exec_env(&self, args: &[&str], stdin: Option<&[u8]>, env: &[(&str, &str)]) -> Output {
         let mut a = vec!["exec"];
         a.extend_from_slice(args);
-        self.kubectl(&self.api.kubeconfig(), &a, stdin)
+        self.kubectl_env(&self.api.kubeconfig(), &a, stdin, env)
     }
 }
 
@@ -99,74 +116,86 @@ fn kubectl_exec_runs_commands_in_this_nodes_pods() {
     let Some(s) = setup("kubectl_exec_runs_commands") else {
         return;
     };
-    // stdout and stderr apart, and the exit code.
-    let out = s.exec(
-        &[
-            "web",
-            "-c",
-            "app",
-            "--",
-            "sh",
-            "-c",
-            "echo out; echo err >&2; exit 3",
-        ],
-        None,
-    );
-    assert_eq!(
-        out.status.code(),
-        Some(3),
-        "{}\n{}",
-        text(&out.stderr),
-        s.api.agent.log()
-    );
-    assert_eq!(text(&out.stdout), "out\n");
-    assert!(
-        text(&out.stderr).starts_with("err\n"),
-        "{}",
-        text(&out.stderr)
-    );
-    assert!(
-        text(&out.stderr).contains("command terminated with exit code 3"),
-        "{}",
-        text(&out.stderr)
-    );
-    // It ran in the pod's running container (whose pid 1 is `sleep 600`).
-    let out = s.exec(&["web", "-c", "app", "--", "cat", "/proc/1/cmdline"], None);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(out.stdout, b"sleep\x00600\x00");
+    // The same checks over both transports kubectl speaks: WebSocket
+    // (its default) and SPDY/3.1 (older kubectl, client-go tools; asked
+    // for here).
+    for (transport, env) in [
+        ("websocket", &[][..]),
+        (
+            "spdy",
+            &[("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false")][..],
+        ),
+    ] {
+        let exec = |args: &[&str], stdin: Option<&[u8]>| s.exec_env(args, stdin, env);
+        // stdout and stderr apart, and the exit code.
+        let out = exec(
+            &[
+                "web",
+                "-c",
+                "app",
+                "--",
+                "sh",
+                "-c",
+                "echo out; echo err >&2; exit 3",
+            ],
+            None,
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "{transport}: {}\n{}",
+            text(&out.stderr),
+            s.api.agent.log()
+        );
+        assert_eq!(text(&out.stdout), "out\n", "{transport}");
+        assert!(
+            text(&out.stderr).starts_with("err\n")
+                && text(&out.stderr).contains("command terminated with exit code 3"),
+            "{transport}: {}",
+            text(&out.stderr)
+        );
+        // It ran in the pod's running container (whose pid 1 is `sleep 600`).
+        let out = exec(&["web", "-c", "app", "--", "cat", "/proc/1/cmdline"], None);
+        assert!(out.status.success(), "{transport}: {}", text(&out.stderr));
+        assert_eq!(out.stdout, b"sleep\x00600\x00", "{transport}");
 
-    // stdin to its end, across many messages.
-    let out = s.exec(&["-i", "web", "-c", "app", "--", "cat"], Some(b"hi\n"));
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(text(&out.stdout), "hi\n");
-    let input = b"hello\nworld\n".repeat(20_000);
-    let out = s.exec(&["-i", "web", "-c", "app", "--", "wc", "-c"], Some(&input));
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(text(&out.stdout).trim(), input.len().to_string());
-    // Large output arrives whole.
-    let out = s.exec(
-        &[
-            "web",
-            "-c",
-            "app",
-            "--",
-            "sh",
-            "-c",
-            "head -c 300000 /dev/zero | tr '\\0' x",
-        ],
-        None,
-    );
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(out.stdout.len(), 300_000);
+        // stdin to its end, across many messages.
+        let out = exec(&["-i", "web", "-c", "app", "--", "cat"], Some(b"hi\n"));
+        assert!(out.status.success(), "{transport}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), "hi\n", "{transport}");
+        let input = b"hello\nworld\n".repeat(20_000);
+        let out = exec(&["-i", "web", "-c", "app", "--", "wc", "-c"], Some(&input));
+        assert!(out.status.success(), "{transport}: {}", text(&out.stderr));
+        assert_eq!(
+            text(&out.stdout).trim(),
+            input.len().to_string(),
+            "{transport}"
+        );
+        // Large output arrives whole.
+        let out = exec(
+            &[
+                "web",
+                "-c",
+                "app",
+                "--",
+                "sh",
+                "-c",
+                "head -c 300000 /dev/zero | tr '\\0' x",
+            ],
+            None,
+        );
+        assert!(out.status.success(), "{transport}: {}", text(&out.stderr));
+        assert_eq!(out.stdout.len(), 300_000, "{transport}");
+        let out = exec(&["web", "-c", "nope", "--", "true"], None);
+        assert!(
+            !out.status.success()
+                && text(&out.stderr).contains("container nope is not valid for pod web"),
+            "{transport}: {}",
+            text(&out.stderr)
+        );
+    }
 
     // The refusals, as kubectl prints kube-apiserver's.
-    let out = s.exec(&["web", "-c", "nope", "--", "true"], None);
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("container nope is not valid for pod web"),
-        "{}",
-        text(&out.stderr)
-    );
     let out = s.exec(&["web", "-c", "side", "--", "true"], None);
     assert!(
         text(&out.stderr).contains("container side is not running in pod web"),
@@ -176,83 +205,6 @@ fn kubectl_exec_runs_commands_in_this_nodes_pods() {
     let out = s.exec(&["far", "-c", "app", "--", "true"], None);
     assert!(
         text(&out.stderr).contains("node other-node is not registered"),
-        "{}",
-        text(&out.stderr)
-    );
-    // Over SPDY (older kubectl, client-go tools; here kubectl asked to):
-    // the same streams, exit code and sizes.
-    let spdy = |args: &[&str], stdin: Option<&[u8]>| {
-        let mut child = Command::new("timeout")
-            .args(["60", "kubectl", "--kubeconfig"])
-            .arg(s.api.kubeconfig())
-            .arg("exec")
-            .args(args)
-            .env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false")
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        if let Some(data) = stdin {
-            let mut si = child.stdin.take().unwrap();
-            let data = data.to_vec();
-            std::thread::spawn(move || {
-                let _ = si.write_all(&data);
-            });
-        }
-        child.wait_with_output().unwrap()
-    };
-    let out = spdy(
-        &[
-            "-i",
-            "web",
-            "-c",
-            "app",
-            "--",
-            "sh",
-            "-c",
-            "cat; echo err >&2; exit 3",
-        ],
-        Some(b"over spdy\n"),
-    );
-    assert_eq!(
-        out.status.code(),
-        Some(3),
-        "{}\n{}",
-        text(&out.stderr),
-        s.api.agent.log()
-    );
-    assert_eq!(text(&out.stdout), "over spdy\n");
-    assert!(
-        text(&out.stderr).starts_with("err\n")
-            && text(&out.stderr).contains("command terminated with exit code 3"),
-        "{}",
-        text(&out.stderr)
-    );
-    let out = spdy(&["-i", "web", "-c", "app", "--", "wc", "-c"], Some(&input));
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(text(&out.stdout).trim(), input.len().to_string());
-    let out = spdy(
-        &[
-            "web",
-            "-c",
-            "app",
-            "--",
-            "sh",
-            "-c",
-            "head -c 300000 /dev/zero | tr '\\0' x",
-        ],
-        None,
-    );
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(out.stdout.len(), 300_000);
-    let out = spdy(&["web", "-c", "nope", "--", "true"], None);
-    assert!(
-        text(&out.stderr).contains("container nope is not valid for pod web"),
         "{}",
         text(&out.stderr)
     );

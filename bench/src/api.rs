@@ -4,8 +4,9 @@
 //! schedules or runs them) written through its socket. Then, interleaved
 //! over [`ROUNDS`] rounds: `kubectl get pods -A` (the real kubectl, HTTPS,
 //! the admin kubeconfig the agent wrote) with the agent's VmRSS/VmHWM
-//! before and after, `knode get pods -A` (the CLI on the socket, the
-//! second check of the reference), and a full list of the pods with the
+//! before and after, `knode get pods -A` (the second check of the
+//! reference: the CLI on the socket for the embedded agent, on etcd
+//! itself for the other), and a full list of the pods with the
 //! same raw request and the same JSON parse over HTTPS (rustls,
 //! keep-alive, the admin client certificate) and over the unix socket.
 //! Last, watch latency (write a ConfigMap, see its ADDED event) over
@@ -544,7 +545,7 @@ fn report(
         "how": {
             "pods": format!("{PODS} pods in `default` bound to {NOWHERE} (no such node; pods disabled), written through the socket"),
             "kubectl": "kubectl --kubeconfig <admin kubeconfig> get pods -A (HTTPS, its default chunking of 500, Table), process start to exit",
-            "knode_get": "knode get pods -A (the CLI on the unix socket), process start to exit: the second check of the socket path",
+            "knode_get": "knode get pods -A, process start to exit: the second check of the reference; embedded: the CLI on the agent's unix socket; etcd: the CLI given --control-plane reads etcd itself (no agent in the path)",
             "list": "GET /api/v1/pods, whole body read and parsed as JSON; HTTPS on a kept-alive rustls connection with the admin client certificate, the socket on a fresh connection (as the CLI's client)",
             "watch": "create a ConfigMap, until the watch opened beforehand has its ADDED event; HTTPS: raw watch + POST on a kept-alive connection; socket: the controlplane bench's REST client",
             "memory": "the agent's VmRSS/VmHWM from /proc (the etcd-backed agent's store is in etcd, not in it)",

@@ -234,6 +234,7 @@ fn timed(cmd: &mut Command, what: &str) -> Result<(Duration, usize)> {
 #[derive(Default)]
 struct Samples {
     kubectl: Vec<Duration>,
+    kubectl_raw: Vec<Duration>,
     knode_get: Vec<Duration>,
     list_https: Vec<Duration>,
     list_socket: Vec<Duration>,
@@ -266,6 +267,20 @@ async fn round(node: &Node, s: &mut Samples, r: usize) -> Result<()> {
     }
     let after = node.mem()?;
     s.kubectl.push(t);
+    // The same pods in one JSON request, no Table: what of kubectl's time
+    // is the transfer and what is its chunking and printing.
+    let t0 = Instant::now();
+    let raw = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(node.api.kubeconfig())
+        .args(["get", "--raw", "/api/v1/pods"])
+        .output()
+        .context("run kubectl get --raw")?;
+    s.kubectl_raw.push(t0.elapsed());
+    let v: Value = serde_json::from_slice(&raw.stdout).context("kubectl get --raw: not JSON")?;
+    if v["items"].as_array().map_or(0, Vec::len) != PODS {
+        bail!("{}: kubectl get --raw did not list {PODS} pods", node.name);
+    }
     s.mem
         .push(json!({"round": r, "before": mem_json(before), "after": mem_json(after)}));
     let mut knode = Command::new(crate::built("knode")?);
@@ -510,6 +525,11 @@ fn report(
             node.name, kc.p50, kg.p50, lh.p50, ls.p50, list_ratio, wh.p50, ws.p50, w50, wh.p99, ws.p99, w99,
             last[i].hwm_kib as f64 / 1024.0
         );
+        println!(
+            "{:<9} kubectl get --raw /api/v1/pods {:.0} ms",
+            "",
+            sum(&s.kubectl_raw).p50
+        );
         for (what, ratio) in [
             ("list p50", list_ratio),
             ("watch p50", w50),
@@ -523,6 +543,7 @@ fn report(
         per.push(json!({
             "backend": node.name,
             "kubectl_get_pods_all": ms(&kc),
+            "kubectl_get_raw_pods": ms(&sum(&s.kubectl_raw)),
             "knode_get_pods_all": ms(&kg),
             "list_https": ms(&lh),
             "list_socket": ms(&ls),
@@ -545,6 +566,7 @@ fn report(
         "how": {
             "pods": format!("{PODS} pods in `default` bound to {NOWHERE} (no such node; pods disabled), written through the socket"),
             "kubectl": "kubectl --kubeconfig <admin kubeconfig> get pods -A (HTTPS, its default chunking of 500, Table), process start to exit",
+            "kubectl_raw": "kubectl get --raw /api/v1/pods (one JSON request, no Table), process start to exit",
             "knode_get": "knode get pods -A, process start to exit: the second check of the reference; embedded: the CLI on the agent's unix socket; etcd: the CLI given --control-plane reads etcd itself (no agent in the path)",
             "list": "GET /api/v1/pods, whole body read and parsed as JSON; HTTPS on a kept-alive rustls connection with the admin client certificate, the socket on a fresh connection (as the CLI's client)",
             "watch": "create a ConfigMap, until the watch opened beforehand has its ADDED event; HTTPS: raw watch + POST on a kept-alive connection; socket: the controlplane bench's REST client",

@@ -3,6 +3,7 @@
 //! each benchmark lives in its own module and measures ours and the
 //! reference side by side. Nothing here touches the root network namespace.
 
+mod api;
 mod cni;
 mod controlplane;
 mod dns;
@@ -67,6 +68,11 @@ struct Bench {
 }
 
 const BENCHES: &[Bench] = &[
+    Bench {
+        name: "api",
+        about: "Kubernetes API at 10,000 pods: kubectl get pods -A time and agent RSS (embedded, etcd); watch p50/p99 and list objects/s, HTTPS vs socket",
+        run: api::run,
+    },
     Bench {
         name: "cni",
         about:

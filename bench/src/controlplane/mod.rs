@@ -8,7 +8,7 @@ mod apply;
 mod mem;
 pub(crate) mod procfs;
 mod report;
-mod watch;
+pub(crate) mod watch;
 
 use std::path::Path;
 

@@ -44,7 +44,7 @@ pub struct Samples {
 }
 
 /// An open watch and the way to write into what it watches.
-enum Target {
+pub(crate) enum Target {
     Cp {
         cp: Arc<dyn ControlPlane>,
         watch: Watch,
@@ -60,7 +60,7 @@ fn scope() -> Scope {
     Scope::namespaced(Kind::ConfigMap, "default")
 }
 
-async fn open(side: Side, socket: &Path, endpoints: &[String]) -> Result<Target> {
+pub(crate) async fn open(side: Side, socket: &Path, endpoints: &[String]) -> Result<Target> {
     let cp: Arc<dyn ControlPlane> = match side {
         Side::Embedded => Arc::new(Client::new(socket)),
         Side::Etcd => {
@@ -96,7 +96,7 @@ async fn open(side: Side, socket: &Path, endpoints: &[String]) -> Result<Target>
 }
 
 /// One write of a new ConfigMap `name`: (until acknowledged, until seen).
-async fn once(target: &mut Target, name: &str) -> Result<(Duration, Duration)> {
+pub(crate) async fn once(target: &mut Target, name: &str) -> Result<(Duration, Duration)> {
     let obj = configmap(name, PAYLOAD_BYTES)?;
     match target {
         Target::Cp { cp, watch } => {

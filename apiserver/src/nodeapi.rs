@@ -117,6 +117,24 @@ pub fn path_for(sub: &str, ns: &str, pod: &str, container: &str, query: &str) ->
     }
 }
 
+/// Whether `pod` has a container (app, init or ephemeral) named `name`.
+pub fn has_container(pod: &Pod, name: &str) -> bool {
+    let Some(spec) = pod.spec.as_ref() else {
+        return false;
+    };
+    spec.containers.iter().any(|c| c.name == name)
+        || spec
+            .init_containers
+            .iter()
+            .flatten()
+            .any(|c| c.name == name)
+        || spec
+            .ephemeral_containers
+            .iter()
+            .flatten()
+            .any(|c| c.name == name)
+}
+
 /// Who may call the node API: API servers only, which in knode are the
 /// agents (`system:node:<name>` in `system:nodes`) and cluster admins
 /// (`system:masters`); everyone else is refused (403).
@@ -551,6 +569,19 @@ mod tests {
         let mut bare = node.clone();
         bare.status.as_mut().unwrap().daemon_endpoints = None;
         assert_eq!(node_addresses(&bare)[0], "10.0.0.7:10250".parse().unwrap());
+    }
+
+    #[test]
+    fn only_the_pods_own_containers_are_proxied() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web"},
+            "spec": {"containers": [{"name": "app"}], "initContainers": [{"name": "init"}]},
+        }))
+        .unwrap();
+        assert!(has_container(&pod, "app") && has_container(&pod, "init"));
+        for bad in ["nope", "app/../../exec/ns/p/app", "app?command=sh", ""] {
+            assert!(!has_container(&pod, bad), "{bad}");
+        }
     }
 
     #[test]

@@ -492,6 +492,13 @@ async fn proxy_to(
         return Err(Error::Internal("no proxy to other nodes".into()));
     };
     let container = match q.get("container").filter(|c| !c.is_empty()) {
+        // Only a container of the pod reaches the node's path.
+        Some(c) if !crate::nodeapi::has_container(pod, c) => {
+            return Err(Error::BadRequest(format!(
+                "container {c} is not valid for pod {}",
+                pod.metadata.name.as_deref().unwrap_or_default()
+            )))
+        }
         Some(c) => c.to_string(),
         None if sub == "portforward" => String::new(),
         None => crate::nodeapi::default_container(pod)?,
